@@ -1,0 +1,28 @@
+# Every target installs what it needs into .venv, so these work on a fresh
+# machine that has only Python 3.11+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,checkpoint,demo,display]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/train_digits.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
