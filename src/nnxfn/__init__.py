@@ -1,0 +1,60 @@
+"""nnxfn: NNX-style neural networks for JAX on a pure functional core.
+
+Use it as `import nnxfn as nnx` or `from nnxfn import nnx`.
+"""
+
+from nnxfn.core import (
+    All as All,
+    Any as Any,
+    Everything as Everything,
+    GraphDef as GraphDef,
+    Not as Not,
+    Nothing as Nothing,
+    OfType as OfType,
+    PathContains as PathContains,
+    PathIn as PathIn,
+    State as State,
+    WithTag as WithTag,
+    clone as clone,
+    filter_state as filter_state,
+    find_duplicates as find_duplicates,
+    flatten as flatten,
+    graphdef as graphdef,
+    iter_graph as iter_graph,
+    merge as merge,
+    merge_state as merge_state,
+    pop as pop,
+    recursive_map as recursive_map,
+    split as split,
+    split_state as split_state,
+    state as state,
+    unflatten as unflatten,
+    update as update,
+)
+from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Sequential
+from nnxfn.facade.module import (
+    Module as Module,
+    Object as Object,
+    Pytree as Pytree,
+    data as data,
+    iter_modules as iter_modules,
+    static as static,
+    view as view,
+)
+from nnxfn.facade.rngs import RngStream as RngStream, Rngs as Rngs, reseed as reseed
+from nnxfn.facade.variables import (
+    BatchStat as BatchStat,
+    Cache as Cache,
+    Intermediate as Intermediate,
+    OptArray as OptArray,
+    OptState as OptState,
+    Param as Param,
+    Perturbation as Perturbation,
+    RngCount as RngCount,
+    RngKey as RngKey,
+    RngState as RngState,
+    Variable as Variable,
+)
+from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""Filters: expressions that select leaves by `(path, value)`.
+
+Accepted forms: a type (matches instances, e.g. `nnx.Param`), a tag string
+(matches values whose `tag` metadata equals it), `...`/`True` (everything),
+`False`/`None` (nothing), a tuple/list (any of), the classes below, or a
+callable `(path, value) -> bool`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+from nnxfn.core import errors
+
+Predicate = tp.Callable[[tuple, tp.Any], bool]
+Filter = tp.Any  # see the module docstring for the accepted forms
+
+
+@dataclasses.dataclass(frozen=True)
+class OfType:
+    """Matches values that are instances of `type` (or whose `.type` is)."""
+
+    type: type
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return isinstance(value, self.type) or (
+            isinstance(getattr(value, "type", None), type)
+            and issubclass(value.type, self.type)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WithTag:
+    """Matches values whose `tag` metadata equals `tag`."""
+
+    tag: str
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return _tag_of(value) == self.tag
+
+
+@dataclasses.dataclass(frozen=True)
+class PathContains:
+    """Matches values whose path contains `key`."""
+
+    key: tp.Any
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return self.key in path
+
+
+@dataclasses.dataclass(frozen=True)
+class PathIn:
+    """Matches values whose path is one of `paths`."""
+
+    paths: frozenset
+
+    def __init__(self, *paths: tuple):
+        object.__setattr__(self, "paths", frozenset(tuple(p) for p in paths))
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return tuple(path) in self.paths
+
+
+class All:
+    """Matches when every given filter matches."""
+
+    def __init__(self, *filters: Filter):
+        self.filters = filters
+        self._preds = tuple(to_predicate(f) for f in filters)
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return all(p(path, value) for p in self._preds)
+
+    def __repr__(self) -> str:
+        return f"All{self.filters!r}"
+
+
+class Any(All):
+    """Matches when at least one given filter matches."""
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return any(p(path, value) for p in self._preds)
+
+    def __repr__(self) -> str:
+        return f"Any{self.filters!r}"
+
+
+class Not:
+    """Matches when the given filter does not."""
+
+    def __init__(self, filter: Filter):
+        self.filter = filter
+        self._pred = to_predicate(filter)
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return not self._pred(path, value)
+
+    def __repr__(self) -> str:
+        return f"Not({self.filter!r})"
+
+
+class _Constant:
+    def __init__(self, result: bool):
+        self.result = result
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return self.result
+
+    def __repr__(self) -> str:
+        return "Everything()" if self.result else "Nothing()"
+
+
+def Everything() -> _Constant:  # noqa: N802 - mirrors Flax's class name
+    """Matches every value."""
+    return _Constant(True)
+
+
+def Nothing() -> _Constant:  # noqa: N802
+    """Matches no value."""
+    return _Constant(False)
+
+
+def _tag_of(value: tp.Any) -> tp.Any:
+    items = getattr(value, "metadata_items", None)
+    if items is None:
+        return None
+    return dict(items()).get("tag")
+
+
+def to_predicate(f: Filter) -> Predicate:
+    """Turn any filter expression into a `(path, value) -> bool` function."""
+    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn)):
+        return f
+    if f is Ellipsis or f is True:
+        return _Constant(True)
+    if f is False or f is None:
+        return _Constant(False)
+    if isinstance(f, type):
+        return OfType(f)
+    if isinstance(f, str):
+        return WithTag(f)
+    if isinstance(f, (tuple, list)):
+        return Any(*f)
+    if callable(f):
+        return f
+    raise TypeError(errors.bad_filter(f))
+
+
+def check_filters(filters: tuple[Filter, ...]) -> tuple[Predicate, ...]:
+    """Predicates for a split; `...` may only be last."""
+    for i, f in enumerate(filters[:-1]):
+        if f is Ellipsis:
+            raise ValueError(errors.ellipsis_not_last(i + 1, len(filters)))
+    return tuple(to_predicate(f) for f in filters)

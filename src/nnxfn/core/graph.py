@@ -1,0 +1,414 @@
+"""The one flattening implementation and everything built on it.
+
+`flatten` walks an object graph once and returns a GraphDef plus the leaves
+in canonical path order; `unflatten` builds fresh objects from a GraphDef and
+leaves without calling any `__init__`. `split`/`merge`/`state`/`graphdef`/
+`clone` are thin wrappers; `update` and `pop` are the facade's writes.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+import numpy as np
+
+from nnxfn.core import errors
+from nnxfn.core import filters as filterlib
+from nnxfn.core.graphdef import (
+    ARRAY,
+    ArrayDef,
+    ContainerDef,
+    GraphDef,
+    NodeDef,
+    PytreeDef,
+    Ref,
+    StaticDef,
+    VariableDef,
+)
+from nnxfn.core.registry import NodeImpl, key_order, lookup
+from nnxfn.core.state import State
+from nnxfn.core.variable_like import VariableLike
+
+Path = tuple[tp.Any, ...]
+Leaf = tp.Any
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+_CONTAINERS = (list, tuple, dict)
+_MISSING = object()
+
+
+def is_array(x: tp.Any) -> bool:
+    return isinstance(x, _ARRAY_TYPES)
+
+
+# -- one level of children -------------------------------------------------
+def _container_children(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+    if type(x) is dict:
+        return [(k, x[k]) for k in sorted(x, key=key_order)]
+    return list(enumerate(x))
+
+
+def _key_of(entry: tp.Any) -> tp.Any:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+def _pytree_children(x: tp.Any) -> tuple[tp.Any, list[tuple[tp.Any, tp.Any]]] | None:
+    """One level of a foreign pytree, or None if `x` is a pytree leaf."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return None
+    return treedef, [(_key_of(p[0]), v) for p, v in pairs]
+
+
+def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+    """The (key, child) pairs of any graph value; [] for leaves."""
+    impl = lookup(type(x))
+    if impl is not None:
+        return list(impl.children(x))
+    if isinstance(x, VariableLike) or is_array(x):
+        return []
+    if type(x) in _CONTAINERS:
+        return _container_children(x)
+    found = _pytree_children(x)
+    return [] if found is None else found[1]
+
+
+# -- flatten ----------------------------------------------------------------
+def flatten(node: tp.Any, *, copy: bool = True) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
+    """Walk `node` once: a GraphDef and its (path, leaf) pairs.
+
+    Leaves are arrays and Variables; with `copy=True` each Variable is a
+    detached copy (same type, value and metadata), else the live object.
+    A Variable or graph node reachable by several paths appears once, at
+    its first path in canonical order.
+    """
+    index: dict[int, int] = {}
+    leaves: list[tuple[Path, Leaf]] = []
+
+    def visit(x: tp.Any, path: Path) -> tp.Any:
+        if isinstance(x, VariableLike):
+            i = index.get(id(x))
+            if i is not None:
+                return Ref(i)
+            i = index[id(x)] = len(index)
+            meta = x.metadata_items()
+            leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
+            return VariableDef(type(x), i, meta)
+        impl = lookup(type(x))
+        if impl is not None:
+            i = index.get(id(x))
+            if i is not None:
+                return Ref(i)
+            i = index[id(x)] = len(index)
+            kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
+            return NodeDef(type(x), i, impl.static(x), kids)
+        if isinstance(x, _ARRAY_TYPES):
+            leaves.append((path, x))
+            return ARRAY
+        if type(x) in _CONTAINERS:
+            kids = tuple((k, visit(v, path + (k,))) for k, v in _container_children(x))
+            return ContainerDef(type(x), kids)
+        if x is None or isinstance(x, (int, float, str, bool, complex)):
+            return StaticDef(x)
+        found = _pytree_children(x)
+        if found is not None:
+            treedef, pairs = found
+            kids = tuple((k, visit(v, path + (k,))) for k, v in pairs)
+            return PytreeDef(treedef, kids)
+        try:
+            hash(x)
+        except TypeError:
+            raise TypeError(errors.unhashable_static(path, x)) from None
+        return StaticDef(x)
+
+    root = visit(node, ())
+    return GraphDef(root, len(leaves)), leaves
+
+
+# -- unflatten ----------------------------------------------------------------
+def unflatten(graphdef: GraphDef, leaves: tp.Mapping[Path, Leaf], *, copy: bool = True) -> tp.Any:
+    """Build fresh objects from `graphdef` and a {path: leaf} mapping.
+
+    No `__init__` runs. Variables are new objects unless `copy=False`, in
+    which case Variable leaves are used as they are (a view sharing state).
+    Raises, naming the paths, when the leaves do not fit the GraphDef.
+    """
+    objects: dict[int, tp.Any] = {}
+    used: set[Path] = set()
+    missing: list[Path] = []
+
+    def take(path: Path) -> tp.Any:
+        try:
+            leaf = leaves[path]
+        except KeyError:
+            missing.append(path)
+            return None
+        used.add(path)
+        return leaf
+
+    def build(d: tp.Any, path: Path) -> tp.Any:
+        if isinstance(d, VariableDef):
+            leaf = take(path)
+            if isinstance(leaf, VariableLike):
+                if not isinstance(leaf, d.type):
+                    raise ValueError(errors.wrong_variable_type(path, d.type, type(leaf)))
+                var = leaf if not copy else d.type.from_parts(leaf.raw_value, leaf.metadata_items())
+            else:
+                var = d.type.from_parts(leaf, d.metadata)
+            objects[d.index] = var
+            return var
+        if isinstance(d, ArrayDef):
+            leaf = take(path)
+            return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
+        if isinstance(d, StaticDef):
+            return d.value
+        if isinstance(d, Ref):
+            return objects[d.index]
+        if isinstance(d, NodeDef):
+            impl = tp.cast(NodeImpl, lookup(d.type))
+            node = impl.create_empty(d.type, d.static)
+            objects[d.index] = node
+            for k, child in d.children:
+                impl.set_child(node, k, build(child, path + (k,)))
+            return node
+        if isinstance(d, ContainerDef):
+            values = [build(child, path + (k,)) for k, child in d.children]
+            if d.type is dict:
+                return {k: v for (k, _), v in zip(d.children, values)}
+            return d.type(values)
+        if isinstance(d, PytreeDef):
+            return d.treedef.unflatten([build(child, path + (k,)) for k, child in d.children])
+        raise TypeError(f"unknown GraphDef entry {d!r}")
+
+    out = build(graphdef.root, ())
+    if missing:
+        raise ValueError(errors.missing_leaves(missing))
+    if len(used) != len(leaves):
+        raise ValueError(errors.unexpected_leaves(sorted(set(leaves) - used, key=_path_order)))
+    return out
+
+
+def _path_order(path: Path) -> tuple:
+    return tuple(key_order(k) for k in path)
+
+
+# -- split / merge / state ------------------------------------------------------
+def _partition(pairs: list[tuple[Path, Leaf]], filters: tuple, exhaustive: bool) -> tuple[State, ...]:
+    preds = filterlib.check_filters(filters)
+    buckets: list[list] = [[] for _ in preds]
+    unmatched = []
+    for path, leaf in pairs:
+        for i, pred in enumerate(preds):
+            if pred(path, leaf):
+                buckets[i].append((path, leaf))
+                break
+        else:
+            unmatched.append(path)
+    if exhaustive and unmatched:
+        raise ValueError(errors.non_exhaustive_split(unmatched))
+    return tuple(State.from_flat_path(b) for b in buckets)
+
+
+def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
+    """`graphdef, state = split(node)` or `graphdef, s1, s2 = split(node, f1, f2)`.
+
+    Every leaf must match one filter (use `...` last to collect the rest).
+    """
+    graphdef, pairs = flatten(node)
+    if not filters:
+        return graphdef, State.from_flat_path(pairs)
+    return (graphdef, *_partition(pairs, filters, exhaustive=True))
+
+
+def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
+    flat: dict[Path, Leaf] = {}
+    for s in states:
+        if not isinstance(s, State):
+            s = State(s)
+        flat.update(s.flat_state())
+    return flat
+
+
+def merge(graphdef: GraphDef, *states: tp.Any) -> tp.Any:
+    """Build a new object graph from `graphdef` and the states of `split`."""
+    return unflatten(graphdef, _flat_leaves(states))
+
+
+def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
+    """The node's State, or one State per filter (leaves matching none are left out)."""
+    _, pairs = flatten(node)
+    if not filters:
+        return State.from_flat_path(pairs)
+    states = _partition(pairs, filters, exhaustive=False)
+    return states[0] if len(states) == 1 else states
+
+
+def graphdef(node: tp.Any) -> GraphDef:
+    return flatten(node)[0]
+
+
+def clone(node: tp.Any) -> tp.Any:
+    """A deep copy through split/merge: same values and sharing, new objects."""
+    return merge(*split(node))
+
+
+# -- update / pop (the facade's writes) -----------------------------------------
+def update(node: tp.Any, *states: tp.Any) -> None:
+    """Write the states' leaves into `node` in place.
+
+    Variables get their value (and metadata) set; raw arrays and missing
+    attributes are (re)bound on their parent; immutable containers and
+    foreign pytrees on the way are rebuilt and set on their parent.
+    """
+    nested = State.from_flat_path(_flat_leaves(states))
+    _update_graph_node(node, nested, ())
+
+
+def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
+    impl = tp.cast(NodeImpl, lookup(type(node)))
+    current = dict(impl.children(node))
+    for key in sub:
+        child = current.get(key, _MISSING)
+        new = _update_value(child, sub[key], path + (key,))
+        if new is not child:
+            impl.set_child(node, key, new)
+
+
+def _update_value(child: tp.Any, value: tp.Any, path: Path) -> tp.Any:
+    if isinstance(value, State):
+        if child is _MISSING:
+            raise ValueError(errors.update_missing_node(path))
+        if lookup(type(child)) is not None:
+            _update_graph_node(child, value, path)
+            return child
+        return _rebuild(child, value, path)
+    if isinstance(child, VariableLike):
+        if isinstance(value, VariableLike):
+            child.set_raw(value.raw_value)
+            meta = value.metadata_items()
+            if meta != child.metadata_items():
+                child.set_metadata_items(meta)
+        else:
+            child.set_raw(value)
+        return child
+    if isinstance(value, VariableLike) and child is _MISSING:
+        return type(value).from_parts(value.raw_value, value.metadata_items())
+    return value
+
+
+def _rebuild(container: tp.Any, sub: State, path: Path) -> tp.Any:
+    """A copy of a list/tuple/dict/pytree with some children updated."""
+    if type(container) in _CONTAINERS:
+        pairs = _container_children(container)
+        treedef = None
+    else:
+        found = _pytree_children(container)
+        if found is None:
+            raise ValueError(errors.update_missing_node(path))
+        treedef, pairs = found
+    known = {k for k, _ in pairs}
+    extra = [k for k in sub if k not in known]
+    if extra:
+        raise ValueError(errors.update_missing_node(path + (extra[0],)))
+    values = [
+        _update_value(v, sub[k], path + (k,)) if k in sub else v for k, v in pairs
+    ]
+    if treedef is not None:
+        return treedef.unflatten(values)
+    if type(container) is dict:
+        return {k: v for (k, _), v in zip(pairs, values)}
+    if type(container) is list:
+        container[:] = values
+        return container
+    return tuple(values)
+
+
+def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
+    """Remove the Variables matching `filters` from `node`; return them as State(s)."""
+    _, pairs = flatten(node, copy=False)
+    states = _partition(pairs, filters, exhaustive=False)
+    for s in states:
+        for path, _ in s.flat_state():
+            parent = _get_path(node, path[:-1])
+            impl = lookup(type(parent))
+            if impl is None:
+                raise ValueError(errors.cannot_pop(path))
+            impl.del_child(parent, path[-1])
+    return states[0] if len(states) == 1 else states
+
+
+def _get_path(node: tp.Any, path: Path) -> tp.Any:
+    for key in path:
+        node = dict(children_of(node))[key]
+    return node
+
+
+# -- iteration and maps --------------------------------------------------------------
+def iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
+    """Yield (path, value) for every node and leaf, children before parents.
+
+    Each shared object is visited once. The children of a node are listed
+    before they are visited, so setting attributes of the node a loop just
+    received (as in model surgery) is safe.
+    """
+    seen: set[int] = set()
+
+    def visit(x: tp.Any, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
+            if id(x) in seen:
+                return
+            seen.add(id(x))
+        for k, child in children_of(x):
+            yield from visit(child, path + (k,))
+        yield path, x
+
+    yield from visit(node, ())
+
+
+def find_duplicates(node: tp.Any) -> list[list[Path]]:
+    """Groups of paths that reach the same Variable or graph node."""
+    found: dict[int, list[Path]] = {}
+
+    def visit(x: tp.Any, path: Path) -> None:
+        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
+            paths = found.setdefault(id(x), [])
+            paths.append(path)
+            if len(paths) > 1:
+                return
+        for k, child in children_of(x):
+            visit(child, path + (k,))
+
+    visit(node, ())
+    return [paths for paths in found.values() if len(paths) > 1]
+
+
+def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.Any:
+    """A copy of `node` where every value is replaced by `f(path, value)`,
+    children before parents (the parent receives its mapped children).
+    The original graph is not modified; sharing is preserved."""
+    node = clone(node)
+    done: dict[int, tp.Any] = {}
+
+    def visit(x: tp.Any, path: Path) -> tp.Any:
+        identity = isinstance(x, VariableLike) or lookup(type(x)) is not None
+        if identity and id(x) in done:
+            return done[id(x)]
+        impl = lookup(type(x))
+        if impl is not None:
+            done[id(x)] = x  # cycles see the node itself
+            for k, child in list(impl.children(x)):
+                new = visit(child, path + (k,))
+                if new is not child:
+                    impl.set_child(x, k, new)
+        elif type(x) in _CONTAINERS and not isinstance(x, VariableLike):
+            items = [(k, visit(c, path + (k,))) for k, c in _container_children(x)]
+            x = dict(items) if type(x) is dict else type(x)(v for _, v in items)
+        result = f(path, x)
+        if identity:
+            done[id(x)] = result
+        return result
+
+    return visit(node, ())

@@ -1,0 +1,72 @@
+"""Node-type registry: how an object type joins the graph.
+
+A registered *graph node* has identity: the same object reachable by two
+paths is one node in the GraphDef (later paths hold a back-reference), and
+cycles are allowed. Lists, tuples, dicts and other JAX pytrees are not
+registered: they are walked as values (no identity), see `graph.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Hashable, Iterable
+
+Key = Any  # str attribute name, int index, or any hashable dict key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeImpl:
+    """How the core treats one graph-node type.
+
+    children(node) -> iterable of (key, value), in a canonical order.
+    create_empty(type, static) -> a new instance, without calling __init__.
+    set_child(node, key, value) -> None.
+    del_child(node, key) -> None.
+    static(node) -> hashable per-node data stored in the GraphDef.
+    """
+
+    type: type
+    children: Callable[[Any], Iterable[tuple[Key, Any]]]
+    create_empty: Callable[[type, Hashable], Any]
+    set_child: Callable[[Any, Key, Any], None]
+    del_child: Callable[[Any, Key], None]
+    static: Callable[[Any], Hashable] = lambda node: None
+
+
+_REGISTRY: dict[type, NodeImpl] = {}
+_CACHE: dict[type, NodeImpl | None] = {}
+
+
+def register_node_type(impl: NodeImpl) -> None:
+    """Register `impl.type` (and, unless overridden, its subclasses)."""
+    _REGISTRY[impl.type] = impl
+    _CACHE.clear()
+
+
+def lookup(node_type: type) -> NodeImpl | None:
+    try:
+        return _CACHE[node_type]
+    except KeyError:
+        pass
+    found = None
+    for base in node_type.__mro__:
+        if base in _REGISTRY:
+            found = dataclasses.replace(_REGISTRY[base], type=node_type)
+            break
+    _CACHE[node_type] = found
+    return found
+
+
+def is_graph_node(x: Any) -> bool:
+    return lookup(type(x)) is not None
+
+
+def key_order(key: Key) -> tuple[int, Any]:
+    """Canonical, type-aware sort key: ints before strings before others."""
+    if isinstance(key, bool):
+        return (2, str(key))
+    if isinstance(key, int):
+        return (0, key)
+    if isinstance(key, str):
+        return (1, key)
+    return (2, repr(key))

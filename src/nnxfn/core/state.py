@@ -1,0 +1,278 @@
+"""State: an immutable nested mapping from paths to leaves.
+
+Keys are attribute names (str) or list indices (int). Leaves are arrays or
+boxed leaves (Variables, themselves pytrees of one array). A State is a JAX
+pytree, so `jax.tree.map`, `jax.jit` and optax work on it directly.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from collections.abc import Mapping
+
+import jax
+
+from nnxfn.core import errors, filters as filterlib
+from nnxfn.core.registry import key_order
+from nnxfn.core.variable_like import VariableLike
+
+Path = tuple[tp.Any, ...]
+
+
+class State(Mapping):
+    """Immutable nested mapping; `state['a']['b']` or `state.a.b`."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping | tp.Iterable = (), /):
+        items = mapping.items() if isinstance(mapping, Mapping) else mapping
+        built = {}
+        for k, v in items:
+            if isinstance(v, Mapping) and not isinstance(v, State):
+                v = State(v)
+            built[k] = v
+        object.__setattr__(self, "_mapping", built)
+
+    @classmethod
+    def _raw(cls, mapping: dict) -> State:
+        """Wrap a dict whose nested values are already States (no copy)."""
+        state = object.__new__(cls)
+        object.__setattr__(state, "_mapping", mapping)
+        return state
+
+    # -- mapping protocol -------------------------------------------------
+    def __getitem__(self, key: tp.Any) -> tp.Any:
+        return self._mapping[key]
+
+    def __iter__(self) -> tp.Iterator:
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping
+
+    def __getattr__(self, name: str) -> tp.Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(
+                f"State has no key {name!r}; its keys are {list(self._mapping)}"
+            ) from None
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        raise TypeError(_immutable(name))
+
+    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+        raise TypeError(_immutable(key))
+
+    def __delitem__(self, key: tp.Any) -> None:
+        raise TypeError(_immutable(key))
+
+    __eq__ = object.__eq__
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (State, (self._mapping,))
+
+    # -- flat views -------------------------------------------------------
+    def flat_state(self) -> list[tuple[Path, tp.Any]]:
+        """Every (path, leaf) pair, in canonical key order."""
+        out: list[tuple[Path, tp.Any]] = []
+        _flatten_into(self, (), out)
+        return out
+
+    def flat_dict(self) -> dict[Path, tp.Any]:
+        return dict(self.flat_state())
+
+    @classmethod
+    def from_flat_path(cls, pairs: tp.Iterable[tuple[Path, tp.Any]] | Mapping) -> State:
+        """Build a State from (path, leaf) pairs (or a {path: leaf} dict)."""
+        if isinstance(pairs, Mapping):
+            pairs = pairs.items()
+        root: dict = {}
+        for path, leaf in pairs:
+            node = root
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = leaf
+        return cls(root)
+
+    def leaves(self) -> list[tp.Any]:
+        return [leaf for _, leaf in self.flat_state()]
+
+    # -- conversions ------------------------------------------------------
+    def to_pure_dict(self) -> dict:
+        """Nested plain dicts of raw values (Variables unwrapped).
+
+        This is the stable on-disk layout: string/int keys as in the paths.
+        """
+        return {
+            k: v.to_pure_dict() if isinstance(v, State) else _unbox(v)
+            for k, v in self._mapping.items()
+        }
+
+    def replace_by_pure_dict(
+        self, pure_dict: Mapping, replace_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] | None = None
+    ) -> State:
+        """A new State with the leaves replaced by the values in `pure_dict`.
+
+        State is immutable: this returns the new State (it does not modify
+        `self`). Keys of `pure_dict` that are not in the State raise.
+        """
+        flat = self.flat_dict()
+        new = dict(flat)
+        for given, value in _flat_pure(pure_dict, ()):
+            path = _match_path(given, flat)
+            if path is None:
+                raise KeyError(errors.unknown_pure_path(given))
+            old = flat[path]
+            if replace_fn is not None:
+                new[path] = replace_fn(old, value)
+            elif isinstance(old, VariableLike):
+                new[path] = type(old).from_parts(value, old.metadata_items())
+            else:
+                new[path] = value
+        return State.from_flat_path(new)
+
+    # -- filtering --------------------------------------------------------
+    def filter(self, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+        return filter_state(self, *filters)
+
+    def split(self, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+        return split_state(self, *filters)
+
+    @staticmethod
+    def merge(*states: State) -> State:
+        return merge_state(*states)
+
+    def __or__(self, other: State) -> State:
+        return merge_state(self, other)
+
+    # -- display ----------------------------------------------------------
+    def __repr__(self) -> str:
+        return "State(" + _repr_mapping(self, 1) + ")"
+
+
+def _immutable(key: tp.Any) -> str:
+    return (
+        f"State is immutable, cannot set {key!r}. Build a new one: "
+        "`state | nnx.State({...})`, `state.replace_by_pure_dict(d)`, or "
+        "`jax.tree.map(f, state)`; write into a model with `nnx.update(model, state)`."
+    )
+
+
+def _unbox(v: tp.Any) -> tp.Any:
+    return v.raw_value if isinstance(v, VariableLike) else v
+
+
+def _flatten_into(state: State, prefix: Path, out: list) -> None:
+    for k in sorted(state._mapping, key=key_order):
+        v = state._mapping[k]
+        if isinstance(v, State):
+            _flatten_into(v, prefix + (k,), out)
+        else:
+            out.append((prefix + (k,), v))
+
+
+def _flat_pure(d: Mapping, prefix: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            yield from _flat_pure(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def _match_path(path: Path, flat: Mapping) -> Path | None:
+    """Find `path` in `flat`, allowing str digits for int keys (JSON/orbax)."""
+    if path in flat:
+        return path
+    alt = tuple(int(k) if isinstance(k, str) and k.isdigit() else k for k in path)
+    return alt if alt in flat else None
+
+
+def _repr_mapping(state: State, indent: int) -> str:
+    if not state._mapping:
+        return "{}"
+    pad = "  " * indent
+    lines = []
+    for k in sorted(state._mapping, key=key_order):
+        v = state._mapping[k]
+        if isinstance(v, State):
+            body = _repr_mapping(v, indent + 1)
+        else:
+            body = _leaf_repr(v)
+        lines.append(f"{pad}{k!r}: {body}")
+    return "{\n" + ",\n".join(lines) + "\n" + "  " * (indent - 1) + "}"
+
+
+def _leaf_repr(v: tp.Any) -> str:
+    if isinstance(v, VariableLike):
+        return f"{type(v).__name__}(value={_leaf_repr(v.raw_value)})"
+    shape, dtype = getattr(v, "shape", None), getattr(v, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"Array(shape={tuple(shape)}, dtype={dtype})"
+    return repr(v)
+
+
+# -- free functions -------------------------------------------------------
+def filter_state(state: State, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+    """States holding the leaves matching each filter (non-exhaustive)."""
+    preds = filterlib.check_filters(filters)
+    buckets: list[list] = [[] for _ in preds]
+    for path, leaf in state.flat_state():
+        for i, pred in enumerate(preds):
+            if pred(path, leaf):
+                buckets[i].append((path, leaf))
+                break
+    states = tuple(State.from_flat_path(b) for b in buckets)
+    return states[0] if len(states) == 1 else states
+
+
+def split_state(state: State, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+    """Partition the leaves among the filters; every leaf must match one."""
+    if not filters:
+        return state
+    preds = filterlib.check_filters(filters)
+    buckets: list[list] = [[] for _ in preds]
+    unmatched = []
+    for path, leaf in state.flat_state():
+        for i, pred in enumerate(preds):
+            if pred(path, leaf):
+                buckets[i].append((path, leaf))
+                break
+        else:
+            unmatched.append(path)
+    if unmatched:
+        raise ValueError(errors.non_exhaustive_split(unmatched))
+    states = tuple(State.from_flat_path(b) for b in buckets)
+    return states[0] if len(states) == 1 else states
+
+
+def merge_state(*states: State) -> State:
+    """One State with the leaves of all; later states win on equal paths."""
+    flat: dict = {}
+    for s in states:
+        flat.update(s.flat_state())
+    return State.from_flat_path(flat)
+
+
+def _flatten_with_keys(state: State):
+    keys = tuple(sorted(state._mapping, key=key_order))
+    children = [(jax.tree_util.DictKey(k), state._mapping[k]) for k in keys]
+    return children, keys
+
+
+def _flatten(state: State):
+    keys = tuple(sorted(state._mapping, key=key_order))
+    return [state._mapping[k] for k in keys], keys
+
+
+def _unflatten(keys: tuple, children: tp.Iterable) -> State:
+    return State._raw(dict(zip(keys, children)))
+
+
+jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)

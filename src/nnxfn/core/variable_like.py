@@ -1,0 +1,34 @@
+"""The contract between the core and boxed leaves (the facade's Variable).
+
+The core never imports the facade. A boxed leaf type subclasses
+`VariableLike` and provides:
+
+- `raw_value`: the wrapped value (usually an array);
+- `metadata_items()`: its metadata as a sorted tuple of `(name, value)` pairs,
+  hashable, so it can live in a GraphDef;
+- `from_parts(value, metadata)` (classmethod): build an instance without
+  calling `__init__`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VariableLike:
+    __slots__ = ()
+
+    raw_value: Any
+
+    def metadata_items(self) -> tuple[tuple[str, Any], ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_parts(cls, value: Any, metadata: tuple[tuple[str, Any], ...]) -> VariableLike:
+        raise NotImplementedError
+
+    def set_raw(self, value: Any) -> None:
+        raise NotImplementedError
+
+    def set_metadata_items(self, metadata: tuple[tuple[str, Any], ...]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Mutable objects users touch: Module, Variables, Rngs, containers."""

@@ -1,0 +1,68 @@
+"""Process-wide bookkeeping shared by the facade and the transforms.
+
+- A stack of transform *frames*. Objects remember the frame they were created
+  in; writing to an object from inside a transform that did not create it
+  (a closure capture) is an error instead of a silently lost update.
+- A structure epoch: a counter bumped by every structural mutation (an
+  attribute added, rebound or deleted, a list grown, Variable metadata
+  changed). Caches of flattened structure are valid while it is unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+
+@dataclasses.dataclass(eq=False)
+class Frame:
+    """One active transform trace, e.g. the body of an `nnx.jit` call."""
+
+    name: str
+
+
+_FRAMES: list[Frame] = []
+_EPOCH = [0]
+
+
+def current_frame() -> Frame | None:
+    return _FRAMES[-1] if _FRAMES else None
+
+
+def push_frame(frame: Frame) -> None:
+    _FRAMES.append(frame)
+
+
+def pop_frame(frame: Frame) -> None:
+    assert _FRAMES and _FRAMES[-1] is frame, "transform frames out of order"
+    _FRAMES.pop()
+
+
+def structure_epoch() -> int:
+    return _EPOCH[0]
+
+
+def bump_structure() -> None:
+    _EPOCH[0] += 1
+
+
+def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
+    """Raise if `obj` (created in frame `owner`) is written inside another frame."""
+    if _FRAMES and owner is not _FRAMES[-1]:
+        frame = _FRAMES[-1]
+        raise RuntimeError(
+            f"{frame.name}: {what} of {_describe(obj)} was changed inside the "
+            "transform, but that object was not passed to it: it is captured by "
+            "closure (or made in an enclosing transform), so the change cannot be "
+            "committed and would be lost. Pass it as an argument instead, e.g. "
+            f"`{frame.name}(f)(model, x)` with `def f(model, x): ...`."
+        )
+
+
+def _describe(obj: tp.Any) -> str:
+    name = type(obj).__name__
+    value = getattr(obj, "raw_value", None)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"a {name} of shape {tuple(shape)} and dtype {value.dtype}"
+    return f"a {name}"

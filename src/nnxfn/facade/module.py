@@ -1,0 +1,276 @@
+"""Object/Pytree and Module: plain Python objects that join the graph.
+
+Attributes are assigned as usual. Arrays, Variables, Modules and lists,
+tuples and dicts of them are *data* (they go to the State); everything else
+is *static* (it goes to the GraphDef). `nnx.static(x)` forces static. Every
+structural change (attribute added, rebound to a non-array, deleted) bumps
+the structure epoch that transform caches check.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+
+from nnxfn import core
+from nnxfn.core.graph import is_array
+from nnxfn.facade import context
+from nnxfn.facade.display import node_repr
+from nnxfn.facade.variables import Intermediate, Perturbation, Variable
+
+_MISSING = object()
+_PRIVATE = ("_nnx_frame", "_nnx_static")
+
+
+class static:  # noqa: N801 - mirrors Flax's lower-case marker
+    """`self.x = nnx.static(value)`: keep `value` in the GraphDef (it must be hashable)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: tp.Any):
+        self.value = value
+
+
+class data:  # noqa: N801
+    """`self.x = nnx.data(value)`: keep `value` as data (undoes an earlier `nnx.static`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: tp.Any):
+        self.value = value
+
+
+class Object:
+    """Base of every graph object: reference semantics, a JAX pytree."""
+
+    def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "_nnx_frame", context.current_frame())
+        return obj
+
+    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_pytree(cls)
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        d = self.__dict__
+        context.check_write(self, d.get("_nnx_frame"), f"attribute {name!r}")
+        statics = d.get("_nnx_static", frozenset())
+        if isinstance(value, static):
+            value = value.value
+            _check_hashable(self, name, value)
+            object.__setattr__(self, "_nnx_static", statics | {name})
+        elif isinstance(value, data):
+            value = value.value
+            object.__setattr__(self, "_nnx_static", statics - {name})
+        old = d.get(name, _MISSING)
+        if not (is_array(old) and is_array(value)):
+            context.bump_structure()
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        context.check_write(self, self.__dict__.get("_nnx_frame"), f"attribute {name!r}")
+        context.bump_structure()
+        object.__delattr__(self, name)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_nnx_frame", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_nnx_frame", None)
+
+    def __repr__(self) -> str:
+        return node_repr(self, _repr_children)
+
+
+Pytree = Object
+
+
+def _check_hashable(obj: tp.Any, name: str, value: tp.Any) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"{type(obj).__name__}.{name} = nnx.static(...) needs a hashable value, "
+            f"got a {type(value).__name__}. Use a tuple instead of a list, or a "
+            "frozen dataclass."
+        ) from None
+
+
+# -- graph-node registration -------------------------------------------------
+def _children(obj: Object) -> list[tuple[str, tp.Any]]:
+    d = obj.__dict__
+    statics = d.get("_nnx_static", ())
+    return sorted(
+        (k, v) for k, v in d.items() if k not in _PRIVATE and k not in statics
+    )
+
+
+def _repr_children(obj: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+    impl = core.registry.lookup(type(obj))
+    if impl is not None and impl.children is _children:
+        return sorted((k, v) for k, v in obj.__dict__.items() if k not in _PRIVATE)
+    return core.graph.children_of(obj)
+
+
+def _static(obj: Object) -> tp.Hashable:
+    statics = obj.__dict__.get("_nnx_static")
+    if not statics:
+        return None
+    return tuple(sorted((k, obj.__dict__[k]) for k in statics))
+
+
+def _create_empty(cls: type, statics: tp.Hashable) -> Object:
+    obj = cls.__new__(cls)
+    if statics:
+        for k, v in statics:
+            object.__setattr__(obj, k, v)
+        object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in statics))
+    return obj
+
+
+def _set_child(obj: Object, key: str, value: tp.Any) -> None:
+    object.__setattr__(obj, key, value)
+
+
+def _del_child(obj: Object, key: str) -> None:
+    context.bump_structure()
+    object.__delattr__(obj, key)
+
+
+core.register_node_type(
+    core.NodeImpl(Object, _children, _create_empty, _set_child, _del_child, _static)
+)
+
+
+def _pytree_flatten(obj: Object):
+    graphdef, pairs = core.flatten(obj, copy=False)
+    paths = tuple(p for p, _ in pairs)
+    return [leaf for _, leaf in pairs], (graphdef, paths)
+
+
+def _pytree_flatten_with_keys(obj: Object):
+    leaves, aux = _pytree_flatten(obj)
+    keys = [jax.tree_util.GetAttrKey(_path_name(p)) for p in aux[1]]
+    return list(zip(keys, leaves)), aux
+
+
+def _path_name(path: tuple) -> str:
+    return ".".join(str(k) for k in path)
+
+
+def _pytree_unflatten(aux: tuple, leaves: tp.Iterable) -> Object:
+    graphdef, paths = aux
+    return core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+
+
+def _register_pytree(cls: type) -> None:
+    jax.tree_util.register_pytree_with_keys(
+        cls, _pytree_flatten_with_keys, _pytree_unflatten, _pytree_flatten
+    )
+
+
+_register_pytree(Object)
+
+
+# -- Module ---------------------------------------------------------------------
+class Module(Object):
+    """Base class for layers and models.
+
+    >>> class Scale(Module):
+    ...     def __init__(self):
+    ...         self.w = Param(jnp.ones(2))
+    ...     def __call__(self, x):
+    ...         return x * self.w
+    """
+
+    def sow(
+        self,
+        variable_type: type[Variable] | str,
+        name: str,
+        value: tp.Any,
+        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: (*xs, x),
+        init_fn: tp.Callable[[], tp.Any] = tuple,
+    ) -> None:
+        """Record `value` in a `variable_type` Variable named `name` (a tuple by default)."""
+        if isinstance(variable_type, str):
+            variable_type = Intermediate
+        current = self.__dict__.get(name)
+        if isinstance(current, Variable):
+            current.value = reduce_fn(current.raw_value, value)
+        else:
+            setattr(self, name, variable_type(reduce_fn(init_fn(), value)))
+
+    def perturb(
+        self, name: str, value: tp.Any, variable_type: type[Variable] = Perturbation
+    ) -> tp.Any:
+        """Add a zero-valued `variable_type` to `value`, so `nnx.grad` can target it."""
+        import jax.numpy as jnp
+
+        if name not in self.__dict__:
+            setattr(self, name, variable_type(jnp.zeros_like(value)))
+        return value + self.__dict__[name].raw_value
+
+    def iter_modules(self) -> tp.Iterator[tuple[tuple, Module]]:
+        return iter_modules(self)
+
+    def iter_children(self) -> tp.Iterator[tuple[str, Module]]:
+        for key, value in _children(self):
+            if isinstance(value, Module):
+                yield key, value
+
+    def set_attributes(
+        self, *filters: tp.Any, raise_if_not_found: bool = True, **attributes: tp.Any
+    ) -> None:
+        """Set `attributes` on every sub-module (matching `filters`) that has them."""
+        preds = [core.to_predicate(f) for f in filters]
+        remaining = set(attributes)
+        for path, module in iter_modules(self):
+            if preds and not any(p(path, module) for p in preds):
+                continue
+            for name, value in attributes.items():
+                if hasattr(module, name):
+                    setattr(module, name, value)
+                    remaining.discard(name)
+        if remaining and raise_if_not_found:
+            raise AttributeError(
+                f"set_attributes: no sub-module of {type(self).__name__} has "
+                f"{sorted(remaining)}. Check the names, or pass raise_if_not_found=False."
+            )
+
+    def train(self, **attributes: tp.Any) -> None:
+        """Training mode: `deterministic=False`, `use_running_average=False` everywhere."""
+        self.set_attributes(
+            deterministic=False, use_running_average=False, raise_if_not_found=False, **attributes
+        )
+
+    def eval(self, **attributes: tp.Any) -> None:
+        """Evaluation mode: `deterministic=True`, `use_running_average=True` everywhere."""
+        self.set_attributes(
+            deterministic=True, use_running_average=True, raise_if_not_found=False, **attributes
+        )
+
+
+def iter_modules(node: tp.Any) -> tp.Iterator[tuple[tuple, Module]]:
+    """(path, module) for every Module in the graph, children first."""
+    for path, value in core.iter_graph(node):
+        if isinstance(value, Module):
+            yield path, value
+
+
+def view(node: tp.Any, **attributes: tp.Any) -> tp.Any:
+    """A copy of the object graph that shares every Variable with `node` but
+    has `attributes` set on the sub-modules that have them.
+
+    `nnx.view(model, deterministic=True)` is an evaluation view: calling it
+    updates the same parameters and statistics, `model` itself is unchanged.
+    """
+    graphdef, pairs = core.flatten(node, copy=False)
+    copy = core.unflatten(graphdef, dict(pairs), copy=False)
+    if attributes:
+        copy.set_attributes(**attributes, raise_if_not_found=False)
+    return copy
