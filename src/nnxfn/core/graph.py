@@ -77,16 +77,21 @@ def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
 
 
 # -- flatten ----------------------------------------------------------------
-def flatten(node: tp.Any, *, copy: bool = True) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
+def flatten(
+    node: tp.Any, *, copy: bool = True, objects: list | None = None
+) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
     """Walk `node` once: a GraphDef and its (path, leaf) pairs.
 
     Leaves are arrays and Variables; with `copy=True` each Variable is a
     detached copy (same type, value and metadata), else the live object.
     A Variable or graph node reachable by several paths appears once, at
-    its first path in canonical order.
+    its first path in canonical order. If `objects` is given, the live
+    graph nodes and Variables are appended to it in GraphDef index order.
     """
     index: dict[int, int] = {}
     leaves: list[tuple[Path, Leaf]] = []
+    if objects is None:
+        objects = []
 
     def visit(x: tp.Any, path: Path) -> tp.Any:
         if isinstance(x, VariableLike):
@@ -94,6 +99,7 @@ def flatten(node: tp.Any, *, copy: bool = True) -> tuple[GraphDef, list[tuple[Pa
             if i is not None:
                 return Ref(i)
             i = index[id(x)] = len(index)
+            objects.append(x)
             meta = x.metadata_items()
             leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
             return VariableDef(type(x), i, meta)
@@ -103,6 +109,7 @@ def flatten(node: tp.Any, *, copy: bool = True) -> tuple[GraphDef, list[tuple[Pa
             if i is not None:
                 return Ref(i)
             i = index[id(x)] = len(index)
+            objects.append(x)
             kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
             return NodeDef(type(x), i, impl.static(x), kids)
         if isinstance(x, _ARRAY_TYPES):
@@ -129,14 +136,26 @@ def flatten(node: tp.Any, *, copy: bool = True) -> tuple[GraphDef, list[tuple[Pa
 
 
 # -- unflatten ----------------------------------------------------------------
-def unflatten(graphdef: GraphDef, leaves: tp.Mapping[Path, Leaf], *, copy: bool = True) -> tp.Any:
+def unflatten(
+    graphdef: GraphDef,
+    leaves: tp.Mapping[Path, Leaf],
+    *,
+    copy: bool = True,
+    reuse: tp.Mapping[int, tp.Any] | None = None,
+    objects: dict[int, tp.Any] | None = None,
+) -> tp.Any:
     """Build fresh objects from `graphdef` and a {path: leaf} mapping.
 
     No `__init__` runs. Variables are new objects unless `copy=False`, in
     which case Variable leaves are used as they are (a view sharing state).
+    `reuse` maps GraphDef indices to existing objects that are updated in
+    place instead of created (how transforms commit onto the caller's
+    objects); `objects`, if given, receives index -> object.
     Raises, naming the paths, when the leaves do not fit the GraphDef.
     """
-    objects: dict[int, tp.Any] = {}
+    reuse = reuse or {}
+    if objects is None:
+        objects = {}
     used: set[Path] = set()
     missing: list[Path] = []
 
@@ -155,9 +174,18 @@ def unflatten(graphdef: GraphDef, leaves: tp.Mapping[Path, Leaf], *, copy: bool 
             if isinstance(leaf, VariableLike):
                 if not isinstance(leaf, d.type):
                     raise ValueError(errors.wrong_variable_type(path, d.type, type(leaf)))
-                var = leaf if not copy else d.type.from_parts(leaf.raw_value, leaf.metadata_items())
+                value, meta = leaf.raw_value, leaf.metadata_items()
             else:
-                var = d.type.from_parts(leaf, d.metadata)
+                value, meta = leaf, d.metadata
+            var = reuse.get(d.index)
+            if var is not None:
+                var.set_raw(value)
+                if var.metadata_items() != meta:
+                    var.set_metadata_items(meta)
+            elif isinstance(leaf, VariableLike) and not copy:
+                var = leaf
+            else:
+                var = d.type.from_parts(value, meta)
             objects[d.index] = var
             return var
         if isinstance(d, ArrayDef):
@@ -169,7 +197,13 @@ def unflatten(graphdef: GraphDef, leaves: tp.Mapping[Path, Leaf], *, copy: bool 
             return objects[d.index]
         if isinstance(d, NodeDef):
             impl = tp.cast(NodeImpl, lookup(d.type))
-            node = impl.create_empty(d.type, d.static)
+            node = reuse.get(d.index)
+            if node is None:
+                node = impl.create_empty(d.type, d.static)
+            else:
+                keep = {k for k, _ in d.children}
+                for k in [k for k, _ in impl.children(node) if k not in keep]:
+                    impl.del_child(node, k)
             objects[d.index] = node
             for k, child in d.children:
                 impl.set_child(node, k, build(child, path + (k,)))

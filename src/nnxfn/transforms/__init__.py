@@ -1,0 +1,1 @@
+"""Lifted JAX transforms; see README.md in this folder."""

@@ -1,0 +1,268 @@
+"""`grad`, `value_and_grad`, `vjp`, `jvp`, `custom_vjp`, `remat` on the boundary.
+
+Module arguments are differentiated with respect to their `Param` leaves by
+default (`DiffState(argnum, filter)` picks others); their gradients come back
+as a `State` with the module's paths. Writes made during the forward pass
+(BatchNorm statistics, Rngs counters) are committed to the caller's objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing as tp
+
+import jax
+
+from nnxfn import core
+from nnxfn.core.variable_like import VariableLike
+from nnxfn.facade.variables import Param
+from nnxfn.transforms import boundary
+from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.common import (
+    MethodWrapper,
+    arg_of_leaves,
+    check_not_bound,
+    leaf_args,
+    run_inside,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffState:
+    """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
+
+    argnum: int
+    filter: tp.Any = Param
+
+
+def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tuple[DiffState, ...]:
+    items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    return tuple(a if isinstance(a, DiffState) else DiffState(a) for a in items)
+
+
+class _Selection:
+    """Which state/other leaves of an Entry are differentiated, per argument."""
+
+    def __init__(self, entry: boundary.Entry, args: tuple, kwargs: dict, specs: tuple[DiffState, ...]):
+        owners = arg_of_leaves(args, kwargs)
+        state_owner, other_owner = leaf_args(entry, owners)
+        preds = {s.argnum: core.to_predicate(s.filter) for s in specs}
+        self.state = [
+            i for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
+            if o in preds and preds[o](path[1:], leaf)
+        ]
+        self.other = [i for i, o in enumerate(other_owner) if o in preds]
+        self.state_owner, self.other_owner = state_owner, other_owner
+        self.entry, self.args, self.specs = entry, args, specs
+
+    def primals(self) -> tuple[list, list]:
+        e = self.entry
+        return [e.values[i] for i in self.state], [e.others[i] for i in self.other]
+
+    def substitute(self, state_vals: tp.Sequence, other_vals: tp.Sequence) -> tuple[list, list]:
+        values, others = list(self.entry.values), list(self.entry.others)
+        for i, v in zip(self.state, state_vals):
+            values[i] = v
+        for i, v in zip(self.other, other_vals):
+            others[i] = v
+        return values, others
+
+    def structure(self, state_vals: tp.Sequence, other_vals: tp.Sequence) -> tp.Any:
+        """Per differentiated argument: States for graph objects, arrays elsewhere."""
+        by_state = dict(zip(self.state, state_vals))
+        by_other = dict(zip(self.other, other_vals))
+        e = self.entry
+        out = []
+        for spec in self.specs:
+            arg = self.args[spec.argnum]
+            leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+            node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+            other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
+            new_leaves = []
+            for leaf in leaves:
+                if is_node(leaf):
+                    k = node_ids[id(leaf)]
+                    pairs = [
+                        (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
+                        for i in range(len(e.live))
+                        if e.static.paths[i][0] == k and i in by_state
+                    ]
+                    new_leaves.append(core.State.from_flat_path(pairs))
+                else:
+                    i = next(other_iter)
+                    new_leaves.append(by_other.get(i))
+            out.append(jax.tree_util.tree_unflatten(treedef, new_leaves))
+        return out
+
+
+def _like(template: tp.Any, value: tp.Any) -> tp.Any:
+    if isinstance(template, VariableLike):
+        return type(template).from_parts(value, template.metadata_items())
+    return value
+
+
+def _single(specs_given: tp.Any, results: list) -> tp.Any:
+    return results[0] if not isinstance(specs_given, (tuple, list)) else tuple(results)
+
+
+class _GradWrapped(MethodWrapper):
+    def __init__(self, fn: tp.Callable, argnums: tp.Any, has_aux: bool, holomorphic: bool,
+                 allow_int: bool, return_value: bool, name: str):
+        check_not_bound(fn, name)
+        functools.update_wrapper(self, fn)
+        self.fn, self.argnums, self.has_aux = fn, argnums, has_aux
+        self.holomorphic, self.allow_int = holomorphic, allow_int
+        self.return_value, self.name = return_value, name
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry = boundary.enter(args, kwargs)
+        sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums))
+        cell: dict = {}
+
+        def inner(state_vals: list, other_vals: list) -> tuple:
+            values, others = sel.substitute(state_vals, other_vals)
+            exit_static, out_arrays, emitted, out = run_inside(
+                self.fn, entry.static, values, others, self.name, with_output=True
+            )
+            cell["exit"] = exit_static
+            loss = out[0] if self.has_aux else out
+            return loss, (out_arrays, emitted)
+
+        (_, (out_arrays, emitted)), (g_state, g_other) = jax.value_and_grad(
+            inner, argnums=(0, 1), has_aux=True, holomorphic=self.holomorphic,
+            allow_int=self.allow_int,
+        )(*sel.primals())
+        out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
+        grads = _single(self.argnums, sel.structure(g_state, g_other))
+        if self.return_value:
+            return out, grads
+        return (grads, out[1]) if self.has_aux else grads
+
+
+def value_and_grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
+                   *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+    """Like `jax.value_and_grad`; module arguments are differentiated w.r.t. their
+    `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s."""
+    if f is None:
+        return lambda fn: value_and_grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
+    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
+
+
+def grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
+         *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+    """Like `jax.grad`; see `value_and_grad`."""
+    if f is None:
+        return lambda fn: grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
+    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad")
+
+
+def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
+    """Like `jax.vjp`; cotangents for module primals are States of their Params."""
+    entry = boundary.enter(primals, {})
+    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
+    cell: dict = {}
+
+    def inner(state_vals: list, other_vals: list) -> tuple:
+        values, others = sel.substitute(state_vals, other_vals)
+        exit_static, out_arrays, emitted, out = run_inside(
+            f, entry.static, values, others, "nnx.vjp", with_output=True
+        )
+        cell["exit"] = exit_static
+        primal = out[0] if has_aux else out
+        return primal, (out_arrays, emitted)
+
+    primal_out, pullback, (out_arrays, emitted) = jax.vjp(inner, *sel.primals(), has_aux=True)
+    out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
+
+    def vjp_fn(cotangent: tp.Any) -> tuple:
+        g_state, g_other = pullback(cotangent)
+        return tuple(sel.structure(g_state, g_other))
+
+    if has_aux:
+        return primal_out, vjp_fn, out[1]
+    return primal_out, vjp_fn
+
+
+def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bool = False) -> tuple:
+    """Like `jax.jvp`; tangents for module primals are States of their Params."""
+    primals = tuple(primals)
+    entry = boundary.enter(primals, {})
+    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
+    t_entry = boundary.enter(tuple(tangents), {})
+    t_state = _tangent_values(sel, tangents)
+    t_other = list(t_entry.others)
+    cell: dict = {}
+
+    def inner(state_vals: list, other_vals: list) -> tuple:
+        values, others = sel.substitute(state_vals, other_vals)
+        exit_static, out_arrays, emitted, out = run_inside(
+            f, entry.static, values, others, "nnx.jvp", with_output=True
+        )
+        cell["exit"] = exit_static
+        primal = out[0] if has_aux else out
+        return primal, (out_arrays, emitted)
+
+    primal_out, tangent_out, (out_arrays, emitted) = jax.jvp(
+        inner, sel.primals(), (t_state, t_other), has_aux=True
+    )
+    out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
+    if has_aux:
+        return primal_out, tangent_out, out[1]
+    return primal_out, tangent_out
+
+
+def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
+    """Tangent values aligned with the selected state leaves."""
+    e = sel.entry
+    flat_by_node: dict[int, dict] = {}
+    node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+    for primal, tangent in zip(sel.args, tangents):
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        t_leaves = jax.tree_util.tree_leaves(tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x))
+        for p, t in zip(p_leaves, t_leaves):
+            if is_node(p):
+                flat = t.flat_dict() if isinstance(t, core.State) else dict(core.state(t).flat_state())
+                flat_by_node[node_ids[id(p)]] = flat
+    out = []
+    for i in sel.state:
+        path = e.static.paths[i]
+        t = flat_by_node[path[0]][path[1:]]
+        out.append(boundary.raw(t))
+    return out
+
+
+def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
+          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None) -> tp.Any:
+    """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
+    if f is None:
+        return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+    static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+
+    @functools.wraps(f)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        statics = {i: args[i] for i in static_nums}
+        dyn = tuple(a for i, a in enumerate(args) if i not in statics)
+        entry = boundary.enter(dyn, kwargs)
+        cell: dict = {}
+
+        def call(*dargs: tp.Any, **kw: tp.Any) -> tp.Any:
+            full = list(dargs)
+            for i in sorted(statics):
+                full.insert(i, statics[i])
+            return f(*full, **kw)
+
+        def inner(values: list, others: list) -> tuple:
+            exit_static, out_arrays, emitted = run_inside(call, entry.static, values, others, "nnx.remat")
+            cell["exit"] = exit_static
+            return out_arrays, emitted
+
+        out_arrays, emitted = jax.checkpoint(inner, prevent_cse=prevent_cse, policy=policy)(
+            entry.values, entry.others
+        )
+        return boundary.commit(entry, cell["exit"], out_arrays, emitted)
+
+    return wrapper
+
+
+checkpoint = remat

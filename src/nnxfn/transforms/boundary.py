@@ -1,0 +1,203 @@
+"""The one boundary mechanism every lifted transform uses.
+
+1. `enter` (outside): flatten the arguments; all graph objects anywhere in
+   args/kwargs are flattened *together*, so sharing across arguments is
+   deduplicated. The result is hashable static data (`Entry.static`) plus
+   flat lists of raw values.
+2. `rebuild` (inside the JAX transform): merge fresh objects from the traced
+   values, inside a transform `Frame` (writes to captured objects raise).
+3. `leave` (inside): flatten the fresh inputs again together with any graph
+   objects in the output; emit only the input leaves that changed (or all of
+   them if the structure changed) plus the output objects' leaves.
+4. `commit` (outside): write those values onto the caller's objects; output
+   objects that are inputs come back as the caller's own objects.
+
+If the function raises, nothing is committed: the caller's objects were never
+touched (the function only ever saw fresh copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+import jax
+
+from nnxfn import core
+from nnxfn.core.graph import is_array
+from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.registry import lookup
+from nnxfn.core.variable_like import VariableLike
+from nnxfn.facade import context
+
+Path = tuple[tp.Any, ...]
+
+
+def is_node(x: tp.Any) -> bool:
+    """Graph objects and Variables: what the boundary flattens itself."""
+    return isinstance(x, VariableLike) or lookup(type(x)) is not None
+
+
+def raw(leaf: tp.Any) -> tp.Any:
+    return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryStatic:
+    """Hashable description of the inputs: what a compiled function is keyed on."""
+
+    graphdef: GraphDef  # of the list of graph objects found in args
+    paths: tuple[Path, ...]  # one per state leaf, relative to that list
+    treedef: tp.Any  # of (args, kwargs) with graph objects as leaves
+    node_positions: tuple[int, ...]  # where the graph objects sit in the leaves
+    static_leaves: tuple[tuple[int, tp.Any], ...]  # non-array leaves kept static
+
+
+@dataclasses.dataclass
+class Entry:
+    static: EntryStatic
+    values: list  # raw values of the graph objects' state leaves
+    others: list  # the remaining (array) leaves of args/kwargs
+    live: list  # the caller's Variables / raw arrays, one per state leaf
+    objects: list  # the caller's graph objects and Variables, by GraphDef index
+    nodes: list  # the graph objects found in args, in order
+
+
+def enter(args: tuple, kwargs: dict) -> Entry:
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
+    node_positions, nodes, others, static_leaves = [], [], [], []
+    for i, leaf in enumerate(leaves):
+        if is_node(leaf):
+            node_positions.append(i)
+            nodes.append(leaf)
+        elif leaf is None or is_array(leaf) or isinstance(leaf, (int, float, complex, bool)):
+            others.append(leaf)
+        else:
+            static_leaves.append((i, leaf))
+    objects: list = []
+    graphdef, pairs = core.flatten(nodes, copy=False, objects=objects)
+    static = EntryStatic(
+        graphdef,
+        tuple(p for p, _ in pairs),
+        treedef,
+        tuple(node_positions),
+        tuple(static_leaves),
+    )
+    live = [leaf for _, leaf in pairs]
+    return Entry(static, [raw(x) for x in live], others, live, objects, nodes)
+
+
+@dataclasses.dataclass
+class Inside:
+    """What `rebuild` made: the fresh objects and the frame they live in."""
+
+    static: EntryStatic
+    values: list
+    nodes: list
+    objects: dict[int, tp.Any]
+    frame: context.Frame
+
+
+def rebuild(static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
+            frame: context.Frame) -> tuple[tuple, dict, Inside]:
+    """Fresh args/kwargs from traced values; call inside `frame`."""
+    objects: dict[int, tp.Any] = {}
+    nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
+    positions = static.node_positions + tuple(p for p, _ in static.static_leaves)
+    fixed = list(nodes) + [v for _, v in static.static_leaves]
+    args, kwargs = assemble(static.treedef, positions, fixed, others)
+    return args, kwargs, Inside(static, list(values), nodes, objects, frame)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitStatic:
+    """Hashable description of what left the transform."""
+
+    changed: tuple[int, ...] | None  # indices of changed input leaves; None: structure changed
+    graphdef: GraphDef | None  # of (inputs, output objects), when needed for commit
+    paths: tuple[Path, ...]  # paths (in `graphdef`) of the emitted leaves
+    origins: tuple[tuple[int, int], ...]  # (index in graphdef, index in the entry)
+    out_treedef: tp.Any
+    out_positions: tuple[int, ...]
+
+
+def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> tuple[ExitStatic, list, list]:
+    """(exit static, output array leaves, emitted state values).
+
+    `emit_all` lists input leaf indices that must be emitted even if
+    unchanged (e.g. donated buffers).
+    """
+    out_leaves, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
+    out_positions = tuple(i for i, x in enumerate(out_leaves) if is_node(x))
+    out_nodes = [out_leaves[i] for i in out_positions]
+    out_arrays = [x for i, x in enumerate(out_leaves) if i not in out_positions]
+
+    new_objects: list = []
+    graphdef, pairs = core.flatten((inside.nodes, out_nodes), copy=False, objects=new_objects)
+    entry_index = {id(obj): i for i, obj in inside.objects.items()}
+    origins = tuple(
+        (new_i, entry_index[id(obj)])
+        for new_i, obj in enumerate(new_objects)
+        if id(obj) in entry_index
+    )
+    n_in = len(inside.static.paths)
+    in_part = graphdef.root.children[0][1]
+    same = in_part == inside.static.graphdef.root
+    if same and not out_nodes:
+        changed = tuple(
+            i for i, (_, leaf) in enumerate(pairs[:n_in])
+            if i in emit_all or raw(leaf) is not inside.values[i]
+        )
+        values = [raw(pairs[i][1]) for i in changed]
+        return ExitStatic(changed, None, (), origins, out_treedef, out_positions), out_arrays, values
+    if same:
+        changed = tuple(
+            i for i, (_, leaf) in enumerate(pairs[:n_in])
+            if i in emit_all or raw(leaf) is not inside.values[i]
+        )
+        emitted = [pairs[i] for i in changed] + list(pairs[n_in:])
+    else:
+        changed, emitted = None, list(pairs)
+    return (
+        ExitStatic(changed, graphdef, tuple(p for p, _ in emitted), origins, out_treedef, out_positions),
+        out_arrays,
+        [raw(leaf) for _, leaf in emitted],
+    )
+
+
+def commit(entry: Entry, exit: ExitStatic, out_arrays: tp.Sequence, values: tp.Sequence) -> tp.Any:
+    """Write the emitted values onto the caller's objects; return the output."""
+    if exit.graphdef is None:
+        _commit_leaves(entry, exit.changed, values)
+        out_nodes: list = []
+    else:
+        leaves = dict(zip(exit.paths, values))
+        if exit.changed is not None:  # structure unchanged: unchanged leaves are live
+            emitted = set(exit.changed)
+            for i, (path, leaf) in enumerate(zip(entry.static.paths, entry.live)):
+                if i not in emitted:
+                    leaves[(0,) + path] = raw(leaf)
+        reuse = {new_i: entry.objects[old_i] for new_i, old_i in exit.origins}
+        _, out_nodes = core.unflatten(exit.graphdef, leaves, reuse=reuse)
+    return assemble(exit.out_treedef, exit.out_positions, out_nodes, out_arrays)
+
+
+def assemble(treedef: tp.Any, positions: tp.Sequence[int], nodes: tp.Sequence, others: tp.Sequence) -> tp.Any:
+    """Put graph objects and other leaves back into one pytree."""
+    at = dict(zip(positions, nodes))
+    it = iter(others)
+    return jax.tree_util.tree_unflatten(
+        treedef, [at[i] if i in at else next(it) for i in range(treedef.num_leaves)]
+    )
+
+
+def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:
+    loose = {}
+    for i, value in zip(changed, values):
+        target = entry.live[i]
+        if isinstance(target, VariableLike):
+            target.set_raw(value)
+        else:
+            loose[entry.static.paths[i]] = value
+    for path, value in loose.items():  # raw arrays held directly by their parents
+        core.update(entry.nodes[path[0]], core.State.from_flat_path({path[1:]: value}))

@@ -1,0 +1,91 @@
+"""Small helpers shared by the transform wrappers."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing as tp
+
+import jax
+
+from nnxfn.facade import context
+from nnxfn.transforms.boundary import Entry, EntryStatic, Inside, is_node, leave, rebuild
+
+
+class Static:
+    """A leafless pytree node carrying hashable data through a JAX transform."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: tp.Any):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _: Static(v))
+
+
+def check_not_bound(fn: tp.Callable, name: str) -> None:
+    if inspect.ismethod(fn) and is_node(fn.__self__):
+        cls = type(fn.__self__).__name__
+        raise TypeError(
+            f"{name} got the bound method {cls}.{fn.__name__}: its `self` would be "
+            "captured by closure, so its updates could not be committed. Transform "
+            f"the unbound method and pass the object: `{name}({cls}.{fn.__name__})(obj, ...)`, "
+            f"or decorate the method in the class body with `@{name}`."
+        )
+
+
+def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, int):
+        return (x,)
+    return tuple(x)
+
+
+def run_inside(fn: tp.Callable, static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
+               name: str, emit_all: tp.Container[int] = (), *, with_output: bool = False) -> tuple:
+    """Rebuild fresh args, call `fn`, return (exit static, out arrays, emitted values)
+    (and the raw output, inside the trace, if `with_output`)."""
+    frame = context.Frame(name)
+    context.push_frame(frame)
+    try:
+        args, kwargs, inside = rebuild(static, values, others, frame)
+        out = fn(*args, **kwargs)
+        result = leave(inside, out, emit_all=emit_all)
+        return (*result, out) if with_output else result
+    finally:
+        context.pop_frame(frame)
+
+
+class MethodWrapper:
+    """Base for transformed callables: binds like a function when used as a method."""
+
+    fn: tp.Callable
+
+    def __get__(self, obj: tp.Any, objtype: type | None = None) -> tp.Any:
+        if obj is None:
+            return self
+        return functools.partial(self, obj)
+
+
+def arg_of_leaves(args: tuple, kwargs: dict) -> list[int]:
+    """For each leaf of `(args, kwargs)` (graph objects as leaves), its argument index
+    (kwargs get -1)."""
+    owners: list[int] = []
+    for i, arg in enumerate(args):
+        owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_node))
+    owners += [-1] * len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_node))
+    return owners
+
+
+def leaf_args(entry: Entry, owners: list[int]) -> tuple[list[int], list[int]]:
+    """Argument index of each state leaf and of each `others` leaf of an Entry."""
+    node_owner = [owners[p] for p in entry.static.node_positions]
+    state = [node_owner[path[0]] for path in entry.static.paths]
+    fixed = set(entry.static.node_positions) | {p for p, _ in entry.static.static_leaves}
+    others = [owners[i] for i in range(len(owners)) if i not in fixed]
+    return state, others
+
+
+__all__ = ["Static", "check_not_bound", "as_tuple", "run_inside", "MethodWrapper", "Inside"]
