@@ -55,6 +55,45 @@ from nnxfn.facade.variables import (
     RngState as RngState,
     Variable as Variable,
 )
+from nnxfn.transforms import (
+    Carry as Carry,
+    DiffState as DiffState,
+    JitWrapped as JitWrapped,
+    StateAxes as StateAxes,
+    StateSharding as StateSharding,
+    checkify as checkify,
+    checkpoint as checkpoint,
+    cond as cond,
+    custom_vjp as custom_vjp,
+    eval_shape as eval_shape,
+    fori_loop as fori_loop,
+    fork_rngs as fork_rngs,
+    grad as grad,
+    jit as jit,
+    jvp as jvp,
+    make_jaxpr as make_jaxpr,
+    pmap as pmap,
+    remat as remat,
+    scan as scan,
+    shard_map as shard_map,
+    split_rngs as split_rngs,
+    switch as switch,
+    value_and_grad as value_and_grad,
+    vjp as vjp,
+    vmap as vmap,
+    while_loop as while_loop,
+)
+from nnxfn import nn as nn
+from nnxfn.nn import *  # noqa: F401,F403  (layers, activations, ...; see nnxfn.nn.__all__)
+from nnxfn.nn import initializers as initializers
+from nnxfn.training import (
+    EMA as EMA,
+    ModelAndOptimizer as ModelAndOptimizer,
+    Optimizer as Optimizer,
+    metrics as metrics,
+    restore_checkpoint as restore_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"

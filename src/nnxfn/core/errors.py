@@ -74,6 +74,15 @@ def unhashable_static(path: tuple[Any, ...], value: Any) -> str:
     )
 
 
+def unhashable_metadata(path: tuple[Any, ...], name: str, value: Any) -> str:
+    return (
+        f"{path_str(path)} has metadata {name}={type(value).__name__}, which is not "
+        "hashable. Variable metadata lives in the GraphDef (a static, hashable "
+        "value). Use a hashable value (a tuple, a string, a number), or store "
+        "arrays as their own `nnx.Variable`."
+    )
+
+
 def bad_filter(f: Any) -> str:
     return (
         f"{f!r} is not a filter. A filter is a Variable type, a tag string, `...`, "

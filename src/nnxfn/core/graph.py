@@ -78,7 +78,8 @@ def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
 
 # -- flatten ----------------------------------------------------------------
 def flatten(
-    node: tp.Any, *, copy: bool = True, objects: list | None = None
+    node: tp.Any, *, copy: bool = True, objects: list | None = None,
+    containers: list | None = None,
 ) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
     """Walk `node` once: a GraphDef and its (path, leaf) pairs.
 
@@ -86,7 +87,9 @@ def flatten(
     detached copy (same type, value and metadata), else the live object.
     A Variable or graph node reachable by several paths appears once, at
     its first path in canonical order. If `objects` is given, the live
-    graph nodes and Variables are appended to it in GraphDef index order.
+    graph nodes and Variables are appended to it in GraphDef index order;
+    if `containers` is given, every mutable list/dict walked is appended to
+    it (caches use them to notice in-place edits).
     """
     index: dict[int, int] = {}
     leaves: list[tuple[Path, Leaf]] = []
@@ -116,6 +119,8 @@ def flatten(
             leaves.append((path, x))
             return ARRAY
         if type(x) in _CONTAINERS:
+            if containers is not None and type(x) is not tuple:
+                containers.append(x)
             kids = tuple((k, visit(v, path + (k,))) for k, v in _container_children(x))
             return ContainerDef(type(x), kids)
         if x is None or isinstance(x, (int, float, str, bool, complex)):
@@ -328,7 +333,7 @@ def _update_value(child: tp.Any, value: tp.Any, path: Path) -> tp.Any:
         else:
             child.set_raw(value)
         return child
-    if isinstance(value, VariableLike) and child is _MISSING:
+    if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
         return type(value).from_parts(value.raw_value, value.metadata_items())
     return value
 
@@ -364,13 +369,18 @@ def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     """Remove the Variables matching `filters` from `node`; return them as State(s)."""
     _, pairs = flatten(node, copy=False)
     states = _partition(pairs, filters, exhaustive=False)
+    # Find every parent before deleting anything (nothing changes on error),
+    # then delete the last paths first so list indices do not shift.
+    targets = []
     for s in states:
         for path, _ in s.flat_state():
             parent = _get_path(node, path[:-1])
             impl = lookup(type(parent))
             if impl is None:
                 raise ValueError(errors.cannot_pop(path))
-            impl.del_child(parent, path[-1])
+            targets.append((path, parent, impl))
+    for path, parent, impl in sorted(targets, key=lambda t: _path_order(t[0]), reverse=True):
+        impl.del_child(parent, path[-1])
     return states[0] if len(states) == 1 else states
 
 

@@ -13,7 +13,19 @@ import dataclasses
 from typing import Any, Hashable
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+def same_value(a: Any, b: Any) -> bool:
+    """Equality for static values that also compares types, element-wise in
+    tuples: `1`, `1.0` and `True` are equal in Python but trace differently."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class NodeDef:
     """A registered graph node (e.g. a Module) with identity."""
 
@@ -22,14 +34,37 @@ class NodeDef:
     static: Hashable
     children: tuple[tuple[Any, Any], ...]  # (key, def)
 
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is NodeDef
+            and self.type is other.type
+            and self.index == other.index
+            and same_value(self.static, other.static)
+            and self.children == other.children
+        )
 
-@dataclasses.dataclass(frozen=True, slots=True)
+    def __hash__(self) -> int:
+        return hash((self.type, self.index, self.static, self.children))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class VariableDef:
     """A boxed leaf (Variable); its value is in the State."""
 
     type: type
     index: int
     metadata: tuple[tuple[str, Any], ...]
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is VariableDef
+            and self.type is other.type
+            and self.index == other.index
+            and same_value(self.metadata, other.metadata)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index, self.metadata))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,11 +82,17 @@ class ArrayDef:
 ARRAY = ArrayDef()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class StaticDef:
     """A static value, stored in the GraphDef itself."""
 
     value: Hashable
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (type(other) is StaticDef and same_value(self.value, other.value))
+
+    def __hash__(self) -> int:
+        return hash(self.value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,9 +123,14 @@ class GraphDef:
     def __init__(self, root: Any, num_leaves: int):
         self.root = root
         self.num_leaves = num_leaves
-        self._hash = hash(root)
+        self._hash: int | None = None
 
     def __hash__(self) -> int:
+        if self._hash is None:
+            try:
+                self._hash = hash(self.root)
+            except TypeError:
+                raise TypeError(_unhashable_message(self.root)) from None
         return self._hash
 
     def __eq__(self, other: object) -> bool:
@@ -92,7 +138,7 @@ class GraphDef:
             return True
         return (
             isinstance(other, GraphDef)
-            and self._hash == other._hash
+            and hash(self) == hash(other)
             and self.root == other.root
         )
 
@@ -122,3 +168,35 @@ def _describe(d: Any, indent: int) -> str:
     if isinstance(d, ArrayDef):
         return "Array"
     return repr(d.value)
+
+
+def _unhashable_message(root: Any) -> str:
+    """Find the first unhashable static value or metadata and name its path."""
+    from nnxfn.core.errors import unhashable_metadata, unhashable_static
+
+    def is_hashable(x: Any) -> bool:
+        try:
+            hash(x)
+        except TypeError:
+            return False
+        return True
+
+    def find(d: Any, path: tuple) -> str | None:
+        if isinstance(d, VariableDef):
+            for name, value in d.metadata:
+                if not is_hashable(value):
+                    return unhashable_metadata(path, name, value)
+            return None
+        if isinstance(d, StaticDef):
+            return None if is_hashable(d.value) else unhashable_static(path, d.value)
+        if isinstance(d, NodeDef) and not is_hashable(d.static):
+            for name, value in d.static:
+                if not is_hashable(value):
+                    return unhashable_static(path + (name,), value)
+        for key, child in getattr(d, "children", ()):
+            found = find(child, path + (key,))
+            if found is not None:
+                return found
+        return None
+
+    return find(root, ()) or "GraphDef holds an unhashable value"

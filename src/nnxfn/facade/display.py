@@ -38,10 +38,17 @@ def node_repr(node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int =
     pad = "  " * (indent + 1)
     items = children(node)
     lines = []
+
+    def var_repr(v: tp.Any, ind: int) -> str:  # a shared Variable is shown once too
+        if id(v) in seen:
+            return f"{type(v).__name__}(<shared, shown above>)"
+        seen.add(id(v))
+        return variable_repr(v, ind)
+
     for key, value in items[:MAX_ITEMS]:
         label = f"{pad}{key}=" if isinstance(key, str) else f"{pad}[{key}]: "
         if isinstance(value, Variable):
-            body = variable_repr(value, indent + 1)
+            body = var_repr(value, indent + 1)
         elif _is_graph_node(value):
             body = node_repr(value, children, indent + 1, seen)
         elif isinstance(value, (list, tuple)) and any(
@@ -49,10 +56,12 @@ def node_repr(node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int =
         ):
             inner = ",\n".join(
                 f"{pad}  " + (node_repr(v, children, indent + 2, seen) if _is_graph_node(v)
-                              else variable_repr(v, indent + 2) if isinstance(v, Variable)
+                              else var_repr(v, indent + 2) if isinstance(v, Variable)
                               else value_repr(v))
                 for v in value[:MAX_ITEMS]
             )
+            if len(value) > MAX_ITEMS:
+                inner += f",\n{pad}  ... ({len(value) - MAX_ITEMS} more)"
             open_, close = ("[", "]") if isinstance(value, list) else ("(", ")")
             body = f"{open_}\n{inner}\n{pad}{close}"
         else:

@@ -3,8 +3,8 @@
 Attributes are assigned as usual. Arrays, Variables, Modules and lists,
 tuples and dicts of them are *data* (they go to the State); everything else
 is *static* (it goes to the GraphDef). `nnx.static(x)` forces static. Every
-structural change (attribute added, rebound to a non-array, deleted) bumps
-the structure epoch that transform caches check.
+attribute assignment or deletion bumps the structure epoch that transform
+caches check (Variable value writes do not).
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import typing as tp
 import jax
 
 from nnxfn import core
-from nnxfn.core.graph import is_array
 from nnxfn.facade import context
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.variables import Intermediate, Perturbation, Variable
 
-_MISSING = object()
 _PRIVATE = ("_nnx_frame", "_nnx_static")
 
 
@@ -54,6 +52,9 @@ class Object:
         _register_pytree(cls)
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
+        if hasattr(getattr(type(self), name, None), "__set__"):  # a property: not structure
+            object.__setattr__(self, name, value)
+            return
         d = self.__dict__
         context.check_write(self, d.get("_nnx_frame"), f"attribute {name!r}")
         statics = d.get("_nnx_static", frozenset())
@@ -64,15 +65,14 @@ class Object:
         elif isinstance(value, data):
             value = value.value
             object.__setattr__(self, "_nnx_static", statics - {name})
-        old = d.get(name, _MISSING)
-        if not (is_array(old) and is_array(value)):
-            context.bump_structure()
+        elif name in statics:
+            _check_hashable(self, name, value, rebound=True)
+        context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
         context.check_write(self, self.__dict__.get("_nnx_frame"), f"attribute {name!r}")
-        context.bump_structure()
-        object.__delattr__(self, name)
+        _del_child(self, name)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -90,10 +90,16 @@ class Object:
 Pytree = Object
 
 
-def _check_hashable(obj: tp.Any, name: str, value: tp.Any) -> None:
+def _check_hashable(obj: tp.Any, name: str, value: tp.Any, rebound: bool = False) -> None:
     try:
         hash(value)
     except TypeError:
+        if rebound:
+            raise TypeError(
+                f"{type(obj).__name__}.{name} was marked `nnx.static`, so it must stay "
+                f"hashable, but it is being set to a {type(value).__name__}. To make it "
+                f"data again, write `self.{name} = nnx.data(value)`."
+            ) from None
         raise TypeError(
             f"{type(obj).__name__}.{name} = nnx.static(...) needs a hashable value, "
             f"got a {type(value).__name__}. Use a tuple instead of a list, or a "
@@ -140,6 +146,9 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
 def _del_child(obj: Object, key: str) -> None:
     context.bump_structure()
     object.__delattr__(obj, key)
+    statics = obj.__dict__.get("_nnx_static")
+    if statics and key in statics:  # a deleted attribute is no longer static
+        object.__setattr__(obj, "_nnx_static", statics - {key})
 
 
 core.register_node_type(

@@ -100,7 +100,11 @@ class Variable(VariableLike, tp.Generic[A]):
             value = value.raw_value
         old = self.raw_value
         if key is Ellipsis and (
-            not hasattr(old, "shape") or getattr(value, "shape", None) == old.shape
+            not hasattr(old, "shape")
+            or (
+                getattr(value, "shape", None) == old.shape
+                and getattr(value, "dtype", None) == old.dtype
+            )
         ):
             self.set_raw(value)
         else:
@@ -206,6 +210,14 @@ def _binary(op: tp.Callable) -> tp.Callable:
     return forward, backward
 
 
+def _inplace(op: tp.Callable) -> tp.Callable:
+    def inplace(self: Variable, other: tp.Any) -> Variable:
+        self.set_raw(op(self.raw_value, _unwrap(other)))
+        return self
+
+    return inplace
+
+
 for _name, _op in {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul,
     "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
@@ -216,6 +228,9 @@ for _name, _op in {
     _fwd, _bwd = _binary(_op)
     setattr(Variable, f"__{_name}__", _fwd)
     setattr(Variable, f"__r{_name}__", _bwd)
+    # `v += x` writes the Variable (instead of rebinding the name to an array,
+    # which would silently turn `self.count += 1` into a plain attribute).
+    setattr(Variable, f"__i{_name}__", _inplace(_op))
 
 for _name, _op in {
     "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,

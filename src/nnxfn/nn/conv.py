@@ -209,6 +209,11 @@ class Conv(Module):
                 )
             x = jnp.pad(x, [(0, 0), (kernel_dilation[0] * (self.kernel_size[0] - 1), 0), (0, 0)])
             padding = "VALID"
+        if isinstance(padding, str) and any(d != 1 for d in input_dilation):
+            # lax takes no string padding with input dilation: spell it out.
+            dilated_in = [(n - 1) * d + 1 for n, d in zip(x.shape[1:-1], input_dilation)]
+            window = [(k - 1) * d + 1 for k, d in zip(self.kernel_size, kernel_dilation)]
+            padding = lax.padtype_to_pads(dilated_in, window, strides, padding)
         kernel = _masked_kernel("Conv", self.kernel[...], self.mask)
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)

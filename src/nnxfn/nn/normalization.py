@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nnxfn.core import iter_graph, to_predicate
+from nnxfn.core import PathContains, iter_graph, to_predicate
 from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import BatchStat, Param, Variable
@@ -101,8 +101,15 @@ def normalize(
         bias = jnp.reshape(bias, feature_shape)
         y = y + bias
         args.append(bias)
-    (out_dtype,) = {a.dtype for a in promote_dtype(tuple(args), dtype=dtype)[:1]}
-    return jnp.asarray(y, out_dtype)
+    return jnp.asarray(y, result_dtype(*args, dtype=dtype))
+
+
+def result_dtype(*args: Array | None, dtype: Dtype | None = None) -> Dtype:
+    """`dtype` if given, else the common dtype of `args`, at least float32 if not inexact."""
+    if dtype is not None:
+        return dtype
+    dtype = jnp.result_type(*[a for a in args if a is not None])
+    return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.promote_types(jnp.float32, dtype)
 
 
 def _check_features(layer: str, x: Array, feature_axes: tuple[int, ...], num_features: int) -> None:
@@ -131,6 +138,12 @@ def _scale_bias(
 
 def _val(v: Variable | None) -> Array | None:
     return None if v is None else v[...]
+
+
+def _keep(module: Module, **attributes: tp.Any) -> None:
+    """Store the constructor's configuration as attributes (as Flax does)."""
+    for name, value in attributes.items():
+        setattr(module, name, value)
 
 
 # -- BatchNorm ---------------------------------------------------------------------------
@@ -169,21 +182,14 @@ class BatchNorm(Module):
         self.var = BatchStat(jnp.ones(shape, jnp.float32))
         _scale_bias(self, use_scale, use_bias, shape, scale_init, bias_init, param_dtype,
                     rngs, scale_metadata, bias_metadata)
-        self.num_features = num_features
-        self.use_running_average = use_running_average
-        self.axis = axis
-        self.momentum = momentum
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.bias_init = bias_init
-        self.scale_init = scale_init
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
+        _keep(
+            self, num_features=num_features,
+            use_running_average=use_running_average, axis=axis, momentum=momentum,
+            epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
+            use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
+        )
 
     def __call__(
         self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
@@ -215,14 +221,31 @@ class BatchNorm(Module):
 
 
 # -- LayerNorm / RMSNorm ---------------------------------------------------------------------
-class LayerNorm(Module):
+class _AxesNorm(Module):
+    """Shared call of LayerNorm and RMSNorm: statistics over `reduction_axes`."""
+
+    _use_mean = True
+
+    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+        x = jnp.asarray(x)
+        name = type(self).__name__
+        reduction_axes = _axes(x.ndim, self.reduction_axes, name)
+        feature_axes = _axes(x.ndim, self.feature_axes, name)
+        _check_features(name, x, feature_axes, self.num_features)
+        mean, var = compute_stats(
+            x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
+            use_mean=self._use_mean, use_fast_variance=self.use_fast_variance, mask=mask,
+        )
+        return normalize(x, mean, var, _val(self.scale), _val(getattr(self, "bias", None)),
+                         reduction_axes, feature_axes, self.dtype, self.epsilon)
+
+
+class LayerNorm(_AxesNorm):
     """Normalizes each example over `reduction_axes` (default: the last axis).
 
     >>> LayerNorm(4, rngs=Rngs(0))(jnp.arange(8.0).reshape(2, 4)).shape
     (2, 4)
     """
-
-    _use_mean = True
 
     def __init__(
         self,
@@ -247,37 +270,18 @@ class LayerNorm(Module):
     ):
         _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
                     param_dtype, rngs, scale_metadata, bias_metadata)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.bias_init = bias_init
-        self.scale_init = scale_init
-        self.reduction_axes = reduction_axes
-        self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
-
-    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-        x = jnp.asarray(x)
-        name = type(self).__name__
-        reduction_axes = _axes(x.ndim, self.reduction_axes, name)
-        feature_axes = _axes(x.ndim, self.feature_axes, name)
-        _check_features(name, x, feature_axes, self.num_features)
-        mean, var = compute_stats(
-            x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
-            use_mean=self._use_mean, use_fast_variance=self.use_fast_variance, mask=mask,
+        _keep(
+            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
+            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
+            bias_init=bias_init, scale_init=scale_init, reduction_axes=reduction_axes,
+            feature_axes=feature_axes, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            promote_dtype=promote_dtype,
         )
-        return normalize(x, mean, var, _val(self.scale), _val(getattr(self, "bias", None)),
-                         reduction_axes, feature_axes, self.dtype, self.epsilon)
 
 
-class RMSNorm(LayerNorm):
-    """`x / sqrt(mean(x**2) + epsilon) * scale` over `reduction_axes` (no bias, no centring).
+class RMSNorm(_AxesNorm):
+    """`x / sqrt(mean(x**2) + epsilon) * scale` over `reduction_axes` (no centring, no bias).
 
     >>> RMSNorm(4, rngs=Rngs(0))(jnp.ones((2, 4))).shape
     (2, 4)
@@ -303,14 +307,17 @@ class RMSNorm(LayerNorm):
         rngs: Rngs,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        super().__init__(
-            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-            use_bias=False, use_scale=use_scale, scale_init=scale_init,
+        self.scale = (
+            Param(scale_init(rngs.params(), (num_features,), param_dtype), **scale_metadata)
+            if use_scale else None
+        )
+        _keep(
+            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
+            param_dtype=param_dtype, use_scale=use_scale, scale_init=scale_init,
             reduction_axes=reduction_axes, feature_axes=feature_axes, axis_name=axis_name,
             axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-            promote_dtype=promote_dtype, rngs=rngs, scale_metadata=scale_metadata,
+            promote_dtype=promote_dtype,
         )
-        del self.bias, self.use_bias, self.bias_init
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         return super().__call__(x, mask=mask)
@@ -373,18 +380,13 @@ class GroupNorm(Module):
         self.num_features = num_features
         self.num_groups = num_groups
         self.group_size = num_features // num_groups
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.bias_init = bias_init
-        self.scale_init = scale_init
-        self.reduction_axes = reduction_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
+        _keep(
+            self, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
+            scale_init=scale_init, reduction_axes=reduction_axes, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            promote_dtype=promote_dtype,
+        )
 
     def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
         x = jnp.asarray(x)
@@ -447,19 +449,13 @@ class InstanceNorm(Module):
     ):
         _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
                     param_dtype, rngs, scale_metadata, bias_metadata)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.bias_init = bias_init
-        self.scale_init = scale_init
-        self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
+        _keep(
+            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
+            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
+            bias_init=bias_init, scale_init=scale_init, feature_axes=feature_axes,
+            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
+        )
 
     def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
         x = jnp.asarray(x)
@@ -479,5 +475,152 @@ class InstanceNorm(Module):
                          feature_axes, self.dtype, self.epsilon)
 
 
-# -- weight wrappers ------------------------------------------------------------------------------
-from nnxfn.nn.weight_norms import SpectralNorm, WeightNorm  # noqa: E402,F401
+
+
+# -- weight wrappers --------------------------------------------------------------------------------
+def _l2_normalize(x: Array, axes: tp.Sequence[int] | None, eps: float) -> Array:
+    return x * lax.rsqrt(jnp.sum(x * x, axis=axes, keepdims=True) + eps)
+
+
+def _params(layer: Module, predicate: tp.Callable | None = None) -> list[tuple[tuple, Param]]:
+    found = [(p, v) for p, v in iter_graph(layer) if isinstance(v, Param)]
+    return [(p, v) for p, v in found if predicate is None or predicate(p, v)]
+
+
+def _changed(wrapper: str, path: tuple) -> RuntimeError:
+    return RuntimeError(
+        f"{wrapper}: the wrapped layer has a parameter at {path} that did not exist "
+        f"when the {wrapper} was built. Wrap the layer after its parameters are final."
+    )
+
+
+class WeightNorm(Module):
+    """Reparametrizes the wrapped layer's selected parameters as
+    `scale * w / ||w||` (norm over all axes but `feature_axes`) before each call.
+
+    The normalized value is written into the layer's parameter, as Flax does;
+    `scales` maps each selected parameter's path to its learnable `Param`.
+
+    >>> wn = WeightNorm(Linear(3, 4, rngs=Rngs(0)), rngs=Rngs(1))
+    >>> wn(jnp.ones((2, 3))).shape
+    (2, 4)
+    """
+
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        feature_axes: Axes | None = -1,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones_init(),
+        epsilon: float = 1e-12,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        variable_filter: tp.Any = PathContains("kernel"),
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
+    ):
+        self.layer_instance = layer_instance
+        _keep(
+            self, feature_axes=() if feature_axes is None else feature_axes,
+            use_scale=use_scale, scale_init=scale_init, epsilon=epsilon, dtype=dtype,
+            param_dtype=param_dtype, variable_filter=variable_filter,
+            promote_dtype=promote_dtype,
+        )
+        self.scales: dict[tuple, Param] | None = None
+        if use_scale:
+            self.scales = {}
+            for path, param in _params(layer_instance, to_predicate(variable_filter)):
+                axes = _axes(param.ndim, self.feature_axes, "WeightNorm")
+                shape = tuple(param.shape[a] for a in axes)
+                self.scales[path] = Param(scale_init(rngs.params(), shape, param_dtype))
+
+    def __call__(self, x: Array, *args: tp.Any, **kwargs: tp.Any) -> Array:
+        for path, param in _params(self.layer_instance, to_predicate(self.variable_filter)):
+            w = param[...]
+            axes = _axes(w.ndim, self.feature_axes, "WeightNorm")
+            reduce = tuple(i for i in range(w.ndim) if i not in axes)
+            w_bar = _l2_normalize(w, reduce, self.epsilon)
+            scale = None
+            if self.scales is not None:
+                if path not in self.scales:
+                    raise _changed("WeightNorm", path)
+                shape = [w.shape[i] if i in axes else 1 for i in range(w.ndim)]
+                scale = jnp.reshape(self.scales[path][...], shape)
+                w_bar = w_bar * scale
+            param[...] = jnp.asarray(w_bar, result_dtype(w, scale, dtype=self.dtype))
+        return self.layer_instance(x, *args, **kwargs)
+
+
+class SpectralNorm(Module):
+    """Divides the wrapped layer's parameters (2-D or more) by their largest
+    singular value, estimated by `n_steps` of power iteration, before each call.
+
+    `batch_stats[path + ('u',)]` (the power-iteration vector) and
+    `batch_stats[path + ('sigma',)]` are `BatchStat`s, updated when
+    `update_stats` (training; `model.eval()` turns it off).
+
+    >>> sn = SpectralNorm(Linear(3, 4, rngs=Rngs(0)), rngs=Rngs(1))
+    >>> sn(jnp.ones((2, 3)), update_stats=False).shape
+    (2, 4)
+    """
+
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        n_steps: int = 1,
+        epsilon: float = 1e-12,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        error_on_non_matrix: bool = False,
+        update_stats: bool = True,
+        rngs: Rngs,
+    ):
+        self.layer_instance = layer_instance
+        _keep(
+            self, n_steps=n_steps, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            error_on_non_matrix=error_on_non_matrix,
+        )
+        # `use_running_average` is what `train()`/`eval()` flip: eval = no updates.
+        self.use_running_average = not update_stats
+        self.batch_stats: dict[tuple, BatchStat] = {}
+        for path, param in _params(layer_instance):
+            if self._as_matrix(path, param[...]) is None:
+                continue
+            key = rngs.params()
+            u = initializers.normal()(key, (1, param.shape[-1]), param_dtype)
+            self.batch_stats[path + ("u",)] = BatchStat(u)
+            self.batch_stats[path + ("sigma",)] = BatchStat(jnp.ones((), param_dtype))
+
+    def _as_matrix(self, path: tuple, w: Array) -> Array | None:
+        if w.ndim <= 1 or self.n_steps < 1:
+            return None
+        if w.ndim > 2 and self.error_on_non_matrix:
+            raise ValueError(
+                f"SpectralNorm: parameter {path} has shape {w.shape} ({w.ndim}-D) but "
+                "error_on_non_matrix=True; only 2-D parameters are accepted."
+            )
+        return jnp.reshape(w, (-1, w.shape[-1]))
+
+    def __call__(self, x: Array, update_stats: bool | None = None) -> Array:
+        if update_stats is None:
+            update_stats = not self.use_running_average
+        for path, param in _params(self.layer_instance):
+            w = self._as_matrix(path, param[...])
+            if w is None:
+                continue
+            if path + ("u",) not in self.batch_stats:
+                raise _changed("SpectralNorm", path)
+            u = self.batch_stats[path + ("u",)][...]
+            for _ in range(self.n_steps):
+                v = _l2_normalize(u @ w.T, None, self.epsilon)
+                u = _l2_normalize(v @ w, None, self.epsilon)
+            u, v = lax.stop_gradient(u), lax.stop_gradient(v)
+            sigma = (v @ w @ u.T)[0, 0]
+            w_bar = jnp.reshape(w / jnp.where(sigma != 0, sigma, 1), param.shape)
+            if update_stats:
+                self.batch_stats[path + ("u",)][...] = u
+                self.batch_stats[path + ("sigma",)][...] = sigma
+            param[...] = jnp.asarray(w_bar, result_dtype(w_bar, u, v, sigma, dtype=self.dtype))
+        return self.layer_instance(x)

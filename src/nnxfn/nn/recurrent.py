@@ -13,6 +13,7 @@ parameter names and shapes). `RNN` runs a cell over a sequence with
 from __future__ import annotations
 
 import typing as tp
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ Array = jax.Array
 Carry = tp.Any
 Initializer = tp.Callable[..., Array]
 RngsLike = tp.Union[Rngs, RngStream, None]
+_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros
@@ -107,16 +109,10 @@ class RNNCellBase(Module):
 
 def _linear(in_f: int, out_f: int, use_bias: bool, kernel_init: Initializer, bias_init: Initializer,
             cell: RNNCellBase, rngs: Rngs, kernel_metadata: tp.Mapping, bias_metadata: tp.Mapping) -> Linear:
-    kwargs: dict[str, tp.Any] = {}
-    if cell.promote_dtype is not default_promote_dtype:
-        kwargs["promote_dtype"] = cell.promote_dtype
-    if kernel_metadata:
-        kwargs["kernel_metadata"] = kernel_metadata
-    if bias_metadata and use_bias:
-        kwargs["bias_metadata"] = bias_metadata
     return Linear(
         in_f, out_f, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
-        dtype=cell.dtype, param_dtype=cell.param_dtype, rngs=rngs, **kwargs,
+        dtype=cell.dtype, param_dtype=cell.param_dtype, promote_dtype=cell.promote_dtype,
+        rngs=rngs, kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
     )
 
 
@@ -160,9 +156,9 @@ class LSTMCell(_Cell):
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
         keep_rngs: bool = False, rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006 - never mutated
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        bias_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
+        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
                     carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
@@ -207,9 +203,9 @@ class OptimizedLSTMCell(_Cell):
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
         keep_rngs: bool = False, rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        bias_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
+        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
                     carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
@@ -254,9 +250,9 @@ class GRUCell(_Cell):
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
         keep_rngs: bool = False, rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        bias_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
+        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
                     carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
@@ -300,9 +296,9 @@ class SimpleCell(_Cell):
         bias_init: Initializer = default_bias_init,
         promote_dtype: tp.Callable = default_promote_dtype,
         keep_rngs: bool = False, rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
-        bias_metadata: tp.Mapping[str, tp.Any] = {},  # noqa: B006
+        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
                     carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)

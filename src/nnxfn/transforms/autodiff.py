@@ -189,9 +189,8 @@ def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bo
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
-    t_entry = boundary.enter(tuple(tangents), {})
     t_state = _tangent_values(sel, tangents)
-    t_other = list(t_entry.others)
+    t_other = _tangent_others(sel, tangents)
     cell: dict = {}
 
     def inner(state_vals: list, other_vals: list) -> tuple:
@@ -212,6 +211,25 @@ def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bo
     return primal_out, tangent_out
 
 
+def _tangent_leaves(primal: tp.Any, tangent: tp.Any) -> list:
+    """Tangent leaves paired with the primal's leaves (a State or Module per graph object)."""
+    return jax.tree_util.tree_leaves(
+        tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x)
+    )
+
+
+def _tangent_others(sel: _Selection, tangents: tp.Sequence) -> list:
+    """Tangents of the non-graph (array) leaves of the primals, in `entry.others` order."""
+    out = []
+    for primal, tangent in zip(sel.args, tangents):
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        t_leaves = _tangent_leaves(primal, tangent)
+        for p, t in zip(p_leaves, t_leaves):
+            if not is_node(p) and boundary._plain(p) is None:
+                out.append(t)
+    return out
+
+
 def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     """Tangent values aligned with the selected state leaves."""
     e = sel.entry
@@ -219,7 +237,7 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     node_ids = {id(n): k for k, n in enumerate(e.nodes)}
     for primal, tangent in zip(sel.args, tangents):
         p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
-        t_leaves = jax.tree_util.tree_leaves(tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x))
+        t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
             if is_node(p):
                 flat = t.flat_dict() if isinstance(t, core.State) else dict(core.state(t).flat_state())

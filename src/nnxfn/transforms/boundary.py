@@ -42,7 +42,7 @@ def raw(leaf: tp.Any) -> tp.Any:
     return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EntryStatic:
     """Hashable description of the inputs: what a compiled function is keyed on."""
 
@@ -51,6 +51,21 @@ class EntryStatic:
     treedef: tp.Any  # of (args, kwargs) with graph objects as leaves
     node_positions: tuple[int, ...]  # where the graph objects sit in the leaves
     static_leaves: tuple[tuple[int, tp.Any], ...]  # non-array leaves kept static
+
+    def _key(self) -> tuple:
+        return (self.graphdef, self.paths, self.treedef, self.node_positions, self.static_leaves)
+
+    def __hash__(self) -> int:  # cached: jit hashes this on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(self._key())
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, EntryStatic) and hash(self) == hash(other) and self._key() == other._key()
 
 
 @dataclasses.dataclass
@@ -65,6 +80,10 @@ class Entry:
 
 def enter(args: tuple, kwargs: dict) -> Entry:
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
+    return _enter(leaves, treedef)
+
+
+def _enter(leaves: list, treedef: tp.Any, containers: list | None = None) -> Entry:
     node_positions, nodes, others, static_leaves = [], [], [], []
     for i, leaf in enumerate(leaves):
         if is_node(leaf):
@@ -75,7 +94,7 @@ def enter(args: tuple, kwargs: dict) -> Entry:
         else:
             static_leaves.append((i, leaf))
     objects: list = []
-    graphdef, pairs = core.flatten(nodes, copy=False, objects=objects)
+    graphdef, pairs = core.flatten(nodes, copy=False, objects=objects, containers=containers)
     static = EntryStatic(
         graphdef,
         tuple(p for p, _ in pairs),
@@ -85,6 +104,57 @@ def enter(args: tuple, kwargs: dict) -> Entry:
     )
     live = [leaf for _, leaf in pairs]
     return Entry(static, [raw(x) for x in live], others, live, objects, nodes)
+
+
+class EntryCache:
+    """Reuses `enter` results across calls (the fast path of `nnx.jit`).
+
+    A cached Entry is valid while the same graph objects sit at the same
+    argument positions, the structure epoch (bumped by every attribute
+    assignment and metadata change) is unchanged, and no list/dict on the
+    way was edited in place. Then a call only reads the current raw value of
+    each Variable: no graph walk, no per-leaf objects.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: dict[tp.Any, tuple] = {}
+
+    def enter(self, args: tuple, kwargs: dict) -> Entry:
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
+        ids = tuple(id(x) if is_node(x) else _plain(x) for x in leaves)
+        if False in ids:  # a static (non-array) leaf: its value is part of the key
+            return _enter(leaves, treedef)
+        key = (treedef, ids)
+        hit = self._entries.get(key)
+        epoch = context.structure_epoch()
+        if hit is not None:
+            cached, cached_epoch, containers = hit
+            if cached_epoch == epoch and all(_snapshot(c) == snap for c, snap in containers):
+                live = cached.live
+                others = [x for x in leaves if not is_node(x)]
+                return Entry(cached.static, [raw(x) for x in live], others, live,
+                             cached.objects, cached.nodes)
+        found: list = []
+        entry = _enter(leaves, treedef, found)
+        if not entry.static.static_leaves:
+            if len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (entry, epoch, [(c, _snapshot(c)) for c in found])
+        return entry
+
+
+def _plain(x: tp.Any) -> bool | None:
+    """None for leaves passed to JAX as arrays, False for static leaves."""
+    if x is None or is_array(x) or isinstance(x, (int, float, complex, bool)):
+        return None
+    return False
+
+
+def _snapshot(container: tp.Any) -> tuple:
+    if type(container) is dict:
+        return tuple((k, id(v)) for k, v in container.items())
+    return tuple(map(id, container))
 
 
 @dataclasses.dataclass
@@ -189,6 +259,11 @@ def assemble(treedef: tp.Any, positions: tp.Sequence[int], nodes: tp.Sequence, o
     return jax.tree_util.tree_unflatten(
         treedef, [at[i] if i in at else next(it) for i in range(treedef.num_leaves)]
     )
+
+
+def commit_all(entry: Entry, values: tp.Sequence) -> None:
+    """Write one new value per state leaf of `entry` onto the caller's objects."""
+    _commit_leaves(entry, range(len(values)), values)
 
 
 def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:

@@ -55,6 +55,7 @@ class JitWrapped(MethodWrapper):
         if backend is not None:
             self._jit_kwargs["backend"] = backend
         self._compiled: dict[tp.Any, tp.Callable] = {}
+        self._entries = boundary.EntryCache()
 
     # -- the traced body ---------------------------------------------------------
     def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
@@ -83,7 +84,7 @@ class JitWrapped(MethodWrapper):
         static_kw = tuple(sorted((k, kwargs[k]) for k in self.static_argnames if k in kwargs))
         dyn_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
-        entry = boundary.enter(dyn_args, dyn_kwargs)
+        entry = self._entries.enter(dyn_args, dyn_kwargs)
         donated_idx: tuple[int, ...] = ()
         shardings = None
         if self.donate_argnums or self.donate_argnames or self.in_shardings is not None:

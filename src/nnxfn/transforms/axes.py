@@ -1,0 +1,85 @@
+"""Per-leaf axes for vmap/pmap/scan/shard_map: `StateAxes` and prefix resolution."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+from jax.api_util import flatten_axes
+
+from nnxfn import core
+from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
+
+
+class StateAxes:
+    """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`."""
+
+    def __init__(self, mapping: tp.Mapping[tp.Any, tp.Any]):
+        self.mapping = tuple(mapping.items())
+        self._preds = tuple((core.to_predicate(f), a) for f, a in self.mapping)
+
+    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+        for pred, axis in self._preds:
+            if pred(path, leaf):
+                return axis
+        raise ValueError(
+            f"StateAxes{dict(self.mapping)!r}: no filter matches the leaf at "
+            f"{core.errors.path_str(path)}. Add `...: None` (or an axis) as the last entry."
+        )
+
+    def __repr__(self) -> str:
+        return f"StateAxes({dict(self.mapping)!r})"
+
+
+def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
+    return spec.resolve(path, leaf) if isinstance(spec, StateAxes) else spec
+
+
+def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
+    """One spec per leaf of `(args, kwargs)` (graph objects as leaves)."""
+    args, kwargs = tree
+    _, treedef = jax.tree_util.tree_flatten(args, is_leaf=is_node)
+    if not isinstance(specs, (tuple, list)):
+        specs = (specs,) * len(args)
+    if len(specs) != len(args):
+        raise ValueError(
+            f"{name}: in_axes has {len(specs)} entries but the function got "
+            f"{len(args)} positional arguments; give one entry per argument."
+        )
+    flat = flatten_axes(f"{name} in_axes", treedef, tuple(specs))
+    n_kw = len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_node))
+    return list(flat) + [kwargs_spec] * n_kw
+
+
+def entry_axes(entry: Entry, specs: list) -> tuple[list, list]:
+    """Axes of an Entry's state leaves and other leaves."""
+    node_spec = [specs[p] for p in entry.static.node_positions]
+    state = [
+        resolve(node_spec[path[0]], path[1:], leaf)
+        for path, leaf in zip(entry.static.paths, entry.live)
+    ]
+    fixed = set(entry.static.node_positions) | {p for p, _ in entry.static.static_leaves}
+    others = [specs[i] for i in range(len(specs)) if i not in fixed]
+    return state, others
+
+
+def exit_axes(name: str, exit: ExitStatic, entry: Entry, entry_state_axes: list,
+              in_specs: list, out_specs: tp.Any, emitted_leaves: list) -> tuple[list, list]:
+    """Axes for (out arrays, emitted state values) of one exit."""
+    out_flat = flatten_axes(f"{name} out_axes", exit.out_treedef, out_specs)
+    out_arrays = [a for i, a in enumerate(out_flat) if i not in exit.out_positions]
+    node_spec = [in_specs[p] for p in entry.static.node_positions]
+    out_node_spec = [out_flat[p] for p in exit.out_positions]
+    if exit.graphdef is None:
+        emitted = [entry_state_axes[i] for i in exit.changed]
+    else:
+        emitted = []
+        n_changed = len(exit.changed) if exit.changed is not None else None
+        for j, (path, leaf) in enumerate(zip(exit.paths, emitted_leaves)):
+            if n_changed is not None and j < n_changed:
+                emitted.append(entry_state_axes[exit.changed[j]])
+            elif path[0] == 0:
+                emitted.append(resolve(node_spec[path[1]], path[2:], leaf))
+            else:
+                emitted.append(resolve(out_node_spec[path[1]], path[2:], leaf))
+    return out_arrays, emitted

@@ -1,0 +1,149 @@
+"""`eval_shape`, `make_jaxpr`, `checkify`, `shard_map` on the boundary."""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import jax
+from jax.experimental import checkify as _checkify
+
+from nnxfn.transforms import boundary
+from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.common import run_inside
+
+
+def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    """Run `f` abstractly. Modules it creates come back with `jax.ShapeDtypeStruct`
+    leaves (an abstract model, e.g. to restore a checkpoint into); the
+    arguments are not modified.
+
+    >>> abstract = eval_shape(lambda: Model(rngs=nnx.Rngs(0)))  # doctest: +SKIP
+    """
+    entry = boundary.enter(args, kwargs)
+    cell: dict = {}
+
+    def inner(values: list, others: list) -> tuple:
+        exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.eval_shape")
+        cell["exit"] = exit_static
+        return out_arrays, emitted
+
+    out_arrays, emitted = jax.eval_shape(inner, entry.values, entry.others)
+    exit_static = cell["exit"]
+    if exit_static.graphdef is None:
+        return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, [], out_arrays)
+    # Build the outputs from copies of the inputs, so the caller's objects stay concrete.
+    from nnxfn import core
+
+    leaves = dict(zip(exit_static.paths, emitted))
+    if exit_static.changed is not None:
+        emitted_idx = set(exit_static.changed)
+        for i, path in enumerate(entry.static.paths):
+            if i not in emitted_idx:
+                leaves[(0,) + path] = entry.values[i]
+    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
+
+
+def make_jaxpr(f: tp.Callable, **jaxpr_kwargs: tp.Any) -> tp.Callable:
+    """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves."""
+
+    @functools.wraps(f)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry = boundary.enter(args, kwargs)
+
+        def inner(values: list, others: list) -> tuple:
+            return run_inside(f, entry.static, values, others, "nnx.make_jaxpr")[1:]
+
+        return jax.make_jaxpr(inner, **jaxpr_kwargs)(entry.values, entry.others)
+
+    return wrapper
+
+
+def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Callable:
+    """Like `jax.experimental.checkify.checkify`: returns `(error, out)`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry = boundary.enter(args, kwargs)
+        cell: dict = {}
+
+        def inner(values: list, others: list) -> tuple:
+            exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.checkify")
+            cell["exit"] = exit_static
+            return out_arrays, emitted
+
+        err, (out_arrays, emitted) = _checkify.checkify(inner, errors=errors)(entry.values, entry.others)
+        return err, boundary.commit(entry, cell["exit"], out_arrays, emitted)
+
+    return wrapper
+
+
+def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, out_specs: tp.Any,
+              check_vma: bool = True, **options: tp.Any) -> tp.Any:
+    """Like `jax.shard_map`; a module argument's spec (a PartitionSpec, or
+    `StateAxes({filter: spec})`) applies to its state leaves, and state it
+    writes leaves with the spec it came in with."""
+    if f is None:
+        return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                    check_vma=check_vma, **options)
+    from jax.sharding import PartitionSpec
+
+    def is_spec(x: tp.Any) -> bool:
+        return isinstance(x, PartitionSpec)
+
+    @functools.wraps(f)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry = boundary.enter(args, kwargs)
+        specs = leaf_specs("nnx.shard_map", _wrap_specs(in_specs, is_spec), (args, kwargs),
+                           kwargs_spec=PartitionSpec())
+        state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
+        cell: dict = {}
+
+        def body(values: list, others: list) -> tuple:
+            exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.shard_map")
+            cell["exit"] = exit_static
+            return out_arrays, emitted
+
+        in_tree = (state_specs, other_specs)
+        jax.eval_shape(
+            jax.shard_map(body, mesh=mesh, in_specs=in_tree, out_specs=PartitionSpec(),
+                          check_vma=False, **options),
+            entry.values, entry.others,
+        )
+        exit_static = cell["exit"]
+        out_arr_specs, emitted_specs = exit_axes(
+            "nnx.shard_map", exit_static, entry, state_specs, [_unwrap(s) for s in specs],
+            _wrap_specs(out_specs, is_spec), [None] * len(exit_static.paths),
+        )
+        out_arrays, emitted = jax.shard_map(
+            body, mesh=mesh, in_specs=in_tree,
+            out_specs=([_unwrap(s) for s in out_arr_specs], emitted_specs),
+            check_vma=check_vma, **options,
+        )(entry.values, entry.others)
+        return boundary.commit(entry, exit_static, out_arrays, emitted)
+
+    return wrapper
+
+
+class _Spec:
+    """Wraps a PartitionSpec (a tuple subclass) so axis flattening treats it as a leaf."""
+
+    def __init__(self, spec: tp.Any):
+        self.spec = spec
+
+
+def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
+    return jax.tree_util.tree_map(
+        lambda s: _Spec(s) if is_spec(s) else s, specs, is_leaf=lambda s: is_spec(s)
+    )
+
+
+def _unwrap(s: tp.Any) -> tp.Any:
+    if isinstance(s, _Spec):
+        return s.spec
+    if hasattr(s, "mapping") and hasattr(s, "resolve"):  # StateAxes of specs
+        from nnxfn.transforms.axes import StateAxes
+
+        return StateAxes({f: _unwrap(v) for f, v in s.mapping})
+    return s

@@ -1,0 +1,144 @@
+"""`nnx.vmap` and `nnx.pmap`.
+
+Module state follows `in_axes`: an int maps every leaf of the module along
+that axis, `None` broadcasts it, `StateAxes({filter: axis})` chooses per
+leaf. Updated state leaves leave on the axis they came in on; modules created
+inside and returned use `out_axes`. Default for random state: an `Rngs`
+passed with axis `None` is broadcast, so every batch element draws the same
+keys; use `nnx.split_rngs(splits=n)` with axis 0 (or
+`StateAxes({nnx.RngState: 0, ...: None})`) for a different key per element.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import jax
+
+from nnxfn.transforms import boundary
+from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
+
+
+class _Mapped(MethodWrapper):
+    def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str,
+                 make: tp.Callable, options: dict):
+        check_not_bound(fn, name)
+        functools.update_wrapper(self, fn)
+        self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
+        self.name, self.make, self.options = name, make, options
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry = boundary.enter(args, kwargs)
+        specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
+        state_axes, other_axes = entry_axes(entry, specs)
+        cell: dict = {}
+
+        def body(values: list, others: list) -> tuple:
+            exit_static, out_arrays, emitted = run_inside(
+                self.fn, entry.static, values, others, self.name
+            )
+            cell["exit"] = exit_static
+            return out_arrays, emitted
+
+        in_axes = (state_axes, other_axes)
+        # Pass 1 (abstract): learn what leaves the function, to know their axes.
+        jax.eval_shape(self.make(body, in_axes, 0, self.options), entry.values, entry.others)
+        exit_static = cell["exit"]
+        leaves_for_axes = _emitted_templates(exit_static)
+        out_axes = exit_axes(
+            self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes
+        )
+        try:
+            out_arrays, emitted = self.make(body, in_axes, out_axes, self.options)(
+                entry.values, entry.others
+            )
+        except ValueError as e:
+            if "axis spec None" not in str(e) or "batched" not in str(e):
+                raise
+            raise ValueError(
+                _broadcast_write(self.name, exit_static, entry, args, kwargs, out_axes, str(e))
+            ) from e
+        return boundary.commit(entry, cell["exit"], out_arrays, emitted)
+
+
+def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
+                     args: tuple, kwargs: dict, out_axes: tuple, jax_msg: str) -> str:
+    """The message for state of a broadcast (axis None) argument written with a batched value."""
+    from nnxfn.core import errors
+    from nnxfn.transforms.common import arg_of_leaves
+
+    owners = arg_of_leaves(args, kwargs)
+    node_arg = [owners[p] for p in entry.static.node_positions]
+
+    def where(path: tuple) -> str:
+        i = node_arg[path[0]]
+        return errors.path_str(path[1:], f"args[{i}]" if i >= 0 else "kwargs")
+
+    if exit_static.graphdef is None:
+        paths = [entry.static.paths[i] for i in exit_static.changed]
+    else:
+        paths = [p[1:] if p[0] == 0 else None for p in exit_static.paths]
+    import re
+
+    found = re.search(r"out_axes\[1\]\[(\d+)\]", jax_msg)
+    if found and int(found.group(1)) < len(paths) and paths[int(found.group(1))] is not None:
+        shown = [where(paths[int(found.group(1))])]
+    else:  # name every broadcast leaf written
+        shown = [where(p) for p, a in zip(paths, out_axes[1]) if a is None and p is not None]
+    return (
+        f"{name}: the function wrote {', '.join(shown) or 'state'}, which belongs to an "
+        "argument broadcast with in_axes None, a value that differs per batch element. "
+        "A broadcast Variable can only be written with a value that is the same for "
+        "every element. Map that state instead, e.g. `in_axes=(0, ...)` or "
+        "`nnx.StateAxes({nnx.BatchStat: 0, ...: None})`, or don't write it inside."
+    )
+
+
+def _emitted_templates(exit_static: boundary.ExitStatic) -> list:
+    """Variable-typed stand-ins for the emitted leaves, for filter resolution."""
+    if exit_static.graphdef is None:
+        return []
+    from nnxfn.core.graphdef import VariableDef
+
+    kinds: dict = {}
+
+    def walk(d: tp.Any, path: tuple) -> None:
+        if isinstance(d, VariableDef):
+            kinds[path] = d.type.from_parts(None, d.metadata)
+        for k, child in getattr(d, "children", ()):
+            walk(child, path + (k,))
+
+    walk(exit_static.graphdef.root, ())
+    return [kinds.get(p) for p in exit_static.paths]
+
+
+def _vmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: dict) -> tp.Callable:
+    return jax.vmap(body, in_axes=in_axes, out_axes=out_axes, **options)
+
+
+def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: dict) -> tp.Callable:
+    return jax.pmap(body, in_axes=in_axes, out_axes=out_axes, **options)
+
+
+def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
+         axis_name: tp.Hashable | None = None, axis_size: int | None = None,
+         spmd_axis_name: tp.Any = None) -> tp.Any:
+    """Like `jax.vmap`, for functions of Modules (see the module docstring)."""
+    options = {k: v for k, v in dict(axis_name=axis_name, axis_size=axis_size,
+                                     spmd_axis_name=spmd_axis_name).items() if v is not None}
+    if f is None:
+        return lambda fn: _Mapped(fn, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
+    return _Mapped(f, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
+
+
+def pmap(f: tp.Callable | None = None, axis_name: tp.Hashable | None = None, *,
+         in_axes: tp.Any = 0, out_axes: tp.Any = 0, devices: tp.Any = None,
+         axis_size: int | None = None, **options: tp.Any) -> tp.Any:
+    """Like `jax.pmap`, for functions of Modules."""
+    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices,
+                                  axis_size=axis_size, **options).items() if v is not None}
+    if f is None:
+        return lambda fn: _Mapped(fn, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
+    return _Mapped(f, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)

@@ -1,0 +1,383 @@
+"""split/merge/state/graphdef/update/pop/clone/iter_graph/... on object graphs."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxfn as nnx
+
+
+class Linear(nnx.Module):
+    def __init__(self, din, dout, seed=0):
+        key = jax.random.key(seed)
+        self.kernel = nnx.Param(jax.random.normal(key, (din, dout)))
+        self.bias = nnx.Param(jnp.zeros((dout,)))
+        self.in_features, self.out_features = din, dout
+
+    def __call__(self, x):
+        return x @ self.kernel + self.bias
+
+
+class Block(nnx.Module):
+    def __init__(self):
+        self.linear = Linear(2, 3, seed=1)
+        self.mean = nnx.BatchStat(jnp.zeros(3))
+        self.rate = 0.5
+
+    def __call__(self, x):
+        return self.linear(x) - self.mean
+
+
+class InitCounter(nnx.Module):
+    calls = 0
+
+    def __init__(self):
+        type(self).calls += 1
+        self.w = nnx.Param(jnp.arange(3.0))
+        self.child = NoInit.__new__(NoInit)
+        self.child.v = nnx.BatchStat(jnp.ones(2))
+
+
+class NoInit(nnx.Module):
+    def __init__(self):
+        raise AssertionError("__init__ must not run during merge")
+
+
+def _eq(a, b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# -- split / merge ----------------------------------------------------------
+def test_split_merge_roundtrip_values_and_types():
+    block = Block()
+    graphdef, state = nnx.split(block)
+    new = nnx.merge(graphdef, state)
+    assert type(new) is Block and type(new.linear) is Linear
+    assert new is not block and new.linear is not block.linear
+    assert new.linear.kernel is not block.linear.kernel
+    assert type(new.linear.kernel) is nnx.Param and type(new.mean) is nnx.BatchStat
+    _eq(new.linear.kernel[...], block.linear.kernel[...])
+    assert new.rate == 0.5 and new.linear.in_features == 2
+    x = jnp.ones((4, 2))
+    _eq(new(x), block(x))
+
+
+def test_split_copies_variables_state_is_detached():
+    block = Block()
+    _, state = nnx.split(block)
+    assert state["linear"]["kernel"] is not block.linear.kernel
+    block.linear.bias[...] = jnp.full(3, 7.0)
+    _eq(state["linear"]["bias"][...], jnp.zeros(3))
+
+
+def test_split_with_filters_partitions():
+    block = Block()
+    graphdef, params, stats = nnx.split(block, nnx.Param, nnx.BatchStat)
+    assert sorted(p for p, _ in params.flat_state()) == [("linear", "bias"), ("linear", "kernel")]
+    assert [p for p, _ in stats.flat_state()] == [("mean",)]
+    new = nnx.merge(graphdef, params, stats)
+    _eq(new.mean[...], jnp.zeros(3))
+    # order of states does not matter
+    new2 = nnx.merge(graphdef, stats, params)
+    _eq(new2.linear.kernel[...], block.linear.kernel[...])
+
+
+def test_merge_never_calls_init():
+    InitCounter.calls = 0
+    m = InitCounter()
+    assert InitCounter.calls == 1
+    graphdef, state = nnx.split(m)
+    new = nnx.merge(graphdef, state)
+    assert InitCounter.calls == 1
+    assert type(new.child) is NoInit
+    _eq(new.child.v[...], jnp.ones(2))
+    clone = nnx.clone(m)
+    assert InitCounter.calls == 1 and type(clone.child) is NoInit
+
+
+def test_merge_error_missing_path():
+    graphdef, params, _ = nnx.split(Block(), nnx.Param, ...)
+    with pytest.raises(ValueError, match=r"no value for node\.mean"):
+        nnx.merge(graphdef, params)
+
+
+def test_merge_error_extra_path():
+    graphdef, state = nnx.split(Block())
+    extra = nnx.State({"linear": {"extra": jnp.ones(1)}})
+    with pytest.raises(ValueError, match=r"node\.linear\.extra.*does not have"):
+        nnx.merge(graphdef, state, extra)
+
+
+def test_merge_error_wrong_variable_type():
+    graphdef, params, stats = nnx.split(Block(), nnx.Param, ...)
+    wrong = nnx.State({"mean": nnx.Param(jnp.zeros(3))})
+    with pytest.raises(ValueError, match=r"node\.mean is a BatchStat.*holds a Param"):
+        nnx.merge(graphdef, params, wrong)
+
+
+def test_merge_accepts_raw_arrays_for_variables_and_pure_dicts():
+    block = Block()
+    graphdef, state = nnx.split(block)
+    pure = state.to_pure_dict()
+    new = nnx.merge(graphdef, pure)
+    assert type(new.linear.kernel) is nnx.Param
+    _eq(new.linear.kernel[...], block.linear.kernel[...])
+
+
+def test_shared_modules_and_variables_restored():
+    m = Block()
+    m.twin = m.linear
+    m.tied = m.linear.kernel
+    graphdef, state = nnx.split(m)
+    # shared objects are stored once, at their first path
+    paths = [p for p, _ in state.flat_state()]
+    assert ("twin", "kernel") not in paths and ("tied",) not in paths
+    assert ("linear", "kernel") in paths
+    new = nnx.merge(graphdef, state)
+    assert new.twin is new.linear
+    assert new.tied is new.linear.kernel
+
+
+def test_cycles_roundtrip():
+    m = Block()
+    m.me = m
+    m.linear.parent = m
+    graphdef, state = nnx.split(m)
+    new = nnx.merge(graphdef, state)
+    assert new.me is new
+    assert new.linear.parent is new
+    c = nnx.clone(m)
+    assert c.me is c and c is not m
+
+
+def test_state_and_graphdef_functions():
+    block = Block()
+    assert nnx.graphdef(block) == nnx.split(block)[0]
+    st = nnx.state(block)
+    assert set(st) == {"linear", "mean"}
+    params = nnx.state(block, nnx.Param)
+    assert set(params["linear"]) == {"kernel", "bias"}
+    params2, stats = nnx.state(block, nnx.Param, nnx.BatchStat)
+    assert list(stats) == ["mean"]
+    # non-exhaustive is fine for nnx.state
+    only_stats = nnx.state(block, nnx.BatchStat)
+    assert list(only_stats) == ["mean"]
+
+
+def test_plain_lists_tuples_dicts_as_attributes():
+    m = nnx.Module()
+    m.layers = [Linear(2, 2, seed=i) for i in range(3)]
+    m.arrays = (jnp.ones(2), jnp.zeros(3))
+    m.table = {"a": Linear(2, 1), "b": jnp.arange(4.0), 3: nnx.Param(jnp.ones(1))}
+    m.names = ["x", "y"]
+    graphdef, state = nnx.split(m)
+    assert set(state["layers"]) == {0, 1, 2}
+    assert state["table"][3] is not None
+    new = nnx.merge(graphdef, state)
+    assert isinstance(new.layers, list) and len(new.layers) == 3
+    assert isinstance(new.arrays, tuple)
+    assert isinstance(new.table, dict) and set(new.table) == {"a", "b", 3}
+    _eq(new.layers[2].kernel[...], m.layers[2].kernel[...])
+    _eq(new.table["b"], jnp.arange(4.0))
+    assert type(new.table[3]) is nnx.Param
+    assert new.names == ["x", "y"]
+
+
+def test_raw_jnp_arrays_as_attributes():
+    m = nnx.Module()
+    m.w = jnp.arange(6.0).reshape(2, 3)
+    m.n = np.ones(2, np.int32)
+    graphdef, state = nnx.split(m)
+    assert state["w"].shape == (2, 3)
+    new = nnx.merge(graphdef, state)
+    _eq(new.w, m.w)
+    _eq(new.n, m.n)
+
+
+def test_namedtuple_attribute_is_a_pytree():
+    Pair = collections.namedtuple("Pair", "a b")
+    m = nnx.Module()
+    m.pair = Pair(jnp.ones(2), nnx.Param(jnp.zeros(2)))
+    graphdef, state = nnx.split(m)
+    new = nnx.merge(graphdef, state)
+    assert isinstance(new.pair, Pair)
+    assert type(new.pair.b) is nnx.Param
+    _eq(new.pair.a, jnp.ones(2))
+
+
+def test_unhashable_static_error_names_the_path():
+    m = Block()
+    m.linear.config = {"x": {1, 2}}
+    with pytest.raises(TypeError, match=r"node\.linear\.config\.x holds a set.*hashable"):
+        nnx.split(m)
+
+
+def test_unhashable_variable_metadata_error_names_the_path():
+    m = Block()
+    m.linear.mask = nnx.Param(jnp.ones(2), mask=jnp.ones(2))
+    graphdef, _ = nnx.split(m)  # hashing is lazy: the error comes when it is hashed
+    with pytest.raises(TypeError, match=r"node\.linear\.mask has metadata mask=.*not hashable"):
+        hash(graphdef)
+
+
+# -- update -------------------------------------------------------------------
+def test_update_writes_values_in_place():
+    block = Block()
+    kernel = block.linear.kernel
+    _, state = nnx.split(block)
+    new_state = jax.tree.map(lambda x: x + 1, state)
+    nnx.update(block, new_state)
+    assert block.linear.kernel is kernel  # same Variable object
+    _eq(block.mean[...], jnp.ones(3))
+    _eq(block.linear.bias[...], jnp.ones(3))
+
+
+def test_update_with_pure_dict_and_partial_state():
+    block = Block()
+    nnx.update(block, {"mean": jnp.full(3, 2.0)})
+    assert type(block.mean) is nnx.BatchStat
+    _eq(block.mean[...], jnp.full(3, 2.0))
+
+
+def test_update_adds_missing_attributes():
+    block = Block()
+    nnx.update(block, nnx.State({"extra": nnx.Cache(jnp.ones(2)), "raw": jnp.zeros(1)}))
+    assert type(block.extra) is nnx.Cache
+    _eq(block.extra[...], jnp.ones(2))
+    _eq(block.raw, jnp.zeros(1))
+    nnx.update(block, nnx.State({"linear": {"lora": nnx.Param(jnp.ones(4))}}))
+    assert type(block.linear.lora) is nnx.Param
+
+
+def test_update_missing_nested_node_errors():
+    block = Block()
+    with pytest.raises(ValueError, match=r"node\.nothere does not exist"):
+        nnx.update(block, {"nothere": {"x": jnp.ones(1)}})
+
+
+def test_update_rebuilds_tuples_and_lists():
+    m = nnx.Module()
+    m.t = (jnp.ones(2), jnp.zeros(2), "tag")
+    m.lst = [jnp.ones(1), (jnp.ones(1), jnp.ones(1))]
+    lst = m.lst
+    nnx.update(m, nnx.State({"t": {1: jnp.full(2, 3.0)}, "lst": {1: {0: jnp.zeros(1)}}}))
+    assert isinstance(m.t, tuple) and m.t[2] == "tag"
+    _eq(m.t[1], jnp.full(2, 3.0))
+    _eq(m.t[0], jnp.ones(2))
+    assert m.lst is lst  # lists are updated in place
+    _eq(m.lst[1][0], jnp.zeros(1))
+
+
+def test_update_restores_after_merge_with_shared_refs():
+    m = Block()
+    m.tied = m.linear.kernel
+    graphdef, state = nnx.split(m)
+    nnx.update(m, jax.tree.map(jnp.zeros_like, state))
+    assert m.tied is m.linear.kernel
+    _eq(m.tied[...], jnp.zeros((2, 3)))
+
+
+# -- pop -------------------------------------------------------------------------
+def test_pop_removes_and_returns():
+    block = Block()
+    stats = nnx.pop(block, nnx.BatchStat)
+    assert not hasattr(block, "mean")
+    _eq(stats["mean"][...], jnp.zeros(3))
+    assert "mean" not in nnx.state(block)
+    params, nothing = nnx.pop(block, nnx.Param, nnx.Cache)
+    assert set(params["linear"]) == {"bias", "kernel"}
+    assert len(nothing) == 0
+    assert not hasattr(block.linear, "kernel")
+
+
+def test_pop_from_plain_list_errors():
+    m = nnx.Module()
+    m.vs = [nnx.Param(jnp.ones(1))]
+    with pytest.raises(ValueError, match=r"pop: node\.vs\[0\] lives inside a container"):
+        nnx.pop(m, nnx.Param)
+
+
+# -- clone ---------------------------------------------------------------------------
+def test_clone_is_deep_and_keeps_sharing():
+    m = Block()
+    m.twin = m.linear
+    c = nnx.clone(m)
+    assert c.twin is c.linear and c.linear is not m.linear
+    c.linear.kernel[...] = jnp.zeros((2, 3))
+    assert float(jnp.abs(m.linear.kernel[...]).sum()) > 0
+
+
+# -- iteration -------------------------------------------------------------------------
+def test_iter_graph_children_before_parents_and_shared_once():
+    m = Block()
+    m.twin = m.linear
+    items = list(nnx.iter_graph(m))
+    paths = [p for p, _ in items]
+    assert paths[-1] == ()
+    assert items[-1][1] is m
+    assert paths.index(("linear", "kernel")) < paths.index(("linear",))
+    assert ("twin",) not in paths  # shared module visited once
+    assert (("rate",), 0.5) in items  # static leaves included
+    modules = [v for _, v in items if isinstance(v, nnx.Module)]
+    assert modules == [m.linear, m]
+
+
+def test_iter_modules():
+    m = Block()
+    m.more = [Linear(1, 1)]
+    found = list(nnx.iter_modules(m))
+    assert [p for p, _ in found] == [("linear",), ("more", 0), ()]
+    assert [p for p, _ in m.iter_modules()] == [p for p, _ in found]
+    assert list(m.iter_children()) == [("linear", m.linear)]
+
+
+def test_find_duplicates():
+    m = Block()
+    m.twin = m.linear
+    m.tied = m.linear.bias
+    dups = nnx.find_duplicates(m)
+    as_sets = sorted(sorted(g) for g in dups)
+    assert as_sets == [[("linear",), ("twin",)], [("linear", "bias"), ("tied",)]]
+    assert nnx.find_duplicates(Block()) == []
+
+
+def test_recursive_map_replaces_and_keeps_original():
+    m = Block()
+    m.twin = m.linear
+
+    def f(path, value):
+        if isinstance(value, Linear):
+            new = Linear(2, 3, seed=9)
+            new.tag = path
+            return new
+        return value
+
+    out = nnx.recursive_map(f, m)
+    assert isinstance(out.linear, Linear) and out.linear.tag == ("linear",)
+    assert out.twin is out.linear  # sharing preserved
+    assert not hasattr(m.linear, "tag")
+    _eq(out.linear.kernel[...], Linear(2, 3, seed=9).kernel[...])
+
+
+def test_recursive_map_on_variables():
+    m = Block()
+    out = nnx.recursive_map(
+        lambda p, v: nnx.Param(v[...] * 0) if isinstance(v, nnx.Param) else v, m
+    )
+    _eq(out.linear.kernel[...], jnp.zeros((2, 3)))
+    assert float(jnp.abs(m.linear.kernel[...]).sum()) > 0
+
+
+def test_flatten_unflatten_low_level():
+    m = Block()
+    graphdef, pairs = nnx.flatten(m)
+    assert graphdef.num_leaves == len(pairs) == 3
+    assert [p for p, _ in pairs] == [("linear", "bias"), ("linear", "kernel"), ("mean",)]
+    new = nnx.unflatten(graphdef, dict(pairs))
+    _eq(new.mean[...], m.mean[...])
+    # copy=False keeps the Variable objects (a view)
+    view = nnx.unflatten(graphdef, dict(nnx.flatten(m, copy=False)[1]), copy=False)
+    assert view.mean is m.mean and view is not m

@@ -1,0 +1,244 @@
+"""Optimizer vs hand-written optax on the same pytrees."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nnxfn.core import merge, split, state
+from nnxfn.facade.module import Module
+from nnxfn.facade.variables import BatchStat, OptArray, OptState, Param, Variable
+from nnxfn.training.optimizer import ModelAndOptimizer, Optimizer
+
+
+class LoRAParam(Param):
+    pass
+
+
+class Linear(Module):
+    def __init__(self, din: int, dout: int, key: jax.Array, lora: bool = False):
+        self.kernel = Param(jax.random.normal(key, (din, dout)) / din**0.5, sharding=("in", "out"))
+        self.bias = Param(jnp.zeros(dout))
+        if lora:
+            ka, kb = jax.random.split(jax.random.fold_in(key, 1))
+            self.a = LoRAParam(jax.random.normal(ka, (din, 2)))
+            self.b = LoRAParam(jax.random.normal(kb, (2, dout)) * 0.1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel + self.bias
+        if hasattr(self, "a"):
+            y = y + x @ self.a @ self.b
+        return y
+
+
+class MLP(Module):
+    def __init__(self, key: jax.Array, lora: bool = False):
+        k1, k2 = jax.random.split(key)
+        self.layers = [Linear(3, 8, k1, lora), Linear(8, 2, k2, lora)]
+        self.calls = BatchStat(jnp.array(0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.calls.value = self.calls.value + 1
+        return self.layers[1](jnp.tanh(self.layers[0](x)))
+
+
+X = jax.random.normal(jax.random.key(10), (16, 3))
+Y = jax.random.normal(jax.random.key(11), (16, 2))
+
+
+def loss_of(graphdef, rest):
+    def loss(params):
+        model = merge(graphdef, params, rest)
+        return jnp.mean((model(X) - Y) ** 2)
+
+    return loss
+
+
+def model_grads(model, wrt=Param):
+    graphdef, params, rest = split(model, wrt, ...)
+    return jax.grad(loss_of(graphdef, rest))(params)
+
+
+def raw(tree):
+    return jax.tree.map(lambda v: v.value if isinstance(v, Variable) else v, tree,
+                        is_leaf=lambda v: isinstance(v, Variable))
+
+
+def reference_run(tx, steps: int):
+    """The same training with plain optax on raw pytrees."""
+    model = MLP(jax.random.key(0))
+    graphdef, params, rest = split(model, Param, ...)
+    params = raw(params)
+    opt_state = tx.init(params)
+    loss = loss_of(graphdef, rest)
+    for _ in range(steps):
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+TXS = {
+    "sgd": lambda: optax.sgd(0.1, momentum=0.9),
+    "adam": lambda: optax.adam(0.05),
+    "clip_adam": lambda: optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.05)),
+}
+
+
+@pytest.mark.parametrize("name", list(TXS))
+@pytest.mark.parametrize("two_args", [False, True])
+def test_matches_optax(name: str, two_args: bool):
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, TXS[name]())
+    for _ in range(5):
+        grads = model_grads(model)
+        optimizer.update(model, grads) if two_args else optimizer.update(grads)
+    expected = reference_run(TXS[name](), 5)
+    got = raw(state(model, Param))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+    assert optimizer.step.value.dtype == jnp.uint32 and int(optimizer.step.value) == 5
+
+
+def test_state_layout_and_types():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.adam(1e-3))
+    assert isinstance(optimizer.step, OptState)
+    adam = optimizer.opt_state[0]
+    assert isinstance(adam.count, OptState) and not isinstance(adam.count, OptArray)
+    mu = adam.mu["layers"][0]["kernel"]
+    assert isinstance(mu, OptArray) and mu.value.shape == (3, 8)
+    assert mu.sharding == ("in", "out")  # the param's metadata is inherited
+    assert set(state(optimizer).to_pure_dict()) == {"model", "opt_state", "step"}
+    assert optimizer.model is model
+
+
+def test_jit_through_split_merge_one_arg_form():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.adam(0.05))
+    graphdef, st = split(optimizer)
+
+    @jax.jit
+    def train_step(st):
+        opt = merge(graphdef, st)
+        opt.update(model_grads(opt.model))  # the model reference survives merge
+        return split(opt)[1]
+
+    for _ in range(3):
+        st = train_step(st)
+    trained = merge(graphdef, st)
+    expected = reference_run(optax.adam(0.05), 3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 raw(state(trained.model, Param)), expected)
+    assert int(trained.step.value) == 3
+
+
+def test_grads_as_raw_state_or_pure_dict():
+    m1, m2 = MLP(jax.random.key(0)), MLP(jax.random.key(0))
+    o1, o2 = Optimizer(m1, optax.sgd(0.1)), Optimizer(m2, optax.sgd(0.1))
+    grads = model_grads(m1)
+    o1.update(m1, grads)
+    o2.update(m2, raw(grads).to_pure_dict())
+    jax.tree.map(np.testing.assert_array_equal, raw(state(m1, Param)), raw(state(m2, Param)))
+
+
+def test_wrt_lora_only():
+    model = MLP(jax.random.key(0), lora=True)
+    before = raw(state(model))
+    optimizer = Optimizer(model, optax.adam(0.1), wrt=LoRAParam)
+    assert set(state(optimizer.opt_state[0].mu).to_pure_dict()["layers"][0]) == {"a", "b"}
+    for _ in range(3):
+        optimizer.update(model, model_grads(model))  # grads for every Param: non-LoRA dropped
+    after = raw(state(model))
+    for i in range(2):
+        layer0, layer1 = before["layers"][i], after["layers"][i]
+        np.testing.assert_array_equal(layer0["kernel"], layer1["kernel"])
+        np.testing.assert_array_equal(layer0["bias"], layer1["bias"])
+        assert not np.allclose(layer0["a"], layer1["a"])
+
+
+def test_wrt_lora_matches_optax():
+    model = MLP(jax.random.key(0), lora=True)
+    graphdef, lora, rest = split(model, LoRAParam, ...)
+    tx = optax.adam(0.1)
+    params, opt_state = raw(lora), tx.init(raw(lora))
+    loss = loss_of(graphdef, rest)
+    optimizer = Optimizer(model, optax.adam(0.1), wrt=LoRAParam)
+    for _ in range(3):
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+        optimizer.update(model, model_grads(model, LoRAParam))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 raw(state(model, LoRAParam)), params)
+
+
+def test_inject_hyperparams_read_write():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1))
+    hp = optimizer.opt_state.hyperparams
+    assert float(hp["learning_rate"].value) == pytest.approx(0.1)
+    assert optimizer.learning_rate is hp["learning_rate"]
+
+    hp["learning_rate"].value = 0.0
+    before = raw(state(model, Param))
+    optimizer.update(model_grads(model))
+    jax.tree.map(np.testing.assert_array_equal, raw(state(model, Param)), before)
+
+    optimizer.learning_rate = 0.2  # the shortcut writes the same Variable
+    assert float(hp["learning_rate"].value) == pytest.approx(0.2)
+    grads = model_grads(model)
+    optimizer.update(grads)
+    expected = jax.tree.map(lambda p, g: p - 0.2 * g, before, raw(grads))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 raw(state(model, Param)), expected)
+
+
+def test_no_hyperparams_error():
+    optimizer = Optimizer(MLP(jax.random.key(0)), optax.sgd(0.1))
+    with pytest.raises(AttributeError, match="inject_hyperparams"):
+        optimizer.hyperparams
+
+
+def test_kwargs_forwarded_to_linesearch():
+    model = MLP(jax.random.key(0))
+    graphdef, params, rest = split(model, Param, ...)
+    loss = loss_of(graphdef, rest)
+    tx = optax.lbfgs()
+    p, s = raw(params), tx.init(raw(params))
+    optimizer = Optimizer(model, optax.lbfgs())
+    for _ in range(3):
+        value, grad = jax.value_and_grad(loss)(p)
+        updates, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=loss)
+        p = optax.apply_updates(p, updates)
+        mvalue, mgrads = jax.value_and_grad(loss)(state(model, Param))
+        optimizer.update(model, mgrads, value=mvalue, grad=mgrads, value_fn=loss)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 raw(state(model, Param)), p)
+
+
+def test_grads_path_mismatch_errors():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.sgd(0.1))
+    grads = raw(model_grads(model)).to_pure_dict()
+    missing = {"layers": {0: grads["layers"][0]}}
+    with pytest.raises(ValueError, match=r"missing from grads: model\.layers\[1\]\.bias, model\.layers\[1\]\.kernel"):
+        optimizer.update(missing)
+    extra = {**grads, "extra": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"in grads but not trained: model\.extra"):
+        optimizer.update(extra)
+    with pytest.raises(TypeError, match="must be a State"):
+        optimizer.update([1.0])
+    with pytest.raises(TypeError, match=r"takes `\(grads\)` or `\(model, grads\)`"):
+        optimizer.update(model, grads, grads)
+
+
+def test_model_and_optimizer():
+    model = MLP(jax.random.key(0))
+    mo = ModelAndOptimizer(model, optax.adam(0.05), wrt=Param)
+    for _ in range(2):
+        mo.update(model_grads(mo.model))
+    expected = reference_run(optax.adam(0.05), 2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 raw(state(mo.model, Param)), expected)
