@@ -381,3 +381,28 @@ def test_flatten_unflatten_low_level():
     # copy=False keeps the Variable objects (a view)
     view = nnx.unflatten(graphdef, dict(nnx.flatten(m, copy=False)[1]), copy=False)
     assert view.mean is m.mean and view is not m
+
+
+def test_update_never_aliases_state_variables_into_the_model():
+    m = nnx.Module()
+    m.w = jnp.ones(2)  # a raw array replaced by a Variable
+    state = nnx.State({"w": nnx.Param(jnp.zeros(2)), "new": nnx.Cache(jnp.ones(1))})
+    nnx.update(m, state)
+    assert type(m.w) is nnx.Param and m.w is not state["w"]
+    assert m.new is not state["new"]
+    m.w[...] = jnp.full(2, 5.0)
+    _eq(state["w"][...], jnp.zeros(2))  # the State stays immutable
+
+
+def test_iter_graph_allows_setattr_on_yielded_node():
+    m = Block()
+    m.other = Linear(2, 3, seed=4)
+    replaced = []
+    for path, node in nnx.iter_graph(m):
+        if isinstance(node, nnx.Module):
+            for name, value in vars(node).items():
+                if isinstance(value, Linear):
+                    setattr(node, name, nnx.Module())
+                    replaced.append(path + (name,))
+    assert sorted(replaced) == [("linear",), ("other",)]
+    assert type(m.linear) is nnx.Module and type(m.other) is nnx.Module

@@ -67,11 +67,11 @@ def test_conv_params_match_flax_names_shapes_dtypes():
 
 # -- Conv: numbers vs Equinox --------------------------------------------------------------------
 SWEEP = list(itertools.product(
-    [1, 2, 3],                              # spatial rank
+    [1, 2],                                 # spatial rank
     ["SAME", "VALID", 1, "pairs"],          # padding
     [1, 2],                                 # strides
     [1, 2],                                 # kernel_dilation
-))
+)) + [(3, "SAME", 2, 1), (3, "pairs", 1, 2), (3, "VALID", (1, 2, 1), (2, 1, 1))]
 
 
 @pytest.mark.parametrize("rank,padding,stride,dilation", SWEEP)
@@ -272,3 +272,12 @@ def test_conv_transpose_errors():
         ConvTranspose(3, 4, 3, transpose_kernel=True, mask=jnp.ones((3, 3, 4)), rngs=Rngs(0))
     with pytest.raises(ValueError, match=r"ConvTranspose: invalid padding"):
         ConvTranspose(3, 4, (3, 3), padding=[1, 2, 3], rngs=Rngs(0))
+
+
+def test_docstring_examples():
+    import doctest
+
+    from nnxfn.nn import conv as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

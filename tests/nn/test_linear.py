@@ -245,3 +245,12 @@ def test_prelu():
     assert half.negative_slope.dtype == jnp.bfloat16
     assert half(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert PReLU(dtype=jnp.float16)(x).dtype == jnp.float16
+
+
+def test_docstring_examples():
+    import doctest
+
+    from nnxfn.nn import linear as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

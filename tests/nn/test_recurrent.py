@@ -239,6 +239,29 @@ def test_cell_state_is_written_back_and_params_are_constants():
         RNN(_BadCell())(jnp.ones((2, 3, 1)))
 
 
+def test_dropout_inside_cell_draws_a_new_key_each_step():
+    from nnxfn.nn.stochastic import Dropout
+
+    class Noisy(Module):
+        num_feature_axes = 1
+
+        def __init__(self):
+            self.drop = Dropout(0.5, rngs=Rngs(dropout=1))
+
+        def initialize_carry(self, input_shape, rngs=None):
+            return jnp.zeros(input_shape)
+
+        def __call__(self, carry, x):
+            y = self.drop(x)
+            return carry + y, y
+
+    cell = Noisy()
+    ys = RNN(cell)(jnp.ones((1, 6, 64)))
+    assert int(cell.drop.rngs.count[...]) == 6
+    masks = np.asarray(ys[0] > 0)
+    assert len({m.tobytes() for m in masks}) == 6  # a different mask at every step
+
+
 def test_rnn_under_jit_and_grad():
     cell = LSTMCell(3, 4, rngs=Rngs(0))
     rnn = RNN(cell)

@@ -105,6 +105,29 @@ def test_depth_kwargs_title_and_shared_module_called_twice():
     assert rows[0][4] == "6 (24 B)"  # the shared Linear is counted once
 
 
+def test_submodule_without_call_is_listed_in_totals_only():
+    class Holder(Module):  # no __call__: used through a method
+        def __init__(self):
+            self.lin = Linear(2, 3, rngs=Rngs(0))
+
+        def apply(self, x):
+            return self.lin(x)
+
+    class Outer(Module):
+        def __init__(self):
+            self.holder = Holder()
+
+        def __call__(self, x):
+            return self.holder.apply(x)
+
+    rows = [r for r in _rows(tabulate(Outer(), jnp.ones((1, 2))))[1:] if r[1]]
+    assert [r[0] for r in rows] == ["", "holder/lin"]
+    assert rows[0][4] == "9 (36 B)"
+    assert not callable(Holder())
+    table = tabulate(Holder(), jnp.ones((1, 2)), method="apply")
+    assert "float32[1,3]" in table
+
+
 def test_compute_flops():
     model = Linear(16, 8, rngs=Rngs(0))
     table = tabulate(model, jnp.ones((4, 16)), compute_flops=True, compute_vjp_flops=True)

@@ -234,3 +234,23 @@ def test_without_orbax_falls_back_to_npz(tmp_path, monkeypatch):
     assert_same(model, restore_checkpoint(path, Model(jax.random.key(1))))
     with pytest.raises(ImportError, match=r"pip install 'nnxfn\[checkpoint\]'"):
         save_checkpoint(tmp_path / "ck2", model, backend="orbax")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_trip_prng_keys(tmp_path, backend):
+    """Typed PRNG keys (Rngs streams, e.g. inside Dropout) are saved as key data."""
+    from nnxfn.facade.rngs import Rngs
+    from nnxfn.nn.stochastic import Dropout
+
+    model = Dropout(0.5, rngs=Rngs(0))
+    model.rngs()
+    save_checkpoint(tmp_path / "ck", model, backend=backend)
+    for target in (Dropout(0.5, rngs=Rngs(1)), jax.eval_shape(lambda: Dropout(0.5, rngs=Rngs(1)))):
+        restored = restore_checkpoint(tmp_path / "ck", target)
+        key, want = restored.rngs.key[...], model.rngs.key[...]
+        assert key.dtype == want.dtype
+        np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(want))
+        assert int(restored.rngs.count[...]) == 1
+    rbg = Dropout(0.5, rngs=Rngs(jax.random.key(0, impl="rbg")))
+    with pytest.raises(ValueError, match=r"key<fry>.*key<rbg>"):
+        restore_checkpoint(tmp_path / "ck", rbg)

@@ -412,3 +412,15 @@ def test_remat_static_argnums_and_method():
     assert int(b.c.count[...]) == 2
     g = nnx.grad(lambda b: b.apply(jnp.ones(3), 2).sum())(b)
     np.testing.assert_allclose(g["c"]["w"][...], 2 * jnp.arange(1.0, 4.0))
+
+
+def test_custom_vjp_bare_variable_argument():
+    @nnx.custom_vjp
+    def f(p, x):
+        return p[...] * x
+
+    f.defvjp(lambda p, x: (f(p, x), (p[...], x)), lambda res, g: (nnx.Param(7.0 * g), g * res[0]))
+    p = nnx.Param(jnp.array(2.0))
+    gp, gx = nnx.grad(f, argnums=(0, 1))(p, 3.0)
+    assert isinstance(gp, nnx.Param) and float(gp[...]) == 7.0
+    assert float(gx) == 2.0

@@ -18,6 +18,7 @@ from nnxfn.core import filters as filterlib
 from nnxfn.core.graphdef import (
     ARRAY,
     ArrayDef,
+    BoxedDef,
     ContainerDef,
     GraphDef,
     NodeDef,
@@ -26,7 +27,7 @@ from nnxfn.core.graphdef import (
     StaticDef,
     VariableDef,
 )
-from nnxfn.core.registry import NodeImpl, key_order, lookup
+from nnxfn.core.registry import NodeImpl, foreign_leaf_type, key_order, lookup
 from nnxfn.core.state import State
 from nnxfn.core.variable_like import VariableLike
 
@@ -96,7 +97,7 @@ def flatten(
     if objects is None:
         objects = []
 
-    def visit(x: tp.Any, path: Path) -> tp.Any:
+    def visit(x: tp.Any, path: Path, foreign: tuple = ()) -> tp.Any:
         if isinstance(x, VariableLike):
             i = index.get(id(x))
             if i is not None:
@@ -116,19 +117,26 @@ def flatten(
             kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
             return NodeDef(type(x), i, impl.static(x), kids)
         if isinstance(x, _ARRAY_TYPES):
+            boxed = foreign_leaf_type(path, x, foreign) if foreign else None
+            if boxed is not None:
+                leaves.append((path, boxed.from_parts(x, ())))
+                return BoxedDef(boxed)
             leaves.append((path, x))
             return ARRAY
         if type(x) in _CONTAINERS:
             if containers is not None and type(x) is not tuple:
                 containers.append(x)
-            kids = tuple((k, visit(v, path + (k,))) for k, v in _container_children(x))
+            kids = tuple(
+                (k, visit(v, path + (k,), foreign)) for k, v in _container_children(x)
+            )
             return ContainerDef(type(x), kids)
         if x is None or isinstance(x, (int, float, str, bool, complex)):
             return StaticDef(x)
         found = _pytree_children(x)
         if found is not None:
             treedef, pairs = found
-            kids = tuple((k, visit(v, path + (k,))) for k, v in pairs)
+            inner = foreign + (type(x),)
+            kids = tuple((k, visit(v, path + (k,), inner)) for k, v in pairs)
             return PytreeDef(treedef, kids)
         try:
             hash(x)
@@ -193,7 +201,7 @@ def unflatten(
                 var = d.type.from_parts(value, meta)
             objects[d.index] = var
             return var
-        if isinstance(d, ArrayDef):
+        if isinstance(d, (ArrayDef, BoxedDef)):
             leaf = take(path)
             return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
         if isinstance(d, StaticDef):
@@ -456,3 +464,17 @@ def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.An
         return result
 
     return visit(node, ())
+
+
+def boxed_paths(graphdef: GraphDef) -> frozenset:
+    """Paths of leaves that are boxed only in the State (no live Variable)."""
+    found: list[Path] = []
+
+    def walk(d: tp.Any, path: Path) -> None:
+        if isinstance(d, BoxedDef):
+            found.append(path)
+        for k, child in getattr(d, "children", ()):
+            walk(child, path + (k,))
+
+    walk(graphdef.root, ())
+    return frozenset(found)

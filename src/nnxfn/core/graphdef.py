@@ -82,6 +82,15 @@ class ArrayDef:
 ARRAY = ArrayDef()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BoxedDef:
+    """A raw array inside a foreign pytree (e.g. an Equinox module), shown in
+    the State boxed as a Variable of `type` (e.g. Param) and unboxed again by
+    `unflatten`. There is no live Variable object behind it."""
+
+    type: type
+
+
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class StaticDef:
     """A static value, stored in the GraphDef itself."""
@@ -161,7 +170,7 @@ def _describe(d: Any, indent: int) -> str:
             f"{pad}  {k!r}: {_describe(v, indent + 1)}" for k, v in d.children
         )
         return f"{name}(\n{inner}\n{pad})"
-    if isinstance(d, VariableDef):
+    if isinstance(d, (VariableDef, BoxedDef)):
         return f"{d.type.__name__}"
     if isinstance(d, Ref):
         return f"<shared #{d.index}>"

@@ -70,3 +70,26 @@ def key_order(key: Key) -> tuple[int, Any]:
     if isinstance(key, str):
         return (1, key)
     return (2, repr(key))
+
+
+# -- leaves of foreign pytrees ------------------------------------------------
+LeafClassifier = Callable[[tuple, Any, tuple], "type | None"]
+_CLASSIFIER: list[LeafClassifier | None] = [None]
+
+
+def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | None:
+    """Choose a Variable type for arrays inside foreign pytrees.
+
+    `fn(path, array, ancestors)` gets the array's path and the types of the
+    foreign pytree nodes above it (innermost last) and returns a VariableLike
+    type to box it as in the State, or None to keep it a raw array. Returns
+    the previous classifier.
+    """
+    previous = _CLASSIFIER[0]
+    _CLASSIFIER[0] = fn
+    return previous
+
+
+def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> "type | None":
+    fn = _CLASSIFIER[0]
+    return None if fn is None else fn(path, value, ancestors)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing as tp
+import warnings
+import weakref
 
 
 @dataclasses.dataclass(eq=False)
@@ -22,6 +24,16 @@ class Frame:
 
 
 _FRAMES: list[Frame] = []
+
+# Owner of Variables that JAX rebuilt from tracers outside any nnxfn transform
+# (e.g. a Module passed through `jax.jit` or `eqx.filter_jit` as a pytree).
+FOREIGN = Frame("a JAX transform")
+_foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compare by value
+
+
+def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
+    key = id(obj)
+    _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
 _EPOCH = [0]
 
 
@@ -47,7 +59,11 @@ def bump_structure() -> None:
 
 
 def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
-    """Raise if `obj` (created in frame `owner`) is written inside another frame."""
+    """Raise if `obj` (created in frame `owner`) is written inside another frame;
+    warn if it was rebuilt by a non-nnxfn transform (the write would be lost)."""
+    if owner is FOREIGN and not _FRAMES:
+        warnings.warn(_foreign_message(obj, what), stacklevel=4)
+        return
     if _FRAMES and owner is not _FRAMES[-1]:
         frame = _FRAMES[-1]
         raise RuntimeError(
@@ -66,3 +82,21 @@ def _describe(obj: tp.Any) -> str:
     if shape is not None:
         return f"a {name} of shape {tuple(shape)} and dtype {value.dtype}"
     return f"a {name}"
+
+
+def _foreign_message(obj: tp.Any, what: str) -> str:
+    ref, path = _foreign_paths.get(id(obj), (None, None))
+    if ref is None or ref() is not obj:
+        path = None
+    where = "model" + "".join(
+        f"[{k}]" if isinstance(k, int) else f".{k}" for k in path
+    ) if path is not None else _describe(obj)
+    return (
+        f"{what} of {where} was written inside a JAX transform that is not an nnxfn "
+        "transform (e.g. `jax.jit` or `eqx.filter_jit`): the Module there is a copy "
+        "rebuilt from traced leaves, so the write will be lost when the transform "
+        "returns (Dropout would reuse its mask, BatchNorm would not update). Fix: use "
+        "`nnx.jit` (or the other nnx transforms), or use the functional view: "
+        "`view = nnx.as_pytree(model)`, return the updated view from the function, "
+        "and `nnx.update(model, view)`."
+    )

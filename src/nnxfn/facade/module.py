@@ -19,6 +19,7 @@ from nnxfn.facade.display import node_repr
 from nnxfn.facade.variables import Intermediate, Perturbation, Variable
 
 _PRIVATE = ("_nnx_frame", "_nnx_static")
+_UNSET = object()
 
 
 class static:  # noqa: N801 - mirrors Flax's lower-case marker
@@ -67,7 +68,8 @@ class Object:
             object.__setattr__(self, "_nnx_static", statics - {name})
         elif name in statics:
             _check_hashable(self, name, value, rebound=True)
-        context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
+        if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
+            context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -174,6 +176,10 @@ def _path_name(path: tuple) -> str:
 
 def _pytree_unflatten(aux: tuple, leaves: tp.Iterable) -> Object:
     graphdef, paths = aux
+    leaves = list(leaves)
+    for path, leaf in zip(paths, leaves):
+        if getattr(leaf, "_frame", None) is context.FOREIGN:
+            context.remember_foreign_path(leaf, path)
     return core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
 
 

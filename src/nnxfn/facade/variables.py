@@ -252,11 +252,18 @@ def _flatten(v: Variable):
     return (v.raw_value,), v._metadata
 
 
+def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+    var = cls.from_parts(children[0], metadata)
+    if var._frame is None and isinstance(children[0], jax.core.Tracer):
+        object.__setattr__(var, "_frame", context.FOREIGN)
+    return var
+
+
 def _register_pytree(cls: type) -> None:
     jax.tree_util.register_pytree_with_keys(
         cls,
         _flatten_with_keys,
-        lambda metadata, children: cls.from_parts(children[0], metadata),
+        lambda metadata, children: _unflatten(cls, metadata, children),
         _flatten,
     )
 

@@ -43,13 +43,8 @@ def _abs_sq(x: Array) -> Array:
 
 
 def compute_stats(
-    x: Array,
-    axes: tuple[int, ...],
-    dtype: Dtype | None,
-    axis_name: str | None = None,
-    axis_index_groups: tp.Any = None,
-    use_mean: bool = True,
-    use_fast_variance: bool = True,
+    x: Array, axes: tuple[int, ...], dtype: Dtype | None, axis_name: str | None = None,
+    axis_index_groups: tp.Any = None, use_mean: bool = True, use_fast_variance: bool = True,
     mask: Array | None = None,
 ) -> tuple[Array, Array]:
     """(mean, var) over `axes` (dropped), in at least float32, averaged over
@@ -75,15 +70,17 @@ def compute_stats(
     return mu, var
 
 
+def result_dtype(*args: Array | None, dtype: Dtype | None = None) -> Dtype:
+    """`dtype` if given, else the common dtype of `args`, at least float32 if not inexact."""
+    if dtype is not None:
+        return dtype
+    dtype = jnp.result_type(*[a for a in args if a is not None])
+    return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.promote_types(jnp.float32, dtype)
+
+
 def normalize(
-    x: Array,
-    mean: Array,
-    var: Array,
-    scale: Array | None,
-    bias: Array | None,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    dtype: Dtype | None,
+    x: Array, mean: Array, var: Array, scale: Array | None, bias: Array | None,
+    reduction_axes: tuple[int, ...], feature_axes: tuple[int, ...], dtype: Dtype | None,
     epsilon: float,
 ) -> Array:
     """`(x - mean) / sqrt(var + epsilon) * scale + bias`, cast to `dtype`
@@ -104,15 +101,12 @@ def normalize(
     return jnp.asarray(y, result_dtype(*args, dtype=dtype))
 
 
-def result_dtype(*args: Array | None, dtype: Dtype | None = None) -> Dtype:
-    """`dtype` if given, else the common dtype of `args`, at least float32 if not inexact."""
-    if dtype is not None:
-        return dtype
-    dtype = jnp.result_type(*[a for a in args if a is not None])
-    return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.promote_types(jnp.float32, dtype)
-
-
-def _check_features(layer: str, x: Array, feature_axes: tuple[int, ...], num_features: int) -> None:
+def _check_features(
+    layer: str, x: Array, feature_axes: tuple[int, ...], num_features: int, *params: tp.Any
+) -> None:
+    """Inputs must carry `num_features` on `feature_axes` (checked when there are params)."""
+    if params and all(p is None for p in params):
+        return
     size = 1
     for ax in feature_axes:
         size *= x.shape[ax]
@@ -156,24 +150,13 @@ class BatchNorm(Module):
     """
 
     def __init__(
-        self,
-        num_features: int,
-        *,
-        use_running_average: bool | None = False,
-        axis: int = -1,
-        momentum: float = 0.99,
-        epsilon: float = 1e-5,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        use_bias: bool = True,
-        use_scale: bool = True,
+        self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
+        momentum: float = 0.99, epsilon: float = 1e-5, dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(),
-        axis_name: str | None = None,
-        axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
+        scale_init: Initializer = initializers.ones_init(), axis_name: str | None = None,
+        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
@@ -231,7 +214,8 @@ class _AxesNorm(Module):
         name = type(self).__name__
         reduction_axes = _axes(x.ndim, self.reduction_axes, name)
         feature_axes = _axes(x.ndim, self.feature_axes, name)
-        _check_features(name, x, feature_axes, self.num_features)
+        _check_features(name, x, feature_axes, self.num_features, self.scale,
+                        getattr(self, "bias", None))
         mean, var = compute_stats(
             x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
             use_mean=self._use_mean, use_fast_variance=self.use_fast_variance, mask=mask,
@@ -248,23 +232,13 @@ class LayerNorm(_AxesNorm):
     """
 
     def __init__(
-        self,
-        num_features: int,
-        *,
-        epsilon: float = 1e-6,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        use_bias: bool = True,
-        use_scale: bool = True,
+        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(),
-        reduction_axes: Axes = -1,
-        feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
+        scale_init: Initializer = initializers.ones_init(), reduction_axes: Axes = -1,
+        feature_axes: Axes = -1, axis_name: str | None = None,
+        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
@@ -290,21 +264,12 @@ class RMSNorm(_AxesNorm):
     _use_mean = False
 
     def __init__(
-        self,
-        num_features: int,
-        *,
-        epsilon: float = 1e-6,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        use_scale: bool = True,
-        scale_init: Initializer = initializers.ones_init(),
-        reduction_axes: Axes = -1,
-        feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
+        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32, use_scale: bool = True,
+        scale_init: Initializer = initializers.ones_init(), reduction_axes: Axes = -1,
+        feature_axes: Axes = -1, axis_name: str | None = None,
+        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self.scale = (
@@ -335,24 +300,14 @@ class GroupNorm(Module):
     """
 
     def __init__(
-        self,
-        num_features: int,
-        num_groups: int | None = 32,
-        group_size: int | None = None,
-        *,
-        epsilon: float = 1e-6,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        use_bias: bool = True,
-        use_scale: bool = True,
+        self, num_features: int, num_groups: int | None = 32, group_size: int | None = None,
+        *, epsilon: float = 1e-6, dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
         scale_init: Initializer = initializers.ones_init(),
-        reduction_axes: Axes | None = None,
-        axis_name: str | None = None,
-        axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
+        reduction_axes: Axes | None = None, axis_name: str | None = None,
+        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
@@ -428,23 +383,13 @@ class InstanceNorm(Module):
     """
 
     def __init__(
-        self,
-        num_features: int,
-        *,
-        epsilon: float = 1e-6,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        use_bias: bool = True,
-        use_scale: bool = True,
+        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(),
-        feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        scale_init: Initializer = initializers.ones_init(), feature_axes: Axes = -1,
+        axis_name: str | None = None, axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True, promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs, bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
@@ -465,7 +410,7 @@ class InstanceNorm(Module):
                 f"InstanceNorm: feature_axes {self.feature_axes} include axis 0, which is "
                 f"the batch axis (inputs of shape {x.shape})."
             )
-        _check_features("InstanceNorm", x, feature_axes, self.num_features)
+        _check_features("InstanceNorm", x, feature_axes, self.num_features, self.scale, self.bias)
         reduction_axes = tuple(i for i in range(1, x.ndim) if i not in feature_axes)
         mean, var = compute_stats(
             x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
@@ -501,24 +446,18 @@ class WeightNorm(Module):
     The normalized value is written into the layer's parameter, as Flax does;
     `scales` maps each selected parameter's path to its learnable `Param`.
 
+    >>> from nnxfn.nn.linear import Linear
     >>> wn = WeightNorm(Linear(3, 4, rngs=Rngs(0)), rngs=Rngs(1))
     >>> wn(jnp.ones((2, 3))).shape
     (2, 4)
     """
 
     def __init__(
-        self,
-        layer_instance: Module,
-        *,
-        feature_axes: Axes | None = -1,
-        use_scale: bool = True,
-        scale_init: Initializer = initializers.ones_init(),
-        epsilon: float = 1e-12,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
+        self, layer_instance: Module, *, feature_axes: Axes | None = -1,
+        use_scale: bool = True, scale_init: Initializer = initializers.ones_init(),
+        epsilon: float = 1e-12, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
         variable_filter: tp.Any = PathContains("kernel"),
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs,
+        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
     ):
         self.layer_instance = layer_instance
         _keep(
@@ -560,22 +499,16 @@ class SpectralNorm(Module):
     `batch_stats[path + ('sigma',)]` are `BatchStat`s, updated when
     `update_stats` (training; `model.eval()` turns it off).
 
+    >>> from nnxfn.nn.linear import Linear
     >>> sn = SpectralNorm(Linear(3, 4, rngs=Rngs(0)), rngs=Rngs(1))
     >>> sn(jnp.ones((2, 3)), update_stats=False).shape
     (2, 4)
     """
 
     def __init__(
-        self,
-        layer_instance: Module,
-        *,
-        n_steps: int = 1,
-        epsilon: float = 1e-12,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        error_on_non_matrix: bool = False,
-        update_stats: bool = True,
-        rngs: Rngs,
+        self, layer_instance: Module, *, n_steps: int = 1, epsilon: float = 1e-12,
+        dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+        error_on_non_matrix: bool = False, update_stats: bool = True, rngs: Rngs,
     ):
         self.layer_instance = layer_instance
         _keep(

@@ -5,7 +5,11 @@ The module is cloned and run once on the given inputs with every sub-module's
 call order) with its input/output shapes and, per Variable type, how many
 numbers and bytes its sub-tree holds. The original module is never touched.
 
->>> print(tabulate(Linear(3, 4, rngs=Rngs(0)), jnp.ones((2, 3))))  # doctest: +SKIP
+>>> from nnxfn.facade.rngs import Rngs
+>>> from nnxfn.nn.linear import Linear
+>>> table = tabulate(Linear(3, 4, rngs=Rngs(0)), jnp.ones((2, 3)))
+>>> "Total Parameters: 16 (64 B)" in table
+True
 """
 
 from __future__ import annotations
@@ -149,7 +153,11 @@ class _Recorder:
 
 def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, tp.Any]]:
     undo: list[tuple[type, tp.Any]] = []
-    resolved = {cls: cls.__call__ for cls in classes}  # before any class is patched
+    resolved = {}  # resolved before any class is patched; instance __call__ only (not type's)
+    for cls in classes:
+        fn = next((c.__dict__["__call__"] for c in cls.__mro__ if "__call__" in c.__dict__), None)
+        if fn is not None:
+            resolved[cls] = fn
     for cls, fn in resolved.items():
         original = cls.__dict__.get("__call__", None)
 

@@ -183,7 +183,7 @@ def _check_match(path: Path, flat: list[Leaf], saved: list[dict], root: str) -> 
         leaf = disk.get(p)
         if leaf is None:
             continue
-        shape, dtype = tuple(np.shape(x)), str(np.dtype(x.dtype))
+        shape, dtype = tuple(np.shape(x)), _dtype_name(x)
         if tuple(leaf["shape"]) != shape or leaf["dtype"] != dtype:
             wrong.append(
                 f"{path_str(p, root)}: checkpoint {tuple(leaf['shape'])} {leaf['dtype']}, "
@@ -198,6 +198,40 @@ def _sharding(x: tp.Any) -> jax.sharding.Sharding:
     if isinstance(found, jax.sharding.Sharding):
         return found
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+# -- PRNG keys: stored as their raw uint32 key data -------------------------------------
+def _is_key(x: tp.Any) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _dtype_name(x: tp.Any) -> str:
+    """As written to `nnxfn.json`: "float32", ..., or "key<fry>" for a typed PRNG key."""
+    return str(x.dtype) if _is_key(x) else str(np.dtype(x.dtype))
+
+
+def _to_data(x: tp.Any) -> tp.Any:
+    """The array stored on disk for leaf `x` (a typed key's uint32 key data)."""
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
+def _data_spec(x: tp.Any) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of `_to_data(x)`, for a concrete or abstract leaf."""
+    spec = jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x
+    return jax.ShapeDtypeStruct(np.shape(spec), spec.dtype, sharding=_sharding(x))
+
+
+def _from_data(raw: tp.Any, x: tp.Any) -> tp.Any:
+    """Inverse of `_to_data`, with the key implementation of the target leaf `x`."""
+    if not _is_key(x):
+        return raw
+    # An abstract (ShapeDtypeStruct) key has no public accessor for its impl.
+    impl = jax.random.key_impl(x) if isinstance(x, jax.Array) else x.dtype._impl
+    return jax.random.wrap_key_data(raw, impl=impl)
+
+
+def _data_flat(flat: list[Leaf]) -> list[Leaf]:
+    return [(p, _to_data(x)) for p, x in flat]
 
 
 # -- backends ------------------------------------------------------------------------------
@@ -223,7 +257,7 @@ def _write_orbax(tmp: Path, flats: list[list[Leaf]]) -> None:
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "state", _orbax_tree([_pure(f) for f in flats]))
+        ckptr.save(tmp / "state", _orbax_tree([_pure(_data_flat(f)) for f in flats]))
         ckptr.wait_until_finished()
 
 
@@ -231,18 +265,19 @@ def _read_orbax(path: Path, flats: list[list[Leaf]]) -> list[dict]:
     import orbax.checkpoint as ocp
 
     abstract = [
-        _pure([(p, jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding(x))) for p, x in f])
+        _pure([(p, _data_spec(x)) for p, x in f])
         for f in flats
     ]
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(path / "state", _orbax_tree(abstract))
     trees = [tree] if len(flats) == 1 else [tree[str(i)] for i in range(len(flats))]
-    return [dict(State(t).flat_state()) if t else {} for t in trees]
+    raws = [dict(State(t).flat_state()) if t else {} for t in trees]
+    return [{p: _from_data(raw[p], x) for p, x in f} for raw, f in zip(raws, flats)]
 
 
 def _write_npz(tmp: Path, flats: list[list[Leaf]]) -> None:
     arrays = {
-        f"{i}/{k}": np.asarray(jax.device_get(x)) for i, flat in enumerate(flats)
+        f"{i}/{k}": np.asarray(jax.device_get(_to_data(x))) for i, flat in enumerate(flats)
         for k, (_, x) in enumerate(flat)
     }
     with open(tmp / "arrays.npz", "wb") as f:
@@ -265,9 +300,10 @@ def _read_npz(path: Path, flats: list[list[Leaf]]) -> list[dict]:
             values = {}
             for p, x in flat:
                 raw = data[f"{i}/{index[p]}"]
-                if raw.dtype != np.dtype(x.dtype):
-                    raw = raw.view(np.dtype(x.dtype)).reshape(np.shape(x))
-                values[p] = jax.device_put(raw, _sharding(x))
+                spec = _data_spec(x)
+                if raw.dtype != np.dtype(spec.dtype):
+                    raw = raw.view(np.dtype(spec.dtype)).reshape(spec.shape)
+                values[p] = _from_data(jax.device_put(raw, spec.sharding), x)
             out.append(values)
     return out
 

@@ -81,7 +81,11 @@ class _Selection:
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
             new_leaves = []
             for leaf in leaves:
-                if is_node(leaf):
+                if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
+                    k = node_ids[id(leaf)]             # is a Variable of the same type
+                    i = next((i for i, p in enumerate(e.static.paths) if p == (k,)), None)
+                    new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                elif is_node(leaf):
                     k = node_ids[id(leaf)]
                     pairs = [
                         (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
@@ -239,7 +243,9 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
         p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
         t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
-            if is_node(p):
+            if isinstance(p, VariableLike):
+                flat_by_node[node_ids[id(p)]] = {(): t}
+            elif is_node(p):
                 flat = t.flat_dict() if isinstance(t, core.State) else dict(core.state(t).flat_state())
                 flat_by_node[node_ids[id(p)]] = flat
     out = []

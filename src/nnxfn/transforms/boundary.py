@@ -77,6 +77,14 @@ class Entry:
     objects: list  # the caller's graph objects and Variables, by GraphDef index
     nodes: list  # the graph objects found in args, in order
 
+    def boxed(self) -> frozenset:
+        """Paths of leaves boxed only in the State (arrays of foreign pytrees)."""
+        found = self.static.__dict__.get("_boxed")
+        if found is None:
+            found = core.graph.boxed_paths(self.static.graphdef)
+            object.__setattr__(self.static, "_boxed", found)
+        return found
+
 
 def enter(args: tuple, kwargs: dict) -> Entry:
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
@@ -268,9 +276,10 @@ def commit_all(entry: Entry, values: tp.Sequence) -> None:
 
 def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:
     loose = {}
+    boxed = entry.boxed()
     for i, value in zip(changed, values):
         target = entry.live[i]
-        if isinstance(target, VariableLike):
+        if isinstance(target, VariableLike) and entry.static.paths[i] not in boxed:
             target.set_raw(value)
         else:
             loose[entry.static.paths[i]] = value

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnxfn import core
+from nnxfn.core.variable_like import VariableLike
 from nnxfn.transforms import boundary
 from nnxfn.transforms.common import as_tuple, run_inside
 
@@ -105,7 +106,10 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             if len(c_leaves) != len(a_leaves):
                 c_leaves = [ct] * len(a_leaves) if len(a_leaves) == 1 else c_leaves
             for a, c in zip(a_leaves, c_leaves):
-                if boundary.is_node(a):
+                if isinstance(a, VariableLike):  # a bare Variable: its cotangent is one value
+                    if c is not None:
+                        by_path[(node_index[id(a)],)] = boundary.raw(c)
+                elif boundary.is_node(a):
                     if c is not None:
                         for path, leaf in c.flat_state():
                             by_path[(node_index[id(a)],) + path] = boundary.raw(leaf)
