@@ -70,20 +70,33 @@ def make_data(width: int = WIDTH, batch: int = BATCH, seed: int = 1) -> tuple[ja
 
 
 # -- (a) hand-written JAX ------------------------------------------------------------------
+def block_math(h: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array,
+               bn_bias: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One block by hand: (output, batch mean, batch var).
+
+    The operations are in the order `nnx.Linear`/`nnx.BatchNorm` apply them
+    (vectors reshaped to `(1, n)`, `x**2` taken before the means), so the
+    gradients agree bit for bit: in a deep net a different rounding order in
+    the backward pass is amplified until the losses visibly diverge.
+    """
+    row = lambda v: jnp.reshape(v, (1, -1))
+    h = h @ kernel + row(bias)
+    sq = lax.square(h)
+    mu = h.mean(0)
+    var = jnp.maximum(0.0, sq.mean(0) - lax.square(mu))
+    mul = lax.rsqrt(row(var) + EPSILON) * row(scale)
+    return jax.nn.relu((h - row(mu)) * mul + row(bn_bias)), mu, var
+
+
 def _raw_loss(params: list, stats: list, x: jax.Array, y: jax.Array) -> tuple[jax.Array, list]:
     h = x
     new_stats = []
     for p, s in zip(params, stats):
-        h = h @ p["kernel"] + p["bias"]
-        mu = h.mean(0)
-        mu2 = lax.square(h).mean(0)
-        var = jnp.maximum(0.0, mu2 - lax.square(mu))
+        h, mu, var = block_math(h, p["kernel"], p["bias"], p["scale"], p["bn_bias"])
         new_stats.append({
             "mean": MOMENTUM * s["mean"] + (1 - MOMENTUM) * mu,
             "var": MOMENTUM * s["var"] + (1 - MOMENTUM) * var,
         })
-        mul = lax.rsqrt(var + EPSILON) * p["scale"]
-        h = jax.nn.relu((h - mu) * mul + p["bn_bias"])
     return jnp.mean((h - y) ** 2), new_stats
 
 
@@ -227,31 +240,22 @@ def _define_eqx() -> tuple:
         kernel: jax.Array
         bias: jax.Array
 
-        def __call__(self, x):
-            return x @ self.kernel + self.bias
-
     class BatchNorm(eqx.Module):
         scale: jax.Array
         bias: jax.Array
         mean: jax.Array
         var: jax.Array
 
-        def __call__(self, x):
-            """(normalized x, (new running mean, new running var))."""
-            mu = x.mean(0)
-            var = jnp.maximum(0.0, lax.square(x).mean(0) - lax.square(mu))
-            stats = (MOMENTUM * self.mean + (1 - MOMENTUM) * mu,
-                     MOMENTUM * self.var + (1 - MOMENTUM) * var)
-            mul = lax.rsqrt(var + EPSILON) * self.scale
-            return (x - mu) * mul + self.bias, stats
-
     class Block(eqx.Module):
         linear: Linear
         bn: BatchNorm
 
         def __call__(self, x):
-            h, stats = self.bn(self.linear(x))
-            return jax.nn.relu(h), stats
+            """(output, (new running mean, new running var))."""
+            bn = self.bn
+            h, mu, var = block_math(x, self.linear.kernel, self.linear.bias, bn.scale, bn.bias)
+            return h, (MOMENTUM * bn.mean + (1 - MOMENTUM) * mu,
+                       MOMENTUM * bn.var + (1 - MOMENTUM) * var)
 
     class MLP(eqx.Module):
         blocks: list
