@@ -33,6 +33,7 @@ from nnxfn.core import (
 )
 from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Sequential
 from nnxfn.facade.module import (
+    capture as capture,
     Module as Module,
     Object as Object,
     Pytree as Pytree,

@@ -277,9 +277,10 @@ def iter_modules(node: tp.Any) -> tp.Iterator[tuple[tuple, Module]]:
             yield path, value
 
 
-def view(node: tp.Any, **attributes: tp.Any) -> tp.Any:
+def view(node: tp.Any, /, *, only: tp.Any = ..., raise_if_not_found: bool = True,
+         **attributes: tp.Any) -> tp.Any:
     """A copy of the object graph that shares every Variable with `node` but
-    has `attributes` set on the sub-modules that have them.
+    has `attributes` set on the sub-modules (matching `only`) that have them.
 
     `nnx.view(model, deterministic=True)` is an evaluation view: calling it
     updates the same parameters and statistics, `model` itself is unchanged.
@@ -287,5 +288,41 @@ def view(node: tp.Any, **attributes: tp.Any) -> tp.Any:
     graphdef, pairs = core.flatten(node, copy=False)
     copy = core.unflatten(graphdef, dict(pairs), copy=False)
     if attributes:
-        copy.set_attributes(**attributes, raise_if_not_found=False)
+        copy.set_attributes(only, raise_if_not_found=raise_if_not_found, **attributes)
     return copy
+
+
+def capture(fn: tp.Any, *var_types: type, init: tp.Any = None) -> tp.Callable:
+    """Wrap `fn` so it returns `(result, *states)`: the values that `sow`/`perturb`
+    recorded during the call, one State per Variable type in `var_types`.
+
+    `fn` may be a Module (its `__call__`), a bound method, or a function whose
+    first argument is the module. The recorded Variables are removed from the
+    module afterwards. `init` (a State, e.g. of `Perturbation`s) is written into
+    the module before the call. `nnx.capture(nnx.Intermediate)(fn)` also works.
+    """
+    if isinstance(fn, type) and issubclass(fn, Variable):
+        return lambda actual: capture(actual, fn, *var_types, init=init)
+    owner = fn if isinstance(fn, Module) else getattr(fn, "__self__", None)
+
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        module = owner if isinstance(owner, Module) else args[0]
+        if init is not None:
+            core.update(module, init)
+        result = fn(*args, **kwargs)
+        if not var_types:
+            return result
+        states = core.pop(module, *(_exact_first(t, var_types) for t in var_types))
+        return (result, *(states if len(var_types) > 1 else (states,)))
+
+    return wrapper
+
+
+def _exact_first(var_type: type, all_types: tuple) -> tp.Callable:
+    """A filter for `var_type` that leaves instances of other listed subtypes to them."""
+
+    def pred(path: tuple, value: tp.Any) -> bool:
+        kind = type(value)
+        return kind is var_type or (isinstance(value, var_type) and kind not in all_types)
+
+    return pred

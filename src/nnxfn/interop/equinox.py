@@ -1,0 +1,46 @@
+"""Equinox interoperability.
+
+Equinox modules (and any other JAX pytree) are ordinary attributes of nnxfn
+Modules; see `classify.py` for how their arrays are boxed in a State and
+`view.py` for the functional view. This file holds what is specific to
+Equinox files: loading an Equinox checkpoint into an attribute.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+from nnxfn.core import errors
+from nnxfn.core.graph import children_of
+
+
+def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
+    """Load a checkpoint written by `eqx.tree_serialise_leaves(f, eqx_module)`
+    into the Equinox attribute of `node` at `where` (attribute names / list
+    indices), matching fields by structure, never by sorted name; returns the
+    loaded Equinox module (also set on its parent).
+
+    >>> eqx.tree_serialise_leaves("enc.eqx", encoder)
+    >>> nnx.interop.load_equinox("enc.eqx", model, "encoder")
+    """
+    import equinox as eqx
+
+    if not where:
+        raise TypeError("load_equinox: say which attribute to load, e.g. `load_equinox(f, model, 'encoder')`.")
+    from nnxfn.core import update
+    from nnxfn.core.state import State
+
+    parent = node
+    for key in where[:-1]:
+        parent = _child(parent, key, where)
+    like = _child(parent, where[-1], where)
+    loaded = eqx.tree_deserialise_leaves(path_or_file, like)
+    update(node, State.from_flat_path({tuple(where): loaded}))  # rebuilds immutable parents
+    return loaded
+
+
+def _child(node: tp.Any, key: tp.Any, where: tuple) -> tp.Any:
+    for k, v in children_of(node):
+        if k == key:
+            return v
+    raise KeyError(f"load_equinox: {errors.path_str(where, 'model')} does not exist (no {key!r}).")

@@ -1,0 +1,84 @@
+"""The explicit functional view of an object graph: `as_pytree`/`from_pytree`.
+
+`view = nnx.as_pytree(model)` is an immutable JAX pytree holding the
+GraphDef (static, hashable: the pytree's aux data) and the State (the
+children). Any JAX or Equinox transform can carry it: nothing in it is
+mutable by reference, so nothing can be lost. Shared sub-modules and tied
+weights are one leaf, and `nnx.from_pytree(view)` restores the sharing.
+`nnx.update(model, view)` commits a (new) view back onto the live model::
+
+    @eqx.filter_jit
+    def step(view, x):
+        model = nnx.from_pytree(view)
+        y = model(x)                       # Dropout/BatchNorm/Rngs update freely
+        return y, nnx.as_pytree(model)
+
+    y, view = step(nnx.as_pytree(model), x)
+    nnx.update(model, view)
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+
+from nnxfn import core
+from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.state import State
+
+
+class PytreeView:
+    """`(graphdef, state)` of an object graph as one frozen pytree."""
+
+    __slots__ = ("graphdef", "state")
+    graphdef: GraphDef
+    state: State
+
+    def __init__(self, graphdef: GraphDef, state: State):
+        object.__setattr__(self, "graphdef", graphdef)
+        object.__setattr__(self, "state", state)
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        raise AttributeError(
+            f"a PytreeView is immutable (cannot set {name!r}). Build the model with "
+            "`nnx.from_pytree(view)`, change it, and take a new `nnx.as_pytree(model)`."
+        )
+
+    def __iter__(self) -> tp.Iterator:
+        return iter((self.graphdef, self.state))
+
+    def __repr__(self) -> str:
+        return f"PytreeView({self.graphdef!r}, {self.state!r})"
+
+
+jax.tree_util.register_pytree_with_keys(
+    PytreeView,
+    lambda v: (((jax.tree_util.GetAttrKey("state"), v.state),), v.graphdef),
+    lambda graphdef, children: PytreeView(graphdef, children[0]),
+    lambda v: ((v.state,), v.graphdef),
+)
+
+
+def as_pytree(node: tp.Any) -> PytreeView:
+    """A frozen `(graphdef, state)` pytree of `node` (a copy: later changes to
+    `node` do not show in it, and it never changes `node`)."""
+    graphdef, state = core.split(node)
+    return PytreeView(graphdef, state)
+
+
+def from_pytree(view: PytreeView) -> tp.Any:
+    """Fresh objects built from a view (sharing and cycles restored)."""
+    if not isinstance(view, PytreeView):
+        raise TypeError(
+            f"from_pytree expects the result of `nnx.as_pytree(model)`, got a "
+            f"{type(view).__name__}. For a (graphdef, state) pair use `nnx.merge(graphdef, state)`."
+        )
+    return core.merge(view.graphdef, view.state)
+
+
+def update(node: tp.Any, *states: tp.Any) -> None:
+    """`nnx.update(model, state, ...)`, where each state may also be a view
+    from `nnx.as_pytree` (its State is written into `node` in place)."""
+    states = tuple(s.state if isinstance(s, PytreeView) else s for s in states)
+    core.update(node, *states)
