@@ -169,6 +169,9 @@ def report(results: dict[str, tp.Any]) -> str:
                 + (_mark(v[n]["p99_over_p50"] <= TARGETS["p99_over_p50"]) if n == "nnxfn" else "")
                 for n in names])
         out.append(_table(["depth"] + names, rows))
+        exact = all(all(r["losses_bitwise_equal"].values()) for r in results["step"])
+        out.append(f"\nLosses of the first steps bit-identical to raw JAX in every variant: "
+                   f"{'yes' if exact else 'no (within rtol 2e-5)'}.")
         samples = ", ".join(f"{n}: {results['step'][-1]['variants'][n]['samples']}" for n in names)
         out.append(f"\n(samples per variant at depth {results['step'][-1]['depth']}: {samples})")
 

@@ -41,7 +41,8 @@ def step_times(depth: int, runners: dict[str, models.Runner], *,
         row["ratio"] = row["p50_us"] / rows["raw"]["p50_us"]
         row["async_ratio"] = row["async_us"] / rows["raw"]["async_us"]
         row["p99_over_p50"] = row["p99_us"] / row["p50_us"]
-    return {"depth": depth, "variants": rows, "losses": losses}
+    bitwise = {name: got == losses["raw"] for name, got in losses.items()}
+    return {"depth": depth, "variants": rows, "losses": losses, "losses_bitwise_equal": bitwise}
 
 
 def _rough(fn: tp.Callable[[], tp.Any]) -> float:
