@@ -111,6 +111,10 @@ def breakdown(depth: int, reps: int = 200) -> str:
         return f"(breakdown skipped: nnxfn internals changed: {type(e).__name__}: {e})"
     with no_gc():
         for _ in range(reps):
+            # Drop the previous round's references first: freeing ~N old device
+            # arrays (1-2 µs each) would otherwise land in whichever part
+            # happens to release them.
+            del entry, static, kept, donated, aux, out_arrays, emitted
             t0 = time.perf_counter()
             jax.block_until_ready(step(model, optimizer, x, y))
             t1 = time.perf_counter()
@@ -151,11 +155,13 @@ def main(argv: tp.Sequence[str] | None = None) -> None:
     p.add_argument("--depth", type=int, action="append", help="repeatable; default 8 and 128")
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--split-merge", type=int, default=0, help="also profile split+merge with N Variables")
+    p.add_argument("--breakdown-only", action="store_true", help="skip cProfile")
     args = p.parse_args(argv)
     for depth in args.depth or [8, 128]:
-        print(f"\n## nnxfn.jit train step, depth {depth}, {args.calls} calls\n")
-        print(profile_step(depth, args.calls))
-        print()
+        if not args.breakdown_only:
+            print(f"\n## nnxfn.jit train step, depth {depth}, {args.calls} calls\n")
+            print(profile_step(depth, args.calls))
+            print()
         print(breakdown(depth))
     if args.split_merge:
         print(f"\n## split+merge, {args.split_merge} Variables\n")

@@ -29,7 +29,6 @@ from nnxfn.core import (
     split_state as split_state,
     state as state,
     unflatten as unflatten,
-    update as update,
 )
 from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Sequential
 from nnxfn.facade.module import (
@@ -95,6 +94,26 @@ from nnxfn.training import (
     restore_checkpoint as restore_checkpoint,
     save_checkpoint as save_checkpoint,
 )
+from nnxfn import interop as interop
+from nnxfn.interop import (
+    ForeignState as ForeignState,
+    as_pytree as as_pytree,
+    from_predicate as from_predicate,
+    from_pytree as from_pytree,
+    update as update,  # accepts `nnx.as_pytree` views; else `nnxfn.core.update`
+)
+from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
+    PARTITION_NAME as PARTITION_NAME,
+    VariableMetadata as VariableMetadata,
+    get_logical_axis_rules as get_logical_axis_rules,
+    get_named_sharding as get_named_sharding,
+    get_partition_spec as get_partition_spec,
+    logical_axis_rules as logical_axis_rules,
+    set_logical_axis_rules as set_logical_axis_rules,
+    with_metadata as with_metadata,
+    with_partitioning as with_partitioning,
+)
+from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"

@@ -80,7 +80,7 @@ def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
 # -- flatten ----------------------------------------------------------------
 def flatten(
     node: tp.Any, *, copy: bool = True, objects: list | None = None,
-    containers: list | None = None,
+    containers: list | None = None, whole_pytrees: dict | None = None,
 ) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
     """Walk `node` once: a GraphDef and its (path, leaf) pairs.
 
@@ -90,7 +90,9 @@ def flatten(
     its first path in canonical order. If `objects` is given, the live
     graph nodes and Variables are appended to it in GraphDef index order;
     if `containers` is given, every mutable list/dict walked is appended to
-    it (caches use them to notice in-place edits).
+    it (caches use them to notice in-place edits); if `whole_pytrees` is
+    given, every outermost foreign pytree holding no Variable or graph node
+    is recorded in it as {path: pytree} (Modules show them whole to JAX).
     """
     index: dict[int, int] = {}
     leaves: list[tuple[Path, Leaf]] = []
@@ -137,7 +139,10 @@ def flatten(
             treedef, pairs = found
             inner = foreign + (type(x),)
             kids = tuple((k, visit(v, path + (k,), inner)) for k, v in pairs)
-            return PytreeDef(treedef, kids)
+            d = PytreeDef(treedef, kids)
+            if whole_pytrees is not None and not foreign and _pure(d):
+                whole_pytrees[path] = x
+            return d
         try:
             hash(x)
         except TypeError:
@@ -227,6 +232,8 @@ def unflatten(
                 return {k: v for (k, _), v in zip(d.children, values)}
             return d.type(values)
         if isinstance(d, PytreeDef):
+            if path in leaves:  # given whole (see `flatten(whole_pytrees=...)`)
+                return take(path)
             return d.treedef.unflatten([build(child, path + (k,)) for k, child in d.children])
         raise TypeError(f"unknown GraphDef entry {d!r}")
 
@@ -324,14 +331,14 @@ def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
             impl.set_child(node, key, new)
 
 
-def _update_value(child: tp.Any, value: tp.Any, path: Path) -> tp.Any:
+def _update_value(child: tp.Any, value: tp.Any, path: Path, foreign: bool = False) -> tp.Any:
     if isinstance(value, State):
         if child is _MISSING:
             raise ValueError(errors.update_missing_node(path))
         if lookup(type(child)) is not None:
             _update_graph_node(child, value, path)
             return child
-        return _rebuild(child, value, path)
+        return _rebuild(child, value, path, foreign)
     if isinstance(child, VariableLike):
         if isinstance(value, VariableLike):
             child.set_raw(value.raw_value)
@@ -341,12 +348,14 @@ def _update_value(child: tp.Any, value: tp.Any, path: Path) -> tp.Any:
         else:
             child.set_raw(value)
         return child
+    if isinstance(value, VariableLike) and foreign:  # boxed only in the State (BoxedDef)
+        return value.raw_value
     if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
         return type(value).from_parts(value.raw_value, value.metadata_items())
     return value
 
 
-def _rebuild(container: tp.Any, sub: State, path: Path) -> tp.Any:
+def _rebuild(container: tp.Any, sub: State, path: Path, foreign: bool = False) -> tp.Any:
     """A copy of a list/tuple/dict/pytree with some children updated."""
     if type(container) in _CONTAINERS:
         pairs = _container_children(container)
@@ -356,12 +365,13 @@ def _rebuild(container: tp.Any, sub: State, path: Path) -> tp.Any:
         if found is None:
             raise ValueError(errors.update_missing_node(path))
         treedef, pairs = found
+        foreign = True  # arrays below a foreign pytree stay raw arrays
     known = {k for k, _ in pairs}
     extra = [k for k in sub if k not in known]
     if extra:
         raise ValueError(errors.update_missing_node(path + (extra[0],)))
     values = [
-        _update_value(v, sub[k], path + (k,)) if k in sub else v for k, v in pairs
+        _update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs
     ]
     if treedef is not None:
         return treedef.unflatten(values)
@@ -464,6 +474,57 @@ def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.An
         return result
 
     return visit(node, ())
+
+
+def _pure(d: tp.Any) -> bool:
+    """True if a GraphDef subtree holds no Variable, graph node or back-reference."""
+    if isinstance(d, (ContainerDef, PytreeDef)):
+        return all(_pure(child) for _, child in d.children)
+    return isinstance(d, (ArrayDef, BoxedDef, StaticDef))
+
+
+def flatten_like(
+    graphdef: GraphDef, node: tp.Any, whole: tp.Container[Path] = ()
+) -> list[tuple[Path, Leaf]] | None:
+    """The (path, leaf) pairs of `node` at the leaf positions of `graphdef`, in its order,
+    whatever their values (None, bools, tracers, sentinels); None if `node`
+    does not have that structure. Used to flatten again an object graph that
+    JAX unflattened with non-array leaves (e.g. an `eqx.partition` half),
+    which `flatten` would read as static values. Foreign pytrees at the
+    paths in `whole` are returned whole."""
+    out: list[tuple[Path, Leaf]] = []
+
+    def walk(d: tp.Any, x: tp.Any, path: Path) -> None:
+        if isinstance(d, PytreeDef) and path in whole:
+            out.append((path, x))
+        elif isinstance(d, VariableDef):
+            if not isinstance(x, d.type):
+                raise LookupError
+            out.append((path, x))
+        elif isinstance(d, BoxedDef):
+            out.append((path, x if isinstance(x, VariableLike) else d.type.from_parts(x, ())))
+        elif isinstance(d, ArrayDef):
+            out.append((path, x))
+        elif isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
+            if isinstance(d, NodeDef):
+                if type(x) is not d.type:
+                    raise LookupError
+                kids = dict(tp.cast(NodeImpl, lookup(d.type)).children(x))
+            elif isinstance(d, ContainerDef):
+                if type(x) is not d.type or len(x) != len(d.children):
+                    raise LookupError
+                kids = dict(_container_children(x))
+            else:
+                found = _pytree_children(x)
+                kids = {} if found is None else dict(found[1])
+            for k, child in d.children:
+                walk(child, kids[k], path + (k,))
+
+    try:
+        walk(graphdef.root, node, ())
+    except (LookupError, TypeError):
+        return None
+    return out
 
 
 def boxed_paths(graphdef: GraphDef) -> frozenset:

@@ -60,6 +60,8 @@ def _list_set(lst: List, i: int, value: tp.Any) -> None:
     if i == len(lst._items):
         lst._items.append(value)
     else:
+        if lst._items[i] is not value:  # a rebound item (see module._set_child)
+            context.bump_structure()
         lst._items[i] = value
 
 

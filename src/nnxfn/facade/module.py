@@ -18,7 +18,7 @@ from nnxfn.facade import context
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.variables import Intermediate, Perturbation, Variable
 
-_PRIVATE = ("_nnx_frame", "_nnx_static")
+_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree")
 _UNSET = object()
 
 
@@ -79,6 +79,7 @@ class Object:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_nnx_frame", None)
+        state.pop("_nnx_pytree", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -142,6 +143,10 @@ def _create_empty(cls: type, statics: tp.Hashable) -> Object:
 
 
 def _set_child(obj: Object, key: str, value: tp.Any) -> None:
+    # Rebinding an existing attribute to another object (`nnx.update` writing a
+    # raw array, or a rebuilt Equinox module) is structural for transform caches.
+    if obj.__dict__.get(key, value) is not value:
+        context.bump_structure()
     object.__setattr__(obj, key, value)
 
 
@@ -159,9 +164,21 @@ core.register_node_type(
 
 
 def _pytree_flatten(obj: Object):
-    graphdef, pairs = core.flatten(obj, copy=False)
-    paths = tuple(p for p, _ in pairs)
-    return [leaf for _, leaf in pairs], (graphdef, paths)
+    """JAX sees the State leaves (Variables, raw arrays), each once even if
+    shared; foreign pytrees (Equinox modules) are children whole, so
+    `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
+    memo = obj.__dict__.get("_nnx_pytree")
+    if memo is not None and memo[3] == context.structure_epoch():
+        # Made by `_pytree_unflatten` and structurally unchanged since: keep its
+        # leaf slots even if they now hold None/bools (e.g. `eqx.partition`).
+        pairs = core.graph.flatten_like(memo[0], obj, memo[2])
+        if pairs is not None:
+            return [leaf for _, leaf in pairs], memo[:3]
+    whole: dict = {}
+    graphdef, pairs = core.flatten(obj, copy=False, whole_pytrees=whole)
+    if whole:
+        pairs = tp.cast(list, core.graph.flatten_like(graphdef, obj, whole))
+    return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
 
 
 def _pytree_flatten_with_keys(obj: Object):
@@ -174,13 +191,31 @@ def _path_name(path: tuple) -> str:
     return ".".join(str(k) for k in path)
 
 
+def _is_tracer(x: tp.Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
 def _pytree_unflatten(aux: tuple, leaves: tp.Iterable) -> Object:
-    graphdef, paths = aux
+    graphdef, paths, whole = aux
     leaves = list(leaves)
+    traced = False
     for path, leaf in zip(paths, leaves):
         if getattr(leaf, "_frame", None) is context.FOREIGN:
             context.remember_foreign_path(leaf, path)
-    return core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+            traced = True
+        elif not traced and (
+            _is_tracer(leaf) or (path in whole and any(map(_is_tracer, jax.tree.leaves(leaf))))
+        ):
+            traced = True
+    obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+    if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
+        for path, node in core.iter_graph(obj):
+            if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:
+                object.__setattr__(node, "_nnx_frame", context.FOREIGN)
+                context.remember_foreign_path(node, path)
+    if isinstance(obj, Object):
+        object.__setattr__(obj, "_nnx_pytree", (*aux, context.structure_epoch()))
+    return obj
 
 
 def _register_pytree(cls: type) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import VariableLike
-from nnxfn.facade import context
+from nnxfn.facade import context, spmd
 
 A = tp.TypeVar("A")
 
@@ -44,6 +44,9 @@ class Variable(VariableLike, tp.Generic[A]):
         if isinstance(value, Variable):
             metadata = {**value.get_metadata(), **metadata}
             value = value.raw_value
+        value, metadata = spmd.unwrap(value, metadata)  # nnx.with_partitioning/with_metadata
+        if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
+            value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
         object.__setattr__(self, "raw_value", value)
         object.__setattr__(
             self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items()))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import typing as tp
 
 from nnxfn.core import errors
-from nnxfn.core.graph import children_of
+from nnxfn.core.graph import children_of, update
+from nnxfn.core.state import State
 
 
 def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
@@ -26,10 +27,10 @@ def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
     import equinox as eqx
 
     if not where:
-        raise TypeError("load_equinox: say which attribute to load, e.g. `load_equinox(f, model, 'encoder')`.")
-    from nnxfn.core import update
-    from nnxfn.core.state import State
-
+        raise TypeError(
+            "load_equinox: say which attribute to load into, e.g. "
+            "`nnx.interop.load_equinox(f, model, 'encoder')`."
+        )
     parent = node
     for key in where[:-1]:
         parent = _child(parent, key, where)
@@ -43,4 +44,7 @@ def _child(node: tp.Any, key: tp.Any, where: tuple) -> tp.Any:
     for k, v in children_of(node):
         if k == key:
             return v
-    raise KeyError(f"load_equinox: {errors.path_str(where, 'model')} does not exist (no {key!r}).")
+    raise KeyError(
+        f"load_equinox: {errors.path_str(where, 'model')} does not exist (there is no "
+        f"{key!r}). Pass the attribute names/indices of the Equinox module to load into."
+    )

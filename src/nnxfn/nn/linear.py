@@ -19,6 +19,7 @@ from jax import lax
 
 from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
+from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
 from nnxfn.nn import initializers
 from nnxfn.nn.attention_ops import PromoteDtypeFn, promote_dtype
@@ -56,6 +57,13 @@ def sharding_kwargs(out_sharding: tp.Any, preferred: Dtype | None) -> dict[str, 
     if preferred is not None:
         kwargs["preferred_element_type"] = preferred
     return kwargs
+
+
+def _reshape(value: tp.Any, shape: tuple[int, ...]) -> tp.Any:
+    """Reshape an initializer's result, also one wrapped by `nnx.with_partitioning`."""
+    if isinstance(value, VariableMetadata):
+        return VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+    return jnp.reshape(value, shape)
 
 
 def _value(var: Param | None) -> Array | None:
@@ -181,12 +189,12 @@ class LinearGeneral(Module):
         n_rows = math.prod(batch_shape) * math.prod(self.in_features)
         kernel_shape = (*batch_shape, *self.in_features, *self.out_features)
         flat = kernel_init(rngs.params(), (n_rows, math.prod(self.out_features)), param_dtype)
-        self.kernel = Param(jnp.reshape(flat, kernel_shape), **kernel_metadata)
+        self.kernel = Param(_reshape(flat, kernel_shape), **kernel_metadata)
         self.bias: Param | None = None
         if use_bias:
             bias_shape = (*batch_shape, *self.out_features)
             flat = bias_init(rngs.params(), (math.prod(bias_shape),), param_dtype)
-            self.bias = Param(jnp.reshape(flat, bias_shape), **bias_metadata)
+            self.bias = Param(_reshape(flat, bias_shape), **bias_metadata)
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype

@@ -195,9 +195,26 @@ def _check_match(path: Path, flat: list[Leaf], saved: list[dict], root: str) -> 
 
 def _sharding(x: tp.Any) -> jax.sharding.Sharding:
     found = getattr(x, "sharding", None) if not isinstance(x, np.ndarray) else None
+    if isinstance(found, jax.sharding.NamedSharding) and isinstance(
+        found.mesh, jax.sharding.AbstractMesh
+    ):  # e.g. `nnx.eval_shape` under `jax.set_mesh` on an Explicit mesh
+        return _concrete(found)
     if isinstance(found, jax.sharding.Sharding):
         return found
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _concrete(sharding: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """The same sharding on the concrete mesh set with `jax.set_mesh`."""
+    mesh = jax.sharding.get_mesh()
+    if mesh.empty or mesh.abstract_mesh != sharding.mesh:
+        raise ValueError(
+            f"restore_checkpoint: a target leaf has the sharding {sharding.spec} on an "
+            f"abstract mesh ({dict(sharding.mesh.shape)}), which names no devices. Restore "
+            "inside `with jax.set_mesh(mesh):` with that mesh, or build the target with "
+            "`nnx.get_abstract_model(lambda: Model(...), mesh)`."
+        )
+    return jax.sharding.NamedSharding(mesh, sharding.spec)
 
 
 # -- PRNG keys: stored as their raw uint32 key data -------------------------------------

@@ -44,6 +44,7 @@ import optax
 
 from nnxfn.core import State, state as state_of, to_predicate, update as update_graph
 from nnxfn.core.errors import path_str
+from nnxfn.facade import spmd
 from nnxfn.facade.module import Object, static
 from nnxfn.facade.variables import OptArray, OptState, Param, Variable
 
@@ -198,18 +199,19 @@ def _write_tree(boxed: tp.Any, raw: tp.Any) -> None:
 def _box_opt_state(opt_state: tp.Any, params: State) -> tp.Any:
     """Wrap every array of the optax state in OptArray (mirrors a param) or OptState."""
     meta = {
-        p: (getattr(v, "shape", None), v.metadata_items() if isinstance(v, Variable) else ())
+        p: (getattr(v, "shape", None), v.metadata_items() if isinstance(v, Variable) else (),
+            _unbox(v))
         for p, v in params.flat_state()
     }
 
     def box_mirror(sub: State) -> State:
         pairs = []
         for path, x in sub.flat_state():
-            shape, items = meta.get(path, (None, ()))
+            shape, items, param = meta.get(path, (None, (), None))
             if not _is_array(x):
                 pairs.append((path, x))
             elif shape is not None and tuple(x.shape) == tuple(shape):
-                pairs.append((path, OptArray.from_parts(x, items)))
+                pairs.append((path, OptArray.from_parts(_placed_like(x, param, items), items)))
             else:
                 pairs.append((path, OptArray(x)))
         return State.from_flat_path(pairs)
@@ -224,6 +226,19 @@ def _box_opt_state(opt_state: tp.Any, params: State) -> tp.Any:
 
 def _is_array(x: tp.Any) -> bool:
     return isinstance(x, _ARRAYS)
+
+
+def _placed_like(x: tp.Any, param: tp.Any, items: tuple) -> tp.Any:
+    """A moment laid out like its parameter: the param's sharding for concrete
+    arrays; inside a trace, the param's sharding annotation (if a mesh is set)."""
+    if isinstance(x, jax.core.Tracer):
+        return spmd.shard_value(x, dict(items)) if spmd.spec_key(dict(items)) else x
+    if isinstance(x, jax.Array) and isinstance(param, jax.Array) and not isinstance(
+        param, jax.core.Tracer
+    ):
+        if not x.sharding.is_equivalent_to(param.sharding, x.ndim):
+            return jax.device_put(x, param.sharding)
+    return x
 
 
 def _find_hyperparams(opt_state: tp.Any) -> dict[str, Variable] | None:

@@ -18,7 +18,9 @@ touched (the function only ever saw fresh copies).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import operator
 import typing as tp
 
 import jax
@@ -29,8 +31,13 @@ from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
+from nnxfn.facade.variables import Variable
 
 Path = tuple[tp.Any, ...]
+
+
+_RAW = operator.attrgetter("raw_value")
+_SET_RAW = Variable.raw_value.__set__  # the slot itself: no write checks (outside frames)
 
 
 def is_node(x: tp.Any) -> bool:
@@ -76,6 +83,10 @@ class Entry:
     live: list  # the caller's Variables / raw arrays, one per state leaf
     objects: list  # the caller's graph objects and Variables, by GraphDef index
     nodes: list  # the graph objects found in args, in order
+    # Cached entries only: every state leaf is a live Variable we may write
+    # directly, and commit plans (targets per ExitStatic) shared across calls.
+    fast: bool = False
+    plans: dict | None = None
 
     def boxed(self) -> frozenset:
         """Paths of leaves boxed only in the State (arrays of foreign pytrees)."""
@@ -130,7 +141,8 @@ class EntryCache:
 
     def enter(self, args: tuple, kwargs: dict) -> Entry:
         leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
-        ids = tuple(id(x) if is_node(x) else _plain(x) for x in leaves)
+        nodes = [is_node(x) for x in leaves]
+        ids = tuple(id(x) if n else _plain(x) for x, n in zip(leaves, nodes))
         if False in ids:  # a static (non-array) leaf: its value is part of the key
             return _enter(leaves, treedef)
         key = (treedef, ids)
@@ -140,12 +152,19 @@ class EntryCache:
             cached, cached_epoch, containers = hit
             if cached_epoch == epoch and all(_snapshot(c) == snap for c, snap in containers):
                 live = cached.live
-                others = [x for x in leaves if not is_node(x)]
-                return Entry(cached.static, [raw(x) for x in live], others, live,
-                             cached.objects, cached.nodes)
+                others = [x for x, n in zip(leaves, nodes) if not n]
+                values = list(map(_RAW, live)) if cached.fast else [raw(x) for x in live]
+                return Entry(cached.static, values, others, live, cached.objects,
+                             cached.nodes, cached.fast, cached.plans)
         found: list = []
         entry = _enter(leaves, treedef, found)
         if not entry.static.static_leaves:
+            boxed = entry.boxed()
+            entry.fast = all(
+                isinstance(x, Variable) and x._frame is not context.FOREIGN and p not in boxed
+                for x, p in zip(entry.live, entry.static.paths)
+            )
+            entry.plans = {}
             if len(self._entries) >= self.size:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[key] = (entry, epoch, [(c, _snapshot(c)) for c in found])
@@ -275,6 +294,13 @@ def commit_all(entry: Entry, values: tp.Sequence) -> None:
 
 
 def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:
+    if entry.fast and context.current_frame() is None:
+        # Hot path: one C-level loop of slot writes, targets planned once per exit.
+        plan = entry.plans.get(id(changed))
+        if plan is None or plan[0] is not changed:
+            plan = entry.plans[id(changed)] = (changed, [entry.live[i] for i in changed])
+        collections.deque(map(_SET_RAW, plan[1], values), maxlen=0)
+        return
     loose = {}
     boxed = entry.boxed()
     for i, value in zip(changed, values):
@@ -283,5 +309,8 @@ def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence)
             target.set_raw(value)
         else:
             loose[entry.static.paths[i]] = value
-    for path, value in loose.items():  # raw arrays held directly by their parents
-        core.update(entry.nodes[path[0]], core.State.from_flat_path({path[1:]: value}))
+    by_node: dict[int, dict] = {}  # raw arrays held directly by their parents
+    for path, value in loose.items():
+        by_node.setdefault(path[0], {})[path[1:]] = value
+    for k, flat in by_node.items():  # one update per argument: foreign pytrees rebuilt once
+        core.update(entry.nodes[k], core.State.from_flat_path(flat))

@@ -17,7 +17,13 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
-from nnxfn.transforms.sharding import resolve_in_shardings, resolve_out_shardings
+from nnxfn.transforms.sharding import (
+    constrain_outputs,
+    constrain_updates,
+    normalize as normalize_shardings,
+    resolve_in_shardings,
+    resolve_out_shardings,
+)
 
 
 class JitWrapped(MethodWrapper):
@@ -47,8 +53,8 @@ class JitWrapped(MethodWrapper):
         self.donate_argnums = as_tuple(donate_argnums)
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
-        self.in_shardings = in_shardings
-        self.out_shardings = out_shardings
+        self.in_shardings = normalize_shardings(in_shardings)
+        self.out_shardings = normalize_shardings(out_shardings)
         self._jit_kwargs = dict(keep_unused=keep_unused, inline=inline)
         if device is not None:
             self._jit_kwargs["device"] = device
@@ -59,12 +65,16 @@ class JitWrapped(MethodWrapper):
 
     # -- the traced body ---------------------------------------------------------
     def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
-        entry_static, donated_idx, statics, static_kw = static
+        entry_static, donated_idx, statics, static_kw, state_shardings = static
         values = _interleave(kept, donated, donated_idx)
         fn = _with_statics(self.fn, statics, static_kw)
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)
         )
+        if state_shardings:  # updated state leaves keep their in_shardings
+            emitted = constrain_updates(exit_static, emitted, state_shardings)
+        if self.out_shardings is not None:  # returned modules: laid out inside the trace
+            out_arrays, emitted = constrain_outputs(self.out_shardings, exit_static, out_arrays, emitted)
         return Static(exit_static), out_arrays, emitted
 
     def _jitted(self, shardings: tp.Any) -> tp.Callable:
@@ -87,6 +97,7 @@ class JitWrapped(MethodWrapper):
         entry = self._entries.enter(dyn_args, dyn_kwargs)
         donated_idx: tuple[int, ...] = ()
         shardings = None
+        state_shardings: tuple = ()
         if self.donate_argnums or self.donate_argnames or self.in_shardings is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
             owners = [positions[o] if o >= 0 else -1 for o in arg_of_leaves(dyn_args, dyn_kwargs)]
@@ -94,13 +105,17 @@ class JitWrapped(MethodWrapper):
             donate = set(self.donate_argnums)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
             if self.in_shardings is not None or self.out_shardings is not None:
-                shardings = (
-                    resolve_in_shardings(self.in_shardings, entry, state_owner, other_owner, donated_idx),
-                    resolve_out_shardings(self.out_shardings),
+                in_spec = resolve_in_shardings(
+                    self.in_shardings, entry, state_owner, other_owner, donated_idx
                 )
+                shardings = (in_spec, resolve_out_shardings(self.out_shardings))
+                per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
+                if any(s is not None for s in per_state):
+                    state_shardings = tuple(per_state)
         elif self.out_shardings is not None:
-            shardings = (None, resolve_out_shardings(self.out_shardings))
-        static = (entry.static, donated_idx, statics, static_kw)
+            out_spec = resolve_out_shardings(self.out_shardings)
+            shardings = None if out_spec is None else (None, out_spec)
+        static = (entry.static, donated_idx, statics, static_kw, state_shardings)
         kept, donated = _deinterleave(entry.values, donated_idx)
         return entry, static, kept, donated, shardings
 

@@ -81,8 +81,9 @@ def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Calla
 
 def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, out_specs: tp.Any,
               check_vma: bool = True, **options: tp.Any) -> tp.Any:
-    """Like `jax.shard_map`; a module argument's spec (a PartitionSpec, or
-    `StateAxes({filter: spec})`) applies to its state leaves, and state it
+    """Like `jax.shard_map`; a module argument's spec (a PartitionSpec,
+    `StateAxes({filter: spec})`, or a Module/State of specs such as
+    `nnx.get_partition_spec(model)`) applies to its state leaves, and state it
     writes leaves with the spec it came in with."""
     if f is None:
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
@@ -134,9 +135,14 @@ class _Spec:
 
 
 def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
-    return jax.tree_util.tree_map(
-        lambda s: _Spec(s) if is_spec(s) else s, specs, is_leaf=lambda s: is_spec(s)
-    )
+    from nnxfn.transforms.spmd import PathAxes, is_spec_tree  # e.g. nnx.get_partition_spec(model)
+
+    def wrap(s: tp.Any) -> tp.Any:
+        if is_spec(s):
+            return _Spec(s)
+        return _Spec(PathAxes(s)) if is_spec_tree(s) else s
+
+    return jax.tree_util.tree_map(wrap, specs, is_leaf=lambda s: is_spec(s) or is_spec_tree(s))
 
 
 def _unwrap(s: tp.Any) -> tp.Any:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import errors
-from nnxfn.transforms import boundary
+from nnxfn.transforms import boundary, spmd
 from nnxfn.transforms.axes import entry_axes, leaf_specs
 from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
 
@@ -38,11 +38,12 @@ def _moveaxis(x: tp.Any, src: int, dst: int) -> tp.Any:
 
 class _Scanned(MethodWrapper):
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, length: int | None,
-                 reverse: bool, unroll: int | bool):
+                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None):
         check_not_bound(fn, "nnx.scan")
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.length, self.reverse, self.unroll = length, reverse, unroll
+        self.transform_metadata = transform_metadata
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         if kwargs:
@@ -54,6 +55,8 @@ class _Scanned(MethodWrapper):
         scan_s = [i for i, a in enumerate(state_axes) if isinstance(a, int)]
         carry_o = [i for i, a in enumerate(other_axes) if a is Carry]
         scan_o = [i for i, a in enumerate(other_axes) if isinstance(a, int)]
+        scanned = [a if isinstance(a, int) and not isinstance(a, bool) else None for a in state_axes]
+        inner = spmd.inner_static("nnx.scan", entry, scanned, self.transform_metadata)
         cell: dict = {}
 
         def body(carry: tuple, xs: tuple) -> tuple:
@@ -67,7 +70,7 @@ class _Scanned(MethodWrapper):
             for i, v in zip(scan_o, xs[1]):
                 others[i] = v
             exit_static, out_arrays, emitted, out = run_inside(
-                self.fn, entry.static, values, others, "nnx.scan",
+                self.fn, inner, values, others, "nnx.scan",
                 emit_all=set(carry_s), with_output=True,
             )
             if exit_static.changed is None:
@@ -103,6 +106,12 @@ class _Scanned(MethodWrapper):
         out_arrays, c_it, y_it = [], iter(carry_o_out), iter(ys_out)
         for r, axis in zip(roles["out"], roles["out_axes"]):
             out_arrays.append(next(c_it) if r == "carry" else _moveaxis(next(y_it), 0, axis))
+        if self.transform_metadata and exit_static.graphdef is not None:
+            n_in = len(exit_static.changed)
+            axes = [scanned[exit_static.changed[j]] if j < n_in else 0
+                    for j in range(len(exit_static.paths))]
+            exit_static = spmd.outer_exit("nnx.scan", exit_static, entry, scanned, axes, emitted,
+                                          self.transform_metadata)
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
     def _roles(self, exit_static: boundary.ExitStatic, state_axes: list, paths: tuple) -> dict:
@@ -139,8 +148,13 @@ class _Scanned(MethodWrapper):
 
 def scan(f: tp.Callable | None = None, *, length: int | None = None, reverse: bool = False,
          unroll: int | bool = 1, in_axes: tp.Any = (Carry, 0),
-         out_axes: tp.Any = (Carry, 0), **unused: tp.Any) -> tp.Any:
-    """Like `jax.lax.scan` with Flax NNX's `in_axes`/`out_axes` (see module docstring)."""
+         out_axes: tp.Any = (Carry, 0), transform_metadata: tp.Mapping | None = None,
+         **unused: tp.Any) -> tp.Any:
+    """Like `jax.lax.scan` with Flax NNX's `in_axes`/`out_axes` (see module docstring).
+
+    `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
+    sharding annotations lose that axis inside the body (see `transforms/spmd.py`)."""
     if f is None:
-        return lambda fn: _Scanned(fn, in_axes, out_axes, length, reverse, unroll)
-    return _Scanned(f, in_axes, out_axes, length, reverse, unroll)
+        return lambda fn: _Scanned(fn, in_axes, out_axes, length, reverse, unroll,
+                                   transform_metadata)
+    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata)

@@ -1,11 +1,25 @@
-"""Sharding arguments of `nnx.jit` resolved per state leaf."""
+"""Sharding arguments of `nnx.jit` resolved per state leaf.
+
+A module argument's entry in `in_shardings` (or a returned module's entry in
+`out_shardings`) may be one sharding for all its leaves, a
+`StateSharding({filter: sharding})`, or a tree of shardings shaped like the
+module: a Module or State of shardings, as `nnx.get_named_sharding(model,
+mesh)` returns (paths are looked up). For modules *returned* by the function
+(e.g. a jitted constructor), the shardings are applied inside the trace, so
+their arrays are created sharded and never materialised on one device.
+"""
 
 from __future__ import annotations
 
 import typing as tp
 
+import jax
+from jax.api_util import flatten_axes
+from jax.sharding import PartitionSpec, Sharding
+
 from nnxfn import core
-from nnxfn.transforms.boundary import Entry
+from nnxfn.facade import spmd
+from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
 
 
 class StateSharding:
@@ -20,6 +34,38 @@ class StateSharding:
             if pred(path, leaf):
                 return sharding
         return None
+
+
+class PathSharding(StateSharding):
+    """Shardings looked up by path: made from a Module or State of shardings."""
+
+    def __init__(self, tree: tp.Any):
+        source = tree if isinstance(tree, core.State) else core.state(tree)
+        self.mapping = ()
+        self._flat = {p: _unbox(s) for p, s in source.flat_state()}
+
+    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+        return self._flat.get(path)
+
+    def __repr__(self) -> str:
+        return f"PathSharding({len(self._flat)} leaves)"
+
+
+def _unbox(x: tp.Any) -> tp.Any:
+    return x.raw_value if hasattr(x, "raw_value") else x
+
+
+def _is_tree_of_shardings(x: tp.Any) -> bool:
+    return isinstance(x, core.State) or (is_node(x) and not hasattr(x, "raw_value"))
+
+
+def normalize(spec: tp.Any) -> tp.Any:
+    """Module/State trees of shardings inside an in/out_shardings spec -> PathSharding."""
+    if _is_tree_of_shardings(spec):
+        return PathSharding(spec)
+    if isinstance(spec, (tuple, list)) and not isinstance(spec, PartitionSpec):
+        return type(spec)(normalize(s) for s in spec)
+    return spec
 
 
 def _for_arg(spec: tp.Any, arg: int) -> tp.Any:
@@ -42,6 +88,72 @@ def resolve_in_shardings(spec: tp.Any, entry: Entry, state_owner: list[int],
     return (kept, donated, others)
 
 
+def _simple(spec: tp.Any) -> bool:
+    return spec is None or isinstance(spec, (Sharding, PartitionSpec))
+
+
 def resolve_out_shardings(spec: tp.Any) -> tp.Any:
-    """Shardings for (exit static, user outputs, emitted state): only user outputs."""
-    return (None, spec, None) if spec is not None else None
+    """Shardings for (exit static, user outputs, emitted state): only user outputs,
+    when `spec` is one sharding; structured specs are applied inside the trace."""
+    return (None, spec, None) if spec is not None and _simple(spec) else None
+
+
+class _Leaf:
+    """Hides a spec entry from pytree flattening (PartitionSpec, StateSharding, ...)."""
+
+    def __init__(self, value: tp.Any):
+        self.value = value
+
+
+def constrain_outputs(spec: tp.Any, exit: ExitStatic, out_arrays: list, emitted: list) -> tuple[list, list]:
+    """Inside the jitted body: lay out the user outputs and the leaves of returned
+    modules as `spec` says (modules that were arguments keep their own layout)."""
+    if spec is None:
+        return out_arrays, emitted
+    n_out = exit.out_treedef.num_leaves
+    if _simple(spec):
+        per_leaf = [spec] * n_out
+    else:
+        wrapped = jax.tree_util.tree_map(
+            _Leaf, spec, is_leaf=lambda x: isinstance(x, (Sharding, PartitionSpec, StateSharding))
+        )
+        per_leaf = [
+            s.value if isinstance(s, _Leaf) else s
+            for s in flatten_axes("nnx.jit out_shardings", exit.out_treedef, wrapped)
+        ]
+        positions = set(exit.out_positions)
+        arrays = [s for i, s in enumerate(per_leaf) if i not in positions]
+        out_arrays = [x if s is None else spmd.constrain(x, s) for x, s in zip(out_arrays, arrays)]
+    if not exit.out_positions or exit.graphdef is None:
+        return out_arrays, emitted
+    node_specs = [per_leaf[i] for i in exit.out_positions]
+    templates: dict | None = None
+    emitted = list(emitted)
+    for j, path in enumerate(exit.paths):
+        if path[0] != 1:  # state of an argument
+            continue
+        s = node_specs[path[1]]
+        if isinstance(s, StateSharding):
+            if templates is None:
+                from nnxfn.transforms.spmd import variable_defs
+
+                templates = variable_defs(exit.graphdef)
+            d = templates.get(path)
+            leaf = d.type.from_parts(None, d.metadata) if d is not None else None
+            s = s.resolve(path[2:], leaf)
+        if s is not None:
+            emitted[j] = spmd.constrain(emitted[j], s)
+    return out_arrays, emitted
+
+
+def constrain_updates(exit: ExitStatic, emitted: list, state_shardings: tuple) -> list:
+    """Inside the jitted body: updated input state leaves keep their in_shardings
+    (so the next call sees the same layout and reuses the compiled function)."""
+    if exit.changed is None:  # structure changed: leaves are re-laid out by the compiler
+        return emitted
+    emitted = list(emitted)
+    for j, i in enumerate(exit.changed):
+        s = state_shardings[i]
+        if s is not None and not isinstance(s, StateSharding):
+            emitted[j] = spmd.constrain(emitted[j], s)
+    return emitted

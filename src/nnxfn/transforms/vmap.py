@@ -16,12 +16,14 @@ import typing as tp
 
 import jax
 
-from nnxfn.transforms import boundary
+from nnxfn.transforms import boundary, spmd
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
 
 
 class _Mapped(MethodWrapper):
+    transform_metadata: tp.Mapping | None = None  # e.g. {nnx.PARTITION_NAME: 'layers'}
+
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str,
                  make: tp.Callable, options: dict):
         check_not_bound(fn, name)
@@ -33,11 +35,12 @@ class _Mapped(MethodWrapper):
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
         state_axes, other_axes = entry_axes(entry, specs)
+        inner = spmd.inner_static(self.name, entry, state_axes, self.transform_metadata)
         cell: dict = {}
 
         def body(values: list, others: list) -> tuple:
             exit_static, out_arrays, emitted = run_inside(
-                self.fn, entry.static, values, others, self.name
+                self.fn, inner, values, others, self.name
             )
             cell["exit"] = exit_static
             return out_arrays, emitted
@@ -60,7 +63,9 @@ class _Mapped(MethodWrapper):
             raise ValueError(
                 _broadcast_write(self.name, exit_static, entry, args, kwargs, out_axes, str(e))
             ) from e
-        return boundary.commit(entry, cell["exit"], out_arrays, emitted)
+        exit_static = spmd.outer_exit(self.name, cell["exit"], entry, state_axes, out_axes[1],
+                                      emitted, self.transform_metadata)
+        return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
 def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
@@ -124,13 +129,20 @@ def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: d
 
 def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
          axis_name: tp.Hashable | None = None, axis_size: int | None = None,
-         spmd_axis_name: tp.Any = None) -> tp.Any:
-    """Like `jax.vmap`, for functions of Modules (see the module docstring)."""
+         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None) -> tp.Any:
+    """Like `jax.vmap`, for functions of Modules (see the module docstring).
+
+    `transform_metadata={nnx.PARTITION_NAME: 'layers'}` keeps sharding
+    annotations in step with the mapped axis (see `transforms/spmd.py`)."""
     options = {k: v for k, v in dict(axis_name=axis_name, axis_size=axis_size,
                                      spmd_axis_name=spmd_axis_name).items() if v is not None}
-    if f is None:
-        return lambda fn: _Mapped(fn, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
-    return _Mapped(f, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
+
+    def make(fn: tp.Callable) -> _Mapped:
+        mapped = _Mapped(fn, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
+        mapped.transform_metadata = transform_metadata
+        return mapped
+
+    return make if f is None else make(f)
 
 
 def pmap(f: tp.Callable | None = None, axis_name: tp.Hashable | None = None, *,

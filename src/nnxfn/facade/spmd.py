@@ -1,0 +1,426 @@
+"""Sharding metadata on Variables, on top of JAX's own meshes and shardings.
+
+A Variable records how its array is laid out on a device mesh with the
+metadata `out_sharding` (accepted aliases: `sharding`, `sharding_names`):
+one entry per array axis, each a mesh axis name, a tuple of names, or None
+(replicated). Names may be *logical* (`'embed'`, `'mlp'`) and mapped to mesh
+axes by `logical_axis_rules` (a context manager) or a Variable's own
+`sharding_rules` metadata.
+
+    >>> init = with_partitioning(jax.nn.initializers.ones, (None, "model"))
+    >>> v = _variables.Param(init(jax.random.key(0), (2, 4)))
+    >>> v.out_sharding
+    (None, 'model')
+    >>> get_partition_spec(v)[...]
+    P(None, 'model')
+
+Eager sharding: a Variable created with such metadata while a mesh is set
+(`with jax.set_mesh(mesh):`) is placed on that mesh at once (inside a trace:
+constrained to it). Without a mesh the annotation is only recorded, so the
+same model code runs on one CPU and on a pod. `eager_sharding=False` in the
+metadata opts a Variable out.
+
+Nothing here invents a runtime: meshes, `NamedSharding`, `jax.device_put`,
+`jax.lax.with_sharding_constraint` and `jax.sharding.reshard` are JAX's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import threading
+import typing as tp
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from nnxfn.facade import variables as _variables
+
+A = tp.TypeVar("A")
+F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
+
+PARTITION_NAME = "partition_name"
+"""Key of `transform_metadata` naming the mesh axis a vmap/scan axis gets."""
+
+SPEC_KEYS = ("out_sharding", "sharding_names", "sharding")
+"""Metadata names read as a sharding annotation, in this order."""
+
+LogicalRules = tp.Sequence[tuple[str, tp.Any]]
+
+
+# -- annotating initializers ----------------------------------------------------------
+@dataclasses.dataclass
+class VariableMetadata(tp.Generic[A]):
+    """A value plus metadata for the Variable that will hold it.
+
+    Returned by initializers wrapped with `with_metadata`/`with_partitioning`;
+    `Variable(VariableMetadata(x, {...}))` is `Variable(x, **{...})`.
+    """
+
+    raw_value: A
+    metadata: tp.Mapping[str, tp.Any] = dataclasses.field(default_factory=dict)
+
+
+def with_metadata(initializer: F, **metadata: tp.Any) -> F:
+    """Wrap `initializer` so the Variable built from its result gets `metadata`.
+
+    >>> init = with_metadata(jax.nn.initializers.zeros, tag="frozen")
+    >>> _variables.Param(init(jax.random.key(0), (2,))).tag
+    'frozen'
+    """
+
+    @functools.wraps(initializer)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> VariableMetadata:
+        value = initializer(*args, **kwargs)
+        if isinstance(value, VariableMetadata):  # nested wrappers: outer wins
+            return VariableMetadata(value.raw_value, {**value.metadata, **metadata})
+        return VariableMetadata(value, dict(metadata))
+
+    return tp.cast(F, wrapper)
+
+
+def with_partitioning(
+    initializer: F, sharding: tp.Any, mesh: jax.sharding.Mesh | None = None, **metadata: tp.Any
+) -> F:
+    """Wrap `initializer` so its Variable is annotated with `out_sharding=sharding`.
+
+    `sharding` has one entry per array axis (a mesh axis name, a tuple of
+    names, or None), or is a `PartitionSpec`/`NamedSharding`. With `mesh`,
+    that mesh is used for eager sharding instead of the context mesh.
+    """
+    if mesh is not None:
+        metadata["mesh"] = mesh
+    return with_metadata(initializer, out_sharding=sharding, **metadata)
+
+
+def unwrap(value: tp.Any, metadata: dict[str, tp.Any]) -> tuple[tp.Any, dict[str, tp.Any]]:
+    """`Variable.__init__` helper: take the value and metadata out of a VariableMetadata."""
+    if isinstance(value, VariableMetadata):
+        return value.raw_value, {**value.metadata, **metadata}
+    return value, metadata
+
+
+# -- logical axis rules -------------------------------------------------------------
+class _Rules(threading.local):
+    rules: tuple = ()
+
+
+_RULES = _Rules()
+
+
+def _as_rules(rules: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
+    items = rules.items() if isinstance(rules, tp.Mapping) else rules
+    out = []
+    for item in items or ():
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(_bad_rule(item))
+        name, target = item
+        out.append((name, tuple(target) if isinstance(target, list) else target))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iterator[None]:
+    """Map logical axis names to mesh axes while the context is active.
+
+    >>> with logical_axis_rules([("embed", None), ("mlp", "model")]):
+    ...     spec = get_partition_spec(_variables.Param(np.ones((2, 4)), out_sharding=("embed", "mlp")))
+    >>> spec[...]
+    P(None, 'model')
+    """
+    old = _RULES.rules
+    _RULES.rules = _as_rules(rules)
+    try:
+        yield
+    finally:
+        _RULES.rules = old
+
+
+def set_logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> None:
+    """Set the logical axis rules of this thread (see `logical_axis_rules`)."""
+    _RULES.rules = _as_rules(rules)
+
+
+def get_logical_axis_rules() -> tuple[tuple[str, tp.Any], ...]:
+    """The logical axis rules of this thread."""
+    return _RULES.rules
+
+
+def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
+    if isinstance(entry, str):
+        return rules.get(entry, entry)
+    if isinstance(entry, tuple):
+        names: list[str] = []
+        for e in entry:
+            mapped = _apply_rules(e, rules)
+            if isinstance(mapped, tuple):
+                names += [m for m in mapped if m is not None]
+            elif mapped is not None:
+                names.append(mapped)
+        return None if not names else names[0] if len(names) == 1 else tuple(names)
+    return entry
+
+
+# -- reading annotations --------------------------------------------------------------
+def _spec_like(x: tp.Any) -> bool:
+    return isinstance(x, (tuple, list, PartitionSpec, NamedSharding))
+
+
+def spec_key(metadata: tp.Mapping[str, tp.Any]) -> str | None:
+    """Which metadata entry holds the sharding annotation, if any."""
+    for key in SPEC_KEYS:
+        if key in metadata and _spec_like(metadata[key]):
+            return key
+    return None
+
+
+def _where(where: str | None) -> str:
+    return where or "a Variable"
+
+
+def partition_spec(
+    metadata: tp.Mapping[str, tp.Any],
+    *,
+    shape: tuple[int, ...] | None = None,
+    mesh: tp.Any = None,
+    where: str | None = None,
+) -> PartitionSpec | None:
+    """The PartitionSpec of an annotation (logical rules applied), checked
+    against `shape` and `mesh` when given; None when there is no annotation."""
+    key = spec_key(metadata)
+    if key is None:
+        return None
+    names = metadata[key]
+    if isinstance(names, NamedSharding):
+        names = names.spec
+    entries = tuple(names)
+    local = dict(_as_rules(metadata.get("sharding_rules", ())))
+    context = dict(_RULES.rules)
+    if local or context:
+        rules = {**context, **local}
+        entries = tuple(_apply_rules(e, rules) for e in entries)
+    spec = PartitionSpec(*entries)
+    if shape is not None and len(entries) > len(shape):
+        raise ValueError(_rank_mismatch(where, key, metadata[key], spec, shape))
+    if mesh is not None:
+        check_fits_mesh(spec, mesh, shape=shape, where=where, annotation=metadata[key])
+    return spec
+
+
+def check_fits_mesh(spec: PartitionSpec, mesh: tp.Any, *, shape: tuple[int, ...] | None = None,
+                    where: str | None = None, annotation: tp.Any = None) -> None:
+    """Raise a clear error if `spec` names axes missing from `mesh`, names one
+    twice, or splits a dimension into parts that do not divide it."""
+    sizes = dict(mesh.shape)
+    seen: set[str] = set()
+    for dim, entry in enumerate(spec):
+        if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+            continue
+        axes = entry if isinstance(entry, tuple) else (entry,)
+        for axis in axes:
+            if axis not in sizes:
+                raise ValueError(_unknown_axis(where, annotation, spec, axis, mesh))
+            if axis in seen:
+                raise ValueError(_axis_twice(where, spec, axis))
+            seen.add(axis)
+        parts = math.prod(sizes[a] for a in axes)
+        if shape is not None and dim < len(shape) and shape[dim] % parts:
+            raise ValueError(_indivisible(where, spec, shape, dim, parts, mesh))
+
+
+def variable_spec(var: tp.Any, *, mesh: tp.Any = None, where: str | None = None) -> PartitionSpec | None:
+    """The PartitionSpec of a Variable: its annotation, `P()` when it has none,
+    None when its value is not an array."""
+    value = var.raw_value
+    shape = getattr(value, "shape", None)
+    shape = tuple(shape) if shape is not None else None
+    spec = partition_spec(var.get_metadata(), shape=shape, mesh=mesh, where=where)
+    if spec is not None:
+        return spec
+    return PartitionSpec() if shape is not None else None
+
+
+# -- the current mesh ---------------------------------------------------------------
+def current_mesh(*, concrete: bool = False) -> tp.Any:
+    """The mesh set with `jax.set_mesh` (concrete outside of traces), or None."""
+    try:
+        mesh = jax.sharding.get_mesh()
+        if not mesh.empty:
+            return mesh
+    except ValueError:  # inside jax.jit: only the abstract mesh is known
+        pass
+    if concrete:
+        return None
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+# -- eager sharding ---------------------------------------------------------------------
+def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
+    """Place (or, inside a trace, constrain) `value` as its annotation says, if a
+    mesh is known (metadata `mesh`, a NamedSharding annotation, or `jax.set_mesh`).
+    Values without an annotation, or with `eager_sharding=False`, are returned as is."""
+    key = spec_key(metadata)
+    if key is None or not metadata[key] or metadata.get("eager_sharding", True) is False:
+        return value
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return value
+    annotation = metadata[key]
+    explicit_mesh = metadata.get("mesh") or (
+        annotation.mesh if isinstance(annotation, NamedSharding) else None
+    )
+    mesh = explicit_mesh or current_mesh()
+    if mesh is None:
+        return value
+    spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where)
+    return place(value, spec, mesh, from_context=explicit_mesh is None)
+
+
+def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
+    """Lay `value` out as `spec` on `mesh` (device_put, or a constraint inside a trace)."""
+    if isinstance(value, jax.core.Tracer):
+        target = spec if from_context or not isinstance(mesh, jax.sharding.Mesh) else NamedSharding(mesh, spec)
+        if mesh.are_all_axes_explicit:
+            return jax.sharding.reshard(value, target)
+        return jax.lax.with_sharding_constraint(value, target)
+    if isinstance(mesh, jax.sharding.Mesh):
+        sharding = NamedSharding(mesh, spec)
+        if isinstance(value, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+        if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+            return jax.device_put(value, sharding)
+    return value
+
+
+def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> tp.Any:
+    """Inside a trace: `value` laid out as `sharding` (a Sharding, or a
+    PartitionSpec under `jax.set_mesh`); `reshard` on Explicit meshes."""
+    if isinstance(sharding, PartitionSpec):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            raise ValueError(_no_mesh(where, sharding))
+        spec = sharding
+    elif isinstance(sharding, NamedSharding):
+        mesh, spec = sharding.mesh, sharding.spec
+    else:
+        return jax.lax.with_sharding_constraint(value, sharding)
+    shape = tuple(value.shape)
+    if len(spec) > len(shape):
+        raise ValueError(_rank_mismatch(where, "sharding", sharding, spec, shape))
+    check_fits_mesh(spec, mesh, shape=shape, where=where, annotation=sharding)
+    if mesh.are_all_axes_explicit:
+        return jax.sharding.reshard(value, sharding)
+    return jax.lax.with_sharding_constraint(value, sharding)
+
+
+# -- trees of Variables ----------------------------------------------------------------
+def _is_var(x: tp.Any) -> bool:
+    return isinstance(x, _variables.Variable)
+
+
+def _path_text(path: tuple) -> str:
+    return "tree" + jax.tree_util.keystr(path) if path else "the Variable"
+
+
+def _map_variables(fn: tp.Callable[[tp.Any, str], tp.Any], tree: tp.Any) -> tp.Any:
+    """Map `fn(spec_source, where)` over the Variables (kept as boxes) and
+    array leaves of a pytree (a Module, State, Variable or any pytree)."""
+
+    def leaf(path: tuple, x: tp.Any) -> tp.Any:
+        where = _path_text(path)
+        if _is_var(x):
+            return type(x).from_parts(fn(x, where), x.metadata_items())
+        if hasattr(x, "shape"):
+            return fn(x, where)
+        return None
+
+    return jax.tree_util.tree_map_with_path(leaf, tree, is_leaf=_is_var)
+
+
+def get_partition_spec(tree: A) -> A:
+    """The same tree with each Variable's value replaced by its PartitionSpec
+    (`P()` for arrays without an annotation).
+
+    Works on a Module (returns a Module of specs), a State or any pytree;
+    feed the result to `jax.lax.with_sharding_constraint`, `nnx.jit`'s
+    `in_shardings`/`out_shardings` or `nnx.shard_map`'s specs.
+    """
+
+    def spec(x: tp.Any, where: str) -> tp.Any:
+        return variable_spec(x, where=where) if _is_var(x) else PartitionSpec()
+
+    return _map_variables(spec, tree)
+
+
+def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
+    """Like `get_partition_spec`, with `NamedSharding(mesh, spec)` leaves; specs
+    are checked against the mesh (axis names, divisibility).
+
+    >>> mesh = jax.make_mesh((1,), ("model",))
+    >>> v = _variables.Param(np.ones((2, 4)), out_sharding=(None, "model"))
+    >>> get_named_sharding(v, mesh)[...].spec
+    P(None, 'model')
+    """
+
+    def named(x: tp.Any, where: str) -> tp.Any:
+        spec = variable_spec(x, mesh=mesh, where=where) if _is_var(x) else PartitionSpec()
+        return None if spec is None else NamedSharding(mesh, spec)
+
+    return _map_variables(named, tree)
+
+
+# -- error messages -------------------------------------------------------------------
+def _bad_rule(item: tp.Any) -> str:
+    return (
+        f"logical_axis_rules: each rule must be a (logical_name, mesh_axes) pair, got "
+        f"{item!r}. Example: `nnx.logical_axis_rules([('batch', 'data'), ('mlp', 'model')])`."
+    )
+
+
+def _rank_mismatch(where: str | None, key: str, annotation: tp.Any, spec: PartitionSpec,
+                   shape: tuple[int, ...]) -> str:
+    return (
+        f"{_where(where)}: its sharding annotation {key}={annotation!r} has {len(spec)} "
+        f"entries but the array has rank {len(shape)} (shape {shape}). Give at most one "
+        "entry per array axis (missing trailing entries mean replicated). If the array "
+        "gained a leading axis from `nnx.vmap`/`nnx.scan` (stacked layers), pass "
+        "`transform_metadata={nnx.PARTITION_NAME: 'layers'}` so the annotation gets it too."
+    )
+
+
+def _unknown_axis(where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any,
+                  mesh: tp.Any) -> str:
+    names = tuple(mesh.axis_names)
+    return (
+        f"{_where(where)}: its sharding {spec} names the axis {axis!r}, which the mesh "
+        f"does not have (mesh axes: {names}). Use one of {names} or None, or map the "
+        f"logical name to a mesh axis (or None) with "
+        f"`nnx.logical_axis_rules([({axis!r}, {names[0] if names else None!r})])`."
+    )
+
+
+def _no_mesh(where: str | None, spec: PartitionSpec) -> str:
+    return (
+        f"{_where(where)}: the sharding {spec} is a PartitionSpec, which needs a mesh. "
+        "Call inside `with jax.set_mesh(mesh):`, or pass `NamedSharding(mesh, spec)`."
+    )
+
+
+def _axis_twice(where: str | None, spec: PartitionSpec, axis: str) -> str:
+    return (
+        f"{_where(where)}: its sharding {spec} uses the mesh axis {axis!r} for two "
+        "array axes; a mesh axis can split at most one array axis."
+    )
+
+
+def _indivisible(where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int,
+                 parts: int, mesh: tp.Any) -> str:
+    return (
+        f"{_where(where)}: its sharding {spec} splits axis {dim} (size {shape[dim]}) of "
+        f"shape {shape} into {parts} parts on mesh {dict(mesh.shape)}, which does not divide "
+        "it. Choose sizes divisible by the mesh axis size, or shard another axis."
+    )

@@ -1,0 +1,218 @@
+"""Sharding metadata through transforms, and abstract sharded models.
+
+`nnx.vmap`/`nnx.scan` with `transform_metadata={nnx.PARTITION_NAME: 'layers'}`
+keep sharding annotations in step with array ranks: inside the function a
+mapped Variable's annotation loses the entry at the mapped axis (it sees one
+slice), and Variables leaving on an int axis (e.g. a stack of layers made by
+`nnx.vmap` of a constructor) get `'layers'` inserted there. Other keys of
+`transform_metadata` name tuple-valued metadata that gets the given value
+inserted/removed the same way. The annotations live in the GraphDef, so
+this is a rewrite of static data: no per-call cost on arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from nnxfn.core import errors
+from nnxfn.core.graphdef import ContainerDef, GraphDef, NodeDef, PytreeDef, VariableDef
+from nnxfn.facade import spmd
+from nnxfn.facade.variables import _freeze
+from nnxfn.transforms.axes import StateAxes
+from nnxfn.transforms.boundary import Entry, EntryStatic, ExitStatic
+
+Path = tuple[tp.Any, ...]
+PARTITION_NAME = spmd.PARTITION_NAME
+
+
+# -- GraphDef rewriting ---------------------------------------------------------------
+def map_variable_defs(graphdef: GraphDef, fn: tp.Callable[[Path, VariableDef], VariableDef]) -> GraphDef:
+    """A GraphDef with every VariableDef (at the path of its leaf) replaced by `fn`'s."""
+
+    def walk(d: tp.Any, path: Path) -> tp.Any:
+        if isinstance(d, VariableDef):
+            return fn(path, d)
+        if isinstance(d, NodeDef):
+            return NodeDef(d.type, d.index, d.static, _kids(d.children, path))
+        if isinstance(d, ContainerDef):
+            return ContainerDef(d.type, _kids(d.children, path))
+        if isinstance(d, PytreeDef):
+            return PytreeDef(d.treedef, _kids(d.children, path))
+        return d
+
+    def _kids(children: tuple, path: Path) -> tuple:
+        return tuple((k, walk(c, path + (k,))) for k, c in children)
+
+    return GraphDef(walk(graphdef.root, ()), graphdef.num_leaves)
+
+
+def variable_defs(graphdef: GraphDef) -> dict[Path, VariableDef]:
+    """Every VariableDef of a GraphDef by the path of its leaf."""
+    found: dict[Path, VariableDef] = {}
+
+    def record(path: Path, d: VariableDef) -> VariableDef:
+        found[path] = d
+        return d
+
+    map_variable_defs(graphdef, record)
+    return found
+
+
+# -- one annotation -------------------------------------------------------------------
+def _rebuild(spec: tp.Any, entries: list) -> tp.Any:
+    return PartitionSpec(*entries) if isinstance(spec, PartitionSpec) else tuple(entries)
+
+
+def _edit(metadata: tuple, index: int, transform_metadata: tp.Mapping, where: str,
+          add: bool, name: str) -> tuple:
+    meta = dict(metadata)
+    edits: list[tuple[str, tp.Any]] = []
+    key = spmd.spec_key(meta)
+    if key is not None and meta[key] and PARTITION_NAME in transform_metadata:
+        if isinstance(meta[key], NamedSharding):
+            raise ValueError(_named_sharding(name, where, meta[key]))
+        edits.append((key, transform_metadata[PARTITION_NAME]))
+    for k, value in transform_metadata.items():
+        if k != PARTITION_NAME and k in meta and isinstance(meta[k], tuple) and meta[k]:
+            edits.append((k, value))
+    if not edits:
+        return metadata
+    for k, value in edits:
+        entries = list(meta[k])
+        if add:
+            entries += [None] * (index - len(entries))
+            entries.insert(index, value)
+        else:
+            if index >= len(entries) or entries[index] != value:
+                raise ValueError(_missing_axis(name, where, k, meta[k], index, value))
+            del entries[index]
+        meta[k] = _rebuild(meta[k], entries)
+    return tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+
+
+def _with_axes(graphdef: GraphDef, axes: tp.Mapping[Path, tp.Any], ndims: tp.Mapping[Path, int],
+               transform_metadata: tp.Mapping, add: bool, name: str, root: str) -> GraphDef:
+    def fn(path: Path, d: VariableDef) -> VariableDef:
+        axis = axes.get(path)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            return d
+        if axis < 0:
+            if path not in ndims:
+                return d
+            axis += ndims[path]
+        meta = _edit(d.metadata, axis, transform_metadata, errors.path_str(path[1:], root),
+                     add, name)
+        return d if meta is d.metadata else VariableDef(d.type, d.index, meta)
+
+    return map_variable_defs(graphdef, fn)
+
+
+# -- what vmap/scan call --------------------------------------------------------------
+def inner_static(name: str, entry: Entry, state_axes: tp.Sequence[tp.Any],
+                 transform_metadata: tp.Mapping | None) -> EntryStatic:
+    """The Entry's static with mapped axes removed from the annotations (what the
+    function sees inside the transform)."""
+    if not transform_metadata:
+        return entry.static
+    paths = entry.static.paths
+    axes = dict(zip(paths, state_axes))
+    ndims = {p: len(v.shape) for p, v in zip(paths, entry.values) if hasattr(v, "shape")}
+    graphdef = _with_axes(entry.static.graphdef, axes, ndims, transform_metadata, False, name, "arg")
+    if graphdef.root == entry.static.graphdef.root:
+        return entry.static
+    return dataclasses.replace(entry.static, graphdef=graphdef)
+
+
+def outer_exit(name: str, exit: ExitStatic, entry: Entry, state_axes: tp.Sequence[tp.Any],
+               emitted_axes: tp.Sequence[tp.Any], emitted: tp.Sequence[tp.Any],
+               transform_metadata: tp.Mapping | None) -> ExitStatic:
+    """The exit static with mapped axes inserted back into the annotations of
+    the Variables leaving on an int axis (what the caller's objects get)."""
+    if not transform_metadata or exit.graphdef is None:
+        return exit
+    axes = {(0,) + p: a for p, a in zip(entry.static.paths, state_axes)}
+    axes.update(zip(exit.paths, emitted_axes))
+    ndims = {(0,) + p: len(v.shape) for p, v in zip(entry.static.paths, entry.values)
+             if hasattr(v, "shape")}
+    ndims.update({p: len(v.shape) for p, v in zip(exit.paths, emitted) if hasattr(v, "shape")})
+    graphdef = _with_axes(exit.graphdef, axes, ndims, transform_metadata, True, name, "out")
+    return dataclasses.replace(exit, graphdef=graphdef)
+
+
+# -- a tree of specs as per-leaf axes (nnx.shard_map) ------------------------------------
+def is_spec_tree(x: tp.Any) -> bool:
+    """A Module or State whose leaves are specs (e.g. `nnx.get_partition_spec(model)`)."""
+    from nnxfn.core import State
+    from nnxfn.transforms.boundary import is_node
+
+    return isinstance(x, State) or (is_node(x) and not hasattr(x, "raw_value"))
+
+
+class PathAxes(StateAxes):
+    """Per-leaf specs looked up by path in a Module/State of specs (`P()` if absent)."""
+
+    def __init__(self, tree: tp.Any):
+        from nnxfn.core import State, state
+
+        source = tree if isinstance(tree, State) else state(tree)
+        self.mapping = ()
+        self._flat = {p: getattr(v, "raw_value", v) for p, v in source.flat_state()}
+
+    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+        found = self._flat.get(path)
+        return PartitionSpec() if found is None else found
+
+    def __repr__(self) -> str:
+        return f"PathAxes({len(self._flat)} leaves)"
+
+
+# -- abstract sharded models ------------------------------------------------------------
+def get_abstract_model(init_fn: tp.Callable[[], tp.Any], mesh: jax.sharding.Mesh) -> tuple:
+    """`(graphdef, abstract_state)` of the model `init_fn` builds, without
+    computing it: the state's leaves are `jax.ShapeDtypeStruct`s carrying the
+    `NamedSharding` their annotations give on `mesh`.
+
+    Restore a checkpoint straight into it (each array is read onto its own
+    shards), or use `nnx.get_named_sharding` of it as jit shardings:
+
+        graphdef, abstract = nnx.get_abstract_model(lambda: Model(rngs=nnx.Rngs(0)), mesh)
+        state = nnx.restore_checkpoint(path, abstract)
+        model = nnx.merge(graphdef, state)
+    """
+    from nnxfn.core import split
+    from nnxfn.transforms.misc import eval_shape
+
+    with jax.set_mesh(mesh):
+        abstract = eval_shape(init_fn)
+    graphdef, state = split(abstract)
+    shardings = spmd.get_named_sharding(state, mesh)
+
+    def attach(x: tp.Any, sharding: tp.Any) -> tp.Any:
+        if sharding is None or not hasattr(x, "shape"):
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return graphdef, jax.tree.map(attach, state, shardings)
+
+
+# -- error messages -----------------------------------------------------------------------
+def _missing_axis(name: str, where: str, key: str, spec: tp.Any, index: int, value: tp.Any) -> str:
+    return (
+        f"{name}: {where} is mapped along axis {index}, so transform_metadata expects its "
+        f"annotation {key}={spec!r} to hold {value!r} at position {index}, but it does not. "
+        "Stack the Variables with the same transform_metadata (e.g. create them with "
+        f"`nnx.vmap(..., transform_metadata={{nnx.PARTITION_NAME: {value!r}}})`), or "
+        "drop transform_metadata for this call."
+    )
+
+
+def _named_sharding(name: str, where: str, sharding: tp.Any) -> str:
+    return (
+        f"{name}: {where} is annotated with a NamedSharding ({sharding}), whose rank is "
+        "fixed; transform_metadata can only add/remove axes of tuple or PartitionSpec "
+        "annotations. Annotate it with axis names, e.g. `out_sharding=(None, 'model')`."
+    )
