@@ -51,7 +51,6 @@ if ARGS.distributed:  # before anything else touches the devices
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # (CPU only)
     jax.distributed.initialize(ARGS.coordinator, ARGS.num_processes, ARGS.process_id)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402

@@ -100,6 +100,10 @@ def test_eager_sharding_under_a_mesh_and_without_one():
     with jax.set_mesh(mesh):
         sharded = Block(nnx.Rngs(0))
         opted_out = nnx.Param(jnp.ones((2, 2)), out_sharding=("data", None), eager_sharding=False)
+    with jax.set_mesh(mesh):
+        listed = nnx.Param(jnp.ones((2, 2)), out_sharding=["data", None])
+    assert listed.out_sharding == ("data", None)
+    assert listed[...].sharding == NamedSharding(mesh, P("data", None))
     assert sharded.up.kernel[...].sharding == NamedSharding(mesh, P(None, "model"))
     assert sharded.up.bias[...].sharding == NamedSharding(mesh, P("model"))
     assert opted_out[...].sharding.spec == P()  # not P("data", None)
@@ -244,6 +248,26 @@ def test_jit_out_shardings_errors_name_the_leaf():
     bad = nnx.StateSharding({nnx.Param: NamedSharding(mesh, P("data", "model", None))})
     with pytest.raises(ValueError, match="3 entries but the array has rank"):
         nnx.jit(lambda: Block(nnx.Rngs(0)), out_shardings=bad)()
+
+
+def test_partition_spec_shardings_need_a_mesh():
+    spec = nnx.StateSharding({nnx.Param: P()})
+    with pytest.raises(ValueError, match=r"is a PartitionSpec, which needs a mesh.*jax\.set_mesh"):
+        nnx.jit(lambda: Block(nnx.Rngs(0)), out_shardings=spec)()
+    with jax.set_mesh(_mesh("data", "model")):
+        model = nnx.jit(lambda: Block(nnx.Rngs(0)), out_shardings=spec)()
+    assert isinstance(model.up.kernel[...], jax.Array)
+
+
+def test_transform_metadata_needs_axis_names_not_named_shardings():
+    mesh = _mesh("m")
+
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(key):
+        return nnx.Param(jax.random.normal(key, (2,)), out_sharding=NamedSharding(mesh, P("m")))
+
+    with pytest.raises(ValueError, match="annotated with a NamedSharding.*out_sharding=\\(None, 'model'\\)"):
+        make(jax.random.split(jax.random.key(0), 2))
 
 
 def test_jit_in_shardings_accepts_a_module_of_shardings():

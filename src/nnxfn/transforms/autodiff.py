@@ -22,6 +22,7 @@ from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.common import (
     MethodWrapper,
     arg_of_leaves,
+    body_fn,
     check_not_bound,
     leaf_args,
     run_inside,
@@ -110,6 +111,22 @@ def _single(specs_given: tp.Any, results: list) -> tp.Any:
     return results[0] if not isinstance(specs_given, (tuple, list)) else tuple(results)
 
 
+def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell: dict) -> tp.Callable:
+    """`(diff state values, diff other values) -> (primal, (out arrays, emitted))`:
+    `f` run on fresh objects, its exit description stored in `cell['exit']`."""
+    entry = sel.entry
+
+    def inner(state_vals: list, other_vals: list) -> tuple:
+        values, others = sel.substitute(state_vals, other_vals)
+        exit_static, out_arrays, emitted, out = run_inside(
+            f, entry.static, values, others, name, with_output=True
+        )
+        cell["exit"] = exit_static
+        return (out[0] if has_aux else out), (out_arrays, emitted)
+
+    return inner
+
+
 class _GradWrapped(MethodWrapper):
     def __init__(self, fn: tp.Callable, argnums: tp.Any, has_aux: bool, holomorphic: bool,
                  allow_int: bool, return_value: bool, name: str):
@@ -123,15 +140,7 @@ class _GradWrapped(MethodWrapper):
         entry = boundary.enter(args, kwargs)
         sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums))
         cell: dict = {}
-
-        def inner(state_vals: list, other_vals: list) -> tuple:
-            values, others = sel.substitute(state_vals, other_vals)
-            exit_static, out_arrays, emitted, out = run_inside(
-                self.fn, entry.static, values, others, self.name, with_output=True
-            )
-            cell["exit"] = exit_static
-            loss = out[0] if self.has_aux else out
-            return loss, (out_arrays, emitted)
+        inner = _primal_fn(self.fn, sel, self.has_aux, self.name, cell)
 
         (_, (out_arrays, emitted)), (g_state, g_other) = jax.value_and_grad(
             inner, argnums=(0, 1), has_aux=True, holomorphic=self.holomorphic,
@@ -167,14 +176,7 @@ def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
     cell: dict = {}
 
-    def inner(state_vals: list, other_vals: list) -> tuple:
-        values, others = sel.substitute(state_vals, other_vals)
-        exit_static, out_arrays, emitted, out = run_inside(
-            f, entry.static, values, others, "nnx.vjp", with_output=True
-        )
-        cell["exit"] = exit_static
-        primal = out[0] if has_aux else out
-        return primal, (out_arrays, emitted)
+    inner = _primal_fn(f, sel, has_aux, "nnx.vjp", cell)
 
     primal_out, pullback, (out_arrays, emitted) = jax.vjp(inner, *sel.primals(), has_aux=True)
     out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
@@ -197,14 +199,7 @@ def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bo
     t_other = _tangent_others(sel, tangents)
     cell: dict = {}
 
-    def inner(state_vals: list, other_vals: list) -> tuple:
-        values, others = sel.substitute(state_vals, other_vals)
-        exit_static, out_arrays, emitted, out = run_inside(
-            f, entry.static, values, others, "nnx.jvp", with_output=True
-        )
-        cell["exit"] = exit_static
-        primal = out[0] if has_aux else out
-        return primal, (out_arrays, emitted)
+    inner = _primal_fn(f, sel, has_aux, "nnx.jvp", cell)
 
     primal_out, tangent_out, (out_arrays, emitted) = jax.jvp(
         inner, sel.primals(), (t_state, t_other), has_aux=True
@@ -276,10 +271,7 @@ def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
                 full.insert(i, statics[i])
             return f(*full, **kw)
 
-        def inner(values: list, others: list) -> tuple:
-            exit_static, out_arrays, emitted = run_inside(call, entry.static, values, others, "nnx.remat")
-            cell["exit"] = exit_static
-            return out_arrays, emitted
+        inner = body_fn(call, entry.static, "nnx.remat", cell)
 
         out_arrays, emitted = jax.checkpoint(inner, prevent_cse=prevent_cse, policy=policy)(
             entry.values, entry.others

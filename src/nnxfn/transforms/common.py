@@ -58,6 +58,18 @@ def run_inside(fn: tp.Callable, static: EntryStatic, values: tp.Sequence, others
         context.pop_frame(frame)
 
 
+def body_fn(fn: tp.Callable, static: EntryStatic, name: str, cell: dict) -> tp.Callable:
+    """`(values, others) -> (out arrays, emitted)` running `fn` on fresh objects;
+    the exit description lands in `cell['exit']` (for transforms that trace once)."""
+
+    def body(values: tp.Sequence, others: tp.Sequence) -> tuple:
+        exit_static, out_arrays, emitted = run_inside(fn, static, values, others, name)
+        cell["exit"] = exit_static
+        return out_arrays, emitted
+
+    return body
+
+
 class MethodWrapper:
     """Base for transformed callables: binds like a function when used as a method."""
 

@@ -10,7 +10,7 @@ from jax.experimental import checkify as _checkify
 
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import run_inside
+from nnxfn.transforms.common import body_fn, run_inside
 
 
 def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -22,11 +22,7 @@ def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
     """
     entry = boundary.enter(args, kwargs)
     cell: dict = {}
-
-    def inner(values: list, others: list) -> tuple:
-        exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.eval_shape")
-        cell["exit"] = exit_static
-        return out_arrays, emitted
+    inner = body_fn(f, entry.static, "nnx.eval_shape", cell)
 
     out_arrays, emitted = jax.eval_shape(inner, entry.values, entry.others)
     exit_static = cell["exit"]
@@ -67,11 +63,7 @@ def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Calla
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         cell: dict = {}
-
-        def inner(values: list, others: list) -> tuple:
-            exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.checkify")
-            cell["exit"] = exit_static
-            return out_arrays, emitted
+        inner = body_fn(f, entry.static, "nnx.checkify", cell)
 
         err, (out_arrays, emitted) = _checkify.checkify(inner, errors=errors)(entry.values, entry.others)
         return err, boundary.commit(entry, cell["exit"], out_arrays, emitted)
@@ -100,11 +92,7 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
                            kwargs_spec=PartitionSpec())
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
         cell: dict = {}
-
-        def body(values: list, others: list) -> tuple:
-            exit_static, out_arrays, emitted = run_inside(f, entry.static, values, others, "nnx.shard_map")
-            cell["exit"] = exit_static
-            return out_arrays, emitted
+        body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
         in_tree = (state_specs, other_specs)
         jax.eval_shape(
