@@ -127,12 +127,43 @@ class GraphDef:
     `jax.jit`.
     """
 
-    __slots__ = ("root", "num_leaves", "_hash")
+    __slots__ = ("_root", "num_leaves", "_hash", "_ops")
 
     def __init__(self, root: Any, num_leaves: int):
-        self.root = root
+        self._root = root
         self.num_leaves = num_leaves
         self._hash: int | None = None
+        self._ops: tuple | None = None
+
+    @classmethod
+    def _from_ops(cls, ops: list, num_leaves: int) -> GraphDef:
+        """A GraphDef given by its flat program (see `graph.py`); the tree of
+        records (`root`) is built from it only when first read."""
+        graphdef = object.__new__(cls)
+        graphdef._root = None
+        graphdef.num_leaves = num_leaves
+        graphdef._hash = None
+        graphdef._ops = ops
+        return graphdef
+
+    @property
+    def root(self) -> Any:
+        root = self._root
+        if root is None:
+            from nnxfn.core.graph import root_from_ops
+
+            root = self._root = root_from_ops(self._ops)
+        return root
+
+    @property
+    def ops(self) -> list:
+        """The flat program of this GraphDef (pre-order ops, built once)."""
+        ops = self._ops
+        if ops is None:
+            from nnxfn.core.graph import ops_from_root
+
+            ops = self._ops = ops_from_root(self._root)
+        return ops
 
     def __hash__(self) -> int:
         if self._hash is None:
@@ -150,6 +181,9 @@ class GraphDef:
             and hash(self) == hash(other)
             and self.root == other.root
         )
+
+    def __reduce__(self):
+        return (GraphDef, (self.root, self.num_leaves))
 
     @property
     def type(self) -> type | None:

@@ -23,6 +23,12 @@ class NodeImpl:
     set_child(node, key, value) -> None.
     del_child(node, key) -> None.
     static(node) -> hashable per-node data stored in the GraphDef.
+
+    Optional fast paths (used by `split`/`merge`; must agree with the above):
+    parts(node) -> (static(node), keys, values): the keys of `children(node)`
+        as a tuple, and their values in the same order.
+    fill(node, keys, values) -> None: set every child of a node just made by
+        `create_empty`, as `set_child` for each key in order would.
     """
 
     type: type
@@ -31,16 +37,22 @@ class NodeImpl:
     set_child: Callable[[Any, Key, Any], None]
     del_child: Callable[[Any, Key], None]
     static: Callable[[Any], Hashable] = lambda node: None
+    parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
+    fill: Callable[[Any, tuple, Any], None] | None = None
 
 
 _REGISTRY: dict[type, NodeImpl] = {}
 _CACHE: dict[type, NodeImpl | None] = {}
+# type -> how `graph.py`'s fast walk treats its instances; derived from the
+# registry, so it is cleared with `_CACHE`.
+KINDS: dict[type, int] = {}
 
 
 def register_node_type(impl: NodeImpl) -> None:
     """Register `impl.type` (and, unless overridden, its subclasses)."""
     _REGISTRY[impl.type] = impl
     _CACHE.clear()
+    KINDS.clear()
 
 
 def lookup(node_type: type) -> NodeImpl | None:

@@ -22,7 +22,11 @@ Path = tuple[tp.Any, ...]
 class State(Mapping):
     """Immutable nested mapping; `state['a']['b']` or `state.a.b`."""
 
-    __slots__ = ("_mapping",)
+    # `_nnx_flat`, set only on the State that `split` returns: (graphdef, leaves in
+    # GraphDef order), so `merge(graphdef, state)` takes leaves by position.
+    # A State is immutable, so any other State (filtered, merged, mapped,
+    # unpickled) simply has none and `merge` goes by paths.
+    __slots__ = ("_mapping", "_nnx_flat")
 
     def __init__(self, mapping: Mapping | tp.Iterable = (), /):
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
@@ -36,8 +40,8 @@ class State(Mapping):
     @classmethod
     def _raw(cls, mapping: dict) -> State:
         """Wrap a dict whose nested values are already States (no copy)."""
-        state = object.__new__(cls)
-        object.__setattr__(state, "_mapping", mapping)
+        state = _new(cls)
+        _set_mapping(state, mapping)
         return state
 
     # -- mapping protocol -------------------------------------------------
@@ -54,6 +58,8 @@ class State(Mapping):
         return key in self._mapping
 
     def __getattr__(self, name: str) -> tp.Any:
+        if name == "_nnx_flat":  # unset slot: not made by `split`
+            return None
         if name.startswith("__"):
             raise AttributeError(name)
         try:
@@ -155,6 +161,18 @@ class State(Mapping):
     # -- display ----------------------------------------------------------
     def __repr__(self) -> str:
         return "State(" + _repr_mapping(self, 1) + ")"
+
+
+_new = object.__new__
+_set_mapping = State.__dict__["_mapping"].__set__
+_set_flat = State.__dict__["_nnx_flat"].__set__
+
+
+def wrap(mapping: dict) -> State:
+    """`State._raw(mapping)` without the method call (hot loops)."""
+    state = _new(State)
+    _set_mapping(state, mapping)
+    return state
 
 
 def _immutable(key: tp.Any) -> str:

@@ -9,6 +9,7 @@ caches check (Variable value writes do not).
 
 from __future__ import annotations
 
+import operator
 import typing as tp
 
 import jax
@@ -91,6 +92,7 @@ class Object:
 
 
 Pytree = Object
+_object_new = Object.__new__
 
 
 def _check_hashable(obj: tp.Any, name: str, value: tp.Any, rebound: bool = False) -> None:
@@ -111,12 +113,44 @@ def _check_hashable(obj: tp.Any, name: str, value: tp.Any, rebound: bool = False
 
 
 # -- graph-node registration -------------------------------------------------
+# (attribute names in __dict__ order, static names) -> (sorted child names, getter):
+# the key set rarely changes, so `split` does not sort it on every visit.
+_CHILD_KEYS: dict[tuple, tuple[tuple, tp.Callable]] = {}
+
+
+def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
+    sig = (tuple(d), d.get("_nnx_static"))
+    found = _CHILD_KEYS.get(sig)
+    if found is None:
+        statics = sig[1] or ()
+        keys = tuple(sorted(k for k in d if k not in _PRIVATE and k not in statics))
+        if len(keys) > 1:
+            getter = operator.itemgetter(*keys)
+        elif keys:
+            getter = lambda d, k=keys[0]: (d[k],)  # noqa: E731
+        else:
+            getter = lambda d: ()  # noqa: E731
+        if len(_CHILD_KEYS) > 4096:
+            _CHILD_KEYS.clear()
+        found = _CHILD_KEYS[sig] = (keys, getter)
+    return found
+
+
 def _children(obj: Object) -> list[tuple[str, tp.Any]]:
     d = obj.__dict__
-    statics = d.get("_nnx_static", ())
-    return sorted(
-        (k, v) for k, v in d.items() if k not in _PRIVATE and k not in statics
-    )
+    keys, getter = _child_keys(d)
+    return list(zip(keys, getter(d)))
+
+
+def _parts(obj: Object) -> tuple[tp.Hashable, tuple, tp.Any]:
+    """(static, child keys, child values) in one call, for `split`."""
+    d = obj.__dict__
+    statics = d.get("_nnx_static")
+    found = _CHILD_KEYS.get((tuple(d), statics))
+    keys, getter = _child_keys(d) if found is None else found
+    if statics:
+        return tuple(sorted((k, d[k]) for k in statics)), keys, getter(d)
+    return None, keys, getter(d)
 
 
 def _repr_children(obj: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
@@ -134,7 +168,11 @@ def _static(obj: Object) -> tp.Hashable:
 
 
 def _create_empty(cls: type, statics: tp.Hashable) -> Object:
-    obj = cls.__new__(cls)
+    if cls.__new__ is _object_new:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "_nnx_frame", context.current_frame())
+    else:
+        obj = cls.__new__(cls)
     if statics:
         for k, v in statics:
             object.__setattr__(obj, k, v)
@@ -150,6 +188,27 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
     object.__setattr__(obj, key, value)
 
 
+_PLAIN_FILL: dict[tuple, bool] = {}  # (type, keys) -> may `_fill` write __dict__ directly
+
+
+def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
+    """All children of a node `_create_empty` just made (as `_set_child` per key)."""
+    cls = type(obj)
+    plain = _PLAIN_FILL.get((cls, keys))
+    if plain is None:  # no property/slot takes these names; no custom __new__ ran
+        plain = cls.__new__ is _object_new and not any(
+            hasattr(getattr(cls, k, None), "__set__") for k in keys
+        )
+        if len(_PLAIN_FILL) > 4096:
+            _PLAIN_FILL.clear()
+        _PLAIN_FILL[(cls, keys)] = plain
+    if plain:
+        obj.__dict__.update(zip(keys, values))
+    else:
+        for k, v in zip(keys, values):
+            _set_child(obj, k, v)
+
+
 def _del_child(obj: Object, key: str) -> None:
     context.bump_structure()
     object.__delattr__(obj, key)
@@ -159,7 +218,9 @@ def _del_child(obj: Object, key: str) -> None:
 
 
 core.register_node_type(
-    core.NodeImpl(Object, _children, _create_empty, _set_child, _del_child, _static)
+    core.NodeImpl(
+        Object, _children, _create_empty, _set_child, _del_child, _static, parts=_parts, fill=_fill
+    )
 )
 
 
@@ -207,7 +268,12 @@ def _pytree_unflatten(aux: tuple, leaves: tp.Iterable) -> Object:
             _is_tracer(leaf) or (path in whole and any(map(_is_tracer, jax.tree.leaves(leaf))))
         ):
             traced = True
-    obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+    try:  # by position (faster); by path for whole pytrees and for the errors
+        if whole:
+            raise core.graph.LeafMismatch
+        obj = core.graph.unflatten_leaves(graphdef, leaves, copy=False)
+    except core.graph.LeafMismatch:
+        obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):
             if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:

@@ -63,10 +63,10 @@ class Variable(VariableLike, tp.Generic[A]):
 
     @classmethod
     def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
-        var = object.__new__(cls)
-        object.__setattr__(var, "raw_value", value)
-        object.__setattr__(var, "_metadata", metadata)
-        object.__setattr__(var, "_frame", context.current_frame())
+        var = _new(cls)  # slot setters: `split`/`merge` make one per leaf
+        _set_raw_value(var, value)
+        _set_metadata(var, metadata)
+        _set_frame(var, _FRAMES[-1] if _FRAMES else None)  # context.current_frame()
         return var
 
     def set_raw(self, value: tp.Any) -> None:
@@ -193,6 +193,13 @@ class Variable(VariableLike, tp.Generic[A]):
         from nnxfn.facade.display import variable_repr
 
         return variable_repr(self)
+
+
+_new = object.__new__
+_set_raw_value = Variable.__dict__["raw_value"].__set__
+_set_metadata = Variable.__dict__["_metadata"].__set__
+_set_frame = Variable.__dict__["_frame"].__set__
+_FRAMES = context._FRAMES
 
 
 def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:
