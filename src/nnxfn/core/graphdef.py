@@ -150,7 +150,7 @@ class GraphDef:
     def root(self) -> Any:
         root = self._root
         if root is None:
-            from nnxfn.core.graph import root_from_ops
+            from nnxfn.core.fastpath import root_from_ops
 
             root = self._root = root_from_ops(self._ops)
         return root
@@ -160,7 +160,7 @@ class GraphDef:
         """The flat program of this GraphDef (pre-order ops, built once)."""
         ops = self._ops
         if ops is None:
-            from nnxfn.core.graph import ops_from_root
+            from nnxfn.core.fastpath import ops_from_root
 
             ops = self._ops = ops_from_root(self._root)
         return ops
