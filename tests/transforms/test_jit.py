@@ -502,3 +502,26 @@ def test_linear_with_rngs_is_deterministic_under_jit():
     b = Linear(3, 2, rngs=rngs_b)
     np.testing.assert_allclose(a.kernel[...], b.kernel[...])
     assert int(rngs_a.params.count[...]) == int(rngs_b.params.count[...]) == 2
+
+
+def _donated_inputs(lowered) -> int:
+    return lowered.as_text().count("tf.aliasing_output") + lowered.as_text().count("jax.buffer_donor")
+
+
+def test_donate_argnames_donates_the_module_by_name_positional_or_keyword():
+    def f(m, x):
+        m.w[...] = m.w[...] * 2
+        return x @ m.w
+
+    by_num = nnx.jit(f, donate_argnums=0)
+    by_name = nnx.jit(f, donate_argnames="m")
+    plain = nnx.jit(f)
+    m = Counter()
+    donated = _donated_inputs(by_num.lower(m, jnp.ones(3)))
+    assert donated >= 1
+    assert _donated_inputs(plain.lower(m, jnp.ones(3))) == 0
+    assert _donated_inputs(by_name.lower(m, jnp.ones(3))) == donated
+    assert _donated_inputs(by_name.lower(m=m, x=jnp.ones(3))) == donated
+    assert float(by_name(m=m, x=jnp.ones(3))) == 12.0  # w doubled to [2, 4, 6]
+    assert float(by_name(m, jnp.ones(3))) == 24.0
+    np.testing.assert_allclose(m.w[...], [4.0, 8.0, 12.0])

@@ -81,17 +81,18 @@ class MethodWrapper:
         return functools.partial(self, obj)
 
 
-def arg_of_leaves(args: tuple, kwargs: dict) -> list[int]:
-    """For each leaf of `(args, kwargs)` (graph objects as leaves), its argument index
-    (kwargs get -1)."""
-    owners: list[int] = []
+def arg_of_leaves(args: tuple, kwargs: dict) -> list[int | str]:
+    """For each leaf of `(args, kwargs)` (graph objects as leaves), its argument:
+    the position for positional arguments, the name for keyword arguments."""
+    owners: list[int | str] = []
     for i, arg in enumerate(args):
         owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_node))
-    owners += [-1] * len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_node))
+    for name in sorted(kwargs):  # JAX flattens dicts in sorted key order
+        owners += [name] * len(jax.tree_util.tree_leaves(kwargs[name], is_leaf=is_node))
     return owners
 
 
-def leaf_args(entry: Entry, owners: list[int]) -> tuple[list[int], list[int]]:
+def leaf_args(entry: Entry, owners: list) -> tuple[list, list]:
     """Argument index of each state leaf and of each `others` leaf of an Entry."""
     node_owner = [owners[p] for p in entry.static.node_positions]
     state = [node_owner[path[0]] for path in entry.static.paths]

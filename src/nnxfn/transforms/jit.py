@@ -53,6 +53,7 @@ class JitWrapped(MethodWrapper):
         self.donate_argnums = as_tuple(donate_argnums)
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
+        self.donate_argnums += _positions_of(fn, self.donate_argnames)
         self.in_shardings = normalize_shardings(in_shardings)
         self.out_shardings = normalize_shardings(out_shardings)
         self._jit_kwargs = dict(keep_unused=keep_unused, inline=inline)
@@ -100,9 +101,10 @@ class JitWrapped(MethodWrapper):
         state_shardings: tuple = ()
         if self.donate_argnums or self.donate_argnames or self.in_shardings is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
-            owners = [positions[o] if o >= 0 else -1 for o in arg_of_leaves(dyn_args, dyn_kwargs)]
+            owners = [positions[o] if isinstance(o, int) else o
+                      for o in arg_of_leaves(dyn_args, dyn_kwargs)]
             state_owner, other_owner = leaf_args(entry, owners)
-            donate = set(self.donate_argnums)
+            donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
             if self.in_shardings is not None or self.out_shardings is not None:
                 in_spec = resolve_in_shardings(
@@ -136,6 +138,19 @@ class JitWrapped(MethodWrapper):
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
+
+
+def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the named parameters of `fn` (so names also donate positional args)."""
+    if not names:
+        return ()
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(params.index(n) for n in names if n in params)
 
 
 def _interleave(kept: list, donated: list, donated_idx: tuple[int, ...]) -> list:

@@ -68,9 +68,9 @@ def normalize(spec: tp.Any) -> tp.Any:
     return spec
 
 
-def _for_arg(spec: tp.Any, arg: int) -> tp.Any:
-    if isinstance(spec, (tuple, list)):
-        return spec[arg] if 0 <= arg < len(spec) else None
+def _for_arg(spec: tp.Any, arg: int | str) -> tp.Any:
+    if isinstance(spec, (tuple, list)):  # one entry per positional argument
+        return spec[arg] if isinstance(arg, int) and 0 <= arg < len(spec) else None
     return spec
 
 
