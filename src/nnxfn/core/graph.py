@@ -28,7 +28,7 @@ from nnxfn.core.graphdef import (
     VariableDef,
 )
 from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
-from nnxfn.core.state import State, wrap as _wrap_state
+from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
 from nnxfn.core.state import _set_flat
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
@@ -272,20 +272,7 @@ def _path_order(path: Path) -> tuple:
 
 
 # -- split / merge / state ------------------------------------------------------
-def _partition(pairs: list[tuple[Path, Leaf]], filters: tuple, exhaustive: bool) -> tuple[State, ...]:
-    preds = filterlib.check_filters(filters)
-    buckets: list[list] = [[] for _ in preds]
-    unmatched = []
-    for path, leaf in pairs:
-        for i, pred in enumerate(preds):
-            if pred(path, leaf):
-                buckets[i].append((path, leaf))
-                break
-        else:
-            unmatched.append(path)
-    if exhaustive and unmatched:
-        raise ValueError(errors.non_exhaustive_split(unmatched))
-    return tuple(State.from_flat_path(b) for b in buckets)
+_partition = partition_pairs  # (pairs, filters, exhaustive) -> one State per filter
 
 
 def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
@@ -364,19 +351,8 @@ def _partition_fast(
     graphdef: GraphDef, paths: list, leaves: list, filters: tuple, exhaustive: bool
 ) -> tuple[State, ...]:
     """`_partition` of a fast walk; the States remember their leaf positions."""
-    preds = filterlib.check_filters(filters)
-    buckets: list[list] = [[] for _ in preds]
-    unmatched = []
-    for pos, (path, leaf) in enumerate(zip(paths, leaves)):
-        for i, pred in enumerate(preds):
-            if pred(path, leaf):
-                buckets[i].append(pos)
-                break
-        else:
-            unmatched.append(path)
-    if exhaustive and unmatched:
-        raise ValueError(errors.non_exhaustive_split(unmatched))
-    token = [len(preds)]
+    buckets = partition(paths, leaves, filters, exhaustive)
+    token = [len(buckets)]
     states = []
     for i, positions in enumerate(buckets):
         part = [leaves[p] for p in positions]

@@ -237,16 +237,39 @@ def _leaf_repr(v: tp.Any) -> str:
 
 
 # -- free functions -------------------------------------------------------
-def filter_state(state: State, *filters: filterlib.Filter) -> State | tuple[State, ...]:
-    """States holding the leaves matching each filter (non-exhaustive)."""
+def partition(paths: tp.Sequence[Path], leaves: tp.Sequence, filters: tuple,
+              exhaustive: bool) -> list[list[int]]:
+    """Positions of the leaves matching each filter (the first that matches wins).
+    With `exhaustive`, a leaf matching none is an error naming its path."""
     preds = filterlib.check_filters(filters)
-    buckets: list[list] = [[] for _ in preds]
-    for path, leaf in state.flat_state():
+    buckets: list[list[int]] = [[] for _ in preds]
+    unmatched = []
+    for pos, (path, leaf) in enumerate(zip(paths, leaves)):
         for i, pred in enumerate(preds):
             if pred(path, leaf):
-                buckets[i].append((path, leaf))
+                buckets[i].append(pos)
                 break
-    states = tuple(State.from_flat_path(b) for b in buckets)
+        else:
+            unmatched.append(path)
+    if exhaustive and unmatched:
+        raise ValueError(errors.non_exhaustive_split(unmatched))
+    return buckets
+
+
+def partition_pairs(pairs: tp.Sequence[tuple[Path, tp.Any]], filters: tuple,
+                    exhaustive: bool) -> tuple[State, ...]:
+    """One State per filter from (path, leaf) pairs; see `partition`."""
+    paths = [p for p, _ in pairs]
+    leaves = [leaf for _, leaf in pairs]
+    return tuple(
+        State.from_flat_path([pairs[i] for i in bucket])
+        for bucket in partition(paths, leaves, filters, exhaustive)
+    )
+
+
+def filter_state(state: State, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+    """States holding the leaves matching each filter (non-exhaustive)."""
+    states = partition_pairs(state.flat_state(), filters, exhaustive=False)
     return states[0] if len(states) == 1 else states
 
 
@@ -254,19 +277,7 @@ def split_state(state: State, *filters: filterlib.Filter) -> State | tuple[State
     """Partition the leaves among the filters; every leaf must match one."""
     if not filters:
         return state
-    preds = filterlib.check_filters(filters)
-    buckets: list[list] = [[] for _ in preds]
-    unmatched = []
-    for path, leaf in state.flat_state():
-        for i, pred in enumerate(preds):
-            if pred(path, leaf):
-                buckets[i].append((path, leaf))
-                break
-        else:
-            unmatched.append(path)
-    if unmatched:
-        raise ValueError(errors.non_exhaustive_split(unmatched))
-    states = tuple(State.from_flat_path(b) for b in buckets)
+    states = partition_pairs(state.flat_state(), filters, exhaustive=True)
     return states[0] if len(states) == 1 else states
 
 
