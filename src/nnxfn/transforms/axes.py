@@ -9,26 +9,23 @@ from jax.api_util import flatten_axes
 
 from nnxfn import core
 from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
+from nnxfn.transforms.common import FilterMap
 
 
-class StateAxes:
+class StateAxes(FilterMap):
     """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`."""
 
-    def __init__(self, mapping: tp.Mapping[tp.Any, tp.Any]):
-        self.mapping = tuple(mapping.items())
-        self._preds = tuple((core.to_predicate(f), a) for f, a in self.mapping)
-
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
-        for pred, axis in self._preds:
-            if pred(path, leaf):
-                return axis
-        raise ValueError(
-            f"StateAxes{dict(self.mapping)!r}: no filter matches the leaf at "
-            f"{core.errors.path_str(path)}. Add `...: None` (or an axis) as the last entry."
-        )
+        axis = self.lookup(path, leaf, default=_UNMATCHED)
+        if axis is _UNMATCHED:
+            raise ValueError(
+                f"StateAxes{dict(self.mapping)!r}: no filter matches the leaf at "
+                f"{core.errors.path_str(path)}. Add `...: None` (or an axis) as the last entry."
+            )
+        return axis
 
-    def __repr__(self) -> str:
-        return f"StateAxes({dict(self.mapping)!r})"
+
+_UNMATCHED = object()
 
 
 def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:

@@ -70,6 +70,26 @@ def body_fn(fn: tp.Callable, static: EntryStatic, name: str, cell: dict) -> tp.C
     return body
 
 
+class FilterMap:
+    """An ordered `{filter: value}` mapping looked up by `(path, leaf)`; the first
+    matching filter wins. `StateAxes` and `StateSharding` are FilterMaps."""
+
+    def __init__(self, mapping: tp.Mapping[tp.Any, tp.Any]):
+        from nnxfn import core
+
+        self.mapping = tuple(mapping.items())
+        self._preds = tuple((core.to_predicate(f), v) for f, v in self.mapping)
+
+    def lookup(self, path: tuple, leaf: tp.Any, default: tp.Any = None) -> tp.Any:
+        for pred, value in self._preds:
+            if pred(path, leaf):
+                return value
+        return default
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.mapping)!r})"
+
+
 class MethodWrapper:
     """Base for transformed callables: binds like a function when used as a method."""
 

@@ -20,20 +20,14 @@ from jax.sharding import PartitionSpec, Sharding
 from nnxfn import core
 from nnxfn.facade import spmd
 from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
+from nnxfn.transforms.common import FilterMap
 
 
-class StateSharding:
+class StateSharding(FilterMap):
     """Per-filter shardings for a module argument: `StateSharding({nnx.Param: s, ...: None})`."""
 
-    def __init__(self, mapping: tp.Mapping[tp.Any, tp.Any]):
-        self.mapping = tuple(mapping.items())
-        self._preds = tuple((core.to_predicate(f), s) for f, s in self.mapping)
-
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
-        for pred, sharding in self._preds:
-            if pred(path, leaf):
-                return sharding
-        return None
+        return self.lookup(path, leaf)
 
 
 class PathSharding(StateSharding):
