@@ -114,6 +114,10 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+# -- silent --
+from nnxfn.core import PathRegex as PathRegex
+from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
