@@ -117,6 +117,10 @@ from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
 # -- silent --
 from nnxfn.core import PathRegex as PathRegex
 from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+from nnxfn.transforms.retrace import (
+    RetraceWarning as RetraceWarning,
+    set_retrace_warnings as set_retrace_warnings,
+)
 
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
