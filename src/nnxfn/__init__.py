@@ -121,6 +121,7 @@ from nnxfn.transforms.retrace import (
     RetraceWarning as RetraceWarning,
     set_retrace_warnings as set_retrace_warnings,
 )
+from nnxfn.training import checkpoint_steps as checkpoint_steps
 
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 

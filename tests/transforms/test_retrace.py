@@ -103,3 +103,13 @@ def test_switch_turns_explanations_off():
     finally:
         nnx.set_retrace_warnings(True)
     assert retrace.retrace_warnings_enabled()
+
+
+def test_explicitly_static_attribute_is_named():
+    import optax
+
+    step = nnx.jit(lambda opt, x: x * 2)
+    model = Model()
+    step(nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), jnp.ones(2))
+    with pytest.warns(nnx.RetraceWarning, match=r"opt\.tx: static GradientTransformation.*\(another object"):
+        step(nnx.Optimizer(model, optax.sgd(0.2), wrt=nnx.Param), jnp.ones(2))

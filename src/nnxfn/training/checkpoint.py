@@ -120,6 +120,13 @@ def restore_checkpoint(directory: tp.Any, *targets: tp.Any, step: int | None = N
         manager.close()
 
 
+def checkpoint_steps(directory: tp.Any) -> list[int]:
+    """The committed steps in `directory` (a path or an orbax `CheckpointManager`), sorted."""
+    if _is_manager(directory):
+        return sorted(directory.all_steps())
+    return sorted(_step_dirs(Path(directory).absolute()))
+
+
 # -- orbax ------------------------------------------------------------------------------------
 def _is_manager(x: tp.Any) -> bool:
     return hasattr(x, "all_steps") and hasattr(x, "save") and hasattr(x, "restore")

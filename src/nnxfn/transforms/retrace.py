@@ -118,6 +118,10 @@ def _structure(defn: tp.Any, prefix: str, out: dict[str, tuple[str, str]]) -> No
     kind = type(defn).__name__
     if kind == "NodeDef":
         out.setdefault(prefix, ("", defn.type.__name__))
+        statics = defn.static if isinstance(defn.static, tuple) else ()
+        for item in statics:  # attributes marked static (e.g. an optimizer's `tx`)
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                out[prefix + _key_text(item[0])] = (f"static {item[1]!r}", "")
     elif kind == "StaticDef":
         out[prefix] = (f"static {defn.value!r}", "")
     elif kind == "VariableDef":
@@ -167,6 +171,10 @@ def _arg_names_positional(fn: tp.Callable) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def _short(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def differences(before: dict, after: dict) -> list[str]:
     """`name: old -> new` lines, in the order of the new trace's inputs."""
     lines = []
@@ -181,7 +189,10 @@ def differences(before: dict, after: dict) -> list[str]:
         elif new is None:
             lines.append(f"{name}: {old[0] or old[1]} -> (absent)")
         elif old[0] != new[0]:
-            lines.append(f"{name}: {old[0]} -> {new[0]}")
+            a, b = _short(old[0]), _short(new[0])
+            if a == b:
+                b += " (another object with the same start)"
+            lines.append(f"{name}: {a} -> {b}")
         else:
             lines.append(f"{name}: {old[1]} -> {new[1]}")
     if not lines and before.get("<structure>") != after.get("<structure>"):
