@@ -59,3 +59,12 @@ def test_type_filters_and_matching_filters_stay_silent():
         nnx.state(model, nnx.PathContains("kernel"))
         nnx.split(model, nnx.Param, ...)
         nnx.state(nnx.Module(), "anything")  # nothing to select from
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from nnxfn.core import unmatched
+
+    result = doctest.testmod(unmatched)
+    assert result.failed == 0 and result.attempted > 0

@@ -176,10 +176,11 @@ def test_display_prints_repr_outside_notebooks(capsys):
 def test_docstring_examples_run():
     import doctest
 
-    from nnxfn.nn import summary as module
+    from nnxfn.nn import summary as module, summary_table
 
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
+    for mod in (module, summary_table):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0
 
 
 class Stacked(Module):

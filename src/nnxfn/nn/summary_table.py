@@ -5,8 +5,22 @@ A cell is a list of lines; a line is a list of `(text, style)` segments
 written in a short YAML-like layout: `- item` for sequences, `key: value`
 for mappings, `float32[2,3]` for arrays.
 
->>> render_plain("T", ["a", "b"], [[[[("x", None)]], [[("1", "bold")]]]], ["", "2"], "total")
-'  T\\n+---+---+\\n| a | b |\\n+===+===+\\n| x | 1 |\\n+---+---+\\n|   | 2 |\\n+---+---+\\n  total'
+>>> print(text(value_lines({"x": [1, (2, 3)], "y": {}})))
+x:
+- 1
+- - 2
+  - 3
+y: {}
+>>> print(render_plain("T", ["a", "b"], [[[[("x", None)]], [[("1", "bold")]]]], ["", "2"], "sum"))
+    T
++---+---+
+| a | b |
++===+===+
+| x | 1 |
++---+---+
+|   | 2 |
++---+---+
+   sum
 """
 
 from __future__ import annotations
