@@ -139,6 +139,13 @@ def test_public_methods_are_rows_with_their_name_in_the_path():
     table = tab(Holder(), jnp.ones((1, 2)), method="apply")
     assert "float32[1,3]" in table
 
+    class Private(Holder):
+        def _forward(self, x):
+            return self.lin(x) * 2
+
+    rows = [r for r in _rows(tab(Private(), jnp.ones((1, 2)), method="_forward"))[1:] if r[1]]
+    assert [(r[0], r[3]) for r in rows[:2]] == [("_forward", "float32[1,3]"), ("lin", "float32[1,3]")]
+
 
 def test_compute_flops():
     model = Linear(16, 8, rngs=Rngs(0))

@@ -219,6 +219,7 @@ def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, tp.
                 return recorder.call(self, _name, _fn, args, kwargs)
 
             wrapper.__name__ = name
+            wrapper._nnxfn_tabulate = True  # type: ignore[attr-defined]
             undo.append((cls, name, cls.__dict__.get(name, None)))
             type.__setattr__(cls, name, wrapper)
     return undo
@@ -326,8 +327,12 @@ def tabulate(
     recorder = _Recorder(stats, node_types, compute_flops, compute_vjp_flops)
     undo = _patch(classes, recorder)
     try:
-        bound = getattr(type(clone), method)
-        bound(clone, *input_args, **input_kwargs)
+        fn = inspect.getattr_static(clone, method, None)
+        if getattr(fn, "_nnxfn_tabulate", False):
+            fn(clone, *input_args, **input_kwargs)
+        else:  # a private method, or a callable attribute: record the root call itself
+            recorder.call(clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k),
+                          input_args, input_kwargs)
     finally:
         _unpatch(undo)
 
