@@ -134,11 +134,9 @@ def flatten(
             ref_index[obj] = i
     else:
         graphdef, pairs = _reindex(graphdef, pairs, objects, ref_index, ref_outer_index)
-    if not with_paths:
+    if not with_paths:  # the leaves in GraphDef order
         return graphdef, [leaf for _, leaf in pairs]
-    return graphdef, FlatState.from_sorted_keys_values(
-        tuple(p for p, _ in pairs), [leaf for _, leaf in pairs]
-    )
+    return graphdef, FlatState(pairs, sort=True)
 
 
 def _reindex(graphdef: GraphDef, pairs: list, objects: list, ref_index: RefMap,

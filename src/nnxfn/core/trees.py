@@ -12,6 +12,7 @@ import typing as tp
 import jax
 
 from nnxfn.core import filters as filterlib, graph as _graph
+from nnxfn.core import api
 from nnxfn.core.api import is_graph_node
 from nnxfn.core.contexts import SplitContext, MergeContext, merge_context, split_context
 from nnxfn.core.graphdef import GraphDef
@@ -233,17 +234,9 @@ def prefix(node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None,
            graph_updates: bool | None = None) -> tp.Any:
     """A tree shaped like `node` whose leaves (Variables, arrays) are replaced by
     `filter_map(path, leaf)`, or by the value of the first matching filter of a
-    `{filter: value}` mapping: an axes prefix for `jax.vmap` and friends."""
-    fn = _prefix_fn(filter_map)
-
-    def one(path: Path, leaf: tp.Any) -> tp.Any:
-        return fn(path, leaf)
-
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: one(tuple(_graph._key_of(k) for k in kp), leaf),
-        node,
-        is_leaf=lambda x: isinstance(x, VariableLike),
-    )
+    `{filter: value}` mapping (Variables keep their type and hold the prefix):
+    an axes prefix for `jax.vmap` and friends."""
+    return api.map(_prefix_fn(filter_map), node)
 
 
 __all__ = [
