@@ -278,3 +278,16 @@ def test_graphdef_is_a_static_pytree_and_subscriptable():
     assert nnx.GraphDef[Linear] is nnx.GraphDef
     assert type(graphdef.nodes[0]).__name__ == "NodeDef"
     assert [type(n).__name__ for n in graphdef.nodes[1:]] == ["VariableDef", "VariableDef"]
+
+
+def test_update_and_merge_with_a_tuple_root_of_model_and_optimizer():
+    import optax
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    state = nnx.state((model, opt))
+    assert set(state) == {0, 1}
+    nnx.update((model, opt), jax.tree.map(lambda x: x * 0, state))
+    np.testing.assert_array_equal(model.kernel[...], jnp.zeros((2, 3)))
+    m2, o2 = nnx.merge(*nnx.split((model, opt)))
+    assert isinstance(m2, nnx.Linear) and isinstance(o2, nnx.Optimizer)
