@@ -25,6 +25,7 @@ from nnxfn.core.api import (
     pop as pop,
     pure as pure,
     recursive_map as recursive_map,
+    set_metadata as set_metadata,
     split as split,
     state as state,
     unpack as unpack,

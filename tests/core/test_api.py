@@ -291,3 +291,13 @@ def test_update_and_merge_with_a_tuple_root_of_model_and_optimizer():
     np.testing.assert_array_equal(model.kernel[...], jnp.zeros((2, 3)))
     m2, o2 = nnx.merge(*nnx.split((model, opt)))
     assert isinstance(m2, nnx.Linear) and isinstance(o2, nnx.Optimizer)
+
+
+def test_set_metadata_on_matching_variables_in_place():
+    m = Net()
+    nnx.set_metadata(m, only=nnx.Param, differentiable=False)
+    assert m.scale.get_metadata("differentiable") is False
+    assert m.linear.kernel.get_metadata("differentiable") is False
+    assert m.counter.count.get_metadata("differentiable") is None
+    nnx.set_metadata(m, tag="all")
+    assert m.counter.count.get_metadata("tag") == "all"

@@ -320,6 +320,21 @@ def _unbox_variables(root: tp.Any) -> None:
                 impl.set_child(parent, path[-1], value.raw_value)
 
 
+def set_metadata(node: tp.Any, /, *, only: filterlib.Filter = VariableLike,
+                 **metadata: tp.Any) -> None:
+    """Set `metadata` on every Variable of `node` matching `only`, in place."""
+    pred = filterlib.to_predicate(only)
+    for path, value in list(_graph.iter_graph(node)):
+        if isinstance(value, VariableLike) and pred(path, value):
+            setter = getattr(value, "set_metadata", None)
+            if setter is not None:
+                setter(**metadata)
+            else:
+                items = dict(value.metadata_items())
+                items.update(metadata)
+                value.set_metadata_items(tuple(sorted(items.items())))
+
+
 def as_pure(tree: tp.Any) -> tp.Any:
     """`tree` with every Variable replaced by its raw value."""
     return jax.tree.map(
