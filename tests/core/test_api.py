@@ -301,3 +301,20 @@ def test_set_metadata_on_matching_variables_in_place():
     assert m.counter.count.get_metadata("differentiable") is None
     nnx.set_metadata(m, tag="all")
     assert m.counter.count.get_metadata("tag") == "all"
+
+
+def test_map_gets_live_variables_and_keeps_returned_ones():
+    m = Linear(2, 3)
+    kernel = m.kernel
+
+    def bump(path, v):
+        v[...] += 1.0  # writes into `m`, as in Flax
+        return v
+
+    before = m.bias[...]
+    same = nnx.map(bump, m)
+    np.testing.assert_array_equal(m.bias[...], before + 1.0)
+    assert same is not m and same.kernel is kernel  # the returned Variable is placed as is
+    retyped = nnx.map(lambda p, v: nnx.Variable(jnp.zeros_like(v[...])), m)
+    assert type(retyped.kernel) is nnx.Variable and type(m.kernel) is nnx.Param
+    np.testing.assert_array_equal(retyped.bias[...], jnp.zeros(3))

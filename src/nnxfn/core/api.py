@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import errors, filters as filterlib, graph as _graph
-from nnxfn.core.flatstate import FlatState, as_state, map_state
+from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.registry import lookup
 from nnxfn.core.state import State
@@ -300,24 +300,52 @@ def iter_module_children(node: tp.Any, /, *, graph: bool | None = None,
 def map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,  # noqa: A001
         graph: bool | None = None, graph_updates: bool | None = None,
         recreate_variables: bool = True) -> tp.Any:
-    """A new graph like `node` whose leaves are `f(path, leaf)` (leaves are
-    Variables or arrays); `node` itself is unchanged."""
-    gd, st = split(node)
-    st = map_state(f, st) if isinstance(st, State) else f((), st)
-    out = merge(gd, st)
-    if not recreate_variables:
-        _unbox_variables(out)
+    """A new graph like `node` whose leaves are `f(path, leaf)`.
+
+    `f` receives the live leaves (Variables or arrays), as in Flax: writing
+    into a Variable inside `f` writes into `node`. A Variable that `f` returns
+    is placed in the new graph as it is (any Variable type); a raw value is
+    boxed in a new Variable of the original type, or placed raw with
+    `recreate_variables=False`.
+    """
+    gd, pairs = _graph.flatten(node, copy=False)
+    if pairs and pairs[0][0] == ():
+        return f((), pairs[0][1])  # a leaf root: the result is the new node
+    leaves: dict[Path, tp.Any] = {}
+    patches: list[tuple[Path, tp.Any]] = []
+    for path, old in pairs:
+        new = f(path, old)
+        if not isinstance(old, VariableLike):
+            leaves[path] = new
+        elif isinstance(new, VariableLike):
+            leaves[path] = new
+            if not isinstance(new, type(old)):  # a different Variable type: placed after
+                leaves[path] = type(old).from_parts(new.raw_value, old.metadata_items())
+                patches.append((path, new))
+        elif recreate_variables:
+            leaves[path] = type(old).from_parts(new, old.metadata_items())
+        else:
+            leaves[path] = type(old).from_parts(new, old.metadata_items())
+            patches.append((path, new))
+    out = _graph.unflatten(gd, leaves, copy=False)
+    for path, value in patches:
+        _set_at(out, path, value)
     return out
 
 
-def _unbox_variables(root: tp.Any) -> None:
-    """Replace every Variable held by a graph node of `root` by its raw value."""
-    for path, value in list(_graph.iter_graph(root)):
-        if path and isinstance(value, VariableLike):
-            parent = _graph._get_path(root, path[:-1])
-            impl = lookup(type(parent))
-            if impl is not None:
-                impl.set_child(parent, path[-1], value.raw_value)
+def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
+    parent = _graph._get_path(root, path[:-1])
+    impl = lookup(type(parent))
+    if impl is not None:
+        impl.set_child(parent, path[-1], value)
+    elif type(parent) in (list, dict):
+        parent[path[-1]] = value
+    else:
+        raise ValueError(
+            f"map: cannot place the new value at {errors.path_str(path)}: its parent is a "
+            f"{type(parent).__name__}, which cannot change in place. Return a Variable of "
+            "the same type there, or keep recreate_variables=True."
+        )
 
 
 def set_metadata(node: tp.Any, /, *, only: filterlib.Filter = VariableLike,
@@ -363,7 +391,7 @@ class GraphState(tp.MutableMapping):
         object.__setattr__(self, "_state", state)
 
     def __getattr__(self, name: str) -> tp.Any:
-        if name.startswith("__"):
+        if name.startswith("__") or name in ("_graphdef", "_state"):
             raise AttributeError(name)
         return getattr(self._state, name)
 
