@@ -74,17 +74,29 @@ def test_prefix_with_filter_mapping_and_callable():
             self.w = nnx.Param(jnp.ones((4, 2)))
 
     model = Model()
-    result = nnx.prefix(model, {nnx.Param: 0, nnx.BatchStat: None})
+    result = nnx.prefix(model, {nnx.Param: 0, nnx.BatchStat: None}, graph=False)
     # a tree shaped like the model (Variables hold the prefix values), as jax.vmap wants
     assert result.w[...] == 0 and result.linear.a[...] == 0 and result.linear.b[...] is None
-    result = nnx.prefix(model, lambda path, leaf: "/".join(map(str, path)))
+    result = nnx.prefix(model, lambda path, leaf: "/".join(map(str, path)), graph=False)
     assert result.linear.b[...] == "linear/b" and result.w[...] == "w"
     with pytest.raises(ValueError, match="No filter matched"):
         nnx.prefix(model, {nnx.BatchStat: 0})
 
 
+def test_prefix_graph_form_is_a_tree_state_per_node():
+    model = Foo(jnp.ones(2), jnp.zeros(2))
+    result = nnx.prefix(model, {nnx.Param: "params", nnx.BatchStat: "stats"})
+    assert isinstance(result, nnx.extract.TreeState)
+    assert result.graphdef == nnx.graphdef(model)
+    assert result.state["a"] == "params" and result.state["b"] == "stats"
+    first, second = nnx.prefix((model, model), lambda path, leaf: path)
+    assert first.state["a"] == (0, "a")  # paths start at the outer tree
+    assert len(second.state) == 0 and isinstance(second.graphdef.nodes[0], nnx.graphlib.NodeRef)
+    assert nnx.prefix(nnx.Param(jnp.ones(1)), {nnx.Param: 0}).state == 0
+
+
 def test_prefix_as_jax_vmap_in_axes():
     model = Foo(jnp.ones((4, 2)), jnp.zeros(()))
-    axes = nnx.prefix(model, {nnx.Param: 0, ...: None})
+    axes = nnx.prefix(model, {nnx.Param: 0, ...: None}, graph=False)
     y = jax.vmap(lambda m, x: x @ m.a[...] + m.b[...], in_axes=(axes, None))(model, jnp.ones(2))
     assert y.shape == (4,) and jnp.allclose(y, 2.0)

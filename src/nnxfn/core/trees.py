@@ -14,8 +14,17 @@ import jax
 from nnxfn.core import filters as filterlib, graph as _graph
 from nnxfn.core import api
 from nnxfn.core.api import is_graph_node
-from nnxfn.core.contexts import SplitContext, MergeContext, merge_context, split_context
+from nnxfn.core.contexts import (
+    MergeContext,
+    RefMap,
+    SplitContext,
+    flatten,
+    merge_context,
+    split_context,
+)
 from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.pytrees import jax_to_nnx_path
+from nnxfn.core.state import State
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
@@ -232,11 +241,32 @@ def _prefix_fn(filter_map: tp.Any) -> tp.Callable[[Path, tp.Any], tp.Any]:
 
 def prefix(node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None,
            graph_updates: bool | None = None) -> tp.Any:
-    """A tree shaped like `node` whose leaves (Variables, arrays) are replaced by
+    """Axes prefixes for `node`: every leaf (Variable, array) replaced by
     `filter_map(path, leaf)`, or by the value of the first matching filter of a
-    `{filter: value}` mapping (Variables keep their type and hold the prefix):
-    an axes prefix for `jax.vmap` and friends."""
-    return api.map(_prefix_fn(filter_map), node)
+    `{filter: value}` mapping.
+
+    As in Flax, the result is shaped for the transform that takes it: by
+    default each graph node becomes a `TreeState` (its GraphDef and a
+    State-shaped tree of prefixes; a node met twice is a reference with an
+    empty state); with `graph=False` it is a copy of `node` whose Variables
+    hold the prefixes, which `jax.vmap` also accepts. `nnx.vmap` and friends
+    take either form.
+    """
+    fn = _prefix_fn(filter_map)
+    if graph is False:
+        return api.map(fn, node)
+    ref_index = RefMap()
+
+    def one(keypath: tuple, x: tp.Any) -> tp.Any:
+        base = jax_to_nnx_path(keypath)
+        if not _is_node(x):
+            return fn(base, x)
+        graphdef, flat = flatten(x, ref_index=ref_index, copy=False)
+        if len(flat) == 1 and flat.paths[0] == ():
+            return TreeState(graphdef, fn(base, flat.leaves[0]))
+        return TreeState(graphdef, State.from_flat_path([(p, fn(base + p, v)) for p, v in flat]))
+
+    return jax.tree_util.tree_map_with_path(one, node, is_leaf=_is_node)
 
 
 __all__ = [

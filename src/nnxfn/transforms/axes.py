@@ -8,6 +8,7 @@ import jax
 from jax.api_util import flatten_axes
 
 from nnxfn import core
+from nnxfn.core.trees import TreeState
 from nnxfn.transforms.boundary import Entry, ExitStatic, is_node, raw
 from nnxfn.transforms.common import FilterMap
 
@@ -33,7 +34,12 @@ class NodePrefix:
     returns): each leaf's axis is the value at the same path."""
 
     def __init__(self, node: tp.Any):
-        self.axes = {path: raw(leaf) for path, leaf in core.flatten(node)[1]}
+        if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
+            state = node.state
+            pairs = state.flat_state() if isinstance(state, core.State) else [((), state)]
+        else:
+            pairs = core.flatten(node)[1]
+        self.axes = {path: raw(leaf) for path, leaf in pairs}
 
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
         try:
@@ -47,7 +53,10 @@ class NodePrefix:
 
 def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
     """`specs` with every graph object in it (a node-shaped prefix) made a `NodePrefix`."""
-    return jax.tree.map(lambda s: NodePrefix(s) if is_node(s) else s, specs, is_leaf=is_node)
+    def is_prefix(s: tp.Any) -> bool:
+        return is_node(s) or isinstance(s, TreeState)
+
+    return jax.tree.map(lambda s: NodePrefix(s) if is_prefix(s) else s, specs, is_leaf=is_prefix)
 
 
 def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
