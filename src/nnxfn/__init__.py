@@ -122,6 +122,67 @@ from nnxfn.transforms.retrace import (
     set_retrace_warnings as set_retrace_warnings,
 )
 from nnxfn.training import checkpoint_steps as checkpoint_steps
+# -- graphapi --
+# The graph/state API with Flax's signatures (they accept `graph=`/`graph_updates=`,
+# leaf roots, GraphState, FlatState, pure dicts); these names replace the plain
+# core functions imported above.
+from nnxfn.core.api import (  # noqa: E402
+    GraphState as GraphState,
+    PureState as PureState,
+    as_pure as as_pure,
+    clone as clone,
+    find_duplicates as find_duplicates,
+    graphdef as graphdef,
+    iter_children as iter_children,
+    iter_graph as iter_graph,
+    iter_module_children as iter_module_children,
+    map as map,
+    merge as merge,
+    pop as pop,
+    pure as pure,
+    recursive_map as recursive_map,
+    set_metadata as set_metadata,
+    split as split,
+    state as state,
+    unpack as unpack,
+)
+from nnxfn.core.api import state as variables  # noqa: E402
+from nnxfn.core.calls import call as call  # noqa: E402
+from nnxfn.core.contexts import (  # noqa: E402
+    MergeContext as MergeContext,
+    SplitContext as SplitContext,
+    UpdateContext as UpdateContext,
+    current_update_context as current_update_context,
+    flatten as flatten,
+    merge_context as merge_context,
+    split_context as split_context,
+    unflatten as unflatten,
+    update_context as update_context,
+)
+from nnxfn.core.flatstate import (  # noqa: E402
+    FlatState as FlatState,
+    from_flat_state as from_flat_state,
+    map_state as map_state,
+    replace_by_pure_dict as replace_by_pure_dict,
+    restore_int_paths as restore_int_paths,
+    to_flat_state as to_flat_state,
+    to_pure_dict as to_pure_dict,
+)
+from nnxfn.core.trees import (  # noqa: E402
+    NodeStates as NodeStates,
+    from_tree as from_tree,
+    prefix as prefix,
+    to_tree as to_tree,
+)
+from nnxfn import (  # noqa: E402
+    extract as extract,
+    filterlib as filterlib,
+    graph as graph,
+    graphlib as graphlib,
+    ids as ids,
+    statelib as statelib,
+    traversals as traversals,
+)
 
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 

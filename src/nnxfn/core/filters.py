@@ -44,12 +44,17 @@ class WithTag:
 
 @dataclasses.dataclass(frozen=True)
 class PathContains:
-    """Matches values whose path contains `key`."""
+    """Matches values whose path contains `key`; with `exact=False`, whose path
+    has a part containing `str(key)` (`PathContains('backbone', exact=False)`)."""
 
     key: tp.Any
+    exact: bool = True
 
     def __call__(self, path: tuple, value: tp.Any) -> bool:
-        return self.key in path
+        if self.exact:
+            return self.key in path
+        key = str(self.key)
+        return any(key in str(part) for part in path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,3 +176,8 @@ def check_filters(filters: tuple[Filter, ...]) -> tuple[Predicate, ...]:
         if f is Ellipsis:
             raise ValueError(errors.ellipsis_not_last(i + 1, len(filters)))
     return tuple(to_predicate(f) for f in filters)
+
+
+def filters_to_predicates(filters: tp.Sequence[Filter]) -> tuple[Predicate, ...]:
+    """`to_predicate` of each filter; `...` may only be last."""
+    return check_filters(tuple(filters))

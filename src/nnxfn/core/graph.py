@@ -499,12 +499,23 @@ def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
         for path, _ in s.flat_state():
             parent = _get_path(node, path[:-1])
             impl = lookup(type(parent))
+            if impl is None and type(parent) in (dict, list):
+                impl = _IN_PLACE  # plain dicts and lists lose the entry in place
             if impl is None:
                 raise ValueError(errors.cannot_pop(path))
             targets.append((path, parent, impl))
     for path, parent, impl in sorted(targets, key=lambda t: _path_order(t[0]), reverse=True):
         impl.del_child(parent, path[-1])
     return states[0] if len(states) == 1 else states
+
+
+class _InPlace:
+    @staticmethod
+    def del_child(container: tp.Any, key: tp.Any) -> None:
+        del container[key]
+
+
+_IN_PLACE = _InPlace()
 
 
 def _get_path(node: tp.Any, path: Path) -> tp.Any:

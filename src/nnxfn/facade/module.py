@@ -371,7 +371,8 @@ class Module(Object):
         )
 
 
-def iter_modules(node: tp.Any) -> tp.Iterator[tuple[tuple, Module]]:
+def iter_modules(node: tp.Any, /, *, graph: bool | None = None,
+                 graph_updates: bool | None = None) -> tp.Iterator[tuple[tuple, Module]]:
     """(path, module) for every Module in the graph, children first."""
     for path, value in core.iter_graph(node):
         if isinstance(value, Module):
