@@ -117,3 +117,11 @@ from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
+
+# -- layers --
+from nnxfn import rnglib as rnglib  # noqa: E402
+from nnxfn.transforms.rngs import (  # noqa: E402
+    restore_rngs as restore_rngs,
+    with_rngs as with_rngs,
+)
+from nnxfn.nn.initializers import Initializer as Initializer  # noqa: E402

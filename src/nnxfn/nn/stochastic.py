@@ -23,7 +23,8 @@ RngLike = tp.Union[Rngs, RngStream, jax.Array]
 
 def _no_rngs() -> ValueError:
     return ValueError(
-        "Dropout: deterministic is False but no rngs are available. Give them at "
+        "Dropout: `deterministic` is False, but no `rngs` argument was provided to Dropout "
+        "(nor at construction). Give them at "
         "construction, `nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))`, or at the call, "
         "`dropout(x, rngs=rngs)`; or call with `deterministic=True` / use `model.eval()`."
     )
