@@ -413,3 +413,19 @@ def test_rngs_getitem_missing_is_key_error():
         rngs["x"]
     with pytest.raises(AttributeError):
         rngs.__json__
+
+
+def test_with_rngs_and_split_rngs_reach_streams_inside_any_pytree():
+    import collections
+
+    Pair = collections.namedtuple("Pair", "rngs n")
+    shared = nnx.Rngs(0)
+    tree = (Pair(shared, 1), {"x": [shared]}, nnx.RngStream(3, tag="z"))
+    new = nnx.with_rngs(tree, split=2)
+    assert type(new[0]) is Pair and new[0].n == 1
+    assert new[0].rngs is new[1]["x"][0] and new[0].rngs is not shared
+    assert new[0].rngs.default.key.shape == (2,) and new[2].key.shape == (2,)
+    assert shared.default.key.shape == () and int(shared.default.count[...]) == 1
+    with nnx.split_rngs(tree, splits=3):
+        assert shared.default.key.shape == (3,) and tree[2].key.shape == (3,)
+    assert shared.default.key.shape == () and int(shared.default.count[...]) == 2

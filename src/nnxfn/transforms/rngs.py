@@ -93,19 +93,18 @@ def _copy_mode(graph: bool | None, graph_updates: bool | None) -> bool:
 
 
 def _map_streams(node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream], RngStream | None]) -> tp.Any:
-    """A copy of `node` in which each stream selected by `only` is replaced by
-    `make(path, original_stream)` (None keeps it). `make` sees the original, so
-    drawing from it advances the caller's stream, as in Flax."""
-    replace: dict[tuple, RngStream] = {}
-    for path, stream in _streams(node, only):
-        new = make(path, stream)
-        if new is not None:
-            replace[path] = new
-
-    def swap(path: tuple, value: tp.Any) -> tp.Any:
-        return replace.get(tuple(path), value) if isinstance(value, RngStream) else value
-
-    return core.recursive_map(swap, node)
+    """A copy of `node` in which each stream selected by `only` takes the key and
+    count of `make(path, original_stream)` (None keeps it as is). `make` sees the
+    original, so drawing from it advances the caller's stream, as in Flax."""
+    new = {id(stream): make(path, stream) for path, stream in _streams(node, only)}
+    copy = core.clone(node)  # same structure and sharing: its streams pair up in order
+    originals = [v for _, v in core.iter_graph(node) if isinstance(v, RngStream)]
+    copies = [v for _, v in core.iter_graph(copy) if isinstance(v, RngStream)]
+    for original, stream in zip(originals, copies):
+        made = new.get(id(original))
+        if made is not None:
+            stream.key, stream.count = made.key, made.count
+    return copy
 
 
 def split_rngs(node: tp.Any = _MISSING, /, *, splits: Shape, only: tp.Any = ..., squeeze: bool = False,
