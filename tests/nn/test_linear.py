@@ -262,6 +262,11 @@ def test_prelu():
     assert half.negative_slope.dtype == jnp.bfloat16
     assert half(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert PReLU(dtype=jnp.float16)(x).dtype == jnp.float16
+    # without dtype the float32 slope takes the inputs' dtype (as Flax and Linen)
+    x16 = jnp.linspace(-10, 10, 20, dtype=jnp.float16)
+    y = PReLU(0.02)(x16)
+    assert y.dtype == jnp.float16
+    np.testing.assert_array_equal(y, jnp.where(x16 >= 0, x16, jnp.float16(0.02) * x16))
 
 
 def test_docstring_examples():

@@ -439,5 +439,9 @@ class PReLU(Module):
         self.promote_dtype = promote_dtype
 
     def __call__(self, inputs: Array) -> Array:
-        x, slope = self.promote_dtype((jnp.asarray(inputs), self.negative_slope[...]), dtype=self.dtype)
+        x, slope = jnp.asarray(inputs), self.negative_slope[...]
+        if self.dtype is not None:
+            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
+        else:  # as Flax (and Linen): the slope takes the inputs' dtype
+            slope = jnp.asarray(slope, x.dtype)
         return jnp.where(x >= 0, x, slope * x)
