@@ -429,3 +429,15 @@ def test_with_rngs_and_split_rngs_reach_streams_inside_any_pytree():
     with nnx.split_rngs(tree, splits=3):
         assert shared.default.key.shape == (3,) and tree[2].key.shape == (3,)
     assert shared.default.key.shape == () and int(shared.default.count[...]) == 2
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from nnxfn.facade import rngs as facade_rngs
+    from nnxfn.transforms import rngs as transform_rngs
+
+    for module in (facade_rngs, transform_rngs):
+        result = doctest.testmod(module, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp},
+                                 optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -379,3 +379,11 @@ def test_use_eager_sharding_on_one_device():
     assert placed[...].sharding.spec == P(None, "model")
     assert nnx.spmd.get_var_pspec(lazy) == P(None, "model")
     assert nnx.spmd.PARTITION_NAME == nnx.PARTITION_NAME
+
+
+def test_transforms_spmd_docstring_examples_run():
+    from nnxfn.transforms import spmd as transforms_spmd
+
+    result = doctest.testmod(transforms_spmd, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
