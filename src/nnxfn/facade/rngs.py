@@ -96,14 +96,14 @@ def _sampler(name: str) -> tp.Callable:
 
 
 def _initializer(name: str) -> tp.Callable:
-    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> KeylessInitializer:
-        from nnxfn.nn import initializers  # nn sits above facade: import on use
+    builder = getattr(jax.nn.initializers, name)  # the numbers of `nnx.initializers`
 
-        return KeylessInitializer(self, getattr(initializers, name)(*args, **kwargs))
+    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> KeylessInitializer:
+        return KeylessInitializer(self, builder(*args, **kwargs))
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (
-        f"`nnx.initializers.{name}(...)` bound to this stream: returns "
+        f"`jax.nn.initializers.{name}(...)` bound to this stream: returns "
         "`init(shape, dtype=...)`, which draws a fresh key per call."
     )
     return method
