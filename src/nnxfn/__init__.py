@@ -114,6 +114,15 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+# -- silent --
+from nnxfn.core import PathRegex as PathRegex
+from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+from nnxfn.transforms.retrace import (
+    RetraceWarning as RetraceWarning,
+    set_retrace_warnings as set_retrace_warnings,
+)
+from nnxfn.training import checkpoint_steps as checkpoint_steps
+
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
