@@ -187,3 +187,21 @@ from nnxfn import (  # noqa: E402
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
+
+# -- layers --
+from nnxfn import rnglib as rnglib  # noqa: E402
+from nnxfn.transforms.rngs import (  # noqa: E402
+    restore_rngs as restore_rngs,
+    with_rngs as with_rngs,
+)
+from nnxfn.nn.initializers import Initializer as Initializer  # noqa: E402
+from nnxfn import spmd as spmd  # noqa: E402
+from nnxfn.facade.spmd import (  # noqa: E402
+    use_eager_sharding as use_eager_sharding,
+    using_eager_sharding as using_eager_sharding,
+)
+from nnxfn.transforms.spmd import (  # noqa: E402
+    abstract_with_sharding as abstract_with_sharding,
+    as_abstract as as_abstract,
+    transform_metadata as transform_metadata,
+)
