@@ -45,7 +45,7 @@ from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
 _CONTAINERS = (list, tuple, dict)
 _MISSING = object()
 

@@ -503,8 +503,8 @@ class RefVariable(Variable[A]):
             value = value.get_value()
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
-            if varmodes.is_ref(raw) and jax.typeof(raw[...]).shape == jnp.shape(value):
-                raw[...] = value
+            if varmodes.is_ref(raw) and _fits(raw, value):
+                raw[...] = jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape)
                 return
             old, new = jax.tree.structure(raw, is_leaf=varmodes.is_ref), jax.tree.structure(value)
             if old == new and not varmodes.is_ref(raw):
@@ -518,6 +518,16 @@ class RefVariable(Variable[A]):
             sub[...] = value
         else:
             self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))
+
+
+def _fits(ref: tp.Any, value: tp.Any) -> bool:
+    """True if `value` can be written into `ref` in place (same dtype kind, broadcastable)."""
+    aval = jax.typeof(ref)
+    try:
+        shape = jnp.broadcast_shapes(aval.shape, jnp.shape(value))
+    except ValueError:
+        return False
+    return shape == aval.shape
 
 
 class HijaxVariable(RefVariable[A]):

@@ -173,9 +173,34 @@ def with_vars(node: A, /, *, hijax: bool | None = None, ref: bool | None = None,
                 f"Found duplicate at paths:\n{listed}\nA Variable reachable by several paths "
                 "would be converted into several copies; pass allow_duplicates=True to accept that."
             )
-    graphdef, pairs = core.flatten(node, copy=False)
-    new = {path: (v.copy(**changes) if differs(path, v) else v) for path, v in pairs}
-    return core.unflatten(graphdef, new, copy=False)
+    _, pairs = core.flatten(node, copy=False)
+    swap = {id(v): v.copy(**changes) for path, v in pairs if differs(path, v)}
+    return _replace(_shared_copy(node), swap, set())
+
+
+def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
+    """`value` with the Variables in `swap` (by id) replaced: graph nodes are
+    updated in place (they are fresh copies), plain containers rebuilt."""
+    if id(value) in swap:
+        return swap[id(value)]
+    impl = core.registry.lookup(type(value))
+    if impl is not None:
+        if id(value) not in done:
+            done.add(id(value))
+            for key, child in list(impl.children(value)):
+                new = _replace(child, swap, done)
+                if new is not child:
+                    impl.set_child(value, key, new)
+        return value
+    if type(value) in (list, tuple):
+        items = [_replace(v, swap, done) for v in value]
+        if any(a is not b for a, b in zip(items, value)):
+            return type(value)(items)
+    elif type(value) is dict:
+        items = {k: _replace(v, swap, done) for k, v in value.items()}
+        if any(items[k] is not value[k] for k in value):
+            return items
+    return value
 
 
 def _at(node: tp.Any, path: tuple) -> tp.Any:
