@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import jax
+import jax.extend.core as jax_core
 
 
 def current_jax_trace() -> object:
     """An opaque token of the JAX trace that is active now (equal tokens: same trace)."""
-    return jax.core.get_opaque_trace_state(convention="nnx")
+    return jax_core.get_opaque_trace_state(convention="nnx")
 
 
 class TraceState:
