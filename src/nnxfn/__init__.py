@@ -133,7 +133,10 @@ from nnxfn.facade.variables import (
 )
 from nnxfn.facade.varmodes import var_defaults as var_defaults
 from nnxfn.facade.views import (
+    abstract_with_sharding as abstract_with_sharding,
+    as_abstract as as_abstract,
     iter_children as iter_children,
+    iter_module_children as iter_module_children,
     set_metadata as set_metadata,
     vars_as as vars_as,
     view_info as view_info,
