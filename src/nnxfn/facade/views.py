@@ -200,6 +200,14 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
         items = {k: _replace(v, swap, done) for k, v in value.items()}
         if any(items[k] is not value[k] for k in value):
             return items
+    else:  # a State or another pytree holding Variables
+        import jax
+
+        def is_var(x: tp.Any) -> bool:
+            return isinstance(x, Variable)
+
+        if any(id(x) in swap for x in jax.tree.leaves(value, is_leaf=is_var)):
+            return jax.tree.map(lambda x: swap.get(id(x), x), value, is_leaf=is_var)
     return value
 
 
