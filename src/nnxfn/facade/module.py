@@ -46,8 +46,7 @@ class Pytree:
         super().__init_subclass__(**kwargs)
         if getattr(cls, "__slots__", ()) and "__slots__" in cls.__dict__ and cls.__slots__:
             raise TypeError(f"Pytree does not support __slots__, found them in {cls.__name__!r}.")
-        if pytree is not None:
-            cls._nnx_is_pytree = bool(pytree)
+        cls._nnx_is_pytree = True if pytree is None else bool(pytree)  # not inherited (Flax)
         own = pytreelib.class_field_status(cls)
         if own:
             cls._nnx_fields = {**cls._nnx_fields, **own}
