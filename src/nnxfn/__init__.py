@@ -149,6 +149,16 @@ from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # no
 from nnxfn import visualization as visualization  # noqa: E402
 from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.visualization import display as display  # noqa: E402
+
+# -- silent --
+from nnxfn.core import PathRegex as PathRegex
+from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+from nnxfn.transforms.retrace import (
+    RetraceWarning as RetraceWarning,
+    set_retrace_warnings as set_retrace_warnings,
+)
+from nnxfn.training import checkpoint_steps as checkpoint_steps
+
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
