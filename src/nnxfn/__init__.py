@@ -34,7 +34,6 @@ from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Se
 from nnxfn.facade.module import (
     capture as capture,
     Module as Module,
-    Object as Object,
     Pytree as Pytree,
     data as data,
     iter_modules as iter_modules,
@@ -114,6 +113,43 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+# -- pytreeapi --
+from nnxfn.facade.module import NonPytreeObject as Object  # Flax's `nnx.Object`: pytree=False
+from nnxfn.facade.pytreelib import (
+    Data as Data,
+    Static as Static,
+    check_pytree as check_pytree,
+    dataclass as dataclass,
+    has_data as has_data,
+    is_data as is_data,
+    register_data_type as register_data_type,
+)
+from nnxfn.facade.variables import (
+    A as A,
+    OptVariable as OptVariable,
+    register_variable_name as register_variable_name,
+    variable_name_from_type as variable_name_from_type,
+    variable_type_from_name as variable_type_from_name,
+)
+from nnxfn.facade.varmodes import var_defaults as var_defaults
+from nnxfn.facade.views import (
+    abstract_with_sharding as abstract_with_sharding,
+    as_abstract as as_abstract,
+    iter_children as iter_children,
+    iter_module_children as iter_module_children,
+    set_metadata as set_metadata,
+    vars_as as vars_as,
+    view_info as view_info,
+    with_attributes as with_attributes,
+    with_vars as with_vars,
+)
+from nnxfn.facade.module import M as M
+from nnxfn import pytreelib as pytreelib, variablelib as variablelib  # noqa: E402
+from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # noqa: E402
+from nnxfn import visualization as visualization  # noqa: E402
+from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
+from nnxfn.visualization import display as display  # noqa: E402
+
 # -- silent --
 from nnxfn.core import PathRegex as PathRegex
 from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning

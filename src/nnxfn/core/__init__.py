@@ -44,4 +44,4 @@ from nnxfn.core.state import (
     merge_state as merge_state,
     split_state as split_state,
 )
-from nnxfn.core.variable_like import VariableLike as VariableLike
+from nnxfn.core.variable_like import DataLeaf as DataLeaf, VariableLike as VariableLike

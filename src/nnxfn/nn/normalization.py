@@ -173,6 +173,16 @@ class BatchNorm(Module):
             use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
         )
 
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Used by `nnx.view` (and listed by `nnx.view_info`).
+
+        Args:
+          use_running_average: if True, normalize with the stored running statistics
+            instead of the batch statistics.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
     def __call__(
         self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
     ) -> Array:

@@ -95,6 +95,15 @@ class Dropout(Module):
         else:
             raise _bad_rngs(rngs)
 
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by `nnx.view` (and listed by `nnx.view_info`).
+
+        Args:
+          deterministic: if True, disables dropout masking.
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def __call__(
         self, inputs: Array, *, deterministic: bool | None = None, rngs: RngLike | None = None
     ) -> Array:
