@@ -1,8 +1,9 @@
-"""Process-wide bookkeeping shared by the facade and the transforms.
+"""Bookkeeping shared by the facade and the transforms.
 
-- A stack of transform *frames*. Objects remember the frame they were created
-  in; writing to an object from inside a transform that did not create it
-  (a closure capture) is an error instead of a silently lost update.
+- A stack of transform *frames*, one per thread (threads trace and run
+  concurrently). Objects remember the frame they were created in; writing to
+  an object from inside a transform that did not create it (a closure
+  capture) is an error instead of a silently lost update.
 - A structure epoch: a counter bumped by every structural mutation (an
   attribute added, rebound or deleted, a list grown, Variable metadata
   changed). Caches of flattened structure are valid while it is unchanged.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import typing as tp
 import warnings
 import weakref
@@ -23,7 +25,14 @@ class Frame:
     name: str
 
 
-_FRAMES: list[Frame] = []
+class _Local(threading.local):
+    """Per-thread transform context: the stack of active frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+
+LOCAL = _Local()
 
 # Owner of Variables that JAX rebuilt from tracers outside any nnxfn transform
 # (e.g. a Module passed through `jax.jit` or `eqx.filter_jit` as a pytree).
@@ -38,16 +47,18 @@ _EPOCH = [0]
 
 
 def current_frame() -> Frame | None:
-    return _FRAMES[-1] if _FRAMES else None
+    frames = LOCAL.frames
+    return frames[-1] if frames else None
 
 
 def push_frame(frame: Frame) -> None:
-    _FRAMES.append(frame)
+    LOCAL.frames.append(frame)
 
 
 def pop_frame(frame: Frame) -> None:
-    assert _FRAMES and _FRAMES[-1] is frame, "transform frames out of order"
-    _FRAMES.pop()
+    frames = LOCAL.frames
+    assert frames and frames[-1] is frame, "transform frames out of order"
+    frames.pop()
 
 
 def structure_epoch() -> int:
@@ -61,11 +72,12 @@ def bump_structure() -> None:
 def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
     """Raise if `obj` (created in frame `owner`) is written inside another frame;
     warn if it was rebuilt by a non-nnxfn transform (the write would be lost)."""
-    if owner is FOREIGN and not _FRAMES:
+    frames = LOCAL.frames
+    if owner is FOREIGN and not frames:
         warnings.warn(_foreign_message(obj, what), stacklevel=4)
         return
-    if _FRAMES and owner is not _FRAMES[-1]:
-        frame = _FRAMES[-1]
+    if frames and owner is not frames[-1]:
+        frame = frames[-1]
         raise RuntimeError(
             f"{frame.name}: {what} of {_describe(obj)} was changed inside the "
             "transform, but that object was not passed to it: it is captured by "
