@@ -101,8 +101,9 @@ def flatten(
     A Variable or graph node reachable by several paths appears once, at
     its first path in canonical order. If `objects` is given, the live
     graph nodes and Variables are appended to it in GraphDef index order;
-    if `containers` is given, every mutable list/dict walked is appended to
-    it (caches use them to notice in-place edits); if `whole_pytrees` is
+    if `containers` is given, every mutable list/dict walked, and every
+    foreign pytree holding a Variable or graph node, is appended to it
+    (caches use them to notice in-place edits); if `whole_pytrees` is
     given, every outermost foreign pytree holding no Variable or graph node
     is recorded in it as {path: pytree} (Modules show them whole to JAX).
     """
@@ -164,6 +165,8 @@ def flatten(
             d = PytreeDef(treedef, kids)
             if whole_pytrees is not None and not foreign and _pure(d):
                 whole_pytrees[path] = x
+            if containers is not None and not _pure(d):
+                containers.append(x)
             return d
         try:
             hash(x)

@@ -4,9 +4,13 @@
   concurrently). Objects remember the frame they were created in; writing to
   an object from inside a transform that did not create it (a closure
   capture) is an error instead of a silently lost update.
-- A structure epoch: a counter bumped by every structural mutation (an
-  attribute added, rebound or deleted, a list grown, Variable metadata
-  changed). Caches of flattened structure are valid while it is unchanged.
+- Structure versions. Every structural mutation (an attribute added,
+  rebound or deleted, a list grown, Variable metadata changed) stamps the
+  object it happened on with a fresh number (`version_of`) and moves the
+  process-wide epoch, an O(1) "nothing changed anywhere" check. A cache of
+  flattened structure re-validates by comparing the versions of its own
+  objects when the epoch moved; only a change of the rules that apply to
+  every object (`bump_structure()` without an object) invalidates all.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ _foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compar
 def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
     key = id(obj)
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
-_EPOCH = [0]
+_EPOCH = [0]  # moved by every structural change anywhere
+_HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
 
 
 def current_frame() -> Frame | None:
@@ -65,8 +70,27 @@ def structure_epoch() -> int:
     return _EPOCH[0]
 
 
-def bump_structure() -> None:
+def hard_epoch() -> int:
+    return _HARD[0]
+
+
+def bump_structure(obj: tp.Any = None) -> None:
+    """Record a structural change of `obj` (of everything if `obj` is None)."""
     _EPOCH[0] += 1
+    if obj is None:
+        _HARD[0] += 1
+        return
+    obj.__dict__["_nnx_version"] = _EPOCH[0]
+
+
+def metadata_changed() -> None:
+    """A Variable's metadata was replaced (caches compare metadata by identity)."""
+    _EPOCH[0] += 1
+
+
+def version_of(obj: tp.Any) -> int:
+    """The epoch of `obj`'s last structural change (0: none recorded)."""
+    return obj.__dict__.get("_nnx_version", 0)
 
 
 def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:

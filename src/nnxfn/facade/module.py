@@ -19,7 +19,7 @@ from nnxfn.facade import context
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.variables import Intermediate, Perturbation, Variable
 
-_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree")
+_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_version")
 _UNSET = object()
 
 
@@ -70,7 +70,7 @@ class Object:
         elif name in statics:
             _check_hashable(self, name, value, rebound=True)
         if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
-            context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
+            context.bump_structure(self)  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -81,6 +81,7 @@ class Object:
         state = dict(self.__dict__)
         state.pop("_nnx_frame", None)
         state.pop("_nnx_pytree", None)
+        state.pop("_nnx_version", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -184,7 +185,7 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
     # Rebinding an existing attribute to another object (`nnx.update` writing a
     # raw array, or a rebuilt Equinox module) is structural for transform caches.
     if obj.__dict__.get(key, value) is not value:
-        context.bump_structure()
+        context.bump_structure(obj)
     object.__setattr__(obj, key, value)
 
 
@@ -210,7 +211,7 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
 
 
 def _del_child(obj: Object, key: str) -> None:
-    context.bump_structure()
+    context.bump_structure(obj)
     object.__delattr__(obj, key)
     statics = obj.__dict__.get("_nnx_static")
     if statics and key in statics:  # a deleted attribute is no longer static

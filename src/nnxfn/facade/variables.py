@@ -77,7 +77,7 @@ class Variable(VariableLike, tp.Generic[A]):
     def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
         context.check_write(self, self._frame, "the metadata")
         object.__setattr__(self, "_metadata", metadata)
-        context.bump_structure()
+        context.metadata_changed()
 
     # -- value access ------------------------------------------------------------
     @property
