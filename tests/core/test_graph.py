@@ -1,6 +1,7 @@
 """split/merge/state/graphdef/update/pop/clone/iter_graph/... on object graphs."""
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -208,11 +209,38 @@ def test_namedtuple_attribute_is_a_pytree():
     _eq(new.pair.a, jnp.ones(2))
 
 
-def test_unhashable_static_error_names_the_path():
+def test_unhashable_static_values_split_merge_and_hash():
+    # Flax accepts these (real transformer configs hold lists); they are
+    # compared by value and hashed by contents.
     m = Block()
     m.linear.config = {"x": {1, 2}}
-    with pytest.raises(TypeError, match=r"node\.linear\.config\.x holds a set.*hashable"):
-        nnx.split(m)
+    graphdef, state = nnx.split(m)
+    assert nnx.merge(graphdef, state).linear.config == {"x": {1, 2}}
+    other = Block()
+    other.linear.config = {"x": {1, 2}}
+    assert hash(nnx.graphdef(other)) == hash(graphdef)
+    assert nnx.graphdef(other) == graphdef
+    other.linear.config = {"x": {1, 3}}
+    assert nnx.graphdef(other) != graphdef
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    layers: list
+
+
+def test_frozen_dataclass_config_with_list_field_splits_jits_and_merges():
+    s = nnx.Module()
+    s.config = _Config(layers=[1, 2])
+    s.w = nnx.Param(jnp.ones(2))
+    graphdef, state = nnx.split(s)
+    new = nnx.merge(graphdef, state)
+    assert new.config == _Config(layers=[1, 2])
+    f = nnx.jit(lambda s: s.w * len(s.config.layers))
+    _eq(f(s), jnp.full(2, 2.0))
+    s.config = _Config(layers=[1, 2, 3])  # another value: another GraphDef
+    _eq(f(s), jnp.full(2, 3.0))
+    _eq(jax.jit(lambda st: nnx.merge(graphdef, st).w * 2)(state), jnp.full(2, 2.0))
 
 
 def test_unhashable_variable_metadata_error_names_the_path():

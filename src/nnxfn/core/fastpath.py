@@ -168,7 +168,7 @@ def _flatten_fast(
                 d[k] = v
                 if prefix is not None:
                     add_path(prefix + (k,))
-            elif _g._pytree_children(v) is None and _hashable(v):
+            elif _g._pytree_children(v) is None:
                 add_op((OP_STATIC, v))
             else:
                 raise _Fallback
@@ -188,14 +188,6 @@ def _flatten_fast(
     if paths is not None:
         paths[:] = [p[1:] for p in paths]  # drop the root's key
     return GraphDef._from_ops(ops, len(leaves)), d.get(0) or _wrap_state({}), leaves
-
-
-def _hashable(x: tp.Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
 
 
 class LeafMismatch(Exception):

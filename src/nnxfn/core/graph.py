@@ -168,11 +168,7 @@ def flatten(
             if containers is not None and not _pure(d):
                 containers.append(x)
             return d
-        try:
-            hash(x)
-        except TypeError:
-            raise TypeError(errors.unhashable_static(path, x)) from None
-        return StaticDef(x)
+        return StaticDef(x)  # hashed by contents if unhashable (`static_hash`)
 
     root = visit(node, ())
     return GraphDef(root, len(leaves)), leaves

@@ -25,6 +25,26 @@ def same_value(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def static_hash(x: Any) -> int:
+    """`hash(x)`, or for unhashable static values (a config dataclass with a
+    list field, a dict) a hash of their contents, consistent with `same_value`:
+    equal values hash equal (values of other types just share a bucket)."""
+    try:
+        return hash(x)
+    except TypeError:
+        pass
+    t = type(x)
+    if t is list or t is tuple:
+        return hash((t, tuple(static_hash(v) for v in x)))
+    if t is dict:
+        return hash((t, len(x), sum(static_hash(k) ^ static_hash(v) for k, v in x.items())))
+    if isinstance(x, (set, bytearray)):
+        return hash((t, frozenset(x) if isinstance(x, set) else bytes(x)))
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return hash((t, tuple(static_hash(getattr(x, f.name)) for f in dataclasses.fields(x))))
+    return hash(t)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class NodeDef:
     """A registered graph node (e.g. a Module) with identity."""
@@ -44,7 +64,7 @@ class NodeDef:
         )
 
     def __hash__(self) -> int:
-        return hash((self.type, self.index, self.static, self.children))
+        return hash((self.type, self.index, static_hash(self.static), self.children))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -101,7 +121,7 @@ class StaticDef:
         return self is other or (type(other) is StaticDef and same_value(self.value, other.value))
 
     def __hash__(self) -> int:
-        return hash(self.value)
+        return static_hash(self.value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
