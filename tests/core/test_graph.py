@@ -434,3 +434,41 @@ def test_iter_graph_allows_setattr_on_yielded_node():
                     replaced.append(path + (name,))
     assert sorted(replaced) == [("linear",), ("other",)]
     assert type(m.linear) is nnx.Module and type(m.other) is nnx.Module
+
+
+def test_update_with_a_tuple_root():
+    import optax
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    kernel = np.asarray(model.kernel.value)
+    zeroed = jax.tree.map(lambda x: x * 0, state)
+    nnx.update((model, optimizer), zeroed)
+    _eq(model.kernel.value, np.zeros_like(kernel))
+    nnx.update((model, optimizer), state)  # the first state still holds the old values
+    _eq(model.kernel.value, kernel)
+    assert nnx.state((model, optimizer))[0]["kernel"][...].shape == (2, 3)
+
+
+def test_update_of_a_plain_value_directly_in_a_tuple_names_the_fix():
+    root = (nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnp.ones(2))
+    state = jax.tree.map(lambda x: x + 1, nnx.state(root))
+    kernel = root[0].kernel.value
+    with pytest.raises(ValueError, match=r"\[1\] sits directly in a tuple.*list instead"):
+        nnx.update(root, state)
+    assert root[0].kernel.value is kernel  # nothing half-applied
+
+
+def test_graphdef_is_a_static_pytree_for_plain_jax_jit():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    assert jax.tree.leaves(graphdef) == []
+
+    @jax.jit
+    def forward(graphdef, state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    _eq(forward(graphdef, state, jnp.ones(2)), model(jnp.ones(2)))
+    other = jax.tree.map(lambda x: x, graphdef)
+    assert other is graphdef or other == graphdef

@@ -426,20 +426,42 @@ def update(node: tp.Any, *states: tp.Any) -> None:
 
 
 def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
-    impl = tp.cast(NodeImpl, lookup(type(node)))
-    current = dict(impl.children(node))
+    """Update a graph node, or a root list/tuple/dict of them (`update((model, opt), s)`)."""
+    impl = lookup(type(node))
+    if impl is None and type(node) in _CONTAINERS:
+        current = dict(_container_children(node))
+        set_child = _container_setter(node, path)
+        if type(node) is tuple:  # check first: nothing is half-applied
+            for key in sub:
+                child = current.get(key, _MISSING)
+                if not isinstance(sub[key], State) and not isinstance(child, VariableLike):
+                    raise ValueError(errors.update_in_tuple(path + (key,)))
+    elif impl is None:
+        raise ValueError(errors.update_missing_node(path))
+    else:
+        current = dict(impl.children(node))
+        set_child = impl.set_child
     for key in sub:
         child = current.get(key, _MISSING)
         new = _update_value(child, sub[key], path + (key,))
         if new is not child:
-            impl.set_child(node, key, new)
+            set_child(node, key, new)
+
+
+def _container_setter(node: tp.Any, path: Path) -> tp.Callable:
+    def set_item(container: tp.Any, key: tp.Any, value: tp.Any) -> None:
+        if type(container) is tuple:
+            raise ValueError(errors.update_in_tuple(path + (key,)))
+        container[key] = value
+
+    return set_item
 
 
 def _update_value(child: tp.Any, value: tp.Any, path: Path, foreign: bool = False) -> tp.Any:
     if isinstance(value, State):
         if child is _MISSING:
             raise ValueError(errors.update_missing_node(path))
-        if lookup(type(child)) is not None:
+        if lookup(type(child)) is not None or (not path and type(child) in _CONTAINERS):
             _update_graph_node(child, value, path)
             return child
         return _rebuild(child, value, path, foreign)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Hashable
 
+import jax
+
 
 def same_value(a: Any, b: Any) -> bool:
     """Equality for static values that also compares types, element-wise in
@@ -212,6 +214,10 @@ class GraphDef:
 
     def __repr__(self) -> str:
         return f"GraphDef({_describe(self.root, 1)})"
+
+
+# A static pytree (no leaves), as in Flax: `jax.jit(f)(graphdef, state)` works.
+jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
 
 
 def _describe(d: Any, indent: int) -> str:
