@@ -102,7 +102,7 @@ def flatten(
     its first path in canonical order. If `objects` is given, the live
     graph nodes and Variables are appended to it in GraphDef index order;
     if `containers` is given, every mutable list/dict walked, and every
-    foreign pytree holding a Variable or graph node, is appended to it
+    mutable foreign pytree holding a Variable or graph node, is appended to it
     (caches use them to notice in-place edits); if `whole_pytrees` is
     given, every outermost foreign pytree holding no Variable or graph node
     is recorded in it as {path: pytree} (Modules show them whole to JAX).
@@ -165,7 +165,7 @@ def flatten(
             d = PytreeDef(treedef, kids)
             if whole_pytrees is not None and not foreign and _pure(d):
                 whole_pytrees[path] = x
-            if containers is not None and not _pure(d):
+            if containers is not None and not _pure(d) and _mutable(x):
                 containers.append(x)
             return d
         return StaticDef(x)  # hashed by contents if unhashable (`static_hash`)
@@ -600,6 +600,15 @@ def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.An
         return result
 
     return visit(node, ())
+
+
+def _mutable(x: tp.Any) -> bool:
+    """Whether a foreign pytree may be edited in place (tuples, States and frozen
+    dataclasses such as Equinox modules cannot, short of `object.__setattr__`)."""
+    if isinstance(x, (tuple, State)):
+        return False
+    params = getattr(type(x), "__dataclass_params__", None)
+    return not (params is not None and params.frozen)
 
 
 def _pure(d: tp.Any) -> bool:
