@@ -472,3 +472,31 @@ def test_graphdef_is_a_static_pytree_for_plain_jax_jit():
     _eq(forward(graphdef, state, jnp.ones(2)), model(jnp.ones(2)))
     other = jax.tree.map(lambda x: x, graphdef)
     assert other is graphdef or other == graphdef
+
+
+class _Link(nnx.Module):
+    def __init__(self, nxt):
+        self.w = nnx.Param(jnp.ones(1))
+        self.next = nxt
+
+
+def test_graphs_deeper_than_the_recursion_limit():
+    import sys
+
+    depth = max(3000, sys.getrecursionlimit() + 500)
+    chain = None
+    for _ in range(depth):
+        chain = _Link(chain)
+    graphdef, state = nnx.split(chain)
+    assert len(state.flat_state()) == depth
+    assert graphdef == nnx.graphdef(chain) and hash(graphdef) == hash(nnx.graphdef(chain))
+    copy = nnx.merge(graphdef, state)
+    node, n = copy, 0
+    while node is not None:
+        n += 1
+        node = node.next
+    assert n == depth
+    doubled = nnx.jit(lambda m: m.w * 2)(chain)
+    _eq(doubled, jnp.full(1, 2.0))
+    g2, params, rest = nnx.split(chain, nnx.Param, ...)
+    assert len(params.flat_state()) == depth

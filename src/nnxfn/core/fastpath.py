@@ -24,6 +24,8 @@ from nnxfn.core.graphdef import (
     Ref,
     StaticDef,
     VariableDef,
+    same_value,
+    static_hash,
 )
 from nnxfn.core.registry import _CACHE as _IMPLS
 from nnxfn.core.registry import KINDS, NodeImpl, key_order, lookup
@@ -106,73 +108,86 @@ def _flatten_fast(
         pairs = list(impl.children(x))
         return impl.static(x), tuple([k for k, _ in pairs]), [v for _, v in pairs]
 
-    def visit_children(keys: tuple, vals: tp.Iterable, prefix: tuple | None) -> dict:
-        d = {}
-        for k, v in zip(keys, vals):
-            t = type(v)
-            kind = kinds.get(t)
-            if kind is None:
-                kind = _kind(t)
-            if kind == _K_VAR:
-                n = len(index)
-                i = seen(id(v), n)
-                if i != n:
-                    add_op((OP_REF, i))
-                    continue
-                meta = v.metadata_items()
-                add_op((OP_VAR, t, meta))
-                leaf = t.from_parts(v.raw_value, meta) if copy else v
-                add_leaf(leaf)
-                d[k] = leaf
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif kind == _K_NODE:
-                n = len(index)
-                i = seen(id(v), n)
-                if i != n:
-                    add_op((OP_REF, i))
-                    continue
-                impl = impls[t]
-                if impl.parts is not None:
-                    static, sub_keys, sub_vals = impl.parts(v)
+    def visit(keys: tuple, vals: tp.Iterable, prefix: tuple | None) -> dict:
+        """Walk the children (iteratively: no recursion limit); their State dict."""
+        top: dict = {}
+        stack = [(iter(zip(keys, vals)), top, prefix)]
+        parents: list = []  # (parent dict, key) of every frame above the first
+        while stack:
+            it, d, prefix = stack[-1]
+            for k, v in it:
+                t = type(v)
+                kind = kinds.get(t)
+                if kind is None:
+                    kind = _kind(t)
+                if kind == _K_VAR:
+                    n = len(index)
+                    i = seen(id(v), n)
+                    if i != n:
+                        add_op((OP_REF, i))
+                        continue
+                    meta = v.metadata_items()
+                    add_op((OP_VAR, t, meta))
+                    leaf = t.from_parts(v.raw_value, meta) if copy else v
+                    add_leaf(leaf)
+                    d[k] = leaf
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif kind == _K_NODE:
+                    n = len(index)
+                    i = seen(id(v), n)
+                    if i != n:
+                        add_op((OP_REF, i))
+                        continue
+                    impl = impls[t]
+                    if impl.parts is not None:
+                        static, sub_keys, sub_vals = impl.parts(v)
+                    else:
+                        static, sub_keys, sub_vals = node_parts(v, impl)
+                    keep(sub_vals)
+                    add_op((OP_NODE, t, static, sub_keys, impl))
+                    stack.append((iter(zip(sub_keys, sub_vals)), {},
+                                  None if prefix is None else prefix + (k,)))
+                    parents.append((d, k))
+                    break
+                elif kind == _K_ARRAY:
+                    add_op(_ARRAY_OP)
+                    add_leaf(v)
+                    d[k] = v
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif kind == _K_STATIC:
+                    add_op((OP_STATIC, v))
+                elif kind == _K_CONT:
+                    if t is dict:
+                        sub_keys = tuple(sorted(v, key=key_order))
+                        sub_vals = [v[j] for j in sub_keys]
+                    else:
+                        sub_keys = tuple(range(len(v)))
+                        sub_vals = v
+                    add_op((OP_CONT, t, sub_keys))
+                    keep(sub_vals)
+                    stack.append((iter(zip(sub_keys, sub_vals)), {},
+                                  None if prefix is None else prefix + (k,)))
+                    parents.append((d, k))
+                    break
+                elif isinstance(v, _g._ARRAY_TYPES):  # a tracer
+                    add_op(_ARRAY_OP)
+                    add_leaf(v)
+                    d[k] = v
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif _g._pytree_children(v) is None:
+                    add_op((OP_STATIC, v))
                 else:
-                    static, sub_keys, sub_vals = node_parts(v, impl)
-                keep(sub_vals)
-                add_op((OP_NODE, t, static, sub_keys, impl))
-                sub = visit_children(sub_keys, sub_vals, None if prefix is None else prefix + (k,))
-                if sub:
-                    d[k] = _wrap_state(sub)
-            elif kind == _K_ARRAY:
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif kind == _K_STATIC:
-                add_op((OP_STATIC, v))
-            elif kind == _K_CONT:
-                if t is dict:
-                    sub_keys = tuple(sorted(v, key=key_order))
-                    sub_vals = [v[j] for j in sub_keys]
-                else:
-                    sub_keys = tuple(range(len(v)))
-                    sub_vals = v
-                add_op((OP_CONT, t, sub_keys))
-                keep(sub_vals)
-                sub = visit_children(sub_keys, sub_vals, None if prefix is None else prefix + (k,))
-                if sub:
-                    d[k] = _wrap_state(sub)
-            elif isinstance(v, _g._ARRAY_TYPES):  # a tracer
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif _g._pytree_children(v) is None:
-                add_op((OP_STATIC, v))
-            else:
-                raise _Fallback
-        return d
+                    raise _Fallback
+            else:  # this frame is done: hang its State on its parent
+                stack.pop()
+                if parents:
+                    parent, key = parents.pop()
+                    if d:
+                        parent[key] = _wrap_state(d)
+        return top
 
     t = type(node)
     kind = kinds.get(t)
@@ -182,7 +197,7 @@ def _flatten_fast(
         return None
     add_path = paths.append if paths is not None else None
     try:  # the root as the only child of a container: its State is the root's
-        d = visit_children((0,), (node,), None if paths is None else ())
+        d = visit((0,), (node,), None if paths is None else ())
     except _Fallback:
         return None
     if paths is not None:
@@ -194,113 +209,149 @@ class LeafMismatch(Exception):
     """A leaf does not fit its GraphDef position (see `unflatten_leaves`)."""
 
 
-def unflatten_leaves(graphdef: GraphDef, leaves: tp.Sequence, *, copy: bool = True) -> tp.Any:
+def unflatten_leaves(
+    graphdef: GraphDef, leaves: tp.Sequence, *, copy: bool = True, objects: list | None = None
+) -> tp.Any:
     """`unflatten` with the leaves given in GraphDef order (as `flatten` lists
     them) instead of by path: no path is built or looked up. Raises
     `LeafMismatch` (no message) if a leaf does not fit; the caller then runs
     the path-based `unflatten` for the error that names the path."""
     if len(leaves) != graphdef.num_leaves:
         raise LeafMismatch
-    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False)
+    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, objects=objects)
 
 
 def _unflatten_ops(
-    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True
+    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True,
+    objects: list | None = None,
 ) -> tp.Any:
     """`unflatten` by position. `trusted`: the leaves come from the `split`
     that made `ops` (Variables where `ops` has them), so nothing is checked."""
     next_op = iter(ops).__next__
     next_leaf = iter(leaves).__next__
-    objects: list = []
+    if objects is None:
+        objects = []  # graph objects and Variables made, by GraphDef index
     add_object = objects.append
-
-    def values(n: int) -> list:
-        out = []
-        for _ in range(n):
-            op = next_op()
+    top: list = []
+    # One frame per open node/container: [op, object, children still to read, children].
+    stack: list = [[None, None, 1, top]]
+    while True:
+        frame = stack[-1]
+        if not frame[2]:  # all children read: finish the node/container
+            stack.pop()
+            op, v, _, vals = frame
+            if op is None:
+                return top[0]
             code = op[0]
-            if code == OP_VAR:
-                leaf = next_leaf()
-                if trusted:  # the State's copy of the Variable
-                    v = op[1].from_parts(leaf.raw_value, leaf.metadata_items())
-                elif isinstance(leaf, VariableLike):
-                    if not isinstance(leaf, op[1]):
-                        raise LeafMismatch
-                    v = op[1].from_parts(leaf.raw_value, leaf.metadata_items()) if copy else leaf
-                else:
-                    v = op[1].from_parts(leaf, op[2])
-                add_object(v)
-            elif code == OP_NODE:
+            if code == OP_NODE:
                 _, t, static, keys, impl = op
-                v = impl.create_empty(t, static)
-                add_object(v)
-                vals = values(len(keys))  # children may refer back to `v`
                 if impl.fill is not None:
                     impl.fill(v, keys, vals)
                 else:
                     set_child = impl.set_child
                     for k, child in zip(keys, vals):
                         set_child(v, k, child)
-            elif code == OP_ARRAY:
-                v = next_leaf()
-                if not trusted and isinstance(v, VariableLike):
-                    v = v.raw_value
-            elif code == OP_STATIC:
-                v = op[1]
-            elif code == OP_REF:
-                v = objects[op[1]]
             elif code == OP_CONT:
-                t, keys = op[1], op[2]
-                vals = values(len(keys))
+                t = op[1]
                 if t is dict:
-                    v = dict(zip(keys, vals))
+                    v = dict(zip(op[2], vals))
                 else:
                     v = vals if t is list else t(vals)
-            elif code == OP_PYTREE:
-                v = op[1].unflatten(values(len(op[2])))
-            else:  # OP_BOXED
-                leaf = next_leaf()
-                v = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
-            out.append(v)
-        return out
-
-    return values(1)[0]
+            else:  # OP_PYTREE
+                v = op[1].unflatten(vals)
+            parent = stack[-1]
+            parent[3].append(v)
+            parent[2] -= 1
+            continue
+        op = next_op()
+        code = op[0]
+        if code == OP_VAR:
+            leaf = next_leaf()
+            if trusted:  # the State's copy of the Variable
+                v = op[1].from_parts(leaf.raw_value, leaf.metadata_items())
+            elif isinstance(leaf, VariableLike):
+                if not isinstance(leaf, op[1]):
+                    raise LeafMismatch
+                v = op[1].from_parts(leaf.raw_value, leaf.metadata_items()) if copy else leaf
+            else:
+                v = op[1].from_parts(leaf, op[2])
+            add_object(v)
+        elif code == OP_NODE:
+            v = op[4].create_empty(op[1], op[2])
+            add_object(v)  # before its children: they may refer back to it
+            stack.append([op, v, len(op[3]), []])
+            continue
+        elif code == OP_ARRAY:
+            v = next_leaf()
+            if not trusted and isinstance(v, VariableLike):
+                v = v.raw_value
+        elif code == OP_STATIC:
+            v = op[1]
+        elif code == OP_REF:
+            v = objects[op[1]]
+        elif code == OP_CONT or code == OP_PYTREE:
+            stack.append([op, None, len(op[2]), []])
+            continue
+        else:  # OP_BOXED
+            leaf = next_leaf()
+            v = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
+        frame[3].append(v)
+        frame[2] -= 1
 
 
 def root_from_ops(ops: list) -> tp.Any:
-    """The tree of GraphDef records described by a flat program."""
-    next_op = iter(ops).__next__
-    count = [0]
-
-    def build(op: tuple) -> tp.Any:
+    """The tree of GraphDef records described by a flat program (iteratively)."""
+    count = 0
+    top: list = []
+    stack: list = [[None, 0, 1, top]]  # [op, index, children still to read, children]
+    it = iter(ops)
+    while True:
+        frame = stack[-1]
+        if not frame[2]:
+            stack.pop()
+            op, i, _, kids = frame
+            if op is None:
+                return top[0]
+            pairs = tuple(zip(op[3] if op[0] == OP_NODE else op[2], kids))
+            if op[0] == OP_NODE:
+                d = NodeDef(op[1], i, op[2], pairs)
+            elif op[0] == OP_CONT:
+                d = ContainerDef(op[1], pairs)
+            else:
+                d = PytreeDef(op[1], pairs)
+            stack[-1][3].append(d)
+            stack[-1][2] -= 1
+            continue
+        op = next(it)
         code = op[0]
         if code == OP_VAR:
-            i = count[0]
-            count[0] += 1
-            return VariableDef(op[1], i, op[2])
-        if code == OP_ARRAY:
-            return ARRAY
-        if code == OP_STATIC:
-            return StaticDef(op[1])
-        if code == OP_REF:
-            return Ref(op[1])
-        if code == OP_BOXED:
-            return BoxedDef(op[1])
-        if code == OP_NODE:
-            i = count[0]
-            count[0] += 1
-            return NodeDef(op[1], i, op[2], tuple([(k, build(next_op())) for k in op[3]]))
-        kids = tuple([(k, build(next_op())) for k in op[2]])
-        return ContainerDef(op[1], kids) if code == OP_CONT else PytreeDef(op[1], kids)
-
-    return build(next_op())
+            d = VariableDef(op[1], count, op[2])
+            count += 1
+        elif code == OP_ARRAY:
+            d = ARRAY
+        elif code == OP_STATIC:
+            d = StaticDef(op[1])
+        elif code == OP_REF:
+            d = Ref(op[1])
+        elif code == OP_BOXED:
+            d = BoxedDef(op[1])
+        else:
+            index = count
+            if code == OP_NODE:
+                count += 1
+            n = len(op[3] if code == OP_NODE else op[2])
+            stack.append([op, index, n, []])
+            continue
+        frame[3].append(d)
+        frame[2] -= 1
 
 
 def ops_from_root(root: tp.Any) -> list:
-    """The flat program of a tree of GraphDef records."""
+    """The flat program of a tree of GraphDef records (iteratively)."""
     ops: list = []
-
-    def walk(d: tp.Any) -> None:
+    stack = [root]
+    while stack:
+        d = stack.pop()
         if isinstance(d, VariableDef):
             ops.append((OP_VAR, d.type, d.metadata))
         elif isinstance(d, ArrayDef):
@@ -319,8 +370,28 @@ def ops_from_root(root: tp.Any) -> list:
                 ops.append((OP_CONT, d.type, keys))
             else:
                 ops.append((OP_PYTREE, d.treedef, keys))
-            for _, child in d.children:
-                walk(child)
-
-    walk(root)
+            stack.extend(child for _, child in reversed(d.children))
     return ops
+
+
+def op_hash(op: tuple) -> int:
+    """Hash of one op, consistent with `op_equal` (statics hashed by contents)."""
+    code = op[0]
+    if code == OP_NODE:
+        return hash((code, op[1], static_hash(op[2]), op[3]))
+    if code == OP_STATIC:
+        return hash((code, static_hash(op[1])))
+    return hash(op)
+
+
+def op_equal(a: tuple, b: tuple) -> bool:
+    code = a[0]
+    if code != b[0]:
+        return False
+    if code == OP_NODE:
+        return a[1] is b[1] and a[3] == b[3] and same_value(a[2], b[2])
+    if code == OP_VAR:
+        return a[1] is b[1] and same_value(a[2], b[2])
+    if code == OP_STATIC:
+        return same_value(a[1], b[1])
+    return a == b

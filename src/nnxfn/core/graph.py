@@ -118,60 +118,91 @@ def flatten(
         objects = []
 
     kinds = KINDS
+    # Iterative (no recursion limit): a frame per open node/container/pytree,
+    # [make(kids) -> def, iterator over (key, child), kids, path, foreign, key].
+    top: list = []
+    stack: list = [[None, iter(((None, node),)), top, (), (), None]]
+    while stack:
+        frame = stack[-1]
+        make, children, kids, base, foreign, _ = frame
+        for k, x in children:
+            path = base if make is None else base + (k,)
+            kind = kinds.get(type(x))
+            if kind is None:
+                kind = _kind(type(x))
+            if kind == _K_VAR:
+                i = index.get(id(x))
+                if i is not None:
+                    kids.append((k, Ref(i)))
+                    continue
+                i = index[id(x)] = len(index)
+                objects.append(x)
+                meta = x.metadata_items()
+                leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
+                kids.append((k, VariableDef(type(x), i, meta)))
+            elif kind == _K_NODE:
+                impl = tp.cast(NodeImpl, lookup(type(x)))
+                i = index.get(id(x))
+                if i is not None:
+                    kids.append((k, Ref(i)))
+                    continue
+                i = index[id(x)] = len(index)
+                objects.append(x)
+                make = _node_maker(type(x), i, impl.static(x))
+                stack.append([make, iter(list(impl.children(x))), [], path, (), k])
+                break
+            elif kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
+                boxed = foreign_leaf_type(path, x, foreign) if foreign else None
+                if boxed is not None:
+                    leaves.append((path, boxed.from_parts(x, ())))
+                    kids.append((k, BoxedDef(boxed)))
+                else:
+                    leaves.append((path, x))
+                    kids.append((k, ARRAY))
+            elif kind == _K_CONT:
+                if containers is not None and type(x) is not tuple:
+                    containers.append(x)
+                make = _container_maker(type(x))
+                stack.append([make, iter(_container_children(x)), [], path, foreign, k])
+                break
+            elif kind == _K_STATIC:
+                kids.append((k, StaticDef(x)))
+            else:
+                found = _pytree_children(x)
+                if found is None:
+                    kids.append((k, StaticDef(x)))  # hashed by contents if unhashable
+                    continue
+                treedef, pairs = found
+                make = _pytree_maker(treedef, x, path, foreign, whole_pytrees, containers)
+                stack.append([make, iter(pairs), [], path, foreign + (type(x),), k])
+                break
+        else:  # every child seen: build this frame's def and hand it to its parent
+            stack.pop()
+            if make is not None:
+                stack[-1][2].append((frame[5], make(tuple(kids))))
 
-    def visit(x: tp.Any, path: Path, foreign: tuple = ()) -> tp.Any:
-        kind = kinds.get(type(x))
-        if kind is None:
-            kind = _kind(type(x))
-        if kind == _K_VAR:
-            i = index.get(id(x))
-            if i is not None:
-                return Ref(i)
-            i = index[id(x)] = len(index)
-            objects.append(x)
-            meta = x.metadata_items()
-            leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
-            return VariableDef(type(x), i, meta)
-        if kind == _K_NODE:
-            impl = tp.cast(NodeImpl, lookup(type(x)))
-            i = index.get(id(x))
-            if i is not None:
-                return Ref(i)
-            i = index[id(x)] = len(index)
-            objects.append(x)
-            kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
-            return NodeDef(type(x), i, impl.static(x), kids)
-        if kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
-            boxed = foreign_leaf_type(path, x, foreign) if foreign else None
-            if boxed is not None:
-                leaves.append((path, boxed.from_parts(x, ())))
-                return BoxedDef(boxed)
-            leaves.append((path, x))
-            return ARRAY
-        if kind == _K_CONT:
-            if containers is not None and type(x) is not tuple:
-                containers.append(x)
-            kids = tuple(
-                (k, visit(v, path + (k,), foreign)) for k, v in _container_children(x)
-            )
-            return ContainerDef(type(x), kids)
-        if kind == _K_STATIC:
-            return StaticDef(x)
-        found = _pytree_children(x)
-        if found is not None:
-            treedef, pairs = found
-            inner = foreign + (type(x),)
-            kids = tuple((k, visit(v, path + (k,), inner)) for k, v in pairs)
-            d = PytreeDef(treedef, kids)
-            if whole_pytrees is not None and not foreign and _pure(d):
-                whole_pytrees[path] = x
-            if containers is not None and not _pure(d) and _mutable(x):
-                containers.append(x)
-            return d
-        return StaticDef(x)  # hashed by contents if unhashable (`static_hash`)
+    return GraphDef(top[0][1], len(leaves)), leaves
 
-    root = visit(node, ())
-    return GraphDef(root, len(leaves)), leaves
+
+def _node_maker(t: type, i: int, static: tp.Any) -> tp.Callable:
+    return lambda kids: NodeDef(t, i, static, kids)
+
+
+def _container_maker(t: type) -> tp.Callable:
+    return lambda kids: ContainerDef(t, kids)
+
+
+def _pytree_maker(treedef: tp.Any, x: tp.Any, path: Path, foreign: tuple,
+                  whole_pytrees: dict | None, containers: list | None) -> tp.Callable:
+    def make(kids: tuple) -> PytreeDef:
+        d = PytreeDef(treedef, kids)
+        if whole_pytrees is not None and not foreign and _pure(d):
+            whole_pytrees[path] = x
+        if containers is not None and not _pure(d) and _mutable(x):
+            containers.append(x)
+        return d
+
+    return make
 
 
 # -- unflatten ----------------------------------------------------------------
@@ -374,13 +405,17 @@ def _nest(paths: list, leaves: list) -> State:
             d = sub
         d[path[-1]] = leaf
 
-    def freeze(d: dict) -> State:
-        for k, v in d.items():
-            if type(v) is dict:
-                d[k] = freeze(v)
-        return _wrap_state(d)
-
-    return freeze(root)
+    order = []  # (parent, key, dict) in pre-order; frozen in reverse: children first
+    stack: list = [(None, None, root)]
+    while stack:
+        parent, key, d = stack.pop()
+        order.append((parent, key, d))
+        stack.extend((d, k, v) for k, v in d.items() if type(v) is dict)
+    for parent, key, d in reversed(order):
+        if parent is None:
+            return _wrap_state(d)
+        parent[key] = _wrap_state(d)
+    raise AssertionError("unreachable")
 
 
 def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:

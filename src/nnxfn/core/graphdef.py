@@ -188,9 +188,11 @@ class GraphDef:
         return ops
 
     def __hash__(self) -> int:
-        if self._hash is None:
+        if self._hash is None:  # over the flat program: no recursion, any depth
+            from nnxfn.core.fastpath import op_hash
+
             try:
-                self._hash = hash(self.root)
+                self._hash = hash((self.num_leaves, tuple(map(op_hash, self.ops))))
             except TypeError:
                 raise TypeError(_unhashable_message(self.root)) from None
         return self._hash
@@ -198,11 +200,12 @@ class GraphDef:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return (
-            isinstance(other, GraphDef)
-            and hash(self) == hash(other)
-            and self.root == other.root
-        )
+        if not isinstance(other, GraphDef) or hash(self) != hash(other):
+            return False
+        from nnxfn.core.fastpath import op_equal
+
+        a, b = self.ops, other.ops
+        return len(a) == len(b) and all(map(op_equal, a, b))
 
     def __reduce__(self):
         return (GraphDef, (self.root, self.num_leaves))

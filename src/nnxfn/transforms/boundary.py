@@ -432,8 +432,13 @@ class Inside:
 def rebuild(static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
             frame: context.Frame) -> tuple[tuple, dict, Inside]:
     """Fresh args/kwargs from traced values; call inside `frame`."""
-    objects: dict[int, tp.Any] = {}
-    nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
+    made: list = []
+    try:  # by position: no paths, no recursion
+        nodes = core.fastpath.unflatten_leaves(static.graphdef, values, objects=made)
+        objects: dict[int, tp.Any] = dict(enumerate(made))
+    except core.fastpath.LeafMismatch:
+        objects = {}
+        nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
     positions = static.node_positions + tuple(p for p, _ in static.static_leaves)
     fixed = list(nodes) + [v for _, v in static.static_leaves]
     args, kwargs = assemble(static.treedef, positions, fixed, others)
@@ -473,7 +478,7 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     )
     n_in = len(inside.static.paths)
     in_part = graphdef.root.children[0][1]
-    same = in_part == inside.static.graphdef.root
+    same = GraphDef(in_part, n_in) == inside.static.graphdef  # flat compare: any depth
     if same and not out_nodes:
         changed = tuple(
             i for i, (_, leaf) in enumerate(pairs[:n_in])
