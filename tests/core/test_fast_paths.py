@@ -84,7 +84,9 @@ def test_fast_split_matches_general_flatten():
 def test_program_and_records_round_trip():
     graphdef, _ = nnx.split(Big())
     ops = graphdef.ops
-    assert fastpath.ops_from_root(fastpath.root_from_ops(ops)) == list(ops)
+    from nnxfn.core.graphdef import ops_from_root, root_from_ops  # the flat program
+
+    assert ops_from_root(root_from_ops(ops)) == list(ops)
     rebuilt = core.GraphDef(graphdef.root, graphdef.num_leaves)
     assert rebuilt == graphdef and rebuilt.ops == list(ops)
 

@@ -6,29 +6,32 @@ back to for anything unusual, so that errors and edge cases live in one place.
 
 from __future__ import annotations
 
-import types
 import typing as tp
 
-import jax
-import numpy as np
 
-from nnxfn.core import graph as _g
 from nnxfn.core.graphdef import (
-    ARRAY,
-    ArrayDef,
-    BoxedDef,
-    ContainerDef,
+    _ARRAY_OP,
+    OP_ARRAY,
+    OP_CONT,
+    OP_NODE,
+    OP_PYTREE,
+    OP_REF,
+    OP_STATIC,
+    OP_VAR,
     GraphDef,
-    NodeDef,
-    PytreeDef,
-    Ref,
-    StaticDef,
-    VariableDef,
-    same_value,
-    static_hash,
+)
+from nnxfn.core.kinds import (
+    _ARRAY_TYPES,
+    _K_ARRAY,
+    _K_CONT,
+    _K_NODE,
+    _K_STATIC,
+    _K_VAR,
+    _kind,
+    _pytree_children,
 )
 from nnxfn.core.registry import _CACHE as _IMPLS
-from nnxfn.core.registry import KINDS, NodeImpl, key_order, lookup
+from nnxfn.core.registry import KINDS, NodeImpl, key_order
 from nnxfn.core.state import State, wrap as _wrap_state
 from nnxfn.core.variable_like import VariableLike
 
@@ -54,37 +57,8 @@ Leaf = tp.Any
 # graph nodes, Variables, arrays, plain containers and static values; for
 # anything else (foreign pytrees, unhashable statics, ...) it gives up and the
 # general `flatten` runs, so the errors and edge cases stay in one place.
-OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
-_ARRAY_OP = (OP_ARRAY,)
-_K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER = range(6)
-_LEAF_TYPES = (
-    type(None), int, float, str, bool, complex,
-    types.FunctionType, types.BuiltinFunctionType, np.dtype,
-)
-
-
 class _Fallback(Exception):
     """The fast walk met something only the general `flatten` handles."""
-
-
-def _kind(t: type) -> int:
-    """How the fast walk treats instances of `t` (same order as `flatten`)."""
-    if issubclass(t, VariableLike):
-        kind = _K_VAR
-    elif lookup(t) is not None:
-        kind = _K_NODE
-    elif issubclass(t, jax.core.Tracer):  # `isinstance(x, jax.Array)` depends on x
-        kind = _K_OTHER
-    elif issubclass(t, _g._ARRAY_TYPES):
-        kind = _K_ARRAY
-    elif t in _g._CONTAINERS:
-        kind = _K_CONT
-    elif issubclass(t, _LEAF_TYPES[:6]) or t in _LEAF_TYPES:
-        kind = _K_STATIC  # never a pytree node, always hashable
-    else:
-        kind = _K_OTHER
-    KINDS[t] = kind
-    return kind
 
 
 def _flatten_fast(
@@ -171,13 +145,13 @@ def _flatten_fast(
                                   None if prefix is None else prefix + (k,)))
                     parents.append((d, k))
                     break
-                elif isinstance(v, _g._ARRAY_TYPES):  # a tracer
+                elif isinstance(v, _ARRAY_TYPES):  # a tracer
                     add_op(_ARRAY_OP)
                     add_leaf(v)
                     d[k] = v
                     if prefix is not None:
                         add_path(prefix + (k,))
-                elif _g._pytree_children(v) is None:
+                elif _pytree_children(v) is None:
                     add_op((OP_STATIC, v))
                 else:
                     raise _Fallback
@@ -299,99 +273,3 @@ def _unflatten_ops(
         frame[2] -= 1
 
 
-def root_from_ops(ops: list) -> tp.Any:
-    """The tree of GraphDef records described by a flat program (iteratively)."""
-    count = 0
-    top: list = []
-    stack: list = [[None, 0, 1, top]]  # [op, index, children still to read, children]
-    it = iter(ops)
-    while True:
-        frame = stack[-1]
-        if not frame[2]:
-            stack.pop()
-            op, i, _, kids = frame
-            if op is None:
-                return top[0]
-            pairs = tuple(zip(op[3] if op[0] == OP_NODE else op[2], kids))
-            if op[0] == OP_NODE:
-                d = NodeDef(op[1], i, op[2], pairs)
-            elif op[0] == OP_CONT:
-                d = ContainerDef(op[1], pairs)
-            else:
-                d = PytreeDef(op[1], pairs)
-            stack[-1][3].append(d)
-            stack[-1][2] -= 1
-            continue
-        op = next(it)
-        code = op[0]
-        if code == OP_VAR:
-            d = VariableDef(op[1], count, op[2])
-            count += 1
-        elif code == OP_ARRAY:
-            d = ARRAY
-        elif code == OP_STATIC:
-            d = StaticDef(op[1])
-        elif code == OP_REF:
-            d = Ref(op[1])
-        elif code == OP_BOXED:
-            d = BoxedDef(op[1])
-        else:
-            index = count
-            if code == OP_NODE:
-                count += 1
-            n = len(op[3] if code == OP_NODE else op[2])
-            stack.append([op, index, n, []])
-            continue
-        frame[3].append(d)
-        frame[2] -= 1
-
-
-def ops_from_root(root: tp.Any) -> list:
-    """The flat program of a tree of GraphDef records (iteratively)."""
-    ops: list = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        if isinstance(d, VariableDef):
-            ops.append((OP_VAR, d.type, d.metadata))
-        elif isinstance(d, ArrayDef):
-            ops.append(_ARRAY_OP)
-        elif isinstance(d, StaticDef):
-            ops.append((OP_STATIC, d.value))
-        elif isinstance(d, Ref):
-            ops.append((OP_REF, d.index))
-        elif isinstance(d, BoxedDef):
-            ops.append((OP_BOXED, d.type))
-        else:
-            keys = tuple(k for k, _ in d.children)
-            if isinstance(d, NodeDef):
-                ops.append((OP_NODE, d.type, d.static, keys, lookup(d.type)))
-            elif isinstance(d, ContainerDef):
-                ops.append((OP_CONT, d.type, keys))
-            else:
-                ops.append((OP_PYTREE, d.treedef, keys))
-            stack.extend(child for _, child in reversed(d.children))
-    return ops
-
-
-def op_hash(op: tuple) -> int:
-    """Hash of one op, consistent with `op_equal` (statics hashed by contents)."""
-    code = op[0]
-    if code == OP_NODE:
-        return hash((code, op[1], static_hash(op[2]), op[3]))
-    if code == OP_STATIC:
-        return hash((code, static_hash(op[1])))
-    return hash(op)
-
-
-def op_equal(a: tuple, b: tuple) -> bool:
-    code = a[0]
-    if code != b[0]:
-        return False
-    if code == OP_NODE:
-        return a[1] is b[1] and a[3] == b[3] and same_value(a[2], b[2])
-    if code == OP_VAR:
-        return a[1] is b[1] and same_value(a[2], b[2])
-    if code == OP_STATIC:
-        return same_value(a[1], b[1])
-    return a == b

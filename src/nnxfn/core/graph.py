@@ -3,15 +3,14 @@
 `flatten` walks an object graph once and returns a GraphDef plus the leaves
 in canonical path order; `unflatten` builds fresh objects from a GraphDef and
 leaves without calling any `__init__`. `split`/`merge`/`state`/`graphdef`/
-`clone` are thin wrappers; `update` and `pop` are the facade's writes.
+`clone` are thin wrappers. The facade's writes (`update`, `pop`) are in
+`update.py`, iterations over a graph in `traverse.py`.
 """
 
 from __future__ import annotations
 
 import typing as tp
 
-import jax
-import numpy as np
 
 from nnxfn.core import errors
 from nnxfn.core import filters as filterlib
@@ -27,66 +26,29 @@ from nnxfn.core.graphdef import (
     StaticDef,
     VariableDef,
 )
-from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
-from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
-from nnxfn.core.state import _set_flat
-from nnxfn.core.variable_like import VariableLike
-from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
+from nnxfn.core.fastpath import _flatten_fast, _unflatten_ops
+from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
+    _ARRAY_TYPES,
+    _CONTAINERS,
     _K_ARRAY,
     _K_CONT,
     _K_NODE,
     _K_OTHER,
     _K_STATIC,
     _K_VAR,
-    _flatten_fast,
+    _container_children,
     _kind,
-    _unflatten_ops,
+    _pytree_children,
+    children_of,
+    is_array,
 )
+from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
+from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
+from nnxfn.core.state import _set_flat
+from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
-_CONTAINERS = (list, tuple, dict)
-_MISSING = object()
-
-
-def is_array(x: tp.Any) -> bool:
-    return isinstance(x, _ARRAY_TYPES)
-
-
-# -- one level of children -------------------------------------------------
-def _container_children(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
-    if type(x) is dict:
-        return [(k, x[k]) for k in sorted(x, key=key_order)]
-    return list(enumerate(x))
-
-
-def _key_of(entry: tp.Any) -> tp.Any:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return getattr(entry, attr)
-    return str(entry)
-
-
-def _pytree_children(x: tp.Any) -> tuple[tp.Any, list[tuple[tp.Any, tp.Any]]] | None:
-    """One level of a foreign pytree, or None if `x` is a pytree leaf."""
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
-        return None
-    return treedef, [(_key_of(p[0]), v) for p, v in pairs]
-
-
-def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
-    """The (key, child) pairs of any graph value; [] for leaves."""
-    impl = lookup(type(x))
-    if impl is not None:
-        return list(impl.children(x))
-    if isinstance(x, VariableLike) or is_array(x):
-        return []
-    if type(x) in _CONTAINERS:
-        return _container_children(x)
-    found = _pytree_children(x)
-    return [] if found is None else found[1]
 
 
 # -- flatten ----------------------------------------------------------------
@@ -446,195 +408,6 @@ def graphdef(node: tp.Any) -> GraphDef:
 def clone(node: tp.Any) -> tp.Any:
     """A deep copy through split/merge: same values and sharing, new objects."""
     return merge(*split(node))
-
-
-# -- update / pop (the facade's writes) -----------------------------------------
-def update(node: tp.Any, *states: tp.Any) -> None:
-    """Write the states' leaves into `node` in place.
-
-    Variables get their value (and metadata) set; raw arrays and missing
-    attributes are (re)bound on their parent; immutable containers and
-    foreign pytrees on the way are rebuilt and set on their parent.
-    """
-    nested = State.from_flat_path(_flat_leaves(states))
-    _update_graph_node(node, nested, ())
-
-
-def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
-    """Update a graph node, or a root list/tuple/dict of them (`update((model, opt), s)`)."""
-    impl = lookup(type(node))
-    if impl is None and type(node) in _CONTAINERS:
-        current = dict(_container_children(node))
-        set_child = _container_setter(node, path)
-        if type(node) is tuple:  # check first: nothing is half-applied
-            for key in sub:
-                child = current.get(key, _MISSING)
-                if not isinstance(sub[key], State) and not isinstance(child, VariableLike):
-                    raise ValueError(errors.update_in_tuple(path + (key,)))
-    elif impl is None:
-        raise ValueError(errors.update_missing_node(path))
-    else:
-        current = dict(impl.children(node))
-        set_child = impl.set_child
-    for key in sub:
-        child = current.get(key, _MISSING)
-        new = _update_value(child, sub[key], path + (key,))
-        if new is not child:
-            set_child(node, key, new)
-
-
-def _container_setter(node: tp.Any, path: Path) -> tp.Callable:
-    def set_item(container: tp.Any, key: tp.Any, value: tp.Any) -> None:
-        if type(container) is tuple:
-            raise ValueError(errors.update_in_tuple(path + (key,)))
-        container[key] = value
-
-    return set_item
-
-
-def _update_value(child: tp.Any, value: tp.Any, path: Path, foreign: bool = False) -> tp.Any:
-    if isinstance(value, State):
-        if child is _MISSING:
-            raise ValueError(errors.update_missing_node(path))
-        if lookup(type(child)) is not None or (not path and type(child) in _CONTAINERS):
-            _update_graph_node(child, value, path)
-            return child
-        return _rebuild(child, value, path, foreign)
-    if isinstance(child, VariableLike):
-        if isinstance(value, VariableLike):
-            child.set_raw(value.raw_value)
-            meta = value.metadata_items()
-            if meta != child.metadata_items():
-                child.set_metadata_items(meta)
-        else:
-            child.set_raw(value)
-        return child
-    if isinstance(value, VariableLike) and foreign:  # boxed only in the State (BoxedDef)
-        return value.raw_value
-    if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
-        return type(value).from_parts(value.raw_value, value.metadata_items())
-    return value
-
-
-def _rebuild(container: tp.Any, sub: State, path: Path, foreign: bool = False) -> tp.Any:
-    """A copy of a list/tuple/dict/pytree with some children updated."""
-    if type(container) in _CONTAINERS:
-        pairs = _container_children(container)
-        treedef = None
-    else:
-        found = _pytree_children(container)
-        if found is None:
-            raise ValueError(errors.update_missing_node(path))
-        treedef, pairs = found
-        foreign = True  # arrays below a foreign pytree stay raw arrays
-    known = {k for k, _ in pairs}
-    extra = [k for k in sub if k not in known]
-    if extra:
-        raise ValueError(errors.update_missing_node(path + (extra[0],)))
-    values = [
-        _update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs
-    ]
-    if treedef is not None:
-        return treedef.unflatten(values)
-    if type(container) is dict:
-        return {k: v for (k, _), v in zip(pairs, values)}
-    if type(container) is list:
-        container[:] = values
-        return container
-    return tuple(values)
-
-
-def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
-    """Remove the Variables matching `filters` from `node`; return them as State(s)."""
-    _, pairs = flatten(node, copy=False)
-    states = _partition(pairs, filters, exhaustive=False)
-    # Find every parent before deleting anything (nothing changes on error),
-    # then delete the last paths first so list indices do not shift.
-    targets = []
-    for s in states:
-        for path, _ in s.flat_state():
-            parent = _get_path(node, path[:-1])
-            impl = lookup(type(parent))
-            if impl is None:
-                raise ValueError(errors.cannot_pop(path))
-            targets.append((path, parent, impl))
-    for path, parent, impl in sorted(targets, key=lambda t: _path_order(t[0]), reverse=True):
-        impl.del_child(parent, path[-1])
-    return states[0] if len(states) == 1 else states
-
-
-def _get_path(node: tp.Any, path: Path) -> tp.Any:
-    for key in path:
-        node = dict(children_of(node))[key]
-    return node
-
-
-# -- iteration and maps --------------------------------------------------------------
-def iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
-    """Yield (path, value) for every node and leaf, children before parents.
-
-    Each shared object is visited once. The children of a node are listed
-    before they are visited, so setting attributes of the node a loop just
-    received (as in model surgery) is safe.
-    """
-    seen: set[int] = set()
-
-    def visit(x: tp.Any, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
-        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
-            if id(x) in seen:
-                return
-            seen.add(id(x))
-        for k, child in children_of(x):
-            yield from visit(child, path + (k,))
-        yield path, x
-
-    yield from visit(node, ())
-
-
-def find_duplicates(node: tp.Any) -> list[list[Path]]:
-    """Groups of paths that reach the same Variable or graph node."""
-    found: dict[int, list[Path]] = {}
-
-    def visit(x: tp.Any, path: Path) -> None:
-        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
-            paths = found.setdefault(id(x), [])
-            paths.append(path)
-            if len(paths) > 1:
-                return
-        for k, child in children_of(x):
-            visit(child, path + (k,))
-
-    visit(node, ())
-    return [paths for paths in found.values() if len(paths) > 1]
-
-
-def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.Any:
-    """A copy of `node` where every value is replaced by `f(path, value)`,
-    children before parents (the parent receives its mapped children).
-    The original graph is not modified; sharing is preserved."""
-    node = clone(node)
-    done: dict[int, tp.Any] = {}
-
-    def visit(x: tp.Any, path: Path) -> tp.Any:
-        identity = isinstance(x, VariableLike) or lookup(type(x)) is not None
-        if identity and id(x) in done:
-            return done[id(x)]
-        impl = lookup(type(x))
-        if impl is not None:
-            done[id(x)] = x  # cycles see the node itself
-            for k, child in list(impl.children(x)):
-                new = visit(child, path + (k,))
-                if new is not child:
-                    impl.set_child(x, k, new)
-        elif type(x) in _CONTAINERS and not isinstance(x, VariableLike):
-            items = [(k, visit(c, path + (k,))) for k, c in _container_children(x)]
-            x = dict(items) if type(x) is dict else type(x)(v for _, v in items)
-        result = f(path, x)
-        if identity:
-            done[id(x)] = result
-        return result
-
-    return visit(node, ())
 
 
 def _mutable(x: tp.Any) -> bool:

@@ -10,9 +10,12 @@ with the same sharing pattern give equal GraphDefs.
 from __future__ import annotations
 
 import dataclasses
+import typing as tp
 from typing import Any, Hashable
 
 import jax
+
+from nnxfn.core.registry import lookup
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -172,8 +175,6 @@ class GraphDef:
     def root(self) -> Any:
         root = self._root
         if root is None:
-            from nnxfn.core.fastpath import root_from_ops
-
             root = self._root = root_from_ops(self._ops)
         return root
 
@@ -182,15 +183,11 @@ class GraphDef:
         """The flat program of this GraphDef (pre-order ops, built once)."""
         ops = self._ops
         if ops is None:
-            from nnxfn.core.fastpath import ops_from_root
-
             ops = self._ops = ops_from_root(self._root)
         return ops
 
     def __hash__(self) -> int:
         if self._hash is None:  # over the flat program: no recursion, any depth
-            from nnxfn.core.fastpath import op_hash
-
             try:
                 self._hash = hash((self.num_leaves, tuple(map(op_hash, self.ops))))
             except TypeError:
@@ -202,8 +199,6 @@ class GraphDef:
             return True
         if not isinstance(other, GraphDef) or hash(self) != hash(other):
             return False
-        from nnxfn.core.fastpath import op_equal
-
         a, b = self.ops, other.ops
         return len(a) == len(b) and all(map(op_equal, a, b))
 
@@ -217,6 +212,109 @@ class GraphDef:
 
     def __repr__(self) -> str:
         return f"GraphDef({_describe(self.root, 1)})"
+
+
+# -- the flat program (see fastpath.py) --------------------------------------
+OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
+_ARRAY_OP = (OP_ARRAY,)
+
+
+def root_from_ops(ops: list) -> tp.Any:
+    """The tree of GraphDef records described by a flat program (iteratively)."""
+    count = 0
+    top: list = []
+    stack: list = [[None, 0, 1, top]]  # [op, index, children still to read, children]
+    it = iter(ops)
+    while True:
+        frame = stack[-1]
+        if not frame[2]:
+            stack.pop()
+            op, i, _, kids = frame
+            if op is None:
+                return top[0]
+            pairs = tuple(zip(op[3] if op[0] == OP_NODE else op[2], kids))
+            if op[0] == OP_NODE:
+                d = NodeDef(op[1], i, op[2], pairs)
+            elif op[0] == OP_CONT:
+                d = ContainerDef(op[1], pairs)
+            else:
+                d = PytreeDef(op[1], pairs)
+            stack[-1][3].append(d)
+            stack[-1][2] -= 1
+            continue
+        op = next(it)
+        code = op[0]
+        if code == OP_VAR:
+            d = VariableDef(op[1], count, op[2])
+            count += 1
+        elif code == OP_ARRAY:
+            d = ARRAY
+        elif code == OP_STATIC:
+            d = StaticDef(op[1])
+        elif code == OP_REF:
+            d = Ref(op[1])
+        elif code == OP_BOXED:
+            d = BoxedDef(op[1])
+        else:
+            index = count
+            if code == OP_NODE:
+                count += 1
+            n = len(op[3] if code == OP_NODE else op[2])
+            stack.append([op, index, n, []])
+            continue
+        frame[3].append(d)
+        frame[2] -= 1
+
+
+def ops_from_root(root: tp.Any) -> list:
+    """The flat program of a tree of GraphDef records (iteratively)."""
+    ops: list = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, VariableDef):
+            ops.append((OP_VAR, d.type, d.metadata))
+        elif isinstance(d, ArrayDef):
+            ops.append(_ARRAY_OP)
+        elif isinstance(d, StaticDef):
+            ops.append((OP_STATIC, d.value))
+        elif isinstance(d, Ref):
+            ops.append((OP_REF, d.index))
+        elif isinstance(d, BoxedDef):
+            ops.append((OP_BOXED, d.type))
+        else:
+            keys = tuple(k for k, _ in d.children)
+            if isinstance(d, NodeDef):
+                ops.append((OP_NODE, d.type, d.static, keys, lookup(d.type)))
+            elif isinstance(d, ContainerDef):
+                ops.append((OP_CONT, d.type, keys))
+            else:
+                ops.append((OP_PYTREE, d.treedef, keys))
+            stack.extend(child for _, child in reversed(d.children))
+    return ops
+
+
+def op_hash(op: tuple) -> int:
+    """Hash of one op, consistent with `op_equal` (statics hashed by contents)."""
+    code = op[0]
+    if code == OP_NODE:
+        return hash((code, op[1], static_hash(op[2]), op[3]))
+    if code == OP_STATIC:
+        return hash((code, static_hash(op[1])))
+    return hash(op)
+
+
+def op_equal(a: tuple, b: tuple) -> bool:
+    code = a[0]
+    if code != b[0]:
+        return False
+    if code == OP_NODE:
+        return a[1] is b[1] and a[3] == b[3] and same_value(a[2], b[2])
+    if code == OP_VAR:
+        return a[1] is b[1] and same_value(a[2], b[2])
+    if code == OP_STATIC:
+        return same_value(a[1], b[1])
+    return a == b
 
 
 # A static pytree (no leaves), as in Flax: `jax.jit(f)(graphdef, state)` works.
