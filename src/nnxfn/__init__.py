@@ -133,8 +133,6 @@ from nnxfn.facade.variables import (
 )
 from nnxfn.facade.varmodes import var_defaults as var_defaults
 from nnxfn.facade.views import (
-    abstract_with_sharding as abstract_with_sharding,
-    as_abstract as as_abstract,
     iter_children as iter_children,
     iter_module_children as iter_module_children,
     set_metadata as set_metadata,
@@ -169,15 +167,12 @@ from nnxfn.core.api import (  # noqa: E402
     clone as clone,
     find_duplicates as find_duplicates,
     graphdef as graphdef,
-    iter_children as iter_children,
     iter_graph as iter_graph,
-    iter_module_children as iter_module_children,
     map as map,
     merge as merge,
     pop as pop,
     pure as pure,
     recursive_map as recursive_map,
-    set_metadata as set_metadata,
     split as split,
     state as state,
     unpack as unpack,

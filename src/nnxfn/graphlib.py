@@ -17,19 +17,21 @@ from nnxfn.core.api import (
     find_duplicates as find_duplicates,
     graphdef as graphdef,
     is_graph_node as is_graph_node,
-    iter_children as iter_children,
     iter_graph as iter_graph,
-    iter_module_children as iter_module_children,
     map as map,
     merge as merge,
     pop as pop,
     pure as pure,
     recursive_map as recursive_map,
-    set_metadata as set_metadata,
     split as split,
     state as state,
     unpack as unpack,
     update as update,
+)
+from nnxfn.facade.views import (
+    iter_children as iter_children,
+    iter_module_children as iter_module_children,
+    set_metadata as set_metadata,
 )
 from nnxfn.core.calls import CallableProxy as CallableProxy, call as call
 from nnxfn.core.contexts import (

@@ -1,6 +1,7 @@
 """split/merge/state/graphdef/update/pop/clone/iter_graph/... on object graphs."""
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -208,11 +209,38 @@ def test_namedtuple_attribute_is_a_pytree():
     _eq(new.pair.a, jnp.ones(2))
 
 
-def test_unhashable_static_error_names_the_path():
+def test_unhashable_static_values_split_merge_and_hash():
+    # Flax accepts these (real transformer configs hold lists); they are
+    # compared by value and hashed by contents.
     m = Block()
     m.linear.config = {"x": {1, 2}}
-    with pytest.raises(TypeError, match=r"node\.linear\.config\.x holds a set.*hashable"):
-        nnx.split(m)
+    graphdef, state = nnx.split(m)
+    assert nnx.merge(graphdef, state).linear.config == {"x": {1, 2}}
+    other = Block()
+    other.linear.config = {"x": {1, 2}}
+    assert hash(nnx.graphdef(other)) == hash(graphdef)
+    assert nnx.graphdef(other) == graphdef
+    other.linear.config = {"x": {1, 3}}
+    assert nnx.graphdef(other) != graphdef
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    layers: list
+
+
+def test_frozen_dataclass_config_with_list_field_splits_jits_and_merges():
+    s = nnx.Module()
+    s.config = _Config(layers=[1, 2])
+    s.w = nnx.Param(jnp.ones(2))
+    graphdef, state = nnx.split(s)
+    new = nnx.merge(graphdef, state)
+    assert new.config == _Config(layers=[1, 2])
+    f = nnx.jit(lambda s: s.w * len(s.config.layers))
+    _eq(f(s), jnp.full(2, 2.0))
+    s.config = _Config(layers=[1, 2, 3])  # another value: another GraphDef
+    _eq(f(s), jnp.full(2, 3.0))
+    _eq(jax.jit(lambda st: nnx.merge(graphdef, st).w * 2)(state), jnp.full(2, 2.0))
 
 
 def test_unhashable_variable_metadata_error_names_the_path():
@@ -419,3 +447,69 @@ def test_iter_graph_allows_setattr_on_yielded_node():
                     replaced.append(path + (name,))
     assert sorted(replaced) == [("linear",), ("other",)]
     assert type(m.linear) is nnx.Module and type(m.other) is nnx.Module
+
+
+def test_update_with_a_tuple_root():
+    import optax
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    kernel = np.asarray(model.kernel.value)
+    zeroed = jax.tree.map(lambda x: x * 0, state)
+    nnx.update((model, optimizer), zeroed)
+    _eq(model.kernel.value, np.zeros_like(kernel))
+    nnx.update((model, optimizer), state)  # the first state still holds the old values
+    _eq(model.kernel.value, kernel)
+    assert nnx.state((model, optimizer))[0]["kernel"][...].shape == (2, 3)
+
+
+def test_update_of_a_plain_value_directly_in_a_tuple_names_the_fix():
+    root = (nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnp.ones(2))
+    state = jax.tree.map(lambda x: x + 1, nnx.state(root))
+    kernel = root[0].kernel.value
+    with pytest.raises(ValueError, match=r"\[1\] sits directly in a tuple.*list instead"):
+        nnx.update(root, state)
+    assert root[0].kernel.value is kernel  # nothing half-applied
+
+
+def test_graphdef_is_a_static_pytree_for_plain_jax_jit():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    assert jax.tree.leaves(graphdef) == []
+
+    @jax.jit
+    def forward(graphdef, state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    _eq(forward(graphdef, state, jnp.ones(2)), model(jnp.ones(2)))
+    other = jax.tree.map(lambda x: x, graphdef)
+    assert other is graphdef or other == graphdef
+
+
+class _Link(nnx.Module):
+    def __init__(self, nxt):
+        self.w = nnx.Param(jnp.ones(1))
+        self.next = nxt
+
+
+def test_graphs_deeper_than_the_recursion_limit():
+    import sys
+
+    depth = max(3000, sys.getrecursionlimit() + 500)
+    chain = None
+    for _ in range(depth):
+        chain = _Link(chain)
+    graphdef, state = nnx.split(chain)
+    assert len(state.flat_state()) == depth
+    assert graphdef == nnx.graphdef(chain) and hash(graphdef) == hash(nnx.graphdef(chain))
+    copy = nnx.merge(graphdef, state)
+    node, n = copy, 0
+    while node is not None:
+        n += 1
+        node = node.next
+    assert n == depth
+    doubled = nnx.jit(lambda m: m.w * 2)(chain)
+    _eq(doubled, jnp.full(1, 2.0))
+    g2, params, rest = nnx.split(chain, nnx.Param, ...)
+    assert len(params.flat_state()) == depth

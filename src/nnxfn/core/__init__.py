@@ -21,17 +21,12 @@ from nnxfn.core.filters import (
 )
 from nnxfn.core.graph import (
     clone as clone,
-    find_duplicates as find_duplicates,
     flatten as flatten,
     graphdef as graphdef,
-    iter_graph as iter_graph,
     merge as merge,
-    pop as pop,
-    recursive_map as recursive_map,
     split as split,
     state as state,
     unflatten as unflatten,
-    update as update,
 )
 from nnxfn.core.graphdef import GraphDef as GraphDef
 from nnxfn.core.registry import (
@@ -44,4 +39,10 @@ from nnxfn.core.state import (
     merge_state as merge_state,
     split_state as split_state,
 )
+from nnxfn.core.traverse import (
+    find_duplicates as find_duplicates,
+    iter_graph as iter_graph,
+    recursive_map as recursive_map,
+)
+from nnxfn.core.writes import pop as pop, update as update
 from nnxfn.core.variable_like import DataLeaf as DataLeaf, VariableLike as VariableLike

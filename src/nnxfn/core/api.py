@@ -22,7 +22,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from nnxfn.core import errors, filters as filterlib, graph as _graph
+from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse as _traverse
+from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.registry import lookup
@@ -214,87 +215,42 @@ def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
         else:
             node.set_raw(value)
         return
-    converted = tuple(_to_state(s) for s in all_states)
-    if type(node) in _CONTAINERS:
-        _update_container(node, State.merge(*converted))
-        return
-    _graph.update(node, *converted)
-
-
-def _update_container(node: tp.Any, sub: State) -> None:
-    """`update` whose root is a list, tuple or dict (changed in place)."""
-    children = dict(_graph.children_of(node))
-    for key in sub:
-        path = (key,)
-        if key not in children and type(node) is not dict:
-            raise ValueError(errors.update_missing_node(path))
-        child = children.get(key, _graph._MISSING)
-        new = _graph._update_value(child, sub[key], path)
-        if new is child:
-            continue
-        if type(node) is tuple:
-            raise ValueError(
-                f"update: {errors.path_str(path)} would be replaced inside a tuple, which "
-                "cannot change in place. Update a Module or a list holding it instead."
-            )
-        node[key] = new
+    _update.update(node, *(_to_state(s) for s in all_states))
 
 
 def pop(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
         graph_updates: bool | None = None) -> tp.Any:
     """Remove the leaves matching `filters` from `node`; return them as State(s)."""
-    return _graph.pop(node, *filters)
+    return _update.pop(node, *filters)
 
 
 # -- traversal -----------------------------------------------------------------------
 def iter_graph(node: tp.Any, /, *, graph: bool | None = None,
                graph_updates: bool | None = None) -> tp.Iterator[tuple[Path, tp.Any]]:
     """(path, value) for every node and leaf, children first; shared objects once."""
-    return _graph.iter_graph(node)
+    return _traverse.iter_graph(node)
 
 
 def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,
                   graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """A copy of `node` with every value replaced by `f(path, value)`, children first."""
-    return _graph.recursive_map(f, node)
+    return _traverse.recursive_map(f, node)
 
 
 def find_duplicates(node: tp.Any, /, *, only: filterlib.Filter = ..., graph: bool | None = None,
                     graph_updates: bool | None = None) -> list[list[Path]]:
     """Groups of paths reaching the same graph node or Variable (matching `only`)."""
-    groups = _graph.find_duplicates(node)
+    groups = _traverse.find_duplicates(node)
     if only is Ellipsis:
         return groups
     pred = filterlib.to_predicate(only)
     out = []
     for paths in groups:
-        obj = _graph._get_path(node, paths[0])
+        obj = _update._get_path(node, paths[0])
         kept = [paths[0]] + [p for p in paths[1:] if pred(p, obj)]
         if len(kept) > 1:
             out.append(kept)
     return out
-
-
-def iter_children(node: tp.Any, /, *, graph: bool | None = None,
-                  graph_updates: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
-    """(key, child) for the immediate children of `node` that are graph nodes or Variables."""
-    if lookup(type(node)) is None and type(node) not in _CONTAINERS:
-        if _graph._pytree_children(node) is None:
-            raise ValueError(
-                f"iter_children: expected a graph node, got {type(node).__name__}."
-            )
-    for key, value in _graph.children_of(node):
-        if is_graph_node(value):
-            yield key, value
-
-
-def iter_module_children(node: tp.Any, /, *, graph: bool | None = None,
-                         graph_updates: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
-    """(key, child) for the immediate children of `node` that are graph nodes
-    (Modules, nnx.List/Dict, ...; not Variables)."""
-    for key, value in iter_children(node):
-        if lookup(type(value)) is not None:
-            yield key, value
 
 
 def map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,  # noqa: A001
@@ -334,7 +290,7 @@ def map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,  # noqa: A00
 
 
 def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
-    parent = _graph._get_path(root, path[:-1])
+    parent = _update._get_path(root, path[:-1])
     impl = lookup(type(parent))
     if impl is not None:
         impl.set_child(parent, path[-1], value)
@@ -346,21 +302,6 @@ def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
             f"{type(parent).__name__}, which cannot change in place. Return a Variable of "
             "the same type there, or keep recreate_variables=True."
         )
-
-
-def set_metadata(node: tp.Any, /, *, only: filterlib.Filter = VariableLike,
-                 **metadata: tp.Any) -> None:
-    """Set `metadata` on every Variable of `node` matching `only`, in place."""
-    pred = filterlib.to_predicate(only)
-    for path, value in list(_graph.iter_graph(node)):
-        if isinstance(value, VariableLike) and pred(path, value):
-            setter = getattr(value, "set_metadata", None)
-            if setter is not None:
-                setter(**metadata)
-            else:
-                items = dict(value.metadata_items())
-                items.update(metadata)
-                value.set_metadata_items(tuple(sorted(items.items())))
 
 
 def as_pure(tree: tp.Any) -> tp.Any:

@@ -99,6 +99,14 @@ def update_missing_node(path: tuple[Any, ...]) -> str:
     )
 
 
+def update_in_tuple(path: tuple[Any, ...]) -> str:
+    return (
+        f"update: {path_str(path)} sits directly in a tuple and holds a plain value, "
+        "so it cannot be replaced in place. Pass a list instead of a tuple, or keep "
+        "the value in a Variable or a Module."
+    )
+
+
 def cannot_pop(path: tuple[Any, ...]) -> str:
     return (
         f"pop: {path_str(path)} lives inside a container that cannot lose an entry "

@@ -6,27 +6,32 @@ back to for anything unusual, so that errors and edge cases live in one place.
 
 from __future__ import annotations
 
-import types
 import typing as tp
 
-import jax
-import numpy as np
 
-from nnxfn.core import graph as _g
 from nnxfn.core.graphdef import (
-    ARRAY,
-    ArrayDef,
-    BoxedDef,
-    ContainerDef,
+    _ARRAY_OP,
+    OP_ARRAY,
+    OP_CONT,
+    OP_NODE,
+    OP_PYTREE,
+    OP_REF,
+    OP_STATIC,
+    OP_VAR,
     GraphDef,
-    NodeDef,
-    PytreeDef,
-    Ref,
-    StaticDef,
-    VariableDef,
+)
+from nnxfn.core.kinds import (
+    _ARRAY_TYPES,
+    _K_ARRAY,
+    _K_CONT,
+    _K_NODE,
+    _K_STATIC,
+    _K_VAR,
+    _kind,
+    _pytree_children,
 )
 from nnxfn.core.registry import _CACHE as _IMPLS
-from nnxfn.core.registry import KINDS, NodeImpl, key_order, lookup
+from nnxfn.core.registry import KINDS, NodeImpl, key_order
 from nnxfn.core.state import State, wrap as _wrap_state
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 
@@ -52,37 +57,8 @@ Leaf = tp.Any
 # graph nodes, Variables, arrays, plain containers and static values; for
 # anything else (foreign pytrees, unhashable statics, ...) it gives up and the
 # general `flatten` runs, so the errors and edge cases stay in one place.
-OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
-_ARRAY_OP = (OP_ARRAY,)
-_K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER = range(6)
-_LEAF_TYPES = (
-    type(None), int, float, str, bool, complex,
-    types.FunctionType, types.BuiltinFunctionType, np.dtype,
-)
-
-
 class _Fallback(Exception):
     """The fast walk met something only the general `flatten` handles."""
-
-
-def _kind(t: type) -> int:
-    """How the fast walk treats instances of `t` (same order as `flatten`)."""
-    if issubclass(t, VariableLike):
-        kind = _K_VAR
-    elif lookup(t) is not None:
-        kind = _K_NODE
-    elif issubclass(t, jax.core.Tracer):  # `isinstance(x, jax.Array)` depends on x
-        kind = _K_OTHER
-    elif issubclass(t, _g._ARRAY_TYPES):
-        kind = _K_ARRAY
-    elif t in _g._CONTAINERS:
-        kind = _K_CONT
-    elif issubclass(t, _LEAF_TYPES[:6]) or t in _LEAF_TYPES:
-        kind = _K_STATIC  # never a pytree node, always hashable
-    else:
-        kind = _K_OTHER
-    KINDS[t] = kind
-    return kind
 
 
 def _flatten_fast(
@@ -106,80 +82,93 @@ def _flatten_fast(
         pairs = list(impl.children(x))
         return impl.static(x), tuple([k for k, _ in pairs]), [v for _, v in pairs]
 
-    def visit_children(keys: tuple, vals: tp.Iterable, prefix: tuple | None) -> dict:
-        d = {}
-        for k, v in zip(keys, vals):
-            t = type(v)
-            kind = kinds.get(t)
-            if kind is None:
-                kind = _kind(t)
-            if kind == _K_VAR:
-                n = len(index)
-                i = seen(id(v), n)
-                if i != n:
-                    add_op((OP_REF, i))
-                    continue
-                meta = v.metadata_items()
-                add_op((OP_VAR, t, meta))
-                leaf = t.from_parts(v.raw_value, meta) if copy else v
-                add_leaf(leaf)
-                d[k] = leaf
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif kind == _K_NODE:
-                n = len(index)
-                i = seen(id(v), n)
-                if i != n:
-                    add_op((OP_REF, i))
-                    continue
-                impl = impls[t]
-                if impl.parts is not None:
-                    static, sub_keys, sub_vals = impl.parts(v)
+    def visit(keys: tuple, vals: tp.Iterable, prefix: tuple | None) -> dict:
+        """Walk the children (iteratively: no recursion limit); their State dict."""
+        top: dict = {}
+        stack = [(iter(zip(keys, vals)), top, prefix)]
+        parents: list = []  # (parent dict, key) of every frame above the first
+        while stack:
+            it, d, prefix = stack[-1]
+            for k, v in it:
+                t = type(v)
+                kind = kinds.get(t)
+                if kind is None:
+                    kind = _kind(t)
+                if kind == _K_VAR:
+                    n = len(index)
+                    i = seen(id(v), n)
+                    if i != n:
+                        add_op((OP_REF, i))
+                        continue
+                    meta = v.metadata_items()
+                    add_op((OP_VAR, t, meta))
+                    leaf = t.from_parts(v.raw_value, meta) if copy else v
+                    add_leaf(leaf)
+                    d[k] = leaf
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif kind == _K_NODE:
+                    n = len(index)
+                    i = seen(id(v), n)
+                    if i != n:
+                        add_op((OP_REF, i))
+                        continue
+                    impl = impls[t]
+                    if impl.parts is not None:
+                        static, sub_keys, sub_vals = impl.parts(v)
+                    else:
+                        static, sub_keys, sub_vals = node_parts(v, impl)
+                    keep(sub_vals)
+                    add_op((OP_NODE, t, static, sub_keys, impl))
+                    stack.append((iter(zip(sub_keys, sub_vals)), {},
+                                  None if prefix is None else prefix + (k,)))
+                    parents.append((d, k))
+                    break
+                elif kind == _K_ARRAY:
+                    add_op(_ARRAY_OP)
+                    add_leaf(v)
+                    d[k] = v
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif kind == _K_STATIC:
+                    add_op((OP_STATIC, v))
+                elif kind == _K_CONT:
+                    if t is dict:
+                        sub_keys = tuple(sorted(v, key=key_order))
+                        sub_vals = [v[j] for j in sub_keys]
+                    else:
+                        sub_keys = tuple(range(len(v)))
+                        sub_vals = v
+                    add_op((OP_CONT, t, sub_keys))
+                    keep(sub_vals)
+                    stack.append((iter(zip(sub_keys, sub_vals)), {},
+                                  None if prefix is None else prefix + (k,)))
+                    parents.append((d, k))
+                    break
+                elif t is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
+                    v = v.value
+                    add_op(_ARRAY_OP)
+                    add_leaf(v)
+                    d[k] = v
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif isinstance(v, _ARRAY_TYPES):  # a tracer
+                    add_op(_ARRAY_OP)
+                    add_leaf(v)
+                    d[k] = v
+                    if prefix is not None:
+                        add_path(prefix + (k,))
+                elif _pytree_children(v) is None:
+                    add_op((OP_STATIC, v))
                 else:
-                    static, sub_keys, sub_vals = node_parts(v, impl)
-                keep(sub_vals)
-                add_op((OP_NODE, t, static, sub_keys, impl))
-                sub = visit_children(sub_keys, sub_vals, None if prefix is None else prefix + (k,))
-                if sub:
-                    d[k] = _wrap_state(sub)
-            elif kind == _K_ARRAY:
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif kind == _K_STATIC:
-                add_op((OP_STATIC, v))
-            elif kind == _K_CONT:
-                if t is dict:
-                    sub_keys = tuple(sorted(v, key=key_order))
-                    sub_vals = [v[j] for j in sub_keys]
-                else:
-                    sub_keys = tuple(range(len(v)))
-                    sub_vals = v
-                add_op((OP_CONT, t, sub_keys))
-                keep(sub_vals)
-                sub = visit_children(sub_keys, sub_vals, None if prefix is None else prefix + (k,))
-                if sub:
-                    d[k] = _wrap_state(sub)
-            elif t is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
-                v = v.value
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif isinstance(v, _g._ARRAY_TYPES):  # a tracer
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
-            elif _g._pytree_children(v) is None and _hashable(v):
-                add_op((OP_STATIC, v))
-            else:
-                raise _Fallback
-        return d
+                    raise _Fallback
+            else:  # this frame is done: hang its State on its parent
+                stack.pop()
+                if parents:
+                    parent, key = parents.pop()
+                    if d:
+                        parent[key] = _wrap_state(d)
+        return top
 
     t = type(node)
     kind = kinds.get(t)
@@ -189,7 +178,7 @@ def _flatten_fast(
         return None
     add_path = paths.append if paths is not None else None
     try:  # the root as the only child of a container: its State is the root's
-        d = visit_children((0,), (node,), None if paths is None else ())
+        d = visit((0,), (node,), None if paths is None else ())
     except _Fallback:
         return None
     if paths is not None:
@@ -197,145 +186,97 @@ def _flatten_fast(
     return GraphDef._from_ops(ops, len(leaves)), d.get(0) or _wrap_state({}), leaves
 
 
-def _hashable(x: tp.Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
-
-
 class LeafMismatch(Exception):
     """A leaf does not fit its GraphDef position (see `unflatten_leaves`)."""
 
 
-def unflatten_leaves(graphdef: GraphDef, leaves: tp.Sequence, *, copy: bool = True) -> tp.Any:
+def unflatten_leaves(
+    graphdef: GraphDef, leaves: tp.Sequence, *, copy: bool = True, objects: list | None = None
+) -> tp.Any:
     """`unflatten` with the leaves given in GraphDef order (as `flatten` lists
     them) instead of by path: no path is built or looked up. Raises
     `LeafMismatch` (no message) if a leaf does not fit; the caller then runs
     the path-based `unflatten` for the error that names the path."""
     if len(leaves) != graphdef.num_leaves:
         raise LeafMismatch
-    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False)
+    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, objects=objects)
 
 
 def _unflatten_ops(
-    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True
+    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True,
+    objects: list | None = None,
 ) -> tp.Any:
     """`unflatten` by position. `trusted`: the leaves come from the `split`
     that made `ops` (Variables where `ops` has them), so nothing is checked."""
     next_op = iter(ops).__next__
     next_leaf = iter(leaves).__next__
-    objects: list = []
+    if objects is None:
+        objects = []  # graph objects and Variables made, by GraphDef index
     add_object = objects.append
-
-    def values(n: int) -> list:
-        out = []
-        for _ in range(n):
-            op = next_op()
+    top: list = []
+    # One frame per open node/container: [op, object, children still to read, children].
+    stack: list = [[None, None, 1, top]]
+    while True:
+        frame = stack[-1]
+        if not frame[2]:  # all children read: finish the node/container
+            stack.pop()
+            op, v, _, vals = frame
+            if op is None:
+                return top[0]
             code = op[0]
-            if code == OP_VAR:
-                leaf = next_leaf()
-                if trusted:  # the State's copy of the Variable
-                    v = op[1].from_parts(leaf.raw_value, leaf.metadata_items())
-                elif isinstance(leaf, VariableLike):
-                    if not isinstance(leaf, op[1]):
-                        raise LeafMismatch
-                    v = op[1].from_parts(leaf.raw_value, leaf.metadata_items()) if copy else leaf
-                else:
-                    v = op[1].from_parts(leaf, op[2])
-                add_object(v)
-            elif code == OP_NODE:
+            if code == OP_NODE:
                 _, t, static, keys, impl = op
-                v = impl.create_empty(t, static)
-                add_object(v)
-                vals = values(len(keys))  # children may refer back to `v`
                 if impl.fill is not None:
                     impl.fill(v, keys, vals)
                 else:
                     set_child = impl.set_child
                     for k, child in zip(keys, vals):
                         set_child(v, k, child)
-            elif code == OP_ARRAY:
-                v = next_leaf()
-                if not trusted and isinstance(v, VariableLike):
-                    v = v.raw_value
-            elif code == OP_STATIC:
-                v = op[1]
-            elif code == OP_REF:
-                v = objects[op[1]]
             elif code == OP_CONT:
-                t, keys = op[1], op[2]
-                vals = values(len(keys))
+                t = op[1]
                 if t is dict:
-                    v = dict(zip(keys, vals))
+                    v = dict(zip(op[2], vals))
                 else:
                     v = vals if t is list else t(vals)
-            elif code == OP_PYTREE:
-                v = op[1].unflatten(values(len(op[2])))
-            else:  # OP_BOXED
-                leaf = next_leaf()
-                v = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
-            out.append(v)
-        return out
-
-    return values(1)[0]
-
-
-def root_from_ops(ops: list) -> tp.Any:
-    """The tree of GraphDef records described by a flat program."""
-    next_op = iter(ops).__next__
-    count = [0]
-
-    def build(op: tuple) -> tp.Any:
+            else:  # OP_PYTREE
+                v = op[1].unflatten(vals)
+            parent = stack[-1]
+            parent[3].append(v)
+            parent[2] -= 1
+            continue
+        op = next_op()
         code = op[0]
         if code == OP_VAR:
-            i = count[0]
-            count[0] += 1
-            return VariableDef(op[1], i, op[2])
-        if code == OP_ARRAY:
-            return ARRAY
-        if code == OP_STATIC:
-            return StaticDef(op[1])
-        if code == OP_REF:
-            return Ref(op[1])
-        if code == OP_BOXED:
-            return BoxedDef(op[1])
-        if code == OP_NODE:
-            i = count[0]
-            count[0] += 1
-            return NodeDef(op[1], i, op[2], tuple([(k, build(next_op())) for k in op[3]]))
-        kids = tuple([(k, build(next_op())) for k in op[2]])
-        return ContainerDef(op[1], kids) if code == OP_CONT else PytreeDef(op[1], kids)
-
-    return build(next_op())
-
-
-def ops_from_root(root: tp.Any) -> list:
-    """The flat program of a tree of GraphDef records."""
-    ops: list = []
-
-    def walk(d: tp.Any) -> None:
-        if isinstance(d, VariableDef):
-            ops.append((OP_VAR, d.type, d.metadata))
-        elif isinstance(d, ArrayDef):
-            ops.append(_ARRAY_OP)
-        elif isinstance(d, StaticDef):
-            ops.append((OP_STATIC, d.value))
-        elif isinstance(d, Ref):
-            ops.append((OP_REF, d.index))
-        elif isinstance(d, BoxedDef):
-            ops.append((OP_BOXED, d.type))
-        else:
-            keys = tuple(k for k, _ in d.children)
-            if isinstance(d, NodeDef):
-                ops.append((OP_NODE, d.type, d.static, keys, lookup(d.type)))
-            elif isinstance(d, ContainerDef):
-                ops.append((OP_CONT, d.type, keys))
+            leaf = next_leaf()
+            if trusted:  # the State's copy of the Variable
+                v = op[1].from_parts(leaf.raw_value, leaf.metadata_items())
+            elif isinstance(leaf, VariableLike):
+                if not isinstance(leaf, op[1]):
+                    raise LeafMismatch
+                v = op[1].from_parts(leaf.raw_value, leaf.metadata_items()) if copy else leaf
             else:
-                ops.append((OP_PYTREE, d.treedef, keys))
-            for _, child in d.children:
-                walk(child)
+                v = op[1].from_parts(leaf, op[2])
+            add_object(v)
+        elif code == OP_NODE:
+            v = op[4].create_empty(op[1], op[2])
+            add_object(v)  # before its children: they may refer back to it
+            stack.append([op, v, len(op[3]), []])
+            continue
+        elif code == OP_ARRAY:
+            v = next_leaf()
+            if not trusted and isinstance(v, VariableLike):
+                v = v.raw_value
+        elif code == OP_STATIC:
+            v = op[1]
+        elif code == OP_REF:
+            v = objects[op[1]]
+        elif code == OP_CONT or code == OP_PYTREE:
+            stack.append([op, None, len(op[2]), []])
+            continue
+        else:  # OP_BOXED
+            leaf = next_leaf()
+            v = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
+        frame[3].append(v)
+        frame[2] -= 1
 
-    walk(root)
-    return ops
+

@@ -3,15 +3,14 @@
 `flatten` walks an object graph once and returns a GraphDef plus the leaves
 in canonical path order; `unflatten` builds fresh objects from a GraphDef and
 leaves without calling any `__init__`. `split`/`merge`/`state`/`graphdef`/
-`clone` are thin wrappers; `update` and `pop` are the facade's writes.
+`clone` are thin wrappers. The facade's writes (`update`, `pop`) are in
+`update.py`, iterations over a graph in `traverse.py`.
 """
 
 from __future__ import annotations
 
 import typing as tp
 
-import jax
-import numpy as np
 
 from nnxfn.core import errors
 from nnxfn.core import filters as filterlib
@@ -27,66 +26,29 @@ from nnxfn.core.graphdef import (
     StaticDef,
     VariableDef,
 )
-from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
-from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
-from nnxfn.core.state import _set_flat
-from nnxfn.core.variable_like import DataLeaf, VariableLike
-from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
+from nnxfn.core.fastpath import _flatten_fast, _unflatten_ops
+from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
+    _ARRAY_TYPES,
+    _CONTAINERS,
     _K_ARRAY,
     _K_CONT,
     _K_NODE,
     _K_OTHER,
     _K_STATIC,
     _K_VAR,
-    _flatten_fast,
+    _container_children,
     _kind,
-    _unflatten_ops,
+    _pytree_children,
+    children_of,
+    is_array,
 )
+from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
+from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
+from nnxfn.core.state import _set_flat
+from nnxfn.core.variable_like import DataLeaf, VariableLike
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
-_CONTAINERS = (list, tuple, dict)
-_MISSING = object()
-
-
-def is_array(x: tp.Any) -> bool:
-    return isinstance(x, _ARRAY_TYPES)
-
-
-# -- one level of children -------------------------------------------------
-def _container_children(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
-    if type(x) is dict:
-        return [(k, x[k]) for k in sorted(x, key=key_order)]
-    return list(enumerate(x))
-
-
-def _key_of(entry: tp.Any) -> tp.Any:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return getattr(entry, attr)
-    return str(entry)
-
-
-def _pytree_children(x: tp.Any) -> tuple[tp.Any, list[tuple[tp.Any, tp.Any]]] | None:
-    """One level of a foreign pytree, or None if `x` is a pytree leaf."""
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
-        return None
-    return treedef, [(_key_of(p[0]), v) for p, v in pairs]
-
-
-def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
-    """The (key, child) pairs of any graph value; [] for leaves."""
-    impl = lookup(type(x))
-    if impl is not None:
-        return list(impl.children(x))
-    if isinstance(x, VariableLike) or is_array(x):
-        return []
-    if type(x) in _CONTAINERS:
-        return _container_children(x)
-    found = _pytree_children(x)
-    return [] if found is None else found[1]
 
 
 # -- flatten ----------------------------------------------------------------
@@ -101,8 +63,9 @@ def flatten(
     A Variable or graph node reachable by several paths appears once, at
     its first path in canonical order. If `objects` is given, the live
     graph nodes and Variables are appended to it in GraphDef index order;
-    if `containers` is given, every mutable list/dict walked is appended to
-    it (caches use them to notice in-place edits); if `whole_pytrees` is
+    if `containers` is given, every mutable list/dict walked, and every
+    mutable foreign pytree holding a Variable or graph node, is appended to it
+    (caches use them to notice in-place edits); if `whole_pytrees` is
     given, every outermost foreign pytree holding no Variable or graph node
     is recorded in it as {path: pytree} (Modules show them whole to JAX).
     """
@@ -117,65 +80,94 @@ def flatten(
         objects = []
 
     kinds = KINDS
+    # Iterative (no recursion limit): a frame per open node/container/pytree,
+    # [make(kids) -> def, iterator over (key, child), kids, path, foreign, key].
+    top: list = []
+    stack: list = [[None, iter(((None, node),)), top, (), (), None]]
+    while stack:
+        frame = stack[-1]
+        make, children, kids, base, foreign, _ = frame
+        for k, x in children:
+            path = base if make is None else base + (k,)
+            kind = kinds.get(type(x))
+            if kind is None:
+                kind = _kind(type(x))
+            if kind == _K_VAR:
+                i = index.get(id(x))
+                if i is not None:
+                    kids.append((k, Ref(i)))
+                    continue
+                i = index[id(x)] = len(index)
+                objects.append(x)
+                meta = x.metadata_items()
+                leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
+                kids.append((k, VariableDef(type(x), i, meta)))
+            elif kind == _K_NODE:
+                impl = tp.cast(NodeImpl, lookup(type(x)))
+                i = index.get(id(x))
+                if i is not None:
+                    kids.append((k, Ref(i)))
+                    continue
+                i = index[id(x)] = len(index)
+                objects.append(x)
+                make = _node_maker(type(x), i, impl.static(x))
+                stack.append([make, iter(list(impl.children(x))), [], path, (), k])
+                break
+            elif kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
+                boxed = foreign_leaf_type(path, x, foreign) if foreign else None
+                if boxed is not None:
+                    leaves.append((path, boxed.from_parts(x, ())))
+                    kids.append((k, BoxedDef(boxed)))
+                else:
+                    leaves.append((path, x))
+                    kids.append((k, ARRAY))
+            elif kind == _K_CONT:
+                if containers is not None and type(x) is not tuple:
+                    containers.append(x)
+                make = _container_maker(type(x))
+                stack.append([make, iter(_container_children(x)), [], path, foreign, k])
+                break
+            elif kind == _K_STATIC:
+                kids.append((k, StaticDef(x)))
+            elif type(x) is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
+                leaves.append((path, x.value))
+                kids.append((k, ARRAY))
+            else:
+                found = _pytree_children(x)
+                if found is None:
+                    kids.append((k, StaticDef(x)))  # hashed by contents if unhashable
+                    continue
+                treedef, pairs = found
+                make = _pytree_maker(treedef, x, path, foreign, whole_pytrees, containers)
+                stack.append([make, iter(pairs), [], path, foreign + (type(x),), k])
+                break
+        else:  # every child seen: build this frame's def and hand it to its parent
+            stack.pop()
+            if make is not None:
+                stack[-1][2].append((frame[5], make(tuple(kids))))
 
-    def visit(x: tp.Any, path: Path, foreign: tuple = ()) -> tp.Any:
-        kind = kinds.get(type(x))
-        if kind is None:
-            kind = _kind(type(x))
-        if kind == _K_VAR:
-            i = index.get(id(x))
-            if i is not None:
-                return Ref(i)
-            i = index[id(x)] = len(index)
-            objects.append(x)
-            meta = x.metadata_items()
-            leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
-            return VariableDef(type(x), i, meta)
-        if kind == _K_NODE:
-            impl = tp.cast(NodeImpl, lookup(type(x)))
-            i = index.get(id(x))
-            if i is not None:
-                return Ref(i)
-            i = index[id(x)] = len(index)
-            objects.append(x)
-            kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
-            return NodeDef(type(x), i, impl.static(x), kids)
-        if kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
-            boxed = foreign_leaf_type(path, x, foreign) if foreign else None
-            if boxed is not None:
-                leaves.append((path, boxed.from_parts(x, ())))
-                return BoxedDef(boxed)
-            leaves.append((path, x))
-            return ARRAY
-        if kind == _K_CONT:
-            if containers is not None and type(x) is not tuple:
-                containers.append(x)
-            kids = tuple(
-                (k, visit(v, path + (k,), foreign)) for k, v in _container_children(x)
-            )
-            return ContainerDef(type(x), kids)
-        if kind == _K_STATIC:
-            return StaticDef(x)
-        if type(x) is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
-            leaves.append((path, x.value))
-            return ARRAY
-        found = _pytree_children(x)
-        if found is not None:
-            treedef, pairs = found
-            inner = foreign + (type(x),)
-            kids = tuple((k, visit(v, path + (k,), inner)) for k, v in pairs)
-            d = PytreeDef(treedef, kids)
-            if whole_pytrees is not None and not foreign and _pure(d):
-                whole_pytrees[path] = x
-            return d
-        try:
-            hash(x)
-        except TypeError:
-            raise TypeError(errors.unhashable_static(path, x)) from None
-        return StaticDef(x)
+    return GraphDef(top[0][1], len(leaves)), leaves
 
-    root = visit(node, ())
-    return GraphDef(root, len(leaves)), leaves
+
+def _node_maker(t: type, i: int, static: tp.Any) -> tp.Callable:
+    return lambda kids: NodeDef(t, i, static, kids)
+
+
+def _container_maker(t: type) -> tp.Callable:
+    return lambda kids: ContainerDef(t, kids)
+
+
+def _pytree_maker(treedef: tp.Any, x: tp.Any, path: Path, foreign: tuple,
+                  whole_pytrees: dict | None, containers: list | None) -> tp.Callable:
+    def make(kids: tuple) -> PytreeDef:
+        d = PytreeDef(treedef, kids)
+        if whole_pytrees is not None and not foreign and _pure(d):
+            whole_pytrees[path] = x
+        if containers is not None and not _pure(d) and _mutable(x):
+            containers.append(x)
+        return d
+
+    return make
 
 
 # -- unflatten ----------------------------------------------------------------
@@ -378,13 +370,17 @@ def _nest(paths: list, leaves: list) -> State:
             d = sub
         d[path[-1]] = leaf
 
-    def freeze(d: dict) -> State:
-        for k, v in d.items():
-            if type(v) is dict:
-                d[k] = freeze(v)
-        return _wrap_state(d)
-
-    return freeze(root)
+    order = []  # (parent, key, dict) in pre-order; frozen in reverse: children first
+    stack: list = [(None, None, root)]
+    while stack:
+        parent, key, d = stack.pop()
+        order.append((parent, key, d))
+        stack.extend((d, k, v) for k, v in d.items() if type(v) is dict)
+    for parent, key, d in reversed(order):
+        if parent is None:
+            return _wrap_state(d)
+        parent[key] = _wrap_state(d)
+    raise AssertionError("unreachable")
 
 
 def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
@@ -417,184 +413,13 @@ def clone(node: tp.Any) -> tp.Any:
     return merge(*split(node))
 
 
-# -- update / pop (the facade's writes) -----------------------------------------
-def update(node: tp.Any, *states: tp.Any) -> None:
-    """Write the states' leaves into `node` in place.
-
-    Variables get their value (and metadata) set; raw arrays and missing
-    attributes are (re)bound on their parent; immutable containers and
-    foreign pytrees on the way are rebuilt and set on their parent.
-    """
-    nested = State.from_flat_path(_flat_leaves(states))
-    _update_graph_node(node, nested, ())
-
-
-def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
-    impl = tp.cast(NodeImpl, lookup(type(node)))
-    current = dict(impl.children(node))
-    for key in sub:
-        child = current.get(key, _MISSING)
-        new = _update_value(child, sub[key], path + (key,))
-        if new is not child:
-            impl.set_child(node, key, new)
-
-
-def _update_value(child: tp.Any, value: tp.Any, path: Path, foreign: bool = False) -> tp.Any:
-    if isinstance(value, State):
-        if child is _MISSING:
-            raise ValueError(errors.update_missing_node(path))
-        if lookup(type(child)) is not None:
-            _update_graph_node(child, value, path)
-            return child
-        return _rebuild(child, value, path, foreign)
-    if isinstance(child, VariableLike):
-        if isinstance(value, VariableLike):
-            child.set_raw(value.raw_value)
-            meta = value.metadata_items()
-            if meta != child.metadata_items():
-                child.set_metadata_items(meta)
-        else:
-            child.set_raw(value)
-        return child
-    if isinstance(value, VariableLike) and foreign:  # boxed only in the State (BoxedDef)
-        return value.raw_value
-    if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
-        return type(value).from_parts(value.raw_value, value.metadata_items())
-    return value
-
-
-def _rebuild(container: tp.Any, sub: State, path: Path, foreign: bool = False) -> tp.Any:
-    """A copy of a list/tuple/dict/pytree with some children updated."""
-    if type(container) in _CONTAINERS:
-        pairs = _container_children(container)
-        treedef = None
-    else:
-        found = _pytree_children(container)
-        if found is None:
-            raise ValueError(errors.update_missing_node(path))
-        treedef, pairs = found
-        foreign = True  # arrays below a foreign pytree stay raw arrays
-    known = {k for k, _ in pairs}
-    extra = [k for k in sub if k not in known]
-    if extra:
-        raise ValueError(errors.update_missing_node(path + (extra[0],)))
-    values = [
-        _update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs
-    ]
-    if treedef is not None:
-        return treedef.unflatten(values)
-    if type(container) is dict:
-        return {k: v for (k, _), v in zip(pairs, values)}
-    if type(container) is list:
-        container[:] = values
-        return container
-    return tuple(values)
-
-
-def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
-    """Remove the Variables matching `filters` from `node`; return them as State(s)."""
-    _, pairs = flatten(node, copy=False)
-    states = _partition(pairs, filters, exhaustive=False)
-    # Find every parent before deleting anything (nothing changes on error),
-    # then delete the last paths first so list indices do not shift.
-    targets = []
-    for s in states:
-        for path, _ in s.flat_state():
-            parent = _get_path(node, path[:-1])
-            impl = lookup(type(parent))
-            if impl is None and type(parent) in (dict, list):
-                impl = _IN_PLACE  # plain dicts and lists lose the entry in place
-            if impl is None:
-                raise ValueError(errors.cannot_pop(path))
-            targets.append((path, parent, impl))
-    for path, parent, impl in sorted(targets, key=lambda t: _path_order(t[0]), reverse=True):
-        impl.del_child(parent, path[-1])
-    return states[0] if len(states) == 1 else states
-
-
-class _InPlace:
-    @staticmethod
-    def del_child(container: tp.Any, key: tp.Any) -> None:
-        del container[key]
-
-
-_IN_PLACE = _InPlace()
-
-
-def _get_path(node: tp.Any, path: Path) -> tp.Any:
-    for key in path:
-        node = dict(children_of(node))[key]
-    return node
-
-
-# -- iteration and maps --------------------------------------------------------------
-def iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
-    """Yield (path, value) for every node and leaf, children before parents.
-
-    Each shared object is visited once. The children of a node are listed
-    before they are visited, so setting attributes of the node a loop just
-    received (as in model surgery) is safe.
-    """
-    seen: set[int] = set()
-
-    def visit(x: tp.Any, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
-        if type(x) is DataLeaf:
-            x = x.value
-        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
-            if id(x) in seen:
-                return
-            seen.add(id(x))
-        for k, child in children_of(x):
-            yield from visit(child, path + (k,))
-        yield path, x
-
-    yield from visit(node, ())
-
-
-def find_duplicates(node: tp.Any) -> list[list[Path]]:
-    """Groups of paths that reach the same Variable or graph node."""
-    found: dict[int, list[Path]] = {}
-
-    def visit(x: tp.Any, path: Path) -> None:
-        if isinstance(x, VariableLike) or lookup(type(x)) is not None:
-            paths = found.setdefault(id(x), [])
-            paths.append(path)
-            if len(paths) > 1:
-                return
-        for k, child in children_of(x):
-            visit(child, path + (k,))
-
-    visit(node, ())
-    return [paths for paths in found.values() if len(paths) > 1]
-
-
-def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.Any:
-    """A copy of `node` where every value is replaced by `f(path, value)`,
-    children before parents (the parent receives its mapped children).
-    The original graph is not modified; sharing is preserved."""
-    node = clone(node)
-    done: dict[int, tp.Any] = {}
-
-    def visit(x: tp.Any, path: Path) -> tp.Any:
-        identity = isinstance(x, VariableLike) or lookup(type(x)) is not None
-        if identity and id(x) in done:
-            return done[id(x)]
-        impl = lookup(type(x))
-        if impl is not None:
-            done[id(x)] = x  # cycles see the node itself
-            for k, child in list(impl.children(x)):
-                new = visit(child, path + (k,))
-                if new is not child:
-                    impl.set_child(x, k, new)
-        elif type(x) in _CONTAINERS and not isinstance(x, VariableLike):
-            items = [(k, visit(c, path + (k,))) for k, c in _container_children(x)]
-            x = dict(items) if type(x) is dict else type(x)(v for _, v in items)
-        result = f(path, x)
-        if identity:
-            done[id(x)] = result
-        return result
-
-    return visit(node, ())
+def _mutable(x: tp.Any) -> bool:
+    """Whether a foreign pytree may be edited in place (tuples, States and frozen
+    dataclasses such as Equinox modules cannot, short of `object.__setattr__`)."""
+    if isinstance(x, (tuple, State)):
+        return False
+    params = getattr(type(x), "__dataclass_params__", None)
+    return not (params is not None and params.frozen)
 
 
 def _pure(d: tp.Any) -> bool:

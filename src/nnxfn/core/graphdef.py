@@ -10,9 +10,12 @@ with the same sharing pattern give equal GraphDefs.
 from __future__ import annotations
 
 import dataclasses
+import typing as tp
 from typing import Any, Hashable
 
 import jax
+
+from nnxfn.core.registry import lookup
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -25,6 +28,26 @@ def same_value(a: Any, b: Any) -> bool:
     if type(a) is tuple:
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return bool(a == b)
+
+
+def static_hash(x: Any) -> int:
+    """`hash(x)`, or for unhashable static values (a config dataclass with a
+    list field, a dict) a hash of their contents, consistent with `same_value`:
+    equal values hash equal (values of other types just share a bucket)."""
+    try:
+        return hash(x)
+    except TypeError:
+        pass
+    t = type(x)
+    if t is list or t is tuple:
+        return hash((t, tuple(static_hash(v) for v in x)))
+    if t is dict:
+        return hash((t, len(x), sum(static_hash(k) ^ static_hash(v) for k, v in x.items())))
+    if isinstance(x, (set, bytearray)):
+        return hash((t, frozenset(x) if isinstance(x, set) else bytes(x)))
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return hash((t, tuple(static_hash(getattr(x, f.name)) for f in dataclasses.fields(x))))
+    return hash(t)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -46,7 +69,7 @@ class NodeDef:
         )
 
     def __hash__(self) -> int:
-        return hash((self.type, self.index, self.static, self.children))
+        return hash((self.type, self.index, static_hash(self.static), self.children))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -103,7 +126,7 @@ class StaticDef:
         return self is other or (type(other) is StaticDef and same_value(self.value, other.value))
 
     def __hash__(self) -> int:
-        return hash(self.value)
+        return static_hash(self.value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,8 +175,6 @@ class GraphDef:
     def root(self) -> Any:
         root = self._root
         if root is None:
-            from nnxfn.core.fastpath import root_from_ops
-
             root = self._root = root_from_ops(self._ops)
         return root
 
@@ -162,15 +183,13 @@ class GraphDef:
         """The flat program of this GraphDef (pre-order ops, built once)."""
         ops = self._ops
         if ops is None:
-            from nnxfn.core.fastpath import ops_from_root
-
             ops = self._ops = ops_from_root(self._root)
         return ops
 
     def __hash__(self) -> int:
-        if self._hash is None:
+        if self._hash is None:  # over the flat program: no recursion, any depth
             try:
-                self._hash = hash(self.root)
+                self._hash = hash((self.num_leaves, tuple(map(op_hash, self.ops))))
             except TypeError:
                 raise TypeError(_unhashable_message(self.root)) from None
         return self._hash
@@ -178,11 +197,10 @@ class GraphDef:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return (
-            isinstance(other, GraphDef)
-            and hash(self) == hash(other)
-            and self.root == other.root
-        )
+        if not isinstance(other, GraphDef) or hash(self) != hash(other):
+            return False
+        a, b = self.ops, other.ops
+        return len(a) == len(b) and all(map(op_equal, a, b))
 
     def __reduce__(self):
         return (GraphDef, (self.root, self.num_leaves))
@@ -217,6 +235,109 @@ class GraphDef:
 
     def __repr__(self) -> str:
         return f"GraphDef({_describe(self.root, 1)})"
+
+
+# -- the flat program (see fastpath.py) --------------------------------------
+OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
+_ARRAY_OP = (OP_ARRAY,)
+
+
+def root_from_ops(ops: list) -> tp.Any:
+    """The tree of GraphDef records described by a flat program (iteratively)."""
+    count = 0
+    top: list = []
+    stack: list = [[None, 0, 1, top]]  # [op, index, children still to read, children]
+    it = iter(ops)
+    while True:
+        frame = stack[-1]
+        if not frame[2]:
+            stack.pop()
+            op, i, _, kids = frame
+            if op is None:
+                return top[0]
+            pairs = tuple(zip(op[3] if op[0] == OP_NODE else op[2], kids))
+            if op[0] == OP_NODE:
+                d = NodeDef(op[1], i, op[2], pairs)
+            elif op[0] == OP_CONT:
+                d = ContainerDef(op[1], pairs)
+            else:
+                d = PytreeDef(op[1], pairs)
+            stack[-1][3].append(d)
+            stack[-1][2] -= 1
+            continue
+        op = next(it)
+        code = op[0]
+        if code == OP_VAR:
+            d = VariableDef(op[1], count, op[2])
+            count += 1
+        elif code == OP_ARRAY:
+            d = ARRAY
+        elif code == OP_STATIC:
+            d = StaticDef(op[1])
+        elif code == OP_REF:
+            d = Ref(op[1])
+        elif code == OP_BOXED:
+            d = BoxedDef(op[1])
+        else:
+            index = count
+            if code == OP_NODE:
+                count += 1
+            n = len(op[3] if code == OP_NODE else op[2])
+            stack.append([op, index, n, []])
+            continue
+        frame[3].append(d)
+        frame[2] -= 1
+
+
+def ops_from_root(root: tp.Any) -> list:
+    """The flat program of a tree of GraphDef records (iteratively)."""
+    ops: list = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, VariableDef):
+            ops.append((OP_VAR, d.type, d.metadata))
+        elif isinstance(d, ArrayDef):
+            ops.append(_ARRAY_OP)
+        elif isinstance(d, StaticDef):
+            ops.append((OP_STATIC, d.value))
+        elif isinstance(d, Ref):
+            ops.append((OP_REF, d.index))
+        elif isinstance(d, BoxedDef):
+            ops.append((OP_BOXED, d.type))
+        else:
+            keys = tuple(k for k, _ in d.children)
+            if isinstance(d, NodeDef):
+                ops.append((OP_NODE, d.type, d.static, keys, lookup(d.type)))
+            elif isinstance(d, ContainerDef):
+                ops.append((OP_CONT, d.type, keys))
+            else:
+                ops.append((OP_PYTREE, d.treedef, keys))
+            stack.extend(child for _, child in reversed(d.children))
+    return ops
+
+
+def op_hash(op: tuple) -> int:
+    """Hash of one op, consistent with `op_equal` (statics hashed by contents)."""
+    code = op[0]
+    if code == OP_NODE:
+        return hash((code, op[1], static_hash(op[2]), op[3]))
+    if code == OP_STATIC:
+        return hash((code, static_hash(op[1])))
+    return hash(op)
+
+
+def op_equal(a: tuple, b: tuple) -> bool:
+    code = a[0]
+    if code != b[0]:
+        return False
+    if code == OP_NODE:
+        return a[1] is b[1] and a[3] == b[3] and same_value(a[2], b[2])
+    if code == OP_VAR:
+        return a[1] is b[1] and same_value(a[2], b[2])
+    if code == OP_STATIC:
+        return same_value(a[1], b[1])
+    return a == b
 
 
 def _describe(d: Any, indent: int) -> str:

@@ -15,7 +15,7 @@ import abc
 import typing as tp
 
 
-from nnxfn.core import graph as _graph
+from nnxfn.core import kinds as _graph
 from nnxfn.core.graphdef import ContainerDef, NodeDef, PytreeDef, Ref, VariableDef
 from nnxfn.core.registry import key_order, lookup
 from nnxfn.core.variable_like import VariableLike

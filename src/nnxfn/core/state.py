@@ -189,12 +189,18 @@ def _unbox(v: tp.Any) -> tp.Any:
 
 
 def _flatten_into(state: State, prefix: Path, out: list) -> None:
-    for k in sorted(state._mapping, key=key_order):
-        v = state._mapping[k]
-        if isinstance(v, State):
-            _flatten_into(v, prefix + (k,), out)
-        else:
+    """Append the (path, leaf) pairs of `state`, depth first (no recursion limit)."""
+    stack = [(iter(sorted(state._mapping, key=key_order)), state._mapping, prefix)]
+    while stack:
+        keys, mapping, prefix = stack[-1]
+        for k in keys:
+            v = mapping[k]
+            if isinstance(v, State):
+                stack.append((iter(sorted(v._mapping, key=key_order)), v._mapping, prefix + (k,)))
+                break
             out.append((prefix + (k,), v))
+        else:
+            stack.pop()
 
 
 def _flat_pure(d: Mapping, prefix: Path) -> tp.Iterator[tuple[Path, tp.Any]]:

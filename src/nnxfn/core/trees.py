@@ -11,7 +11,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph
+from nnxfn.core import filters as filterlib, graph as _graph, traverse as _traverse
 from nnxfn.core import api
 from nnxfn.core.api import is_graph_node
 from nnxfn.core.contexts import (
@@ -113,7 +113,7 @@ def check_consistent_aliasing(node: tp.Any, prefix: tp.Any, /, *,
     if node_prefixes is None:
         node_prefixes = {}
     names: dict[int, str] = {}
-    for path, value in _graph.iter_graph(node):
+    for path, value in _traverse.iter_graph(node):
         if isinstance(value, VariableLike):
             p = prefix.map_prefix(path, value) if hasattr(prefix, "map_prefix") else prefix
             node_prefixes.setdefault(id(value), []).append((path, p))

@@ -22,7 +22,7 @@ class List(Object, MutableSequence):
 
     def _write(self) -> None:
         context.check_write(self, self.__dict__.get("_nnx_frame"), "an item")
-        context.bump_structure()
+        context.bump_structure(self)
 
     def __getitem__(self, i: tp.Any) -> tp.Any:
         return self._items[i]
@@ -61,12 +61,12 @@ def _list_set(lst: List, i: int, value: tp.Any) -> None:
         lst._items.append(value)
     else:
         if lst._items[i] is not value:  # a rebound item (see module._set_child)
-            context.bump_structure()
+            context.bump_structure(lst)
         lst._items[i] = value
 
 
 def _list_del(lst: List, i: int) -> None:
-    context.bump_structure()
+    context.bump_structure(lst)
     del lst._items[i]
 
 

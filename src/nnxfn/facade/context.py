@@ -1,16 +1,22 @@
-"""Process-wide bookkeeping shared by the facade and the transforms.
+"""Bookkeeping shared by the facade and the transforms.
 
-- A stack of transform *frames*. Objects remember the frame they were created
-  in; writing to an object from inside a transform that did not create it
-  (a closure capture) is an error instead of a silently lost update.
-- A structure epoch: a counter bumped by every structural mutation (an
-  attribute added, rebound or deleted, a list grown, Variable metadata
-  changed). Caches of flattened structure are valid while it is unchanged.
+- A stack of transform *frames*, one per thread (threads trace and run
+  concurrently). Objects remember the frame they were created in; writing to
+  an object from inside a transform that did not create it (a closure
+  capture) is an error instead of a silently lost update.
+- Structure versions. Every structural mutation (an attribute added,
+  rebound or deleted, a list grown, Variable metadata changed) stamps the
+  object it happened on with a fresh number (`version_of`) and moves the
+  process-wide epoch, an O(1) "nothing changed anywhere" check. A cache of
+  flattened structure re-validates by comparing the versions of its own
+  objects when the epoch moved; only a change of the rules that apply to
+  every object (`bump_structure()` without an object) invalidates all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import typing as tp
 import warnings
 import weakref
@@ -23,7 +29,14 @@ class Frame:
     name: str
 
 
-_FRAMES: list[Frame] = []
+class _Local(threading.local):
+    """Per-thread transform context: the stack of active frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+
+LOCAL = _Local()
 
 # Owner of Variables that JAX rebuilt from tracers outside any nnxfn transform
 # (e.g. a Module passed through `jax.jit` or `eqx.filter_jit` as a pytree).
@@ -34,40 +47,63 @@ _foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compar
 def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
     key = id(obj)
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
-_EPOCH = [0]
+_EPOCH = [0]  # moved by every structural change anywhere
+_HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
 
 
 def current_frame() -> Frame | None:
-    return _FRAMES[-1] if _FRAMES else None
+    frames = LOCAL.frames
+    return frames[-1] if frames else None
 
 
 def push_frame(frame: Frame) -> None:
-    _FRAMES.append(frame)
+    LOCAL.frames.append(frame)
 
 
 def pop_frame(frame: Frame) -> None:
-    assert _FRAMES and _FRAMES[-1] is frame, "transform frames out of order"
-    _FRAMES.pop()
+    frames = LOCAL.frames
+    assert frames and frames[-1] is frame, "transform frames out of order"
+    frames.pop()
 
 
 def structure_epoch() -> int:
     return _EPOCH[0]
 
 
-def bump_structure() -> None:
+def hard_epoch() -> int:
+    return _HARD[0]
+
+
+def bump_structure(obj: tp.Any = None) -> None:
+    """Record a structural change of `obj` (of everything if `obj` is None)."""
     _EPOCH[0] += 1
+    if obj is None:
+        _HARD[0] += 1
+        return
+    obj.__dict__["_nnx_version"] = _EPOCH[0]
+
+
+def metadata_changed() -> None:
+    """A Variable's metadata was replaced (caches compare metadata by identity)."""
+    _EPOCH[0] += 1
+
+
+def version_of(obj: tp.Any) -> int:
+    """The epoch of `obj`'s last structural change (0: none recorded)."""
+    return obj.__dict__.get("_nnx_version", 0)
 
 
 def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
     """Raise if `obj` (created in frame `owner`) is written inside another frame;
     warn if it was rebuilt by a non-nnxfn transform (the write would be lost)."""
-    if owner is FOREIGN and not _FRAMES:
+    frames = LOCAL.frames
+    if owner is FOREIGN and not frames:
         warnings.warn(_foreign_message(obj, what), stacklevel=4)
         return
-    if _FRAMES and owner is not _FRAMES[-1]:
+    if frames and owner is not frames[-1]:
         from nnxfn.facade.captured import captured_where  # names the path (error path only)
 
-        frame = _FRAMES[-1]
+        frame = frames[-1]
         raise RuntimeError(
             f"{frame.name}: {what} of {captured_where(obj, _describe(obj))} was changed inside the "
             "transform, but that object was not passed to it: it is captured by "

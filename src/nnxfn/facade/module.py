@@ -23,7 +23,7 @@ from nnxfn.facade.variables import Perturbation, Variable, variable_type_from_na
 from nnxfn.facade.varmodes import base_type as var_type_of
 
 M = tp.TypeVar("M", bound="Module")
-_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data")
+_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data", "_nnx_version")
 _UNSET = object()
 
 
@@ -64,7 +64,7 @@ class Pytree:
         ):
             value = _mark(self, d, name, value)
         if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
-            context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
+            context.bump_structure(self)  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -75,6 +75,7 @@ class Pytree:
         state = dict(self.__dict__)
         state.pop("_nnx_frame", None)
         state.pop("_nnx_pytree", None)
+        state.pop("_nnx_version", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -254,7 +255,7 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
     # Rebinding an existing attribute to another object (`nnx.update` writing a
     # raw array, or a rebuilt Equinox module) is structural for transform caches.
     if obj.__dict__.get(key, value) is not value:
-        context.bump_structure()
+        context.bump_structure(obj)
     object.__setattr__(obj, key, value)
 
 
@@ -280,7 +281,7 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
 
 
 def _del_child(obj: Object, key: str) -> None:
-    context.bump_structure()
+    context.bump_structure(obj)
     object.__delattr__(obj, key)
     statics = obj.__dict__.get("_nnx_static")
     if statics and key in statics:  # a deleted attribute is no longer static

@@ -102,7 +102,8 @@ class Variable(VariableLike, tp.Generic[A]):
         var = _new(cls)  # slot setters: `split`/`merge` make one per leaf
         _set_raw_value(var, value)
         _set_metadata(var, metadata)
-        _set_frame(var, _FRAMES[-1] if _FRAMES else None)  # context.current_frame()
+        frames = _LOCAL.frames  # context.current_frame(), inlined: one per leaf
+        _set_frame(var, frames[-1] if frames else None)
         return var
 
     def set_raw(self, value: tp.Any) -> None:
@@ -112,7 +113,7 @@ class Variable(VariableLike, tp.Generic[A]):
     def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
         context.check_write(self, self._frame, "the metadata")
         object.__setattr__(self, "_metadata", metadata)
-        context.bump_structure()
+        context.metadata_changed()
 
     # -- value access ------------------------------------------------------------
     @property
@@ -360,7 +361,7 @@ _new = object.__new__
 _set_raw_value = Variable.__dict__["raw_value"].__set__
 _set_metadata = Variable.__dict__["_metadata"].__set__
 _set_frame = Variable.__dict__["_frame"].__set__
-_FRAMES = context._FRAMES
+_LOCAL = context.LOCAL
 
 
 def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:

@@ -230,12 +230,12 @@ def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any
 
 def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, child) for the direct children of `node` that are graph nodes
-    (Modules, Rngs, `nnx.List`, ...); does not recurse."""
+    (Modules, Rngs, `nnx.List`, ...) or Variables; does not recurse."""
     del graph
     if core.registry.lookup(type(node)) is None:
         raise ValueError(f"Expected a graph node, got {type(node).__name__}.")
     for key, value in core.graph.children_of(node):
-        if core.registry.lookup(type(value)) is not None:
+        if core.registry.lookup(type(value)) is not None or isinstance(value, Variable):
             yield key, value
 
 
@@ -244,35 +244,6 @@ def iter_module_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.It
     for key, value in iter_children(node, graph=graph):
         if isinstance(value, Module):
             yield key, value
-
-
-def as_abstract(tree: A, graph: bool | None = None) -> A:
-    """`tree` (e.g. from `nnx.eval_shape`) with each abstract Variable that has an
-    `out_sharding` annotation given a `NamedSharding` on its `mesh` metadata or
-    the current (abstract) mesh; other Variables are shared with `tree`."""
-    import jax
-
-    from nnxfn.facade import spmd
-
-    del graph
-    swap = {}
-    for path, var in core.iter_graph(tree):
-        if not isinstance(var, Variable) or id(var) in swap:
-            continue
-        value = var.get_value()
-        if (not isinstance(value, jax.ShapeDtypeStruct) or getattr(value, "sharding", None) is not None
-                or spmd.spec_key(var.get_metadata()) is None):
-            continue
-        mesh = var.get_metadata("mesh") or jax.sharding.get_abstract_mesh()
-        spec = spmd.variable_spec(var, mesh=mesh, where="/".join(map(str, path)))
-        sharding = jax.sharding.NamedSharding(mesh, spec)
-        swap[id(var)] = var.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
-    if isinstance(tree, Variable):
-        return swap.get(id(tree), tree)
-    return _replace(_shared_copy(tree), swap, set()) if swap else tree
-
-
-abstract_with_sharding = as_abstract
 
 
 # -- capture -------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 import typing as tp
 
 from nnxfn.core import errors
-from nnxfn.core.graph import children_of, update
+from nnxfn.core.graph import children_of
+from nnxfn.core.writes import update
 from nnxfn.core.state import State
 
 

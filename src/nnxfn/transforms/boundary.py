@@ -22,12 +22,21 @@ import collections
 import dataclasses
 import operator
 import typing as tp
+import weakref
 
 import jax
 
 from nnxfn import core
 from nnxfn.core.graph import is_array
-from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.graphdef import (
+    ArrayDef,
+    BoxedDef,
+    GraphDef,
+    NodeDef,
+    PytreeDef,
+    VariableDef,
+    same_value,
+)
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
@@ -75,18 +84,42 @@ class EntryStatic:
         return isinstance(other, EntryStatic) and hash(self) == hash(other) and self._key() == other._key()
 
 
-@dataclasses.dataclass
 class Entry:
-    static: EntryStatic
-    values: list  # raw values of the graph objects' state leaves
-    others: list  # the remaining (array) leaves of args/kwargs
-    live: list  # the caller's Variables / raw arrays, one per state leaf
-    objects: list  # the caller's graph objects and Variables, by GraphDef index
-    nodes: list  # the graph objects found in args, in order
-    # Cached entries only: every state leaf is a live Variable we may write
-    # directly, and commit plans (targets per ExitStatic) shared across calls.
-    fast: bool = False
-    plans: dict | None = None
+    """The flattened arguments of one call.
+
+    static: what the compiled function is keyed on; values: raw values of the
+    graph objects' state leaves; others: the remaining (array) leaves of
+    args/kwargs; live: the caller's Variables / raw arrays, one per state
+    leaf; objects: the caller's graph objects and Variables, by GraphDef
+    index; nodes: the graph objects found in args, in order. Entries from
+    `EntryCache` also carry the cached view they came from (`view`), whose
+    commit plans are shared across calls, and the re-read values of its
+    pure attributes (`groups`).
+    """
+
+    __slots__ = ("static", "values", "others", "live", "_objects", "nodes", "view", "groups")
+
+    def __init__(self, static: EntryStatic, values: list, others: list, live: list,
+                 objects: list | None, nodes: list, view: CachedView | None = None,
+                 groups: list | None = None):
+        self.static = static
+        self.values = values
+        self.others = others
+        self.live = live
+        self._objects = objects
+        self.nodes = nodes
+        self.view = view
+        self.groups = groups
+
+    @property
+    def objects(self) -> list:
+        if self._objects is None:  # a cached view holds them weakly
+            self._objects = [r() for r in self.view.object_refs]
+        return self._objects
+
+    @property
+    def fast(self) -> bool:
+        return self.view is not None
 
     def boxed(self) -> frozenset:
         """Paths of leaves boxed only in the State (arrays of foreign pytrees)."""
@@ -125,19 +158,68 @@ def _enter(leaves: list, treedef: tp.Any, containers: list | None = None) -> Ent
     return Entry(static, [raw(x) for x in live], others, live, objects, nodes)
 
 
+_META = operator.attrgetter("_metadata")
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Group:
+    """A pure value attribute (a raw array, or a foreign pytree such as an
+    Equinox module holding no Variable or graph object) of a graph node.
+    Its leaves are re-read on every call, so in-place edits are seen and a
+    commit that rebuilds it with the same tree structure changes nothing."""
+
+    node: weakref.ref  # the graph node holding it
+    key: str  # its attribute name
+    start: int  # index of its first state leaf
+    treedef: tp.Any  # JAX treedef of the value
+    arrays: tuple[int, ...]  # positions of the state leaves among its JAX leaves
+    statics: tuple[tuple[int, tp.Any], ...]  # its other JAX leaves (static in the GraphDef)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class CachedView:
+    """A cached `enter` result, valid while the objects it walked keep their
+    structure. Holds the argument graphs weakly (a dropped model is freed)."""
+
+    static: EntryStatic
+    variables: list  # live Variables at every state leaf outside the groups
+    groups: tuple[Group, ...]
+    arg_refs: list  # weakrefs to the argument objects; their callbacks drop the view
+    object_refs: list  # weakrefs to the graph objects and Variables, by GraphDef index
+    node_refs: list  # weakrefs to the graph nodes walked
+    versions: tuple  # their structure versions when walked
+    metadata: list  # the Variables' metadata tuples (compared by identity)
+    containers: list  # (list/dict/foreign pytree, its items when walked)
+    epoch: int
+    hard: int
+    plans: dict  # id(changed) -> CommitPlan
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class CommitPlan:
+    """Where the emitted values of one exit go, computed once per exit."""
+
+    changed: tuple[int, ...]
+    targets: list  # Variables written directly
+    picks: list | None  # positions of their values among the emitted ones (None: all)
+    groups: list  # (group index, [(position among emitted, position among its JAX leaves)])
+
+
 class EntryCache:
     """Reuses `enter` results across calls (the fast path of `nnx.jit`).
 
-    A cached Entry is valid while the same graph objects sit at the same
-    argument positions, the structure epoch (bumped by every attribute
-    assignment and metadata change) is unchanged, and no list/dict on the
-    way was edited in place. Then a call only reads the current raw value of
-    each Variable: no graph walk, no per-leaf objects.
+    A cached view is valid while the same graph objects sit at the same
+    argument positions, none of the objects it walked changed structure
+    (checked only when the process-wide epoch moved, by comparing their own
+    versions), and no list/dict/foreign pytree holding graph objects was
+    edited in place. Then a call reads the current raw value of each
+    Variable and re-reads each pure attribute: no graph walk.
     """
 
     def __init__(self, size: int = 8):
         self.size = size
-        self._entries: dict[tp.Any, tuple] = {}
+        self._entries: dict[tp.Any, CachedView] = {}
+        self.lookups_missed = 0
 
     def enter(self, args: tuple, kwargs: dict) -> Entry:
         leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
@@ -146,29 +228,167 @@ class EntryCache:
         if False in ids:  # a static (non-array) leaf: its value is part of the key
             return _enter(leaves, treedef)
         key = (treedef, ids)
-        hit = self._entries.get(key)
-        epoch = context.structure_epoch()
-        if hit is not None:
-            cached, cached_epoch, containers = hit
-            if cached_epoch == epoch and all(_snapshot(c) == snap for c, snap in containers):
-                live = cached.live
-                others = [x for x, n in zip(leaves, nodes) if not n]
-                values = list(map(_RAW, live)) if cached.fast else [raw(x) for x in live]
-                return Entry(cached.static, values, others, live, cached.objects,
-                             cached.nodes, cached.fast, cached.plans)
+        view = self._entries.get(key)
+        if view is not None:
+            entry = _use(view, leaves, nodes)
+            if entry is not None:
+                return entry
+            self._entries.pop(key, None)
+        self.lookups_missed += 1
+        epoch, hard = context.structure_epoch(), context.hard_epoch()
         found: list = []
         entry = _enter(leaves, treedef, found)
-        if not entry.static.static_leaves:
-            boxed = entry.boxed()
-            entry.fast = all(
-                isinstance(x, Variable) and x._frame is not context.FOREIGN and p not in boxed
-                for x, p in zip(entry.live, entry.static.paths)
-            )
-            entry.plans = {}
-            if len(self._entries) >= self.size:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (entry, epoch, [(c, _snapshot(c)) for c in found])
+        view = self._view(entry, found, key, epoch, hard)
+        if view is not None:
+            while len(self._entries) >= self.size:
+                try:
+                    del self._entries[next(iter(self._entries))]
+                except (StopIteration, KeyError, RuntimeError):  # another thread got there
+                    break
+            self._entries[key] = view
+            entry.view = view
+            entry.groups = _read_groups(view)
         return entry
+
+    def _view(self, entry: Entry, found: list, key: tp.Any, epoch: int, hard: int) -> CachedView | None:
+        static = entry.static
+        if static.static_leaves:
+            return None
+        groups = _find_groups(entry, static)
+        if groups is None:
+            return None
+        inside = {i for g in groups for i in range(g.start, g.start + len(g.arrays))}
+        variables = [x for i, x in enumerate(entry.live) if i not in inside]
+        if not all(type(x) is not None and isinstance(x, Variable) and x._frame is not context.FOREIGN
+                   for x in variables):
+            return None
+        entries = self._entries
+
+        def drop(_: tp.Any) -> None:
+            entries.pop(key, None)
+
+        try:
+            arg_refs = [weakref.ref(x, drop) for x in entry.nodes]
+            object_refs = [weakref.ref(x) for x in entry.objects]
+        except TypeError:  # an object that cannot be weakly referenced
+            return None
+        node_refs = [r for r, x in zip(object_refs, entry.objects) if not isinstance(x, VariableLike)]
+        versions = tuple(context.version_of(x) for x in entry.objects if not isinstance(x, VariableLike))
+        return CachedView(
+            static, variables, tuple(groups), arg_refs, object_refs, node_refs, versions,
+            list(map(_META, variables)),
+            [(c, _snapshot(c)) for c in found if c is not entry.nodes], epoch, hard, {},
+        )
+
+
+def _find_groups(entry: Entry, static: EntryStatic) -> list[Group] | None:
+    """The pure value attributes of the graph nodes, with their leaf ranges;
+    None if JAX's view of one does not match the GraphDef's."""
+    groups = []
+    pos = 0
+    stack = [(static.graphdef.root, None, None)]
+    while stack:
+        d, parent, key = stack.pop()
+        if isinstance(d, (VariableDef, BoxedDef, ArrayDef)) and parent is None:
+            pos += 1
+            continue
+        pure = parent is not None and (
+            isinstance(d, ArrayDef) or (isinstance(d, PytreeDef) and core.graph._pure(d))
+        )
+        if pure:
+            count = _count_leaves(d)
+            node = entry.objects[parent.index]
+            value = node.__dict__.get(key, _MISSING) if type(key) is str else _MISSING
+            if value is _MISSING:
+                return None
+            flat, treedef = jax.tree_util.tree_flatten(value)
+            arrays = tuple(i for i, x in enumerate(flat) if is_array(x))
+            if len(arrays) != count or any(
+                flat[i] is not raw(entry.live[pos + j]) for j, i in enumerate(arrays)
+            ):
+                return None
+            statics = tuple((i, x) for i, x in enumerate(flat) if not is_array(x))
+            groups.append(Group(weakref.ref(node), key, pos, treedef, arrays, statics))
+            pos += count
+            continue
+        if isinstance(d, VariableDef) or isinstance(d, (BoxedDef, ArrayDef)):
+            pos += 1
+            continue
+        children = getattr(d, "children", ())
+        owner = d if isinstance(d, NodeDef) else None
+        stack.extend((child, owner, k) for k, child in reversed(children))
+    return groups
+
+
+def _count_leaves(d: tp.Any) -> int:
+    if isinstance(d, (VariableDef, BoxedDef, ArrayDef)):
+        return 1
+    return sum(_count_leaves(child) for _, child in getattr(d, "children", ()))
+
+
+def _use(view: CachedView, leaves: list, nodes: list) -> Entry | None:
+    """An Entry from `view` for the current arguments, or None if stale."""
+    if view.epoch != context.structure_epoch() and not _revalidate(view):
+        return None
+    for c, snap in view.containers:
+        if not _same_snapshot(_snapshot(c), snap):
+            return None
+    values = list(map(_RAW, view.variables))
+    live = view.variables
+    groups = None
+    if view.groups:
+        groups = _read_groups(view)
+        if groups is None:
+            return None
+        live = list(live)
+        for g, (_, flat) in zip(view.groups, groups):
+            arrays = [flat[i] for i in g.arrays]
+            values[g.start:g.start] = arrays
+            live[g.start:g.start] = arrays
+    others = [x for x, n in zip(leaves, nodes) if not n]
+    arg_nodes = [x for x, n in zip(leaves, nodes) if n]
+    return Entry(view.static, values, others, live, None, arg_nodes, view, groups)
+
+
+def _read_groups(view: CachedView) -> list | None:
+    """(node, JAX leaves) of each pure attribute now; None if one changed structure."""
+    out = []
+    for g in view.groups:
+        node = g.node()
+        if node is None:
+            return None
+        value = node.__dict__.get(g.key, _MISSING)
+        flat, treedef = jax.tree_util.tree_flatten(value)
+        if treedef != g.treedef:
+            return None
+        for i, v in g.statics:
+            if not same_value(flat[i], v):
+                return None
+        for i in g.arrays:
+            if not is_array(flat[i]):
+                return None
+        out.append((node, flat))
+    return out
+
+
+def _revalidate(view: CachedView) -> bool:
+    """The epoch moved: did any object of this view change structure?"""
+    if view.hard != context.hard_epoch():
+        return False
+    epoch = context.structure_epoch()
+    try:
+        versions = tuple([context.version_of(r()) for r in view.node_refs])
+    except AttributeError:  # one of them was freed
+        return False
+    if versions != view.versions:
+        return False
+    if not all(map(operator.is_, map(_META, view.variables), view.metadata)):
+        return False
+    view.epoch = epoch
+    return True
+
+
+_MISSING = object()
 
 
 def _plain(x: tp.Any) -> bool | None:
@@ -179,9 +399,23 @@ def _plain(x: tp.Any) -> bool | None:
 
 
 def _snapshot(container: tp.Any) -> tuple:
+    """The items of a list/dict (keys and values) or the children of a foreign pytree."""
     if type(container) is dict:
-        return tuple((k, id(v)) for k, v in container.items())
-    return tuple(map(id, container))
+        return (tuple(container), tuple(container.values()))
+    if type(container) is list:
+        return ((), tuple(container))
+    found = core.graph._pytree_children(container)
+    if found is None:
+        return (None, ())
+    return (found[0], tuple(v for _, v in found[1]))
+
+
+def _same_snapshot(a: tuple, b: tuple) -> bool:
+    return (
+        a[0] == b[0]
+        and len(a[1]) == len(b[1])
+        and all(map(operator.is_, a[1], b[1]))
+    )
 
 
 @dataclasses.dataclass
@@ -198,8 +432,13 @@ class Inside:
 def rebuild(static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
             frame: context.Frame) -> tuple[tuple, dict, Inside]:
     """Fresh args/kwargs from traced values; call inside `frame`."""
-    objects: dict[int, tp.Any] = {}
-    nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
+    made: list = []
+    try:  # by position: no paths, no recursion
+        nodes = core.fastpath.unflatten_leaves(static.graphdef, values, objects=made)
+        objects: dict[int, tp.Any] = dict(enumerate(made))
+    except core.fastpath.LeafMismatch:
+        objects = {}
+        nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
     positions = static.node_positions + tuple(p for p, _ in static.static_leaves)
     fixed = list(nodes) + [v for _, v in static.static_leaves]
     args, kwargs = assemble(static.treedef, positions, fixed, others)
@@ -239,7 +478,7 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     )
     n_in = len(inside.static.paths)
     in_part = graphdef.root.children[0][1]
-    same = in_part == inside.static.graphdef.root
+    same = GraphDef(in_part, n_in) == inside.static.graphdef  # flat compare: any depth
     if same and not out_nodes:
         changed = tuple(
             i for i, (_, leaf) in enumerate(pairs[:n_in])
@@ -276,6 +515,9 @@ def commit(entry: Entry, exit: ExitStatic, out_arrays: tp.Sequence, values: tp.S
                     leaves[(0,) + path] = raw(leaf)
         reuse = {new_i: entry.objects[old_i] for new_i, old_i in exit.origins}
         _, out_nodes = core.unflatten(exit.graphdef, leaves, reuse=reuse)
+        for obj in reuse.values():  # attributes may have been added: cached views re-walk
+            if not isinstance(obj, VariableLike):
+                context.bump_structure(obj)
     return assemble(exit.out_treedef, exit.out_positions, out_nodes, out_arrays)
 
 
@@ -294,12 +536,23 @@ def commit_all(entry: Entry, values: tp.Sequence) -> None:
 
 
 def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:
-    if entry.fast and context.current_frame() is None:
+    view = entry.view
+    if view is not None and context.current_frame() is None:
         # Hot path: one C-level loop of slot writes, targets planned once per exit.
-        plan = entry.plans.get(id(changed))
-        if plan is None or plan[0] is not changed:
-            plan = entry.plans[id(changed)] = (changed, [entry.live[i] for i in changed])
-        collections.deque(map(_SET_RAW, plan[1], values), maxlen=0)
+        plan = view.plans.get(id(changed))
+        if plan is None or plan.changed is not changed:
+            plan = _plan(view, entry, changed)
+            if type(changed) is tuple:
+                view.plans[id(changed)] = plan
+        picked = values if plan.picks is None else [values[j] for j in plan.picks]
+        collections.deque(map(_SET_RAW, plan.targets, picked), maxlen=0)
+        for gi, items in plan.groups:  # pure attributes: rebuilt, same structure
+            group = view.groups[gi]
+            node, flat = entry.groups[gi]
+            flat = list(flat)
+            for j, p in items:
+                flat[p] = values[j]
+            node.__dict__[group.key] = group.treedef.unflatten(flat)
         return
     loose = {}
     boxed = entry.boxed()
@@ -314,3 +567,23 @@ def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence)
         by_node.setdefault(path[0], {})[path[1:]] = value
     for k, flat in by_node.items():  # one update per argument: foreign pytrees rebuilt once
         core.update(entry.nodes[k], core.State.from_flat_path(flat))
+
+
+def _plan(view: CachedView, entry: Entry, changed: tp.Sequence[int]) -> CommitPlan:
+    owner = {}
+    for gi, g in enumerate(view.groups):
+        for j, p in enumerate(g.arrays):
+            owner[g.start + j] = (gi, p)
+    targets, picks, by_group = [], [], {}
+    for j, i in enumerate(changed):
+        found = owner.get(i)
+        if found is None:
+            targets.append(entry.live[i])
+            picks.append(j)
+        else:
+            by_group.setdefault(found[0], []).append((j, found[1]))
+    all_vars = len(picks) == len(changed)
+    return CommitPlan(
+        changed if type(changed) is tuple else tuple(changed),
+        targets, None if all_vars else picks, list(by_group.items()),
+    )
