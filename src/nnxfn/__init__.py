@@ -114,6 +114,9 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+# -- flags --
+from nnxfn.core.modes import set_graph_mode as set_graph_mode, set_graph_updates as set_graph_updates
+# -- end flags --
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"

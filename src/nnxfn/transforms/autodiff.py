@@ -154,24 +154,48 @@ class _GradWrapped(MethodWrapper):
 
 
 def value_and_grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-                   *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+                   *, holomorphic: bool = False, allow_int: bool = False,
+                   reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+                   graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.value_and_grad`; module arguments are differentiated w.r.t. their
-    `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s."""
+    `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s.
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+    _check_reduce_axes(reduce_axes, "nnx.value_and_grad")
     if f is None:
         return lambda fn: value_and_grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
 
 
 def grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-         *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+         *, holomorphic: bool = False, allow_int: bool = False,
+         reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+         graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.grad`; see `value_and_grad`."""
+    _check_reduce_axes(reduce_axes, "nnx.grad")
     if f is None:
         return lambda fn: grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad")
 
 
-def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
-    """Like `jax.vjp`; cotangents for module primals are States of their Params."""
+def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None:
+    if reduce_axes:  # removed from JAX; Flax rejects it the same way
+        raise NotImplementedError(
+            f"{name}: reduce_axes is no longer supported by JAX; sum the gradients "
+            "over the axis yourself (e.g. `jax.lax.psum`)."
+        )
+
+
+def vjp(f: tp.Callable | None = None, *primals: tp.Any, has_aux: bool = False,
+        reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+        graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.vjp`; cotangents for module primals are States of their Params.
+    Without primals (or without `f`) returns a partial waiting for them."""
+    _check_reduce_axes(reduce_axes, "nnx.vjp")
+    if f is None:
+        return functools.partial(vjp, has_aux=has_aux)
+    if not primals:
+        return functools.partial(vjp, f, has_aux=has_aux)
+    check_not_bound(f, "nnx.vjp")
     entry = boundary.enter(primals, {})
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
     cell: dict = {}
@@ -190,8 +214,16 @@ def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
     return primal_out, vjp_fn
 
 
-def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bool = False) -> tuple:
-    """Like `jax.jvp`; tangents for module primals are States of their Params."""
+def jvp(f: tp.Callable | None = None, primals: tp.Sequence | None = None,
+        tangents: tp.Sequence | None = None, *, has_aux: bool = False,
+        graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.jvp`; tangents for module primals are States of their Params.
+    Without primals/tangents (or without `f`) returns a partial waiting for them."""
+    if f is None:
+        return functools.partial(jvp, has_aux=has_aux)
+    if primals is None or tangents is None:
+        return functools.partial(jvp, f, has_aux=has_aux)
+    check_not_bound(f, "nnx.jvp")
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
@@ -252,7 +284,8 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
 
 
 def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
-          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None) -> tp.Any:
+          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None,
+          graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
     if f is None:
         return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)

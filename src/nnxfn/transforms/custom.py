@@ -27,7 +27,9 @@ def _zero_cotangent(x: tp.Any) -> tp.Any:
     return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
+class CustomVjp:
+    """`nnx.custom_vjp(fun)`: call it like `fun` once `.defvjp(fwd, bwd)` is set."""
+
     def __init__(self, fun: tp.Callable, nondiff_argnums: tp.Sequence[int] = ()):
         functools.update_wrapper(self, fun)
         self.fun = fun
@@ -123,3 +125,12 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             c if c is not None else _zero_cotangent(o) for c, o in zip(other_cts, others)
         ]
         return state_cts, other_cts
+
+
+def custom_vjp(fun: tp.Callable | None = None, *, nondiff_argnums: int | tp.Sequence[int] = (),
+               graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.custom_vjp` (also as `@nnx.custom_vjp(nondiff_argnums=...)`);
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+    if fun is None:
+        return lambda f: CustomVjp(f, nondiff_argnums)
+    return CustomVjp(fun, nondiff_argnums)

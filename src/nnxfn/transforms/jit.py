@@ -43,7 +43,10 @@ class JitWrapped(MethodWrapper):
         device: tp.Any = None,
         backend: str | None = None,
         inline: bool = False,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
     ):
+        # `graph`/`graph_updates`: Flax's mode flags, accepted; nnxfn has one mode.
         check_not_bound(fn, "nnx.jit")
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -185,17 +188,52 @@ def _with_statics(fn: tp.Callable, statics: tuple, static_kw: tuple) -> tp.Calla
 
 
 @tp.overload
-def jit(fn: tp.Callable, **kwargs: tp.Any) -> JitWrapped: ...
+def jit(fn: tp.Callable, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
+        static_argnums: int | tp.Sequence[int] | None = ...,
+        static_argnames: str | tp.Sequence[str] | None = ...,
+        donate_argnums: int | tp.Sequence[int] | None = ...,
+        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
+        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
+        graph: bool | None = ..., graph_updates: bool | None = ...) -> JitWrapped: ...
 @tp.overload
-def jit(fn: None = None, **kwargs: tp.Any) -> tp.Callable[[tp.Callable], JitWrapped]: ...
-def jit(fn: tp.Callable | None = None, **kwargs: tp.Any) -> tp.Any:
+def jit(fn: None = None, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
+        static_argnums: int | tp.Sequence[int] | None = ...,
+        static_argnames: str | tp.Sequence[str] | None = ...,
+        donate_argnums: int | tp.Sequence[int] | None = ...,
+        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
+        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
+        graph: bool | None = ..., graph_updates: bool | None = ...
+        ) -> tp.Callable[[tp.Callable], JitWrapped]: ...
+def jit(
+    fn: tp.Callable | None = None,
+    *,
+    in_shardings: tp.Any = None,
+    out_shardings: tp.Any = None,
+    static_argnums: int | tp.Sequence[int] | None = None,
+    static_argnames: str | tp.Sequence[str] | None = None,
+    donate_argnums: int | tp.Sequence[int] | None = None,
+    donate_argnames: str | tp.Sequence[str] | None = None,
+    keep_unused: bool = False,
+    device: tp.Any = None,
+    backend: str | None = None,
+    inline: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Compile `fn` like `jax.jit`; Modules may appear anywhere in its args and
-    outputs, and their updates are committed after each call.
+    outputs, and their updates are committed after each call. `graph` and
+    `graph_updates` (Flax's mode flags) are accepted and change nothing.
 
     >>> @jit
     ... def step(model, x):
     ...     return model(x)
     """
+    options = dict(
+        in_shardings=in_shardings, out_shardings=out_shardings,
+        static_argnums=static_argnums, static_argnames=static_argnames,
+        donate_argnums=donate_argnums, donate_argnames=donate_argnames,
+        keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+    )
     if fn is None:
-        return lambda f: JitWrapped(f, **kwargs)
-    return JitWrapped(fn, **kwargs)
+        return lambda f: JitWrapped(f, **options)
+    return JitWrapped(fn, **options)

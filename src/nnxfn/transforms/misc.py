@@ -10,10 +10,11 @@ from jax.experimental import checkify as _checkify
 
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import body_fn, run_inside
+from nnxfn.transforms.common import as_tuple, body_fn, run_inside
 
 
-def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
+               graph_updates: bool | None = None, **kwargs: tp.Any) -> tp.Any:
     """Run `f` abstractly. Modules it creates come back with `jax.ShapeDtypeStruct`
     leaves (an abstract model, e.g. to restore a checkpoint into); the
     arguments are not modified.
@@ -41,22 +42,38 @@ def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
-def make_jaxpr(f: tp.Callable, **jaxpr_kwargs: tp.Any) -> tp.Callable:
-    """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves."""
+def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
+               graph_updates: bool | None = None,
+               static_argnums: int | tp.Sequence[int] = ()) -> tp.Callable:
+    """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves
+    (and array arguments); `static_argnums` arguments are passed through as
+    Python values."""
+    if f is None:
+        return functools.partial(make_jaxpr, static_argnums=static_argnums)
+    statics = as_tuple(static_argnums)
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry = boundary.enter(args, kwargs)
+        fixed = {i: args[i] for i in statics if i < len(args)}
+        dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
+        entry = boundary.enter(dyn, kwargs)
+
+        def call(*dargs: tp.Any, **kw: tp.Any) -> tp.Any:
+            full = list(dargs)
+            for i in sorted(fixed):
+                full.insert(i, fixed[i])
+            return f(*full, **kw)
 
         def inner(values: list, others: list) -> tuple:
-            return run_inside(f, entry.static, values, others, "nnx.make_jaxpr")[1:]
+            return run_inside(call, entry.static, values, others, "nnx.make_jaxpr")[1:]
 
-        return jax.make_jaxpr(inner, **jaxpr_kwargs)(entry.values, entry.others)
+        return jax.make_jaxpr(inner)(entry.values, entry.others)
 
     return wrapper
 
 
-def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Callable:
+def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks,
+             graph: bool | None = None, graph_updates: bool | None = None) -> tp.Callable:
     """Like `jax.experimental.checkify.checkify`: returns `(error, out)`."""
 
     @functools.wraps(f)
@@ -72,14 +89,16 @@ def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Calla
 
 
 def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, out_specs: tp.Any,
-              check_vma: bool = True, **options: tp.Any) -> tp.Any:
+              axis_names: tp.AbstractSet[tp.Hashable] = frozenset(), check_vma: bool = True,
+              graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.shard_map`; a module argument's spec (a PartitionSpec,
     `StateAxes({filter: spec})`, or a Module/State of specs such as
     `nnx.get_partition_spec(model)`) applies to its state leaves, and state it
     writes leaves with the spec it came in with."""
     if f is None:
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                    check_vma=check_vma, **options)
+                                    axis_names=axis_names, check_vma=check_vma)
+    options = {"axis_names": axis_names} if axis_names else {}
     from jax.sharding import PartitionSpec
 
     def is_spec(x: tp.Any) -> bool:

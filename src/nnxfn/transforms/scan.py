@@ -38,12 +38,14 @@ def _moveaxis(x: tp.Any, src: int, dst: int) -> tp.Any:
 
 class _Scanned(MethodWrapper):
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, length: int | None,
-                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None):
+                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None,
+                 split_transpose: bool = False):
         check_not_bound(fn, "nnx.scan")
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.length, self.reverse, self.unroll = length, reverse, unroll
         self.transform_metadata = transform_metadata
+        self.split_transpose = split_transpose
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         if kwargs:
@@ -93,7 +95,8 @@ class _Scanned(MethodWrapper):
             [_moveaxis(entry.others[i], other_axes[i], 0) for i in scan_o],
         )
         (carry_s_out, carry_o_out), (ys_state, ys_out) = jax.lax.scan(
-            body, init, xs, length=self.length, reverse=self.reverse, unroll=self.unroll
+            body, init, xs, length=self.length, reverse=self.reverse, unroll=self.unroll,
+            _split_transpose=self.split_transpose,
         )
         exit_static, roles = cell["exit"], cell["roles"]
         emitted, c_it, y_it = [], iter(carry_s_out), iter(ys_state)
@@ -149,12 +152,16 @@ class _Scanned(MethodWrapper):
 def scan(f: tp.Callable | None = None, *, length: int | None = None, reverse: bool = False,
          unroll: int | bool = 1, in_axes: tp.Any = (Carry, 0),
          out_axes: tp.Any = (Carry, 0), transform_metadata: tp.Mapping | None = None,
-         **unused: tp.Any) -> tp.Any:
+         graph: bool | None = None, graph_updates: bool | None = None,
+         _split_transpose: bool = False) -> tp.Any:
     """Like `jax.lax.scan` with Flax NNX's `in_axes`/`out_axes` (see module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
-    sharding annotations lose that axis inside the body (see `transforms/spmd.py`)."""
+    sharding annotations lose that axis inside the body (see `transforms/spmd.py`).
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing;
+    `_split_transpose` is passed to `jax.lax.scan`."""
     if f is None:
         return lambda fn: _Scanned(fn, in_axes, out_axes, length, reverse, unroll,
-                                   transform_metadata)
-    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata)
+                                   transform_metadata, _split_transpose)
+    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata,
+                    _split_transpose)

@@ -18,7 +18,7 @@ import jax
 
 from nnxfn.transforms import boundary, spmd
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
+from nnxfn.transforms.common import MethodWrapper, as_tuple, check_not_bound, run_inside
 
 
 class _Mapped(MethodWrapper):
@@ -129,11 +129,13 @@ def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: d
 
 def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
          axis_name: tp.Hashable | None = None, axis_size: int | None = None,
-         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None) -> tp.Any:
+         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None,
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.vmap`, for functions of Modules (see the module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}` keeps sharding
-    annotations in step with the mapped axis (see `transforms/spmd.py`)."""
+    annotations in step with the mapped axis (see `transforms/spmd.py`).
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
     options = {k: v for k, v in dict(axis_name=axis_name, axis_size=axis_size,
                                      spmd_axis_name=spmd_axis_name).items() if v is not None}
 
@@ -146,11 +148,47 @@ def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any 
 
 
 def pmap(f: tp.Callable | None = None, axis_name: tp.Hashable | None = None, *,
-         in_axes: tp.Any = 0, out_axes: tp.Any = 0, devices: tp.Any = None,
-         axis_size: int | None = None, **options: tp.Any) -> tp.Any:
-    """Like `jax.pmap`, for functions of Modules."""
-    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices,
-                                  axis_size=axis_size, **options).items() if v is not None}
-    if f is None:
-        return lambda fn: _Mapped(fn, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
-    return _Mapped(f, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
+         in_axes: tp.Any = 0, out_axes: tp.Any = 0,
+         static_broadcasted_argnums: int | tp.Iterable[int] = (), devices: tp.Any = None,
+         backend: str | None = None, axis_size: int | None = None,
+         donate_argnums: int | tp.Iterable[int] = (), transform_metadata: tp.Mapping | None = None,
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.pmap`, for functions of Modules. `static_broadcasted_argnums`
+    arguments are passed to `f` unchanged (hashable, not mapped);
+    `donate_argnums` is accepted as a hint and does not donate;
+    `graph`/`graph_updates` (Flax's mode flags) change nothing."""
+    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices, backend=backend,
+                                  axis_size=axis_size).items() if v is not None}
+    statics = tuple(sorted(as_tuple(static_broadcasted_argnums)))
+
+    def make(fn: tp.Callable) -> tp.Callable:
+        mapped = _Mapped(fn, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
+        mapped.transform_metadata = transform_metadata
+        return _with_static_args(mapped, statics) if statics else mapped
+
+    return make if f is None else make(f)
+
+
+def _with_static_args(mapped: _Mapped, statics: tuple[int, ...]) -> tp.Callable:
+    """Call `mapped` with the static positional args bound into its function."""
+    fn, in_axes = mapped.fn, mapped.in_axes
+
+    @functools.wraps(fn)
+    def call(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        fixed = {i: args[i] for i in statics if i < len(args)}
+        dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
+
+        def inner(*dargs: tp.Any, **kw: tp.Any) -> tp.Any:
+            full = list(dargs)
+            for i in sorted(fixed):
+                full.insert(i, fixed[i])
+            return fn(*full, **kw)
+
+        axes = in_axes
+        if isinstance(axes, (tuple, list)):
+            axes = tuple(a for i, a in enumerate(axes) if i not in fixed)
+        step = _Mapped(inner, axes, mapped.out_axes, mapped.name, mapped.make, mapped.options)
+        step.transform_metadata = mapped.transform_metadata
+        return step(*dyn, **kwargs)
+
+    return call
