@@ -116,6 +116,15 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
 # -- flags --
 from nnxfn.core.modes import set_graph_mode as set_graph_mode, set_graph_updates as set_graph_updates
+from nnxfn.transforms import (
+    JitPartial as JitPartial,
+    PathPrefix as PathPrefix,
+    cached_partial as cached_partial,
+    jit_partial as jit_partial,
+    prefix as prefix,
+    transform_metadata as transform_metadata,
+)
+from nnxfn import compat as compat  # noqa: E402  (the same functions: one behaviour)
 # -- end flags --
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
