@@ -289,6 +289,7 @@ def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
     """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
     if f is None:
         return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+    check_not_bound(f, "nnx.remat")
     static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(f)

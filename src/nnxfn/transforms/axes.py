@@ -80,3 +80,44 @@ def exit_axes(name: str, exit: ExitStatic, entry: Entry, entry_state_axes: list,
             else:
                 emitted.append(resolve(out_node_spec[path[1]], path[2:], leaf))
     return out_arrays, emitted
+
+
+def _has_refs(entry: Entry) -> bool:
+    """Whether some object is reachable twice in the arguments (cached per structure)."""
+    found = entry.static.__dict__.get("_has_refs")
+    if found is None:
+        from nnxfn.core.graphdef import Ref
+
+        def walk(d: tp.Any) -> bool:
+            if isinstance(d, Ref):
+                return True
+            return any(walk(c) for _, c in getattr(d, "children", ()))
+
+        found = walk(entry.static.graphdef.root)
+        object.__setattr__(entry.static, "_has_refs", found)
+    return found
+
+
+def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -> None:
+    """Raise if an object reachable from two arguments is given two different
+    specs (axes, shardings) by them: it has one value, so only one can apply."""
+    node_specs = [specs[p] for p in entry.static.node_positions]
+    if len(node_specs) < 2 or not _has_refs(entry):
+        return
+    first = node_specs[0]
+    if all(s is first or (type(s) in (int, type(None)) and s == first) for s in node_specs):
+        return
+    seen: dict[int, tuple[tp.Any, int, tuple]] = {}
+    for k, (node, spec) in enumerate(zip(entry.nodes, node_specs)):
+        _, pairs = core.flatten(node, copy=False)
+        for path, leaf in pairs:
+            value = resolve(spec, path, leaf)
+            prev = seen.setdefault(id(leaf), (value, k, path))
+            if prev[0] is not value and prev[0] != value:
+                a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
+                b = core.errors.path_str(path, f"(object argument {k})")
+                raise ValueError(
+                    f"{name}: Inconsistent aliasing: the same {type(leaf).__name__} is reached "
+                    f"as {a} with {what} {prev[0]!r} and as {b} with {what} {value!r}. It has "
+                    f"one value, so give every path to it the same {what}."
+                )

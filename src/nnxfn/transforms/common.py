@@ -27,12 +27,37 @@ jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _:
 def check_not_bound(fn: tp.Callable, name: str) -> None:
     if inspect.ismethod(fn) and is_node(fn.__self__):
         cls = type(fn.__self__).__name__
-        raise TypeError(
-            f"{name} got the bound method {cls}.{fn.__name__}: its `self` would be "
+        raise ValueError(
+            f"{name} does not accept bound methods: got the bound method "
+            f"{cls}.{fn.__name__}, whose `self` would be "
             "captured by closure, so its updates could not be committed. Transform "
             f"the unbound method and pass the object: `{name}({cls}.{fn.__name__})(obj, ...)`, "
             f"or decorate the method in the class body with `@{name}`."
         )
+
+
+def signature_of(fn: tp.Callable) -> inspect.Signature | None:
+    """`fn`'s signature for `to_positional`, or None if it has none we can use."""
+    if isinstance(fn, functools.partial):
+        return None
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict,
+                  name: str) -> tuple[tuple, dict]:
+    """Keyword arguments moved to their positions (defaults filled in between), so
+    positional axes specs (`in_axes`) cover them; keyword-only ones stay keywords."""
+    if not kwargs or sig is None:
+        return args, kwargs
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
+    bound.apply_defaults()
+    return tuple(bound.args), dict(bound.kwargs)
 
 
 def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import numpy as np
 from nnxfn import core
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.transforms import boundary
-from nnxfn.transforms.common import as_tuple, run_inside
+from nnxfn.transforms.common import as_tuple, check_not_bound, run_inside
 
 
 def _zero_cotangent(x: tp.Any) -> tp.Any:
@@ -31,6 +31,7 @@ class CustomVjp:
     """`nnx.custom_vjp(fun)`: call it like `fun` once `.defvjp(fwd, bwd)` is set."""
 
     def __init__(self, fun: tp.Callable, nondiff_argnums: tp.Sequence[int] = ()):
+        check_not_bound(fun, "nnx.custom_vjp")
         functools.update_wrapper(self, fun)
         self.fun = fun
         self.nondiff_argnums = as_tuple(nondiff_argnums)

@@ -10,7 +10,7 @@ from jax.experimental import checkify as _checkify
 
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import as_tuple, body_fn, run_inside
+from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
 
 
 def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
@@ -21,6 +21,7 @@ def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
 
     >>> abstract = eval_shape(lambda: Model(rngs=nnx.Rngs(0)))  # doctest: +SKIP
     """
+    check_not_bound(f, "nnx.eval_shape")
     entry = boundary.enter(args, kwargs)
     cell: dict = {}
     inner = body_fn(f, entry.static, "nnx.eval_shape", cell)
@@ -50,6 +51,7 @@ def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
     Python values."""
     if f is None:
         return functools.partial(make_jaxpr, static_argnums=static_argnums)
+    check_not_bound(f, "nnx.make_jaxpr")
     statics = as_tuple(static_argnums)
 
     @functools.wraps(f)
@@ -75,6 +77,7 @@ def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
 def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks,
              graph: bool | None = None, graph_updates: bool | None = None) -> tp.Callable:
     """Like `jax.experimental.checkify.checkify`: returns `(error, out)`."""
+    check_not_bound(f, "nnx.checkify")
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -99,6 +102,7 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                                     axis_names=axis_names, check_vma=check_vma)
     options = {"axis_names": axis_names} if axis_names else {}
+    check_not_bound(f, "nnx.shard_map")
     from jax.sharding import PartitionSpec
 
     def is_spec(x: tp.Any) -> bool:

@@ -18,7 +18,14 @@ import jax
 
 from nnxfn.transforms import boundary, spmd
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import MethodWrapper, as_tuple, check_not_bound, run_inside
+from nnxfn.transforms.common import (
+    MethodWrapper,
+    as_tuple,
+    check_not_bound,
+    run_inside,
+    signature_of,
+    to_positional,
+)
 
 
 class _Mapped(MethodWrapper):
@@ -30,8 +37,10 @@ class _Mapped(MethodWrapper):
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.name, self.make, self.options = name, make, options
+        self._sig = signature_of(fn)
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        args, kwargs = to_positional(self._sig, args, kwargs, self.name)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
         state_axes, other_axes = entry_axes(entry, specs)
