@@ -84,8 +84,10 @@ def test_scan_stack_reverse_equals_reversed_loop():
 
 def test_stack_scanned_on_axis_1():
     stack = make_stack(2)
-    moved = nnx.vmap(lambda m: m, in_axes=0, out_axes=1)(stack)
-    assert moved is stack  # an output that is an input is the same object
+    same = nnx.vmap(lambda m: m, in_axes=0, out_axes=0)(stack)
+    assert same is stack  # an output that is an input is the same object
+    with pytest.raises(ValueError, match="Inconsistent aliasing detected"):  # as Flax: one layout
+        nnx.vmap(lambda m: m, in_axes=0, out_axes=1)(stack)
     f = nnx.scan(lambda x, l: jnp.tanh(l(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
     x = jnp.ones((1, D))
     np.testing.assert_allclose(f(x, stack), python_loop(x, stack.kernel[...], stack.bias[...]), rtol=1e-5)

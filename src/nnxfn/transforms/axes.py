@@ -24,12 +24,21 @@ class StateAxes(FilterMap):
             )
         return axis
 
+    def map_prefix(self, path: tuple, variable: tp.Any) -> tp.Any:
+        """Flax's name for `resolve`: the axis of the leaf at `path`."""
+        return self.resolve(path, variable)
+
+    @property
+    def axes(self) -> tuple:
+        return self.values()
+
 
 _UNMATCHED = object()
 
 
 def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
-    return spec.resolve(path, leaf) if isinstance(spec, StateAxes) else spec
+    """The spec for one leaf: per-filter maps (`StateAxes`, `StateSharding`) are looked up."""
+    return spec.resolve(path, leaf) if isinstance(spec, FilterMap) else spec
 
 
 def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
@@ -117,7 +126,27 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                 a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
                 b = core.errors.path_str(path, f"(object argument {k})")
                 raise ValueError(
-                    f"{name}: Inconsistent aliasing: the same {type(leaf).__name__} is reached "
-                    f"as {a} with {what} {prev[0]!r} and as {b} with {what} {value!r}. It has "
-                    f"one value, so give every path to it the same {what}."
+                    f"{name}: Inconsistent aliasing detected: the same {type(leaf).__name__} "
+                    f"is reached by two paths with different {what}:\n"
+                    f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
+                    f"It has one value, so give every path to it the same {what}."
                 )
+
+
+def check_prefix(name: str, axes: tp.Any, what: str) -> None:
+    """Axes specs are ints, None, `StateAxes` (or `nnx.prefix` results): not
+    Modules or Variables."""
+    from nnxfn.core.variable_like import VariableLike
+
+    for leaf in jax.tree_util.tree_leaves(axes, is_leaf=is_node):
+        if isinstance(leaf, VariableLike):
+            raise ValueError(
+                f"{name}: Variables prefixes are not supported: {what} holds a "
+                f"{type(leaf).__name__}. Give its axis (an int or None) instead."
+            )
+        if is_node(leaf):
+            raise ValueError(
+                f"{name}: Graph nodes are not allowed as prefixes: {what} holds a "
+                f"{type(leaf).__name__}. Give one axis for the whole object, or per-leaf axes "
+                "with `nnx.StateAxes({filter: axis})` or `nnx.prefix(obj, {filter: axis})`."
+            )

@@ -17,7 +17,9 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
+from nnxfn.transforms.axes import check_consistent_aliasing
 from nnxfn.transforms.sharding import (
+    _for_arg,
     constrain_outputs,
     constrain_updates,
     normalize as normalize_shardings,
@@ -109,6 +111,9 @@ class JitWrapped(MethodWrapper):
             state_owner, other_owner = leaf_args(entry, owners)
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
+            if self.in_shardings is not None:
+                per_leaf = [_for_arg(self.in_shardings, o) for o in owners]
+                check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
             if self.in_shardings is not None or self.out_shardings is not None:
                 in_spec = resolve_in_shardings(
                     self.in_shardings, entry, state_owner, other_owner, donated_idx

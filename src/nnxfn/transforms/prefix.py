@@ -31,9 +31,11 @@ class PathPrefix(StateAxes, StateSharding):
     Used where a `StateAxes` or `StateSharding` is accepted; made by `prefix`.
     """
 
-    def __init__(self, values: tp.Mapping[Path, tp.Any], where: str = "node"):
+    def __init__(self, values: tp.Mapping[Path, tp.Any], where: str = "node",
+                 fn: tp.Callable[[Path, tp.Any], tp.Any] | None = None, base: Path = ()):
         self._values = dict(values)
         self._where = where
+        self._fn, self._base = fn, base
         self.mapping = tuple((core.PathIn(p), v) for p, v in self._values.items())
         self._preds = self.mapping
 
@@ -41,6 +43,8 @@ class PathPrefix(StateAxes, StateSharding):
         try:
             return self._values[path]
         except KeyError:
+            if self._fn is not None and leaf is not None:  # a leaf created since: ask the filters
+                return self._fn(self._base + path, leaf)
             raise ValueError(
                 f"nnx.prefix: {core.errors.path_str(path, self._where)} has no entry in this "
                 f"prefix (made for the {len(self._values)} leaves the object had then). "
@@ -102,7 +106,7 @@ def prefix(node: tp.Any, filter_map: tp.Mapping[tp.Any, tp.Any] | tp.Callable[..
         _, pairs = core.flatten(x, copy=False)
         values = {path: fn(base + path, leaf) for path, leaf in pairs}
         where = core.errors.path_str(base, "prefix")
-        return PathPrefix(values, where)
+        return PathPrefix(values, where, fn, base)
 
     return jax.tree_util.tree_map_with_path(convert, node, is_leaf=is_node)
 

@@ -30,7 +30,14 @@ import jax.numpy as jnp
 
 from nnxfn.core import errors
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.axes import StateAxes, check_consistent_aliasing, entry_axes, leaf_specs, resolve
+from nnxfn.transforms.axes import (
+    StateAxes,
+    check_consistent_aliasing,
+    check_prefix,
+    entry_axes,
+    leaf_specs,
+    resolve,
+)
 from nnxfn.transforms.common import (
     MethodWrapper,
     Static,
@@ -77,6 +84,8 @@ class _Scanned(MethodWrapper):
                  reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None,
                  split_transpose: bool = False):
         check_not_bound(fn, "nnx.scan")
+        check_prefix("nnx.scan", in_axes, "in_axes")
+        check_prefix("nnx.scan", out_axes, "out_axes")
         _validate_axes(in_axes, out_axes)
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes

@@ -17,11 +17,18 @@ import typing as tp
 import jax
 
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.axes import (
+    check_consistent_aliasing,
+    check_prefix,
+    entry_axes,
+    exit_axes,
+    leaf_specs,
+)
 from nnxfn.transforms.common import (
     MethodWrapper,
     as_tuple,
     check_not_bound,
+    no_captured_outputs,
     run_inside,
     signature_of,
     to_positional,
@@ -34,6 +41,8 @@ class _Mapped(MethodWrapper):
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str,
                  make: tp.Callable, options: dict):
         check_not_bound(fn, name)
+        check_prefix(name, in_axes, "in_axes")
+        check_prefix(name, out_axes, "out_axes")
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.name, self.make, self.options = name, make, options
@@ -43,13 +52,15 @@ class _Mapped(MethodWrapper):
         args, kwargs = to_positional(self._sig, args, kwargs, self.name)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
+        check_consistent_aliasing(self.name, entry, specs, "in_axes")
         state_axes, other_axes = entry_axes(entry, specs)
         inner = spmd.inner_static(self.name, entry, state_axes, self.transform_metadata)
         cell: dict = {}
+        fn = no_captured_outputs(self.fn, self.name)
 
         def body(values: list, others: list) -> tuple:
             exit_static, out_arrays, emitted = run_inside(
-                self.fn, inner, values, others, self.name
+                fn, inner, values, others, self.name
             )
             cell["exit"] = exit_static
             return out_arrays, emitted
@@ -58,6 +69,7 @@ class _Mapped(MethodWrapper):
         # Pass 1 (abstract): learn what leaves the function, to know their axes.
         jax.eval_shape(self.make(body, in_axes, 0, self.options), entry.values, entry.others)
         exit_static = cell["exit"]
+        _check_returned_inputs(self.name, exit_static, entry, specs, self.out_axes)
         leaves_for_axes = _emitted_templates(exit_static)
         out_axes = exit_axes(
             self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes
@@ -108,6 +120,50 @@ def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundar
         "every element. Map that state instead, e.g. `in_axes=(0, ...)` or "
         "`nnx.StateAxes({nnx.BatchStat: 0, ...: None})`, or don't write it inside."
     )
+
+
+def _check_returned_inputs(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
+                           specs: list, out_axes: tp.Any) -> None:
+    """An argument returned as an output must leave on the axes it came in on."""
+    if exit_static.graphdef is None or not exit_static.out_positions:
+        return
+    from jax.api_util import flatten_axes
+
+    from nnxfn.core.graphdef import Ref
+    from nnxfn.transforms.axes import resolve
+
+    outs = exit_static.graphdef.root.children[1][1].children
+    origin = dict(exit_static.origins)
+    node_index = {id(n): j for j, n in enumerate(entry.nodes)}
+    out_flat = None
+    for k, d in outs:
+        if not isinstance(d, Ref) or d.index not in origin:
+            continue
+        j = node_index.get(id(entry.objects[origin[d.index]]))
+        if j is None:
+            continue
+        if out_flat is None:
+            out_flat = flatten_axes(f"{name} out_axes", exit_static.out_treedef, out_axes)
+        in_spec = specs[entry.static.node_positions[j]]
+        out_spec = out_flat[exit_static.out_positions[k]]
+        for path, leaf in zip(entry.static.paths, entry.live):
+            if path[0] != j:
+                continue
+            a, b = resolve(in_spec, path[1:], leaf), resolve(out_spec, path[1:], leaf)
+            if a is not b and a != b:
+                raise ValueError(
+                    f"{name}: Inconsistent aliasing detected: output {k} is the input "
+                    f"object whose {type(leaf).__name__} at "
+                    f"{core_errors().path_str(path[1:], 'arg')} comes in with in_axes {a!r} but "
+                    f"would leave with out_axes {b!r}. An object has one layout: give it the "
+                    "same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
+                )
+
+
+def core_errors() -> tp.Any:
+    from nnxfn.core import errors
+
+    return errors
 
 
 def _emitted_templates(exit_static: boundary.ExitStatic) -> list:
