@@ -55,6 +55,11 @@ class JitWrapped(MethodWrapper):
         self.static_argnums = as_tuple(static_argnums)
         names = static_argnames
         self.static_argnames = (names,) if isinstance(names, str) else tuple(names or ())
+        # as jax.jit: names also mark the argument passed by position, and numbers by name
+        self.static_argnums += tuple(
+            i for i in _positions_of(fn, self.static_argnames) if i not in self.static_argnums)
+        self.static_argnames += tuple(
+            n for n in _names_of(fn, self.static_argnums) if n not in self.static_argnames)
         self.donate_argnums = as_tuple(donate_argnums)
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
@@ -122,6 +127,7 @@ class JitWrapped(MethodWrapper):
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
+                    _place(entry, state_shardings)
         elif self.out_shardings is not None:
             out_spec = resolve_out_shardings(self.out_shardings)
             shardings = None if out_spec is None else (None, out_spec)
@@ -134,9 +140,12 @@ class JitWrapped(MethodWrapper):
         aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> "Lowered":
+        """Like `jax.jit(...).lower`; `.compile()` gives a function of the same
+        arguments as this one (Modules included) that commits their updates."""
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        return self._jitted(shardings).lower(static, kept, donated, entry.others)
+        lowered = self._jitted(shardings).lower(static, kept, donated, entry.others)
+        return Lowered(self, lowered, static)
 
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
@@ -146,6 +155,73 @@ class JitWrapped(MethodWrapper):
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
+
+
+def _place(entry: boundary.Entry, shardings: tuple) -> None:
+    """Put state leaves given an `in_shardings` entry on that sharding (on the caller's
+    Variables too, as Flax does), so the jitted call sees them laid out as asked."""
+    from jax.sharding import Sharding
+
+    for i, s in enumerate(shardings):
+        value = entry.values[i]
+        if (isinstance(s, Sharding) and isinstance(value, jax.Array)
+                and not isinstance(value, jax.core.Tracer) and value.sharding != s):
+            value = entry.values[i] = jax.device_put(value, s)
+            live = entry.live[i]
+            if hasattr(live, "set_raw"):
+                live.set_raw(value)
+
+
+class Lowered:
+    """`JitWrapped.lower(...)`: JAX's `Lowered` (its methods are available) whose
+    `compile()` returns a `Compiled` taking the original arguments."""
+
+    def __init__(self, wrapped: JitWrapped, lowered: tp.Any, static: tuple, bound: tuple = ()):
+        self._wrapped, self._lowered, self._static, self._bound = wrapped, lowered, static, bound
+
+    def compile(self, *args: tp.Any, **kwargs: tp.Any) -> "Compiled":
+        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs), self._static,
+                        self._bound)
+
+    def __getattr__(self, name: str) -> tp.Any:
+        return getattr(self._lowered, name)
+
+
+class Compiled:
+    """A compiled `nnx.jit` function: call it with the arguments it was lowered for
+    (same structure and shapes); Module updates are committed as by the jitted call."""
+
+    def __init__(self, wrapped: JitWrapped, compiled: tp.Any, static: tuple, bound: tuple = ()):
+        self._wrapped, self._compiled, self._static, self._bound = wrapped, compiled, static, bound
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry, static, kept, donated, _ = self._wrapped._prepare(self._bound + args, kwargs)
+        if static != self._static:
+            raise TypeError(
+                "nnx.jit: this compiled function was lowered for arguments of another "
+                "structure (other Modules, attributes or static arguments); lower and compile "
+                "again for these arguments, or call the jitted function itself."
+            )
+        aux, out_arrays, emitted = self._compiled(kept, donated, entry.others)
+        return boundary.commit(entry, aux.value, out_arrays, emitted)
+
+    def __getattr__(self, name: str) -> tp.Any:
+        return getattr(self._compiled, name)
+
+
+def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
+    """Names of the positional parameters of `fn` at `positions`."""
+    if not positions:
+        return ()
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
+    except (TypeError, ValueError):
+        return ()
+    return tuple(params[i].name for i in positions
+                 if i < len(params) and params[i].kind is params[i].POSITIONAL_OR_KEYWORD)
 
 
 def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import typing as tp
 
 from nnxfn import core
 from nnxfn.transforms.boundary import is_node
-from nnxfn.transforms.jit import JitWrapped
+from nnxfn.transforms.jit import JitWrapped, Lowered
 
 
 class JitPartial:
@@ -31,8 +31,10 @@ class JitPartial:
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted(*self.partial_args, *args, **kwargs)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        return self.jitted.lower(*self.partial_args, *args, **kwargs)
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
+        """`.compile()` of the result takes the remaining arguments too."""
+        lowered = self.jitted.lower(*self.partial_args, *args, **kwargs)
+        return Lowered(lowered._wrapped, lowered._lowered, lowered._static, self.partial_args)
 
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted.trace(*self.partial_args, *args, **kwargs)
