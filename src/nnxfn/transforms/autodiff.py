@@ -42,6 +42,20 @@ def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tupl
     return tuple(a if isinstance(a, DiffState) else DiffState(a) for a in items)
 
 
+def _check_argnums(argnums: tp.Any, name: str) -> None:
+    items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    for a in items:
+        if isinstance(a, DiffState) or (isinstance(a, int) and not isinstance(a, bool)):
+            continue
+        if is_node(a):
+            raise ValueError(
+                f"{name}: Graph nodes are not allowed as prefixes: argnums holds a "
+                f"{type(a).__name__}. Use an int, or `nnx.DiffState(argnum, filter)` to pick "
+                "which leaves of a Module argument are differentiated."
+            )
+        raise TypeError(f"{name}: argnums entries must be ints or nnx.DiffState, got {a!r}.")
+
+
 class _Selection:
     """Which state/other leaves of an Entry are differentiated, per argument."""
 
@@ -49,9 +63,11 @@ class _Selection:
         owners = arg_of_leaves(args, kwargs)
         state_owner, other_owner = leaf_args(entry, owners)
         preds = {s.argnum: core.to_predicate(s.filter) for s in specs}
+        # A Variable given directly (not inside a Module) is differentiated whatever the
+        # filter, as in Flax; inside graph objects the filter (default `Param`) selects.
         self.state = [
             i for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
-            if o in preds and preds[o](path[1:], leaf)
+            if o in preds and (len(path) == 1 or preds[o](path[1:], leaf))
         ]
         self.other = [i for i, o in enumerate(other_owner) if o in preds]
         self.state_owner, self.other_owner = state_owner, other_owner
@@ -75,18 +91,28 @@ class _Selection:
         by_other = dict(zip(self.other, other_vals))
         e = self.entry
         out = []
+        seen: set[int] = set()
         for spec in self.specs:
             arg = self.args[spec.argnum]
             leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
-            node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+            node_ids: dict[int, int] = {}
+            for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
+                node_ids.setdefault(id(n), k)
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
             new_leaves = []
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
                     k = node_ids[id(leaf)]             # is a Variable of the same type
                     i = next((i for i, p in enumerate(e.static.paths) if p == (k,)), None)
-                    new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                    if i is None or id(leaf) in seen:  # seen before: its gradient is there
+                        new_leaves.append(core.State({}))
+                    else:
+                        new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                    seen.add(id(leaf))
+                elif is_node(leaf) and id(leaf) in seen:  # its gradient is at its first place
+                    new_leaves.append(core.State({}))
                 elif is_node(leaf):
+                    seen.add(id(leaf))
                     k = node_ids[id(leaf)]
                     pairs = [
                         (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
@@ -131,6 +157,7 @@ class _GradWrapped(MethodWrapper):
     def __init__(self, fn: tp.Callable, argnums: tp.Any, has_aux: bool, holomorphic: bool,
                  allow_int: bool, return_value: bool, name: str):
         check_not_bound(fn, name)
+        _check_argnums(argnums, name)
         functools.update_wrapper(self, fn)
         self.fn, self.argnums, self.has_aux = fn, argnums, has_aux
         self.holomorphic, self.allow_int = holomorphic, allow_int
@@ -265,7 +292,9 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     """Tangent values aligned with the selected state leaves."""
     e = sel.entry
     flat_by_node: dict[int, dict] = {}
-    node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+    node_ids: dict[int, int] = {}
+    for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
+        node_ids.setdefault(id(n), k)
     for primal, tangent in zip(sel.args, tangents):
         p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
         t_leaves = _tangent_leaves(primal, tangent)

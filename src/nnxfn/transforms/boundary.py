@@ -241,7 +241,8 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     in_part = graphdef.root.children[0][1]
     # Same structure, and every object still where it was (a swap of two equal-looking
     # sub-objects changes which object sits where: a structural change).
-    same = in_part == inside.static.graphdef.root and all(n == o for n, o in origins)
+    same = (in_part == inside.static.graphdef.root and len(origins) == len(inside.objects)
+            and all(n == o for n, o in origins))
     if same and not out_nodes:
         changed = tuple(
             i for i, (_, leaf) in enumerate(pairs[:n_in])

@@ -85,6 +85,8 @@ def _loop_step(entry: boundary.Entry, fn: tp.Callable, name: str) -> tp.Callable
                 f"{name}: the body must return a value with the same structure as "
                 "its input (same Modules, same attributes, same array leaves)."
             )
+        if exit_static.changed is None:  # e.g. a Variable replaced by a new one
+            raise ValueError(_STRUCTURE.format(name=name, what="the body"))
         return again.values, again.others
 
     return step

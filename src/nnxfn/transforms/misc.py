@@ -9,7 +9,7 @@ import jax
 from jax.experimental import checkify as _checkify
 
 from nnxfn.transforms import boundary
-from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
 
 
@@ -113,6 +113,7 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs("nnx.shard_map", _wrap_specs(in_specs, is_spec), (args, kwargs),
                            kwargs_spec=PartitionSpec())
+        check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
