@@ -111,10 +111,11 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry = boundary.enter(args, kwargs)
-        specs = leaf_specs("nnx.shard_map", _wrap_specs(in_specs, is_spec), (args, kwargs),
+        specs = leaf_specs("nnx.shard_map", _wrap_arg_specs(in_specs, args, is_spec), (args, kwargs),
                            kwargs_spec=PartitionSpec())
         check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
+        _place(entry, state_specs, mesh)
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
@@ -137,6 +138,39 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
     return wrapper
+
+
+def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.Any:
+    """`_wrap_specs`, except that a State of specs given for a State argument is
+    matched leaf by leaf (both are the same pytree)."""
+    from nnxfn import core
+
+    if not isinstance(in_specs, (tuple, list)) or len(in_specs) != len(args):
+        return _wrap_specs(in_specs, is_spec)
+    return type(in_specs)(
+        jax.tree_util.tree_map(_Spec, s, is_leaf=is_spec)
+        if isinstance(s, core.State) and isinstance(a, core.State) else _wrap_specs(s, is_spec)
+        for s, a in zip(in_specs, args)
+    )
+
+
+def _place(entry: boundary.Entry, specs: list, mesh: tp.Any) -> None:
+    """Lay the caller's state out as its in_specs say (as Flax, whose shard_map
+    returns all state with those specs), so it stays sharded after the call."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    for i, spec in enumerate(specs):
+        value = entry.values[i]
+        if not isinstance(spec, PartitionSpec) or not isinstance(value, jax.Array):
+            continue
+        if isinstance(value, jax.core.Tracer) or not isinstance(mesh, jax.sharding.Mesh):
+            continue
+        target = NamedSharding(mesh, spec)
+        if value.sharding != target:
+            value = entry.values[i] = jax.device_put(value, target)
+            live = entry.live[i]
+            if hasattr(live, "set_raw"):
+                live.set_raw(value)
 
 
 class _Spec:
