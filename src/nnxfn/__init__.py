@@ -124,6 +124,15 @@ from nnxfn.transforms import (
     prefix as prefix,
     transform_metadata as transform_metadata,
 )
+from nnxfn.transforms.contexts import (
+    MergeContext as MergeContext,
+    SplitContext as SplitContext,
+    UpdateContext as UpdateContext,
+    current_update_context as current_update_context,
+    merge_context as merge_context,
+    split_context as split_context,
+    update_context as update_context,
+)
 from nnxfn import compat as compat  # noqa: E402  (the same functions: one behaviour)
 # -- end flags --
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
