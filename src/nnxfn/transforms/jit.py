@@ -82,7 +82,9 @@ class JitWrapped(MethodWrapper):
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)
         )
-        if state_shardings:  # updated state leaves keep their in_shardings
+        if state_shardings and exit_static.changed is None:  # structure changed: by path
+            emitted = _constrain_by_path(exit_static, emitted, entry_static.paths, state_shardings)
+        elif state_shardings:  # updated state leaves keep their in_shardings
             emitted = constrain_updates(exit_static, emitted, state_shardings)
         if self.out_shardings is not None:  # returned modules: laid out inside the trace
             out_arrays, emitted = constrain_outputs(self.out_shardings, exit_static, out_arrays, emitted)
@@ -155,6 +157,23 @@ class JitWrapped(MethodWrapper):
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
+
+
+def _constrain_by_path(exit_static: boundary.ExitStatic, emitted: list, paths: tuple,
+                       shardings: tuple) -> list:
+    """After a structural change, leaves still at an input leaf's path keep its
+    in_sharding (also when the Variable was replaced, e.g. `m.kernel = array`)."""
+    from jax.sharding import Sharding
+
+    from nnxfn.facade import spmd as spmd_facade
+
+    by_path = {(0,) + p: s for p, s in zip(paths, shardings) if isinstance(s, Sharding)}
+    out = list(emitted)
+    for j, path in enumerate(exit_static.paths):
+        s = by_path.get(path)
+        if s is not None and hasattr(out[j], "shape"):
+            out[j] = spmd_facade.constrain(out[j], s)
+    return out
 
 
 def _place(entry: boundary.Entry, shardings: tuple) -> None:
