@@ -126,8 +126,8 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                 a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
                 b = core.errors.path_str(path, f"(object argument {k})")
                 raise ValueError(
-                    f"{name}: Inconsistent aliasing detected: the same {type(leaf).__name__} "
-                    f"is reached by two paths with different {what}:\n"
+                    f"{name}: Inconsistent aliasing detected: Duplicate {type(leaf).__name__} "
+                    f"(one object) reached by two paths with different {what}:\n"
                     f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
                     f"It has one value, so give every path to it the same {what}."
                 )

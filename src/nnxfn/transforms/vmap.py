@@ -152,11 +152,11 @@ def _check_returned_inputs(name: str, exit_static: boundary.ExitStatic, entry: b
             a, b = resolve(in_spec, path[1:], leaf), resolve(out_spec, path[1:], leaf)
             if a is not b and a != b:
                 raise ValueError(
-                    f"{name}: Inconsistent aliasing detected: output {k} is the input "
-                    f"object whose {type(leaf).__name__} at "
-                    f"{core_errors().path_str(path[1:], 'arg')} comes in with in_axes {a!r} but "
-                    f"would leave with out_axes {b!r}. An object has one layout: give it the "
-                    "same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
+                    f"{name}: Inconsistent aliasing detected: output {k} is an input object, "
+                    f"so its {type(leaf).__name__} at "
+                    f"{core_errors().path_str(path[1:], 'arg')} would be a Duplicate "
+                    f"{type(leaf).__name__} with two layouts: in_axes {a!r} but out_axes {b!r}. "
+                    "Give it the same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
                 )
 
 
