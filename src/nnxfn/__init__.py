@@ -135,6 +135,16 @@ from nnxfn.transforms.contexts import (
 )
 from nnxfn import compat as compat  # noqa: E402  (the same functions: one behaviour)
 # -- end flags --
+
+# -- silent --
+from nnxfn.core import PathRegex as PathRegex
+from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+from nnxfn.transforms.retrace import (
+    RetraceWarning as RetraceWarning,
+    set_retrace_warnings as set_retrace_warnings,
+)
+from nnxfn.training import checkpoint_steps as checkpoint_steps
+
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from nnxfn.core.filters import (
     OfType as OfType,
     PathContains as PathContains,
     PathIn as PathIn,
+    PathRegex as PathRegex,
     WithTag as WithTag,
     to_predicate as to_predicate,
 )

@@ -2,13 +2,15 @@
 
 Accepted forms: a type (matches instances, e.g. `nnx.Param`), a tag string
 (matches values whose `tag` metadata equals it), `...`/`True` (everything),
-`False`/`None` (nothing), a tuple/list (any of), the classes below, or a
-callable `(path, value) -> bool`.
+`False`/`None` (nothing), a tuple/list (any of), a compiled regex
+(`re.compile(r"kernel$")`, searched in the path joined by "/"), the classes
+below, or a callable `(path, value) -> bool`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing as tp
 
 from nnxfn.core import errors
@@ -61,6 +63,19 @@ class PathIn:
 
     def __call__(self, path: tuple, value: tp.Any) -> bool:
         return tuple(path) in self.paths
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRegex:
+    """Matches values whose path, joined by "/" (`blocks/0/kernel`), `re.search`es `pattern`."""
+
+    pattern: re.Pattern
+
+    def __init__(self, pattern: str | re.Pattern):
+        object.__setattr__(self, "pattern", re.compile(pattern))
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return self.pattern.search("/".join(str(k) for k in path)) is not None
 
 
 class All:
@@ -131,8 +146,10 @@ def _tag_of(value: tp.Any) -> tp.Any:
 
 def to_predicate(f: Filter) -> Predicate:
     """Turn any filter expression into a `(path, value) -> bool` function."""
-    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn)):
+    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn, PathRegex)):
         return f
+    if isinstance(f, re.Pattern):
+        return PathRegex(f)
     if f is Ellipsis or f is True:
         return _Constant(True)
     if f is False or f is None:
