@@ -147,6 +147,16 @@ from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # no
 from nnxfn import visualization as visualization  # noqa: E402
 from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.visualization import display as display  # noqa: E402
+# -- flags --
+from nnxfn.core.modes import set_graph_mode as set_graph_mode, set_graph_updates as set_graph_updates
+from nnxfn.transforms import (
+    JitPartial as JitPartial,
+    cached_partial as cached_partial,
+    jit_partial as jit_partial,
+    transform_metadata as transform_metadata,
+)
+from nnxfn import compat as compat  # noqa: E402  (the same functions: one behaviour)
+# -- end flags --
 
 # -- silent --
 from nnxfn.core import PathRegex as PathRegex

@@ -251,7 +251,7 @@ def test_grad_of_unbound_method_and_bound_error():
     m = Counter()
     g = nnx.grad(lambda m, x: Counter.__call__(m, x).sum())(m, jnp.ones(3))
     np.testing.assert_allclose(g["w"][...], jnp.ones(3))
-    with pytest.raises(TypeError, match="bound method"):
+    with pytest.raises(ValueError, match="bound method"):
         nnx.grad(m.__call__)
 
 
@@ -310,6 +310,8 @@ def test_custom_vjp_module_and_array():
         return f(m, x), (m.w[...], x)
 
     def bwd(res, g):
+        (m_g, x_g), g = g  # Flax's convention: (cotangents of the inputs' state, of the output)
+        assert isinstance(m_g, nnx.State) and x_g is None
         w, x = res
         return nnx.State({"w": 3.0 * g * x}), 5.0 * g * w  # distinguishable from autodiff
 
@@ -340,6 +342,7 @@ def test_custom_vjp_nondiff_argnums():
         return f(scale, m, x), (x,)
 
     def bwd(scale, res, g):
+        _, g = g
         (x,) = res
         return nnx.State({"w": -scale * g * x}), None  # None: zero cotangent for x
 
@@ -363,7 +366,7 @@ def test_custom_vjp_missing_leaves_are_zero():
     def f(m):
         return (m.a[...] * m.b[...]).sum()
 
-    f.defvjp(lambda m: (f(m), None), lambda res, g: (nnx.State({"a": g * jnp.ones(2)}),))
+    f.defvjp(lambda m: (f(m), None), lambda res, g: (nnx.State({"a": g[1] * jnp.ones(2)}),))
     g = nnx.grad(f)(Two())
     np.testing.assert_allclose(g["a"][...], jnp.ones(2))
     np.testing.assert_allclose(g["b"][...], jnp.zeros(2))
@@ -419,8 +422,65 @@ def test_custom_vjp_bare_variable_argument():
     def f(p, x):
         return p[...] * x
 
-    f.defvjp(lambda p, x: (f(p, x), (p[...], x)), lambda res, g: (nnx.Param(7.0 * g), g * res[0]))
+    f.defvjp(lambda p, x: (f(p, x), (p[...], x)),
+             lambda res, g: (nnx.Param(7.0 * g[1]), g[1] * res[0]))
     p = nnx.Param(jnp.array(2.0))
     gp, gx = nnx.grad(f, argnums=(0, 1))(p, 3.0)
     assert isinstance(gp, nnx.Param) and float(gp[...]) == 7.0
     assert float(gx) == 2.0
+
+
+def test_custom_vjp_writes_are_committed_and_state_cotangents_flow():
+    # Flax's graph-updates convention: the function may write its arguments; the
+    # cotangent of their state after the call reaches bwd as `inputs_g`.
+    class Two(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.array(3.0))
+            self.n = nnx.BatchStat(jnp.array(0, jnp.int32))
+
+    @nnx.custom_vjp
+    def f(m, x):
+        m.n[...] += 1
+        return m.w[...] * x
+
+    def fwd(m, x):
+        return f(m, x), (m.w[...], x)
+
+    seen = {}
+
+    def bwd(res, g):
+        (m_g, _), out_g = g
+        seen["w_g"] = m_g["w"][...]  # cotangent of m.w as read after the call
+        w, x = res
+        return nnx.State({"w": out_g * x + m_g["w"][...]}), out_g * w
+
+    f.defvjp(fwd, bwd)
+    m = Two()
+    np.testing.assert_allclose(f(m, 2.0), 6.0)
+    assert int(m.n[...]) == 1
+
+    def loss(m, x):
+        return f(m, x) + 10.0 * m.w[...]  # m.w used after the call too
+
+    gm, gx = nnx.grad(loss, argnums=(0, 1))(m, 2.0)
+    assert int(m.n[...]) == 2
+    np.testing.assert_allclose(seen["w_g"], 10.0)
+    np.testing.assert_allclose(gm["w"][...], 2.0 + 10.0)
+    np.testing.assert_allclose(gx, 3.0)
+
+
+def test_custom_vjp_diff_state_in_nondiff_argnums():
+    class Two(nnx.Module):
+        def __init__(self):
+            self.a = nnx.Param(jnp.array(2.0))
+            self.b = nnx.Param(jnp.array(5.0))
+
+    @nnx.custom_vjp(nondiff_argnums=(nnx.DiffState(0, nnx.PathContains("a")),))
+    def f(m):
+        return m.a[...] * m.b[...]
+
+    f.defvjp(lambda m: (f(m), (m.a[...], m.b[...])),
+             lambda res, g: (nnx.State({"a": g[1] * res[1], "b": 100.0}),))
+    g = nnx.grad(f, argnums=nnx.DiffState(0, ...))(Two())
+    np.testing.assert_allclose(g["a"][...], 5.0)
+    np.testing.assert_allclose(g["b"][...], 0.0)  # not differentiable: bwd's value dropped

@@ -84,8 +84,10 @@ def test_scan_stack_reverse_equals_reversed_loop():
 
 def test_stack_scanned_on_axis_1():
     stack = make_stack(2)
-    moved = nnx.vmap(lambda m: m, in_axes=0, out_axes=1)(stack)
-    assert moved is stack  # an output that is an input is the same object
+    same = nnx.vmap(lambda m: m, in_axes=0, out_axes=0)(stack)
+    assert same is stack  # an output that is an input is the same object
+    with pytest.raises(ValueError, match="Inconsistent aliasing detected"):  # as Flax: one layout
+        nnx.vmap(lambda m: m, in_axes=0, out_axes=1)(stack)
     f = nnx.scan(lambda x, l: jnp.tanh(l(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
     x = jnp.ones((1, D))
     np.testing.assert_allclose(f(x, stack), python_loop(x, stack.kernel[...], stack.bias[...]), rtol=1e-5)
@@ -177,16 +179,32 @@ def test_broadcast_arg_read_only():
 
 
 # -- errors ---------------------------------------------------------------------------------------------
-def test_writing_broadcast_arg_raises():
+def test_writing_broadcast_arg_threads_it_through_the_steps():
+    # Flax: broadcast (axis None) state the body writes is carried from step to step.
     c = Counter(3)
-    before = snapshot(c)
+    ys = jnp.arange(L * 3.0).reshape(L, 3)
     f = nnx.scan(lambda x, y, m: (x + m(y), None), in_axes=(nnx.Carry, 0, None))
-    with pytest.raises(ValueError, match=r"broadcast argument \(axis None\).*nnx.Carry"):
-        f(jnp.zeros(3), jnp.ones((L, 3)), c)
-    assert_unchanged(before, c)
+    out, _ = f(jnp.zeros(3), ys, c)
+    np.testing.assert_allclose(out, (ys * c.w[...]).sum(0))
+    assert int(c.count[...]) == L
+    np.testing.assert_allclose(c.total[...], ys.sum(0))
+    f(jnp.zeros(3), ys, c)  # second call: cached trace, still threaded
+    assert int(c.count[...]) == 2 * L
 
 
-def test_structure_change_inside_scan_raises():
+def test_variables_created_inside_leave_stacked():
+    m = Counter(3)
+    axes = nnx.StateAxes({nnx.Intermediate: 0, ...: nnx.Carry})
+
+    def step(m, x):
+        m.seen = nnx.Intermediate(x * 2)
+        return m, None
+
+    nnx.scan(step, in_axes=(axes, 0), out_axes=(axes, 0))(m, jnp.ones((L, 3)))
+    np.testing.assert_allclose(m.seen[...], jnp.full((L, 3), 2.0))
+
+
+def test_structure_change_inside_scan_on_carry_raises():
     m = Counter(3)
     before = snapshot(m)
 
@@ -194,9 +212,51 @@ def test_structure_change_inside_scan_raises():
         m.new = nnx.Param(x)
         return m, x
 
-    with pytest.raises(ValueError, match="changed the structure.*Create attributes before the scan"):
+    with pytest.raises(ValueError, match=r"created arg.new, whose axis is nnx.Carry.*int axis"):
         nnx.scan(step)(m, jnp.ones((L, 3)))
     assert_unchanged(before, m)
+
+
+def test_new_object_in_carry_position_raises():
+    v = nnx.BatchStat(jnp.array(0))
+    with pytest.raises(ValueError, match="Carry references must be the same between iterations"):
+        nnx.scan(lambda v, x: (nnx.BatchStat(v[...] + 1), x))(v, jnp.arange(3))
+    assert int(v[...]) == 0
+
+
+def test_axes_rules_checked_when_wrapping():
+    with pytest.raises(ValueError, match="Found multiple Carry definitions in in_axes"):
+        nnx.scan(lambda a, b: (a, b), in_axes=(nnx.Carry, nnx.Carry))
+    with pytest.raises(ValueError, match="If one of in_axes or out_axes has Carry"):
+        nnx.scan(lambda a, b: (a, b), in_axes=(nnx.Carry, 0), out_axes=0)
+    with pytest.raises(ValueError, match=r"Cannot broadcast output state: got None at out_axes\[1\]"):
+        nnx.scan(lambda a, b: (a, b), out_axes=(nnx.Carry, None))
+    f = nnx.scan(lambda c: c, in_axes=nnx.Carry, out_axes=nnx.Carry, length=3)
+    with pytest.raises(ValueError, match="in_axes=Carry, the function must take exactly one argument"):
+        f(jnp.zeros(()), jnp.zeros(()))
+    np.testing.assert_allclose(nnx.scan(lambda c: c + 1, in_axes=nnx.Carry, out_axes=nnx.Carry,
+                                        length=3)(jnp.zeros(())), 3.0)
+
+
+def test_same_object_with_two_axes_raises():
+    v = nnx.Param(jnp.arange(3.0))
+    with pytest.raises(ValueError, match="Inconsistent aliasing"):
+        nnx.scan(lambda c, x: (c, x[...]), in_axes=(nnx.Carry, 0))(v, v)
+
+
+def test_scan_does_not_retrace_on_second_call():
+    traces = []
+
+    def body(c, x):
+        traces.append(1)
+        return c + 1, x ** 2
+
+    f = nnx.scan(body)
+    c, ys = f(jnp.array(0), jnp.arange(5))
+    c, ys = f(c, jnp.arange(5))
+    assert len(traces) == 1
+    assert int(c) == 10
+    np.testing.assert_allclose(ys, jnp.arange(5) ** 2)
 
 
 def test_exception_inside_scan_leaves_caller_unchanged():
@@ -223,9 +283,12 @@ def test_captured_rngs_in_scan_raises():
     assert_unchanged(before, rngs)
 
 
-def test_kwargs_rejected():
-    with pytest.raises(TypeError, match="positionally"):
-        nnx.scan(lambda c, x: (c, x))(c=0.0, x=jnp.ones(L))
+def test_keyword_arguments_take_their_positions():
+    c, ys = nnx.scan(lambda c, x: (c + x, c))(c=0.0, x=jnp.ones(L))
+    assert float(c) == L
+    np.testing.assert_allclose(ys, jnp.arange(L))
+    with pytest.raises(TypeError, match="keyword-only arguments"):
+        nnx.scan(lambda c, x, *, k: (c, x))(0.0, jnp.ones(L), k=1)
 
 
 # -- memory: read-only parameters are not scan outputs ---------------------------------------------

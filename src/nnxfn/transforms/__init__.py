@@ -33,3 +33,9 @@ from nnxfn.transforms.rngs import (
 from nnxfn.transforms.scan import Carry as Carry, scan as scan
 from nnxfn.transforms.sharding import StateSharding as StateSharding
 from nnxfn.transforms.vmap import pmap as pmap, vmap as vmap
+from nnxfn.transforms.metadata import transform_metadata as transform_metadata
+from nnxfn.transforms.partial import (
+    JitPartial as JitPartial,
+    cached_partial as cached_partial,
+    jit_partial as jit_partial,
+)

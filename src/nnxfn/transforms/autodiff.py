@@ -42,6 +42,20 @@ def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tupl
     return tuple(a if isinstance(a, DiffState) else DiffState(a) for a in items)
 
 
+def _check_argnums(argnums: tp.Any, name: str) -> None:
+    items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    for a in items:
+        if isinstance(a, DiffState) or (isinstance(a, int) and not isinstance(a, bool)):
+            continue
+        if is_node(a):
+            raise ValueError(
+                f"{name}: Graph nodes are not allowed as prefixes: argnums holds a "
+                f"{type(a).__name__}. Use an int, or `nnx.DiffState(argnum, filter)` to pick "
+                "which leaves of a Module argument are differentiated."
+            )
+        raise TypeError(f"{name}: argnums entries must be ints or nnx.DiffState, got {a!r}.")
+
+
 class _Selection:
     """Which state/other leaves of an Entry are differentiated, per argument."""
 
@@ -49,10 +63,10 @@ class _Selection:
         owners = arg_of_leaves(args, kwargs)
         state_owner, other_owner = leaf_args(entry, owners)
         preds = {s.argnum: core.to_predicate(s.filter) for s in specs}
+        # A Variable given directly (not inside a Module) is differentiated whatever the
+        # filter, as in Flax; inside graph objects the filter (default `Param`) selects.
         self.state = [
             i for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
-            # a bare Variable (path (k,)), e.g. in a State argument, is differentiated
-            # whatever the filter, as in Flax: filters select inside graph objects
             if o in preds and (len(path) == 1 or preds[o](path[1:], leaf))
         ]
         self.other = [i for i, o in enumerate(other_owner) if o in preds]
@@ -77,18 +91,28 @@ class _Selection:
         by_other = dict(zip(self.other, other_vals))
         e = self.entry
         out = []
+        seen: set[int] = set()
         for spec in self.specs:
             arg = self.args[spec.argnum]
             leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
-            node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+            node_ids: dict[int, int] = {}
+            for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
+                node_ids.setdefault(id(n), k)
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
             new_leaves = []
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
                     k = node_ids[id(leaf)]             # is a Variable of the same type
                     i = next((i for i, p in enumerate(e.static.paths) if p == (k,)), None)
-                    new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                    if i is None or id(leaf) in seen:  # seen before: its gradient is there
+                        new_leaves.append(core.State({}))
+                    else:
+                        new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                    seen.add(id(leaf))
+                elif is_node(leaf) and id(leaf) in seen:  # its gradient is at its first place
+                    new_leaves.append(core.State({}))
                 elif is_node(leaf):
+                    seen.add(id(leaf))
                     k = node_ids[id(leaf)]
                     pairs = [
                         (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
@@ -133,6 +157,7 @@ class _GradWrapped(MethodWrapper):
     def __init__(self, fn: tp.Callable, argnums: tp.Any, has_aux: bool, holomorphic: bool,
                  allow_int: bool, return_value: bool, name: str):
         check_not_bound(fn, name)
+        _check_argnums(argnums, name)
         functools.update_wrapper(self, fn)
         self.fn, self.argnums, self.has_aux = fn, argnums, has_aux
         self.holomorphic, self.allow_int = holomorphic, allow_int
@@ -156,24 +181,48 @@ class _GradWrapped(MethodWrapper):
 
 
 def value_and_grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-                   *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+                   *, holomorphic: bool = False, allow_int: bool = False,
+                   reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+                   graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.value_and_grad`; module arguments are differentiated w.r.t. their
-    `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s."""
+    `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s.
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+    _check_reduce_axes(reduce_axes, "nnx.value_and_grad")
     if f is None:
         return lambda fn: value_and_grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
 
 
 def grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-         *, holomorphic: bool = False, allow_int: bool = False) -> tp.Any:
+         *, holomorphic: bool = False, allow_int: bool = False,
+         reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+         graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.grad`; see `value_and_grad`."""
+    _check_reduce_axes(reduce_axes, "nnx.grad")
     if f is None:
         return lambda fn: grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad")
 
 
-def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
-    """Like `jax.vjp`; cotangents for module primals are States of their Params."""
+def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None:
+    if reduce_axes:  # removed from JAX; Flax rejects it the same way
+        raise NotImplementedError(
+            f"{name}: reduce_axes is no longer supported by JAX; sum the gradients "
+            "over the axis yourself (e.g. `jax.lax.psum`)."
+        )
+
+
+def vjp(f: tp.Callable | None = None, *primals: tp.Any, has_aux: bool = False,
+        reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
+        graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.vjp`; cotangents for module primals are States of their Params.
+    Without primals (or without `f`) returns a partial waiting for them."""
+    _check_reduce_axes(reduce_axes, "nnx.vjp")
+    if f is None:
+        return functools.partial(vjp, has_aux=has_aux)
+    if not primals:
+        return functools.partial(vjp, f, has_aux=has_aux)
+    check_not_bound(f, "nnx.vjp")
     entry = boundary.enter(primals, {})
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
     cell: dict = {}
@@ -192,8 +241,16 @@ def vjp(f: tp.Callable, *primals: tp.Any, has_aux: bool = False) -> tuple:
     return primal_out, vjp_fn
 
 
-def jvp(f: tp.Callable, primals: tp.Sequence, tangents: tp.Sequence, has_aux: bool = False) -> tuple:
-    """Like `jax.jvp`; tangents for module primals are States of their Params."""
+def jvp(f: tp.Callable | None = None, primals: tp.Sequence | None = None,
+        tangents: tp.Sequence | None = None, *, has_aux: bool = False,
+        graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.jvp`; tangents for module primals are States of their Params.
+    Without primals/tangents (or without `f`) returns a partial waiting for them."""
+    if f is None:
+        return functools.partial(jvp, has_aux=has_aux)
+    if primals is None or tangents is None:
+        return functools.partial(jvp, f, has_aux=has_aux)
+    check_not_bound(f, "nnx.jvp")
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
     sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
@@ -235,7 +292,9 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     """Tangent values aligned with the selected state leaves."""
     e = sel.entry
     flat_by_node: dict[int, dict] = {}
-    node_ids = {id(n): k for k, n in enumerate(e.nodes)}
+    node_ids: dict[int, int] = {}
+    for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
+        node_ids.setdefault(id(n), k)
     for primal, tangent in zip(sel.args, tangents):
         p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
         t_leaves = _tangent_leaves(primal, tangent)
@@ -254,10 +313,12 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
 
 
 def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
-          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None) -> tp.Any:
+          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None,
+          graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
     if f is None:
         return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+    check_not_bound(f, "nnx.remat")
     static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(f)

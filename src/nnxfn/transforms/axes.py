@@ -25,6 +25,14 @@ class StateAxes(FilterMap):
             )
         return axis
 
+    def map_prefix(self, path: tuple, variable: tp.Any) -> tp.Any:
+        """Flax's name for `resolve`: the axis of the leaf at `path`."""
+        return self.resolve(path, variable)
+
+    @property
+    def axes(self) -> tuple:
+        return self.values()
+
 
 _UNMATCHED = object()
 
@@ -60,7 +68,9 @@ def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
 
 
 def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
-    return spec.resolve(path, leaf) if isinstance(spec, (StateAxes, NodePrefix)) else spec
+    """The spec for one leaf: per-filter maps (`StateAxes`, `StateSharding`) and
+    `nnx.prefix` trees are looked up."""
+    return spec.resolve(path, leaf) if isinstance(spec, (FilterMap, NodePrefix)) else spec
 
 
 def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
@@ -111,3 +121,64 @@ def exit_axes(name: str, exit: ExitStatic, entry: Entry, entry_state_axes: list,
             else:
                 emitted.append(resolve(out_node_spec[path[1]], path[2:], leaf))
     return out_arrays, emitted
+
+
+def _has_refs(entry: Entry) -> bool:
+    """Whether some object is reachable twice in the arguments (cached per structure)."""
+    found = entry.static.__dict__.get("_has_refs")
+    if found is None:
+        from nnxfn.core.graphdef import Ref
+
+        def walk(d: tp.Any) -> bool:
+            if isinstance(d, Ref):
+                return True
+            return any(walk(c) for _, c in getattr(d, "children", ()))
+
+        found = walk(entry.static.graphdef.root)
+        object.__setattr__(entry.static, "_has_refs", found)
+    return found
+
+
+def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -> None:
+    """Raise if an object reachable from two arguments is given two different
+    specs (axes, shardings) by them: it has one value, so only one can apply."""
+    node_specs = [specs[p] for p in entry.static.node_positions]
+    if len(node_specs) < 2 or not _has_refs(entry):
+        return
+    first = node_specs[0]
+    if all(s is first or (type(s) in (int, type(None)) and s == first) for s in node_specs):
+        return
+    seen: dict[int, tuple[tp.Any, int, tuple]] = {}
+    for k, (node, spec) in enumerate(zip(entry.nodes, node_specs)):
+        _, pairs = core.flatten(node, copy=False)
+        for path, leaf in pairs:
+            value = resolve(spec, path, leaf)
+            prev = seen.setdefault(id(leaf), (value, k, path))
+            if prev[0] is not value and prev[0] != value:
+                a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
+                b = core.errors.path_str(path, f"(object argument {k})")
+                raise ValueError(
+                    f"{name}: Inconsistent aliasing detected: Duplicate {type(leaf).__name__} "
+                    f"(one object) reached by two paths with different {what}:\n"
+                    f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
+                    f"It has one value, so give every path to it the same {what}."
+                )
+
+
+def check_prefix(name: str, axes: tp.Any, what: str) -> None:
+    """Axes specs are ints, None, `StateAxes` (or `nnx.prefix` results): not
+    Modules or Variables."""
+    from nnxfn.core.variable_like import VariableLike
+
+    for leaf in jax.tree_util.tree_leaves(axes, is_leaf=is_node):
+        if isinstance(leaf, VariableLike):
+            raise ValueError(
+                f"{name}: Variables prefixes are not supported: {what} holds a "
+                f"{type(leaf).__name__}. Give its axis (an int or None) instead."
+            )
+        if is_node(leaf):
+            raise ValueError(
+                f"{name}: Graph nodes are not allowed as prefixes: {what} holds a "
+                f"{type(leaf).__name__}. Give one axis for the whole object, or per-leaf axes "
+                "with `nnx.StateAxes({filter: axis})` or `nnx.prefix(obj, {filter: axis})`."
+            )

@@ -478,7 +478,10 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     )
     n_in = len(inside.static.paths)
     in_part = graphdef.root.children[0][1]
-    same = GraphDef(in_part, n_in) == inside.static.graphdef  # flat compare: any depth
+    # Same structure (flat compare: any depth), and every object still where it was
+    # (a swap of two equal-looking sub-objects is a structural change).
+    same = (GraphDef(in_part, n_in) == inside.static.graphdef and len(origins) == len(inside.objects)
+            and all(n == o for n, o in origins))
     if same and not out_nodes:
         changed = tuple(
             i for i, (_, leaf) in enumerate(pairs[:n_in])

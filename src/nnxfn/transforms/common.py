@@ -27,12 +27,37 @@ jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _:
 def check_not_bound(fn: tp.Callable, name: str) -> None:
     if inspect.ismethod(fn) and is_node(fn.__self__):
         cls = type(fn.__self__).__name__
-        raise TypeError(
-            f"{name} got the bound method {cls}.{fn.__name__}: its `self` would be "
+        raise ValueError(
+            f"{name} does not accept bound methods: got the bound method "
+            f"{cls}.{fn.__name__}, whose `self` would be "
             "captured by closure, so its updates could not be committed. Transform "
             f"the unbound method and pass the object: `{name}({cls}.{fn.__name__})(obj, ...)`, "
             f"or decorate the method in the class body with `@{name}`."
         )
+
+
+def signature_of(fn: tp.Callable) -> inspect.Signature | None:
+    """`fn`'s signature for `to_positional`, or None if it has none we can use."""
+    if isinstance(fn, functools.partial):
+        return None
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict,
+                  name: str) -> tuple[tuple, dict]:
+    """Keyword arguments moved to their positions (defaults filled in between), so
+    positional axes specs (`in_axes`) cover them; keyword-only ones stay keywords."""
+    if not kwargs or sig is None:
+        return args, kwargs
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
+    bound.apply_defaults()
+    return tuple(bound.args), dict(bound.kwargs)
 
 
 def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
@@ -70,14 +95,51 @@ def body_fn(fn: tp.Callable, static: EntryStatic, name: str, cell: dict) -> tp.C
     return body
 
 
+def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
+    """`fn`, checked (while tracing) not to return a Variable it neither received
+    nor created: such an object belongs to another trace level."""
+
+    def checked(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        out = fn(*args, **kwargs)
+        nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_node) if is_node(x)]
+        if nodes:
+            from nnxfn import core
+
+            frame = context.current_frame()
+            _, pairs = core.flatten(nodes, copy=False)
+            for path, leaf in pairs:
+                owner = getattr(leaf, "_frame", frame)
+                if owner is not frame:
+                    raise ValueError(
+                        f"{name}: Cannot return captured Variable "
+                        f"{core.errors.path_str(path[1:], f'(output object {path[0]})')}: "
+                        f"the function returned a {type(leaf).__name__} it neither received as "
+                        "an argument nor created (Cannot extract graph node from different "
+                        "trace level). Pass the object as an argument, or return its value."
+                    )
+        return out
+
+    return checked
+
+
 class FilterMap:
     """An ordered `{filter: value}` mapping looked up by `(path, leaf)`; the first
-    matching filter wins. `StateAxes` and `StateSharding` are FilterMaps."""
+    matching filter wins. `StateAxes` and `StateSharding` are FilterMaps.
 
-    def __init__(self, mapping: tp.Mapping[tp.Any, tp.Any]):
+    Also made from a `State` of values (each path is then its own filter), or
+    from an iterable of `(filter, value)` pairs. Compared by content.
+    """
+
+    def __init__(self, mapping: tp.Any, /):
         from nnxfn import core
 
-        self.mapping = tuple(mapping.items())
+        if isinstance(mapping, core.State):
+            items = tuple((core.PathIn(p), getattr(v, "raw_value", v)) for p, v in mapping.flat_state())
+        elif isinstance(mapping, tp.Mapping):
+            items = tuple(mapping.items())
+        else:
+            items = tuple(mapping)
+        self.mapping = items
         self._preds = tuple((core.to_predicate(f), v) for f, v in self.mapping)
 
     def lookup(self, path: tuple, leaf: tp.Any, default: tp.Any = None) -> tp.Any:
@@ -85,6 +147,47 @@ class FilterMap:
             if pred(path, leaf):
                 return value
         return default
+
+    # -- read like a mapping (as Flax's StateAxes / StateSharding) --------------
+    @property
+    def filters(self) -> tuple:
+        return tuple(f for f, _ in self.mapping)
+
+    def items(self) -> tuple:
+        return self.mapping
+
+    def keys(self) -> tuple:
+        return self.filters
+
+    def values(self) -> tuple:
+        return tuple(v for _, v in self.mapping)
+
+    def __getitem__(self, flt: tp.Any) -> tp.Any:
+        for f, v in self.mapping:
+            if f is flt or f == flt:
+                return v
+        raise KeyError(flt)
+
+    def __iter__(self) -> tp.Iterator:
+        return iter(self.filters)
+
+    def __len__(self) -> int:
+        return len(self.mapping)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not self.mapping:  # a subclass keeping its data elsewhere: by identity
+            return False
+        return type(self) is type(other) and self.mapping == other.mapping  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        if not self.mapping:
+            return id(self)
+        try:
+            return hash((type(self), self.mapping))
+        except TypeError:
+            return id(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.mapping)!r})"

@@ -3,7 +3,8 @@
 Every branch / iteration sees fresh objects built from the operands' state
 and must leave their structure unchanged; all state of the operands is
 threaded through (so any branch may write any Variable), and the final values
-are committed to the caller's objects.
+are committed to the caller's objects. `graph`/`graph_updates` (Flax's mode
+flags) are accepted and change nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _finish(entry: boundary.Entry, cell: dict, out_arrays: list, emitted: list) 
     return boundary.commit(entry, cell["exits"][0], out_arrays, emitted)
 
 
-def cond(pred: tp.Any, true_fun: tp.Callable, false_fun: tp.Callable, *operands: tp.Any) -> tp.Any:
+def cond(pred: tp.Any, true_fun: tp.Callable, false_fun: tp.Callable, *operands: tp.Any,
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.lax.cond`; Modules may be operands and be written by either branch."""
     entry = boundary.enter(operands, {})
     cell: dict = {}
@@ -57,7 +59,8 @@ def cond(pred: tp.Any, true_fun: tp.Callable, false_fun: tp.Callable, *operands:
     return _finish(entry, cell, out_arrays, emitted)
 
 
-def switch(index: tp.Any, branches: tp.Sequence[tp.Callable], *operands: tp.Any) -> tp.Any:
+def switch(index: tp.Any, branches: tp.Sequence[tp.Callable], *operands: tp.Any,
+           graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.lax.switch`; Modules may be operands and be written by any branch."""
     entry = boundary.enter(operands, {})
     cell: dict = {}
@@ -82,12 +85,15 @@ def _loop_step(entry: boundary.Entry, fn: tp.Callable, name: str) -> tp.Callable
                 f"{name}: the body must return a value with the same structure as "
                 "its input (same Modules, same attributes, same array leaves)."
             )
+        if exit_static.changed is None:  # e.g. a Variable replaced by a new one
+            raise ValueError(_STRUCTURE.format(name=name, what="the body"))
         return again.values, again.others
 
     return step
 
 
-def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val: tp.Any) -> tp.Any:
+def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val: tp.Any, *,
+               graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.lax.while_loop`; `init_val` may hold Modules, updated in place."""
     entry = boundary.enter((init_val,), {})
     step = _loop_step(entry, body_fun, "nnx.while_loop")
@@ -102,7 +108,7 @@ def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val: tp.Any) -
 
 
 def fori_loop(lower: int, upper: int, body_fun: tp.Callable, init_val: tp.Any, *,
-              unroll: int | bool | None = None) -> tp.Any:
+              unroll: int | bool | None = None, graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.lax.fori_loop` with `body_fun(i, val) -> val`; Modules updated in place."""
     entry = boundary.enter((init_val,), {})
     step = _loop_step(entry, body_fun, "nnx.fori_loop")

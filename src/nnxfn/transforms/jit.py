@@ -17,7 +17,9 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
+from nnxfn.transforms.axes import check_consistent_aliasing
 from nnxfn.transforms.sharding import (
+    _for_arg,
     constrain_outputs,
     constrain_updates,
     normalize as normalize_shardings,
@@ -43,13 +45,21 @@ class JitWrapped(MethodWrapper):
         device: tp.Any = None,
         backend: str | None = None,
         inline: bool = False,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
     ):
+        # `graph`/`graph_updates`: Flax's mode flags, accepted; nnxfn has one mode.
         check_not_bound(fn, "nnx.jit")
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.static_argnums = as_tuple(static_argnums)
         names = static_argnames
         self.static_argnames = (names,) if isinstance(names, str) else tuple(names or ())
+        # as jax.jit: names also mark the argument passed by position, and numbers by name
+        self.static_argnums += tuple(
+            i for i in _positions_of(fn, self.static_argnames) if i not in self.static_argnums)
+        self.static_argnames += tuple(
+            n for n in _names_of(fn, self.static_argnums) if n not in self.static_argnames)
         self.donate_argnums = as_tuple(donate_argnums)
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
@@ -73,7 +83,9 @@ class JitWrapped(MethodWrapper):
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)
         )
-        if state_shardings:  # updated state leaves keep their in_shardings
+        if state_shardings and exit_static.changed is None:  # structure changed: by path
+            emitted = _constrain_by_path(exit_static, emitted, entry_static.paths, state_shardings)
+        elif state_shardings:  # updated state leaves keep their in_shardings
             emitted = constrain_updates(exit_static, emitted, state_shardings)
         if self.out_shardings is not None:  # returned modules: laid out inside the trace
             out_arrays, emitted = constrain_outputs(self.out_shardings, exit_static, out_arrays, emitted)
@@ -107,6 +119,9 @@ class JitWrapped(MethodWrapper):
             state_owner, other_owner = leaf_args(entry, owners)
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
+            if self.in_shardings is not None:
+                per_leaf = [_for_arg(self.in_shardings, o) for o in owners]
+                check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
             if self.in_shardings is not None or self.out_shardings is not None:
                 in_spec = resolve_in_shardings(
                     self.in_shardings, entry, state_owner, other_owner, donated_idx
@@ -115,6 +130,7 @@ class JitWrapped(MethodWrapper):
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
+                    _place(entry, state_shardings)
         elif self.out_shardings is not None:
             out_spec = resolve_out_shardings(self.out_shardings)
             shardings = None if out_spec is None else (None, out_spec)
@@ -127,9 +143,12 @@ class JitWrapped(MethodWrapper):
         aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> "Lowered":
+        """Like `jax.jit(...).lower`; `.compile()` gives a function of the same
+        arguments as this one (Modules included) that commits their updates."""
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        return self._jitted(shardings).lower(static, kept, donated, entry.others)
+        lowered = self._jitted(shardings).lower(static, kept, donated, entry.others)
+        return Lowered(self, lowered, static)
 
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
@@ -139,6 +158,90 @@ class JitWrapped(MethodWrapper):
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
+
+
+def _constrain_by_path(exit_static: boundary.ExitStatic, emitted: list, paths: tuple,
+                       shardings: tuple) -> list:
+    """After a structural change, leaves still at an input leaf's path keep its
+    in_sharding (also when the Variable was replaced, e.g. `m.kernel = array`)."""
+    from jax.sharding import Sharding
+
+    from nnxfn.facade import spmd as spmd_facade
+
+    by_path = {(0,) + p: s for p, s in zip(paths, shardings) if isinstance(s, Sharding)}
+    out = list(emitted)
+    for j, path in enumerate(exit_static.paths):
+        s = by_path.get(path)
+        if s is not None and hasattr(out[j], "shape"):
+            out[j] = spmd_facade.constrain(out[j], s)
+    return out
+
+
+def _place(entry: boundary.Entry, shardings: tuple) -> None:
+    """Put state leaves given an `in_shardings` entry on that sharding (on the caller's
+    Variables too, as Flax does), so the jitted call sees them laid out as asked."""
+    from jax.sharding import Sharding
+
+    for i, s in enumerate(shardings):
+        value = entry.values[i]
+        if (isinstance(s, Sharding) and isinstance(value, jax.Array)
+                and not isinstance(value, jax.core.Tracer) and value.sharding != s):
+            value = entry.values[i] = jax.device_put(value, s)
+            live = entry.live[i]
+            if hasattr(live, "set_raw"):
+                live.set_raw(value)
+
+
+class Lowered:
+    """`JitWrapped.lower(...)`: JAX's `Lowered` (its methods are available) whose
+    `compile()` returns a `Compiled` taking the original arguments."""
+
+    def __init__(self, wrapped: JitWrapped, lowered: tp.Any, static: tuple, bound: tuple = ()):
+        self._wrapped, self._lowered, self._static, self._bound = wrapped, lowered, static, bound
+
+    def compile(self, *args: tp.Any, **kwargs: tp.Any) -> "Compiled":
+        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs), self._static,
+                        self._bound)
+
+    def __getattr__(self, name: str) -> tp.Any:
+        return getattr(self._lowered, name)
+
+
+class Compiled:
+    """A compiled `nnx.jit` function: call it with the arguments it was lowered for
+    (same structure and shapes); Module updates are committed as by the jitted call."""
+
+    def __init__(self, wrapped: JitWrapped, compiled: tp.Any, static: tuple, bound: tuple = ()):
+        self._wrapped, self._compiled, self._static, self._bound = wrapped, compiled, static, bound
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        entry, static, kept, donated, _ = self._wrapped._prepare(self._bound + args, kwargs)
+        if static != self._static:
+            raise TypeError(
+                "nnx.jit: this compiled function was lowered for arguments of another "
+                "structure (other Modules, attributes or static arguments); lower and compile "
+                "again for these arguments, or call the jitted function itself."
+            )
+        aux, out_arrays, emitted = self._compiled(kept, donated, entry.others)
+        return boundary.commit(entry, aux.value, out_arrays, emitted)
+
+    def __getattr__(self, name: str) -> tp.Any:
+        return getattr(self._compiled, name)
+
+
+def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
+    """Names of the positional parameters of `fn` at `positions`."""
+    if not positions:
+        return ()
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
+    except (TypeError, ValueError):
+        return ()
+    return tuple(params[i].name for i in positions
+                 if i < len(params) and params[i].kind is params[i].POSITIONAL_OR_KEYWORD)
 
 
 def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:
@@ -186,17 +289,52 @@ def _with_statics(fn: tp.Callable, statics: tuple, static_kw: tuple) -> tp.Calla
 
 
 @tp.overload
-def jit(fn: tp.Callable, **kwargs: tp.Any) -> JitWrapped: ...
+def jit(fn: tp.Callable, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
+        static_argnums: int | tp.Sequence[int] | None = ...,
+        static_argnames: str | tp.Sequence[str] | None = ...,
+        donate_argnums: int | tp.Sequence[int] | None = ...,
+        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
+        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
+        graph: bool | None = ..., graph_updates: bool | None = ...) -> JitWrapped: ...
 @tp.overload
-def jit(fn: None = None, **kwargs: tp.Any) -> tp.Callable[[tp.Callable], JitWrapped]: ...
-def jit(fn: tp.Callable | None = None, **kwargs: tp.Any) -> tp.Any:
+def jit(fn: None = None, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
+        static_argnums: int | tp.Sequence[int] | None = ...,
+        static_argnames: str | tp.Sequence[str] | None = ...,
+        donate_argnums: int | tp.Sequence[int] | None = ...,
+        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
+        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
+        graph: bool | None = ..., graph_updates: bool | None = ...
+        ) -> tp.Callable[[tp.Callable], JitWrapped]: ...
+def jit(
+    fn: tp.Callable | None = None,
+    *,
+    in_shardings: tp.Any = None,
+    out_shardings: tp.Any = None,
+    static_argnums: int | tp.Sequence[int] | None = None,
+    static_argnames: str | tp.Sequence[str] | None = None,
+    donate_argnums: int | tp.Sequence[int] | None = None,
+    donate_argnames: str | tp.Sequence[str] | None = None,
+    keep_unused: bool = False,
+    device: tp.Any = None,
+    backend: str | None = None,
+    inline: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Compile `fn` like `jax.jit`; Modules may appear anywhere in its args and
-    outputs, and their updates are committed after each call.
+    outputs, and their updates are committed after each call. `graph` and
+    `graph_updates` (Flax's mode flags) are accepted and change nothing.
 
     >>> @jit
     ... def step(model, x):
     ...     return model(x)
     """
+    options = dict(
+        in_shardings=in_shardings, out_shardings=out_shardings,
+        static_argnums=static_argnums, static_argnames=static_argnames,
+        donate_argnums=donate_argnums, donate_argnames=donate_argnames,
+        keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+    )
     if fn is None:
-        return lambda f: JitWrapped(f, **kwargs)
-    return JitWrapped(fn, **kwargs)
+        return lambda f: JitWrapped(f, **options)
+    return JitWrapped(fn, **options)

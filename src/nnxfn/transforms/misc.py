@@ -9,17 +9,19 @@ import jax
 from jax.experimental import checkify as _checkify
 
 from nnxfn.transforms import boundary
-from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import body_fn, run_inside
+from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
 
 
-def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
+               graph_updates: bool | None = None, **kwargs: tp.Any) -> tp.Any:
     """Run `f` abstractly. Modules it creates come back with `jax.ShapeDtypeStruct`
     leaves (an abstract model, e.g. to restore a checkpoint into); the
     arguments are not modified.
 
     >>> abstract = eval_shape(lambda: Model(rngs=nnx.Rngs(0)))  # doctest: +SKIP
     """
+    check_not_bound(f, "nnx.eval_shape")
     entry = boundary.enter(args, kwargs)
     cell: dict = {}
     inner = body_fn(f, entry.static, "nnx.eval_shape", cell)
@@ -41,23 +43,41 @@ def eval_shape(f: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
-def make_jaxpr(f: tp.Callable, **jaxpr_kwargs: tp.Any) -> tp.Callable:
-    """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves."""
+def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
+               graph_updates: bool | None = None,
+               static_argnums: int | tp.Sequence[int] = ()) -> tp.Callable:
+    """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves
+    (and array arguments); `static_argnums` arguments are passed through as
+    Python values."""
+    if f is None:
+        return functools.partial(make_jaxpr, static_argnums=static_argnums)
+    check_not_bound(f, "nnx.make_jaxpr")
+    statics = as_tuple(static_argnums)
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry = boundary.enter(args, kwargs)
+        fixed = {i: args[i] for i in statics if i < len(args)}
+        dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
+        entry = boundary.enter(dyn, kwargs)
+
+        def call(*dargs: tp.Any, **kw: tp.Any) -> tp.Any:
+            full = list(dargs)
+            for i in sorted(fixed):
+                full.insert(i, fixed[i])
+            return f(*full, **kw)
 
         def inner(values: list, others: list) -> tuple:
-            return run_inside(f, entry.static, values, others, "nnx.make_jaxpr")[1:]
+            return run_inside(call, entry.static, values, others, "nnx.make_jaxpr")[1:]
 
-        return jax.make_jaxpr(inner, **jaxpr_kwargs)(entry.values, entry.others)
+        return jax.make_jaxpr(inner)(entry.values, entry.others)
 
     return wrapper
 
 
-def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Callable:
+def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks,
+             graph: bool | None = None, graph_updates: bool | None = None) -> tp.Callable:
     """Like `jax.experimental.checkify.checkify`: returns `(error, out)`."""
+    check_not_bound(f, "nnx.checkify")
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -72,14 +92,17 @@ def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks) -> tp.Calla
 
 
 def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, out_specs: tp.Any,
-              check_vma: bool = True, **options: tp.Any) -> tp.Any:
+              axis_names: tp.AbstractSet[tp.Hashable] = frozenset(), check_vma: bool = True,
+              graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.shard_map`; a module argument's spec (a PartitionSpec,
     `StateAxes({filter: spec})`, or a Module/State of specs such as
     `nnx.get_partition_spec(model)`) applies to its state leaves, and state it
     writes leaves with the spec it came in with."""
     if f is None:
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                    check_vma=check_vma, **options)
+                                    axis_names=axis_names, check_vma=check_vma)
+    options = {"axis_names": axis_names} if axis_names else {}
+    check_not_bound(f, "nnx.shard_map")
     from jax.sharding import PartitionSpec
 
     def is_spec(x: tp.Any) -> bool:
@@ -88,9 +111,11 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry = boundary.enter(args, kwargs)
-        specs = leaf_specs("nnx.shard_map", _wrap_specs(in_specs, is_spec), (args, kwargs),
+        specs = leaf_specs("nnx.shard_map", _wrap_arg_specs(in_specs, args, is_spec), (args, kwargs),
                            kwargs_spec=PartitionSpec())
+        check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
+        _place(entry, state_specs, mesh)
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
@@ -113,6 +138,39 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
     return wrapper
+
+
+def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.Any:
+    """`_wrap_specs`, except that a State of specs given for a State argument is
+    matched leaf by leaf (both are the same pytree)."""
+    from nnxfn import core
+
+    if not isinstance(in_specs, (tuple, list)) or len(in_specs) != len(args):
+        return _wrap_specs(in_specs, is_spec)
+    return type(in_specs)(
+        jax.tree_util.tree_map(_Spec, s, is_leaf=is_spec)
+        if isinstance(s, core.State) and isinstance(a, core.State) else _wrap_specs(s, is_spec)
+        for s, a in zip(in_specs, args)
+    )
+
+
+def _place(entry: boundary.Entry, specs: list, mesh: tp.Any) -> None:
+    """Lay the caller's state out as its in_specs say (as Flax, whose shard_map
+    returns all state with those specs), so it stays sharded after the call."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    for i, spec in enumerate(specs):
+        value = entry.values[i]
+        if not isinstance(spec, PartitionSpec) or not isinstance(value, jax.Array):
+            continue
+        if isinstance(value, jax.core.Tracer) or not isinstance(mesh, jax.sharding.Mesh):
+            continue
+        target = NamedSharding(mesh, spec)
+        if value.sharding != target:
+            value = entry.values[i] = jax.device_put(value, target)
+            live = entry.live[i]
+            if hasattr(live, "set_raw"):
+                live.set_raw(value)
 
 
 class _Spec:

@@ -3,13 +3,25 @@
 `in_axes` marks one argument as the `Carry` (threaded through iterations;
 modules in it keep their state across steps), ints for arguments scanned
 along that axis (e.g. a stack of layers made with `nnx.vmap`), `None` for
-broadcast arguments (read-only inside). `out_axes` marks the output the same
-way. Only scanned state that the body *writes* leaves the scan (stacked);
-parameters that are only read are not outputs, so they are not copied.
+broadcast arguments. `out_axes` marks the output the same way (`None` is not
+allowed: outputs are either carried or stacked).
+
+- Scanned state that the body *writes* leaves the scan stacked; parameters
+  that are only read are not outputs, so they are not copied.
+- Broadcast state the body writes (e.g. BatchNorm statistics, an Rngs
+  counter) is threaded through the iterations like a carry: each step sees
+  the previous step's value and the last one is committed.
+- Variables the body creates (e.g. `self.sow(...)`) leave stacked along the
+  axis their argument's `in_axes` gives them (it must be an int).
+- A carried output must be the carried input object itself, not a new one.
+
+The traced scan is cached per argument structure (like `nnx.jit`), so calling
+the same scanned function again with same-shaped arguments does not retrace.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing as tp
 
@@ -18,8 +30,22 @@ import jax.numpy as jnp
 
 from nnxfn.core import errors
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.axes import entry_axes, leaf_specs
-from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
+from nnxfn.transforms.axes import (
+    StateAxes,
+    check_consistent_aliasing,
+    check_prefix,
+    entry_axes,
+    leaf_specs,
+    resolve,
+)
+from nnxfn.transforms.common import (
+    MethodWrapper,
+    Static,
+    check_not_bound,
+    run_inside,
+    signature_of,
+    to_positional,
+)
 
 
 class Carry:
@@ -36,125 +62,343 @@ def _moveaxis(x: tp.Any, src: int, dst: int) -> tp.Any:
     return x if src == dst else jnp.moveaxis(x, src, dst)
 
 
+class _BroadcastWritten(Exception):
+    """Raised while tracing: the body wrote broadcast state leaves (their indices),
+    which must be carried instead; the scan is traced again with them carried."""
+
+    def __init__(self, indices: set[int]):
+        self.indices = indices
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What each value leaving the body becomes (decided while tracing)."""
+
+    exit: boundary.ExitStatic
+    emitted: tuple[tuple[str, tp.Any], ...]  # per emitted value: ('carry', slot) | ('ys', axis) | ('keep', i)
+    out: tuple[tuple[str, tp.Any], ...]  # per output array: ('carry', slot) | ('ys', axis)
+
+
 class _Scanned(MethodWrapper):
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, length: int | None,
-                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None):
+                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None,
+                 split_transpose: bool = False):
         check_not_bound(fn, "nnx.scan")
+        check_prefix("nnx.scan", in_axes, "in_axes")
+        check_prefix("nnx.scan", out_axes, "out_axes")
+        _validate_axes(in_axes, out_axes)
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.length, self.reverse, self.unroll = length, reverse, unroll
         self.transform_metadata = transform_metadata
+        self.split_transpose = split_transpose
+        self._sig = signature_of(fn)
+        self._cache: dict[tp.Any, tp.Callable] = {}
+        self._carried_broadcast: dict[tp.Any, frozenset] = {}
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        args, kwargs = to_positional(self._sig, args, kwargs, "nnx.scan")
         if kwargs:
-            raise TypeError("nnx.scan: pass every argument positionally (in_axes refers to them).")
-        entry = boundary.enter(args, kwargs)
-        specs = leaf_specs("nnx.scan", self.in_axes, (args, kwargs), kwargs_spec=None)
-        state_axes, other_axes = entry_axes(entry, specs)
-        carry_s = [i for i, a in enumerate(state_axes) if a is Carry]
-        scan_s = [i for i, a in enumerate(state_axes) if isinstance(a, int)]
-        carry_o = [i for i, a in enumerate(other_axes) if a is Carry]
-        scan_o = [i for i, a in enumerate(other_axes) if isinstance(a, int)]
-        scanned = [a if isinstance(a, int) and not isinstance(a, bool) else None for a in state_axes]
-        inner = spmd.inner_static("nnx.scan", entry, scanned, self.transform_metadata)
-        cell: dict = {}
-
-        def body(carry: tuple, xs: tuple) -> tuple:
-            values, others = list(entry.values), list(entry.others)
-            for i, v in zip(carry_s, carry[0]):
-                values[i] = v
-            for i, v in zip(carry_o, carry[1]):
-                others[i] = v
-            for i, v in zip(scan_s, xs[0]):
-                values[i] = v
-            for i, v in zip(scan_o, xs[1]):
-                others[i] = v
-            exit_static, out_arrays, emitted, out = run_inside(
-                self.fn, inner, values, others, "nnx.scan",
-                emit_all=set(carry_s), with_output=True,
+            raise TypeError(
+                f"nnx.scan: keyword-only arguments {sorted(kwargs)} have no position for "
+                "in_axes to refer to; make them positional parameters of the function."
             )
-            if exit_static.changed is None:
-                raise ValueError(
-                    "nnx.scan: the body changed the structure of an argument (added or "
-                    "removed an attribute); a scan body must keep every argument's structure. "
-                    "Create attributes before the scan."
-                )
-            roles = self._roles(exit_static, state_axes, entry.static.paths)
-            cell["exit"], cell["roles"], cell["out"] = exit_static, roles, out
-            new_carry_s = [emitted[j] for j, r in enumerate(roles["emitted"]) if r == "carry"]
-            new_carry_o = [a for a, r in zip(out_arrays, roles["out"]) if r == "carry"]
-            ys_state = [emitted[j] for j, r in enumerate(roles["emitted"]) if r == "scan"]
-            ys_out = [a for a, r in zip(out_arrays, roles["out"]) if r == "scan"]
-            return (new_carry_s, new_carry_o), (ys_state, ys_out)
+        if self.in_axes is Carry and len(args) != 1:
+            raise ValueError(
+                "nnx.scan: When in_axes=Carry, the function must take exactly one argument "
+                f"(the carry), got {len(args)} arguments. Use in_axes=(nnx.Carry, 0, ...) "
+                "to mark one argument as the carry."
+            )
+        entry = boundary.enter(args, {})
+        specs = leaf_specs("nnx.scan", self.in_axes, (args, {}), kwargs_spec=None)
+        check_consistent_aliasing("nnx.scan", entry, specs, "in_axes")
+        state_axes, other_axes = entry_axes(entry, specs)
+        for i, axis in enumerate(state_axes):
+            _check_in_axis(axis, entry.static.paths[i])
+        base = (entry.static, tuple(map(_axis_key, state_axes)), tuple(map(_axis_key, other_axes)))
+        extra = self._carried_broadcast.get(base, frozenset())
+        while True:
+            try:
+                return self._run(entry, specs, state_axes, other_axes, base, extra)
+            except _BroadcastWritten as e:
+                extra = self._carried_broadcast[base] = extra | frozenset(e.indices)
+                if len(self._carried_broadcast) > 64:
+                    self._carried_broadcast.pop(next(iter(self._carried_broadcast)))
 
+    def _run(self, entry: boundary.Entry, specs: list, state_axes: list, other_axes: list,
+             base: tuple, extra: frozenset) -> tp.Any:
+        n = len(state_axes)
+        carry_s = [i for i in range(n) if state_axes[i] is Carry] + sorted(extra)
+        scan_s = [i for i in range(n) if _is_int(state_axes[i])]
+        fixed_s = [i for i in range(n) if state_axes[i] is None and i not in extra]
+        carry_o = [i for i, a in enumerate(other_axes) if a is Carry]
+        scan_o = [i for i, a in enumerate(other_axes) if _is_int(a)]
+        fixed_o = [i for i, a in enumerate(other_axes) if a is None]
+        key = (base, extra)
+        run = self._cache.get(key)
+        if run is None:
+            scanned = [a if _is_int(a) else None for a in state_axes]
+            inner = spmd.inner_static("nnx.scan", entry, scanned, self.transform_metadata)
+            run = self._make(entry.static, len(entry.others), inner, specs, state_axes,
+                             carry_s, scan_s, fixed_s, carry_o, scan_o, fixed_o)
+            if len(self._cache) >= 16:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = run
         init = ([entry.values[i] for i in carry_s], [entry.others[i] for i in carry_o])
         xs = (
             [_moveaxis(entry.values[i], state_axes[i], 0) for i in scan_s],
             [_moveaxis(entry.others[i], other_axes[i], 0) for i in scan_o],
         )
-        (carry_s_out, carry_o_out), (ys_state, ys_out) = jax.lax.scan(
-            body, init, xs, length=self.length, reverse=self.reverse, unroll=self.unroll
-        )
-        exit_static, roles = cell["exit"], cell["roles"]
-        emitted, c_it, y_it = [], iter(carry_s_out), iter(ys_state)
-        for j, r in enumerate(roles["emitted"]):
-            if r == "carry":
-                emitted.append(next(c_it))
-            else:
-                axis = state_axes[exit_static.changed[j]] if j < len(exit_static.changed) else 0
-                emitted.append(_moveaxis(next(y_it), 0, axis))
+        consts = ([entry.values[i] for i in fixed_s], [entry.others[i] for i in fixed_o])
+        aux, (carry_s_out, carry_o_out), (ys_state, ys_out) = run(consts, init, xs)
+        plan: _Plan = aux.value
+        return self._finish(entry, plan, state_axes, carry_s_out, carry_o_out, ys_state, ys_out)
+
+    def _make(self, static: boundary.EntryStatic, n_others: int, inner: boundary.EntryStatic,
+              specs: list, state_axes: list, carry_s: list, scan_s: list, fixed_s: list,
+              carry_o: list, scan_o: list, fixed_o: list) -> tp.Callable:
+        """The jitted `(consts, init, xs) -> (plan, carry, ys)` for one argument structure
+        (it holds no argument values: the caller's objects are not kept alive)."""
+        n_values = len(state_axes)
+        emit_all = set(carry_s)
+        slot = {i: k for k, i in enumerate(carry_s)}
+        fn, out_axes = self.fn, self.out_axes
+        options = dict(length=self.length, reverse=self.reverse, unroll=self.unroll,
+                       _split_transpose=self.split_transpose)
+        node_specs = [specs[p] for p in static.node_positions]
+
+        def scan_call(consts: tuple, init: tuple, xs: tuple) -> tuple:
+            cell: dict = {}
+
+            def body(carry: tuple, x: tuple) -> tuple:
+                values, others = [None] * n_values, [None] * n_others
+                for group, vals in ((carry_s, carry[0]), (scan_s, x[0]), (fixed_s, consts[0])):
+                    for i, v in zip(group, vals):
+                        values[i] = v
+                for group, vals in ((carry_o, carry[1]), (scan_o, x[1]), (fixed_o, consts[1])):
+                    for i, v in zip(group, vals):
+                        others[i] = v
+                exit_static, out_arrays, emitted = run_inside(
+                    fn, inner, values, others, "nnx.scan", emit_all=emit_all
+                )
+                plan = _plan(exit_static, emitted, values, static.paths, state_axes, slot,
+                             node_specs, out_axes)
+                cell["plan"] = plan
+                new_carry_s: list = [None] * len(carry_s)
+                ys_state = []
+                for (kind, arg), v in zip(plan.emitted, emitted):
+                    if kind == "carry":
+                        new_carry_s[arg] = v
+                    elif kind == "ys":
+                        ys_state.append(v)
+                new_carry_o = [v for (kind, _), v in zip(plan.out, out_arrays) if kind == "carry"]
+                ys_out = [v for (kind, _), v in zip(plan.out, out_arrays) if kind == "ys"]
+                return (new_carry_s, new_carry_o), (ys_state, ys_out)
+
+            carry, ys = jax.lax.scan(body, init, xs, **options)
+            return Static(cell["plan"]), carry, ys
+
+        return jax.jit(scan_call)
+
+    def _finish(self, entry: boundary.Entry, plan: _Plan, state_axes: list,
+                carry_s_out: list, carry_o_out: list, ys_state: list, ys_out: list) -> tp.Any:
+        exit_static = plan.exit
+        emitted, y_it = [], iter(ys_state)
+        for kind, arg in plan.emitted:
+            if kind == "carry":
+                emitted.append(carry_s_out[arg])
+            elif kind == "ys":
+                emitted.append(_moveaxis(next(y_it), 0, arg))
+            else:  # read only: the caller's value
+                emitted.append(entry.values[arg])
         out_arrays, c_it, y_it = [], iter(carry_o_out), iter(ys_out)
-        for r, axis in zip(roles["out"], roles["out_axes"]):
-            out_arrays.append(next(c_it) if r == "carry" else _moveaxis(next(y_it), 0, axis))
+        for kind, axis in plan.out:
+            out_arrays.append(next(c_it) if kind == "carry" else _moveaxis(next(y_it), 0, axis))
         if self.transform_metadata and exit_static.graphdef is not None:
-            n_in = len(exit_static.changed)
-            axes = [scanned[exit_static.changed[j]] if j < n_in else 0
-                    for j in range(len(exit_static.paths))]
+            axes = [arg if kind == "ys" else None for kind, arg in plan.emitted]
+            scanned = [a if _is_int(a) else None for a in state_axes]
             exit_static = spmd.outer_exit("nnx.scan", exit_static, entry, scanned, axes, emitted,
                                           self.transform_metadata)
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
-    def _roles(self, exit_static: boundary.ExitStatic, state_axes: list, paths: tuple) -> dict:
-        """Whether each emitted value / output array is carried or stacked."""
-        from jax.api_util import flatten_axes
 
-        emitted_roles = []
-        for i in exit_static.changed:
-            axis = state_axes[i]
-            if axis is None:
-                raise ValueError(
-                    f"nnx.scan: the body wrote {errors.path_str(paths[i][1:], 'arg')}, which "
-                    "belongs to a broadcast argument (axis None), so the write cannot be "
-                    "kept. Mark that argument nnx.Carry to thread its state through the "
-                    "steps, or scan it along an int axis."
-                )
-            emitted_roles.append("carry" if axis is Carry else "scan")
-        n_out_nodes = len(exit_static.paths) - (
-            len(exit_static.changed) if exit_static.graphdef is not None else 0
+def _plan(exit_static: boundary.ExitStatic, emitted: list, values: list, paths: tuple,
+          state_axes: list, slot: dict[int, int], node_specs: list, out_axes: tp.Any) -> _Plan:
+    """Decide, while tracing, what each emitted value and output array becomes."""
+    from jax.api_util import flatten_axes
+
+    from nnxfn.transforms.vmap import _emitted_templates
+
+    out_flat = flatten_axes("nnx.scan out_axes", exit_static.out_treedef, out_axes)
+    node_out_axes = [out_flat[p] for p in exit_static.out_positions]
+    _check_carried_outputs(exit_static, node_out_axes)
+
+    def input_role(i: int, written: bool) -> tuple[str, tp.Any]:
+        axis = state_axes[i]
+        if i in slot:
+            return ("carry", slot[i])
+        if axis is None:
+            if written:
+                raise _BroadcastWritten({i})
+            return ("keep", i)
+        return ("ys", axis) if written else ("keep", i)
+
+    roles: list[tuple[str, tp.Any]] = []
+    if exit_static.changed is not None:
+        written_broadcast = {i for i in exit_static.changed if state_axes[i] is None and i not in slot}
+        if written_broadcast:
+            raise _BroadcastWritten(written_broadcast)
+        roles = [input_role(i, True) for i in exit_static.changed]
+        new_paths = exit_static.paths[len(exit_static.changed):] if exit_static.graphdef is not None else ()
+    else:  # structure changed: every leaf was emitted
+        index = {(0,) + p: i for i, p in enumerate(paths)}
+        found = set()
+        new_paths = []
+        written_broadcast = set()
+        for path, value in zip(exit_static.paths, emitted):
+            i = index.get(path)
+            if i is None:
+                new_paths.append(path)
+                continue
+            found.add(i)
+            written = value is not values[i]
+            if written and state_axes[i] is None and i not in slot:
+                written_broadcast.add(i)
+        if written_broadcast:
+            raise _BroadcastWritten(written_broadcast)
+        missing = [paths[i] for i in range(len(paths)) if i not in found]
+        if missing:
+            raise ValueError(
+                f"nnx.scan: the body removed {errors.path_str(missing[0][1:], 'arg')}; a scan "
+                "body may add Variables (they leave stacked) but not remove or replace them."
+            )
+    templates = None
+    new_roles: dict[tuple, tuple[str, tp.Any]] = {}
+    for path in new_paths:
+        if templates is None:
+            templates = dict(zip(exit_static.paths, _emitted_templates(exit_static)))
+        spec = node_specs[path[1]] if path[0] == 0 else node_out_axes[path[1]]
+        axis = resolve(spec, path[2:], templates.get(path))
+        if not _is_int(axis):
+            where = errors.path_str(path[2:], "arg" if path[0] == 0 else "out")
+            raise ValueError(
+                f"nnx.scan: the body created {where}, whose axis is {axis!r}; state created "
+                "inside a scan leaves stacked, so it needs an int axis. Give it one with "
+                "`nnx.StateAxes({nnx.Intermediate: 0, ...: nnx.Carry})` (or the Variable's type) "
+                "in in_axes / out_axes, or create it before the scan."
+            )
+        new_roles[path] = ("ys", axis)
+    if exit_static.changed is not None:
+        roles += [new_roles[p] for p in new_paths]
+    else:
+        index = {(0,) + p: i for i, p in enumerate(paths)}
+        for path, value in zip(exit_static.paths, emitted):
+            i = index.get(path)
+            roles.append(new_roles[path] if i is None else input_role(i, value is not values[i]))
+    out_arrays_axes = [a for i, a in enumerate(out_flat) if i not in set(exit_static.out_positions)]
+    out_roles = []
+    carry_count = 0
+    for a in out_arrays_axes:
+        if a is Carry:
+            out_roles.append(("carry", carry_count))
+            carry_count += 1
+        elif _is_int(a):
+            out_roles.append(("ys", a))
+        else:
+            raise ValueError(f"nnx.scan: out_axes entry {a!r} is not supported; use nnx.Carry or an int.")
+    return _Plan(exit_static, tuple(roles), tuple(out_roles))
+
+
+def _check_carried_outputs(exit_static: boundary.ExitStatic, node_out_axes: list) -> None:
+    """A Module/Variable returned in the Carry position must be the carried input."""
+    if exit_static.graphdef is None:
+        return
+    root = exit_static.graphdef.root
+    outs = root.children[1][1].children if len(root.children) > 1 else ()
+    from nnxfn.core.graphdef import Ref
+
+    for (k, d), axis in zip(outs, node_out_axes):
+        if axis is Carry and not isinstance(d, Ref):
+            raise ValueError(
+                "nnx.scan: Carry references must be the same between iterations: the carry "
+                f"output {errors.path_str((k,), 'out')} is a new {d.type.__name__}, not the "
+                "carried input (scan Variable identity must be preserved across iterations). "
+                "Update the carried object in place (`v[...] = new`, `m.x[...] = ...`) and "
+                "return it."
+            )
+
+
+def _is_int(axis: tp.Any) -> bool:
+    return isinstance(axis, int) and not isinstance(axis, bool)
+
+
+def _axis_key(axis: tp.Any) -> tp.Any:
+    return "carry" if axis is Carry else axis
+
+
+def _check_in_axis(axis: tp.Any, path: tuple) -> None:
+    if axis is not None and axis is not Carry and not _is_int(axis):
+        raise ValueError(
+            f"nnx.scan: in_axes gives {errors.path_str(path[1:], 'arg')} the axis {axis!r}; "
+            "use an int, None (broadcast) or nnx.Carry."
         )
-        if exit_static.graphdef is not None:
-            emitted_roles += ["scan"] * n_out_nodes
-        out_flat = flatten_axes("nnx.scan out_axes", exit_static.out_treedef, self.out_axes)
-        out_axes = [a for i, a in enumerate(out_flat) if i not in exit_static.out_positions]
-        out_roles = []
-        for a in out_axes:
-            if a is not Carry and not isinstance(a, int):
-                raise ValueError(
-                    f"nnx.scan: out_axes entry {a!r} is not supported; use nnx.Carry or an int."
-                )
-            out_roles.append("carry" if a is Carry else "scan")
-        return {"emitted": emitted_roles, "out": out_roles, "out_axes": out_axes}
+
+
+def _validate_axes(in_axes: tp.Any, out_axes: tp.Any) -> None:
+    """Flax's rules: one top-level Carry in each of in_axes/out_axes, or in neither;
+    no None (broadcast) in out_axes."""
+    is_leaf = lambda x: x is None or x is Carry or isinstance(x, StateAxes)  # noqa: E731
+
+    def carries(axes: tp.Any, name: str) -> int:
+        count = 0
+        for path, leaf in jax.tree_util.tree_leaves_with_path(axes, is_leaf=is_leaf):
+            if leaf is Carry:
+                count += 1
+                if len(path) > 1:
+                    raise ValueError(
+                        f"nnx.scan: Carry must be a top-level entry of {name}, it cannot be "
+                        f"nested; found it at {name}{jax.tree_util.keystr(path)}."
+                    )
+        if count > 1:
+            raise ValueError(
+                f"nnx.scan: Found multiple Carry definitions in {name}; mark exactly one "
+                "argument (and one output) as nnx.Carry, e.g. put several values in a tuple."
+            )
+        return count
+
+    if (carries(in_axes, "in_axes") > 0) != (carries(out_axes, "out_axes") > 0):
+        raise ValueError(
+            "nnx.scan: If one of in_axes or out_axes has Carry, the other must also have "
+            f"Carry. Got in_axes={in_axes!r}, out_axes={out_axes!r}."
+        )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(out_axes, is_leaf=is_leaf):
+        where = f"out_axes{jax.tree_util.keystr(path)}"
+        if leaf is None:
+            raise ValueError(
+                f"nnx.scan: Cannot broadcast output state: got None at {where}. Scan outputs "
+                "are either carried (nnx.Carry) or stacked (an int axis)."
+            )
+        if isinstance(leaf, StateAxes):
+            for f, value in leaf.mapping:
+                if value is None:
+                    raise ValueError(
+                        f"nnx.scan: Cannot broadcast output state. Got StateAxes({{{f!r}: None}}) "
+                        f"at {where}; use an int axis or nnx.Carry."
+                    )
 
 
 def scan(f: tp.Callable | None = None, *, length: int | None = None, reverse: bool = False,
-         unroll: int | bool = 1, in_axes: tp.Any = (Carry, 0),
+         unroll: int | bool = 1, _split_transpose: bool = False, in_axes: tp.Any = (Carry, 0),
          out_axes: tp.Any = (Carry, 0), transform_metadata: tp.Mapping | None = None,
-         **unused: tp.Any) -> tp.Any:
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.lax.scan` with Flax NNX's `in_axes`/`out_axes` (see module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
-    sharding annotations lose that axis inside the body (see `transforms/spmd.py`)."""
+    sharding annotations lose that axis inside the body (see `transforms/spmd.py`).
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing;
+    `_split_transpose` is passed to `jax.lax.scan`."""
     if f is None:
         return lambda fn: _Scanned(fn, in_axes, out_axes, length, reverse, unroll,
-                                   transform_metadata)
-    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata)
+                                   transform_metadata, _split_transpose)
+    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata,
+                    _split_transpose)

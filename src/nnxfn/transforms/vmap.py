@@ -17,8 +17,22 @@ import typing as tp
 import jax
 
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import MethodWrapper, check_not_bound, run_inside
+from nnxfn.transforms.axes import (
+    check_consistent_aliasing,
+    check_prefix,
+    entry_axes,
+    exit_axes,
+    leaf_specs,
+)
+from nnxfn.transforms.common import (
+    MethodWrapper,
+    as_tuple,
+    check_not_bound,
+    no_captured_outputs,
+    run_inside,
+    signature_of,
+    to_positional,
+)
 
 
 class _Mapped(MethodWrapper):
@@ -27,20 +41,26 @@ class _Mapped(MethodWrapper):
     def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str,
                  make: tp.Callable, options: dict):
         check_not_bound(fn, name)
+        check_prefix(name, in_axes, "in_axes")
+        check_prefix(name, out_axes, "out_axes")
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.name, self.make, self.options = name, make, options
+        self._sig = signature_of(fn)
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        args, kwargs = to_positional(self._sig, args, kwargs, self.name)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
+        check_consistent_aliasing(self.name, entry, specs, "in_axes")
         state_axes, other_axes = entry_axes(entry, specs)
         inner = spmd.inner_static(self.name, entry, state_axes, self.transform_metadata)
         cell: dict = {}
+        fn = no_captured_outputs(self.fn, self.name)
 
         def body(values: list, others: list) -> tuple:
             exit_static, out_arrays, emitted = run_inside(
-                self.fn, inner, values, others, self.name
+                fn, inner, values, others, self.name
             )
             cell["exit"] = exit_static
             return out_arrays, emitted
@@ -49,6 +69,7 @@ class _Mapped(MethodWrapper):
         # Pass 1 (abstract): learn what leaves the function, to know their axes.
         jax.eval_shape(self.make(body, in_axes, 0, self.options), entry.values, entry.others)
         exit_static = cell["exit"]
+        _check_returned_inputs(self.name, exit_static, entry, specs, self.out_axes)
         leaves_for_axes = _emitted_templates(exit_static)
         out_axes = exit_axes(
             self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes
@@ -101,6 +122,50 @@ def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundar
     )
 
 
+def _check_returned_inputs(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
+                           specs: list, out_axes: tp.Any) -> None:
+    """An argument returned as an output must leave on the axes it came in on."""
+    if exit_static.graphdef is None or not exit_static.out_positions:
+        return
+    from jax.api_util import flatten_axes
+
+    from nnxfn.core.graphdef import Ref
+    from nnxfn.transforms.axes import resolve
+
+    outs = exit_static.graphdef.root.children[1][1].children
+    origin = dict(exit_static.origins)
+    node_index = {id(n): j for j, n in enumerate(entry.nodes)}
+    out_flat = None
+    for k, d in outs:
+        if not isinstance(d, Ref) or d.index not in origin:
+            continue
+        j = node_index.get(id(entry.objects[origin[d.index]]))
+        if j is None:
+            continue
+        if out_flat is None:
+            out_flat = flatten_axes(f"{name} out_axes", exit_static.out_treedef, out_axes)
+        in_spec = specs[entry.static.node_positions[j]]
+        out_spec = out_flat[exit_static.out_positions[k]]
+        for path, leaf in zip(entry.static.paths, entry.live):
+            if path[0] != j:
+                continue
+            a, b = resolve(in_spec, path[1:], leaf), resolve(out_spec, path[1:], leaf)
+            if a is not b and a != b:
+                raise ValueError(
+                    f"{name}: Inconsistent aliasing detected: output {k} is an input object, "
+                    f"so its {type(leaf).__name__} at "
+                    f"{core_errors().path_str(path[1:], 'arg')} would be a Duplicate "
+                    f"{type(leaf).__name__} with two layouts: in_axes {a!r} but out_axes {b!r}. "
+                    "Give it the same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
+                )
+
+
+def core_errors() -> tp.Any:
+    from nnxfn.core import errors
+
+    return errors
+
+
 def _emitted_templates(exit_static: boundary.ExitStatic) -> list:
     """Variable-typed stand-ins for the emitted leaves, for filter resolution."""
     if exit_static.graphdef is None:
@@ -129,11 +194,13 @@ def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: d
 
 def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
          axis_name: tp.Hashable | None = None, axis_size: int | None = None,
-         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None) -> tp.Any:
+         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None,
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
     """Like `jax.vmap`, for functions of Modules (see the module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}` keeps sharding
-    annotations in step with the mapped axis (see `transforms/spmd.py`)."""
+    annotations in step with the mapped axis (see `transforms/spmd.py`).
+    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
     options = {k: v for k, v in dict(axis_name=axis_name, axis_size=axis_size,
                                      spmd_axis_name=spmd_axis_name).items() if v is not None}
 
@@ -146,11 +213,47 @@ def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any 
 
 
 def pmap(f: tp.Callable | None = None, axis_name: tp.Hashable | None = None, *,
-         in_axes: tp.Any = 0, out_axes: tp.Any = 0, devices: tp.Any = None,
-         axis_size: int | None = None, **options: tp.Any) -> tp.Any:
-    """Like `jax.pmap`, for functions of Modules."""
-    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices,
-                                  axis_size=axis_size, **options).items() if v is not None}
-    if f is None:
-        return lambda fn: _Mapped(fn, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
-    return _Mapped(f, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
+         in_axes: tp.Any = 0, out_axes: tp.Any = 0,
+         static_broadcasted_argnums: int | tp.Iterable[int] = (), devices: tp.Any = None,
+         backend: str | None = None, axis_size: int | None = None,
+         donate_argnums: int | tp.Iterable[int] = (), transform_metadata: tp.Mapping | None = None,
+         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """Like `jax.pmap`, for functions of Modules. `static_broadcasted_argnums`
+    arguments are passed to `f` unchanged (hashable, not mapped);
+    `donate_argnums` is accepted as a hint and does not donate;
+    `graph`/`graph_updates` (Flax's mode flags) change nothing."""
+    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices, backend=backend,
+                                  axis_size=axis_size).items() if v is not None}
+    statics = tuple(sorted(as_tuple(static_broadcasted_argnums)))
+
+    def make(fn: tp.Callable) -> tp.Callable:
+        mapped = _Mapped(fn, in_axes, out_axes, "nnx.pmap", _pmap_maker, opts)
+        mapped.transform_metadata = transform_metadata
+        return _with_static_args(mapped, statics) if statics else mapped
+
+    return make if f is None else make(f)
+
+
+def _with_static_args(mapped: _Mapped, statics: tuple[int, ...]) -> tp.Callable:
+    """Call `mapped` with the static positional args bound into its function."""
+    fn, in_axes = mapped.fn, mapped.in_axes
+
+    @functools.wraps(fn)
+    def call(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        fixed = {i: args[i] for i in statics if i < len(args)}
+        dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
+
+        def inner(*dargs: tp.Any, **kw: tp.Any) -> tp.Any:
+            full = list(dargs)
+            for i in sorted(fixed):
+                full.insert(i, fixed[i])
+            return fn(*full, **kw)
+
+        axes = in_axes
+        if isinstance(axes, (tuple, list)):
+            axes = tuple(a for i, a in enumerate(axes) if i not in fixed)
+        step = _Mapped(inner, axes, mapped.out_axes, mapped.name, mapped.make, mapped.options)
+        step.transform_metadata = mapped.transform_metadata
+        return step(*dyn, **kwargs)
+
+    return call

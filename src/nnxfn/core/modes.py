@@ -1,0 +1,104 @@
+"""`set_graph_mode` / `set_graph_updates`: Flax NNX's mode switches, accepted.
+
+nnxfn has one behaviour (Flax's graph mode with graph updates), so these
+values select nothing; they exist so Flax code that sets or reads them runs.
+Each switch keeps a per-thread stack of values and can be used three ways:
+
+>>> set_graph_mode(False)            # plain call: sets the value from now on
+>>> with set_graph_mode(True): ...   # context manager: restored on exit
+>>> @set_graph_mode(True)            # decorator: set while the function runs
+... def f(): ...
+
+`set_graph_mode.current_value()` reads the value in effect (default True).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import typing as tp
+
+F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
+
+_NOTHING = object()  # "the stack was empty before this switch was made"
+
+
+class _ModeSwitch:
+    """A boolean setting with a per-thread stack (see the module docstring).
+
+    Making the object sets the value at once (so a plain call takes effect);
+    `with` restores the previous value on exit; used as a decorator, the
+    construction-time change is undone and the value is set only while the
+    decorated function runs.
+    """
+
+    default: tp.ClassVar[bool] = True
+    _local: tp.ClassVar[threading.local]
+
+    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._local = threading.local()
+
+    @classmethod
+    def _stack(cls) -> list:
+        stack = getattr(cls._local, "stack", None)
+        if stack is None:
+            stack = cls._local.stack = []
+        return stack
+
+    def __init__(self, value: bool, /):
+        stack = self._stack()
+        self.value = value
+        self._previous = stack[-1] if stack else _NOTHING
+        if stack:
+            stack[-1] = value
+        else:
+            stack.append(value)
+
+    @classmethod
+    def current_value(cls) -> bool:
+        """The value in effect on this thread."""
+        stack = cls._stack()
+        return stack[-1] if stack else cls.default
+
+    def __enter__(self) -> None:
+        if self._previous is not _NOTHING:  # keep the old value under ours
+            stack = self._stack()
+            stack.insert(len(stack) - 1, self._previous)
+
+    def __exit__(self, *exc: tp.Any) -> None:
+        self._stack().pop()
+
+    def __call__(self, fn: F) -> F:
+        stack = self._stack()  # undo the change made at construction
+        stack.pop()
+        if self._previous is not _NOTHING:
+            stack.append(self._previous)
+        value = self.value
+
+        @functools.wraps(fn)
+        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            stack = self._stack()  # this thread's stack, at call time
+            stack.append(value)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stack.pop()
+
+        return tp.cast(F, wrapper)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
+
+
+class set_graph_mode(_ModeSwitch):  # noqa: N801 - Flax's name
+    """Flax's graph (True) / tree (False) mode switch; nnxfn always behaves
+    like graph mode, so the value is only recorded and reported."""
+
+
+class set_graph_updates(_ModeSwitch):  # noqa: N801 - Flax's name
+    """Flax's graph-updates switch; nnxfn always propagates graph updates,
+    so the value is only recorded and reported."""
+
+
+__all__ = ["set_graph_mode", "set_graph_updates"]

@@ -1,0 +1,102 @@
+"""`nnx.jit_partial` and `nnx.cached_partial`: Flax's opt-in fast paths.
+
+In Flax these skip graph traversals for arguments fixed in advance. nnxfn's
+default `nnx.jit` already reuses its flattening of unchanged arguments
+between calls, so both are thin: `jit_partial` is `nnx.jit` with leading
+arguments bound (shardings and static/donate numbers count them), and
+`cached_partial` binds copies of the given graph objects that share their
+Variables (so updates reach the originals and the copies are reused on every
+call).
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+from nnxfn import core
+from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.jit import JitWrapped, Lowered
+
+
+class JitPartial:
+    """`nnx.jit_partial(fun, *partial_args)`: call with the remaining arguments;
+    `.lower`/`.trace`/`.eval_shape` take them too."""
+
+    def __init__(self, jitted: JitWrapped, partial_args: tuple):
+        functools.update_wrapper(self, jitted.fn)
+        self.jitted = jitted
+        self.partial_args = partial_args
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return self.jitted(*self.partial_args, *args, **kwargs)
+
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
+        """`.compile()` of the result takes the remaining arguments too."""
+        lowered = self.jitted.lower(*self.partial_args, *args, **kwargs)
+        return Lowered(lowered._wrapped, lowered._lowered, lowered._static, self.partial_args)
+
+    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return self.jitted.trace(*self.partial_args, *args, **kwargs)
+
+    def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
+
+
+def jit_partial(
+    fun: tp.Callable,
+    *partial_args: tp.Any,
+    in_shardings: tp.Any = None,
+    out_shardings: tp.Any = None,
+    static_argnums: int | tp.Sequence[int] | None = None,
+    static_argnames: str | tp.Sequence[str] | None = None,
+    donate_argnums: int | tp.Sequence[int] | None = None,
+    donate_argnames: str | tp.Sequence[str] | None = None,
+    keep_unused: bool = False,
+    device: tp.Any = None,
+    backend: str | None = None,
+    inline: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> JitPartial:
+    """`nnx.jit(fun, ...)` with `partial_args` bound as its first arguments.
+
+    Argument numbers and `in_shardings` refer to `fun`'s full argument list.
+    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    """
+    jitted = JitWrapped(
+        fun, in_shardings=in_shardings, out_shardings=out_shardings,
+        static_argnums=static_argnums, static_argnames=static_argnames,
+        donate_argnums=donate_argnums, donate_argnames=donate_argnames,
+        keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+    )
+    return JitPartial(jitted, partial_args)
+
+
+def share_variables(tree: tp.Any) -> tp.Any:
+    """A copy of `tree` whose graph objects are new but hold the same Variables
+    (sharing between and within the objects kept)."""
+    graphdef, pairs = core.flatten(tree, copy=False)
+    return core.unflatten(graphdef, dict(pairs), copy=False)
+
+
+def cached_partial(f: tp.Callable, *cached_args: tp.Any, graph: bool | None = None,
+                   graph_updates: bool | None = None) -> tp.Callable:
+    """`functools.partial(f, *cached_args)` for a transformed `f` (e.g. a train step
+    made with `nnx.jit`), where each graph object in `cached_args` is replaced by
+    a copy sharing its Variables: updates reach the originals, the copies are
+    the same objects on every call. Their structure must not change inside `f`.
+    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    """
+    if any(is_node(leaf) for leaf in _leaves(cached_args)):
+        cached_args = share_variables(cached_args)
+    return functools.partial(f, *cached_args)
+
+
+def _leaves(tree: tp.Any) -> list:
+    import jax
+
+    return jax.tree_util.tree_leaves(tree, is_leaf=is_node)
+
+
+__all__ = ["jit_partial", "cached_partial", "JitPartial"]
