@@ -11,7 +11,7 @@ import pytest
 from nnxfn.core import merge, split, state
 from nnxfn.facade.module import Module
 from nnxfn.facade.variables import BatchStat, OptArray, OptState, Param, Variable
-from nnxfn.training.optimizer import ModelAndOptimizer, Optimizer
+from nnxfn.training.optimizer import ModelAndOptimizer, OptVariable, Optimizer
 
 
 class LoRAParam(Param):
@@ -107,32 +107,34 @@ def test_state_layout_and_types():
     optimizer = Optimizer(model, optax.adam(1e-3))
     assert isinstance(optimizer.step, OptState)
     adam = optimizer.opt_state[0]
-    assert isinstance(adam.count, OptState) and not isinstance(adam.count, OptArray)
+    assert type(adam.count) is OptArray  # not a mirror of a parameter
     mu = adam.mu["layers"][0]["kernel"]
-    assert isinstance(mu, OptArray) and mu.value.shape == (3, 8)
+    assert type(mu) is OptVariable and mu.value.shape == (3, 8)
     assert mu.sharding == ("in", "out")  # the param's metadata is inherited
-    assert set(state(optimizer).to_pure_dict()) == {"model", "opt_state", "step"}
+    # Flax's layout: the model is not part of the optimizer's State.
+    assert set(state(optimizer).to_pure_dict()) == {"opt_state", "step"}
     assert optimizer.model is model
 
 
 def test_jit_through_split_merge_one_arg_form():
     model = MLP(jax.random.key(0))
     optimizer = Optimizer(model, optax.adam(0.05))
-    graphdef, st = split(optimizer)
+    graphdef, st = split((model, optimizer))
 
     @jax.jit
     def train_step(st):
-        opt = merge(graphdef, st)
-        opt.update(model_grads(opt.model))  # the model reference survives merge
-        return split(opt)[1]
+        _, opt = merge(graphdef, st)
+        opt.update(model_grads(opt.model))  # the link to the model survives merge
+        return split((opt.model, opt))[1]
 
     for _ in range(3):
         st = train_step(st)
-    trained = merge(graphdef, st)
+    trained, opt = merge(graphdef, st)
+    assert opt.model is trained
     expected = reference_run(optax.adam(0.05), 3)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(trained.model, Param)), expected)
-    assert int(trained.step.value) == 3
+                 raw(state(trained, Param)), expected)
+    assert int(opt.step.value) == 3
 
 
 def test_grads_as_raw_state_or_pure_dict():

@@ -94,6 +94,7 @@ def _flatten_fast(
     kinds = KINDS
     impls = _IMPLS
     index: dict[int, int] = {}  # id -> GraphDef index of Variables and graph nodes
+    linking: list = []  # (index, node) of nodes that have links (see `NodeImpl.links`)
     seen = index.setdefault
     alive: list = [node]  # every child sequence walked, so ids stay unique
     keep = alive.append
@@ -133,6 +134,8 @@ def _flatten_fast(
                     add_op((OP_REF, i))
                     continue
                 impl = impls[t]
+                if impl.links is not None:
+                    linking.append((n, v))
                 if impl.parts is not None:
                     static, sub_keys, sub_vals = impl.parts(v)
                 else:
@@ -187,7 +190,8 @@ def _flatten_fast(
         return None
     if paths is not None:
         paths[:] = [p[1:] for p in paths]  # drop the root's key
-    return GraphDef._from_ops(ops, len(leaves)), d.get(0) or _wrap_state({}), leaves
+    links = _g.find_links(linking, index) if linking else ()
+    return GraphDef._from_ops(ops, len(leaves), links), d.get(0) or _wrap_state({}), leaves
 
 
 def _hashable(x: tp.Any) -> bool:
@@ -209,14 +213,16 @@ def unflatten_leaves(graphdef: GraphDef, leaves: tp.Sequence, *, copy: bool = Tr
     the path-based `unflatten` for the error that names the path."""
     if len(leaves) != graphdef.num_leaves:
         raise LeafMismatch
-    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False)
+    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, links=graphdef.links)
 
 
 def _unflatten_ops(
-    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True
+    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True,
+    links: tuple = (),
 ) -> tp.Any:
     """`unflatten` by position. `trusted`: the leaves come from the `split`
-    that made `ops` (Variables where `ops` has them), so nothing is checked."""
+    that made `ops` (Variables where `ops` has them), so nothing is checked.
+    `links`: the GraphDef's links, re-made once every object exists."""
     next_op = iter(ops).__next__
     next_leaf = iter(leaves).__next__
     objects: list = []
@@ -272,7 +278,10 @@ def _unflatten_ops(
             out.append(v)
         return out
 
-    return values(1)[0]
+    out = values(1)[0]
+    if links:
+        _g.apply_links(links, objects)
+    return out
 
 
 def root_from_ops(ops: list) -> tp.Any:

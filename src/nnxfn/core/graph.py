@@ -113,6 +113,7 @@ def flatten(
             return fast[0], list(zip(paths, fast[2]))
     index: dict[int, int] = {}
     leaves: list[tuple[Path, Leaf]] = []
+    linking: list[tuple[int, tp.Any]] = []  # (index, node) of nodes that have links
     if objects is None:
         objects = []
 
@@ -138,6 +139,8 @@ def flatten(
                 return Ref(i)
             i = index[id(x)] = len(index)
             objects.append(x)
+            if impl.links is not None:
+                linking.append((i, x))
             kids = tuple((k, visit(v, path + (k,))) for k, v in impl.children(x))
             return NodeDef(type(x), i, impl.static(x), kids)
         if kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
@@ -172,7 +175,30 @@ def flatten(
         return StaticDef(x)
 
     root = visit(node, ())
-    return GraphDef(root, len(leaves)), leaves
+    return GraphDef(root, len(leaves), find_links(linking, index)), leaves
+
+
+def find_links(linking: list[tuple[int, tp.Any]], index: dict[int, int]) -> tuple:
+    """The links (node index, key, target index) of the `linking` nodes whose
+    target is in `index` (id -> GraphDef index); links leaving the graph are dropped."""
+    if not linking:
+        return ()
+    found = []
+    for i, node in linking:
+        impl = tp.cast(NodeImpl, lookup(type(node)))
+        for key, target in tp.cast(tp.Callable, impl.links)(node):
+            j = index.get(id(target))
+            if j is not None:
+                found.append((i, key, j))
+    return tuple(found)
+
+
+def apply_links(links: tuple, objects: tp.Mapping[int, tp.Any] | tp.Sequence) -> None:
+    """Re-make the links of a GraphDef between the objects `unflatten` built."""
+    for i, key, j in links:
+        node = objects[i]
+        impl = tp.cast(NodeImpl, lookup(type(node)))
+        tp.cast(tp.Callable, impl.set_link)(node, key, objects[j])
 
 
 # -- unflatten ----------------------------------------------------------------
@@ -264,6 +290,8 @@ def unflatten(
         raise ValueError(errors.missing_leaves(missing))
     if len(used) != len(leaves):
         raise ValueError(errors.unexpected_leaves(sorted(set(leaves) - used, key=_path_order)))
+    if graphdef.links:
+        apply_links(graphdef.links, objects)
     return out
 
 
@@ -312,7 +340,7 @@ def merge(graphdef: GraphDef, *states: tp.Any) -> tp.Any:
     if states:
         leaves = _positional_leaves(graphdef, states)
         if leaves is not None:
-            return _unflatten_ops(graphdef.ops, leaves)
+            return _unflatten_ops(graphdef.ops, leaves, links=graphdef.links)
     return unflatten(graphdef, _flat_leaves(states))
 
 
