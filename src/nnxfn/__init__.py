@@ -117,3 +117,11 @@ from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
+
+# -- optim --
+from nnxfn import compat as compat  # noqa: E402
+from nnxfn import helpers as helpers  # noqa: E402
+from nnxfn.training import optimizer as optimizer  # noqa: E402
+from nnxfn.training.metrics import Metric as Metric, MultiMetric as MultiMetric  # noqa: E402
+from nnxfn.training.optimizer import OptVariable as OptVariable  # noqa: E402
+from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402

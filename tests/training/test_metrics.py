@@ -73,7 +73,7 @@ def test_accuracy_threshold():
 def test_accuracy_errors():
     with pytest.raises(ValueError, match=r"logits of shape \(4,\) need one more \(class\) axis"):
         Accuracy().update(logits=jnp.ones(4), labels=jnp.ones(4, int))
-    with pytest.raises(TypeError, match="labels must be integer class indices"):
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
         Accuracy().update(logits=jnp.ones((4, 2)), labels=jnp.ones(4))
     with pytest.raises(ValueError, match="must have the same shape"):
         Accuracy(threshold=0.5).update(logits=jnp.ones((4, 2)), labels=jnp.ones(4, int))
