@@ -376,3 +376,16 @@ def test_checks_run_at_trace_time_only(monkeypatch):
     for _ in range(4):
         step(model, optimizer)
     assert len(calls) == 1 and int(optimizer.step.value) == 4
+
+
+def test_optimizer_sharding_annotates_the_moments():
+    mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    model = Linear(4, 2, jax.random.key(0))
+    model.kernel.set_metadata(sharding=(None, "col"), optimizer_sharding=("row", "col"))
+    with jax.set_mesh(mesh):
+        optimizer = Optimizer(model, optax.adam(1e-3))
+    mu = optimizer.opt_state[0].mu["kernel"]
+    assert mu.get_metadata("sharding") == ("row", "col")
+    assert model.kernel.get_metadata("sharding") == (None, "col")
+    assert "optimizer_sharding" not in mu.get_metadata()
+    assert mu.value.sharding.spec == jax.sharding.PartitionSpec("row", "col")

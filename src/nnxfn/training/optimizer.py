@@ -221,19 +221,18 @@ def _unbox_tree(tree: tp.Any) -> tp.Any:
 def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.Any:
     """Every array of the optax state in a Variable: an `OptVariable` with the
     parameter's metadata where it mirrors one (same path and shape), else an `OptArray`."""
-    meta = {
-        p: (tuple(getattr(unbox(v), "shape", ())), _opt_metadata(v), unbox(v))
-        for p, v in params
-    }
+    meta = {p: (tuple(getattr(unbox(v), "shape", ())), v) for p, v in params}
 
     def box_mirror(sub: State) -> State:
         pairs = []
         for path, x in sub.flat_state():
-            shape, items, param = meta.get(path, (None, (), None))
+            shape, param = meta.get(path, (None, None))
             if not isinstance(x, _ARRAYS):
                 pairs.append((path, x))
             elif shape is not None and tuple(x.shape) == shape:
-                pairs.append((path, OptVariable.from_parts(_placed_like(x, param, items), items)))
+                items, own = _opt_metadata(param)
+                value = _placed(x, unbox(param), items, own)
+                pairs.append((path, OptVariable.from_parts(value, items)))
             else:
                 pairs.append((path, OptArray(x)))
         return State.from_flat_path(pairs)
@@ -246,23 +245,25 @@ def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.A
     return jax.tree.map(box, opt_state, is_leaf=lambda x: isinstance(x, State))
 
 
-def _opt_metadata(param: tp.Any) -> tuple:
-    """The metadata a mirror of `param` carries; `optimizer_sharding` (if set)
-    replaces the parameter's own sharding."""
+def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
+    """The metadata a mirror of `param` carries, and whether it has its own
+    sharding: `optimizer_sharding` (if set) replaces the parameter's annotation."""
     if not isinstance(param, Variable):
-        return ()
+        return (), False
     items = dict(param.metadata_items())
-    if "optimizer_sharding" in items:
-        key = "out_sharding" if "out_sharding" in items else "sharding"
-        items[key] = items.pop("optimizer_sharding")
-    return tuple(sorted(items.items()))
+    own = "optimizer_sharding" in items
+    if own:
+        items[spmd.spec_key(items) or "sharding"] = items.pop("optimizer_sharding")
+    return tuple(sorted(items.items())), own
 
 
-def _placed_like(x: tp.Any, param: tp.Any, items: tuple) -> tp.Any:
-    """A moment laid out like its parameter: the param's sharding for concrete
-    arrays; inside a trace, the param's sharding annotation (if a mesh is set)."""
-    if isinstance(x, jax.core.Tracer):
-        return spmd.shard_value(x, dict(items)) if spmd.spec_key(dict(items)) else x
+def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:
+    """A moment laid out like its parameter (the param's sharding for concrete
+    arrays), or as its annotation says inside a trace or with an
+    `optimizer_sharding` (if a mesh is known)."""
+    meta = dict(items)
+    if isinstance(x, jax.core.Tracer) or own:
+        return spmd.shard_value(x, meta) if spmd.spec_key(meta) else x
     if isinstance(x, jax.Array) and isinstance(param, jax.Array) and not isinstance(
         param, jax.core.Tracer
     ):
