@@ -389,3 +389,14 @@ def test_optimizer_sharding_annotates_the_moments():
     assert model.kernel.get_metadata("sharding") == (None, "col")
     assert "optimizer_sharding" not in mu.get_metadata()
     assert mu.value.sharding.spec == jax.sharding.PartitionSpec("row", "col")
+
+
+def test_update_a_state_of_variables_in_place():
+    model = MLP(jax.random.key(0))
+    params = state(model, Param)
+    optimizer = Optimizer(params, optax.sgd(0.5))
+    grads = model_grads(model)
+    before = raw(params)
+    optimizer.update(params, grads)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, before, raw(grads))
+    jax.tree.map(np.testing.assert_allclose, raw(params), expected)

@@ -137,7 +137,7 @@ class Optimizer(Object, tp.Generic[M]):
         values = jax.tree.leaves(new_opt)
         if len(targets) != len(values):
             raise ValueError(_state_changed(len(targets), len(values)))
-        update_graph(model, new_params)
+        _write_params(model, params, new_params)
         for target, value in zip(targets, values):
             if isinstance(target, Variable):
                 target.value = value
@@ -205,9 +205,26 @@ core.register_node_type(
 
 # -- State helpers ------------------------------------------------------------------
 def _trained(model: tp.Any, wrt: tp.Any) -> list[tuple[Path, tp.Any]]:
-    """The (path, leaf) pairs of the model's Variables selected by `wrt`."""
-    found = core.state(model, wrt)
-    return found.flat_state()
+    """The (path, leaf) pairs of the model's leaves selected by `wrt`: the live
+    Variables (so `update` writes them directly), or raw arrays."""
+    graphdef, pairs = core.flatten(model, copy=False)
+    pred = to_predicate(wrt)
+    boxed = core.graph.boxed_paths(graphdef)
+    # leaves boxed only in the State (arrays of foreign pytrees) are written by path
+    return [(p, unbox(v) if p in boxed else v) for p, v in pairs if pred(p, v)]
+
+
+def _write_params(model: tp.Any, params: list[tuple[Path, tp.Any]], new: State) -> None:
+    """Write the new values: into the live Variables, the rest through `nnx.update`."""
+    loose = []
+    flat = dict(new.flat_state())
+    for path, leaf in params:
+        if isinstance(leaf, Variable):
+            leaf.value = flat[path]
+        else:
+            loose.append((path, flat[path]))
+    if loose:
+        update_graph(model, State.from_flat_path(loose))
 
 
 def _is_var(x: tp.Any) -> bool:
