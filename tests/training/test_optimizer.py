@@ -400,3 +400,17 @@ def test_update_a_state_of_variables_in_place():
     optimizer.update(params, grads)
     expected = jax.tree.map(lambda p, g: p - 0.5 * g, before, raw(grads))
     jax.tree.map(np.testing.assert_allclose, raw(params), expected)
+
+
+def test_optimizer_built_inside_a_transform_links_to_the_callers_model():
+    model = MLP(jax.random.key(0))
+    optimizer = nnxfn.jit(lambda m: Optimizer(m, optax.sgd(0.1)))(model)
+    assert optimizer.model is model and int(optimizer.step.value) == 0
+
+    def build():
+        m = MLP(jax.random.key(1))
+        return m, Optimizer(m, optax.adam(0.1))
+
+    abstract_model, abstract_opt = nnxfn.eval_shape(build)
+    assert abstract_opt.model is abstract_model
+    assert isinstance(abstract_opt.opt_state[0].mu["layers"][0]["kernel"].value, jax.ShapeDtypeStruct)
