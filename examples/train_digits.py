@@ -1,18 +1,25 @@
 """Train a small CNN on scikit-learn's 8x8 digits with nnxfn (the project's main job).
 
-    python examples/train_digits.py                      # defaults: >= 97% test accuracy
-    python examples/train_digits.py --epochs 5 --seed 1 --out outputs/run1
+    .venv/bin/python examples/train_digits.py            # defaults: >= 97% test accuracy
+    .venv/bin/python examples/train_digits.py --epochs 5 --seed 1 --out outputs/run1
+    .venv/bin/python examples/train_digits.py --resume   # continue from the latest checkpoint
 
 What it does, in order: loads the bundled digits (no download) and splits them
-into train/test from `--seed`; prints the `nnx.tabulate` summary of the model;
-trains it with `nnx.jit` + `nnx.Optimizer` (optax adam), showing a hand-written
-progress bar; evaluates in eval mode with `nnx.metrics`; saves a checkpoint,
-restores it into an abstract model (`nnx.eval_shape`) and checks the restored
-model gives exactly the same test accuracy (exit status 1 if not); writes
-`metrics.json` and `training_curves.png` to `--out`.
+into train/test from `--seed`; prints the `nnx.tabulate` summary of the model
+(a rich table); trains it with `nnx.jit` + `nnx.Optimizer` (optax adam),
+showing a tqdm progress bar; evaluates in eval mode with `nnx.metrics`; saves
+a checkpoint after every epoch through orbax's `CheckpointManager` (step =
+epoch, the last 3 kept, under `--out/checkpoints`); at the end restores the
+latest one into an abstract model (`nnx.eval_shape`) and checks it gives
+exactly the same test accuracy (exit status 1 if not); writes `metrics.json`
+and `training_curves.png` to `--out`.
 
-The same seed gives the same final numbers. `main(argv)` returns them as a dict
-(used by `tests/test_example.py`).
+The same seed gives the same final numbers, also when a run is stopped
+(`--stop-after N`, or killed) and continued with `--resume`: the checkpoint
+holds the model, its BatchNorm statistics and dropout RNG, and the optimizer
+(whose step drives the learning-rate schedule); the data order is replayed
+from the seed. `main(argv)` returns the numbers as a dict (used by
+`tests/test_example.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 import typing as tp
@@ -125,45 +133,52 @@ def evaluate(model: CNN, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 # -- progress bar ---------------------------------------------------------------------------
 class ProgressBar:
-    """One `\\r`-updated line per step on a TTY; otherwise one line per epoch."""
+    """A tqdm bar per epoch on a TTY (running stats as its postfix); else one line per epoch."""
 
-    def __init__(self, total: int, desc: str, stream: tp.TextIO | None = None, width: int = 24):
-        self.total, self.desc, self.width = total, desc, width
+    def __init__(self, total: int, desc: str, stream: tp.TextIO | None = None):
+        from tqdm.auto import tqdm
+
         self.stream = stream if stream is not None else sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.desc, self.total, self.n = desc, total, 0
         self.start = time.perf_counter()
-        self.n = 0
-        self._shown = 0  # length of the line on screen, to blank out leftovers
-
-    def _line(self, stats: dict[str, float]) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        done = int(self.width * self.n / max(self.total, 1))
-        bar = "#" * done + "-" * (self.width - done)
-        text = " ".join(f"{k} {v:.4f}" for k, v in stats.items())
-        return f"{self.desc} [{bar}] {self.n}/{self.total} {text} {self.n / elapsed:6.1f} steps/s"
+        self.bar = tqdm(total=total, desc=desc, unit="step", file=self.stream,
+                        disable=not self.tty, dynamic_ncols=True, leave=True)
 
     def wants_stats(self) -> bool:
         """Whether `update` will show the stats (computing them costs a device sync)."""
         return self.tty
 
     def update(self, stats: dict[str, float] | None = None) -> None:
+        if stats:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in stats.items()}, refresh=False)
+        self.bar.update(1)
         self.n += 1
-        if self.tty:
-            self._show(self._line(stats or {}))
-
-    def _show(self, line: str, end: str = "") -> None:
-        self.stream.write("\r" + line.ljust(self._shown) + end)
-        self.stream.flush()
-        self._shown = 0 if end else len(line)
 
     def close(self, stats: dict[str, float]) -> None:
-        """Finish the epoch's line (on a TTY) or print it (otherwise)."""
-        line = self._line(stats)
-        if self.tty:
-            self._show(line, end="\n")
-        else:
-            self.stream.write(line + "\n")
+        """Finish the epoch's bar with the epoch's numbers (or print them as a line)."""
+        text = " ".join(f"{k} {v:.4f}" for k, v in stats.items())
+        self.bar.set_postfix_str(text, refresh=self.tty)
+        self.bar.close()
+        if not self.tty:
+            rate = self.n / max(time.perf_counter() - self.start, 1e-9)
+            self.stream.write(f"{self.desc} {self.n}/{self.total} {text} {rate:6.1f} steps/s\n")
             self.stream.flush()
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+KEEP_CHECKPOINTS = 3
+
+
+def checkpoint_manager(directory: Path) -> tp.Any:
+    """orbax's CheckpointManager keeping the last 3 steps (a path if orbax is missing:
+    `nnx.save_checkpoint` then writes the same layout itself)."""
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        return directory
+    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP_CHECKPOINTS, create=True)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 # -- outputs --------------------------------------------------------------------------------
@@ -200,8 +215,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many training steps (for quick tests)")
     p.add_argument("--no-plot", action="store_true", help="do not write the training-curve PNG")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out/checkpoints")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs, as if interrupted (continue with --resume)")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "max_steps"):
+    for name in ("epochs", "batch_size", "max_steps", "stop_after"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -233,7 +252,11 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
           f"{total_steps} steps of batch {args.batch_size}, adam lr {args.learning_rate:g} (cosine decay)")
 
     model = CNN(rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
-    print(nnx.tabulate(model, jnp.zeros((1, 8, 8, 1), jnp.float32)))
+    tty = sys.stdout.isatty()  # colours on a terminal; plain box drawing in logs
+    width = shutil.get_terminal_size((160, 24)).columns if tty else 160
+    print(nnx.tabulate(model, jnp.zeros((1, 8, 8, 1), jnp.float32),
+                       console_kwargs={"force_terminal": tty, "no_color": not tty, "width": width}),
+          end="")
 
     # Cosine decay to 0 over the run: the last epochs settle the weights, so the
     # BatchNorm running statistics (used in eval mode) catch up with them.
@@ -245,9 +268,28 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
         "epoch": [], "train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [],
     }
     step = 0
-    train_t0 = time.perf_counter()
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    for epoch in range(1, n_epochs + 1):
+    ckpt_dir = (out / "checkpoints").absolute()
+    if not args.resume:  # a fresh run: checkpoints of an earlier run would look newer
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    manager = checkpoint_manager(ckpt_dir)
+    first_epoch = 1
+    if args.resume:
+        done = nnx.checkpoint_steps(manager)
+        if done:  # the optimizer holds the model: both are restored in place
+            nnx.restore_checkpoint(manager, optimizer, step=done[-1])
+            first_epoch = done[-1] + 1
+            step = min(done[-1] * steps_per_epoch, total_steps)
+            saved = json.loads((out / "history.json").read_text())
+            history = {k: v[:done[-1]] for k, v in saved.items()}
+            print(f"resumed from {ckpt_dir / str(done[-1])} (epoch {done[-1]} of {n_epochs})")
+        else:
+            print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
+    for _ in range(first_epoch - 1):  # the data order of the epochs already done
+        order_rng.permutation(len(x_train))
+    last_epoch = n_epochs if args.stop_after is None else min(n_epochs, args.stop_after)
+    train_t0 = time.perf_counter()
+    for epoch in range(first_epoch, last_epoch + 1):
         model.train()
         train_metrics.reset()
         order = order_rng.permutation(len(x_train))
@@ -271,17 +313,28 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
         history["train_accuracy"].append(train["accuracy"])
         history["test_loss"].append(test["loss"])
         history["test_accuracy"].append(test["accuracy"])
+        nnx.save_checkpoint(manager, optimizer, step=epoch, max_to_keep=KEEP_CHECKPOINTS)
+        (out / "history.json").write_text(json.dumps(history) + "\n")
     train_seconds = time.perf_counter() - train_t0
+    if hasattr(manager, "wait_until_finished"):
+        manager.wait_until_finished()  # saves run in the background while training goes on
+    if last_epoch < n_epochs:
+        print(f"stopped after epoch {last_epoch} of {n_epochs} (--stop-after); continue with --resume")
+        if hasattr(manager, "close"):
+            manager.close()
+        return {"epochs": last_epoch, "steps": step, "history": history}
 
     # Final evaluation in eval mode, on both splits.
     final_train = evaluate(model, x_train, y_train)
     final_test = evaluate(model, x_test, y_test)
 
-    # Checkpoint round trip: save, restore into an abstract model, re-evaluate.
-    ckpt_dir = (out / "checkpoint").absolute()
-    nnx.save_checkpoint(ckpt_dir, model)
-    abstract = nnx.eval_shape(lambda: CNN(rngs=nnx.Rngs(0)))
-    restored = nnx.restore_checkpoint(ckpt_dir, abstract)
+    # The latest checkpoint, restored into an abstract model + optimizer, must agree.
+    abstract = nnx.eval_shape(
+        lambda: nnx.Optimizer(CNN(rngs=nnx.Rngs(params=0, dropout=0)), optax.adam(schedule))
+    )
+    restored = nnx.restore_checkpoint(manager, abstract, step=n_epochs).model
+    if hasattr(manager, "close"):
+        manager.close()
     restored_test = evaluate(restored, x_test, y_test)
 
     results: dict[str, tp.Any] = {

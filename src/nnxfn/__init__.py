@@ -34,7 +34,6 @@ from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Se
 from nnxfn.facade.module import (
     capture as capture,
     Module as Module,
-    Object as Object,
     Pytree as Pytree,
     data as data,
     iter_modules as iter_modules,
@@ -114,9 +113,134 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+# -- pytreeapi --
+from nnxfn.facade.module import NonPytreeObject as Object  # Flax's `nnx.Object`: pytree=False
+from nnxfn.facade.pytreelib import (
+    Data as Data,
+    Static as Static,
+    check_pytree as check_pytree,
+    dataclass as dataclass,
+    has_data as has_data,
+    is_data as is_data,
+    register_data_type as register_data_type,
+)
+from nnxfn.facade.variables import (
+    A as A,
+    OptVariable as OptVariable,
+    register_variable_name as register_variable_name,
+    variable_name_from_type as variable_name_from_type,
+    variable_type_from_name as variable_type_from_name,
+)
+from nnxfn.facade.varmodes import var_defaults as var_defaults
+from nnxfn.facade.views import (
+    abstract_with_sharding as abstract_with_sharding,
+    as_abstract as as_abstract,
+    iter_children as iter_children,
+    iter_module_children as iter_module_children,
+    set_metadata as set_metadata,
+    vars_as as vars_as,
+    view_info as view_info,
+    with_attributes as with_attributes,
+    with_vars as with_vars,
+)
+from nnxfn.facade.module import M as M
+from nnxfn import pytreelib as pytreelib, variablelib as variablelib  # noqa: E402
+from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # noqa: E402
+from nnxfn import visualization as visualization  # noqa: E402
+from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
+from nnxfn.visualization import display as display  # noqa: E402
+
+# -- silent --
+from nnxfn.core import PathRegex as PathRegex
+from nnxfn.core.unmatched import UnmatchedFilterWarning as UnmatchedFilterWarning
+from nnxfn.transforms.retrace import (
+    RetraceWarning as RetraceWarning,
+    set_retrace_warnings as set_retrace_warnings,
+)
+from nnxfn.training import checkpoint_steps as checkpoint_steps
+# -- graphapi --
+# The graph/state API with Flax's signatures (they accept `graph=`/`graph_updates=`,
+# leaf roots, GraphState, FlatState, pure dicts); these names replace the plain
+# core functions imported above.
+from nnxfn.core.api import (  # noqa: E402
+    GraphState as GraphState,
+    PureState as PureState,
+    as_pure as as_pure,
+    clone as clone,
+    find_duplicates as find_duplicates,
+    graphdef as graphdef,
+    iter_children as iter_children,
+    iter_graph as iter_graph,
+    iter_module_children as iter_module_children,
+    map as map,
+    merge as merge,
+    pop as pop,
+    pure as pure,
+    recursive_map as recursive_map,
+    set_metadata as set_metadata,
+    split as split,
+    state as state,
+    unpack as unpack,
+)
+from nnxfn.core.api import state as variables  # noqa: E402
+from nnxfn.core.calls import call as call  # noqa: E402
+from nnxfn.core.contexts import (  # noqa: E402
+    MergeContext as MergeContext,
+    SplitContext as SplitContext,
+    UpdateContext as UpdateContext,
+    current_update_context as current_update_context,
+    flatten as flatten,
+    merge_context as merge_context,
+    split_context as split_context,
+    unflatten as unflatten,
+    update_context as update_context,
+)
+from nnxfn.core.flatstate import (  # noqa: E402
+    FlatState as FlatState,
+    from_flat_state as from_flat_state,
+    map_state as map_state,
+    replace_by_pure_dict as replace_by_pure_dict,
+    restore_int_paths as restore_int_paths,
+    to_flat_state as to_flat_state,
+    to_pure_dict as to_pure_dict,
+)
+from nnxfn.core.trees import (  # noqa: E402
+    NodeStates as NodeStates,
+    from_tree as from_tree,
+    prefix as prefix,
+    to_tree as to_tree,
+)
+from nnxfn import (  # noqa: E402
+    extract as extract,
+    filterlib as filterlib,
+    graph as graph,
+    graphlib as graphlib,
+    ids as ids,
+    statelib as statelib,
+    traversals as traversals,
+)
+
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
+
+# -- layers --
+from nnxfn import rnglib as rnglib  # noqa: E402
+from nnxfn.transforms.rngs import (  # noqa: E402
+    restore_rngs as restore_rngs,
+    with_rngs as with_rngs,
+)
+from nnxfn.nn.initializers import Initializer as Initializer  # noqa: E402
+from nnxfn import spmd as spmd  # noqa: E402
+from nnxfn.facade.spmd import (  # noqa: E402
+    use_eager_sharding as use_eager_sharding,
+    using_eager_sharding as using_eager_sharding,
+)
+from nnxfn.transforms.spmd import (  # noqa: E402
+    abstract_with_sharding as abstract_with_sharding,
+    as_abstract as as_abstract,
+    transform_metadata as transform_metadata,
+)
 
 # -- optim --
 from nnxfn import compat as compat  # noqa: E402

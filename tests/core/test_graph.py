@@ -293,9 +293,22 @@ def test_pop_removes_and_returns():
     assert not hasattr(block.linear, "kernel")
 
 
-def test_pop_from_plain_list_errors():
+def test_pop_from_plain_list_and_dict_removes_entries_in_place():
+    # As in Flax: plain lists and dicts lose the popped entries in place
+    # (later list entries first, so indices do not shift under the loop).
     m = nnx.Module()
-    m.vs = [nnx.Param(jnp.ones(1))]
+    m.vs = [nnx.Param(jnp.ones(1)), nnx.BatchStat(jnp.zeros(1)), nnx.Param(2 * jnp.ones(1))]
+    m.d = {"a": nnx.Param(jnp.ones(2)), "b": jnp.zeros(3)}
+    popped = nnx.pop(m, nnx.Param)
+    assert [type(v) for v in m.vs] == [nnx.BatchStat]
+    assert list(m.d) == ["b"]
+    _eq(popped["vs"][2][...], 2 * jnp.ones(1))
+    _eq(popped["d"]["a"][...], jnp.ones(2))
+
+
+def test_pop_from_tuple_errors():
+    m = nnx.Module()
+    m.vs = (nnx.Param(jnp.ones(1)),)
     with pytest.raises(ValueError, match=r"pop: node\.vs\[0\] lives inside a container"):
         nnx.pop(m, nnx.Param)
 

@@ -102,7 +102,7 @@ def test_list_pop_several_items_does_not_shift_indices():
 def test_pop_error_leaves_object_unchanged():
     m = nnx.Module()
     m.a = nnx.Param(jnp.ones(1))
-    m.z = [nnx.Param(jnp.ones(1))]
+    m.z = (nnx.Param(jnp.ones(1)),)  # a tuple cannot lose an entry (lists and dicts can)
     with pytest.raises(ValueError, match=r"node\.z\[0\] lives inside a container"):
         nnx.pop(m, nnx.Param)
     assert hasattr(m, "a")

@@ -112,7 +112,10 @@ def test_in_place_operators_write_the_variable():
 # -- metadata ---------------------------------------------------------------
 def test_metadata_get_set_and_attribute_access():
     v = nnx.Param(jnp.ones(2), sharding=("data",), tag="w")
-    assert v.get_metadata() == {"sharding": ("data",), "tag": "w"}
+    # Flax always reports the mode flags too
+    required = {"hijax": False, "ref": False, "eager_sharding": True}
+    assert v.get_metadata() == {"sharding": ("data",), "tag": "w", **required}
+    assert v.get_metadata(exclude_required=True) == {"sharding": ("data",), "tag": "w"}
     assert v.get_metadata("sharding") == ("data",)
     assert v.get_metadata("missing", 7) == 7
     assert v.sharding == ("data",) and v.tag == "w"
@@ -121,7 +124,7 @@ def test_metadata_get_set_and_attribute_access():
     v.set_metadata(note=1)
     assert v.note == 1
     v.set_metadata({"only": 2})
-    assert v.get_metadata() == {"only": 2}
+    assert v.get_metadata(exclude_required=True) == {"only": 2}
     v.other = "x"  # attribute assignment writes metadata
     assert v.get_metadata("other") == "x"
     assert v.metadata_items() == (("only", 2), ("other", "x"))
@@ -132,7 +135,7 @@ def test_metadata_get_set_and_attribute_access():
 def test_metadata_from_variable_argument():
     inner = nnx.Param(jnp.ones(1), a=1)
     v = nnx.Param(inner, b=2)
-    assert v.get_metadata() == {"a": 1, "b": 2}
+    assert v.get_metadata(exclude_required=True) == {"a": 1, "b": 2}
     assert v.raw_value is inner.raw_value
 
 

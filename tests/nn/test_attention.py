@@ -226,8 +226,6 @@ def test_errors_name_layer_and_shape():
         MultiHeadAttention(2, 8, qkv_features=7, rngs=Rngs(0))
     with pytest.raises(ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)"):
         MultiHeadAttention(4, 8, qkv_features=12, num_kv_heads=3, rngs=Rngs(0))
-    with pytest.raises(NotImplementedError, match="out_sharding"):
-        MultiHeadAttention(2, 8, rngs=Rngs(0))(jnp.ones((1, 2, 8)), out_sharding="x")
 
 
 def test_decode_errors():
@@ -251,3 +249,18 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_qkv_and_out_sharding_reach_the_projections():
+    # One device: the layouts are the given specs and the numbers do not change
+    # (the 8-device version is in tests/spmd/spmd_checks.py).
+    from jax.sharding import AxisType, PartitionSpec as P
+
+    m = MultiHeadAttention(4, 8, qkv_features=8, num_kv_heads=2, rngs=Rngs(0), decode=False)
+    x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+    ref = m(x)
+    mesh = jax.make_mesh((1, 1), ("b", "t"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        y = m(x, qkv_sharding=P("b", None, "t", None), out_sharding=P("b", None, "t"))
+        assert jax.typeof(y).sharding.spec == P("b", None, "t")
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)

@@ -216,3 +216,10 @@ def test_initializers_work_under_jit() -> None:
     """Initializers trace under jit with a static shape."""
     f = jax.jit(lambda k: init.lecun_normal()(k, (5, 3)))
     np.testing.assert_allclose(f(KEY), init.lecun_normal()(KEY, (5, 3)), rtol=1e-6)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(init, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

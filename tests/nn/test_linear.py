@@ -179,6 +179,23 @@ def test_einsum_ellipsis_and_call_time_string():
     assert no_bias.bias is None
 
 
+def test_einsum_bias_on_kernel_ellipsis_axes():
+    # The kernel's `...` axes are kept in the output, so the bias covers them too.
+    layer = Einsum("d...ab,bc...->ad...c", (4, 5, 6, 7), (6, 7, 5), rngs=Rngs(0))
+    layer.bias[...] = jnp.arange(210.0).reshape(6, 7, 5)
+    x = jax.random.normal(jax.random.key(1), (8, 6, 7, 3, 4))
+    expected = jnp.einsum("d...ab,bc...->ad...c", x, layer.kernel[...]) + layer.bias[...]
+    y = layer(x)
+    assert y.shape == (3, 8, 6, 7, 5)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    # kernel ellipsis shorter than the output's: bias lines up on the right
+    layer = Einsum("...a,a...->...", (3, 4), (4,), rngs=Rngs(0))
+    layer.bias[...] = jnp.arange(4.0)
+    x = jax.random.normal(jax.random.key(2), (2, 4, 3))
+    expected = jnp.einsum("...a,a...->...", x, layer.kernel[...]) + jnp.arange(4.0)
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-6)
+
+
 def test_einsum_errors():
     with pytest.raises(ValueError, match=r"Einsum: einsum_str 'ij,jk' must be explicit"):
         Einsum("ij,jk", (2, 3), rngs=Rngs(0))
@@ -245,6 +262,11 @@ def test_prelu():
     assert half.negative_slope.dtype == jnp.bfloat16
     assert half(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert PReLU(dtype=jnp.float16)(x).dtype == jnp.float16
+    # without dtype the float32 slope takes the inputs' dtype (as Flax and Linen)
+    x16 = jnp.linspace(-10, 10, 20, dtype=jnp.float16)
+    y = PReLU(0.02)(x16)
+    assert y.dtype == jnp.float16
+    np.testing.assert_array_equal(y, jnp.where(x16 >= 0, x16, jnp.float16(0.02) * x16))
 
 
 def test_docstring_examples():

@@ -235,7 +235,7 @@ def test_cell_state_is_written_back_and_params_are_constants():
     cell = _Counting()
     RNN(cell)(jnp.ones((2, 7, 1)))
     assert int(cell.calls[...]) == 7
-    with pytest.raises(RuntimeError, match="RNN: _BadCell changed a Param inside the time loop"):
+    with pytest.raises(RuntimeError, match="RNN: _BadCell changed a Param .*inside the time loop"):
         RNN(_BadCell())(jnp.ones((2, 3, 1)))
 
 
@@ -260,6 +260,40 @@ def test_dropout_inside_cell_draws_a_new_key_each_step():
     assert int(cell.drop.rngs.count[...]) == 6
     masks = np.asarray(ys[0] > 0)
     assert len({m.tobytes() for m in masks}) == 6  # a different mask at every step
+
+
+def test_broadcast_rngs_share_one_mask_across_the_steps_of_a_call():
+    from nnxfn.nn.stochastic import Dropout
+
+    class Recurrent(Module):
+        num_feature_axes = 1
+
+        def __init__(self, rngs):
+            self.drop = Dropout(0.5, rng_collection="recurrent", rngs=rngs)
+            self.other = Dropout(0.5, rngs=rngs)
+
+        def initialize_carry(self, input_shape, rngs=None):
+            return jnp.zeros(input_shape)
+
+        def __call__(self, carry, x):
+            return carry, (self.drop(x), self.other(x))
+
+    cell = Recurrent(Rngs(0, recurrent=1))
+    rnn = RNN(cell, broadcast_rngs="recurrent")
+    fixed, moving = rnn(jnp.ones((1, 6, 64)))
+    masks = np.asarray(fixed[0] > 0)
+    assert len({m.tobytes() for m in masks}) == 1  # the same mask at every step
+    assert len({m.tobytes() for m in np.asarray(moving[0] > 0)}) == 6  # others still vary
+    assert int(cell.drop.rngs.count[...]) == 1 and cell.drop.rngs.key.shape == ()
+    assert int(cell.other.rngs.count[...]) == 6
+    again, _ = rnn(jnp.ones((1, 6, 64)))
+    assert not np.array_equal(np.asarray(again[0, 0] > 0), masks[0])  # a new mask per call
+    assert int(cell.drop.rngs.count[...]) == 2
+    # state_axes: None makes the selected state a loop constant; other axes are refused
+    with pytest.raises(RuntimeError, match=r"changed a Param \(or state that state_axes maps"):
+        RNN(_Counting(), state_axes={BatchStat: None})(jnp.ones((2, 7, 1)))
+    with pytest.raises(NotImplementedError, match="state_axes maps .* to 0"):
+        RNN(_Counting(), state_axes={BatchStat: 0})
 
 
 def test_rnn_under_jit_and_grad():

@@ -375,6 +375,153 @@ def clear_errors_for_specs_that_do_not_fit():
            "4 entries but the array has rank")
 
 
+@check
+def uneven_annotation_inside_jit_is_laid_out_by_the_compiler():
+    # issue 12: on Auto axes, inside a trace, a size the mesh does not divide is
+    # left to the compiler (replicated, as Flax); outside a trace it is an error.
+    with jax.set_mesh(AUTO):
+        made = nnx.jit(lambda: nnx.Param(jnp.arange(32.0).reshape(32, 1),
+                                         out_sharding=(None, "model")))()
+        assert made[...].sharding.is_fully_replicated, made[...].sharding
+        np.testing.assert_array_equal(made[...], np.arange(32.0).reshape(32, 1))
+
+        class Mixed(nnx.Module):
+            def __init__(self):
+                self.uneven = nnx.Param(jnp.ones((32, 1)), out_sharding=(None, "model"))
+                self.even = nnx.Param(jnp.ones((32, 8)), out_sharding=(None, "model"))
+
+        m = nnx.jit(Mixed)()
+        assert m.uneven[...].sharding.is_fully_replicated
+        assert spec_of(m.even[...]) == (None, "model")
+        assert float(m.uneven[...].sum()) == 32.0
+        try:
+            nnx.Param(jnp.ones((32, 1)), out_sharding=(None, "model"))
+        except ValueError as e:
+            assert "splits axis 1 (size 1)" in str(e) and "into 4 parts" in str(e), str(e)
+        else:
+            raise AssertionError("eager uneven sharding did not raise")
+    with jax.set_mesh(EXPLICIT):  # Explicit axes: uneven is an error inside traces too
+        try:
+            nnx.jit(lambda: nnx.Param(jnp.ones((32, 1)), out_sharding=(None, "model")))()
+        except ValueError as e:
+            assert "does not divide" in str(e), str(e)
+        else:
+            raise AssertionError("uneven Explicit sharding did not raise")
+
+
+@check
+def use_eager_sharding_switches_placement():
+    assert nnx.using_eager_sharding()
+    with jax.set_mesh(AUTO):
+        with nnx.use_eager_sharding(False):
+            assert not nnx.using_eager_sharding()
+            lazy = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"))
+            forced = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"),
+                               eager_sharding=True)
+        assert nnx.using_eager_sharding()
+        assert not isinstance(lazy[...].sharding, NamedSharding) or spec_of(lazy[...]) == ()
+        assert lazy.out_sharding == (None, "model")  # the annotation is kept
+        assert spec_of(forced[...]) == (None, "model")
+        eager = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"))
+        assert spec_of(eager[...]) == (None, "model")
+
+        @nnx.use_eager_sharding(False)
+        def build():
+            assert not nnx.using_eager_sharding()
+            return nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"))
+
+        assert nnx.using_eager_sharding()
+        assert spec_of(build()[...]) == ()
+        nnx.use_eager_sharding(False)  # a plain call sets it for this thread
+        try:
+            assert not nnx.using_eager_sharding()
+        finally:
+            nnx.use_eager_sharding(True)
+
+
+@check
+def format_annotation_and_mixed_axis_types():
+    from jax.experimental.layout import Format, Layout
+
+    named = NamedSharding(AUTO, P("data", None))
+    v = nnx.Variable(jnp.arange(16.0).reshape(4, 4),
+                     out_sharding=Format(Layout(major_to_minor=(1, 0)), named))
+    assert v.sharding == named
+    np.testing.assert_array_equal(v[...], np.arange(16.0).reshape(4, 4))
+    assert nnx.get_partition_spec(v)[...] == P("data", None)
+    mixed = jax.make_mesh((2, 4), ("data", "model"),
+                          axis_types=(AxisType.Auto, AxisType.Explicit))
+    try:
+        nnx.Variable(jnp.ones((4, 4)), out_sharding=("data", "model"), mesh=mixed)
+    except ValueError as e:
+        assert "all Explicit or all Auto" in str(e) and "eager_sharding=False" in str(e)
+    else:
+        raise AssertionError("mixed axis types did not raise")
+    v = nnx.Variable(jnp.ones((4, 4)), out_sharding=("data", "model"), mesh=mixed,
+                     eager_sharding=False)
+    assert v.out_sharding == ("data", "model")
+
+
+@check
+def layers_keep_explicit_layouts():
+    with jax.set_mesh(EXPLICIT):
+        x = jnp.arange(8 * 4, dtype=jnp.float32).reshape(8, 4)
+        sharded = jax.sharding.reshard(x, P("data", None))
+        for dims in ((), (1,), (0,)):
+            layer = nnx.Dropout(0.5, broadcast_dims=dims, rngs=nnx.Rngs(0))
+            plain = nnx.Dropout(0.5, broadcast_dims=dims, rngs=nnx.Rngs(0))
+            y = layer(sharded)
+            assert "float32[8@data,4]" in str(jax.typeof(y)), (dims, jax.typeof(y))
+            np.testing.assert_array_equal(y, plain(x))  # the same mask as unsharded
+            assert set(np.unique(np.asarray(y) / np.maximum(x, 1) * (x > 0))) <= {0.0, 2.0}
+        # grouped-query attention (2 kv heads for 4 query heads) on sharded heads
+        q = jax.sharding.reshard(jax.random.normal(jax.random.key(0), (2, 5, 4, 8)),
+                                 P("data", None, None, None))
+        k = jax.sharding.reshard(jax.random.normal(jax.random.key(1), (2, 5, 2, 8)),
+                                 P("data", None, None, None))
+        out = nnx.dot_product_attention(q, k, k)
+        ref = nnx.dot_product_attention(np.asarray(q), np.asarray(k), np.asarray(k))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+        # MultiHeadAttention with qkv/out layouts
+        mha = nnx.MultiHeadAttention(
+            num_heads=8, in_features=16, qkv_features=32, num_kv_heads=4,
+            kernel_metadata={"out_sharding": P("data", "model", None)},
+            out_kernel_metadata={"out_sharding": P("model", None, "data")},
+            rngs=nnx.Rngs(0), decode=False,
+        )
+        inputs = jax.random.uniform(jax.random.key(2), (4, 5, 16))
+        y = mha(jax.sharding.reshard(inputs, P("data", None, "model")),
+                out_sharding=P("data", None, "model"), qkv_sharding=P("data", None, "model", None))
+        assert "float32[4@data,5,16@model]" in str(jax.typeof(y)), jax.typeof(y)
+        ref = mha(inputs, out_sharding=P(), qkv_sharding=P())
+        np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@check
+def as_abstract_attaches_shardings():
+    with jax.set_mesh(AUTO):
+        abstract = nnx.eval_shape(lambda: nnx.Linear(
+            4, 8, kernel_metadata={"out_sharding": ("data", "model")}, rngs=nnx.Rngs(0)))
+        abstract = nnx.as_abstract(abstract)
+    value = abstract.kernel.get_value()
+    assert isinstance(abstract.kernel, nnx.Param) and isinstance(value, jax.ShapeDtypeStruct)
+    assert value.shape == (4, 8) and value.sharding.spec == P("data", "model")
+    assert value.sharding.mesh.axis_names == ("data", "model")
+    other = jax.make_mesh((1, 8), ("c", "d"), axis_types=(AxisType.Auto,) * 2)
+
+    class Two(nnx.Module):
+        def __init__(self):
+            self.a = nnx.Linear(8, 8, rngs=nnx.Rngs(0),
+                                kernel_metadata={"out_sharding": ("data", "model"), "mesh": AUTO})
+            self.b = nnx.Linear(8, 8, rngs=nnx.Rngs(0),
+                                kernel_metadata={"out_sharding": ("c", "d"), "mesh": other})
+
+    two = nnx.abstract_with_sharding(nnx.eval_shape(Two))
+    assert two.a.kernel.sharding.mesh == AUTO and two.a.kernel.sharding.spec == P("data", "model")
+    assert two.b.kernel.sharding.mesh == other and two.b.kernel.sharding.spec == P("c", "d")
+    assert nnx.spmd.as_abstract is nnx.as_abstract
+
+
 def main(names: list[str]) -> None:
     results = {}
     for name in names or list(CHECKS):

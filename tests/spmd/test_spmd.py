@@ -44,7 +44,7 @@ def test_with_partitioning_and_with_metadata_annotate_the_variable():
     assert isinstance(v[...], jax.Array) and v.shape == (2, 3)
     meta = nnx.with_metadata(zeros, note=1)(jax.random.key(0), (2,))
     assert isinstance(meta, nnx.VariableMetadata) and meta.metadata == {"note": 1}
-    assert nnx.BatchStat(meta, extra=2).get_metadata() == {"note": 1, "extra": 2}
+    assert nnx.BatchStat(meta, extra=2).get_metadata(exclude_required=True) == {"note": 1, "extra": 2}
     mesh = _mesh("m")
     v = nnx.Param(nnx.with_partitioning(ones, ("m",), mesh=mesh)(jax.random.key(0), (3,)))
     assert v.mesh is mesh
@@ -311,4 +311,79 @@ def test_optimizer_moments_inherit_metadata_and_placement():
 def test_docstring_examples():
     globs = {"jax": jax, "np": np, "_variables": nnx.facade.variables}
     result = doctest.testmod(spmd_module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
+# -- nnx.transform_metadata, as_abstract, use_eager_sharding (one device) --------------
+@pytest.mark.parametrize("partition, start", [("din", ("din", "dout")), (None, (None, "dout"))])
+def test_transform_metadata_decorator(partition, start):
+    v = nnx.Param(jnp.array(0), out_sharding=start, eager_sharding=False)
+    seen = []
+
+    @nnx.transform_metadata(in_axes=0, out_axes=1, partition=partition)
+    def f(v):
+        v[...] += 1
+        seen.append(v.out_sharding)
+        return nnx.Param(jnp.array(10), out_sharding=("dmid", "dout"), eager_sharding=False)
+
+    v2 = f(v)
+    assert seen == [("dout",)]
+    assert v.out_sharding == start and int(v[...]) == 1  # value written back, annotation kept
+    assert v2.out_sharding == ("dmid", partition, "dout") and int(v2[...]) == 10
+
+
+def test_transform_metadata_per_argument_axes_and_errors():
+    a = nnx.Param(jnp.zeros(2), out_sharding=("x", "layers"), eager_sharding=False)
+    b = nnx.Param(jnp.zeros(2), out_sharding=("layers", "y"), eager_sharding=False)
+
+    @nnx.transform_metadata(in_axes=(1, None), out_axes=0, partition="layers")
+    def f(a, b):
+        return a.out_sharding, b.out_sharding
+
+    assert f(a, b=b) == (("x",), ("layers", "y"))
+
+    @nnx.transform_metadata(in_axes=0, partition="layers")
+    def g(a):
+        return None
+
+    with pytest.raises(ValueError, match=r"transform_metadata: arg\[0\].*hold 'layers' at position 0"):
+        g(a)
+    with pytest.raises(TypeError, match="transform_metadata.*in_axis"):
+        nnx.transform_metadata(in_axis=0, partition="layers")
+
+
+def test_as_abstract_needs_a_mesh_and_leaves_others_alone():
+    abstract = nnx.eval_shape(lambda: nnx.Linear(4, 8, rngs=nnx.Rngs(0)))
+    same = nnx.as_abstract(abstract)
+    assert isinstance(same.kernel, nnx.Param)
+    assert getattr(same.kernel.get_value(), "sharding", None) is None
+    annotated = nnx.eval_shape(lambda: nnx.Linear(
+        4, 8, kernel_metadata={"out_sharding": (None, "model")}, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"as_abstract: tree\.kernel.*jax\.set_mesh"):
+        nnx.as_abstract(annotated)
+    with jax.set_mesh(_mesh("data", "model")):
+        done = nnx.as_abstract(annotated)
+    assert done.kernel.get_value().sharding.spec == P(None, "model")
+    assert annotated.kernel.get_value().sharding is None  # a copy: the input is unchanged
+
+
+def test_use_eager_sharding_on_one_device():
+    mesh = _mesh("data", "model")
+    with pytest.raises(TypeError, match="use_eager_sharding: expected True or False"):
+        nnx.use_eager_sharding("yes")
+    with jax.set_mesh(mesh):
+        with nnx.use_eager_sharding(False):
+            lazy = nnx.Param(jnp.ones((2, 4)), out_sharding=(None, "model"))
+        placed = nnx.Param(jnp.ones((2, 4)), out_sharding=(None, "model"))
+    assert getattr(lazy[...].sharding, "spec", P()) == P()  # jnp.ones under the mesh: P()
+    assert placed[...].sharding.spec == P(None, "model")
+    assert nnx.spmd.get_var_pspec(lazy) == P(None, "model")
+    assert nnx.spmd.PARTITION_NAME == nnx.PARTITION_NAME
+
+
+def test_transforms_spmd_docstring_examples_run():
+    from nnxfn.transforms import spmd as transforms_spmd
+
+    result = doctest.testmod(transforms_spmd, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp},
+                             optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0

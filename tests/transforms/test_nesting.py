@@ -135,7 +135,10 @@ def test_grad_vjp_jvp_of_bare_variable_argument():
     assert isinstance(g, nnx.Param) and float(g[...]) == 6.0
     gp, gx = nnx.grad(lambda p, x: p[...] * x, argnums=(0, 1))(p, 2.0)
     assert float(gp[...]) == 2.0 and float(gx) == 3.0
-    assert nnx.grad(lambda b: b[...] * 1.0)(nnx.BatchStat(jnp.array(1.0))) is None  # not a Param
+    # a bare Variable is differentiated whatever its type (as in Flax; filters select
+    # inside graph objects)
+    gb = nnx.grad(lambda b: b[...] * 2.0)(nnx.BatchStat(jnp.array(1.0)))
+    assert isinstance(gb, nnx.BatchStat) and float(gb[...]) == 2.0
     out, pullback = nnx.vjp(lambda p: p[...] ** 2, p)
     (gv,) = pullback(jnp.array(1.0))
     assert float(out) == 9.0 and float(gv[...]) == 6.0

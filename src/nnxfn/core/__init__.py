@@ -15,6 +15,7 @@ from nnxfn.core.filters import (
     OfType as OfType,
     PathContains as PathContains,
     PathIn as PathIn,
+    PathRegex as PathRegex,
     WithTag as WithTag,
     to_predicate as to_predicate,
 )
@@ -43,4 +44,4 @@ from nnxfn.core.state import (
     merge_state as merge_state,
     split_state as split_state,
 )
-from nnxfn.core.variable_like import VariableLike as VariableLike
+from nnxfn.core.variable_like import DataLeaf as DataLeaf, VariableLike as VariableLike

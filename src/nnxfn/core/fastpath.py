@@ -28,7 +28,7 @@ from nnxfn.core.graphdef import (
 from nnxfn.core.registry import _CACHE as _IMPLS
 from nnxfn.core.registry import KINDS, NodeImpl, key_order, lookup
 from nnxfn.core.state import State, wrap as _wrap_state
-from nnxfn.core.variable_like import VariableLike
+from nnxfn.core.variable_like import DataLeaf, VariableLike
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
@@ -165,6 +165,13 @@ def _flatten_fast(
                 sub = visit_children(sub_keys, sub_vals, None if prefix is None else prefix + (k,))
                 if sub:
                     d[k] = _wrap_state(sub)
+            elif t is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
+                v = v.value
+                add_op(_ARRAY_OP)
+                add_leaf(v)
+                d[k] = v
+                if prefix is not None:
+                    add_path(prefix + (k,))
             elif isinstance(v, _g._ARRAY_TYPES):  # a tracer
                 add_op(_ARRAY_OP)
                 add_leaf(v)

@@ -2,13 +2,15 @@
 
 Accepted forms: a type (matches instances, e.g. `nnx.Param`), a tag string
 (matches values whose `tag` metadata equals it), `...`/`True` (everything),
-`False`/`None` (nothing), a tuple/list (any of), the classes below, or a
-callable `(path, value) -> bool`.
+`False`/`None` (nothing), a tuple/list (any of), a compiled regex
+(`re.compile(r"kernel$")`, searched in the path joined by "/"), the classes
+below, or a callable `(path, value) -> bool`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing as tp
 
 from nnxfn.core import errors
@@ -42,12 +44,17 @@ class WithTag:
 
 @dataclasses.dataclass(frozen=True)
 class PathContains:
-    """Matches values whose path contains `key`."""
+    """Matches values whose path contains `key`; with `exact=False`, whose path
+    has a part containing `str(key)` (`PathContains('backbone', exact=False)`)."""
 
     key: tp.Any
+    exact: bool = True
 
     def __call__(self, path: tuple, value: tp.Any) -> bool:
-        return self.key in path
+        if self.exact:
+            return self.key in path
+        key = str(self.key)
+        return any(key in str(part) for part in path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,19 @@ class PathIn:
 
     def __call__(self, path: tuple, value: tp.Any) -> bool:
         return tuple(path) in self.paths
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRegex:
+    """Matches values whose path, joined by "/" (`blocks/0/kernel`), `re.search`es `pattern`."""
+
+    pattern: re.Pattern
+
+    def __init__(self, pattern: str | re.Pattern):
+        object.__setattr__(self, "pattern", re.compile(pattern))
+
+    def __call__(self, path: tuple, value: tp.Any) -> bool:
+        return self.pattern.search("/".join(str(k) for k in path)) is not None
 
 
 class All:
@@ -131,8 +151,10 @@ def _tag_of(value: tp.Any) -> tp.Any:
 
 def to_predicate(f: Filter) -> Predicate:
     """Turn any filter expression into a `(path, value) -> bool` function."""
-    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn)):
+    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn, PathRegex)):
         return f
+    if isinstance(f, re.Pattern):
+        return PathRegex(f)
     if f is Ellipsis or f is True:
         return _Constant(True)
     if f is False or f is None:
@@ -154,3 +176,8 @@ def check_filters(filters: tuple[Filter, ...]) -> tuple[Predicate, ...]:
         if f is Ellipsis:
             raise ValueError(errors.ellipsis_not_last(i + 1, len(filters)))
     return tuple(to_predicate(f) for f in filters)
+
+
+def filters_to_predicates(filters: tp.Sequence[Filter]) -> tuple[Predicate, ...]:
+    """`to_predicate` of each filter; `...` may only be last."""
+    return check_filters(tuple(filters))

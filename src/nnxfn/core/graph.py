@@ -30,7 +30,7 @@ from nnxfn.core.graphdef import (
 from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
 from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
 from nnxfn.core.state import _set_flat
-from nnxfn.core.variable_like import VariableLike
+from nnxfn.core.variable_like import DataLeaf, VariableLike
 from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
     _K_ARRAY,
     _K_CONT,
@@ -45,7 +45,7 @@ from nnxfn.core.fastpath import (  # noqa: E402 - fastpath reads graph lazily
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
 _CONTAINERS = (list, tuple, dict)
 _MISSING = object()
 
@@ -159,6 +159,9 @@ def flatten(
             return ContainerDef(type(x), kids)
         if kind == _K_STATIC:
             return StaticDef(x)
+        if type(x) is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
+            leaves.append((path, x.value))
+            return ARRAY
         found = _pytree_children(x)
         if found is not None:
             treedef, pairs = found
@@ -527,12 +530,23 @@ def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
         for path, _ in s.flat_state():
             parent = _get_path(node, path[:-1])
             impl = lookup(type(parent))
+            if impl is None and type(parent) in (dict, list):
+                impl = _IN_PLACE  # plain dicts and lists lose the entry in place
             if impl is None:
                 raise ValueError(errors.cannot_pop(path))
             targets.append((path, parent, impl))
     for path, parent, impl in sorted(targets, key=lambda t: _path_order(t[0]), reverse=True):
         impl.del_child(parent, path[-1])
     return states[0] if len(states) == 1 else states
+
+
+class _InPlace:
+    @staticmethod
+    def del_child(container: tp.Any, key: tp.Any) -> None:
+        del container[key]
+
+
+_IN_PLACE = _InPlace()
 
 
 def _get_path(node: tp.Any, path: Path) -> tp.Any:
@@ -552,6 +566,8 @@ def iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
     seen: set[int] = set()
 
     def visit(x: tp.Any, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+        if type(x) is DataLeaf:
+            x = x.value
         if isinstance(x, VariableLike) or lookup(type(x)) is not None:
             if id(x) in seen:
                 return
@@ -637,7 +653,7 @@ def flatten_like(
         elif isinstance(d, BoxedDef):
             out.append((path, x if isinstance(x, VariableLike) else d.type.from_parts(x, ())))
         elif isinstance(d, ArrayDef):
-            out.append((path, x))
+            out.append((path, x.value if type(x) is DataLeaf else x))
         elif isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
             if isinstance(d, NodeDef):
                 if type(x) is not d.type:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Hashable
 
+import jax
+
 
 def same_value(a: Any, b: Any) -> bool:
     """Equality for static values that also compares types, element-wise in
@@ -195,6 +197,29 @@ class GraphDef:
         root = self.root
         return getattr(root, "type", None)
 
+    @property
+    def nodes(self) -> list[Any]:
+        """The records in pre-order, root first (static values left out)."""
+        out: list[Any] = []
+
+        def walk(d: Any) -> None:
+            if not isinstance(d, StaticDef):
+                out.append(d)
+            for _, child in getattr(d, "children", ()):
+                walk(child)
+
+        walk(self.root)
+        return out
+
+    def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
+        """`out, (graphdef, state) = graphdef.apply(state).method(*args)`."""
+        from nnxfn.core.calls import apply
+
+        return apply(self, state, *states)
+
+    def __class_getitem__(cls, item: Any) -> type:  # `GraphDef[Model]` annotations
+        return cls
+
     def __repr__(self) -> str:
         return f"GraphDef({_describe(self.root, 1)})"
 
@@ -248,3 +273,7 @@ def _unhashable_message(root: Any) -> str:
         return None
 
     return find(root, ()) or "GraphDef holds an unhashable value"
+
+
+# A GraphDef is static data to JAX: a pytree with no leaves (`jax.jit(f)(graphdef, state)`).
+jax.tree_util.register_static(GraphDef)

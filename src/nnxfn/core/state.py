@@ -14,6 +14,7 @@ import jax
 
 from nnxfn.core import errors, filters as filterlib
 from nnxfn.core.registry import key_order
+from nnxfn.core.unmatched import warn_unmatched
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
@@ -253,6 +254,8 @@ def partition(paths: tp.Sequence[Path], leaves: tp.Sequence, filters: tuple,
             unmatched.append(path)
     if exhaustive and unmatched:
         raise ValueError(errors.non_exhaustive_split(unmatched))
+    if not all(buckets):  # a typo'd string/path/regex filter: warn with the closest paths
+        warn_unmatched(filters, buckets, paths, leaves)
     return buckets
 
 

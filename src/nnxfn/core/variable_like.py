@@ -32,3 +32,14 @@ class VariableLike:
 
     def set_metadata_items(self, metadata: tuple[tuple[str, Any], ...]) -> None:
         raise NotImplementedError
+
+
+class DataLeaf:
+    """A child value a graph node declares as one whole leaf, whatever its type
+    (`self.count = nnx.data(0)`): the node's `children` returns it wrapped, the
+    core puts `value` in the State (and gives it back unwrapped on merge)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value

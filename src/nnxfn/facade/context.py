@@ -65,9 +65,11 @@ def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
         warnings.warn(_foreign_message(obj, what), stacklevel=4)
         return
     if _FRAMES and owner is not _FRAMES[-1]:
+        from nnxfn.facade.captured import captured_where  # names the path (error path only)
+
         frame = _FRAMES[-1]
         raise RuntimeError(
-            f"{frame.name}: {what} of {_describe(obj)} was changed inside the "
+            f"{frame.name}: {what} of {captured_where(obj, _describe(obj))} was changed inside the "
             "transform, but that object was not passed to it: it is captured by "
             "closure (or made in an enclosing transform), so the change cannot be "
             "committed and would be lost. Pass it as an argument instead, e.g. "

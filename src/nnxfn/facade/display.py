@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing as tp
 
+import numpy as np
+
 MAX_DEPTH = 6
 MAX_ITEMS = 24
 
@@ -69,9 +71,52 @@ def node_repr(node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int =
         lines.append(label + body)
     if len(items) > MAX_ITEMS:
         lines.append(f"{pad}... ({len(items) - MAX_ITEMS} more)")
+    comment = stats_comment(node) if indent == 0 else ""
     if not lines:
-        return f"{name}()"
-    return f"{name}(\n" + ",\n".join(lines) + "\n" + "  " * indent + ")"
+        return f"{name}(){comment}"
+    return f"{name}({comment}\n" + ",\n".join(lines) + "\n" + "  " * indent + ")"
+
+
+def stats_comment(node: tp.Any) -> str:
+    """` # Param: 1,234 (4.9 KB), BatchStat: ..., Total: ...`: element counts and
+    bytes of the Variables under `node`, by type (each shared Variable once)."""
+    from nnxfn.core import iter_graph
+    from nnxfn.facade.variables import RngState, Variable
+    from nnxfn.facade.varmodes import base_type
+
+    totals: dict[str, list[int]] = {}
+    for _, value in iter_graph(node):
+        if not isinstance(value, Variable):
+            continue
+        kind = RngState if isinstance(value, RngState) else base_type(type(value))
+        size = nbytes = 0
+        for leaf in _array_leaves(value.get_raw_value()):
+            size += int(np.prod(leaf.shape))
+            nbytes += int(np.prod(leaf.shape)) * getattr(leaf.dtype, "itemsize", 0)
+        if size:
+            entry = totals.setdefault(kind.__name__, [0, 0])
+            entry[0] += size
+            entry[1] += nbytes
+    if not totals:
+        return ""
+    parts = [f"{k}: {_size(n, b)}" for k, (n, b) in totals.items()]
+    if len(totals) > 1:
+        parts.append(f"Total: {_size(sum(n for n, _ in totals.values()), sum(b for _, b in totals.values()))}")
+    return " # " + ", ".join(parts)
+
+
+def _array_leaves(value: tp.Any) -> list:
+    import jax
+
+    leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, jax.Ref))
+    return [x for x in leaves if hasattr(x, "shape") and hasattr(x, "dtype")]
+
+
+def _size(count: int, nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if nbytes >= scale:
+            return f"{count:,} ({nbytes / scale:.1f} {unit})"
+    return f"{count:,} ({nbytes} B)"
 
 
 def _is_graph_node(value: tp.Any) -> bool:

@@ -15,43 +15,43 @@ import typing as tp
 import jax
 
 from nnxfn import core
-from nnxfn.facade import context
+from nnxfn.core import DataLeaf
+from nnxfn.facade import context, pytreelib
 from nnxfn.facade.display import node_repr
-from nnxfn.facade.variables import Intermediate, Perturbation, Variable
+from nnxfn.facade.pytreelib import data as data, static as static
+from nnxfn.facade.variables import Perturbation, Variable, variable_type_from_name
+from nnxfn.facade.varmodes import base_type as var_type_of
 
-_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree")
+M = tp.TypeVar("M", bound="Module")
+_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data")
 _UNSET = object()
 
 
-class static:  # noqa: N801 - mirrors Flax's lower-case marker
-    """`self.x = nnx.static(value)`: keep `value` in the GraphDef (it must be hashable)."""
+class Pytree:
+    """Base of every graph object: reference semantics, a JAX pytree.
 
-    __slots__ = ("value",)
+    `class Foo(nnx.Pytree, pytree=False)` makes a graph object that JAX sees
+    as one leaf (nnx functions and transforms still see inside it).
+    """
 
-    def __init__(self, value: tp.Any):
-        self.value = value
-
-
-class data:  # noqa: N801
-    """`self.x = nnx.data(value)`: keep `value` as data (undoes an earlier `nnx.static`)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: tp.Any):
-        self.value = value
-
-
-class Object:
-    """Base of every graph object: reference semantics, a JAX pytree."""
+    _nnx_is_pytree: tp.ClassVar[bool] = True
+    _nnx_fields: tp.ClassVar[dict[str, bool]] = {}  # class-level nnx.data()/nnx.static()
 
     def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         obj = object.__new__(cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
         return obj
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
-        _register_pytree(cls)
+        if getattr(cls, "__slots__", ()) and "__slots__" in cls.__dict__ and cls.__slots__:
+            raise TypeError(f"Pytree does not support __slots__, found them in {cls.__name__!r}.")
+        cls._nnx_is_pytree = True if pytree is None else bool(pytree)  # not inherited (Flax)
+        own = pytreelib.class_field_status(cls)
+        if own:
+            cls._nnx_fields = {**cls._nnx_fields, **own}
+        if cls._nnx_is_pytree:
+            _register_pytree(cls)
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         if hasattr(getattr(type(self), name, None), "__set__"):  # a property: not structure
@@ -59,16 +59,10 @@ class Object:
             return
         d = self.__dict__
         context.check_write(self, d.get("_nnx_frame"), f"attribute {name!r}")
-        statics = d.get("_nnx_static", frozenset())
-        if isinstance(value, static):
-            value = value.value
-            _check_hashable(self, name, value)
-            object.__setattr__(self, "_nnx_static", statics | {name})
-        elif isinstance(value, data):
-            value = value.value
-            object.__setattr__(self, "_nnx_static", statics - {name})
-        elif name in statics:
-            _check_hashable(self, name, value, rebound=True)
+        if type(value) is pytreelib.Marked or name in self._nnx_fields or (
+            name in d.get("_nnx_static", ()) or type(value) in pytreelib.DATA_TYPES
+        ):
+            value = _mark(self, d, name, value)
         if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
             context.bump_structure()  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
@@ -90,26 +84,95 @@ class Object:
     def __repr__(self) -> str:
         return node_repr(self, _repr_children)
 
+    @property
+    def _pytree__nodes(self) -> dict[str, bool]:
+        """Flax's view of the attributes: name -> whether it is data."""
+        statics = static_names(self)
+        return {
+            k: k not in statics and pytreelib.has_data(v) != [] or k in self.__dict__.get("_nnx_data", ())
+            for k, v in self.__dict__.items() if k not in _PRIVATE
+        }
 
-Pytree = Object
-_object_new = Object.__new__
+    @property
+    def _pytree__state(self) -> tp.Any:
+        return self.__dict__.get("_nnx_frame")
 
 
-def _check_hashable(obj: tp.Any, name: str, value: tp.Any, rebound: bool = False) -> None:
-    try:
-        hash(value)
-    except TypeError:
-        if rebound:
-            raise TypeError(
-                f"{type(obj).__name__}.{name} was marked `nnx.static`, so it must stay "
-                f"hashable, but it is being set to a {type(value).__name__}. To make it "
-                f"data again, write `self.{name} = nnx.data(value)`."
-            ) from None
-        raise TypeError(
-            f"{type(obj).__name__}.{name} = nnx.static(...) needs a hashable value, "
-            f"got a {type(value).__name__}. Use a tuple instead of a list, or a "
-            "frozen dataclass."
-        ) from None
+Object = Pytree  # nnxfn's own graph objects (Rngs, Optimizer, List, ...) are pytrees
+
+
+class NonPytreeObject(Pytree, pytree=False):
+    """`nnx.Object`: a graph object that JAX sees as one leaf (Flax's `Object`)."""
+
+    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+        pytree = kwargs.pop("pytree", False)
+        if pytree is not False:
+            raise ValueError(
+                f"nnx.Object is not a pytree, but {cls.__name__} asks for pytree={pytree!r}; "
+                "subclass nnx.Pytree (or nnx.Module) instead."
+            )
+        super().__init_subclass__(pytree=False, **kwargs)
+
+
+NonPytreeObject.__name__ = NonPytreeObject.__qualname__ = "Object"
+_object_new = Pytree.__new__
+
+
+def static_names(obj: Pytree) -> frozenset:
+    return obj.__dict__.get("_nnx_static", frozenset())
+
+
+def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
+    """Record whether `obj.name` is data or static; the value to store."""
+    statics = d.get("_nnx_static", frozenset())
+    datas = d.get("_nnx_data", frozenset())
+    if type(value) is pytreelib.Marked:
+        is_data, value, explicit = value.is_data, value.value, True
+    elif name in statics or name in datas:
+        is_data, explicit = name in datas, False
+    elif name in obj._nnx_fields:
+        is_data, explicit = obj._nnx_fields[name], None
+    else:  # a registered data type
+        is_data, explicit = True, False
+    if not is_data:
+        if explicit is None:
+            pytreelib.check_static(obj, name, value, explicit=False)
+        elif explicit:
+            pytreelib.check_static(obj, name, value, explicit=True)
+        elif pytreelib.has_data(value):
+            raise pytreelib.static_data_error(obj, name, value)
+        if name not in statics:
+            object.__setattr__(obj, "_nnx_static", statics | {name})
+        if name in datas:
+            object.__setattr__(obj, "_nnx_data", datas - {name})
+    else:
+        if name in statics:
+            object.__setattr__(obj, "_nnx_static", statics - {name})
+        if name not in datas:
+            object.__setattr__(obj, "_nnx_data", datas | {name})
+    return value
+
+
+def _needs_box(value: tp.Any) -> bool:
+    """True if `value`, declared data, is not a leaf or container by itself
+    (`nnx.data(1)`, a registered data type): the core then keeps it whole as a leaf."""
+    t = type(value)
+    if t in pytreelib.DATA_TYPES:
+        return True
+    if t in _SCALARS:
+        return True
+    if pytreelib.is_data(value) or t in (list, tuple, dict):
+        return False
+    return jax.tree_util.treedef_is_leaf(jax.tree.structure(value))
+
+
+_SCALARS = frozenset((int, float, complex, bool, str, type(None)))
+
+
+def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
+    return tuple(
+        DataLeaf(v) if k in datas and _needs_box(v) else v for k, v in zip(keys, values)
+    )
 
 
 # -- graph-node registration -------------------------------------------------
@@ -139,6 +202,9 @@ def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
 def _children(obj: Object) -> list[tuple[str, tp.Any]]:
     d = obj.__dict__
     keys, getter = _child_keys(d)
+    datas = d.get("_nnx_data")
+    if datas:
+        return list(zip(keys, _boxed(keys, getter(d), datas)))
     return list(zip(keys, getter(d)))
 
 
@@ -148,9 +214,13 @@ def _parts(obj: Object) -> tuple[tp.Hashable, tuple, tp.Any]:
     statics = d.get("_nnx_static")
     found = _CHILD_KEYS.get((tuple(d), statics))
     keys, getter = _child_keys(d) if found is None else found
+    values = getter(d)
+    datas = d.get("_nnx_data")
+    if datas:
+        values = _boxed(keys, values, datas)
     if statics:
-        return tuple(sorted((k, d[k]) for k in statics)), keys, getter(d)
-    return None, keys, getter(d)
+        return tuple(sorted((k, d[k]) for k in statics)), keys, values
+    return None, keys, values
 
 
 def _repr_children(obj: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
@@ -311,25 +381,65 @@ class Module(Object):
         value: tp.Any,
         reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: (*xs, x),
         init_fn: tp.Callable[[], tp.Any] = tuple,
-    ) -> None:
-        """Record `value` in a `variable_type` Variable named `name` (a tuple by default)."""
+    ) -> bool:
+        """Record `value` under `name` as a `variable_type` (a tuple of values by default).
+
+        Inside `nnx.capture` it goes to the capture buffers (and is dropped if
+        `variable_type` is not captured: returns False); outside, to a
+        Variable attribute `name`.
+        """
         if isinstance(variable_type, str):
-            variable_type = Intermediate
-        current = self.__dict__.get(name)
-        if isinstance(current, Variable):
-            current.value = reduce_fn(current.raw_value, value)
-        else:
+            variable_type = variable_type_from_name(variable_type, allow_register=True)
+        buffers = self.__dict__.get("__captures__")
+        if buffers is not None:
+            for var in buffers:
+                if type(var) is variable_type:
+                    var[name] = reduce_fn(var[name] if name in var else init_fn(), value)
+                    return True
+            return False
+        current = self.__dict__.get(name, _UNSET)
+        if current is _UNSET:
             setattr(self, name, variable_type(reduce_fn(init_fn(), value)))
+        elif not isinstance(current, Variable):
+            raise ValueError(
+                f"sow: expected '{name}' to be a Variable, got {type(current).__name__} "
+                f"(an attribute of {type(self).__name__} has that name); sow under another name."
+            )
+        elif var_type_of(type(current)) is not variable_type:
+            raise ValueError(
+                f"sow: expected '{name}' to be of type '{variable_type.__name__}', got "
+                f"'{type(current).__name__}'; sow under another name or with that type."
+            )
+        else:
+            current.set_value(reduce_fn(current.get_value(), value))
+        return True
 
     def perturb(
-        self, name: str, value: tp.Any, variable_type: type[Variable] = Perturbation
+        self, name: str, value: tp.Any, variable_type: type[Variable] | str = Perturbation
     ) -> tp.Any:
         """Add a zero-valued `variable_type` to `value`, so `nnx.grad` can target it."""
         import jax.numpy as jnp
 
-        if name not in self.__dict__:
-            setattr(self, name, variable_type(jnp.zeros_like(value)))
-        return value + self.__dict__[name].raw_value
+        if isinstance(variable_type, str):
+            variable_type = variable_type_from_name(variable_type, allow_register=True)
+        buffers = self.__dict__.get("__captures__")
+        if buffers is not None:
+            for var in buffers:
+                if type(var) is variable_type:
+                    if name not in var:
+                        var[name] = jax.tree.map(jnp.zeros_like, value)
+                    return var[name] + value
+            return value
+        current = self.__dict__.get(name, _UNSET)
+        if current is _UNSET:
+            setattr(self, name, variable_type(jax.tree.map(jnp.zeros_like, value)))
+            current = self.__dict__[name]
+        elif not isinstance(current, variable_type):
+            raise ValueError(
+                f"perturb: expected '{name}' to be of type '{variable_type.__name__}', "
+                f"got '{type(current).__name__}'."
+            )
+        return current.get_value() + value
 
     def iter_modules(self) -> tp.Iterator[tuple[tuple, Module]]:
         return iter_modules(self)
@@ -340,7 +450,8 @@ class Module(Object):
                 yield key, value
 
     def set_attributes(
-        self, *filters: tp.Any, raise_if_not_found: bool = True, **attributes: tp.Any
+        self, *filters: tp.Any, raise_if_not_found: bool = True, graph: bool | None = None,
+        **attributes: tp.Any,
     ) -> None:
         """Set `attributes` on every sub-module (matching `filters`) that has them."""
         preds = [core.to_predicate(f) for f in filters]
@@ -353,9 +464,10 @@ class Module(Object):
                     setattr(module, name, value)
                     remaining.discard(name)
         if remaining and raise_if_not_found:
-            raise AttributeError(
-                f"set_attributes: no sub-module of {type(self).__name__} has "
-                f"{sorted(remaining)}. Check the names, or pass raise_if_not_found=False."
+            raise ValueError(
+                "Could not find at least one instance of the following attributes: "
+                f"{sorted(remaining)} (in {type(self).__name__} or its sub-modules). "
+                "Check the names, or pass raise_if_not_found=False."
             )
 
     def train(self, **attributes: tp.Any) -> None:
@@ -371,59 +483,12 @@ class Module(Object):
         )
 
 
-def iter_modules(node: tp.Any) -> tp.Iterator[tuple[tuple, Module]]:
+def iter_modules(node: tp.Any, /, *, graph: bool | None = None,
+                 graph_updates: bool | None = None) -> tp.Iterator[tuple[tuple, Module]]:
     """(path, module) for every Module in the graph, children first."""
     for path, value in core.iter_graph(node):
         if isinstance(value, Module):
             yield path, value
 
 
-def view(node: tp.Any, /, *, only: tp.Any = ..., raise_if_not_found: bool = True,
-         **attributes: tp.Any) -> tp.Any:
-    """A copy of the object graph that shares every Variable with `node` but
-    has `attributes` set on the sub-modules (matching `only`) that have them.
-
-    `nnx.view(model, deterministic=True)` is an evaluation view: calling it
-    updates the same parameters and statistics, `model` itself is unchanged.
-    """
-    graphdef, pairs = core.flatten(node, copy=False)
-    copy = core.unflatten(graphdef, dict(pairs), copy=False)
-    if attributes:
-        copy.set_attributes(only, raise_if_not_found=raise_if_not_found, **attributes)
-    return copy
-
-
-def capture(fn: tp.Any, *var_types: type, init: tp.Any = None) -> tp.Callable:
-    """Wrap `fn` so it returns `(result, *states)`: the values that `sow`/`perturb`
-    recorded during the call, one State per Variable type in `var_types`.
-
-    `fn` may be a Module (its `__call__`), a bound method, or a function whose
-    first argument is the module. The recorded Variables are removed from the
-    module afterwards. `init` (a State, e.g. of `Perturbation`s) is written into
-    the module before the call. `nnx.capture(nnx.Intermediate)(fn)` also works.
-    """
-    if isinstance(fn, type) and issubclass(fn, Variable):
-        return lambda actual: capture(actual, fn, *var_types, init=init)
-    owner = fn if isinstance(fn, Module) else getattr(fn, "__self__", None)
-
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        module = owner if isinstance(owner, Module) else args[0]
-        if init is not None:
-            core.update(module, init)
-        result = fn(*args, **kwargs)
-        if not var_types:
-            return result
-        states = core.pop(module, *(_exact_first(t, var_types) for t in var_types))
-        return (result, *(states if len(var_types) > 1 else (states,)))
-
-    return wrapper
-
-
-def _exact_first(var_type: type, all_types: tuple) -> tp.Callable:
-    """A filter for `var_type` that leaves instances of other listed subtypes to them."""
-
-    def pred(path: tuple, value: tp.Any) -> bool:
-        kind = type(value)
-        return kind is var_type or (isinstance(value, var_type) and kind not in all_types)
-
-    return pred
+from nnxfn.facade.views import capture as capture, view as view  # noqa: E402

@@ -3,22 +3,50 @@
 `rngs = nnx.Rngs(0, dropout=1)`; `rngs()` or `rngs.default()` draws from the
 default stream, `rngs.params()`, `rngs['dropout']()` from named ones; unknown
 names fall back to `default`. Each draw is `fold_in(key, count)` and
-increments `count` (an `RngCount` Variable), so a stream never repeats a key.
+increments `count` (an `RngCount` Variable with the key's shape), so a
+stream never repeats a key. Streams and `Rngs` also sample directly
+(`rngs.normal((2, 3))`, `rngs.params.uniform((4,))`) and build keyless
+initializers (`rngs.lecun_normal()((4, 8))`), each use drawing one key.
 """
 
 from __future__ import annotations
 
+import functools
 import typing as tp
 
 import jax
 import jax.numpy as jnp
 
+from nnxfn import core
+from nnxfn.core.errors import path_str
 from nnxfn.facade.module import Object
 from nnxfn.facade.variables import RngCount, RngKey
 
+Shape = tp.Union[int, tuple[int, ...]]
+SplitSpec = tp.Union[Shape, None, tp.Mapping[tp.Any, tp.Union[Shape, None]]]
+
+# jax.random samplers offered as methods: `stream.normal(shape)` is
+# `jax.random.normal(stream(), shape)`.
+SAMPLERS = (
+    "bits", "uniform", "randint", "permutation", "choice", "normal",
+    "multivariate_normal", "truncated_normal", "bernoulli", "beta", "cauchy",
+    "dirichlet", "exponential", "gamma", "loggamma", "poisson", "gumbel",
+    "categorical", "laplace", "logistic", "pareto", "t", "chisquare", "f",
+    "rademacher", "maxwell", "double_sided_maxwell", "weibull_min", "orthogonal",
+    "generalized_normal", "ball", "rayleigh", "wald", "geometric", "triangular",
+    "lognormal", "binomial", "multinomial",
+)
+# Initializer builders offered as methods: `stream.lecun_normal()(shape)`.
+# (`normal`, `uniform`, `orthogonal`, `truncated_normal` are the samplers above.)
+INITIALIZERS = (
+    "delta_orthogonal", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+    "kaiming_normal", "kaiming_uniform", "lecun_normal", "lecun_uniform",
+    "variance_scaling", "xavier_normal", "xavier_uniform",
+)
+
 
 def as_key(seed: tp.Any) -> jax.Array:
-    """An int seed, a typed key, or a raw uint32 key -> a typed key."""
+    """An int seed, a typed key (array), or a raw uint32 key (array) -> a typed key."""
     if isinstance(seed, int):
         return jax.random.key(seed)
     seed = jnp.asarray(seed)
@@ -34,12 +62,68 @@ def as_key(seed: tp.Any) -> jax.Array:
     )
 
 
-class RngStream(Object):
-    """One named stream: a key and a counter."""
+def _shape(k: Shape) -> tuple[int, ...]:
+    return (k,) if isinstance(k, int) else tuple(k)
+
+
+class KeylessInitializer:
+    """An initializer bound to a stream: `init(shape, dtype=...)` draws one key
+    per call (`rngs.lecun_normal()((4, 8))`)."""
+
+    def __init__(self, stream: tp.Callable[[], jax.Array], init: tp.Callable):
+        self.stream, self.init = stream, init
+
+    def __call__(self, shape: Shape, *args: tp.Any, **kwargs: tp.Any) -> jax.Array:
+        return self.init(self.stream(), shape, *args, **kwargs)
+
+
+class _Sampling:
+    """Sampler and initializer methods for anything callable as `self() -> key`."""
+
+    def __call__(self) -> jax.Array:
+        raise NotImplementedError
+
+
+def _sampler(name: str) -> tp.Callable:
+    fn = getattr(jax.random, name)
+
+    @functools.wraps(fn)
+    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> jax.Array:
+        return fn(self(), *args, **kwargs)
+
+    method.__doc__ = f"`jax.random.{name}` with the next key of this stream."
+    return method
+
+
+def _initializer(name: str) -> tp.Callable:
+    builder = getattr(jax.nn.initializers, name)  # the numbers of `nnx.initializers`
+
+    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> KeylessInitializer:
+        return KeylessInitializer(self, builder(*args, **kwargs))
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (
+        f"`jax.nn.initializers.{name}(...)` bound to this stream: returns "
+        "`init(shape, dtype=...)`, which draws a fresh key per call."
+    )
+    return method
+
+
+for _name in SAMPLERS:
+    if hasattr(jax.random, _name):
+        setattr(_Sampling, _name, _sampler(_name))
+for _name in INITIALIZERS:
+    setattr(_Sampling, _name, _initializer(_name))
+del _name
+
+
+class RngStream(_Sampling, Object):
+    """One named stream: a key (or an array of keys) and a counter of its shape."""
 
     def __init__(self, key: tp.Any, *, tag: str):
-        self.key = RngKey(as_key(key), tag=tag)
-        self.count = RngCount(jnp.zeros((), jnp.uint32), tag=tag)
+        key = as_key(key)
+        self.key = RngKey(key, tag=tag)
+        self.count = RngCount(jnp.zeros(key.shape, jnp.uint32), tag=tag)
         self.tag = tag
 
     def __call__(self) -> jax.Array:
@@ -47,25 +131,53 @@ class RngStream(Object):
         self.count[...] = self.count[...] + 1
         return key
 
-    def fork(self, *, split: int | tuple[int, ...] | None = None) -> RngStream:
+    def split(self, k: Shape) -> RngStream:
+        """A new stream whose key is this stream's next key split into shape `k`."""
+        return type(self)(jax.random.split(self(), k), tag=self.tag)
+
+    def fork(self, *, split: Shape | None = None) -> RngStream:
+        """A new stream seeded with this stream's next key (split into `split` keys if given)."""
         key = self()
         if split is not None:
             key = jax.random.split(key, split)
-        return RngStream(key, tag=self.tag)
+        return type(self)(key, tag=self.tag)
+
+    def broadcast(self, k: Shape) -> RngStream:
+        """A new stream whose key is this stream's next key repeated to shape `k`."""
+        key = self()
+        return type(self)(jnp.broadcast_to(key, _shape(k) + key.shape), tag=self.tag)
 
 
-class Rngs(Object):
+def _per_stream(spec: SplitSpec) -> list[tuple[core.Predicate, Shape | None]]:
+    """`5`, `(2, 3)`, `None` or `{filter: shape or None}` -> ordered (predicate, shape) rules."""
+    if spec is None or isinstance(spec, (int, tuple)):
+        spec = {...: spec}
+    return [(core.to_predicate(f), v) for f, v in spec.items()]
+
+
+def _rule(rules: list[tuple[core.Predicate, tp.Any]], name: str, stream: RngStream) -> tp.Any:
+    for pred, value in rules:
+        if pred((name, "key"), stream.key):
+            return value
+    return None
+
+
+class Rngs(_Sampling, Object):
     """A set of named `RngStream`s.
 
     >>> rngs = Rngs(0, dropout=1)
     >>> k1, k2 = rngs.params(), rngs.params()
     >>> bool((jax.random.key_data(k1) != jax.random.key_data(k2)).any())
     True
+    >>> rngs.normal((2, 3)).shape
+    (2, 3)
     """
 
     def __init__(self, default: tp.Any = None, /, **streams: tp.Any):
-        if default is not None:
-            streams = {"default": default, **streams}
+        if isinstance(default, tp.Mapping):
+            streams = {**default, **streams}
+        elif default is not None:
+            streams = {**streams, "default": default}
         if not streams:
             raise TypeError("Rngs needs a seed: `nnx.Rngs(0)` or `nnx.Rngs(params=0, dropout=1)`.")
         for name, seed in streams.items():
@@ -73,15 +185,15 @@ class Rngs(Object):
                 seed = seed.key[...]
             setattr(self, name, RngStream(seed, tag=name))
 
-    def _stream(self, name: str) -> RngStream:
+    def _stream(self, name: str, error: type[Exception] = AttributeError) -> RngStream:
         d = self.__dict__
         if isinstance(d.get(name), RngStream):
             return d[name]
         if isinstance(d.get("default"), RngStream):
             return d["default"]
-        raise AttributeError(
-            f"Rngs has no stream {name!r} and no 'default' stream to fall back to; "
-            f"its streams are {sorted(self.streams())}. Create it with "
+        raise error(
+            f"No RngStream named {name!r} found in Rngs, and no 'default' stream to fall "
+            f"back to; its streams are {sorted(self.streams())}. Create it with "
             f"`nnx.Rngs({name}=seed)` or give a default seed: `nnx.Rngs(0)`."
         )
 
@@ -91,13 +203,19 @@ class Rngs(Object):
         return self._stream(name)
 
     def __getitem__(self, name: str) -> RngStream:
-        return self._stream(name)
+        return self._stream(name, KeyError)
 
     def __call__(self) -> jax.Array:
         return self._stream("default")()
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: tp.Any) -> bool:
         return isinstance(self.__dict__.get(name), RngStream)
+
+    def __iter__(self) -> tp.Iterator[str]:
+        return iter(self.streams())
+
+    def __len__(self) -> int:
+        return len(self.streams())
 
     def streams(self) -> dict[str, RngStream]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, RngStream)}
@@ -105,19 +223,74 @@ class Rngs(Object):
     def items(self) -> tp.Iterator[tuple[str, RngStream]]:
         return iter(self.streams().items())
 
-    def fork(self, *, split: int | tuple[int, ...] | None = None) -> Rngs:
-        """New Rngs with keys drawn from these streams (split into arrays if asked)."""
-        new = Rngs.__new__(Rngs)
-        for name, stream in self.streams().items():
-            setattr(new, name, stream.fork(split=split))
-        return new
+    def _map(self, spec: SplitSpec, method: str, default: tp.Callable | None) -> Rngs:
+        rules = _per_stream(spec)
+        new = {}
+        for name, stream in self.items():
+            k = _rule(rules, name, stream)
+            if k is not None:
+                new[name] = getattr(stream, method)(k)
+            else:
+                new[name] = default(stream) if default else stream
+        return Rngs(**new)
+
+    def split(self, k: SplitSpec) -> Rngs:
+        """New Rngs whose streams' keys are split: `rngs.split(5)` (every stream),
+        `rngs.split({'params': 5, 'dropout': None, ...: (2, 5)})` (first matching
+        filter wins; `None` keeps the stream's key). Split streams advance by one."""
+        return self._map(k, "split", None)
+
+    def broadcast(self, k: SplitSpec) -> Rngs:
+        """Like `split`, but every new key is one fresh key repeated to the shape."""
+        return self._map(k, "broadcast", None)
+
+    def fork(self, /, *, split: SplitSpec = None) -> Rngs:
+        """New Rngs with a fresh key drawn from every stream (split into arrays
+        for the streams `split` selects); every stream advances by one."""
+        rules = _per_stream(split) if split is not None else []
+        new = {}
+        for name, stream in self.items():
+            new[name] = stream.fork(split=_rule(rules, name, stream))
+        return Rngs(**new)
 
 
-def reseed(node: tp.Any, /, **seeds: tp.Any) -> None:
-    """Reset the streams named in `seeds` everywhere in `node` to new keys (count 0)."""
-    from nnxfn import core
+def _scalars_only(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if shape != ():
+        raise ValueError(
+            f"reseed: the stream at {path_str(path)} "
+            f"has a key array of shape {shape}, and policy='scalars_only' only reseeds scalar "
+            "keys. Pass `policy='match_shape'` to split the new key to that shape, or a "
+            "callable `(path, key, shape) -> new_key`."
+        )
+    return key
 
-    for _, value in core.iter_graph(node):
+
+def _match_shape(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return key if shape == () else jax.random.split(key, shape)
+
+
+def reseed(node: tp.Any, /, *, graph: bool | None = None,
+           policy: str | tp.Callable = "scalars_only", **seeds: tp.Any) -> None:
+    """Give the streams named in `seeds`, everywhere in `node`, new keys and zero counts.
+
+    Each stream's new key is drawn from `nnx.Rngs(**seeds)` (so a layer that
+    forked its stream at construction repeats its first draws exactly).
+    `policy`: 'scalars_only' (a key array raises), 'match_shape' (the new key
+    is split to the array's shape) or `(path, key, shape) -> key`.
+    """
+    del graph  # accepted for Flax compatibility; one behaviour
+    if policy == "scalars_only":
+        policy = _scalars_only
+    elif policy == "match_shape":
+        policy = _match_shape
+    elif not callable(policy):
+        raise ValueError(
+            f"reseed: policy must be 'scalars_only', 'match_shape' or a callable "
+            f"(path, key, shape) -> key, got {policy!r}."
+        )
+    source = Rngs(**seeds)
+    for path, value in core.iter_graph(node):
         if isinstance(value, RngStream) and value.tag in seeds:
-            value.key.value = as_key(seeds[value.tag])
-            value.count.value = jnp.zeros((), jnp.uint32)
+            key = policy(path, source[value.tag](), tuple(value.key.shape))
+            value.key.value = key
+            value.count.value = jnp.zeros(key.shape, jnp.uint32)

@@ -35,6 +35,7 @@ import typing as tp
 
 import jax
 import numpy as np
+from jax.experimental.layout import Format
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nnxfn.facade import variables as _variables
@@ -166,7 +167,14 @@ def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
 
 # -- reading annotations --------------------------------------------------------------
 def _spec_like(x: tp.Any) -> bool:
-    return isinstance(x, (tuple, list, PartitionSpec, NamedSharding))
+    return isinstance(x, (tuple, list, PartitionSpec, NamedSharding, Format))
+
+
+def _named(annotation: tp.Any) -> NamedSharding | None:
+    """The NamedSharding inside an annotation (itself, or a Format's), if any."""
+    if isinstance(annotation, Format):
+        annotation = annotation.sharding
+    return annotation if isinstance(annotation, NamedSharding) else None
 
 
 def spec_key(metadata: tp.Mapping[str, tp.Any]) -> str | None:
@@ -187,16 +195,20 @@ def partition_spec(
     shape: tuple[int, ...] | None = None,
     mesh: tp.Any = None,
     where: str | None = None,
+    divisible: bool = True,
 ) -> PartitionSpec | None:
     """The PartitionSpec of an annotation (logical rules applied), checked
-    against `shape` and `mesh` when given; None when there is no annotation."""
+    against `shape` and `mesh` when given (`divisible=False`: sizes the mesh
+    does not divide are allowed); None when there is no annotation."""
     key = spec_key(metadata)
     if key is None:
         return None
     names = metadata[key]
+    if isinstance(names, Format):
+        names = names.sharding
     if isinstance(names, NamedSharding):
         names = names.spec
-    entries = tuple(names)
+    entries = tuple(names) if names is not None else ()
     local = dict(_as_rules(metadata.get("sharding_rules", ())))
     context = dict(_RULES.rules)
     if local or context:
@@ -206,7 +218,8 @@ def partition_spec(
     if shape is not None and len(entries) > len(shape):
         raise ValueError(_rank_mismatch(where, key, metadata[key], spec, shape))
     if mesh is not None:
-        check_fits_mesh(spec, mesh, shape=shape, where=where, annotation=metadata[key])
+        check_fits_mesh(spec, mesh, shape=shape if divisible else None, where=where,
+                        annotation=metadata[key])
     return spec
 
 
@@ -259,25 +272,104 @@ def current_mesh(*, concrete: bool = False) -> tp.Any:
 
 
 # -- eager sharding ---------------------------------------------------------------------
+class _Eager(threading.local):
+    value: bool = True
+
+
+_EAGER = _Eager()
+
+
+class use_eager_sharding:  # noqa: N801 - Flax's name
+    """Whether Variables created with a sharding annotation are placed on the
+    mesh at once (default True). `nnx.use_eager_sharding(False)` sets it for
+    this thread; `with nnx.use_eager_sharding(False):` sets it for the block.
+    A Variable's own `eager_sharding=` metadata wins over it.
+
+    >>> with use_eager_sharding(False):
+    ...     using_eager_sharding()
+    False
+    >>> using_eager_sharding()
+    True
+    """
+
+    def __init__(self, value: bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"use_eager_sharding: expected True or False, got {value!r}.")
+        self.previous = _EAGER.value
+        _EAGER.value = value
+
+    def __enter__(self) -> use_eager_sharding:
+        return self
+
+    def __exit__(self, *exc: tp.Any) -> None:
+        _EAGER.value = self.previous
+
+    def __call__(self, fn: F) -> F:
+        value = _EAGER.value
+        _EAGER.value = self.previous  # as a decorator: only inside the function
+
+        @functools.wraps(fn)
+        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            with use_eager_sharding(value):
+                return fn(*args, **kwargs)
+
+        return tp.cast(F, wrapper)
+
+    def __repr__(self) -> str:
+        return f"use_eager_sharding({_EAGER.value})"
+
+
+def using_eager_sharding() -> bool:
+    """The current default of eager sharding (see `use_eager_sharding`)."""
+    return _EAGER.value
+
+
 def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
     """Place (or, inside a trace, constrain) `value` as its annotation says, if a
     mesh is known (metadata `mesh`, a NamedSharding annotation, or `jax.set_mesh`).
-    Values without an annotation, or with `eager_sharding=False`, are returned as is."""
+    Values without an annotation, or with `eager_sharding=False` (or, without that
+    metadata, under `use_eager_sharding(False)`), are returned as is."""
     key = spec_key(metadata)
-    if key is None or not metadata[key] or metadata.get("eager_sharding", True) is False:
+    if key is None or not metadata[key]:
+        return value
+    if not metadata.get("eager_sharding", _EAGER.value):
         return value
     shape = getattr(value, "shape", None)
     if shape is None:
         return value
     annotation = metadata[key]
-    explicit_mesh = metadata.get("mesh") or (
-        annotation.mesh if isinstance(annotation, NamedSharding) else None
-    )
+    named = _named(annotation)
+    explicit_mesh = metadata.get("mesh") or (named.mesh if named is not None else None)
     mesh = explicit_mesh or current_mesh()
     if mesh is None:
         return value
-    spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where)
+    _check_axis_types(mesh, where)
+    if isinstance(annotation, Format):  # a layout too: JAX places it as given
+        partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where)
+        if isinstance(value, jax.core.Tracer):
+            return jax.lax.with_sharding_constraint(value, annotation)
+        return jax.device_put(value, annotation)
+    # Inside a trace on Auto axes the compiler lays out what the mesh does not
+    # divide (Flax: replicated); elsewhere that is an error naming the fix.
+    uneven_ok = isinstance(value, jax.core.Tracer) and not _all_explicit(mesh)
+    spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where,
+                          divisible=not uneven_ok)
     return place(value, spec, mesh, from_context=explicit_mesh is None)
+
+
+def _all_explicit(mesh: tp.Any) -> bool:
+    return bool(getattr(mesh, "are_all_axes_explicit", False))
+
+
+def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
+    kinds = set(getattr(mesh, "axis_types", ()))
+    if jax.sharding.AxisType.Auto in kinds and jax.sharding.AxisType.Explicit in kinds:
+        raise ValueError(
+            f"{_where(where)}: eager sharding needs a mesh whose axes are all Explicit or "
+            f"all Auto, got axis types {tuple(mesh.axis_types)} on mesh "
+            f"{dict(mesh.shape)}. Make the axis types agree (`jax.make_mesh(..., "
+            "axis_types=(AxisType.Auto,) * n)`), or pass `eager_sharding=False`."
+        )
 
 
 def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:

@@ -16,8 +16,11 @@ import jax.numpy as jnp
 
 from nnxfn.core import VariableLike
 from nnxfn.facade import context, spmd
+from nnxfn.facade import varmodes
 
 A = tp.TypeVar("A")
+_MISSING: tp.Any = varmodes.MISSING
+REQUIRED_METADATA = ("hijax", "ref", "eager_sharding")
 
 
 def _freeze(value: tp.Any) -> tp.Any:
@@ -39,15 +42,39 @@ class Variable(VariableLike, tp.Generic[A]):
     """
 
     __slots__ = ("raw_value", "_metadata", "_frame", "__weakref__")
+    required_metadata = frozenset(REQUIRED_METADATA)
+    # True while `get_value`/`set_value` are not overridden: `v[...]`, arithmetic
+    # and `.value` then read and write `raw_value` directly (the fast path).
+    _plain_access: tp.ClassVar[bool] = True
+    hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
 
-    def __init__(self, value: A, **metadata: tp.Any):
+    def __new__(cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None,
+                **kwargs: tp.Any) -> tp.Any:
+        if cls.__dict__.get("_mode_base") is not None:  # `type(v)(x)` keeps v's mode
+            hijax = cls.hijax if hijax is None else hijax
+            ref = cls._mode_ref if ref is None else ref
+        defaults = varmodes.current_defaults()
+        hijax = defaults.hijax if hijax is None else hijax
+        ref = defaults.ref if ref is None else ref
+        if hijax or ref or cls.__dict__.get("_mode_base") is not None:
+            cls = varmodes.mode_type(cls, hijax=bool(hijax), ref=bool(ref))
+        return object.__new__(cls)
+
+    def __init__(self, value: A, *, hijax: bool | None = None, ref: bool | None = None,
+                 eager_sharding: bool | None = None, **metadata: tp.Any):
         if isinstance(value, Variable):
-            metadata = {**value.get_metadata(), **metadata}
-            value = value.raw_value
+            metadata = {**value.get_metadata(exclude_required=True), **metadata}
+            value = value.get_raw_value() if not value.ref else value.get_value()
         value, metadata = spmd.unwrap(value, metadata)  # nnx.with_partitioning/with_metadata
+        for key in ("hijax", "ref"):
+            metadata.pop(key, None)  # decided by the type (see `__new__`)
+        if eager_sharding is not None:
+            metadata["eager_sharding"] = eager_sharding
+        if metadata.get("eager_sharding", True) is True:
+            metadata.pop("eager_sharding", None)  # the default is not stored
         if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
             value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
-        object.__setattr__(self, "raw_value", value)
+        object.__setattr__(self, "raw_value", self._store(value))
         object.__setattr__(
             self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items()))
         )
@@ -55,7 +82,16 @@ class Variable(VariableLike, tp.Generic[A]):
 
     def __init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "_plain_access" not in cls.__dict__:
+            cls._plain_access = (
+                cls.get_value is Variable.get_value and cls.set_value is Variable.set_value
+            )
         _register_pytree(cls)
+
+    @staticmethod
+    def _store(value: tp.Any) -> tp.Any:
+        """How a value is kept in `raw_value` (`ref`/`hijax` types keep jax.Refs)."""
+        return value
 
     # -- the core's contract -------------------------------------------------
     def metadata_items(self) -> tuple[tuple[str, tp.Any], ...]:
@@ -81,51 +117,129 @@ class Variable(VariableLike, tp.Generic[A]):
     # -- value access ------------------------------------------------------------
     @property
     def value(self) -> A:
-        return self.raw_value
+        return self.raw_value if self._plain_access else self.get_value()
 
     @value.setter
     def value(self, value: A) -> None:
-        self.set_raw(value.raw_value if isinstance(value, Variable) else value)
+        if isinstance(value, Variable):
+            value = value.get_value()
+        if self._plain_access:
+            self.set_raw(value)
+        else:
+            self.set_value(value)
 
-    def get_value(self) -> A:
+    def get_raw_value(self) -> A:
+        """The stored value, without `get_value` overrides (a jax.Ref if `ref=True`)."""
         return self.raw_value
 
-    def set_value(self, value: A) -> None:
-        self.value = value
+    def set_raw_value(self, value: A) -> None:
+        self.set_raw(value)
+
+    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+        """The value (`v[...]`); `index` reads one item (`v[i]`)."""
+        raw = self.raw_value
+        if index is _MISSING or index is Ellipsis:
+            return raw
+        return raw[index]
+
+    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+        """Write the value (`v[...] = x`); `index` writes one item (`v[i] = x`)."""
+        if isinstance(value, Variable):
+            value = value.get_value()
+        if index is _MISSING:
+            self.set_raw(value)
+            return
+        self.set_raw(_set_item(self.raw_value, index, value))
 
     def __getitem__(self, key: tp.Any) -> tp.Any:
+        if not self._plain_access:
+            return self.get_value(index=key)
         if key is Ellipsis:
             return self.raw_value
         return self.raw_value[key]
 
     def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+        if not self._plain_access:
+            self.set_value(value, index=key)
+            return
         if isinstance(value, Variable):
-            value = value.raw_value
-        old = self.raw_value
-        if key is Ellipsis and (
-            not hasattr(old, "shape")
-            or (
-                getattr(value, "shape", None) == old.shape
-                and getattr(value, "dtype", None) == old.dtype
-            )
-        ):
-            self.set_raw(value)
+            value = value.get_value()
+        self.set_raw(_set_item(self.raw_value, key, value))
+
+    def __delitem__(self, key: tp.Any) -> None:
+        value = self.get_value()
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != key}
+        elif isinstance(value, list):
+            value = [v for i, v in enumerate(value) if i != key]
         else:
-            self.set_raw(jnp.asarray(old).at[key].set(value))
+            raise TypeError(f"cannot delete item {key!r} of a {type(value).__name__} value")
+        self.set_value(value)
+
+    def __contains__(self, item: tp.Any) -> bool:
+        return item in self.get_value()
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return self.get_value()(*args, **kwargs)
 
     # -- metadata ------------------------------------------------------------------
-    def get_metadata(self, name: str | None = None, default: tp.Any = None) -> tp.Any:
+    @property
+    def ref(self) -> bool:
+        """True if the value is kept in a `jax.Ref` (`Variable(x, ref=True)`)."""
+        return False
+
+    @property
+    def eager_sharding(self) -> bool:
+        return dict(self._metadata).get("eager_sharding", True)
+
+    @property
+    def var_type(self) -> type:
+        return varmodes.base_type(type(self))
+
+    def get_metadata(self, name: str | None = None, default: tp.Any = None, *,
+                     exclude_required: bool | None = None) -> tp.Any:
+        """All metadata as a dict (with `hijax`, `ref`, `eager_sharding`), or one entry."""
         meta = dict(self._metadata)
+        if not exclude_required:
+            meta.update(
+                hijax=self.hijax, ref=self.ref, eager_sharding=meta.get("eager_sharding", True)
+            )
         return meta if name is None else meta.get(name, default)
 
+    def has_metadata(self, name: str) -> bool:
+        return name in REQUIRED_METADATA or any(k == name for k, _ in self._metadata)
+
+    def del_metadata(self, name: str) -> None:
+        if name in ("hijax", "ref"):
+            raise ValueError(f"Cannot delete `{name}` metadata")
+        meta = dict(self._metadata)
+        del meta[name]
+        self.set_metadata_items(tuple(sorted(meta.items())))
+
     def set_metadata(self, *args: tp.Any, **kwargs: tp.Any) -> None:
-        """`v.set_metadata(name, value)`, `v.set_metadata(**items)` or `v.set_metadata(dict)`."""
+        """`v.set_metadata(name, value)`, `v.set_metadata(**items)` or
+        `v.set_metadata(dict)` (which replaces all metadata)."""
+        if args and kwargs:
+            raise TypeError("set_metadata takes a dict, a (name, value) pair or keywords, not both")
         meta = dict(self._metadata)
         if len(args) == 2:
-            meta[args[0]] = args[1]
+            updates = {args[0]: args[1]}
         elif len(args) == 1:
-            meta = dict(args[0])
-        meta.update(kwargs)
+            updates = dict(args[0])
+            meta = {}
+        elif kwargs:
+            updates = kwargs
+        else:
+            raise TypeError("set_metadata needs a dict, a (name, value) pair or keywords")
+        for key in ("hijax", "ref"):
+            if key in updates and updates.pop(key) != getattr(self, key):
+                raise ValueError(
+                    f"Cannot change `{key}` metadata with set_metadata; make a new "
+                    f"Variable instead: `v.copy({key}=...)` or `nnx.with_vars(node, {key}=...)`."
+                )
+        meta.update(updates)
+        if meta.get("eager_sharding", True) is True:
+            meta.pop("eager_sharding", None)
         self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
 
     def __getattr__(self, name: str) -> tp.Any:
@@ -134,7 +248,10 @@ class Variable(VariableLike, tp.Generic[A]):
         for key, value in object.__getattribute__(self, "_metadata"):
             if key == name:
                 return value
-        return getattr(object.__getattribute__(self, "raw_value"), name)
+        raw = object.__getattribute__(self, "raw_value")
+        if not self._plain_access:
+            raw = self.get_value()
+        return getattr(raw, name)
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         if name in ("value", "raw_value"):
@@ -145,16 +262,54 @@ class Variable(VariableLike, tp.Generic[A]):
             self.set_metadata(name, value)
 
     # -- copies ----------------------------------------------------------------------
-    def replace(self, value: tp.Any = None, **metadata: tp.Any) -> Variable:
-        """A new Variable of the same type with a new value and/or metadata."""
-        meta = {**dict(self._metadata), **metadata}
-        return type(self).from_parts(
-            self.raw_value if value is None else value,
-            tuple(sorted((k, _freeze(v)) for k, v in meta.items())),
+    def replace(self, value: tp.Any = _MISSING, **metadata: tp.Any) -> Variable:
+        """A new Variable of the same type with a new value and/or metadata
+        (`hijax=`/`ref=` change how the value is kept, as in `copy`)."""
+        return self.copy(value, **metadata)
+
+    def copy(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+        """A new Variable like this one; `value`, metadata, `hijax=` and `ref=` may change."""
+        if value is _MISSING:
+            value = updates.pop("value", _MISSING)
+        hijax = updates.pop("hijax", self.hijax)
+        ref = updates.pop("ref", self.ref)
+        meta = {**dict(self._metadata), **updates}
+        if meta.get("eager_sharding", True) is True:
+            meta.pop("eager_sharding", None)
+        metadata = tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+        target = varmodes.mode_type(type(self), hijax=bool(hijax), ref=bool(ref))
+        if value is _MISSING:
+            if target is type(self) and not self.ref and not self.hijax:
+                return target.from_parts(self.raw_value, metadata)
+            value = self.get_value() if (self.ref or self.hijax) else self.raw_value
+        return target.from_parts(target._store(value), metadata)
+
+    @classmethod
+    def from_metadata(cls, value: tp.Any, metadata: tp.Mapping[str, tp.Any]) -> Variable:
+        """A Variable of this type from a value and a metadata dict (as `get_metadata` gives)."""
+        meta = dict(metadata)
+        hijax, ref = bool(meta.pop("hijax", False)), bool(meta.pop("ref", False))
+        if meta.get("eager_sharding", True) is True:
+            meta.pop("eager_sharding", None)
+        target = varmodes.mode_type(cls, hijax=hijax, ref=ref)
+        return target.from_parts(
+            target._store(value), tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
         )
 
-    def copy(self) -> Variable:
-        return type(self).from_parts(self.raw_value, self._metadata)
+    def copy_from(self, other: Variable) -> None:
+        """Take `other`'s value and metadata (same type required)."""
+        if varmodes.base_type(type(self)) is not varmodes.base_type(type(other)):
+            raise ValueError(
+                f"Cannot copy from incompatible container, expected {type(self).__name__}, "
+                f"got {type(other).__name__}"
+            )
+        if other is self:
+            return
+        self.set_value(other.get_value())
+        self.set_metadata_items(other.metadata_items())
+
+    def update_from_state(self, other: Variable) -> None:
+        self.copy_from(other)
 
     @property
     def type(self) -> type:
@@ -164,27 +319,33 @@ class Variable(VariableLike, tp.Generic[A]):
         return (_rebuild, (type(self), self.raw_value, self._metadata))
 
     def __jax_array__(self) -> jax.Array:
-        return jnp.asarray(self.raw_value)
+        return jnp.asarray(_read(self))
 
     def __array__(self, dtype: tp.Any = None, copy: tp.Any = None):
         import numpy as np
 
-        return np.asarray(self.raw_value, dtype=dtype)
+        return np.asarray(_read(self), dtype=dtype)
 
     def __len__(self) -> int:
-        return len(self.raw_value)
+        return len(_read(self))
 
     def __iter__(self) -> tp.Iterator:
-        return iter(self.raw_value)
+        return iter(_read(self))
 
     def __bool__(self) -> bool:
-        return bool(self.raw_value)
+        return bool(_read(self))
 
     def __float__(self) -> float:
-        return float(self.raw_value)
+        return float(_read(self))
 
     def __int__(self) -> int:
-        return int(self.raw_value)
+        return int(_read(self))
+
+    def __index__(self) -> int:
+        return operator.index(_read(self))
+
+    def __round__(self, ndigits: int | None = None) -> tp.Any:
+        return round(_read(self), ndigits)
 
     def __hash__(self) -> int:
         return id(self)
@@ -206,23 +367,50 @@ def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:
     return cls.from_parts(value, metadata)
 
 
-def _unwrap(x: tp.Any) -> tp.Any:
-    return x.raw_value if isinstance(x, Variable) else x
+def _set_item(old: tp.Any, key: tp.Any, value: tp.Any) -> tp.Any:
+    """`old` with `old[key] = value` applied, as a new value (arrays, dicts, lists)."""
+    if key is Ellipsis and (
+        not hasattr(old, "shape")
+        or (
+            getattr(value, "shape", None) == old.shape
+            and getattr(value, "dtype", None) == old.dtype
+        )
+    ):
+        return value
+    if isinstance(old, dict):
+        return {**old, key: value}
+    if isinstance(old, list):
+        new = list(old)
+        new[key] = value
+        return new
+    return jnp.asarray(old).at[key].set(value)
+
+
+def _read(x: tp.Any) -> tp.Any:
+    if not isinstance(x, Variable):
+        return x
+    return x.raw_value if x._plain_access else x.get_value()
+
+
+_unwrap = _read
 
 
 def _binary(op: tp.Callable) -> tp.Callable:
     def forward(self: Variable, other: tp.Any) -> tp.Any:
-        return op(self.raw_value, _unwrap(other))
+        return op(self.raw_value if self._plain_access else self.get_value(), _read(other))
 
     def backward(self: Variable, other: tp.Any) -> tp.Any:
-        return op(_unwrap(other), self.raw_value)
+        return op(_read(other), self.raw_value if self._plain_access else self.get_value())
 
     return forward, backward
 
 
 def _inplace(op: tp.Callable) -> tp.Callable:
     def inplace(self: Variable, other: tp.Any) -> Variable:
-        self.set_raw(op(self.raw_value, _unwrap(other)))
+        if self._plain_access:
+            self.set_raw(op(self.raw_value, _read(other)))
+        else:
+            self.set_value(op(self.get_value(), _read(other)))
         return self
 
     return inplace
@@ -251,7 +439,7 @@ for _name, _op in {
 for _name, _op in {
     "neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert,
 }.items():
-    setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.raw_value))(_op))
+    setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(_read(self)))(_op))
 
 
 def _flatten_with_keys(v: Variable):
@@ -279,6 +467,76 @@ def _register_pytree(cls: type) -> None:
 
 
 _register_pytree(Variable)
+
+
+class RefVariable(Variable[A]):
+    """Mixin of the `ref=True` Variable types: the value is kept in `jax.Ref`s
+    (one per array leaf), so writes made inside JAX transforms reach it.
+    Built by `varmodes.mode_type`; `isinstance(v, nnx.Param)` still holds."""
+
+    _plain_access = False
+    _mode_ref: tp.ClassVar[bool] = True
+    _store = staticmethod(varmodes.to_refs)
+
+    @property
+    def ref(self) -> bool:
+        return self._mode_ref
+
+    def get_raw_value(self) -> A:
+        return self.raw_value if self._mode_ref else varmodes.from_refs(self.raw_value)
+
+    def set_raw_value(self, value: A) -> None:
+        object.__setattr__(self, "raw_value", varmodes.to_refs(value))
+
+    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+        raw = self.raw_value
+        if index is _MISSING or index is Ellipsis:
+            return varmodes.from_refs(raw)
+        if varmodes.is_ref(raw):
+            return raw[index]
+        return varmodes.from_refs(raw[index])
+
+    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+        # A write into a Ref is not checked against transform frames: JAX
+        # carries it out of `jax.jit`/`jax.grad`/`scan` to the Variable outside.
+        if isinstance(value, Variable):
+            value = value.get_value()
+        raw = self.raw_value
+        if index is _MISSING or index is Ellipsis:
+            if varmodes.is_ref(raw) and _fits(raw, value):
+                raw[...] = jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape)
+                return
+            old, new = jax.tree.structure(raw, is_leaf=varmodes.is_ref), jax.tree.structure(value)
+            if old == new and not varmodes.is_ref(raw):
+                for r, x in zip(jax.tree.leaves(raw, is_leaf=varmodes.is_ref), jax.tree.leaves(value)):
+                    r[...] = x
+                return
+            self.set_raw(varmodes.to_refs(value))
+        elif varmodes.is_ref(raw):
+            raw[index] = value
+        elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(value):
+            sub[...] = value
+        else:
+            self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))
+
+
+def _fits(ref: tp.Any, value: tp.Any) -> bool:
+    """True if `value` can be written into `ref` in place (same dtype kind, broadcastable)."""
+    aval = jax.typeof(ref)
+    try:
+        shape = jnp.broadcast_shapes(aval.shape, jnp.shape(value))
+    except ValueError:
+        return False
+    return shape == aval.shape
+
+
+class HijaxVariable(RefVariable[A]):
+    """Mixin of the `hijax=True` Variable types (`nnx.Variable(x, hijax=True)`):
+    writes inside plain JAX transforms reach the Variable; `get_raw_value()`
+    gives the plain value unless `ref=True` too."""
+
+    hijax = True
+    _mode_ref = False
 
 
 class Param(Variable[A]):
@@ -321,9 +579,57 @@ class RngCount(RngState[A]):
     """The call counter of an `Rngs` stream."""
 
 
-def variable_type_from_name(name: str) -> type:
-    """A Variable subclass for a collection name (used by Equinox interop)."""
-    return {
-        "params": Param, "batch_stats": BatchStat, "cache": Cache,
-        "intermediates": Intermediate,
-    }.get(name, Variable)
+class OptVariable(OptState[A]):
+    """An optimizer state leaf that is not an array mirror of a parameter."""
+
+
+# -- collection names <-> Variable types (Linen-style names) ------------------------
+_NAMES: dict[str, type] = {}
+
+
+def register_variable_name(name: str, typ: tp.Any = _MISSING, *, overwrite: bool = False) -> tp.Any:
+    """Map a collection name (e.g. `'params'`) to a Variable type; usable as a decorator."""
+    if typ is _MISSING:
+        return lambda t: register_variable_name(name, t, overwrite=overwrite)
+    if not overwrite and name in _NAMES:
+        raise ValueError(
+            f"Name {name!r} is already mapped to {_NAMES[name].__name__}. "
+            "Pass overwrite=True to replace it."
+        )
+    _NAMES[name] = typ
+    return typ
+
+
+def variable_type_from_name(name: str, /, *, base: type = Variable,
+                            allow_register: bool = False) -> type:
+    """The Variable type registered for a collection name; with
+    `allow_register=True`, a new subclass of `base` is made for an unknown name."""
+    if name not in _NAMES:
+        if not allow_register:
+            raise ValueError(
+                f"Name {name!r} is not registered. Register it with "
+                f"`nnx.register_variable_name({name!r}, MyVariable)` or pass allow_register=True."
+            )
+        _NAMES[name] = type(name, (base,), {})
+    return _NAMES[name]
+
+
+def variable_name_from_type(typ: type, /, *, allow_register: bool = False) -> str:
+    """The collection name registered for a Variable type (inverse of `variable_type_from_name`)."""
+    typ = varmodes.base_type(typ)
+    for name, t in _NAMES.items():
+        if t is typ:
+            return name
+    if not allow_register:
+        raise ValueError(
+            f"Type {typ.__name__} is not registered. Register it with "
+            f"`nnx.register_variable_name('name', {typ.__name__})` or pass allow_register=True."
+        )
+    if typ.__name__ in _NAMES:
+        raise ValueError(f"Name {typ.__name__!r} is already registered to {_NAMES[typ.__name__]}.")
+    return register_variable_name(typ.__name__, typ).__name__
+
+
+for _name, _type in (("params", Param), ("batch_stats", BatchStat), ("cache", Cache),
+                     ("intermediates", Intermediate), ("perturbations", Perturbation)):
+    register_variable_name(_name, _type)

@@ -80,5 +80,7 @@ def from_pytree(view: PytreeView) -> tp.Any:
 def update(node: tp.Any, *states: tp.Any) -> None:
     """`nnx.update(model, state, ...)`, where each state may also be a view
     from `nnx.as_pytree` (its State is written into `node` in place)."""
+    from nnxfn.core.api import update as update_node
+
     states = tuple(s.state if isinstance(s, PytreeView) else s for s in states)
-    core.update(node, *states)
+    update_node(node, *states)

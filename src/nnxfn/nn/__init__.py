@@ -1,6 +1,7 @@
 """Layers, initializers, activations, attention, recurrence, summaries."""
 
 from nnxfn.nn import initializers as initializers
+from nnxfn.nn import jax_pickle as _jax_pickle  # noqa: F401  (jitted functions pickle by name)
 from nnxfn.nn.activations import *  # noqa: F401,F403  (re-exported names listed in __all__)
 from nnxfn.nn.activations import __all__ as _activations
 from nnxfn.nn.attention import MultiHeadAttention as MultiHeadAttention

@@ -191,13 +191,10 @@ class MultiHeadAttention(Module):
         `(..., kv_len, in_kv_features)` (both default to `inputs_q`).
 
         `mask` is `(..., num_heads or 1, q_len, kv_len)`, True = attend.
-        `out_sharding`/`qkv_sharding` are accepted for compatibility and must be None.
+        `qkv_sharding`/`out_sharding`: layouts of the query/key/value projections
+        `(..., length, heads, head_dim)` and of the output (PartitionSpecs under
+        `jax.set_mesh`, or NamedShardings), passed to their `LinearGeneral`s.
         """
-        if out_sharding is not None or qkv_sharding is not None:
-            raise NotImplementedError(
-                "MultiHeadAttention: out_sharding/qkv_sharding are not supported; shard the "
-                "inputs or the parameters instead."
-            )
         if inputs_k is None:
             if inputs_v is not None:
                 raise ValueError(
@@ -211,9 +208,9 @@ class MultiHeadAttention(Module):
         self._check_features("inputs_k", inputs_k, self.in_kv_features, "in_kv_features")
         self._check_features("inputs_v", inputs_v, self.in_kv_features, "in_kv_features")
 
-        query = self.query(inputs_q)
-        key = self.key(inputs_k)
-        value = self.value(inputs_v)
+        query = self.query(inputs_q, out_sharding=qkv_sharding)
+        key = self.key(inputs_k, out_sharding=qkv_sharding)
+        value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
             query = self.query_ln(query)
             key = self.key_ln(key)
@@ -240,7 +237,7 @@ class MultiHeadAttention(Module):
             deterministic=deterministic, dtype=self.dtype, precision=self.precision,
             module=self if sow_weights else None, **extra,
         )
-        return self.out(x)
+        return self.out(x, out_sharding=out_sharding)
 
     def _check_features(self, name: str, x: Array, want: int, attr: str) -> None:
         shape = jnp.shape(x)

@@ -78,17 +78,18 @@ def _check_qkv(fn: str, query: Array, key: Array, value: Array | None = None) ->
         if query.shape[-2] % arr.shape[-2] != 0:
             raise ValueError(
                 f'{fn}: number of `{name}` heads must divide the query heads '
-                f'({query.shape[-2]}), got shape {arr.shape}.'
+                f'({query.shape[-2]}): query heads must be a multiple of {name} heads, '
+                f'got shape {arr.shape}.'
             )
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(
-            f'{fn}: `key` depth must equal query depth {query.shape[-1]}, '
-            f'got key shape {key.shape}.'
+            f'{fn}: `key` depth must equal query depth {query.shape[-1]} (query and key '
+            f'depths must match), got key shape {key.shape}.'
         )
     if value is not None and value.shape[-3] != key.shape[-3]:
         raise ValueError(
-            f'{fn}: `value` length must equal key length {key.shape[-3]}, '
-            f'got value shape {value.shape}.'
+            f'{fn}: `value` length must equal key length {key.shape[-3]} (key and value '
+            f'lengths must match), got value shape {value.shape}.'
         )
 
 
@@ -106,7 +107,15 @@ def _check_broadcast(fn: str, name: str, arr: Array, target: tuple[int, ...]) ->
 def _repeat_heads(x: Array, num_heads: int) -> Array:
     """Repeat the heads axis (-2) of ``x`` so it has ``num_heads`` heads."""
     reps = num_heads // x.shape[-2]
-    return x if reps == 1 else jnp.repeat(x, reps, axis=-2)
+    if reps == 1:
+        return x
+    sharding = getattr(jax.typeof(x), 'sharding', None)  # abstract type: cheap
+    mesh = getattr(sharding, 'mesh', None)
+    if mesh is not None and not mesh.empty and any(
+        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types
+    ):  # Explicit axes: jnp.repeat needs the layout of its result
+        return jnp.repeat(x, reps, axis=-2, out_sharding=sharding)
+    return jnp.repeat(x, reps, axis=-2)
 
 
 def _weights(

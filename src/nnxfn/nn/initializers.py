@@ -2,16 +2,28 @@
 
 Every initializer is a callable ``init(key, shape, dtype=jnp.float_) -> Array``;
 the builders below (``normal``, ``variance_scaling``, ...) return such callables.
-The implementations are JAX's own ``jax.nn.initializers`` (a runtime dependency),
-whose defaults coincide with Flax's: ``normal(stddev=1e-2)``,
-``uniform(scale=1e-2)``, ``truncated_normal(stddev=1e-2, lower=-2., upper=2.)``,
-fan axes ``in_axis=-2, out_axis=-1``.  ``orthogonal``/``delta_orthogonal``
-are thin wrappers that additionally support 16-bit float dtypes on CPU.
+The numbers are JAX's own ``jax.nn.initializers`` (a runtime dependency), whose
+defaults coincide with Flax's: ``normal(stddev=1e-2)``, ``uniform(scale=1e-2)``,
+``truncated_normal(stddev=1e-2, lower=-2., upper=2.)``, fan axes
+``in_axis=-2, out_axis=-1``. ``orthogonal``/``delta_orthogonal`` additionally
+support 16-bit float dtypes on CPU.
+
+Unlike JAX's closures, the returned initializers are small objects that
+remember their builder and arguments: they pickle and deepcopy (so do the
+layers and models holding them), compare equal when built alike, and show
+how they were built in their repr.
+
+>>> init = variance_scaling(2.0, 'fan_in', 'truncated_normal')
+>>> init
+variance_scaling(2.0, 'fan_in', 'truncated_normal')
+>>> import pickle; pickle.loads(pickle.dumps(init)) == init
+True
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import jax
 import jax.nn.initializers as _jinit
@@ -20,60 +32,134 @@ import jax.numpy as jnp
 #: Protocol type of an initializer: ``(key, shape, dtype=...) -> Array``.
 Initializer = _jinit.Initializer
 
-# Plain initializers (callable directly as ``init(key, shape, dtype)``).
+# Plain initializers (callable directly as ``init(key, shape, dtype)``); JAX's
+# module-level functions, which pickle by reference.
 zeros = _jinit.zeros
 ones = _jinit.ones
 
+
+def _frozen(value: Any) -> Any:
+    """Lists (e.g. `in_axis=[0, 1]`) as tuples, so equal initializers hash alike."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class _Built:
+    """An initializer built by `builder(*args, **kwargs)`: calls the JAX
+    initializer it describes, made on first use (and not pickled)."""
+
+    __slots__ = ("name", "args", "kwargs", "_fn")
+
+    def __init__(self, name: str, *args: Any, **kwargs: Any):
+        self.name = name
+        self.args = tuple(_frozen(a) for a in args)
+        self.kwargs = tuple(sorted((k, _frozen(v)) for k, v in kwargs.items()))
+        self._fn: Callable | None = None
+
+    def _make(self) -> Callable:
+        return getattr(_jinit, self.name)(*self.args, **dict(self.kwargs))
+
+    def __call__(self, key: jax.Array, shape: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn(key, shape, *args, **kwargs)
+
+    def __getstate__(self) -> tuple:
+        return self.name, self.args, self.kwargs
+
+    def __setstate__(self, state: tuple) -> None:
+        self.name, self.args, self.kwargs = state
+        self._fn = None
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (type(self), self.name, self.args, self.kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        try:
+            return bool((self.name, self.args, self.kwargs) == (other.name, other.args, other.kwargs))
+        except (TypeError, ValueError):  # array arguments: equal only if the same object
+            return self is other
+
+    def __hash__(self) -> int:
+        try:
+            return hash((type(self), self.name, self.args, self.kwargs))
+        except TypeError:  # an unhashable argument (e.g. an array `value`)
+            return hash((type(self), self.name))
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _rebuild(cls: type, name: str, args: tuple, kwargs: tuple) -> _Built:
+    obj = cls.__new__(cls)
+    obj.__setstate__((name, args, kwargs))
+    return obj
+
+
+class _QRBuilt(_Built):
+    """A QR-based initializer (orthogonal, delta_orthogonal). LAPACK has no
+    bfloat16/float16 QR, so those dtypes are sampled in float32 and cast."""
+
+    __slots__ = ()
+
+    def __call__(self, key: jax.Array, shape: Any, dtype: Any = None, **kwargs: Any) -> jax.Array:
+        wanted = dtype
+        if wanted is None:  # the builder's dtype (its third argument)
+            wanted = self.args[2] if len(self.args) > 2 else dict(self.kwargs).get("dtype")
+        if (wanted is not None and jnp.issubdtype(wanted, jnp.floating)
+                and jnp.dtype(wanted).itemsize < 4):
+            return super().__call__(key, shape, jnp.float32, **kwargs).astype(wanted)
+        if dtype is None:
+            return super().__call__(key, shape, **kwargs)
+        return super().__call__(key, shape, dtype, **kwargs)
+
+
+def _builder(name: str, doc: str, cls: type[_Built] = _Built) -> Callable[..., Initializer]:
+    jax_builder = getattr(_jinit, name)
+
+    def build(*args: Any, **kwargs: Any) -> Initializer:
+        return cls(name, *args, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{doc}\n\nArguments as `jax.nn.initializers.{name}`."
+    build.__signature__ = inspect.signature(jax_builder)  # type: ignore[attr-defined]
+    return build
+
+
 # Initializer builders.
-constant = _jinit.constant
-normal = _jinit.normal
-uniform = _jinit.uniform
-truncated_normal = _jinit.truncated_normal
-variance_scaling = _jinit.variance_scaling
-lecun_normal = _jinit.lecun_normal
-lecun_uniform = _jinit.lecun_uniform
-he_normal = _jinit.he_normal
-he_uniform = _jinit.he_uniform
-kaiming_normal = _jinit.kaiming_normal
-kaiming_uniform = _jinit.kaiming_uniform
-glorot_normal = _jinit.glorot_normal
-glorot_uniform = _jinit.glorot_uniform
-xavier_normal = _jinit.xavier_normal
-xavier_uniform = _jinit.xavier_uniform
-
-
-def _qr_safe(builder: Any, scale: Any, column_axis: int, dtype: Any) -> Initializer:
-    """Wrap a QR-based JAX initializer so 16-bit dtypes work on every backend.
-
-    LAPACK has no bfloat16/float16 QR, so those dtypes are sampled in float32
-    and cast; other dtypes go straight to JAX.
-    """
-
-    def init(key: jax.Array, shape: Any, dtype: Any = dtype) -> jax.Array:
-        if (
-            dtype is not None
-            and jnp.issubdtype(dtype, jnp.floating)
-            and jnp.dtype(dtype).itemsize < 4
-        ):
-            out = builder(scale, column_axis, jnp.float32)(key, shape, jnp.float32)
-            return out.astype(dtype)
-        return builder(scale, column_axis, dtype)(key, shape, dtype)
-
-    return init
-
-
-def orthogonal(scale: Any = 1.0, column_axis: int = -1, dtype: Any = None) -> Initializer:
-    """Orthogonal initializer: the matrix obtained by flattening all axes but
-    ``column_axis`` has orthonormal rows or columns, times ``scale``."""
-    return _qr_safe(_jinit.orthogonal, scale, column_axis, dtype)
-
-
-def delta_orthogonal(
-    scale: Any = 1.0, column_axis: int = -1, dtype: Any = None
-) -> Initializer:
-    """Delta-orthogonal conv kernel initializer (3-5 D kernels): an orthogonal
-    matrix at the spatial centre and zeros elsewhere."""
-    return _qr_safe(_jinit.delta_orthogonal, scale, column_axis, dtype)
+constant = _builder("constant", "Fill with `value`.")
+normal = _builder("normal", "Normal(0, stddev) samples; stddev defaults to 1e-2.")
+uniform = _builder("uniform", "Uniform samples in [0, scale); scale defaults to 1e-2.")
+truncated_normal = _builder(
+    "truncated_normal", "Normal(0, stddev) truncated to [lower, upper] standard deviations.")
+variance_scaling = _builder(
+    "variance_scaling", "Samples scaled by `scale / fan` (fan_in, fan_out or fan_avg).")
+lecun_normal = _builder("lecun_normal", "Truncated normal, variance 1 / fan_in.")
+lecun_uniform = _builder("lecun_uniform", "Uniform, variance 1 / fan_in.")
+he_normal = _builder("he_normal", "Truncated normal, variance 2 / fan_in.")
+he_uniform = _builder("he_uniform", "Uniform, variance 2 / fan_in.")
+kaiming_normal = _builder("kaiming_normal", "Same as `he_normal`.")
+kaiming_uniform = _builder("kaiming_uniform", "Same as `he_uniform`.")
+glorot_normal = _builder("glorot_normal", "Truncated normal, variance 2 / (fan_in + fan_out).")
+glorot_uniform = _builder("glorot_uniform", "Uniform, variance 2 / (fan_in + fan_out).")
+xavier_normal = _builder("xavier_normal", "Same as `glorot_normal`.")
+xavier_uniform = _builder("xavier_uniform", "Same as `glorot_uniform`.")
+orthogonal = _builder(
+    "orthogonal",
+    "Orthogonal initializer: the matrix obtained by flattening all axes but `column_axis` "
+    "has orthonormal rows or columns, times `scale`.",
+    _QRBuilt,
+)
+delta_orthogonal = _builder(
+    "delta_orthogonal",
+    "Delta-orthogonal conv kernel initializer (3-5 D kernels): an orthogonal matrix at "
+    "the spatial centre and zeros elsewhere.",
+    _QRBuilt,
+)
 
 
 def zeros_init() -> Initializer:

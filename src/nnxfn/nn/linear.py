@@ -112,8 +112,6 @@ class Linear(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel_init = kernel_init
-        self.bias_init = bias_init
         self.dot_general = dot_general
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
@@ -199,8 +197,6 @@ class LinearGeneral(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel_init = kernel_init
-        self.bias_init = bias_init
         self.promote_dtype = promote_dtype
         self.dot_general = dot_general
         self.dot_general_cls = dot_general_cls
@@ -259,18 +255,24 @@ def _check_einsum_str(einsum_str: str) -> None:
 
 
 def _bias_broadcast_shape(einsum_str: str, kernel_shape: Shape, out_ndim: int) -> list[int]:
-    """Output-shaped broadcast of the bias: kernel sizes on kept kernel axes, else 1."""
+    """Output-shaped broadcast of the bias: kernel sizes on kept kernel axes, else 1.
+
+    Axes under the kernel's `...` are kept axes too: they line up with the
+    trailing axes of the output's `...` (einsum broadcasts ellipses from the right).
+    """
     operands, result = einsum_str.split("->")
     rhs = operands.split(",")[1]
     sizes: dict[str, int] = {}
-    left, _, right = rhs.partition("...")
+    left, ell_k, right = rhs.partition("...")
     for i, c in enumerate(left):
         sizes[c] = kernel_shape[i]
     for i, c in enumerate(reversed(right)):
         sizes[c] = kernel_shape[len(kernel_shape) - 1 - i]
+    kernel_ell = list(kernel_shape[len(left):len(kernel_shape) - len(right)]) if ell_k else []
     res_left, ell, res_right = result.partition("...")
     n_ell = out_ndim - len(res_left) - len(res_right) if ell else 0
-    return [sizes.get(c, 1) for c in res_left] + [1] * n_ell + [sizes.get(c, 1) for c in res_right]
+    ell_shape = [1] * (n_ell - len(kernel_ell)) + kernel_ell[len(kernel_ell) - n_ell:] if n_ell else []
+    return [sizes.get(c, 1) for c in res_left] + ell_shape + [sizes.get(c, 1) for c in res_right]
 
 
 class Einsum(Module):
@@ -301,7 +303,9 @@ class Einsum(Module):
     ):
         einsum_str = einsum_str.replace(" ", "")
         _check_einsum_str(einsum_str)
-        self.kernel_shape = tuple(kernel_shape)
+        self.kernel_shape = (kernel_shape,) if isinstance(kernel_shape, int) else tuple(kernel_shape)
+        if isinstance(bias_shape, int):
+            bias_shape = (bias_shape,)
         self.bias_shape = None if bias_shape is None else tuple(bias_shape)
         rhs = einsum_str.split("->")[0].split(",")[1]
         if "..." not in rhs and len(rhs) != len(self.kernel_shape):
@@ -321,8 +325,6 @@ class Einsum(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel_init = kernel_init
-        self.bias_init = bias_init
         self.promote_dtype = promote_dtype
         self.einsum_op = einsum_op
         self.preferred_element_type = preferred_element_type
@@ -380,7 +382,6 @@ class Embed(Module):
         self.features = features
         self.dtype = dtype
         self.param_dtype = param_dtype
-        self.embedding_init = embedding_init
         self.promote_dtype = promote_dtype
 
     def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
@@ -438,5 +439,9 @@ class PReLU(Module):
         self.promote_dtype = promote_dtype
 
     def __call__(self, inputs: Array) -> Array:
-        x, slope = self.promote_dtype((jnp.asarray(inputs), self.negative_slope[...]), dtype=self.dtype)
+        x, slope = jnp.asarray(inputs), self.negative_slope[...]
+        if self.dtype is not None:
+            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
+        else:  # as Flax (and Linen): the slope takes the inputs' dtype
+            slope = jnp.asarray(slope, x.dtype)
         return jnp.where(x >= 0, x, slope * x)

@@ -169,10 +169,19 @@ class BatchNorm(Module):
             self, num_features=num_features,
             use_running_average=use_running_average, axis=axis, momentum=momentum,
             epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
-            use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
-            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_scale=use_scale, axis_name=axis_name, axis_index_groups=axis_index_groups,
             use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
         )
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Used by `nnx.view` (and listed by `nnx.view_info`).
+
+        Args:
+          use_running_average: if True, normalize with the stored running statistics
+            instead of the batch statistics.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
     def __call__(
         self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
@@ -247,7 +256,7 @@ class LayerNorm(_AxesNorm):
         _keep(
             self, num_features=num_features, epsilon=epsilon, dtype=dtype,
             param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-            bias_init=bias_init, scale_init=scale_init, reduction_axes=reduction_axes,
+            reduction_axes=reduction_axes,
             feature_axes=feature_axes, axis_name=axis_name,
             axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
@@ -278,8 +287,7 @@ class RMSNorm(_AxesNorm):
         )
         _keep(
             self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_scale=use_scale, scale_init=scale_init,
-            reduction_axes=reduction_axes, feature_axes=feature_axes, axis_name=axis_name,
+            param_dtype=param_dtype, use_scale=use_scale, reduction_axes=reduction_axes, feature_axes=feature_axes, axis_name=axis_name,
             axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
         )
@@ -337,8 +345,7 @@ class GroupNorm(Module):
         self.group_size = num_features // num_groups
         _keep(
             self, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
-            scale_init=scale_init, reduction_axes=reduction_axes, axis_name=axis_name,
+            use_bias=use_bias, use_scale=use_scale, reduction_axes=reduction_axes, axis_name=axis_name,
             axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
         )
@@ -397,7 +404,7 @@ class InstanceNorm(Module):
         _keep(
             self, num_features=num_features, epsilon=epsilon, dtype=dtype,
             param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-            bias_init=bias_init, scale_init=scale_init, feature_axes=feature_axes,
+            feature_axes=feature_axes,
             axis_name=axis_name, axis_index_groups=axis_index_groups,
             use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
         )

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 from nnxfn import core
 from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs, RngStream
-from nnxfn.facade.variables import Param
+from nnxfn.facade.variables import Param, RngState
+from nnxfn.transforms import Carry as Carry_
+from nnxfn.transforms.rngs import split_rngs
 from nnxfn.nn import initializers
 from nnxfn.nn.attention_ops import promote_dtype as default_promote_dtype
 from nnxfn.nn.linear import Linear
@@ -355,6 +357,7 @@ class RNN(Module):
     def __init__(
         self, cell: RNNCellBase, *, time_major: bool = False, return_carry: bool = False,
         reverse: bool = False, keep_order: bool = False, unroll: int = 1,
+        state_axes: tp.Mapping[tp.Any, tp.Any] | None = None, broadcast_rngs: tp.Any = None,
         rngs: Rngs | RngStream | bool = True,
     ):
         if not isinstance(cell, Module) or not hasattr(cell, "initialize_carry"):
@@ -374,6 +377,15 @@ class RNN(Module):
             self.rngs = rngs
         else:
             self.rngs = RngStream(jax.random.key(0), tag="carry") if rngs else None
+        for f, axis in dict(state_axes or {}).items():
+            if axis is not None and axis is not Carry_:
+                raise NotImplementedError(
+                    f"RNN: state_axes maps {f!r} to {axis!r}; only nnx.Carry (the cell's "
+                    "state threads through the time steps, the default) and None (every step "
+                    "sees the same value) are supported."
+                )
+        self.state_axes = dict(state_axes) if state_axes else None
+        self.broadcast_rngs = broadcast_rngs
 
     def __call__(
         self, inputs: Array, *, initial_carry: Carry | None = None, seq_lengths: Array | None = None,
@@ -407,7 +419,18 @@ class RNN(Module):
         if initial_carry is None:
             initial_carry = self.cell.initialize_carry(xs.shape[1:], rngs if rngs is not None else self.rngs)
 
-        carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll)
+        # Each time step sees the broadcast streams as they were (each call forks
+        # them once: the steps of one call agree, calls differ) and the state
+        # state_axes maps to None (which must not change inside the loop).
+        fixed = core.Any(*[f for f, axis in (self.state_axes or {}).items() if axis is None])
+        if self.broadcast_rngs is not None:
+            broadcast = core.All(RngState, self.broadcast_rngs)
+            with split_rngs(self.cell, splits=1, only=self.broadcast_rngs, squeeze=True):
+                carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll,
+                                       broadcast, fixed)
+        else:
+            carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll,
+                                   core.Nothing(), fixed)
         if reverse and keep_order:
             ys = jax.tree.map(lambda y: flip_sequences(y, seq_lengths), ys)
         if not time_major:
@@ -416,21 +439,26 @@ class RNN(Module):
 
 
 def _scan_cell(cell: Module, carry: Carry, xs: Array, seq_lengths: Array | None,
-               unroll: int) -> tuple[Carry, tp.Any]:
+               unroll: int, broadcast: tp.Any, fixed: tp.Any) -> tuple[Carry, tp.Any]:
     """Scan `cell` over axis 0 of `xs`; the cell's non-Param state (e.g. Rngs
-    counts) is threaded through the loop and written back to `cell`."""
-    graphdef, params, rest = core.split(cell, Param, ...)
-    param_leaves = jax.tree.leaves(params)
+    counts) is threaded through the loop and written back to `cell`, except:
+    `broadcast` state every step sees as it was (its writes are not kept) and
+    `fixed` state, which, like Params, must stay unchanged."""
+    graphdef, params, shared, constant, rest = core.split(cell, Param, broadcast, fixed, ...)
+    constant_leaves = jax.tree.leaves((params, constant))
 
     def step(loop: tuple, x_t: Array) -> tuple[tuple, tp.Any]:
         rest_t, carry_t, last_t, t = loop
-        live = core.merge(graphdef, params, rest_t)
+        live = core.merge(graphdef, params, shared, constant, rest_t)
         new_carry, y = live(carry_t, x_t)
-        _, params_after, rest_after = core.split(live, Param, ...)
-        if any(a is not b for a, b in zip(jax.tree.leaves(params_after), param_leaves)):
+        _, params_after, _, constant_after, rest_after = core.split(
+            live, Param, broadcast, fixed, ...)
+        after = jax.tree.leaves((params_after, constant_after))
+        if any(a is not b for a, b in zip(after, constant_leaves)):
             raise RuntimeError(
-                f"RNN: {type(cell).__name__} changed a Param inside the time loop; Params "
-                "are loop constants. Keep per-step state in the carry or a non-Param Variable."
+                f"RNN: {type(cell).__name__} changed a Param (or state that state_axes maps "
+                "to None) inside the time loop; those are loop constants. Keep per-step "
+                "state in the carry or a Variable state_axes threads through (nnx.Carry)."
             )
         if seq_lengths is not None:
             last_t = jax.tree.map(lambda n, o: _select(t < seq_lengths, n, o), new_carry, last_t)

@@ -23,7 +23,8 @@ RngLike = tp.Union[Rngs, RngStream, jax.Array]
 
 def _no_rngs() -> ValueError:
     return ValueError(
-        "Dropout: deterministic is False but no rngs are available. Give them at "
+        "Dropout: `deterministic` is False, but no `rngs` argument was provided to Dropout "
+        "(nor at construction). Give them at "
         "construction, `nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))`, or at the call, "
         "`dropout(x, rngs=rngs)`; or call with `deterministic=True` / use `model.eval()`."
     )
@@ -34,6 +35,28 @@ def _bad_rngs(rngs: tp.Any) -> TypeError:
         f"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, "
         f"got {type(rngs).__name__}."
     )
+
+
+def _explicit_sharding(inputs: Array) -> tp.Any:
+    """The inputs' sharding if their mesh has Explicit axes (where the mask
+    must match it: a mismatch is a type error), else None. Reads the abstract
+    type only (cheap while tracing)."""
+    sharding = getattr(jax.typeof(inputs), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty:
+        return None
+    if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return None
+    return sharding
+
+
+def _mask_sharding(sharding: tp.Any, shape: list[int]) -> tp.Any:
+    """`sharding` for a mask of `shape`: unsplit along broadcast (size-1) dims."""
+    if sharding is None:
+        return None
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    spec = [None if n == 1 else s for n, s in zip(shape, spec)]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
 
 
 class Dropout(Module):
@@ -72,6 +95,15 @@ class Dropout(Module):
         else:
             raise _bad_rngs(rngs)
 
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by `nnx.view` (and listed by `nnx.view_info`).
+
+        Args:
+          deterministic: if True, disables dropout masking.
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def __call__(
         self, inputs: Array, *, deterministic: bool | None = None, rngs: RngLike | None = None
     ) -> Array:
@@ -97,8 +129,13 @@ class Dropout(Module):
                 )
             shape[dim] = 1
         keep_prob = 1.0 - self.rate
-        keep = jax.random.bernoulli(key, p=keep_prob, shape=tuple(shape))
+        sharding = _explicit_sharding(inputs)
+        keep = jax.random.bernoulli(
+            key, p=keep_prob, shape=tuple(shape), out_sharding=_mask_sharding(sharding, shape)
+        )
         keep = jnp.broadcast_to(keep, inputs.shape)
+        if sharding is not None and tuple(shape) != inputs.shape:
+            keep = jax.sharding.reshard(keep, sharding)
         return lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
 
     def _key(self, rngs: RngLike | None) -> Array:

@@ -1,9 +1,15 @@
-"""`tabulate`: a plain-text table of a module's calls, shapes and Variables.
+"""`tabulate`: a table of a module's method calls, shapes and Variables.
 
-The module is cloned and run once on the given inputs with every sub-module's
-`__call__` intercepted, so the table lists each module call (root first, in
-call order) with its input/output shapes and, per Variable type, how many
-numbers and bytes its sub-tree holds. The original module is never touched.
+The module is cloned and every graph object in the clone is tagged with an
+id (a static attribute, so the tag survives `split`/`merge` and therefore
+`nnx.vmap`/`nnx.scan`: a call on the stacked copy inside a transform is
+reported under the original path, e.g. `blocks`). The public methods and
+`__call__` of the objects' classes are then intercepted while
+`method(*inputs)` runs once, giving one row per distinct call (root first,
+in call order) with its inputs, outputs and, per Variable type, the count and
+bytes of that object's sub-tree. The table is drawn with `rich` when it is
+installed (honouring `table_kwargs`, `column_kwargs`, `console_kwargs`, as
+in flax), else in plain text. The original module is never touched.
 
 >>> from nnxfn.facade.rngs import Rngs
 >>> from nnxfn.nn.linear import Linear
@@ -15,7 +21,9 @@ True
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing as tp
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -23,293 +31,338 @@ import numpy as np
 
 from nnxfn import core
 from nnxfn.core.graph import is_array
-from nnxfn.facade.module import Module, iter_modules
+from nnxfn.facade.module import Module, Object
+from nnxfn.facade.rngs import RngStream
 from nnxfn.facade.variables import RngState, Variable
+from nnxfn.nn import summary_table as cells
+
+_TAG = "_nnxfn_tabulate_id"
+_BASES = (Object, Module)  # their own methods (sow, train, ...) are infrastructure, not rows
 
 
 @dataclasses.dataclass
 class CallInfo:
-    """One recorded module call (a table row)."""
+    """One recorded call (a table row); `row_filter` receives these."""
 
-    path: tuple
+    call_order: int
+    object_id: int
     type: type
-    inputs: tuple[tuple, dict]
+    path: tuple
+    inputs_repr: str
     outputs: tp.Any
     flops: float | None = None
     vjp_flops: float | None = None
+    inputs_cell: list = dataclasses.field(default_factory=list, repr=False)
 
 
-# -- formatting ---------------------------------------------------------------------------
-def _array_str(x: tp.Any) -> str:
-    dtype = getattr(x.dtype, "name", str(x.dtype))
-    return f"{dtype}[{','.join(str(d) for d in x.shape)}]"
+def filter_rng_streams(row: CallInfo) -> bool:
+    """The default `row_filter`: hide calls on `RngStream` objects."""
+    return not issubclass(row.type, RngStream)
 
 
-def _value_lines(value: tp.Any) -> list[str]:
-    """Shapes of a call's arguments or outputs, one line per top-level item."""
-    if value is None:
-        return []
-    if is_array(value) or isinstance(value, Variable):
-        return [_array_str(value)]
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(" ".join(_value_lines(v)) or repr(v) for v in value)
-        return [f"({inner})" if isinstance(value, tuple) else f"[{inner}]"]
-    if isinstance(value, dict):
-        return [f"{k}: {' '.join(_value_lines(v)) or repr(v)}" for k, v in value.items()]
-    leaves = jax.tree.leaves(value)
-    if leaves and all(is_array(x) for x in leaves):
-        return [jax.tree.map(_array_str, value).__repr__()]
-    text = repr(value)
-    return [text if len(text) <= 40 else text[:37] + "..."]
-
-
-def _input_lines(args: tuple, kwargs: dict) -> list[str]:
-    lines = [s for a in args for s in (_value_lines(a) or [repr(a)])]
-    return lines + [f"{k}: {' '.join(_value_lines(v)) or repr(v)}" for k, v in kwargs.items()]
+# -- per-object statistics ---------------------------------------------------------------------
+def _group(var_type: type) -> type:
+    """Column for a Variable type: its own type (RngKey/RngCount -> RngState)."""
+    return RngState if issubclass(var_type, RngState) else var_type
 
 
 def _size_bytes(x: tp.Any) -> tuple[int, int]:
     x = x.raw_value if isinstance(x, Variable) else x
-    if not is_array(x):
+    if not (is_array(x) or hasattr(x, "shape") and hasattr(x, "dtype")):
         return 0, 0
     size = int(np.prod(x.shape, dtype=np.int64))
     nbytes = getattr(x, "nbytes", None)
-    return size, int(nbytes if nbytes is not None else size * np.dtype(x.dtype).itemsize)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def _count_str(size: int, nbytes: int) -> str:
-    return f"{size:,} ({_human_bytes(nbytes)})"
-
-
-def _group(var_type: type) -> str:
-    """Column for a Variable type: its own name (RngKey/RngCount -> RngState)."""
-    return RngState.__name__ if issubclass(var_type, RngState) else var_type.__name__
+    if nbytes is None:
+        nbytes = size * jnp.dtype(x.dtype).itemsize
+    return size, int(nbytes)
 
 
 @dataclasses.dataclass
 class _Stats:
-    totals: dict[str, tuple[int, int]]  # column -> (count, bytes) over the sub-tree
-    direct: dict[str, list[str]]  # column -> "name: float32[3,4]" for own Variables
+    path: tuple
+    totals: dict = dataclasses.field(default_factory=dict)  # column type -> [count, bytes]
+    own: dict = dataclasses.field(default_factory=dict)  # column type -> {name: Variable}
 
 
-def _stats(module: Module) -> _Stats:
-    totals: dict[str, tuple[int, int]] = {}
-    direct: dict[str, list[str]] = {}
-    _, pairs = core.flatten(module, copy=False)
-    for path, leaf in pairs:
+def _collect(root: Object) -> tuple[dict[int, _Stats], dict[type, list[int]]]:
+    """Stats per graph object (by the tag given to it), and the totals per column.
+
+    Each object and Variable is counted once, under the first path that reaches it.
+    """
+    by_path: dict[tuple, _Stats] = {}
+    stats: dict[int, _Stats] = {}
+    for path, node in core.iter_graph(root):
+        if isinstance(node, Object):
+            info = by_path[path] = _Stats(path)
+            tag = len(stats)
+            object.__setattr__(node, _TAG, tag)  # no structure bump: the clone is private
+            _mark_static(node)
+            stats[tag] = info
+    for path, leaf in core.iter_graph(root):
         if not isinstance(leaf, Variable):
             continue
         col = _group(type(leaf))
         size, nbytes = _size_bytes(leaf)
-        c, b = totals.get(col, (0, 0))
-        totals[col] = (c + size, b + nbytes)
-        if len(path) == 1 and is_array(leaf.raw_value):
-            direct.setdefault(col, []).append(f"{path[0]}: {_array_str(leaf.raw_value)}")
-    return _Stats(totals, direct)
+        owner = by_path.get(path[:-1])
+        if owner is not None:
+            owner.own.setdefault(col, {})[path[-1]] = leaf
+        for k in range(len(path)):
+            info = by_path.get(path[:k])
+            if info is not None:
+                total = info.totals.setdefault(col, [0, 0])
+                total[0] += size
+                total[1] += nbytes
+    return stats, by_path[()].totals
 
 
-# -- intercepting calls ---------------------------------------------------------------------
+def _mark_static(node: Object) -> None:
+    statics = node.__dict__.get("_nnx_static", frozenset())
+    object.__setattr__(node, "_nnx_static", statics | {_TAG})
+
+
+# -- intercepting calls ------------------------------------------------------------------------
 class _Recorder:
-    def __init__(self, paths: dict[int, tuple], root: Module, flops: bool, vjp_flops: bool):
-        self.paths = paths
-        self.root = root
+    def __init__(self, stats: dict[int, _Stats], node_types: tuple[type, ...],
+                 flops: bool, vjp_flops: bool):
+        self.stats = stats
+        self.node_types = node_types
         self.flops = flops
         self.vjp_flops = vjp_flops
-        self.calls: list[CallInfo] = []
-        self.active: set[int] = set()  # objects inside a recorded call (super() calls)
+        self.rows: list[CallInfo] = []
+        self.seen: set[tuple] = set()
+        self.active: set[tuple] = set()  # (tag, method) running now: super() calls are not rows
         self.suspended = False
 
-    def call(self, module: Module, fn: tp.Callable, args: tuple, kwargs: dict) -> tp.Any:
-        if self.suspended or id(module) in self.active:
-            return fn(module, *args, **kwargs)
-        path = self.paths.get(id(module))
-        if path is None:  # a module created during the call
-            path = ("<new>", type(module).__name__)
-        info = CallInfo(path, type(module), (args, kwargs), None)
-        self.calls.append(info)
-        if self.flops or self.vjp_flops:
+    def call(self, obj: tp.Any, name: str, fn: tp.Callable, args: tuple, kwargs: dict) -> tp.Any:
+        tag = getattr(obj, "__dict__", {}).get(_TAG)
+        if self.suspended or tag is None or (tag, name) in self.active:
+            return fn(obj, *args, **kwargs)
+        inputs = cells.inputs_cell(args, kwargs, self.node_types)
+        inputs_repr = cells.text(inputs)
+        info = None
+        if (inputs_repr, tag, name) not in self.seen:
+            self.seen.add((inputs_repr, tag, name))
+            path = self.stats[tag].path + ((name,) if name != "__call__" else ())
+            info = CallInfo(len(self.rows), tag, type(obj), path, inputs_repr, None,
+                            inputs_cell=inputs)
+            self.rows.append(info)
+        self.active.add((tag, name))
+        try:
+            if self.flops or (info is not None and self.vjp_flops):
+                outputs, flops, vjp_flops = self._measured(obj, fn, args, kwargs, info is not None)
+                if info is not None:
+                    info.flops, info.vjp_flops = flops, vjp_flops
+            else:
+                outputs = fn(obj, *args, **kwargs)
+        finally:
+            self.active.discard((tag, name))
+        if info is not None:
+            info.outputs = outputs
+        return outputs
+
+    def _measured(self, obj: tp.Any, fn: tp.Callable, args: tuple, kwargs: dict,
+                  new_row: bool) -> tuple[tp.Any, float | None, float | None]:
+        """Run the call through `jax.jit`, reading XLA's FLOP estimate from the lowering.
+
+        The body is traced once (calls nested in it are recorded then); the
+        jitted call that produces the outputs reuses that trace.
+        """
+        graphdef, state = core.split(obj)
+        leaves, treedef = jax.tree.flatten((state, args, kwargs))
+        dynamic = [i for i, x in enumerate(leaves) if is_array(x)]
+
+        def run(values: list) -> tp.Any:
+            full = list(leaves)
+            for i, v in zip(dynamic, values):
+                full[i] = v
+            st, a, k = treedef.unflatten(full)
+            return fn(core.merge(graphdef, st), *a, **k)
+
+        values = [leaves[i] for i in dynamic]
+        jitted = jax.jit(run)
+        flops = vjp_flops = None
+        if self.flops:
+            lowered = jitted.lower(values)
+            flops = _cost(lowered)
+        if self.vjp_flops and new_row:
             self.suspended = True
             try:
-                info.flops, info.vjp_flops = _call_flops(
-                    module, fn, args, kwargs, self.flops, self.vjp_flops
-                )
+                vjp_flops = _vjp_cost(run, values)
             finally:
                 self.suspended = False
-        self.active.add(id(module))
-        try:
-            info.outputs = fn(module, *args, **kwargs)
-        finally:
-            self.active.discard(id(module))
-        return info.outputs
+        return jitted(values), flops, vjp_flops
 
 
-def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, tp.Any]]:
-    undo: list[tuple[type, tp.Any]] = []
-    resolved = {}  # resolved before any class is patched; instance __call__ only (not type's)
-    for cls in classes:
-        fn = next((c.__dict__["__call__"] for c in cls.__mro__ if "__call__" in c.__dict__), None)
-        if fn is not None:
-            resolved[cls] = fn
-    for cls, fn in resolved.items():
-        original = cls.__dict__.get("__call__", None)
+def _methods(cls: type) -> dict[str, tp.Callable]:
+    """`__call__` and the public methods of `cls` (inherited ones included)."""
+    found = {}
+    for name, fn in inspect.getmembers(cls, inspect.isfunction):
+        if name.startswith("_") and name != "__call__":
+            continue
+        if isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+            continue
+        owner = next(c for c in cls.__mro__ if name in c.__dict__)
+        if owner in _BASES:
+            continue
+        found[name] = fn
+    return found
 
-        def wrapper(self: Module, *args: tp.Any, _fn: tp.Callable = fn, **kwargs: tp.Any) -> tp.Any:
-            return recorder.call(self, _fn, args, kwargs)
 
-        undo.append((cls, original))
-        type.__setattr__(cls, "__call__", wrapper)
+def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, tp.Any]]:
+    resolved = {cls: _methods(cls) for cls in classes}  # before any class is patched
+    undo: list[tuple[type, str, tp.Any]] = []
+    for cls, methods in resolved.items():
+        for name, fn in methods.items():
+
+            def wrapper(self: tp.Any, *args: tp.Any, _fn: tp.Callable = fn, _name: str = name,
+                        **kwargs: tp.Any) -> tp.Any:
+                return recorder.call(self, _name, _fn, args, kwargs)
+
+            wrapper.__name__ = name
+            wrapper._nnxfn_tabulate = True  # type: ignore[attr-defined]
+            undo.append((cls, name, cls.__dict__.get(name, None)))
+            type.__setattr__(cls, name, wrapper)
     return undo
 
 
-def _unpatch(undo: list[tuple[type, tp.Any]]) -> None:
-    for cls, original in reversed(undo):
+def _unpatch(undo: list[tuple[type, str, tp.Any]]) -> None:
+    for cls, name, original in reversed(undo):
         if original is None:
-            type.__delattr__(cls, "__call__")
+            type.__delattr__(cls, name)
         else:
-            type.__setattr__(cls, "__call__", original)
+            type.__setattr__(cls, name, original)
 
 
-# -- FLOPs --------------------------------------------------------------------------------------
-def _cost(compiled: tp.Any) -> float | None:
-    cost = compiled.cost_analysis()
+# -- FLOPs -----------------------------------------------------------------------------------------
+def _cost(lowered: tp.Any) -> float | None:
+    cost = lowered.cost_analysis()
+    if not cost:
+        cost = lowered.compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return None if cost is None else float(cost.get("flops", 0.0))
 
 
-def _call_flops(module: Module, fn: tp.Callable, args: tuple, kwargs: dict,
-                forward: bool, vjp: bool) -> tuple[float | None, float | None]:
-    """FLOPs of `fn(module, *args, **kwargs)` (and of its VJP), from XLA's cost analysis."""
-    graphdef, state = core.split(module)
-    leaves, treedef = jax.tree.flatten((state, args, kwargs))
-    dyn = [i for i, x in enumerate(leaves) if is_array(x)]
+def _vjp_cost(run: tp.Callable, values: list) -> float | None:
+    diff = [j for j, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.inexact)]
 
-    def run(values: list) -> tp.Any:
-        full = list(leaves)
-        for i, v in zip(dyn, values):
-            full[i] = v
-        st, a, k = treedef.unflatten(full)
-        return fn(core.merge(graphdef, st), *a, **k)
+    def pullback(values: list) -> tp.Any:
+        def on_diff(d: list) -> tp.Any:
+            vals = list(values)
+            for j, v in zip(diff, d):
+                vals[j] = v
+            return run(vals)
 
-    values = [leaves[i] for i in dyn]
-    result: list[float | None] = [None, None]
+        out, back = jax.vjp(on_diff, [values[j] for j in diff])
+        return back(jax.tree.map(jnp.ones_like, out))
+
     try:
-        if forward:
-            result[0] = _cost(jax.jit(run).lower(values).compile())
-        if vjp:
-            diff = [j for j, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.inexact)]
-
-            def pullback(values: list) -> tp.Any:
-                def on_diff(d: list) -> tp.Any:
-                    vals = list(values)
-                    for j, v in zip(diff, d):
-                        vals[j] = v
-                    return run(vals)
-
-                out, back = jax.vjp(on_diff, [values[j] for j in diff])
-                return back(jax.tree.map(jnp.ones_like, out))
-
-            result[1] = _cost(jax.jit(pullback).lower(values).compile())
+        return _cost(jax.jit(pullback).lower(values))
     except Exception:  # noqa: BLE001 - a cost we cannot compute is shown as n/a
-        pass
-    return result[0], result[1]
+        return None
 
 
-# -- the table ------------------------------------------------------------------------------------
-def _render(title: str, header: list[str], rows: list[list[list[str]]], footer: str) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        for j, cell in enumerate(row):
-            widths[j] = max([widths[j], *(len(s) for s in cell)])
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [title.center(len(rule)).rstrip(), rule, line(header), rule.replace("-", "=")]
-    for i, row in enumerate(rows):
-        height = max(1, *(len(c) for c in row))
-        for k in range(height):
-            out.append(line([c[k] if k < len(c) else "" for c in row]))
-        out.append(rule)
-    out.append(footer.center(len(rule)).rstrip())
-    return "\n".join(out)
+def _flops_cell(x: float | None) -> list:
+    return [[("n/a" if x is None else f"{int(x):,}", None)]]
 
 
-def _flops_str(x: float | None) -> str:
-    return "n/a" if x is None else f"{int(x):,}"
+# -- the table ---------------------------------------------------------------------------------------
+def _variable_cell(info: _Stats, col: type) -> list:
+    lines: list = []
+    for name, var in sorted(info.own.get(col, {}).items(), key=lambda kv: str(kv[0])):
+        value = var.raw_value
+        shown = cells.array_segments(value) if hasattr(value, "shape") and hasattr(value, "dtype") else []
+        meta = {k: v for k, v in var.get_metadata().items() if not k.startswith("_")}
+        if meta:
+            lines.append([(f"{name}:", None)])
+            lines += [[(f"  {k}: ", None), *cells.value_lines(v)[0]] for k, v in sorted(meta.items())]
+            if shown:
+                lines.append([("  value: ", None), *shown])
+        elif shown:
+            lines.append([(f"{name}: ", None), *shown])
+    total = info.totals.get(col)
+    if total:
+        if lines:
+            lines.append([])
+        lines.append(cells.count_segments(*total, bold=True))
+    return lines
 
 
 def tabulate(
-    module: Module,
-    *inputs: tp.Any,
+    obj: Object,
+    *input_args: tp.Any,
     depth: int | None = None,
     method: str = "__call__",
-    row_filter: tp.Callable[[CallInfo], bool] | None = None,
+    row_filter: tp.Callable[[CallInfo], bool] = filter_rng_streams,
+    table_kwargs: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    column_kwargs: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    console_kwargs: tp.Mapping[str, tp.Any] = MappingProxyType({}),
     compute_flops: bool = False,
     compute_vjp_flops: bool = False,
-    console_kwargs: tp.Mapping[str, tp.Any] | None = None,
-    table_kwargs: tp.Mapping[str, tp.Any] | None = None,
-    column_kwargs: tp.Mapping[str, tp.Any] | None = None,
     **input_kwargs: tp.Any,
 ) -> str:
-    """A plain-text summary table of `module(*inputs, **input_kwargs)`.
+    """A summary table of `getattr(obj, method)(*input_args, **input_kwargs)`.
 
-    One row per module call up to `depth` (root = depth 0), with input and
-    output shapes, optional FLOPs, and for each Variable type the count and
-    bytes in that module's sub-tree; then a total row. `table_kwargs["title"]`
-    overrides the title; the other `*_kwargs` (rich options in Flax) are ignored.
+    One row per distinct call of `__call__` or a public method on an object of
+    the graph, up to `depth` (root = depth 0; a method other than `__call__`
+    adds its name to the path), with inputs and outputs (arrays as
+    `float32[2,3]`), optional `flops`/`vjp_flops` columns, and for each
+    Variable type the object's own Variables and its sub-tree's count and
+    bytes; a footer with the totals. Layers stacked by `nnx.vmap`/`nnx.scan`
+    are reported under their attribute (`blocks`). With `rich` installed the
+    table is a `rich.table.Table(**table_kwargs)` with columns made by
+    `add_column(name, **column_kwargs)`, printed by
+    `rich.console.Console(**console_kwargs)` (defaults: `force_terminal=True`,
+    `force_jupyter` inside IPython); without it, a plain-text table.
     """
-    if not isinstance(module, Module):
-        raise TypeError(f"tabulate: expected an nnx.Module, got {type(module).__name__}.")
-    if not callable(getattr(module, method, None)):
-        raise AttributeError(f"tabulate: {type(module).__name__} has no method {method!r}.")
-    clone = core.clone(module)
-    modules = list(iter_modules(clone))
-    paths = {id(m): path for path, m in modules}
-    stats = {id(m): _stats(m) for _, m in modules}
-    recorder = _Recorder(paths, clone, compute_flops, compute_vjp_flops)
-    undo = _patch({type(m) for _, m in modules}, recorder)
+    if not isinstance(obj, Object):
+        raise TypeError(f"tabulate: expected an nnx.Module (or another nnx.Pytree), "
+                        f"got {type(obj).__name__}.")
+    if not callable(getattr(obj, method, None)):
+        raise AttributeError(f"tabulate: {type(obj).__name__} has no method {method!r}.")
+    clone = core.clone(obj)
+    stats, totals = _collect(clone)
+    node_types = (Object,)
+    classes = {type(node) for _, node in core.iter_graph(clone) if isinstance(node, Object)}
+    recorder = _Recorder(stats, node_types, compute_flops, compute_vjp_flops)
+    undo = _patch(classes, recorder)
     try:
-        recorder.call(clone, lambda m, *a, **k: getattr(m, method)(*a, **k), inputs, input_kwargs)
+        fn = inspect.getattr_static(clone, method, None)
+        if getattr(fn, "_nnxfn_tabulate", False):
+            fn(clone, *input_args, **input_kwargs)
+        else:  # a private method, or a callable attribute: record the root call itself
+            recorder.call(clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k),
+                          input_args, input_kwargs)
     finally:
         _unpatch(undo)
 
-    calls = [c for c in recorder.calls if depth is None or len(c.path) <= depth]
-    if row_filter is not None:
-        calls = [c for c in calls if row_filter(c)]
-    by_path = {path: stats[i] for i, path in paths.items()}
-    total = _stats(clone)
-    columns = sorted(total.totals)
+    rows = [r for r in recorder.rows if (depth is None or len(r.path) <= depth) and row_filter(r)]
+    columns = sorted(totals, key=lambda t: t.__name__)
     header = ["path", "type", "inputs", "outputs"]
-    header += ["flops"] * compute_flops + ["vjp_flops"] * compute_vjp_flops + columns
-    rows = []
-    for c in calls:
-        s = by_path.get(c.path, _Stats({}, {}))
-        row = [["/".join(str(p) for p in c.path)], [c.type.__name__],
-               _input_lines(*c.inputs), _value_lines(c.outputs)]
-        row += [[_flops_str(c.flops)]] * compute_flops + [[_flops_str(c.vjp_flops)]] * compute_vjp_flops
-        for col in columns:
-            cell = list(s.direct.get(col, []))
-            if col in s.totals:
-                cell.append(_count_str(*s.totals[col]))
-            row.append(cell)
-        rows.append(row)
-    n_extra = compute_flops + compute_vjp_flops
-    rows.append([[""], [""], [""], ["Total"]] + [[""]] * n_extra
-                + [[_count_str(*total.totals[col])] for col in columns])
-    size = sum(c for c, _ in total.totals.values())
-    nbytes = sum(b for _, b in total.totals.values())
-    title = (table_kwargs or {}).get("title", f"{type(module).__name__} Summary")
-    return _render(title, header, rows, f"Total Parameters: {_count_str(size, nbytes)}")
+    header += ["flops"] * compute_flops + ["vjp_flops"] * compute_vjp_flops
+    header += [c.__name__ for c in columns]
+    table_rows = []
+    for r in rows:
+        info = stats[r.object_id]
+        row = [[[("/".join(str(p) for p in r.path), None)]], [[(r.type.__name__, None)]],
+               r.inputs_cell, cells.top_lines(r.outputs, node_types)]
+        row += [_flops_cell(r.flops)] * compute_flops + [_flops_cell(r.vjp_flops)] * compute_vjp_flops
+        row += [_variable_cell(info, col) for col in columns]
+        table_rows.append(row)
+    n_before = 4 + compute_flops + compute_vjp_flops
+    footer = [""] * n_before + [cells.text([cells.count_segments(*totals[c])]) for c in columns]
+    size = sum(c for c, _ in totals.values())
+    nbytes = sum(b for _, b in totals.values())
+    caption = f"Total Parameters: {cells.text([cells.count_segments(size, nbytes)])}"
+    title = f"{type(obj).__name__} Summary"
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        title = dict(table_kwargs).get("title", title)
+        footer[n_before - 1] = "Total"
+        return cells.render_plain(title, header, table_rows, footer, caption)
+    return cells.render_rich(title, header, table_rows, footer, caption, n_before - 1,
+                             table_kwargs, column_kwargs, console_kwargs)
 
 
 def display(*objects: tp.Any) -> None:
@@ -328,4 +381,4 @@ def display(*objects: tp.Any) -> None:
         print(repr(obj))
 
 
-__all__ = ["CallInfo", "display", "tabulate"]
+__all__ = ["CallInfo", "display", "filter_rng_streams", "tabulate"]

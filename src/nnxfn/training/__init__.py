@@ -3,6 +3,7 @@
 from nnxfn.training import metrics as metrics
 from nnxfn.training import optimizer as optimizer
 from nnxfn.training.checkpoint import (
+    checkpoint_steps as checkpoint_steps,
     restore_checkpoint as restore_checkpoint,
     save_checkpoint as save_checkpoint,
 )

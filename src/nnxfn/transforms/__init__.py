@@ -24,7 +24,12 @@ from nnxfn.transforms.misc import (
     make_jaxpr as make_jaxpr,
     shard_map as shard_map,
 )
-from nnxfn.transforms.rngs import fork_rngs as fork_rngs, split_rngs as split_rngs
+from nnxfn.transforms.rngs import (
+    fork_rngs as fork_rngs,
+    restore_rngs as restore_rngs,
+    split_rngs as split_rngs,
+    with_rngs as with_rngs,
+)
 from nnxfn.transforms.scan import Carry as Carry, scan as scan
 from nnxfn.transforms.sharding import StateSharding as StateSharding
 from nnxfn.transforms.vmap import pmap as pmap, vmap as vmap

@@ -51,7 +51,9 @@ class _Selection:
         preds = {s.argnum: core.to_predicate(s.filter) for s in specs}
         self.state = [
             i for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
-            if o in preds and preds[o](path[1:], leaf)
+            # a bare Variable (path (k,)), e.g. in a State argument, is differentiated
+            # whatever the filter, as in Flax: filters select inside graph objects
+            if o in preds and (len(path) == 1 or preds[o](path[1:], leaf))
         ]
         self.other = [i for i, o in enumerate(other_owner) if o in preds]
         self.state_owner, self.other_owner = state_owner, other_owner

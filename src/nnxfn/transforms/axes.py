@@ -8,7 +8,8 @@ import jax
 from jax.api_util import flatten_axes
 
 from nnxfn import core
-from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
+from nnxfn.core.trees import TreeState
+from nnxfn.transforms.boundary import Entry, ExitStatic, is_node, raw
 from nnxfn.transforms.common import FilterMap
 
 
@@ -28,8 +29,38 @@ class StateAxes(FilterMap):
 _UNMATCHED = object()
 
 
+class NodePrefix:
+    """An axes prefix shaped like a graph object (what `nnx.prefix(model, ...)`
+    returns): each leaf's axis is the value at the same path."""
+
+    def __init__(self, node: tp.Any):
+        if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
+            state = node.state
+            pairs = state.flat_state() if isinstance(state, core.State) else [((), state)]
+        else:
+            pairs = core.flatten(node)[1]
+        self.axes = {path: raw(leaf) for path, leaf in pairs}
+
+    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+        try:
+            return self.axes[path]
+        except KeyError:
+            raise ValueError(
+                f"the axes prefix (from `nnx.prefix`) has no value at "
+                f"{core.errors.path_str(path)}; make it from the same object you pass."
+            ) from None
+
+
+def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
+    """`specs` with every graph object in it (a node-shaped prefix) made a `NodePrefix`."""
+    def is_prefix(s: tp.Any) -> bool:
+        return is_node(s) or isinstance(s, TreeState)
+
+    return jax.tree.map(lambda s: NodePrefix(s) if is_prefix(s) else s, specs, is_leaf=is_prefix)
+
+
 def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
-    return spec.resolve(path, leaf) if isinstance(spec, StateAxes) else spec
+    return spec.resolve(path, leaf) if isinstance(spec, (StateAxes, NodePrefix)) else spec
 
 
 def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
@@ -43,7 +74,7 @@ def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) 
             f"{name}: in_axes has {len(specs)} entries but the function got "
             f"{len(args)} positional arguments; give one entry per argument."
         )
-    flat = flatten_axes(f"{name} in_axes", treedef, tuple(specs))
+    flat = flatten_axes(f"{name} in_axes", treedef, wrap_node_prefixes(tuple(specs)))
     n_kw = len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_node))
     return list(flat) + [kwargs_spec] * n_kw
 
@@ -63,7 +94,7 @@ def entry_axes(entry: Entry, specs: list) -> tuple[list, list]:
 def exit_axes(name: str, exit: ExitStatic, entry: Entry, entry_state_axes: list,
               in_specs: list, out_specs: tp.Any, emitted_leaves: list) -> tuple[list, list]:
     """Axes for (out arrays, emitted state values) of one exit."""
-    out_flat = flatten_axes(f"{name} out_axes", exit.out_treedef, out_specs)
+    out_flat = flatten_axes(f"{name} out_axes", exit.out_treedef, wrap_node_prefixes(out_specs))
     out_arrays = [a for i, a in enumerate(out_flat) if i not in exit.out_positions]
     node_spec = [in_specs[p] for p in entry.static.node_positions]
     out_node_spec = [out_flat[p] for p in exit.out_positions]

@@ -7,7 +7,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.transforms import boundary
+from nnxfn.transforms import boundary, retrace
 from nnxfn.transforms.common import (
     MethodWrapper,
     Static,
@@ -68,6 +68,7 @@ class JitWrapped(MethodWrapper):
     def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
         entry_static, donated_idx, statics, static_kw, state_shardings = static
         values = _interleave(kept, donated, donated_idx)
+        retrace.observe(self, self.fn, static, values, others)  # runs only while tracing
         fn = _with_statics(self.fn, statics, static_kw)
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)

@@ -1,8 +1,19 @@
-"""`split_rngs` and `fork_rngs`: prepare random streams for vmap/scan."""
+"""Prepare random streams for vmap/scan: `split_rngs`, `fork_rngs`, `with_rngs`.
+
+`split_rngs(node, splits=n)` and `fork_rngs(node)` change `node`'s streams
+in place and return `SplitBackups` (a context manager; `restore_rngs`
+undoes the change). Called without a node they are decorators that do this
+around each call. `with_rngs(node, split=..., fork=..., broadcast=...)`
+returns a copy of `node` with new streams and leaves `node`'s keys alone.
+
+Flax's `graph=`/`graph_updates=` are accepted. Only the copy-or-in-place
+choice of `split_rngs`/`fork_rngs` follows them, because it decides what the
+call returns: an explicit `graph=False` or `graph_updates=False` returns a
+copy of `node` with the new streams, as in Flax.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import typing as tp
 
@@ -10,69 +21,270 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn import core
+from nnxfn.core.errors import path_str
 from nnxfn.facade.rngs import RngStream
 from nnxfn.transforms.boundary import is_node
 
+Shape = tp.Union[int, tuple[int, ...]]
+Backup = tp.Union[tuple[RngStream, jax.Array, jax.Array], tuple[RngStream, jax.Array]]
+_MISSING: tp.Any = object()
 
-def _streams(tree: tp.Any, only: tp.Any) -> list[RngStream]:
+
+class SplitBackups:
+    """The keys and counts some streams had before a `split_rngs`/`fork_rngs`;
+    `restore_rngs(backups)` or leaving `with backups:` puts them back."""
+
+    def __init__(self, backups: list[Backup]):
+        self.backups = backups
+
+    def __iter__(self) -> tp.Iterator[Backup]:
+        return iter(self.backups)
+
+    def __len__(self) -> int:
+        return len(self.backups)
+
+    def __enter__(self) -> SplitBackups:
+        return self
+
+    def __exit__(self, *exc: tp.Any) -> None:
+        restore_rngs(self)
+
+
+def restore_rngs(backups: tp.Iterable[Backup], /) -> None:
+    """Put back the keys (and counts) recorded by `split_rngs`/`fork_rngs`/`backup_keys`."""
+    for backup in backups:
+        stream = backup[0]
+        stream.key.value = backup[1]
+        if len(backup) == 3:
+            stream.count.value = backup[2]
+
+
+def backup_keys(node: tp.Any, /, *, graph: bool | None = None) -> list[Backup]:
+    """`(stream, key)` for every stream in `node`, for `restore_rngs`."""
+    return [(s, s.key[...]) for _, s in _streams(node, ...)]
+
+
+def _check_unknown(name: str, unknown: dict) -> None:
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword argument(s) {sorted(unknown)}.")
+
+
+def _streams(tree: tp.Any, only: tp.Any) -> list[tuple[tuple, RngStream]]:
+    """(path, stream) for each stream in `tree` whose key and count both match
+    `only`, each shared stream once (at its first path)."""
     pred = core.to_predicate(only)
-    found, seen = [], set()
-    for node in jax.tree_util.tree_leaves(tree, is_leaf=is_node):
-        if not is_node(node):
-            continue
-        for path, value in core.iter_graph(node):
-            if isinstance(value, RngStream) and id(value) not in seen:
-                if pred(path, value.key):
-                    seen.add(id(value))
-                    found.append(value)
-    return found
+    return [
+        (path, value)
+        for path, value in core.iter_graph(tree)
+        if isinstance(value, RngStream)
+        and pred((*path, "key"), value.key) and pred((*path, "count"), value.count)
+    ]
 
 
-@contextlib.contextmanager
-def _split(tree: tp.Any, splits: int | tuple[int, ...], only: tp.Any, squeeze: bool) -> tp.Iterator[None]:
-    streams = _streams(tree, only)
-    saved = [(s, s.key.raw_value, s.count.raw_value) for s in streams]
-    shape = (splits,) if isinstance(splits, int) else tuple(splits)
-    for s in streams:
-        key = s()  # advances the stream, so the next split differs
-        s.key.value = key if squeeze else jax.random.split(key, shape)
-        s.count.value = jnp.zeros(() if squeeze else shape, jnp.uint32)
-    try:
-        yield
-    finally:
-        for s, key, count in saved:
-            s.key.value = key
-            s.count.value = count + 1
+def _split_shape(stream: RngStream, splits: Shape, squeeze: bool) -> tuple[jax.Array, tuple]:
+    key = jax.random.split(stream(), splits)
+    if squeeze:
+        return key[0], tuple(stream.count.shape)
+    return key, (*((splits,) if isinstance(splits, int) else tuple(splits)), *stream.count.shape)
 
 
-def split_rngs(node_or_fn: tp.Any = None, /, *, splits: int | tuple[int, ...],
-               only: tp.Any = ..., squeeze: bool = False) -> tp.Any:
-    """Split the keys of the `Rngs` streams into `splits` keys for the duration
-    of a call, so `nnx.vmap`/`nnx.scan` (with the rng state mapped on axis 0)
-    give each element its own key. The original keys (advanced by one draw)
-    are restored afterwards.
+def _copy_mode(graph: bool | None, graph_updates: bool | None) -> bool:
+    return graph is False or graph_updates is False
 
-    As a decorator: `@nnx.split_rngs(splits=4)` over an `@nnx.vmap` function;
-    as a context manager: `with nnx.split_rngs(rngs, splits=4): ...`.
+
+def _map_streams(node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream], RngStream | None]) -> tp.Any:
+    """A copy of `node` in which each stream selected by `only` takes the key and
+    count of `make(path, original_stream)` (None keeps it as is). `make` sees the
+    original, so drawing from it advances the caller's stream, as in Flax."""
+    new = {id(stream): make(path, stream) for path, stream in _streams(node, only)}
+    copy = core.clone(node)  # same structure and sharing: its streams pair up in order
+    originals = [v for _, v in core.iter_graph(node) if isinstance(v, RngStream)]
+    copies = [v for _, v in core.iter_graph(copy) if isinstance(v, RngStream)]
+    for original, stream in zip(originals, copies):
+        made = new.get(id(original))
+        if made is not None:
+            stream.key, stream.count = made.key, made.count
+    return copy
+
+
+def split_rngs(node: tp.Any = _MISSING, /, *, splits: Shape, only: tp.Any = ..., squeeze: bool = False,
+               graph: bool | None = None, graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+    """Split the keys of the streams in `node` into arrays of shape `splits`
+    (after one draw each), with counts of the same shape, so that
+    `nnx.vmap`/`nnx.scan` over axis 0 give each element its own keys.
+
+    `backups = nnx.split_rngs(rngs, splits=4)` splits in place (`with` or
+    `nnx.restore_rngs(backups)` puts the old keys back, counts advanced by
+    one); `@nnx.split_rngs(splits=4)` does that around every call of the
+    decorated function. `graph_updates=False` returns a split copy instead.
     """
-    if node_or_fn is not None and is_node(node_or_fn):
-        return _split(node_or_fn, splits, only, squeeze)
+    _check_unknown("split_rngs", unknown)
+    if squeeze and splits != 1:
+        raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits!r}.")
+    copy = _copy_mode(graph, graph_updates)
+    if node is _MISSING or (callable(node) and not is_node(node) and not isinstance(node, RngStream)):
+        def decorate(fn: tp.Callable) -> tp.Callable:
+            @functools.wraps(fn)
+            def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+                if copy:
+                    args, kwargs = _split_copy((args, kwargs), splits, only, squeeze)
+                    return fn(*args, **kwargs)
+                with _split_in_place((args, kwargs), splits, only, squeeze):
+                    return fn(*args, **kwargs)
 
-    def decorate(fn: tp.Callable) -> tp.Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-            with _split((args, kwargs), splits, only, squeeze):
+            return wrapper
+
+        return decorate if node is _MISSING else decorate(node)
+    if copy:
+        return _split_copy(node, splits, only, squeeze)
+    return _split_in_place(node, splits, only, squeeze)
+
+
+def _split_in_place(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> SplitBackups:
+    backups: list[Backup] = []
+    for _, stream in _streams(node, only):
+        key, count_shape = _split_shape(stream, splits, squeeze)
+        backups.append((stream, stream.key[...], stream.count[...]))
+        stream.key.value = key
+        stream.count.value = jnp.zeros(count_shape, jnp.uint32)
+    return SplitBackups(backups)
+
+
+def _split_copy(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> tp.Any:
+    def make(path: tuple, stream: RngStream) -> RngStream:
+        key, _ = _split_shape(stream, splits, squeeze)
+        return RngStream(key, tag=stream.tag)  # its count has the key's shape
+
+    return _map_streams(node, only, make)
+
+
+def _fork_rules(split: tp.Any) -> list[tuple[core.Predicate, tp.Any]]:
+    if split is None:
+        split = {...: None}
+    elif isinstance(split, (int, tuple)):
+        split = {...: split}
+    return [(core.to_predicate(f), v) for f, v in split.items()]
+
+
+def _fork_rule(rules: list, path: tuple, stream: RngStream) -> tp.Any:
+    for pred, value in rules:
+        if pred((*path, "key"), stream.key) and pred((*path, "count"), stream.count):
+            return True, value
+    return False, None
+
+
+def fork_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, graph: bool | None = None,
+              graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+    """Give the streams in `node` a fresh key each (drawn from the stream),
+    split into arrays for the streams `split` selects (`split=4`, or
+    `{filter: shape or None}`). In place, returning `SplitBackups` like
+    `split_rngs`; a decorator without `node`; a copy with `graph_updates=False`.
+    """
+    _check_unknown("fork_rngs", unknown)
+    rules = _fork_rules(split)
+    copy = _copy_mode(graph, graph_updates)
+    if node is _MISSING:
+        def decorate(fn: tp.Callable) -> tp.Callable:
+            @functools.wraps(fn)
+            def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+                if copy:
+                    args, kwargs = _fork_copy((args, kwargs), rules)
+                    return fn(*args, **kwargs)
+                with _fork_in_place((args, kwargs), rules):
+                    return fn(*args, **kwargs)
+
+            return wrapper
+
+        return decorate
+    if copy:
+        return _fork_copy(node, rules)
+    return _fork_in_place(node, rules)
+
+
+def _fork_in_place(node: tp.Any, rules: list) -> SplitBackups:
+    backups: list[Backup] = []
+    for path, stream in _streams(node, ...):
+        hit, shape = _fork_rule(rules, path, stream)
+        if hit:
+            forked = stream.fork(split=shape)
+            backups.append((stream, stream.key[...], stream.count[...]))
+            stream.key.value = forked.key[...]
+            stream.count.value = forked.count[...]
+    return SplitBackups(backups)
+
+
+def _fork_copy(node: tp.Any, rules: list) -> tp.Any:
+    def make(path: tuple, stream: RngStream) -> RngStream | None:
+        hit, shape = _fork_rule(rules, path, stream)
+        return stream.fork(split=shape) if hit else None
+
+    return _map_streams(node, ..., make)
+
+
+def with_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, fork: tp.Any = None,
+              broadcast: tp.Any = None, only: tp.Any = True, graph: bool | None = None,
+              graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+    """A copy of `node` whose streams are split, broadcast or forked.
+
+    `split`/`broadcast`: a shape for every stream, or `{filter: shape}` (first
+    matching filter wins); `fork`: a filter (or list of filters) selecting
+    streams to fork; `only` limits all three. Streams matching no rule are
+    copied unchanged. Each new key is drawn from the original stream (its
+    count advances; its key Variable stays). Without `node`: a decorator that
+    applies this to the decorated function's arguments.
+
+    >>> rngs = nnx.Rngs(params=0, dropout=1)
+    >>> new = nnx.with_rngs(rngs, split={'params': 4}, fork=...)
+    >>> new.params.key.shape, new.dropout.key.shape
+    ((4,), ())
+    """
+    _check_unknown("with_rngs", unknown)
+    if node is _MISSING:
+        def decorate(fn: tp.Callable) -> tp.Callable:
+            @functools.wraps(fn)
+            def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+                args, kwargs = with_rngs((args, kwargs), split=split, fork=fork,
+                                         broadcast=broadcast, only=only)
                 return fn(*args, **kwargs)
 
-        return wrapper
+            return wrapper
 
-    return decorate(node_or_fn) if callable(node_or_fn) else decorate
+        return decorate
 
+    def shape_rules(spec: tp.Any) -> list:
+        if spec is None:
+            return []
+        if isinstance(spec, (int, tuple)):
+            spec = {...: spec}
+        return [(f, core.to_predicate(f), v) for f, v in spec.items()]
 
-def fork_rngs(node: tp.Any, /, *, split: int | tuple[int, ...] | None = None,
-              only: tp.Any = ...) -> tp.Any:
-    """Like `split_rngs`, as a context manager over `node`'s streams (`split=None`
-    gives each stream one fresh key)."""
-    if split is None:
-        return _split(node, (), only, squeeze=True)
-    return _split(node, split, only, squeeze=False)
+    splits, broadcasts = shape_rules(split), shape_rules(broadcast)
+    forks = [] if fork is None else (list(fork) if isinstance(fork, (list, tuple)) else [fork])
+    forks = [(f, core.to_predicate(f)) for f in forks]
+
+    def first(rules: list, path: tuple, stream: RngStream) -> tuple | None:
+        for f, pred, *value in rules:
+            if pred((*path, "key"), stream.key):
+                return (f, *value)
+        return None
+
+    def make(path: tuple, stream: RngStream) -> RngStream | None:
+        hits = {"split": first(splits, path, stream), "broadcast": first(broadcasts, path, stream),
+                "fork": first(forks, path, stream)}
+        hits = {k: v for k, v in hits.items() if v is not None}
+        specific = [k for k, v in hits.items() if v[0] is not Ellipsis and v[0] is not True]
+        if len(hits) > 1 and len(specific) > 1:
+            rules = "; ".join(f"{k} by filter {v[0]!r}" for k, v in hits.items())
+            raise ValueError(
+                f"with_rngs: the stream at {path_str(path)} matches multiple rules ({rules}). "
+                "Make the filters disjoint, e.g. `fork=nnx.Not('params')`."
+            )
+        if "split" in hits:
+            return stream.split(hits["split"][1])
+        if "broadcast" in hits:
+            return stream.broadcast(hits["broadcast"][1])
+        if "fork" in hits:
+            return stream.fork()
+        return None
+
+    return _map_streams(node, only, make)

@@ -1,0 +1,458 @@
+"""The public graph functions, with Flax NNX's signatures.
+
+Thin layers over `graph.py`: they accept Flax's keywords (`graph=`,
+`graph_updates=`, which select nothing: nnxfn has one behaviour), handle
+roots that are leaves (`nnx.split(variable)` gives the Variable as its
+state, `nnx.split(array)` the array), accept every state form Flax's
+functions accept (State, nested dicts, FlatState, GraphState, a list of
+leaves), and add `unpack`/`GraphState`, `map`, `call`, `as_pure`,
+`iter_children`.
+
+>>> import jax.numpy as jnp
+>>> graphdef, state = split(jnp.ones(2))
+>>> merge(graphdef, state) is state
+True
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from nnxfn.core import errors, filters as filterlib, graph as _graph
+from nnxfn.core.flatstate import FlatState, as_state
+from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.registry import lookup
+from nnxfn.core.state import State
+from nnxfn.core.state import _flatten as _state_flatten
+from nnxfn.core.state import _flatten_with_keys as _state_flatten_with_keys
+from nnxfn.core.variable_like import VariableLike
+
+Path = tuple[tp.Any, ...]
+_CONTAINERS = (list, tuple, dict)
+_GRAPH_KW = ("graph", "graph_updates")
+
+
+def is_graph_node(x: tp.Any) -> bool:
+    """True for registered graph nodes (Modules, nnx.List/Dict, ...) and Variables."""
+    return lookup(type(x)) is not None or isinstance(x, VariableLike)
+
+
+def is_leaf_root(x: tp.Any) -> bool:
+    """True if `x` has no children at all: a Variable, an array or a static value."""
+    t = type(x)
+    if lookup(t) is not None or t in _CONTAINERS:
+        return False
+    if isinstance(x, VariableLike) or _graph.is_array(x):
+        return True
+    return _graph._pytree_children(x) is None
+
+
+# -- split / merge / state / graphdef ----------------------------------------------
+def split(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
+          graph_updates: bool | None = None) -> tuple[tp.Any, ...]:
+    """`graphdef, state = nnx.split(node)` or one state per filter.
+
+    A root that is itself a leaf (a Variable, an array) gives that leaf as
+    its state, as in Flax."""
+    if lookup(type(node)) is None and is_leaf_root(node):
+        return _split_leaf(node, filters)
+    return _graph.split(node, *filters)
+
+
+def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
+    graphdef, pairs = _graph.flatten(node)
+    leaf = pairs[0][1] if pairs else node
+    if not filters:
+        return graphdef, leaf
+    out: list[tp.Any] = [State({}) for _ in filters]
+    for i, pred in enumerate(filterlib.check_filters(filters)):
+        if pred((), leaf):
+            out[i] = leaf
+            break
+    else:
+        if pairs:
+            raise ValueError(errors.non_exhaustive_split([()]))
+    return (graphdef, *out)
+
+
+def merge(graphdef: tp.Any, /, *states: tp.Any, copy: bool = False,
+          recreate_variables: bool = True, graph: bool | None = None,
+          graph_updates: bool | None = None) -> tp.Any:
+    """Build a new object graph from a GraphDef and its states (or from GraphStates)."""
+    if type(graphdef) is GraphState:
+        graphdef, states = _unwrap_graph_states(graphdef, states)
+    elif not isinstance(graphdef, GraphDef):
+        raise TypeError(f"merge: expected a GraphDef or GraphState, got {graphdef!r}")
+    if not states:
+        raise TypeError("merge() missing 1 required positional argument: 'state'")
+    if type(states[0]) is State and all(type(s) is State for s in states):
+        return _graph.merge(graphdef, *states)
+    leaf = _root_leaf(states)
+    if leaf is not None:
+        value = leaf[0]
+        if copy and isinstance(value, VariableLike):
+            value = type(value).from_parts(value.raw_value, value.metadata_items())
+        return value
+    if len(states) == 1 and type(states[0]) is list:
+        paths = leaf_paths(graphdef)
+        if len(paths) != len(states[0]):
+            raise ValueError(
+                f"merge: Incorrect number of leaves, the GraphDef has {len(paths)} "
+                f"and the list holds {len(states[0])}."
+            )
+        return _graph.unflatten(graphdef, dict(zip(paths, states[0])))
+    flat: dict[Path, tp.Any] = {}
+    for s in states:
+        flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
+    return _graph.unflatten(graphdef, flat)
+
+
+def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tuple]:
+    for s in rest:
+        if type(s) is not GraphState:
+            raise ValueError(f"merge: Expected GraphState object, got {type(s).__name__}")
+        if s._graphdef != first._graphdef:
+            raise ValueError(
+                "merge: the GraphDef must be the same for all GraphState objects; "
+                "pass the GraphStates of one `nnx.unpack`."
+            )
+    return first._graphdef, (first._state, *(s._state for s in rest))
+
+
+def _root_leaf(states: tuple) -> tuple[tp.Any] | None:
+    """(leaf,) if the states are those of a leaf root (see `split`), else None."""
+    leaves = [s for s in states if not isinstance(s, (Mapping, FlatState, list))]
+    if not leaves:
+        return None
+    if len(leaves) > 1 or any(len(s) for s in states if isinstance(s, Mapping)):
+        raise ValueError(
+            "merge: got several non-mapping states; a Variable or array is the whole "
+            "state only of a graph whose root is that leaf."
+        )
+    return (leaves[0],)
+
+
+def _to_state(state: tp.Any) -> State:
+    if type(state) is State:
+        return state
+    if isinstance(state, (FlatState, Mapping)):
+        return as_state(state)
+    raise TypeError(f"merge/update: expected a State or a mapping, got {type(state).__name__}")
+
+
+def leaf_paths(graphdef: GraphDef) -> list[Path]:
+    """The paths of the GraphDef's leaves, in its leaf order."""
+    from nnxfn.core.graphdef import ArrayDef, BoxedDef, VariableDef
+
+    out: list[Path] = []
+
+    def walk(d: tp.Any, path: Path) -> None:
+        if isinstance(d, (VariableDef, ArrayDef, BoxedDef)):
+            out.append(path)
+        for k, child in getattr(d, "children", ()):
+            walk(child, path + (k,))
+
+    walk(graphdef.root, ())
+    return out
+
+
+def state(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
+          graph_updates: bool | None = None) -> tp.Any:
+    """The node's State, or one State per filter."""
+    if lookup(type(node)) is None and is_leaf_root(node):
+        _, *states = _split_leaf(node, filters)
+        if not filters:
+            return states[0]
+        return states[0] if len(states) == 1 else tuple(states)
+    return _graph.state(node, *filters)
+
+
+def graphdef(node: tp.Any, /, *, graph: bool | None = None,
+             graph_updates: bool | None = None) -> GraphDef:
+    """The GraphDef of `node` (what `split` returns first)."""
+    return _graph.graphdef(node)
+
+
+def clone(node: tp.Any, variables: bool = True, *, arrays: bool = False,
+          graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """A deep copy: new objects, same values and sharing.
+
+    `variables=False` shares the Variable objects with `node`; `arrays=True`
+    also copies the array buffers (so the clone can be donated)."""
+    if arrays and not variables:
+        raise ValueError("clone: If arrays is True, variables should be also True.")
+    if not variables:
+        gd, pairs = _graph.flatten(node, copy=False)
+        if not pairs or pairs[0][0] != ():
+            return _graph.unflatten(gd, dict(pairs), copy=False)
+        return pairs[0][1]
+    gd, st = split(node)
+    if arrays:
+        st = jax.tree.map(jnp.copy, st)
+    return merge(gd, st, copy=True)
+
+
+# -- update / pop ------------------------------------------------------------------
+def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
+    """Write the states' values into `node` in place."""
+    all_states = (state, *states)
+    if isinstance(node, VariableLike):
+        given = [s for s in all_states if not isinstance(s, Mapping) or len(s)]
+        if len(given) != 1 or isinstance(given[0], Mapping):
+            raise ValueError(
+                f"update: a Variable root takes exactly one Variable or value, got {all_states!r}"
+            )
+        value = given[0]
+        if isinstance(value, VariableLike):
+            node.set_raw(value.raw_value)
+            if value.metadata_items() != node.metadata_items():
+                node.set_metadata_items(value.metadata_items())
+        else:
+            node.set_raw(value)
+        return
+    converted = tuple(_to_state(s) for s in all_states)
+    if type(node) in _CONTAINERS:
+        _update_container(node, State.merge(*converted))
+        return
+    _graph.update(node, *converted)
+
+
+def _update_container(node: tp.Any, sub: State) -> None:
+    """`update` whose root is a list, tuple or dict (changed in place)."""
+    children = dict(_graph.children_of(node))
+    for key in sub:
+        path = (key,)
+        if key not in children and type(node) is not dict:
+            raise ValueError(errors.update_missing_node(path))
+        child = children.get(key, _graph._MISSING)
+        new = _graph._update_value(child, sub[key], path)
+        if new is child:
+            continue
+        if type(node) is tuple:
+            raise ValueError(
+                f"update: {errors.path_str(path)} would be replaced inside a tuple, which "
+                "cannot change in place. Update a Module or a list holding it instead."
+            )
+        node[key] = new
+
+
+def pop(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
+        graph_updates: bool | None = None) -> tp.Any:
+    """Remove the leaves matching `filters` from `node`; return them as State(s)."""
+    return _graph.pop(node, *filters)
+
+
+# -- traversal -----------------------------------------------------------------------
+def iter_graph(node: tp.Any, /, *, graph: bool | None = None,
+               graph_updates: bool | None = None) -> tp.Iterator[tuple[Path, tp.Any]]:
+    """(path, value) for every node and leaf, children first; shared objects once."""
+    return _graph.iter_graph(node)
+
+
+def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,
+                  graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+    """A copy of `node` with every value replaced by `f(path, value)`, children first."""
+    return _graph.recursive_map(f, node)
+
+
+def find_duplicates(node: tp.Any, /, *, only: filterlib.Filter = ..., graph: bool | None = None,
+                    graph_updates: bool | None = None) -> list[list[Path]]:
+    """Groups of paths reaching the same graph node or Variable (matching `only`)."""
+    groups = _graph.find_duplicates(node)
+    if only is Ellipsis:
+        return groups
+    pred = filterlib.to_predicate(only)
+    out = []
+    for paths in groups:
+        obj = _graph._get_path(node, paths[0])
+        kept = [paths[0]] + [p for p in paths[1:] if pred(p, obj)]
+        if len(kept) > 1:
+            out.append(kept)
+    return out
+
+
+def iter_children(node: tp.Any, /, *, graph: bool | None = None,
+                  graph_updates: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+    """(key, child) for the immediate children of `node` that are graph nodes or Variables."""
+    if lookup(type(node)) is None and type(node) not in _CONTAINERS:
+        if _graph._pytree_children(node) is None:
+            raise ValueError(
+                f"iter_children: expected a graph node, got {type(node).__name__}."
+            )
+    for key, value in _graph.children_of(node):
+        if is_graph_node(value):
+            yield key, value
+
+
+def iter_module_children(node: tp.Any, /, *, graph: bool | None = None,
+                         graph_updates: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+    """(key, child) for the immediate children of `node` that are graph nodes
+    (Modules, nnx.List/Dict, ...; not Variables)."""
+    for key, value in iter_children(node):
+        if lookup(type(value)) is not None:
+            yield key, value
+
+
+def map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,  # noqa: A001
+        graph: bool | None = None, graph_updates: bool | None = None,
+        recreate_variables: bool = True) -> tp.Any:
+    """A new graph like `node` whose leaves are `f(path, leaf)`.
+
+    `f` receives the live leaves (Variables or arrays), as in Flax: writing
+    into a Variable inside `f` writes into `node`. A Variable that `f` returns
+    is placed in the new graph as it is (any Variable type); a raw value is
+    boxed in a new Variable of the original type, or placed raw with
+    `recreate_variables=False`.
+    """
+    gd, pairs = _graph.flatten(node, copy=False)
+    if pairs and pairs[0][0] == ():
+        return f((), pairs[0][1])  # a leaf root: the result is the new node
+    leaves: dict[Path, tp.Any] = {}
+    patches: list[tuple[Path, tp.Any]] = []
+    for path, old in pairs:
+        new = f(path, old)
+        if not isinstance(old, VariableLike):
+            leaves[path] = new
+        elif isinstance(new, VariableLike):
+            leaves[path] = new
+            if not isinstance(new, type(old)):  # a different Variable type: placed after
+                leaves[path] = type(old).from_parts(new.raw_value, old.metadata_items())
+                patches.append((path, new))
+        elif recreate_variables:
+            leaves[path] = type(old).from_parts(new, old.metadata_items())
+        else:
+            leaves[path] = type(old).from_parts(new, old.metadata_items())
+            patches.append((path, new))
+    out = _graph.unflatten(gd, leaves, copy=False)
+    for path, value in patches:
+        _set_at(out, path, value)
+    return out
+
+
+def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
+    parent = _graph._get_path(root, path[:-1])
+    impl = lookup(type(parent))
+    if impl is not None:
+        impl.set_child(parent, path[-1], value)
+    elif type(parent) in (list, dict):
+        parent[path[-1]] = value
+    else:
+        raise ValueError(
+            f"map: cannot place the new value at {errors.path_str(path)}: its parent is a "
+            f"{type(parent).__name__}, which cannot change in place. Return a Variable of "
+            "the same type there, or keep recreate_variables=True."
+        )
+
+
+def set_metadata(node: tp.Any, /, *, only: filterlib.Filter = VariableLike,
+                 **metadata: tp.Any) -> None:
+    """Set `metadata` on every Variable of `node` matching `only`, in place."""
+    pred = filterlib.to_predicate(only)
+    for path, value in list(_graph.iter_graph(node)):
+        if isinstance(value, VariableLike) and pred(path, value):
+            setter = getattr(value, "set_metadata", None)
+            if setter is not None:
+                setter(**metadata)
+            else:
+                items = dict(value.metadata_items())
+                items.update(metadata)
+                value.set_metadata_items(tuple(sorted(items.items())))
+
+
+def as_pure(tree: tp.Any) -> tp.Any:
+    """`tree` with every Variable replaced by its raw value."""
+    return jax.tree.map(
+        lambda x: as_pure(x.raw_value) if isinstance(x, VariableLike) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, VariableLike),
+    )
+
+
+pure = as_pure
+
+
+# -- GraphState / unpack -----------------------------------------------------------------
+class GraphState(tp.MutableMapping):
+    """A State together with its GraphDef: `nnx.merge(graph_state)` rebuilds the node.
+
+    The State inside stays immutable; setting or deleting a key here swaps in
+    a new State."""
+
+    __slots__ = ("_graphdef", "_state")
+
+    def __init__(self, graphdef: GraphDef, state: State):
+        if not isinstance(state, State):
+            raise ValueError(f"GraphState: expected a State, got {type(state).__name__}")
+        object.__setattr__(self, "_graphdef", graphdef)
+        object.__setattr__(self, "_state", state)
+
+    def __getattr__(self, name: str) -> tp.Any:
+        if name.startswith("__") or name in ("_graphdef", "_state"):
+            raise AttributeError(name)
+        return getattr(self._state, name)
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        if name in ("_graphdef", "_state"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+    def __getitem__(self, key: tp.Any) -> tp.Any:
+        return self._state[key]
+
+    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+        mapping = dict(self._state._mapping)
+        mapping[key] = value
+        object.__setattr__(self, "_state", State(mapping))
+
+    def __delitem__(self, key: tp.Any) -> None:
+        mapping = dict(self._state._mapping)
+        del mapping[key]
+        object.__setattr__(self, "_state", State(mapping))
+
+    def __iter__(self) -> tp.Iterator:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
+
+    def __repr__(self) -> str:
+        return f"GraphState({self._graphdef!r}, {self._state!r})"
+
+
+def _gs_flatten_with_keys(x: GraphState):
+    children, keys = _state_flatten_with_keys(x._state)
+    return children, (x._graphdef, keys)
+
+
+def _gs_flatten(x: GraphState):
+    children, keys = _state_flatten(x._state)
+    return children, (x._graphdef, keys)
+
+
+def _gs_unflatten(aux: tuple, children: tp.Iterable) -> GraphState:
+    graphdef, keys = aux
+    return GraphState(graphdef, State._raw(dict(zip(keys, children))))
+
+
+jax.tree_util.register_pytree_with_keys(GraphState, _gs_flatten_with_keys, _gs_unflatten, _gs_flatten)
+
+
+def unpack(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
+           graph_updates: bool | None = None) -> GraphState | tuple[GraphState, ...]:
+    """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
+    gd, *states = split(node, *filters)
+    states = [s if isinstance(s, State) else State({(): s}) for s in states]
+    if len(states) == 1:
+        return GraphState(gd, states[0])
+    return tuple(GraphState(gd, s) for s in states)
+
+
+PureState = tuple  # `tuple[GraphDef[Node], State]`; subscriptable as in Flax

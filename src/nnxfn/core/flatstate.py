@@ -1,0 +1,206 @@
+"""Flat views of a State and the free state helpers of Flax's `statelib`.
+
+`FlatState` is an ordered sequence of `(path, leaf)` pairs (a JAX pytree whose
+children are the leaves). The free functions (`to_flat_state`,
+`from_flat_state`, `to_pure_dict`, `replace_by_pure_dict`, `map_state`,
+`restore_int_paths`, `diff`) are built on `State`'s own methods.
+
+>>> s = from_flat_state([(("a", "b"), 1), (("c",), 2)])
+>>> to_flat_state(s).paths
+(('a', 'b'), ('c',))
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from collections.abc import Mapping
+
+import jax
+
+from nnxfn.core import filters as filterlib
+from nnxfn.core.registry import key_order
+from nnxfn.core.state import State, partition
+from nnxfn.core.variable_like import VariableLike
+
+Path = tuple[tp.Any, ...]
+
+
+def _path_key(path: Path) -> tuple:
+    return tuple(key_order(k) for k in path)
+
+
+class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
+    """An ordered sequence of `(path, leaf)` pairs; `flat[i]` is a pair."""
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, items: tp.Iterable[tuple[Path, tp.Any]] = (), /, *, sort: bool = True):
+        items = list(items.items() if isinstance(items, Mapping) else items)
+        if sort:
+            items.sort(key=lambda kv: _path_key(kv[0]))
+        self._keys: tuple[Path, ...] = tuple(tuple(k) for k, _ in items)
+        self._values: list[tp.Any] = [v for _, v in items]
+
+    @staticmethod
+    def from_sorted_keys_values(keys: tuple[Path, ...], values: list, /) -> FlatState:
+        flat = object.__new__(FlatState)
+        flat._keys, flat._values = tuple(keys), list(values)
+        return flat
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self._keys
+
+    @property
+    def leaves(self) -> list[tp.Any]:
+        return self._values
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return FlatState.from_sorted_keys_values(self._keys[index], self._values[index])
+        return self._keys[index], self._values[index]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> tp.Iterator[tuple[Path, tp.Any]]:
+        return iter(zip(self._keys, self._values))
+
+    def __repr__(self) -> str:
+        return f"FlatState({list(self)!r})"
+
+    def to_nested_state(self) -> State:
+        return from_flat_state(self)
+
+    def filter(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
+        """One FlatState per filter (leaves matching none are dropped)."""
+        parts = self._partition(filters, exhaustive=False)
+        return parts[0] if len(parts) == 1 else parts
+
+    def split(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
+        """One FlatState per filter; every leaf must match one (`...` last)."""
+        parts = self._partition(filters, exhaustive=True)
+        return parts[0] if len(parts) == 1 else parts
+
+    def _partition(self, filters: tuple, exhaustive: bool) -> tuple[FlatState, ...]:
+        buckets = partition(self._keys, self._values, filters, exhaustive)
+        return tuple(
+            FlatState.from_sorted_keys_values(
+                tuple(self._keys[i] for i in b), [self._values[i] for i in b]
+            )
+            for b in buckets
+        )
+
+    @staticmethod
+    def merge(first: tp.Iterable, /, *rest: tp.Iterable) -> FlatState:
+        """One FlatState with the pairs of all (later ones win on equal paths)."""
+        if not rest and isinstance(first, FlatState):
+            return first
+        merged: dict[Path, tp.Any] = {}
+        for flat in (first, *rest):
+            merged.update((tuple(k), v) for k, v in flat)
+        return FlatState(merged.items(), sort=True)
+
+
+jax.tree_util.register_pytree_node(
+    FlatState,
+    lambda f: (f._values, f._keys),
+    lambda keys, values: FlatState.from_sorted_keys_values(keys, list(values)),
+)
+
+
+def as_state(state: tp.Any) -> State:
+    """`state` as a State (a State, a nested mapping, or (path, leaf) pairs)."""
+    if isinstance(state, State):
+        return state
+    if isinstance(state, FlatState):
+        return from_flat_state(state)
+    if isinstance(state, Mapping):
+        if getattr(state, "_state", None) is not None and isinstance(state._state, State):
+            return state._state  # a GraphState
+        return State(state)
+    raise TypeError(f"expected a State or a mapping, got {type(state).__name__}")
+
+
+def to_flat_state(state: tp.Any) -> FlatState:
+    """The `(path, leaf)` pairs of a State, in canonical path order."""
+    pairs = as_state(state).flat_state()
+    return FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
+
+
+def from_flat_state(flat_state: tp.Mapping[Path, tp.Any] | tp.Iterable[tuple[Path, tp.Any]],
+                    *, cls: type = State) -> State:
+    """A State from `(path, leaf)` pairs or a `{path: leaf}` mapping."""
+    return State.from_flat_path(flat_state) if cls is State else cls(State.from_flat_path(flat_state))
+
+
+def to_pure_dict(state: tp.Any, extract_fn: tp.Callable[[tp.Any], tp.Any] | None = None) -> dict:
+    """Nested plain dicts of the raw values (Variables unwrapped)."""
+    state = as_state(state)
+    if extract_fn is None:
+        return state.to_pure_dict()
+    return _nest({p: extract_fn(v) for p, v in state.flat_state()})
+
+
+def _nest(flat: Mapping[Path, tp.Any]) -> dict:
+    root: dict = {}
+    for path, value in flat.items():
+        node = root
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return root
+
+
+def replace_by_pure_dict(
+    state: tp.Any, pure_dict: Mapping, replace_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] | None = None
+) -> State:
+    """Put the values of `pure_dict` into `state`'s leaves; returns the new State.
+
+    State is immutable, so the State itself is not changed, but its Variables
+    are: each one receives its new value in place (as in Flax, code that
+    ignores the return value and then calls `nnx.update(model, state)` works).
+    Keys given as strings of digits match integer keys (checkpoint layouts).
+    """
+    new = as_state(state).replace_by_pure_dict(pure_dict, replace_fn)
+    old_flat = as_state(state).flat_dict()
+    for path, leaf in new.flat_state():
+        old = old_flat.get(path)
+        if isinstance(old, VariableLike) and isinstance(leaf, VariableLike) and old is not leaf:
+            old.set_raw(leaf.raw_value)
+            if old.metadata_items() != leaf.metadata_items():
+                old.set_metadata_items(leaf.metadata_items())
+    return new
+
+
+def map_state(f: tp.Callable[[Path, tp.Any], tp.Any], state: tp.Any) -> State:
+    """A new State with every leaf replaced by `f(path, leaf)`."""
+    return State.from_flat_path([(p, f(p, v)) for p, v in as_state(state).flat_state()])
+
+
+def restore_int_paths(pure_dict: Mapping) -> dict:
+    """A copy of a nested dict whose digit-string keys become ints (as
+    checkpoint formats store list indices)."""
+
+    def fix(key: tp.Any) -> tp.Any:
+        if isinstance(key, str):
+            try:
+                return int(key)
+            except ValueError:
+                return key
+        return key
+
+    def walk(d: Mapping) -> dict:
+        return {fix(k): walk(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+    return walk(pure_dict)
+
+
+def diff(state: tp.Any, other: tp.Any) -> State:
+    """The leaves of `state` whose paths are not in `other`."""
+    state = as_state(state)
+    if not other:
+        return state
+    known = set(as_state(other).flat_dict())
+    return State.from_flat_path([(p, v) for p, v in state.flat_state() if p not in known])
+

@@ -1,0 +1,162 @@
+"""How a Variable keeps its value: plainly (the default), or in `jax.Ref`s.
+
+Flax NNX has two opt-in Variable modes, chosen per Variable with
+`Variable(x, hijax=..., ref=...)` or for a block of code with
+`nnx.var_defaults(hijax=..., ref=...)`:
+
+- `ref=True`: the value lives in a `jax.Ref`; `get_raw_value()` returns it.
+- `hijax=True`: writes made inside plain JAX transforms (`jax.jit`,
+  `jax.grad`, `jax.lax.scan`, ...) reach the Variable outside.
+
+nnxfn keeps both as small subclasses of the Variable's own type (so
+`isinstance(v, nnx.Param)` and every filter keep working) that store the
+value in `jax.Ref`s; JAX itself then carries writes through its transforms.
+nnxfn's own transforms need neither mode: they commit writes anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import typing as tp
+
+import jax
+
+MISSING: tp.Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+
+# -- var_defaults ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class VarDefaults(tp.Mapping[str, bool]):
+    """The current defaults for new Variables (`nnx.var_defaults()`)."""
+
+    hijax: bool = False
+    ref: bool = False
+
+    def __getitem__(self, key: str) -> bool:
+        if key not in ("hijax", "ref"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> tp.Iterator[str]:
+        return iter(("hijax", "ref"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+class _Stack(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[VarDefaults] = [VarDefaults()]
+
+
+_STACK = _Stack()
+
+
+def current_defaults() -> VarDefaults:
+    return _STACK.stack[-1]
+
+
+class VarDefaultsContext:
+    """Returned by `var_defaults(...)`: already applied; as a context manager it
+    restores the previous defaults on exit, as a decorator it applies per call."""
+
+    def __init__(self, previous: VarDefaults, new: VarDefaults):
+        self._previous, self._new = previous, new
+
+    def __enter__(self) -> VarDefaults:
+        return self._new
+
+    def __exit__(self, *exc: tp.Any) -> None:
+        stack = _STACK.stack
+        # Drop this entry and whatever bare `var_defaults(...)` calls pushed after it.
+        if any(entry is self._new for entry in stack[1:]):
+            while stack[-1] is not self._new:
+                stack.pop()
+            stack.pop()
+
+    def __call__(self, fn: tp.Callable) -> tp.Callable:
+        import functools
+
+        new = self._new
+        self.__exit__(None, None, None)
+
+        @functools.wraps(fn)
+        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            _STACK.stack.append(new)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stack = _STACK.stack
+                for i in range(len(stack) - 1, 0, -1):
+                    if stack[i] is new:
+                        del stack[i]
+                        break
+
+        return wrapper
+
+
+@tp.overload
+def var_defaults() -> VarDefaults: ...
+@tp.overload
+def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> VarDefaultsContext: ...
+def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> tp.Any:
+    """Read (no arguments) or set the defaults for Variables created from now on.
+
+    `with nnx.var_defaults(hijax=True): ...` sets them for a block,
+    `@nnx.var_defaults(ref=True)` for every call of a function, and a bare
+    call `nnx.var_defaults(hijax=True)` until the enclosing block ends.
+    """
+    previous = current_defaults()
+    if hijax is None and ref is None:
+        return previous
+    new = VarDefaults(
+        previous.hijax if hijax is None else bool(hijax),
+        previous.ref if ref is None else bool(ref),
+    )
+    _STACK.stack.append(new)
+    return VarDefaultsContext(previous, new)
+
+
+# -- Ref storage ---------------------------------------------------------------------------
+def is_ref(x: tp.Any) -> bool:
+    return isinstance(x, jax.Ref)
+
+
+def to_refs(value: tp.Any) -> tp.Any:
+    """`value` with each array leaf in its own `jax.Ref` (Refs kept as they are)."""
+    return jax.tree.map(lambda x: x if is_ref(x) else jax.new_ref(x), value)
+
+
+def from_refs(value: tp.Any) -> tp.Any:
+    """The plain value behind `to_refs`."""
+    if is_ref(value):
+        return value[...]
+    return jax.tree.map(lambda x: x[...] if is_ref(x) else x, value, is_leaf=is_ref)
+
+
+_TYPES: dict[tuple[type, bool, bool], type] = {}
+
+
+def base_type(cls: type) -> type:
+    """The user-facing Variable type behind a `hijax`/`ref` subclass."""
+    return cls.__dict__.get("_mode_base") or cls
+
+
+def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
+    """The subclass of `cls` whose instances keep their value as asked."""
+    base = base_type(cls)
+    if not hijax and not ref:
+        return base
+    key = (base, hijax, ref)
+    found = _TYPES.get(key)
+    if found is None:
+        from nnxfn.facade.variables import HijaxVariable, RefVariable
+
+        mixin = HijaxVariable if hijax else RefVariable
+        found = type(base.__name__, (mixin, base), {
+            "__slots__": (), "_mode_base": base, "_mode_ref": ref,
+            "__module__": base.__module__, "__qualname__": base.__qualname__,
+        })
+        _TYPES[key] = found
+    return found
