@@ -19,20 +19,18 @@ class Target(Module):
 class Holder(Module):
     """Owns `count`; refers to `target` without owning it."""
 
-    __slots__ = ("ref",)
-
     def __init__(self, target: Target):
         self.count = Param(jnp.zeros(()))
-        object.__setattr__(self, "ref", target)
+        object.__setattr__(self, "_nnx_model", target)  # a private name: not a child
 
 
 def _links(node: Holder):
-    ref = getattr(node, "ref", None)
+    ref = node.__dict__.get("_nnx_model")
     return () if ref is None else (("ref", ref),)
 
 
 def _set_link(node: Holder, key: str, target: object) -> None:
-    object.__setattr__(node, key, target)
+    object.__setattr__(node, "_nnx_model", target)
 
 
 core.register_node_type(
@@ -56,13 +54,13 @@ def test_link_kept_when_target_is_in_the_same_flatten():
         graphdef, state = core.split(root)
         assert graphdef.links, name
         new_t, new_h = pick(core.merge(graphdef, state))
-        assert new_h.ref is new_t and new_t is not t, name
+        assert new_h._nnx_model is new_t and new_t is not t, name
         graphdef, pairs = core.flatten(root)  # the general (path-based) implementation
         new_t, new_h = pick(core.unflatten(graphdef, dict(pairs)))
-        assert new_h.ref is new_t, name
+        assert new_h._nnx_model is new_t, name
     assert set(core.state(h).to_pure_dict()) == {"count"}  # no leaves of the target
     t2, h2 = core.clone((t, h))
-    assert h2.ref is t2 and t2 is not t
+    assert h2._nnx_model is t2 and t2 is not t
 
 
 def test_link_dropped_when_target_is_outside():
@@ -71,7 +69,7 @@ def test_link_dropped_when_target_is_outside():
     graphdef, state = core.split(h)
     assert graphdef.links == ()
     alone = core.merge(graphdef, state)
-    assert getattr(alone, "ref", None) is None
+    assert alone.__dict__.get("_nnx_model") is None
 
 
 def test_links_are_part_of_graphdef_equality_and_pickle():

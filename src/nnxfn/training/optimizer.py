@@ -69,8 +69,6 @@ class Optimizer(Object, tp.Generic[M]):
       graph: accepted for Flax compatibility; nnxfn has one behaviour.
     """
 
-    __slots__ = ("_nnx_model",)  # the link to the model: not an attribute of the graph
-
     def __init__(
         self,
         model: M,
