@@ -246,3 +246,11 @@ from nnxfn.transforms.spmd import (  # noqa: E402
     as_abstract as as_abstract,
     transform_metadata as transform_metadata,
 )
+
+# -- optim --
+from nnxfn import compat as compat  # noqa: E402
+from nnxfn import helpers as helpers  # noqa: E402
+from nnxfn.training import optimizer as optimizer  # noqa: E402
+from nnxfn.training.metrics import Metric as Metric, MultiMetric as MultiMetric  # noqa: E402
+from nnxfn.training.optimizer import OptVariable as OptVariable  # noqa: E402
+from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402

@@ -1,52 +1,41 @@
-"""`nnx.compat`: Flax's namespace of graph-mode defaults.
+"""`nnx.compat`: Flax's graph-mode entry points, for code written against them.
 
-In Flax, `nnx.compat.jit`, `nnx.compat.split`, ... are the same functions as
-`nnx.jit`, `nnx.split`, ... with `graph=True, graph_updates=True` as defaults.
-nnxfn always behaves that way, so here they are simply the same functions.
+In Flax these are the usual functions with `graph=True, graph_updates=True`
+as defaults. nnxfn has one behaviour, Flax's graph mode with graph updates,
+so every name here is the same object as `nnx.<name>` (looked up when first
+used, so `nnx.compat.split is nnx.split`).
 """
 
-from nnxfn import (
-    cached_partial as cached_partial,
-    checkify as checkify,
-    clone as clone,
-    cond as cond,
-    custom_vjp as custom_vjp,
-    eval_shape as eval_shape,
-    flatten as flatten,
-    fori_loop as fori_loop,
-    fork_rngs as fork_rngs,
-    get_abstract_model as get_abstract_model,
-    grad as grad,
-    graphdef as graphdef,
-    iter_graph as iter_graph,
-    iter_modules as iter_modules,
-    jit as jit,
-    jvp as jvp,
-    pmap as pmap,
-    recursive_map as recursive_map,
-    remat as remat,
-    reseed as reseed,
-    scan as scan,
-    shard_map as shard_map,
-    split as split,
-    split_rngs as split_rngs,
-    state as state,
-    switch as switch,
-    value_and_grad as value_and_grad,
-    view as view,
-    vjp as vjp,
-    vmap as vmap,
-    while_loop as while_loop,
+from __future__ import annotations
+
+import typing as tp
+
+_NAMES = (
+    # graph functions
+    "split", "state", "clone", "graphdef", "flatten", "iter_graph", "recursive_map",
+    "cached_partial",
+    # modules
+    "view", "view_info", "iter_modules", "iter_children",
+    # rngs
+    "split_rngs", "fork_rngs", "reseed", "backup_keys",
+    # transforms
+    "jit", "shard_map", "grad", "value_and_grad", "custom_vjp", "vjp", "jvp", "remat",
+    "vmap", "scan", "pmap", "while_loop", "fori_loop", "eval_shape", "cond", "switch",
+    "checkify",
+    # spmd
+    "get_abstract_model",
+    # training (Flax's graph-mode optimizer is the same class)
+    "Optimizer", "ModelAndOptimizer",
 )
 
 
-def __getattr__(name: str) -> object:
-    """Any other public nnxfn name is its own compat version (one behaviour)."""
-    import nnxfn
+def __getattr__(name: str) -> tp.Any:
+    if name in _NAMES:
+        import nnxfn
 
-    if name.startswith("_"):
-        raise AttributeError(name)
-    try:
         return getattr(nnxfn, name)
-    except AttributeError:
-        raise AttributeError(f"module 'nnxfn.compat' has no attribute {name!r}") from None
+    raise AttributeError(f"module 'nnxfn.compat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(_NAMES) | set(globals()))

@@ -171,9 +171,20 @@ def test_sequential_passes_args_to_first_layer():
     assert seq(1, 2) == 6
 
 
-def test_empty_sequential_errors():
-    with pytest.raises(ValueError, match="Sequential has no layers"):
-        nnx.Sequential()(1)
+def test_empty_sequential_is_the_identity():  # Flax's behaviour (was an error)
+    empty = nnx.Sequential()
+    assert empty(12) == 12 and empty(1, 2) == (1, 2) and empty() is None
+    assert empty(k=2) == {"k": 2}
+
+
+def test_sequential_splats_tuple_and_dict_outputs_and_passes_rngs():
+    seq = nnx.Sequential(lambda a: (a, a + 1), lambda a, b: {"x": a * b}, lambda x: x - 1)
+    assert seq(3) == 11
+    seen = []
+    seq = nnx.Sequential(lambda x, rngs: seen.append(rngs) or x + 1, lambda x: x * 2)
+    assert seq(1, rngs="r") == 4 and seen == ["r"]
+    with pytest.raises(TypeError, match=r"layer 1 is not callable \(got int\)"):
+        nnx.Sequential(lambda x: x, 3)(1)
 
 
 # -- plain containers ------------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 
 from nnxfn.core import State, state
 from nnxfn.facade.module import Module
-from nnxfn.facade.variables import BatchStat, OptArray, Param, Variable
+from nnxfn.facade.variables import BatchStat, Param, Variable
 from nnxfn.training import checkpoint as ckpt
 from nnxfn.training.checkpoint import restore_checkpoint, save_checkpoint
-from nnxfn.training.optimizer import Optimizer
+from nnxfn.training.optimizer import ModelAndOptimizer, OptVariable, Optimizer
 
 BACKENDS = ["orbax", "npz"]
 
@@ -93,13 +93,20 @@ def test_round_trip_optimizer(tmp_path, backend):
     optimizer = Optimizer(model, optax.adam(0.1))
     grads = jax.tree.map(jnp.ones_like, raw(state(model, Param)))
     optimizer.update(grads)
-    save_checkpoint(tmp_path / "ck", optimizer, backend=backend)
-    abstract = jax.eval_shape(lambda: Optimizer(Model(jax.random.key(1)), optax.adam(0.1)))
-    restored = restore_checkpoint(tmp_path / "ck", abstract)
+    # The optimizer's State is Flax's (step, opt_state): save the model beside it.
+    save_checkpoint(tmp_path / "ck", model, optimizer, backend=backend)
+
+    def build():
+        m = Model(jax.random.key(1))
+        return m, Optimizer(m, optax.adam(0.1))
+
+    abstract_model, abstract_opt = jax.eval_shape(build)
+    restored_model, restored = restore_checkpoint(tmp_path / "ck", abstract_model, abstract_opt)
     assert_same(optimizer, restored)
-    assert isinstance(restored.opt_state[0].mu["layers"][0]["kernel"], OptArray)
+    assert_same(model, restored_model)
+    assert isinstance(restored.opt_state[0].mu["layers"][0]["kernel"], OptVariable)
     assert int(restored.step.value) == 1
-    restored.update(grads)  # a usable optimizer
+    restored.update(restored_model, grads)  # a usable optimizer
     assert int(restored.step.value) == 2
 
 
@@ -152,7 +159,7 @@ def test_mismatch_errors(tmp_path, backend):
 
 def test_model_vs_optimizer_hint(tmp_path):
     model = Model(jax.random.key(0))
-    save_checkpoint(tmp_path / "ck", Optimizer(model, optax.sgd(0.1)))
+    save_checkpoint(tmp_path / "ck", ModelAndOptimizer(model, optax.sgd(0.1)))
     with pytest.raises(ValueError, match=r"in the checkpoint under 'model'"):
         restore_checkpoint(tmp_path / "ck", Model(jax.random.key(0)))
 

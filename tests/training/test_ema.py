@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnxfn.core import merge, split, state
+from nnxfn.core import state
 from nnxfn.facade.module import Module
 from nnxfn.facade.variables import BatchStat, Param, Variable
-from nnxfn.training.ema import EMA, EMAState
+import nnxfn as nnx
+from nnxfn.training.ema import EMA
 
 
 class Frozen(Param):
@@ -40,7 +41,7 @@ def perturb(model, i: int):
 
 def test_matches_numpy_formula():
     model = Net()
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, only=Param)
     expected = {"w": np.ones((2, 3)), "b": np.zeros(3), "f": np.full(2, 5.0)}
     for i in range(1, 6):
         perturb(model, i)
@@ -51,32 +52,46 @@ def test_matches_numpy_formula():
     np.testing.assert_allclose(ema.params["w"].value, expected["w"], rtol=1e-6)
     np.testing.assert_allclose(ema.params["layers"][0].value, expected["b"], rtol=1e-6)
     np.testing.assert_allclose(ema.params["layers"][1].value, expected["f"], rtol=1e-6)
-    assert isinstance(ema.params["w"], EMAState) and not isinstance(ema.params["w"], Param)
+    # Flax's layout: copies of the tracked Variables, same types, no batch stats.
+    assert type(ema.params["w"]) is Param and type(ema.params["layers"][1]) is Frozen
+    assert set(state(ema).to_pure_dict()) == {"params"}
+    assert "stats" not in ema.params
 
 
-def test_apply_to_and_ema_model():
+def test_default_tracks_every_variable_and_copies_non_floats():
     model = Net()
+    model.count = Variable(jnp.array(3))
     ema = EMA(model, decay=0.5)
+    assert type(ema.params["stats"]) is BatchStat
+    perturb(model, 1)
+    model.count.value = jnp.array(10)
+    ema.update(model)
+    np.testing.assert_allclose(ema.params["stats"].value, 0.5)  # 0.5 * 0 + 0.5 * 1
+    assert int(ema.params["count"].value) == 10 and ema.params["count"].value.dtype == jnp.int32
+
+
+def test_apply_to_shares_the_averages():
+    model = Net()
+    ema = EMA(model, decay=0.5, only=Param)
     perturb(model, 2)
     ema.update(model)
     current = raw(state(model))
     averaged = ema.apply_to(model)
     assert averaged is not model
-    assert type(averaged.w) is Param and type(averaged.layers[1]) is Frozen
+    assert averaged.w is ema.params["w"] and averaged.layers[1] is ema.params["layers"][1]
+    assert averaged.stats is model.stats  # untracked: the model's own
     np.testing.assert_allclose(averaged.w.value, 0.5 * 1 + 0.5 * 2.0)
-    np.testing.assert_allclose(averaged.stats.value, model.stats.value)  # rest from `model`
     jax.tree.map(np.testing.assert_array_equal, raw(state(model)), current)  # unchanged
+    perturb(model, 1)
+    ema.update(model)  # seen by the view
+    np.testing.assert_allclose(averaged.w.value, 0.5 * 1.5 + 0.5 * 2.5)
+    np.testing.assert_allclose(averaged(jnp.ones((1, 2))), jnp.ones((1, 2)) @ averaged.w.value
+                               + averaged.layers[0].value)
 
-    other = ema.ema_model()
-    assert type(other) is Net and type(other.stats) is BatchStat
-    np.testing.assert_allclose(other.w.value, averaged.w.value)
-    np.testing.assert_allclose(other.stats.value, model.stats.value)  # as of the last update
-    np.testing.assert_allclose(other(jnp.ones((1, 2))), averaged(jnp.ones((1, 2))))
 
-
-def test_wrt_restricts():
+def test_only_restricts():
     model = Net()
-    ema = EMA(model, decay=0.5, wrt=Frozen)
+    ema = EMA(model, decay=0.5, only=Frozen)
     assert set(state(ema.params).to_pure_dict()) == {"layers"}
     model.layers[1].value = jnp.full(2, 7.0)
     model.w.value = jnp.zeros((2, 3))
@@ -85,25 +100,24 @@ def test_wrt_restricts():
     np.testing.assert_allclose(ema.apply_to(model).w.value, 0.0)  # not averaged
 
 
-def test_jit_through_split_merge():
-    model, ema = Net(), EMA(Net(), decay=0.8)
-    graphdef, st = split(ema)
+def test_inside_nnx_jit():
+    model, ema = Net(), EMA(Net(), decay=0.8, only=Param)
+    view = ema.apply_to(model)
 
-    @jax.jit
-    def step(st, model_state):
-        e = merge(graphdef, st)
-        e.update(merge(split(model)[0], model_state))
-        return split(e)[1]
+    @nnx.jit
+    def step(model, ema):
+        ema.update(model)
 
     perturb(model, 1)
-    st = step(st, split(model)[1])
-    np.testing.assert_allclose(merge(graphdef, st).params["w"].value, 0.8 + 0.2 * 1.5, rtol=1e-6)
+    step(model, ema)
+    np.testing.assert_allclose(ema.params["w"].value, 0.8 + 0.2 * 1.5, rtol=1e-6)
+    np.testing.assert_allclose(view.w.value, 0.8 + 0.2 * 1.5, rtol=1e-6)
 
 
 def test_errors():
     with pytest.raises(ValueError, match=r"decay=1.5 must be in \[0, 1\]"):
         EMA(Net(), decay=1.5)
-    ema = EMA(Net())
+    ema = EMA(Net(), 0.9)
     other = Net()
     other.extra = Param(jnp.ones(1))
     with pytest.raises(ValueError, match=r"in the model, not in the EMA: model\.extra"):
@@ -112,3 +126,5 @@ def test_errors():
     del smaller.w
     with pytest.raises(ValueError, match=r"in the EMA, not in the model: model\.w"):
         ema.apply_to(smaller)
+    with pytest.raises(TypeError, match=r"model\.x is a ndarray, not a Variable"):
+        EMA({"x": np.ones(2)}, 0.9)

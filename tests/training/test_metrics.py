@@ -73,7 +73,7 @@ def test_accuracy_threshold():
 def test_accuracy_errors():
     with pytest.raises(ValueError, match=r"logits of shape \(4,\) need one more \(class\) axis"):
         Accuracy().update(logits=jnp.ones(4), labels=jnp.ones(4, int))
-    with pytest.raises(TypeError, match="labels must be integer class indices"):
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
         Accuracy().update(logits=jnp.ones((4, 2)), labels=jnp.ones(4))
     with pytest.raises(ValueError, match="must have the same shape"):
         Accuracy(threshold=0.5).update(logits=jnp.ones((4, 2)), labels=jnp.ones(4, int))
@@ -143,3 +143,33 @@ def test_metric_base_and_split():
     assert issubclass(Average, Metric)
     graphdef, st = Average().split()
     assert set(st.to_pure_dict()) == {"count", "total"}
+
+
+def test_multimetric_mask_per_metric():
+    metrics = MultiMetric(accuracy=Accuracy(), loss=Average())
+    logits = jnp.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    labels = jnp.array([1, 0, 0, 1])
+    values = jnp.array([1.0, 2.0, 3.0, 10.0])
+    keep = jnp.array([True, True, True, False])
+    metrics.update(logits=logits, labels=labels, values=values, mask={"loss": keep})
+    out = metrics.compute()
+    assert float(out["accuracy"]) == pytest.approx(0.5)  # no mask for accuracy
+    assert float(out["loss"]) == pytest.approx(2.0)       # (1 + 2 + 3) / 3
+    metrics.update(logits=logits, labels=labels, values=values, mask=keep)  # one mask for all
+    out = metrics.compute()
+    assert float(out["accuracy"]) == pytest.approx((2 + 2) / (4 + 3))
+    assert float(out["loss"]) == pytest.approx(12.0 / 6)
+
+
+def test_flax_argument_rules():
+    with pytest.raises(ValueError, match="values should be a jax array"):
+        Average().update(values=2.0, mask=jnp.ones(1))
+    with pytest.raises(TypeError, match="threshold must be a float"):
+        Accuracy(threshold=1)
+    metric = Accuracy(threshold=0.5)
+    metric.update(logits=jnp.array([0.5, 0.4]), labels=jnp.array([1, 0]))  # >= threshold
+    assert float(metric.compute()) == 1.0
+    with pytest.raises(ValueError, match="For multi-class classification"):
+        Accuracy().update(logits=jnp.ones((2, 2, 2)), labels=jnp.ones(4, int))
+    with pytest.raises(ValueError, match="For binary classification"):
+        Accuracy(threshold=0.5).update(logits=jnp.ones(4), labels=jnp.ones((2, 2), int))

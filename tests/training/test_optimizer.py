@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import nnxfn
 from nnxfn.core import merge, split, state
 from nnxfn.facade.module import Module
 from nnxfn.facade.variables import BatchStat, OptArray, OptState, Param, Variable
-from nnxfn.training.optimizer import ModelAndOptimizer, Optimizer
+from nnxfn.training.optimizer import ModelAndOptimizer, OptVariable, Optimizer
 
 
 class LoRAParam(Param):
@@ -107,32 +110,34 @@ def test_state_layout_and_types():
     optimizer = Optimizer(model, optax.adam(1e-3))
     assert isinstance(optimizer.step, OptState)
     adam = optimizer.opt_state[0]
-    assert isinstance(adam.count, OptState) and not isinstance(adam.count, OptArray)
+    assert type(adam.count) is OptArray  # not a mirror of a parameter
     mu = adam.mu["layers"][0]["kernel"]
-    assert isinstance(mu, OptArray) and mu.value.shape == (3, 8)
+    assert type(mu) is OptVariable and mu.value.shape == (3, 8)
     assert mu.sharding == ("in", "out")  # the param's metadata is inherited
-    assert set(state(optimizer).to_pure_dict()) == {"model", "opt_state", "step"}
+    # Flax's layout: the model is not part of the optimizer's State.
+    assert set(state(optimizer).to_pure_dict()) == {"opt_state", "step"}
     assert optimizer.model is model
 
 
 def test_jit_through_split_merge_one_arg_form():
     model = MLP(jax.random.key(0))
     optimizer = Optimizer(model, optax.adam(0.05))
-    graphdef, st = split(optimizer)
+    graphdef, st = split((model, optimizer))
 
     @jax.jit
     def train_step(st):
-        opt = merge(graphdef, st)
-        opt.update(model_grads(opt.model))  # the model reference survives merge
-        return split(opt)[1]
+        _, opt = merge(graphdef, st)
+        opt.update(model_grads(opt.model))  # the link to the model survives merge
+        return split((opt.model, opt))[1]
 
     for _ in range(3):
         st = train_step(st)
-    trained = merge(graphdef, st)
+    trained, opt = merge(graphdef, st)
+    assert opt.model is trained
     expected = reference_run(optax.adam(0.05), 3)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(trained.model, Param)), expected)
-    assert int(trained.step.value) == 3
+                 raw(state(trained, Param)), expected)
+    assert int(opt.step.value) == 3
 
 
 def test_grads_as_raw_state_or_pure_dict():
@@ -242,3 +247,170 @@ def test_model_and_optimizer():
     expected = reference_run(optax.adam(0.05), 2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  raw(state(mo.model, Param)), expected)
+
+
+# -- the model link: update(grads) finds the right model, the State stays Flax's -------
+def _train_step(model, optimizer):
+    grads = nnxfn.grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
+    optimizer.update(grads)
+    return jnp.mean((model(X) - Y) ** 2)
+
+
+def test_one_arg_update_inside_nnx_jit_trains_the_passed_model():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.adam(0.05))
+    step = nnxfn.jit(_train_step)
+    losses = [float(step(model, optimizer)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    expected = reference_run(optax.adam(0.05), 5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 raw(state(model, Param)), expected)
+    assert int(optimizer.step.value) == 5 and optimizer.model is model
+    # the arguments in the other order: the link follows the objects, not positions
+    flipped = nnxfn.jit(lambda opt, m: _train_step(m, opt))
+    flipped(optimizer, model)
+    assert int(optimizer.step.value) == 6
+
+
+def test_one_arg_update_without_the_model_in_the_transform_raises():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.sgd(0.1))
+    before = raw(state(model))
+
+    @nnxfn.jit
+    def step(optimizer, grads):
+        optimizer.update(grads)
+
+    with pytest.raises(TypeError, match=r"does not know its model here.*optimizer\.update\(model, grads\)"):
+        step(optimizer, model_grads(model))
+    jax.tree.map(np.testing.assert_array_equal, raw(state(model)), before)
+    assert int(optimizer.step.value) == 0
+
+
+def test_link_kept_by_clone_and_deepcopy_dropped_by_split_alone():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.sgd(0.1))
+    m2, o2 = nnxfn.clone((model, optimizer))
+    assert o2.model is m2 and m2 is not model
+    m3, o3 = copy.deepcopy((model, optimizer))
+    assert o3.model is m3
+    o2.update(model_grads(m2))  # trains the clone only
+    assert not np.allclose(m2.layers[0].kernel.value, model.layers[0].kernel.value)
+
+    alone = merge(*split(optimizer))
+    with pytest.raises(AttributeError, match="does not know its model here"):
+        alone.model
+    with pytest.raises(TypeError, match="does not know its model here"):
+        alone.update(model_grads(model))
+    alone.update(model, model_grads(model))  # Flax's form works
+    assert int(alone.step.value) == 1
+
+
+# -- no silent failures ------------------------------------------------------------------
+def test_wrt_matching_nothing_raises():
+    model = MLP(jax.random.key(0))
+    with pytest.raises(ValueError, match=(
+        r"wrt='params' matches none of the model's Variables.*holds: BatchStat x1, Param x4"
+        r".*selects Variables by \*tag\*.*wrt=nnx\.Param"
+    )):
+        Optimizer(model, optax.adam(1e-3), wrt="params")
+    with pytest.raises(ValueError, match=r"wrt=<class '.*LoRAParam'> matches none"):
+        Optimizer(model, optax.adam(1e-3), wrt=LoRAParam)
+
+
+def test_grads_matching_no_trained_variable_raise():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.sgd(0.1))
+    stats = state(model, BatchStat)  # e.g. gradients taken w.r.t. the wrong Variables
+    with pytest.raises(ValueError, match=r"none of the grads match a Variable this optimizer "
+                                         r"trains(.|\n)*grads: model\.calls"):
+        optimizer.update(model, stats)
+    assert int(optimizer.step.value) == 0
+
+
+def test_wrong_shapes_raise_naming_each_path_and_write_nothing():
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.adam(0.1))
+    before, opt_before = raw(state(model)), raw(state(optimizer))
+    grads = raw(model_grads(model)).to_pure_dict()
+    grads["layers"][1]["kernel"] = jnp.ones((8, 1))  # broadcasts against (8, 2)
+    grads["layers"][1]["bias"] = jnp.ones((3,))       # does not broadcast
+    with pytest.raises(ValueError, match=(
+        r"nothing was updated\.\n"
+        r"  model\.layers\[1\]\.bias: gradient float32\[3\], parameter float32\[2\]\n"
+        r"  model\.layers\[1\]\.kernel: gradient float32\[8,1\], parameter float32\[8,2\]"
+    )):
+        optimizer.update(model, grads)
+    jax.tree.map(np.testing.assert_array_equal, raw(state(model)), before)
+    jax.tree.map(np.testing.assert_array_equal, raw(state(optimizer)), opt_before)
+    grads = raw(model_grads(model)).to_pure_dict()
+    grads["layers"][0]["bias"] = jnp.ones(8, jnp.int32)
+    with pytest.raises(ValueError, match=r"layers\[0\]\.bias: gradient int32\[8\], parameter float32\[8\]"):
+        optimizer.update(model, grads)
+    grads["layers"][0]["bias"] = jnp.ones(8, jnp.bfloat16)  # another float precision is fine
+    optimizer.update(model, grads)
+    assert model.layers[0].bias.value.dtype == jnp.float32
+
+
+def test_raw_grads_outside_wrt_are_dropped():
+    model = MLP(jax.random.key(0), lora=True)
+    optimizer = Optimizer(model, optax.sgd(0.1), wrt=LoRAParam)
+    before = raw(state(model))
+    grads = raw(model_grads(model, Param)).to_pure_dict()  # raw arrays for every Param
+    optimizer.update(model, grads)
+    after = raw(state(model))
+    np.testing.assert_array_equal(after["layers"][0]["kernel"], before["layers"][0]["kernel"])
+    assert not np.allclose(after["layers"][0]["a"], before["layers"][0]["a"])
+
+
+def test_checks_run_at_trace_time_only(monkeypatch):
+    from nnxfn.training import optimizer as optimizer_module
+
+    calls = []
+    real = optimizer_module.match_grads
+    monkeypatch.setattr(optimizer_module, "match_grads",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = MLP(jax.random.key(0))
+    optimizer = Optimizer(model, optax.adam(0.05))
+    step = nnxfn.jit(_train_step)
+    for _ in range(4):
+        step(model, optimizer)
+    assert len(calls) == 1 and int(optimizer.step.value) == 4
+
+
+def test_optimizer_sharding_annotates_the_moments():
+    mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    model = Linear(4, 2, jax.random.key(0))
+    model.kernel.set_metadata(sharding=(None, "col"), optimizer_sharding=("row", "col"))
+    with jax.set_mesh(mesh):
+        optimizer = Optimizer(model, optax.adam(1e-3))
+    mu = optimizer.opt_state[0].mu["kernel"]
+    assert mu.get_metadata("sharding") == ("row", "col")
+    assert model.kernel.get_metadata("sharding") == (None, "col")
+    assert "optimizer_sharding" not in mu.get_metadata()
+    assert mu.value.sharding.spec == jax.sharding.PartitionSpec("row", "col")
+
+
+def test_update_a_state_of_variables_in_place():
+    model = MLP(jax.random.key(0))
+    params = state(model, Param)
+    optimizer = Optimizer(params, optax.sgd(0.5))
+    grads = model_grads(model)
+    before = raw(params)
+    optimizer.update(params, grads)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, before, raw(grads))
+    jax.tree.map(np.testing.assert_allclose, raw(params), expected)
+
+
+def test_optimizer_built_inside_a_transform_links_to_the_callers_model():
+    model = MLP(jax.random.key(0))
+    optimizer = nnxfn.jit(lambda m: Optimizer(m, optax.sgd(0.1)))(model)
+    assert optimizer.model is model and int(optimizer.step.value) == 0
+
+    def build():
+        m = MLP(jax.random.key(1))
+        return m, Optimizer(m, optax.adam(0.1))
+
+    abstract_model, abstract_opt = nnxfn.eval_shape(build)
+    assert abstract_opt.model is abstract_model
+    assert isinstance(abstract_opt.opt_state[0].mu["layers"][0]["kernel"].value, jax.ShapeDtypeStruct)

@@ -30,6 +30,7 @@ from nnxfn.core.kinds import (
     _kind,
     _pytree_children,
 )
+from nnxfn.core.links import apply_links, find_links
 from nnxfn.core.registry import _CACHE as _IMPLS
 from nnxfn.core.registry import KINDS, NodeImpl, key_order
 from nnxfn.core.state import State, wrap as _wrap_state
@@ -70,6 +71,7 @@ def _flatten_fast(
     kinds = KINDS
     impls = _IMPLS
     index: dict[int, int] = {}  # id -> GraphDef index of Variables and graph nodes
+    linking: list = []  # (index, node) of nodes that have links (see `NodeImpl.links`)
     seen = index.setdefault
     alive: list = [node]  # every child sequence walked, so ids stay unique
     keep = alive.append
@@ -114,6 +116,8 @@ def _flatten_fast(
                         add_op((OP_REF, i))
                         continue
                     impl = impls[t]
+                    if impl.links is not None:
+                        linking.append((n, v))
                     if impl.parts is not None:
                         static, sub_keys, sub_vals = impl.parts(v)
                     else:
@@ -183,7 +187,8 @@ def _flatten_fast(
         return None
     if paths is not None:
         paths[:] = [p[1:] for p in paths]  # drop the root's key
-    return GraphDef._from_ops(ops, len(leaves)), d.get(0) or _wrap_state({}), leaves
+    links = find_links(linking, index) if linking else ()
+    return GraphDef._from_ops(ops, len(leaves), links), d.get(0) or _wrap_state({}), leaves
 
 
 class LeafMismatch(Exception):
@@ -199,15 +204,17 @@ def unflatten_leaves(
     the path-based `unflatten` for the error that names the path."""
     if len(leaves) != graphdef.num_leaves:
         raise LeafMismatch
-    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, objects=objects)
+    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, objects=objects,
+                          links=graphdef.links)
 
 
 def _unflatten_ops(
     ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True,
-    objects: list | None = None,
+    objects: list | None = None, links: tuple = (),
 ) -> tp.Any:
     """`unflatten` by position. `trusted`: the leaves come from the `split`
-    that made `ops` (Variables where `ops` has them), so nothing is checked."""
+    that made `ops` (Variables where `ops` has them), so nothing is checked.
+    `links`: the GraphDef's links, re-made once every object exists."""
     next_op = iter(ops).__next__
     next_leaf = iter(leaves).__next__
     if objects is None:
@@ -222,6 +229,8 @@ def _unflatten_ops(
             stack.pop()
             op, v, _, vals = frame
             if op is None:
+                if links:
+                    apply_links(links, objects)
                 return top[0]
             code = op[0]
             if code == OP_NODE:

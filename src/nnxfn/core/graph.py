@@ -42,6 +42,7 @@ from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read 
     children_of,
     is_array,
 )
+from nnxfn.core.links import apply_links, find_links
 from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
 from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
 from nnxfn.core.state import _set_flat
@@ -76,6 +77,7 @@ def flatten(
             return fast[0], list(zip(paths, fast[2]))
     index: dict[int, int] = {}
     leaves: list[tuple[Path, Leaf]] = []
+    linking: list[tuple[int, tp.Any]] = []  # (index, node) of nodes that have links
     if objects is None:
         objects = []
 
@@ -110,6 +112,8 @@ def flatten(
                     continue
                 i = index[id(x)] = len(index)
                 objects.append(x)
+                if impl.links is not None:
+                    linking.append((i, x))
                 make = _node_maker(type(x), i, impl.static(x))
                 stack.append([make, iter(list(impl.children(x))), [], path, (), k])
                 break
@@ -146,7 +150,7 @@ def flatten(
             if make is not None:
                 stack[-1][2].append((frame[5], make(tuple(kids))))
 
-    return GraphDef(top[0][1], len(leaves)), leaves
+    return GraphDef(top[0][1], len(leaves), find_links(linking, index) if linking else ()), leaves
 
 
 def _node_maker(t: type, i: int, static: tp.Any) -> tp.Callable:
@@ -259,6 +263,8 @@ def unflatten(
         raise ValueError(errors.missing_leaves(missing))
     if len(used) != len(leaves):
         raise ValueError(errors.unexpected_leaves(sorted(set(leaves) - used, key=_path_order)))
+    if graphdef.links:
+        apply_links(graphdef.links, objects)
     return out
 
 
@@ -307,7 +313,7 @@ def merge(graphdef: GraphDef, *states: tp.Any) -> tp.Any:
     if states:
         leaves = _positional_leaves(graphdef, states)
         if leaves is not None:
-            return _unflatten_ops(graphdef.ops, leaves)
+            return _unflatten_ops(graphdef.ops, leaves, links=graphdef.links)
     return unflatten(graphdef, _flat_leaves(states))
 
 

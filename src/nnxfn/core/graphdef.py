@@ -152,16 +152,19 @@ class GraphDef:
     `jax.jit`.
     """
 
-    __slots__ = ("_root", "num_leaves", "_hash", "_ops")
+    __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links")
 
-    def __init__(self, root: Any, num_leaves: int):
+    def __init__(self, root: Any, num_leaves: int, links: tuple = ()):
         self._root = root
         self.num_leaves = num_leaves
         self._hash: int | None = None
         self._ops: tuple | None = None
+        # (node index, key, target index): non-owning references between
+        # objects of this graph (see `NodeImpl.links`), re-made by `unflatten`.
+        self.links = links
 
     @classmethod
-    def _from_ops(cls, ops: list, num_leaves: int) -> GraphDef:
+    def _from_ops(cls, ops: list, num_leaves: int, links: tuple = ()) -> GraphDef:
         """A GraphDef given by its flat program (see `graph.py`); the tree of
         records (`root`) is built from it only when first read."""
         graphdef = object.__new__(cls)
@@ -169,6 +172,7 @@ class GraphDef:
         graphdef.num_leaves = num_leaves
         graphdef._hash = None
         graphdef._ops = ops
+        graphdef.links = links
         return graphdef
 
     @property
@@ -189,7 +193,7 @@ class GraphDef:
     def __hash__(self) -> int:
         if self._hash is None:  # over the flat program: no recursion, any depth
             try:
-                self._hash = hash((self.num_leaves, tuple(map(op_hash, self.ops))))
+                self._hash = hash((self.num_leaves, self.links, tuple(map(op_hash, self.ops))))
             except TypeError:
                 raise TypeError(_unhashable_message(self.root)) from None
         return self._hash
@@ -200,10 +204,10 @@ class GraphDef:
         if not isinstance(other, GraphDef) or hash(self) != hash(other):
             return False
         a, b = self.ops, other.ops
-        return len(a) == len(b) and all(map(op_equal, a, b))
+        return self.links == other.links and len(a) == len(b) and all(map(op_equal, a, b))
 
     def __reduce__(self):
-        return (GraphDef, (self.root, self.num_leaves))
+        return (GraphDef, (self.root, self.num_leaves, self.links))
 
     @property
     def type(self) -> type | None:

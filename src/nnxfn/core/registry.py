@@ -29,6 +29,13 @@ class NodeImpl:
         as a tuple, and their values in the same order.
     fill(node, keys, values) -> None: set every child of a node just made by
         `create_empty`, as `set_child` for each key in order would.
+
+    Optional non-owning references (e.g. an optimizer's model):
+    links(node) -> iterable of (key, target): objects the node refers to
+        without owning them. They are not walked and hold no State; a link
+        is kept in the GraphDef only if its target is part of the same
+        flatten (as a graph node or Variable), and re-made by `unflatten`.
+    set_link(node, key, target) -> None: re-make one link after unflatten.
     """
 
     type: type
@@ -39,6 +46,8 @@ class NodeImpl:
     static: Callable[[Any], Hashable] = lambda node: None
     parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
     fill: Callable[[Any, tuple, Any], None] | None = None
+    links: Callable[[Any], Iterable[tuple[Key, Any]]] | None = None
+    set_link: Callable[[Any, Key, Any], None] | None = None
 
 
 _REGISTRY: dict[type, NodeImpl] = {}

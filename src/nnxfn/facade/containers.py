@@ -105,10 +105,34 @@ class Sequential(Module):
     def __init__(self, *layers: tp.Callable):
         self.layers = List(layers)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: tp.Any, rngs: tp.Any = None, **kwargs: tp.Any) -> tp.Any:
+        """Chain the layers (as Flax does): a tuple output is the next layer's
+        positional arguments, a dict output its keywords; `rngs` goes to every
+        layer that takes it. With no layers, the input comes back unchanged."""
         if not self.layers:
-            raise ValueError("Sequential has no layers to call.")
-        out = self.layers[0](*args, **kwargs)
-        for layer in self.layers[1:]:
-            out = layer(out)
+            if len(args) == 1:
+                return args[0]
+            return args if args else (kwargs or None)
+        out: tp.Any = None
+        for i, layer in enumerate(self.layers):
+            if not callable(layer):
+                raise TypeError(f"Sequential: layer {i} is not callable (got {type(layer).__name__}).")
+            if i > 0:
+                args, kwargs = ((), out) if isinstance(out, dict) else (
+                    (out, {}) if isinstance(out, tuple) else ((out,), {})
+                )
+            if rngs is not None and _takes_keyword(layer, "rngs"):
+                kwargs = {**kwargs, "rngs": rngs}
+            out = layer(*args, **kwargs)
         return out
+
+
+def _takes_keyword(fn: tp.Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.name == name and p.kind in kinds for p in params)

@@ -23,7 +23,7 @@ from nnxfn.facade.variables import Perturbation, Variable, variable_type_from_na
 from nnxfn.facade.varmodes import base_type as var_type_of
 
 M = tp.TypeVar("M", bound="Module")
-_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data", "_nnx_version")
+_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data", "_nnx_version", "_nnx_model")  # _nnx_model: an optimizer's link
 _UNSET = object()
 
 

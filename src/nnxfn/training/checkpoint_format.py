@@ -227,9 +227,9 @@ def mismatch(path: Path, root: str, missing: list, unexpected: list, wrong: list
     if prefix is not None:
         lines.append(
             f"Every path of the {root} is in the checkpoint under {prefix!r}: it holds "
-            f"a larger object (e.g. an optimizer, whose {prefix!r} is this model). "
-            "Restore into that object, e.g. "
-            "`restore_checkpoint(path, nnx.Optimizer(model, tx))`."
+            f"a larger object (e.g. an `nnx.ModelAndOptimizer`, whose {prefix!r} is "
+            "this model). Restore into that object, e.g. "
+            "`restore_checkpoint(path, nnx.ModelAndOptimizer(model, tx))`."
         )
     else:
         lines.append(

@@ -1,18 +1,19 @@
-"""`EMA`: an exponential moving average of a model's parameters.
+"""`EMA`: an exponential moving average of a model's Variables.
 
 Usage::
 
-    ema = EMA(model, decay=0.999)         # copies the Param leaves
-    ema.update(model)                     # ema = decay * ema + (1 - decay) * param
-    eval_model = ema.apply_to(model)      # a new model with the averaged weights
-    eval_model = ema.ema_model()          # same, with the rest of the state as of
-                                          # the last `update`
+    ema = EMA(model, decay=0.999)         # copies the Variables (only=... : all)
+    ema.update(model)                     # ema = decay * ema + (1 - decay) * value
+    eval_model = ema.apply_to(model)      # a model that uses the averages
 
-The averages live in `EMAState` Variables (not `Param`s, so `nnx.grad` and
-`nnx.Optimizer` never train them), in `ema.params`, a State with the paths
-of `nnx.state(model, wrt)`. The EMA is a graph node: pass it to `nnx.jit`
-and checkpoint it like a model. The model's other leaves (batch statistics,
-...) are kept in `ema.rest` for `ema_model()`; `decay` and `wrt` are static.
+`ema.params` is a State of copies of the tracked Variables (same types and
+metadata, e.g. sharding), the layout of Flax's `nnx.EMA`. `apply_to` returns
+a new model whose tracked Variables *are* those in `ema.params` (so it sees
+every later `update`) and whose other Variables are the model's own. The EMA
+is a graph node: pass it to `nnx.jit` and checkpoint it like a model.
+
+Floating-point Variables are averaged; others (integer counters, PRNG keys)
+cannot be, so they are copied from the model at each `update`.
 """
 
 from __future__ import annotations
@@ -21,92 +22,93 @@ import typing as tp
 
 import jax.numpy as jnp
 
-from nnxfn.core import State, merge, split
+from nnxfn import core
+from nnxfn.core import State
 from nnxfn.core.errors import path_str
-from nnxfn.facade.module import Object, static
-from nnxfn.facade.variables import Param, Variable
+from nnxfn.facade.module import Object, data, static
+from nnxfn.facade.variables import Variable
 
 Path = tuple[tp.Any, ...]
+A = tp.TypeVar("A")
 
 
 class EMAState(Variable):
-    """A copy of a model leaf held by `EMA` (an average, or the rest of the state)."""
+    """Kept for code written against earlier nnxfn; `EMA` now keeps the tracked
+    Variables' own types (as Flax does)."""
 
 
 class EMA(Object):
-    """Exponential moving average of the `wrt` Variables of a model.
+    """Exponential moving average of the Variables of a model selected by `only`.
 
     Args:
-      model: the model to average; its `wrt` leaves are copied as the start.
+      params: the model (or any graph / State) whose Variables are averaged.
       decay: the weight of the old average, in [0, 1].
-      wrt: a filter selecting the averaged Variables (default `Param`).
+      only: a filter selecting the tracked Variables (default: all).
+      graph: accepted for Flax compatibility; nnxfn has one behaviour.
     """
 
-    def __init__(self, model: tp.Any, decay: float = 0.999, *, wrt: tp.Any = Param):
+    def __init__(
+        self, params: tp.Any, decay: float, *, only: tp.Any = ..., graph: bool | None = None,
+    ):
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(_bad_decay(decay))
         self.decay = decay
-        self.wrt = static(wrt)
-        graphdef, params, rest = split(model, wrt, ...)
-        self.graphdef = static(graphdef)
-        self.params = _boxed(params)
-        self.rest = _boxed(rest)
-
-    def update(self, model: tp.Any) -> None:
-        """Fold the model's current `wrt` leaves into the averages (in place)."""
-        graphdef, params, rest = split(model, self.wrt, ...)
-        decay = jnp.asarray(self.decay)
-        averages = dict(self.params.flat_state())
-        _check_paths(averages, params, "update")
-        for path, leaf in params.flat_state():
-            var = averages[path]
-            old = var.value
-            new = decay * old + (1 - decay) * _raw(leaf)
-            var.value = new.astype(old.dtype)
-        kept = dict(self.rest.flat_state())
-        if set(kept) == {p for p, _ in rest.flat_state()} and graphdef == self.graphdef:
-            for path, leaf in rest.flat_state():
-                kept[path].value = _raw(leaf)
-
-    def apply_to(self, model: tp.Any) -> tp.Any:
-        """A new model like `model` (same structure and other state) with the
-        averaged weights; `model` itself is unchanged."""
-        graphdef, params, rest = split(model, self.wrt, ...)
-        averages = dict(self.params.flat_state())
-        _check_paths(averages, params, "apply_to")
-        new = State.from_flat_path(
-            [(p, _with_value(leaf, averages[p].value)) for p, leaf in params.flat_state()]
+        self.filter = static(only)
+        tracked = _tracked(params, only)
+        self.params = data(
+            State.from_flat_path([(p, _copy(p, v)) for p, v in tracked.flat_state()])
         )
-        return merge(graphdef, new, rest)
 
-    def ema_model(self) -> tp.Any:
-        """A new model with the averaged weights and the rest of the state
-        (e.g. batch statistics) as of the last `update` (or construction)."""
-        return merge(self.graphdef, _unboxed(self.params), _unboxed(self.rest))
+    def update(self, updates: tp.Any) -> None:
+        """Fold the current values of the tracked Variables of `updates` (a model
+        like the one given at construction) into the averages, in place."""
+        averages = dict(self.params.flat_state())
+        new = dict(_tracked(updates, self.filter).flat_state())
+        _check_paths(averages, new, "update")
+        decay = self.decay
+        for path, var in averages.items():
+            value = _raw(new[path])
+            old = var.raw_value
+            if _averaged(old):
+                var.value = jnp.asarray(decay * old + (1.0 - decay) * value).astype(old.dtype)
+            else:
+                var.value = value
+
+    def apply_to(self, model: A) -> A:
+        """A new model like `model` whose tracked Variables are the EMA's (shared
+        with `self.params`) and whose other Variables are `model`'s own."""
+        graphdef, pairs = core.flatten(model, copy=False)
+        averages = dict(self.params.flat_state())
+        tracked = {p for p, _ in _tracked(model, self.filter).flat_state()}
+        _check_paths(averages, dict.fromkeys(tracked), "apply_to")
+        leaves = {p: averages[p] if p in averages else leaf for p, leaf in pairs}
+        return core.unflatten(graphdef, leaves, copy=False)
+
+
+def _tracked(node: tp.Any, only: tp.Any) -> State:
+    found = core.state(node, only)
+    for path, leaf in found.flat_state():
+        if not isinstance(leaf, Variable):
+            raise TypeError(_not_a_variable(path, leaf))
+    return found
 
 
 def _raw(leaf: tp.Any) -> tp.Any:
     return leaf.raw_value if isinstance(leaf, Variable) else leaf
 
 
-def _with_value(leaf: tp.Any, value: tp.Any) -> tp.Any:
-    if isinstance(leaf, Variable):
-        return type(leaf).from_parts(value, leaf.metadata_items())
-    return value
+def _copy(path: Path, leaf: Variable) -> Variable:
+    return type(leaf).from_parts(jnp.copy(leaf.raw_value), leaf.metadata_items())
 
 
-def _boxed(state: State) -> State:
-    return State.from_flat_path([(p, EMAState(_raw(v))) for p, v in state.flat_state()])
+def _averaged(value: tp.Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _unboxed(state: State) -> State:
-    return State.from_flat_path([(p, _raw(v)) for p, v in state.flat_state()])
-
-
-def _check_paths(averages: dict[Path, tp.Any], params: State, where: str) -> None:
-    have = [p for p, _ in params.flat_state()]
-    missing = [p for p in have if p not in averages]
-    extra = [p for p in averages if p not in set(have)]
+def _check_paths(averages: dict[Path, tp.Any], model: dict[Path, tp.Any], where: str) -> None:
+    missing = [p for p in model if p not in averages]
+    extra = [p for p in averages if p not in model]
     if missing or extra:
         raise ValueError(_paths_mismatch(where, missing, extra))
 
@@ -119,14 +121,22 @@ def _bad_decay(decay: tp.Any) -> str:
     )
 
 
+def _not_a_variable(path: Path, leaf: tp.Any) -> str:
+    return (
+        f"EMA: {path_str(path, 'model')} is a {type(leaf).__name__}, not a Variable; "
+        "the EMA only tracks Variables. Select Variables with `only=`, e.g. "
+        "`nnx.EMA(model, decay, only=nnx.Param)`."
+    )
+
+
 def _paths_mismatch(where: str, missing: list[Path], extra: list[Path]) -> str:
-    lines = [f"EMA.{where}: the model's averaged Variables differ from the EMA's."]
+    lines = [f"EMA.{where}: the model's tracked Variables differ from the EMA's."]
     if missing:
         lines.append("  in the model, not in the EMA: " + ", ".join(path_str(p, "model") for p in missing))
     if extra:
         lines.append("  in the EMA, not in the model: " + ", ".join(path_str(p, "model") for p in extra))
     lines.append(
         "Pass the model (or one with the same structure) that the EMA was built "
-        "from, or build a new `EMA(model)` after changing the model."
+        "from, or build a new `EMA(model, decay)` after changing the model."
     )
     return "\n".join(lines)

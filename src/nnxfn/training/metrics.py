@@ -74,6 +74,8 @@ class Average(Metric):
         self.count.value = jnp.zeros_like(self.count.value)
 
     def update(self, *, mask: tp.Any = None, **kwargs: tp.Any) -> None:
+        if mask is not None and isinstance(kwargs.get(self.argname), (int, float)):
+            raise ValueError(_scalar_with_mask(type(self).__name__, self.argname))
         values = _arg(self, kwargs, self.argname)
         keep = _mask_for(values, mask, f"{type(self).__name__}.update")
         total = jnp.sum(jnp.where(keep, values, 0), dtype=self.total.value.dtype)
@@ -94,8 +96,10 @@ class Accuracy(Average):
     """
 
     def __init__(self, threshold: float | None = None, *args: tp.Any, **kwargs: tp.Any):
-        super().__init__(*args, **kwargs)
+        if threshold is not None and not isinstance(threshold, float):
+            raise TypeError(_bad_threshold(threshold))
         self.threshold = threshold
+        super().__init__(*args, **kwargs)
 
     def update(  # type: ignore[override]
         self, *, logits: tp.Any, labels: tp.Any, mask: tp.Any = None, **_: tp.Any
@@ -105,13 +109,15 @@ class Accuracy(Average):
             if logits.ndim != labels.ndim + 1 or logits.shape[:-1] != labels.shape:
                 raise ValueError(_bad_logits(logits.shape, labels.shape))
             if not jnp.issubdtype(labels.dtype, jnp.integer):
-                raise TypeError(_bad_labels(labels.dtype))
+                raise ValueError(_bad_labels(labels.dtype))
             preds = jnp.argmax(logits, axis=-1)
         else:
             if logits.shape != labels.shape:
                 raise ValueError(_bad_binary(logits.shape, labels.shape))
-            preds = logits > self.threshold
-            labels = labels.astype(bool)
+            if not (jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_):
+                raise ValueError(_bad_labels(labels.dtype))
+            preds = logits >= self.threshold
+            labels = labels > 0
         correct = (preds == labels).astype(jnp.float32)
         super().update(mask=mask, **{self.argname: correct})
 
@@ -194,8 +200,15 @@ class MultiMetric(Metric):
             metric.reset()
 
     def update(self, **updates: tp.Any) -> None:
-        for _, metric in self._metrics():
-            metric.update(**updates)
+        """Every keyword goes to every metric. `mask=` is one mask for all of them,
+        or a dict {metric name: mask} (metrics without an entry get no mask)."""
+        mask = updates.pop("mask", None)
+        for name, metric in self._metrics():
+            own = mask.get(name) if isinstance(mask, dict) else mask
+            if own is None:
+                metric.update(**updates)
+            else:
+                metric.update(**updates, mask=own)
 
     def compute(self) -> dict[str, tp.Any]:
         return {name: metric.compute() for name, metric in self._metrics()}
@@ -217,9 +230,24 @@ def _bad_mask(where: str, mask: tuple, values: tuple) -> str:
     )
 
 
+def _scalar_with_mask(cls: str, name: str) -> str:
+    return (
+        f"{cls}.update: a mask was given, so {name} should be a jax array (one value "
+        f"per mask entry), got a Python scalar. Pass `{name}=jnp.asarray(...)`, or no mask."
+    )
+
+
+def _bad_threshold(threshold: tp.Any) -> str:
+    return (
+        f"Accuracy: threshold must be a float (e.g. 0.5), got {threshold!r} of type "
+        f"{type(threshold).__name__}."
+    )
+
+
 def _bad_logits(logits: tuple, labels: tuple) -> str:
     return (
-        f"Accuracy.update: logits of shape {logits} need one more (class) axis than "
+        "Accuracy.update: For multi-class classification, logits need one more (class) "
+        f"axis than labels: logits of shape {logits} need one more (class) axis than "
         f"labels of shape {labels}, e.g. logits (batch, classes) with labels (batch,). "
         "For binary predictions pass `Accuracy(threshold=0.5)` and same-shaped logits."
     )
@@ -227,15 +255,16 @@ def _bad_logits(logits: tuple, labels: tuple) -> str:
 
 def _bad_labels(dtype: tp.Any) -> str:
     return (
-        f"Accuracy.update: labels must be integer class indices, got {dtype}. "
+        f"Accuracy.update: labels must be integer class indices (0/1 or bool with a "
+        f"threshold), got {dtype}. "
         "Convert one-hot labels with `labels.argmax(-1)`."
     )
 
 
 def _bad_binary(logits: tuple, labels: tuple) -> str:
     return (
-        f"Accuracy(threshold=...).update: logits of shape {logits} and labels of shape "
-        f"{labels} must have the same shape (one score per label)."
+        f"Accuracy(threshold=...).update: For binary classification, logits of shape "
+        f"{logits} and labels of shape {labels} must have the same shape (one score per label)."
     )
 
 

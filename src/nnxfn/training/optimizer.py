@@ -7,25 +7,26 @@ Usage::
     optimizer.update(grads)                                # also works (see below)
 
 The optimizer is a graph node like a Module, so `nnx.jit`, `nnx.split` and
-checkpoints carry it. It holds:
+checkpoints carry it. Its State is Flax's: `step` (an `OptState` with a
+uint32 count of updates) and `opt_state` (the optax state, every array in
+a Variable: `OptVariable`s mirror a trained Variable, e.g. Adam's `mu`, and
+carry its metadata such as sharding; the others are `OptArray`s). `tx` and
+`wrt` are static.
 
-- `step`: an `OptState` Variable with a uint32 counter of updates;
-- `opt_state`: the optax state, every array leaf wrapped in a Variable.
-  Leaves that mirror a parameter (Adam's `mu`/`nu`, ...) are `OptArray`s and
-  inherit that parameter's metadata (e.g. sharding names); the others
-  (counts, injected hyperparameters) are `OptState`s;
-- `model`: the model given at construction. It is an ordinary (shared)
-  reference, so `update(grads)` knows which model to write, also inside
-  `nnx.jit(train_step)(model, optimizer, ...)`, where it is the same object
-  as the `model` argument. Because of it, `nnx.state(optimizer)` contains a
-  `model` entry (the layout of Flax < 0.11); `tx` and `wrt` are static.
+The model is *not* part of the optimizer's State. The optimizer remembers it
+through a link (see `NodeImpl.links`): a reference that is kept whenever the
+model is split, cloned or passed to a transform together with the optimizer.
+So `update(grads)` writes to the right model eagerly, inside
+`nnx.jit(train_step)(model, optimizer, ...)` (the fresh model there) and
+after `nnx.clone((model, optimizer))`. An optimizer split or passed without
+its model does not know it: call `update(model, grads)` there.
 
-`update(grads)` / `update(model, grads)` takes the gradients for exactly the
-`wrt` leaves of the model (a State from `nnx.grad`, with Variables or raw
-arrays, or the matching nested dict), runs `tx.update(grads, opt_state,
-params, **kwargs)`, applies the updates in place and increments `step`.
-Keyword arguments go to `tx.update` (e.g. `value=`, `grad=`, `value_fn=` for
-`optax.scale_by_zoom_linesearch`); States among them are unboxed like grads.
+`update` checks the gradients against the trained Variables (by path,
+shape and dtype; see `grads.py`) before it writes anything, runs
+`tx.update(grads, opt_state, params, **kwargs)`, applies the updates in place
+and increments `step`. Keyword arguments go to `tx.update` (e.g. `value=`,
+`grad=`, `value_fn=` for `optax.scale_by_zoom_linesearch`); States among them
+are unboxed like the gradients.
 
 With `optax.inject_hyperparams`, hyperparameters are Variables in the state:
 `optimizer.opt_state.hyperparams['learning_rate'][...] = 1e-4`, or the
@@ -34,63 +35,110 @@ shortcuts `optimizer.hyperparams['b1']` and `optimizer.learning_rate = 1e-4`.
 
 from __future__ import annotations
 
+import dataclasses
 import typing as tp
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from nnxfn.core import State, state as state_of, to_predicate, update as update_graph
-from nnxfn.core.errors import path_str
+from nnxfn import core
+from nnxfn.core import State, to_predicate, update as update_graph
 from nnxfn.facade import spmd
 from nnxfn.facade.module import Object, static
 from nnxfn.facade.variables import OptArray, OptState, Param, Variable
+from nnxfn.training.grads import match_grads, unbox
 
+M = tp.TypeVar("M")
 Path = tuple[tp.Any, ...]
-_ARRAYS = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+_ARRAYS = (jax.Array, jax.ShapeDtypeStruct)
 
 
-class Optimizer(Object):
+class OptVariable(OptState):
+    """Optimizer state that mirrors a trained Variable (e.g. Adam's `mu`); it
+    carries that Variable's metadata (sharding names, ...)."""
+
+
+class Optimizer(Object, tp.Generic[M]):
     """Holds an optax transformation, its state and a step counter.
 
     Args:
       model: the model whose `wrt` Variables are trained.
       tx: an optax `GradientTransformation`.
       wrt: a filter selecting the trained Variables (default `Param`).
+      graph: accepted for Flax compatibility; nnxfn has one behaviour.
     """
 
-    def __init__(self, model: tp.Any, tx: optax.GradientTransformation, *, wrt: tp.Any = Param):
-        self.model = model
+    def __init__(
+        self,
+        model: M,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: tp.Any = Param,
+        graph: bool | None = None,
+    ):
+        params = _trained(model, wrt)
+        if not params:
+            raise ValueError(_nothing_to_train(wrt, model))
+        self.step = OptState(jnp.array(0, dtype=jnp.uint32))
         self.tx = static(tx)
         self.wrt = static(wrt)
-        self.step = OptState(jnp.array(0, dtype=jnp.uint32))
-        params = _params(model, wrt)
-        raw = _unbox_state(params)
+        raw = State.from_flat_path([(p, unbox(v)) for p, v in params])
         self.opt_state = _box_opt_state(tx.init(raw), params)
+        object.__setattr__(self, "_nnx_model", model)
+
+    # -- the model ------------------------------------------------------------------
+    def __getattr__(self, name: str) -> tp.Any:
+        if name == "model":  # only reached when `model` is not a real attribute
+            model = _linked_model(self)
+            if model is None:
+                raise AttributeError(_no_model(type(self).__name__, "optimizer.model"))
+            return model
+        found = getattr(type(self), name, None)
+        if isinstance(found, property):  # its getter raised: raise its own message again
+            return tp.cast(tp.Callable, found.fget)(self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> tp.Any:  # pickle/deepcopy keep the link
+        return (super().__getstate__(), _linked_model(self))
+
+    def __setstate__(self, state: tp.Any) -> None:
+        attributes, model = state
+        super().__setstate__(attributes)
+        object.__setattr__(self, "_nnx_model", model)
 
     # -- the update ---------------------------------------------------------------
-    def update(self, *args: tp.Any, **kwargs: tp.Any) -> State:
-        """`update(grads, **kw)` or `update(model, grads, **kw)`; returns the applied updates."""
-        if len(args) == 1:
-            model, grads = self.model, args[0]
-        elif len(args) == 2:
+    def update(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        """`update(grads, **kw)` or `update(model, grads, **kw)`; returns the applied
+        updates (raw arrays with the paths of the trained Variables)."""
+        if len(args) == 2:
             model, grads = args
+        elif len(args) == 1:
+            model, grads = self.__dict__.get("model"), args[0]
+            if model is None:
+                model = _linked_model(self)
+            if model is None:
+                raise TypeError(_no_model(type(self).__name__, "optimizer.update(grads)"))
         else:
             raise TypeError(_bad_arity(len(args)))
-        params = _params(model, self.wrt)
-        raw_params = _unbox_state(params)
-        raw_grads = _grads_like(grads, params, self.wrt, "grads")
+        params = _trained(model, self.wrt)
+        raw_params = State.from_flat_path([(p, unbox(v)) for p, v in params])
+        raw_grads = match_grads(grads, params, model, self.wrt, "grads")
         extra = {
-            k: _grads_like(v, params, self.wrt, k) if isinstance(v, State) else v
+            k: match_grads(v, params, model, self.wrt, k) if isinstance(v, State) else unbox(v)
             for k, v in kwargs.items()
         }
         raw_opt = _unbox_tree(self.opt_state)
         updates, new_opt = self.tx.update(raw_grads, raw_opt, raw_params, **extra)
         new_params = optax.apply_updates(raw_params, updates)
-        update_graph(model, new_params)
-        _write_tree(self.opt_state, new_opt)
+        targets = jax.tree.leaves(self.opt_state, is_leaf=_is_var)
+        values = jax.tree.leaves(new_opt)
+        if len(targets) != len(values):
+            raise ValueError(_state_changed(len(targets), len(values)))
+        _write_params(model, params, new_params)
+        for target, value in zip(targets, values):
+            if isinstance(target, Variable):
+                target.value = value
         self.step.value = self.step.value + jnp.uint32(1)
         return updates
 
@@ -114,67 +162,67 @@ class Optimizer(Object):
     @learning_rate.setter
     def learning_rate(self, value: tp.Any) -> None:
         var = self.hyperparams["learning_rate"]
-        var.value = jnp.asarray(_unbox(value), dtype=jnp.asarray(var.value).dtype)
+        var.value = jnp.asarray(unbox(value), dtype=jnp.asarray(var.value).dtype)
 
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
-        if name == "learning_rate":  # a value write, not a structural change
-            type(self).learning_rate.fset(self, value)  # type: ignore[attr-defined]
-        else:
-            super().__setattr__(name, value)
+class ModelAndOptimizer(Optimizer[M]):
+    """An `Optimizer` that owns its model: `.model` is part of its State (the
+    layout of Flax < 0.11), and `update(grads)` trains it."""
+
+    def __init__(
+        self, model: M, tx: optax.GradientTransformation, *, wrt: tp.Any = Param,
+        graph: bool | None = None,
+    ):
+        super().__init__(model, tx, wrt=wrt)
+        self.model = model
 
 
-class ModelAndOptimizer(Optimizer):
-    """An `Optimizer` that is also the owner of `.model`: `update(grads)`.
+# -- the link to the model (see `NodeImpl.links` in the core) ------------------------------
+def _linked_model(opt: Optimizer) -> tp.Any:
+    return getattr(opt, "_nnx_model", None)
 
-    Same as `Optimizer` (which keeps its model too); provided under Flax's
-    name for code written against `nnx.ModelAndOptimizer`.
-    """
+
+def _links(opt: Optimizer) -> tuple:
+    model = _linked_model(opt)
+    return () if model is None else (("model", model),)
+
+
+def _set_link(opt: Optimizer, key: str, target: tp.Any) -> None:
+    object.__setattr__(opt, "_nnx_model", target)
+
+
+core.register_node_type(
+    dataclasses.replace(
+        tp.cast(core.NodeImpl, core.registry.lookup(Object)),
+        type=Optimizer,
+        links=_links,
+        set_link=_set_link,
+    )
+)
 
 
 # -- State helpers ------------------------------------------------------------------
-def _params(model: tp.Any, wrt: tp.Any) -> State:
-    return state_of(model, wrt)
-
-
-def _unbox(x: tp.Any) -> tp.Any:
-    return x.raw_value if isinstance(x, Variable) else x
-
-
-def _unbox_state(s: State) -> State:
-    return State.from_flat_path([(p, _unbox(v)) for p, v in s.flat_state()])
-
-
-def _flat_grads(grads: tp.Any, what: str) -> list[tuple[Path, tp.Any]]:
-    if isinstance(grads, State):
-        return grads.flat_state()
-    if isinstance(grads, Mapping):
-        return State(grads).flat_state()
-    raise TypeError(_bad_grads(what, grads))
-
-
-def _grads_like(grads: tp.Any, params: State, wrt: tp.Any, what: str) -> State:
-    """Raw-array State with exactly the paths of `params`, or a clear error.
-
-    Variable leaves that do not match `wrt` are dropped (gradients taken
-    w.r.t. more than the optimizer trains); every other leaf must be a param.
-    """
+def _trained(model: tp.Any, wrt: tp.Any) -> list[tuple[Path, tp.Any]]:
+    """The (path, leaf) pairs of the model's leaves selected by `wrt`: the live
+    Variables (so `update` writes them directly), or raw arrays."""
+    graphdef, pairs = core.flatten(model, copy=False)
     pred = to_predicate(wrt)
-    flat = {}
-    for path, leaf in _flat_grads(grads, what):
-        if isinstance(leaf, Variable) and not pred(path, leaf):
-            continue
-        flat[_normalise(path)] = _unbox(leaf)
-    want = [p for p, _ in params.flat_state()]
-    missing = [p for p in want if p not in flat]
-    unexpected = sorted(set(flat) - set(want), key=repr)
-    if missing or unexpected:
-        raise ValueError(_paths_mismatch(what, missing, unexpected))
-    return State.from_flat_path([(p, flat[p]) for p in want])
+    boxed = core.graph.boxed_paths(graphdef)
+    # leaves boxed only in the State (arrays of foreign pytrees) are written by path
+    return [(p, unbox(v) if p in boxed else v) for p, v in pairs if pred(p, v)]
 
 
-def _normalise(path: Path) -> Path:
-    return tuple(int(k) if isinstance(k, str) and k.isdigit() else k for k in path)
+def _write_params(model: tp.Any, params: list[tuple[Path, tp.Any]], new: State) -> None:
+    """Write the new values: into the live Variables, the rest through `nnx.update`."""
+    loose = []
+    flat = dict(new.flat_state())
+    for path, leaf in params:
+        if isinstance(leaf, Variable):
+            leaf.value = flat[path]
+        else:
+            loose.append((path, flat[path]))
+    if loose:
+        update_graph(model, State.from_flat_path(loose))
 
 
 def _is_var(x: tp.Any) -> bool:
@@ -182,36 +230,24 @@ def _is_var(x: tp.Any) -> bool:
 
 
 def _unbox_tree(tree: tp.Any) -> tp.Any:
-    return jax.tree.map(_unbox, tree, is_leaf=_is_var)
+    return jax.tree.map(unbox, tree, is_leaf=_is_var)
 
 
-def _write_tree(boxed: tp.Any, raw: tp.Any) -> None:
-    """Write `raw`'s leaves into the Variables of `boxed` (same structure), in place."""
-    targets = jax.tree.leaves(boxed, is_leaf=_is_var)
-    values, _ = jax.tree.flatten(raw)
-    if len(targets) != len(values):
-        raise ValueError(_state_changed(len(targets), len(values)))
-    for target, value in zip(targets, values):
-        if isinstance(target, Variable):
-            target.value = value
-
-
-def _box_opt_state(opt_state: tp.Any, params: State) -> tp.Any:
-    """Wrap every array of the optax state in OptArray (mirrors a param) or OptState."""
-    meta = {
-        p: (getattr(v, "shape", None), v.metadata_items() if isinstance(v, Variable) else (),
-            _unbox(v))
-        for p, v in params.flat_state()
-    }
+def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.Any:
+    """Every array of the optax state in a Variable: an `OptVariable` with the
+    parameter's metadata where it mirrors one (same path and shape), else an `OptArray`."""
+    meta = {p: (tuple(getattr(unbox(v), "shape", ())), v) for p, v in params}
 
     def box_mirror(sub: State) -> State:
         pairs = []
         for path, x in sub.flat_state():
-            shape, items, param = meta.get(path, (None, (), None))
-            if not _is_array(x):
+            shape, param = meta.get(path, (None, None))
+            if not isinstance(x, _ARRAYS):
                 pairs.append((path, x))
-            elif shape is not None and tuple(x.shape) == tuple(shape):
-                pairs.append((path, OptArray.from_parts(_placed_like(x, param, items), items)))
+            elif shape is not None and tuple(x.shape) == shape:
+                items, own = _opt_metadata(param)
+                value = _placed(x, unbox(param), items, own)
+                pairs.append((path, OptVariable.from_parts(value, items)))
             else:
                 pairs.append((path, OptArray(x)))
         return State.from_flat_path(pairs)
@@ -219,20 +255,30 @@ def _box_opt_state(opt_state: tp.Any, params: State) -> tp.Any:
     def box(x: tp.Any) -> tp.Any:
         if isinstance(x, State):
             return box_mirror(x)
-        return OptState(x) if _is_array(x) else x
+        return OptArray(x) if isinstance(x, _ARRAYS) else x
 
     return jax.tree.map(box, opt_state, is_leaf=lambda x: isinstance(x, State))
 
 
-def _is_array(x: tp.Any) -> bool:
-    return isinstance(x, _ARRAYS)
+def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
+    """The metadata a mirror of `param` carries, and whether it has its own
+    sharding: `optimizer_sharding` (if set) replaces the parameter's annotation."""
+    if not isinstance(param, Variable):
+        return (), False
+    items = dict(param.metadata_items())
+    own = "optimizer_sharding" in items
+    if own:
+        items[spmd.spec_key(items) or "sharding"] = items.pop("optimizer_sharding")
+    return tuple(sorted(items.items())), own
 
 
-def _placed_like(x: tp.Any, param: tp.Any, items: tuple) -> tp.Any:
-    """A moment laid out like its parameter: the param's sharding for concrete
-    arrays; inside a trace, the param's sharding annotation (if a mesh is set)."""
-    if isinstance(x, jax.core.Tracer):
-        return spmd.shard_value(x, dict(items)) if spmd.spec_key(dict(items)) else x
+def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:
+    """A moment laid out like its parameter (the param's sharding for concrete
+    arrays), or as its annotation says inside a trace or with an
+    `optimizer_sharding` (if a mesh is known)."""
+    meta = dict(items)
+    if isinstance(x, jax.core.Tracer) or own:
+        return spmd.shard_value(x, meta) if spmd.spec_key(meta) else x
     if isinstance(x, jax.Array) and isinstance(param, jax.Array) and not isinstance(
         param, jax.core.Tracer
     ):
@@ -256,40 +302,46 @@ def _find_hyperparams(opt_state: tp.Any) -> dict[str, Variable] | None:
     return None
 
 
+def _variable_types(model: tp.Any) -> str:
+    counts: dict[str, int] = {}
+    for _, leaf in core.state(model).flat_state():
+        name = type(leaf).__name__ if isinstance(leaf, Variable) else "raw array"
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())) or "no Variables at all"
+
+
 # -- error messages -----------------------------------------------------------------
+def _nothing_to_train(wrt: tp.Any, model: tp.Any) -> str:
+    hint = (
+        " A string filter selects Variables by *tag* (as in Flax NNX), not a Linen "
+        "collection name: for the parameters write `wrt=nnx.Param`."
+        if isinstance(wrt, str) else ""
+    )
+    return (
+        f"nnx.Optimizer: wrt={wrt!r} matches none of the model's Variables, so the "
+        f"optimizer would train nothing. The {type(model).__name__} holds: "
+        f"{_variable_types(model)}.{hint} Pass a filter that selects the Variables to "
+        "train, e.g. `nnx.Optimizer(model, tx, wrt=nnx.Param)`."
+    )
+
+
+def _no_model(cls: str, where: str) -> str:
+    return (
+        f"{where}: this {cls} does not know its model here. It remembers the model it "
+        "was built with, but not through `nnx.split`/`nnx.merge` or a transform that "
+        "did not receive the model too (the model is not part of the optimizer's "
+        "State). Pass the model: `optimizer.update(model, grads)`, and give it to the "
+        "transform, e.g. `nnx.jit(train_step)(model, optimizer, x, y)`; or use "
+        "`nnx.ModelAndOptimizer`, which holds the model in its State."
+    )
+
+
 def _bad_arity(n: int) -> str:
     return (
         f"Optimizer.update takes `(grads)` or `(model, grads)`, got {n} positional "
         "arguments. Pass options to optax as keywords, e.g. "
         "`optimizer.update(model, grads, value=loss)`."
     )
-
-
-def _bad_grads(what: str, grads: tp.Any) -> str:
-    return (
-        f"Optimizer.update: {what} must be a State (as returned by `nnx.grad`) or a "
-        f"nested dict of arrays, got a {type(grads).__name__}. Compute them with "
-        "`grads = nnx.grad(loss_fn)(model)`."
-    )
-
-
-def _paths_mismatch(what: str, missing: list[Path], unexpected: list[Path]) -> str:
-    def show(paths: list[Path]) -> str:
-        text = ", ".join(path_str(p, "model") for p in paths[:8])
-        return text + (f", ... ({len(paths) - 8} more)" if len(paths) > 8 else "")
-
-    lines = [f"Optimizer.update: {what} do not match the trained (`wrt`) Variables of the model."]
-    if missing:
-        lines.append(f"  missing from {what}: {show(missing)}")
-    if unexpected:
-        lines.append(f"  in {what} but not trained: {show(unexpected)}")
-    lines.append(
-        "Take gradients w.r.t. the same Variables the optimizer trains, e.g. "
-        "`nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)` with the `wrt` "
-        "given to `nnx.Optimizer(model, tx, wrt=wrt)`, and pass the model the "
-        "optimizer was built for."
-    )
-    return "\n".join(lines)
 
 
 def _state_changed(expected: int, got: int) -> str:

@@ -50,7 +50,7 @@ def map_variable_defs(graphdef: GraphDef, fn: tp.Callable[[Path, VariableDef], V
     def _kids(children: tuple, path: Path) -> tuple:
         return tuple((k, walk(c, path + (k,))) for k, c in children)
 
-    return GraphDef(walk(graphdef.root, ()), graphdef.num_leaves)
+    return GraphDef(walk(graphdef.root, ()), graphdef.num_leaves, graphdef.links)
 
 
 def variable_defs(graphdef: GraphDef) -> dict[Path, VariableDef]:
