@@ -152,15 +152,18 @@ def test_static_attribute_rejects_arrays():
     assert foo.name == "mattjj"
 
 
-def test_arrays_in_a_static_list_are_an_error():
+def test_arrays_appended_to_a_plain_list_are_data():
+    # Deliberate difference: flax raises "Found unexpected data ... in static
+    # attribute 'ls'"; in nnxfn plain lists of arrays/modules are data, no wrapper needed.
     class Foo(nnx.Pytree):
         def __init__(self):
             self.ls = []
             for i in range(5):
                 self.ls.append(jnp.array(i))
 
-    with pytest.raises(ValueError, match="ls"):
-        Foo()
+    foo = Foo()
+    assert [int(x) for x in jax.tree.leaves(foo)] == [0, 1, 2, 3, 4]
+    assert [int(x) for x in jax.tree.leaves(nnx.state(foo))] == [0, 1, 2, 3, 4]
 
 
 def test_annotations_inside_sub_pytrees_are_an_error():
