@@ -244,7 +244,6 @@ from nnxfn.facade.spmd import (  # noqa: E402
 from nnxfn.transforms.spmd import (  # noqa: E402
     abstract_with_sharding as abstract_with_sharding,
     as_abstract as as_abstract,
-    transform_metadata as transform_metadata,
 )
 
 # -- optim --

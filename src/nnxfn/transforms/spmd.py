@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import typing as tp
 
 import jax
@@ -246,90 +245,6 @@ def get_var_pspec(v: tp.Any) -> PartitionSpec | None:
     """The PartitionSpec of one Variable (logical rules applied), `P()` if it
     has no annotation, None if its value is not an array."""
     return spmd.variable_spec(v)
-
-
-def _edit_axis(var: tp.Any, index: int, partition: tp.Any, add: bool, where: str) -> None:
-    key = spmd.spec_key(var.get_metadata())
-    if key is None or not var.get_metadata(key):
-        return
-    spec = var.get_metadata(key)
-    if isinstance(spec, NamedSharding):
-        raise ValueError(_named_sharding("transform_metadata", where, spec))
-    entries = list(spec)
-    if index < 0:
-        index += len(getattr(var.raw_value, "shape", entries)) + (1 if add else 0)
-    if add:
-        entries += [None] * (index - len(entries))
-        entries.insert(index, partition)
-    else:
-        if index >= len(entries) or entries[index] != partition:
-            raise ValueError(_missing_axis("transform_metadata", where, key, spec, index, partition))
-        del entries[index]
-    var.set_metadata(key, _rebuild(spec, entries))
-
-
-def _variables_with_axes(tree: tp.Any, axes: tp.Any) -> list[tuple[tp.Any, int, str]]:
-    """(variable, axis, where) for the Variables of `tree` (a tuple of arguments
-    or one output) whose prefix axis in `axes` is an int."""
-    from nnxfn.core import iter_graph
-    from nnxfn.facade.variables import Variable
-
-    out = []
-    for path, x in iter_graph(tree):
-        if not isinstance(x, Variable):
-            continue
-        axis = axes
-        if isinstance(axes, (tuple, list)):
-            axis = axes[path[0]] if path and isinstance(path[0], int) and path[0] < len(axes) else None
-        if isinstance(axis, int) and not isinstance(axis, bool):
-            out.append((x, axis, errors.path_str(path, "arg")))
-    return out
-
-
-def transform_metadata(f: tp.Any = None, /, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
-                       partition: str | None, graph: bool | None = None,
-                       **unknown: tp.Any) -> tp.Any:
-    """Run `f` on copies of its arguments whose sharding annotations lack the
-    entry at `in_axes` (it must be `partition`), and give the Variables it
-    returns an entry `partition` at `out_axes`: the metadata side of a vmap
-    or scan, for code that maps an axis by other means. Values written to
-    the argument copies' Variables are written back to the originals; their
-    annotations stay as they were.
-
-    >>> v = nnx.Param(jnp.zeros(3), out_sharding=('layers', None), eager_sharding=False)
-    >>> @nnx.transform_metadata(in_axes=0, out_axes=0, partition='layers')
-    ... def f(v):
-    ...     return v.out_sharding
-    >>> f(v)
-    (None,)
-    """
-    if unknown:
-        raise TypeError(f"transform_metadata() got unexpected keyword argument(s) {sorted(unknown)}.")
-    if f is None:
-        return functools.partial(transform_metadata, in_axes=in_axes, out_axes=out_axes,
-                                 partition=partition, graph=graph)
-    from nnxfn.core import clone, iter_graph
-    from nnxfn.facade.variables import Variable
-
-    @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        if kwargs:  # keyword arguments take their positional place, as in Flax
-            bound = inspect.signature(f).bind(*args, **kwargs)
-            args, kwargs = bound.args, bound.kwargs
-        originals = [x for _, x in iter_graph(args) if isinstance(x, Variable)]
-        copies_args = clone(args)
-        copies = [x for _, x in iter_graph(copies_args) if isinstance(x, Variable)]
-        for var, axis, where in _variables_with_axes(copies_args, in_axes):
-            _edit_axis(var, axis, partition, add=False, where=where)
-        out = f(*copies_args, **kwargs)
-        for original, copy in zip(originals, copies):
-            if copy.raw_value is not original.raw_value:
-                original.raw_value = copy.raw_value
-        for var, axis, where in _variables_with_axes(out, out_axes):
-            _edit_axis(var, axis, partition, add=True, where=where.replace("arg", "out", 1))
-        return out
-
-    return wrapper
 
 
 def _no_mesh_for_abstract(path: Path) -> str:
