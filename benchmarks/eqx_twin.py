@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
             train_step(models[k], opts[k], x, y)
     results: dict[str, list[float]] = {k: [] for k in models}
     for r in range(args.rounds):
-        for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+        for k in list(models) if r % 2 == 0 else list(models)[::-1]:
             results[k].append(time_steps(models[k], opts[k], x, y, args.calls))
     out = {k: median(v) for k, v in results.items()}
     out["ratio"] = out["eqx"] / out["nnx"]
-    print(f"eqx.nn.MLP inside: {out['eqx']:.0f} µs, all-nnxfn twin: {out['nnx']:.0f} µs, "
-          f"ratio {out['ratio']:.2f}× (target ≤ 1.3×)")
+    print(
+        f"eqx.nn.MLP inside: {out['eqx']:.0f} µs, all-nnxfn twin: {out['nnx']:.0f} µs, "
+        f"ratio {out['ratio']:.2f}× (target ≤ 1.3×)"
+    )
     return out
 
 

@@ -51,14 +51,16 @@ def init_values(depth: int, width: int = WIDTH, seed: int = 0) -> list[dict[str,
     rng = np.random.default_rng(seed)
     blocks = []
     for _ in range(depth):
-        blocks.append(dict(
-            kernel=(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
-            bias=(0.01 * rng.standard_normal(width)).astype(np.float32),
-            scale=(1.0 + 0.01 * rng.standard_normal(width)).astype(np.float32),
-            bn_bias=(0.01 * rng.standard_normal(width)).astype(np.float32),
-            mean=np.zeros(width, np.float32),
-            var=np.ones(width, np.float32),
-        ))
+        blocks.append(
+            dict(
+                kernel=(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
+                bias=(0.01 * rng.standard_normal(width)).astype(np.float32),
+                scale=(1.0 + 0.01 * rng.standard_normal(width)).astype(np.float32),
+                bn_bias=(0.01 * rng.standard_normal(width)).astype(np.float32),
+                mean=np.zeros(width, np.float32),
+                var=np.ones(width, np.float32),
+            )
+        )
     return blocks
 
 
@@ -70,8 +72,9 @@ def make_data(width: int = WIDTH, batch: int = BATCH, seed: int = 1) -> tuple[ja
 
 
 # -- (a) hand-written JAX ------------------------------------------------------------------
-def block_math(h: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array,
-               bn_bias: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def block_math(
+    h: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array, bn_bias: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One block by hand: (output, batch mean, batch var).
 
     The operations are in the order `nnx.Linear`/`nnx.BatchNorm` apply them
@@ -93,10 +96,12 @@ def _raw_loss(params: list, stats: list, x: jax.Array, y: jax.Array) -> tuple[ja
     new_stats = []
     for p, s in zip(params, stats):
         h, mu, var = block_math(h, p["kernel"], p["bias"], p["scale"], p["bn_bias"])
-        new_stats.append({
-            "mean": MOMENTUM * s["mean"] + (1 - MOMENTUM) * mu,
-            "var": MOMENTUM * s["var"] + (1 - MOMENTUM) * var,
-        })
+        new_stats.append(
+            {
+                "mean": MOMENTUM * s["mean"] + (1 - MOMENTUM) * mu,
+                "var": MOMENTUM * s["var"] + (1 - MOMENTUM) * var,
+            }
+        )
     return jnp.mean((h - y) ** 2), new_stats
 
 
@@ -119,7 +124,8 @@ def build_raw(depth: int, width: int = WIDTH, donate: bool = False) -> Runner:
 
     def step():
         state["params"], state["stats"], state["opt"], loss = jitted(
-            state["params"], state["stats"], state["opt"], x, y)
+            state["params"], state["stats"], state["opt"], x, y
+        )
         return loss
 
     def lower():
@@ -254,8 +260,7 @@ def _define_eqx() -> tuple:
             """(output, (new running mean, new running var))."""
             bn = self.bn
             h, mu, var = block_math(x, self.linear.kernel, self.linear.bias, bn.scale, bn.bias)
-            return h, (MOMENTUM * bn.mean + (1 - MOMENTUM) * mu,
-                       MOMENTUM * bn.var + (1 - MOMENTUM) * var)
+            return h, (MOMENTUM * bn.mean + (1 - MOMENTUM) * mu, MOMENTUM * bn.var + (1 - MOMENTUM) * var)
 
     class MLP(eqx.Module):
         blocks: list
@@ -273,11 +278,15 @@ def _define_eqx() -> tuple:
 def build_eqx(depth: int, width: int = WIDTH) -> Runner:
     eqx, Linear, BatchNorm, Block, MLP = _define_eqx()
     a = jnp.asarray
-    model = MLP([
-        Block(Linear(a(v["kernel"]), a(v["bias"])),
-              BatchNorm(a(v["scale"]), a(v["bn_bias"]), a(v["mean"]), a(v["var"])))
-        for v in init_values(depth, width)
-    ])
+    model = MLP(
+        [
+            Block(
+                Linear(a(v["kernel"]), a(v["bias"])),
+                BatchNorm(a(v["scale"]), a(v["bn_bias"]), a(v["mean"]), a(v["var"])),
+            )
+            for v in init_values(depth, width)
+        ]
+    )
     stats_of = lambda m: [leaf for b in m.blocks for leaf in (b.bn.mean, b.bn.var)]
     trainable = jax.tree.map(lambda _: True, model)
     trainable = eqx.tree_at(stats_of, trainable, [False] * (2 * depth))
@@ -336,8 +345,12 @@ def available(include_flax: bool = True, include_eqx: bool = True) -> dict[str, 
     return variants
 
 
-def check_same_math(runners: dict[str, Runner], steps: int = 3, rtol: float = 2e-5,
-                    strict: tp.Container[str] = ("raw", "nnxfn")) -> dict[str, list[float]]:
+def check_same_math(
+    runners: dict[str, Runner],
+    steps: int = 3,
+    rtol: float = 2e-5,
+    strict: tp.Container[str] = ("raw", "nnxfn"),
+) -> dict[str, list[float]]:
     """Run `steps` steps of each runner; the losses must agree with `raw`.
 
     A mismatch raises for the variants in `strict` and is reported (returned

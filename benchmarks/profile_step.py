@@ -34,8 +34,13 @@ from benchmarks.timing import median, no_gc  # noqa: E402
 
 
 def _area(filename: str) -> str:
-    for key, name in (("/nnxfn/", "nnxfn"), ("/jax/", "jax"), ("/jaxlib/", "jax"),
-                      ("/optax/", "optax"), ("benchmarks", "benchmark")):
+    for key, name in (
+        ("/nnxfn/", "nnxfn"),
+        ("/jax/", "jax"),
+        ("/jaxlib/", "jax"),
+        ("/optax/", "optax"),
+        ("benchmarks", "benchmark"),
+    ):
         if key in filename:
             return name
     return "builtins/other"
@@ -46,7 +51,7 @@ def summarise(prof: cProfile.Profile, calls: int, top: int = 25) -> str:
     by_area: dict[str, float] = {}
     rows = []
     total = 0.0
-    for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, func), (_, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
         area = _area(filename)
         by_area[area] = by_area.get(area, 0.0) + tt
         total += tt
@@ -54,9 +59,14 @@ def summarise(prof: cProfile.Profile, calls: int, top: int = 25) -> str:
             short = filename.split("/nnxfn/", 1)[1]
             rows.append((tt, ct, nc, f"{short}:{line}:{func}"))
     out = [f"total profiled time {total:.3f} s = {total / calls * 1e6:,.0f} µs per call (under cProfile)"]
-    out.append("self time by area: " + ", ".join(
-        f"{a} {t / calls * 1e6:,.0f} µs ({t / total:.0%})" for a, t in sorted(by_area.items(), key=lambda kv: -kv[1])))
-    out.append(f"\ntop nnxfn functions (per step): self µs | cumulative µs | calls per step")
+    out.append(
+        "self time by area: "
+        + ", ".join(
+            f"{a} {t / calls * 1e6:,.0f} µs ({t / total:.0%})"
+            for a, t in sorted(by_area.items(), key=lambda kv: -kv[1])
+        )
+    )
+    out.append("\ntop nnxfn functions (per step): self µs | cumulative µs | calls per step")
     for tt, ct, nc, name in sorted(rows, reverse=True)[:top]:
         out.append(f"  {tt / calls * 1e6:8.1f} | {ct / calls * 1e6:9.1f} | {nc / calls:8.1f}  {name}")
     s = io.StringIO()
@@ -95,9 +105,17 @@ def breakdown(depth: int, reps: int = 200) -> str:
     for _ in range(3):
         jax.block_until_ready(raw.step())
 
-    parts: dict[str, list[float]] = {k: [] for k in (
-        "whole nnxfn call (waited)", "_prepare", "compiled call (waited)", "commit",
-        "raw jax.jit step (waited)", "jax.jit, same leaves in/out, no work (waited)")}
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "whole nnxfn call (waited)",
+            "_prepare",
+            "compiled call (waited)",
+            "commit",
+            "raw jax.jit step (waited)",
+            "jax.jit, same leaves in/out, no work (waited)",
+        )
+    }
     try:
         jitted = step._jitted(None)
         entry, static, kept, donated, _ = step._prepare((model, optimizer, x, y), {})

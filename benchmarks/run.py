@@ -47,10 +47,15 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target-ms", type=float, help="about how long one round of raw JAX takes")
     p.add_argument("--no-flax", action="store_true", help="skip the flax.nnx columns")
     p.add_argument("--no-eqx", action="store_true", help="skip the Equinox column")
-    p.add_argument("--donate", action="store_true",
-                   help="also run raw JAX and nnxfn with donated state buffers")
-    p.add_argument("--skip", type=lambda s: set(s.split(",")), default=set(),
-                   help="sections to skip: step,first_call,memory,split_merge")
+    p.add_argument(
+        "--donate", action="store_true", help="also run raw JAX and nnxfn with donated state buffers"
+    )
+    p.add_argument(
+        "--skip",
+        type=lambda s: set(s.split(",")),
+        default=set(),
+        help="sections to skip: step,first_call,memory,split_merge",
+    )
     p.add_argument("--json", help="also write all results to this JSON file")
     args = p.parse_args(argv)
     quick = args.quick
@@ -88,29 +93,42 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None] = print) -> dict
         },
         "config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
         "variants": list(variants),
-        "step": [], "first_call": [], "memory": [], "split_merge": [],
+        "step": [],
+        "first_call": [],
+        "memory": [],
+        "split_merge": [],
     }
     t_start = time.perf_counter()
     for depth in args.depths:
         runners = {name: build(depth) for name, build in variants.items()}
         if "step" not in args.skip:
             log(f"[step] depth {depth} ...")
-            results["step"].append(train_step.step_times(
-                depth, runners, reps=args.reps, target_s=args.target_ms / 1e3,
-                max_calls=200 if args.quick else 1000))
+            results["step"].append(
+                train_step.step_times(
+                    depth,
+                    runners,
+                    reps=args.reps,
+                    target_s=args.target_ms / 1e3,
+                    max_calls=200 if args.quick else 1000,
+                )
+            )
         if "memory" not in args.skip:
             log(f"[memory] depth {depth} ...")
             results["memory"].append(train_step.compiled_memory(depth, runners))
         del runners
         if "first_call" not in args.skip:
             log(f"[first call] depth {depth} ...")
-            results["first_call"].append(train_step.first_call_times(
-                depth, variants, reps=args.first_call_reps))
+            results["first_call"].append(
+                train_step.first_call_times(depth, variants, reps=args.first_call_reps)
+            )
     if "split_merge" not in args.skip:
         for n in args.sizes:
             log(f"[split+merge] {n} Variables ...")
-            results["split_merge"].append(split_merge.run(
-                n, reps=args.reps, target_s=args.target_ms / 4e3, include_flax=not args.no_flax))
+            results["split_merge"].append(
+                split_merge.run(
+                    n, reps=args.reps, target_s=args.target_ms / 4e3, include_flax=not args.no_flax
+                )
+            )
     results["seconds"] = time.perf_counter() - t_start
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     return results
@@ -139,9 +157,11 @@ def report(results: dict[str, tp.Any]) -> str:
     out: list[str] = []
     names = results["variants"]
     m = results["machine"]
-    out.append(f"nnxfn benchmarks — jax {m['jax']} ({m['backend']}, {m['cpus']} CPUs), "
-               f"Python {m['python']}, {results['seconds']:.0f} s, "
-               f"load average {m['load_average_at_start']:.1f} → {m['load_average_at_end']:.1f}\n")
+    out.append(
+        f"nnxfn benchmarks — jax {m['jax']} ({m['backend']}, {m['cpus']} CPUs), "
+        f"Python {m['python']}, {results['seconds']:.0f} s, "
+        f"load average {m['load_average_at_start']:.1f} → {m['load_average_at_end']:.1f}\n"
+    )
 
     if results["step"]:
         out.append("### Train step: median µs per step (each call waited for), ratio to raw JAX\n")
@@ -156,22 +176,33 @@ def report(results: dict[str, tp.Any]) -> str:
                 row.append(cell)
             rows.append(row)
         out.append(_table(["depth"] + names, rows))
-        out.append("\n### Train step, async dispatch: µs per step over back-to-back calls, ratio to raw JAX\n")
-        rows = [[str(r["depth"])] + [f"{_us(r['variants'][n]['async_us'])} ({r['variants'][n]['async_ratio']:.2f}×)"
-                                     for n in names] for r in results["step"]]
+        out.append(
+            "\n### Train step, async dispatch: µs per step over back-to-back calls, ratio to raw JAX\n"
+        )
+        rows = [
+            [str(r["depth"])]
+            + [f"{_us(r['variants'][n]['async_us'])} ({r['variants'][n]['async_ratio']:.2f}×)" for n in names]
+            for r in results["step"]
+        ]
         out.append(_table(["depth"] + names, rows))
         out.append("\n### Train step latency: p50 / p99 µs (p99 ÷ p50)\n")
         rows = []
         for r in results["step"]:
             v = r["variants"]
-            rows.append([str(r["depth"])] + [
-                f"{v[n]['p50_us']:,.0f} / {v[n]['p99_us']:,.0f} ({v[n]['p99_over_p50']:.2f})"
-                + (_mark(v[n]["p99_over_p50"] <= TARGETS["p99_over_p50"]) if n == "nnxfn" else "")
-                for n in names])
+            rows.append(
+                [str(r["depth"])]
+                + [
+                    f"{v[n]['p50_us']:,.0f} / {v[n]['p99_us']:,.0f} ({v[n]['p99_over_p50']:.2f})"
+                    + (_mark(v[n]["p99_over_p50"] <= TARGETS["p99_over_p50"]) if n == "nnxfn" else "")
+                    for n in names
+                ]
+            )
         out.append(_table(["depth"] + names, rows))
         exact = all(all(r["losses_bitwise_equal"].values()) for r in results["step"])
-        out.append(f"\nLosses of the first steps bit-identical to raw JAX in every variant: "
-                   f"{'yes' if exact else 'no (within rtol 2e-5)'}.")
+        out.append(
+            f"\nLosses of the first steps bit-identical to raw JAX in every variant: "
+            f"{'yes' if exact else 'no (within rtol 2e-5)'}."
+        )
         samples = ", ".join(f"{n}: {results['step'][-1]['variants'][n]['samples']}" for n in names)
         out.append(f"\n(samples per variant at depth {results['step'][-1]['depth']}: {samples})")
 
@@ -180,54 +211,89 @@ def report(results: dict[str, tp.Any]) -> str:
         rows = []
         for r in results["first_call"]:
             v = r["variants"]
-            rows.append([str(r["depth"])] + [
-                f"{v[n]['seconds']:.2f} s ({v[n]['ratio']:.2f}×)"
-                + (_mark(v[n]["ratio"] <= TARGETS["first_call"]) if n == "nnxfn" else "")
-                for n in names])
+            rows.append(
+                [str(r["depth"])]
+                + [
+                    f"{v[n]['seconds']:.2f} s ({v[n]['ratio']:.2f}×)"
+                    + (_mark(v[n]["ratio"] <= TARGETS["first_call"]) if n == "nnxfn" else "")
+                    for n in names
+                ]
+            )
         out.append(_table(["depth"] + names, rows))
 
     if results["memory"]:
-        out.append("\n### Compiled memory of the train step (`memory_analysis()`): temp / arguments / outputs / aliased\n")
+        out.append(
+            "\n### Compiled memory of the train step (`memory_analysis()`): temp / arguments / outputs / aliased\n"
+        )
         rows = []
         for r in results["memory"]:
             raw = r["variants"].get("raw") or {}
             for n in names:
                 mem = r["variants"].get(n)
                 if not mem or "error" in mem:
-                    rows.append([str(r["depth"]), n, "n/a", "n/a", "n/a", "n/a",
-                                 (mem or {}).get("error", "no lower()")])
+                    rows.append(
+                        [
+                            str(r["depth"]),
+                            n,
+                            "n/a",
+                            "n/a",
+                            "n/a",
+                            "n/a",
+                            (mem or {}).get("error", "no lower()"),
+                        ]
+                    )
                     continue
                 same = "yes" if mem["temp_size_in_bytes"] == raw.get("temp_size_in_bytes") else "no"
-                rows.append([str(r["depth"]), n, _bytes(mem["temp_size_in_bytes"]),
-                             _bytes(mem["argument_size_in_bytes"]), _bytes(mem["output_size_in_bytes"]),
-                             _bytes(mem["alias_size_in_bytes"]), same])
-        out.append(_table(["depth", "variant", "temp", "arguments", "outputs", "aliased",
-                           "temp = raw?"], rows))
+                rows.append(
+                    [
+                        str(r["depth"]),
+                        n,
+                        _bytes(mem["temp_size_in_bytes"]),
+                        _bytes(mem["argument_size_in_bytes"]),
+                        _bytes(mem["output_size_in_bytes"]),
+                        _bytes(mem["alias_size_in_bytes"]),
+                        same,
+                    ]
+                )
+        out.append(
+            _table(["depth", "variant", "temp", "arguments", "outputs", "aliased", "temp = raw?"], rows)
+        )
 
     if results["split_merge"]:
         sm_names = list(results["split_merge"][0]["variants"])
-        out.append("\n### split + merge: median µs per call, ratio to `jax.tree_util` flatten+unflatten of the same leaves\n")
+        out.append(
+            "\n### split + merge: median µs per call, ratio to `jax.tree_util` flatten+unflatten of the same leaves\n"
+        )
         rows = []
         for r in results["split_merge"]:
             v = r["variants"]
-            rows.append([f"{r['n_variables']:,}"] + [
-                f"{_us(v[n]['us'])} ({v[n]['ratio']:.1f}×)"
-                + (_mark(v[n]["ratio"] <= TARGETS["split_merge"]) if n == "nnxfn split+merge" else "")
-                for n in sm_names])
+            rows.append(
+                [f"{r['n_variables']:,}"]
+                + [
+                    f"{_us(v[n]['us'])} ({v[n]['ratio']:.1f}×)"
+                    + (_mark(v[n]["ratio"] <= TARGETS["split_merge"]) if n == "nnxfn split+merge" else "")
+                    for n in sm_names
+                ]
+            )
         out.append(_table(["Variables"] + sm_names, rows))
 
-    out.append("\n✗ = misses its target (step ≤ 1.2×, first call ≤ 1.2×, p99 ≤ 2× p50, "
-               "split+merge ≤ 2×).")
+    out.append("\n✗ = misses its target (step ≤ 1.2×, first call ≤ 1.2×, p99 ≤ 2× p50, split+merge ≤ 2×).")
     return "\n".join(out)
 
 
 def check_finite(results: dict[str, tp.Any]) -> bool:
-    ratios = [v["ratio"] for sec in ("step", "first_call", "split_merge")
-              for r in results[sec] for v in r["variants"].values()]
+    ratios = [
+        v["ratio"]
+        for sec in ("step", "first_call", "split_merge")
+        for r in results[sec]
+        for v in r["variants"].values()
+    ]
     return all(math.isfinite(x) and x > 0 for x in ratios)
 
 
-def main(argv: tp.Sequence[str] | None = None, log: tp.Callable[[str], None] | None = None) -> dict[str, tp.Any]:
+def main(
+    argv: tp.Sequence[str] | None = None, log: tp.Callable[[str], None] | None = None
+) -> dict[str, tp.Any]:
     args = parse_args(argv)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     results = run(args, log)

@@ -62,7 +62,7 @@ def interleaved(
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = fns[name]
             n = calls[name] if isinstance(calls, dict) else calls

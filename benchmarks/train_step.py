@@ -12,8 +12,15 @@ from benchmarks import models
 from benchmarks.timing import calibrate, interleaved, median, no_gc, percentile
 
 
-def step_times(depth: int, runners: dict[str, models.Runner], *,
-               reps: int, target_s: float, max_calls: int, check_steps: int = 3) -> dict[str, tp.Any]:
+def step_times(
+    depth: int,
+    runners: dict[str, models.Runner],
+    *,
+    reps: int,
+    target_s: float,
+    max_calls: int,
+    check_steps: int = 3,
+) -> dict[str, tp.Any]:
     """Per-step latency (p50/p99, each call waited for) and async throughput.
 
     First checks that every runner computes the same losses as `raw`.
@@ -37,7 +44,7 @@ def step_times(depth: int, runners: dict[str, models.Runner], *,
             "samples": len(lat),
             "async_us": median(throughput[name]) * 1e6,
         }
-    for name, row in rows.items():
+    for row in rows.values():
         row["ratio"] = row["p50_us"] / rows["raw"]["p50_us"]
         row["async_ratio"] = row["async_us"] / rows["raw"]["async_us"]
         row["p99_over_p50"] = row["p99_us"] / row["p50_us"]
@@ -55,13 +62,14 @@ def _rough(fn: tp.Callable[[], tp.Any]) -> float:
     return best
 
 
-def first_call_times(depth: int, variants: dict[str, tp.Callable[..., models.Runner]], *,
-                     reps: int) -> dict[str, tp.Any]:
+def first_call_times(
+    depth: int, variants: dict[str, tp.Callable[..., models.Runner]], *, reps: int
+) -> dict[str, tp.Any]:
     """Seconds for the first call of a never-called step (trace + compile + run)."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             runner = variants[name](depth)  # a never-called step; building it is not timed
             with no_gc():
@@ -76,8 +84,13 @@ def first_call_times(depth: int, variants: dict[str, tp.Callable[..., models.Run
     return {"depth": depth, "variants": rows}
 
 
-_MEMORY_FIELDS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-                  "alias_size_in_bytes", "generated_code_size_in_bytes")
+_MEMORY_FIELDS = (
+    "temp_size_in_bytes",
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+)
 
 
 def compiled_memory(depth: int, runners: dict[str, models.Runner]) -> dict[str, tp.Any]:

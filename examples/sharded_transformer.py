@@ -79,16 +79,22 @@ class Block(nnx.Module):
         k, ones = nnx.initializers.lecun_normal(), nnx.initializers.ones_init()
         self.norm1 = nnx.LayerNorm(d, scale_init=part(ones, "embed"), rngs=rngs)
         self.attn = nnx.MultiHeadAttention(
-            heads, d,
-            kernel_init=part(k, "embed", "heads", "head_dim"),          # q, k, v: split heads
-            out_kernel_init=part(k, "heads", "head_dim", "embed"),      # out: contract heads
+            heads,
+            d,
+            kernel_init=part(k, "embed", "heads", "head_dim"),  # q, k, v: split heads
+            out_kernel_init=part(k, "heads", "head_dim", "embed"),  # out: contract heads
             bias_init=part(nnx.initializers.zeros_init(), "heads", "head_dim"),
             out_bias_init=part(nnx.initializers.zeros_init(), "embed"),
             rngs=rngs,
         )
         self.norm2 = nnx.RMSNorm(d, scale_init=part(ones, "embed"), rngs=rngs)
-        self.up = nnx.Linear(d, mlp, kernel_init=part(k, "embed", "mlp"),
-                             bias_init=part(nnx.initializers.zeros_init(), "mlp"), rngs=rngs)
+        self.up = nnx.Linear(
+            d,
+            mlp,
+            kernel_init=part(k, "embed", "mlp"),
+            bias_init=part(nnx.initializers.zeros_init(), "mlp"),
+            rngs=rngs,
+        )
         self.down = nnx.Linear(mlp, d, kernel_init=part(k, "mlp", "embed"), rngs=rngs)
 
     def __call__(self, x):
@@ -97,13 +103,14 @@ class Block(nnx.Module):
 
 
 class Model(nnx.Module):
-    def __init__(self, vocab: int = 64, d: int = 32, heads: int = 4, mlp: int = 64,
-                 depth: int = 2, *, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab, d, embedding_init=part(nnx.initializers.normal(0.5),
-                                                             "vocab", "embed"), rngs=rngs)
+    def __init__(
+        self, vocab: int = 64, d: int = 32, heads: int = 4, mlp: int = 64, depth: int = 2, *, rngs: nnx.Rngs
+    ):
+        self.embed = nnx.Embed(
+            vocab, d, embedding_init=part(nnx.initializers.normal(0.5), "vocab", "embed"), rngs=rngs
+        )
         self.blocks = [Block(d, heads, mlp, rngs=rngs) for _ in range(depth)]
-        self.norm = nnx.LayerNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"),
-                                  rngs=rngs)
+        self.norm = nnx.LayerNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"), rngs=rngs)
 
     def __call__(self, tokens):
         x = self.embed(tokens)
@@ -129,22 +136,22 @@ def layout(x) -> str:
     sharding = x.sharding
     by_index: dict = {}
     for device, index in sharding.devices_indices_map(x.shape).items():
-        key = tuple((s.start or 0, s.stop if s.stop is not None else n)
-                    for s, n in zip(index, x.shape))
+        key = tuple((s.start or 0, s.stop if s.stop is not None else n) for s, n in zip(index, x.shape))
         by_index.setdefault(key, []).append(device.id)
     spec = list(getattr(sharding, "spec", ()))
     while spec and spec[-1] is None:  # P('model', None) is P('model')
         spec.pop()
     spec = P(*spec)
     shard = sharding.shard_shape(x.shape)
-    return (f"{str(tuple(x.shape)):>14} {str(spec):<28} shard {str(tuple(shard)):<12} "
-            f"{len(by_index)} block(s) x {len(next(iter(by_index.values())))} copies")
+    return (
+        f"{str(tuple(x.shape)):>14} {str(spec):<28} shard {str(tuple(shard)):<12} "
+        f"{len(by_index)} block(s) x {len(next(iter(by_index.values())))} copies"
+    )
 
 
 def device_map(x) -> list[str]:
     lines = []
-    for device, index in sorted(x.sharding.devices_indices_map(x.shape).items(),
-                                key=lambda kv: kv[0].id):
+    for device, index in sorted(x.sharding.devices_indices_map(x.shape).items(), key=lambda kv: kv[0].id):
         text = ", ".join(
             ":" if s == slice(None) else f"{s.start or 0}:{s.stop if s.stop is not None else n}"
             for s, n in zip(index, x.shape)
@@ -176,22 +183,22 @@ def main(args: argparse.Namespace) -> dict:
     n = jax.device_count()
     if n % args.data:
         raise SystemExit(f"--data {args.data} must divide the device count {n}")
-    mesh = jax.make_mesh((args.data, n // args.data), ("data", "model"),
-                         axis_types=(AxisType.Auto, AxisType.Auto))
+    mesh = jax.make_mesh(
+        (args.data, n // args.data), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto)
+    )
     say(f"{jax.process_count()} process(es), {n} devices, mesh {dict(mesh.shape)}")
 
     t0 = time.perf_counter()
     make_model = lambda: Model(rngs=nnx.Rngs(args.seed))  # noqa: E731
     with nnx.logical_axis_rules(RULES):
         # Sharded initialisation in one line: shapes + annotations -> shardings -> jit.
-        model = nnx.jit(make_model, out_shardings=nnx.get_named_sharding(
-            nnx.eval_shape(make_model), mesh))()
+        model = nnx.jit(make_model, out_shardings=nnx.get_named_sharding(nnx.eval_shape(make_model), mesh))()
         optimizer = nnx.Optimizer(model, optax.adamw(3e-3))  # moments placed like the params
-        state_shardings = (nnx.get_named_sharding(model, mesh),
-                           nnx.get_named_sharding(optimizer, mesh))
+        state_shardings = (nnx.get_named_sharding(model, mesh), nnx.get_named_sharding(optimizer, mesh))
     data_sharding = NamedSharding(mesh, P("data"))
-    step = nnx.jit(train_step, in_shardings=(*state_shardings, data_sharding, data_sharding),
-                   donate_argnums=(0, 1))
+    step = nnx.jit(
+        train_step, in_shardings=(*state_shardings, data_sharding, data_sharding), donate_argnums=(0, 1)
+    )
     say(f"model created sharded in {time.perf_counter() - t0:.1f}s\n")
 
     say("parameter layouts (shape, spec, shard shape, blocks x copies):")
@@ -214,8 +221,14 @@ def main(args: argparse.Namespace) -> dict:
             say(f"step {i:3d}  loss {losses[-1]:.4f}")
     after = {path_str(p): layout(v[...]) for p, v in nnx.state(model, nnx.Param).flat_state()}
     say(f"\ndone in {time.perf_counter() - t0:.1f}s; layouts unchanged: {after == layouts}")
-    return {"losses": losses, "layouts": layouts, "layouts_unchanged": after == layouts,
-            "devices": n, "mesh": dict(mesh.shape), "moment": layout(mu)}
+    return {
+        "losses": losses,
+        "layouts": layouts,
+        "layouts_unchanged": after == layouts,
+        "devices": n,
+        "mesh": dict(mesh.shape),
+        "moment": layout(mu),
+    }
 
 
 if __name__ == "__main__":

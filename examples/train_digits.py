@@ -62,8 +62,9 @@ def load_data(seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
 class CNN(nnx.Module):
     """(Conv 3x3 -> BatchNorm -> relu -> avg_pool 2x2) x 2 -> Linear -> Dropout -> Linear."""
 
-    def __init__(self, *, features: tuple[int, int] = (32, 64), hidden: int = 128,
-                 dropout: float = 0.3, rngs: nnx.Rngs):
+    def __init__(
+        self, *, features: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.3, rngs: nnx.Rngs
+    ):
         f1, f2 = features
         self.conv1 = nnx.Conv(1, f1, kernel_size=(3, 3), rngs=rngs)
         self.bn1 = nnx.BatchNorm(f1, rngs=rngs)
@@ -82,9 +83,7 @@ class CNN(nnx.Module):
 
 
 def make_metrics() -> nnx.metrics.MultiMetric:
-    return nnx.metrics.MultiMetric(
-        loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy()
-    )
+    return nnx.metrics.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
 
 
 def loss_fn(model: CNN, x: jax.Array, y: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -95,16 +94,18 @@ def loss_fn(model: CNN, x: jax.Array, y: jax.Array) -> tuple[jax.Array, tuple[ja
 
 
 @nnx.jit
-def train_step(model: CNN, optimizer: nnx.Optimizer, metrics: nnx.metrics.MultiMetric,
-               x: jax.Array, y: jax.Array) -> None:
+def train_step(
+    model: CNN, optimizer: nnx.Optimizer, metrics: nnx.metrics.MultiMetric, x: jax.Array, y: jax.Array
+) -> None:
     (_, (losses, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
     optimizer.update(model, grads)
     metrics.update(loss=losses, logits=logits, labels=y)
 
 
 @nnx.jit
-def eval_step(model: CNN, metrics: nnx.metrics.MultiMetric, x: jax.Array, y: jax.Array,
-              mask: jax.Array) -> None:
+def eval_step(
+    model: CNN, metrics: nnx.metrics.MultiMetric, x: jax.Array, y: jax.Array, mask: jax.Array
+) -> None:
     _, (losses, logits) = loss_fn(model, x, y)
     metrics.update(loss=losses, logits=logits, labels=y, mask=mask)
 
@@ -142,8 +143,15 @@ class ProgressBar:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.desc, self.total, self.n = desc, total, 0
         self.start = time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=self.stream,
-                        disable=not self.tty, dynamic_ncols=True, leave=True)
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="step",
+            file=self.stream,
+            disable=not self.tty,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def wants_stats(self) -> bool:
         """Whether `update` will show the stats (computing them costs a device sync)."""
@@ -205,20 +213,30 @@ def plot_curves(history: dict[str, list[float]], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=12, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="peak adam learning rate (cosine decay to 0)")
+    p.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="peak adam learning rate (cosine decay to 0)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the split, init, dropout, shuffling")
     p.add_argument("--out", type=Path, default=Path("outputs/digits"), help="output directory")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many training steps (for quick tests)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many training steps (for quick tests)"
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write the training-curve PNG")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --out/checkpoints")
-    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="stop after this many epochs, as if interrupted (continue with --resume)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --out/checkpoints"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="stop after this many epochs, as if interrupted (continue with --resume)",
+    )
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "max_steps", "stop_after"):
         value = getattr(args, name)
@@ -248,15 +266,22 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
     total_steps = args.epochs * steps_per_epoch
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    print(f"digits: {len(x_train)} train / {len(x_test)} test images of 8x8, seed {args.seed}; "
-          f"{total_steps} steps of batch {args.batch_size}, adam lr {args.learning_rate:g} (cosine decay)")
+    print(
+        f"digits: {len(x_train)} train / {len(x_test)} test images of 8x8, seed {args.seed}; "
+        f"{total_steps} steps of batch {args.batch_size}, adam lr {args.learning_rate:g} (cosine decay)"
+    )
 
     model = CNN(rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
     tty = sys.stdout.isatty()  # colours on a terminal; plain box drawing in logs
     width = shutil.get_terminal_size((160, 24)).columns if tty else 160
-    print(nnx.tabulate(model, jnp.zeros((1, 8, 8, 1), jnp.float32),
-                       console_kwargs={"force_terminal": tty, "no_color": not tty, "width": width}),
-          end="")
+    print(
+        nnx.tabulate(
+            model,
+            jnp.zeros((1, 8, 8, 1), jnp.float32),
+            console_kwargs={"force_terminal": tty, "no_color": not tty, "width": width},
+        ),
+        end="",
+    )
 
     # Cosine decay to 0 over the run: the last epochs settle the weights, so the
     # BatchNorm running statistics (used in eval mode) catch up with them.
@@ -265,7 +290,11 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
     train_metrics = make_metrics()
     order_rng = np.random.default_rng(args.seed)
     history: dict[str, list[float]] = {
-        "epoch": [], "train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [],
+        "epoch": [],
+        "train_loss": [],
+        "train_accuracy": [],
+        "test_loss": [],
+        "test_accuracy": [],
     }
     step = 0
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -281,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
             first_epoch = done[-1] + 1
             step = min(done[-1] * steps_per_epoch, total_steps)
             saved = json.loads((out / "history.json").read_text())
-            history = {k: v[:done[-1]] for k, v in saved.items()}
+            history = {k: v[: done[-1]] for k, v in saved.items()}
             print(f"resumed from {ckpt_dir / str(done[-1])} (epoch {done[-1]} of {n_epochs})")
         else:
             print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
@@ -296,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
         steps = min(steps_per_epoch, total_steps - step)
         bar = ProgressBar(steps, f"epoch {epoch:>{len(str(n_epochs))}}/{n_epochs}")
         for i in range(steps):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
             train_step(model, optimizer, train_metrics, x_train[idx], y_train[idx])
             step += 1
             if bar.wants_stats():  # a device sync per step: only when someone watches
@@ -306,8 +335,14 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
                 bar.update()
         train = {k: float(v) for k, v in train_metrics.compute().items()}
         test = evaluate(model, x_test, y_test)
-        bar.close({"loss": train["loss"], "acc": train["accuracy"],
-                   "test_loss": test["loss"], "test_acc": test["accuracy"]})
+        bar.close(
+            {
+                "loss": train["loss"],
+                "acc": train["accuracy"],
+                "test_loss": test["loss"],
+                "test_acc": test["accuracy"],
+            }
+        )
         history["epoch"].append(epoch)
         history["train_loss"].append(train["loss"])
         history["train_accuracy"].append(train["accuracy"])
@@ -358,17 +393,24 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
         plot_curves(history, png)
         written.append(png)
 
-    print(f"final ({step} steps): "
-          f"train_loss={results['train_loss']:.6f} train_accuracy={results['train_accuracy']:.6f} "
-          f"test_loss={results['test_loss']:.6f} test_accuracy={results['test_accuracy']:.6f}")
-    print(f"restored from checkpoint: test_loss={results['restored_test_loss']:.6f} "
-          f"test_accuracy={results['restored_test_accuracy']:.6f}")
+    print(
+        f"final ({step} steps): "
+        f"train_loss={results['train_loss']:.6f} train_accuracy={results['train_accuracy']:.6f} "
+        f"test_loss={results['test_loss']:.6f} test_accuracy={results['test_accuracy']:.6f}"
+    )
+    print(
+        f"restored from checkpoint: test_loss={results['restored_test_loss']:.6f} "
+        f"test_accuracy={results['restored_test_accuracy']:.6f}"
+    )
     print("outputs written to:\n" + "\n".join(f"  {p}" for p in written))
     print(f"time: {train_seconds:.1f} s training, {time.perf_counter() - t0:.1f} s total")
 
     if results["restored_test_accuracy"] != results["test_accuracy"]:
-        print(f"ERROR: restored test accuracy {results['restored_test_accuracy']:.6f} != "
-              f"trained {results['test_accuracy']:.6f}", file=sys.stderr)
+        print(
+            f"ERROR: restored test accuracy {results['restored_test_accuracy']:.6f} != "
+            f"trained {results['test_accuracy']:.6f}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     return results
 

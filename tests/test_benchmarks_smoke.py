@@ -15,8 +15,21 @@ if ROOT not in sys.path:
 
 from benchmarks import models, run  # noqa: E402
 
-TINY = ["--quick", "--depths", "2", "--sizes", "10", "--reps", "2", "--first-call-reps", "1",
-        "--target-ms", "1", "--no-flax", "--no-eqx"]
+TINY = [
+    "--quick",
+    "--depths",
+    "2",
+    "--sizes",
+    "10",
+    "--reps",
+    "2",
+    "--first-call-reps",
+    "1",
+    "--target-ms",
+    "1",
+    "--no-flax",
+    "--no-eqx",
+]
 
 
 def test_quick_run_produces_finite_ratios(tmp_path, capsys):
@@ -40,7 +53,9 @@ def test_quick_run_produces_finite_ratios(tmp_path, capsys):
     (mem,) = results["memory"]
     assert mem["variants"]["raw"]["argument_size_in_bytes"] > 0
     # nnxfn's Optimizer also holds a uint32 `step` counter: 4 more bytes in and out.
-    extra = mem["variants"]["nnxfn"]["argument_size_in_bytes"] - mem["variants"]["raw"]["argument_size_in_bytes"]
+    extra = (
+        mem["variants"]["nnxfn"]["argument_size_in_bytes"] - mem["variants"]["raw"]["argument_size_in_bytes"]
+    )
     assert 0 <= extra <= 16
     (sm,) = results["split_merge"]
     assert sm["n_variables"] == 10

@@ -29,8 +29,19 @@ def train_digits():
 
 
 def _argv(out: pathlib.Path, *extra: str) -> list[str]:
-    return ["--max-steps", "5", "--epochs", "1", "--batch-size", "16", "--seed", "3",
-            "--out", str(out), *extra]
+    return [
+        "--max-steps",
+        "5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_tiny_run_outputs_and_determinism(train_digits, tmp_path, capsys):
@@ -38,8 +49,14 @@ def test_tiny_run_outputs_and_determinism(train_digits, tmp_path, capsys):
     out = capsys.readouterr().out
 
     assert first["steps"] == 5 and first["epochs"] == 1
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                "restored_test_loss", "restored_test_accuracy"):
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "restored_test_loss",
+        "restored_test_accuracy",
+    ):
         assert math.isfinite(first[key]), key
     assert 0.0 <= first["test_accuracy"] <= 1.0
     assert first["restored_test_accuracy"] == first["test_accuracy"]

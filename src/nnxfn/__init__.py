@@ -15,20 +15,9 @@ from nnxfn.core import (
     PathIn as PathIn,
     State as State,
     WithTag as WithTag,
-    clone as clone,
     filter_state as filter_state,
-    find_duplicates as find_duplicates,
-    flatten as flatten,
-    graphdef as graphdef,
-    iter_graph as iter_graph,
-    merge as merge,
     merge_state as merge_state,
-    pop as pop,
-    recursive_map as recursive_map,
-    split as split,
     split_state as split_state,
-    state as state,
-    unflatten as unflatten,
 )
 from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Sequential
 from nnxfn.facade.module import (
@@ -113,6 +102,7 @@ from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     with_partitioning as with_partitioning,
 )
 from nnxfn.transforms.spmd import get_abstract_model as get_abstract_model
+
 # -- pytreeapi --
 from nnxfn.facade.module import NonPytreeObject as Object  # Flax's `nnx.Object`: pytree=False
 from nnxfn.facade.pytreelib import (
@@ -126,7 +116,6 @@ from nnxfn.facade.pytreelib import (
 )
 from nnxfn.facade.variables import (
     A as A,
-    OptVariable as OptVariable,
     register_variable_name as register_variable_name,
     variable_name_from_type as variable_name_from_type,
     variable_type_from_name as variable_type_from_name,
@@ -147,6 +136,7 @@ from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # no
 from nnxfn import visualization as visualization  # noqa: E402
 from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.visualization import display as display  # noqa: E402
+
 # -- flags --
 from nnxfn.core.modes import set_graph_mode as set_graph_mode, set_graph_updates as set_graph_updates
 from nnxfn.transforms import (
@@ -155,7 +145,6 @@ from nnxfn.transforms import (
     jit_partial as jit_partial,
     transform_metadata as transform_metadata,
 )
-from nnxfn import compat as compat  # noqa: E402  (the same functions: one behaviour)
 # -- end flags --
 
 # -- silent --
@@ -166,6 +155,7 @@ from nnxfn.transforms.retrace import (
     set_retrace_warnings as set_retrace_warnings,
 )
 from nnxfn.training import checkpoint_steps as checkpoint_steps
+
 # -- graphapi --
 # The graph/state API with Flax's signatures (they accept `graph=`/`graph_updates=`,
 # leaf roots, GraphState, FlatState, pure dicts); these names replace the plain
@@ -253,3 +243,4 @@ from nnxfn.training import optimizer as optimizer  # noqa: E402
 from nnxfn.training.metrics import Metric as Metric, MultiMetric as MultiMetric  # noqa: E402
 from nnxfn.training.optimizer import OptVariable as OptVariable  # noqa: E402
 from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402
+from nnxfn.nn import summary as summary  # noqa: E402  (`nnx.summary.tabulate`)

@@ -12,20 +12,47 @@ import typing as tp
 
 _NAMES = (
     # graph functions
-    "split", "state", "clone", "graphdef", "flatten", "iter_graph", "recursive_map",
+    "split",
+    "state",
+    "clone",
+    "graphdef",
+    "flatten",
+    "iter_graph",
+    "recursive_map",
     "cached_partial",
     # modules
-    "view", "view_info", "iter_modules", "iter_children",
+    "view",
+    "view_info",
+    "iter_modules",
+    "iter_children",
     # rngs
-    "split_rngs", "fork_rngs", "reseed", "backup_keys",
+    "split_rngs",
+    "fork_rngs",
+    "reseed",
+    "backup_keys",
     # transforms
-    "jit", "shard_map", "grad", "value_and_grad", "custom_vjp", "vjp", "jvp", "remat",
-    "vmap", "scan", "pmap", "while_loop", "fori_loop", "eval_shape", "cond", "switch",
+    "jit",
+    "shard_map",
+    "grad",
+    "value_and_grad",
+    "custom_vjp",
+    "vjp",
+    "jvp",
+    "remat",
+    "vmap",
+    "scan",
+    "pmap",
+    "while_loop",
+    "fori_loop",
+    "eval_shape",
+    "cond",
+    "switch",
     "checkify",
     # spmd
     "get_abstract_model",
     # training (Flax's graph-mode optimizer is the same class)
-    "Optimizer", "ModelAndOptimizer",
+    "Optimizer",
+    "ModelAndOptimizer",
 )
 
 

@@ -12,6 +12,4 @@ from nnxfn.training.train_state import TrainState as TrainState
 def has_keyword_arg(func: tp.Callable[..., tp.Any], name: str) -> bool:
     """True if `func` takes an argument `name` that can be passed by keyword."""
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(
-        p.name == name and p.kind in kinds for p in inspect.signature(func).parameters.values()
-    )
+    return any(p.name == name and p.kind in kinds for p in inspect.signature(func).parameters.values())

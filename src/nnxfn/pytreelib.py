@@ -17,6 +17,18 @@ from nnxfn.facade.pytreelib import (
 )
 
 __all__ = [
-    "DATA_REGISTRY", "Data", "DataAnnotation", "Object", "Pytree", "Static", "StaticAnnotation",
-    "check_pytree", "data", "dataclass", "has_data", "is_data", "register_data_type", "static",
+    "DATA_REGISTRY",
+    "Data",
+    "DataAnnotation",
+    "Object",
+    "Pytree",
+    "Static",
+    "StaticAnnotation",
+    "check_pytree",
+    "data",
+    "dataclass",
+    "has_data",
+    "is_data",
+    "register_data_type",
+    "static",
 ]

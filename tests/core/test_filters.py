@@ -23,7 +23,11 @@ class Model(nnx.Module):
 
 
 ALL_PATHS = [
-    ("dec", "cache"), ("dec", "kernel"), ("enc", "kernel"), ("enc", "mean"), ("raw",),
+    ("dec", "cache"),
+    ("dec", "kernel"),
+    ("enc", "kernel"),
+    ("enc", "mean"),
+    ("raw",),
 ]
 
 
@@ -120,9 +124,11 @@ def test_bad_filter_errors():
 def test_filters_on_rng_variables():
     rngs = nnx.Rngs(0, dropout=1)
     assert {p for p, _ in nnx.state(rngs, nnx.RngKey).flat_state()} == {
-        ("default", "key"), ("dropout", "key")
+        ("default", "key"),
+        ("dropout", "key"),
     }
     assert {p for p, _ in nnx.state(rngs, "dropout").flat_state()} == {
-        ("dropout", "count"), ("dropout", "key")
+        ("dropout", "count"),
+        ("dropout", "key"),
     }
     assert len(nnx.state(rngs, nnx.RngState).flat_state()) == 4

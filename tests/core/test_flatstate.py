@@ -9,11 +9,13 @@ import nnxfn as nnx
 
 
 def _state():
-    return nnx.State({
-        "b": {"w": nnx.Param(jnp.ones(2)), "n": nnx.BatchStat(jnp.zeros(1))},
-        "a": nnx.Param(jnp.array(3.0)),
-        "layers": {0: {"k": nnx.Param(jnp.ones(1))}, 1: {"k": nnx.Param(2 * jnp.ones(1))}},
-    })
+    return nnx.State(
+        {
+            "b": {"w": nnx.Param(jnp.ones(2)), "n": nnx.BatchStat(jnp.zeros(1))},
+            "a": nnx.Param(jnp.array(3.0)),
+            "layers": {0: {"k": nnx.Param(jnp.ones(1))}, 1: {"k": nnx.Param(2 * jnp.ones(1))}},
+        }
+    )
 
 
 def test_to_flat_state_is_sorted_and_round_trips():

@@ -405,9 +405,7 @@ def test_recursive_map_replaces_and_keeps_original():
 
 def test_recursive_map_on_variables():
     m = Block()
-    out = nnx.recursive_map(
-        lambda p, v: nnx.Param(v[...] * 0) if isinstance(v, nnx.Param) else v, m
-    )
+    out = nnx.recursive_map(lambda p, v: nnx.Param(v[...] * 0) if isinstance(v, nnx.Param) else v, m)
     _eq(out.linear.kernel[...], jnp.zeros((2, 3)))
     assert float(jnp.abs(m.linear.kernel[...]).sum()) > 0
 

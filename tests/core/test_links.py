@@ -34,11 +34,17 @@ def _set_link(node: Holder, key: str, target: object) -> None:
 
 
 core.register_node_type(
-    core.NodeImpl(**{
-        **{f: getattr(core.registry.lookup(Module), f)
-           for f in ("children", "create_empty", "set_child", "del_child", "static", "parts", "fill")},
-        "type": Holder, "links": _links, "set_link": _set_link,
-    })
+    core.NodeImpl(
+        **{
+            **{
+                f: getattr(core.registry.lookup(Module), f)
+                for f in ("children", "create_empty", "set_child", "del_child", "static", "parts", "fill")
+            },
+            "type": Holder,
+            "links": _links,
+            "set_link": _set_link,
+        }
+    )
 )
 
 

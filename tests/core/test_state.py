@@ -43,7 +43,11 @@ def test_flat_state_and_flat_dict():
     state = nnx.state(Model())
     flat = state.flat_state()
     assert [p for p, _ in flat] == [
-        ("layers", 0), ("layers", 1), ("linear", "bias"), ("linear", "kernel"), ("mean",)
+        ("layers", 0),
+        ("layers", 1),
+        ("linear", "bias"),
+        ("linear", "kernel"),
+        ("mean",),
     ]
     assert all(isinstance(v, nnx.Variable) for _, v in flat)
     assert state.flat_dict()[("mean",)] is state.mean
@@ -84,9 +88,7 @@ def test_replace_by_pure_dict_partial_str_int_keys_and_replace_fn():
     new = state.replace_by_pure_dict({"layers": {"1": jnp.zeros(2)}})  # JSON-style key
     _eq(new["layers"][1][...], jnp.zeros(2))
     _eq(new["layers"][0][...], jnp.ones(1))
-    doubled = state.replace_by_pure_dict(
-        {"mean": 2.0}, replace_fn=lambda old, v: old.replace(old[...] * v)
-    )
+    doubled = state.replace_by_pure_dict({"mean": 2.0}, replace_fn=lambda old, v: old.replace(old[...] * v))
     _eq(doubled.mean[...], jnp.full((3,), 1.0))
 
 

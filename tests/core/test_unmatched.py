@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

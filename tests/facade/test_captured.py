@@ -26,9 +26,12 @@ def test_closure_capture_is_named_by_variable_and_path():
         model.blocks[0].kernel[...] = jnp.zeros((8, 8))
         return x
 
-    with pytest.raises(RuntimeError, match=r"nnx\.jit: the value of model\.blocks\[0\]\.kernel "
-                                           r"\(a Param of shape \(8, 8\) and dtype float32\) was "
-                                           r"changed inside the transform.*Pass it as an argument"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"nnx\.jit: the value of model\.blocks\[0\]\.kernel "
+        r"\(a Param of shape \(8, 8\) and dtype float32\) was "
+        r"changed inside the transform.*Pass it as an argument",
+    ):
         step(1.0)
     assert (model.blocks[0].kernel[...] == before).all()  # nothing half-applied
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,9 +36,7 @@ def _train_in_thread(seed: int, results: dict, errors: list) -> None:
 def test_threads_train_their_own_models_concurrently():
     results: dict = {}
     errors: list = []
-    threads = [
-        threading.Thread(target=_train_in_thread, args=(s, results, errors)) for s in range(8)
-    ]
+    threads = [threading.Thread(target=_train_in_thread, args=(s, results, errors)) for s in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -225,7 +225,9 @@ def test_set_attributes():
     assert m.norm.use_running_average is True
     m.set_attributes(Dropout, rate=0.5)
     assert m.drop.rate == 0.5
-    with pytest.raises(ValueError, match=r"Could not find at least one instance of the following attributes: \['nope'\]"):
+    with pytest.raises(
+        ValueError, match=r"Could not find at least one instance of the following attributes: \['nope'\]"
+    ):
         m.set_attributes(nope=1)
     m.set_attributes(nope=1, raise_if_not_found=False)
     assert not hasattr(m.drop, "nope")

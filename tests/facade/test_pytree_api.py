@@ -124,6 +124,7 @@ def test_pytree_false_is_one_jax_leaf_but_still_a_graph_node():
 
     assert jax.tree.leaves(Obj())[0].__class__ is Obj
     with pytest.raises(ValueError, match="not a pytree"):
+
         class Wrong(nnx.Object, pytree=True):  # noqa: F841
             pass
 

@@ -106,8 +106,9 @@ def test_running_computation():
     _eq(y, y2)
     _close(z, x @ model.encoder.kernel[...] + model.encoder.bias[...])
     # encoder and decoder drew different keys from the shared Rngs
-    assert not np.allclose(np.asarray(model.encoder.kernel[...][:, :2]),
-                           np.asarray(model.decoder.kernel[...][:2, :].T))
+    assert not np.allclose(
+        np.asarray(model.encoder.kernel[...][:, :2]), np.asarray(model.decoder.kernel[...][:2, :].T)
+    )
 
 
 # -- State handling ----------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_model_surgery_iter_graph_replaces_every_linear():
     assert len(originals) == 3
     x = jnp.ones((2, 4))
     base_first = model.first(x)
-    for path, module in nnx.iter_graph(model):
+    for _path, module in nnx.iter_graph(model):
         if isinstance(module, nnx.Module):
             for name, value in vars(module).items():
                 if isinstance(value, Linear):

@@ -60,7 +60,9 @@ def test_fallback_to_default():
 
 def test_error_without_default():
     rngs = nnx.Rngs(params=0)
-    with pytest.raises(AttributeError, match=r"No RngStream named 'dropout'.*no 'default'.*nnx\.Rngs\(dropout=seed\)"):
+    with pytest.raises(
+        AttributeError, match=r"No RngStream named 'dropout'.*no 'default'.*nnx\.Rngs\(dropout=seed\)"
+    ):
         rngs.dropout()
     with pytest.raises(AttributeError, match="No RngStream named 'default'"):
         rngs()
@@ -129,7 +131,8 @@ def test_rngs_in_module_filter_by_tag():
     m = M(nnx.Rngs(0, dropout=1))
     dropout_state = nnx.state(m, "dropout")
     assert {p for p, _ in dropout_state.flat_state()} == {
-        ("rngs", "dropout", "count"), ("rngs", "dropout", "key")
+        ("rngs", "dropout", "count"),
+        ("rngs", "dropout", "key"),
     }
     _, params, rng_state = nnx.split(m, nnx.Param, nnx.RngState)
     assert list(params) == ["w"]
@@ -248,24 +251,26 @@ def test_rngs_repr():
 def test_sampling_methods_draw_one_key_each():
     rngs = nnx.Rngs(0, params=1)
     base, pbase = jax.random.key(0), jax.random.key(1)
-    np.testing.assert_array_equal(
-        rngs.normal((2, 3)), jax.random.normal(jax.random.fold_in(base, 0), (2, 3)))
+    np.testing.assert_array_equal(rngs.normal((2, 3)), jax.random.normal(jax.random.fold_in(base, 0), (2, 3)))
     np.testing.assert_array_equal(
         rngs.params.uniform((2, 3), minval=-1.0),
-        jax.random.uniform(jax.random.fold_in(pbase, 0), (2, 3), minval=-1.0))
+        jax.random.uniform(jax.random.fold_in(pbase, 0), (2, 3), minval=-1.0),
+    )
     np.testing.assert_array_equal(
-        rngs.lecun_normal()((4, 8)),
-        jax.nn.initializers.lecun_normal()(jax.random.fold_in(base, 1), (4, 8)))
+        rngs.lecun_normal()((4, 8)), jax.nn.initializers.lecun_normal()(jax.random.fold_in(base, 1), (4, 8))
+    )
     init = rngs.params.variance_scaling(2.0, "fan_in", "uniform")
     np.testing.assert_array_equal(
         init((3, 5), jnp.float16),
         jax.nn.initializers.variance_scaling(2.0, "fan_in", "uniform")(
-            jax.random.fold_in(pbase, 1), (3, 5), jnp.float16))
+            jax.random.fold_in(pbase, 1), (3, 5), jnp.float16
+        ),
+    )
     # a keyless initializer draws a new key on every call
     np.testing.assert_array_equal(
         init((3, 5)),
-        jax.nn.initializers.variance_scaling(2.0, "fan_in", "uniform")(
-            jax.random.fold_in(pbase, 2), (3, 5)))
+        jax.nn.initializers.variance_scaling(2.0, "fan_in", "uniform")(jax.random.fold_in(pbase, 2), (3, 5)),
+    )
     perm = rngs.permutation(10)
     assert sorted(np.asarray(perm).tolist()) == list(range(10))
     np.testing.assert_array_equal(perm, jax.random.permutation(jax.random.fold_in(base, 2), 10))
@@ -438,6 +443,7 @@ def test_docstring_examples_run():
     from nnxfn.transforms import rngs as transform_rngs
 
     for module in (facade_rngs, transform_rngs):
-        result = doctest.testmod(module, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp},
-                                 optionflags=doctest.ELLIPSIS)
+        result = doctest.testmod(
+            module, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp}, optionflags=doctest.ELLIPSIS
+        )
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -120,4 +120,4 @@ def test_iter_module_children_and_as_abstract():
     assert annotated.kernel.get_value().sharding.spec == jax.P("a", None)
     assert annotated.kernel.get_value().shape == (4, 8)
     assert annotated.bias.get_value().shape == (8,)  # no annotation: left without a sharding
-    assert getattr(annotated.bias.get_value(), 'sharding', None) is None
+    assert getattr(annotated.bias.get_value(), "sharding", None) is None

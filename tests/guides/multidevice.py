@@ -17,12 +17,14 @@ SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
 
 
 def run_on_8_devices(code: str, timeout: float = 600) -> str:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (env.get("PYTHONPATH", ""), str(SRC)) if p
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(SRC)) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
     )
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          text=True, capture_output=True, timeout=timeout)
     assert proc.returncode == 0, f"snippet failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
     return proc.stdout

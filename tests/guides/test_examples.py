@@ -51,9 +51,7 @@ class MiniGPT(nnx.Module):
         self.config = config
         self.token_emb = nnx.Embed(config.vocab_size, config.embed_dim, rngs=rngs)
         self.pos_emb = nnx.Embed(config.maxlen, config.embed_dim, rngs=rngs)
-        self.blocks = nnx.Sequential(
-            *[TransformerBlock(config, rngs=rngs) for _ in config.layer_sizes]
-        )
+        self.blocks = nnx.Sequential(*[TransformerBlock(config, rngs=rngs) for _ in config.layer_sizes])
         self.output_layer = nnx.Linear(config.embed_dim, config.vocab_size, rngs=rngs)
 
     def __call__(self, tokens):
@@ -124,8 +122,14 @@ def test_plain_jax_jit_with_graphdef_and_unhashable_config():
 
 class PatchEmbedding(nnx.Module):
     def __init__(self, img_size, patch_size, hidden, *, rngs):
-        self.patches = nnx.Conv(3, hidden, kernel_size=(patch_size, patch_size),
-                                strides=(patch_size, patch_size), padding="VALID", rngs=rngs)
+        self.patches = nnx.Conv(
+            3,
+            hidden,
+            kernel_size=(patch_size, patch_size),
+            strides=(patch_size, patch_size),
+            padding="VALID",
+            rngs=rngs,
+        )
         n = (img_size // patch_size) ** 2
         self.position_embeddings = nnx.Param(
             nnx.initializers.truncated_normal(stddev=0.02)(rngs.params(), (1, n + 1, hidden))
@@ -147,7 +151,8 @@ def test_vit_style_patch_embedding_and_classifier_head():
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
     tokens = embed(x)
     assert tokens.shape == (2, 5, 16)
-    np.testing.assert_allclose(tokens[:, 0], jnp.broadcast_to(embed.position_embeddings[0, 0], (2, 16)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        tokens[:, 0], jnp.broadcast_to(embed.position_embeddings[0, 0], (2, 16)), rtol=1e-6
+    )
     logits = head(tokens[:, 0])
     assert logits.shape == (2, 3)

@@ -101,9 +101,7 @@ def test_perturbation_grads_and_sown_values_merge():
         def loss(model, perturbations, x):
             return nnx.capture(model, nnx.Intermediate, init=perturbations)(x)
 
-        (grads, perturb_grads), sowed = nnx.grad(loss, argnums=(0, 1), has_aux=True)(
-            model, perturbations, x
-        )
+        (grads, perturb_grads), sowed = nnx.grad(loss, argnums=(0, 1), has_aux=True)(model, perturbations, x)
         return nnx.merge_state(perturb_grads, sowed)
 
     out = train_step(model, 1.0)

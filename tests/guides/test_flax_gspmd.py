@@ -45,7 +45,9 @@ class MultiDotReluDot(nnx.Module):
 
 
 def test_eager_sharding_of_params_and_layers():
-    run_on_8_devices(MODELS + """
+    run_on_8_devices(
+        MODELS
+        + """
 nnx.use_eager_sharding(True)
 assert nnx.using_eager_sharding()
 with nnx.use_eager_sharding(False):
@@ -73,11 +75,14 @@ with jax.set_mesh(auto_mesh):
     y = jax.jit(lambda m, x: m(x))(linear, x)
     assert y.sharding.spec == P("data", "model"), y.sharding
     np.testing.assert_allclose(y, jnp.ones((16, 4)) @ linear.kernel[...], rtol=1e-5)
-""")
+"""
+    )
 
 
 def test_sharded_training_with_jax_jit_and_checkpoint_restore():
-    run_on_8_devices(MODELS + """
+    run_on_8_devices(
+        MODELS
+        + """
 import tempfile, pathlib
 import orbax.checkpoint as ocp
 
@@ -120,11 +125,14 @@ kernel = restored_model.layers.dot1.kernel
 assert kernel.shape == (2, 64, 64)
 assert kernel.sharding.is_equivalent_to(NamedSharding(auto_mesh, P(None, None, "model")), ndim=3)
 np.testing.assert_array_equal(kernel[...], model.layers.dot1.kernel[...])
-""")
+"""
+    )
 
 
 def test_logical_axis_rules_and_explicit_mesh():
-    run_on_8_devices(MODELS + """
+    run_on_8_devices(
+        MODELS
+        + """
 sharding_rules = (("batch", "data"), ("hidden", "model"), ("embed", None))
 
 class LogicalDotReluDot(nnx.Module):
@@ -201,4 +209,5 @@ with jax.set_mesh(explicit_mesh):
     abs_model = jax.eval_shape(lambda: ExplicitMultiDotReluDot(64, 2, rngs=nnx.Rngs(0)))
     assert abs_model.layers.dot1.kernel.sharding.spec == P(None, None, "model")
     assert abs_model.layers.w2.sharding.spec == P(None, "model", None)
-""")
+"""
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -106,7 +105,7 @@ def test_training_loop_with_views_and_metrics():
     rngs = nnx.Rngs(0)
 
     history = []
-    for epoch in range(3):
+    for _epoch in range(3):
         for batch in batches(train_ds, 32):
             train_step(train_model, optimizer, metrics, rngs, batch)
         train_metrics = metrics.compute()

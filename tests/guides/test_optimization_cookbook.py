@@ -125,8 +125,7 @@ def test_per_parameter_learning_rates_with_map_state():
 def test_gradient_accumulation_with_multisteps():
     rngs, x, y = data()
     model = make_model(rngs)
-    optimizer = nnx.Optimizer(model, optax.MultiSteps(optax.adam(1e-3), every_k_schedule=3),
-                              wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, optax.MultiSteps(optax.adam(1e-3), every_k_schedule=3), wrt=nnx.Param)
 
     @nnx.jit
     def train_step(model, optimizer, x, y):

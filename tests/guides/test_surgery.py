@@ -82,9 +82,7 @@ def test_rename_layers_in_a_raw_checkpoint(tmp_path):
 
     def process_raw_dict(raw_state_dict):
         flattened = nnx.traversals.flatten_mapping(raw_state_dict)
-        flattened = {
-            (path[:-1] if path[-1] == "value" else path): value for path, value in flattened.items()
-        }
+        flattened = {(path[:-1] if path[-1] == "value" else path): value for path, value in flattened.items()}
         return nnx.traversals.unflatten_mapping(flattened)
 
     raw_dict = checkpointer.restore(tmp_path / "state")
@@ -94,8 +92,7 @@ def test_rename_layers_in_a_raw_checkpoint(tmp_path):
     graph_def, state = nnx.split(abs_model)
     nnx.replace_by_pure_dict(state, process_raw_dict(raw_dict))
     restored_model = nnx.merge(graph_def, state)
-    np.testing.assert_allclose(restored_model(jnp.ones((3, 4))), old_model(jnp.ones((3, 4))),
-                               rtol=1e-6)
+    np.testing.assert_allclose(restored_model(jnp.ones((3, 4))), old_model(jnp.ones((3, 4))), rtol=1e-6)
 
 
 def test_update_abstract_model_with_lora_from_pretrained_state():

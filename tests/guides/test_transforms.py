@@ -130,8 +130,12 @@ def noisy_vector_dot(weights, x):
 
 
 def test_batched_rng_keys_in_a_module():
-    weights = NoisyWeights(random.uniform(random.key(0), (2, 3)), jnp.zeros((3,)), jnp.array(0),
-                           seed=random.split(random.key(0), num=10))
+    weights = NoisyWeights(
+        random.uniform(random.key(0), (2, 3)),
+        jnp.zeros((3,)),
+        jnp.array(0),
+        seed=random.split(random.key(0), num=10),
+    )
     state_axes = nnx.StateAxes({nnx.RngState: 0, (nnx.Param, Count): None})
     y1 = nnx.vmap(noisy_vector_dot, in_axes=(state_axes, 0))(weights, X)
     y2 = nnx.vmap(noisy_vector_dot, in_axes=(state_axes, 0))(weights, X)
@@ -142,8 +146,7 @@ def test_batched_rng_keys_in_a_module():
 
 
 def test_split_rngs_decorator_restores_the_key():
-    weights = NoisyWeights(random.uniform(random.key(0), (2, 3)), jnp.zeros((3,)), jnp.array(0),
-                           seed=0)
+    weights = NoisyWeights(random.uniform(random.key(0), (2, 3)), jnp.zeros((3,)), jnp.array(0), seed=0)
     state_axes = nnx.StateAxes({nnx.RngState: 0, (nnx.Param, Count): None})
 
     @nnx.split_rngs(splits=10)
@@ -169,8 +172,7 @@ def test_inconsistent_aliasing_is_an_error():
     arg2 = [(m, m), m]
 
     @nnx.vmap(in_axes=(0, 1))
-    def f(arg1, arg2):
-        ...
+    def f(arg1, arg2): ...
 
     with pytest.raises(ValueError, match="(?i)alias"):
         f(arg1, arg2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -145,9 +144,7 @@ def test_with_attributes_sets_a_flag_on_every_submodule():
 def test_recursive_map_wraps_linears_built_with_eval_shape():
     def add_noise(path, node):
         if isinstance(node, nnx.Linear):
-            noisy = nnx.eval_shape(
-                lambda: NoisyLinear(node.in_features, node.out_features, rngs=nnx.Rngs(0))
-            )
+            noisy = nnx.eval_shape(lambda: NoisyLinear(node.in_features, node.out_features, rngs=nnx.Rngs(0)))
             noisy.linear = node
             noisy.training = False
             return noisy

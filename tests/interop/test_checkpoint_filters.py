@@ -108,7 +108,8 @@ def test_from_predicate_adapts_equinox_filters():
     assert len(others.flat_state()) == 0
     both = nnx.All(nnx.Param, nnx.from_predicate(lambda x: x.ndim == 2))
     assert {p for p, _ in nnx.state(m, both).flat_state()} == {
-        ("enc", "layers", 0, "weight"), ("enc", "layers", 1, "weight"),
+        ("enc", "layers", 0, "weight"),
+        ("enc", "layers", 1, "weight"),
     }
     hash(nnx.from_predicate(eqx.is_array))
 
@@ -118,8 +119,10 @@ def test_from_predicate_as_optimizer_wrt():
 
     m = Holder()
     opt = nnx.Optimizer(m, optax.sgd(1.0), wrt=nnx.from_predicate(eqx.is_inexact_array))
-    grads = nnx.grad(lambda m: jax.vmap(m.enc)(jnp.ones((2, 3))).sum(),
-                     argnums=nnx.DiffState(0, nnx.from_predicate(eqx.is_inexact_array)))(m)
+    grads = nnx.grad(
+        lambda m: jax.vmap(m.enc)(jnp.ones((2, 3))).sum(),
+        argnums=nnx.DiffState(0, nnx.from_predicate(eqx.is_inexact_array)),
+    )(m)
     before = np.asarray(m.enc.layers[1].bias)
     opt.update(m, grads)
     np.testing.assert_allclose(m.enc.layers[1].bias, before - 2.0)

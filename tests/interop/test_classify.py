@@ -39,8 +39,10 @@ def test_inexact_arrays_are_params_with_their_values():
     params = nnx.state(Holder(mlp=mlp), nnx.Param)
     types = _types(params)
     assert set(types) == {
-        ("mlp", "layers", 0, "weight"), ("mlp", "layers", 0, "bias"),
-        ("mlp", "layers", 1, "weight"), ("mlp", "layers", 1, "bias"),
+        ("mlp", "layers", 0, "weight"),
+        ("mlp", "layers", 0, "bias"),
+        ("mlp", "layers", 1, "weight"),
+        ("mlp", "layers", 1, "bias"),
     }
     assert set(types.values()) == {nnx.Param}
     np.testing.assert_array_equal(params["mlp"]["layers"][1]["weight"][...], mlp.layers[1].weight)
@@ -84,8 +86,10 @@ def test_int_bool_and_key_arrays_are_foreign_state_not_params():
     misc = Misc(jnp.ones(2), jnp.array(3), jnp.array([True, False]), jax.random.key(1))
     types = _types(nnx.state(Holder(misc=misc)))
     assert types == {
-        ("misc", "w"): nnx.Param, ("misc", "step"): ForeignState,
-        ("misc", "mask"): ForeignState, ("misc", "key"): ForeignState,
+        ("misc", "w"): nnx.Param,
+        ("misc", "step"): ForeignState,
+        ("misc", "mask"): ForeignState,
+        ("misc", "key"): ForeignState,
     }
     assert nnx.ForeignState is ForeignState and not issubclass(ForeignState, nnx.Param)
     grads = nnx.grad(lambda m: (m.misc.w * m.misc.step).sum())(Holder(misc=misc))

@@ -117,7 +117,8 @@ def test_tree_at_replaces_leaves_and_submodules(model):
     assert sum(isinstance(x, eqx.nn.Linear) for x in found) == 1
     reinit = jax.tree.map(
         lambda x: eqx.tree_at(lambda l: l.bias, x, jnp.ones(2)) if isinstance(x, eqx.nn.Linear) else x,
-        model, is_leaf=lambda x: isinstance(x, eqx.nn.Linear),
+        model,
+        is_leaf=lambda x: isinstance(x, eqx.nn.Linear),
     )
     np.testing.assert_array_equal(reinit.out.bias, jnp.ones(2))
 

@@ -90,9 +90,7 @@ def test_view_grads_with_eqx_filter_grad_and_update():
     loss = lambda v: (nnx.from_pytree(v)(X) ** 2).mean()
     grads = eqx.filter_grad(loss)(view)
     ref = nnx.grad(lambda m: (m(X) ** 2).mean())(model)
-    np.testing.assert_allclose(
-        grads.state["decode"]["kernel"][...], ref["decode"]["kernel"][...], rtol=1e-5
-    )
+    np.testing.assert_allclose(grads.state["decode"]["kernel"][...], ref["decode"]["kernel"][...], rtol=1e-5)
     np.testing.assert_allclose(grads.state["enc"]["weight"][...], ref["enc"]["weight"][...], rtol=1e-5)
     new_view = eqx.apply_updates(view, jax.tree.map(lambda g: -1e-3 * g, grads))
     enc0 = model.enc

@@ -30,29 +30,29 @@ SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
 
 ELEMENTWISE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    'relu': lambda x: np.maximum(x, 0.0),
-    'relu6': lambda x: np.clip(x, 0.0, 6.0),
-    'sigmoid': _sigmoid,
-    'silu': lambda x: x * _sigmoid(x),
-    'swish': lambda x: x * _sigmoid(x),
-    'hard_sigmoid': lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    'hard_silu': lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    'hard_swish': lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    'hard_tanh': lambda x: np.clip(x, -1.0, 1.0),
-    'tanh': np.tanh,
-    'elu': lambda x: np.where(x > 0, x, np.expm1(x)),
-    'celu': lambda x: np.maximum(x, 0.0) + np.minimum(0.0, np.expm1(x)),
-    'selu': lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x)),
-    'leaky_relu': lambda x: np.where(x >= 0, x, 0.01 * x),
-    'softplus': _softplus,
-    'soft_sign': lambda x: x / (1.0 + np.abs(x)),
-    'log_sigmoid': lambda x: -_softplus(-x),
-    'mish': lambda x: x * np.tanh(_softplus(x)),
-    'identity': lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "sigmoid": _sigmoid,
+    "silu": lambda x: x * _sigmoid(x),
+    "swish": lambda x: x * _sigmoid(x),
+    "hard_sigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "hard_silu": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "hard_swish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "hard_tanh": lambda x: np.clip(x, -1.0, 1.0),
+    "tanh": np.tanh,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+    "celu": lambda x: np.maximum(x, 0.0) + np.minimum(0.0, np.expm1(x)),
+    "selu": lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x)),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "softplus": _softplus,
+    "soft_sign": lambda x: x / (1.0 + np.abs(x)),
+    "log_sigmoid": lambda x: -_softplus(-x),
+    "mish": lambda x: x * np.tanh(_softplus(x)),
+    "identity": lambda x: x,
 }
 
 
-@pytest.mark.parametrize('name', sorted(ELEMENTWISE))
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
 def test_elementwise_matches_numpy(name: str) -> None:
     """Each elementwise activation equals its numpy formula."""
     got = np.asarray(getattr(act, name)(jnp.asarray(X)))
@@ -73,9 +73,14 @@ def test_gelu_exact_and_approximate() -> None:
 def test_parametrized_activations() -> None:
     """elu/celu alpha and leaky_relu negative_slope are honoured."""
     x = X.astype(np.float64)
-    np.testing.assert_allclose(act.elu(X, alpha=0.5), np.where(x > 0, x, 0.5 * np.expm1(x)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        act.celu(X, alpha=2.0), np.maximum(x, 0) + np.minimum(0, 2.0 * np.expm1(x / 2.0)), rtol=1e-5, atol=1e-6
+        act.elu(X, alpha=0.5), np.where(x > 0, x, 0.5 * np.expm1(x)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        act.celu(X, alpha=2.0),
+        np.maximum(x, 0) + np.minimum(0, 2.0 * np.expm1(x / 2.0)),
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_allclose(act.leaky_relu(X, negative_slope=0.2), np.where(x >= 0, x, 0.2 * x), rtol=1e-6)
 
@@ -129,7 +134,7 @@ def test_one_hot() -> None:
     np.testing.assert_array_equal(act.one_hot(np.array([1, 0]), 2, axis=0), np.array([[0, 1], [1, 0]]))
 
 
-@pytest.mark.parametrize('fn', [act.standardize, act.normalize])
+@pytest.mark.parametrize("fn", [act.standardize, act.normalize])
 def test_standardize_and_normalize(fn: Callable[..., jax.Array]) -> None:
     """(x - mean) / sqrt(var + eps) along an axis; explicit mean/variance honoured."""
     rng = np.random.default_rng(2)
@@ -143,7 +148,7 @@ def test_standardize_and_normalize(fn: Callable[..., jax.Array]) -> None:
 
 def test_gradients_are_finite() -> None:
     """Gradients of the smooth activations are finite everywhere on the grid."""
-    for name in ('gelu', 'silu', 'softplus', 'log_sigmoid', 'mish', 'elu', 'selu', 'celu'):
+    for name in ("gelu", "silu", "softplus", "log_sigmoid", "mish", "elu", "selu", "celu"):
         g = jax.vmap(jax.grad(getattr(act, name)))(jnp.asarray(X))
         assert np.all(np.isfinite(np.asarray(g))), name
     np.testing.assert_allclose(jax.vmap(jax.grad(act.relu))(jnp.array([-1.0, 2.0])), [0.0, 1.0])
@@ -152,7 +157,7 @@ def test_gradients_are_finite() -> None:
 def test_bfloat16_preserved() -> None:
     """Activations keep low-precision dtypes."""
     xb = jnp.asarray(X, jnp.bfloat16)
-    for name in ('relu', 'gelu', 'silu', 'sigmoid', 'tanh', 'softplus'):
+    for name in ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus"):
         assert getattr(act, name)(xb).dtype == jnp.bfloat16, name
     assert act.softmax(xb).dtype == jnp.bfloat16
 
@@ -160,10 +165,33 @@ def test_bfloat16_preserved() -> None:
 def test_all_exports() -> None:
     """Every name in __all__ exists and is callable."""
     expected = {
-        'relu', 'relu6', 'gelu', 'silu', 'swish', 'sigmoid', 'hard_sigmoid', 'hard_silu',
-        'hard_swish', 'hard_tanh', 'tanh', 'elu', 'celu', 'selu', 'leaky_relu', 'softplus',
-        'soft_sign', 'log_sigmoid', 'softmax', 'log_softmax', 'logsumexp', 'glu', 'one_hot',
-        'standardize', 'normalize', 'mish', 'identity',
+        "relu",
+        "relu6",
+        "gelu",
+        "silu",
+        "swish",
+        "sigmoid",
+        "hard_sigmoid",
+        "hard_silu",
+        "hard_swish",
+        "hard_tanh",
+        "tanh",
+        "elu",
+        "celu",
+        "selu",
+        "leaky_relu",
+        "softplus",
+        "soft_sign",
+        "log_sigmoid",
+        "softmax",
+        "log_softmax",
+        "logsumexp",
+        "glu",
+        "one_hot",
+        "standardize",
+        "normalize",
+        "mish",
+        "identity",
     }
     assert expected <= set(act.__all__)
     for name in act.__all__:

@@ -48,10 +48,14 @@ def test_parameter_names_and_shapes():
     m = MultiHeadAttention(2, 8, qkv_features=6, out_features=5, rngs=Rngs(0))
     shapes = {path: v.shape for path, v in core.state(m).flat_state()}
     assert shapes == {
-        ("query", "kernel"): (8, 2, 3), ("query", "bias"): (2, 3),
-        ("key", "kernel"): (8, 2, 3), ("key", "bias"): (2, 3),
-        ("value", "kernel"): (8, 2, 3), ("value", "bias"): (2, 3),
-        ("out", "kernel"): (2, 3, 5), ("out", "bias"): (5,),
+        ("query", "kernel"): (8, 2, 3),
+        ("query", "bias"): (2, 3),
+        ("key", "kernel"): (8, 2, 3),
+        ("key", "bias"): (2, 3),
+        ("value", "kernel"): (8, 2, 3),
+        ("value", "bias"): (2, 3),
+        ("out", "kernel"): (2, 3, 5),
+        ("out", "bias"): (5,),
     }
     assert m.head_dim == 3 and m.query_ln is None and m.rngs is None
     assert m.cached_key is None and m.cache_index is None
@@ -72,19 +76,41 @@ def test_matches_equinox_multihead_attention():
     m = MultiHeadAttention(heads, d_in, qkv_features=qk, out_features=d_out, rngs=Rngs(0))
     _randomize(m)
     e = eqx.nn.MultiheadAttention(
-        heads, d_in, output_size=d_out, qk_size=qk // heads, vo_size=qk // heads,
-        use_query_bias=True, use_key_bias=True, use_value_bias=True, use_output_bias=True,
+        heads,
+        d_in,
+        output_size=d_out,
+        qk_size=qk // heads,
+        vo_size=qk // heads,
+        use_query_bias=True,
+        use_key_bias=True,
+        use_value_bias=True,
+        use_output_bias=True,
         key=KEYS[0],
     )
     # Equinox: Linear weights are (out, in) with heads flattened into `out`.
     lin = lambda k: k.reshape(d_in, -1).T  # noqa: E731
     e = eqx.tree_at(
-        lambda e: (e.query_proj.weight, e.query_proj.bias, e.key_proj.weight, e.key_proj.bias,
-                   e.value_proj.weight, e.value_proj.bias, e.output_proj.weight, e.output_proj.bias),
+        lambda e: (
+            e.query_proj.weight,
+            e.query_proj.bias,
+            e.key_proj.weight,
+            e.key_proj.bias,
+            e.value_proj.weight,
+            e.value_proj.bias,
+            e.output_proj.weight,
+            e.output_proj.bias,
+        ),
         e,
-        (lin(m.query.kernel[...]), m.query.bias[...].ravel(), lin(m.key.kernel[...]),
-         m.key.bias[...].ravel(), lin(m.value.kernel[...]), m.value.bias[...].ravel(),
-         m.out.kernel[...].reshape(qk, d_out).T, m.out.bias[...]),
+        (
+            lin(m.query.kernel[...]),
+            m.query.bias[...].ravel(),
+            lin(m.key.kernel[...]),
+            m.key.bias[...].ravel(),
+            lin(m.value.kernel[...]),
+            m.value.bias[...].ravel(),
+            m.out.kernel[...].reshape(qk, d_out).T,
+            m.out.bias[...],
+        ),
     )
     xq = jax.random.normal(KEYS[1], (3, 5, d_in))
     xkv = jax.random.normal(KEYS[2], (3, 7, d_in))
@@ -137,7 +163,7 @@ def test_decode_token_by_token_equals_full_causal_attention(num_kv_heads):
     assert m.cache_index[...].dtype == jnp.int32
     steps = []
     for t in range(6):
-        steps.append(m(x[:, t:t + 1], decode=True))
+        steps.append(m(x[:, t : t + 1], decode=True))
         assert int(m.cache_index[...]) == t + 1
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
     # the cache holds every step's projected key
@@ -161,7 +187,7 @@ def test_decode_attribute_and_jit_through_split_merge():
 
     outs = []
     for t in range(3):
-        y, cache = step(params, cache, x[:, t:t + 1])
+        y, cache = step(params, cache, x[:, t : t + 1])
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
     assert int(cache["cache_index"][...]) == 3
@@ -174,8 +200,7 @@ def test_decode_with_user_mask_combines_masks():
     full_mask = make_causal_mask(jnp.ones((1, 4))) * keep[None, None, None, :]
     full = m(x, mask=full_mask)
     m.init_cache(x.shape)
-    steps = [m(x[:, t:t + 1], decode=True, mask=jnp.broadcast_to(keep, (1, 1, 1, 4)))
-             for t in range(4)]
+    steps = [m(x[:, t : t + 1], decode=True, mask=jnp.broadcast_to(keep, (1, 1, 1, 4))) for t in range(4)]
     np.testing.assert_allclose(jnp.concatenate(steps, 1)[:, 2:], full[:, 2:], atol=1e-5)
 
 

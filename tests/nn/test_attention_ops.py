@@ -14,8 +14,15 @@ from nnxfn.nn import attention_ops as att
 KEYS = jax.random.split(jax.random.key(0), 6)
 
 
-def _qkv(batch: tuple[int, ...] = (2,), q_len: int = 5, kv_len: int = 7, heads: int = 4, kv_heads: int = 4,
-         depth: int = 8, v_depth: int = 8) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _qkv(
+    batch: tuple[int, ...] = (2,),
+    q_len: int = 5,
+    kv_len: int = 7,
+    heads: int = 4,
+    kv_heads: int = 4,
+    depth: int = 8,
+    v_depth: int = 8,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Random query/key/value with Flax's [batch..., len, heads, depth] layout."""
     q = jax.random.normal(KEYS[0], batch + (q_len, heads, depth))
     k = jax.random.normal(KEYS[1], batch + (kv_len, kv_heads, depth))
@@ -26,7 +33,7 @@ def _qkv(batch: tuple[int, ...] = (2,), q_len: int = 5, kv_len: int = 7, heads: 
 def ref_weights(q: jax.Array, k: jax.Array, bias: Any = None, mask: Any = None) -> jax.Array:
     """Plain reference: softmax(q k^T / sqrt(d) + bias), masked with finfo.min."""
     k = jnp.repeat(k, q.shape[-2] // k.shape[-2], axis=-2)
-    logits = jnp.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(q.shape[-1])
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / np.sqrt(q.shape[-1])
     if bias is not None:
         logits = logits + bias
     if mask is not None:
@@ -38,11 +45,11 @@ def ref_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kw: Any) -> jax.Ar
     """Reference output: einsum of reference weights with (head-repeated) value."""
     w = ref_weights(q, k, **kw)
     v = jnp.repeat(v, q.shape[-2] // v.shape[-2], axis=-2)
-    return jnp.einsum('...hqk,...khd->...qhd', w, v)
+    return jnp.einsum("...hqk,...khd->...qhd", w, v)
 
 
-@pytest.mark.parametrize('batch', [(), (2,), (2, 3)])
-@pytest.mark.parametrize('kv_heads', [4, 2, 1])
+@pytest.mark.parametrize("batch", [(), (2,), (2, 3)])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_weights_and_output_match_reference(batch: tuple[int, ...], kv_heads: int) -> None:
     """Weights/outputs equal the einsum reference for any batch rank and GQA."""
     q, k, v = _qkv(batch, kv_heads=kv_heads, v_depth=6)
@@ -76,18 +83,18 @@ def test_fully_masked_row_is_uniform() -> None:
     np.testing.assert_allclose(w[:, :, 2, :], np.full((2, 4, 7), 1 / 7), rtol=1e-6)
 
 
-@pytest.mark.parametrize('kv_heads', [4, 2])
-@pytest.mark.parametrize('opts', ['plain', 'mask', 'bias', 'causal'])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("opts", ["plain", "mask", "bias", "causal"])
 def test_matches_jax_nn_dot_product_attention(kv_heads: int, opts: str) -> None:
     """Agrees with jax.nn.dot_product_attention (4-D, same depth)."""
     q, k, v = _qkv(kv_heads=kv_heads, q_len=7)
     kw: dict[str, Any] = {}
-    if opts == 'mask':
-        kw['mask'] = jax.random.bernoulli(KEYS[4], 0.7, (2, 1, 7, 7)).at[..., 0].set(True)
-    elif opts == 'bias':
-        kw['bias'] = jax.random.normal(KEYS[3], (1, 4, 7, 7))
-    ours = att.dot_product_attention(q, k, v, is_causal=opts == 'causal', **kw)
-    ref = jax.nn.dot_product_attention(q, k, v, is_causal=opts == 'causal', **kw)
+    if opts == "mask":
+        kw["mask"] = jax.random.bernoulli(KEYS[4], 0.7, (2, 1, 7, 7)).at[..., 0].set(True)
+    elif opts == "bias":
+        kw["bias"] = jax.random.normal(KEYS[3], (1, 4, 7, 7))
+    ours = att.dot_product_attention(q, k, v, is_causal=opts == "causal", **kw)
+    ref = jax.nn.dot_product_attention(q, k, v, is_causal=opts == "causal", **kw)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -96,14 +103,17 @@ def test_is_causal_equals_causal_mask() -> None:
     q, k, v = _qkv(q_len=7)
     causal = att.make_causal_mask(jnp.ones((2, 7)))
     np.testing.assert_allclose(
-        att.dot_product_attention(q, k, v, is_causal=True), att.dot_product_attention(q, k, v, mask=causal),
+        att.dot_product_attention(q, k, v, is_causal=True),
+        att.dot_product_attention(q, k, v, mask=causal),
         rtol=1e-6,
     )
     pad = att.make_attention_mask(jnp.ones((2, 7)), jnp.array([[1] * 5 + [0] * 2] * 2))
     both = att.combine_masks(pad, causal)
     np.testing.assert_allclose(
         att.dot_product_attention_weights(q, k, mask=pad, is_causal=True),
-        ref_weights(q, k, mask=both), rtol=1e-5, atol=1e-6,
+        ref_weights(q, k, mask=both),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -131,22 +141,27 @@ def test_dropout_scaling_and_broadcast() -> None:
     np.testing.assert_allclose(w[kept], base[kept] / (1 - rate), rtol=1e-5)
     # broadcast_dropout: one pattern shared over batch and heads
     assert np.all(kept == kept[:1, :1])
-    w2 = np.asarray(att.dot_product_attention_weights(
-        q, k, dropout_rng=KEYS[5], dropout_rate=rate, broadcast_dropout=False))
+    w2 = np.asarray(
+        att.dot_product_attention_weights(
+            q, k, dropout_rng=KEYS[5], dropout_rate=rate, broadcast_dropout=False
+        )
+    )
     kept2 = w2 != 0
     assert not np.all(kept2 == kept2[:1, :1])
     assert abs(kept2.mean() - (1 - rate)) < 0.1
     np.testing.assert_allclose(w2[kept2], base[kept2] / (1 - rate), rtol=1e-5)
     # Same rng gives same result; output uses dropped weights.
     out = att.dot_product_attention(q, k, v, dropout_rng=KEYS[5], dropout_rate=rate)
-    np.testing.assert_allclose(out, jnp.einsum('...hqk,...khd->...qhd', w, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, jnp.einsum("...hqk,...khd->...qhd", w, v), rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_disabled_when_deterministic_or_rate_zero() -> None:
     """deterministic=True or rate 0 leaves the weights untouched (no rng needed)."""
     q, k, _ = _qkv()
     base = att.dot_product_attention_weights(q, k)
-    np.testing.assert_array_equal(att.dot_product_attention_weights(q, k, dropout_rate=0.5, deterministic=True), base)
+    np.testing.assert_array_equal(
+        att.dot_product_attention_weights(q, k, dropout_rate=0.5, deterministic=True), base
+    )
     np.testing.assert_array_equal(att.dot_product_attention_weights(q, k, dropout_rng=KEYS[5]), base)
 
 
@@ -171,7 +186,7 @@ def test_module_sow_receives_weights() -> None:
         from nnxfn.facade.variables import Intermediate
     except ImportError:  # facade not built yet: the module uses a placeholder
         Intermediate = att._IntermediateFallback
-    assert var_type is Intermediate and name == 'attention_weights'
+    assert var_type is Intermediate and name == "attention_weights"
     np.testing.assert_allclose(value, ref_weights(q, k), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out, ref_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
@@ -225,42 +240,59 @@ def test_combine_masks() -> None:
 def test_qkv_shape_errors() -> None:
     """Mismatched ranks/shapes raise ValueError naming function, argument and shape."""
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match=r'dot_product_attention: `key` must have the same rank.*\(7, 4, 8\)'):
+    with pytest.raises(
+        ValueError, match=r"dot_product_attention: `key` must have the same rank.*\(7, 4, 8\)"
+    ):
         att.dot_product_attention(q, k[0], v)
-    with pytest.raises(ValueError, match=r'dot_product_attention_weights: `key` batch dims.*\(3, 7, 4, 8\)'):
+    with pytest.raises(ValueError, match=r"dot_product_attention_weights: `key` batch dims.*\(3, 7, 4, 8\)"):
         att.dot_product_attention_weights(q, jnp.concatenate([k, k[:1]]))
-    with pytest.raises(ValueError, match=r'`key` depth must equal query depth 8 \(query and key depths must match\).*\(2, 7, 4, 6\)'):
+    with pytest.raises(
+        ValueError,
+        match=r"`key` depth must equal query depth 8 \(query and key depths must match\).*\(2, 7, 4, 6\)",
+    ):
         att.dot_product_attention_weights(q, k[..., :6])
-    with pytest.raises(ValueError, match=r'number of `key` heads must divide the query heads \(4\): .*must be a multiple.*\(2, 7, 3, 8\)'):
+    with pytest.raises(
+        ValueError,
+        match=r"number of `key` heads must divide the query heads \(4\): .*must be a multiple.*\(2, 7, 3, 8\)",
+    ):
         att.dot_product_attention(q, k[..., :3, :], v[..., :3, :])
-    with pytest.raises(ValueError, match=r'dot_product_attention: `value` length must equal key length 7 .*lengths must match.*\(2, 6, 4, 8\)'):
+    with pytest.raises(
+        ValueError,
+        match=r"dot_product_attention: `value` length must equal key length 7 .*lengths must match.*\(2, 6, 4, 8\)",
+    ):
         att.dot_product_attention(q, k, v[:, :6])
-    with pytest.raises(ValueError, match=r'number of `value` heads.*\(2, 7, 3, 8\)'):
+    with pytest.raises(ValueError, match=r"number of `value` heads.*\(2, 7, 3, 8\)"):
         att.dot_product_attention(q, k, v[..., :3, :])
-    with pytest.raises(ValueError, match=r'`query` must have shape \[batch\.\.\., q_length.*\(5, 8\)'):
+    with pytest.raises(ValueError, match=r"`query` must have shape \[batch\.\.\., q_length.*\(5, 8\)"):
         att.dot_product_attention_weights(q[0, :, 0], k[0, :, 0])
 
 
 def test_mask_bias_and_dropout_errors() -> None:
     """Non-broadcastable mask/bias and missing dropout rng raise ValueError."""
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match=r'dot_product_attention: `mask` of shape \(2, 1, 5, 6\) does not broadcast'):
+    with pytest.raises(
+        ValueError, match=r"dot_product_attention: `mask` of shape \(2, 1, 5, 6\) does not broadcast"
+    ):
         att.dot_product_attention(q, k, v, mask=jnp.ones((2, 1, 5, 6)))
-    with pytest.raises(ValueError, match=r'dot_product_attention_weights: `bias` of shape \(3, 4, 5, 7\)'):
+    with pytest.raises(ValueError, match=r"dot_product_attention_weights: `bias` of shape \(3, 4, 5, 7\)"):
         att.dot_product_attention_weights(q, k, bias=jnp.ones((3, 4, 5, 7)))
-    with pytest.raises(ValueError, match=r'`dropout_rng` is required when dropout_rate=0.1'):
+    with pytest.raises(ValueError, match=r"`dropout_rng` is required when dropout_rate=0.1"):
         att.dot_product_attention(q, k, v, dropout_rate=0.1)
 
 
 def test_mask_helper_errors() -> None:
     """Mask helpers validate their inputs."""
-    with pytest.raises(ValueError, match=r'combine_masks: all `masks` must have the same rank.*\(2, 3\).*\(3,\)'):
+    with pytest.raises(
+        ValueError, match=r"combine_masks: all `masks` must have the same rank.*\(2, 3\).*\(3,\)"
+    ):
         att.combine_masks(np.ones((2, 3)), np.ones((3,)))
-    with pytest.raises(ValueError, match=r'make_attention_mask: batch dims.*\(2, 3\) and \(3, 4\)'):
+    with pytest.raises(ValueError, match=r"make_attention_mask: batch dims.*\(2, 3\) and \(3, 4\)"):
         att.make_attention_mask(np.ones((2, 3)), np.ones((3, 4)))
-    with pytest.raises(ValueError, match=r'make_attention_mask: `query_input` and `key_input`.*\(\)'):
+    with pytest.raises(ValueError, match=r"make_attention_mask: `query_input` and `key_input`.*\(\)"):
         att.make_attention_mask(np.float32(1.0), np.ones((3,)))
-    with pytest.raises(ValueError, match=r'make_causal_mask: `x` must have shape \[batch\.\.\., length\], got shape \(\)'):
+    with pytest.raises(
+        ValueError, match=r"make_causal_mask: `x` must have shape \[batch\.\.\., length\], got shape \(\)"
+    ):
         att.make_causal_mask(np.float32(1.0))
-    with pytest.raises(ValueError, match=r'`extra_batch_dims` must be >= 0, got -1'):
+    with pytest.raises(ValueError, match=r"`extra_batch_dims` must be >= 0, got -1"):
         att.make_attention_mask(np.ones((3,)), np.ones((3,)), extra_batch_dims=-1)

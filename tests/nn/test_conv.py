@@ -42,9 +42,17 @@ def _oi_spatial(kernel):
 def _eqx_conv(layer: Conv, padding, padding_mode="ZEROS"):
     r = len(layer.kernel_size)
     ref = eqx.nn.Conv(
-        r, layer.in_features, layer.out_features, layer.kernel_size, layer.strides,
-        padding=padding, dilation=layer.kernel_dilation, groups=layer.feature_group_count,
-        use_bias=layer.use_bias, padding_mode=padding_mode, key=jax.random.key(9),
+        r,
+        layer.in_features,
+        layer.out_features,
+        layer.kernel_size,
+        layer.strides,
+        padding=padding,
+        dilation=layer.kernel_dilation,
+        groups=layer.feature_group_count,
+        use_bias=layer.use_bias,
+        padding_mode=padding_mode,
+        key=jax.random.key(9),
     )
     ref = eqx.tree_at(lambda m: m.weight, ref, _oi_spatial(layer.kernel[...]))
     if layer.use_bias:
@@ -66,12 +74,14 @@ def test_conv_params_match_flax_names_shapes_dtypes():
 
 
 # -- Conv: numbers vs Equinox --------------------------------------------------------------------
-SWEEP = list(itertools.product(
-    [1, 2],                                 # spatial rank
-    ["SAME", "VALID", 1, "pairs"],          # padding
-    [1, 2],                                 # strides
-    [1, 2],                                 # kernel_dilation
-)) + [(3, "SAME", 2, 1), (3, "pairs", 1, 2), (3, "VALID", (1, 2, 1), (2, 1, 1))]
+SWEEP = list(
+    itertools.product(
+        [1, 2],  # spatial rank
+        ["SAME", "VALID", 1, "pairs"],  # padding
+        [1, 2],  # strides
+        [1, 2],  # kernel_dilation
+    )
+) + [(3, "SAME", 2, 1), (3, "pairs", 1, 2), (3, "VALID", (1, 2, 1), (2, 1, 1))]
 
 
 @pytest.mark.parametrize("rank,padding,stride,dilation", SWEEP)
@@ -79,8 +89,17 @@ def test_conv_matches_equinox(rank, padding, stride, dilation):
     kernel_size = (3, 2, 2)[:rank]
     if padding == "pairs":
         padding = [(1, 0), (0, 2), (2, 1)][:rank]
-    conv = Conv(4, 6, kernel_size, stride, padding=padding, kernel_dilation=dilation,
-                feature_group_count=2, bias_init=initializers.normal(1.0), rngs=Rngs(1))
+    conv = Conv(
+        4,
+        6,
+        kernel_size,
+        stride,
+        padding=padding,
+        kernel_dilation=dilation,
+        feature_group_count=2,
+        bias_init=initializers.normal(1.0),
+        rngs=Rngs(1),
+    )
     x = _normal((2,) + (7, 6, 5)[:rank] + (4,))
     ref = _eqx_conv(conv, padding)
     np.testing.assert_allclose(conv(x), _channels_first(ref, x), rtol=1e-5, atol=1e-5)
@@ -112,8 +131,7 @@ def test_conv_causal_matches_left_padded_equinox(k, dilation):
 @pytest.mark.parametrize("input_dilation,stride", [(2, 1), ((2, 3), 2)])
 @pytest.mark.parametrize("padding", ["VALID", "SAME", 1])
 def test_conv_input_dilation_matches_lax_channels_first(input_dilation, stride, padding):
-    conv = Conv(3, 4, (3, 3), stride, padding=padding, input_dilation=input_dilation,
-                rngs=Rngs(0))
+    conv = Conv(3, 4, (3, 3), stride, padding=padding, input_dilation=input_dilation, rngs=Rngs(0))
     x = _normal((2, 5, 6, 3))
     lhs_dil = (input_dilation,) * 2 if isinstance(input_dilation, int) else input_dilation
     dilated = [(n - 1) * d + 1 for n, d in zip((5, 6), lhs_dil)]
@@ -129,8 +147,12 @@ def test_conv_input_dilation_matches_lax_channels_first(input_dilation, stride, 
     else:
         pads = [(1, 1), (1, 1)]
     ref = lax.conv_general_dilated(
-        jnp.moveaxis(x, -1, 1), _oi_spatial(conv.kernel[...]), (stride, stride), pads,
-        lhs_dilation=lhs_dil, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        jnp.moveaxis(x, -1, 1),
+        _oi_spatial(conv.kernel[...]),
+        (stride, stride),
+        pads,
+        lhs_dilation=lhs_dil,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
     )
     np.testing.assert_allclose(conv(x), jnp.moveaxis(ref, 1, -1), rtol=1e-5, atol=1e-5)
 
@@ -149,14 +171,18 @@ def test_conv_mask_zeroes_kernel_entries():
     mask = jnp.zeros((3, 3, 2, 4)).at[1, 1].set(1.0)
     conv = Conv(2, 4, (3, 3), mask=mask, use_bias=False, rngs=Rngs(0))
     x = _normal((1, 5, 5, 2))
-    expect = np.asarray(x) @ np.asarray(conv.kernel[...][1, 1])   # only the centre tap
+    expect = np.asarray(x) @ np.asarray(conv.kernel[...][1, 1])  # only the centre tap
     np.testing.assert_allclose(conv(x), expect, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "param_dtype,dtype,x_dtype,out",
-    [(jnp.float32, None, jnp.bfloat16, jnp.float32), (jnp.bfloat16, None, jnp.bfloat16, jnp.bfloat16),
-     (jnp.float32, jnp.bfloat16, jnp.float32, jnp.bfloat16), (jnp.float32, None, jnp.float32, jnp.float32)],
+    [
+        (jnp.float32, None, jnp.bfloat16, jnp.float32),
+        (jnp.bfloat16, None, jnp.bfloat16, jnp.bfloat16),
+        (jnp.float32, jnp.bfloat16, jnp.float32, jnp.bfloat16),
+        (jnp.float32, None, jnp.float32, jnp.float32),
+    ],
 )
 def test_conv_dtypes(param_dtype, dtype, x_dtype, out):
     conv = Conv(3, 2, (3,), dtype=dtype, param_dtype=param_dtype, rngs=Rngs(0))
@@ -205,16 +231,23 @@ def test_conv_transpose_matches_equinox(transpose_kernel, stride, dilation, padd
     # Equinox takes PyTorch-style padding p (cropped from the full output);
     # lax.conv_transpose takes the padding of the dilated input: k_dilated - 1 - p.
     ours = padding if isinstance(padding, str) else [(n - 1 - padding,) * 2 for n in dilated]
-    layer = ConvTranspose(3, 4, k, stride, padding=ours, kernel_dilation=dilation,
-                          transpose_kernel=transpose_kernel, bias_init=initializers.normal(1.0),
-                          rngs=Rngs(0))
+    layer = ConvTranspose(
+        3,
+        4,
+        k,
+        stride,
+        padding=ours,
+        kernel_dilation=dilation,
+        transpose_kernel=transpose_kernel,
+        bias_init=initializers.normal(1.0),
+        rngs=Rngs(0),
+    )
     kernel = layer.kernel[...]
-    if transpose_kernel:   # lax flips the kernel and swaps its in/out axes
+    if transpose_kernel:  # lax flips the kernel and swaps its in/out axes
         weight = jnp.flip(jnp.transpose(kernel, (2, 3, 0, 1)), (2, 3))
     else:
         weight = _oi_spatial(kernel)
-    ref = eqx.nn.ConvTranspose(2, 3, 4, k, stride, padding=padding, dilation=dilation,
-                               key=jax.random.key(0))
+    ref = eqx.nn.ConvTranspose(2, 3, 4, k, stride, padding=padding, dilation=dilation, key=jax.random.key(0))
     ref = eqx.tree_at(lambda m: m.weight, ref, weight)
     ref = eqx.tree_at(lambda m: m.bias, ref, layer.bias[...].reshape(4, 1, 1))
     x = _normal((2, 7, 6, 3))
@@ -225,8 +258,9 @@ def test_conv_transpose_matches_equinox(transpose_kernel, stride, dilation, padd
 def test_conv_transpose_circular_is_adjoint_of_circular_conv(kernel_size, stride):
     """With transpose_kernel=True and Conv's kernel, ConvTranspose is Conv's transpose."""
     conv = Conv(3, 4, kernel_size, stride, padding="CIRCULAR", use_bias=False, rngs=Rngs(0))
-    ct = ConvTranspose(4, 3, kernel_size, stride, padding="CIRCULAR", transpose_kernel=True,
-                       use_bias=False, rngs=Rngs(1))
+    ct = ConvTranspose(
+        4, 3, kernel_size, stride, padding="CIRCULAR", transpose_kernel=True, use_bias=False, rngs=Rngs(1)
+    )
     ct.kernel[...] = conv.kernel[...]
     x = _normal((2,) + (12,) * len(kernel_size) + (3,))
     y, vjp = jax.vjp(conv, x)
@@ -238,8 +272,7 @@ def test_conv_transpose_circular_even_kernel_stride_one_convention():
     # Pinned Flax convention (checked by hand against flax 0.12.8): for an even
     # kernel and stride 1 the "+1" alignment shifts the adjoint by one step.
     conv = Conv(3, 4, 4, padding="CIRCULAR", use_bias=False, rngs=Rngs(0))
-    ct = ConvTranspose(4, 3, 4, padding="CIRCULAR", transpose_kernel=True, use_bias=False,
-                       rngs=Rngs(1))
+    ct = ConvTranspose(4, 3, 4, padding="CIRCULAR", transpose_kernel=True, use_bias=False, rngs=Rngs(1))
     ct.kernel[...] = conv.kernel[...]
     x = _normal((2, 12, 3))
     y, vjp = jax.vjp(conv, x)
@@ -257,14 +290,16 @@ def test_conv_transpose_mask_and_dtype():
     mask = jnp.zeros((3, 2, 4)).at[1].set(1.0)
     ct = ConvTranspose(2, 4, 3, padding="VALID", mask=mask, use_bias=False, rngs=Rngs(0))
     x = _normal((1, 5, 2))
-    y = ct(x)   # only the centre tap: output t = x[t - 1] @ kernel[1]
+    y = ct(x)  # only the centre tap: output t = x[t - 1] @ kernel[1]
     np.testing.assert_allclose(y[:, 1:6], np.asarray(x) @ np.asarray(ct.kernel[...][1]), atol=1e-5)
     assert ConvTranspose(2, 4, 3, dtype=jnp.bfloat16, rngs=Rngs(0))(x).dtype == jnp.bfloat16
 
 
 def test_conv_transpose_errors():
     ct = ConvTranspose(3, 4, (3, 3), rngs=Rngs(0))
-    with pytest.raises(ValueError, match=r"ConvTranspose: expected inputs of shape \(\*batch, spatial, spatial, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"ConvTranspose: expected inputs of shape \(\*batch, spatial, spatial, 3\)"
+    ):
         ct(jnp.ones((1, 5, 5, 4)))
     with pytest.raises(ValueError, match=r"ConvTranspose: padding='CAUSAL' is not supported"):
         ConvTranspose(3, 4, 3, padding="CAUSAL", rngs=Rngs(0))

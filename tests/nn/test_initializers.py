@@ -22,10 +22,28 @@ def _rel_close(a: float, b: float, rtol: float) -> bool:
 def test_exports_are_present() -> None:
     """Every Flax initializer name is exported."""
     names = [
-        'Initializer', 'constant', 'delta_orthogonal', 'glorot_normal', 'glorot_uniform',
-        'he_normal', 'he_uniform', 'kaiming_normal', 'kaiming_uniform', 'lecun_normal',
-        'lecun_uniform', 'normal', 'ones', 'ones_init', 'orthogonal', 'truncated_normal',
-        'uniform', 'variance_scaling', 'xavier_normal', 'xavier_uniform', 'zeros', 'zeros_init',
+        "Initializer",
+        "constant",
+        "delta_orthogonal",
+        "glorot_normal",
+        "glorot_uniform",
+        "he_normal",
+        "he_uniform",
+        "kaiming_normal",
+        "kaiming_uniform",
+        "lecun_normal",
+        "lecun_uniform",
+        "normal",
+        "ones",
+        "ones_init",
+        "orthogonal",
+        "truncated_normal",
+        "uniform",
+        "variance_scaling",
+        "xavier_normal",
+        "xavier_uniform",
+        "zeros",
+        "zeros_init",
     ]
     for name in names:
         assert hasattr(init, name), name
@@ -63,7 +81,7 @@ def test_uniform_default_scale_is_1e_2() -> None:
     assert _rel_close(float(x.std()), 1e-2 / math.sqrt(12), 0.02)
 
 
-@pytest.mark.parametrize(('stddev', 'lower', 'upper'), [(1e-2, -2.0, 2.0), (1.0, -1.0, 0.5)])
+@pytest.mark.parametrize(("stddev", "lower", "upper"), [(1e-2, -2.0, 2.0), (1.0, -1.0, 0.5)])
 def test_truncated_normal_bounds(stddev: float, lower: float, upper: float) -> None:
     """truncated_normal values lie in [lower*stddev, upper*stddev]."""
     x = np.asarray(init.truncated_normal(stddev, lower=lower, upper=upper)(KEY, (100_000,)))
@@ -86,62 +104,62 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-@pytest.mark.parametrize('mode', ['fan_in', 'fan_out', 'fan_avg', 'fan_geo_avg'])
-@pytest.mark.parametrize('distribution', ['normal', 'truncated_normal', 'uniform'])
-@pytest.mark.parametrize('shape', [(300, 500), (3, 3, 40, 60)])
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "fan_avg", "fan_geo_avg"])
+@pytest.mark.parametrize("distribution", ["normal", "truncated_normal", "uniform"])
+@pytest.mark.parametrize("shape", [(300, 500), (3, 3, 40, 60)])
 def test_variance_scaling_variance(mode: str, distribution: str, shape: tuple[int, ...]) -> None:
     """Sample variance matches scale / fan for every mode and distribution."""
     scale = 2.0
     fan_in, fan_out = _fans(shape)
     denom = {
-        'fan_in': fan_in,
-        'fan_out': fan_out,
-        'fan_avg': (fan_in + fan_out) / 2,
-        'fan_geo_avg': math.sqrt(fan_in * fan_out),
+        "fan_in": fan_in,
+        "fan_out": fan_out,
+        "fan_avg": (fan_in + fan_out) / 2,
+        "fan_geo_avg": math.sqrt(fan_in * fan_out),
     }[mode]
     w = np.asarray(init.variance_scaling(scale, mode, distribution)(KEY, shape))
     assert w.shape == shape and w.dtype == np.float32
     assert abs(w.mean()) < 0.02 * math.sqrt(scale / denom)
     assert _rel_close(float(w.var()), scale / denom, 0.03)
-    if distribution == 'uniform':
+    if distribution == "uniform":
         assert np.abs(w).max() <= math.sqrt(3 * scale / denom) + 1e-6
-    if distribution == 'truncated_normal':
+    if distribution == "truncated_normal":
         assert np.abs(w).max() <= 2 * math.sqrt(scale / denom) / 0.87962566 + 1e-6
 
 
 def test_variance_scaling_batch_axis_and_custom_axes() -> None:
     """batch_axis dims are excluded from fans; in/out axes are configurable."""
-    w = np.asarray(init.variance_scaling(1.0, 'fan_in', 'normal', batch_axis=0)(KEY, (8, 200, 300)))
+    w = np.asarray(init.variance_scaling(1.0, "fan_in", "normal", batch_axis=0)(KEY, (8, 200, 300)))
     assert _rel_close(float(w.var()), 1 / 200, 0.03)
-    w = np.asarray(init.variance_scaling(1.0, 'fan_in', 'normal', in_axis=0, out_axis=1)(KEY, (400, 300)))
+    w = np.asarray(init.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=1)(KEY, (400, 300)))
     assert _rel_close(float(w.var()), 1 / 400, 0.03)
 
 
 @pytest.mark.parametrize(
-    ('builder', 'scale', 'mode', 'uniform'),
+    ("builder", "scale", "mode", "uniform"),
     [
-        (init.lecun_normal, 1.0, 'fan_in', False),
-        (init.lecun_uniform, 1.0, 'fan_in', True),
-        (init.he_normal, 2.0, 'fan_in', False),
-        (init.he_uniform, 2.0, 'fan_in', True),
-        (init.kaiming_normal, 2.0, 'fan_in', False),
-        (init.kaiming_uniform, 2.0, 'fan_in', True),
-        (init.glorot_normal, 1.0, 'fan_avg', False),
-        (init.glorot_uniform, 1.0, 'fan_avg', True),
-        (init.xavier_normal, 1.0, 'fan_avg', False),
-        (init.xavier_uniform, 1.0, 'fan_avg', True),
+        (init.lecun_normal, 1.0, "fan_in", False),
+        (init.lecun_uniform, 1.0, "fan_in", True),
+        (init.he_normal, 2.0, "fan_in", False),
+        (init.he_uniform, 2.0, "fan_in", True),
+        (init.kaiming_normal, 2.0, "fan_in", False),
+        (init.kaiming_uniform, 2.0, "fan_in", True),
+        (init.glorot_normal, 1.0, "fan_avg", False),
+        (init.glorot_uniform, 1.0, "fan_avg", True),
+        (init.xavier_normal, 1.0, "fan_avg", False),
+        (init.xavier_uniform, 1.0, "fan_avg", True),
     ],
 )
 def test_named_variance_scaling(builder, scale: float, mode: str, uniform: bool) -> None:
     """Named initializers follow the variance-scaling formula."""
     shape = (400, 250)
     fan_in, fan_out = shape
-    denom = fan_in if mode == 'fan_in' else (fan_in + fan_out) / 2
+    denom = fan_in if mode == "fan_in" else (fan_in + fan_out) / 2
     w = np.asarray(builder()(KEY, shape))
     assert _rel_close(float(w.var()), scale / denom, 0.03)
     if uniform:
         assert np.abs(w).max() <= math.sqrt(3 * scale / denom) + 1e-6
-    ref = init.variance_scaling(scale, mode, 'uniform' if uniform else 'truncated_normal')
+    ref = init.variance_scaling(scale, mode, "uniform" if uniform else "truncated_normal")
     np.testing.assert_allclose(w, ref(KEY, shape), rtol=1e-6)
 
 
@@ -154,8 +172,8 @@ def test_aliases_produce_same_values() -> None:
     np.testing.assert_array_equal(init.xavier_uniform()(KEY, shape), init.glorot_uniform()(KEY, shape))
 
 
-@pytest.mark.parametrize('shape', [(64, 16), (16, 64), (32, 32), (3, 20, 8)])
-@pytest.mark.parametrize('scale', [1.0, 0.5])
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32), (3, 20, 8)])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_orthogonal(shape: tuple[int, ...], scale: float) -> None:
     """Columns (or rows, if fewer) are orthonormal times ``scale``."""
     w = np.asarray(init.orthogonal(scale)(KEY, shape), dtype=np.float64)
@@ -173,7 +191,7 @@ def test_orthogonal_column_axis() -> None:
     np.testing.assert_allclose(w @ w.T, np.eye(8), atol=1e-5)
 
 
-@pytest.mark.parametrize('shape', [(3, 16, 16), (3, 3, 8, 16), (3, 3, 3, 4, 4)])
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 3, 8, 16), (3, 3, 3, 4, 4)])
 def test_delta_orthogonal(shape: tuple[int, ...]) -> None:
     """Only the spatial centre is non-zero, and it is orthogonal."""
     w = np.asarray(init.delta_orthogonal()(KEY, shape), dtype=np.float64)
@@ -195,9 +213,16 @@ def test_delta_orthogonal_rejects_bad_shape() -> None:
 
 
 @pytest.mark.parametrize(
-    'builder',
-    [init.normal, init.uniform, init.truncated_normal, init.lecun_normal, init.glorot_uniform,
-     init.he_normal, init.orthogonal],
+    "builder",
+    [
+        init.normal,
+        init.uniform,
+        init.truncated_normal,
+        init.lecun_normal,
+        init.glorot_uniform,
+        init.he_normal,
+        init.orthogonal,
+    ],
 )
 def test_determinism_dtype_and_key_dependence(builder) -> None:
     """Same key gives the same values; different keys differ; dtype is honoured."""

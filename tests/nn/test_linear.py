@@ -20,8 +20,9 @@ def _normal(shape, seed=0, dtype=jnp.float32):
 
 
 def _eqx_linear(layer: Linear) -> eqx.nn.Linear:
-    ref = eqx.nn.Linear(layer.in_features, layer.out_features, use_bias=layer.bias is not None,
-                        key=jax.random.key(9))
+    ref = eqx.nn.Linear(
+        layer.in_features, layer.out_features, use_bias=layer.bias is not None, key=jax.random.key(9)
+    )
     ref = eqx.tree_at(lambda m: m.weight, ref, layer.kernel[...].T)
     if layer.bias is not None:
         ref = eqx.tree_at(lambda m: m.bias, ref, layer.bias[...])
@@ -88,9 +89,14 @@ def test_linear_metadata_custom_init_and_dot_general():
         return jax.lax.dot_general(*args, **kwargs)
 
     layer = Linear(
-        2, 3, kernel_init=initializers.ones_init(), bias_init=initializers.constant(0.5),
-        dot_general=dot_general, precision="highest",
-        kernel_metadata={"sharding": ("a", None)}, rngs=Rngs(0),
+        2,
+        3,
+        kernel_init=initializers.ones_init(),
+        bias_init=initializers.constant(0.5),
+        dot_general=dot_general,
+        precision="highest",
+        kernel_metadata={"sharding": ("a", None)},
+        rngs=Rngs(0),
     )
     assert layer.kernel.sharding == ("a", None)
     np.testing.assert_allclose(layer(jnp.array([1.0, 2.0])), [3.5, 3.5, 3.5])
@@ -114,8 +120,7 @@ def test_linear_wrong_input_shape(shape):
 
 # -- LinearGeneral ---------------------------------------------------------------------
 def test_linear_general_contracts_several_axes():
-    layer = LinearGeneral((2, 3), (4, 5), axis=(-2, -1), bias_init=initializers.normal(1.0),
-                          rngs=Rngs(0))
+    layer = LinearGeneral((2, 3), (4, 5), axis=(-2, -1), bias_init=initializers.normal(1.0), rngs=Rngs(0))
     assert layer.kernel.shape == (2, 3, 4, 5) and layer.bias.shape == (4, 5)
     x = _normal((7, 2, 3))
     expect = np.einsum("nab,abcd->ncd", x, layer.kernel[...]) + np.asarray(layer.bias[...])
@@ -131,8 +136,7 @@ def test_linear_general_middle_axis_and_int_features():
 
 
 def test_linear_general_batch_axis():
-    layer = LinearGeneral(3, (4,), batch_axis={0: 2}, bias_init=initializers.normal(1.0),
-                          rngs=Rngs(0))
+    layer = LinearGeneral(3, (4,), batch_axis={0: 2}, bias_init=initializers.normal(1.0), rngs=Rngs(0))
     assert layer.kernel.shape == (2, 3, 4) and layer.bias.shape == (2, 4)
     x = _normal((2, 6, 3))
     expect = np.einsum("bni,bio->bno", x, layer.kernel[...]) + np.asarray(layer.bias[...])[:, None]
@@ -159,8 +163,7 @@ def test_linear_general_errors():
 
 # -- Einsum ------------------------------------------------------------------------------
 def test_einsum_matches_jnp_einsum_with_bias():
-    layer = Einsum("nta,hab->nthb", (8, 2, 4), (8, 4), bias_init=initializers.normal(1.0),
-                   rngs=Rngs(0))
+    layer = Einsum("nta,hab->nthb", (8, 2, 4), (8, 4), bias_init=initializers.normal(1.0), rngs=Rngs(0))
     assert layer.kernel.shape == (8, 2, 4) and layer.bias.shape == (8, 4)
     x = _normal((3, 5, 2))
     expect = np.einsum("nta,hab->nthb", x, layer.kernel[...]) + np.asarray(layer.bias[...])
@@ -168,8 +171,7 @@ def test_einsum_matches_jnp_einsum_with_bias():
 
 
 def test_einsum_ellipsis_and_call_time_string():
-    layer = Einsum("...a, ab -> ...b", (3, 4), (4,), bias_init=initializers.ones_init(),
-                   rngs=Rngs(0))
+    layer = Einsum("...a, ab -> ...b", (3, 4), (4,), bias_init=initializers.ones_init(), rngs=Rngs(0))
     x = _normal((2, 5, 3))
     expect = np.asarray(x) @ np.asarray(layer.kernel[...]) + 1.0
     np.testing.assert_allclose(layer(x), expect, rtol=1e-5, atol=1e-5)
@@ -237,13 +239,16 @@ def test_embed_dtype_and_single_entry():
     assert table(jnp.array([1])).dtype == jnp.bfloat16
     assert table.attend(jnp.ones(3)).dtype == jnp.bfloat16
     single = Embed(1, 3, rngs=Rngs(0))
-    np.testing.assert_array_equal(single(jnp.zeros((2, 2), jnp.int32)),
-                                  np.broadcast_to(single.embedding[...][0], (2, 2, 3)))
+    np.testing.assert_array_equal(
+        single(jnp.zeros((2, 2), jnp.int32)), np.broadcast_to(single.embedding[...][0], (2, 2, 3))
+    )
 
 
 def test_embed_errors():
     table = Embed(5, 3, rngs=Rngs(0))
-    with pytest.raises(ValueError, match=r"Embed: inputs must be integer indices in \[0, 5\), got dtype float32"):
+    with pytest.raises(
+        ValueError, match=r"Embed: inputs must be integer indices in \[0, 5\), got dtype float32"
+    ):
         table(jnp.array([1.0]))
     with pytest.raises(ValueError, match=r"Embed.attend: expected query of shape \(\.\.\., 3\)"):
         table.attend(jnp.ones((2, 4)))

@@ -36,8 +36,9 @@ def test_fresh_lora_linear_equals_its_linear():
 
 
 def test_lora_linear_output_is_base_plus_low_rank():
-    layer = LoRALinear(3, 4, lora_rank=2, use_bias=False, b_initializer=initializers.normal(1.0),
-                       rngs=Rngs(1))
+    layer = LoRALinear(
+        3, 4, lora_rank=2, use_bias=False, b_initializer=initializers.normal(1.0), rngs=Rngs(1)
+    )
     a, b = layer.lora.lora_a[...], layer.lora.lora_b[...]
     assert layer.bias is None
     np.testing.assert_allclose(layer(X), X @ layer.kernel[...] + X @ a @ b, atol=1e-5)
@@ -57,8 +58,15 @@ def test_custom_param_type_and_metadata_and_dtypes():
     class Adapter(Param):
         pass
 
-    layer = LoRALinear(3, 4, lora_rank=2, lora_param_type=Adapter, lora_dtype=jnp.bfloat16,
-                       a_metadata={"sharding": ("in", None)}, rngs=Rngs(0))
+    layer = LoRALinear(
+        3,
+        4,
+        lora_rank=2,
+        lora_param_type=Adapter,
+        lora_dtype=jnp.bfloat16,
+        a_metadata={"sharding": ("in", None)},
+        rngs=Rngs(0),
+    )
     assert type(layer.lora.lora_a) is Adapter and layer.lora.lora_a.sharding == ("in", None)
     assert layer.lora(X).dtype == jnp.bfloat16
     lora = LoRA(3, 2, 4, param_dtype=jnp.float16, rngs=Rngs(0))

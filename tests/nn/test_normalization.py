@@ -95,7 +95,7 @@ def test_batchnorm_eval_uses_running_stats_like_equinox_inference():
     y_ref, _ = jax.vmap(ref, axis_name="b", in_axes=(0, None), out_axes=(0, None))(x, state)
     before = (np.asarray(bn.mean[...]), np.asarray(bn.var[...]))
     np.testing.assert_allclose(bn(x), y_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(bn.mean[...], before[0])     # eval: no update
+    np.testing.assert_array_equal(bn.mean[...], before[0])  # eval: no update
     np.testing.assert_array_equal(bn.var[...], before[1])
     bn.train()
     assert bn.use_running_average is False
@@ -106,7 +106,7 @@ def test_batchnorm_eval_uses_running_stats_like_equinox_inference():
 def test_batchnorm_call_time_override_and_none():
     bn = BatchNorm(2, rngs=Rngs(0))
     x = _normal((8, 2), loc=3.0)
-    y = bn(x, use_running_average=True)     # init stats: mean 0, var 1
+    y = bn(x, use_running_average=True)  # init stats: mean 0, var 1
     np.testing.assert_allclose(y, np.asarray(x) / np.sqrt(1 + 1e-5), rtol=1e-5)
     np.testing.assert_array_equal(bn.mean[...], np.zeros(2))
     lazy = BatchNorm(2, use_running_average=None, rngs=Rngs(0))
@@ -161,7 +161,9 @@ def test_batchnorm_half_precision():
 
 def test_batchnorm_errors():
     bn = BatchNorm(3, rngs=Rngs(0))
-    with pytest.raises(ValueError, match=r"BatchNorm: expected 3 features on axes \(1,\) .* got inputs of shape \(4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"BatchNorm: expected 3 features on axes \(1,\) .* got inputs of shape \(4, 5\)"
+    ):
         bn(jnp.ones((4, 5)))
     with pytest.raises(ValueError, match=r"BatchNorm: axis 2 is out of range"):
         BatchNorm(3, axis=2, rngs=Rngs(0))(jnp.ones((4, 3)))
@@ -178,8 +180,9 @@ def test_layernorm_params_and_defaults():
 @pytest.mark.parametrize("use_scale,use_bias", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("fast", [True, False])
 def test_layernorm_matches_equinox(use_scale, use_bias, fast):
-    ln = LayerNorm(6, use_scale=use_scale, use_bias=use_bias, use_fast_variance=fast,
-                   epsilon=1e-5, rngs=Rngs(0))
+    ln = LayerNorm(
+        6, use_scale=use_scale, use_bias=use_bias, use_fast_variance=fast, epsilon=1e-5, rngs=Rngs(0)
+    )
     _randomize(ln)
     ref = eqx.nn.LayerNorm(6, eps=1e-5, use_weight=use_scale, use_bias=use_bias)
     if use_scale:
@@ -233,8 +236,11 @@ def test_groupnorm_matches_equinox(groups, group_size, spatial):
     assert gn.num_groups == n_groups and gn.group_size == 6 // n_groups
     ref = eqx.nn.GroupNorm(n_groups, 6, eps=1e-5)
     r = len(spatial)
-    ref = eqx.tree_at(lambda m: (m.weight, m.bias), ref,
-                      (gn.scale[...].reshape((6,) + (1,) * r), gn.bias[...].reshape((6,) + (1,) * r)))
+    ref = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        ref,
+        (gn.scale[...].reshape((6,) + (1,) * r), gn.bias[...].reshape((6,) + (1,) * r)),
+    )
     x = _normal((2,) + spatial + (6,), loc=1.0, scale=2.0)
     y_ref = jnp.moveaxis(jax.vmap(ref)(jnp.moveaxis(x, -1, 1)), 1, -1)
     np.testing.assert_allclose(gn(x), y_ref, rtol=1e-4, atol=1e-4)
@@ -250,8 +256,9 @@ def test_groupnorm_custom_reduction_axes_and_mask():
     masked = GroupNorm(4, num_groups=2, reduction_axes=(2, -1), rngs=Rngs(0))(x, mask=mask)
     sub = grouped[:, :, :3]
     mu, var = sub.mean((2, 4), keepdims=True), sub.var((2, 4), keepdims=True)
-    np.testing.assert_allclose(masked, ((grouped - mu) / np.sqrt(var + 1e-6)).reshape(x.shape),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        masked, ((grouped - mu) / np.sqrt(var + 1e-6)).reshape(x.shape), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_groupnorm_errors():
@@ -259,7 +266,9 @@ def test_groupnorm_errors():
         GroupNorm(6, num_groups=2, group_size=3, rngs=Rngs(0))
     with pytest.raises(ValueError, match=r"GroupNorm: give exactly one"):
         GroupNorm(6, num_groups=None, rngs=Rngs(0))
-    with pytest.raises(ValueError, match=r"GroupNorm: num_features \(6\) is not a multiple of group_size \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"GroupNorm: num_features \(6\) is not a multiple of group_size \(4\)"
+    ):
         GroupNorm(6, num_groups=None, group_size=4, rngs=Rngs(0))
     with pytest.raises(ValueError, match=r"GroupNorm: num_groups \(32\) does not divide num_features \(6\)"):
         GroupNorm(6, rngs=Rngs(0))
@@ -275,15 +284,20 @@ def test_instancenorm_matches_equinox_groupnorm_per_channel():
     _randomize(inorm)
     assert sorted(core.state(inorm).flat_dict()) == [("bias",), ("scale",)]
     ref = eqx.nn.GroupNorm(4, 4, eps=1e-5)
-    ref = eqx.tree_at(lambda m: (m.weight, m.bias), ref,
-                      (inorm.scale[...].reshape(4, 1, 1), inorm.bias[...].reshape(4, 1, 1)))
+    ref = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        ref,
+        (inorm.scale[...].reshape(4, 1, 1), inorm.bias[...].reshape(4, 1, 1)),
+    )
     x = _normal((3, 5, 6, 4), loc=2.0)
     y_ref = jnp.moveaxis(jax.vmap(ref)(jnp.moveaxis(x, -1, 1)), 1, -1)
     np.testing.assert_allclose(inorm(x), y_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_instancenorm_errors():
-    with pytest.raises(ValueError, match=r"InstanceNorm: feature_axes 0 include axis 0, which is the batch axis"):
+    with pytest.raises(
+        ValueError, match=r"InstanceNorm: feature_axes 0 include axis 0, which is the batch axis"
+    ):
         InstanceNorm(2, feature_axes=0, rngs=Rngs(0))(jnp.ones((2, 3)))
     with pytest.raises(ValueError, match=r"InstanceNorm: expected 2 features on axes \(2,\)"):
         InstanceNorm(2, rngs=Rngs(0))(jnp.ones((2, 3, 5)))
@@ -300,7 +314,7 @@ def test_weightnorm_normalizes_kernel_columns_and_scales():
     x = _normal((5, 3))
     w_bar = kernel / np.linalg.norm(kernel, axis=0) * np.array([1.0, 2.0, 0.5, 3.0])
     np.testing.assert_allclose(wn(x), np.asarray(x) @ w_bar, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(wn.layer_instance.kernel[...], w_bar, rtol=1e-5)   # in place, as Flax
+    np.testing.assert_allclose(wn.layer_instance.kernel[...], w_bar, rtol=1e-5)  # in place, as Flax
 
 
 def test_weightnorm_feature_axes_none_and_no_scale():
@@ -366,17 +380,22 @@ def test_spectralnorm_update_stats_and_eval():
 
 
 def test_spectralnorm_errors():
-    with pytest.raises(ValueError, match=r"SpectralNorm: parameter \('kernel',\) has shape \(3, 3, 2, 3\) \(4-D\)"):
+    with pytest.raises(
+        ValueError, match=r"SpectralNorm: parameter \('kernel',\) has shape \(3, 3, 2, 3\) \(4-D\)"
+    ):
         SpectralNorm(Conv(2, 3, (3, 3), rngs=Rngs(0)), error_on_non_matrix=True, rngs=Rngs(1))
     sn = SpectralNorm(Linear(3, 2, rngs=Rngs(0)), rngs=Rngs(1))
     sn.layer_instance.extra = Param(jnp.ones((2, 2)))
-    with pytest.raises(RuntimeError, match=r"SpectralNorm: the wrapped layer has a parameter at \('extra',\)"):
+    with pytest.raises(
+        RuntimeError, match=r"SpectralNorm: the wrapped layer has a parameter at \('extra',\)"
+    ):
         sn(jnp.ones((1, 3)))
 
 
 def test_default_initializers_used():
-    ln = LayerNorm(3, scale_init=initializers.constant(2.0), bias_init=initializers.constant(-1.0),
-                   rngs=Rngs(0))
+    ln = LayerNorm(
+        3, scale_init=initializers.constant(2.0), bias_init=initializers.constant(-1.0), rngs=Rngs(0)
+    )
     np.testing.assert_array_equal(ln.scale[...], [2.0, 2.0, 2.0])
     np.testing.assert_array_equal(ln.bias[...], [-1.0, -1.0, -1.0])
 

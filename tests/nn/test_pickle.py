@@ -48,8 +48,9 @@ LAYERS = {
     "RNN-GRU": (lambda: nnx.RNN(nnx.GRUCell(2, 3, rngs=R())), SEQ),
     "RNN-Simple": (lambda: nnx.RNN(nnx.SimpleCell(2, 3, rngs=R())), SEQ),
     "Bidirectional": (
-        lambda: nnx.Bidirectional(nnx.RNN(nnx.GRUCell(2, 3, rngs=R())),
-                                  nnx.RNN(nnx.SimpleCell(2, 3, rngs=nnx.Rngs(1)))),
+        lambda: nnx.Bidirectional(
+            nnx.RNN(nnx.GRUCell(2, 3, rngs=R())), nnx.RNN(nnx.SimpleCell(2, 3, rngs=nnx.Rngs(1)))
+        ),
         SEQ,
     ),
 }
@@ -114,10 +115,17 @@ def test_initializers_pickle_and_compare_equal():
     key = jax.random.key(3)
     inits = [
         initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
-        initializers.lecun_normal(), initializers.he_uniform(in_axis=[0], out_axis=-1),
-        initializers.normal(0.5), initializers.uniform(), initializers.truncated_normal(2.0),
-        initializers.constant(1.5), initializers.orthogonal(), initializers.delta_orthogonal(),
-        initializers.glorot_normal(), initializers.xavier_uniform(), initializers.zeros_init(),
+        initializers.lecun_normal(),
+        initializers.he_uniform(in_axis=[0], out_axis=-1),
+        initializers.normal(0.5),
+        initializers.uniform(),
+        initializers.truncated_normal(2.0),
+        initializers.constant(1.5),
+        initializers.orthogonal(),
+        initializers.delta_orthogonal(),
+        initializers.glorot_normal(),
+        initializers.xavier_uniform(),
+        initializers.zeros_init(),
         initializers.ones_init(),
     ]
     shape = (3, 3, 4, 4)

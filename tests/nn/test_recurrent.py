@@ -31,8 +31,10 @@ def _randomize(model: Module, seed: int = 0) -> None:
     params = core.state(model, Param)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    core.update(model, jax.tree.unflatten(
-        treedef, [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+    core.update(
+        model,
+        jax.tree.unflatten(treedef, [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]),
+    )
 
 
 def _shapes(model: Module) -> dict:
@@ -46,11 +48,20 @@ def test_parameter_names_and_shapes():
         **{f"{n}.bias": (4,) for n in ("hi", "hf", "hg", "ho")},
     }
     assert _shapes(OptimizedLSTMCell(3, 4, rngs=Rngs(0))) == {
-        "dense_i.kernel": (3, 16), "dense_h.kernel": (4, 16), "dense_h.bias": (16,)}
+        "dense_i.kernel": (3, 16),
+        "dense_h.kernel": (4, 16),
+        "dense_h.bias": (16,),
+    }
     assert _shapes(GRUCell(3, 4, rngs=Rngs(0))) == {
-        "dense_i.kernel": (3, 12), "dense_i.bias": (12,), "dense_h.kernel": (4, 12)}
+        "dense_i.kernel": (3, 12),
+        "dense_i.bias": (12,),
+        "dense_h.kernel": (4, 12),
+    }
     assert _shapes(SimpleCell(3, 4, rngs=Rngs(0))) == {
-        "dense_i.kernel": (3, 4), "dense_i.bias": (4,), "dense_h.kernel": (4, 4)}
+        "dense_i.kernel": (3, 4),
+        "dense_i.bias": (4,),
+        "dense_h.kernel": (4, 4),
+    }
     cell = GRUCell(3, 4, rngs=Rngs(0))
     assert cell.num_feature_axes == 1 and cell.rngs is None
 
@@ -94,7 +105,8 @@ def test_gru_cell_matches_equinox():
     _randomize(cell, 1)
     e = eqx.nn.GRUCell(3, 4, key=KEYS[0])
     e = eqx.tree_at(
-        lambda e: (e.weight_ih, e.weight_hh, e.bias, e.bias_n), e,
+        lambda e: (e.weight_ih, e.weight_hh, e.bias, e.bias_n),
+        e,
         (cell.dense_i.kernel[...].T, cell.dense_h.kernel[...].T, cell.dense_i.bias[...], jnp.zeros(4)),
     )
     x, h = jax.random.normal(KEYS[1], (5, 3)), jax.random.normal(KEYS[2], (5, 4))
@@ -337,7 +349,9 @@ def test_bidirectional_seq_lengths():
 
 def test_errors_name_layer_and_shape():
     cell = LSTMCell(3, 4, rngs=Rngs(0))
-    with pytest.raises(ValueError, match=r"LSTMCell: expected inputs of shape \(\.\.\., 3\).*got shape \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"LSTMCell: expected inputs of shape \(\.\.\., 3\).*got shape \(2, 5\)"
+    ):
         cell(cell.initialize_carry((2, 3)), jnp.ones((2, 5)))
     with pytest.raises(ValueError, match=r"GRUCell: expected a carry of shape \(\.\.\., 4\)"):
         GRUCell(3, 4, rngs=Rngs(0))(jnp.ones((2, 5)), jnp.ones((2, 3)))

@@ -29,12 +29,12 @@ def test_masks_differ_across_calls_and_layer_owns_its_state():
 def test_construction_forks_the_stream():
     rngs = Rngs(dropout=0)
     d1, d2 = Dropout(0.5, rngs=rngs), Dropout(0.5, rngs=rngs)
-    assert int(rngs.dropout.count[...]) == 2           # one fork each
+    assert int(rngs.dropout.count[...]) == 2  # one fork each
     x = jnp.ones(64)
     assert not np.array_equal(d1(x), d2(x))
-    d3 = Dropout(0.5, rngs=Rngs(0))                     # falls back to 'default'
+    d3 = Dropout(0.5, rngs=Rngs(0))  # falls back to 'default'
     assert d3(x).shape == (64,)
-    d4 = Dropout(0.5, rngs=Rngs(dropout=0).dropout)     # an RngStream
+    d4 = Dropout(0.5, rngs=Rngs(dropout=0).dropout)  # an RngStream
     np.testing.assert_array_equal(d4(x), Dropout(0.5, rngs=Rngs(dropout=0))(x))
 
 
@@ -46,7 +46,7 @@ def test_keep_rate_and_scaling(rate):
     kept = y != 0
     assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / x.size)
     np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / (1 - rate), rtol=1e-6)
-    assert abs(y.mean() - float(x.mean())) < 0.02        # unbiased in expectation
+    assert abs(y.mean() - float(x.mean())) < 0.02  # unbiased in expectation
 
 
 def test_matches_equinox_dropout_for_the_same_key():
@@ -69,7 +69,7 @@ def test_rate_zero_deterministic_and_rate_one():
 def test_broadcast_dims_share_the_mask():
     drop = Dropout(0.5, broadcast_dims=(0, -1), rngs=Rngs(dropout=0))
     y = np.asarray(drop(jnp.ones((6, 40, 5))))
-    assert (y == y[:1, :, :1]).all()                     # constant along axes 0 and 2
+    assert (y == y[:1, :, :1]).all()  # constant along axes 0 and 2
     assert 0 < (y[0, :, 0] != 0).sum() < 40
 
 
@@ -79,7 +79,7 @@ def test_call_time_rngs_override():
     a = drop(x, rngs=Rngs(dropout=7))
     b = drop(x, rngs=Rngs(dropout=7))
     np.testing.assert_array_equal(a, b)
-    assert int(drop.rngs.count[...]) == 0                # own stream untouched
+    assert int(drop.rngs.count[...]) == 0  # own stream untouched
     stream = Rngs(dropout=7).dropout
     np.testing.assert_array_equal(drop(x, rngs=stream), a)
     key = jax.random.key(11)
@@ -107,17 +107,25 @@ def test_train_eval_toggle_in_a_model():
 
 def test_errors():
     x = jnp.ones(4)
-    with pytest.raises(ValueError, match=r"Dropout: `deterministic` is False, but no `rngs` argument was provided to Dropout.*nnx.Rngs\(dropout=0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Dropout: `deterministic` is False, but no `rngs` argument was provided to Dropout.*nnx.Rngs\(dropout=0\)",
+    ):
         Dropout(0.5)(x)
     with pytest.raises(ValueError, match=r"Dropout: deterministic is None"):
         Dropout(0.5, deterministic=None, rngs=Rngs(0))(x)
-    with pytest.raises(TypeError, match=r"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, got int"):
+    with pytest.raises(
+        TypeError, match=r"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, got int"
+    ):
         Dropout(0.5, rngs=0)
     with pytest.raises(TypeError, match=r"Dropout: rngs must be .* got str"):
         Dropout(0.5)(x, rngs="key")
     with pytest.raises(ValueError, match=r"Dropout: rate must be in \[0, 1\], got 1.5"):
         Dropout(1.5)
-    with pytest.raises(ValueError, match=r"Dropout: broadcast_dims \(2,\) has axis 2, out of range for inputs of shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Dropout: broadcast_dims \(2,\) has axis 2, out of range for inputs of shape \(4,\)",
+    ):
         Dropout(0.5, broadcast_dims=(2,), rngs=Rngs(0))(x)
 
 

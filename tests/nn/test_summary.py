@@ -65,7 +65,10 @@ def test_rows_shapes_counts_and_bytes():
     assert header == ["path", "type", "inputs", "outputs", "BatchStat", "Param", "RngState"]
     firsts = [r for r in rows[1:] if r[1]]  # first line of each row
     assert [(r[0], r[1]) for r in firsts] == [
-        ("", "Model"), ("block", "Block"), ("block/linear", "Linear"), ("block/bn", "BatchNorm"),
+        ("", "Model"),
+        ("block", "Block"),
+        ("block/linear", "Linear"),
+        ("block/bn", "BatchNorm"),
         ("head", "Linear"),
     ]
     root = firsts[0]
@@ -106,8 +109,7 @@ def test_depth_kwargs_title_and_shared_module_called_twice():
         def __call__(self, x):
             return self.alias(self.lin(x))
 
-    table = tab(Model(Rngs(0)), jnp.ones((5, 3)), depth=1, scale=2.0,
-                     table_kwargs={"title": "My model"})
+    table = tab(Model(Rngs(0)), jnp.ones((5, 3)), depth=1, scale=2.0, table_kwargs={"title": "My model"})
     firsts = [r for r in _rows(table)[1:] if r[1]]
     assert [r[0] for r in firsts] == ["", "block", "head"]
     assert "scale: 2.0" in table and table.lstrip().startswith("My model")
@@ -168,7 +170,9 @@ def test_errors():
     with pytest.raises(ValueError, match=r"Linear: expected inputs of shape \(\.\.\., 3\)"):
         tabulate(Broken(), jnp.ones((2, 5)))
     assert Linear.__call__.__qualname__ == "Linear.__call__"  # restored after the error
-    with pytest.raises(TypeError, match=r"tabulate: expected an nnx.Module \(or another nnx.Pytree\), got int"):
+    with pytest.raises(
+        TypeError, match=r"tabulate: expected an nnx.Module \(or another nnx.Pytree\), got int"
+    ):
         tabulate(3, jnp.ones(2))
     with pytest.raises(AttributeError, match="tabulate: Broken has no method 'encode'"):
         tabulate(Broken(), jnp.ones((2, 3)), method="encode")
@@ -238,9 +242,13 @@ def test_rendered_by_rich_with_its_styling_kwargs():
     table = tabulate(model, jnp.ones((1, 2)), console_kwargs=PLAIN)
     lines = table.splitlines()
     assert lines[1].startswith("┏") and lines[2].startswith("┃ path")  # rich's default box
-    styled = tabulate(model, jnp.ones((1, 2)), console_kwargs=PLAIN,
-                      table_kwargs={"box": rich.box.ASCII, "title": "Mine"},
-                      column_kwargs={"justify": "right"})
+    styled = tabulate(
+        model,
+        jnp.ones((1, 2)),
+        console_kwargs=PLAIN,
+        table_kwargs={"box": rich.box.ASCII, "title": "Mine"},
+        column_kwargs={"justify": "right"},
+    )
     lines = styled.splitlines()
     assert lines[0].strip() == "Mine" and lines[1].startswith("+-")
     assert lines[4].startswith("|      | Linear |")  # right-justified cells

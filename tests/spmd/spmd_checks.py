@@ -28,8 +28,14 @@ from nnxfn.facade.spmd import partition_spec  # noqa: E402
 
 AUTO = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 EXPLICIT = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-RULES = [("batch", "data"), ("embed", None), ("heads", "model"), ("kv", None),
-         ("mlp", "model"), ("layers", None)]
+RULES = [
+    ("batch", "data"),
+    ("embed", None),
+    ("heads", "model"),
+    ("kv", None),
+    ("mlp", "model"),
+    ("layers", None),
+]
 CHECKS: dict = {}
 
 
@@ -47,16 +53,22 @@ class Block(nnx.Module):
 
     def __init__(self, d: int = 16, heads: int = 4, mlp: int = 32, *, rngs: nnx.Rngs):
         k = nnx.initializers.lecun_normal()
-        self.norm1 = nnx.LayerNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"),
-                                   rngs=rngs)
+        self.norm1 = nnx.LayerNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"), rngs=rngs)
         self.attn = nnx.MultiHeadAttention(
-            heads, d, kernel_init=part(k, "embed", "heads", "kv"),
-            out_kernel_init=part(k, "heads", "kv", "embed"), rngs=rngs,
+            heads,
+            d,
+            kernel_init=part(k, "embed", "heads", "kv"),
+            out_kernel_init=part(k, "heads", "kv", "embed"),
+            rngs=rngs,
         )
-        self.norm2 = nnx.RMSNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"),
-                                 rngs=rngs)
-        self.up = nnx.Linear(d, mlp, kernel_init=part(k, "embed", "mlp"),
-                             bias_init=part(nnx.initializers.zeros_init(), "mlp"), rngs=rngs)
+        self.norm2 = nnx.RMSNorm(d, scale_init=part(nnx.initializers.ones_init(), "embed"), rngs=rngs)
+        self.up = nnx.Linear(
+            d,
+            mlp,
+            kernel_init=part(k, "embed", "mlp"),
+            bias_init=part(nnx.initializers.zeros_init(), "mlp"),
+            rngs=rngs,
+        )
         self.down = nnx.Linear(mlp, d, kernel_init=part(k, "mlp", "embed"), rngs=rngs)
 
     def __call__(self, x):
@@ -179,8 +191,9 @@ def sharded_train_step_matches_unsharded():
     opt = nnx.Optimizer(model, tx)
     losses = _run_steps(model, opt, shard_batch=True)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for (path, a), (_, b) in zip(nnx.state(model, nnx.Param).flat_state(),
-                                 nnx.state(ref, nnx.Param).flat_state()):
+    for (path, a), (_, b) in zip(
+        nnx.state(model, nnx.Param).flat_state(), nnx.state(ref, nnx.Param).flat_state()
+    ):
         np.testing.assert_allclose(a[...], b[...], rtol=1e-4, atol=1e-6, err_msg=str(path))
     assert_laid_out_as_annotated(model, AUTO)  # still sharded after the updates
     assert int(opt.step[...]) == 3
@@ -199,20 +212,29 @@ def optimizer_moments_have_parameter_shardings():
                 p = params[path]
                 assert m.get_metadata("out_sharding") == p.get_metadata("out_sharding"), path
                 assert m[...].sharding.is_equivalent_to(p[...].sharding, p.ndim), (
-                    path, m[...].sharding, p[...].sharding)
+                    path,
+                    m[...].sharding,
+                    p[...].sharding,
+                )
 
     check_moments(opt, model)
     _run_steps(model, opt, shard_batch=True, steps=1)
     check_moments(opt, model)
     # built inside a jitted constructor, laid out by the same annotations
     with nnx.logical_axis_rules(RULES):
+
         def ctor():
             m = Block(rngs=nnx.Rngs(0))
             return m, nnx.Optimizer(m, optax.adam(1e-2))
 
         abstract_model, abstract_opt = nnx.eval_shape(ctor)
-        model2, opt2 = nnx.jit(ctor, out_shardings=(nnx.get_named_sharding(abstract_model, AUTO),
-                                                    nnx.get_named_sharding(abstract_opt, AUTO)))()
+        model2, opt2 = nnx.jit(
+            ctor,
+            out_shardings=(
+                nnx.get_named_sharding(abstract_model, AUTO),
+                nnx.get_named_sharding(abstract_opt, AUTO),
+            ),
+        )()
     check_moments(opt2, model2)
     assert spec_of(opt2.opt_state[0].mu["up"]["kernel"][...]) == (None, "model")
 
@@ -270,8 +292,7 @@ def checkpoint_restores_into_a_sharded_abstract_model():
             assert sharding == NamedSharding(AUTO, P(None, "model")), sharding
             restored = nnx.merge(graphdef, nnx.restore_checkpoint(path, abstract))
             assert_laid_out_as_annotated(restored, AUTO)
-            for (p, a), (_, b) in zip(nnx.state(restored).flat_state(),
-                                      nnx.state(model).flat_state()):
+            for (p, a), (_, b) in zip(nnx.state(restored).flat_state(), nnx.state(model).flat_state()):
                 np.testing.assert_array_equal(a[...], b[...], err_msg=f"{backend} {p}")
             # a Module with sharded abstract leaves is filled in place
             target = nnx.merge(graphdef, abstract)
@@ -306,8 +327,11 @@ def shard_map_with_a_module_argument():
 
     model = Dense()
 
-    @nnx.shard_map(mesh=AUTO, in_specs=(nnx.StateAxes({nnx.Param: P(None, "model")}), P("data")),
-                   out_specs=P("data", "model"))
+    @nnx.shard_map(
+        mesh=AUTO,
+        in_specs=(nnx.StateAxes({nnx.Param: P(None, "model")}), P("data")),
+        out_specs=P("data", "model"),
+    )
     def apply(model, x):
         assert model.w.shape == (8, 1)  # each device sees its column block
         return model(x)
@@ -318,8 +342,9 @@ def shard_map_with_a_module_argument():
     assert spec_of(y) == ("data", "model")
 
     # the module's own annotations as its specs; a write leaves with the same layout
-    @nnx.shard_map(mesh=AUTO, in_specs=(nnx.get_partition_spec(model), P("data")),
-                   out_specs=P("data", "model"))
+    @nnx.shard_map(
+        mesh=AUTO, in_specs=(nnx.get_partition_spec(model), P("data")), out_specs=P("data", "model")
+    )
     def apply_and_scale(model, x):
         model.w[...] = model.w[...] * 2
         return model(x)
@@ -337,8 +362,11 @@ def jit_in_shardings_from_the_annotations():
     with nnx.logical_axis_rules(RULES):
         shardings = nnx.get_named_sharding(model, AUTO)
     nnx.update(model, jax.device_put(nnx.state(model), nnx.state(shardings)))
-    apply = nnx.jit(lambda m, x: m(x), in_shardings=(shardings, NamedSharding(AUTO, P("data"))),
-                    out_shardings=NamedSharding(AUTO, P("data")))
+    apply = nnx.jit(
+        lambda m, x: m(x),
+        in_shardings=(shardings, NamedSharding(AUTO, P("data"))),
+        out_shardings=NamedSharding(AUTO, P("data")),
+    )
     y = apply(model, x)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
     assert spec_of(y) == ("data",)
@@ -357,22 +385,31 @@ def clear_errors_for_specs_that_do_not_fit():
         raise AssertionError(f"no error; wanted {needles}")
 
     with jax.set_mesh(AUTO):
-        raises(lambda: nnx.Param(jnp.ones((6, 4)), out_sharding=("model", None)),
-               "splits axis 0 (size 6)", "into 4 parts")
-        raises(lambda: nnx.Param(jnp.ones(4), out_sharding=(None, "model")),
-               "2 entries but the array has rank 1")
-        raises(lambda: nnx.Param(jnp.ones(4), out_sharding=("tensor",)),
-               "'tensor'", "mesh axes: ('data', 'model')")
+        raises(
+            lambda: nnx.Param(jnp.ones((6, 4)), out_sharding=("model", None)),
+            "splits axis 0 (size 6)",
+            "into 4 parts",
+        )
+        raises(
+            lambda: nnx.Param(jnp.ones(4), out_sharding=(None, "model")), "2 entries but the array has rank 1"
+        )
+        raises(
+            lambda: nnx.Param(jnp.ones(4), out_sharding=("tensor",)),
+            "'tensor'",
+            "mesh axes: ('data', 'model')",
+        )
     model = Block(rngs=nnx.Rngs(0))
-    raises(lambda: nnx.get_named_sharding(model, AUTO), "tree.attn.", "'embed'",
-           "logical_axis_rules")  # logical names need rules
+    raises(
+        lambda: nnx.get_named_sharding(model, AUTO), "tree.attn.", "'embed'", "logical_axis_rules"
+    )  # logical names need rules
     model.down.kernel.set_metadata("out_sharding", ("mlp", "embed", "extra"))
     with nnx.logical_axis_rules(RULES):
-        raises(lambda: nnx.get_named_sharding(model, AUTO), "tree.down.kernel", "rank 2",
-               "3 entries")
+        raises(lambda: nnx.get_named_sharding(model, AUTO), "tree.down.kernel", "rank 2", "3 entries")
     bad = nnx.StateSharding({nnx.Param: NamedSharding(AUTO, P("data", "model", None, None))})
-    raises(lambda: nnx.jit(lambda: Block(rngs=nnx.Rngs(0)), out_shardings=bad)(),
-           "4 entries but the array has rank")
+    raises(
+        lambda: nnx.jit(lambda: Block(rngs=nnx.Rngs(0)), out_shardings=bad)(),
+        "4 entries but the array has rank",
+    )
 
 
 @check
@@ -380,8 +417,7 @@ def uneven_annotation_inside_jit_is_laid_out_by_the_compiler():
     # issue 12: on Auto axes, inside a trace, a size the mesh does not divide is
     # left to the compiler (replicated, as Flax); outside a trace it is an error.
     with jax.set_mesh(AUTO):
-        made = nnx.jit(lambda: nnx.Param(jnp.arange(32.0).reshape(32, 1),
-                                         out_sharding=(None, "model")))()
+        made = nnx.jit(lambda: nnx.Param(jnp.arange(32.0).reshape(32, 1), out_sharding=(None, "model")))()
         assert made[...].sharding.is_fully_replicated, made[...].sharding
         np.testing.assert_array_equal(made[...], np.arange(32.0).reshape(32, 1))
 
@@ -416,8 +452,7 @@ def use_eager_sharding_switches_placement():
         with nnx.use_eager_sharding(False):
             assert not nnx.using_eager_sharding()
             lazy = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"))
-            forced = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"),
-                               eager_sharding=True)
+            forced = nnx.Param(jnp.ones((4, 8)), out_sharding=(None, "model"), eager_sharding=True)
         assert nnx.using_eager_sharding()
         assert not isinstance(lazy[...].sharding, NamedSharding) or spec_of(lazy[...]) == ()
         assert lazy.out_sharding == (None, "model")  # the annotation is kept
@@ -444,21 +479,20 @@ def format_annotation_and_mixed_axis_types():
     from jax.experimental.layout import Format, Layout
 
     named = NamedSharding(AUTO, P("data", None))
-    v = nnx.Variable(jnp.arange(16.0).reshape(4, 4),
-                     out_sharding=Format(Layout(major_to_minor=(1, 0)), named))
+    v = nnx.Variable(
+        jnp.arange(16.0).reshape(4, 4), out_sharding=Format(Layout(major_to_minor=(1, 0)), named)
+    )
     assert v.sharding == named
     np.testing.assert_array_equal(v[...], np.arange(16.0).reshape(4, 4))
     assert nnx.get_partition_spec(v)[...] == P("data", None)
-    mixed = jax.make_mesh((2, 4), ("data", "model"),
-                          axis_types=(AxisType.Auto, AxisType.Explicit))
+    mixed = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Explicit))
     try:
         nnx.Variable(jnp.ones((4, 4)), out_sharding=("data", "model"), mesh=mixed)
     except ValueError as e:
         assert "all Explicit or all Auto" in str(e) and "eager_sharding=False" in str(e)
     else:
         raise AssertionError("mixed axis types did not raise")
-    v = nnx.Variable(jnp.ones((4, 4)), out_sharding=("data", "model"), mesh=mixed,
-                     eager_sharding=False)
+    v = nnx.Variable(jnp.ones((4, 4)), out_sharding=("data", "model"), mesh=mixed, eager_sharding=False)
     assert v.out_sharding == ("data", "model")
 
 
@@ -475,23 +509,32 @@ def layers_keep_explicit_layouts():
             np.testing.assert_array_equal(y, plain(x))  # the same mask as unsharded
             assert set(np.unique(np.asarray(y) / np.maximum(x, 1) * (x > 0))) <= {0.0, 2.0}
         # grouped-query attention (2 kv heads for 4 query heads) on sharded heads
-        q = jax.sharding.reshard(jax.random.normal(jax.random.key(0), (2, 5, 4, 8)),
-                                 P("data", None, None, None))
-        k = jax.sharding.reshard(jax.random.normal(jax.random.key(1), (2, 5, 2, 8)),
-                                 P("data", None, None, None))
+        q = jax.sharding.reshard(
+            jax.random.normal(jax.random.key(0), (2, 5, 4, 8)), P("data", None, None, None)
+        )
+        k = jax.sharding.reshard(
+            jax.random.normal(jax.random.key(1), (2, 5, 2, 8)), P("data", None, None, None)
+        )
         out = nnx.dot_product_attention(q, k, k)
         ref = nnx.dot_product_attention(np.asarray(q), np.asarray(k), np.asarray(k))
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
         # MultiHeadAttention with qkv/out layouts
         mha = nnx.MultiHeadAttention(
-            num_heads=8, in_features=16, qkv_features=32, num_kv_heads=4,
+            num_heads=8,
+            in_features=16,
+            qkv_features=32,
+            num_kv_heads=4,
             kernel_metadata={"out_sharding": P("data", "model", None)},
             out_kernel_metadata={"out_sharding": P("model", None, "data")},
-            rngs=nnx.Rngs(0), decode=False,
+            rngs=nnx.Rngs(0),
+            decode=False,
         )
         inputs = jax.random.uniform(jax.random.key(2), (4, 5, 16))
-        y = mha(jax.sharding.reshard(inputs, P("data", None, "model")),
-                out_sharding=P("data", None, "model"), qkv_sharding=P("data", None, "model", None))
+        y = mha(
+            jax.sharding.reshard(inputs, P("data", None, "model")),
+            out_sharding=P("data", None, "model"),
+            qkv_sharding=P("data", None, "model", None),
+        )
         assert "float32[4@data,5,16@model]" in str(jax.typeof(y)), jax.typeof(y)
         ref = mha(inputs, out_sharding=P(), qkv_sharding=P())
         np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
@@ -500,8 +543,9 @@ def layers_keep_explicit_layouts():
 @check
 def as_abstract_attaches_shardings():
     with jax.set_mesh(AUTO):
-        abstract = nnx.eval_shape(lambda: nnx.Linear(
-            4, 8, kernel_metadata={"out_sharding": ("data", "model")}, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(
+            lambda: nnx.Linear(4, 8, kernel_metadata={"out_sharding": ("data", "model")}, rngs=nnx.Rngs(0))
+        )
         abstract = nnx.as_abstract(abstract)
     value = abstract.kernel.get_value()
     assert isinstance(abstract.kernel, nnx.Param) and isinstance(value, jax.ShapeDtypeStruct)
@@ -511,10 +555,12 @@ def as_abstract_attaches_shardings():
 
     class Two(nnx.Module):
         def __init__(self):
-            self.a = nnx.Linear(8, 8, rngs=nnx.Rngs(0),
-                                kernel_metadata={"out_sharding": ("data", "model"), "mesh": AUTO})
-            self.b = nnx.Linear(8, 8, rngs=nnx.Rngs(0),
-                                kernel_metadata={"out_sharding": ("c", "d"), "mesh": other})
+            self.a = nnx.Linear(
+                8, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("data", "model"), "mesh": AUTO}
+            )
+            self.b = nnx.Linear(
+                8, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("c", "d"), "mesh": other}
+            )
 
     two = nnx.abstract_with_sharding(nnx.eval_shape(Two))
     assert two.a.kernel.sharding.mesh == AUTO and two.a.kernel.sharding.spec == P("data", "model")

@@ -21,17 +21,20 @@ ones, zeros = nnx.initializers.ones_init(), nnx.initializers.zeros_init()
 
 
 def _mesh(*names: str):
-    return jax.make_mesh((1,) * len(names), names,
-                         axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+    return jax.make_mesh((1,) * len(names), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
 class Block(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         init = nnx.initializers.lecun_normal()
-        self.up = nnx.Linear(4, 8, kernel_init=nnx.with_partitioning(init, (None, "model")),
-                             bias_init=nnx.with_partitioning(zeros, ("model",)), rngs=rngs)
-        self.down = nnx.Linear(8, 4, kernel_init=nnx.with_partitioning(init, ("model", None)),
-                               rngs=rngs)
+        self.up = nnx.Linear(
+            4,
+            8,
+            kernel_init=nnx.with_partitioning(init, (None, "model")),
+            bias_init=nnx.with_partitioning(zeros, ("model",)),
+            rngs=rngs,
+        )
+        self.down = nnx.Linear(8, 4, kernel_init=nnx.with_partitioning(init, ("model", None)), rngs=rngs)
 
     def __call__(self, x):
         return self.down(nnx.relu(self.up(x)))
@@ -117,20 +120,31 @@ def test_layers_accept_with_partitioning():
     layers = {
         "linear": (nnx.Linear(2, 4, kernel_init=p(init, (None, "m")), rngs=r), "kernel", (None, "m")),
         "embed": (nnx.Embed(5, 4, embedding_init=p(init, ("v", None)), rngs=r), "embedding", ("v", None)),
-        "conv": (nnx.Conv(2, 4, (3,), kernel_init=p(init, (None, None, "m")), rngs=r), "kernel",
-                 (None, None, "m")),
+        "conv": (
+            nnx.Conv(2, 4, (3,), kernel_init=p(init, (None, None, "m")), rngs=r),
+            "kernel",
+            (None, None, "m"),
+        ),
         "layernorm": (nnx.LayerNorm(4, scale_init=p(ones, ("m",)), rngs=r), "scale", ("m",)),
         "rmsnorm": (nnx.RMSNorm(4, scale_init=p(ones, ("m",)), rngs=r), "scale", ("m",)),
         "batchnorm": (nnx.BatchNorm(4, bias_init=p(zeros, ("m",)), rngs=r), "bias", ("m",)),
-        "general": (nnx.LinearGeneral(2, (3, 4), kernel_init=p(init, (None, "m", None)), rngs=r),
-                    "kernel", (None, "m", None)),
+        "general": (
+            nnx.LinearGeneral(2, (3, 4), kernel_init=p(init, (None, "m", None)), rngs=r),
+            "kernel",
+            (None, "m", None),
+        ),
     }
     for name, (layer, attr, spec) in layers.items():
         var = getattr(layer, attr)
         assert var.out_sharding == spec, name
         assert isinstance(var[...], jax.Array), name
-    mha = nnx.MultiHeadAttention(2, 8, kernel_init=p(init, (None, "model", None)),
-                                 out_kernel_init=p(init, ("model", None, None)), rngs=r)
+    mha = nnx.MultiHeadAttention(
+        2,
+        8,
+        kernel_init=p(init, (None, "model", None)),
+        out_kernel_init=p(init, ("model", None, None)),
+        rngs=r,
+    )
     assert mha.query.kernel.shape == (8, 2, 4)
     assert mha.query.kernel.out_sharding == (None, "model", None)
     assert mha.out.kernel.out_sharding == ("model", None, None)
@@ -161,8 +175,12 @@ def test_transform_metadata_mismatch_is_a_clear_error():
         jax.random.split(jax.random.key(0), 2)
     )
     assert stack.up.kernel.out_sharding == (None, "model")  # no transform_metadata: unchanged
-    scan = nnx.scan(lambda x, b: b(x), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
-                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+    scan = nnx.scan(
+        lambda x, b: b(x),
+        in_axes=(nnx.Carry, 0),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
     with pytest.raises(ValueError, match=r"nnx\.scan: arg\.(up|down)\.kernel.*hold 'layers' at position 0"):
         scan(jnp.ones((1, 4)), stack)
 
@@ -236,8 +254,10 @@ def test_jit_constructor_out_shardings_on_one_device():
         model = nnx.jit(ctor, out_shardings=spec)()
         assert isinstance(model.up.kernel[...].sharding, NamedSharding), spec
         np.testing.assert_allclose(model.up.kernel[...], reference.up.kernel[...])
-    both = nnx.jit(lambda: (ctor(), jnp.ones(2)),
-                   out_shardings=(nnx.get_named_sharding(abstract, mesh), NamedSharding(mesh, P())))()
+    both = nnx.jit(
+        lambda: (ctor(), jnp.ones(2)),
+        out_shardings=(nnx.get_named_sharding(abstract, mesh), NamedSharding(mesh, P())),
+    )()
     # (on one device every layout is equivalent; test_spmd_8dev.py checks real ones)
     assert both[0].down.kernel[...].sharding.is_equivalent_to(NamedSharding(mesh, P("model")), 2)
     assert both[1].sharding.is_equivalent_to(NamedSharding(mesh, P()), 1)
@@ -357,8 +377,9 @@ def test_as_abstract_needs_a_mesh_and_leaves_others_alone():
     same = nnx.as_abstract(abstract)
     assert isinstance(same.kernel, nnx.Param)
     assert getattr(same.kernel.get_value(), "sharding", None) is None
-    annotated = nnx.eval_shape(lambda: nnx.Linear(
-        4, 8, kernel_metadata={"out_sharding": (None, "model")}, rngs=nnx.Rngs(0)))
+    annotated = nnx.eval_shape(
+        lambda: nnx.Linear(4, 8, kernel_metadata={"out_sharding": (None, "model")}, rngs=nnx.Rngs(0))
+    )
     with pytest.raises(ValueError, match=r"as_abstract: tree\.kernel.*jax\.set_mesh"):
         nnx.as_abstract(annotated)
     with jax.set_mesh(_mesh("data", "model")):
@@ -384,6 +405,7 @@ def test_use_eager_sharding_on_one_device():
 def test_transforms_spmd_docstring_examples_run():
     from nnxfn.transforms import spmd as transforms_spmd
 
-    result = doctest.testmod(transforms_spmd, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp},
-                             optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(
+        transforms_spmd, extraglobs={"nnx": nnx, "jax": jax, "jnp": jnp}, optionflags=doctest.ELLIPSIS
+    )
     assert result.failed == 0 and result.attempted > 0

@@ -22,7 +22,8 @@ SCRIPT = pathlib.Path(__file__).with_name("spmd_checks.py")
 def _check_names() -> list[str]:
     tree = ast.parse(SCRIPT.read_text())
     return [
-        node.name for node in tree.body
+        node.name
+        for node in tree.body
         if isinstance(node, ast.FunctionDef)
         and any(isinstance(d, ast.Name) and d.id == "check" for d in node.decorator_list)
     ]
@@ -31,13 +32,19 @@ def _check_names() -> list[str]:
 @pytest.fixture(scope="module")
 def results() -> dict:
     """Run the checks in two concurrent subprocesses (they are mostly compile time)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     names = _check_names()
     groups = [names[0::2], names[1::2]]
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *group], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for group in groups]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), *group],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for group in groups
+    ]
     found: dict = {}
     for proc in procs:
         out, err = proc.communicate(timeout=600)

@@ -41,8 +41,9 @@ class Model(Module):
 
 
 def raw(tree):
-    return jax.tree.map(lambda v: v.value if isinstance(v, Variable) else v, tree,
-                        is_leaf=lambda v: isinstance(v, Variable))
+    return jax.tree.map(
+        lambda v: v.value if isinstance(v, Variable) else v, tree, is_leaf=lambda v: isinstance(v, Variable)
+    )
 
 
 def assert_same(a, b):
@@ -137,15 +138,18 @@ def test_on_disk_layout_is_pure_dict(tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mismatch_errors(tmp_path, backend):
     save_checkpoint(tmp_path / "ck", Model(jax.random.key(0)), backend=backend)
-    with pytest.raises(ValueError, match=(
-        r"shape/dtype mismatch:\n    model\.layers\[0\]\.bias: checkpoint \(4,\) bfloat16, "
-        r"model \(5,\) bfloat16\n    model\.layers\[0\]\.kernel: checkpoint \(3, 4\) float32, "
-        r"model \(3, 5\) float32"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"shape/dtype mismatch:\n    model\.layers\[0\]\.bias: checkpoint \(4,\) bfloat16, "
+            r"model \(5,\) bfloat16\n    model\.layers\[0\]\.kernel: checkpoint \(3, 4\) float32, "
+            r"model \(3, 5\) float32"
+        ),
+    ):
         restore_checkpoint(tmp_path / "ck", Model(jax.random.key(0), width=5))
-    with pytest.raises(ValueError, match=(
-        r"model\.layers\[0\]\.kernel: checkpoint \(3, 4\) float32, model \(3, 4\) float16"
-    )):
+    with pytest.raises(
+        ValueError, match=(r"model\.layers\[0\]\.kernel: checkpoint \(3, 4\) float32, model \(3, 4\) float16")
+    ):
         restore_checkpoint(tmp_path / "ck", Model(jax.random.key(0), dtype=jnp.float16))
     bigger = Model(jax.random.key(0))
     bigger.extra = Param(jnp.ones(2))

@@ -29,8 +29,9 @@ class Net(Module):
 
 
 def raw(tree):
-    return jax.tree.map(lambda v: v.value if isinstance(v, Variable) else v, tree,
-                        is_leaf=lambda v: isinstance(v, Variable))
+    return jax.tree.map(
+        lambda v: v.value if isinstance(v, Variable) else v, tree, is_leaf=lambda v: isinstance(v, Variable)
+    )
 
 
 def perturb(model, i: int):
@@ -85,8 +86,9 @@ def test_apply_to_shares_the_averages():
     perturb(model, 1)
     ema.update(model)  # seen by the view
     np.testing.assert_allclose(averaged.w.value, 0.5 * 1.5 + 0.5 * 2.5)
-    np.testing.assert_allclose(averaged(jnp.ones((1, 2))), jnp.ones((1, 2)) @ averaged.w.value
-                               + averaged.layers[0].value)
+    np.testing.assert_allclose(
+        averaged(jnp.ones((1, 2))), jnp.ones((1, 2)) @ averaged.w.value + averaged.layers[0].value
+    )
 
 
 def test_only_restricts():

@@ -154,7 +154,7 @@ def test_multimetric_mask_per_metric():
     metrics.update(logits=logits, labels=labels, values=values, mask={"loss": keep})
     out = metrics.compute()
     assert float(out["accuracy"]) == pytest.approx(0.5)  # no mask for accuracy
-    assert float(out["loss"]) == pytest.approx(2.0)       # (1 + 2 + 3) / 3
+    assert float(out["loss"]) == pytest.approx(2.0)  # (1 + 2 + 3) / 3
     metrics.update(logits=logits, labels=labels, values=values, mask=keep)  # one mask for all
     out = metrics.compute()
     assert float(out["accuracy"]) == pytest.approx((2 + 2) / (4 + 3))

@@ -66,8 +66,9 @@ def model_grads(model, wrt=Param):
 
 
 def raw(tree):
-    return jax.tree.map(lambda v: v.value if isinstance(v, Variable) else v, tree,
-                        is_leaf=lambda v: isinstance(v, Variable))
+    return jax.tree.map(
+        lambda v: v.value if isinstance(v, Variable) else v, tree, is_leaf=lambda v: isinstance(v, Variable)
+    )
 
 
 def reference_run(tx, steps: int):
@@ -135,8 +136,11 @@ def test_jit_through_split_merge_one_arg_form():
     trained, opt = merge(graphdef, st)
     assert opt.model is trained
     expected = reference_run(optax.adam(0.05), 3)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(trained, Param)), expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        raw(state(trained, Param)),
+        expected,
+    )
     assert int(opt.step.value) == 3
 
 
@@ -175,8 +179,11 @@ def test_wrt_lora_matches_optax():
         updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
         params = optax.apply_updates(params, updates)
         optimizer.update(model, model_grads(model, LoRAParam))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(model, LoRAParam)), params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        raw(state(model, LoRAParam)),
+        params,
+    )
 
 
 def test_inject_hyperparams_read_write():
@@ -196,8 +203,7 @@ def test_inject_hyperparams_read_write():
     grads = model_grads(model)
     optimizer.update(grads)
     expected = jax.tree.map(lambda p, g: p - 0.2 * g, before, raw(grads))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-                 raw(state(model, Param)), expected)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), raw(state(model, Param)), expected)
 
 
 def test_no_hyperparams_error():
@@ -219,8 +225,9 @@ def test_kwargs_forwarded_to_linesearch():
         p = optax.apply_updates(p, updates)
         mvalue, mgrads = jax.value_and_grad(loss)(state(model, Param))
         optimizer.update(model, mgrads, value=mvalue, grad=mgrads, value_fn=loss)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(model, Param)), p)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), raw(state(model, Param)), p
+    )
 
 
 def test_grads_path_mismatch_errors():
@@ -228,7 +235,9 @@ def test_grads_path_mismatch_errors():
     optimizer = Optimizer(model, optax.sgd(0.1))
     grads = raw(model_grads(model)).to_pure_dict()
     missing = {"layers": {0: grads["layers"][0]}}
-    with pytest.raises(ValueError, match=r"missing from grads: model\.layers\[1\]\.bias, model\.layers\[1\]\.kernel"):
+    with pytest.raises(
+        ValueError, match=r"missing from grads: model\.layers\[1\]\.bias, model\.layers\[1\]\.kernel"
+    ):
         optimizer.update(missing)
     extra = {**grads, "extra": jnp.ones(2)}
     with pytest.raises(ValueError, match=r"in grads but not trained: model\.extra"):
@@ -245,8 +254,11 @@ def test_model_and_optimizer():
     for _ in range(2):
         mo.update(model_grads(mo.model))
     expected = reference_run(optax.adam(0.05), 2)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(mo.model, Param)), expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        raw(state(mo.model, Param)),
+        expected,
+    )
 
 
 # -- the model link: update(grads) finds the right model, the State stays Flax's -------
@@ -263,8 +275,11 @@ def test_one_arg_update_inside_nnx_jit_trains_the_passed_model():
     losses = [float(step(model, optimizer)) for _ in range(5)]
     assert losses[-1] < losses[0]
     expected = reference_run(optax.adam(0.05), 5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 raw(state(model, Param)), expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        raw(state(model, Param)),
+        expected,
+    )
     assert int(optimizer.step.value) == 5 and optimizer.model is model
     # the arguments in the other order: the link follows the objects, not positions
     flipped = nnxfn.jit(lambda opt, m: _train_step(m, opt))
@@ -309,10 +324,13 @@ def test_link_kept_by_clone_and_deepcopy_dropped_by_split_alone():
 # -- no silent failures ------------------------------------------------------------------
 def test_wrt_matching_nothing_raises():
     model = MLP(jax.random.key(0))
-    with pytest.raises(ValueError, match=(
-        r"wrt='params' matches none of the model's Variables.*holds: BatchStat x1, Param x4"
-        r".*selects Variables by \*tag\*.*wrt=nnx\.Param"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"wrt='params' matches none of the model's Variables.*holds: BatchStat x1, Param x4"
+            r".*selects Variables by \*tag\*.*wrt=nnx\.Param"
+        ),
+    ):
         Optimizer(model, optax.adam(1e-3), wrt="params")
     with pytest.raises(ValueError, match=r"wrt=<class '.*LoRAParam'> matches none"):
         Optimizer(model, optax.adam(1e-3), wrt=LoRAParam)
@@ -322,8 +340,11 @@ def test_grads_matching_no_trained_variable_raise():
     model = MLP(jax.random.key(0))
     optimizer = Optimizer(model, optax.sgd(0.1))
     stats = state(model, BatchStat)  # e.g. gradients taken w.r.t. the wrong Variables
-    with pytest.raises(ValueError, match=r"none of the grads match a Variable this optimizer "
-                                         r"trains(.|\n)*grads: model\.calls"):
+    with pytest.raises(
+        ValueError,
+        match=r"none of the grads match a Variable this optimizer "
+        r"trains(.|\n)*grads: model\.calls",
+    ):
         optimizer.update(model, stats)
     assert int(optimizer.step.value) == 0
 
@@ -334,12 +355,15 @@ def test_wrong_shapes_raise_naming_each_path_and_write_nothing():
     before, opt_before = raw(state(model)), raw(state(optimizer))
     grads = raw(model_grads(model)).to_pure_dict()
     grads["layers"][1]["kernel"] = jnp.ones((8, 1))  # broadcasts against (8, 2)
-    grads["layers"][1]["bias"] = jnp.ones((3,))       # does not broadcast
-    with pytest.raises(ValueError, match=(
-        r"nothing was updated\.\n"
-        r"  model\.layers\[1\]\.bias: gradient float32\[3\], parameter float32\[2\]\n"
-        r"  model\.layers\[1\]\.kernel: gradient float32\[8,1\], parameter float32\[8,2\]"
-    )):
+    grads["layers"][1]["bias"] = jnp.ones((3,))  # does not broadcast
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"nothing was updated\.\n"
+            r"  model\.layers\[1\]\.bias: gradient float32\[3\], parameter float32\[2\]\n"
+            r"  model\.layers\[1\]\.kernel: gradient float32\[8,1\], parameter float32\[8,2\]"
+        ),
+    ):
         optimizer.update(model, grads)
     jax.tree.map(np.testing.assert_array_equal, raw(state(model)), before)
     jax.tree.map(np.testing.assert_array_equal, raw(state(optimizer)), opt_before)
@@ -368,8 +392,7 @@ def test_checks_run_at_trace_time_only(monkeypatch):
 
     calls = []
     real = optimizer_module.match_grads
-    monkeypatch.setattr(optimizer_module, "match_grads",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(optimizer_module, "match_grads", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = MLP(jax.random.key(0))
     optimizer = Optimizer(model, optax.adam(0.05))
     step = nnxfn.jit(_train_step)

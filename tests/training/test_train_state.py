@@ -54,8 +54,9 @@ def test_apply_returns_output_and_new_state():
     # the batch statistics moved in the returned state, not in `ts`
     assert not np.allclose(state["bn"]["mean"][...], ts.batch_stats["bn"]["mean"][...])
     out, _ = ts.apply(ts.params, ts.batch_stats).linear(X)  # a sub-module
-    np.testing.assert_allclose(out, X @ ts.params["linear"]["kernel"][...]
-                               + ts.params["linear"]["bias"][...], rtol=1e-6)
+    np.testing.assert_allclose(
+        out, X @ ts.params["linear"]["kernel"][...] + ts.params["linear"]["bias"][...], rtol=1e-6
+    )
     with pytest.raises(TypeError, match=r"apply\('tx'\).*not a State"):
         ts.apply("tx")
 
@@ -74,11 +75,9 @@ def test_apply_gradients_is_sgd_and_jits():
 
     before = ts.params
     new, loss0 = step(ts)
-    grads = jax.grad(lambda p: jnp.mean((ts.apply(p, ts.batch_stats)(X, train=True)[0] - Y) ** 2))(
-        ts.params)
+    grads = jax.grad(lambda p: jnp.mean((ts.apply(p, ts.batch_stats)(X, train=True)[0] - Y) ** 2))(ts.params)
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, before, grads)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new.params, expected)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.params, expected)
     assert int(new.step) == 1
     for _ in range(5):
         new, loss = step(new)
@@ -109,6 +108,7 @@ def test_top_level_training_names():
     assert issubclass(nnx.OptVariable, nnx.OptState) and not issubclass(nnx.OptVariable, nnx.OptArray)
     assert nnx.MultiMetric is nnx.metrics.MultiMetric and nnx.Metric is nnx.metrics.Metric
     metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), acc=nnx.metrics.Accuracy())
-    metrics.update(loss=jnp.array([1.0, 3.0]), logits=jnp.array([[0.0, 1.0], [1.0, 0.0]]),
-                   labels=jnp.array([1, 1]))
+    metrics.update(
+        loss=jnp.array([1.0, 3.0]), logits=jnp.array([[0.0, 1.0], [1.0, 0.0]]), labels=jnp.array([1, 1])
+    )
     assert metrics.compute() == {"loss": 2.0, "acc": 0.5}

@@ -422,8 +422,7 @@ def test_custom_vjp_bare_variable_argument():
     def f(p, x):
         return p[...] * x
 
-    f.defvjp(lambda p, x: (f(p, x), (p[...], x)),
-             lambda res, g: (nnx.Param(7.0 * g[1]), g[1] * res[0]))
+    f.defvjp(lambda p, x: (f(p, x), (p[...], x)), lambda res, g: (nnx.Param(7.0 * g[1]), g[1] * res[0]))
     p = nnx.Param(jnp.array(2.0))
     gp, gx = nnx.grad(f, argnums=(0, 1))(p, 3.0)
     assert isinstance(gp, nnx.Param) and float(gp[...]) == 7.0
@@ -479,8 +478,9 @@ def test_custom_vjp_diff_state_in_nondiff_argnums():
     def f(m):
         return m.a[...] * m.b[...]
 
-    f.defvjp(lambda m: (f(m), (m.a[...], m.b[...])),
-             lambda res, g: (nnx.State({"a": g[1] * res[1], "b": 100.0}),))
+    f.defvjp(
+        lambda m: (f(m), (m.a[...], m.b[...])), lambda res, g: (nnx.State({"a": g[1] * res[1], "b": 100.0}),)
+    )
     g = nnx.grad(f, argnums=nnx.DiffState(0, ...))(Two())
     np.testing.assert_allclose(g["a"][...], 5.0)
     np.testing.assert_allclose(g["b"][...], 0.0)  # not differentiable: bwd's value dropped

@@ -155,8 +155,8 @@ def test_while_loop_module_in_carry():
     assert out_m is m
     assert int(m.count[...]) == 4
     w = jnp.arange(1.0, 4.0)
-    np.testing.assert_allclose(x, w ** 4)
-    np.testing.assert_allclose(m.total[...], 1 + w + w ** 2 + w ** 3)
+    np.testing.assert_allclose(x, w**4)
+    np.testing.assert_allclose(m.total[...], 1 + w + w**2 + w**3)
 
 
 def test_while_loop_plain_matches_lax():
@@ -197,8 +197,9 @@ def test_fori_loop_module_alone_and_rngs():
 
 def test_fori_loop_under_jit_and_unroll():
     m = Counter()
-    f = nnx.jit(lambda m, n: nnx.fori_loop(0, n, lambda i, m: (m(jnp.ones(3)), m)[1], m, unroll=2),
-                static_argnums=1)
+    f = nnx.jit(
+        lambda m, n: nnx.fori_loop(0, n, lambda i, m: (m(jnp.ones(3)), m)[1], m, unroll=2), static_argnums=1
+    )
     f(m, 4)
     assert int(m.count[...]) == 4
 
@@ -248,5 +249,5 @@ def test_grad_through_fori_loop():
 
     g = nnx.grad(loss)(m)
     w = jnp.arange(1.0, 4.0)
-    np.testing.assert_allclose(g["w"][...], 3 * w ** 2)
+    np.testing.assert_allclose(g["w"][...], 3 * w**2)
     assert int(m.count[...]) == 3

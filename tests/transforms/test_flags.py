@@ -96,7 +96,7 @@ def test_transforms_accept_flags_with_unchanged_results():
     np.testing.assert_allclose(g["w"][...], x)
     out, pullback = nnx.vjp(lambda m: m(x).sum(), m, **FLAGS)
     np.testing.assert_allclose(pullback(jnp.array(1.0))[0]["w"][...], x)
-    _, t = nnx.jvp(lambda x: (x ** 2).sum(), (x,), (jnp.ones(3),), **FLAGS)
+    _, t = nnx.jvp(lambda x: (x**2).sum(), (x,), (jnp.ones(3),), **FLAGS)
     np.testing.assert_allclose(t, 2 * x.sum())
     np.testing.assert_allclose(nnx.remat(_module_fn, **FLAGS)(m, x), (x * m.w[...]).sum())
     np.testing.assert_allclose(nnx.vmap(lambda x: x * 2, **FLAGS)(x), x * 2)
@@ -130,32 +130,35 @@ def test_custom_vjp_accepts_flags():
 
 
 # -- unknown keyword arguments raise --------------------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda: nnx.scan(lambda c, x: (c, x), lenght=3),
-    lambda: nnx.scan(lambda c, x: (c, x), revers=True),
-    lambda: nnx.jit(lambda x: x, static_argnum=0),
-    lambda: nnx.jit(static_argnum=0),
-    lambda: nnx.vmap(lambda x: x, in_axis=0),
-    lambda: nnx.pmap(lambda x: x, in_axis=0),
-    lambda: nnx.grad(lambda x: x, argnum=0),
-    lambda: nnx.value_and_grad(lambda x: x, has_aux_=True),
-    lambda: nnx.remat(lambda x: x, prevent_cs=True),
-    lambda: nnx.custom_vjp(lambda x: x, nondiff_argnum=(0,)),
-    lambda: nnx.shard_map(lambda x: x, mesh=None, in_specs=(), out_specs=(), check_rep=True),
-    lambda: nnx.make_jaxpr(lambda x: x, static_argnum=0),
-    lambda: nnx.checkify(lambda x: x, error=None),
-    lambda: nnx.cond(True, lambda: 1, lambda: 2, graphs=True),
-    lambda: nnx.switch(0, [lambda: 1], graphs=True),
-    lambda: nnx.while_loop(lambda v: False, lambda v: v, 0, graphs=True),
-    lambda: nnx.fori_loop(0, 1, lambda i, v: v, 0, unrol=2),
-    lambda: nnx.vjp(lambda x: x, 1.0, has_au=True),
-    lambda: nnx.jvp(lambda x: x, (1.0,), (1.0,), has_au=True),
-    lambda: nnx.eval_shape(lambda x: x, 1.0, graph_update=False),
-    lambda: nnx.jit_partial(lambda x: x, donate_argnum=0),
-    lambda: nnx.cached_partial(lambda x: x, 1, graph_update=True),
-    lambda: nnx.transform_metadata(lambda x: x, partition="a", in_axis=0),
-    lambda: nnx.prefix({"a": 1}, {...: 0}, graph_mode=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nnx.scan(lambda c, x: (c, x), lenght=3),
+        lambda: nnx.scan(lambda c, x: (c, x), revers=True),
+        lambda: nnx.jit(lambda x: x, static_argnum=0),
+        lambda: nnx.jit(static_argnum=0),
+        lambda: nnx.vmap(lambda x: x, in_axis=0),
+        lambda: nnx.pmap(lambda x: x, in_axis=0),
+        lambda: nnx.grad(lambda x: x, argnum=0),
+        lambda: nnx.value_and_grad(lambda x: x, has_aux_=True),
+        lambda: nnx.remat(lambda x: x, prevent_cs=True),
+        lambda: nnx.custom_vjp(lambda x: x, nondiff_argnum=(0,)),
+        lambda: nnx.shard_map(lambda x: x, mesh=None, in_specs=(), out_specs=(), check_rep=True),
+        lambda: nnx.make_jaxpr(lambda x: x, static_argnum=0),
+        lambda: nnx.checkify(lambda x: x, error=None),
+        lambda: nnx.cond(True, lambda: 1, lambda: 2, graphs=True),
+        lambda: nnx.switch(0, [lambda: 1], graphs=True),
+        lambda: nnx.while_loop(lambda v: False, lambda v: v, 0, graphs=True),
+        lambda: nnx.fori_loop(0, 1, lambda i, v: v, 0, unrol=2),
+        lambda: nnx.vjp(lambda x: x, 1.0, has_au=True),
+        lambda: nnx.jvp(lambda x: x, (1.0,), (1.0,), has_au=True),
+        lambda: nnx.eval_shape(lambda x: x, 1.0, graph_update=False),
+        lambda: nnx.jit_partial(lambda x: x, donate_argnum=0),
+        lambda: nnx.cached_partial(lambda x: x, 1, graph_update=True),
+        lambda: nnx.transform_metadata(lambda x: x, partition="a", in_axis=0),
+        lambda: nnx.prefix({"a": 1}, {...: 0}, graph_mode=True),
+    ],
+)
 def test_unknown_keyword_raises_type_error(make):
     with pytest.raises(TypeError):
         make()
@@ -217,13 +220,18 @@ def test_transform_metadata_removes_and_inserts_the_axis_name():
     inside = []
 
     def make(rngs):
-        m = nnx.Linear(2, 3, rngs=rngs, kernel_init=nnx.with_partitioning(
-            nnx.initializers.lecun_normal(), ("din", "dout")))
+        m = nnx.Linear(
+            2,
+            3,
+            rngs=rngs,
+            kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("din", "dout")),
+        )
         inside.append(m.kernel.out_sharding)
         return m
 
-    f = nnx.vmap(nnx.transform_metadata(make, in_axes=0, out_axes=0, partition="layers"),
-                 in_axes=0, out_axes=0)
+    f = nnx.vmap(
+        nnx.transform_metadata(make, in_axes=0, out_axes=0, partition="layers"), in_axes=0, out_axes=0
+    )
     m = nnx.split_rngs(splits=4)(f)(nnx.Rngs(0))
     assert set(inside) == {("din", "dout")}  # inside: without the mapped axis
     assert m.kernel.shape == (4, 2, 3)
@@ -246,7 +254,9 @@ def test_state_axes_mapping_api():
     assert list(sa.items()) == [(nnx.Param, 0), (..., None)]
     assert sa.filters == (nnx.Param, ...) and sa.axes == (0, None)
     assert sa[nnx.Param] == 0 and len(sa) == 2
-    assert sa == nnx.StateAxes({nnx.Param: 0, ...: None}) and hash(sa) == hash(nnx.StateAxes({nnx.Param: 0, ...: None}))
+    assert sa == nnx.StateAxes({nnx.Param: 0, ...: None}) and hash(sa) == hash(
+        nnx.StateAxes({nnx.Param: 0, ...: None})
+    )
     assert sa.map_prefix(("w",), nnx.Param(1.0)) == 0
     from_state = nnx.StateAxes(nnx.State({"a": 1, "b": None}))
     assert from_state.map_prefix(("a",), None) == 1

@@ -47,16 +47,20 @@ def test_cond_inside_scan_inside_jit():
 def test_grad_of_vmap_inside_jit_equals_plain():
     m = Counter()
     xs = jnp.arange(12.0).reshape(4, 3)
-    g = nnx.jit(lambda m: nnx.grad(
-        lambda m: nnx.vmap(lambda m, x: (x * m.w).sum() ** 2, in_axes=(None, 0))(m, xs).sum())(m))(m)
+    g = nnx.jit(
+        lambda m: nnx.grad(
+            lambda m: nnx.vmap(lambda m, x: (x * m.w).sum() ** 2, in_axes=(None, 0))(m, xs).sum()
+        )(m)
+    )(m)
     want = jax.grad(lambda w: jax.vmap(lambda x: (x * w).sum() ** 2)(xs).sum())(m.w[...])
     np.testing.assert_allclose(g["w"][...], want, rtol=1e-6)
 
 
 def test_scan_returns_stacked_new_modules_and_advances_carry_rngs():
     rngs = nnx.Rngs(0)
-    r, stack = nnx.scan(lambda r, _: (r, Linear(3, 2, rngs=r)), in_axes=(nnx.Carry, 0),
-                        out_axes=(nnx.Carry, 0))(rngs, jnp.arange(4))
+    r, stack = nnx.scan(
+        lambda r, _: (r, Linear(3, 2, rngs=r)), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0)
+    )(rngs, jnp.arange(4))
     assert r is rngs and isinstance(stack, Linear)
     assert stack.kernel.shape == (4, 3, 2)
     assert int(rngs.default.count[...]) == 8
@@ -126,7 +130,6 @@ def test_variable_passed_directly():
     f(v)
     f(v)
     assert float(v[...]) == 2.0
-
 
 
 def test_grad_vjp_jvp_of_bare_variable_argument():

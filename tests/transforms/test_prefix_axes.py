@@ -1,6 +1,5 @@
 """`nnx.prefix(...)` results as in_axes/out_axes of nnx.vmap (transforms/axes.py NodePrefix)."""
 
-import jax
 import jax.numpy as jnp
 import pytest
 

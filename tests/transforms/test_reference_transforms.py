@@ -195,8 +195,9 @@ def test_why_nnx_training_example_stand_in_matches_plain_jax():
     assert int(optimizer.step[...]) == 5
     assert int(model.dropout.rngs.default.count[...]) == count0 + 5
     mu = optimizer.opt_state[0].mu
-    np.testing.assert_allclose(mu["linear"]["kernel"][...], opt_state[0].mu["linear"]["kernel"],
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        mu["linear"]["kernel"][...], opt_state[0].mu["linear"]["kernel"], rtol=1e-4, atol=1e-7
+    )
     assert losses[-1] < losses[0]
 
 

@@ -50,7 +50,10 @@ def test_shape_change_of_a_variable_is_named_by_its_path():
         y = step(model, jnp.ones((2, 3)))
     assert y.shape == (2, 16)
     (message,) = _retraces(record)
-    assert "nnx.jit(test_shape_change_of_a_variable_is_named_by_its_path.<locals>.step) traced again (trace 2)" in message
+    assert (
+        "nnx.jit(test_shape_change_of_a_variable_is_named_by_its_path.<locals>.step) traced again (trace 2)"
+        in message
+    )
     assert "model.l1.kernel: float32[3,8] -> float32[3,16]" in message
     assert "model.l1.bias: float32[8] -> float32[16]" in message
     assert "model.l1.out_features: static 8 -> static 16" in message

@@ -75,8 +75,9 @@ def test_scan_over_vmap_stack_equals_python_loop():
 
 def test_scan_stack_reverse_equals_reversed_loop():
     stack = make_stack(1)
-    f = nnx.scan(lambda x, layer: jnp.tanh(layer(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
-                 reverse=True)
+    f = nnx.scan(
+        lambda x, layer: jnp.tanh(layer(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, reverse=True
+    )
     x = jnp.ones((3, D))
     want = python_loop(x, stack.kernel[...][::-1], stack.bias[...][::-1])
     np.testing.assert_allclose(f(x, stack), want, rtol=1e-5)
@@ -104,8 +105,8 @@ def test_batchstat_updated_per_layer_comes_back_stacked():
     x0 = jnp.ones(D)
     y, sums = forward(x0, stack)
     w = jnp.arange(1.0, D + 1.0)
-    xs = [x0 * w ** i for i in range(L)]
-    np.testing.assert_allclose(y, x0 * w ** L, rtol=1e-6)
+    xs = [x0 * w**i for i in range(L)]
+    np.testing.assert_allclose(y, x0 * w**L, rtol=1e-6)
     np.testing.assert_allclose(sums, [float((x * w).sum()) for x in xs], rtol=1e-6)
     np.testing.assert_array_equal(stack.count[...], jnp.ones(L))
     np.testing.assert_allclose(stack.total[...], jnp.stack(xs), rtol=1e-6)
@@ -168,8 +169,9 @@ def test_dropout_layers_scanned_with_carry_rngs():
 def test_broadcast_arg_read_only():
     stack = make_stack(3)
     scale = Counter(D)  # broadcast: only read inside
-    f = nnx.scan(lambda x, layer, s: jnp.tanh(layer(x)) * s.w, in_axes=(nnx.Carry, 0, None),
-                 out_axes=nnx.Carry)
+    f = nnx.scan(
+        lambda x, layer, s: jnp.tanh(layer(x)) * s.w, in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry
+    )
     x = jnp.ones(D)
     want = x
     for k, b in zip(stack.kernel[...], stack.bias[...]):
@@ -234,8 +236,9 @@ def test_axes_rules_checked_when_wrapping():
     f = nnx.scan(lambda c: c, in_axes=nnx.Carry, out_axes=nnx.Carry, length=3)
     with pytest.raises(ValueError, match="in_axes=Carry, the function must take exactly one argument"):
         f(jnp.zeros(()), jnp.zeros(()))
-    np.testing.assert_allclose(nnx.scan(lambda c: c + 1, in_axes=nnx.Carry, out_axes=nnx.Carry,
-                                        length=3)(jnp.zeros(())), 3.0)
+    np.testing.assert_allclose(
+        nnx.scan(lambda c: c + 1, in_axes=nnx.Carry, out_axes=nnx.Carry, length=3)(jnp.zeros(())), 3.0
+    )
 
 
 def test_same_object_with_two_axes_raises():
@@ -249,7 +252,7 @@ def test_scan_does_not_retrace_on_second_call():
 
     def body(c, x):
         traces.append(1)
-        return c + 1, x ** 2
+        return c + 1, x**2
 
     f = nnx.scan(body)
     c, ys = f(jnp.array(0), jnp.arange(5))
@@ -350,7 +353,8 @@ def test_scan_grad_equals_python_loop_grad():
     f = nnx.scan(lambda x, l: jnp.tanh(l(x)), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
     g = nnx.grad(lambda s: f(x, s).sum())(stack)
     rk, rb = jax.grad(lambda k, b: python_loop(x, k, b).sum(), argnums=(0, 1))(
-        stack.kernel[...], stack.bias[...])
+        stack.kernel[...], stack.bias[...]
+    )
     np.testing.assert_allclose(g["kernel"][...], rk, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g["bias"][...], rb, rtol=1e-5, atol=1e-6)
 

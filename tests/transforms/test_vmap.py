@@ -39,8 +39,8 @@ def create_weights(seed: jax.Array):
 
 
 def vector_dot(weights: Weights, x: jax.Array):
-    assert weights.kernel.ndim == 2, 'Batch dimensions not allowed'
-    assert x.ndim == 1, 'Batch dimensions not allowed'
+    assert weights.kernel.ndim == 2, "Batch dimensions not allowed"
+    assert x.ndim == 1, "Batch dimensions not allowed"
     return x @ weights.kernel + weights.bias
 
 
@@ -67,8 +67,8 @@ class WeightStack(nnx.Module):
 
     @nnx.vmap(in_axes=(0, 0), out_axes=1)
     def __call__(self, x: jax.Array):
-        assert self.kernel.ndim == 2, 'Batch dimensions not allowed'
-        assert x.ndim == 1, 'Batch dimensions not allowed'
+        assert self.kernel.ndim == 2, "Batch dimensions not allowed"
+        assert x.ndim == 1, "Batch dimensions not allowed"
         return x @ self.kernel + self.bias
 
 
@@ -169,8 +169,9 @@ def test_state_axes_missing_filter_raises():
 
 
 def test_out_axes_for_arrays_and_new_modules():
-    f = nnx.vmap(lambda s: (Weights(jnp.full((2, 3), s), jnp.full((3,), s)), s * 2.0),
-                 in_axes=0, out_axes=(1, 0))
+    f = nnx.vmap(
+        lambda s: (Weights(jnp.full((2, 3), s), jnp.full((3,), s)), s * 2.0), in_axes=0, out_axes=(1, 0)
+    )
     w, d = f(jnp.arange(5.0))
     assert w.kernel.shape == (2, 5, 3) and w.bias.shape == (3, 5)
     np.testing.assert_allclose(w.bias[...][:, 4], jnp.full(3, 4.0))

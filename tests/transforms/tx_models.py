@@ -113,8 +113,9 @@ def assert_tree_close(a, b, **kw):
     lb, tb = jax.tree_util.tree_flatten(b)
     assert ta == tb, (ta, tb)
     for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=kw.get("rtol", 1e-5),
-                                   atol=kw.get("atol", 1e-6))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=kw.get("rtol", 1e-5), atol=kw.get("atol", 1e-6)
+        )
 
 
 def state_as_dict(state) -> dict:

@@ -53,8 +53,9 @@ def is_leaf_root(x: tp.Any) -> bool:
 
 
 # -- split / merge / state / graphdef ----------------------------------------------
-def split(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
-          graph_updates: bool | None = None) -> tuple[tp.Any, ...]:
+def split(
+    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+) -> tuple[tp.Any, ...]:
     """`graphdef, state = nnx.split(node)` or one state per filter.
 
     A root that is itself a leaf (a Variable, an array) gives that leaf as
@@ -80,9 +81,15 @@ def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
     return (graphdef, *out)
 
 
-def merge(graphdef: tp.Any, /, *states: tp.Any, copy: bool = False,
-          recreate_variables: bool = True, graph: bool | None = None,
-          graph_updates: bool | None = None) -> tp.Any:
+def merge(
+    graphdef: tp.Any,
+    /,
+    *states: tp.Any,
+    copy: bool = False,
+    recreate_variables: bool = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Build a new object graph from a GraphDef and its states (or from GraphStates)."""
     if type(graphdef) is GraphState:
         graphdef, states = _unwrap_graph_states(graphdef, states)
@@ -161,8 +168,9 @@ def leaf_paths(graphdef: GraphDef) -> list[Path]:
     return out
 
 
-def state(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
-          graph_updates: bool | None = None) -> tp.Any:
+def state(
+    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Any:
     """The node's State, or one State per filter."""
     if lookup(type(node)) is None and is_leaf_root(node):
         _, *states = _split_leaf(node, filters)
@@ -172,14 +180,19 @@ def state(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
     return _graph.state(node, *filters)
 
 
-def graphdef(node: tp.Any, /, *, graph: bool | None = None,
-             graph_updates: bool | None = None) -> GraphDef:
+def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
     return _graph.graphdef(node)
 
 
-def clone(node: tp.Any, variables: bool = True, *, arrays: bool = False,
-          graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def clone(
+    node: tp.Any,
+    variables: bool = True,
+    *,
+    arrays: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """A deep copy: new objects, same values and sharing.
 
     `variables=False` shares the Variable objects with `node`; `arrays=True`
@@ -218,27 +231,41 @@ def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
     _update.update(node, *(_to_state(s) for s in all_states))
 
 
-def pop(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
-        graph_updates: bool | None = None) -> tp.Any:
+def pop(
+    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Any:
     """Remove the leaves matching `filters` from `node`; return them as State(s)."""
     return _update.pop(node, *filters)
 
 
 # -- traversal -----------------------------------------------------------------------
-def iter_graph(node: tp.Any, /, *, graph: bool | None = None,
-               graph_updates: bool | None = None) -> tp.Iterator[tuple[Path, tp.Any]]:
+def iter_graph(
+    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Iterator[tuple[Path, tp.Any]]:
     """(path, value) for every node and leaf, children first; shared objects once."""
     return _traverse.iter_graph(node)
 
 
-def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,
-                  graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def recursive_map(
+    f: tp.Callable[[Path, tp.Any], tp.Any],
+    node: tp.Any,
+    /,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """A copy of `node` with every value replaced by `f(path, value)`, children first."""
     return _traverse.recursive_map(f, node)
 
 
-def find_duplicates(node: tp.Any, /, *, only: filterlib.Filter = ..., graph: bool | None = None,
-                    graph_updates: bool | None = None) -> list[list[Path]]:
+def find_duplicates(
+    node: tp.Any,
+    /,
+    *,
+    only: filterlib.Filter = ...,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> list[list[Path]]:
     """Groups of paths reaching the same graph node or Variable (matching `only`)."""
     groups = _traverse.find_duplicates(node)
     if only is Ellipsis:
@@ -253,9 +280,15 @@ def find_duplicates(node: tp.Any, /, *, only: filterlib.Filter = ..., graph: boo
     return out
 
 
-def map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any, /, *,  # noqa: A001
-        graph: bool | None = None, graph_updates: bool | None = None,
-        recreate_variables: bool = True) -> tp.Any:
+def map(
+    f: tp.Callable[[Path, tp.Any], tp.Any],
+    node: tp.Any,
+    /,
+    *,  # noqa: A001
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    recreate_variables: bool = True,
+) -> tp.Any:
     """A new graph like `node` whose leaves are `f(path, leaf)`.
 
     `f` receives the live leaves (Variables or arrays), as in Flax: writing
@@ -386,8 +419,9 @@ def _gs_unflatten(aux: tuple, children: tp.Iterable) -> GraphState:
 jax.tree_util.register_pytree_with_keys(GraphState, _gs_flatten_with_keys, _gs_unflatten, _gs_flatten)
 
 
-def unpack(node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None,
-           graph_updates: bool | None = None) -> GraphState | tuple[GraphState, ...]:
+def unpack(
+    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
     gd, *states = split(node, *filters)
     states = [s if isinstance(s, State) else State({(): s}) for s in states]

@@ -117,8 +117,14 @@ jax.tree_util.register_static(OuterIndexedGraphDef)
 
 # -- flatten / unflatten ---------------------------------------------------------------
 def flatten(
-    node: tp.Any, /, *, ref_index: RefMap | None = None, ref_outer_index: RefMap | None = None,
-    with_paths: bool = True, copy: bool = True, graph: bool | None = None,
+    node: tp.Any,
+    /,
+    *,
+    ref_index: RefMap | None = None,
+    ref_outer_index: RefMap | None = None,
+    with_paths: bool = True,
+    copy: bool = True,
+    graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> tuple[GraphDef, FlatState | list]:
     """`graphdef, flat_state` (a FlatState of (path, leaf) pairs, or with
@@ -139,8 +145,9 @@ def flatten(
     return graphdef, FlatState(pairs, sort=True)
 
 
-def _reindex(graphdef: GraphDef, pairs: list, objects: list, ref_index: RefMap,
-             ref_outer_index: RefMap | None) -> tuple[GraphDef, list]:
+def _reindex(
+    graphdef: GraphDef, pairs: list, objects: list, ref_index: RefMap, ref_outer_index: RefMap | None
+) -> tuple[GraphDef, list]:
     """Renumber the GraphDef's objects by `ref_index`; objects already there
     become references (their leaves are dropped)."""
     to_global: dict[int, int] = {}
@@ -186,9 +193,15 @@ def _reindex(graphdef: GraphDef, pairs: list, objects: list, ref_index: RefMap,
 
 
 def unflatten(
-    graphdef: GraphDef, state: tp.Any, /, *, index_ref: dict | None = None,
+    graphdef: GraphDef,
+    state: tp.Any,
+    /,
+    *,
+    index_ref: dict | None = None,
     outer_index_outer_ref: tp.Mapping[int, tp.Any] | None = None,
-    copy_variables: bool = False, copy: bool = True, recreate_variables: bool = True,
+    copy_variables: bool = False,
+    copy: bool = True,
+    recreate_variables: bool = True,
 ) -> tp.Any:
     """Build the object graph of `graphdef` from its state (a State, FlatState,
     nested dict or list of leaves). `index_ref` receives index -> object and
@@ -330,8 +343,9 @@ class SplitContext:
     def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
-        graphdef, flat = flatten(node, ref_index=self.ref_index, ref_outer_index=self._outer(),
-                                 with_paths=with_paths)
+        graphdef, flat = flatten(
+            node, ref_index=self.ref_index, ref_outer_index=self._outer(), with_paths=with_paths
+        )
         if not filters:
             return graphdef, flat
         parts = flat.split(*filters)
@@ -382,13 +396,11 @@ class MergeContext:
 
     def merge(self, graphdef: GraphDef, state: tp.Any, /, *states: tp.Any) -> tp.Any:
         merged = _merge_states((state, *states))
-        return unflatten(graphdef, merged, index_ref=self.index_ref,
-                         outer_index_outer_ref=self._outer())
+        return unflatten(graphdef, merged, index_ref=self.index_ref, outer_index_outer_ref=self._outer())
 
     def unflatten(self, graphdef: GraphDef, flat_state: tp.Any, /, *flat_states: tp.Any) -> tp.Any:
         state = flat_state if type(flat_state) is list else FlatState.merge(flat_state, *flat_states)
-        return unflatten(graphdef, state, index_ref=self.index_ref,
-                         outer_index_outer_ref=self._outer())
+        return unflatten(graphdef, state, index_ref=self.index_ref, outer_index_outer_ref=self._outer())
 
 
 def _merge_states(states: tuple) -> tp.Any:
@@ -402,8 +414,7 @@ def _merge_states(states: tuple) -> tp.Any:
 
 
 @contextlib.contextmanager
-def merge_context(ctxtag: tp.Hashable | None = None, inner: bool | None = None
-                  ) -> tp.Iterator[MergeContext]:
+def merge_context(ctxtag: tp.Hashable | None = None, inner: bool | None = None) -> tp.Iterator[MergeContext]:
     """A context whose `ctx.merge(...)` calls share object identity."""
     ctx = MergeContext(ctxtag, IndexMap(), inner)
     try:
@@ -415,4 +426,3 @@ def merge_context(ctxtag: tp.Hashable | None = None, inner: bool | None = None
             current_update_context(ctxtag).unflatten_end(ctx.index_ref, inner)
         del ctx.index_ref
         del ctx.ctxtag
-

@@ -39,6 +39,7 @@ from nnxfn.core.variable_like import DataLeaf, VariableLike
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any
 
+
 # -- fast paths -------------------------------------------------------------------
 # `split`/`state` without filters and `merge` of the State that `split` returned
 # skip paths altogether. The GraphDef is first a flat *program* in pre-order
@@ -124,8 +125,9 @@ def _flatten_fast(
                         static, sub_keys, sub_vals = node_parts(v, impl)
                     keep(sub_vals)
                     add_op((OP_NODE, t, static, sub_keys, impl))
-                    stack.append((iter(zip(sub_keys, sub_vals)), {},
-                                  None if prefix is None else prefix + (k,)))
+                    stack.append(
+                        (iter(zip(sub_keys, sub_vals)), {}, None if prefix is None else prefix + (k,))
+                    )
                     parents.append((d, k))
                     break
                 elif kind == _K_ARRAY:
@@ -145,8 +147,9 @@ def _flatten_fast(
                         sub_vals = v
                     add_op((OP_CONT, t, sub_keys))
                     keep(sub_vals)
-                    stack.append((iter(zip(sub_keys, sub_vals)), {},
-                                  None if prefix is None else prefix + (k,)))
+                    stack.append(
+                        (iter(zip(sub_keys, sub_vals)), {}, None if prefix is None else prefix + (k,))
+                    )
                     parents.append((d, k))
                     break
                 elif t is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
@@ -204,13 +207,19 @@ def unflatten_leaves(
     the path-based `unflatten` for the error that names the path."""
     if len(leaves) != graphdef.num_leaves:
         raise LeafMismatch
-    return _unflatten_ops(graphdef.ops, leaves, copy=copy, trusted=False, objects=objects,
-                          links=graphdef.links)
+    return _unflatten_ops(
+        graphdef.ops, leaves, copy=copy, trusted=False, objects=objects, links=graphdef.links
+    )
 
 
 def _unflatten_ops(
-    ops: list, leaves: tp.Sequence, *, copy: bool = True, trusted: bool = True,
-    objects: list | None = None, links: tuple = (),
+    ops: list,
+    leaves: tp.Sequence,
+    *,
+    copy: bool = True,
+    trusted: bool = True,
+    objects: list | None = None,
+    links: tuple = (),
 ) -> tp.Any:
     """`unflatten` by position. `trusted`: the leaves come from the `split`
     that made `ops` (Variables where `ops` has them), so nothing is checked.
@@ -287,5 +296,3 @@ def _unflatten_ops(
             v = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
         frame[3].append(v)
         frame[2] -= 1
-
-

@@ -27,8 +27,7 @@ class OfType:
 
     def __call__(self, path: tuple, value: tp.Any) -> bool:
         return isinstance(value, self.type) or (
-            isinstance(getattr(value, "type", None), type)
-            and issubclass(value.type, self.type)
+            isinstance(getattr(value, "type", None), type) and issubclass(value.type, self.type)
         )
 
 

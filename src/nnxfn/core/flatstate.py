@@ -85,9 +85,7 @@ class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
     def _partition(self, filters: tuple, exhaustive: bool) -> tuple[FlatState, ...]:
         buckets = partition(self._keys, self._values, filters, exhaustive)
         return tuple(
-            FlatState.from_sorted_keys_values(
-                tuple(self._keys[i] for i in b), [self._values[i] for i in b]
-            )
+            FlatState.from_sorted_keys_values(tuple(self._keys[i] for i in b), [self._values[i] for i in b])
             for b in buckets
         )
 
@@ -128,8 +126,9 @@ def to_flat_state(state: tp.Any) -> FlatState:
     return FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
 
 
-def from_flat_state(flat_state: tp.Mapping[Path, tp.Any] | tp.Iterable[tuple[Path, tp.Any]],
-                    *, cls: type = State) -> State:
+def from_flat_state(
+    flat_state: tp.Mapping[Path, tp.Any] | tp.Iterable[tuple[Path, tp.Any]], *, cls: type = State
+) -> State:
     """A State from `(path, leaf)` pairs or a `{path: leaf}` mapping."""
     return State.from_flat_path(flat_state) if cls is State else cls(State.from_flat_path(flat_state))
 
@@ -203,4 +202,3 @@ def diff(state: tp.Any, other: tp.Any) -> State:
         return state
     known = set(as_state(other).flat_dict())
     return State.from_flat_path([(p, v) for p, v in state.flat_state() if p not in known])
-

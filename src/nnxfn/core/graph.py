@@ -54,8 +54,12 @@ Leaf = tp.Any
 
 # -- flatten ----------------------------------------------------------------
 def flatten(
-    node: tp.Any, *, copy: bool = True, objects: list | None = None,
-    containers: list | None = None, whole_pytrees: dict | None = None,
+    node: tp.Any,
+    *,
+    copy: bool = True,
+    objects: list | None = None,
+    containers: list | None = None,
+    whole_pytrees: dict | None = None,
 ) -> tuple[GraphDef, list[tuple[Path, Leaf]]]:
     """Walk `node` once: a GraphDef and its (path, leaf) pairs.
 
@@ -161,8 +165,14 @@ def _container_maker(t: type) -> tp.Callable:
     return lambda kids: ContainerDef(t, kids)
 
 
-def _pytree_maker(treedef: tp.Any, x: tp.Any, path: Path, foreign: tuple,
-                  whole_pytrees: dict | None, containers: list | None) -> tp.Callable:
+def _pytree_maker(
+    treedef: tp.Any,
+    x: tp.Any,
+    path: Path,
+    foreign: tuple,
+    whole_pytrees: dict | None,
+    containers: list | None,
+) -> tp.Callable:
     def make(kids: tuple) -> PytreeDef:
         d = PytreeDef(treedef, kids)
         if whole_pytrees is not None and not foreign and _pure(d):

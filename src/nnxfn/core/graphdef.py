@@ -350,9 +350,7 @@ def _describe(d: Any, indent: int) -> str:
         name = d.type.__name__ if not isinstance(d, PytreeDef) else "pytree"
         if not d.children:
             return f"{name}()"
-        inner = ",\n".join(
-            f"{pad}  {k!r}: {_describe(v, indent + 1)}" for k, v in d.children
-        )
+        inner = ",\n".join(f"{pad}  {k!r}: {_describe(v, indent + 1)}" for k, v in d.children)
         return f"{name}(\n{inner}\n{pad})"
     if isinstance(d, (VariableDef, BoxedDef)):
         return f"{d.type.__name__}"

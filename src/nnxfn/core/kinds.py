@@ -59,8 +59,15 @@ def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
 
 _K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER = range(6)
 _LEAF_TYPES = (
-    type(None), int, float, str, bool, complex,
-    types.FunctionType, types.BuiltinFunctionType, np.dtype,
+    type(None),
+    int,
+    float,
+    str,
+    bool,
+    complex,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    np.dtype,
 )
 
 

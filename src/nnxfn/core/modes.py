@@ -4,10 +4,16 @@ nnxfn has one behaviour (Flax's graph mode with graph updates), so these
 values select nothing; they exist so Flax code that sets or reads them runs.
 Each switch keeps a per-thread stack of values and can be used three ways:
 
->>> set_graph_mode(False)            # plain call: sets the value from now on
->>> with set_graph_mode(True): ...   # context manager: restored on exit
+>>> _ = set_graph_mode(False)        # plain call: sets the value from now on
+>>> with set_graph_mode(True):       # context manager: restored on exit
+...     set_graph_mode.current_value()
+True
 >>> @set_graph_mode(True)            # decorator: set while the function runs
-... def f(): ...
+... def f():
+...     return set_graph_mode.current_value()
+>>> f(), set_graph_mode.current_value()
+(True, False)
+>>> _ = set_graph_mode(True)
 
 `set_graph_mode.current_value()` reads the value in effect (default True).
 """

@@ -21,7 +21,7 @@ from nnxfn.core.registry import key_order, lookup
 from nnxfn.core.variable_like import VariableLike
 
 
-class TreeNodeDef(abc.ABC):  # a marker for isinstance checks
+class TreeNodeDef(abc.ABC):  # noqa: B024 - a marker for isinstance checks
     """A GraphDef record of a node walked by value (list, tuple, dict, pytree),
     as opposed to `NodeDef` (a graph node with identity)."""
 

@@ -66,9 +66,7 @@ class State(Mapping):
         try:
             return self._mapping[name]
         except KeyError:
-            raise AttributeError(
-                f"State has no key {name!r}; its keys are {list(self._mapping)}"
-            ) from None
+            raise AttributeError(f"State has no key {name!r}; its keys are {list(self._mapping)}") from None
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         raise TypeError(_immutable(name))
@@ -117,10 +115,7 @@ class State(Mapping):
 
         This is the stable on-disk layout: string/int keys as in the paths.
         """
-        return {
-            k: v.to_pure_dict() if isinstance(v, State) else _unbox(v)
-            for k, v in self._mapping.items()
-        }
+        return {k: v.to_pure_dict() if isinstance(v, State) else _unbox(v) for k, v in self._mapping.items()}
 
     def replace_by_pure_dict(
         self, pure_dict: Mapping, replace_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] | None = None
@@ -244,8 +239,9 @@ def _leaf_repr(v: tp.Any) -> str:
 
 
 # -- free functions -------------------------------------------------------
-def partition(paths: tp.Sequence[Path], leaves: tp.Sequence, filters: tuple,
-              exhaustive: bool) -> list[list[int]]:
+def partition(
+    paths: tp.Sequence[Path], leaves: tp.Sequence, filters: tuple, exhaustive: bool
+) -> list[list[int]]:
     """Positions of the leaves matching each filter (the first that matches wins).
     With `exhaustive`, a leaf matching none is an error naming its path."""
     preds = filterlib.check_filters(filters)
@@ -265,8 +261,9 @@ def partition(paths: tp.Sequence[Path], leaves: tp.Sequence, filters: tuple,
     return buckets
 
 
-def partition_pairs(pairs: tp.Sequence[tuple[Path, tp.Any]], filters: tuple,
-                    exhaustive: bool) -> tuple[State, ...]:
+def partition_pairs(
+    pairs: tp.Sequence[tuple[Path, tp.Any]], filters: tuple, exhaustive: bool
+) -> tuple[State, ...]:
     """One State per filter from (path, leaf) pairs; see `partition`."""
     paths = [p for p, _ in pairs]
     leaves = [leaf for _, leaf in pairs]
@@ -290,8 +287,11 @@ def split_state(state: State, *filters: filterlib.Filter) -> State | tuple[State
     return states[0] if len(states) == 1 else states
 
 
-def merge_state(*states: State) -> State:
-    """One State with the leaves of all; later states win on equal paths."""
+def merge_state(*states: State, cls: type | None = None) -> State:
+    """One State with the leaves of all; later states win on equal paths.
+    `cls` (Flax's result class) may only be `State`: nnxfn has one State type."""
+    if cls is not None and cls is not State:
+        raise TypeError(f"merge_state: cls must be nnx.State, got {cls!r}.")
     flat: dict = {}
     for s in states:
         flat.update(s.flat_state())

@@ -24,8 +24,9 @@ class _EmptyNode:
 empty_node = _EmptyNode()
 
 
-def _walk(xs: tp.Any, prefix: tuple, is_leaf: IsLeaf | None, keep_empty: bool,
-          out: list[tuple[tuple, tp.Any]]) -> None:
+def _walk(
+    xs: tp.Any, prefix: tuple, is_leaf: IsLeaf | None, keep_empty: bool, out: list[tuple[tuple, tp.Any]]
+) -> None:
     if not isinstance(xs, Mapping) or (is_leaf is not None and is_leaf(prefix, xs)):
         out.append((prefix, xs))
         return
@@ -47,8 +48,9 @@ def flatten_to_sequence(xs: Mapping, /, *, is_leaf: IsLeaf | None = None) -> lis
     return out
 
 
-def flatten_mapping(xs: Mapping, /, *, keep_empty_nodes: bool = False,
-                    is_leaf: IsLeaf | None = None, sep: str | None = None) -> dict:
+def flatten_mapping(
+    xs: Mapping, /, *, keep_empty_nodes: bool = False, is_leaf: IsLeaf | None = None, sep: str | None = None
+) -> dict:
     """`{path: value}` for a nested mapping; paths are key tuples, or
     `sep`-joined strings. Empty nested mappings are dropped unless
     `keep_empty_nodes` (then their value is `empty_node`)."""

@@ -62,8 +62,9 @@ class NodeStates:
         return self.states[0]
 
     @classmethod
-    def from_split(cls, graphdef: GraphDef | None, state: tp.Any, /, *states: tp.Any,
-                   metadata: tp.Any = None) -> NodeStates:
+    def from_split(
+        cls, graphdef: GraphDef | None, state: tp.Any, /, *states: tp.Any, metadata: tp.Any = None
+    ) -> NodeStates:
         return cls(graphdef, (state, *states), metadata)
 
     @classmethod
@@ -75,9 +76,7 @@ class NodeStates:
         return cls(None, tuple(prefixes), metadata)
 
 
-jax.tree_util.register_dataclass(
-    NodeStates, data_fields=["_graphdef", "states"], meta_fields=["metadata"]
-)
+jax.tree_util.register_dataclass(NodeStates, data_fields=["_graphdef", "states"], meta_fields=["metadata"])
 
 
 def _is_node(x: tp.Any) -> bool:
@@ -88,9 +87,12 @@ def default_split_fn(ctx: SplitContext, path: Path, prefix: tp.Any, leaf: tp.Any
     return NodeStates.from_split(*ctx.split(leaf))
 
 
-def broadcast_prefix(prefix_tree: tp.Any, full_tree: tp.Any,
-                     prefix_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
-                     tree_is_leaf: tp.Callable[[tp.Any], bool] | None = None) -> list[tp.Any]:
+def broadcast_prefix(
+    prefix_tree: tp.Any,
+    full_tree: tp.Any,
+    prefix_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
+    tree_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
+) -> list[tp.Any]:
     """The prefix value of every leaf of `full_tree` (graph nodes are leaves)."""
     out: list[tp.Any] = []
 
@@ -106,9 +108,9 @@ def broadcast_prefix(prefix_tree: tp.Any, full_tree: tp.Any,
     return out
 
 
-def check_consistent_aliasing(node: tp.Any, prefix: tp.Any, /, *,
-                              node_prefixes: dict[int, list[tuple[Path, tp.Any]]] | None = None
-                              ) -> None:
+def check_consistent_aliasing(
+    node: tp.Any, prefix: tp.Any, /, *, node_prefixes: dict[int, list[tuple[Path, tp.Any]]] | None = None
+) -> None:
     """Raise if a Variable reachable from several places gets different prefixes."""
     if node_prefixes is None:
         node_prefixes = {}
@@ -127,8 +129,7 @@ def check_consistent_aliasing(node: tp.Any, prefix: tp.Any, /, *,
             msgs.append(f"Node: {names.get(key, key)}\n{lines}")
     if msgs:
         raise ValueError(
-            "Inconsistent aliasing detected. The following nodes have different prefixes:\n"
-            + "\n".join(msgs)
+            "Inconsistent aliasing detected. The following nodes have different prefixes:\n" + "\n".join(msgs)
         )
 
 
@@ -140,10 +141,16 @@ def _hashable(x: tp.Any) -> tp.Any:
     return x
 
 
-def to_tree(tree: tp.Any, /, *, prefix: tp.Any = MISSING,
-            split_fn: tp.Callable[[SplitContext, Path, tp.Any, tp.Any], tp.Any] = default_split_fn,
-            map_non_graph_nodes: bool = False, ctxtag: tp.Hashable | None = None,
-            check_aliasing: bool = True) -> tp.Any:
+def to_tree(
+    tree: tp.Any,
+    /,
+    *,
+    prefix: tp.Any = MISSING,
+    split_fn: tp.Callable[[SplitContext, Path, tp.Any, tp.Any], tp.Any] = default_split_fn,
+    map_non_graph_nodes: bool = False,
+    ctxtag: tp.Hashable | None = None,
+    check_aliasing: bool = True,
+) -> tp.Any:
     """`tree` with every graph node (and Variable) replaced by `split_fn(...)`,
     by default its `NodeStates`; all splits share one `split_context`, so a
     node met twice is a reference the second time."""
@@ -151,8 +158,7 @@ def to_tree(tree: tp.Any, /, *, prefix: tp.Any = MISSING,
     if prefix is MISSING or prefix is None:
         prefixes = [prefix] * len(leaves)
     else:
-        prefixes = broadcast_prefix(prefix, tree, prefix_is_leaf=lambda x: x is None,
-                                    tree_is_leaf=_is_node)
+        prefixes = broadcast_prefix(prefix, tree, prefix_is_leaf=lambda x: x is None, tree_is_leaf=_is_node)
     node_prefixes: dict[int, list] = {}
     out = []
     with split_context(ctxtag) as ctx:
@@ -178,20 +184,27 @@ def is_tree_node(x: tp.Any) -> bool:
     return isinstance(x, NodeStates)
 
 
-def from_tree(tree: tp.Any, /, *, prefix: tp.Any = MISSING,
-              merge_fn: tp.Callable[[MergeContext, Path, tp.Any, tp.Any], tp.Any] = merge_tree_node,
-              is_node_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
-              is_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
-              map_non_graph_nodes: bool = False, is_inner: bool | None = None,
-              ctxtag: tp.Hashable | None = None) -> tp.Any:
+def from_tree(
+    tree: tp.Any,
+    /,
+    *,
+    prefix: tp.Any = MISSING,
+    merge_fn: tp.Callable[[MergeContext, Path, tp.Any, tp.Any], tp.Any] = merge_tree_node,
+    is_node_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
+    is_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
+    map_non_graph_nodes: bool = False,
+    is_inner: bool | None = None,
+    ctxtag: tp.Hashable | None = None,
+) -> tp.Any:
     """The inverse of `to_tree`: every `NodeStates` merged back into an object,
     all in one `merge_context` (so references resolve to the same object)."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     if prefix is MISSING or prefix is None:
         prefixes = [prefix] * len(leaves)
     else:
-        prefixes = broadcast_prefix(prefix, tree, prefix_is_leaf=lambda x: x is None or is_leaf(x),
-                                    tree_is_leaf=is_leaf)
+        prefixes = broadcast_prefix(
+            prefix, tree, prefix_is_leaf=lambda x: x is None or is_leaf(x), tree_is_leaf=is_leaf
+        )
     out = []
     with merge_context(ctxtag, is_inner) as ctx:
         for (keypath, leaf), leaf_prefix in zip(leaves, prefixes):
@@ -239,8 +252,9 @@ def _prefix_fn(filter_map: tp.Any) -> tp.Callable[[Path, tp.Any], tp.Any]:
     return fn
 
 
-def prefix(node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None,
-           graph_updates: bool | None = None) -> tp.Any:
+def prefix(
+    node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Any:
     """Axes prefixes for `node`: every leaf (Variable, array) replaced by
     `filter_map(path, leaf)`, or by the value of the first matching filter of a
     `{filter: value}` mapping.
@@ -270,7 +284,15 @@ def prefix(node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None,
 
 
 __all__ = [
-    "NodeStates", "TreeState", "to_tree", "from_tree", "prefix", "clear_non_graph_nodes",
-    "broadcast_prefix", "check_consistent_aliasing", "default_split_fn", "merge_tree_node",
+    "NodeStates",
+    "TreeState",
+    "to_tree",
+    "from_tree",
+    "prefix",
+    "clear_non_graph_nodes",
+    "broadcast_prefix",
+    "check_consistent_aliasing",
+    "default_split_fn",
+    "merge_tree_node",
     "is_tree_node",
 ]

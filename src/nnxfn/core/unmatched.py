@@ -91,8 +91,9 @@ def _stacklevel() -> int:
     return level
 
 
-def warn_unmatched(filters: tuple, buckets: list[list[int]], paths: tp.Sequence[tuple],
-                   leaves: tp.Sequence) -> None:
+def warn_unmatched(
+    filters: tuple, buckets: list[list[int]], paths: tp.Sequence[tuple], leaves: tp.Sequence
+) -> None:
     """Warn for each string/path/regex filter whose bucket is empty (others stay silent)."""
     if not paths:
         return
@@ -105,10 +106,12 @@ def warn_unmatched(filters: tuple, buckets: list[list[int]], paths: tp.Sequence[
             message = f"{described} matched none of the {len(paths)} Variables here."
             if described.startswith("the tag"):
                 key = _closest_key(word, list(paths))
-                message += (" A string filter selects Variables by their `tag` metadata "
-                            f"(tags present: {', '.join(tags) or 'none'}); to select by path "
-                            f"use nnx.PathContains({key!r}) or a regex such as "
-                            f"re.compile(r'{key}$').")
+                message += (
+                    " A string filter selects Variables by their `tag` metadata "
+                    f"(tags present: {', '.join(tags) or 'none'}); to select by path "
+                    f"use nnx.PathContains({key!r}) or a regex such as "
+                    f"re.compile(r'{key}$')."
+                )
             if close:
                 message += f" The closest paths: {', '.join(close)}."
             warnings.warn(message, UnmatchedFilterWarning, stacklevel=_stacklevel())

@@ -99,9 +99,7 @@ def _rebuild(container: tp.Any, sub: State, path: Path, foreign: bool = False) -
     extra = [k for k in sub if k not in known]
     if extra:
         raise ValueError(errors.update_missing_node(path + (extra[0],)))
-    values = [
-        _update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs
-    ]
+    values = [_update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs]
     if treedef is not None:
         return treedef.unflatten(values)
     if type(container) is dict:

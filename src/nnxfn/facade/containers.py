@@ -118,8 +118,10 @@ class Sequential(Module):
             if not callable(layer):
                 raise TypeError(f"Sequential: layer {i} is not callable (got {type(layer).__name__}).")
             if i > 0:
-                args, kwargs = ((), out) if isinstance(out, dict) else (
-                    (out, {}) if isinstance(out, tuple) else ((out,), {})
+                args, kwargs = (
+                    ((), out)
+                    if isinstance(out, dict)
+                    else ((out, {}) if isinstance(out, tuple) else ((out,), {}))
                 )
             if rngs is not None and _takes_keyword(layer, "rngs"):
                 kwargs = {**kwargs, "rngs": rngs}

@@ -47,6 +47,8 @@ _foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compar
 def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
     key = id(obj)
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
+
+
 _EPOCH = [0]  # moved by every structural change anywhere
 _HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
 
@@ -126,9 +128,11 @@ def _foreign_message(obj: tp.Any, what: str) -> str:
     ref, path = _foreign_paths.get(id(obj), (None, None))
     if ref is None or ref() is not obj:
         path = None
-    where = "model" + "".join(
-        f"[{k}]" if isinstance(k, int) else f".{k}" for k in path
-    ) if path is not None else _describe(obj)
+    where = (
+        "model" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+        if path is not None
+        else _describe(obj)
+    )
     return (
         f"{what} of {where} was written inside a JAX transform that is not an nnxfn "
         "transform (e.g. `jax.jit` or `eqx.filter_jit`): the Module there is a copy "

@@ -25,8 +25,9 @@ def variable_repr(var: tp.Any, indent: int = 0) -> str:
     return f"{type(var).__name__}(\n" + ",\n".join(lines) + f"\n{pad})"
 
 
-def node_repr(node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int = 0,
-              seen: set[int] | None = None) -> str:
+def node_repr(
+    node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
+) -> str:
     """Nested repr of a graph node; shared objects and cycles shown once."""
     from nnxfn.facade.variables import Variable
 
@@ -57,9 +58,14 @@ def node_repr(node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int =
             isinstance(v, Variable) or _is_graph_node(v) for v in value
         ):
             inner = ",\n".join(
-                f"{pad}  " + (node_repr(v, children, indent + 2, seen) if _is_graph_node(v)
-                              else var_repr(v, indent + 2) if isinstance(v, Variable)
-                              else value_repr(v))
+                f"{pad}  "
+                + (
+                    node_repr(v, children, indent + 2, seen)
+                    if _is_graph_node(v)
+                    else var_repr(v, indent + 2)
+                    if isinstance(v, Variable)
+                    else value_repr(v)
+                )
                 for v in value[:MAX_ITEMS]
             )
             if len(value) > MAX_ITEMS:
@@ -101,7 +107,9 @@ def stats_comment(node: tp.Any) -> str:
         return ""
     parts = [f"{k}: {_size(n, b)}" for k, (n, b) in totals.items()]
     if len(totals) > 1:
-        parts.append(f"Total: {_size(sum(n for n, _ in totals.values()), sum(b for _, b in totals.values()))}")
+        parts.append(
+            f"Total: {_size(sum(n for n, _ in totals.values()), sum(b for _, b in totals.values()))}"
+        )
     return " # " + ", ".join(parts)
 
 

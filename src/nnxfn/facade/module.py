@@ -23,7 +23,14 @@ from nnxfn.facade.variables import Perturbation, Variable, variable_type_from_na
 from nnxfn.facade.varmodes import base_type as var_type_of
 
 M = tp.TypeVar("M", bound="Module")
-_PRIVATE = ("_nnx_frame", "_nnx_static", "_nnx_pytree", "_nnx_data", "_nnx_version", "_nnx_model")  # _nnx_model: an optimizer's link
+_PRIVATE = (
+    "_nnx_frame",
+    "_nnx_static",
+    "_nnx_pytree",
+    "_nnx_data",
+    "_nnx_version",
+    "_nnx_model",
+)  # _nnx_model: an optimizer's link
 _UNSET = object()
 
 
@@ -59,8 +66,10 @@ class Pytree:
             return
         d = self.__dict__
         context.check_write(self, d.get("_nnx_frame"), f"attribute {name!r}")
-        if type(value) is pytreelib.Marked or name in self._nnx_fields or (
-            name in d.get("_nnx_static", ()) or type(value) in pytreelib.DATA_TYPES
+        if (
+            type(value) is pytreelib.Marked
+            or name in self._nnx_fields
+            or (name in d.get("_nnx_static", ()) or type(value) in pytreelib.DATA_TYPES)
         ):
             value = _mark(self, d, name, value)
         if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
@@ -91,7 +100,8 @@ class Pytree:
         statics = static_names(self)
         return {
             k: k not in statics and pytreelib.has_data(v) != [] or k in self.__dict__.get("_nnx_data", ())
-            for k, v in self.__dict__.items() if k not in _PRIVATE
+            for k, v in self.__dict__.items()
+            if k not in _PRIVATE
         }
 
     @property
@@ -171,9 +181,7 @@ _SCALARS = frozenset((int, float, complex, bool, str, type(None)))
 
 
 def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
-    return tuple(
-        DataLeaf(v) if k in datas and _needs_box(v) else v for k, v in zip(keys, values)
-    )
+    return tuple(DataLeaf(v) if k in datas and _needs_box(v) else v for k, v in zip(keys, values))
 
 
 # -- graph-node registration -------------------------------------------------
@@ -289,9 +297,7 @@ def _del_child(obj: Object, key: str) -> None:
 
 
 core.register_node_type(
-    core.NodeImpl(
-        Object, _children, _create_empty, _set_child, _del_child, _static, parts=_parts, fill=_fill
-    )
+    core.NodeImpl(Object, _children, _create_empty, _set_child, _del_child, _static, parts=_parts, fill=_fill)
 )
 
 
@@ -415,9 +421,7 @@ class Module(Object):
             current.set_value(reduce_fn(current.get_value(), value))
         return True
 
-    def perturb(
-        self, name: str, value: tp.Any, variable_type: type[Variable] | str = Perturbation
-    ) -> tp.Any:
+    def perturb(self, name: str, value: tp.Any, variable_type: type[Variable] | str = Perturbation) -> tp.Any:
         """Add a zero-valued `variable_type` to `value`, so `nnx.grad` can target it."""
         import jax.numpy as jnp
 
@@ -451,7 +455,10 @@ class Module(Object):
                 yield key, value
 
     def set_attributes(
-        self, *filters: tp.Any, raise_if_not_found: bool = True, graph: bool | None = None,
+        self,
+        *filters: tp.Any,
+        raise_if_not_found: bool = True,
+        graph: bool | None = None,
         **attributes: tp.Any,
     ) -> None:
         """Set `attributes` on every sub-module (matching `filters`) that has them."""
@@ -484,8 +491,9 @@ class Module(Object):
         )
 
 
-def iter_modules(node: tp.Any, /, *, graph: bool | None = None,
-                 graph_updates: bool | None = None) -> tp.Iterator[tuple[tuple, Module]]:
+def iter_modules(
+    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Iterator[tuple[tuple, Module]]:
     """(path, module) for every Module in the graph, children first."""
     for path, value in core.iter_graph(node):
         if isinstance(value, Module):

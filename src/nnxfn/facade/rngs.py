@@ -28,20 +28,60 @@ SplitSpec = tp.Union[Shape, None, tp.Mapping[tp.Any, tp.Union[Shape, None]]]
 # jax.random samplers offered as methods: `stream.normal(shape)` is
 # `jax.random.normal(stream(), shape)`.
 SAMPLERS = (
-    "bits", "uniform", "randint", "permutation", "choice", "normal",
-    "multivariate_normal", "truncated_normal", "bernoulli", "beta", "cauchy",
-    "dirichlet", "exponential", "gamma", "loggamma", "poisson", "gumbel",
-    "categorical", "laplace", "logistic", "pareto", "t", "chisquare", "f",
-    "rademacher", "maxwell", "double_sided_maxwell", "weibull_min", "orthogonal",
-    "generalized_normal", "ball", "rayleigh", "wald", "geometric", "triangular",
-    "lognormal", "binomial", "multinomial",
+    "bits",
+    "uniform",
+    "randint",
+    "permutation",
+    "choice",
+    "normal",
+    "multivariate_normal",
+    "truncated_normal",
+    "bernoulli",
+    "beta",
+    "cauchy",
+    "dirichlet",
+    "exponential",
+    "gamma",
+    "loggamma",
+    "poisson",
+    "gumbel",
+    "categorical",
+    "laplace",
+    "logistic",
+    "pareto",
+    "t",
+    "chisquare",
+    "f",
+    "rademacher",
+    "maxwell",
+    "double_sided_maxwell",
+    "weibull_min",
+    "orthogonal",
+    "generalized_normal",
+    "ball",
+    "rayleigh",
+    "wald",
+    "geometric",
+    "triangular",
+    "lognormal",
+    "binomial",
+    "multinomial",
 )
 # Initializer builders offered as methods: `stream.lecun_normal()(shape)`.
 # (`normal`, `uniform`, `orthogonal`, `truncated_normal` are the samplers above.)
 INITIALIZERS = (
-    "delta_orthogonal", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
-    "kaiming_normal", "kaiming_uniform", "lecun_normal", "lecun_uniform",
-    "variance_scaling", "xavier_normal", "xavier_uniform",
+    "delta_orthogonal",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "variance_scaling",
+    "xavier_normal",
+    "xavier_uniform",
 )
 
 
@@ -148,14 +188,14 @@ class RngStream(_Sampling, Object):
         return type(self)(jnp.broadcast_to(key, _shape(k) + key.shape), tag=self.tag)
 
 
-def _per_stream(spec: SplitSpec) -> list[tuple[core.Predicate, Shape | None]]:
+def _per_stream(spec: SplitSpec) -> list[tuple[core.filters.Predicate, Shape | None]]:
     """`5`, `(2, 3)`, `None` or `{filter: shape or None}` -> ordered (predicate, shape) rules."""
     if spec is None or isinstance(spec, (int, tuple)):
         spec = {...: spec}
     return [(core.to_predicate(f), v) for f, v in spec.items()]
 
 
-def _rule(rules: list[tuple[core.Predicate, tp.Any]], name: str, stream: RngStream) -> tp.Any:
+def _rule(rules: list[tuple[core.filters.Predicate, tp.Any]], name: str, stream: RngStream) -> tp.Any:
     for pred, value in rules:
         if pred((name, "key"), stream.key):
             return value
@@ -269,8 +309,9 @@ def _match_shape(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Arr
     return key if shape == () else jax.random.split(key, shape)
 
 
-def reseed(node: tp.Any, /, *, graph: bool | None = None,
-           policy: str | tp.Callable = "scalars_only", **seeds: tp.Any) -> None:
+def reseed(
+    node: tp.Any, /, *, graph: bool | None = None, policy: str | tp.Callable = "scalars_only", **seeds: tp.Any
+) -> None:
     """Give the streams named in `seeds`, everywhere in `node`, new keys and zero counts.
 
     Each stream's new key is drawn from `nnx.Rngs(**seeds)` (so a layer that

@@ -218,13 +218,18 @@ def partition_spec(
     if shape is not None and len(entries) > len(shape):
         raise ValueError(_rank_mismatch(where, key, metadata[key], spec, shape))
     if mesh is not None:
-        check_fits_mesh(spec, mesh, shape=shape if divisible else None, where=where,
-                        annotation=metadata[key])
+        check_fits_mesh(spec, mesh, shape=shape if divisible else None, where=where, annotation=metadata[key])
     return spec
 
 
-def check_fits_mesh(spec: PartitionSpec, mesh: tp.Any, *, shape: tuple[int, ...] | None = None,
-                    where: str | None = None, annotation: tp.Any = None) -> None:
+def check_fits_mesh(
+    spec: PartitionSpec,
+    mesh: tp.Any,
+    *,
+    shape: tuple[int, ...] | None = None,
+    where: str | None = None,
+    annotation: tp.Any = None,
+) -> None:
     """Raise a clear error if `spec` names axes missing from `mesh`, names one
     twice, or splits a dimension into parts that do not divide it."""
     sizes = dict(mesh.shape)
@@ -352,8 +357,7 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     # Inside a trace on Auto axes the compiler lays out what the mesh does not
     # divide (Flax: replicated); elsewhere that is an error naming the fix.
     uneven_ok = isinstance(value, jax.core.Tracer) and not _all_explicit(mesh)
-    spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where,
-                          divisible=not uneven_ok)
+    spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where, divisible=not uneven_ok)
     return place(value, spec, mesh, from_context=explicit_mesh is None)
 
 
@@ -375,7 +379,9 @@ def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
 def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
     """Lay `value` out as `spec` on `mesh` (device_put, or a constraint inside a trace)."""
     if isinstance(value, jax.core.Tracer):
-        target = spec if from_context or not isinstance(mesh, jax.sharding.Mesh) else NamedSharding(mesh, spec)
+        target = (
+            spec if from_context or not isinstance(mesh, jax.sharding.Mesh) else NamedSharding(mesh, spec)
+        )
         if mesh.are_all_axes_explicit:
             return jax.sharding.reshard(value, target)
         return jax.lax.with_sharding_constraint(value, target)
@@ -473,8 +479,9 @@ def _bad_rule(item: tp.Any) -> str:
     )
 
 
-def _rank_mismatch(where: str | None, key: str, annotation: tp.Any, spec: PartitionSpec,
-                   shape: tuple[int, ...]) -> str:
+def _rank_mismatch(
+    where: str | None, key: str, annotation: tp.Any, spec: PartitionSpec, shape: tuple[int, ...]
+) -> str:
     return (
         f"{_where(where)}: its sharding annotation {key}={annotation!r} has {len(spec)} "
         f"entries but the array has rank {len(shape)} (shape {shape}). Give at most one "
@@ -484,8 +491,9 @@ def _rank_mismatch(where: str | None, key: str, annotation: tp.Any, spec: Partit
     )
 
 
-def _unknown_axis(where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any,
-                  mesh: tp.Any) -> str:
+def _unknown_axis(
+    where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any, mesh: tp.Any
+) -> str:
     names = tuple(mesh.axis_names)
     return (
         f"{_where(where)}: its sharding {spec} names the axis {axis!r}, which the mesh "
@@ -509,8 +517,9 @@ def _axis_twice(where: str | None, spec: PartitionSpec, axis: str) -> str:
     )
 
 
-def _indivisible(where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int,
-                 parts: int, mesh: tp.Any) -> str:
+def _indivisible(
+    where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int, parts: int, mesh: tp.Any
+) -> str:
     return (
         f"{_where(where)}: its sharding {spec} splits axis {dim} (size {shape[dim]}) of "
         f"shape {shape} into {parts} parts on mesh {dict(mesh.shape)}, which does not divide "

@@ -48,8 +48,9 @@ class Variable(VariableLike, tp.Generic[A]):
     _plain_access: tp.ClassVar[bool] = True
     hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
 
-    def __new__(cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None,
-                **kwargs: tp.Any) -> tp.Any:
+    def __new__(
+        cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None, **kwargs: tp.Any
+    ) -> tp.Any:
         if cls.__dict__.get("_mode_base") is not None:  # `type(v)(x)` keeps v's mode
             hijax = cls.hijax if hijax is None else hijax
             ref = cls._mode_ref if ref is None else ref
@@ -60,8 +61,15 @@ class Variable(VariableLike, tp.Generic[A]):
             cls = varmodes.mode_type(cls, hijax=bool(hijax), ref=bool(ref))
         return object.__new__(cls)
 
-    def __init__(self, value: A, *, hijax: bool | None = None, ref: bool | None = None,
-                 eager_sharding: bool | None = None, **metadata: tp.Any):
+    def __init__(
+        self,
+        value: A,
+        *,
+        hijax: bool | None = None,
+        ref: bool | None = None,
+        eager_sharding: bool | None = None,
+        **metadata: tp.Any,
+    ):
         if isinstance(value, Variable):
             metadata = {**value.get_metadata(exclude_required=True), **metadata}
             value = value.get_raw_value() if not value.ref else value.get_value()
@@ -75,17 +83,13 @@ class Variable(VariableLike, tp.Generic[A]):
         if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
             value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
         object.__setattr__(self, "raw_value", self._store(value))
-        object.__setattr__(
-            self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items()))
-        )
+        object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
         object.__setattr__(self, "_frame", context.current_frame())
 
     def __init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
         if "_plain_access" not in cls.__dict__:
-            cls._plain_access = (
-                cls.get_value is Variable.get_value and cls.set_value is Variable.set_value
-            )
+            cls._plain_access = cls.get_value is Variable.get_value and cls.set_value is Variable.set_value
         _register_pytree(cls)
 
     @staticmethod
@@ -197,14 +201,13 @@ class Variable(VariableLike, tp.Generic[A]):
     def var_type(self) -> type:
         return varmodes.base_type(type(self))
 
-    def get_metadata(self, name: str | None = None, default: tp.Any = None, *,
-                     exclude_required: bool | None = None) -> tp.Any:
+    def get_metadata(
+        self, name: str | None = None, default: tp.Any = None, *, exclude_required: bool | None = None
+    ) -> tp.Any:
         """All metadata as a dict (with `hijax`, `ref`, `eager_sharding`), or one entry."""
         meta = dict(self._metadata)
         if not exclude_required:
-            meta.update(
-                hijax=self.hijax, ref=self.ref, eager_sharding=meta.get("eager_sharding", True)
-            )
+            meta.update(hijax=self.hijax, ref=self.ref, eager_sharding=meta.get("eager_sharding", True))
         return meta if name is None else meta.get(name, default)
 
     def has_metadata(self, name: str) -> bool:
@@ -372,10 +375,7 @@ def _set_item(old: tp.Any, key: tp.Any, value: tp.Any) -> tp.Any:
     """`old` with `old[key] = value` applied, as a new value (arrays, dicts, lists)."""
     if key is Ellipsis and (
         not hasattr(old, "shape")
-        or (
-            getattr(value, "shape", None) == old.shape
-            and getattr(value, "dtype", None) == old.dtype
-        )
+        or (getattr(value, "shape", None) == old.shape and getattr(value, "dtype", None) == old.dtype)
     ):
         return value
     if isinstance(old, dict):
@@ -385,6 +385,13 @@ def _set_item(old: tp.Any, key: tp.Any, value: tp.Any) -> tp.Any:
         new[key] = value
         return new
     return jnp.asarray(old).at[key].set(value)
+
+
+def _unary(op: tp.Callable) -> tp.Callable:
+    def method(self: tp.Any) -> tp.Any:
+        return op(_read(self))
+
+    return method
 
 
 def _read(x: tp.Any) -> tp.Any:
@@ -418,10 +425,18 @@ def _inplace(op: tp.Callable) -> tp.Callable:
 
 
 for _name, _op in {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul,
-    "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
-    "pow": operator.pow, "matmul": operator.matmul, "and": operator.and_,
-    "or": operator.or_, "xor": operator.xor, "lshift": operator.lshift,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "truediv": operator.truediv,
+    "floordiv": operator.floordiv,
+    "mod": operator.mod,
+    "pow": operator.pow,
+    "matmul": operator.matmul,
+    "and": operator.and_,
+    "or": operator.or_,
+    "xor": operator.xor,
+    "lshift": operator.lshift,
     "rshift": operator.rshift,
 }.items():
     _fwd, _bwd = _binary(_op)
@@ -432,15 +447,22 @@ for _name, _op in {
     setattr(Variable, f"__i{_name}__", _inplace(_op))
 
 for _name, _op in {
-    "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
-    "eq": operator.eq, "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
 }.items():
     setattr(Variable, f"__{_name}__", _binary(_op)[0])
 
 for _name, _op in {
-    "neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert,
+    "neg": operator.neg,
+    "pos": operator.pos,
+    "abs": operator.abs,
+    "invert": operator.invert,
 }.items():
-    setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(_read(self)))(_op))
+    setattr(Variable, f"__{_name}__", _unary(_op))
 
 
 def _flatten_with_keys(v: Variable):
@@ -580,10 +602,6 @@ class RngCount(RngState[A]):
     """The call counter of an `Rngs` stream."""
 
 
-class OptVariable(OptState[A]):
-    """An optimizer state leaf that is not an array mirror of a parameter."""
-
-
 # -- collection names <-> Variable types (Linen-style names) ------------------------
 _NAMES: dict[str, type] = {}
 
@@ -594,15 +612,13 @@ def register_variable_name(name: str, typ: tp.Any = _MISSING, *, overwrite: bool
         return lambda t: register_variable_name(name, t, overwrite=overwrite)
     if not overwrite and name in _NAMES:
         raise ValueError(
-            f"Name {name!r} is already mapped to {_NAMES[name].__name__}. "
-            "Pass overwrite=True to replace it."
+            f"Name {name!r} is already mapped to {_NAMES[name].__name__}. Pass overwrite=True to replace it."
         )
     _NAMES[name] = typ
     return typ
 
 
-def variable_type_from_name(name: str, /, *, base: type = Variable,
-                            allow_register: bool = False) -> type:
+def variable_type_from_name(name: str, /, *, base: type = Variable, allow_register: bool = False) -> type:
     """The Variable type registered for a collection name; with
     `allow_register=True`, a new subclass of `base` is made for an unknown name."""
     if name not in _NAMES:
@@ -631,6 +647,11 @@ def variable_name_from_type(typ: type, /, *, allow_register: bool = False) -> st
     return register_variable_name(typ.__name__, typ).__name__
 
 
-for _name, _type in (("params", Param), ("batch_stats", BatchStat), ("cache", Cache),
-                     ("intermediates", Intermediate), ("perturbations", Perturbation)):
+for _name, _type in (
+    ("params", Param),
+    ("batch_stats", BatchStat),
+    ("cache", Cache),
+    ("intermediates", Intermediate),
+    ("perturbations", Perturbation),
+):
     register_variable_name(_name, _type)

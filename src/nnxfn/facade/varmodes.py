@@ -154,9 +154,16 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
         from nnxfn.facade.variables import HijaxVariable, RefVariable
 
         mixin = HijaxVariable if hijax else RefVariable
-        found = type(base.__name__, (mixin, base), {
-            "__slots__": (), "_mode_base": base, "_mode_ref": ref,
-            "__module__": base.__module__, "__qualname__": base.__qualname__,
-        })
+        found = type(
+            base.__name__,
+            (mixin, base),
+            {
+                "__slots__": (),
+                "_mode_base": base,
+                "_mode_ref": ref,
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+            },
+        )
         _TYPES[key] = found
     return found

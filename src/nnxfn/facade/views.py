@@ -29,8 +29,15 @@ def _shared_copy(node: A) -> A:
     return core.unflatten(graphdef, dict(pairs), copy=False)
 
 
-def view(node: A, /, *, only: tp.Any = ..., raise_if_not_found: bool = True,
-         graph: bool | None = None, **kwargs: tp.Any) -> A:
+def view(
+    node: A,
+    /,
+    *,
+    only: tp.Any = ...,
+    raise_if_not_found: bool = True,
+    graph: bool | None = None,
+    **kwargs: tp.Any,
+) -> A:
     """A copy of the graph sharing every Variable with `node`, with modules
     switched by `kwargs` (`nnx.view(model, deterministic=True)`).
 
@@ -68,8 +75,15 @@ def view(node: A, /, *, only: tp.Any = ..., raise_if_not_found: bool = True,
     return out
 
 
-def with_attributes(node: A, /, *, only: tp.Any = ..., raise_if_not_found: bool = True,
-                    graph: bool | None = None, **attributes: tp.Any) -> A:
+def with_attributes(
+    node: A,
+    /,
+    *,
+    only: tp.Any = ...,
+    raise_if_not_found: bool = True,
+    graph: bool | None = None,
+    **attributes: tp.Any,
+) -> A:
     """A copy of the graph sharing every Variable with `node`, with `attributes`
     set on the modules (matching `only`) that have them; `node` is unchanged."""
     del graph
@@ -99,9 +113,7 @@ def view_info(node: tp.Any, /, *, only: tp.Any = ..., graph: bool | None = None)
     method, its keywords (with defaults) and their docstring descriptions."""
     del graph
     predicate = core.to_predicate(only)
-    classes = {
-        type(m) for path, m in iter_modules(node) if hasattr(m, "set_view") and predicate(path, m)
-    }
+    classes = {type(m) for path, m in iter_modules(node) if hasattr(m, "set_view") and predicate(path, m)}
     lines: list[str] = []
     for cls in sorted(classes, key=lambda c: c.__qualname__):
         lines.append(f"{cls.__qualname__}:")
@@ -133,7 +145,7 @@ def _doc_args(doc: str) -> dict[str, str]:
     if start == -1:
         return {}
     end = doc.find("Returns:\n", start)
-    section = doc[start + 6:end if end != -1 else len(doc)]
+    section = doc[start + 6 : end if end != -1 else len(doc)]
     out: dict[str, list[str]] = {}
     current = None
     for line in section.split("\n"):
@@ -147,9 +159,16 @@ def _doc_args(doc: str) -> dict[str, str]:
 
 
 # -- Variables -------------------------------------------------------------------------
-def with_vars(node: A, /, *, hijax: bool | None = None, ref: bool | None = None,
-              mutable: bool | None = None, only: tp.Any = ...,
-              allow_duplicates: bool = False) -> A:
+def with_vars(
+    node: A,
+    /,
+    *,
+    hijax: bool | None = None,
+    ref: bool | None = None,
+    mutable: bool | None = None,
+    only: tp.Any = ...,
+    allow_duplicates: bool = False,
+) -> A:
     """The graph with the Variables (matching `only`) converted to `hijax=`/`ref=`
     mode; other Variables are shared with `node`, nodes are new objects.
     `nnx.with_vars(model, hijax=False)` gives plain Variables back."""
@@ -158,15 +177,16 @@ def with_vars(node: A, /, *, hijax: bool | None = None, ref: bool | None = None,
     predicate = core.to_predicate(only)
 
     def differs(path: tuple, x: tp.Any) -> bool:
-        return isinstance(x, Variable) and predicate(path, x) and any(
-            getattr(x, k) != v for k, v in changes.items()
+        return (
+            isinstance(x, Variable)
+            and predicate(path, x)
+            and any(getattr(x, k) != v for k, v in changes.items())
         )
 
     if isinstance(node, Variable):
         return node.copy(**changes) if differs((), node) else node
     if not allow_duplicates:
-        dups = [paths for paths in core.find_duplicates(node)
-                if differs(paths[0], _at(node, paths[0]))]
+        dups = [paths for paths in core.find_duplicates(node) if differs(paths[0], _at(node, paths[0]))]
         if dups:
             listed = "\n".join("  " + ", ".join("/".join(map(str, p)) for p in group) for group in dups)
             raise ValueError(
@@ -247,8 +267,9 @@ def iter_module_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.It
 
 
 # -- capture -------------------------------------------------------------------------------
-def capture(fn: tp.Any, *var_types: type, init: tp.Any = None,
-            method_outputs: type | None = None) -> tp.Callable:
+def capture(
+    fn: tp.Any, *var_types: type, init: tp.Any = None, method_outputs: type | None = None
+) -> tp.Callable:
     """Wrap `fn` so it returns `(result, *states)`: what `Module.sow`/`Module.perturb`
     recorded during the call, one State per Variable type in `var_types`.
 

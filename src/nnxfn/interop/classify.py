@@ -59,8 +59,14 @@ class leaf_types(contextlib.ContextDecorator):  # noqa: N801 - reads as a functi
     of foreign-pytree arrays while the context is active (or while the
     decorated function runs). `None` falls back to the default rule.
 
+    >>> class Net(nnx.Module):
+    ...     def __init__(self):
+    ...         self.enc = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+    >>> model = Net()
     >>> with nnx.interop.leaf_types(lambda p, x, a: nnx.BatchStat if "bias" in p else None):
     ...     params = nnx.state(model, nnx.Param)
+    >>> sorted(params["enc"])
+    ['weight']
     """
 
     def __init__(self, fn: Rule):

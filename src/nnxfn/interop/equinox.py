@@ -22,8 +22,17 @@ def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
     indices), matching fields by structure, never by sorted name; returns the
     loaded Equinox module (also set on its parent).
 
-    >>> eqx.tree_serialise_leaves("enc.eqx", encoder)
-    >>> nnx.interop.load_equinox("enc.eqx", model, "encoder")
+    >>> import io
+    >>> class Net(nnx.Module):
+    ...     def __init__(self, seed):
+    ...         self.encoder = eqx.nn.Linear(2, 3, key=jax.random.key(seed))
+    >>> model, other = Net(0), Net(1)
+    >>> f = io.BytesIO()
+    >>> eqx.tree_serialise_leaves(f, other.encoder)
+    >>> _ = f.seek(0)
+    >>> loaded = nnx.interop.load_equinox(f, model, "encoder")
+    >>> bool(jnp.all(model.encoder.weight == other.encoder.weight))
+    True
     """
     import equinox as eqx
 

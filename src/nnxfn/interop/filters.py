@@ -15,7 +15,10 @@ class from_predicate:  # noqa: N801 - reads as a function
     Variables are unboxed first, so Equinox predicates work as they do on
     Equinox modules:
 
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> params, rest = nnx.state(model, nnx.from_predicate(eqx.is_inexact_array), ...)
+    >>> sorted(params), len(rest)
+    (['bias', 'kernel'], 0)
     """
 
     pred: tp.Callable[[tp.Any], tp.Any]

@@ -132,11 +132,21 @@ class MultiHeadAttention(Module):
 
         def proj(in_f: int, heads: int) -> LinearGeneral:
             return LinearGeneral(
-                in_f, (heads, self.head_dim), axis=-1, use_bias=use_bias, dtype=dtype,
-                param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
-                precision=precision, promote_dtype=qkv_promote_dtype,
-                dot_general=qkv_dot_general, dot_general_cls=qkv_dot_general_cls,
-                rngs=rngs, kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+                in_f,
+                (heads, self.head_dim),
+                axis=-1,
+                use_bias=use_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                precision=precision,
+                promote_dtype=qkv_promote_dtype,
+                dot_general=qkv_dot_general,
+                dot_general_cls=qkv_dot_general_cls,
+                rngs=rngs,
+                kernel_metadata=kernel_metadata,
+                bias_metadata=bias_metadata,
             )
 
         self.query = proj(in_features, num_heads)
@@ -147,12 +157,21 @@ class MultiHeadAttention(Module):
             self.query_ln = self._layer_norm(rngs, query_ln_scale_metadata)
             self.key_ln = self._layer_norm(rngs, key_ln_scale_metadata)
         self.out = LinearGeneral(
-            (num_heads, self.head_dim), self.out_features, axis=(-2, -1), use_bias=use_bias,
-            dtype=dtype, param_dtype=param_dtype,
-            kernel_init=out_kernel_init or kernel_init, bias_init=out_bias_init or bias_init,
-            precision=precision, promote_dtype=out_promote_dtype,
-            dot_general=out_dot_general, dot_general_cls=out_dot_general_cls,
-            rngs=rngs, kernel_metadata=out_kernel_metadata, bias_metadata=out_bias_metadata,
+            (num_heads, self.head_dim),
+            self.out_features,
+            axis=(-2, -1),
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=out_kernel_init or kernel_init,
+            bias_init=out_bias_init or bias_init,
+            precision=precision,
+            promote_dtype=out_promote_dtype,
+            dot_general=out_dot_general,
+            dot_general_cls=out_dot_general_cls,
+            rngs=rngs,
+            kernel_metadata=out_kernel_metadata,
+            bias_metadata=out_bias_metadata,
         )
         self.rngs = rngs.dropout.fork() if keep_rngs and dropout_rate > 0 else None
         self.cached_key: Cache | None = None
@@ -168,8 +187,12 @@ class MultiHeadAttention(Module):
         if scale_metadata:
             kwargs["scale_metadata"] = scale_metadata
         return LayerNorm(
-            self.head_dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            rngs=rngs, **kwargs,
+            self.head_dim,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=rngs,
+            **kwargs,
         )
 
     def __call__(
@@ -232,10 +255,18 @@ class MultiHeadAttention(Module):
 
         extra = {"is_causal": True} if is_causal else {}
         x = self.attention_fn(
-            query, key, value, mask=mask, dropout_rng=dropout_rng,
-            dropout_rate=self.dropout_rate, broadcast_dropout=self.broadcast_dropout,
-            deterministic=deterministic, dtype=self.dtype, precision=self.precision,
-            module=self if sow_weights else None, **extra,
+            query,
+            key,
+            value,
+            mask=mask,
+            dropout_rng=dropout_rng,
+            dropout_rate=self.dropout_rate,
+            broadcast_dropout=self.broadcast_dropout,
+            deterministic=deterministic,
+            dtype=self.dtype,
+            precision=self.precision,
+            module=self if sow_weights else None,
+            **extra,
         )
         return self.out(x, out_sharding=out_sharding)
 
@@ -259,8 +290,9 @@ class MultiHeadAttention(Module):
             )
         return bool(deterministic)
 
-    def _decode_step(self, query: Array, key: Array, value: Array,
-                     mask: Array | None) -> tuple[Array, Array, Array | None]:
+    def _decode_step(
+        self, query: Array, key: Array, value: Array, mask: Array | None
+    ) -> tuple[Array, Array, Array | None]:
         """Write one step's key/value at `cache_index`; return the full cache and its mask."""
         if self.cached_key is None or self.cached_value is None or self.cache_index is None:
             raise ValueError(

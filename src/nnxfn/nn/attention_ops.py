@@ -60,36 +60,36 @@ def _check_qkv(fn: str, query: Array, key: Array, value: Array | None = None) ->
     """Validate query/key(/value) ranks and shapes; raise ValueError naming ``fn``."""
     if query.ndim < 3:
         raise ValueError(
-            f'{fn}: `query` must have shape [batch..., q_length, num_heads, '
-            f'depth] (rank >= 3), got shape {query.shape}.'
+            f"{fn}: `query` must have shape [batch..., q_length, num_heads, "
+            f"depth] (rank >= 3), got shape {query.shape}."
         )
-    others = [('key', key)] + ([('value', value)] if value is not None else [])
+    others = [("key", key)] + ([("value", value)] if value is not None else [])
     for name, arr in others:
         if arr.ndim != query.ndim:
             raise ValueError(
-                f'{fn}: `{name}` must have the same rank as `query` '
-                f'({query.ndim}, query shape {query.shape}), got shape {arr.shape}.'
+                f"{fn}: `{name}` must have the same rank as `query` "
+                f"({query.ndim}, query shape {query.shape}), got shape {arr.shape}."
             )
         if arr.shape[:-3] != query.shape[:-3]:
             raise ValueError(
-                f'{fn}: `{name}` batch dims must equal query batch dims '
-                f'{query.shape[:-3]}, got shape {arr.shape}.'
+                f"{fn}: `{name}` batch dims must equal query batch dims "
+                f"{query.shape[:-3]}, got shape {arr.shape}."
             )
         if query.shape[-2] % arr.shape[-2] != 0:
             raise ValueError(
-                f'{fn}: number of `{name}` heads must divide the query heads '
-                f'({query.shape[-2]}): query heads must be a multiple of {name} heads, '
-                f'got shape {arr.shape}.'
+                f"{fn}: number of `{name}` heads must divide the query heads "
+                f"({query.shape[-2]}): query heads must be a multiple of {name} heads, "
+                f"got shape {arr.shape}."
             )
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(
-            f'{fn}: `key` depth must equal query depth {query.shape[-1]} (query and key '
-            f'depths must match), got key shape {key.shape}.'
+            f"{fn}: `key` depth must equal query depth {query.shape[-1]} (query and key "
+            f"depths must match), got key shape {key.shape}."
         )
     if value is not None and value.shape[-3] != key.shape[-3]:
         raise ValueError(
-            f'{fn}: `value` length must equal key length {key.shape[-3]} (key and value '
-            f'lengths must match), got value shape {value.shape}.'
+            f"{fn}: `value` length must equal key length {key.shape[-3]} (key and value "
+            f"lengths must match), got value shape {value.shape}."
         )
 
 
@@ -99,8 +99,8 @@ def _check_broadcast(fn: str, name: str, arr: Array, target: tuple[int, ...]) ->
         jnp.broadcast_shapes(arr.shape, target)
     except ValueError:
         raise ValueError(
-            f'{fn}: `{name}` of shape {arr.shape} does not broadcast to the '
-            f'attention weights shape {target} [batch..., heads, q_length, kv_length].'
+            f"{fn}: `{name}` of shape {arr.shape} does not broadcast to the "
+            f"attention weights shape {target} [batch..., heads, q_length, kv_length]."
         ) from None
 
 
@@ -109,10 +109,12 @@ def _repeat_heads(x: Array, num_heads: int) -> Array:
     reps = num_heads // x.shape[-2]
     if reps == 1:
         return x
-    sharding = getattr(jax.typeof(x), 'sharding', None)  # abstract type: cheap
-    mesh = getattr(sharding, 'mesh', None)
-    if mesh is not None and not mesh.empty and any(
-        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types
+    sharding = getattr(jax.typeof(x), "sharding", None)  # abstract type: cheap
+    mesh = getattr(sharding, "mesh", None)
+    if (
+        mesh is not None
+        and not mesh.empty
+        and any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
     ):  # Explicit axes: jnp.repeat needs the layout of its result
         return jnp.repeat(x, reps, axis=-2, out_sharding=sharding)
     return jnp.repeat(x, reps, axis=-2)
@@ -136,16 +138,16 @@ def _weights(
     dtype = query.dtype
     key = _repeat_heads(key, query.shape[-2])
     query = query / jnp.sqrt(query.shape[-1]).astype(dtype)
-    logits = jnp.einsum('...qhd,...khd->...hqk', query, key, precision=precision)
+    logits = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision)
     if bias is not None:
         bias = jnp.asarray(bias)
-        _check_broadcast(fn, 'bias', bias, logits.shape)
+        _check_broadcast(fn, "bias", bias, logits.shape)
         logits = logits + bias.astype(dtype)
     if mask is not None or is_causal:
         keep = None
         if mask is not None:
             mask = jnp.asarray(mask)
-            _check_broadcast(fn, 'mask', mask, logits.shape)
+            _check_broadcast(fn, "mask", mask, logits.shape)
             keep = mask.astype(jnp.bool_)
         if is_causal:
             q_len, kv_len = logits.shape[-2:]
@@ -157,13 +159,13 @@ def _weights(
     weights = jax.nn.softmax(logits.astype(sm_dtype)).astype(dtype)
 
     if module is not None:
-        module.sow(_intermediate_type(), 'attention_weights', weights)
+        module.sow(_intermediate_type(), "attention_weights", weights)
 
     if not deterministic and dropout_rate > 0.0:
         if dropout_rng is None:
             raise ValueError(
-                f'{fn}: `dropout_rng` is required when dropout_rate={dropout_rate} > 0 '
-                'and deterministic=False, got None.'
+                f"{fn}: `dropout_rng` is required when dropout_rate={dropout_rate} > 0 "
+                "and deterministic=False, got None."
             )
         keep_prob = 1.0 - dropout_rate
         if broadcast_dropout:
@@ -199,12 +201,22 @@ def dot_product_attention_weights(
     ``1/(1-rate)``) unless ``deterministic``. If ``module`` is given, the
     weights are sown as ``Intermediate`` under ``'attention_weights'``.
     """
-    fn = 'dot_product_attention_weights'
+    fn = "dot_product_attention_weights"
     query, key = promote_dtype((jnp.asarray(query), jnp.asarray(key)), dtype=dtype)
     _check_qkv(fn, query, key)
     return _weights(
-        fn, query, key, bias, mask, broadcast_dropout, dropout_rng,
-        dropout_rate, deterministic, precision, module, is_causal,
+        fn,
+        query,
+        key,
+        bias,
+        mask,
+        broadcast_dropout,
+        dropout_rng,
+        dropout_rate,
+        deterministic,
+        precision,
+        module,
+        is_causal,
     )
 
 
@@ -229,17 +241,25 @@ def dot_product_attention(
     See :func:`dot_product_attention_weights` for the weights; the output is
     ``einsum('...hqk,...khd->...qhd', weights, value)``.
     """
-    fn = 'dot_product_attention'
-    query, key, value = promote_dtype(
-        (jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)), dtype=dtype
-    )
+    fn = "dot_product_attention"
+    query, key, value = promote_dtype((jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)), dtype=dtype)
     _check_qkv(fn, query, key, value)
     weights = _weights(
-        fn, query, key, bias, mask, broadcast_dropout, dropout_rng,
-        dropout_rate, deterministic, precision, module, is_causal,
+        fn,
+        query,
+        key,
+        bias,
+        mask,
+        broadcast_dropout,
+        dropout_rng,
+        dropout_rate,
+        deterministic,
+        precision,
+        module,
+        is_causal,
     )
     value = _repeat_heads(value, query.shape[-2])
-    return jnp.einsum('...hqk,...khd->...qhd', weights, value, precision=precision)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
 def make_attention_mask(
@@ -257,42 +277,34 @@ def make_attention_mask(
     k = jnp.asarray(key_input)
     if q.ndim < 1 or k.ndim < 1:
         raise ValueError(
-            'make_attention_mask: `query_input` and `key_input` must have shape '
-            f'[batch..., length], got shapes {q.shape} and {k.shape}.'
+            "make_attention_mask: `query_input` and `key_input` must have shape "
+            f"[batch..., length], got shapes {q.shape} and {k.shape}."
         )
     try:
         jnp.broadcast_shapes(q.shape[:-1], k.shape[:-1])
     except ValueError:
         raise ValueError(
-            'make_attention_mask: batch dims of `query_input` and `key_input` '
-            f'must broadcast, got shapes {q.shape} and {k.shape}.'
+            "make_attention_mask: batch dims of `query_input` and `key_input` "
+            f"must broadcast, got shapes {q.shape} and {k.shape}."
         ) from None
     if extra_batch_dims < 0:
-        raise ValueError(
-            f'make_attention_mask: `extra_batch_dims` must be >= 0, got {extra_batch_dims}.'
-        )
+        raise ValueError(f"make_attention_mask: `extra_batch_dims` must be >= 0, got {extra_batch_dims}.")
     mask = pairwise_fn(q[..., :, None], k[..., None, :])
     mask = jnp.expand_dims(mask, axis=-3)
     mask = mask.reshape((1,) * extra_batch_dims + mask.shape)
     return mask.astype(dtype)
 
 
-def make_causal_mask(
-    x: Array, extra_batch_dims: int = 0, dtype: Dtype = jnp.float32
-) -> Array:
+def make_causal_mask(x: Array, extra_batch_dims: int = 0, dtype: Dtype = jnp.float32) -> Array:
     """Causal mask ``[batch..., 1, len, len]`` for ``x`` of shape ``[batch..., len]``.
 
     Position ``i`` may attend to ``j`` iff ``j <= i``.
     """
     x = jnp.asarray(x)
     if x.ndim < 1:
-        raise ValueError(
-            f'make_causal_mask: `x` must have shape [batch..., length], got shape {x.shape}.'
-        )
+        raise ValueError(f"make_causal_mask: `x` must have shape [batch..., length], got shape {x.shape}.")
     idxs = jnp.broadcast_to(jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape)
-    return make_attention_mask(
-        idxs, idxs, jnp.greater_equal, extra_batch_dims=extra_batch_dims, dtype=dtype
-    )
+    return make_attention_mask(idxs, idxs, jnp.greater_equal, extra_batch_dims=extra_batch_dims, dtype=dtype)
 
 
 def combine_masks(*masks: Array | None, dtype: Dtype = jnp.float32) -> Array | None:
@@ -306,17 +318,16 @@ def combine_masks(*masks: Array | None, dtype: Dtype = jnp.float32) -> Array | N
     ranks = {m.ndim for m in present}
     if len(ranks) != 1:
         raise ValueError(
-            'combine_masks: all `masks` must have the same rank, got shapes '
-            f'{[m.shape for m in present]}.'
+            f"combine_masks: all `masks` must have the same rank, got shapes {[m.shape for m in present]}."
         )
     out = functools.reduce(jnp.logical_and, present)
     return out.astype(dtype)
 
 
 __all__ = [
-    'combine_masks',
-    'dot_product_attention',
-    'dot_product_attention_weights',
-    'make_attention_mask',
-    'make_causal_mask',
+    "combine_masks",
+    "dot_product_attention",
+    "dot_product_attention_weights",
+    "make_attention_mask",
+    "make_causal_mask",
 ]

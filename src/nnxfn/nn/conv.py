@@ -106,8 +106,7 @@ def _masked_kernel(layer: str, kernel: Array, mask: Array | None) -> Array:
         return kernel
     if tuple(mask.shape) != tuple(kernel.shape):
         raise ValueError(
-            f"{layer}: mask must have the kernel's shape {tuple(kernel.shape)}, "
-            f"got {tuple(mask.shape)}."
+            f"{layer}: mask must have the kernel's shape {tuple(kernel.shape)}, got {tuple(mask.shape)}."
         )
     return kernel * mask
 
@@ -150,24 +149,23 @@ class Conv(Module):
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if feature_group_count < 1 or in_features % feature_group_count or (
-            out_features % feature_group_count
+        if (
+            feature_group_count < 1
+            or in_features % feature_group_count
+            or (out_features % feature_group_count)
         ):
             raise ValueError(
                 f"Conv: in_features ({in_features}) and out_features ({out_features}) "
                 f"must both be divisible by feature_group_count ({feature_group_count})."
             )
         self.kernel_shape = kernel_size + (in_features // feature_group_count, out_features)
-        self.kernel = Param(
-            kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata
-        )
+        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata)
         self.bias: Param | None = None
         if use_bias:
             self.bias = Param(bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata)
         if mask is not None and tuple(mask.shape) != self.kernel_shape:
             raise ValueError(
-                f"Conv: mask must have the kernel's shape {self.kernel_shape}, got "
-                f"{tuple(mask.shape)}."
+                f"Conv: mask must have the kernel's shape {self.kernel_shape}, got {tuple(mask.shape)}."
             )
         canonicalize_padding(padding, len(kernel_size), "Conv")  # validate early
         self.in_features = in_features
@@ -216,7 +214,10 @@ class Conv(Module):
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         y = self.conv_general_dilated(
-            x, kernel, strides, padding,
+            x,
+            kernel,
+            strides,
+            padding,
             lhs_dilation=input_dilation,
             rhs_dilation=kernel_dilation,
             dimension_numbers=_dimension_numbers(x.ndim),
@@ -261,9 +262,7 @@ class ConvTranspose(Module):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
         self.kernel_shape = kernel_size + io
-        self.kernel = Param(
-            kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata
-        )
+        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata)
         self.bias: Param | None = None
         if use_bias:
             self.bias = Param(bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata)
@@ -295,9 +294,7 @@ class ConvTranspose(Module):
 
     def __call__(self, inputs: Array) -> Array:
         rank = len(self.kernel_size)
-        x, batch_shape = _flatten_batch(
-            jnp.asarray(inputs), rank, self.in_features, "ConvTranspose"
-        )
+        x, batch_shape = _flatten_batch(jnp.asarray(inputs), rank, self.in_features, "ConvTranspose")
         strides = _broadcast(self.strides, rank, "strides", "ConvTranspose")
         kernel_dilation = _broadcast(self.kernel_dilation, rank, "kernel_dilation", "ConvTranspose")
         padding = canonicalize_padding(self.padding, rank, "ConvTranspose")
@@ -307,7 +304,10 @@ class ConvTranspose(Module):
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         kwargs = sharding_kwargs(None, self.preferred_element_type)
         y = lax.conv_transpose(
-            x, kernel, strides, "VALID" if circular else padding,
+            x,
+            kernel,
+            strides,
+            "VALID" if circular else padding,
             rhs_dilation=kernel_dilation,
             transpose_kernel=self.transpose_kernel,
             precision=self.precision,

@@ -110,8 +110,7 @@ class _QRBuilt(_Built):
         wanted = dtype
         if wanted is None:  # the builder's dtype (its third argument)
             wanted = self.args[2] if len(self.args) > 2 else dict(self.kwargs).get("dtype")
-        if (wanted is not None and jnp.issubdtype(wanted, jnp.floating)
-                and jnp.dtype(wanted).itemsize < 4):
+        if wanted is not None and jnp.issubdtype(wanted, jnp.floating) and jnp.dtype(wanted).itemsize < 4:
             return super().__call__(key, shape, jnp.float32, **kwargs).astype(wanted)
         if dtype is None:
             return super().__call__(key, shape, **kwargs)
@@ -135,9 +134,11 @@ constant = _builder("constant", "Fill with `value`.")
 normal = _builder("normal", "Normal(0, stddev) samples; stddev defaults to 1e-2.")
 uniform = _builder("uniform", "Uniform samples in [0, scale); scale defaults to 1e-2.")
 truncated_normal = _builder(
-    "truncated_normal", "Normal(0, stddev) truncated to [lower, upper] standard deviations.")
+    "truncated_normal", "Normal(0, stddev) truncated to [lower, upper] standard deviations."
+)
 variance_scaling = _builder(
-    "variance_scaling", "Samples scaled by `scale / fan` (fan_in, fan_out or fan_avg).")
+    "variance_scaling", "Samples scaled by `scale / fan` (fan_in, fan_out or fan_avg)."
+)
 lecun_normal = _builder("lecun_normal", "Truncated normal, variance 1 / fan_in.")
 lecun_uniform = _builder("lecun_uniform", "Uniform, variance 1 / fan_in.")
 he_normal = _builder("he_normal", "Truncated normal, variance 2 / fan_in.")
@@ -173,26 +174,26 @@ def ones_init() -> Initializer:
 
 
 __all__ = [
-    'Initializer',
-    'constant',
-    'delta_orthogonal',
-    'glorot_normal',
-    'glorot_uniform',
-    'he_normal',
-    'he_uniform',
-    'kaiming_normal',
-    'kaiming_uniform',
-    'lecun_normal',
-    'lecun_uniform',
-    'normal',
-    'ones',
-    'ones_init',
-    'orthogonal',
-    'truncated_normal',
-    'uniform',
-    'variance_scaling',
-    'xavier_normal',
-    'xavier_uniform',
-    'zeros',
-    'zeros_init',
+    "Initializer",
+    "constant",
+    "delta_orthogonal",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "normal",
+    "ones",
+    "ones_init",
+    "orthogonal",
+    "truncated_normal",
+    "uniform",
+    "variance_scaling",
+    "xavier_normal",
+    "xavier_uniform",
+    "zeros",
+    "zeros_init",
 ]

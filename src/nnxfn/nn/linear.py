@@ -103,9 +103,7 @@ class Linear(Module):
         )
         self.bias: Param | None = None
         if use_bias:
-            self.bias = Param(
-                bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata
-            )
+            self.bias = Param(bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata)
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
@@ -123,11 +121,12 @@ class Linear(Module):
                 f"Linear: expected inputs of shape (..., {self.in_features}) "
                 f"(last axis = in_features), got shape {inputs.shape}."
             )
-        x, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel[...], _value(self.bias)), dtype=self.dtype
-        )
+        x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], _value(self.bias)), dtype=self.dtype)
         y = self.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision,
+            x,
+            kernel,
+            (((x.ndim - 1,), (0,)), ((), ())),
+            precision=self.precision,
             **sharding_kwargs(out_sharding, self.preferred_element_type),
         )
         if bias is not None:
@@ -218,24 +217,21 @@ class LinearGeneral(Module):
             )
         n_batch = len(batch_axis)
         contract = tuple(range(n_batch, n_batch + len(axis)))
-        x, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel[...], _value(self.bias)), dtype=self.dtype
-        )
+        x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], _value(self.bias)), dtype=self.dtype)
         if self.dot_general_cls is not None:
             dot_general = self.dot_general_cls()
         else:
             dot_general = self.dot_general or lax.dot_general
         y = dot_general(
-            x, kernel, ((axis, contract), (batch_axis, tuple(range(n_batch)))),
+            x,
+            kernel,
+            ((axis, contract), (batch_axis, tuple(range(n_batch)))),
             precision=self.precision,
             **sharding_kwargs(out_sharding, self.preferred_element_type),
         )
         if bias is not None:
             # dot_general output: batch axes, remaining input axes, out_features.
-            free = [
-                inputs.shape[a] if a in batch_axis else 1
-                for a in range(ndim) if a not in axis
-            ]
+            free = [inputs.shape[a] if a in batch_axis else 1 for a in range(ndim) if a not in axis]
             y = y + jnp.reshape(bias, (*free, *self.out_features))
         return y
 
@@ -244,8 +240,7 @@ class LinearGeneral(Module):
 def _check_einsum_str(einsum_str: str) -> None:
     if "->" not in einsum_str:
         raise ValueError(
-            f"Einsum: einsum_str {einsum_str!r} must be explicit and include '->', "
-            "e.g. 'bi,io->bo'."
+            f"Einsum: einsum_str {einsum_str!r} must be explicit and include '->', e.g. 'bi,io->bo'."
         )
     if einsum_str.count(",") != 1:
         raise ValueError(
@@ -268,10 +263,10 @@ def _bias_broadcast_shape(einsum_str: str, kernel_shape: Shape, out_ndim: int) -
         sizes[c] = kernel_shape[i]
     for i, c in enumerate(reversed(right)):
         sizes[c] = kernel_shape[len(kernel_shape) - 1 - i]
-    kernel_ell = list(kernel_shape[len(left):len(kernel_shape) - len(right)]) if ell_k else []
+    kernel_ell = list(kernel_shape[len(left) : len(kernel_shape) - len(right)]) if ell_k else []
     res_left, ell, res_right = result.partition("...")
     n_ell = out_ndim - len(res_left) - len(res_right) if ell else 0
-    ell_shape = [1] * (n_ell - len(kernel_ell)) + kernel_ell[len(kernel_ell) - n_ell:] if n_ell else []
+    ell_shape = [1] * (n_ell - len(kernel_ell)) + kernel_ell[len(kernel_ell) - n_ell :] if n_ell else []
     return [sizes.get(c, 1) for c in res_left] + ell_shape + [sizes.get(c, 1) for c in res_right]
 
 
@@ -313,14 +308,10 @@ class Einsum(Module):
                 f"Einsum: the kernel operand {rhs!r} of {einsum_str!r} has {len(rhs)} "
                 f"axes but kernel_shape {self.kernel_shape} has {len(self.kernel_shape)}."
             )
-        self.kernel = Param(
-            kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata
-        )
+        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype), **kernel_metadata)
         self.bias: Param | None = None
         if self.bias_shape is not None:
-            self.bias = Param(
-                bias_init(rngs.params(), self.bias_shape, param_dtype), **bias_metadata
-            )
+            self.bias = Param(bias_init(rngs.params(), self.bias_shape, param_dtype), **bias_metadata)
         self.einsum_str = einsum_str
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -329,16 +320,17 @@ class Einsum(Module):
         self.einsum_op = einsum_op
         self.preferred_element_type = preferred_element_type
 
-    def __call__(
-        self, inputs: Array, einsum_str: str | None = None, out_sharding: tp.Any = None
-    ) -> Array:
+    def __call__(self, inputs: Array, einsum_str: str | None = None, out_sharding: tp.Any = None) -> Array:
         einsum_str = (einsum_str if einsum_str is not None else self.einsum_str).replace(" ", "")
         _check_einsum_str(einsum_str)
         x, kernel, bias = self.promote_dtype(
             (jnp.asarray(inputs), self.kernel[...], _value(self.bias)), dtype=self.dtype
         )
         y = self.einsum_op(
-            einsum_str, x, kernel, precision=self.precision,
+            einsum_str,
+            x,
+            kernel,
+            precision=self.precision,
             **sharding_kwargs(out_sharding, self.preferred_element_type),
         )
         if bias is not None:
@@ -395,9 +387,7 @@ class Embed(Module):
         if self.num_embeddings == 1:
             return jnp.broadcast_to(embedding, inputs.shape + (self.features,))
         if out_sharding is not None:
-            take = jax.sharding.auto_axes(
-                lambda e, i: jnp.take(e, i, axis=0), out_sharding=out_sharding
-            )
+            take = jax.sharding.auto_axes(lambda e, i: jnp.take(e, i, axis=0), out_sharding=out_sharding)
             return take(embedding, inputs)
         return jnp.take(embedding, inputs, axis=0)
 

@@ -122,11 +122,18 @@ class LoRALinear(Linear):
     ):
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
         self.lora = LoRA(
-            in_features, lora_rank, out_features,
-            dtype=lora_dtype, param_dtype=lora_param_dtype,
-            a_initializer=a_initializer, b_initializer=b_initializer,
-            lora_param_type=lora_param_type, promote_dtype=lora_promote_dtype,
-            rngs=rngs, a_metadata=a_metadata, b_metadata=b_metadata,
+            in_features,
+            lora_rank,
+            out_features,
+            dtype=lora_dtype,
+            param_dtype=lora_param_dtype,
+            a_initializer=a_initializer,
+            b_initializer=b_initializer,
+            lora_param_type=lora_param_type,
+            promote_dtype=lora_promote_dtype,
+            rngs=rngs,
+            a_metadata=a_metadata,
+            b_metadata=b_metadata,
         )
 
     def __call__(self, x: Array, out_sharding: tp.Any = None) -> Array:

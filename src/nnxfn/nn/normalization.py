@@ -43,8 +43,13 @@ def _abs_sq(x: Array) -> Array:
 
 
 def compute_stats(
-    x: Array, axes: tuple[int, ...], dtype: Dtype | None, axis_name: str | None = None,
-    axis_index_groups: tp.Any = None, use_mean: bool = True, use_fast_variance: bool = True,
+    x: Array,
+    axes: tuple[int, ...],
+    dtype: Dtype | None,
+    axis_name: str | None = None,
+    axis_index_groups: tp.Any = None,
+    use_mean: bool = True,
+    use_fast_variance: bool = True,
     mask: Array | None = None,
 ) -> tuple[Array, Array]:
     """(mean, var) over `axes` (dropped), in at least float32, averaged over
@@ -79,8 +84,14 @@ def result_dtype(*args: Array | None, dtype: Dtype | None = None) -> Dtype:
 
 
 def normalize(
-    x: Array, mean: Array, var: Array, scale: Array | None, bias: Array | None,
-    reduction_axes: tuple[int, ...], feature_axes: tuple[int, ...], dtype: Dtype | None,
+    x: Array,
+    mean: Array,
+    var: Array,
+    scale: Array | None,
+    bias: Array | None,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    dtype: Dtype | None,
     epsilon: float,
 ) -> Array:
     """`(x - mean) / sqrt(var + epsilon) * scale + bias`, cast to `dtype`
@@ -118,16 +129,21 @@ def _check_features(
 
 
 def _scale_bias(
-    module: Module, use_scale: bool, use_bias: bool, shape: tuple[int, ...],
-    scale_init: Initializer, bias_init: Initializer, param_dtype: Dtype, rngs: Rngs,
-    scale_metadata: tp.Mapping[str, tp.Any], bias_metadata: tp.Mapping[str, tp.Any],
+    module: Module,
+    use_scale: bool,
+    use_bias: bool,
+    shape: tuple[int, ...],
+    scale_init: Initializer,
+    bias_init: Initializer,
+    param_dtype: Dtype,
+    rngs: Rngs,
+    scale_metadata: tp.Mapping[str, tp.Any],
+    bias_metadata: tp.Mapping[str, tp.Any],
 ) -> None:
     module.scale = (
         Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata) if use_scale else None
     )
-    module.bias = (
-        Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata) if use_bias else None
-    )
+    module.bias = Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata) if use_bias else None
 
 
 def _val(v: Variable | None) -> Array | None:
@@ -150,27 +166,57 @@ class BatchNorm(Module):
     """
 
     def __init__(
-        self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
-        momentum: float = 0.99, epsilon: float = 1e-5, dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(), axis_name: str | None = None,
-        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
+        scale_init: Initializer = initializers.ones_init(),
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         shape = (num_features,)
         self.mean = BatchStat(jnp.zeros(shape, jnp.float32))
         self.var = BatchStat(jnp.ones(shape, jnp.float32))
-        _scale_bias(self, use_scale, use_bias, shape, scale_init, bias_init, param_dtype,
-                    rngs, scale_metadata, bias_metadata)
+        _scale_bias(
+            self,
+            use_scale,
+            use_bias,
+            shape,
+            scale_init,
+            bias_init,
+            param_dtype,
+            rngs,
+            scale_metadata,
+            bias_metadata,
+        )
         _keep(
-            self, num_features=num_features,
-            use_running_average=use_running_average, axis=axis, momentum=momentum,
-            epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
-            use_scale=use_scale, axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
+            self,
+            num_features=num_features,
+            use_running_average=use_running_average,
+            axis=axis,
+            momentum=momentum,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance,
+            promote_dtype=promote_dtype,
         )
 
     def set_view(self, use_running_average: bool | None = None) -> None:
@@ -202,14 +248,28 @@ class BatchNorm(Module):
             mean, var = self.mean[...], self.var[...]
         else:
             mean, var = compute_stats(
-                x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
-                use_fast_variance=self.use_fast_variance, mask=mask,
+                x,
+                reduction_axes,
+                self.dtype,
+                self.axis_name,
+                self.axis_index_groups,
+                use_fast_variance=self.use_fast_variance,
+                mask=mask,
             )
             m = self.momentum
             self.mean[...] = m * self.mean[...] + (1 - m) * mean
             self.var[...] = m * self.var[...] + (1 - m) * var
-        return normalize(x, mean, var, _val(self.scale), _val(self.bias), reduction_axes,
-                         feature_axes, self.dtype, self.epsilon)
+        return normalize(
+            x,
+            mean,
+            var,
+            _val(self.scale),
+            _val(self.bias),
+            reduction_axes,
+            feature_axes,
+            self.dtype,
+            self.epsilon,
+        )
 
 
 # -- LayerNorm / RMSNorm ---------------------------------------------------------------------
@@ -223,14 +283,28 @@ class _AxesNorm(Module):
         name = type(self).__name__
         reduction_axes = _axes(x.ndim, self.reduction_axes, name)
         feature_axes = _axes(x.ndim, self.feature_axes, name)
-        _check_features(name, x, feature_axes, self.num_features, self.scale,
-                        getattr(self, "bias", None))
+        _check_features(name, x, feature_axes, self.num_features, self.scale, getattr(self, "bias", None))
         mean, var = compute_stats(
-            x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
-            use_mean=self._use_mean, use_fast_variance=self.use_fast_variance, mask=mask,
+            x,
+            reduction_axes,
+            self.dtype,
+            self.axis_name,
+            self.axis_index_groups,
+            use_mean=self._use_mean,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
         )
-        return normalize(x, mean, var, _val(self.scale), _val(getattr(self, "bias", None)),
-                         reduction_axes, feature_axes, self.dtype, self.epsilon)
+        return normalize(
+            x,
+            mean,
+            var,
+            _val(self.scale),
+            _val(getattr(self, "bias", None)),
+            reduction_axes,
+            feature_axes,
+            self.dtype,
+            self.epsilon,
+        )
 
 
 class LayerNorm(_AxesNorm):
@@ -241,24 +315,51 @@ class LayerNorm(_AxesNorm):
     """
 
     def __init__(
-        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(), reduction_axes: Axes = -1,
-        feature_axes: Axes = -1, axis_name: str | None = None,
-        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
+        scale_init: Initializer = initializers.ones_init(),
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
-                    param_dtype, rngs, scale_metadata, bias_metadata)
+        _scale_bias(
+            self,
+            use_scale,
+            use_bias,
+            (num_features,),
+            scale_init,
+            bias_init,
+            param_dtype,
+            rngs,
+            scale_metadata,
+            bias_metadata,
+        )
         _keep(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
+            self,
+            num_features=num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
             reduction_axes=reduction_axes,
-            feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            feature_axes=feature_axes,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
         )
 
@@ -273,22 +374,40 @@ class RMSNorm(_AxesNorm):
     _use_mean = False
 
     def __init__(
-        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32, use_scale: bool = True,
-        scale_init: Initializer = initializers.ones_init(), reduction_axes: Axes = -1,
-        feature_axes: Axes = -1, axis_name: str | None = None,
-        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones_init(),
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
         self.scale = (
             Param(scale_init(rngs.params(), (num_features,), param_dtype), **scale_metadata)
-            if use_scale else None
+            if use_scale
+            else None
         )
         _keep(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_scale=use_scale, reduction_axes=reduction_axes, feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            self,
+            num_features=num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_scale=use_scale,
+            reduction_axes=reduction_axes,
+            feature_axes=feature_axes,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
         )
 
@@ -308,14 +427,24 @@ class GroupNorm(Module):
     """
 
     def __init__(
-        self, num_features: int, num_groups: int | None = 32, group_size: int | None = None,
-        *, epsilon: float = 1e-6, dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
         scale_init: Initializer = initializers.ones_init(),
-        reduction_axes: Axes | None = None, axis_name: str | None = None,
-        axis_index_groups: tp.Any = None, use_fast_variance: bool = True,
-        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
@@ -335,18 +464,34 @@ class GroupNorm(Module):
         assert num_groups is not None
         if num_groups <= 0 or num_features % num_groups:
             raise ValueError(
-                f"GroupNorm: num_groups ({num_groups}) does not divide num_features "
-                f"({num_features})."
+                f"GroupNorm: num_groups ({num_groups}) does not divide num_features ({num_features})."
             )
-        _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
-                    param_dtype, rngs, scale_metadata, bias_metadata)
+        _scale_bias(
+            self,
+            use_scale,
+            use_bias,
+            (num_features,),
+            scale_init,
+            bias_init,
+            param_dtype,
+            rngs,
+            scale_metadata,
+            bias_metadata,
+        )
         self.num_features = num_features
         self.num_groups = num_groups
         self.group_size = num_features // num_groups
         _keep(
-            self, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-            use_bias=use_bias, use_scale=use_scale, reduction_axes=reduction_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            self,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
+            reduction_axes=reduction_axes,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance,
             promote_dtype=promote_dtype,
         )
 
@@ -361,8 +506,7 @@ class GroupNorm(Module):
         axes = _axes(x.ndim, list(range(1, x.ndim - 1)) + [-1] if axes is None else axes, "GroupNorm")
         if x.ndim - 1 not in axes:
             raise ValueError(
-                f"GroupNorm: reduction_axes {self.reduction_axes} must include the "
-                "last (channel) axis."
+                f"GroupNorm: reduction_axes {self.reduction_axes} must include the last (channel) axis."
             )
         group_shape = x.shape[:-1] + (self.num_groups, self.group_size)
         if mask is not None:
@@ -370,14 +514,27 @@ class GroupNorm(Module):
         # In the grouped view, the channel axis becomes (group, within-group) and
         # statistics reduce the within-group axis; the group axis is kept.
         mean, var = compute_stats(
-            jnp.reshape(x, group_shape), tuple(axes[:-1]) + (x.ndim,), self.dtype,
-            self.axis_name, self.axis_index_groups,
-            use_fast_variance=self.use_fast_variance, mask=mask,
+            jnp.reshape(x, group_shape),
+            tuple(axes[:-1]) + (x.ndim,),
+            self.dtype,
+            self.axis_name,
+            self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
         )
         mean = jnp.repeat(mean, self.group_size, axis=-1)
         var = jnp.repeat(var, self.group_size, axis=-1)
-        return normalize(x, mean, var, _val(self.scale), _val(self.bias), tuple(axes[:-1]),
-                         (x.ndim - 1,), self.dtype, self.epsilon)
+        return normalize(
+            x,
+            mean,
+            var,
+            _val(self.scale),
+            _val(self.bias),
+            tuple(axes[:-1]),
+            (x.ndim - 1,),
+            self.dtype,
+            self.epsilon,
+        )
 
 
 class InstanceNorm(Module):
@@ -390,23 +547,50 @@ class InstanceNorm(Module):
     """
 
     def __init__(
-        self, num_features: int, *, epsilon: float = 1e-6, dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
         bias_init: Initializer = initializers.zeros_init(),
-        scale_init: Initializer = initializers.ones_init(), feature_axes: Axes = -1,
-        axis_name: str | None = None, axis_index_groups: tp.Any = None,
-        use_fast_variance: bool = True, promote_dtype: PromoteDtypeFn = promote_dtype,
-        rngs: Rngs, bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        scale_init: Initializer = initializers.ones_init(),
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
+        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        _scale_bias(self, use_scale, use_bias, (num_features,), scale_init, bias_init,
-                    param_dtype, rngs, scale_metadata, bias_metadata)
+        _scale_bias(
+            self,
+            use_scale,
+            use_bias,
+            (num_features,),
+            scale_init,
+            bias_init,
+            param_dtype,
+            rngs,
+            scale_metadata,
+            bias_metadata,
+        )
         _keep(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
+            self,
+            num_features=num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
             feature_axes=feature_axes,
-            axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance,
+            promote_dtype=promote_dtype,
         )
 
     def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
@@ -420,13 +604,25 @@ class InstanceNorm(Module):
         _check_features("InstanceNorm", x, feature_axes, self.num_features, self.scale, self.bias)
         reduction_axes = tuple(i for i in range(1, x.ndim) if i not in feature_axes)
         mean, var = compute_stats(
-            x, reduction_axes, self.dtype, self.axis_name, self.axis_index_groups,
-            use_fast_variance=self.use_fast_variance, mask=mask,
+            x,
+            reduction_axes,
+            self.dtype,
+            self.axis_name,
+            self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
         )
-        return normalize(x, mean, var, _val(self.scale), _val(self.bias), reduction_axes,
-                         feature_axes, self.dtype, self.epsilon)
-
-
+        return normalize(
+            x,
+            mean,
+            var,
+            _val(self.scale),
+            _val(self.bias),
+            reduction_axes,
+            feature_axes,
+            self.dtype,
+            self.epsilon,
+        )
 
 
 # -- weight wrappers --------------------------------------------------------------------------------
@@ -460,17 +656,29 @@ class WeightNorm(Module):
     """
 
     def __init__(
-        self, layer_instance: Module, *, feature_axes: Axes | None = -1,
-        use_scale: bool = True, scale_init: Initializer = initializers.ones_init(),
-        epsilon: float = 1e-12, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+        self,
+        layer_instance: Module,
+        *,
+        feature_axes: Axes | None = -1,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones_init(),
+        epsilon: float = 1e-12,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         variable_filter: tp.Any = PathContains("kernel"),
-        promote_dtype: PromoteDtypeFn = promote_dtype, rngs: Rngs,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        rngs: Rngs,
     ):
         self.layer_instance = layer_instance
         _keep(
-            self, feature_axes=() if feature_axes is None else feature_axes,
-            use_scale=use_scale, scale_init=scale_init, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, variable_filter=variable_filter,
+            self,
+            feature_axes=() if feature_axes is None else feature_axes,
+            use_scale=use_scale,
+            scale_init=scale_init,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            variable_filter=variable_filter,
             promote_dtype=promote_dtype,
         )
         self.scales: dict[tuple, Param] | None = None
@@ -513,13 +721,24 @@ class SpectralNorm(Module):
     """
 
     def __init__(
-        self, layer_instance: Module, *, n_steps: int = 1, epsilon: float = 1e-12,
-        dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-        error_on_non_matrix: bool = False, update_stats: bool = True, rngs: Rngs,
+        self,
+        layer_instance: Module,
+        *,
+        n_steps: int = 1,
+        epsilon: float = 1e-12,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        error_on_non_matrix: bool = False,
+        update_stats: bool = True,
+        rngs: Rngs,
     ):
         self.layer_instance = layer_instance
         _keep(
-            self, n_steps=n_steps, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            self,
+            n_steps=n_steps,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
             error_on_non_matrix=error_on_non_matrix,
         )
         # `use_running_average` is what `train()`/`eval()` flip: eval = no updates.

@@ -75,8 +75,9 @@ class RNNCellBase(Module):
         return 1
 
     # -- helpers shared by the cells -----------------------------------------------------
-    def _init_cells(self, input_shape: tuple[int, ...], n: int, rngs: RngsLike,
-                    carry_init: Initializer | None) -> list[Array]:
+    def _init_cells(
+        self, input_shape: tuple[int, ...], n: int, rngs: RngsLike, carry_init: Initializer | None
+    ) -> list[Array]:
         """`n` carry arrays of shape `batch + (hidden_features,)`."""
         init = carry_init or getattr(self, "carry_init", None) or initializers.zeros
         shape = tuple(input_shape[:-1]) + (self.hidden_features,)
@@ -109,21 +110,47 @@ class RNNCellBase(Module):
         return inputs
 
 
-def _linear(in_f: int, out_f: int, use_bias: bool, kernel_init: Initializer, bias_init: Initializer,
-            cell: RNNCellBase, rngs: Rngs, kernel_metadata: tp.Mapping, bias_metadata: tp.Mapping) -> Linear:
+def _linear(
+    in_f: int,
+    out_f: int,
+    use_bias: bool,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    cell: RNNCellBase,
+    rngs: Rngs,
+    kernel_metadata: tp.Mapping,
+    bias_metadata: tp.Mapping,
+) -> Linear:
     return Linear(
-        in_f, out_f, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
-        dtype=cell.dtype, param_dtype=cell.param_dtype, promote_dtype=cell.promote_dtype,
-        rngs=rngs, kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+        in_f,
+        out_f,
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=cell.dtype,
+        param_dtype=cell.param_dtype,
+        promote_dtype=cell.promote_dtype,
+        rngs=rngs,
+        kernel_metadata=kernel_metadata,
+        bias_metadata=bias_metadata,
     )
 
 
 class _Cell(RNNCellBase):
     """Stores the constructor arguments every cell shares."""
 
-    def _setup(self, in_features: int, hidden_features: int, *, dtype: tp.Any, param_dtype: tp.Any,
-               carry_init: Initializer | None, promote_dtype: tp.Callable, keep_rngs: bool,
-               rngs: Rngs) -> None:
+    def _setup(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        dtype: tp.Any,
+        param_dtype: tp.Any,
+        carry_init: Initializer | None,
+        promote_dtype: tp.Callable,
+        keep_rngs: bool,
+        rngs: Rngs,
+    ) -> None:
         if not isinstance(rngs, Rngs):
             raise TypeError(
                 f"{type(self).__name__}: `rngs` must be an nnx.Rngs, got {type(rngs).__name__}. "
@@ -148,30 +175,69 @@ class LSTMCell(_Cell):
     """
 
     def __init__(
-        self, in_features: int, hidden_features: int, *,
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
         gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
         activation_fn: tp.Callable[..., Array] = jnp.tanh,
         kernel_init: Initializer = default_kernel_init,
         recurrent_kernel_init: Initializer = modified_orthogonal,
         bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False, rngs: Rngs,
+        keep_rngs: bool = False,
+        rngs: Rngs,
         kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
-                    carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
+        self._setup(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+        )
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         for name in ("ii", "if_", "ig", "io"):
-            setattr(self, name, _linear(in_features, hidden_features, False, kernel_init, bias_init,
-                                        self, rngs, kernel_metadata, {}))
+            setattr(
+                self,
+                name,
+                _linear(
+                    in_features,
+                    hidden_features,
+                    False,
+                    kernel_init,
+                    bias_init,
+                    self,
+                    rngs,
+                    kernel_metadata,
+                    {},
+                ),
+            )
         for name in ("hi", "hf", "hg", "ho"):
-            setattr(self, name, _linear(hidden_features, hidden_features, True, recurrent_kernel_init,
-                                        bias_init, self, rngs, recurrent_kernel_metadata, bias_metadata))
+            setattr(
+                self,
+                name,
+                _linear(
+                    hidden_features,
+                    hidden_features,
+                    True,
+                    recurrent_kernel_init,
+                    bias_init,
+                    self,
+                    rngs,
+                    recurrent_kernel_metadata,
+                    bias_metadata,
+                ),
+            )
 
     def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
         c, h = carry
@@ -184,8 +250,9 @@ class LSTMCell(_Cell):
         new_h = o * self.activation_fn(new_c)
         return (new_c, new_h), new_h
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: RngsLike = None,
-                         carry_init: Initializer | None = None) -> tuple[Array, Array]:
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
+    ) -> tuple[Array, Array]:
         c, h = self._init_cells(input_shape, 2, rngs, carry_init)
         return c, h
 
@@ -195,29 +262,59 @@ class OptimizedLSTMCell(_Cell):
     `dense_h` (hidden, 4·hidden, with bias); gate order i, f, g, o."""
 
     def __init__(
-        self, in_features: int, hidden_features: int, *,
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
         gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
         activation_fn: tp.Callable[..., Array] = jnp.tanh,
         kernel_init: Initializer = default_kernel_init,
         recurrent_kernel_init: Initializer = initializers.orthogonal(),
         bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False, rngs: Rngs,
+        keep_rngs: bool = False,
+        rngs: Rngs,
         kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
-                    carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
+        self._setup(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+        )
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        self.dense_i = _linear(in_features, 4 * hidden_features, False, _stacked(kernel_init, 4),
-                               bias_init, self, rngs, kernel_metadata, {})
-        self.dense_h = _linear(hidden_features, 4 * hidden_features, True,
-                               _stacked(recurrent_kernel_init, 4), bias_init, self, rngs,
-                               recurrent_kernel_metadata, bias_metadata)
+        self.dense_i = _linear(
+            in_features,
+            4 * hidden_features,
+            False,
+            _stacked(kernel_init, 4),
+            bias_init,
+            self,
+            rngs,
+            kernel_metadata,
+            {},
+        )
+        self.dense_h = _linear(
+            hidden_features,
+            4 * hidden_features,
+            True,
+            _stacked(recurrent_kernel_init, 4),
+            bias_init,
+            self,
+            rngs,
+            recurrent_kernel_metadata,
+            bias_metadata,
+        )
 
     def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
         c, h = carry
@@ -227,8 +324,9 @@ class OptimizedLSTMCell(_Cell):
         new_h = self.gate_fn(o) * self.activation_fn(new_c)
         return (new_c, new_h), new_h
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: RngsLike = None,
-                         carry_init: Initializer | None = None) -> tuple[Array, Array]:
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
+    ) -> tuple[Array, Array]:
         c, h = self._init_cells(input_shape, 2, rngs, carry_init)
         return c, h
 
@@ -242,29 +340,59 @@ class GRUCell(_Cell):
     """
 
     def __init__(
-        self, in_features: int, hidden_features: int, *,
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
         gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
         activation_fn: tp.Callable[..., Array] = jnp.tanh,
         kernel_init: Initializer = default_kernel_init,
         recurrent_kernel_init: Initializer = initializers.orthogonal(),
         bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
         carry_init: Initializer | None = None,
         promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False, rngs: Rngs,
+        keep_rngs: bool = False,
+        rngs: Rngs,
         kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
-                    carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
+        self._setup(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+        )
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        self.dense_i = _linear(in_features, 3 * hidden_features, True, _stacked(kernel_init, 3),
-                               bias_init, self, rngs, kernel_metadata, bias_metadata)
-        self.dense_h = _linear(hidden_features, 3 * hidden_features, False,
-                               _stacked(recurrent_kernel_init, 3), bias_init, self, rngs,
-                               recurrent_kernel_metadata, {})
+        self.dense_i = _linear(
+            in_features,
+            3 * hidden_features,
+            True,
+            _stacked(kernel_init, 3),
+            bias_init,
+            self,
+            rngs,
+            kernel_metadata,
+            bias_metadata,
+        )
+        self.dense_h = _linear(
+            hidden_features,
+            3 * hidden_features,
+            False,
+            _stacked(recurrent_kernel_init, 3),
+            bias_init,
+            self,
+            rngs,
+            recurrent_kernel_metadata,
+            {},
+        )
 
     def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
         h = carry
@@ -277,8 +405,9 @@ class GRUCell(_Cell):
         new_h = (1.0 - z) * n + z * h
         return new_h, new_h
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: RngsLike = None,
-                         carry_init: Initializer | None = None) -> Array:
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
+    ) -> Array:
         return self._init_cells(input_shape, 1, rngs, carry_init)[0]
 
 
@@ -289,27 +418,59 @@ class SimpleCell(_Cell):
     """
 
     def __init__(
-        self, in_features: int, hidden_features: int, *,
-        dtype: tp.Any = jnp.float32, param_dtype: tp.Any = jnp.float32,
-        carry_init: Initializer | None = None, residual: bool = False,
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        dtype: tp.Any = jnp.float32,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer | None = None,
+        residual: bool = False,
         activation_fn: tp.Callable[..., Array] = jnp.tanh,
         kernel_init: Initializer = default_kernel_init,
         recurrent_kernel_init: Initializer = initializers.orthogonal(),
         bias_init: Initializer = default_bias_init,
         promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False, rngs: Rngs,
+        keep_rngs: bool = False,
+        rngs: Rngs,
         kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
         bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
     ):
-        self._setup(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype,
-                    carry_init=carry_init, promote_dtype=promote_dtype, keep_rngs=keep_rngs, rngs=rngs)
+        self._setup(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            carry_init=carry_init,
+            promote_dtype=promote_dtype,
+            keep_rngs=keep_rngs,
+            rngs=rngs,
+        )
         self.residual = residual
         self.activation_fn = activation_fn
-        self.dense_h = _linear(hidden_features, hidden_features, False, recurrent_kernel_init,
-                               bias_init, self, rngs, recurrent_kernel_metadata, {})
-        self.dense_i = _linear(in_features, hidden_features, True, kernel_init, bias_init,
-                               self, rngs, kernel_metadata, bias_metadata)
+        self.dense_h = _linear(
+            hidden_features,
+            hidden_features,
+            False,
+            recurrent_kernel_init,
+            bias_init,
+            self,
+            rngs,
+            recurrent_kernel_metadata,
+            {},
+        )
+        self.dense_i = _linear(
+            in_features,
+            hidden_features,
+            True,
+            kernel_init,
+            bias_init,
+            self,
+            rngs,
+            kernel_metadata,
+            bias_metadata,
+        )
 
     def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
         x = self._check_inputs(inputs, carry)
@@ -319,8 +480,9 @@ class SimpleCell(_Cell):
         new_h = self.activation_fn(pre)
         return new_h, new_h
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: RngsLike = None,
-                         carry_init: Initializer | None = None) -> Array:
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
+    ) -> Array:
         return self._init_cells(input_shape, 1, rngs, carry_init)[0]
 
 
@@ -355,9 +517,16 @@ class RNN(Module):
     """
 
     def __init__(
-        self, cell: RNNCellBase, *, time_major: bool = False, return_carry: bool = False,
-        reverse: bool = False, keep_order: bool = False, unroll: int = 1,
-        state_axes: tp.Mapping[tp.Any, tp.Any] | None = None, broadcast_rngs: tp.Any = None,
+        self,
+        cell: RNNCellBase,
+        *,
+        time_major: bool = False,
+        return_carry: bool = False,
+        reverse: bool = False,
+        keep_order: bool = False,
+        unroll: int = 1,
+        state_axes: tp.Mapping[tp.Any, tp.Any] | None = None,
+        broadcast_rngs: tp.Any = None,
         rngs: Rngs | RngStream | bool = True,
     ):
         if not isinstance(cell, Module) or not hasattr(cell, "initialize_carry"):
@@ -388,9 +557,16 @@ class RNN(Module):
         self.broadcast_rngs = broadcast_rngs
 
     def __call__(
-        self, inputs: Array, *, initial_carry: Carry | None = None, seq_lengths: Array | None = None,
-        return_carry: bool | None = None, time_major: bool | None = None, reverse: bool | None = None,
-        keep_order: bool | None = None, rngs: Rngs | RngStream | None = None,
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Carry | None = None,
+        seq_lengths: Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+        rngs: Rngs | RngStream | None = None,
     ) -> tp.Any:
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
@@ -406,7 +582,7 @@ class RNN(Module):
             )
         time_axis = 0 if time_major else inputs.ndim - n_feat - 1
         xs = jnp.moveaxis(inputs, time_axis, 0)  # (time, *batch, *features)
-        batch_shape = xs.shape[1:xs.ndim - n_feat]
+        batch_shape = xs.shape[1 : xs.ndim - n_feat]
         if seq_lengths is not None:
             seq_lengths = jnp.asarray(seq_lengths)
             if seq_lengths.shape != batch_shape:
@@ -426,11 +602,13 @@ class RNN(Module):
         if self.broadcast_rngs is not None:
             broadcast = core.All(RngState, self.broadcast_rngs)
             with split_rngs(self.cell, splits=1, only=self.broadcast_rngs, squeeze=True):
-                carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll,
-                                       broadcast, fixed)
+                carry, ys = _scan_cell(
+                    self.cell, initial_carry, xs, seq_lengths, self.unroll, broadcast, fixed
+                )
         else:
-            carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll,
-                                   core.Nothing(), fixed)
+            carry, ys = _scan_cell(
+                self.cell, initial_carry, xs, seq_lengths, self.unroll, core.Nothing(), fixed
+            )
         if reverse and keep_order:
             ys = jax.tree.map(lambda y: flip_sequences(y, seq_lengths), ys)
         if not time_major:
@@ -438,8 +616,15 @@ class RNN(Module):
         return (carry, ys) if return_carry else ys
 
 
-def _scan_cell(cell: Module, carry: Carry, xs: Array, seq_lengths: Array | None,
-               unroll: int, broadcast: tp.Any, fixed: tp.Any) -> tuple[Carry, tp.Any]:
+def _scan_cell(
+    cell: Module,
+    carry: Carry,
+    xs: Array,
+    seq_lengths: Array | None,
+    unroll: int,
+    broadcast: tp.Any,
+    fixed: tp.Any,
+) -> tuple[Carry, tp.Any]:
     """Scan `cell` over axis 0 of `xs`; the cell's non-Param state (e.g. Rngs
     counts) is threaded through the loop and written back to `cell`, except:
     `broadcast` state every step sees as it was (its writes are not kept) and
@@ -451,8 +636,7 @@ def _scan_cell(cell: Module, carry: Carry, xs: Array, seq_lengths: Array | None,
         rest_t, carry_t, last_t, t = loop
         live = core.merge(graphdef, params, shared, constant, rest_t)
         new_carry, y = live(carry_t, x_t)
-        _, params_after, _, constant_after, rest_after = core.split(
-            live, Param, broadcast, fixed, ...)
+        _, params_after, _, constant_after, rest_after = core.split(live, Param, broadcast, fixed, ...)
         after = jax.tree.leaves((params_after, constant_after))
         if any(a is not b for a, b in zip(after, constant_leaves)):
             raise RuntimeError(
@@ -480,9 +664,13 @@ class Bidirectional(Module):
     The carry is `(forward_carry, backward_carry)`."""
 
     def __init__(
-        self, forward_rnn: RNN, backward_rnn: RNN, *,
+        self,
+        forward_rnn: RNN,
+        backward_rnn: RNN,
+        *,
         merge_fn: tp.Callable[[Array, Array], Array] = _concatenate,
-        time_major: bool = False, return_carry: bool = False,
+        time_major: bool = False,
+        return_carry: bool = False,
         rngs: Rngs | RngStream | bool = True,
     ):
         self.forward_rnn = forward_rnn
@@ -492,10 +680,16 @@ class Bidirectional(Module):
         self.return_carry = return_carry
 
     def __call__(
-        self, inputs: Array, *, initial_carry: tuple[Carry, Carry] | None = None,
-        rngs: Rngs | RngStream | None = None, seq_lengths: Array | None = None,
-        return_carry: bool | None = None, time_major: bool | None = None,
-        reverse: bool | None = None, keep_order: bool | None = None,
+        self,
+        inputs: Array,
+        *,
+        initial_carry: tuple[Carry, Carry] | None = None,
+        rngs: Rngs | RngStream | None = None,
+        seq_lengths: Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
     ) -> tp.Any:
         """`reverse`/`keep_order` are accepted for signature compatibility and ignored:
         the backward direction always runs reversed and keeps input order."""
@@ -503,12 +697,23 @@ class Bidirectional(Module):
         time_major = self.time_major if time_major is None else time_major
         fw0, bw0 = (None, None) if initial_carry is None else initial_carry
         fw_carry, fw_out = self.forward_rnn(
-            inputs, initial_carry=fw0, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=False, rngs=rngs,
+            inputs,
+            initial_carry=fw0,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=False,
+            rngs=rngs,
         )
         bw_carry, bw_out = self.backward_rnn(
-            inputs, initial_carry=bw0, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=True, keep_order=True, rngs=rngs,
+            inputs,
+            initial_carry=bw0,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=True,
+            keep_order=True,
+            rngs=rngs,
         )
         outputs = jax.tree.map(self.merge_fn, fw_out, bw_out)
         return ((fw_carry, bw_carry), outputs) if return_carry else outputs

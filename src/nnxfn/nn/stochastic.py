@@ -32,8 +32,7 @@ def _no_rngs() -> ValueError:
 
 def _bad_rngs(rngs: tp.Any) -> TypeError:
     return TypeError(
-        f"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, "
-        f"got {type(rngs).__name__}."
+        f"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, got {type(rngs).__name__}."
     )
 
 

@@ -122,8 +122,7 @@ def _mark_static(node: Object) -> None:
 
 # -- intercepting calls ------------------------------------------------------------------------
 class _Recorder:
-    def __init__(self, stats: dict[int, _Stats], node_types: tuple[type, ...],
-                 flops: bool, vjp_flops: bool):
+    def __init__(self, stats: dict[int, _Stats], node_types: tuple[type, ...], flops: bool, vjp_flops: bool):
         self.stats = stats
         self.node_types = node_types
         self.flops = flops
@@ -143,8 +142,7 @@ class _Recorder:
         if (inputs_repr, tag, name) not in self.seen:
             self.seen.add((inputs_repr, tag, name))
             path = self.stats[tag].path + ((name,) if name != "__call__" else ())
-            info = CallInfo(len(self.rows), tag, type(obj), path, inputs_repr, None,
-                            inputs_cell=inputs)
+            info = CallInfo(len(self.rows), tag, type(obj), path, inputs_repr, None, inputs_cell=inputs)
             self.rows.append(info)
         self.active.add((tag, name))
         try:
@@ -160,8 +158,9 @@ class _Recorder:
             info.outputs = outputs
         return outputs
 
-    def _measured(self, obj: tp.Any, fn: tp.Callable, args: tuple, kwargs: dict,
-                  new_row: bool) -> tuple[tp.Any, float | None, float | None]:
+    def _measured(
+        self, obj: tp.Any, fn: tp.Callable, args: tuple, kwargs: dict, new_row: bool
+    ) -> tuple[tp.Any, float | None, float | None]:
         """Run the call through `jax.jit`, reading XLA's FLOP estimate from the lowering.
 
         The body is traced once (calls nested in it are recorded then); the
@@ -214,8 +213,9 @@ def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, tp.
     for cls, methods in resolved.items():
         for name, fn in methods.items():
 
-            def wrapper(self: tp.Any, *args: tp.Any, _fn: tp.Callable = fn, _name: str = name,
-                        **kwargs: tp.Any) -> tp.Any:
+            def wrapper(
+                self: tp.Any, *args: tp.Any, _fn: tp.Callable = fn, _name: str = name, **kwargs: tp.Any
+            ) -> tp.Any:
                 return recorder.call(self, _name, _fn, args, kwargs)
 
             wrapper.__name__ = name
@@ -316,8 +316,9 @@ def tabulate(
     `force_jupyter` inside IPython); without it, a plain-text table.
     """
     if not isinstance(obj, Object):
-        raise TypeError(f"tabulate: expected an nnx.Module (or another nnx.Pytree), "
-                        f"got {type(obj).__name__}.")
+        raise TypeError(
+            f"tabulate: expected an nnx.Module (or another nnx.Pytree), got {type(obj).__name__}."
+        )
     if not callable(getattr(obj, method, None)):
         raise AttributeError(f"tabulate: {type(obj).__name__} has no method {method!r}.")
     clone = core.clone(obj)
@@ -331,8 +332,9 @@ def tabulate(
         if getattr(fn, "_nnxfn_tabulate", False):
             fn(clone, *input_args, **input_kwargs)
         else:  # a private method, or a callable attribute: record the root call itself
-            recorder.call(clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k),
-                          input_args, input_kwargs)
+            recorder.call(
+                clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k), input_args, input_kwargs
+            )
     finally:
         _unpatch(undo)
 
@@ -344,8 +346,12 @@ def tabulate(
     table_rows = []
     for r in rows:
         info = stats[r.object_id]
-        row = [[[("/".join(str(p) for p in r.path), None)]], [[(r.type.__name__, None)]],
-               r.inputs_cell, cells.top_lines(r.outputs, node_types)]
+        row = [
+            [[("/".join(str(p) for p in r.path), None)]],
+            [[(r.type.__name__, None)]],
+            r.inputs_cell,
+            cells.top_lines(r.outputs, node_types),
+        ]
         row += [_flops_cell(r.flops)] * compute_flops + [_flops_cell(r.vjp_flops)] * compute_vjp_flops
         row += [_variable_cell(info, col) for col in columns]
         table_rows.append(row)
@@ -361,8 +367,9 @@ def tabulate(
         title = dict(table_kwargs).get("title", title)
         footer[n_before - 1] = "Total"
         return cells.render_plain(title, header, table_rows, footer, caption)
-    return cells.render_rich(title, header, table_rows, footer, caption, n_before - 1,
-                             table_kwargs, column_kwargs, console_kwargs)
+    return cells.render_rich(
+        title, header, table_rows, footer, caption, n_before - 1, table_kwargs, column_kwargs, console_kwargs
+    )
 
 
 def display(*objects: tp.Any) -> None:

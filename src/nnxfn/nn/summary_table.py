@@ -150,10 +150,17 @@ def count_segments(size: int, nbytes: int, bold: bool = False) -> Line:
 
 
 # -- rendering ---------------------------------------------------------------------------------
-def render_rich(title: str, header: list[str], rows: list[list[Cell]], footer: list[str],
-                caption: str, total_column: int, table_kwargs: tp.Mapping[str, tp.Any],
-                column_kwargs: tp.Mapping[str, tp.Any],
-                console_kwargs: tp.Mapping[str, tp.Any]) -> str:
+def render_rich(
+    title: str,
+    header: list[str],
+    rows: list[list[Cell]],
+    footer: list[str],
+    caption: str,
+    total_column: int,
+    table_kwargs: tp.Mapping[str, tp.Any],
+    column_kwargs: tp.Mapping[str, tp.Any],
+    console_kwargs: tp.Mapping[str, tp.Any],
+) -> str:
     """The table through `rich.table.Table`, printed by a `rich.console.Console`."""
     import rich.console
     import rich.table
@@ -192,8 +199,9 @@ def render_rich(title: str, header: list[str], rows: list[list[Cell]], footer: l
     return buffer.getvalue()
 
 
-def render_plain(title: str, header: list[str], rows: list[list[Cell]], footer: list[str],
-                 caption: str) -> str:
+def render_plain(
+    title: str, header: list[str], rows: list[list[Cell]], footer: list[str], caption: str
+) -> str:
     """The same table in ASCII, for installs without rich."""
     cells = [[text(c).split("\n") if c else [] for c in row] for row in rows]
     cells.append([[f] if f else [] for f in footer])

@@ -43,8 +43,12 @@ Backend = tp.Literal["auto", "orbax", "npz"]
 
 
 def save_checkpoint(
-    directory: tp.Any, *items: tp.Any, step: int | None = None, max_to_keep: int | None = None,
-    overwrite: bool = True, backend: Backend = "auto",
+    directory: tp.Any,
+    *items: tp.Any,
+    step: int | None = None,
+    max_to_keep: int | None = None,
+    overwrite: bool = True,
+    backend: Backend = "auto",
 ) -> Path:
     """Save the state of each item (graph node, State, pytree) as checkpoint `step`.
 
@@ -98,8 +102,9 @@ def restore_checkpoint(directory: tp.Any, *targets: tp.Any, step: int | None = N
         raise TypeError("restore_checkpoint(directory, *targets): give the model(s) to restore into.")
     if _is_manager(directory):
         directory.wait_until_finished()
-        return _restore_orbax(directory, _pick_step(directory.all_steps(), step, directory.directory),
-                              targets)
+        return _restore_orbax(
+            directory, _pick_step(directory.all_steps(), step, directory.directory), targets
+        )
     path = Path(directory).absolute()
     if (path / fmt.META).is_file():  # one npz step (or a version-1 checkpoint)
         return _restore_file_layout(path, targets)
@@ -162,9 +167,9 @@ def _restore_orbax(manager: tp.Any, step: int, targets: tuple) -> tp.Any:
     arrays: list[dict] = [{} for _ in flats]
     if any(flats):
         abstract = _orbax_tree([fmt.pure([(p, fmt.data_spec(x)) for p, x in f]) for f in flats])
-        tree = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )["state"]
+        tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+            "state"
+        ]
         trees = [tree] if len(flats) == 1 else [tree[str(i)] for i in range(len(flats))]
         raws = [dict(fmt.State(t).flat_state()) if t else {} for t in trees]
         arrays = [{p: fmt.from_data(raw[p], x) for p, x in f} for raw, f in zip(raws, flats)]
@@ -233,8 +238,14 @@ def _choose_backend(backend: str) -> str:
 
 
 # -- the npz fallback (single host, no orbax) ------------------------------------------------
-def _save_npz(root: Path, flats: list[list[fmt.Leaf]], meta: dict, step: int | None,
-              max_to_keep: int | None, overwrite: bool) -> Path:
+def _save_npz(
+    root: Path,
+    flats: list[list[fmt.Leaf]],
+    meta: dict,
+    step: int | None,
+    max_to_keep: int | None,
+    overwrite: bool,
+) -> Path:
     steps = _step_dirs(root)
     step = _next_step(steps) if step is None else int(step)
     path = root / str(step)
@@ -280,5 +291,6 @@ def _restore_file_layout(path: Path, targets: tuple) -> tp.Any:
         tree = ckptr.restore(path / "state", abstract)
     trees = [tree] if len(flats) == 1 else [tree[str(i)] for i in range(len(flats))]
     raws = [dict(fmt.State(t).flat_state()) if t else {} for t in trees]
-    return _finish(targets, states,
-                   [{p: fmt.from_data(raw[p], x) for p, x in f} for raw, f in zip(raws, flats)])
+    return _finish(
+        targets, states, [{p: fmt.from_data(raw[p], x) for p, x in f} for raw, f in zip(raws, flats)]
+    )

@@ -64,9 +64,7 @@ def pure(flat: list[Leaf]) -> dict:
 
 
 def write_back(target: tp.Any, state: State, values: dict) -> tp.Any:
-    new = State.from_flat_path(
-        [(p, _replace(v, values[p])) for p, v in state.flat_state()]
-    )
+    new = State.from_flat_path([(p, _replace(v, values[p])) for p, v in state.flat_state()])
     if isinstance(target, State):
         return new
     if is_graph_node(target):
@@ -175,11 +173,11 @@ def data_flat(flat: list[Leaf]) -> list[Leaf]:
     return [(p, _to_data(x)) for p, x in flat]
 
 
-
 # -- the npz backend (installs without orbax) ----------------------------------------
 def write_npz(tmp: Path, flats: list[list[Leaf]]) -> None:
     arrays = {
-        f"{i}/{k}": np.asarray(jax.device_get(_to_data(x))) for i, flat in enumerate(flats)
+        f"{i}/{k}": np.asarray(jax.device_get(_to_data(x)))
+        for i, flat in enumerate(flats)
         for k, (_, x) in enumerate(flat)
     }
     with open(tmp / "arrays.npz", "wb") as f:

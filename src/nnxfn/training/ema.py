@@ -48,16 +48,19 @@ class EMA(Object):
     """
 
     def __init__(
-        self, params: tp.Any, decay: float, *, only: tp.Any = ..., graph: bool | None = None,
+        self,
+        params: tp.Any,
+        decay: float,
+        *,
+        only: tp.Any = ...,
+        graph: bool | None = None,
     ):
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(_bad_decay(decay))
         self.decay = decay
         self.filter = static(only)
         tracked = _tracked(params, only)
-        self.params = data(
-            State.from_flat_path([(p, _copy(p, v)) for p, v in tracked.flat_state()])
-        )
+        self.params = data(State.from_flat_path([(p, _copy(p, v)) for p, v in tracked.flat_state()]))
 
     def update(self, updates: tp.Any) -> None:
         """Fold the current values of the tracked Variables of `updates` (a model
@@ -115,10 +118,7 @@ def _check_paths(averages: dict[Path, tp.Any], model: dict[Path, tp.Any], where:
 
 # -- error messages -----------------------------------------------------------------
 def _bad_decay(decay: tp.Any) -> str:
-    return (
-        f"EMA: decay={decay!r} must be in [0, 1] (it is the weight of the old "
-        "average; 0.999 is typical)."
-    )
+    return f"EMA: decay={decay!r} must be in [0, 1] (it is the weight of the old average; 0.999 is typical)."
 
 
 def _not_a_variable(path: Path, leaf: tp.Any) -> str:

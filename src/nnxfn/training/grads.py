@@ -82,9 +82,7 @@ def match_grads(
         raise ValueError(_no_match(what, wrt, list(want), dropped + unknown))
     missing = [p for p in want if p not in found]
     wrong = [
-        (p, found[p], unbox(want[p]))
-        for p in want
-        if p in found and _mismatch(found[p], unbox(want[p]))
+        (p, found[p], unbox(want[p])) for p in want if p in found and _mismatch(found[p], unbox(want[p]))
     ]
     if missing or unknown or wrong:
         raise ValueError(_mismatch_message(what, missing, unknown, wrong))
@@ -158,9 +156,7 @@ def _mismatch_message(
     if unknown:
         lines.append(f"  in {what} but not trained: {_show(unknown)}")
     for path, grad, param in wrong:
-        lines.append(
-            f"  {path_str(path, 'model')}: gradient {_spec(grad)}, parameter {_spec(param)}"
-        )
+        lines.append(f"  {path_str(path, 'model')}: gradient {_spec(grad)}, parameter {_spec(param)}")
     lines.append(
         "Pass the gradients of the model this optimizer was built for, e.g. "
         "`grads = nnx.grad(loss_fn)(model)` then `optimizer.update(model, grads)`."

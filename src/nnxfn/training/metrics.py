@@ -137,7 +137,9 @@ class Statistics(tp.NamedTuple):
     def variance(self) -> jax.Array:
         return self.standard_deviation**2
 
-    var = variance
+    @property
+    def var(self) -> jax.Array:
+        return self.variance
 
 
 class Welford(Metric):

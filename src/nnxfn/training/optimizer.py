@@ -170,7 +170,11 @@ class ModelAndOptimizer(Optimizer[M]):
     layout of Flax < 0.11), and `update(grads)` trains it."""
 
     def __init__(
-        self, model: M, tx: optax.GradientTransformation, *, wrt: tp.Any = Param,
+        self,
+        model: M,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: tp.Any = Param,
         graph: bool | None = None,
     ):
         super().__init__(model, tx, wrt=wrt)
@@ -279,9 +283,7 @@ def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:
     meta = dict(items)
     if isinstance(x, jax.core.Tracer) or own:
         return spmd.shard_value(x, meta) if spmd.spec_key(meta) else x
-    if isinstance(x, jax.Array) and isinstance(param, jax.Array) and not isinstance(
-        param, jax.core.Tracer
-    ):
+    if isinstance(x, jax.Array) and isinstance(param, jax.Array) and not isinstance(param, jax.core.Tracer):
         if not x.sharding.is_equivalent_to(param.sharding, x.ndim):
             return jax.device_put(x, param.sharding)
     return x
@@ -315,7 +317,8 @@ def _nothing_to_train(wrt: tp.Any, model: tp.Any) -> str:
     hint = (
         " A string filter selects Variables by *tag* (as in Flax NNX), not a Linen "
         "collection name: for the parameters write `wrt=nnx.Param`."
-        if isinstance(wrt, str) else ""
+        if isinstance(wrt, str)
+        else ""
     )
     return (
         f"nnx.Optimizer: wrt={wrt!r} matches none of the model's Variables, so the "

@@ -64,13 +64,22 @@ class TrainState(tp.Generic[M]):
 
     @classmethod
     def create(
-        cls: type[TS], graphdef: GraphDef, *, params: State, tx: optax.GradientTransformation,
-        step: int = 0, **kwargs: tp.Any,
+        cls: type[TS],
+        graphdef: GraphDef,
+        *,
+        params: State,
+        tx: optax.GradientTransformation,
+        step: int = 0,
+        **kwargs: tp.Any,
     ) -> TS:
         """A new state with `tx.init(params)` and `step`; `kwargs` fill the extra fields."""
         return cls(  # type: ignore[call-arg]
-            graphdef=graphdef, params=params, opt_state=tx.init(params),
-            step=jnp.asarray(step), tx=tx, **kwargs,
+            graphdef=graphdef,
+            params=params,
+            opt_state=tx.init(params),
+            step=jnp.asarray(step),
+            tx=tx,
+            **kwargs,
         )
 
     def replace(self: TS, **changes: tp.Any) -> TS:

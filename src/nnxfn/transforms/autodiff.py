@@ -66,7 +66,8 @@ class _Selection:
         # A Variable given directly (not inside a Module) is differentiated whatever the
         # filter, as in Flax; inside graph objects the filter (default `Param`) selects.
         self.state = [
-            i for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
+            i
+            for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
             if o in preds and (len(path) == 1 or preds[o](path[1:], leaf))
         ]
         self.other = [i for i, o in enumerate(other_owner) if o in preds]
@@ -102,7 +103,7 @@ class _Selection:
             new_leaves = []
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
-                    k = node_ids[id(leaf)]             # is a Variable of the same type
+                    k = node_ids[id(leaf)]  # is a Variable of the same type
                     i = next((i for i, p in enumerate(e.static.paths) if p == (k,)), None)
                     if i is None or id(leaf) in seen:  # seen before: its gradient is there
                         new_leaves.append(core.State({}))
@@ -154,8 +155,16 @@ def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell
 
 
 class _GradWrapped(MethodWrapper):
-    def __init__(self, fn: tp.Callable, argnums: tp.Any, has_aux: bool, holomorphic: bool,
-                 allow_int: bool, return_value: bool, name: str):
+    def __init__(
+        self,
+        fn: tp.Callable,
+        argnums: tp.Any,
+        has_aux: bool,
+        holomorphic: bool,
+        allow_int: bool,
+        return_value: bool,
+        name: str,
+    ):
         check_not_bound(fn, name)
         _check_argnums(argnums, name)
         functools.update_wrapper(self, fn)
@@ -170,7 +179,10 @@ class _GradWrapped(MethodWrapper):
         inner = _primal_fn(self.fn, sel, self.has_aux, self.name, cell)
 
         (_, (out_arrays, emitted)), (g_state, g_other) = jax.value_and_grad(
-            inner, argnums=(0, 1), has_aux=True, holomorphic=self.holomorphic,
+            inner,
+            argnums=(0, 1),
+            has_aux=True,
+            holomorphic=self.holomorphic,
             allow_int=self.allow_int,
         )(*sel.primals())
         out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
@@ -180,10 +192,17 @@ class _GradWrapped(MethodWrapper):
         return (grads, out[1]) if self.has_aux else grads
 
 
-def value_and_grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-                   *, holomorphic: bool = False, allow_int: bool = False,
-                   reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
-                   graph_updates: bool | None = None) -> tp.Any:
+def value_and_grad(
+    f: tp.Callable | None = None,
+    argnums: tp.Any = 0,
+    has_aux: bool = False,
+    *,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+    reduce_axes: tp.Sequence[tp.Hashable] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.value_and_grad`; module arguments are differentiated w.r.t. their
     `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s.
     `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
@@ -193,10 +212,17 @@ def value_and_grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: b
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
 
 
-def grad(f: tp.Callable | None = None, argnums: tp.Any = 0, has_aux: bool = False,
-         *, holomorphic: bool = False, allow_int: bool = False,
-         reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
-         graph_updates: bool | None = None) -> tp.Any:
+def grad(
+    f: tp.Callable | None = None,
+    argnums: tp.Any = 0,
+    has_aux: bool = False,
+    *,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+    reduce_axes: tp.Sequence[tp.Hashable] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.grad`; see `value_and_grad`."""
     _check_reduce_axes(reduce_axes, "nnx.grad")
     if f is None:
@@ -212,9 +238,14 @@ def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None
         )
 
 
-def vjp(f: tp.Callable | None = None, *primals: tp.Any, has_aux: bool = False,
-        reduce_axes: tp.Sequence[tp.Hashable] = (), graph: bool | None = None,
-        graph_updates: bool | None = None) -> tp.Any:
+def vjp(
+    f: tp.Callable | None = None,
+    *primals: tp.Any,
+    has_aux: bool = False,
+    reduce_axes: tp.Sequence[tp.Hashable] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.vjp`; cotangents for module primals are States of their Params.
     Without primals (or without `f`) returns a partial waiting for them."""
     _check_reduce_axes(reduce_axes, "nnx.vjp")
@@ -241,9 +272,15 @@ def vjp(f: tp.Callable | None = None, *primals: tp.Any, has_aux: bool = False,
     return primal_out, vjp_fn
 
 
-def jvp(f: tp.Callable | None = None, primals: tp.Sequence | None = None,
-        tangents: tp.Sequence | None = None, *, has_aux: bool = False,
-        graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def jvp(
+    f: tp.Callable | None = None,
+    primals: tp.Sequence | None = None,
+    tangents: tp.Sequence | None = None,
+    *,
+    has_aux: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.jvp`; tangents for module primals are States of their Params.
     Without primals/tangents (or without `f`) returns a partial waiting for them."""
     if f is None:
@@ -271,9 +308,7 @@ def jvp(f: tp.Callable | None = None, primals: tp.Sequence | None = None,
 
 def _tangent_leaves(primal: tp.Any, tangent: tp.Any) -> list:
     """Tangent leaves paired with the primal's leaves (a State or Module per graph object)."""
-    return jax.tree_util.tree_leaves(
-        tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x)
-    )
+    return jax.tree_util.tree_leaves(tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x))
 
 
 def _tangent_others(sel: _Selection, tangents: tp.Sequence) -> list:
@@ -312,9 +347,15 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     return out
 
 
-def remat(f: tp.Callable | None = None, *, prevent_cse: bool = True,
-          static_argnums: int | tuple[int, ...] = (), policy: tp.Callable | None = None,
-          graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def remat(
+    f: tp.Callable | None = None,
+    *,
+    prevent_cse: bool = True,
+    static_argnums: int | tuple[int, ...] = (),
+    policy: tp.Callable | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
     if f is None:
         return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)

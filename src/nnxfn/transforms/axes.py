@@ -61,6 +61,7 @@ class NodePrefix:
 
 def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
     """`specs` with every graph object in it (a node-shaped prefix) made a `NodePrefix`."""
+
     def is_prefix(s: tp.Any) -> bool:
         return is_node(s) or isinstance(s, TreeState)
 
@@ -93,16 +94,22 @@ def entry_axes(entry: Entry, specs: list) -> tuple[list, list]:
     """Axes of an Entry's state leaves and other leaves."""
     node_spec = [specs[p] for p in entry.static.node_positions]
     state = [
-        resolve(node_spec[path[0]], path[1:], leaf)
-        for path, leaf in zip(entry.static.paths, entry.live)
+        resolve(node_spec[path[0]], path[1:], leaf) for path, leaf in zip(entry.static.paths, entry.live)
     ]
     fixed = set(entry.static.node_positions) | {p for p, _ in entry.static.static_leaves}
     others = [specs[i] for i in range(len(specs)) if i not in fixed]
     return state, others
 
 
-def exit_axes(name: str, exit: ExitStatic, entry: Entry, entry_state_axes: list,
-              in_specs: list, out_specs: tp.Any, emitted_leaves: list) -> tuple[list, list]:
+def exit_axes(
+    name: str,
+    exit: ExitStatic,
+    entry: Entry,
+    entry_state_axes: list,
+    in_specs: list,
+    out_specs: tp.Any,
+    emitted_leaves: list,
+) -> tuple[list, list]:
     """Axes for (out arrays, emitted state values) of one exit."""
     out_flat = flatten_axes(f"{name} out_axes", exit.out_treedef, wrap_node_prefixes(out_specs))
     out_arrays = [a for i, a in enumerate(out_flat) if i not in exit.out_positions]

@@ -99,9 +99,17 @@ class Entry:
 
     __slots__ = ("static", "values", "others", "live", "_objects", "nodes", "view", "groups")
 
-    def __init__(self, static: EntryStatic, values: list, others: list, live: list,
-                 objects: list | None, nodes: list, view: CachedView | None = None,
-                 groups: list | None = None):
+    def __init__(
+        self,
+        static: EntryStatic,
+        values: list,
+        others: list,
+        live: list,
+        objects: list | None,
+        nodes: list,
+        view: CachedView | None = None,
+        groups: list | None = None,
+    ):
         self.static = static
         self.values = values
         self.others = others
@@ -259,8 +267,10 @@ class EntryCache:
             return None
         inside = {i for g in groups for i in range(g.start, g.start + len(g.arrays))}
         variables = [x for i, x in enumerate(entry.live) if i not in inside]
-        if not all(type(x) is not None and isinstance(x, Variable) and x._frame is not context.FOREIGN
-                   for x in variables):
+        if not all(
+            type(x) is not None and isinstance(x, Variable) and x._frame is not context.FOREIGN
+            for x in variables
+        ):
             return None
         entries = self._entries
 
@@ -275,9 +285,18 @@ class EntryCache:
         node_refs = [r for r, x in zip(object_refs, entry.objects) if not isinstance(x, VariableLike)]
         versions = tuple(context.version_of(x) for x in entry.objects if not isinstance(x, VariableLike))
         return CachedView(
-            static, variables, tuple(groups), arg_refs, object_refs, node_refs, versions,
+            static,
+            variables,
+            tuple(groups),
+            arg_refs,
+            object_refs,
+            node_refs,
+            versions,
             list(map(_META, variables)),
-            [(c, _snapshot(c)) for c in found if c is not entry.nodes], epoch, hard, {},
+            [(c, _snapshot(c)) for c in found if c is not entry.nodes],
+            epoch,
+            hard,
+            {},
         )
 
 
@@ -343,8 +362,8 @@ def _use(view: CachedView, leaves: list, nodes: list) -> Entry | None:
         live = list(live)
         for g, (_, flat) in zip(view.groups, groups):
             arrays = [flat[i] for i in g.arrays]
-            values[g.start:g.start] = arrays
-            live[g.start:g.start] = arrays
+            values[g.start : g.start] = arrays
+            live[g.start : g.start] = arrays
     others = [x for x, n in zip(leaves, nodes) if not n]
     arg_nodes = [x for x, n in zip(leaves, nodes) if n]
     return Entry(view.static, values, others, live, None, arg_nodes, view, groups)
@@ -411,11 +430,7 @@ def _snapshot(container: tp.Any) -> tuple:
 
 
 def _same_snapshot(a: tuple, b: tuple) -> bool:
-    return (
-        a[0] == b[0]
-        and len(a[1]) == len(b[1])
-        and all(map(operator.is_, a[1], b[1]))
-    )
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(map(operator.is_, a[1], b[1]))
 
 
 @dataclasses.dataclass
@@ -429,8 +444,9 @@ class Inside:
     frame: context.Frame
 
 
-def rebuild(static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
-            frame: context.Frame) -> tuple[tuple, dict, Inside]:
+def rebuild(
+    static: EntryStatic, values: tp.Sequence, others: tp.Sequence, frame: context.Frame
+) -> tuple[tuple, dict, Inside]:
     """Fresh args/kwargs from traced values; call inside `frame`."""
     made: list = []
     try:  # by position: no paths, no recursion
@@ -472,26 +488,29 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     graphdef, pairs = core.flatten((inside.nodes, out_nodes), copy=False, objects=new_objects)
     entry_index = {id(obj): i for i, obj in inside.objects.items()}
     origins = tuple(
-        (new_i, entry_index[id(obj)])
-        for new_i, obj in enumerate(new_objects)
-        if id(obj) in entry_index
+        (new_i, entry_index[id(obj)]) for new_i, obj in enumerate(new_objects) if id(obj) in entry_index
     )
     n_in = len(inside.static.paths)
     in_part = graphdef.root.children[0][1]
     # Same structure (flat compare: any depth), and every object still where it was
     # (a swap of two equal-looking sub-objects is a structural change).
-    same = (GraphDef(in_part, n_in) == inside.static.graphdef and len(origins) == len(inside.objects)
-            and all(n == o for n, o in origins))
+    same = (
+        GraphDef(in_part, n_in) == inside.static.graphdef
+        and len(origins) == len(inside.objects)
+        and all(n == o for n, o in origins)
+    )
     if same and not out_nodes:
         changed = tuple(
-            i for i, (_, leaf) in enumerate(pairs[:n_in])
+            i
+            for i, (_, leaf) in enumerate(pairs[:n_in])
             if i in emit_all or raw(leaf) is not inside.values[i]
         )
         values = [raw(pairs[i][1]) for i in changed]
         return ExitStatic(changed, None, (), origins, out_treedef, out_positions), out_arrays, values
     if same:
         changed = tuple(
-            i for i, (_, leaf) in enumerate(pairs[:n_in])
+            i
+            for i, (_, leaf) in enumerate(pairs[:n_in])
             if i in emit_all or raw(leaf) is not inside.values[i]
         )
         emitted = [pairs[i] for i in changed] + list(pairs[n_in:])
@@ -588,5 +607,7 @@ def _plan(view: CachedView, entry: Entry, changed: tp.Sequence[int]) -> CommitPl
     all_vars = len(picks) == len(changed)
     return CommitPlan(
         changed if type(changed) is tuple else tuple(changed),
-        targets, None if all_vars else picks, list(by_group.items()),
+        targets,
+        None if all_vars else picks,
+        list(by_group.items()),
     )

@@ -46,8 +46,7 @@ def signature_of(fn: tp.Callable) -> inspect.Signature | None:
         return None
 
 
-def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict,
-                  name: str) -> tuple[tuple, dict]:
+def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict, name: str) -> tuple[tuple, dict]:
     """Keyword arguments moved to their positions (defaults filled in between), so
     positional axes specs (`in_axes`) cover them; keyword-only ones stay keywords."""
     if not kwargs or sig is None:
@@ -68,8 +67,16 @@ def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
     return tuple(x)
 
 
-def run_inside(fn: tp.Callable, static: EntryStatic, values: tp.Sequence, others: tp.Sequence,
-               name: str, emit_all: tp.Container[int] = (), *, with_output: bool = False) -> tuple:
+def run_inside(
+    fn: tp.Callable,
+    static: EntryStatic,
+    values: tp.Sequence,
+    others: tp.Sequence,
+    name: str,
+    emit_all: tp.Container[int] = (),
+    *,
+    with_output: bool = False,
+) -> tuple:
     """Rebuild fresh args, call `fn`, return (exit static, out arrays, emitted values)
     (and the raw output, inside the trace, if `with_output`)."""
     frame = context.Frame(name)

@@ -45,8 +45,14 @@ def _finish(entry: boundary.Entry, cell: dict, out_arrays: list, emitted: list) 
     return boundary.commit(entry, cell["exits"][0], out_arrays, emitted)
 
 
-def cond(pred: tp.Any, true_fun: tp.Callable, false_fun: tp.Callable, *operands: tp.Any,
-         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def cond(
+    pred: tp.Any,
+    true_fun: tp.Callable,
+    false_fun: tp.Callable,
+    *operands: tp.Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.lax.cond`; Modules may be operands and be written by either branch."""
     entry = boundary.enter(operands, {})
     cell: dict = {}
@@ -54,13 +60,19 @@ def cond(pred: tp.Any, true_fun: tp.Callable, false_fun: tp.Callable, *operands:
         pred,
         _branch_fn(entry, true_fun, "nnx.cond", cell),
         _branch_fn(entry, false_fun, "nnx.cond", cell),
-        entry.values, entry.others,
+        entry.values,
+        entry.others,
     )
     return _finish(entry, cell, out_arrays, emitted)
 
 
-def switch(index: tp.Any, branches: tp.Sequence[tp.Callable], *operands: tp.Any,
-           graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def switch(
+    index: tp.Any,
+    branches: tp.Sequence[tp.Callable],
+    *operands: tp.Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.lax.switch`; Modules may be operands and be written by any branch."""
     entry = boundary.enter(operands, {})
     cell: dict = {}
@@ -92,23 +104,38 @@ def _loop_step(entry: boundary.Entry, fn: tp.Callable, name: str) -> tp.Callable
     return step
 
 
-def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val: tp.Any, *,
-               graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def while_loop(
+    cond_fun: tp.Callable,
+    body_fun: tp.Callable,
+    init_val: tp.Any,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.lax.while_loop`; `init_val` may hold Modules, updated in place."""
     entry = boundary.enter((init_val,), {})
     step = _loop_step(entry, body_fun, "nnx.while_loop")
 
     def test(carry: tuple) -> tp.Any:
-        out = run_inside(lambda v: cond_fun(v), entry.static, carry[0], carry[1],
-                         "nnx.while_loop", with_output=True)[-1]
+        out = run_inside(
+            lambda v: cond_fun(v), entry.static, carry[0], carry[1], "nnx.while_loop", with_output=True
+        )[-1]
         return out
 
     values, others = jax.lax.while_loop(test, lambda c: step(c[0], c[1]), (entry.values, entry.others))
     return _write_back(entry, values, others)
 
 
-def fori_loop(lower: int, upper: int, body_fun: tp.Callable, init_val: tp.Any, *,
-              unroll: int | bool | None = None, graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def fori_loop(
+    lower: int,
+    upper: int,
+    body_fun: tp.Callable,
+    init_val: tp.Any,
+    *,
+    unroll: int | bool | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.lax.fori_loop` with `body_fun(i, val) -> val`; Modules updated in place."""
     entry = boundary.enter((init_val,), {})
     step = _loop_step(entry, body_fun, "nnx.fori_loop")

@@ -158,11 +158,16 @@ class CustomVjp:
             out_g_arrays, state_g = g
             exit_static = cell["exit"]
             n_out = exit_static.out_treedef.num_leaves
-            out_g = boundary.assemble(exit_static.out_treedef, exit_static.out_positions,
-                                      [None] * len(exit_static.out_positions), out_g_arrays)
+            out_g = boundary.assemble(
+                exit_static.out_treedef,
+                exit_static.out_positions,
+                [None] * len(exit_static.out_positions),
+                out_g_arrays,
+            )
             del n_out
-            inputs_g = tuple(self._state_cotangent(entry, args[i], state_owner, i, state_g)
-                             for i in diff_args)
+            inputs_g = tuple(
+                self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
+            )
             nondiff = [args[i] for i in self.nondiff_argnums]
             cts = self.bwd(*nondiff, user_res, (inputs_g, out_g))
             cts = cts if isinstance(cts, (tuple, list)) else (cts,)
@@ -172,8 +177,7 @@ class CustomVjp:
                     f"{len(diff_args)} differentiable arguments (nondiff_argnums="
                     f"{self.nondiff_argnums}); return one per differentiable argument."
                 )
-            return self._align(entry, args, diff_args, cts, values, others, diff_state,
-                               other_owner)
+            return self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
 
         run = jax.custom_vjp(primal)
         run.defvjp(fwd, bwd, symbolic_zeros=False)
@@ -183,8 +187,10 @@ class CustomVjp:
             # Commit every leaf we may write (its value now depends on the call, so later
             # uses send their cotangent through `inputs_g`); captured objects only if written.
             frame = context.current_frame()
-            keep = sorted(set(exit_static.changed) | {
-                i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame})
+            keep = sorted(
+                set(exit_static.changed)
+                | {i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame}
+            )
             exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
             emitted = [after[i] for i in keep]
         else:
@@ -205,8 +211,9 @@ class CustomVjp:
         return out
 
     @staticmethod
-    def _state_cotangent(entry: boundary.Entry, arg: tp.Any, state_owner: list, argnum: int,
-                         state_g: list) -> tp.Any:
+    def _state_cotangent(
+        entry: boundary.Entry, arg: tp.Any, state_owner: list, argnum: int, state_g: list
+    ) -> tp.Any:
         """`inputs_g` entry: a State of Variables (cotangents) for a graph argument."""
         if not boundary.is_node(arg):
             return None
@@ -219,8 +226,16 @@ class CustomVjp:
         return core.State.from_flat_path(pairs)
 
     @staticmethod
-    def _align(entry: boundary.Entry, args: tuple, diff_args: list, cts: tp.Sequence,
-               values: list, others: list, diff_state: set[int], other_owner: list) -> tuple:
+    def _align(
+        entry: boundary.Entry,
+        args: tuple,
+        diff_args: list,
+        cts: tp.Sequence,
+        values: list,
+        others: list,
+        diff_state: set[int],
+        other_owner: list,
+    ) -> tuple:
         """Cotangents per state leaf / other leaf, zeros where the user gave none."""
         node_index = {id(n): k for k, n in enumerate(entry.nodes)}
         by_path: dict = {}
@@ -260,8 +275,10 @@ def _is_static(x: tp.Any) -> bool:
     """No arrays and no graph objects in `x`: it can stay a Python value."""
     from nnxfn.core.graph import is_array
 
-    return all(not boundary.is_node(leaf) and not is_array(leaf)
-               for leaf in jax.tree_util.tree_leaves(x, is_leaf=boundary.is_node))
+    return all(
+        not boundary.is_node(leaf) and not is_array(leaf)
+        for leaf in jax.tree_util.tree_leaves(x, is_leaf=boundary.is_node)
+    )
 
 
 def _like(template: tp.Any, value: tp.Any) -> tp.Any:
@@ -270,8 +287,7 @@ def _like(template: tp.Any, value: tp.Any) -> tp.Any:
     return value
 
 
-def _with_changed(exit_static: boundary.ExitStatic, changed: tuple,
-                  paths: tuple) -> boundary.ExitStatic:
+def _with_changed(exit_static: boundary.ExitStatic, changed: tuple, paths: tuple) -> boundary.ExitStatic:
     """`exit_static` emitting the input leaves `changed` (and nothing else)."""
     import dataclasses
 
@@ -282,8 +298,7 @@ def _with_changed(exit_static: boundary.ExitStatic, changed: tuple,
             "nnx.custom_vjp: the function returned a Module or Variable it created; return "
             "arrays (or its arguments) from a custom-gradient function."
         )
-    return dataclasses.replace(exit_static, changed=changed,
-                               paths=tuple((0,) + paths[i] for i in changed))
+    return dataclasses.replace(exit_static, changed=changed, paths=tuple((0,) + paths[i] for i in changed))
 
 
 def _new_state(path: tuple) -> str:
@@ -294,9 +309,13 @@ def _new_state(path: tuple) -> str:
     )
 
 
-def custom_vjp(fun: tp.Callable | None = None, *,
-               nondiff_argnums: int | tp.Sequence[int | DiffState] = (),
-               graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def custom_vjp(
+    fun: tp.Callable | None = None,
+    *,
+    nondiff_argnums: int | tp.Sequence[int | DiffState] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.custom_vjp` for functions of Modules, with Flax NNX's `bwd`
     convention (see the module docstring); also `@nnx.custom_vjp(nondiff_argnums=...)`.
     `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""

@@ -51,8 +51,11 @@ jax.tree_util.register_pytree_node(
 
 
 def _split(args: tuple) -> tuple[boundary.Entry | None, tuple]:
-    positions = [i for i, a in enumerate(args)
-                 if any(boundary.is_node(x) for x in jax.tree_util.tree_leaves(a, is_leaf=boundary.is_node))]
+    positions = [
+        i
+        for i, a in enumerate(args)
+        if any(boundary.is_node(x) for x in jax.tree_util.tree_leaves(a, is_leaf=boundary.is_node))
+    ]
     if not positions:
         return None, args
     entry = boundary.enter(tuple(args[i] for i in positions), {})
@@ -62,8 +65,11 @@ def _split(args: tuple) -> tuple[boundary.Entry | None, tuple]:
     for k, i in enumerate(positions):
         s_idx = tuple(j for j, o in enumerate(state_owner) if o == k)
         o_idx = tuple(j for j, o in enumerate(other_owner) if o == k)
-        pure[i] = PureArg((entry.static, k, s_idx, o_idx, sizes, len(positions)),
-                          [entry.values[j] for j in s_idx], [entry.others[j] for j in o_idx])
+        pure[i] = PureArg(
+            (entry.static, k, s_idx, o_idx, sizes, len(positions)),
+            [entry.values[j] for j in s_idx],
+            [entry.others[j] for j in o_idx],
+        )
     return entry, tuple(pure)
 
 
@@ -119,8 +125,7 @@ def merge_inputs(f: F) -> F:
             for p in pure:
                 full.append(next(it) if isinstance(p, PureArg) else p)
             out = f(*full)
-            exit_static, out_arrays, emitted = boundary.leave(
-                inside, out, emit_all=range(n_state))
+            exit_static, out_arrays, emitted = boundary.leave(inside, out, emit_all=range(n_state))
         finally:
             context.pop_frame(frame)
         if exit_static.changed is None or exit_static.graphdef is not None:
@@ -132,7 +137,8 @@ def merge_inputs(f: F) -> F:
         new_values = list(emitted)
         args_out = tuple(
             PureArg(p.static, [new_values[j] for j in p.static[2]], list(p.others))
-            if isinstance(p, PureArg) else None
+            if isinstance(p, PureArg)
+            else None
             for p in pure
         )
         out = boundary.assemble(exit_static.out_treedef, exit_static.out_positions, [], out_arrays)

@@ -57,9 +57,11 @@ class JitWrapped(MethodWrapper):
         self.static_argnames = (names,) if isinstance(names, str) else tuple(names or ())
         # as jax.jit: names also mark the argument passed by position, and numbers by name
         self.static_argnums += tuple(
-            i for i in _positions_of(fn, self.static_argnames) if i not in self.static_argnums)
+            i for i in _positions_of(fn, self.static_argnames) if i not in self.static_argnums
+        )
         self.static_argnames += tuple(
-            n for n in _names_of(fn, self.static_argnums) if n not in self.static_argnames)
+            n for n in _names_of(fn, self.static_argnums) if n not in self.static_argnames
+        )
         self.donate_argnums = as_tuple(donate_argnums)
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
@@ -114,8 +116,7 @@ class JitWrapped(MethodWrapper):
         state_shardings: tuple = ()
         if self.donate_argnums or self.donate_argnames or self.in_shardings is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
-            owners = [positions[o] if isinstance(o, int) else o
-                      for o in arg_of_leaves(dyn_args, dyn_kwargs)]
+            owners = [positions[o] if isinstance(o, int) else o for o in arg_of_leaves(dyn_args, dyn_kwargs)]
             state_owner, other_owner = leaf_args(entry, owners)
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
@@ -160,8 +161,9 @@ class JitWrapped(MethodWrapper):
         return eval_shape(self.fn, *args, **kwargs)
 
 
-def _constrain_by_path(exit_static: boundary.ExitStatic, emitted: list, paths: tuple,
-                       shardings: tuple) -> list:
+def _constrain_by_path(
+    exit_static: boundary.ExitStatic, emitted: list, paths: tuple, shardings: tuple
+) -> list:
     """After a structural change, leaves still at an input leaf's path keep its
     in_sharding (also when the Variable was replaced, e.g. `m.kernel = array`)."""
     from jax.sharding import Sharding
@@ -184,8 +186,12 @@ def _place(entry: boundary.Entry, shardings: tuple) -> None:
 
     for i, s in enumerate(shardings):
         value = entry.values[i]
-        if (isinstance(s, Sharding) and isinstance(value, jax.Array)
-                and not isinstance(value, jax.core.Tracer) and value.sharding != s):
+        if (
+            isinstance(s, Sharding)
+            and isinstance(value, jax.Array)
+            and not isinstance(value, jax.core.Tracer)
+            and value.sharding != s
+        ):
             value = entry.values[i] = jax.device_put(value, s)
             live = entry.live[i]
             if hasattr(live, "set_raw"):
@@ -200,8 +206,7 @@ class Lowered:
         self._wrapped, self._lowered, self._static, self._bound = wrapped, lowered, static, bound
 
     def compile(self, *args: tp.Any, **kwargs: tp.Any) -> "Compiled":
-        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs), self._static,
-                        self._bound)
+        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs), self._static, self._bound)
 
     def __getattr__(self, name: str) -> tp.Any:
         return getattr(self._lowered, name)
@@ -236,12 +241,18 @@ def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
     import inspect
 
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)
+        ]
     except (TypeError, ValueError):
         return ()
-    return tuple(params[i].name for i in positions
-                 if i < len(params) and params[i].kind is params[i].POSITIONAL_OR_KEYWORD)
+    return tuple(
+        params[i].name
+        for i in positions
+        if i < len(params) and params[i].kind is params[i].POSITIONAL_OR_KEYWORD
+    )
 
 
 def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:
@@ -289,24 +300,41 @@ def _with_statics(fn: tp.Callable, statics: tuple, static_kw: tuple) -> tp.Calla
 
 
 @tp.overload
-def jit(fn: tp.Callable, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
-        static_argnums: int | tp.Sequence[int] | None = ...,
-        static_argnames: str | tp.Sequence[str] | None = ...,
-        donate_argnums: int | tp.Sequence[int] | None = ...,
-        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
-        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
-        graph: bool | None = ..., graph_updates: bool | None = ...) -> JitWrapped: ...
-@tp.overload
-def jit(fn: None = None, *, in_shardings: tp.Any = ..., out_shardings: tp.Any = ...,
-        static_argnums: int | tp.Sequence[int] | None = ...,
-        static_argnames: str | tp.Sequence[str] | None = ...,
-        donate_argnums: int | tp.Sequence[int] | None = ...,
-        donate_argnames: str | tp.Sequence[str] | None = ..., keep_unused: bool = ...,
-        device: tp.Any = ..., backend: str | None = ..., inline: bool = ...,
-        graph: bool | None = ..., graph_updates: bool | None = ...
-        ) -> tp.Callable[[tp.Callable], JitWrapped]: ...
 def jit(
-    fn: tp.Callable | None = None,
+    fun: tp.Callable,
+    *,
+    in_shardings: tp.Any = ...,
+    out_shardings: tp.Any = ...,
+    static_argnums: int | tp.Sequence[int] | None = ...,
+    static_argnames: str | tp.Sequence[str] | None = ...,
+    donate_argnums: int | tp.Sequence[int] | None = ...,
+    donate_argnames: str | tp.Sequence[str] | None = ...,
+    keep_unused: bool = ...,
+    device: tp.Any = ...,
+    backend: str | None = ...,
+    inline: bool = ...,
+    graph: bool | None = ...,
+    graph_updates: bool | None = ...,
+) -> JitWrapped: ...
+@tp.overload
+def jit(
+    fun: None = None,
+    *,
+    in_shardings: tp.Any = ...,
+    out_shardings: tp.Any = ...,
+    static_argnums: int | tp.Sequence[int] | None = ...,
+    static_argnames: str | tp.Sequence[str] | None = ...,
+    donate_argnums: int | tp.Sequence[int] | None = ...,
+    donate_argnames: str | tp.Sequence[str] | None = ...,
+    keep_unused: bool = ...,
+    device: tp.Any = ...,
+    backend: str | None = ...,
+    inline: bool = ...,
+    graph: bool | None = ...,
+    graph_updates: bool | None = ...,
+) -> tp.Callable[[tp.Callable], JitWrapped]: ...
+def jit(
+    fun: tp.Callable | None = None,
     *,
     in_shardings: tp.Any = None,
     out_shardings: tp.Any = None,
@@ -321,7 +349,7 @@ def jit(
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> tp.Any:
-    """Compile `fn` like `jax.jit`; Modules may appear anywhere in its args and
+    """Compile `fun` like `jax.jit`; Modules may appear anywhere in its args and
     outputs, and their updates are committed after each call. `graph` and
     `graph_updates` (Flax's mode flags) are accepted and change nothing.
 
@@ -330,11 +358,17 @@ def jit(
     ...     return model(x)
     """
     options = dict(
-        in_shardings=in_shardings, out_shardings=out_shardings,
-        static_argnums=static_argnums, static_argnames=static_argnames,
-        donate_argnums=donate_argnums, donate_argnames=donate_argnames,
-        keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        donate_argnames=donate_argnames,
+        keep_unused=keep_unused,
+        device=device,
+        backend=backend,
+        inline=inline,
     )
-    if fn is None:
+    if fun is None:
         return lambda f: JitWrapped(f, **options)
-    return JitWrapped(fn, **options)
+    return JitWrapped(fun, **options)

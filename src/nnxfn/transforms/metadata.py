@@ -26,14 +26,19 @@ F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _NAME = "nnx.transform_metadata"
 
 
-def transform_metadata(f: F | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
-                       partition: str | None, graph: bool | None = None) -> tp.Any:
+def transform_metadata(
+    f: F | None = None,
+    *,
+    in_axes: tp.Any = 0,
+    out_axes: tp.Any = 0,
+    partition: str | None,
+    graph: bool | None = None,
+) -> tp.Any:
     """Remove the `partition` axis name from mapped arguments' annotations while
     `f` runs and insert it into its outputs' (see the module docstring).
     `graph` (Flax's mode flag) changes nothing."""
     if f is None:
-        return functools.partial(transform_metadata, in_axes=in_axes, out_axes=out_axes,
-                                 partition=partition)
+        return functools.partial(transform_metadata, in_axes=in_axes, out_axes=out_axes, partition=partition)
     check_not_bound(f, _NAME)
     metadata = {spmd.PARTITION_NAME: partition}
 
@@ -47,10 +52,12 @@ def transform_metadata(f: F | None = None, *, in_axes: tp.Any = 0, out_axes: tp.
         inner = spmd.inner_static(_NAME, entry, state_axes, metadata)
         exit_static, out_arrays, emitted = run_inside(f, inner, entry.values, entry.others, _NAME)
         if exit_static.graphdef is not None:
-            _, emitted_axes = exit_axes(_NAME, exit_static, entry, state_axes, specs, out_axes,
-                                        _emitted_templates(exit_static))
-            exit_static = spmd.outer_exit(_NAME, exit_static, entry, state_axes, emitted_axes,
-                                          emitted, metadata)
+            _, emitted_axes = exit_axes(
+                _NAME, exit_static, entry, state_axes, specs, out_axes, _emitted_templates(exit_static)
+            )
+            exit_static = spmd.outer_exit(
+                _NAME, exit_static, entry, state_axes, emitted_axes, emitted, metadata
+            )
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
     return wrapper

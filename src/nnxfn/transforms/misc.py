@@ -13,8 +13,13 @@ from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_ax
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
 
 
-def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
-               graph_updates: bool | None = None, **kwargs: tp.Any) -> tp.Any:
+def eval_shape(
+    f: tp.Callable,
+    *args: tp.Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **kwargs: tp.Any,
+) -> tp.Any:
     """Run `f` abstractly. Modules it creates come back with `jax.ShapeDtypeStruct`
     leaves (an abstract model, e.g. to restore a checkpoint into); the
     arguments are not modified.
@@ -43,9 +48,13 @@ def eval_shape(f: tp.Callable, *args: tp.Any, graph: bool | None = None,
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
-def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
-               graph_updates: bool | None = None,
-               static_argnums: int | tp.Sequence[int] = ()) -> tp.Callable:
+def make_jaxpr(
+    f: tp.Callable | None = None,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    static_argnums: int | tp.Sequence[int] = (),
+) -> tp.Callable:
     """Like `jax.make_jaxpr`; the jaxpr's inputs are the arguments' state leaves
     (and array arguments); `static_argnums` arguments are passed through as
     Python values."""
@@ -74,8 +83,12 @@ def make_jaxpr(f: tp.Callable | None = None, *, graph: bool | None = None,
     return wrapper
 
 
-def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks,
-             graph: bool | None = None, graph_updates: bool | None = None) -> tp.Callable:
+def checkify(
+    f: tp.Callable,
+    errors: tp.Any = _checkify.user_checks,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Callable:
     """Like `jax.experimental.checkify.checkify`: returns `(error, out)`."""
     check_not_bound(f, "nnx.checkify")
 
@@ -91,16 +104,25 @@ def checkify(f: tp.Callable, errors: tp.Any = _checkify.user_checks,
     return wrapper
 
 
-def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, out_specs: tp.Any,
-              axis_names: tp.AbstractSet[tp.Hashable] = frozenset(), check_vma: bool = True,
-              graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def shard_map(
+    f: tp.Callable | None = None,
+    *,
+    mesh: tp.Any,
+    in_specs: tp.Any,
+    out_specs: tp.Any,
+    axis_names: tp.AbstractSet[tp.Hashable] = frozenset(),
+    check_vma: bool = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.shard_map`; a module argument's spec (a PartitionSpec,
     `StateAxes({filter: spec})`, or a Module/State of specs such as
     `nnx.get_partition_spec(model)`) applies to its state leaves, and state it
     writes leaves with the spec it came in with."""
     if f is None:
-        return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                    axis_names=axis_names, check_vma=check_vma)
+        return lambda fn: shard_map(
+            fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=check_vma
+        )
     options = {"axis_names": axis_names} if axis_names else {}
     check_not_bound(f, "nnx.shard_map")
     from jax.sharding import PartitionSpec
@@ -111,8 +133,12 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry = boundary.enter(args, kwargs)
-        specs = leaf_specs("nnx.shard_map", _wrap_arg_specs(in_specs, args, is_spec), (args, kwargs),
-                           kwargs_spec=PartitionSpec())
+        specs = leaf_specs(
+            "nnx.shard_map",
+            _wrap_arg_specs(in_specs, args, is_spec),
+            (args, kwargs),
+            kwargs_spec=PartitionSpec(),
+        )
         check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
         _place(entry, state_specs, mesh)
@@ -121,19 +147,29 @@ def shard_map(f: tp.Callable | None = None, *, mesh: tp.Any, in_specs: tp.Any, o
 
         in_tree = (state_specs, other_specs)
         jax.eval_shape(
-            jax.shard_map(body, mesh=mesh, in_specs=in_tree, out_specs=PartitionSpec(),
-                          check_vma=False, **options),
-            entry.values, entry.others,
+            jax.shard_map(
+                body, mesh=mesh, in_specs=in_tree, out_specs=PartitionSpec(), check_vma=False, **options
+            ),
+            entry.values,
+            entry.others,
         )
         exit_static = cell["exit"]
         out_arr_specs, emitted_specs = exit_axes(
-            "nnx.shard_map", exit_static, entry, state_specs, [_unwrap(s) for s in specs],
-            _wrap_specs(out_specs, is_spec), [None] * len(exit_static.paths),
+            "nnx.shard_map",
+            exit_static,
+            entry,
+            state_specs,
+            [_unwrap(s) for s in specs],
+            _wrap_specs(out_specs, is_spec),
+            [None] * len(exit_static.paths),
         )
         out_arrays, emitted = jax.shard_map(
-            body, mesh=mesh, in_specs=in_tree,
+            body,
+            mesh=mesh,
+            in_specs=in_tree,
             out_specs=([_unwrap(s) for s in out_arr_specs], emitted_specs),
-            check_vma=check_vma, **options,
+            check_vma=check_vma,
+            **options,
         )(entry.values, entry.others)
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
@@ -149,7 +185,8 @@ def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.A
         return _wrap_specs(in_specs, is_spec)
     return type(in_specs)(
         jax.tree_util.tree_map(_Spec, s, is_leaf=is_spec)
-        if isinstance(s, core.State) and isinstance(a, core.State) else _wrap_specs(s, is_spec)
+        if isinstance(s, core.State) and isinstance(a, core.State)
+        else _wrap_specs(s, is_spec)
         for s, a in zip(in_specs, args)
     )
 

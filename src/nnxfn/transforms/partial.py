@@ -65,10 +65,17 @@ def jit_partial(
     `graph`/`graph_updates` (Flax's mode flags) change nothing.
     """
     jitted = JitWrapped(
-        fun, in_shardings=in_shardings, out_shardings=out_shardings,
-        static_argnums=static_argnums, static_argnames=static_argnames,
-        donate_argnums=donate_argnums, donate_argnames=donate_argnames,
-        keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+        fun,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        donate_argnames=donate_argnames,
+        keep_unused=keep_unused,
+        device=device,
+        backend=backend,
+        inline=inline,
     )
     return JitPartial(jitted, partial_args)
 
@@ -80,8 +87,9 @@ def share_variables(tree: tp.Any) -> tp.Any:
     return core.unflatten(graphdef, dict(pairs), copy=False)
 
 
-def cached_partial(f: tp.Callable, *cached_args: tp.Any, graph: bool | None = None,
-                   graph_updates: bool | None = None) -> tp.Callable:
+def cached_partial(
+    f: tp.Callable, *cached_args: tp.Any, graph: bool | None = None, graph_updates: bool | None = None
+) -> tp.Callable:
     """`functools.partial(f, *cached_args)` for a transformed `f` (e.g. a train step
     made with `nnx.jit`), where each graph object in `cached_args` is replaced by
     a copy sharing its Variables: updates reach the originals, the copies are

@@ -132,8 +132,9 @@ def _structure(defn: tp.Any, prefix: str, out: dict[str, tuple[str, str]]) -> No
         _structure(child, prefix + _key_text(key), out)
 
 
-def signature(fn: tp.Callable, static: tuple, values: tp.Sequence, others: tp.Sequence
-              ) -> dict[str, tuple[str, str]]:
+def signature(
+    fn: tp.Callable, static: tuple, values: tp.Sequence, others: tp.Sequence
+) -> dict[str, tuple[str, str]]:
     """name -> (value description, kind) for everything that keys a trace."""
     entry, _, statics, static_kw, _ = static
     names = _arg_names(fn, entry.treedef, statics)
@@ -206,15 +207,18 @@ def _stacklevel() -> int:
     frame, level = sys._getframe(1), 1
     while frame is not None:
         name = os.path.abspath(frame.f_code.co_filename)
-        if not (name.startswith(package) or f"{os.sep}jax{os.sep}" in name
-                or f"{os.sep}jaxlib{os.sep}" in name or name.startswith("<")):
+        if not (
+            name.startswith(package)
+            or f"{os.sep}jax{os.sep}" in name
+            or f"{os.sep}jaxlib{os.sep}" in name
+            or name.startswith("<")
+        ):
             break
         frame, level = frame.f_back, level + 1
     return level
 
 
-def observe(jitted: tp.Any, fn: tp.Callable, static: tuple, values: tp.Sequence,
-            others: tp.Sequence) -> None:
+def observe(jitted: tp.Any, fn: tp.Callable, static: tuple, values: tp.Sequence, others: tp.Sequence) -> None:
     """Called by `nnx.jit` each time JAX traces its body: warn with the differences."""
     if not _ENABLED[0]:
         return
@@ -230,9 +234,11 @@ def observe(jitted: tp.Any, fn: tp.Callable, static: tuple, values: tp.Sequence,
     if not lines:
         return
     name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
-    message = (f"nnx.jit({name}) traced again (trace {count + 1}) because:\n  "
-               + "\n  ".join(lines)
-               + "\nEach new trace compiles again. Keep these inputs fixed between calls "
-               "(pad batches, mark changing Python values static_argnums), or silence this "
-               "with nnx.set_retrace_warnings(False).")
+    message = (
+        f"nnx.jit({name}) traced again (trace {count + 1}) because:\n  "
+        + "\n  ".join(lines)
+        + "\nEach new trace compiles again. Keep these inputs fixed between calls "
+        "(pad batches, mark changing Python values static_argnums), or silence this "
+        "with nnx.set_retrace_warnings(False)."
+    )
     warnings.warn(message, RetraceWarning, stacklevel=_stacklevel())

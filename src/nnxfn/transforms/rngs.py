@@ -77,7 +77,8 @@ def _streams(tree: tp.Any, only: tp.Any) -> list[tuple[tuple, RngStream]]:
         (path, value)
         for path, value in core.iter_graph(tree)
         if isinstance(value, RngStream)
-        and pred((*path, "key"), value.key) and pred((*path, "count"), value.count)
+        and pred((*path, "key"), value.key)
+        and pred((*path, "count"), value.count)
     ]
 
 
@@ -92,7 +93,9 @@ def _copy_mode(graph: bool | None, graph_updates: bool | None) -> bool:
     return graph is False or graph_updates is False
 
 
-def _map_streams(node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream], RngStream | None]) -> tp.Any:
+def _map_streams(
+    node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream], RngStream | None]
+) -> tp.Any:
     """A copy of `node` in which each stream selected by `only` takes the key and
     count of `make(path, original_stream)` (None keeps it as is). `make` sees the
     original, so drawing from it advances the caller's stream, as in Flax."""
@@ -107,8 +110,17 @@ def _map_streams(node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream
     return copy
 
 
-def split_rngs(node: tp.Any = _MISSING, /, *, splits: Shape, only: tp.Any = ..., squeeze: bool = False,
-               graph: bool | None = None, graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+def split_rngs(
+    node: tp.Any = _MISSING,
+    /,
+    *,
+    splits: Shape,
+    only: tp.Any = ...,
+    squeeze: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **unknown: tp.Any,
+) -> tp.Any:
     """Split the keys of the streams in `node` into arrays of shape `splits`
     (after one draw each), with counts of the same shape, so that
     `nnx.vmap`/`nnx.scan` over axis 0 give each element its own keys.
@@ -123,6 +135,7 @@ def split_rngs(node: tp.Any = _MISSING, /, *, splits: Shape, only: tp.Any = ...,
         raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits!r}.")
     copy = _copy_mode(graph, graph_updates)
     if node is _MISSING or (callable(node) and not is_node(node) and not isinstance(node, RngStream)):
+
         def decorate(fn: tp.Callable) -> tp.Callable:
             @functools.wraps(fn)
             def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -158,7 +171,7 @@ def _split_copy(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> tp.
     return _map_streams(node, only, make)
 
 
-def _fork_rules(split: tp.Any) -> list[tuple[core.Predicate, tp.Any]]:
+def _fork_rules(split: tp.Any) -> list[tuple[core.filters.Predicate, tp.Any]]:
     if split is None:
         split = {...: None}
     elif isinstance(split, (int, tuple)):
@@ -173,8 +186,15 @@ def _fork_rule(rules: list, path: tuple, stream: RngStream) -> tp.Any:
     return False, None
 
 
-def fork_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, graph: bool | None = None,
-              graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+def fork_rngs(
+    node: tp.Any = _MISSING,
+    /,
+    *,
+    split: tp.Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **unknown: tp.Any,
+) -> tp.Any:
     """Give the streams in `node` a fresh key each (drawn from the stream),
     split into arrays for the streams `split` selects (`split=4`, or
     `{filter: shape or None}`). In place, returning `SplitBackups` like
@@ -184,6 +204,7 @@ def fork_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, graph: bool |
     rules = _fork_rules(split)
     copy = _copy_mode(graph, graph_updates)
     if node is _MISSING:
+
         def decorate(fn: tp.Callable) -> tp.Callable:
             @functools.wraps(fn)
             def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -221,9 +242,18 @@ def _fork_copy(node: tp.Any, rules: list) -> tp.Any:
     return _map_streams(node, ..., make)
 
 
-def with_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, fork: tp.Any = None,
-              broadcast: tp.Any = None, only: tp.Any = True, graph: bool | None = None,
-              graph_updates: bool | None = None, **unknown: tp.Any) -> tp.Any:
+def with_rngs(
+    node: tp.Any = _MISSING,
+    /,
+    *,
+    split: tp.Any = None,
+    fork: tp.Any = None,
+    broadcast: tp.Any = None,
+    only: tp.Any = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **unknown: tp.Any,
+) -> tp.Any:
     """A copy of `node` whose streams are split, broadcast or forked.
 
     `split`/`broadcast`: a shape for every stream, or `{filter: shape}` (first
@@ -240,11 +270,13 @@ def with_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, fork: tp.Any 
     """
     _check_unknown("with_rngs", unknown)
     if node is _MISSING:
+
         def decorate(fn: tp.Callable) -> tp.Callable:
             @functools.wraps(fn)
             def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-                args, kwargs = with_rngs((args, kwargs), split=split, fork=fork,
-                                         broadcast=broadcast, only=only)
+                args, kwargs = with_rngs(
+                    (args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only
+                )
                 return fn(*args, **kwargs)
 
             return wrapper
@@ -269,8 +301,11 @@ def with_rngs(node: tp.Any = _MISSING, /, *, split: tp.Any = None, fork: tp.Any 
         return None
 
     def make(path: tuple, stream: RngStream) -> RngStream | None:
-        hits = {"split": first(splits, path, stream), "broadcast": first(broadcasts, path, stream),
-                "fork": first(forks, path, stream)}
+        hits = {
+            "split": first(splits, path, stream),
+            "broadcast": first(broadcasts, path, stream),
+            "fork": first(forks, path, stream),
+        }
         hits = {k: v for k, v in hits.items() if v is not None}
         specific = [k for k, v in hits.items() if v[0] is not Ellipsis and v[0] is not True]
         if len(hits) > 1 and len(specific) > 1:

@@ -80,9 +80,17 @@ class _Plan:
 
 
 class _Scanned(MethodWrapper):
-    def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, length: int | None,
-                 reverse: bool, unroll: int | bool, transform_metadata: tp.Mapping | None = None,
-                 split_transpose: bool = False):
+    def __init__(
+        self,
+        fn: tp.Callable,
+        in_axes: tp.Any,
+        out_axes: tp.Any,
+        length: int | None,
+        reverse: bool,
+        unroll: int | bool,
+        transform_metadata: tp.Mapping | None = None,
+        split_transpose: bool = False,
+    ):
         check_not_bound(fn, "nnx.scan")
         check_prefix("nnx.scan", in_axes, "in_axes")
         check_prefix("nnx.scan", out_axes, "out_axes")
@@ -125,8 +133,15 @@ class _Scanned(MethodWrapper):
                 if len(self._carried_broadcast) > 64:
                     self._carried_broadcast.pop(next(iter(self._carried_broadcast)))
 
-    def _run(self, entry: boundary.Entry, specs: list, state_axes: list, other_axes: list,
-             base: tuple, extra: frozenset) -> tp.Any:
+    def _run(
+        self,
+        entry: boundary.Entry,
+        specs: list,
+        state_axes: list,
+        other_axes: list,
+        base: tuple,
+        extra: frozenset,
+    ) -> tp.Any:
         n = len(state_axes)
         carry_s = [i for i in range(n) if state_axes[i] is Carry] + sorted(extra)
         scan_s = [i for i in range(n) if _is_int(state_axes[i])]
@@ -139,8 +154,19 @@ class _Scanned(MethodWrapper):
         if run is None:
             scanned = [a if _is_int(a) else None for a in state_axes]
             inner = spmd.inner_static("nnx.scan", entry, scanned, self.transform_metadata)
-            run = self._make(entry.static, len(entry.others), inner, specs, state_axes,
-                             carry_s, scan_s, fixed_s, carry_o, scan_o, fixed_o)
+            run = self._make(
+                entry.static,
+                len(entry.others),
+                inner,
+                specs,
+                state_axes,
+                carry_s,
+                scan_s,
+                fixed_s,
+                carry_o,
+                scan_o,
+                fixed_o,
+            )
             if len(self._cache) >= 16:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = run
@@ -154,17 +180,32 @@ class _Scanned(MethodWrapper):
         plan: _Plan = aux.value
         return self._finish(entry, plan, state_axes, carry_s_out, carry_o_out, ys_state, ys_out)
 
-    def _make(self, static: boundary.EntryStatic, n_others: int, inner: boundary.EntryStatic,
-              specs: list, state_axes: list, carry_s: list, scan_s: list, fixed_s: list,
-              carry_o: list, scan_o: list, fixed_o: list) -> tp.Callable:
+    def _make(
+        self,
+        static: boundary.EntryStatic,
+        n_others: int,
+        inner: boundary.EntryStatic,
+        specs: list,
+        state_axes: list,
+        carry_s: list,
+        scan_s: list,
+        fixed_s: list,
+        carry_o: list,
+        scan_o: list,
+        fixed_o: list,
+    ) -> tp.Callable:
         """The jitted `(consts, init, xs) -> (plan, carry, ys)` for one argument structure
         (it holds no argument values: the caller's objects are not kept alive)."""
         n_values = len(state_axes)
         emit_all = set(carry_s)
         slot = {i: k for k, i in enumerate(carry_s)}
         fn, out_axes = self.fn, self.out_axes
-        options = dict(length=self.length, reverse=self.reverse, unroll=self.unroll,
-                       _split_transpose=self.split_transpose)
+        options = dict(
+            length=self.length,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            _split_transpose=self.split_transpose,
+        )
         node_specs = [specs[p] for p in static.node_positions]
 
         def scan_call(consts: tuple, init: tuple, xs: tuple) -> tuple:
@@ -181,8 +222,9 @@ class _Scanned(MethodWrapper):
                 exit_static, out_arrays, emitted = run_inside(
                     fn, inner, values, others, "nnx.scan", emit_all=emit_all
                 )
-                plan = _plan(exit_static, emitted, values, static.paths, state_axes, slot,
-                             node_specs, out_axes)
+                plan = _plan(
+                    exit_static, emitted, values, static.paths, state_axes, slot, node_specs, out_axes
+                )
                 cell["plan"] = plan
                 new_carry_s: list = [None] * len(carry_s)
                 ys_state = []
@@ -200,8 +242,16 @@ class _Scanned(MethodWrapper):
 
         return jax.jit(scan_call)
 
-    def _finish(self, entry: boundary.Entry, plan: _Plan, state_axes: list,
-                carry_s_out: list, carry_o_out: list, ys_state: list, ys_out: list) -> tp.Any:
+    def _finish(
+        self,
+        entry: boundary.Entry,
+        plan: _Plan,
+        state_axes: list,
+        carry_s_out: list,
+        carry_o_out: list,
+        ys_state: list,
+        ys_out: list,
+    ) -> tp.Any:
         exit_static = plan.exit
         emitted, y_it = [], iter(ys_state)
         for kind, arg in plan.emitted:
@@ -217,13 +267,22 @@ class _Scanned(MethodWrapper):
         if self.transform_metadata and exit_static.graphdef is not None:
             axes = [arg if kind == "ys" else None for kind, arg in plan.emitted]
             scanned = [a if _is_int(a) else None for a in state_axes]
-            exit_static = spmd.outer_exit("nnx.scan", exit_static, entry, scanned, axes, emitted,
-                                          self.transform_metadata)
+            exit_static = spmd.outer_exit(
+                "nnx.scan", exit_static, entry, scanned, axes, emitted, self.transform_metadata
+            )
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
-def _plan(exit_static: boundary.ExitStatic, emitted: list, values: list, paths: tuple,
-          state_axes: list, slot: dict[int, int], node_specs: list, out_axes: tp.Any) -> _Plan:
+def _plan(
+    exit_static: boundary.ExitStatic,
+    emitted: list,
+    values: list,
+    paths: tuple,
+    state_axes: list,
+    slot: dict[int, int],
+    node_specs: list,
+    out_axes: tp.Any,
+) -> _Plan:
     """Decide, while tracing, what each emitted value and output array becomes."""
     from jax.api_util import flatten_axes
 
@@ -249,7 +308,7 @@ def _plan(exit_static: boundary.ExitStatic, emitted: list, values: list, paths: 
         if written_broadcast:
             raise _BroadcastWritten(written_broadcast)
         roles = [input_role(i, True) for i in exit_static.changed]
-        new_paths = exit_static.paths[len(exit_static.changed):] if exit_static.graphdef is not None else ()
+        new_paths = exit_static.paths[len(exit_static.changed) :] if exit_static.graphdef is not None else ()
     else:  # structure changed: every leaf was emitted
         index = {(0,) + p: i for i, p in enumerate(paths)}
         found = set()
@@ -387,10 +446,19 @@ def _validate_axes(in_axes: tp.Any, out_axes: tp.Any) -> None:
                     )
 
 
-def scan(f: tp.Callable | None = None, *, length: int | None = None, reverse: bool = False,
-         unroll: int | bool = 1, _split_transpose: bool = False, in_axes: tp.Any = (Carry, 0),
-         out_axes: tp.Any = (Carry, 0), transform_metadata: tp.Mapping | None = None,
-         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def scan(
+    f: tp.Callable | None = None,
+    *,
+    length: int | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    _split_transpose: bool = False,
+    in_axes: tp.Any = (Carry, 0),
+    out_axes: tp.Any = (Carry, 0),
+    transform_metadata: tp.Mapping | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.lax.scan` with Flax NNX's `in_axes`/`out_axes` (see module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
@@ -398,7 +466,7 @@ def scan(f: tp.Callable | None = None, *, length: int | None = None, reverse: bo
     `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing;
     `_split_transpose` is passed to `jax.lax.scan`."""
     if f is None:
-        return lambda fn: _Scanned(fn, in_axes, out_axes, length, reverse, unroll,
-                                   transform_metadata, _split_transpose)
-    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata,
-                    _split_transpose)
+        return lambda fn: _Scanned(
+            fn, in_axes, out_axes, length, reverse, unroll, transform_metadata, _split_transpose
+        )
+    return _Scanned(f, in_axes, out_axes, length, reverse, unroll, transform_metadata, _split_transpose)

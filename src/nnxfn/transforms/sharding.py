@@ -68,8 +68,9 @@ def _for_arg(spec: tp.Any, arg: int | str) -> tp.Any:
     return spec
 
 
-def resolve_in_shardings(spec: tp.Any, entry: Entry, state_owner: list[int],
-                         other_owner: list[int], donated_idx: tuple[int, ...]) -> tuple:
+def resolve_in_shardings(
+    spec: tp.Any, entry: Entry, state_owner: list[int], other_owner: list[int], donated_idx: tuple[int, ...]
+) -> tuple:
     """Shardings shaped like the jitted body's (kept, donated, others) arguments."""
     per_state = []
     for path, leaf, owner in zip(entry.static.paths, entry.live, state_owner):

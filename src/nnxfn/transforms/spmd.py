@@ -69,8 +69,9 @@ def _rebuild(spec: tp.Any, entries: list) -> tp.Any:
     return PartitionSpec(*entries) if isinstance(spec, PartitionSpec) else tuple(entries)
 
 
-def _edit(metadata: tuple, index: int, transform_metadata: tp.Mapping, where: str,
-          add: bool, name: str) -> tuple:
+def _edit(
+    metadata: tuple, index: int, transform_metadata: tp.Mapping, where: str, add: bool, name: str
+) -> tuple:
     meta = dict(metadata)
     edits: list[tuple[str, tp.Any]] = []
     key = spmd.spec_key(meta)
@@ -96,8 +97,15 @@ def _edit(metadata: tuple, index: int, transform_metadata: tp.Mapping, where: st
     return tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
 
 
-def _with_axes(graphdef: GraphDef, axes: tp.Mapping[Path, tp.Any], ndims: tp.Mapping[Path, int],
-               transform_metadata: tp.Mapping, add: bool, name: str, root: str) -> GraphDef:
+def _with_axes(
+    graphdef: GraphDef,
+    axes: tp.Mapping[Path, tp.Any],
+    ndims: tp.Mapping[Path, int],
+    transform_metadata: tp.Mapping,
+    add: bool,
+    name: str,
+    root: str,
+) -> GraphDef:
     def fn(path: Path, d: VariableDef) -> VariableDef:
         axis = axes.get(path)
         if not isinstance(axis, int) or isinstance(axis, bool):
@@ -106,16 +114,16 @@ def _with_axes(graphdef: GraphDef, axes: tp.Mapping[Path, tp.Any], ndims: tp.Map
             if path not in ndims:
                 return d
             axis += ndims[path]
-        meta = _edit(d.metadata, axis, transform_metadata, errors.path_str(path[1:], root),
-                     add, name)
+        meta = _edit(d.metadata, axis, transform_metadata, errors.path_str(path[1:], root), add, name)
         return d if meta is d.metadata else VariableDef(d.type, d.index, meta)
 
     return map_variable_defs(graphdef, fn)
 
 
 # -- what vmap/scan call --------------------------------------------------------------
-def inner_static(name: str, entry: Entry, state_axes: tp.Sequence[tp.Any],
-                 transform_metadata: tp.Mapping | None) -> EntryStatic:
+def inner_static(
+    name: str, entry: Entry, state_axes: tp.Sequence[tp.Any], transform_metadata: tp.Mapping | None
+) -> EntryStatic:
     """The Entry's static with mapped axes removed from the annotations (what the
     function sees inside the transform)."""
     if not transform_metadata:
@@ -129,17 +137,22 @@ def inner_static(name: str, entry: Entry, state_axes: tp.Sequence[tp.Any],
     return dataclasses.replace(entry.static, graphdef=graphdef)
 
 
-def outer_exit(name: str, exit: ExitStatic, entry: Entry, state_axes: tp.Sequence[tp.Any],
-               emitted_axes: tp.Sequence[tp.Any], emitted: tp.Sequence[tp.Any],
-               transform_metadata: tp.Mapping | None) -> ExitStatic:
+def outer_exit(
+    name: str,
+    exit: ExitStatic,
+    entry: Entry,
+    state_axes: tp.Sequence[tp.Any],
+    emitted_axes: tp.Sequence[tp.Any],
+    emitted: tp.Sequence[tp.Any],
+    transform_metadata: tp.Mapping | None,
+) -> ExitStatic:
     """The exit static with mapped axes inserted back into the annotations of
     the Variables leaving on an int axis (what the caller's objects get)."""
     if not transform_metadata or exit.graphdef is None:
         return exit
     axes = {(0,) + p: a for p, a in zip(entry.static.paths, state_axes)}
     axes.update(zip(exit.paths, emitted_axes))
-    ndims = {(0,) + p: len(v.shape) for p, v in zip(entry.static.paths, entry.values)
-             if hasattr(v, "shape")}
+    ndims = {(0,) + p: len(v.shape) for p, v in zip(entry.static.paths, entry.values) if hasattr(v, "shape")}
     ndims.update({p: len(v.shape) for p, v in zip(exit.paths, emitted) if hasattr(v, "shape")})
     graphdef = _with_axes(exit.graphdef, axes, ndims, transform_metadata, True, name, "out")
     return dataclasses.replace(exit, graphdef=graphdef)
@@ -173,7 +186,9 @@ class PathAxes(StateAxes):
 
 
 # -- abstract sharded models ------------------------------------------------------------
-def get_abstract_model(init_fn: tp.Callable[[], tp.Any], mesh: jax.sharding.Mesh) -> tuple:
+def get_abstract_model(
+    init_fn: tp.Callable[[], tp.Any], mesh: jax.sharding.Mesh, *, graph: bool | None = None
+) -> tuple:
     """`(graphdef, abstract_state)` of the model `init_fn` builds, without
     computing it: the state's leaves are `jax.ShapeDtypeStruct`s carrying the
     `NamedSharding` their annotations give on `mesh`.
@@ -230,8 +245,7 @@ def as_abstract(tree: A, graph: bool | None = None) -> A:
         if mesh is None or mesh.empty:
             raise ValueError(_no_mesh_for_abstract(path))
         spec = spmd.variable_spec(x, mesh=mesh, where=errors.path_str(path, "tree"))
-        return x.replace(jax.ShapeDtypeStruct(value.shape, value.dtype,
-                                              sharding=NamedSharding(mesh, spec)))
+        return x.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=NamedSharding(mesh, spec)))
 
     return recursive_map(add_sharding, tree)
 

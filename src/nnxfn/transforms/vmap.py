@@ -38,8 +38,9 @@ from nnxfn.transforms.common import (
 class _Mapped(MethodWrapper):
     transform_metadata: tp.Mapping | None = None  # e.g. {nnx.PARTITION_NAME: 'layers'}
 
-    def __init__(self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str,
-                 make: tp.Callable, options: dict):
+    def __init__(
+        self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str, make: tp.Callable, options: dict
+    ):
         check_not_bound(fn, name)
         check_prefix(name, in_axes, "in_axes")
         check_prefix(name, out_axes, "out_axes")
@@ -59,9 +60,7 @@ class _Mapped(MethodWrapper):
         fn = no_captured_outputs(self.fn, self.name)
 
         def body(values: list, others: list) -> tuple:
-            exit_static, out_arrays, emitted = run_inside(
-                fn, inner, values, others, self.name
-            )
+            exit_static, out_arrays, emitted = run_inside(fn, inner, values, others, self.name)
             cell["exit"] = exit_static
             return out_arrays, emitted
 
@@ -71,26 +70,30 @@ class _Mapped(MethodWrapper):
         exit_static = cell["exit"]
         _check_returned_inputs(self.name, exit_static, entry, specs, self.out_axes)
         leaves_for_axes = _emitted_templates(exit_static)
-        out_axes = exit_axes(
-            self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes
-        )
+        out_axes = exit_axes(self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes)
         try:
-            out_arrays, emitted = self.make(body, in_axes, out_axes, self.options)(
-                entry.values, entry.others
-            )
+            out_arrays, emitted = self.make(body, in_axes, out_axes, self.options)(entry.values, entry.others)
         except ValueError as e:
             if "axis spec None" not in str(e) or "batched" not in str(e):
                 raise
             raise ValueError(
                 _broadcast_write(self.name, exit_static, entry, args, kwargs, out_axes, str(e))
             ) from e
-        exit_static = spmd.outer_exit(self.name, cell["exit"], entry, state_axes, out_axes[1],
-                                      emitted, self.transform_metadata)
+        exit_static = spmd.outer_exit(
+            self.name, cell["exit"], entry, state_axes, out_axes[1], emitted, self.transform_metadata
+        )
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
-def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
-                     args: tuple, kwargs: dict, out_axes: tuple, jax_msg: str) -> str:
+def _broadcast_write(
+    name: str,
+    exit_static: boundary.ExitStatic,
+    entry: boundary.Entry,
+    args: tuple,
+    kwargs: dict,
+    out_axes: tuple,
+    jax_msg: str,
+) -> str:
     """The message for state of a broadcast (axis None) argument written with a batched value."""
     from nnxfn.core import errors
     from nnxfn.transforms.common import arg_of_leaves
@@ -122,8 +125,9 @@ def _broadcast_write(name: str, exit_static: boundary.ExitStatic, entry: boundar
     )
 
 
-def _check_returned_inputs(name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry,
-                           specs: list, out_axes: tp.Any) -> None:
+def _check_returned_inputs(
+    name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry, specs: list, out_axes: tp.Any
+) -> None:
     """An argument returned as an output must leave on the axes it came in on."""
     if exit_static.graphdef is None or not exit_static.out_positions:
         return
@@ -192,17 +196,28 @@ def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: d
     return jax.pmap(body, in_axes=in_axes, out_axes=out_axes, **options)
 
 
-def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any = 0,
-         axis_name: tp.Hashable | None = None, axis_size: int | None = None,
-         spmd_axis_name: tp.Any = None, transform_metadata: tp.Mapping | None = None,
-         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def vmap(
+    f: tp.Callable | None = None,
+    *,
+    in_axes: tp.Any = 0,
+    out_axes: tp.Any = 0,
+    axis_name: tp.Hashable | None = None,
+    axis_size: int | None = None,
+    spmd_axis_name: tp.Any = None,
+    transform_metadata: tp.Mapping | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.vmap`, for functions of Modules (see the module docstring).
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}` keeps sharding
     annotations in step with the mapped axis (see `transforms/spmd.py`).
     `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
-    options = {k: v for k, v in dict(axis_name=axis_name, axis_size=axis_size,
-                                     spmd_axis_name=spmd_axis_name).items() if v is not None}
+    options = {
+        k: v
+        for k, v in dict(axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name).items()
+        if v is not None
+    }
 
     def make(fn: tp.Callable) -> _Mapped:
         mapped = _Mapped(fn, in_axes, out_axes, "nnx.vmap", _vmap_maker, options)
@@ -212,18 +227,30 @@ def vmap(f: tp.Callable | None = None, *, in_axes: tp.Any = 0, out_axes: tp.Any 
     return make if f is None else make(f)
 
 
-def pmap(f: tp.Callable | None = None, axis_name: tp.Hashable | None = None, *,
-         in_axes: tp.Any = 0, out_axes: tp.Any = 0,
-         static_broadcasted_argnums: int | tp.Iterable[int] = (), devices: tp.Any = None,
-         backend: str | None = None, axis_size: int | None = None,
-         donate_argnums: int | tp.Iterable[int] = (), transform_metadata: tp.Mapping | None = None,
-         graph: bool | None = None, graph_updates: bool | None = None) -> tp.Any:
+def pmap(
+    f: tp.Callable | None = None,
+    axis_name: tp.Hashable | None = None,
+    *,
+    in_axes: tp.Any = 0,
+    out_axes: tp.Any = 0,
+    static_broadcasted_argnums: int | tp.Iterable[int] = (),
+    devices: tp.Any = None,
+    backend: str | None = None,
+    axis_size: int | None = None,
+    donate_argnums: int | tp.Iterable[int] = (),
+    transform_metadata: tp.Mapping | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> tp.Any:
     """Like `jax.pmap`, for functions of Modules. `static_broadcasted_argnums`
     arguments are passed to `f` unchanged (hashable, not mapped);
     `donate_argnums` is accepted as a hint and does not donate;
     `graph`/`graph_updates` (Flax's mode flags) change nothing."""
-    opts = {k: v for k, v in dict(axis_name=axis_name, devices=devices, backend=backend,
-                                  axis_size=axis_size).items() if v is not None}
+    opts = {
+        k: v
+        for k, v in dict(axis_name=axis_name, devices=devices, backend=backend, axis_size=axis_size).items()
+        if v is not None
+    }
     statics = tuple(sorted(as_tuple(static_broadcasted_argnums)))
 
     def make(fn: tp.Callable) -> tp.Callable:
