@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
     first_epoch = 1
     if args.resume:
         done = nnx.checkpoint_steps(manager)
-        if done:  # the optimizer holds the model: both are restored in place
-            nnx.restore_checkpoint(manager, optimizer, step=done[-1])
+        if done:  # the model and the optimizer are saved together, restored in place
+            nnx.restore_checkpoint(manager, model, optimizer, step=done[-1])
             first_epoch = done[-1] + 1
             step = min(done[-1] * steps_per_epoch, total_steps)
             saved = json.loads((out / "history.json").read_text())
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
         history["train_accuracy"].append(train["accuracy"])
         history["test_loss"].append(test["loss"])
         history["test_accuracy"].append(test["accuracy"])
-        nnx.save_checkpoint(manager, optimizer, step=epoch, max_to_keep=KEEP_CHECKPOINTS)
+        nnx.save_checkpoint(manager, model, optimizer, step=epoch, max_to_keep=KEEP_CHECKPOINTS)
         (out / "history.json").write_text(json.dumps(history) + "\n")
     train_seconds = time.perf_counter() - train_t0
     if hasattr(manager, "wait_until_finished"):
@@ -364,10 +364,12 @@ def main(argv: list[str] | None = None) -> dict[str, tp.Any]:
     final_test = evaluate(model, x_test, y_test)
 
     # The latest checkpoint, restored into an abstract model + optimizer, must agree.
-    abstract = nnx.eval_shape(
-        lambda: nnx.Optimizer(CNN(rngs=nnx.Rngs(params=0, dropout=0)), optax.adam(schedule))
-    )
-    restored = nnx.restore_checkpoint(manager, abstract, step=n_epochs).model
+    def fresh() -> tuple[CNN, nnx.Optimizer]:
+        new_model = CNN(rngs=nnx.Rngs(params=0, dropout=0))
+        return new_model, nnx.Optimizer(new_model, optax.adam(schedule))
+
+    abstract_model, abstract_optimizer = nnx.eval_shape(fresh)
+    restored, _ = nnx.restore_checkpoint(manager, abstract_model, abstract_optimizer, step=n_epochs)
     if hasattr(manager, "close"):
         manager.close()
     restored_test = evaluate(restored, x_test, y_test)

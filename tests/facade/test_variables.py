@@ -111,16 +111,16 @@ def test_in_place_operators_write_the_variable():
 
 # -- metadata ---------------------------------------------------------------
 def test_metadata_get_set_and_attribute_access():
-    v = nnx.Param(jnp.ones(2), sharding=("data",), tag="w")
-    # Flax always reports the mode flags too
+    v = nnx.Param(jnp.ones(2), out_sharding=("data",), tag="w")
+    # Flax always reports the mode flags too (`sharding=` is a deprecated alias, see below)
     required = {"hijax": False, "ref": False, "eager_sharding": True}
-    assert v.get_metadata() == {"sharding": ("data",), "tag": "w", **required}
-    assert v.get_metadata(exclude_required=True) == {"sharding": ("data",), "tag": "w"}
-    assert v.get_metadata("sharding") == ("data",)
+    assert v.get_metadata() == {"out_sharding": ("data",), "tag": "w", **required}
+    assert v.get_metadata(exclude_required=True) == {"out_sharding": ("data",), "tag": "w"}
+    assert v.get_metadata("out_sharding") == ("data",)
     assert v.get_metadata("missing", 7) == 7
-    assert v.sharding == ("data",) and v.tag == "w"
-    v.set_metadata("sharding", ["model"])  # lists are frozen to tuples
-    assert v.sharding == ("model",)
+    assert v.out_sharding == ("data",) and v.tag == "w"
+    v.set_metadata("out_sharding", ["model"])  # lists are frozen to tuples
+    assert v.out_sharding == ("model",)
     v.set_metadata(note=1)
     assert v.note == 1
     v.set_metadata({"only": 2})
@@ -217,11 +217,11 @@ def test_hash_is_identity():
 
 
 def test_repr_shows_shape_and_metadata_not_values():
-    v = nnx.Param(jnp.full((2, 3), 123.0), sharding=("data", None))
+    v = nnx.Param(jnp.full((2, 3), 123.0), out_sharding=("data", None))
     text = repr(v)
     assert text.startswith("Param(")
     assert "value=Array(shape=(2, 3), dtype=float32)" in text
-    assert "sharding=('data', None)" in text
+    assert "out_sharding=('data', None)" in text
     assert "123" not in text
 
 
@@ -291,3 +291,15 @@ def test_builtin_variable_hierarchy():
     assert issubclass(nnx.OptArray, nnx.OptState)
     for t in (nnx.Param, nnx.BatchStat, nnx.Cache, nnx.Intermediate, nnx.OptState):
         assert issubclass(t, nnx.Variable)
+
+
+def test_deprecated_sharding_names_become_out_sharding():
+    # as in Flax: `sharding=`/`sharding_names=` are stored as `out_sharding`, and
+    # `v.sharding` is the array's own sharding
+    for old in ("sharding", "sharding_names"):
+        with pytest.warns(DeprecationWarning, match="out_sharding"):
+            v = nnx.Param(jnp.ones(2), **{old: ("data",)})
+        assert v.get_metadata(exclude_required=True) == {"out_sharding": ("data",)}
+        assert v.sharding == v[...].sharding
+    with pytest.warns(DeprecationWarning):
+        assert v.sharding_names == ("data",)

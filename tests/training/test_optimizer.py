@@ -23,7 +23,7 @@ class LoRAParam(Param):
 
 class Linear(Module):
     def __init__(self, din: int, dout: int, key: jax.Array, lora: bool = False):
-        self.kernel = Param(jax.random.normal(key, (din, dout)) / din**0.5, sharding=("in", "out"))
+        self.kernel = Param(jax.random.normal(key, (din, dout)) / din**0.5, out_sharding=("in", "out"))
         self.bias = Param(jnp.zeros(dout))
         if lora:
             ka, kb = jax.random.split(jax.random.fold_in(key, 1))
@@ -114,7 +114,7 @@ def test_state_layout_and_types():
     assert type(adam.count) is OptArray  # not a mirror of a parameter
     mu = adam.mu["layers"][0]["kernel"]
     assert type(mu) is OptVariable and mu.value.shape == (3, 8)
-    assert mu.sharding == ("in", "out")  # the param's metadata is inherited
+    assert mu.out_sharding == ("in", "out")  # the param's metadata is inherited
     # Flax's layout: the model is not part of the optimizer's State.
     assert set(state(optimizer).to_pure_dict()) == {"opt_state", "step"}
     assert optimizer.model is model
@@ -404,12 +404,12 @@ def test_checks_run_at_trace_time_only(monkeypatch):
 def test_optimizer_sharding_annotates_the_moments():
     mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     model = Linear(4, 2, jax.random.key(0))
-    model.kernel.set_metadata(sharding=(None, "col"), optimizer_sharding=("row", "col"))
+    model.kernel.set_metadata(out_sharding=(None, "col"), optimizer_sharding=("row", "col"))
     with jax.set_mesh(mesh):
         optimizer = Optimizer(model, optax.adam(1e-3))
     mu = optimizer.opt_state[0].mu["kernel"]
-    assert mu.get_metadata("sharding") == ("row", "col")
-    assert model.kernel.get_metadata("sharding") == (None, "col")
+    assert mu.get_metadata("out_sharding") == ("row", "col")
+    assert model.kernel.get_metadata("out_sharding") == (None, "col")
     assert "optimizer_sharding" not in mu.get_metadata()
     assert mu.value.sharding.spec == jax.sharding.PartitionSpec("row", "col")
 

@@ -14,6 +14,9 @@ import typing as tp
 
 import jax
 
+from jax._src import core as _jax_core
+from jax._src.core import EvalTrace as _EvalTrace
+
 from nnxfn import core
 from nnxfn.core import DataLeaf
 from nnxfn.facade import context, pytreelib
@@ -30,6 +33,7 @@ _PRIVATE = (
     "_nnx_data",
     "_nnx_version",
     "_nnx_model",
+    "_nnx_traced",
 )  # _nnx_model: an optimizer's link
 _UNSET = object()
 
@@ -47,6 +51,8 @@ class Pytree:
     def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         obj = object.__new__(cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
+        if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
+            object.__setattr__(obj, "_nnx_traced", True)
         return obj
 
     def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: tp.Any) -> None:
@@ -66,12 +72,22 @@ class Pytree:
             return
         d = self.__dict__
         context.check_write(self, d.get("_nnx_frame"), f"attribute {name!r}")
+        if isinstance(value, jax.core.Tracer) and "_nnx_traced" not in d:
+            _check_tracer_write(self, d, name)
+        elif type(value) in (list, tuple, dict):
+            _check_no_marks(self, name, value)
         if (
             type(value) is pytreelib.Marked
             or name in self._nnx_fields
-            or (name in d.get("_nnx_static", ()) or type(value) in pytreelib.DATA_TYPES)
+            or name in d.get("_nnx_static", ())
+            or name in d.get("_nnx_data", ())
+            or type(value) in pytreelib.DATA_TYPES
         ):
             value = _mark(self, d, name, value)
+        elif (  # a data attribute stays data when given a non-data value (Flax)
+            type(value) in _SCALARS and value is not None and name in d and pytreelib.is_data(d[name])
+        ):
+            object.__setattr__(self, "_nnx_data", d.get("_nnx_data", frozenset()) | {name})
         if d.get(name, _UNSET) is not value:  # `self.v += 1` on a Variable rebinds the same object
             context.bump_structure(self)  # also for arrays: transform caches hold raw-array leaves
         object.__setattr__(self, name, value)
@@ -85,6 +101,7 @@ class Pytree:
         state.pop("_nnx_frame", None)
         state.pop("_nnx_pytree", None)
         state.pop("_nnx_version", None)
+        state.pop("_nnx_traced", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -127,6 +144,37 @@ class NonPytreeObject(Pytree, pytree=False):
 
 NonPytreeObject.__name__ = NonPytreeObject.__qualname__ = "Object"
 _object_new = Pytree.__new__
+
+
+def _check_tracer_write(obj: Pytree, d: dict, name: str) -> None:
+    """A JAX tracer written onto an object made outside every trace (captured
+    by a plain `jax.vmap`/`jax.jit` function) would leak: refuse it (Flax does)."""
+    if d.get("_nnx_frame") is not None or context.LOCAL.frames:
+        return
+    if type(_jax_core.trace_ctx.trace) is _EvalTrace:
+        return
+    raise ValueError(
+        f"Cannot set attribute {name!r} of {type(obj).__name__} to a JAX tracer: the object "
+        "was created outside the current JAX transform (it is captured by closure). "
+        "Pass it as an argument instead, or use an nnx transform."
+    )
+
+
+def _check_no_marks(obj: Pytree, name: str, value: tp.Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is pytreelib.Marked:
+            raise ValueError(
+                f"nnx.data()/nnx.static() found inside the value assigned to {name!r} of "
+                f"{type(obj).__name__}: annotations must wrap the whole attribute value, "
+                "not items of a sub-pytree."
+            )
+        if t in (list, tuple):
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v.values())
 
 
 def static_names(obj: Pytree) -> frozenset:
@@ -250,6 +298,8 @@ def _create_empty(cls: type, statics: tp.Hashable) -> Object:
     if cls.__new__ is _object_new:
         obj = object.__new__(cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
+        if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
+            object.__setattr__(obj, "_nnx_traced", True)
     else:
         obj = cls.__new__(cls)
     if statics:
@@ -301,7 +351,118 @@ core.register_node_type(
 )
 
 
-def _pytree_flatten(obj: Object):
+class _Level:
+    """One level of a Module's JAX key path below the Module itself (the
+    `layers` then `[0]` in `.layers[0].b`): JAX sees one key per level while
+    the Module still flattens to its deduplicated State leaves."""
+
+    __slots__ = ("keys", "children")
+
+    def __init__(self, keys: tuple, children: list):
+        self.keys = keys
+        self.children = children
+
+    def __repr__(self) -> str:
+        return f"_Level({list(zip(self.keys, self.children))!r})"
+
+
+def _level_flatten(level: _Level):
+    return level.children, level.keys
+
+
+def _level_flatten_with_keys(level: _Level):
+    return list(zip(level.keys, level.children)), level.keys
+
+
+def _level_unflatten(keys: tuple, children: tp.Iterable) -> _Level:
+    return _Level(keys, list(children))
+
+
+jax.tree_util.register_pytree_with_keys(_Level, _level_flatten_with_keys, _level_unflatten, _level_flatten)
+
+# aux -> nesting template: a list of ints (leaf positions) and (keys, template) pairs
+_TEMPLATES: dict[tuple, tuple[tuple, list]] = {}
+
+
+def _key_of(node: tp.Any, k: tp.Any) -> tp.Any:
+    if type(k) is int and (
+        isinstance(node, (list, tuple)) or type(node).__name__ == "List" and hasattr(node, "_items")
+    ):
+        return jax.tree_util.SequenceKey(k)
+    if isinstance(node, dict):
+        return jax.tree_util.DictKey(k)
+    return jax.tree_util.GetAttrKey(str(k))
+
+
+def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
+    if node is None:
+        return None
+    try:
+        if isinstance(node, (list, tuple, dict)):
+            return node[k]
+        if isinstance(node, Object) and hasattr(node, "_items") and isinstance(k, int):
+            return node._items[k]
+        if isinstance(node, Object):
+            return node.__dict__.get(k)
+        for ck, cv in core.graph.children_of(node):
+            if ck == k:
+                return cv
+    except Exception:
+        pass
+    return None
+
+
+def _template(obj: Object, paths: tuple) -> tuple[tuple, list]:
+    """(top-level keys, entries) with entries a leaf index or (keys, entries)."""
+
+    def build(node: tp.Any, items: list, depth: int) -> tuple[tuple, list]:
+        keys: list = []
+        entries: list = []
+        i = 0
+        while i < len(items):
+            idx, path = items[i]
+            k = path[depth]
+            key = _key_of(node, k)
+            if len(path) == depth + 1:
+                keys.append(key)
+                entries.append(idx)
+                i += 1
+                continue
+            j = i
+            while j < len(items) and len(items[j][1]) > depth + 1 and items[j][1][depth] == k:
+                j += 1
+            keys.append(key)
+            entries.append(build(_child_at(node, k), items[i:j], depth + 1))
+            i = j
+        return tuple(keys), entries
+
+    return build(obj, list(enumerate(paths)), 0)
+
+
+def _nest(entries: list, leaves: list) -> list:
+    return [leaves[e] if type(e) is int else _Level(e[0], _nest(e[1], leaves)) for e in entries]
+
+
+def _flat_leaves(children: tp.Iterable, out: list) -> list:
+    for c in children:
+        if type(c) is _Level:
+            _flat_leaves(c.children, out)
+        else:
+            out.append(c)
+    return out
+
+
+def _nested(obj: Object, leaves: list, aux: tuple):
+    template = _TEMPLATES.get(aux)
+    if template is None:
+        if len(_TEMPLATES) > 4096:
+            _TEMPLATES.clear()
+        template = _TEMPLATES[aux] = _template(obj, aux[1])
+    keys, entries = template
+    return keys, _nest(entries, leaves), (*aux, keys)
+
+
+def _pytree_leaves(obj: Object):
     """JAX sees the State leaves (Variables, raw arrays), each once even if
     shared; foreign pytrees (Equinox modules) are children whole, so
     `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
@@ -319,10 +480,16 @@ def _pytree_flatten(obj: Object):
     return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
 
 
+def _pytree_flatten(obj: Object):
+    leaves, aux = _pytree_leaves(obj)
+    _, children, aux = _nested(obj, leaves, aux)
+    return children, aux
+
+
 def _pytree_flatten_with_keys(obj: Object):
-    leaves, aux = _pytree_flatten(obj)
-    keys = [jax.tree_util.GetAttrKey(_path_name(p)) for p in aux[1]]
-    return list(zip(keys, leaves)), aux
+    leaves, aux = _pytree_leaves(obj)
+    keys, children, aux = _nested(obj, leaves, aux)
+    return list(zip(keys, children)), aux
 
 
 def _path_name(path: tuple) -> str:
@@ -333,9 +500,10 @@ def _is_tracer(x: tp.Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _pytree_unflatten(aux: tuple, leaves: tp.Iterable) -> Object:
-    graphdef, paths, whole = aux
-    leaves = list(leaves)
+def _pytree_unflatten(aux: tuple, children: tp.Iterable) -> Object:
+    graphdef, paths, whole, _ = aux
+    aux = aux[:3]
+    leaves = _flat_leaves(children, [])
     traced = False
     for path, leaf in zip(paths, leaves):
         if getattr(leaf, "_frame", None) is context.FOREIGN:

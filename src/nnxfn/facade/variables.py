@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import typing as tp
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,9 @@ def _freeze(value: tp.Any) -> tp.Any:
 class Variable(VariableLike, tp.Generic[A]):
     """A mutable box for one value (usually an array) with metadata.
 
-    >>> v = Variable(jnp.ones(3), sharding=("data",))
+    >>> v = Variable(jnp.ones(3), out_sharding=("data",))
     >>> v[...] = v * 2
-    >>> float(v.sum()), v.sharding
+    >>> float(v.sum()), v.out_sharding
     (6.0, ('data',))
     """
 
@@ -74,14 +75,19 @@ class Variable(VariableLike, tp.Generic[A]):
             metadata = {**value.get_metadata(exclude_required=True), **metadata}
             value = value.get_raw_value() if not value.ref else value.get_value()
         value, metadata = spmd.unwrap(value, metadata)  # nnx.with_partitioning/with_metadata
+        for old in ("sharding", "sharding_names"):  # Flax's deprecated names for `out_sharding`
+            if old in metadata:
+                warnings.warn(f"'{old}' is deprecated, use 'out_sharding' instead.", DeprecationWarning, 2)
+                metadata["out_sharding"] = metadata.pop(old)
         for key in ("hijax", "ref"):
             metadata.pop(key, None)  # decided by the type (see `__new__`)
         if eager_sharding is not None:
             metadata["eager_sharding"] = eager_sharding
+        if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
+            # an explicit `eager_sharding=True` wins over `use_eager_sharding(False)`
+            value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
         if metadata.get("eager_sharding", True) is True:
             metadata.pop("eager_sharding", None)  # the default is not stored
-        if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
-            value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
         object.__setattr__(self, "raw_value", self._store(value))
         object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
         object.__setattr__(self, "_frame", context.current_frame())
@@ -245,6 +251,12 @@ class Variable(VariableLike, tp.Generic[A]):
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
         self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
+
+    @property
+    def sharding_names(self) -> tp.Any:
+        """Deprecated in Flax: the `out_sharding` metadata (None without it)."""
+        warnings.warn("'sharding_names' is deprecated, use 'out_sharding' instead.", DeprecationWarning, 2)
+        return dict(self._metadata).get("out_sharding")
 
     def __getattr__(self, name: str) -> tp.Any:
         if name.startswith("__"):

@@ -272,7 +272,8 @@ def _variable_cell(info: _Stats, col: type) -> list:
     for name, var in sorted(info.own.get(col, {}).items(), key=lambda kv: str(kv[0])):
         value = var.raw_value
         shown = cells.array_segments(value) if hasattr(value, "shape") and hasattr(value, "dtype") else []
-        meta = {k: v for k, v in var.get_metadata().items() if not k.startswith("_")}
+        required = getattr(type(var), "required_metadata", ())
+        meta = {k: v for k, v in var.get_metadata().items() if not k.startswith("_") and k not in required}
         if meta:
             lines.append([(f"{name}:", None)])
             lines += [[(f"  {k}: ", None), *cells.value_lines(v)[0]] for k, v in sorted(meta.items())]

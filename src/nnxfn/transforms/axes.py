@@ -45,18 +45,26 @@ class NodePrefix:
         if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
             state = node.state
             pairs = state.flat_state() if isinstance(state, core.State) else [((), state)]
+            self.is_ref = not pairs or (isinstance(state, core.State) and not len(state))
         else:
             pairs = core.flatten(node)[1]
+            self.is_ref = False
         self.axes = {path: raw(leaf) for path, leaf in pairs}
 
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
         try:
             return self.axes[path]
         except KeyError:
+            if self.is_ref:
+                raise _MissingPrefix(path) from None
             raise ValueError(
                 f"the axes prefix (from `nnx.prefix`) has no value at "
                 f"{core.errors.path_str(path)}; make it from the same object you pass."
             ) from None
+
+
+class _MissingPrefix(ValueError):
+    """A path absent from a reference's (empty) graph-form prefix."""
 
 
 def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
@@ -159,7 +167,10 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
     for k, (node, spec) in enumerate(zip(entry.nodes, node_specs)):
         _, pairs = core.flatten(node, copy=False)
         for path, leaf in pairs:
-            value = resolve(spec, path, leaf)
+            try:
+                value = resolve(spec, path, leaf)
+            except _MissingPrefix:
+                continue  # a reference in a graph-form `nnx.prefix`: its first path has the axes
             prev = seen.setdefault(id(leaf), (value, k, path))
             if prev[0] is not value and prev[0] != value:
                 a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
@@ -170,6 +181,15 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                     f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
                     f"It has one value, so give every path to it the same {what}."
                 )
+
+
+def is_tree_prefix(node: tp.Any) -> bool:
+    """Whether a graph object is an axes prefix (what `nnx.prefix(obj, ...,
+    graph=False)` returns: a copy whose Variables hold axes, not arrays)."""
+    import numpy as np
+
+    leaves = [raw(leaf) for _, leaf in core.flatten(node, copy=False)[1]]
+    return bool(leaves) and not any(isinstance(v, (jax.Array, np.ndarray)) for v in leaves)
 
 
 def check_prefix(name: str, axes: tp.Any, what: str) -> None:
@@ -183,7 +203,7 @@ def check_prefix(name: str, axes: tp.Any, what: str) -> None:
                 f"{name}: Variables prefixes are not supported: {what} holds a "
                 f"{type(leaf).__name__}. Give its axis (an int or None) instead."
             )
-        if is_node(leaf):
+        if is_node(leaf) and not is_tree_prefix(leaf):
             raise ValueError(
                 f"{name}: Graph nodes are not allowed as prefixes: {what} holds a "
                 f"{type(leaf).__name__}. Give one axis for the whole object, or per-leaf axes "

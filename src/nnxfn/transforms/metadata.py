@@ -20,7 +20,7 @@ import typing as tp
 
 from nnxfn.transforms import boundary, spmd
 from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
-from nnxfn.transforms.common import check_not_bound, run_inside
+from nnxfn.transforms.common import check_not_bound, run_inside, signature_of, to_positional
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _NAME = "nnx.transform_metadata"
@@ -41,11 +41,14 @@ def transform_metadata(
         return functools.partial(transform_metadata, in_axes=in_axes, out_axes=out_axes, partition=partition)
     check_not_bound(f, _NAME)
     metadata = {spmd.PARTITION_NAME: partition}
+    sig = signature_of(f)
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         from nnxfn.transforms.vmap import _emitted_templates
 
+        # keyword arguments take the in_axes entry of their position, as in Flax
+        args, kwargs = to_positional(sig, args, kwargs, _NAME)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(_NAME, in_axes, (args, kwargs))
         state_axes, _ = entry_axes(entry, specs)

@@ -220,12 +220,19 @@ class _Spec:
 def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
     from nnxfn.transforms.spmd import PathAxes, is_spec_tree  # e.g. nnx.get_partition_spec(model)
 
+    from nnxfn.core.trees import TreeState  # graph-form `nnx.prefix(obj, {filter: spec})`
+
     def wrap(s: tp.Any) -> tp.Any:
+        if isinstance(s, TreeState):
+            s = s.state
         if is_spec(s):
             return _Spec(s)
         return _Spec(PathAxes(s)) if is_spec_tree(s) else s
 
-    return jax.tree_util.tree_map(wrap, specs, is_leaf=lambda s: is_spec(s) or is_spec_tree(s))
+    def is_leaf(s: tp.Any) -> bool:
+        return is_spec(s) or is_spec_tree(s) or isinstance(s, TreeState)
+
+    return jax.tree_util.tree_map(wrap, specs, is_leaf=is_leaf)
 
 
 def _unwrap(s: tp.Any) -> tp.Any:

@@ -107,7 +107,40 @@ def _map_streams(
         made = new.get(id(original))
         if made is not None:
             stream.key, stream.count = made.key, made.count
+    _share_unchanged(node, copy, {id(s) for s, m in zip(copies, originals) if new.get(id(m)) is None})
     return copy
+
+
+def _share_unchanged(original: tp.Any, copy: tp.Any, kept_streams: set) -> None:
+    """Put the original Variables back into `copy` (the streams themselves stay
+    new objects, as in Flax), except in the split/forked streams, which have
+    their own keys and counts: a write through the copy (e.g. a counter inside
+    a scan) reaches `original`."""
+    from nnxfn.core.registry import lookup
+    from nnxfn.core.variable_like import VariableLike
+
+    seen: set = set()
+
+    def walk(o: tp.Any, c: tp.Any) -> None:
+        impl = lookup(type(c))
+        if impl is None or id(c) in seen or lookup(type(o)) is None:
+            return
+        seen.add(id(c))
+        o_children = dict(impl.children(o)) if type(o) is type(c) else {}
+        for k, child in list(impl.children(c)):
+            if k not in o_children:
+                continue
+            orig = o_children[k]
+            if isinstance(child, VariableLike) and isinstance(orig, VariableLike):
+                impl.set_child(c, k, orig)
+            elif isinstance(child, RngStream) and id(child) in kept_streams:
+                walk(orig, child)  # a new stream object holding the original Variables
+            elif isinstance(child, RngStream):
+                continue  # a new stream: its own key and count
+            else:
+                walk(orig, child)
+
+    walk(original, copy)
 
 
 def split_rngs(

@@ -138,7 +138,9 @@ def _check_returned_inputs(
 
     outs = exit_static.graphdef.root.children[1][1].children
     origin = dict(exit_static.origins)
-    node_index = {id(n): j for j, n in enumerate(entry.nodes)}
+    node_index: dict[int, int] = {}
+    for j, n in enumerate(entry.nodes):  # an aliased node's leaves are at its first position
+        node_index.setdefault(id(n), j)
     out_flat = None
     for k, d in outs:
         if not isinstance(d, Ref) or d.index not in origin:
