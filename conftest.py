@@ -10,7 +10,8 @@ import pytest
 import nnxfn as nnx
 
 # `nnxfn.nnx` replaces itself by `nnxfn` in sys.modules: nothing to collect there.
-collect_ignore = ["src/nnxfn/nnx.py"]
+# tests/spmd/spmd_checks.py builds an 8-device mesh at import (it runs in a subprocess).
+collect_ignore = ["src/nnxfn/nnx.py", "tests/spmd/spmd_checks.py"]
 
 
 @pytest.fixture(autouse=True)

@@ -98,7 +98,7 @@ def test_linear_metadata_custom_init_and_dot_general():
         kernel_metadata={"sharding": ("a", None)},
         rngs=Rngs(0),
     )
-    assert layer.kernel.sharding == ("a", None)
+    assert layer.kernel.out_sharding == ("a", None)
     np.testing.assert_allclose(layer(jnp.array([1.0, 2.0])), [3.5, 3.5, 3.5])
     assert calls == ["highest"]
 

@@ -67,7 +67,7 @@ def test_custom_param_type_and_metadata_and_dtypes():
         a_metadata={"sharding": ("in", None)},
         rngs=Rngs(0),
     )
-    assert type(layer.lora.lora_a) is Adapter and layer.lora.lora_a.sharding == ("in", None)
+    assert type(layer.lora.lora_a) is Adapter and layer.lora.lora_a.out_sharding == ("in", None)
     assert layer.lora(X).dtype == jnp.bfloat16
     lora = LoRA(3, 2, 4, param_dtype=jnp.float16, rngs=Rngs(0))
     assert lora.lora_a.dtype == jnp.float16
