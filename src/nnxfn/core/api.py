@@ -26,6 +26,7 @@ from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse a
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.kinds import _CONTAINERS
 from nnxfn.core.registry import lookup
 from nnxfn.core.state import State
 from nnxfn.core.state import _flatten as _state_flatten
@@ -33,7 +34,6 @@ from nnxfn.core.state import _flatten_with_keys as _state_flatten_with_keys
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
-_CONTAINERS = (list, tuple, dict)
 _GRAPH_KW = ("graph", "graph_updates")
 
 
