@@ -105,6 +105,9 @@ def test_ellipsis_must_be_last():
         nnx.split(Model(), ..., nnx.Param)
     with pytest.raises(ValueError, match="must be the last filter"):
         nnx.state(Model()).split(nnx.Cache, ..., nnx.Param)
+    # Flax's wording is part of the message (tests match on it); True counts too.
+    with pytest.raises(ValueError, match=r"`\.\.\.` or `True` can only be used as the last filters"):
+        nnx.split(Model(), True, nnx.Param)
 
 
 def test_non_exhaustive_split_names_the_path():
@@ -112,6 +115,8 @@ def test_non_exhaustive_split_names_the_path():
         nnx.split(Model(), nnx.Variable)
     with pytest.raises(ValueError, match=r"node\.enc\.mean, node\.raw matched none"):
         nnx.split(Model(), nnx.Param, nnx.Cache)
+    with pytest.raises(ValueError, match="Non-exhaustive filters, got a non-empty remainder"):
+        nnx.split(Model(), nnx.Param)
 
 
 def test_bad_filter_errors():

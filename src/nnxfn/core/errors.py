@@ -51,15 +51,17 @@ def wrong_variable_type(path: tuple[Any, ...], expected: type, got: type) -> str
 
 def non_exhaustive_split(paths: Iterable[tuple[Any, ...]]) -> str:
     return (
+        "Non-exhaustive filters, got a non-empty remainder: "
         f"split: {_paths(paths)} matched none of the filters. Add `...` as the "
         "last filter to collect the rest, e.g. `nnx.split(model, nnx.Param, ...)`."
     )
 
 
-def ellipsis_not_last(position: int, count: int) -> str:
+def ellipsis_not_last(position: int, count: int, shown: str = "...") -> str:
     return (
-        f"`...` must be the last filter: it matches everything, so filters after "
-        f"it (position {position} of {count}) would never match. Move `...` to "
+        "`...` or `True` can only be used as the last filters: "
+        f"`{shown}` must be the last filter: it matches everything, so filters after "
+        f"it (position {position} of {count}) would never match. Move `{shown}` to "
         "the end."
     )
 

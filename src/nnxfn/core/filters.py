@@ -172,8 +172,9 @@ def to_predicate(f: Filter) -> Predicate:
 def check_filters(filters: tuple[Filter, ...]) -> tuple[Predicate, ...]:
     """Predicates for a split; `...` may only be last."""
     for i, f in enumerate(filters[:-1]):
-        if f is Ellipsis:
-            raise ValueError(errors.ellipsis_not_last(i + 1, len(filters)))
+        if f is Ellipsis or f is True:
+            shown = "..." if f is Ellipsis else "True"
+            raise ValueError(errors.ellipsis_not_last(i + 1, len(filters), shown))
     return tuple(to_predicate(f) for f in filters)
 
 
