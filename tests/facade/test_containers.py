@@ -207,3 +207,40 @@ def test_plain_list_attribute_of_modules_just_works():
     out = jax.jit(lambda m, x: m(x))(m, x)
     _eq(out, m(x))
     assert [p for p, _ in nnx.iter_modules(m)] == [("layers", 0), ("layers", 1), ("layers", 2), ()]
+
+
+def test_list_marked_items_are_leaves_or_static():
+    ls = nnx.List([nnx.data(1), nnx.static("h"), 3, jnp.array(2.0)])
+    assert list(ls)[:3] == [1, "h", 3]  # the marks are not stored
+    leaves, treedef = jax.tree_util.tree_flatten(ls)
+    assert leaves[0] == 1 and float(leaves[1]) == 2.0 and len(leaves) == 2
+    doubled = jax.tree_util.tree_unflatten(treedef, [x * 2 for x in leaves])
+    assert doubled[0] == 2 and doubled[1] == "h" and doubled[2] == 3
+    assert jax.tree_util.tree_leaves(doubled)[0] == 2  # still data after unflatten
+    merged = nnx.merge(*nnx.split(ls))
+    assert jax.tree_util.tree_leaves(merged)[0] == 1
+
+
+def test_list_marks_follow_edits():
+    ls = nnx.List([nnx.data(1), 2, 3])
+    ls[2] = nnx.data(7)
+    ls.append(nnx.data(5))
+    assert jax.tree_util.tree_leaves(ls) == [1, 7, 5]
+    ls[0] = 4  # a plain value keeps a data index data
+    del ls[1]
+    ls.insert(0, nnx.data(9))
+    assert jax.tree_util.tree_leaves(ls) == [9, 4, 7, 5]
+    ls[1:3] = [10, nnx.data(11)]
+    assert list(ls) == [9, 10, 11, 5]
+    assert jax.tree_util.tree_leaves(ls) == [9, 11, 5]
+
+
+def test_list_marked_items_under_jit():
+    ls = nnx.List([nnx.data(jnp.array(1.0)), nnx.static(999)])
+    out = jax.jit(lambda x: jax.tree.map(lambda v: v * 2, x))(ls)
+    assert float(out[0]) == 2.0 and out[1] == 999
+
+
+def test_list_static_mark_rejects_arrays():
+    with pytest.raises(ValueError, match="nnx.static"):
+        nnx.List([nnx.static(jnp.ones(2))])

@@ -11,54 +11,128 @@ from collections.abc import MutableMapping, MutableSequence
 
 from nnxfn import core
 from nnxfn.facade import context
-from nnxfn.facade.module import Module, Object
+from nnxfn.core import DataLeaf
+from nnxfn.facade import pytreelib
+from nnxfn.facade.module import Module, Object, needs_box
 
 
 class List(Object, MutableSequence):
-    """A list that is a graph node: `self.layers = nnx.List([...])`."""
+    """A list that is a graph node: `self.layers = nnx.List([...])`.
+
+    Items are data or static by value, as attributes are; `nnx.data(v)` /
+    `nnx.static(v)` items override that (`nnx.List([nnx.data(1)])` holds the
+    leaf 1). A plain value written to a data index keeps it data.
+    """
 
     def __init__(self, items: tp.Iterable = ()):
-        object.__setattr__(self, "_items", list(items))
+        object.__setattr__(self, "_items", [])
+        for value in items:
+            value, is_data = self._unmark(len(self._items), value)
+            flags = self._flags(is_data)
+            if flags is not None:
+                flags.append(is_data)
+            self._items.append(value)
 
     def _write(self) -> None:
         context.check_write(self, self.__dict__.get("_nnx_frame"), "an item")
         context.bump_structure(self)
 
+    def _unmark(self, index: tp.Any, value: tp.Any) -> tuple[tp.Any, bool]:
+        """(value to store, whether `nnx.data` marked it) for an item."""
+        if type(value) is not pytreelib.Marked:
+            return value, False
+        if not value.is_data:
+            pytreelib.check_static(self, f"[{index}]", value.value, explicit=True)
+        return value.value, value.is_data
+
+    def _flags(self, needed: bool) -> list[bool] | None:
+        """The per-item "marked data" flags, made when first `needed`."""
+        flags = self.__dict__.get("_isdata")
+        if flags is None and needed:
+            flags = [False] * len(self._items)
+            object.__setattr__(self, "_isdata", flags)
+        return flags
+
     def __getitem__(self, i: tp.Any) -> tp.Any:
         return self._items[i]
 
     def __setitem__(self, i: tp.Any, value: tp.Any) -> None:
+        if isinstance(i, slice):
+            pairs = [self._unmark(i, v) for v in value]
+            marks = [m for _, m in pairs]
+            self._write()
+            flags = self._flags(any(marks))
+            self._items[i] = [v for v, _ in pairs]
+            if flags is not None:
+                flags[i] = marks
+            return
+        value, is_data = self._unmark(i, value)
         self._write()
         self._items[i] = value
+        flags = self._flags(is_data)
+        if is_data and flags is not None:
+            flags[i] = True
 
     def __delitem__(self, i: tp.Any) -> None:
         self._write()
         del self._items[i]
+        flags = self.__dict__.get("_isdata")
+        if flags is not None:
+            del flags[i]
 
     def __len__(self) -> int:
         return len(self._items)
 
     def insert(self, i: int, value: tp.Any) -> None:
+        value, is_data = self._unmark(i, value)
         self._write()
+        flags = self._flags(is_data)
+        if flags is not None:
+            flags.insert(i, is_data)
         self._items.insert(i, value)
 
     def __getstate__(self) -> dict:
-        return {"_items": self._items}
+        state = {"_items": self._items}
+        if "_isdata" in self.__dict__:
+            state["_isdata"] = self._isdata
+        return state
 
 
 def _list_children(lst: List) -> list[tuple[int, tp.Any]]:
-    return list(enumerate(lst._items))
+    flags = lst.__dict__.get("_isdata")
+    if flags is None:
+        return list(enumerate(lst._items))
+    return [
+        (i, DataLeaf(v) if f and needs_box(v) else v)
+        for i, (v, f) in enumerate(zip(lst._items, flags))
+    ]
 
 
-def _list_create(cls: type, _static: tp.Any) -> List:
+def _list_static(lst: List) -> tp.Hashable:
+    """The indices of `nnx.data`-marked items (kept in the GraphDef), or None."""
+    flags = lst.__dict__.get("_isdata")
+    if not flags or not any(flags):
+        return None
+    return tuple(i for i, f in enumerate(flags) if f)
+
+
+def _list_create(cls: type, static: tp.Any) -> List:
     lst = cls.__new__(cls)
     object.__setattr__(lst, "_items", [])
+    if static:
+        flags = [False] * (max(static) + 1)
+        for i in static:
+            flags[i] = True
+        object.__setattr__(lst, "_isdata", flags)
     return lst
 
 
 def _list_set(lst: List, i: int, value: tp.Any) -> None:
     if i == len(lst._items):
         lst._items.append(value)
+        flags = lst.__dict__.get("_isdata")
+        if flags is not None and len(flags) < len(lst._items):
+            flags.append(False)
     else:
         if lst._items[i] is not value:  # a rebound item (see module._set_child)
             context.bump_structure(lst)
@@ -68,9 +142,14 @@ def _list_set(lst: List, i: int, value: tp.Any) -> None:
 def _list_del(lst: List, i: int) -> None:
     context.bump_structure(lst)
     del lst._items[i]
+    flags = lst.__dict__.get("_isdata")
+    if flags is not None:
+        del flags[i]
 
 
-core.register_node_type(core.NodeImpl(List, _list_children, _list_create, _list_set, _list_del))
+core.register_node_type(
+    core.NodeImpl(List, _list_children, _list_create, _list_set, _list_del, static=_list_static)
+)
 
 
 class Dict(Module, MutableMapping):

@@ -212,7 +212,7 @@ def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
     return value
 
 
-def _needs_box(value: tp.Any) -> bool:
+def needs_box(value: tp.Any) -> bool:
     """True if `value`, declared data, is not a leaf or container by itself
     (`nnx.data(1)`, a registered data type): the core then keeps it whole as a leaf."""
     t = type(value)
@@ -229,7 +229,7 @@ _SCALARS = frozenset((int, float, complex, bool, str, type(None)))
 
 
 def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
-    return tuple(DataLeaf(v) if k in datas and _needs_box(v) else v for k, v in zip(keys, values))
+    return tuple(DataLeaf(v) if k in datas and needs_box(v) else v for k, v in zip(keys, values))
 
 
 # -- graph-node registration -------------------------------------------------
