@@ -48,6 +48,13 @@ from nnxfn.core.contexts import (
     update_context as update_context,
 )
 from nnxfn.core.flatstate import FlatState as FlatState
+from nnxfn.core.refoutputs import (
+    NO_UPDATE as NO_UPDATE,
+    REPEATED as REPEATED,
+    ArrayRefOutput as ArrayRefOutput,
+    NoUpdate as NoUpdate,
+    Repeated as Repeated,
+)
 from nnxfn.core.graphdef import GraphDef as GraphDef, NodeDef as NodeDef, VariableDef as VariableDef
 from nnxfn.core.pytrees import (
     NodeRef as NodeRef,

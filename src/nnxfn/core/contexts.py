@@ -24,7 +24,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph
+from nnxfn.core import filters as filterlib, graph as _graph, refoutputs
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import (
@@ -35,6 +35,8 @@ from nnxfn.core.graphdef import (
     Ref,
     VariableDef,
 )
+
+from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
 
@@ -129,8 +131,21 @@ def flatten(
 ) -> tuple[GraphDef, FlatState | list]:
     """`graphdef, flat_state` (a FlatState of (path, leaf) pairs, or with
     `with_paths=False` the list of leaves). `ref_index` receives every object
-    met (and objects already in it are referenced, not walked again).
-    Variables are detached copies unless `copy=False`."""
+    met, and every `jax.Ref` (objects already in it are referenced, not walked
+    again). Variables are detached copies unless `copy=False`."""
+    return _flatten(node, ref_index, ref_outer_index, with_paths, copy, None)
+
+
+def _flatten(
+    node: tp.Any,
+    ref_index: RefMap | None,
+    ref_outer_index: RefMap | None,
+    with_paths: bool,
+    copy: bool,
+    known_refs: set[int] | None,
+) -> tuple[GraphDef, FlatState | list]:
+    """`flatten`; with `known_refs` (an inner split of an update context) the
+    values of Ref Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
     objects: list[tp.Any] = []
     graphdef, pairs = _graph.flatten(node, copy=copy, objects=objects)
     if ref_index is None:
@@ -140,9 +155,20 @@ def flatten(
             ref_index[obj] = i
     else:
         graphdef, pairs = _reindex(graphdef, pairs, objects, ref_index, ref_outer_index)
+    _index_refs(pairs, ref_index)
+    if known_refs is not None:
+        pairs = refoutputs.to_outputs(pairs, known_refs)
     if not with_paths:  # the leaves in GraphDef order
         return graphdef, [leaf for _, leaf in pairs]
     return graphdef, FlatState(pairs, sort=True)
+
+
+def _index_refs(pairs: list, ref_index: RefMap) -> None:
+    """Give every `jax.Ref` met (bare, or a Variable's value) an index too."""
+    for _, leaf in pairs:
+        ref = leaf.raw_value if isinstance(leaf, VariableLike) else leaf
+        if isinstance(ref, jax.Ref) and ref not in ref_index:
+            ref_index[ref] = len(ref_index)
 
 
 def _reindex(
@@ -216,6 +242,8 @@ def unflatten(
         for index, outer in getattr(graphdef, "outer_index", ()):
             if outer in outer_index_outer_ref:
                 reuse[index] = outer_index_outer_ref[outer]
+    if refoutputs.needs_inputs(leaves):
+        leaves = refoutputs.from_outputs(graphdef, leaves, reuse)
     return _graph.unflatten(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
 
 
@@ -340,11 +368,17 @@ class SplitContext:
             return None
         return current_update_context(self.ctxtag).inner_ref_outer_index or None
 
+    def _known_refs(self) -> set[int] | None:
+        """In an inner split: the ids of the Refs held by the outer Variables."""
+        if self.ctxtag is None or not self.is_inner:
+            return None
+        return refoutputs.outer_refs(current_update_context(self.ctxtag).outer_index_outer_ref)
+
     def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
-        graphdef, flat = flatten(
-            node, ref_index=self.ref_index, ref_outer_index=self._outer(), with_paths=with_paths
+        graphdef, flat = _flatten(
+            node, self.ref_index, self._outer(), with_paths, True, self._known_refs()
         )
         if not filters:
             return graphdef, flat
@@ -352,7 +386,7 @@ class SplitContext:
         return (graphdef, *(parts if isinstance(parts, tuple) else (parts,)))
 
     def split(self, node: tp.Any, *filters: filterlib.Filter) -> tuple:
-        graphdef, flat = flatten(node, ref_index=self.ref_index, ref_outer_index=self._outer())
+        graphdef, flat = _flatten(node, self.ref_index, self._outer(), True, True, self._known_refs())
         parts = flat.split(*filters) if filters else flat
         parts = parts if isinstance(parts, tuple) else (parts,)
         return (graphdef, *(_nested(p) for p in parts))
