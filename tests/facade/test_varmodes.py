@@ -151,3 +151,32 @@ def test_variable_names_registry():
     assert issubclass(made, nnx.Variable) and nnx.variable_name_from_type(made) == "my_coll_for_test"
     with pytest.raises(ValueError, match="already mapped"):
         nnx.register_variable_name("params", nnx.Cache)
+
+
+class _StatModel(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.array([1.0, 2.0, 3.0]))
+        self.s = nnx.BatchStat(jnp.zeros(()))
+
+    def __call__(self, x):
+        y = x @ self.w
+        self.s[...] = y.mean()  # a value that carries a derivative, into a Ref made outside
+        return (y**2).sum()
+
+
+def test_hijax_graphdef_merges_plain_params_and_keeps_state_writes():
+    with nnx.var_defaults(hijax=True):
+        model = _StatModel()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    plain = nnx.with_vars(params, hijax=False)
+    assert not plain["w"].hijax and isinstance(plain["w"], type(model.w))  # a mode is not a type
+
+    def loss(p):
+        return nnx.merge(graphdef, p, rest)(x)
+
+    x = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    grads = jax.jit(jax.grad(loss))(plain)
+    y = x @ jnp.array([1.0, 2.0, 3.0])
+    _eq(grads["w"][...], 2 * x.T @ y)
+    _eq(model.s[...], y.mean())  # the statistic reached the model's own Ref
+    assert not isinstance(model.w, nnx.BatchStat) and not isinstance(plain["w"], type(model.s))

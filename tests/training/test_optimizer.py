@@ -437,3 +437,31 @@ def test_optimizer_built_inside_a_transform_links_to_the_callers_model():
     abstract_model, abstract_opt = nnxfn.eval_shape(build)
     assert abstract_opt.model is abstract_model
     assert isinstance(abstract_opt.opt_state[0].mu["layers"][0]["kernel"].value, jax.ShapeDtypeStruct)
+
+
+def test_hijax_model_and_optimizer_train_under_plain_jax_jit():
+    # hijax Variables keep their values in jax.Refs: the optimizer reads the
+    # values (not the Refs) and writes into them, so a plain `jax.jit` trains.
+    with nnxfn.var_defaults(hijax=True):
+        model = nnxfn.Linear(2, 3, rngs=nnxfn.Rngs(0))
+        optimizer = Optimizer(model, optax.sgd(0.5), wrt=Param)
+    w0, b0 = np.asarray(model.kernel[...]), np.asarray(model.bias[...])
+    x, y = jnp.ones((4, 2)), jnp.zeros((4, 3))
+
+    @jax.jit
+    def step(x, y):
+        graphdef, params, rest = nnxfn.split(model, Param, ...)
+
+        def loss_fn(p):
+            return ((nnxfn.merge(graphdef, p, rest)(x) - y) ** 2).mean()
+
+        grads = jax.grad(loss_fn)(nnxfn.with_vars(params, hijax=False))
+        optimizer.update(model, grads)
+
+    step(x, y)
+    pred = x @ w0 + b0
+    g_b = (2 * (pred - y) / pred.size).sum(0)
+    g_w = x.T @ (2 * (pred - y) / pred.size)
+    np.testing.assert_allclose(model.bias[...], b0 - 0.5 * g_b, rtol=1e-5)
+    np.testing.assert_allclose(model.kernel[...], w0 - 0.5 * g_w, rtol=1e-5)
+    assert int(optimizer.step[...]) == 1

@@ -539,20 +539,33 @@ class RefVariable(Variable[A]):
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
             if varmodes.is_ref(raw) and _fits(raw, value):
-                raw[...] = jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape)
+                _put(raw, ..., jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape))
                 return
             old, new = jax.tree.structure(raw, is_leaf=varmodes.is_ref), jax.tree.structure(value)
             if old == new and not varmodes.is_ref(raw):
                 for r, x in zip(jax.tree.leaves(raw, is_leaf=varmodes.is_ref), jax.tree.leaves(value)):
-                    r[...] = x
+                    _put(r, ..., x)
                 return
             self.set_raw(varmodes.to_refs(value))
         elif varmodes.is_ref(raw):
-            raw[index] = value
+            _put(raw, index, value)
         elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(value):
-            sub[...] = value
+            _put(sub, ..., value)
         else:
             self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))
+
+
+def _put(ref: tp.Any, index: tp.Any, value: tp.Any) -> None:
+    """`ref[index] = value`. Under `jax.grad`, a Ref made outside the
+    differentiated function (e.g. BatchNorm statistics) cannot hold a value
+    that carries a derivative: it gets the value without it (the state is not
+    differentiated), as Flax's hijax Variables allow."""
+    try:
+        ref[index] = value
+    except Exception as e:
+        if "non-differentiated array reference" not in str(e):
+            raise
+        ref[index] = jax.lax.stop_gradient(value)
 
 
 def _fits(ref: tp.Any, value: tp.Any) -> bool:

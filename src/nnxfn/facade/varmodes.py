@@ -138,6 +138,17 @@ def from_refs(value: tp.Any) -> tp.Any:
 _TYPES: dict[tuple[type, bool, bool], type] = {}
 
 
+class ModeType(type):
+    """Metaclass of the `hijax`/`ref` subclasses. A mode is how a Variable keeps
+    its value, not another kind of Variable (in Flax it is a flag), so
+    `isinstance(v, T)` holds for every instance of T's base type: a plain
+    `Param` fits where the GraphDef of a hijax model expects its `Param`s
+    (`nnx.merge(graphdef, nnx.with_vars(params, hijax=False))`)."""
+
+    def __instancecheck__(cls, obj: tp.Any) -> bool:
+        return isinstance(obj, cls.__dict__["_mode_base"])
+
+
 def base_type(cls: type) -> type:
     """The user-facing Variable type behind a `hijax`/`ref` subclass."""
     return cls.__dict__.get("_mode_base") or cls
@@ -154,7 +165,7 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
         from nnxfn.facade.variables import HijaxVariable, RefVariable
 
         mixin = HijaxVariable if hijax else RefVariable
-        found = type(
+        found = ModeType(
             base.__name__,
             (mixin, base),
             {

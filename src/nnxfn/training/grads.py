@@ -26,7 +26,10 @@ Path = tuple[tp.Any, ...]
 
 
 def unbox(x: tp.Any) -> tp.Any:
-    return x.raw_value if isinstance(x, Variable) else x
+    """The array a Variable holds (read out of its `jax.Ref` for hijax/ref Variables)."""
+    if isinstance(x, Variable):
+        return x.get_value() if x.hijax or x.ref else x.raw_value
+    return x
 
 
 def flat_grads(grads: tp.Any, what: str) -> list[tuple[Path, tp.Any]]:
