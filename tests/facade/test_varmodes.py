@@ -180,3 +180,13 @@ def test_hijax_graphdef_merges_plain_params_and_keeps_state_writes():
     _eq(grads["w"][...], 2 * x.T @ y)
     _eq(model.s[...], y.mean())  # the statistic reached the model's own Ref
     assert not isinstance(model.w, nnx.BatchStat) and not isinstance(plain["w"], type(model.s))
+
+
+@pytest.mark.parametrize("hijax,ref", [(True, False), (False, True), (True, True)])
+def test_mode_variables_pickle(hijax, ref):
+    import pickle
+
+    v = nnx.Param(jnp.array([1.0, 2.0]), hijax=hijax, ref=ref)
+    back = pickle.loads(pickle.dumps(v))
+    assert type(back) is type(v) and back.hijax == hijax and back.ref == ref
+    _eq(back[...], [1.0, 2.0])

@@ -16,6 +16,7 @@ nnxfn's own transforms need neither mode: they commit writes anyway.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import threading
 import typing as tp
@@ -147,6 +148,18 @@ class ModeType(type):
 
     def __instancecheck__(cls, obj: tp.Any) -> bool:
         return isinstance(obj, cls.__dict__["_mode_base"])
+
+
+def _reduce_mode_type(cls: ModeType) -> tuple:
+    """Pickle a mode type as the call that makes it (it has no importable name)."""
+    return _mode_type_of, (cls.__dict__["_mode_base"], bool(cls.hijax), bool(cls._mode_ref))
+
+
+def _mode_type_of(base: type, hijax: bool, ref: bool) -> type:
+    return mode_type(base, hijax=hijax, ref=ref)
+
+
+copyreg.pickle(ModeType, _reduce_mode_type)
 
 
 def base_type(cls: type) -> type:
