@@ -47,7 +47,7 @@ class List(Object, MutableSequence):
 
     def _flags(self, needed: bool) -> list[bool] | None:
         """The per-item "marked data" flags, made when first `needed`."""
-        flags = self.__dict__.get("_isdata")
+        flags = _synced_flags(self)
         if flags is None and needed:
             flags = [False] * len(self._items)
             object.__setattr__(self, "_isdata", flags)
@@ -75,8 +75,8 @@ class List(Object, MutableSequence):
 
     def __delitem__(self, i: tp.Any) -> None:
         self._write()
+        flags = _synced_flags(self)
         del self._items[i]
-        flags = self.__dict__.get("_isdata")
         if flags is not None:
             del flags[i]
 
@@ -93,13 +93,24 @@ class List(Object, MutableSequence):
 
     def __getstate__(self) -> dict:
         state = {"_items": self._items}
-        if "_isdata" in self.__dict__:
-            state["_isdata"] = self._isdata
+        flags = _synced_flags(self)
+        if flags is not None:
+            state["_isdata"] = flags
         return state
 
 
-def _list_children(lst: List) -> list[tuple[int, tp.Any]]:
+def _synced_flags(lst: List) -> list[bool] | None:
+    """The "marked data" flags, one per item (items added by a merge's fast
+    fill are unmarked), or None if no item was ever marked."""
     flags = lst.__dict__.get("_isdata")
+    if flags is not None and len(flags) != len(lst._items):
+        del flags[len(lst._items) :]
+        flags.extend([False] * (len(lst._items) - len(flags)))
+    return flags
+
+
+def _list_children(lst: List) -> list[tuple[int, tp.Any]]:
+    flags = _synced_flags(lst)
     if flags is None:
         return list(enumerate(lst._items))
     return [
@@ -110,7 +121,7 @@ def _list_children(lst: List) -> list[tuple[int, tp.Any]]:
 
 def _list_static(lst: List) -> tp.Hashable:
     """The indices of `nnx.data`-marked items (kept in the GraphDef), or None."""
-    flags = lst.__dict__.get("_isdata")
+    flags = _synced_flags(lst)
     if not flags or not any(flags):
         return None
     return tuple(i for i, f in enumerate(flags) if f)
@@ -130,9 +141,6 @@ def _list_create(cls: type, static: tp.Any) -> List:
 def _list_set(lst: List, i: int, value: tp.Any) -> None:
     if i == len(lst._items):
         lst._items.append(value)
-        flags = lst.__dict__.get("_isdata")
-        if flags is not None and len(flags) < len(lst._items):
-            flags.append(False)
     else:
         if lst._items[i] is not value:  # a rebound item (see module._set_child)
             context.bump_structure(lst)
@@ -141,8 +149,8 @@ def _list_set(lst: List, i: int, value: tp.Any) -> None:
 
 def _list_del(lst: List, i: int) -> None:
     context.bump_structure(lst)
+    flags = _synced_flags(lst)
     del lst._items[i]
-    flags = lst.__dict__.get("_isdata")
     if flags is not None:
         del flags[i]
 
