@@ -465,3 +465,16 @@ def test_hijax_model_and_optimizer_train_under_plain_jax_jit():
     np.testing.assert_allclose(model.bias[...], b0 - 0.5 * g_b, rtol=1e-5)
     np.testing.assert_allclose(model.kernel[...], w0 - 0.5 * g_w, rtol=1e-5)
     assert int(optimizer.step[...]) == 1
+
+
+def test_optimizer_sharding_without_a_param_annotation():
+    # the moment gets `out_sharding` metadata; `.sharding` stays the array's sharding
+    mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    model = Linear(4, 2, jax.random.key(0))
+    model.kernel.set_metadata(optimizer_sharding=("row", "col"))
+    with jax.set_mesh(mesh):
+        optimizer = Optimizer(model, optax.adam(1e-3))
+    mu = optimizer.opt_state[0].mu["kernel"]
+    assert mu.get_metadata("out_sharding") == ("row", "col")
+    assert mu.sharding.spec == jax.sharding.PartitionSpec("row", "col")
+    assert model.kernel.get_metadata().get("out_sharding") is None

@@ -272,7 +272,7 @@ def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
     items = dict(param.metadata_items())
     own = "optimizer_sharding" in items
     if own:
-        items[spmd.spec_key(items) or "sharding"] = items.pop("optimizer_sharding")
+        items[spmd.spec_key(items) or "out_sharding"] = items.pop("optimizer_sharding")
     return tuple(sorted(items.items())), own
 
 
