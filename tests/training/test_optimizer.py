@@ -470,11 +470,15 @@ def test_hijax_model_and_optimizer_train_under_plain_jax_jit():
 def test_optimizer_sharding_without_a_param_annotation():
     # the moment gets `out_sharding` metadata; `.sharding` stays the array's sharding
     mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    model = Linear(4, 2, jax.random.key(0))
-    model.kernel.set_metadata(optimizer_sharding=("row", "col"))
+
+    class Plain(Module):
+        def __init__(self):
+            self.w = Param(jnp.ones((4, 2)), optimizer_sharding=("row", "col"))
+
+    model = Plain()
     with jax.set_mesh(mesh):
         optimizer = Optimizer(model, optax.adam(1e-3))
-    mu = optimizer.opt_state[0].mu["kernel"]
+    mu = optimizer.opt_state[0].mu["w"]
     assert mu.get_metadata("out_sharding") == ("row", "col")
     assert mu.sharding.spec == jax.sharding.PartitionSpec("row", "col")
-    assert model.kernel.get_metadata().get("out_sharding") is None
+    assert "out_sharding" not in model.w.get_metadata()
