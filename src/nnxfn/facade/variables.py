@@ -116,6 +116,13 @@ class Variable(VariableLike, tp.Generic[A]):
         _set_frame(var, frames[-1] if frames else None)
         return var
 
+    def adopt(self) -> None:
+        # Rebuilt by a foreign transform (JAX unflattening a State) and now put in a
+        # graph by `merge`: its writes reach whoever returns that graph's state.
+        if self._frame is context.FOREIGN:
+            frames = _LOCAL.frames
+            _set_frame(self, frames[-1] if frames else None)
+
     def set_raw(self, value: tp.Any) -> None:
         context.check_write(self, self._frame, "the value")
         object.__setattr__(self, "raw_value", value)
