@@ -140,3 +140,40 @@ def test_unwritten_state_used_after_the_call_keeps_its_own_gradient():
     grads = nnx.grad(loss)(_pair())
     np.testing.assert_allclose(grads["x"][...], 5.0 + 2.0)
     np.testing.assert_allclose(grads["y"][...], 1.0)
+
+
+@pytest.mark.parametrize("flags", [dict(graph_updates=False), dict()])
+def test_returned_new_module_gets_a_module_shaped_cotangent(flags):
+    seen = {}
+
+    @nnx.custom_vjp(**flags)
+    def f(m1, m2):
+        return jnp.sin(m1.x) * m1.y, nnx.clone(m2)
+
+    def f_fwd(m1, m2):
+        return f(m1, m2), (jnp.cos(m1.x), jnp.sin(m1.x), m1)
+
+    def f_bwd(res, g):
+        y_g, m2_g = g[1] if not flags else g  # graph-updates form: (inputs_g, out_g)
+        seen["m2_g"] = m2_g
+        cos_x, sin_x, m1 = res
+        return nnx.State({"x": cos_x * y_g * m1.y, "y": sin_x * y_g}), m2_g
+
+    f.defvjp(f_fwd, f_bwd)
+    m1 = _pair()
+    m2 = Pair(nnx.Param(jnp.array(3.0)), nnx.Param(jnp.array(4.0)))
+
+    def loss(m1, m2):
+        y, m2_out = f(m1, m2)
+        assert m2_out is not m2 and isinstance(m2_out, Pair)
+        return y + m2_out.x * m2_out.y
+
+    g1, g2 = nnx.grad(loss, argnums=(0, 1))(m1, m2)
+    assert isinstance(seen["m2_g"], Pair)
+    np.testing.assert_allclose(g1["x"][...], np.cos(1.0) * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(g1["y"][...], np.sin(1.0), rtol=1e-6)
+    np.testing.assert_allclose(g2["x"][...], 4.0)
+    np.testing.assert_allclose(g2["y"][...], 3.0)
+    # called outside differentiation, the returned module is a fresh copy with m2's values
+    _, out = f(m1, m2)
+    assert out is not m2 and float(out.x[...]) == 3.0

@@ -123,6 +123,8 @@ class CustomVjp:
             index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
             after = [None] * n_leaves
             for path, v in zip(exit_static.paths, emitted):
+                if path[0] == 1:  # a leaf of an object the function returned
+                    continue
                 i = index.get(path)
                 if i is None:
                     raise ValueError(_new_state(path))
@@ -142,7 +144,7 @@ class CustomVjp:
             cell["exit"] = exit_static
             after = after_state(exit_static, emitted, values)
             cell["updated"] = _updated(exit_static, after, values)
-            return out_arrays, after
+            return out_arrays, after, _returned_leaves(exit_static, emitted)
 
         def fwd(values: list, others: list) -> tuple:
             holder: dict = {}
@@ -158,20 +160,18 @@ class CustomVjp:
             cell["exit"] = exit_static
             after = after_state(exit_static, emitted, values)
             cell["updated"] = _updated(exit_static, after, values)
-            return (out_arrays, after), (holder["res"], values, others)
+            return (out_arrays, after, _returned_leaves(exit_static, emitted)), (holder["res"], values, others)
 
         def bwd(res: tuple, g: tuple) -> tuple:
             user_res, values, others = res
-            out_g_arrays, state_g = g
+            out_g_arrays, state_g, returned_g = g
             exit_static = cell["exit"]
-            n_out = exit_static.out_treedef.num_leaves
             out_g = boundary.assemble(
                 exit_static.out_treedef,
                 exit_static.out_positions,
-                [None] * len(exit_static.out_positions),
+                _returned_cotangents(entry, exit_static, state_g, returned_g),
                 out_g_arrays,
             )
-            del n_out
             if self.simple:
                 return self._simple_bwd(
                     entry, args, diff_args, user_res, out_g, state_g, cell["updated"],
@@ -193,14 +193,14 @@ class CustomVjp:
 
         run = jax.custom_vjp(primal)
         run.defvjp(fwd, bwd, symbolic_zeros=False)
-        out_arrays, after = run(entry.values, entry.others)
+        out_arrays, after, returned = run(entry.values, entry.others)
         exit_static = cell["exit"]
         if exit_static.changed is not None and self.simple:
             # Only the leaves the function wrote leave it: later uses of the others
             # read the caller's values, so their cotangents never pass through `bwd`.
             keep = sorted(cell["updated"])
             exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
-            emitted = [after[i] for i in keep]
+            emitted = [after[i] for i in keep] + returned
         elif exit_static.changed is not None:
             # Commit every leaf we may write (its value now depends on the call, so later
             # uses send their cotangent through `inputs_g`); captured objects only if written.
@@ -210,10 +210,11 @@ class CustomVjp:
                 | {i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame}
             )
             exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
-            emitted = [after[i] for i in keep]
+            emitted = [after[i] for i in keep] + returned
         else:
             index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
-            emitted = [after[index[p]] for p in exit_static.paths]
+            it = iter(returned)
+            emitted = [after[index[p]] if p[0] == 0 else next(it) for p in exit_static.paths]
         return boundary.commit(entry, exit_static, out_arrays, emitted)
 
     def _simple_bwd(
@@ -411,12 +412,30 @@ def _with_changed(exit_static: boundary.ExitStatic, changed: tuple, paths: tuple
 
     if exit_static.graphdef is None:
         return dataclasses.replace(exit_static, changed=changed)
-    if len(exit_static.paths) != len(exit_static.changed):  # an output object's leaves
-        raise ValueError(
-            "nnx.custom_vjp: the function returned a Module or Variable it created; return "
-            "arrays (or its arguments) from a custom-gradient function."
-        )
-    return dataclasses.replace(exit_static, changed=changed, paths=tuple((0,) + paths[i] for i in changed))
+    returned = tuple(p for p in exit_static.paths if p[0] == 1)  # leaves of returned objects
+    return dataclasses.replace(
+        exit_static, changed=changed, paths=tuple((0,) + paths[i] for i in changed) + returned
+    )
+
+
+def _returned_leaves(exit_static: boundary.ExitStatic, emitted: list) -> list:
+    """The emitted values of the leaves of objects the function returned (created by it)."""
+    if exit_static.graphdef is None:
+        return []
+    return [v for p, v in zip(exit_static.paths, emitted) if p[0] == 1]
+
+
+def _returned_cotangents(
+    entry: boundary.Entry, exit_static: boundary.ExitStatic, state_g: list, returned_g: list
+) -> list:
+    """Cotangents of the objects in the output, shaped like them (a Module for a
+    Module): an argument returned gets its state's cotangents, a new object its own."""
+    if not exit_static.out_positions:
+        return []
+    leaves = {(0,) + p: g for p, g in zip(entry.static.paths, state_g)}
+    leaves.update(zip((p for p in exit_static.paths if p[0] == 1), returned_g))
+    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    return list(out_nodes)
 
 
 def _new_state(path: tuple) -> str:
