@@ -35,7 +35,9 @@ def _reference(x: float, y: float) -> tuple:
     return jax.grad(f, argnums=(0, 1))(x, y)
 
 
-@pytest.mark.parametrize("flags", [dict(graph_updates=False), dict(graph=False), dict(graph=True, graph_updates=False)])
+@pytest.mark.parametrize(
+    "flags", [dict(graph_updates=False), dict(graph=False), dict(graph=True, graph_updates=False)]
+)
 def test_bwd_gets_out_cotangent_and_returns_module_tangent(flags):
     @nnx.custom_vjp(**flags)
     def f(m):

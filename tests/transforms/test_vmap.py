@@ -208,7 +208,9 @@ def test_batched_write_to_broadcast_state_raises_with_path():
         nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(a, jnp.ones((B, 3)))
     assert_unchanged(before, a)
     # JAX's own phrase (what Flax shows) leads the message, with the key path
-    with pytest.raises(ValueError, match=r"at vmap args\[0\]\['total'\], got axis spec None but output was batched on axis 0"):
+    with pytest.raises(
+        ValueError, match=r"at vmap args\[0\]\['total'\], got axis spec None but output was batched on axis 0"
+    ):
         nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(a, jnp.ones((B, 3)))
 
 

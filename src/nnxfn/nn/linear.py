@@ -119,7 +119,11 @@ class Linear(Module):
         # the kernel's own rows: inside `shard_map` a sharded kernel holds one shard of them
         n_in = self.kernel.shape[0]
         if inputs.ndim == 0 or inputs.shape[-1] != n_in:
-            shard = "" if n_in == self.in_features else f" (this shard of the kernel; in_features={self.in_features})"
+            shard = (
+                ""
+                if n_in == self.in_features
+                else f" (this shard of the kernel; in_features={self.in_features})"
+            )
             raise ValueError(
                 f"Linear: expected inputs of shape (..., {n_in}) "
                 f"(last axis = in_features){shard}, got shape {inputs.shape}."

@@ -160,7 +160,11 @@ class CustomVjp:
             cell["exit"] = exit_static
             after = after_state(exit_static, emitted, values)
             cell["updated"] = _updated(exit_static, after, values)
-            return (out_arrays, after, _returned_leaves(exit_static, emitted)), (holder["res"], values, others)
+            return (out_arrays, after, _returned_leaves(exit_static, emitted)), (
+                holder["res"],
+                values,
+                others,
+            )
 
         def bwd(res: tuple, g: tuple) -> tuple:
             user_res, values, others = res
@@ -174,8 +178,18 @@ class CustomVjp:
             )
             if self.simple:
                 return self._simple_bwd(
-                    entry, args, diff_args, user_res, out_g, state_g, cell["updated"],
-                    values, others, diff_state, other_owner, state_owner,
+                    entry,
+                    args,
+                    diff_args,
+                    user_res,
+                    out_g,
+                    state_g,
+                    cell["updated"],
+                    values,
+                    others,
+                    diff_state,
+                    other_owner,
+                    state_owner,
                 )
             inputs_g = tuple(
                 self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
@@ -248,11 +262,17 @@ class CustomVjp:
                 f"{len(diff_args)} differentiable arguments (nondiff_argnums="
                 f"{self.nondiff_argnums}); return one per differentiable argument."
             )
-        state_cts, other_cts = self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
+        state_cts, other_cts = self._align(
+            entry, args, diff_args, cts, values, others, diff_state, other_owner
+        )
         # A leaf the function did not write passes through unchanged: any cotangent its
         # later uses sent back (after a structural change committed it) is the identity's.
         for i, g in enumerate(state_g):
-            if i not in updated and g is not None and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact):
+            if (
+                i not in updated
+                and g is not None
+                and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact)
+            ):
                 state_cts[i] = state_cts[i] + g
         return state_cts, other_cts
 
@@ -354,11 +374,7 @@ def _updates_cotangent(
     wrote, that Variable's cotangent (same type and metadata), and None elsewhere."""
     if not boundary.is_node(arg):
         return None
-    cts = {
-        id(entry.live[i]): _like(entry.live[i], state_g[i])
-        for i in updated
-        if state_owner[i] == argnum
-    }
+    cts = {id(entry.live[i]): _like(entry.live[i], state_g[i]) for i in updated if state_owner[i] == argnum}
     if isinstance(arg, VariableLike):
         return cts.get(id(arg))
     is_var = lambda x: isinstance(x, VariableLike)  # noqa: E731
