@@ -259,6 +259,17 @@ class Variable(VariableLike, tp.Generic[A]):
             meta.pop("eager_sharding", None)
         self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
 
+    def add_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+        """Called by `vmap`/`scan` with `transform_metadata` when this Variable leaves
+        mapped along `axis_index` (after its annotations got `axis_name` there); runs
+        the `on_add_axis` hook(s) in its metadata. Subclasses may override it."""
+        _run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
+
+    def remove_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+        """Called by `vmap`/`scan` with `transform_metadata` when this Variable enters
+        mapped along `axis_index`; runs the `on_remove_axis` hook(s) in its metadata."""
+        _run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
+
     @property
     def sharding_names(self) -> tp.Any:
         """Deprecated in Flax: the `out_sharding` metadata (None without it)."""
@@ -674,3 +685,11 @@ for _name, _type in (
     ("perturbations", Perturbation),
 ):
     register_variable_name(_name, _type)
+
+
+def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: tp.Any) -> None:
+    hooks = dict(v._metadata).get(key)
+    if hooks is None:
+        return
+    for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+        hook(v, axis_index, axis_name)
