@@ -54,7 +54,7 @@ Y = jax.random.normal(jax.random.key(11), (16, 2))
 
 def loss_of(graphdef, rest):
     def loss(params):
-        model = merge(graphdef, params, rest)
+        model = merge(graphdef, params, rest, copy=True)  # `rest` is closed over: copy it
         return jnp.mean((model(X) - Y) ** 2)
 
     return loss

@@ -127,7 +127,7 @@ class ApplyCaller:
         return ApplyCaller(self._graphdef, self._states, self._path + (("item", key),))
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tuple[tp.Any, tuple[GraphDef, State]]:
-        model = merge(self._graphdef, *self._states)
+        model = merge(self._graphdef, *self._states, copy=True)  # functional: `ts` keeps its state
         fn = model
         for kind, key in self._path:
             fn = getattr(fn, key) if kind == "attr" else fn[key]
