@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -130,11 +129,6 @@ def test_captures_hold_only_the_requested_types_while_running():
     assert float(interms["activations"].get_value()[0]) == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not done: nnx.vmap drops a dict entry `perturb` adds to a captured buffer inside the "
-    "mapped function (Flax carries it out batched on axis 0)",
-)
 def test_per_example_perturbation_grads_under_jit_and_vmap():
     class Foo(nnx.Module):
         def __init__(self, dim):
