@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse as _traverse
+from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import GraphDef
@@ -60,6 +61,7 @@ def split(
 
     A root that is itself a leaf (a Variable, an array) gives that leaf as
     its state, as in Flax."""
+    _treemode.check_node(node, "split", graph)
     if lookup(type(node)) is None and is_leaf_root(node):
         return _split_leaf(node, filters)
     return _graph.split(node, *filters)
@@ -172,6 +174,7 @@ def state(
     node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """The node's State, or one State per filter."""
+    _treemode.check_node(node, "state", graph)
     if lookup(type(node)) is None and is_leaf_root(node):
         _, *states = _split_leaf(node, filters)
         if not filters:
@@ -182,6 +185,7 @@ def state(
 
 def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
+    _treemode.check_node(node, "graphdef", graph)
     return _graph.graphdef(node)
 
 
@@ -199,6 +203,7 @@ def clone(
     also copies the array buffers (so the clone can be donated)."""
     if arrays and not variables:
         raise ValueError("clone: If arrays is True, variables should be also True.")
+    _treemode.check_node(node, "clone", graph)
     if not variables:
         gd, pairs = _graph.flatten(node, copy=False)
         if not pairs or pairs[0][0] != ():
@@ -243,6 +248,7 @@ def iter_graph(
     node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Iterator[tuple[Path, tp.Any]]:
     """(path, value) for every node and leaf, children first; shared objects once."""
+    _treemode.check_node(node, "iter_graph", graph)
     return _traverse.iter_graph(node)
 
 
@@ -255,6 +261,7 @@ def recursive_map(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """A copy of `node` with every value replaced by `f(path, value)`, children first."""
+    _treemode.check_node(node, "recursive_map", graph)
     return _traverse.recursive_map(f, node)
 
 
