@@ -61,8 +61,8 @@ def _fix_api(fn_name: str) -> str:
     return (
         "Fix it in one of these ways:\n"
         "  1. Remove the duplicate: give each place its own Variable (e.g. `nnx.clone(v)`).\n"
-        f"  2. Use graph mode, which keeps the sharing: call `nnx.{fn_name}(..., graph=True)` "
-        "(or leave `graph` unset outside `nnx.set_graph_mode(False)`)."
+        f"  2. Use graph mode, which keeps the sharing: `nnx.{fn_name}(..., graph=True)` "
+        "(the default, outside `nnx.set_graph_mode(False)`)."
     )
 
 

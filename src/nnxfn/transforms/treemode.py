@@ -193,10 +193,10 @@ class _Check:
         if self.carry_out is None or carry_ids is None:
             self._no_overlap([("out", out)], inputs)
             return
-        carry_out, ys = _split_carry(out, self.carry_out)
+        carry_roots, ys_roots = _split_carry(out, self.carry_out)
         non_carry = {k: v for k, v in inputs.items() if k not in carry_ids}
-        found_carry = self._no_overlap([("carry_out", carry_out)], non_carry)
-        self._no_overlap([("out", ys)], {**inputs, **found_carry})
+        found_carry = self._no_overlap(carry_roots, non_carry)
+        self._no_overlap(ys_roots, {**found_carry, **inputs})
 
     def _no_overlap(self, roots: list, inputs: dict) -> dict:
         found = self._walk(roots, unique=self.tree)
@@ -273,12 +273,14 @@ def _carry_index(axes: tp.Any) -> int | str | None:
     return None
 
 
-def _split_carry(out: tp.Any, index: int | str) -> tuple[tp.Any, tp.Any]:
+def _split_carry(out: tp.Any, index: int | str) -> tuple[list, list]:
+    """(carry roots, other output roots) of a scan body's output, labelled as the user sees them."""
     if index == "all":
-        return out, None
+        return [("out", out)], []
     if isinstance(out, tuple) and isinstance(index, int) and index < len(out):
-        return out[index], out[:index] + out[index + 1 :]
-    return None, out
+        roots = [(f"out[{j}]", x) for j, x in enumerate(out)]
+        return [roots[index]], roots[:index] + roots[index + 1 :]
+    return [], [("out", out)]
 
 
 # -- the decorator ---------------------------------------------------------------------------
