@@ -43,7 +43,9 @@ def _cycle():
 )
 def test_shared_variable_raises_naming_both_paths_and_the_fix(call):
     _, g = _shared_pair()
-    with pytest.raises(ValueError, match=r"Duplicate Param found at paths:\n  - node\[0\]\n  - node\[1\]") as e:
+    with pytest.raises(
+        ValueError, match=r"Duplicate Param found at paths:\n  - node\[0\]\n  - node\[1\]"
+    ) as e:
         call(g)
     assert "graph=True" in str(e.value) and "nnx.clone" in str(e.value)
 
@@ -74,7 +76,9 @@ def test_set_graph_mode_false_is_tree_mode():
 def test_shared_variable_through_a_shared_module_raises():
     inner = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
     outer = nnx.Dict(a=inner, b=inner)
-    with pytest.raises(ValueError, match=r"Duplicate Param found at paths:\n  - node\.a\.bias\n  - node\.b\.bias"):
+    with pytest.raises(
+        ValueError, match=r"Duplicate Param found at paths:\n  - node\.a\.bias\n  - node\.b\.bias"
+    ):
         nnx.split(outer, graph=False)
     _, state = nnx.split(outer)  # graph mode: one set of leaves
     assert len(state.flat_state()) == 2
@@ -108,7 +112,9 @@ def test_unshared_graph_splits_the_same_in_tree_mode():
 )
 def test_cycle_raises_in_tree_mode(call):
     a = _cycle()
-    with pytest.raises(ValueError, match=r"Cycle detected for List found at paths:\n  - node\n  - node\[1\]\[1\]"):
+    with pytest.raises(
+        ValueError, match=r"Cycle detected for List found at paths:\n  - node\n  - node\[1\]\[1\]"
+    ):
         call(a)
 
 
@@ -130,7 +136,9 @@ def test_shared_module_without_variables_is_not_a_cycle():
 def test_pytree_false_object_raises_with_its_path():
     with pytest.raises(ValueError, match=r"pytree=False\. Found at path: node\[0\]"):
         nnx.graphlib.flatten([NotAPytree()], graph=False)
-    with pytest.raises(ValueError, match=r"'iter_graph' with graph=False on a 'NotAPytree'.*Found at path: node\[0\]"):
+    with pytest.raises(
+        ValueError, match=r"'iter_graph' with graph=False on a 'NotAPytree'.*Found at path: node\[0\]"
+    ):
         list(nnx.iter_graph(nnx.List([NotAPytree()]), graph=False))
     with pytest.raises(ValueError, match="pytree=False"):
         nnx.recursive_map(lambda p, x: x, nnx.List([NotAPytree()]), graph=False)
@@ -138,7 +146,10 @@ def test_pytree_false_object_raises_with_its_path():
 
 def test_pytree_false_root_in_iter_children():
     node = NotAPytree()
-    with pytest.raises(ValueError, match=r"'iter_children' with graph=False on a 'NotAPytree' instance that has pytree=False\. Pytree"):
+    with pytest.raises(
+        ValueError,
+        match=r"'iter_children' with graph=False on a 'NotAPytree' instance that has pytree=False\. Pytree",
+    ):
         list(nnx.iter_children(node, graph=False))
     assert list(nnx.iter_children(node)) == []  # default mode: a graph node without children
 

@@ -53,7 +53,9 @@ SHARED_CALLS = {
 @pytest.mark.parametrize("name", sorted(SHARED_CALLS))
 def test_tree_mode_rejects_a_shared_variable(name):
     _, m = _shared()
-    with pytest.raises(ValueError, match=r"Duplicate Param found at paths:\n  - \w+\[0\]\.a\n  - \w+\[0\]\.b") as e:
+    with pytest.raises(
+        ValueError, match=r"Duplicate Param found at paths:\n  - \w+\[0\]\.a\n  - \w+\[0\]\.b"
+    ) as e:
         SHARED_CALLS[name](TREE, m)
     message = str(e.value)
     assert f"nnx.{name} with graph=False" in message
@@ -95,7 +97,10 @@ def test_tree_jit_rejects_shared_arguments_at_trace_time():
 def test_jit_partial_rejects_at_creation():
     v = nnx.Param(jnp.array(1.0))
     c1, c2 = Pair(v, 1), Pair(v, 2)
-    with pytest.raises(ValueError, match=r"Duplicate Param found at paths:\n  - partial_args\[0\]\.a\n  - partial_args\[1\]\.a"):
+    with pytest.raises(
+        ValueError,
+        match=r"Duplicate Param found at paths:\n  - partial_args\[0\]\.a\n  - partial_args\[1\]\.a",
+    ):
         nnx.jit_partial(lambda a, b, x: a.a[...] + x, c1, c2, graph=False, graph_updates=False)
     f = nnx.jit_partial(lambda a, b, x: a.a[...] + b.a[...] + x, c1, c2, **NO_UPDATES)
     assert float(f(jnp.array(1.0))) == 3.0
@@ -114,7 +119,10 @@ def test_set_graph_mode_false_applies_to_transforms_made_under_it():
 @pytest.mark.parametrize("kw", [TREE, NO_UPDATES])
 def test_returning_an_input_variable_raises(kw):
     v = nnx.Param(jnp.array(1.0))
-    with pytest.raises(ValueError, match=r"Duplicate Param found at paths:\n  - args\[0\]\n  - out\n.*does not support Variable aliasing"):
+    with pytest.raises(
+        ValueError,
+        match=r"Duplicate Param found at paths:\n  - args\[0\]\n  - out\n.*does not support Variable aliasing",
+    ):
         nnx.jit(lambda v: v, **kw)(v)
     with pytest.raises(ValueError, match="does not support Variable aliasing"):
         nnx.eval_shape(lambda v: v, v, **kw)
@@ -146,7 +154,9 @@ def test_scan_carry_may_come_back_but_not_as_an_output():
         assert c is m
         np.testing.assert_array_equal(ys, jnp.arange(3.0) * 2)
         with pytest.raises(ValueError, match=r"- args\[0\]\.bias\n  - out\[1\]\.bias"):
-            nnx.scan(lambda c, x: (c, c), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), **kw)(m, jnp.ones(3))
+            nnx.scan(lambda c, x: (c, c), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), **kw)(
+                m, jnp.ones(3)
+            )
     v = nnx.Param(jnp.arange(5))
     with pytest.raises(ValueError, match="does not support Variable aliasing"):
         nnx.scan(lambda c: c, in_axes=0, out_axes=0, **NO_UPDATES)(v)
@@ -159,7 +169,10 @@ def test_grad_inconsistent_aliasing_without_graph_updates():
     def f(a, b):
         return a[...] * b[...]
 
-    with pytest.raises(ValueError, match=r"Inconsistent aliasing detected\. The following nodes have different prefixes:\nNode: Param\n  args\[0\]: differentiated"):
+    with pytest.raises(
+        ValueError,
+        match=r"Inconsistent aliasing detected\. The following nodes have different prefixes:\nNode: Param\n  args\[0\]: differentiated",
+    ):
         nnx.grad(f, argnums=0, **NO_UPDATES)(v, v)
     with pytest.raises(ValueError, match="nnx.grad with graph=False: Duplicate Param"):
         nnx.grad(f, argnums=0, **TREE)(v, v)
@@ -183,7 +196,10 @@ def test_custom_vjp_rejects_shared_arguments_without_graph_updates():
 # -- prefixes -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw", [TREE, dict(graph_updates=False)])
 def test_prefix_mappings_rejected_without_graph_updates(kw):
-    with pytest.raises(ValueError, match=r"`in_axes` cannot contain `StateAxes` objects when `graph=False` or `graph_updates=False`"):
+    with pytest.raises(
+        ValueError,
+        match=r"`in_axes` cannot contain `StateAxes` objects when `graph=False` or `graph_updates=False`",
+    ):
         nnx.vmap(lambda x: x, in_axes=nnx.StateAxes({...: 0}), **kw)
     with pytest.raises(ValueError, match="`in_shardings` cannot contain `StateSharding` objects"):
         nnx.jit(lambda x: x, in_shardings=nnx.StateSharding({...: None}), **kw)
@@ -203,7 +219,10 @@ def test_prefix_mappings_work_by_default():
 
 def test_graph_node_prefix_rejected_with_explicit_graph_true():
     axes = nnx.Dict(a=nnx.Param(1))
-    with pytest.raises(ValueError, match=r"Found graph node of type Dict at in_axes in `in_axes`\. Graph nodes are not allowed as prefixes when graph=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"Found graph node of type Dict at in_axes in `in_axes`\. Graph nodes are not allowed as prefixes when graph=True",
+    ):
         nnx.vmap(lambda x: x, in_axes=axes, graph=True, graph_updates=True)
     with pytest.raises(ValueError, match="Graph nodes are not allowed as prefixes when graph=True"):
         nnx.jit(lambda x: x, in_shardings=axes, graph=True)
@@ -214,7 +233,9 @@ def test_graph_node_prefix_rejected_with_explicit_graph_true():
 
 def test_make_jaxpr_rejects_explicit_graph_updates_true():
     m = nnx.Dict(a=nnx.Param(jnp.array(1)))
-    with pytest.raises(ValueError, match=r"nnx.make_jaxpr does not support graph_updates=True\. .*drop graph_updates=True"):
+    with pytest.raises(
+        ValueError, match=r"nnx.make_jaxpr does not support graph_updates=True\. .*drop graph_updates=True"
+    ):
         nnx.make_jaxpr(lambda m: m["a"][...], graph=True, graph_updates=True)(m)
     for kw in ({}, NO_UPDATES):
         assert "a" in str(nnx.make_jaxpr(lambda m: m["a"][...] + 1, **kw)(m))
@@ -256,7 +277,10 @@ def test_prefix_of_aliased_variable_must_agree():
         return x @ a.a + x @ b.b
 
     for kw in ({}, NO_UPDATES):
-        with pytest.raises(ValueError, match=r"Inconsistent aliasing detected\. The following nodes have different prefixes \(in_axes\):\nNode: Param"):
+        with pytest.raises(
+            ValueError,
+            match=r"Inconsistent aliasing detected\. The following nodes have different prefixes \(in_axes\):\nNode: Param",
+        ):
             nnx.vmap(forward, in_axes=(fa, fb, None), **kw)(foo, bar, jnp.ones(2))
     bar.b = nnx.Param(jnp.ones((4, 2, 3)))
     same_a, same_b = nnx.prefix((foo, bar), {...: 0}, graph=True)

@@ -166,7 +166,9 @@ class _Check:
     def _walk(self, roots: list, seen: dict | None = None, unique: bool | None = None) -> dict:
         unique = self.unique if unique is None else unique
         if unique:
-            return core_tm.walk(roots, f"nnx.{self.rules.name}", tree=self.tree, on_duplicate=self._dup, seen=seen)
+            return core_tm.walk(
+                roots, f"nnx.{self.rules.name}", tree=self.tree, on_duplicate=self._dup, seen=seen
+            )
         return core_tm.walk(roots, f"nnx.{self.rules.name}", tree=False, seen=seen)
 
     def inputs(self, roots: list) -> dict:
@@ -319,7 +321,12 @@ def lifted(rules: Rules) -> tp.Callable[[F], F]:
 
 
 def _apply(
-    rules: Rules, transform: tp.Callable, bound: tp.Any, graph: bool | None, graph_updates: bool | None, again: tp.Callable
+    rules: Rules,
+    transform: tp.Callable,
+    bound: tp.Any,
+    graph: bool | None,
+    graph_updates: bool | None,
+    again: tp.Callable,
 ) -> tp.Any:
     if rules.name == "make_jaxpr" and graph_updates is True:
         raise ValueError(
