@@ -221,7 +221,7 @@ def test_graph_node_prefix_rejected_with_explicit_graph_true():
     axes = nnx.Dict(a=nnx.Param(1))
     with pytest.raises(
         ValueError,
-        match=r"Found graph node of type Dict at in_axes in `in_axes`\. Graph nodes are not allowed as prefixes when graph=True",
+        match=r"Found graph node of type Dict in `in_axes`\. Graph nodes are not allowed as prefixes when graph=True",
     ):
         nnx.vmap(lambda x: x, in_axes=axes, graph=True, graph_updates=True)
     with pytest.raises(ValueError, match="Graph nodes are not allowed as prefixes when graph=True"):

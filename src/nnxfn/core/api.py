@@ -1,7 +1,8 @@
 """The public graph functions, with Flax NNX's signatures.
 
 Thin layers over `graph.py`: they accept Flax's keywords (`graph=`,
-`graph_updates=`, which select nothing: nnxfn has one behaviour), handle
+`graph_updates=`, which select no result: nnxfn has one behaviour; with
+`graph=False` what Flax's tree mode rejects raises, see `treemode.py`), handle
 roots that are leaves (`nnx.split(variable)` gives the Variable as its
 state, `nnx.split(array)` the array), accept every state form Flax's
 functions accept (State, nested dicts, FlatState, GraphState, a list of
@@ -430,7 +431,7 @@ def unpack(
     node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
-    gd, *states = split(node, *filters)
+    gd, *states = split(node, *filters, graph=graph)
     states = [s if isinstance(s, State) else State({(): s}) for s in states]
     if len(states) == 1:
         return GraphState(gd, states[0])

@@ -76,9 +76,10 @@ def mapping_prefix(name: str, prefix_name: str, obj: tp.Any) -> str:
 
 
 def graph_node_prefix(name: str, prefix_name: str, obj: tp.Any, where: str) -> str:
+    at = f" at {where}" if where != prefix_name else ""
     return (
-        f"nnx.{name}: Found graph node of type {type(obj).__name__} at {where} in "
-        f"`{prefix_name}`. Graph nodes are not allowed as prefixes when graph=True. Give one "
+        f"nnx.{name}: Found graph node of type {type(obj).__name__} in `{prefix_name}`{at}. "
+        "Graph nodes are not allowed as prefixes when graph=True. Give one "
         f"prefix for the whole object, per-filter prefixes (e.g. `nnx.StateAxes`), or "
         f"`nnx.prefix(obj, ..., graph=True)`; or pass graph=False to nnx.{name}."
     )
@@ -86,8 +87,8 @@ def graph_node_prefix(name: str, prefix_name: str, obj: tp.Any, where: str) -> s
 
 def tree_state_prefix(name: str, prefix_name: str, where: str) -> str:
     return (
-        f"nnx.{name}: Found a `TreeState` (what `nnx.prefix(..., graph=True)` returns) at "
-        f"{where} in `{prefix_name}` with graph=False. In tree mode make the prefix with "
+        f"nnx.{name}: Found a `TreeState` (what `nnx.prefix(..., graph=True)` returns) in "
+        f"`{prefix_name}` (at {where}) with graph=False. In tree mode make the prefix with "
         "`nnx.prefix(obj, ..., graph=False)`, or drop graph=False."
     )
 
@@ -166,10 +167,8 @@ class _Check:
     def _walk(self, roots: list, seen: dict | None = None, unique: bool | None = None) -> dict:
         unique = self.unique if unique is None else unique
         if unique:
-            return core_tm.walk(
-                roots, f"nnx.{self.rules.name}", tree=self.tree, on_duplicate=self._dup, seen=seen
-            )
-        return core_tm.walk(roots, f"nnx.{self.rules.name}", tree=False, seen=seen)
+            return core_tm.walk(roots, self.rules.name, tree=self.tree, on_duplicate=self._dup, seen=seen)
+        return core_tm.walk(roots, self.rules.name, tree=False, seen=seen)
 
     def inputs(self, roots: list) -> dict:
         """The Variables of the arguments (raising on Flax's input errors)."""
