@@ -286,3 +286,28 @@ def test_prefix_of_aliased_variable_must_agree():
     same_a, same_b = nnx.prefix((foo, bar), {...: 0}, graph=True)
     y = nnx.vmap(forward, in_axes=(same_a, same_b, None))(foo, bar, jnp.ones(2))
     np.testing.assert_allclose(y, jnp.full((4, 3), 4.0))
+
+
+def test_vjp_and_jvp_in_tree_mode():
+    v = nnx.Param(jnp.array([1.0, 2.0]))
+
+    def f(a, b):
+        return (a[...] * b[...]).sum()
+
+    with pytest.raises(
+        ValueError,
+        match=r"nnx.vjp with graph=False: Duplicate Param found at paths:\n  - primals\[0\]\n  - primals\[1\]",
+    ):
+        nnx.vjp(f, v, v, graph=False)
+    with pytest.raises(ValueError, match="nnx.jvp with graph=False: Duplicate Param"):
+        nnx.jvp(f, (v, v), (v, v), graph=False)
+    with pytest.raises(ValueError, match=r"- args\[0\]\n  - out\[1\]"):
+        nnx.vjp(lambda a: (a[...].sum(), a), v, has_aux=True, **NO_UPDATES)
+    w = nnx.Param(jnp.array([3.0, 4.0]))
+    out, pullback = nnx.vjp(f, v, w, graph=False)
+    assert float(out) == 11.0
+    gv, gw = pullback(jnp.array(1.0))
+    np.testing.assert_allclose(gv[...], [3.0, 4.0])
+    np.testing.assert_allclose(gw[...], [1.0, 2.0])
+    out, pullback = nnx.vjp(f, v, v)  # default: one Variable, both places
+    assert float(out) == 5.0

@@ -241,6 +241,7 @@ def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None
         )
 
 
+@lifted(Rules("vjp", operands=("primals",)))
 def vjp(
     f: tp.Callable | None = None,
     *primals: tp.Any,
@@ -275,6 +276,7 @@ def vjp(
     return primal_out, vjp_fn
 
 
+@lifted(Rules("jvp", operands=("primals",)))
 def jvp(
     f: tp.Callable | None = None,
     primals: tp.Sequence | None = None,

@@ -350,7 +350,7 @@ def _apply(
     if rules.operands:
         roots: list = []
         for p in rules.operands:
-            value = bound.arguments.get(p, ())
+            value = bound.arguments.get(p) or ()
             if isinstance(value, dict):
                 roots += [(f"kwargs[{k!r}]", v) for k, v in value.items()]
             else:
