@@ -183,7 +183,8 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                     f"{name}: Inconsistent aliasing detected. The following nodes have different "
                     f"prefixes ({what}):\nNode: {type(leaf).__name__}\n"
                     f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
-                    f"It is one object with one value, so give every path to it the same {what}."
+                    f"Duplicate {type(leaf).__name__}: it is one object reached by two paths and has "
+                    f"one value, so give every path to it the same {what}."
                 )
 
 
