@@ -116,19 +116,21 @@ def walk(
     fn_name: str,
     *,
     tree: bool = True,
+    unique: bool | None = None,
     on_duplicate: tp.Callable[[tp.Any, str, str], str] | None = None,
     seen: dict[int, Found] | None = None,
 ) -> dict[int, Found]:
     """Visit every value under each `(root name, value)`; return the Variables and
-    `jax.Ref`s found, by id.
+    `jax.Ref`s found, by id (with the first path that reached them).
 
     tree=True reads the roots as Flax's tree mode does: graph objects are walked
-    again at every path (no identity), so a Variable reached twice, a cycle, or a
-    `pytree=False` object raises ValueError (`on_duplicate(obj, first, second)`
-    builds the duplicate message). tree=False walks each object once, as graph mode.
-    `seen` carries the Variables of an earlier walk (e.g. the inputs, when walking
-    outputs).
+    again at every path (no identity), so a cycle or a `pytree=False` object
+    raises ValueError. tree=False walks each graph object once, as graph mode.
+    unique (default: `tree`): a Variable reached twice raises ValueError
+    (`on_duplicate(obj, first path, second path)` builds the message). `seen`
+    carries the Variables of an earlier walk.
     """
+    unique = tree if unique is None else unique
     seen = {} if seen is None else seen
     dup = on_duplicate or (lambda obj, a, b: duplicate(fn_name, obj, a, b))
     visited: set[int] = set()
@@ -148,7 +150,7 @@ def walk(
                 here = path_str(path, name)
                 if prev is None:
                     seen[id(x)] = Found(here, x)
-                elif tree:
+                elif unique:
                     raise ValueError(dup(x, prev.path, here))
                 continue
             if tree and _not_pytree(x):

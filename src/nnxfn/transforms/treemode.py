@@ -23,7 +23,6 @@ import typing as tp
 import jax
 
 from nnxfn.core import treemode as core_tm
-from nnxfn.core.errors import path_str
 from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.trees import TreeState
 from nnxfn.transforms.boundary import is_node
@@ -164,17 +163,14 @@ class _Check:
     def _dup(self, obj: tp.Any, a: str, b: str) -> str:
         return aliasing(self.rules.name, self.mode, obj, a, b)
 
-    def _walk(self, roots: list, seen: dict | None = None, unique: bool | None = None) -> dict:
-        unique = self.unique if unique is None else unique
-        if unique:
-            return core_tm.walk(roots, self.rules.name, tree=self.tree, on_duplicate=self._dup, seen=seen)
-        return core_tm.walk(roots, self.rules.name, tree=False, seen=seen)
+    def _walk(self, roots: list, unique: bool) -> dict:
+        """The Variables under `roots`; in tree mode Flax's tree-mode input errors raise,
+        and with `unique` a Variable reached twice does."""
+        return core_tm.walk(roots, self.rules.name, tree=self.tree, unique=unique, on_duplicate=self._dup)
 
     def inputs(self, roots: list) -> dict:
         """The Variables of the arguments (raising on Flax's input errors)."""
-        if self.unique and not self.tree:  # graph mode: each object once, Variables unique
-            return _unique_graph_walk(roots, self._dup)
-        found = self._walk(roots)
+        found = self._walk(roots, self.unique)
         if self.diff is not None and not self.tree:
             self._check_diff(roots)
         return found
@@ -220,34 +216,6 @@ class _Check:
             return out
 
         return checked
-
-
-def _unique_graph_walk(roots: list, dup: tp.Callable) -> dict:
-    """Graph-mode walk (each object once) that raises on a Variable reached twice."""
-    from nnxfn.core.kinds import children_of
-    from nnxfn.core.registry import lookup
-    from nnxfn.core.variable_like import DataLeaf
-
-    seen: dict[int, core_tm.Found] = {}
-    visited: set[int] = set()
-    for name, root in roots:
-        stack: list[tuple[tuple, tp.Any]] = [((), root)]
-        while stack:
-            path, x = stack.pop()
-            if type(x) is DataLeaf:
-                x = x.value
-            if core_tm.is_ref_leaf(x):
-                here = path_str(path, name)
-                if id(x) in seen:
-                    raise ValueError(dup(x, seen[id(x)].path, here))
-                seen[id(x)] = core_tm.Found(here, x)
-                continue
-            if lookup(type(x)) is not None:
-                if id(x) in visited:
-                    continue
-                visited.add(id(x))
-            stack.extend((path + (k,), c) for k, c in reversed(children_of(x)))
-    return seen
 
 
 def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
