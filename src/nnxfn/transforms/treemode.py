@@ -6,9 +6,9 @@ passed twice or returned as an output ("Variable aliasing"), `StateAxes` /
 `StateSharding` / `DiffState` prefixes, graph objects as prefixes in graph
 mode. `@lifted(...)` on a transform raises those same errors when the caller
 asked for such a mode, and otherwise calls the transform untouched: with the
-default flags it adds one dict lookup per *transform construction* (per call
-for the transforms that run at once, such as `cond`), and nothing per call of
-a transformed function. The checks on arguments and outputs run inside the
+default flags it adds two dict lookups and a read of the mode switches per
+*transform construction* (per call for the transforms that run at once, such
+as `cond`), and nothing per call of a transformed function. The checks on arguments and outputs run inside the
 transform, on the objects the function receives, so `nnx.jit` does them only
 while tracing.
 """
@@ -67,10 +67,10 @@ def mapping_prefix(name: str, prefix_name: str, obj: tp.Any) -> str:
     kind = type(obj).__name__
     return (
         f"nnx.{name}: `{prefix_name}` cannot contain `{kind}` objects when `graph=False` or "
-        f"`graph_updates=False`: in those modes arguments are plain pytrees, so give one "
-        f"prefix per argument (or a pytree of prefixes shaped like it, e.g. from "
-        f"`nnx.prefix(obj, ..., graph=False)`). Or keep `{kind}` and use graph mode with "
-        f"graph updates: `nnx.{name}(..., graph=True, graph_updates=True)` (the default)."
+        f"`graph_updates=False`: in those modes each argument is a plain pytree, so "
+        f"`{prefix_name}` holds plain entries (one per argument, or a pytree of them shaped "
+        f"like it). Remove the `{kind}`, or keep it and use graph mode with graph updates: "
+        f"`nnx.{name}(..., graph=True, graph_updates=True)` (the default)."
     )
 
 
