@@ -159,3 +159,19 @@ def test_pytree_false_object_in_default_mode():
     graphdef, state = nnx.split(node)
     assert nnx.merge(graphdef, state)[0].x == 1
     assert len(list(nnx.iter_graph(node))) == 3
+
+
+def test_map_and_unpack_in_tree_mode():
+    v, _ = _shared_pair()
+    node = nnx.Dict(a=v, b=v)
+    with pytest.raises(
+        ValueError, match=r"map with graph=False: Duplicate Param found at paths:\n  - node\.a\n  - node\.b"
+    ):
+        nnx.map(lambda p, x: x, node, graph=False)
+    with pytest.raises(ValueError, match="unpack with graph=False: Duplicate Param"):
+        nnx.unpack(node, graph=False)
+    doubled = nnx.map(lambda p, x: x[...] * 2, node)  # default: one Variable, mapped once
+    assert doubled.a is doubled.b and float(doubled.a[...]) == 2.0
+    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    gs = nnx.unpack(m, graph=False)
+    np.testing.assert_array_equal(nnx.merge(gs).kernel[...], m.kernel[...])

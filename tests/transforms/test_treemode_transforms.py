@@ -311,3 +311,18 @@ def test_vjp_and_jvp_in_tree_mode():
     np.testing.assert_allclose(gw[...], [1.0, 2.0])
     out, pullback = nnx.vjp(f, v, v)  # default: one Variable, both places
     assert float(out) == 5.0
+
+
+def test_split_and_fork_rngs_reject_shared_streams_in_tree_mode():
+    rngs = nnx.Rngs(0)
+    node = nnx.Dict(a=rngs, b=rngs)
+    with pytest.raises(ValueError, match=r"split_rngs with graph=False: Duplicate RngCount found at paths"):
+        nnx.split_rngs(node, splits=2, graph=False)
+    with pytest.raises(ValueError, match=r"fork_rngs with graph=False: Duplicate RngCount found at paths"):
+        nnx.fork_rngs(node, graph=False)
+    backups = nnx.split_rngs(node, splits=2)  # default: the shared stream is split once
+    assert node.a.default.key.shape == (2,)
+    nnx.restore_rngs(backups)
+    assert node.b.default.key.shape == ()
+    copy = nnx.split_rngs(nnx.Rngs(1), splits=3, graph=False)  # unshared: a split copy
+    assert copy.default.key.shape == (3,)

@@ -305,6 +305,7 @@ def map(
     boxed in a new Variable of the original type, or placed raw with
     `recreate_variables=False`.
     """
+    _treemode.check_node(node, "map", graph)
     gd, pairs = _graph.flatten(node, copy=False)
     if pairs and pairs[0][0] == ():
         return f((), pairs[0][1])  # a leaf root: the result is the new node
@@ -431,7 +432,8 @@ def unpack(
     node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
-    gd, *states = split(node, *filters, graph=graph)
+    _treemode.check_node(node, "unpack", graph)
+    gd, *states = split(node, *filters)
     states = [s if isinstance(s, State) else State({(): s}) for s in states]
     if len(states) == 1:
         return GraphState(gd, states[0])
