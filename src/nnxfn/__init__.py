@@ -21,14 +21,13 @@ from nnxfn.core import (
 )
 from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Sequential
 from nnxfn.facade.module import (
-    capture as capture,
     Module as Module,
     Pytree as Pytree,
     data as data,
     iter_modules as iter_modules,
     static as static,
-    view as view,
 )
+from nnxfn.facade.views import capture as capture, view as view
 from nnxfn.facade.rngs import RngStream as RngStream, Rngs as Rngs, reseed as reseed
 from nnxfn.facade.variables import (
     BatchStat as BatchStat,

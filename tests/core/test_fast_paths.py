@@ -101,8 +101,10 @@ def test_positional_merge_equals_path_merge():
     assert fast.shared is fast.layers[1] and fast.alias is fast.layers[0].kernel
     assert fast.act is jax.nn.relu and fast.const == (1, 2) and fast.rate == 0.5
     assert fast.plain[1]["s"] == "x" and type(fast.pair) is tuple
-    # new objects, not the State's Variables
-    assert fast.count is not state["count"] and fast.count is not model.count
+    # as in Flax: split hands out the model's own Variables and merge uses them
+    assert fast.count is state["count"] is model.count
+    copied = nnx.merge(graphdef, state, copy=True)
+    assert copied.count is not model.count and int(copied.count[...]) == int(model.count[...])
 
 
 def test_positional_merge_sees_writes_to_the_state_variables():
@@ -113,7 +115,7 @@ def test_positional_merge_sees_writes_to_the_state_variables():
     merged = nnx.merge(graphdef, state)
     np.testing.assert_array_equal(merged.kernel.value, np.ones((2, 2)))
     assert merged.bias.get_metadata("tag") == "changed"
-    assert merged.kernel is not state["kernel"]
+    assert merged.kernel is state["kernel"] is model.kernel
 
 
 def test_cycles_round_trip_fast():
@@ -150,7 +152,7 @@ def test_derived_states_go_by_paths(derive):
 def test_another_graphdef_goes_by_paths():
     model = Pair()
     graphdef, state = nnx.split(model)
-    graphdef2, state2 = nnx.split(model)
+    graphdef2 = nnx.graphdef(model)
     assert graphdef2 == graphdef and graphdef2 is not graphdef
     _same_graph(nnx.merge(graphdef2, state), model)  # equal, not the same: paths
 
@@ -174,13 +176,13 @@ def test_merge_of_split_state_with_extra_state_goes_by_paths():
         nnx.merge(graphdef, state, nnx.State({"extra": jnp.ones(1)}))
 
 
-def test_fallbacks_keep_general_behaviour_and_errors():
+def test_foreign_pytrees_and_unhashable_statics_on_the_one_walk():
     class WithTuple(nnx.Module):
         def __init__(self):
             self.point = collections.namedtuple("P", "x y")(jnp.ones(1), jnp.zeros(1))
 
-    graphdef, state = nnx.split(WithTuple())  # foreign pytree: general route
-    assert state._nnx_flat is None
+    graphdef, state = nnx.split(WithTuple())  # a foreign pytree: the same walk, merged by position
+    assert state._nnx_flat is not None
     merged = nnx.merge(graphdef, state)
     assert type(merged.point).__name__ == "P"
 
@@ -198,7 +200,7 @@ def test_fallbacks_keep_general_behaviour_and_errors():
 def test_state_function_fast_path_matches():
     model = Big()
     _same_state(nnx.state(model), _slow_split(model)[1])
-    assert nnx.state(model)._nnx_flat is None  # no GraphDef to pair it with
+    assert nnx.state(model) is nnx.split(model)[1]  # nothing changed: the same State
 
 
 def test_split_of_container_root_and_clone():
@@ -223,17 +225,20 @@ def test_split_inside_jit_with_tracers():
     np.testing.assert_array_equal(f(jnp.ones((2, 2))), np.ones((2, 2)))
 
 
-def test_state_is_immutable_and_detached():
+def test_state_is_immutable_and_holds_the_models_variables():
     model = Pair()
     graphdef, state = nnx.split(model)
     with pytest.raises(TypeError, match="immutable"):
         state["kernel"] = 1
     with pytest.raises(TypeError, match="immutable"):
         state._nnx_flat = None
-    assert state["kernel"] is not model.kernel
+    assert state["kernel"] is model.kernel  # as in Flax: the model's own Variables
     merged = nnx.merge(graphdef, state)
     merged.kernel.value = jnp.ones((2, 2))
-    np.testing.assert_array_equal(state["kernel"].value, np.zeros((2, 2)))
+    np.testing.assert_array_equal(model.kernel.value, np.ones((2, 2)))
+    copied = nnx.merge(graphdef, state, copy=True)
+    copied.kernel.value = jnp.zeros((2, 2))
+    np.testing.assert_array_equal(model.kernel.value, np.ones((2, 2)))
 
 
 def test_graphdef_pickles():

@@ -58,7 +58,7 @@ def test_split_merge_roundtrip_values_and_types():
     new = nnx.merge(graphdef, state)
     assert type(new) is Block and type(new.linear) is Linear
     assert new is not block and new.linear is not block.linear
-    assert new.linear.kernel is not block.linear.kernel
+    assert new.linear.kernel is block.linear.kernel  # merge uses the State's Variables (Flax)
     assert type(new.linear.kernel) is nnx.Param and type(new.mean) is nnx.BatchStat
     _eq(new.linear.kernel[...], block.linear.kernel[...])
     assert new.rate == 0.5 and new.linear.in_features == 2
@@ -66,12 +66,34 @@ def test_split_merge_roundtrip_values_and_types():
     _eq(new(x), block(x))
 
 
-def test_split_copies_variables_state_is_detached():
+def test_split_hands_out_the_models_variables_clone_copies_them():
     block = Block()
     _, state = nnx.split(block)
-    assert state["linear"]["kernel"] is not block.linear.kernel
+    assert state["linear"]["kernel"] is block.linear.kernel
     block.linear.bias[...] = jnp.full(3, 7.0)
-    _eq(state["linear"]["bias"][...], jnp.zeros(3))
+    _eq(state["linear"]["bias"][...], jnp.full(3, 7.0))
+    twin = nnx.clone(block)
+    assert twin.linear.kernel is not block.linear.kernel
+    twin.linear.bias[...] = jnp.zeros(3)
+    _eq(block.linear.bias[...], jnp.full(3, 7.0))
+
+
+def test_repeated_split_is_reused_until_structure_changes():
+    block = Block()
+    g1, s1 = nnx.split(block)
+    g2, s2 = nnx.split(block)
+    assert g2 is g1 and s2 is s1  # nothing changed: the cached pair
+    block.extra = nnx.Param(jnp.ones(2))
+    g3, s3 = nnx.split(block)
+    assert g3 != g1 and "extra" in s3 and "extra" not in s1
+    block.plain = [nnx.Param(jnp.zeros(1))]
+    g4, s4 = nnx.split(block)
+    block.plain.append(nnx.Param(jnp.ones(1)))  # an in-place edit of a plain list
+    g5, s5 = nnx.split(block)
+    assert len(s5["plain"]) == 2 and len(s4["plain"]) == 1
+    block.linear.kernel.set_metadata("tag", "t")  # metadata lives in the GraphDef
+    g6, _ = nnx.split(block)
+    assert g6 is not g5 and g6 != g5
 
 
 def test_split_with_filters_partitions():
@@ -452,7 +474,7 @@ def test_update_with_a_tuple_root():
 
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-    state = nnx.state((model, optimizer))
+    state = jax.tree.map(lambda x: x, nnx.state((model, optimizer)))  # new Variables, same values
     kernel = np.asarray(model.kernel.value)
     zeroed = jax.tree.map(lambda x: x * 0, state)
     nnx.update((model, optimizer), zeroed)

@@ -239,6 +239,45 @@ def test_vmap_and_scan_keep_the_stacked_axis_in_the_spec():
     assert p.shape == (2, 5) and p.out_sharding == ("m", "L") and p.tags == ("a", "t")
 
 
+def test_add_remove_axis_hooks_run_when_vmap_and_scan_map_a_variable():
+    calls = []
+
+    class Tracked(nnx.Param):
+        def add_axis(self, axis_index, axis_name):
+            calls.append(("add", axis_index, axis_name, self.out_sharding))
+            super().add_axis(axis_index, axis_name)
+
+        def remove_axis(self, axis_index, axis_name):
+            calls.append(("remove", axis_index, axis_name, self.out_sharding))
+            super().remove_axis(axis_index, axis_name)
+
+    hooked = []
+    tm = {nnx.PARTITION_NAME: "layers"}
+
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=tm)
+    def create(key):
+        return nnx.Dict(
+            w=Tracked(jax.random.normal(key, (2, 2)), out_sharding=("a", None)),
+            b=nnx.Param(jnp.zeros(2), on_add_axis=lambda v, i, n: hooked.append((i, n))),
+        )
+
+    stack = create(jax.random.split(jax.random.key(0), 3))
+    # the hook sees the annotation already extended (as Flax does)
+    assert calls == [("add", 0, "layers", ("layers", "a", None))]
+    assert hooked == [(0, "layers")]
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=tm)
+    def run(x, d):
+        assert calls[-1][:3] == ("remove", 0, "layers")  # before the body runs
+        return x @ d["w"][...]
+
+    y = run(jnp.ones(2), stack)
+    w = np.asarray(stack["w"][...])
+    np.testing.assert_allclose(y, np.ones(2) @ w[0] @ w[1] @ w[2], rtol=1e-5)
+    assert [c[0] for c in calls] == ["add", "remove", "add"]
+    assert stack["w"].out_sharding == ("layers", "a", None)
+
+
 def test_jit_constructor_out_shardings_on_one_device():
     mesh = _mesh("data", "model")
     ctor = lambda: Block(nnx.Rngs(0))  # noqa: E731

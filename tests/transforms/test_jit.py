@@ -525,3 +525,30 @@ def test_donate_argnames_donates_the_module_by_name_positional_or_keyword():
     assert float(by_name(m=m, x=jnp.ones(3))) == 12.0  # w doubled to [2, 4, 6]
     assert float(by_name(m, jnp.ones(3))) == 24.0
     np.testing.assert_allclose(m.w[...], [4.0, 8.0, 12.0])
+
+
+def test_jit_returns_refs_argument_refs_as_themselves_new_refs_as_new():
+    r = jax.new_ref(jnp.array(1.0))
+
+    @nnx.jit
+    def f(r, x):
+        r[...] += x
+        return jax.new_ref(r[...] * 10.0), r, x * 2
+
+    for step in (1, 2):  # second call: cached compiled function, same answers
+        new, same, y = f(r, jnp.array(1.0))
+        assert same is r
+        assert isinstance(new, jax.Ref)
+        assert float(r[...]) == 1.0 + step
+        assert float(new[...]) == 10.0 * (1.0 + step)
+        assert float(y) == 2.0
+
+
+def test_jit_and_eval_shape_with_hijax_variables():
+    with nnx.var_defaults(hijax=True):
+        abstract = nnx.eval_shape(lambda: nnx.Linear(1, 2, rngs=nnx.Rngs(0)))
+        made = nnx.jit(lambda: nnx.Linear(1, 2, rngs=nnx.Rngs(0)))()
+    assert isinstance(abstract.kernel.get_value(), jax.ShapeDtypeStruct)
+    assert abstract.kernel.shape == (1, 2)
+    ref = nnx.Linear(1, 2, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(made.kernel[...], ref.kernel[...])

@@ -204,6 +204,24 @@ def test_shard_map_eight_cpu_devices_subprocess():
 
         g = nnx.jit(nnx.grad(lambda m, x: f(m, x)[1]))(m, xs)
         np.testing.assert_allclose(g["w"][...], np.asarray(xs) * np.array([1.0, 2.0, 3.0]))
+
+        # tensor parallel MLP: Linear layers see their kernel shard (din, 64/8), (64/8, dout)
+        class MLP(nnx.Module):
+            def __init__(self, rngs):
+                self.l1 = nnx.Linear(2, 64, use_bias=False, rngs=rngs)
+                self.l2 = nnx.Linear(64, 3, use_bias=False, rngs=rngs)
+
+            def __call__(self, x):
+                return self.l2(jax.nn.relu(self.l1(x)))
+
+        mlp = MLP(nnx.Rngs(0))
+        x = jnp.linspace(-1.0, 1.0, 64).reshape(32, 2)
+        for graph in (True, False):
+            tp_spec = nnx.prefix(mlp, {nnx.PathContains("l1"): P(None, "d"), ...: P("d", None)}, graph=graph)
+            tp = nnx.shard_map(lambda m, x: jax.lax.psum(m(x), "d"), mesh=mesh,
+                               in_specs=(tp_spec, P()), out_specs=P())
+            k1, k2 = np.asarray(mlp.l1.kernel[...]), np.asarray(mlp.l2.kernel[...])
+            np.testing.assert_allclose(tp(mlp, x), np.maximum(np.asarray(x) @ k1, 0) @ k2, rtol=1e-5, atol=1e-5)
         print("OK")
         """
     )

@@ -79,3 +79,45 @@ def test_jit_shardings_on_eight_cpu_devices_subprocess():
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "OK" in res.stdout
+
+
+def test_out_shardings_from_nnx_prefix_on_eight_cpu_devices_subprocess():
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        import nnxfn as nnx
+
+        mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+        s = lambda *names: NamedSharding(mesh, P(*names))
+        dummy = nnx.eval_shape(lambda: nnx.Linear(16, 32, rngs=nnx.Rngs(0)))
+        for graph in (True, False):
+            spec = nnx.prefix(dummy, {nnx.PathContains("kernel"): s("a", "b"), ...: s("b")}, graph=graph)
+
+            @nnx.jit(out_shardings=spec)
+            def make():
+                return nnx.Linear(16, 32, rngs=nnx.Rngs(0))
+
+            m = make()
+            ref = nnx.Linear(16, 32, rngs=nnx.Rngs(0))
+            assert m.kernel[...].sharding.spec == P("a", "b"), m.kernel[...].sharding
+            assert m.bias[...].sharding.spec == P("b")
+            np.testing.assert_allclose(m.kernel[...], ref.kernel[...])
+
+        # the same module returned three times: one set of leaves, laid out once
+        one = nnx.prefix((dummy, dummy, dummy), {...: s("a")})
+
+        @nnx.jit(out_shardings=one)
+        def three():
+            m = nnx.Linear(16, 32, rngs=nnx.Rngs(0))
+            return m, m, m
+
+        m1, m2, m3 = three()
+        assert m1 is m2 is m3 and m1.kernel[...].sharding.spec == P("a")
+        print("OK")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "OK" in res.stdout

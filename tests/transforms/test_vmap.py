@@ -207,6 +207,11 @@ def test_batched_write_to_broadcast_state_raises_with_path():
     with pytest.raises(ValueError, match=r"wrote args\[0\]\.total.*broadcast with in_axes None"):
         nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(a, jnp.ones((B, 3)))
     assert_unchanged(before, a)
+    # JAX's own phrase (what Flax shows) leads the message, with the key path
+    with pytest.raises(
+        ValueError, match=r"at vmap args\[0\]\['total'\], got axis spec None but output was batched on axis 0"
+    ):
+        nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(a, jnp.ones((B, 3)))
 
 
 def test_shared_module_across_args_and_returned():
@@ -338,3 +343,23 @@ def test_pmap_one_device():
     np.testing.assert_array_equal(stack.count[...], jnp.ones(n))
     s = nnx.pmap(lambda m, x: jax.lax.psum(m(x), "d"), axis_name="d", in_axes=(None, 0))(Counter(), xs)
     np.testing.assert_allclose(s[0], n * jnp.arange(1.0, 4.0))
+
+
+def test_nnx_prefix_as_out_axes_for_a_returned_argument():
+    class Env(nnx.Module):
+        def __init__(self):
+            self.shared = nnx.Param(jnp.array(1.0))
+            self.step = nnx.BatchStat(jnp.zeros((B,)))
+
+    for graph in (True, False):
+        env = Env()
+        axes = nnx.prefix(env, {nnx.Param: None, nnx.BatchStat: 0}, graph=graph)
+
+        def f(env, x):
+            env.step[...] += x * env.shared[...]
+            return env
+
+        out = nnx.vmap(f, in_axes=(axes, 0), out_axes=axes)(env, jnp.arange(1.0, B + 1))
+        assert out is env
+        np.testing.assert_allclose(env.step[...], jnp.arange(1.0, B + 1))
+        assert float(env.shared[...]) == 1.0

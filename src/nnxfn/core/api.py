@@ -27,6 +27,7 @@ from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse a
 from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
+from nnxfn.core.fastpath import leaf_ops
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.kinds import _CONTAINERS
 from nnxfn.core.registry import lookup
@@ -101,7 +102,7 @@ def merge(
     if not states:
         raise TypeError("merge() missing 1 required positional argument: 'state'")
     if type(states[0]) is State and all(type(s) is State for s in states):
-        return _graph.merge(graphdef, *states)
+        return _graph.merge(graphdef, *states, copy=copy)
     leaf = _root_leaf(states)
     if leaf is not None:
         value = leaf[0]
@@ -115,11 +116,11 @@ def merge(
                 f"merge: Incorrect number of leaves, the GraphDef has {len(paths)} "
                 f"and the list holds {len(states[0])}."
             )
-        return _graph.unflatten(graphdef, dict(zip(paths, states[0])))
+        return _graph.unflatten(graphdef, dict(zip(paths, states[0])), copy=copy, adopt=True)
     flat: dict[Path, tp.Any] = {}
     for s in states:
         flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
-    return _graph.unflatten(graphdef, flat)
+    return _graph.unflatten(graphdef, flat, copy=copy, adopt=True)
 
 
 def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tuple]:
@@ -157,18 +158,7 @@ def _to_state(state: tp.Any) -> State:
 
 def leaf_paths(graphdef: GraphDef) -> list[Path]:
     """The paths of the GraphDef's leaves, in its leaf order."""
-    from nnxfn.core.graphdef import ArrayDef, BoxedDef, VariableDef
-
-    out: list[Path] = []
-
-    def walk(d: tp.Any, path: Path) -> None:
-        if isinstance(d, (VariableDef, ArrayDef, BoxedDef)):
-            out.append(path)
-        for k, child in getattr(d, "children", ()):
-            walk(child, path + (k,))
-
-    walk(graphdef.root, ())
-    return out
+    return [path for path, _ in leaf_ops(graphdef)]
 
 
 def state(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import typing as tp
 
 
-from nnxfn.core import errors
+from nnxfn.core import errors, splitcache
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graphdef import (
     ARRAY,
     ArrayDef,
     BoxedDef,
     ContainerDef,
+    OP_BOXED,
+    OP_PYTREE,
+    OP_VAR,
     GraphDef,
     NodeDef,
     PytreeDef,
@@ -26,7 +29,13 @@ from nnxfn.core.graphdef import (
     StaticDef,
     VariableDef,
 )
-from nnxfn.core.fastpath import _flatten_fast, _unflatten_ops
+from nnxfn.core.fastpath import (  # noqa: F401 - _mutable, flatten_like: read from here
+    _mutable,
+    _unflatten_ops,
+    flatten_like,
+    leaf_ops,
+    walk,
+)
 from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
     _ARRAY_TYPES,
     _CONTAINERS,
@@ -65,123 +74,13 @@ def flatten(
 
     Leaves are arrays and Variables; with `copy=True` each Variable is a
     detached copy (same type, value and metadata), else the live object.
-    A Variable or graph node reachable by several paths appears once, at
-    its first path in canonical order. If `objects` is given, the live
-    graph nodes and Variables are appended to it in GraphDef index order;
-    if `containers` is given, every mutable list/dict walked, and every
-    mutable foreign pytree holding a Variable or graph node, is appended to it
-    (caches use them to notice in-place edits); if `whole_pytrees` is
-    given, every outermost foreign pytree holding no Variable or graph node
-    is recorded in it as {path: pytree} (Modules show them whole to JAX).
+    See `fastpath.walk` for `objects`, `containers` and `whole_pytrees`.
     """
-    if objects is None and containers is None:
-        paths: list = []
-        fast = _flatten_fast(node, paths, copy)
-        if fast is not None:  # no foreign pytree in it: nothing for `whole_pytrees`
-            return fast[0], list(zip(paths, fast[2]))
-    index: dict[int, int] = {}
-    leaves: list[tuple[Path, Leaf]] = []
-    linking: list[tuple[int, tp.Any]] = []  # (index, node) of nodes that have links
-    if objects is None:
-        objects = []
-
-    kinds = KINDS
-    # Iterative (no recursion limit): a frame per open node/container/pytree,
-    # [make(kids) -> def, iterator over (key, child), kids, path, foreign, key].
-    top: list = []
-    stack: list = [[None, iter(((None, node),)), top, (), (), None]]
-    while stack:
-        frame = stack[-1]
-        make, children, kids, base, foreign, _ = frame
-        for k, x in children:
-            path = base if make is None else base + (k,)
-            kind = kinds.get(type(x))
-            if kind is None:
-                kind = _kind(type(x))
-            if kind == _K_VAR:
-                i = index.get(id(x))
-                if i is not None:
-                    kids.append((k, Ref(i)))
-                    continue
-                i = index[id(x)] = len(index)
-                objects.append(x)
-                meta = x.metadata_items()
-                leaves.append((path, type(x).from_parts(x.raw_value, meta) if copy else x))
-                kids.append((k, VariableDef(type(x), i, meta)))
-            elif kind == _K_NODE:
-                impl = tp.cast(NodeImpl, lookup(type(x)))
-                i = index.get(id(x))
-                if i is not None:
-                    kids.append((k, Ref(i)))
-                    continue
-                i = index[id(x)] = len(index)
-                objects.append(x)
-                if impl.links is not None:
-                    linking.append((i, x))
-                make = _node_maker(type(x), i, impl.static(x))
-                stack.append([make, iter(list(impl.children(x))), [], path, (), k])
-                break
-            elif kind == _K_ARRAY or (kind == _K_OTHER and isinstance(x, _ARRAY_TYPES)):
-                boxed = foreign_leaf_type(path, x, foreign) if foreign else None
-                if boxed is not None:
-                    leaves.append((path, boxed.from_parts(x, ())))
-                    kids.append((k, BoxedDef(boxed)))
-                else:
-                    leaves.append((path, x))
-                    kids.append((k, ARRAY))
-            elif kind == _K_CONT:
-                if containers is not None and type(x) is not tuple:
-                    containers.append(x)
-                make = _container_maker(type(x))
-                stack.append([make, iter(_container_children(x)), [], path, foreign, k])
-                break
-            elif kind == _K_STATIC:
-                kids.append((k, StaticDef(x)))
-            elif type(x) is DataLeaf:  # a value its node declares a leaf (`nnx.data(1)`)
-                leaves.append((path, x.value))
-                kids.append((k, ARRAY))
-            else:
-                found = _pytree_children(x)
-                if found is None:
-                    kids.append((k, StaticDef(x)))  # hashed by contents if unhashable
-                    continue
-                treedef, pairs = found
-                make = _pytree_maker(treedef, x, path, foreign, whole_pytrees, containers)
-                stack.append([make, iter(pairs), [], path, foreign + (type(x),), k])
-                break
-        else:  # every child seen: build this frame's def and hand it to its parent
-            stack.pop()
-            if make is not None:
-                stack[-1][2].append((frame[5], make(tuple(kids))))
-
-    return GraphDef(top[0][1], len(leaves), find_links(linking, index) if linking else ()), leaves
-
-
-def _node_maker(t: type, i: int, static: tp.Any) -> tp.Callable:
-    return lambda kids: NodeDef(t, i, static, kids)
-
-
-def _container_maker(t: type) -> tp.Callable:
-    return lambda kids: ContainerDef(t, kids)
-
-
-def _pytree_maker(
-    treedef: tp.Any,
-    x: tp.Any,
-    path: Path,
-    foreign: tuple,
-    whole_pytrees: dict | None,
-    containers: list | None,
-) -> tp.Callable:
-    def make(kids: tuple) -> PytreeDef:
-        d = PytreeDef(treedef, kids)
-        if whole_pytrees is not None and not foreign and _pure(d):
-            whole_pytrees[path] = x
-        if containers is not None and not _pure(d) and _mutable(x):
-            containers.append(x)
-        return d
-
-    return make
+    paths: list = []
+    graphdef, _, leaves = walk(
+        node, copy=copy, paths=paths, objects=objects, containers=containers, whole_pytrees=whole_pytrees
+    )
+    return graphdef, list(zip(paths, leaves))
 
 
 # -- unflatten ----------------------------------------------------------------
@@ -192,6 +91,7 @@ def unflatten(
     copy: bool = True,
     reuse: tp.Mapping[int, tp.Any] | None = None,
     objects: dict[int, tp.Any] | None = None,
+    adopt: bool = False,
 ) -> tp.Any:
     """Build fresh objects from `graphdef` and a {path: leaf} mapping.
 
@@ -199,82 +99,31 @@ def unflatten(
     which case Variable leaves are used as they are (a view sharing state).
     `reuse` maps GraphDef indices to existing objects that are updated in
     place instead of created (how transforms commit onto the caller's
-    objects); `objects`, if given, receives index -> object.
-    Raises, naming the paths, when the leaves do not fit the GraphDef.
+    objects); `objects`, if given, receives index -> object (objects already
+    in it, indices 0, 1, ..., can be referred to). A foreign pytree
+    may be given whole at its path (see `flatten(whole_pytrees=...)`).
+    Raises, naming the paths, before anything is made or written, when the
+    leaves do not fit the GraphDef. `adopt`: see `fastpath._unflatten_ops`.
     """
-    reuse = reuse or {}
-    if objects is None:
-        objects = {}
-    used: set[Path] = set()
-    missing: list[Path] = []
-
-    def take(path: Path) -> tp.Any:
-        try:
-            leaf = leaves[path]
-        except KeyError:
-            missing.append(path)
-            return None
-        used.add(path)
-        return leaf
-
-    def build(d: tp.Any, path: Path) -> tp.Any:
-        if isinstance(d, VariableDef):
-            leaf = take(path)
-            if isinstance(leaf, VariableLike):
-                if not isinstance(leaf, d.type):
-                    raise ValueError(errors.wrong_variable_type(path, d.type, type(leaf)))
-                value, meta = leaf.raw_value, leaf.metadata_items()
-            else:
-                value, meta = leaf, d.metadata
-            var = reuse.get(d.index)
-            if var is not None:
-                var.set_raw(value)
-                if var.metadata_items() != meta:
-                    var.set_metadata_items(meta)
-            elif isinstance(leaf, VariableLike) and not copy:
-                var = leaf
-            else:
-                var = d.type.from_parts(value, meta)
-            objects[d.index] = var
-            return var
-        if isinstance(d, (ArrayDef, BoxedDef)):
-            leaf = take(path)
-            return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
-        if isinstance(d, StaticDef):
-            return d.value
-        if isinstance(d, Ref):
-            return objects[d.index]
-        if isinstance(d, NodeDef):
-            impl = tp.cast(NodeImpl, lookup(d.type))
-            node = reuse.get(d.index)
-            if node is None:
-                node = impl.create_empty(d.type, d.static)
-            else:
-                keep = {k for k, _ in d.children}
-                for k in [k for k, _ in impl.children(node) if k not in keep]:
-                    impl.del_child(node, k)
-            objects[d.index] = node
-            for k, child in d.children:
-                impl.set_child(node, k, build(child, path + (k,)))
-            return node
-        if isinstance(d, ContainerDef):
-            values = [build(child, path + (k,)) for k, child in d.children]
-            if d.type is dict:
-                return {k: v for (k, _), v in zip(d.children, values)}
-            return d.type(values)
-        if isinstance(d, PytreeDef):
-            if path in leaves:  # given whole (see `flatten(whole_pytrees=...)`)
-                return take(path)
-            return d.treedef.unflatten([build(child, path + (k,)) for k, child in d.children])
-        raise TypeError(f"unknown GraphDef entry {d!r}")
-
-    out = build(graphdef.root, ())
+    entries = leaf_ops(graphdef, whole=leaves)
+    missing = [path for path, _ in entries if path not in leaves]
     if missing:
         raise ValueError(errors.missing_leaves(missing))
-    if len(used) != len(leaves):
-        raise ValueError(errors.unexpected_leaves(sorted(set(leaves) - used, key=_path_order)))
-    if graphdef.links:
-        apply_links(graphdef.links, objects)
+    if len(entries) != len(leaves):
+        extra = set(leaves) - {path for path, _ in entries}
+        raise ValueError(errors.unexpected_leaves(sorted(extra, key=_path_order)))
+    ordered = [leaves[path] for path, _ in entries]
+    for (path, op), leaf in zip(entries, ordered):
+        if op[0] == OP_VAR and isinstance(leaf, VariableLike) and not isinstance(leaf, op[1]):
+            raise ValueError(errors.wrong_variable_type(path, op[1], type(leaf)))
+    whole = {id(op) for _, op in entries if op[0] == OP_PYTREE}
+    # Objects an earlier `unflatten` made (a merge context): indices go on after them.
+    made: list = [objects[i] for i in range(len(objects))] if objects else []
+    out = _unflatten_ops(
+        graphdef, ordered, copy=copy, trusted=False, objects=made, reuse=reuse, whole=whole, adopt=adopt
+    )
+    if objects is not None:
+        objects.update(enumerate(made))
     return out
 
 
@@ -290,23 +139,25 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     """`graphdef, state = split(node)` or `graphdef, s1, s2 = split(node, f1, f2)`.
 
     Every leaf must match one filter (use `...` last to collect the rest).
+    The States hold the model's own Variables (as Flax's graph mode).
     """
-    if not filters:
-        fast = _flatten_fast(node)
-        if fast is not None:
-            graphdef, state, leaves = fast
-            _set_flat(state, (graphdef, leaves, None, 0, None))
-            return graphdef, state
-    else:
+    if filters:
         paths: list = []
-        fast = _flatten_fast(node, paths)
-        if fast is not None:
-            graphdef, _, leaves = fast
-            return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
-    graphdef, pairs = flatten(node)
-    if not filters:
-        return graphdef, State.from_flat_path(pairs)
-    return (graphdef, *_partition(pairs, filters, exhaustive=True))
+        graphdef, _, leaves = walk(node, copy=False, paths=paths)
+        return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
+    found = splitcache.lookup(node)
+    if found is not None:
+        return found
+    clock = splitcache.CLOCK[0]
+    containers: list = []
+    pure: dict = {}  # foreign pytrees holding only values: may change in place unseen
+    graphdef, state, leaves = walk(node, copy=False, containers=containers, whole_pytrees=pure)
+    if type(state) is not State:  # a root without children (see `api.split` for leaf roots)
+        state = _wrap_state({})
+    _set_flat(state, (graphdef, leaves, None, 0, None))
+    if not pure:
+        splitcache.store(node, clock, (graphdef, state), containers)
+    return graphdef, state
 
 
 def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
@@ -318,13 +169,16 @@ def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
     return flat
 
 
-def merge(graphdef: GraphDef, *states: tp.Any) -> tp.Any:
-    """Build a new object graph from `graphdef` and the states of `split`."""
+def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
+    """Build a new object graph from `graphdef` and the states of `split`.
+
+    The new graph holds the states' own Variables (as Flax's `merge`), or
+    copies of them with `copy=True`."""
     if states:
         leaves = _positional_leaves(graphdef, states)
         if leaves is not None:
-            return _unflatten_ops(graphdef.ops, leaves, links=graphdef.links)
-    return unflatten(graphdef, _flat_leaves(states))
+            return _unflatten_ops(graphdef, leaves, copy=copy)
+    return unflatten(graphdef, _flat_leaves(states), copy=copy, adopt=True)
 
 
 def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
@@ -402,21 +256,12 @@ def _nest(paths: list, leaves: list) -> State:
 def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     """The node's State, or one State per filter (leaves matching none are left out)."""
     if not filters:
-        fast = _flatten_fast(node)
-        if fast is not None:
-            return fast[1]
-    else:
-        paths: list = []
-        fast = _flatten_fast(node, paths)
-        if fast is not None:
-            states = _partition_fast(fast[0], paths, fast[2], filters, exhaustive=False)
-            for s in states:
-                _set_flat(s, None)  # no GraphDef to pair them with
-            return states[0] if len(states) == 1 else states
-    _, pairs = flatten(node)
-    if not filters:
-        return State.from_flat_path(pairs)
-    states = _partition(pairs, filters, exhaustive=False)
+        return split(node)[1]
+    paths: list = []
+    graphdef, _, leaves = walk(node, copy=False, paths=paths)
+    states = _partition_fast(graphdef, paths, leaves, filters, exhaustive=False)
+    for s in states:
+        _set_flat(s, None)  # no GraphDef to pair them with
     return states[0] if len(states) == 1 else states
 
 
@@ -426,16 +271,7 @@ def graphdef(node: tp.Any) -> GraphDef:
 
 def clone(node: tp.Any) -> tp.Any:
     """A deep copy through split/merge: same values and sharing, new objects."""
-    return merge(*split(node))
-
-
-def _mutable(x: tp.Any) -> bool:
-    """Whether a foreign pytree may be edited in place (tuples, States and frozen
-    dataclasses such as Equinox modules cannot, short of `object.__setattr__`)."""
-    if isinstance(x, (tuple, State)):
-        return False
-    params = getattr(type(x), "__dataclass_params__", None)
-    return not (params is not None and params.frozen)
+    return merge(*split(node), copy=True)
 
 
 def _pure(d: tp.Any) -> bool:
@@ -445,59 +281,6 @@ def _pure(d: tp.Any) -> bool:
     return isinstance(d, (ArrayDef, BoxedDef, StaticDef))
 
 
-def flatten_like(
-    graphdef: GraphDef, node: tp.Any, whole: tp.Container[Path] = ()
-) -> list[tuple[Path, Leaf]] | None:
-    """The (path, leaf) pairs of `node` at the leaf positions of `graphdef`, in its order,
-    whatever their values (None, bools, tracers, sentinels); None if `node`
-    does not have that structure. Used to flatten again an object graph that
-    JAX unflattened with non-array leaves (e.g. an `eqx.partition` half),
-    which `flatten` would read as static values. Foreign pytrees at the
-    paths in `whole` are returned whole."""
-    out: list[tuple[Path, Leaf]] = []
-
-    def walk(d: tp.Any, x: tp.Any, path: Path) -> None:
-        if isinstance(d, PytreeDef) and path in whole:
-            out.append((path, x))
-        elif isinstance(d, VariableDef):
-            if not isinstance(x, d.type):
-                raise LookupError
-            out.append((path, x))
-        elif isinstance(d, BoxedDef):
-            out.append((path, x if isinstance(x, VariableLike) else d.type.from_parts(x, ())))
-        elif isinstance(d, ArrayDef):
-            out.append((path, x.value if type(x) is DataLeaf else x))
-        elif isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
-            if isinstance(d, NodeDef):
-                if type(x) is not d.type:
-                    raise LookupError
-                kids = dict(tp.cast(NodeImpl, lookup(d.type)).children(x))
-            elif isinstance(d, ContainerDef):
-                if type(x) is not d.type or len(x) != len(d.children):
-                    raise LookupError
-                kids = dict(_container_children(x))
-            else:
-                found = _pytree_children(x)
-                kids = {} if found is None else dict(found[1])
-            for k, child in d.children:
-                walk(child, kids[k], path + (k,))
-
-    try:
-        walk(graphdef.root, node, ())
-    except (LookupError, TypeError):
-        return None
-    return out
-
-
 def boxed_paths(graphdef: GraphDef) -> frozenset:
     """Paths of leaves that are boxed only in the State (no live Variable)."""
-    found: list[Path] = []
-
-    def walk(d: tp.Any, path: Path) -> None:
-        if isinstance(d, BoxedDef):
-            found.append(path)
-        for k, child in getattr(d, "children", ()):
-            walk(child, path + (k,))
-
-    walk(graphdef.root, ())
-    return frozenset(found)
+    return frozenset(path for path, op in leaf_ops(graphdef) if op[0] == OP_BOXED)

@@ -152,13 +152,15 @@ class GraphDef:
     `jax.jit`.
     """
 
-    __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links")
+    # `_plan`: the ops as `fastpath._unflatten_ops` runs them, made on first use.
+    __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links", "_plan")
 
     def __init__(self, root: Any, num_leaves: int, links: tuple = ()):
         self._root = root
         self.num_leaves = num_leaves
         self._hash: int | None = None
         self._ops: tuple | None = None
+        self._plan: list | None = None
         # (node index, key, target index): non-owning references between
         # objects of this graph (see `NodeImpl.links`), re-made by `unflatten`.
         self.links = links
@@ -173,6 +175,7 @@ class GraphDef:
         graphdef._hash = None
         graphdef._ops = ops
         graphdef.links = links
+        graphdef._plan = None
         return graphdef
 
     @property
@@ -309,6 +312,8 @@ def ops_from_root(root: tp.Any) -> list:
             ops.append((OP_REF, d.index))
         elif isinstance(d, BoxedDef):
             ops.append((OP_BOXED, d.type))
+        elif not isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
+            raise TypeError(f"unknown GraphDef entry {d!r}")
         else:
             keys = tuple(k for k, _ in d.children)
             if isinstance(d, NodeDef):

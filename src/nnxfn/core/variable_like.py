@@ -7,7 +7,9 @@ The core never imports the facade. A boxed leaf type subclasses
 - `metadata_items()`: its metadata as a sorted tuple of `(name, value)` pairs,
   hashable, so it can live in a GraphDef;
 - `from_parts(value, metadata)` (classmethod): build an instance without
-  calling `__init__`.
+  calling `__init__`;
+- `adopt()`: called when `merge` puts this very object (not a copy) into a
+  new graph, so the facade can treat it as belonging to the caller.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class VariableLike:
 
     def set_raw(self, value: Any) -> None:
         raise NotImplementedError
+
+    def adopt(self) -> None:
+        """This object joins a graph `merge` builds (default: nothing to do)."""
 
     def set_metadata_items(self, metadata: tuple[tuple[str, Any], ...]) -> None:
         raise NotImplementedError

@@ -70,7 +70,13 @@ def _list_del(lst: List, i: int) -> None:
     del lst._items[i]
 
 
-core.register_node_type(core.NodeImpl(List, _list_children, _list_create, _list_set, _list_del))
+def _list_fill(lst: List, keys: tuple, values: tp.Sequence) -> None:
+    lst._items.extend(values)  # a list `_list_create` just made: keys are 0, 1, ...
+
+
+core.register_node_type(
+    core.NodeImpl(List, _list_children, _list_create, _list_set, _list_del, fill=_list_fill)
+)
 
 
 class Dict(Module, MutableMapping):

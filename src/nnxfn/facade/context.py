@@ -21,6 +21,8 @@ import typing as tp
 import warnings
 import weakref
 
+from nnxfn.core import splitcache as core_splitcache
+
 
 @dataclasses.dataclass(eq=False)
 class Frame:
@@ -49,7 +51,7 @@ def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
 
 
-_EPOCH = [0]  # moved by every structural change anywhere
+_EPOCH = core_splitcache.CLOCK  # moved by every structural change anywhere (cached splits read it)
 _HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
 
 

@@ -320,22 +320,76 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
 _PLAIN_FILL: dict[tuple, bool] = {}  # (type, keys) -> may `_fill` write __dict__ directly
 
 
-def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
-    """All children of a node `_create_empty` just made (as `_set_child` per key)."""
-    cls = type(obj)
+def _plain_fill(cls: type, keys: tuple) -> bool:
+    """True if `__dict__` may take these children directly: no property/slot
+    takes their names and the class keeps the default `__new__`."""
     plain = _PLAIN_FILL.get((cls, keys))
-    if plain is None:  # no property/slot takes these names; no custom __new__ ran
+    if plain is None:
         plain = cls.__new__ is _object_new and not any(
             hasattr(getattr(cls, k, None), "__set__") for k in keys
         )
         if len(_PLAIN_FILL) > 4096:
             _PLAIN_FILL.clear()
         _PLAIN_FILL[(cls, keys)] = plain
-    if plain:
+    return plain
+
+
+def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
+    """All children of a node `_create_empty` just made (as `_set_child` per key)."""
+    if _plain_fill(type(obj), keys):
         obj.__dict__.update(zip(keys, values))
     else:
         for k, v in zip(keys, values):
             _set_child(obj, k, v)
+
+
+_MAKERS: dict[tuple, tp.Callable] = {}  # (type, keys) -> generated `make` (see `_builder`)
+
+
+def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.Sequence], Object]:
+    """`_create_empty` + `_fill` as one function (how `merge` makes most layers)."""
+    if statics or not _plain_fill(cls, keys) or not all(type(k) is str for k in keys):
+
+        def make_general(values: tp.Sequence) -> Object:
+            obj = _create_empty(cls, statics)
+            _fill(obj, keys, values)
+            return obj
+
+        return make_general
+    make = _MAKERS.get((cls, keys))
+    if make is None:
+        if len(_MAKERS) > 4096:
+            _MAKERS.clear()
+        make = _MAKERS[(cls, keys)] = _generate_make(cls, keys)
+    return make
+
+
+def _generate_make(cls: type, keys: tuple) -> tp.Callable[[tp.Sequence], Object]:
+    # Generated (as `dataclasses` does for `__init__`): one `d[key] = values[i]`
+    # per child is about twice as fast as `d.update(zip(keys, values))` on a new
+    # instance, and `merge` makes one object per layer.
+    sets = "".join(f"    d[{k!r}] = values[{i}]\n" for i, k in enumerate(keys))
+    source = (
+        "def make(values):\n"
+        "    obj = new(cls)\n"
+        "    d = obj.__dict__\n"
+        "    frames = local.frames\n"
+        "    if frames:\n"
+        "        d['_nnx_frame'] = frames[-1]\n"
+        "    if type(trace_ctx.trace) is not eval_trace:\n"
+        "        d['_nnx_traced'] = True\n"
+        f"{sets}"
+        "    return obj\n"
+    )
+    env = {
+        "new": object.__new__,
+        "cls": cls,
+        "local": context.LOCAL,
+        "trace_ctx": _jax_core.trace_ctx,
+        "eval_trace": _EvalTrace,
+    }
+    exec(source, env)
+    return env["make"]
 
 
 def _del_child(obj: Object, key: str) -> None:
@@ -347,7 +401,17 @@ def _del_child(obj: Object, key: str) -> None:
 
 
 core.register_node_type(
-    core.NodeImpl(Object, _children, _create_empty, _set_child, _del_child, _static, parts=_parts, fill=_fill)
+    core.NodeImpl(
+        Object,
+        _children,
+        _create_empty,
+        _set_child,
+        _del_child,
+        _static,
+        parts=_parts,
+        fill=_fill,
+        builder=_builder,
+    )
 )
 
 
@@ -666,6 +730,3 @@ def iter_modules(
     for path, value in core.iter_graph(node):
         if isinstance(value, Module):
             yield path, value
-
-
-from nnxfn.facade.views import capture as capture, view as view  # noqa: E402

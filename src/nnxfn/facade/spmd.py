@@ -8,7 +8,7 @@ axes by `logical_axis_rules` (a context manager) or a Variable's own
 `sharding_rules` metadata.
 
     >>> init = with_partitioning(jax.nn.initializers.ones, (None, "model"))
-    >>> v = _variables.Param(init(jax.random.key(0), (2, 4)))
+    >>> v = nnx.Param(init(jax.random.key(0), (2, 4)))
     >>> v.out_sharding
     (None, 'model')
     >>> get_partition_spec(v)[...]
@@ -38,7 +38,7 @@ import numpy as np
 from jax.experimental.layout import Format
 from jax.sharding import NamedSharding, PartitionSpec
 
-from nnxfn.facade import variables as _variables
+from nnxfn.core import VariableLike
 
 A = tp.TypeVar("A")
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
@@ -69,7 +69,7 @@ def with_metadata(initializer: F, **metadata: tp.Any) -> F:
     """Wrap `initializer` so the Variable built from its result gets `metadata`.
 
     >>> init = with_metadata(jax.nn.initializers.zeros, tag="frozen")
-    >>> _variables.Param(init(jax.random.key(0), (2,))).tag
+    >>> nnx.Param(init(jax.random.key(0), (2,))).tag
     'frozen'
     """
 
@@ -128,7 +128,7 @@ def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iter
     """Map logical axis names to mesh axes while the context is active.
 
     >>> with logical_axis_rules([("embed", None), ("mlp", "model")]):
-    ...     spec = get_partition_spec(_variables.Param(np.ones((2, 4)), out_sharding=("embed", "mlp")))
+    ...     spec = get_partition_spec(nnx.Param(np.ones((2, 4)), out_sharding=("embed", "mlp")))
     >>> spec[...]
     P(None, 'model')
     """
@@ -417,7 +417,7 @@ def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> t
 
 # -- trees of Variables ----------------------------------------------------------------
 def _is_var(x: tp.Any) -> bool:
-    return isinstance(x, _variables.Variable)
+    return isinstance(x, VariableLike)
 
 
 def _path_text(path: tuple) -> str:
@@ -459,7 +459,7 @@ def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
     are checked against the mesh (axis names, divisibility).
 
     >>> mesh = jax.make_mesh((1,), ("model",))
-    >>> v = _variables.Param(np.ones((2, 4)), out_sharding=(None, "model"))
+    >>> v = nnx.Param(np.ones((2, 4)), out_sharding=(None, "model"))
     >>> get_named_sharding(v, mesh)[...].spec
     P(None, 'model')
     """

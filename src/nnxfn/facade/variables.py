@@ -116,6 +116,13 @@ class Variable(VariableLike, tp.Generic[A]):
         _set_frame(var, frames[-1] if frames else None)
         return var
 
+    def adopt(self) -> None:
+        # Rebuilt by a foreign transform (JAX unflattening a State) and now put in a
+        # graph by `merge`: its writes reach whoever returns that graph's state.
+        if self._frame is context.FOREIGN:
+            frames = _LOCAL.frames
+            _set_frame(self, frames[-1] if frames else None)
+
     def set_raw(self, value: tp.Any) -> None:
         context.check_write(self, self._frame, "the value")
         object.__setattr__(self, "raw_value", value)
@@ -251,6 +258,17 @@ class Variable(VariableLike, tp.Generic[A]):
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
         self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
+
+    def add_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+        """Called by `vmap`/`scan` with `transform_metadata` when this Variable leaves
+        mapped along `axis_index` (after its annotations got `axis_name` there); runs
+        the `on_add_axis` hook(s) in its metadata. Subclasses may override it."""
+        _run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
+
+    def remove_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+        """Called by `vmap`/`scan` with `transform_metadata` when this Variable enters
+        mapped along `axis_index`; runs the `on_remove_axis` hook(s) in its metadata."""
+        _run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
 
     @property
     def sharding_names(self) -> tp.Any:
@@ -667,3 +685,11 @@ for _name, _type in (
     ("perturbations", Perturbation),
 ):
     register_variable_name(_name, _type)
+
+
+def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: tp.Any) -> None:
+    hooks = dict(v._metadata).get(key)
+    if hooks is None:
+        return
+    for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+        hook(v, axis_index, axis_name)

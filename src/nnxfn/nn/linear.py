@@ -116,10 +116,17 @@ class Linear(Module):
 
     def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
         inputs = jnp.asarray(inputs)
-        if inputs.ndim == 0 or inputs.shape[-1] != self.in_features:
+        # the kernel's own rows: inside `shard_map` a sharded kernel holds one shard of them
+        n_in = self.kernel.shape[0]
+        if inputs.ndim == 0 or inputs.shape[-1] != n_in:
+            shard = (
+                ""
+                if n_in == self.in_features
+                else f" (this shard of the kernel; in_features={self.in_features})"
+            )
             raise ValueError(
-                f"Linear: expected inputs of shape (..., {self.in_features}) "
-                f"(last axis = in_features), got shape {inputs.shape}."
+                f"Linear: expected inputs of shape (..., {n_in}) "
+                f"(last axis = in_features){shard}, got shape {inputs.shape}."
             )
         x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], _value(self.bias)), dtype=self.dtype)
         y = self.dot_general(

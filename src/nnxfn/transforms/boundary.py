@@ -38,6 +38,7 @@ from nnxfn.core.graphdef import (
     same_value,
 )
 from nnxfn.core.registry import lookup
+from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.facade.variables import Variable
@@ -293,7 +294,7 @@ class EntryCache:
             node_refs,
             versions,
             list(map(_META, variables)),
-            [(c, _snapshot(c)) for c in found if c is not entry.nodes],
+            [(c, snapshot(c)) for c in found if c is not entry.nodes],
             epoch,
             hard,
             {},
@@ -350,7 +351,7 @@ def _use(view: CachedView, leaves: list, nodes: list) -> Entry | None:
     if view.epoch != context.structure_epoch() and not _revalidate(view):
         return None
     for c, snap in view.containers:
-        if not _same_snapshot(_snapshot(c), snap):
+        if not same_snapshot(snapshot(c), snap):
             return None
     values = list(map(_RAW, view.variables))
     live = view.variables
@@ -415,22 +416,6 @@ def _plain(x: tp.Any) -> bool | None:
     if x is None or is_array(x) or isinstance(x, (int, float, complex, bool)):
         return None
     return False
-
-
-def _snapshot(container: tp.Any) -> tuple:
-    """The items of a list/dict (keys and values) or the children of a foreign pytree."""
-    if type(container) is dict:
-        return (tuple(container), tuple(container.values()))
-    if type(container) is list:
-        return ((), tuple(container))
-    found = core.graph._pytree_children(container)
-    if found is None:
-        return (None, ())
-    return (found[0], tuple(v for _, v in found[1]))
-
-
-def _same_snapshot(a: tuple, b: tuple) -> bool:
-    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(map(operator.is_, a[1], b[1]))
 
 
 @dataclasses.dataclass

@@ -55,8 +55,11 @@ def _fit(ct: tp.Any, primal: tp.Any) -> tp.Any:
 class CustomVjp:
     """`nnx.custom_vjp(fun)`: call it like `fun` once `.defvjp(fwd, bwd)` is set."""
 
-    def __init__(self, fun: tp.Callable, nondiff_argnums: tp.Sequence[int | DiffState] = ()):
+    def __init__(
+        self, fun: tp.Callable, nondiff_argnums: tp.Sequence[int | DiffState] = (), simple: bool = False
+    ):
         check_not_bound(fun, "nnx.custom_vjp")
+        self.simple = simple  # Flax's graph_updates=False / graph=False `bwd` convention
         functools.update_wrapper(self, fun)
         self.fun = fun
         items = (nondiff_argnums,) if isinstance(nondiff_argnums, (int, DiffState)) else nondiff_argnums
@@ -121,6 +124,8 @@ class CustomVjp:
             index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
             after = [None] * n_leaves
             for path, v in zip(exit_static.paths, emitted):
+                if path[0] == 1:  # a leaf of an object the function returned
+                    continue
                 i = index.get(path)
                 if i is None:
                     raise ValueError(_new_state(path))
@@ -138,7 +143,9 @@ class CustomVjp:
                 with_static(self.fun), entry.static, values, others, "nnx.custom_vjp"
             )
             cell["exit"] = exit_static
-            return out_arrays, after_state(exit_static, emitted, values)
+            after = after_state(exit_static, emitted, values)
+            cell["updated"] = _updated(exit_static, after, values)
+            return out_arrays, after, _returned_leaves(exit_static, emitted)
 
         def fwd(values: list, others: list) -> tuple:
             holder: dict = {}
@@ -152,20 +159,39 @@ class CustomVjp:
                 with_static(call), entry.static, values, others, "nnx.custom_vjp"
             )
             cell["exit"] = exit_static
-            return (out_arrays, after_state(exit_static, emitted, values)), (holder["res"], values, others)
+            after = after_state(exit_static, emitted, values)
+            cell["updated"] = _updated(exit_static, after, values)
+            return (out_arrays, after, _returned_leaves(exit_static, emitted)), (
+                holder["res"],
+                values,
+                others,
+            )
 
         def bwd(res: tuple, g: tuple) -> tuple:
             user_res, values, others = res
-            out_g_arrays, state_g = g
+            out_g_arrays, state_g, returned_g = g
             exit_static = cell["exit"]
-            n_out = exit_static.out_treedef.num_leaves
             out_g = boundary.assemble(
                 exit_static.out_treedef,
                 exit_static.out_positions,
-                [None] * len(exit_static.out_positions),
+                _returned_cotangents(entry, exit_static, state_g, returned_g),
                 out_g_arrays,
             )
-            del n_out
+            if self.simple:
+                return self._simple_bwd(
+                    entry,
+                    args,
+                    diff_args,
+                    user_res,
+                    out_g,
+                    state_g,
+                    cell["updated"],
+                    values,
+                    others,
+                    diff_state,
+                    other_owner,
+                    state_owner,
+                )
             inputs_g = tuple(
                 self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
             )
@@ -182,9 +208,15 @@ class CustomVjp:
 
         run = jax.custom_vjp(primal)
         run.defvjp(fwd, bwd, symbolic_zeros=False)
-        out_arrays, after = run(entry.values, entry.others)
+        out_arrays, after, returned = run(entry.values, entry.others)
         exit_static = cell["exit"]
-        if exit_static.changed is not None:
+        if exit_static.changed is not None and self.simple:
+            # Only the leaves the function wrote leave it: later uses of the others
+            # read the caller's values, so their cotangents never pass through `bwd`.
+            keep = sorted(cell["updated"])
+            exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
+            emitted = [after[i] for i in keep] + returned
+        elif exit_static.changed is not None:
             # Commit every leaf we may write (its value now depends on the call, so later
             # uses send their cotangent through `inputs_g`); captured objects only if written.
             frame = context.current_frame()
@@ -193,11 +225,57 @@ class CustomVjp:
                 | {i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame}
             )
             exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
-            emitted = [after[i] for i in keep]
+            emitted = [after[i] for i in keep] + returned
         else:
             index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
-            emitted = [after[index[p]] for p in exit_static.paths]
+            it = iter(returned)
+            emitted = [after[index[p]] if p[0] == 0 else next(it) for p in exit_static.paths]
         return boundary.commit(entry, exit_static, out_arrays, emitted)
+
+    def _simple_bwd(
+        self,
+        entry: boundary.Entry,
+        args: tuple,
+        diff_args: list,
+        user_res: tp.Any,
+        out_g: tp.Any,
+        state_g: list,
+        updated: set[int],
+        values: list,
+        others: list,
+        diff_state: set[int],
+        other_owner: list,
+        state_owner: list,
+    ) -> tuple:
+        """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
+        nondiff = [args[i] for i in self.nondiff_argnums]
+        kwargs = {}
+        if _accepts(self.bwd, "updates_g"):
+            kwargs["updates_g"] = tuple(
+                _updates_cotangent(entry, arg, state_owner, argnum, state_g, updated)
+                for argnum, arg in enumerate(args)
+            )
+        cts = self.bwd(*nondiff, user_res, out_g, **kwargs)
+        cts = cts if isinstance(cts, (tuple, list)) else (cts,)
+        if len(cts) != len(diff_args):
+            raise ValueError(
+                f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
+                f"{len(diff_args)} differentiable arguments (nondiff_argnums="
+                f"{self.nondiff_argnums}); return one per differentiable argument."
+            )
+        state_cts, other_cts = self._align(
+            entry, args, diff_args, cts, values, others, diff_state, other_owner
+        )
+        # A leaf the function did not write passes through unchanged: any cotangent its
+        # later uses sent back (after a structural change committed it) is the identity's.
+        for i, g in enumerate(state_g):
+            if (
+                i not in updated
+                and g is not None
+                and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact)
+            ):
+                state_cts[i] = state_cts[i] + g
+        return state_cts, other_cts
 
     def _diff_state_leaves(self, entry: boundary.Entry, state_owner: list) -> set[int]:
         """Indices of the state leaves that are differentiable."""
@@ -243,10 +321,13 @@ class CustomVjp:
         by_arg_other: dict[int, list] = {}
         for argnum, ct in zip(diff_args, cts):
             arg = args[argnum]
-            a_leaves = jax.tree_util.tree_leaves(arg, is_leaf=boundary.is_node)
-            c_leaves = jax.tree_util.tree_leaves(
-                ct, is_leaf=lambda x: isinstance(x, core.State) or boundary.is_node(x) or x is None
-            )
+            a_leaves, a_treedef = jax.tree_util.tree_flatten(arg, is_leaf=boundary.is_node)
+            try:  # same structure as the argument (a State for a State, a tuple for a tuple)
+                c_leaves = a_treedef.flatten_up_to(ct)
+            except (TypeError, ValueError):  # a State (or a Module) per Module, None for zeros
+                c_leaves = jax.tree_util.tree_leaves(
+                    ct, is_leaf=lambda x: isinstance(x, core.State) or boundary.is_node(x) or x is None
+                )
             if len(c_leaves) != len(a_leaves):
                 c_leaves = [ct] * len(a_leaves) if len(a_leaves) == 1 else c_leaves
             for a, c in zip(a_leaves, c_leaves):
@@ -272,6 +353,60 @@ class CustomVjp:
         return state_cts, other_cts
 
 
+def _updated(exit_static: boundary.ExitStatic, after: list, values: list) -> set[int]:
+    """Indices of the state leaves the function wrote."""
+    if exit_static.changed is not None:
+        return set(exit_static.changed)
+    return {i for i, (a, v) in enumerate(zip(after, values)) if a is not v}
+
+
+def _accepts(fn: tp.Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _updates_cotangent(
+    entry: boundary.Entry, arg: tp.Any, state_owner: list, argnum: int, state_g: list, updated: set[int]
+) -> tp.Any:
+    """`updates_g` entry: `arg`'s structure holding, for each Variable the function
+    wrote, that Variable's cotangent (same type and metadata), and None elsewhere."""
+    if not boundary.is_node(arg):
+        return None
+    cts = {id(entry.live[i]): _like(entry.live[i], state_g[i]) for i in updated if state_owner[i] == argnum}
+    if isinstance(arg, VariableLike):
+        return cts.get(id(arg))
+    is_var = lambda x: isinstance(x, VariableLike)  # noqa: E731
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(arg, is_leaf=is_var)
+    fresh = jax.tree_util.tree_unflatten(treedef, [cts.get(id(leaf), leaf) for _, leaf in pairs])
+    for path, leaf in pairs:
+        if id(leaf) not in cts:
+            _set_at(fresh, path, None)
+    return fresh
+
+
+def _set_at(root: tp.Any, path: tuple, value: tp.Any) -> None:
+    """Set the entry at JAX key `path` inside `root` (attributes, items) to `value`."""
+    parent = root
+    for key in path[:-1]:
+        parent = _get_key(parent, key)
+    last = path[-1]
+    if isinstance(last, jax.tree_util.GetAttrKey):
+        setattr(parent, last.name, value)
+    else:
+        parent[last.idx if isinstance(last, jax.tree_util.SequenceKey) else last.key] = value
+
+
+def _get_key(x: tp.Any, key: tp.Any) -> tp.Any:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return getattr(x, key.name)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return x[key.idx]
+    return x[key.key]
+
+
 def _is_static(x: tp.Any) -> bool:
     """No arrays and no graph objects in `x`: it can stay a Python value."""
     from nnxfn.core.graph import is_array
@@ -294,12 +429,30 @@ def _with_changed(exit_static: boundary.ExitStatic, changed: tuple, paths: tuple
 
     if exit_static.graphdef is None:
         return dataclasses.replace(exit_static, changed=changed)
-    if len(exit_static.paths) != len(exit_static.changed):  # an output object's leaves
-        raise ValueError(
-            "nnx.custom_vjp: the function returned a Module or Variable it created; return "
-            "arrays (or its arguments) from a custom-gradient function."
-        )
-    return dataclasses.replace(exit_static, changed=changed, paths=tuple((0,) + paths[i] for i in changed))
+    returned = tuple(p for p in exit_static.paths if p[0] == 1)  # leaves of returned objects
+    return dataclasses.replace(
+        exit_static, changed=changed, paths=tuple((0,) + paths[i] for i in changed) + returned
+    )
+
+
+def _returned_leaves(exit_static: boundary.ExitStatic, emitted: list) -> list:
+    """The emitted values of the leaves of objects the function returned (created by it)."""
+    if exit_static.graphdef is None:
+        return []
+    return [v for p, v in zip(exit_static.paths, emitted) if p[0] == 1]
+
+
+def _returned_cotangents(
+    entry: boundary.Entry, exit_static: boundary.ExitStatic, state_g: list, returned_g: list
+) -> list:
+    """Cotangents of the objects in the output, shaped like them (a Module for a
+    Module): an argument returned gets its state's cotangents, a new object its own."""
+    if not exit_static.out_positions:
+        return []
+    leaves = {(0,) + p: g for p, g in zip(entry.static.paths, state_g)}
+    leaves.update(zip((p for p in exit_static.paths if p[0] == 1), returned_g))
+    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    return list(out_nodes)
 
 
 def _new_state(path: tuple) -> str:
@@ -321,6 +474,19 @@ def custom_vjp(
     """Like `jax.custom_vjp` for functions of Modules, with Flax NNX's `bwd`
     convention (see the module docstring); also `@nnx.custom_vjp(nondiff_argnums=...)`.
     `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+    simple = _simple_mode(graph, graph_updates)
     if fun is None:
-        return lambda f: CustomVjp(f, nondiff_argnums)
-    return CustomVjp(fun, nondiff_argnums)
+        return lambda f: CustomVjp(f, nondiff_argnums, simple)
+    return CustomVjp(fun, nondiff_argnums, simple)
+
+
+def _simple_mode(graph: bool | None, graph_updates: bool | None) -> bool:
+    """Flax's `bwd` convention is `(res, out_g)` when graph updates are off (explicitly,
+    by `graph=False`, or by `set_graph_updates(False)`/`set_graph_mode(False)`)."""
+    from nnxfn.core.modes import set_graph_mode, set_graph_updates
+
+    if graph is None:
+        graph = set_graph_mode.current_value()
+    if graph_updates is None:
+        graph_updates = set_graph_updates.current_value()
+    return not (graph and graph_updates)

@@ -92,6 +92,10 @@ class JitWrapped(MethodWrapper):
             emitted = constrain_updates(exit_static, emitted, state_shardings)
         if self.out_shardings is not None:  # returned modules: laid out inside the trace
             out_arrays, emitted = constrain_outputs(self.out_shardings, exit_static, out_arrays, emitted)
+        refs = _ref_plan(out_arrays, emitted, others)
+        if refs is not None:  # jax.jit cannot return Refs: their values leave instead
+            out_arrays, emitted = _frozen(out_arrays), _frozen(emitted)
+            return _RefStatic((exit_static, refs)), out_arrays, emitted
         return Static(exit_static), out_arrays, emitted
 
     def _jitted(self, shardings: tp.Any) -> tp.Callable:
@@ -143,6 +147,8 @@ class JitWrapped(MethodWrapper):
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
         aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
+        if aux.__class__ is not Static:  # Refs returned (only then: no per-call cost otherwise)
+            return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
     def lower(self, *args: tp.Any, **kwargs: tp.Any) -> "Lowered":
@@ -160,6 +166,44 @@ class JitWrapped(MethodWrapper):
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
+
+
+class _RefStatic(Static):
+    """`Static` of (exit static, ref plan): the traced function returned `jax.Ref`s."""
+
+    __slots__ = ()
+
+
+jax.tree_util.register_pytree_node(_RefStatic, lambda s: ((), s.value), lambda v, _: _RefStatic(v))
+
+
+def _ref_plan(out_arrays: list, emitted: list, others: list) -> tuple | None:
+    """Where the outputs hold `jax.Ref`s, as ((out index, input index or None), ...) and
+    (emitted index, ...); None when there are none (the common case)."""
+    if not any(isinstance(x, jax.Ref) for x in out_arrays) and not any(
+        isinstance(x, jax.Ref) for x in emitted
+    ):
+        return None
+    inputs = {id(x): j for j, x in enumerate(others) if isinstance(x, jax.Ref)}
+    outs = tuple((k, inputs.get(id(x))) for k, x in enumerate(out_arrays) if isinstance(x, jax.Ref))
+    states = tuple(k for k, x in enumerate(emitted) if isinstance(x, jax.Ref))
+    return outs, states
+
+
+def _frozen(values: list) -> list:
+    return [x[...] if isinstance(x, jax.Ref) else x for x in values]
+
+
+def _commit_refs(entry: boundary.Entry, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
+    """Commit after a call that returned Refs: an argument Ref comes back as the
+    caller's own object; a Ref made inside comes back as a new Ref holding its value."""
+    exit_static, (outs, states) = plan
+    out_arrays, emitted = list(out_arrays), list(emitted)
+    for k, j in outs:
+        out_arrays[k] = jax.new_ref(out_arrays[k]) if j is None else entry.others[j]
+    for k in states:
+        emitted[k] = jax.new_ref(emitted[k])
+    return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
 def _constrain_by_path(
@@ -229,6 +273,8 @@ class Compiled:
                 "again for these arguments, or call the jitted function itself."
             )
         aux, out_arrays, emitted = self._compiled(kept, donated, entry.others)
+        if aux.__class__ is not Static:
+            return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
     def __getattr__(self, name: str) -> tp.Any:

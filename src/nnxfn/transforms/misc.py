@@ -31,7 +31,11 @@ def eval_shape(
     check_not_bound(f, "nnx.eval_shape")
     entry = boundary.enter(args, kwargs)
     cell: dict = {}
-    inner = body_fn(f, entry.static, "nnx.eval_shape", cell)
+    body = body_fn(f, entry.static, "nnx.eval_shape", cell)
+
+    def inner(values: list, others: list) -> tuple:
+        # Refs (e.g. `hijax` Variables' values) cannot leave a trace: their shapes do.
+        return jax.tree.map(lambda x: x[...] if isinstance(x, jax.Ref) else x, body(values, others))
 
     out_arrays, emitted = jax.eval_shape(inner, entry.values, entry.others)
     exit_static = cell["exit"]

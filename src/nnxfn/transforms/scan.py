@@ -265,7 +265,7 @@ class _Scanned(MethodWrapper):
         out_arrays, c_it, y_it = [], iter(carry_o_out), iter(ys_out)
         for kind, axis in plan.out:
             out_arrays.append(next(c_it) if kind == "carry" else _moveaxis(next(y_it), 0, axis))
-        if self.transform_metadata and exit_static.graphdef is not None:
+        if self.transform_metadata:
             axes = [arg if kind == "ys" else None for kind, arg in plan.emitted]
             scanned = [a if _is_int(a) else None for a in state_axes]
             exit_static = spmd.outer_exit(

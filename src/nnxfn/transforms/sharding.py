@@ -18,6 +18,7 @@ from jax.api_util import flatten_axes
 from jax.sharding import PartitionSpec, Sharding
 
 from nnxfn import core
+from nnxfn.core.trees import TreeState
 from nnxfn.facade import spmd
 from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
 from nnxfn.transforms.common import FilterMap
@@ -54,7 +55,11 @@ def _is_tree_of_shardings(x: tp.Any) -> bool:
 
 
 def normalize(spec: tp.Any) -> tp.Any:
-    """Module/State trees of shardings inside an in/out_shardings spec -> PathSharding."""
+    """Module/State trees of shardings inside an in/out_shardings spec -> PathSharding
+    (also `nnx.prefix(model, {...: sharding})` results, GraphDef + State of shardings)."""
+    if isinstance(spec, TreeState):
+        inner = spec.state
+        return PathSharding(inner) if isinstance(inner, core.State) else inner
     if _is_tree_of_shardings(spec):
         return PathSharding(spec)
     if isinstance(spec, (tuple, list)) and not isinstance(spec, PartitionSpec):

@@ -115,9 +115,41 @@ def _with_axes(
                 return d
             axis += ndims[path]
         meta = _edit(d.metadata, axis, transform_metadata, errors.path_str(path[1:], root), add, name)
+        if PARTITION_NAME in transform_metadata:
+            meta = _call_axis_hook(d.type, meta, add, axis, transform_metadata[PARTITION_NAME])
         return d if meta is d.metadata else VariableDef(d.type, d.index, meta)
 
     return map_variable_defs(graphdef, fn)
+
+
+def _has_axis_hooks(static: EntryStatic) -> bool:
+    """Whether some Variable of the arguments has add/remove_axis hooks (cached per structure)."""
+    found = static.__dict__.get("_axis_hooks")
+    if found is None:
+        from nnxfn.facade.variables import Variable
+
+        found = any(
+            getattr(d.type, "add_axis", None) is not Variable.add_axis
+            or any(k == "on_add_axis" for k, _ in d.metadata)
+            for d in variable_defs(static.graphdef).values()
+        )
+        object.__setattr__(static, "_axis_hooks", found)
+    return found
+
+
+def _call_axis_hook(var_type: type, meta: tuple, add: bool, axis: int, axis_name: tp.Any) -> tuple:
+    """Run the Variable type's `add_axis`/`remove_axis` (an override, or `on_add_axis`/
+    `on_remove_axis` hooks in its metadata) on a stand-in holding `meta`; the
+    metadata it leaves is the Variable's from now on. Nothing runs without hooks."""
+    from nnxfn.facade.variables import Variable
+
+    method, key = ("add_axis", "on_add_axis") if add else ("remove_axis", "on_remove_axis")
+    if getattr(var_type, method, None) is getattr(Variable, method) and all(k != key for k, _ in meta):
+        return meta
+    stand_in = var_type.from_parts(None, meta)
+    getattr(stand_in, method)(axis, axis_name)
+    after = stand_in.metadata_items()
+    return meta if after == meta else after
 
 
 # -- what vmap/scan call --------------------------------------------------------------
@@ -148,7 +180,13 @@ def outer_exit(
 ) -> ExitStatic:
     """The exit static with mapped axes inserted back into the annotations of
     the Variables leaving on an int axis (what the caller's objects get)."""
-    if not transform_metadata or exit.graphdef is None:
+    if not transform_metadata:
+        return exit
+    if exit.graphdef is None:  # nothing leaves with new metadata: only the hooks run
+        if PARTITION_NAME in transform_metadata and _has_axis_hooks(entry.static):
+            axes = dict(zip(entry.static.paths, state_axes))
+            ndims = {p: len(v.shape) for p, v in zip(entry.static.paths, entry.values) if hasattr(v, "shape")}
+            _with_axes(entry.static.graphdef, axes, ndims, transform_metadata, True, name, "arg")
         return exit
     axes = {(0,) + p: a for p, a in zip(entry.static.paths, state_axes)}
     axes.update(zip(exit.paths, emitted_axes))

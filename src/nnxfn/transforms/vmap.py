@@ -106,6 +106,10 @@ def _broadcast_write(
         i = node_arg[path[0]]
         return errors.path_str(path[1:], f"args[{i}]" if i >= 0 else "kwargs")
 
+    def keyed(path: tuple) -> str:  # JAX's key-path form, as in its own vmap message
+        i = node_arg[path[0]]
+        return (f"args[{i}]" if i >= 0 else "kwargs") + "".join(f"[{k!r}]" for k in path[1:])
+
     if exit_static.graphdef is None:
         paths = [entry.static.paths[i] for i in exit_static.changed]
     else:
@@ -114,10 +118,14 @@ def _broadcast_write(
 
     found = re.search(r"out_axes\[1\]\[(\d+)\]", jax_msg)
     if found and int(found.group(1)) < len(paths) and paths[int(found.group(1))] is not None:
-        shown = [where(paths[int(found.group(1))])]
+        written = [paths[int(found.group(1))]]
     else:  # name every broadcast leaf written
-        shown = [where(p) for p, a in zip(paths, out_axes[1]) if a is None and p is not None]
+        written = [p for p, a in zip(paths, out_axes[1]) if a is None and p is not None]
+    shown = [where(p) for p in written]
+    batched = re.search(r"got axis spec None but output was batched on axis \d+", jax_msg)
     return (
+        f"at {name.removeprefix('nnx.')} {', '.join(keyed(p) for p in written) or 'state'}, "
+        f"{batched.group(0) if batched else 'got axis spec None but output was batched'}.\n"
         f"{name}: the function wrote {', '.join(shown) or 'state'}, which belongs to an "
         "argument broadcast with in_axes None, a value that differs per batch element. "
         "A broadcast Variable can only be written with a value that is the same for "
@@ -135,7 +143,7 @@ def _check_returned_inputs(
     from jax.api_util import flatten_axes
 
     from nnxfn.core.graphdef import Ref
-    from nnxfn.transforms.axes import resolve
+    from nnxfn.transforms.axes import resolve, wrap_node_prefixes
 
     outs = exit_static.graphdef.root.children[1][1].children
     origin = dict(exit_static.origins)
@@ -150,7 +158,7 @@ def _check_returned_inputs(
         if j is None:
             continue
         if out_flat is None:
-            out_flat = flatten_axes(f"{name} out_axes", exit_static.out_treedef, out_axes)
+            out_flat = flatten_axes(f"{name} out_axes", exit_static.out_treedef, wrap_node_prefixes(out_axes))
         in_spec = specs[entry.static.node_positions[j]]
         out_spec = out_flat[exit_static.out_positions[k]]
         for path, leaf in zip(entry.static.paths, entry.live):
