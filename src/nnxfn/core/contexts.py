@@ -24,7 +24,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph
+from nnxfn.core import filters as filterlib, graph as _graph, treemode as _treemode
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import (
@@ -131,6 +131,7 @@ def flatten(
     `with_paths=False` the list of leaves). `ref_index` receives every object
     met (and objects already in it are referenced, not walked again).
     Variables are detached copies unless `copy=False`."""
+    _treemode.check_node(node, "flatten", graph)
     objects: list[tp.Any] = []
     graphdef, pairs = _graph.flatten(node, copy=copy, objects=objects)
     if ref_index is None:
