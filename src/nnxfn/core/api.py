@@ -27,7 +27,7 @@ from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse a
 from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
-from nnxfn.core.fastpath import leaf_ops
+from nnxfn.core.program import leaf_ops
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.kinds import _CONTAINERS
 from nnxfn.core.registry import lookup

@@ -435,9 +435,9 @@ def rebuild(
     """Fresh args/kwargs from traced values; call inside `frame`."""
     made: list = []
     try:  # by position: no paths, no recursion
-        nodes = core.fastpath.unflatten_leaves(static.graphdef, values, objects=made)
+        nodes = core.program.unflatten_leaves(static.graphdef, values, objects=made)
         objects: dict[int, tp.Any] = dict(enumerate(made))
-    except core.fastpath.LeafMismatch:
+    except core.program.LeafMismatch:
         objects = {}
         nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
     positions = static.node_positions + tuple(p for p, _ in static.static_leaves)

@@ -44,7 +44,9 @@ class JitPartial:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
 
 
-@lifted(Rules("jit_partial", fns=("fun",), prefixes=("in_shardings", "out_shardings"), operands=("partial_args",)))
+@lifted(
+    Rules("jit_partial", fns=("fun",), prefixes=("in_shardings", "out_shardings"), operands=("partial_args",))
+)
 def jit_partial(
     fun: tp.Callable,
     *partial_args: tp.Any,
