@@ -243,3 +243,6 @@ from nnxfn.training.metrics import Metric as Metric, MultiMetric as MultiMetric 
 from nnxfn.training.optimizer import OptVariable as OptVariable  # noqa: E402
 from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402
 from nnxfn.nn import summary as summary  # noqa: E402  (`nnx.summary.tabulate`)
+
+# -- engine --
+from nnxfn.facade.context import TraceContextError as TraceContextError  # noqa: E402

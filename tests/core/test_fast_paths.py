@@ -15,7 +15,7 @@ import pytest
 
 import nnxfn as nnx
 from nnxfn import core
-from nnxfn.core import fastpath
+from nnxfn.core import program as fastpath
 
 
 class Pair(nnx.Module):

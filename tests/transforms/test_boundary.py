@@ -100,3 +100,24 @@ def test_equinox_submodule_rebuilt_on_commit_keeps_the_cache():
     assert step._entries.lookups_missed == missed  # same treedef: no structural change
     np.testing.assert_allclose(head.mlp.layers[0].weight, w0 * 0.125, rtol=1e-6)
     assert float(head.count.value) == 4.0
+
+
+def test_optimizer_linked_to_its_model_keeps_the_cache():
+    import optax
+
+    model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x):
+        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+
+    step(model, optimizer, jnp.ones((1, 2)))
+    missed = step._entries.lookups_missed
+    k0 = np.asarray(model.kernel.value)
+    for _ in range(3):
+        step(model, optimizer, jnp.ones((1, 2)))
+    assert step._entries.lookups_missed == missed  # the optimizer's link is not a structural change
+    assert int(optimizer.step.value) == 4
+    assert not np.allclose(model.kernel.value, k0)

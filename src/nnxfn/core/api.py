@@ -1,7 +1,8 @@
 """The public graph functions, with Flax NNX's signatures.
 
 Thin layers over `graph.py`: they accept Flax's keywords (`graph=`,
-`graph_updates=`, which select nothing: nnxfn has one behaviour), handle
+`graph_updates=`, which select no result: nnxfn has one behaviour; with
+`graph=False` what Flax's tree mode rejects raises, see `treemode.py`), handle
 roots that are leaves (`nnx.split(variable)` gives the Variable as its
 state, `nnx.split(array)` the array), accept every state form Flax's
 functions accept (State, nested dicts, FlatState, GraphState, a list of
@@ -23,9 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse as _traverse
+from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
-from nnxfn.core.fastpath import leaf_ops
+from nnxfn.core.program import leaf_ops
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.kinds import _CONTAINERS
 from nnxfn.core.registry import lookup
@@ -61,6 +63,7 @@ def split(
 
     A root that is itself a leaf (a Variable, an array) gives that leaf as
     its state, as in Flax."""
+    _treemode.check_node(node, "split", graph)
     if lookup(type(node)) is None and is_leaf_root(node):
         return _split_leaf(node, filters)
     return _graph.split(node, *filters)
@@ -162,6 +165,7 @@ def state(
     node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """The node's State, or one State per filter."""
+    _treemode.check_node(node, "state", graph)
     if lookup(type(node)) is None and is_leaf_root(node):
         _, *states = _split_leaf(node, filters)
         if not filters:
@@ -172,6 +176,7 @@ def state(
 
 def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
+    _treemode.check_node(node, "graphdef", graph)
     return _graph.graphdef(node)
 
 
@@ -189,6 +194,7 @@ def clone(
     also copies the array buffers (so the clone can be donated)."""
     if arrays and not variables:
         raise ValueError("clone: If arrays is True, variables should be also True.")
+    _treemode.check_node(node, "clone", graph)
     if not variables:
         gd, pairs = _graph.flatten(node, copy=False)
         if not pairs or pairs[0][0] != ():
@@ -233,6 +239,7 @@ def iter_graph(
     node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Iterator[tuple[Path, tp.Any]]:
     """(path, value) for every node and leaf, children first; shared objects once."""
+    _treemode.check_node(node, "iter_graph", graph)
     return _traverse.iter_graph(node)
 
 
@@ -245,6 +252,7 @@ def recursive_map(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """A copy of `node` with every value replaced by `f(path, value)`, children first."""
+    _treemode.check_node(node, "recursive_map", graph)
     return _traverse.recursive_map(f, node)
 
 
@@ -287,6 +295,7 @@ def map(
     boxed in a new Variable of the original type, or placed raw with
     `recreate_variables=False`.
     """
+    _treemode.check_node(node, "map", graph)
     gd, pairs = _graph.flatten(node, copy=False)
     if pairs and pairs[0][0] == ():
         return f((), pairs[0][1])  # a leaf root: the result is the new node
@@ -413,6 +422,7 @@ def unpack(
     node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
+    _treemode.check_node(node, "unpack", graph)
     gd, *states = split(node, *filters)
     states = [s if isinstance(s, State) else State({(): s}) for s in states]
     if len(states) == 1:

@@ -24,7 +24,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph, refoutputs
+from nnxfn.core import filters as filterlib, graph as _graph, refoutputs, treemode as _treemode
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import (
@@ -133,6 +133,7 @@ def flatten(
     `with_paths=False` the list of leaves). `ref_index` receives every object
     met, and every `jax.Ref` (objects already in it are referenced, not walked
     again). Variables are detached copies unless `copy=False`."""
+    _treemode.check_node(node, "flatten", graph)
     return _flatten(node, ref_index, ref_outer_index, with_paths, copy, None)
 
 

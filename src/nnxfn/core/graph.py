@@ -29,13 +29,8 @@ from nnxfn.core.graphdef import (
     StaticDef,
     VariableDef,
 )
-from nnxfn.core.fastpath import (  # noqa: F401 - _mutable, flatten_like: read from here
-    _mutable,
-    _unflatten_ops,
-    flatten_like,
-    leaf_ops,
-    walk,
-)
+from nnxfn.core.program import _unflatten_ops, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
+from nnxfn.core.walker import _mutable, walk  # noqa: F401 - _mutable: read from here
 from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
     _ARRAY_TYPES,
     _CONTAINERS,
@@ -74,7 +69,7 @@ def flatten(
 
     Leaves are arrays and Variables; with `copy=True` each Variable is a
     detached copy (same type, value and metadata), else the live object.
-    See `fastpath.walk` for `objects`, `containers` and `whole_pytrees`.
+    See `walker.walk` for `objects`, `containers` and `whole_pytrees`.
     """
     paths: list = []
     graphdef, _, leaves = walk(
@@ -103,7 +98,7 @@ def unflatten(
     in it, indices 0, 1, ..., can be referred to). A foreign pytree
     may be given whole at its path (see `flatten(whole_pytrees=...)`).
     Raises, naming the paths, before anything is made or written, when the
-    leaves do not fit the GraphDef. `adopt`: see `fastpath._unflatten_ops`.
+    leaves do not fit the GraphDef. `adopt`: see `program._unflatten_ops`.
     """
     entries = leaf_ops(graphdef, whole=leaves)
     missing = [path for path, _ in entries if path not in leaves]

@@ -152,7 +152,7 @@ class GraphDef:
     `jax.jit`.
     """
 
-    # `_plan`: the ops as `fastpath._unflatten_ops` runs them, made on first use.
+    # `_plan`: the ops as `program._unflatten_ops` runs them, made on first use.
     __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links", "_plan")
 
     def __init__(self, root: Any, num_leaves: int, links: tuple = ()):
@@ -244,7 +244,7 @@ class GraphDef:
         return f"GraphDef({_describe(self.root, 1)})"
 
 
-# -- the flat program (see fastpath.py) --------------------------------------
+# -- the flat program (see walker.py, program.py) --------------------------------------
 OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
 _ARRAY_OP = (OP_ARRAY,)
 

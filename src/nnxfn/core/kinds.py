@@ -1,6 +1,6 @@
 """What kind of graph value an object is, and its children one level down.
 
-Shared by the one flatten (`graph.py`, `fastpath.py`), the writers
+Shared by the one flatten (`walker.py`), the writers
 (`update.py`) and the iterations (`traverse.py`).
 """
 

@@ -1,7 +1,8 @@
 """`set_graph_mode` / `set_graph_updates`: Flax NNX's mode switches, accepted.
 
 nnxfn has one behaviour (Flax's graph mode with graph updates), so these
-values select nothing; they exist so Flax code that sets or reads them runs.
+values select no result; they exist so Flax code that sets or reads them runs,
+and so input that Flax rejects in the mode asked for raises the same error.
 Each switch keeps a per-thread stack of values and can be used three ways:
 
 >>> _ = set_graph_mode(False)        # plain call: sets the value from now on
@@ -98,13 +99,15 @@ class _ModeSwitch:
 
 
 class set_graph_mode(_ModeSwitch):  # noqa: N801 - Flax's name
-    """Flax's graph (True) / tree (False) mode switch; nnxfn always behaves
-    like graph mode, so the value is only recorded and reported."""
+    """Flax's graph (True) / tree (False) mode switch; nnxfn always computes
+    graph-mode results. With False, what Flax's tree mode rejects (shared
+    Variables, cycles, ...) raises Flax's errors (see `core/treemode.py`)."""
 
 
 class set_graph_updates(_ModeSwitch):  # noqa: N801 - Flax's name
-    """Flax's graph-updates switch; nnxfn always propagates graph updates,
-    so the value is only recorded and reported."""
+    """Flax's graph-updates switch; nnxfn always propagates graph updates.
+    With False, transforms raise Flax's errors for what that mode rejects
+    (e.g. an input Variable returned as an output; see `transforms/treemode.py`)."""
 
 
 __all__ = ["set_graph_mode", "set_graph_updates"]

@@ -226,6 +226,12 @@ class TreeState:
 
     graphdef: GraphDef | None
     state: tp.Any
+    # `(path, leaf) -> prefix` of the `nnx.prefix` call that made it (paths from the
+    # root `nnx.prefix` was given): the prefix at paths the state leaves out, such as
+    # a Variable already met in an earlier object. Not compared; lost by `jax.tree.map`.
+    prefix_fn: tp.Callable[[Path, tp.Any], tp.Any] | None = dataclasses.field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     def replace(self, **kwargs: tp.Any) -> TreeState:
         return dataclasses.replace(self, **kwargs)
@@ -277,8 +283,11 @@ def prefix(
             return fn(base, x)
         graphdef, flat = flatten(x, ref_index=ref_index, copy=False)
         if len(flat) == 1 and flat.paths[0] == ():
-            return TreeState(graphdef, fn(base, flat.leaves[0]))
-        return TreeState(graphdef, State.from_flat_path([(p, fn(base + p, v)) for p, v in flat]))
+            out = TreeState(graphdef, fn(base, flat.leaves[0]))
+        else:
+            out = TreeState(graphdef, State.from_flat_path([(p, fn(base + p, v)) for p, v in flat]))
+        object.__setattr__(out, "prefix_fn", lambda p, leaf: fn(base + p, leaf))
+        return out
 
     return jax.tree_util.tree_map_with_path(one, node, is_leaf=_is_node)
 

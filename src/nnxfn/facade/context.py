@@ -43,6 +43,13 @@ LOCAL = _Local()
 # Owner of Variables that JAX rebuilt from tracers outside any nnxfn transform
 # (e.g. a Module passed through `jax.jit` or `eqx.filter_jit` as a pytree).
 FOREIGN = Frame("a JAX transform")
+
+
+class TraceContextError(Exception):
+    """A Variable or Module was changed inside a JAX trace other than the one it
+    was made in (as Flax's `flax.errors.TraceContextError`)."""
+
+
 _foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compare by value
 
 

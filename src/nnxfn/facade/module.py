@@ -579,9 +579,9 @@ def _pytree_unflatten(aux: tuple, children: tp.Iterable) -> Object:
             traced = True
     try:  # by position (faster); by path for whole pytrees and for the errors
         if whole:
-            raise core.fastpath.LeafMismatch
-        obj = core.fastpath.unflatten_leaves(graphdef, leaves, copy=False)
-    except core.fastpath.LeafMismatch:
+            raise core.program.LeafMismatch
+        obj = core.program.unflatten_leaves(graphdef, leaves, copy=False)
+    except core.program.LeafMismatch:
         obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):

@@ -167,9 +167,9 @@ class RngStream(_Sampling, Object):
         self.tag = tag
 
     def __call__(self) -> jax.Array:
-        key = jax.random.fold_in(self.key[...], self.count[...])
-        self.count[...] = self.count[...] + 1
-        return key
+        count = self.count[...]
+        self.count[...] = count + 1  # first: a write from the wrong trace raises before the key is used
+        return jax.random.fold_in(self.key[...], count)
 
     def split(self, k: Shape) -> RngStream:
         """A new stream whose key is this stream's next key split into shape `k`."""

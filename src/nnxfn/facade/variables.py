@@ -13,6 +13,8 @@ import typing as tp
 import warnings
 
 import jax
+from jax._src import core as _jax_core
+from jax._src.core import EvalTrace as _EvalTrace
 import jax.numpy as jnp
 
 from nnxfn.core import VariableLike
@@ -42,12 +44,16 @@ class Variable(VariableLike, tp.Generic[A]):
     (6.0, ('data',))
     """
 
-    __slots__ = ("raw_value", "_metadata", "_frame", "__weakref__")
+    # `_trace`: the JAX trace the Variable was made in (see `_check_trace`).
+    __slots__ = ("raw_value", "_metadata", "_frame", "_trace", "__weakref__")
     required_metadata = frozenset(REQUIRED_METADATA)
     # True while `get_value`/`set_value` are not overridden: `v[...]`, arithmetic
     # and `.value` then read and write `raw_value` directly (the fast path).
     _plain_access: tp.ClassVar[bool] = True
     hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
+    # Writes from another JAX trace than the one the Variable was made in raise
+    # (`ref`/`hijax` Variables are made to be written that way).
+    _check_trace: tp.ClassVar[bool] = True
 
     def __new__(
         cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None, **kwargs: tp.Any
@@ -91,6 +97,7 @@ class Variable(VariableLike, tp.Generic[A]):
         object.__setattr__(self, "raw_value", self._store(value))
         object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
         object.__setattr__(self, "_frame", context.current_frame())
+        object.__setattr__(self, "_trace", _TRACE_CTX.trace)
 
     def __init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -114,6 +121,7 @@ class Variable(VariableLike, tp.Generic[A]):
         _set_metadata(var, metadata)
         frames = _LOCAL.frames  # context.current_frame(), inlined: one per leaf
         _set_frame(var, frames[-1] if frames else None)
+        _set_trace(var, _TRACE_CTX.trace)
         return var
 
     def adopt(self) -> None:
@@ -125,10 +133,14 @@ class Variable(VariableLike, tp.Generic[A]):
 
     def set_raw(self, value: tp.Any) -> None:
         context.check_write(self, self._frame, "the value")
+        if self._check_trace:
+            _check_trace(self)
         object.__setattr__(self, "raw_value", value)
 
     def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
         context.check_write(self, self._frame, "the metadata")
+        if self._check_trace:
+            _check_trace(self)
         object.__setattr__(self, "_metadata", metadata)
         context.metadata_changed()
 
@@ -394,7 +406,30 @@ _new = object.__new__
 _set_raw_value = Variable.__dict__["raw_value"].__set__
 _set_metadata = Variable.__dict__["_metadata"].__set__
 _set_frame = Variable.__dict__["_frame"].__set__
+_set_trace = Variable.__dict__["_trace"].__set__
 _LOCAL = context.LOCAL
+_TRACE_CTX = _jax_core.trace_ctx
+
+
+def _check_trace(var: Variable) -> None:
+    """Raise if `var` is written inside a JAX trace it was not made in (a
+    tracer would leak into it), or outside the trace it was made in."""
+    now, made = _TRACE_CTX.trace, var._trace
+    if now is made or (type(now) is _EvalTrace and type(made) is _EvalTrace):
+        return
+    name = type(var).__name__
+    raise context.TraceContextError(
+        f"Cannot mutate {name} from a different trace level: this {name} was made "
+        + (
+            "outside the JAX transform that writes it"
+            if type(made) is _EvalTrace
+            else "inside another JAX trace"
+        )
+        + ", so the write would leak a tracer or be lost. Pass the Variable (or its "
+        "Module) as an argument of the transform, "
+        "e.g. `nnx.jit(f)(model)`, or of `jax.jit` through `nnx.split`/`nnx.merge` "
+        "and return the new state."
+    )
 
 
 def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:
@@ -529,6 +564,7 @@ class RefVariable(Variable[A]):
 
     _plain_access = False
     _mode_ref: tp.ClassVar[bool] = True
+    _check_trace = False
     _store = staticmethod(varmodes.to_refs)
 
     @property
@@ -603,6 +639,7 @@ class HijaxVariable(RefVariable[A]):
 
     hijax = True
     _mode_ref = False
+    _check_trace = False
 
 
 class Param(Variable[A]):

@@ -16,6 +16,7 @@ import inspect
 import typing as tp
 
 from nnxfn import core
+from nnxfn.core import treemode
 from nnxfn.facade.module import Module, iter_modules
 from nnxfn.facade.variables import Variable
 
@@ -251,7 +252,8 @@ def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any
 def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, child) for the direct children of `node` that are graph nodes
     (Modules, Rngs, `nnx.List`, ...) or Variables; does not recurse."""
-    del graph
+    if treemode.is_tree_mode(graph) and getattr(type(node), "_nnx_is_pytree", True) is False:
+        raise ValueError(treemode.not_a_pytree("iter_children", node, None))
     if core.registry.lookup(type(node)) is None:
         raise ValueError(f"Expected a graph node, got {type(node).__name__}.")
     for key, value in core.graph.children_of(node):

@@ -634,7 +634,7 @@ def _scan_cell(
 
     def step(loop: tuple, x_t: Array) -> tuple[tuple, tp.Any]:
         rest_t, carry_t, last_t, t = loop
-        live = core.merge(graphdef, params, shared, constant, rest_t)
+        live = core.merge(graphdef, params, shared, constant, rest_t, copy=True)  # closed over: copies
         new_carry, y = live(carry_t, x_t)
         _, params_after, _, constant_after, rest_after = core.split(live, Param, broadcast, fixed, ...)
         after = jax.tree.leaves((params_after, constant_after))

@@ -27,6 +27,7 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +193,7 @@ class _GradWrapped(MethodWrapper):
         return (grads, out[1]) if self.has_aux else grads
 
 
+@lifted(Rules("value_and_grad", prefixes=("argnums",), diff="argnums"))
 def value_and_grad(
     f: tp.Callable | None = None,
     argnums: tp.Any = 0,
@@ -212,6 +214,7 @@ def value_and_grad(
     return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
 
 
+@lifted(Rules("grad", prefixes=("argnums",), diff="argnums"))
 def grad(
     f: tp.Callable | None = None,
     argnums: tp.Any = 0,
@@ -238,6 +241,7 @@ def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None
         )
 
 
+@lifted(Rules("vjp", operands=("primals",)))
 def vjp(
     f: tp.Callable | None = None,
     *primals: tp.Any,
@@ -272,6 +276,7 @@ def vjp(
     return primal_out, vjp_fn
 
 
+@lifted(Rules("jvp", operands=("primals",)))
 def jvp(
     f: tp.Callable | None = None,
     primals: tp.Sequence | None = None,
@@ -347,6 +352,7 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     return out
 
 
+@lifted(Rules("remat"))
 def remat(
     f: tp.Callable | None = None,
     *,

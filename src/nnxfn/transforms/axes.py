@@ -42,10 +42,12 @@ class NodePrefix:
     returns): each leaf's axis is the value at the same path."""
 
     def __init__(self, node: tp.Any):
+        self.fn = None
         if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
             state = node.state
             pairs = state.flat_state() if isinstance(state, core.State) else [((), state)]
             self.is_ref = not pairs or (isinstance(state, core.State) and not len(state))
+            self.fn = node.prefix_fn  # its prefix at paths the state leaves out
         else:
             pairs = core.flatten(node)[1]
             self.is_ref = False
@@ -55,6 +57,8 @@ class NodePrefix:
         try:
             return self.axes[path]
         except KeyError:
+            if self.fn is not None:
+                return self.fn(path, leaf)
             if self.is_ref:
                 raise _MissingPrefix(path) from None
             raise ValueError(
@@ -176,10 +180,11 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                 a = core.errors.path_str(prev[2], f"(object argument {prev[1]})")
                 b = core.errors.path_str(path, f"(object argument {k})")
                 raise ValueError(
-                    f"{name}: Inconsistent aliasing detected: Duplicate {type(leaf).__name__} "
-                    f"(one object) reached by two paths with different {what}:\n"
+                    f"{name}: Inconsistent aliasing detected. The following nodes have different "
+                    f"prefixes ({what}):\nNode: {type(leaf).__name__}\n"
                     f"  {a}: {prev[0]!r}\n  {b}: {value!r}\n"
-                    f"It has one value, so give every path to it the same {what}."
+                    f"Duplicate {type(leaf).__name__}: it is one object reached by two paths and has "
+                    f"one value, so give every path to it the same {what}."
                 )
 
 

@@ -435,9 +435,9 @@ def rebuild(
     """Fresh args/kwargs from traced values; call inside `frame`."""
     made: list = []
     try:  # by position: no paths, no recursion
-        nodes = core.fastpath.unflatten_leaves(static.graphdef, values, objects=made)
+        nodes = core.program.unflatten_leaves(static.graphdef, values, objects=made)
         objects: dict[int, tp.Any] = dict(enumerate(made))
-    except core.fastpath.LeafMismatch:
+    except core.program.LeafMismatch:
         objects = {}
         nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
     positions = static.node_positions + tuple(p for p, _ in static.static_leaves)
@@ -479,8 +479,10 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
     in_part = graphdef.root.children[0][1]
     # Same structure (flat compare: any depth), and every object still where it was
     # (a swap of two equal-looking sub-objects is a structural change).
+    n_obj = len(inside.objects)  # the inputs' objects keep their indices (checked below)
+    in_links = tuple(link for link in graphdef.links if link[0] < n_obj and link[2] < n_obj)
     same = (
-        GraphDef(in_part, n_in) == inside.static.graphdef
+        GraphDef(in_part, n_in, in_links) == inside.static.graphdef
         and len(origins) == len(inside.objects)
         and all(n == o for n, o in origins)
     )

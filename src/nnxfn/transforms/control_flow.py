@@ -15,6 +15,7 @@ import jax
 
 from nnxfn.transforms import boundary
 from nnxfn.transforms.common import run_inside
+from nnxfn.transforms.treemode import Rules, lifted
 
 _STRUCTURE = (
     "{name}: {what} changed the structure of its operands (added, removed or "
@@ -45,6 +46,7 @@ def _finish(entry: boundary.Entry, cell: dict, out_arrays: list, emitted: list) 
     return boundary.commit(entry, cell["exits"][0], out_arrays, emitted)
 
 
+@lifted(Rules("cond", fns=("true_fun", "false_fun"), operands=("operands",)))
 def cond(
     pred: tp.Any,
     true_fun: tp.Callable,
@@ -66,6 +68,7 @@ def cond(
     return _finish(entry, cell, out_arrays, emitted)
 
 
+@lifted(Rules("switch", fns=("branches",), operands=("operands",)))
 def switch(
     index: tp.Any,
     branches: tp.Sequence[tp.Callable],

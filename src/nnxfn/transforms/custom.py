@@ -34,6 +34,7 @@ from nnxfn.facade import context
 from nnxfn.transforms import boundary
 from nnxfn.transforms.autodiff import DiffState
 from nnxfn.transforms.common import arg_of_leaves, check_not_bound, leaf_args, run_inside
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 def _zero_cotangent(x: tp.Any) -> tp.Any:
@@ -462,6 +463,7 @@ def _new_state(path: tuple) -> str:
     )
 
 
+@lifted(Rules("custom_vjp", fns=("fun",), prefixes=("nondiff_argnums",), unique="always"))
 def custom_vjp(
     fun: tp.Callable | None = None,
     *,

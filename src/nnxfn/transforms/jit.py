@@ -26,6 +26,7 @@ from nnxfn.transforms.sharding import (
     resolve_in_shardings,
     resolve_out_shardings,
 )
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 class JitWrapped(MethodWrapper):
@@ -379,6 +380,7 @@ def jit(
     graph: bool | None = ...,
     graph_updates: bool | None = ...,
 ) -> tp.Callable[[tp.Callable], JitWrapped]: ...
+@lifted(Rules("jit", fns=("fun",), prefixes=("in_shardings", "out_shardings")))
 def jit(
     fun: tp.Callable | None = None,
     *,

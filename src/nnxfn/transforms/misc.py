@@ -11,8 +11,10 @@ from jax.experimental import checkify as _checkify
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
+from nnxfn.transforms.treemode import Rules, lifted
 
 
+@lifted(Rules("eval_shape", operands=("args", "kwargs"), unique="always"))
 def eval_shape(
     f: tp.Callable,
     *args: tp.Any,
@@ -52,6 +54,7 @@ def eval_shape(
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
+@lifted(Rules("make_jaxpr", unique="always"))
 def make_jaxpr(
     f: tp.Callable | None = None,
     *,
@@ -87,6 +90,7 @@ def make_jaxpr(
     return wrapper
 
 
+@lifted(Rules("checkify"))
 def checkify(
     f: tp.Callable,
     errors: tp.Any = _checkify.user_checks,
@@ -108,6 +112,7 @@ def checkify(
     return wrapper
 
 
+@lifted(Rules("shard_map", prefixes=("in_specs", "out_specs")))
 def shard_map(
     f: tp.Callable | None = None,
     *,

@@ -17,6 +17,7 @@ import typing as tp
 from nnxfn import core
 from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.jit import JitWrapped, Lowered
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 class JitPartial:
@@ -43,6 +44,9 @@ class JitPartial:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
 
 
+@lifted(
+    Rules("jit_partial", fns=("fun",), prefixes=("in_shardings", "out_shardings"), operands=("partial_args",))
+)
 def jit_partial(
     fun: tp.Callable,
     *partial_args: tp.Any,

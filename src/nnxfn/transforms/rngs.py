@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn import core
+from nnxfn.core import treemode
 from nnxfn.core.errors import path_str
 from nnxfn.facade.rngs import RngStream
 from nnxfn.transforms.boundary import is_node
@@ -181,6 +182,7 @@ def split_rngs(
             return wrapper
 
         return decorate if node is _MISSING else decorate(node)
+    treemode.check_node(node, "split_rngs", graph)
     if copy:
         return _split_copy(node, splits, only, squeeze)
     return _split_in_place(node, splits, only, squeeze)
@@ -250,6 +252,7 @@ def fork_rngs(
             return wrapper
 
         return decorate
+    treemode.check_node(node, "fork_rngs", graph)
     if copy:
         return _fork_copy(node, rules)
     return _fork_in_place(node, rules)

@@ -46,6 +46,7 @@ from nnxfn.transforms.common import (
     signature_of,
     to_positional,
 )
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 class Carry:
@@ -446,6 +447,7 @@ def _validate_axes(in_axes: tp.Any, out_axes: tp.Any) -> None:
                     )
 
 
+@lifted(Rules("scan", prefixes=("in_axes", "out_axes"), carry=True))
 def scan(
     f: tp.Callable | None = None,
     *,

@@ -33,6 +33,7 @@ from nnxfn.transforms.common import (
     signature_of,
     to_positional,
 )
+from nnxfn.transforms.treemode import Rules, lifted
 
 
 class _Mapped(MethodWrapper):
@@ -206,6 +207,7 @@ def _pmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: d
     return jax.pmap(body, in_axes=in_axes, out_axes=out_axes, **options)
 
 
+@lifted(Rules("vmap", prefixes=("in_axes", "out_axes")))
 def vmap(
     f: tp.Callable | None = None,
     *,
@@ -237,6 +239,7 @@ def vmap(
     return make if f is None else make(f)
 
 
+@lifted(Rules("pmap", prefixes=("in_axes", "out_axes")))
 def pmap(
     f: tp.Callable | None = None,
     axis_name: tp.Hashable | None = None,
