@@ -217,7 +217,7 @@ def test_split_inside_jit_with_tracers():
 
     @jax.jit
     def f(k):
-        m = nnx.merge(*nnx.split(model))
+        m = nnx.merge(*nnx.split(model), copy=True)  # `model` is closed over: its own Variables stay outside
         g, s = nnx.split(m)
         s["kernel"].value = k
         return nnx.merge(g, s).kernel.value

@@ -368,7 +368,7 @@ def test_optimizer_moments_inherit_metadata_and_placement():
 
 
 def test_docstring_examples():
-    globs = {"jax": jax, "np": np, "_variables": nnx.facade.variables}
+    globs = {"jax": jax, "np": np, "nnx": nnx}
     result = doctest.testmod(spmd_module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
 

@@ -48,7 +48,7 @@ def test_create_is_a_pytree_with_static_graphdef_and_tx():
 def test_apply_returns_output_and_new_state():
     ts = make()
     y, (graphdef, state) = ts.apply("params", "batch_stats")(X, train=True)
-    model = nnx.merge(ts.graphdef, ts.params, ts.batch_stats, copy=True)  # `ts` stays as it is
+    model = nnx.merge(ts.graphdef, ts.params, ts.batch_stats, copy=True)  # `ts` stays as it was
     np.testing.assert_allclose(y, model(X, train=True), rtol=1e-6)
     assert graphdef == ts.graphdef
     # the batch statistics moved in the returned state, not in `ts`
