@@ -32,13 +32,15 @@ def median(samples: tp.Sequence[float]) -> float:
     return percentile(samples, 50)
 
 
-def calibrate(fn: tp.Callable[[], tp.Any], target_s: float, lo: int, hi: int) -> int:
+def calibrate(fn: tp.Callable[[], tp.Any], target_s: float, lo: int, hi: int, wait: bool = True) -> int:
     """How many calls of `fn` take about `target_s` (between lo and hi)."""
     n = 3
     with no_gc():
         t0 = time.perf_counter()
         for _ in range(n):
-            jax.block_until_ready(fn())
+            res = fn()
+            if wait:
+                jax.block_until_ready(res)
         per = (time.perf_counter() - t0) / n
     return int(min(hi, max(lo, round(target_s / max(per, 1e-9)))))
 
@@ -49,6 +51,7 @@ def interleaved(
     calls: int | dict[str, int],
     *,
     block_each: bool = True,
+    wait: bool = True,
 ) -> dict[str, list[float]]:
     """Seconds per call of each fn, measured in `reps` interleaved rounds.
 
@@ -57,7 +60,9 @@ def interleaved(
     own and waited for (`jax.block_until_ready`): one sample per call, which
     gives latency percentiles. Otherwise each round gives one sample: the
     average over `calls` back-to-back calls with a single wait at the end
-    (throughput with JAX's async dispatch).
+    (throughput with JAX's async dispatch). `wait=False` never waits: for
+    functions that start no device work (e.g. `split`/`merge`), where waiting
+    would only flatten the result as a pytree inside the timed block.
     """
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -77,6 +82,7 @@ def interleaved(
                     t0 = time.perf_counter()
                     for _ in range(n):
                         res = fn()
-                    jax.block_until_ready(res)
+                    if wait:
+                        jax.block_until_ready(res)
                     out.append((time.perf_counter() - t0) / n)
     return samples

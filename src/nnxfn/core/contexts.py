@@ -378,9 +378,7 @@ class SplitContext:
     def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
-        graphdef, flat = _flatten(
-            node, self.ref_index, self._outer(), with_paths, True, self._known_refs()
-        )
+        graphdef, flat = _flatten(node, self.ref_index, self._outer(), with_paths, True, self._known_refs())
         if not filters:
             return graphdef, flat
         parts = flat.split(*filters)

@@ -113,10 +113,7 @@ def _list_children(lst: List) -> list[tuple[int, tp.Any]]:
     flags = _synced_flags(lst)
     if flags is None:
         return list(enumerate(lst._items))
-    return [
-        (i, DataLeaf(v) if f and needs_box(v) else v)
-        for i, (v, f) in enumerate(zip(lst._items, flags))
-    ]
+    return [(i, DataLeaf(v) if f and needs_box(v) else v) for i, (v, f) in enumerate(zip(lst._items, flags))]
 
 
 def _list_static(lst: List) -> tp.Hashable:
