@@ -15,7 +15,6 @@ import typing as tp
 from nnxfn.core import errors, splitcache
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graphdef import (
-    ARRAY,
     ArrayDef,
     BoxedDef,
     ContainerDef,
@@ -23,11 +22,8 @@ from nnxfn.core.graphdef import (
     OP_PYTREE,
     OP_VAR,
     GraphDef,
-    NodeDef,
     PytreeDef,
-    Ref,
     StaticDef,
-    VariableDef,
 )
 from nnxfn.core.program import _unflatten_ops, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
 from nnxfn.core.walker import _mutable, walk  # noqa: F401 - _mutable: read from here
@@ -46,11 +42,10 @@ from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read 
     children_of,
     is_array,
 )
-from nnxfn.core.links import apply_links, find_links
-from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order, lookup
+from nnxfn.core.registry import key_order
 from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
 from nnxfn.core.state import _set_flat
-from nnxfn.core.variable_like import DataLeaf, VariableLike
+from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any

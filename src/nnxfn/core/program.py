@@ -11,7 +11,6 @@ from itertools import islice
 
 
 from nnxfn.core.graphdef import (
-    _ARRAY_OP,
     OP_ARRAY,
     OP_BOXED,
     OP_CONT,
@@ -23,19 +22,10 @@ from nnxfn.core.graphdef import (
     GraphDef,
 )
 from nnxfn.core.kinds import (
-    _ARRAY_TYPES,
-    _K_ARRAY,
-    _K_CONT,
-    _K_NODE,
-    _K_STATIC,
-    _K_VAR,
-    _kind,
     _pytree_children,
 )
-from nnxfn.core.links import apply_links, find_links
-from nnxfn.core.registry import _CACHE as _IMPLS
-from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order
-from nnxfn.core.state import State, wrap as _wrap_state
+from nnxfn.core.links import apply_links
+from nnxfn.core.registry import NodeImpl
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 
 Path = tuple[tp.Any, ...]

@@ -11,7 +11,7 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph, traverse as _traverse
+from nnxfn.core import filters as filterlib, traverse as _traverse
 from nnxfn.core import api
 from nnxfn.core.api import is_graph_node
 from nnxfn.core.contexts import (

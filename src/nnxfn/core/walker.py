@@ -4,14 +4,11 @@ flat program of ops (`program.py` runs a program back).
 
 from __future__ import annotations
 
-import operator
 import typing as tp
-from itertools import islice
 
 
 from nnxfn.core.graphdef import (
     _ARRAY_OP,
-    OP_ARRAY,
     OP_BOXED,
     OP_CONT,
     OP_NODE,
@@ -31,11 +28,11 @@ from nnxfn.core.kinds import (
     _kind,
     _pytree_children,
 )
-from nnxfn.core.links import apply_links, find_links
+from nnxfn.core.links import find_links
 from nnxfn.core.registry import _CACHE as _IMPLS
-from nnxfn.core.registry import KINDS, NodeImpl, foreign_leaf_type, key_order
+from nnxfn.core.registry import KINDS, foreign_leaf_type, key_order
 from nnxfn.core.state import State, wrap as _wrap_state
-from nnxfn.core.variable_like import DataLeaf, VariableLike
+from nnxfn.core.variable_like import DataLeaf
 
 Path = tuple[tp.Any, ...]
 Leaf = tp.Any

@@ -13,7 +13,6 @@ this is a rewrite of static data: no per-call cost on arrays.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing as tp
 
 import jax
