@@ -163,3 +163,18 @@ def test_mixed_int_and_str_dict_keys_have_a_canonical_order():
     back = nnx.merge(graphdef, state)
     assert set(back.table) == {0, 1, "a", "b"}
     np.testing.assert_array_equal(back.table[0], jnp.ones(3))
+
+
+def test_merge_of_split_puts_raw_arrays_back_into_the_equinox_module():
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.enc = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+
+    model = Holder()
+    graphdef, state = nnx.split(model)
+    assert isinstance(state["enc"]["weight"], nnx.Param)  # boxed in the State only
+    merged = nnx.merge(graphdef, state)
+    assert type(merged.enc) is eqx.nn.Linear
+    assert isinstance(merged.enc.weight, jax.Array) and not isinstance(merged.enc.weight, nnx.Variable)
+    np.testing.assert_array_equal(merged.enc.weight, model.enc.weight)
+    np.testing.assert_array_equal(merged.enc(jnp.ones(2)), model.enc(jnp.ones(2)))

@@ -170,11 +170,14 @@ def _unflatten_ops(
                 v = op[1].from_parts(value, meta)
             add_object(v)
             return v
-        if code == OP_ARRAY or code == OP_BOXED:
+        if code == OP_ARRAY:
             v = next_leaf()
             if not trusted and isinstance(v, VariableLike):
                 v = v.raw_value
             return v
+        if code == OP_BOXED:  # boxed only in the State: the graph holds the raw value
+            v = next_leaf()
+            return v.raw_value if isinstance(v, VariableLike) else v
         if code == OP_STATIC:
             return op[1]
         return objects[op[1]]  # OP_REF
