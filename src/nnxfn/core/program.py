@@ -33,8 +33,7 @@ Leaf = tp.Any
 
 
 class LeafMismatch(Exception):
-    """A leaf does not fit its GraphDef position (see `unflatten_leaves`);
-    `args[0]`, if given, is the leaf's position."""
+    """A leaf does not fit its GraphDef position (see `unflatten_leaves`)."""
 
 
 def unflatten_leaves(
@@ -122,7 +121,7 @@ def _unflatten_ops(
 
     `trusted`: the leaves come from the `split` that made `graphdef`
     (Variables where it has them), so nothing is checked; else a leaf that
-    does not fit raises `LeafMismatch(position)`. `reuse` maps GraphDef
+    does not fit raises `LeafMismatch`. `reuse` maps GraphDef
     indices to existing objects updated in place instead of made (how
     transforms commit onto the caller's objects). `whole`: ids of pytree ops
     given as one leaf (see `walk(whole_pytrees=...)`). `objects` receives the
@@ -135,14 +134,10 @@ def _unflatten_ops(
     next_op = plan_iter.__next__
     leaf_iter = iter(leaves)
     next_leaf = leaf_iter.__next__
-    count = len(leaves)
     shared = trusted and not copy and not reuse  # the State's own Variables go into the new graph
     if objects is None:
         objects = []  # graph objects and Variables made, by GraphDef index
     add_object = objects.append
-
-    def position() -> int:
-        return count - leaf_iter.__length_hint__() - 1
 
     def single(op: tuple) -> tp.Any:
         """The value of one Variable/array/static/back-reference op."""
@@ -155,7 +150,7 @@ def _unflatten_ops(
                 return v
             boxed = isinstance(leaf, VariableLike)
             if boxed and not isinstance(leaf, op[1]):
-                raise LeafMismatch(position())
+                raise LeafMismatch
             value, meta = (leaf.raw_value, leaf.metadata_items()) if boxed else (leaf, op[2])
             v = reuse.get(len(objects)) if reuse else None
             if v is not None:  # commit in place

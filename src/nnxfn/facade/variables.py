@@ -53,7 +53,7 @@ class Variable(VariableLike, tp.Generic[A]):
     hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
     # Writes from another JAX trace than the one the Variable was made in raise
     # (`ref`/`hijax` Variables are made to be written that way).
-    _check_trace: tp.ClassVar[bool] = True
+    _trace_checked: tp.ClassVar[bool] = True
 
     def __new__(
         cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None, **kwargs: tp.Any
@@ -133,13 +133,13 @@ class Variable(VariableLike, tp.Generic[A]):
 
     def set_raw(self, value: tp.Any) -> None:
         context.check_write(self, self._frame, "the value")
-        if self._check_trace:
+        if self._trace_checked:
             _check_trace(self)
         object.__setattr__(self, "raw_value", value)
 
     def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
         context.check_write(self, self._frame, "the metadata")
-        if self._check_trace:
+        if self._trace_checked:
             _check_trace(self)
         object.__setattr__(self, "_metadata", metadata)
         context.metadata_changed()
@@ -564,7 +564,7 @@ class RefVariable(Variable[A]):
 
     _plain_access = False
     _mode_ref: tp.ClassVar[bool] = True
-    _check_trace = False
+    _trace_checked = False
     _store = staticmethod(varmodes.to_refs)
 
     @property
@@ -639,7 +639,7 @@ class HijaxVariable(RefVariable[A]):
 
     hijax = True
     _mode_ref = False
-    _check_trace = False
+    _trace_checked = False
 
 
 class Param(Variable[A]):
