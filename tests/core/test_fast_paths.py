@@ -350,3 +350,62 @@ def test_module_as_pytree_round_trip_and_errors():
     bad = [nnx.Cache(leaf.raw_value) if isinstance(leaf, nnx.BatchStat) else leaf for leaf in leaves]
     with pytest.raises(ValueError, match="count"):  # the path-based error
         jax.tree_util.tree_unflatten(treedef, bad)
+
+
+class _Scaled(nnx.Module):
+    """Keys sort as a (static), w (Param), z (static): the merge reorders."""
+
+    def __init__(self, w: float, a: int, z: str):
+        self.a = a
+        self.w = nnx.Param(jnp.array(w))
+        self.z = z
+
+
+def _runs_model() -> nnx.List:
+    # Two runs of equal layers (a=1 three times, then a=2 twice), a lone
+    # layer with another shape, and a layer sharing a Variable with the first.
+    layers = [_Scaled(float(i), 1, "x") for i in range(3)] + [_Scaled(float(i), 2, "x") for i in (3, 4)]
+    shared = _Scaled(5.0, 1, "x")
+    shared.w = layers[0].w
+    return nnx.List([*layers, nnx.Linear(2, 3, rngs=nnx.Rngs(0)), shared])
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_merge_of_runs_of_equal_layers(copy):
+    model = _runs_model()
+    graphdef, state = nnx.split(model)
+    merged = nnx.merge(graphdef, state, copy=copy)
+    assert [m.a for m in merged[:5]] == [1, 1, 1, 2, 2]
+    assert all(m.z == "x" for m in merged[:5])
+    assert [float(m.w.value) for m in merged[:5]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert merged[6].w is merged[0].w  # the sharing is kept
+    np.testing.assert_array_equal(merged[5].kernel.value, model[5].kernel.value)
+    for i in range(5):
+        assert (merged[i].w is state[i]["w"]) is not copy  # copy=False: the State's own
+    assert len({id(m) for m in merged}) == 7
+
+
+def test_merge_of_runs_inside_jit_marks_traced_objects():
+    model = _runs_model()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def f(state):
+        merged = nnx.merge(graphdef, state)
+        assert all(m.__dict__.get("_nnx_traced") for m in merged[:5])
+        return nnx.state(merged)
+
+    out = f(state)
+    assert float(out[4]["w"].value) == 4.0
+    assert not any("_nnx_traced" in m.__dict__ for m in nnx.merge(graphdef, state)[:5])
+
+
+def test_unflatten_by_position_of_runs_checks_each_leaf():
+    model = _runs_model()
+    graphdef, state = nnx.split(model)
+    leaves = [v for _, v in state.flat_state()]
+    rebuilt = fastpath.unflatten_leaves(graphdef, leaves, copy=True)
+    assert [float(m.w.value) for m in rebuilt[:5]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    leaves[1] = nnx.BatchStat(leaves[1].value)  # not the Param its position holds
+    with pytest.raises(fastpath.LeafMismatch):
+        fastpath.unflatten_leaves(graphdef, leaves, copy=True)

@@ -48,15 +48,16 @@ def unflatten_leaves(
     return _unflatten_ops(graphdef, leaves, copy=copy, trusted=False, objects=objects)
 
 
-OP_LEAFNODE = -1  # a graph node whose children are all single ops (see `_plan`)
+OP_LEAFNODE = -1  # graph nodes whose children are all single ops (see `_plan`)
 _SINGLE = frozenset({OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF})
 
 
 def _plan(ops: list) -> list:
     """`ops` with every graph node whose children are all single ops (Variables,
     arrays, statics, back-references: most layers) folded into one
-    `(OP_LEAFNODE, type, static, keys, impl, child ops, picker, make)`: it is
-    built without a frame of its own (`_picker`; `make` from `NodeImpl.builder`)."""
+    `(OP_LEAFNODE, type, static, keys, impl, child ops, picker, make, count)`:
+    `count` equal such nodes in a row (the layers of a list) built by one
+    `make` call (`NodeImpl.builder`), without a frame of their own."""
     out: list = []
     i, n = 0, len(ops)
     index = 0  # GraphDef index of the next Variable or graph node
@@ -66,17 +67,22 @@ def _plan(ops: list) -> list:
         code = op[0]
         if code == OP_NODE:
             count = len(op[3])
-            kids = ops[i : i + count]
+            kids = tuple(ops[i : i + count])
             if (
                 len(kids) == count
                 and all(k[0] in _SINGLE for k in kids)
                 and (OP_REF, index) not in kids  # it holds itself: made before its children
             ):
-                impl = op[4]
-                make = impl.builder(op[1], op[2], op[3]) if impl.builder is not None else None
-                out.append((OP_LEAFNODE, *op[1:], tuple(kids), _picker(kids), make))
                 i += count
                 index += 1 + sum(k[0] == OP_VAR for k in kids)
+                last = out[-1] if out else None
+                if last is not None and last[0] == OP_LEAFNODE and last[1:6] == (*op[1:], kids):
+                    if not any(k[0] == OP_REF for k in kids):  # the same objects each time
+                        out[-1] = (*last[:8], last[8] + 1)
+                        continue
+                impl = op[4]
+                make = impl.builder(op[1], op[2], op[3]) if impl.builder is not None else None
+                out.append((OP_LEAFNODE, *op[1:], kids, _picker(list(kids)), make, 1))
                 continue
         if code == OP_VAR or code == OP_NODE:
             index += 1
@@ -85,12 +91,15 @@ def _plan(ops: list) -> list:
 
 
 def _picker(kids: list) -> tuple[int, tuple, tp.Callable] | None:
-    """For children that are only Variables and statics: (number of Variables,
-    the static values, a getter that orders `variables + statics` by key),
-    so a trusted merge fills the node with C-level calls; else None."""
+    """For children that are only Variables (at least one) and statics:
+    (number of Variables, the static values, a getter that orders
+    `variables + statics` by key), so a trusted merge fills the nodes with
+    C-level calls; else None."""
     if not all(k[0] == OP_VAR or k[0] == OP_STATIC for k in kids):
         return None
     nvars = sum(k[0] == OP_VAR for k in kids)
+    if not nvars:
+        return None
     statics = tuple(k[1] for k in kids if k[0] == OP_STATIC)
     order, v, st = [], 0, nvars
     for k in kids:
@@ -101,7 +110,7 @@ def _picker(kids: list) -> tuple[int, tuple, tp.Callable] | None:
             order.append(st)
             st += 1
     if len(order) < 2:  # itemgetter of one index gives the item, not a tuple
-        return nvars, statics, lambda seq: tuple(seq)
+        return nvars, statics, tuple
     return nvars, statics, operator.itemgetter(*order)
 
 
@@ -190,6 +199,42 @@ def _unflatten_ops(
         add_object(v)
         return v, True
 
+    def leaf_nodes(op: tuple) -> list:
+        """The `count` nodes of a LEAFNODE op, in order."""
+        count, make = op[8], op[7]
+        if make is None or reuse:
+            out = []
+            for _ in range(count):
+                v, reused = open_node(op)
+                _fill(op[4], v, op[3], [single(k) for k in op[5]], reused)
+                out.append(v)
+            return out
+        picker = op[6]
+        start = len(objects)
+        if shared and picker is not None:  # the State's Variables, as they come
+            nvars, statics, order = picker
+            new = list(islice(leaf_iter, nvars * count))
+            block: list = [None] * ((nvars + 1) * count)  # each node's index, then its Variables'
+            for j in range(nvars):
+                block[1 + j :: nvars + 1] = new[j::nvars]
+            objects.extend(block)
+            groups: tp.Iterable = zip(*[iter(new)] * nvars)
+            if statics:
+                groups = [order(g + statics) for g in groups]
+            made = make(groups)
+            objects[start :: nvars + 1] = made
+            return made
+        at = []
+        values = []
+        for _ in range(count):
+            at.append(len(objects))
+            add_object(None)  # its index comes before its Variables'
+            values.append([single(k) for k in op[5]])
+        made = make(values)
+        for i, v in zip(at, made):
+            objects[i] = v
+        return made
+
     top: list = []
     # One frame per open node/container: [op, object, children still to read, children, reused].
     stack: list = [[None, None, 1, top, False]]
@@ -220,21 +265,10 @@ def _unflatten_ops(
         op = next_op()
         code = op[0]
         if code == OP_LEAFNODE:
-            picker = op[6]
-            make = op[7]
-            if make is not None and not (reuse and len(objects) in reuse):
-                at = len(objects)
-                add_object(None)  # its index comes before its Variables'
-                if shared and picker is not None:
-                    new = list(islice(leaf_iter, picker[0]))
-                    objects.extend(new)
-                    vals = picker[2](new + list(picker[1])) if picker[1] else new
-                else:
-                    vals = [single(k) for k in op[5]]
-                v = objects[at] = make(vals)
-            else:
-                v, reused = open_node(op)
-                _fill(op[4], v, op[3], [single(k) for k in op[5]], reused)
+            made = leaf_nodes(op)
+            frame[3].extend(made)
+            frame[2] -= len(made)
+            continue
         elif code == OP_NODE:
             v, reused = open_node(op)
             stack.append([op, v, len(op[3]), [], reused])

@@ -29,8 +29,9 @@ class NodeImpl:
         as a tuple, and their values in the same order.
     fill(node, keys, values) -> None: set every child of a node just made by
         `create_empty`, as `set_child` for each key in order would.
-    builder(type, static, keys) -> make(values) -> node: `create_empty`
-        then `fill`, as one function made once per GraphDef position.
+    builder(type, static, keys) -> make(groups) -> list of nodes: for each
+        sequence of child values in `groups`, `create_empty` then `fill`;
+        made once per GraphDef position (or run of equal positions).
 
     Optional non-owning references (e.g. an optimizer's model):
     links(node) -> iterable of (key, target): objects the node refers to
@@ -48,7 +49,7 @@ class NodeImpl:
     static: Callable[[Any], Hashable] = lambda node: None
     parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
     fill: Callable[[Any, tuple, Any], None] | None = None
-    builder: Callable[[type, Hashable, tuple], Callable[[Any], Any]] | None = None
+    builder: Callable[[type, Hashable, tuple], Callable[[Any], list]] | None = None
     links: Callable[[Any], Iterable[tuple[Key, Any]]] | None = None
     set_link: Callable[[Any, Key, Any], None] | None = None
 
