@@ -409,3 +409,21 @@ def test_unflatten_by_position_of_runs_checks_each_leaf():
     leaves[1] = nnx.BatchStat(leaves[1].value)  # not the Param its position holds
     with pytest.raises(fastpath.LeafMismatch):
         fastpath.unflatten_leaves(graphdef, leaves, copy=True)
+
+
+def test_split_of_a_merged_graph_reuses_its_graphdef_and_state():
+    model = nnx.Dict(layers=_runs_model(), extra=nnx.data([nnx.Param(jnp.ones(2))]))
+    graphdef, state = nnx.split(model)
+    merged = nnx.merge(graphdef, state)
+    g2, s2 = nnx.split(merged)
+    assert g2 is graphdef and s2 is state
+    merged.layers[0].w.value = jnp.array(7.0)  # a value write: the State holds that Variable
+    assert float(nnx.split(merged)[1]["layers"][0]["w"].value) == 7.0
+    merged.extra.append(nnx.Param(jnp.zeros(3)))  # a plain list edited in place
+    g3, s3 = nnx.split(merged)
+    assert g3 != graphdef and s3["extra"][1].value.shape == (3,)
+    merged.layers[1].bias = nnx.Param(jnp.zeros(1))  # a structural change
+    assert "bias" in nnx.split(merged)[1]["layers"][1]
+    copied = nnx.merge(graphdef, state, copy=True)  # not the State's Variables: walked anew
+    assert nnx.split(copied)[1] is not state
+    assert nnx.split(copied)[0] == graphdef

@@ -124,6 +124,7 @@ def _unflatten_ops(
     reuse: tp.Mapping[int, tp.Any] | None = None,
     whole: tp.Container[int] = (),
     adopt: bool = False,
+    built: list | None = None,
 ) -> tp.Any:
     """Run the program of `graphdef` with `leaves` in its leaf order: the one
     unflatten (`merge`, `unflatten` and the transforms all come here).
@@ -135,7 +136,8 @@ def _unflatten_ops(
     transforms commit onto the caller's objects). `whole`: ids of pytree ops
     given as one leaf (see `walk(whole_pytrees=...)`). `objects` receives the
     objects by GraphDef index. `adopt`: Variables used as they are (not
-    copied) are told they join a graph `merge` builds (`VariableLike.adopt`)."""
+    copied) are told they join a graph `merge` builds (`VariableLike.adopt`).
+    `built` receives every list, dict and foreign pytree made."""
     plan = graphdef._plan
     if plan is None:
         plan = graphdef._plan = _plan(graphdef.ops)
@@ -256,8 +258,12 @@ def _unflatten_ops(
                     v = dict(zip(op[2], vals))
                 else:
                     v = vals if t is list else t(vals)
+                if built is not None and t is not tuple:
+                    built.append(v)
             else:  # OP_PYTREE
                 v = op[1].unflatten(vals)
+                if built is not None:
+                    built.append(v)
             parent = stack[-1]
             parent[3].append(v)
             parent[2] -= 1
