@@ -96,17 +96,21 @@ def walk(
     trail: list = []  # the keys of the open frames below the root: a path on demand
     parents: list = []  # (parent dict, key) of every frame above the first
 
-    def leaf(v: tp.Any, k: tp.Any, d: dict, prefix: tuple | None, foreign: tuple) -> None:
-        boxed = foreign_leaf_type((*trail[1:], k), v, foreign) if foreign else None
-        if boxed is None:
-            add_op(_ARRAY_OP)
-        else:
-            add_op((OP_BOXED, boxed))
-            v = boxed.from_parts(v, ())
-        add_leaf(v)
-        d[k] = v
+    def emit(op: tuple, x: tp.Any, k: tp.Any, d: dict, prefix: tuple | None) -> None:
+        """Record a leaf: its op, the leaf, its place in the State (and path)."""
+        add_op(op)
+        add_leaf(x)
+        d[k] = x
         if prefix is not None:
             add_path(prefix + (k,))
+
+    def leaf(v: tp.Any, k: tp.Any, d: dict, prefix: tuple | None, foreign: tuple) -> None:
+        """A raw array, boxed if a foreign pytree above it asks (see `registry`)."""
+        boxed = foreign_leaf_type((*trail[1:], k), v, foreign) if foreign else None
+        if boxed is None:
+            emit(_ARRAY_OP, v, k, d, prefix)
+        else:
+            emit((OP_BOXED, boxed), boxed.from_parts(v, ()), k, d, prefix)
 
     while stack:
         it, d, prefix, foreign, pytree, start = stack[-1]
@@ -115,7 +119,7 @@ def walk(
             kind = kinds.get(t)
             if kind is None:
                 kind = _kind(t)
-            if kind == _K_VAR:
+            if kind == _K_VAR or kind == _K_NODE:  # has identity: a back-reference if seen
                 n = len(index)
                 i = seen(id(v), n)
                 if i != n:
@@ -123,35 +127,17 @@ def walk(
                     continue
                 if add_object is not None:
                     add_object(v)
+            if kind == _K_VAR:
                 meta = v.metadata_items()
-                add_op((OP_VAR, t, meta))
-                x = t.from_parts(v.raw_value, meta) if copy else v
-                add_leaf(x)
-                d[k] = x
-                if prefix is not None:
-                    add_path(prefix + (k,))
+                emit((OP_VAR, t, meta), t.from_parts(v.raw_value, meta) if copy else v, k, d, prefix)
                 continue
             if kind == _K_ARRAY:
-                if foreign:
-                    leaf(v, k, d, prefix, foreign)
-                    continue
-                add_op(_ARRAY_OP)
-                add_leaf(v)
-                d[k] = v
-                if prefix is not None:
-                    add_path(prefix + (k,))
+                leaf(v, k, d, prefix, foreign)
                 continue
             if kind == _K_STATIC:
                 add_op((OP_STATIC, v))
                 continue
             if kind == _K_NODE:
-                n = len(index)
-                i = seen(id(v), n)
-                if i != n:
-                    add_op((OP_REF, i))
-                    continue
-                if add_object is not None:
-                    add_object(v)
                 impl = impls[t]
                 if impl.links is not None:
                     linking.append((n, v))
