@@ -216,13 +216,7 @@ def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
             raise ValueError(
                 f"update: a Variable root takes exactly one Variable or value, got {all_states!r}"
             )
-        value = given[0]
-        if isinstance(value, VariableLike):
-            node.set_raw(value.raw_value)
-            if value.metadata_items() != node.metadata_items():
-                node.set_metadata_items(value.metadata_items())
-        else:
-            node.set_raw(value)
+        _update.write(node, {(): given[0]})
         return
     _update.update(node, *(_to_state(s) for s in all_states))
 

@@ -26,6 +26,7 @@ from nnxfn.core.kinds import (
 )
 from nnxfn.core.links import apply_links
 from nnxfn.core.registry import NodeImpl
+from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 
 Path = tuple[tp.Any, ...]
@@ -125,6 +126,7 @@ def _unflatten_ops(
     whole: tp.Container[int] = (),
     adopt: bool = False,
     built: list | None = None,
+    current: tp.Any = None,
 ) -> tp.Any:
     """Run the program of `graphdef` with `leaves` in its leaf order: the one
     unflatten (`merge`, `unflatten` and the transforms all come here).
@@ -133,7 +135,10 @@ def _unflatten_ops(
     (Variables where it has them), so nothing is checked; else a leaf that
     does not fit raises `LeafMismatch`. `reuse` maps GraphDef
     indices to existing objects updated in place instead of made (how
-    transforms commit onto the caller's objects). `whole`: ids of pytree ops
+    transforms commit onto the caller's objects); a list, dict, tuple or
+    foreign pytree that a reused node (or `current`, the existing root) holds
+    is kept if its children come out the same objects; with `current` (how
+    `update` writes) a changed list or dict is edited in place. `whole`: ids of pytree ops
     given as one leaf (see `walk(whole_pytrees=...)`). `objects` receives the
     objects by GraphDef index. `adopt`: Variables used as they are (not
     copied) are told they join a graph `merge` builds (`VariableLike.adopt`).
@@ -165,9 +170,10 @@ def _unflatten_ops(
             value, meta = (leaf.raw_value, leaf.metadata_items()) if boxed else (leaf, op[2])
             v = reuse.get(len(objects)) if reuse else None
             if v is not None:  # commit in place
-                v.set_raw(value)
-                if v.metadata_items() != meta:
-                    v.set_metadata_items(meta)
+                if leaf is not v:
+                    v.set_raw(value)
+                    if v.metadata_items() != meta:
+                        v.set_metadata_items(meta)
             elif boxed and not copy:
                 v = leaf
                 if adopt:
@@ -237,32 +243,44 @@ def _unflatten_ops(
             objects[i] = v
         return made
 
+    def existing(frame: list) -> tp.Any:
+        """What the object of `frame` holds now at the key of its next child
+        (None if it is new): a container there may be kept."""
+        kids = frame[5]
+        if kids is None:
+            if not frame[4]:
+                return None
+            kids = frame[5] = dict(frame[0][4].children(frame[1]))  # a reused node
+        return kids.get(_child_keys(frame[0])[len(frame[3])]) if frame[0] else kids.get(0)
+
     top: list = []
-    # One frame per open node/container: [op, object, children still to read, children, reused].
-    stack: list = [[None, None, 1, top, False]]
+    # One frame per open node/container: [op, object (a container: the one it
+    # may keep), children still to read, children, reused, the kept object's children].
+    stack: list = [[None, None, 1, top, False, None if current is None else {0: current}]]
     while True:
         frame = stack[-1]
         if not frame[2]:  # all children read: finish the node/container
             stack.pop()
-            op, v, _, vals, reused = frame
+            op, v, _, vals, reused, _ = frame
             if op is None:
                 if graphdef.links:
                     apply_links(graphdef.links, objects)
                 return top[0]
-            code = op[0]
-            if code == OP_NODE:
+            if op[0] == OP_NODE:
                 _fill(op[4], v, op[3], vals, reused)
-            elif code == OP_CONT:
-                t = op[1]
-                if t is dict:
+            else:
+                old = v
+                if op[0] == OP_PYTREE:
+                    v = op[1].unflatten(vals)
+                elif op[1] is dict:
                     v = dict(zip(op[2], vals))
                 else:
-                    v = vals if t is list else t(vals)
-                if built is not None and t is not tuple:
-                    built.append(v)
-            else:  # OP_PYTREE
-                v = op[1].unflatten(vals)
-                if built is not None:
+                    v = vals if op[1] is list else op[1](vals)
+                if old is not None and _same(old, v):
+                    v = old  # nothing in it changed: the caller's object stays
+                elif current is not None and type(old) is type(v) and (type(v) is list or type(v) is dict):
+                    v = _edit(old, v)
+                elif built is not None and type(v) is not tuple:
                     built.append(v)
             parent = stack[-1]
             parent[3].append(v)
@@ -277,18 +295,46 @@ def _unflatten_ops(
             continue
         elif code == OP_NODE:
             v, reused = open_node(op)
-            stack.append([op, v, len(op[3]), [], reused])
+            stack.append([op, v, len(op[3]), [], reused, None])
             continue
         elif code == OP_PYTREE and id(op) in whole:
             v = next_leaf()
             _skip(plan_iter, len(op[2]))
         elif code == OP_CONT or code == OP_PYTREE:
-            stack.append([op, None, len(op[2]), [], False])
+            old = existing(frame) if (reuse or current is not None) else None
+            stack.append([op, old, len(op[2]), [], False, _kids(old)])
             continue
         else:
             v = single(op)
         frame[3].append(v)
         frame[2] -= 1
+
+
+def _kids(x: tp.Any) -> dict | None:
+    """The children of a list, tuple, dict or foreign pytree by key; else None."""
+    if x is None:
+        return None
+    if type(x) is dict:
+        return x
+    if type(x) is list or type(x) is tuple:
+        return dict(enumerate(x))
+    found = _pytree_children(x)
+    return None if found is None else dict(found[1])
+
+
+def _same(old: tp.Any, new: tp.Any) -> bool:
+    """`new` has the type, keys and very child objects of `old`."""
+    return type(old) is type(new) and same_snapshot(snapshot(old), snapshot(new))
+
+
+def _edit(old: list | dict, new: list | dict) -> list | dict:
+    """`old` edited in place to hold what `new` holds."""
+    if type(old) is list:
+        old[:] = new
+    else:
+        old.clear()
+        old.update(new)  # type: ignore[call-overload]
+    return old
 
 
 def _fill(impl: NodeImpl, node: tp.Any, keys: tuple, values: list, reused: bool = False) -> None:

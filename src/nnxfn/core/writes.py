@@ -8,106 +8,111 @@ import typing as tp
 from nnxfn.core import errors
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graph import _flat_leaves, _partition, _path_order, flatten
-from nnxfn.core.kinds import _CONTAINERS, _container_children, _pytree_children, children_of
+from nnxfn.core.kinds import children_of
+from nnxfn.core.program import _unflatten_ops
 from nnxfn.core.registry import lookup
-from nnxfn.core.state import State
 from nnxfn.core.variable_like import VariableLike
+from nnxfn.core.walker import walk
 
 Path = tuple[tp.Any, ...]
-_MISSING = object()
 
 
 def update(node: tp.Any, *states: tp.Any) -> None:
-    """Write the states' leaves into `node` in place.
+    """Write the states' leaves into `node` in place (see `write`)."""
+    write(node, _flat_leaves(states))
 
-    Variables get their value (and metadata) set; raw arrays and missing
-    attributes are (re)bound on their parent; immutable containers and
-    foreign pytrees on the way are rebuilt and set on their parent.
+
+def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
+    """Write `flat` ({path: value or Variable}) into the graph `node` in place:
+    the one in-place writer (the transforms commit through the same
+    `_unflatten_ops`, with `reuse`).
+
+    `node` is walked once and unflattened onto its own objects with the given
+    leaves in place of its own: Variables get their value (and metadata) set;
+    lists and dicts are edited in place; tuples and foreign pytrees with a
+    changed leaf are rebuilt and set on their parent; untouched ones stay. A
+    path that is not a leaf of the walk (a new attribute, a raw array replaced
+    by a Variable, the second path of a shared Variable) is set on its parent
+    afterwards. Every path is checked before anything is written.
     """
-    nested = State.from_flat_path(_flat_leaves(states))
-    _update_graph_node(node, nested, ())
+    paths: list = []
+    objects: list = []
+    graphdef, _, leaves = walk(node, copy=False, paths=paths, objects=objects)
+    position = {p: i for i, p in enumerate(paths)}
+    where = {id(leaf): i for i, leaf in enumerate(leaves) if isinstance(leaf, VariableLike)}
+    new = list(leaves)
+    later = []  # (parent, key, value) set on their parent after the walk's leaves
+    for path, value in flat.items():
+        if type(node) is tuple and path:  # the root tuple itself cannot change
+            child = _target(node, path[:1])
+            if child is not _MISSING and not _in_place(child):
+                raise ValueError(errors.update_in_tuple(path[:1]))
+        i = position.get(path)
+        if i is None or (isinstance(value, VariableLike) and not isinstance(leaves[i], VariableLike)):
+            target = _target(node, path)
+            if isinstance(target, VariableLike) and id(target) in where:  # a shared Variable
+                i = where[id(target)]
+            else:
+                later.append(_place(node, path, value))
+                continue
+        old = leaves[i]
+        if isinstance(value, VariableLike) and isinstance(old, VariableLike) and not isinstance(value, type(old)):
+            value = value.raw_value  # another Variable type: its value only
+        new[i] = value
+    out = _unflatten_ops(
+        graphdef, new, copy=True, trusted=False, reuse=dict(enumerate(objects)), current=node
+    )
+    if out is not node and type(node) is list:
+        node[:] = out
+    elif out is not node and type(node) is dict:
+        node.clear()
+        node.update(out)
+    for parent, key, value in later:
+        _set(parent, key, value)
 
 
-def _update_graph_node(node: tp.Any, sub: State, path: Path) -> None:
-    """Update a graph node, or a root list/tuple/dict of them (`update((model, opt), s)`)."""
-    impl = lookup(type(node))
-    if impl is None and type(node) in _CONTAINERS:
-        current = dict(_container_children(node))
-        set_child = _container_setter(node, path)
-        if type(node) is tuple:  # check first: nothing is half-applied
-            for key in sub:
-                child = current.get(key, _MISSING)
-                if not isinstance(sub[key], State) and not isinstance(child, VariableLike):
-                    raise ValueError(errors.update_in_tuple(path + (key,)))
-    elif impl is None:
+_MISSING = object()
+
+
+def _in_place(x: tp.Any) -> bool:
+    """Whether `update` changes `x` without replacing it."""
+    return isinstance(x, (VariableLike, list, dict)) or lookup(type(x)) is not None
+
+
+def _target(node: tp.Any, path: Path) -> tp.Any:
+    """What `path` leads to in `node` now, or _MISSING."""
+    for key in path:
+        node = dict(children_of(node)).get(key, _MISSING)
+        if node is _MISSING:
+            break
+    return node
+
+
+def _place(node: tp.Any, path: Path, value: tp.Any) -> tuple:
+    """(parent, key, value) to set `value` at `path`, whose parent must be a graph
+    node, list or dict; raises (naming the path) otherwise."""
+    if not path:
         raise ValueError(errors.update_missing_node(path))
-    else:
-        current = dict(impl.children(node))
-        set_child = impl.set_child
-    for key in sub:
-        child = current.get(key, _MISSING)
-        new = _update_value(child, sub[key], path + (key,))
-        if new is not child:
-            set_child(node, key, new)
-
-
-def _container_setter(node: tp.Any, path: Path) -> tp.Callable:
-    def set_item(container: tp.Any, key: tp.Any, value: tp.Any) -> None:
-        if type(container) is tuple:
-            raise ValueError(errors.update_in_tuple(path + (key,)))
-        container[key] = value
-
-    return set_item
-
-
-def _update_value(child: tp.Any, value: tp.Any, path: Path, foreign: bool = False) -> tp.Any:
-    if isinstance(value, State):
-        if child is _MISSING:
-            raise ValueError(errors.update_missing_node(path))
-        if lookup(type(child)) is not None or (not path and type(child) in _CONTAINERS):
-            _update_graph_node(child, value, path)
-            return child
-        return _rebuild(child, value, path, foreign)
-    if isinstance(child, VariableLike):
-        if isinstance(value, VariableLike):
-            child.set_raw(value.raw_value)
-            meta = value.metadata_items()
-            if meta != child.metadata_items():
-                child.set_metadata_items(meta)
-        else:
-            child.set_raw(value)
-        return child
-    if isinstance(value, VariableLike) and foreign:  # boxed only in the State (BoxedDef)
-        return value.raw_value
+    parent = node
+    for depth, key in enumerate(path[:-1]):
+        parent = dict(children_of(parent)).get(key, _MISSING)
+        if parent is _MISSING or isinstance(parent, VariableLike):
+            raise ValueError(errors.update_missing_node(path[: depth + 1]))
+    if type(parent) is tuple:
+        raise ValueError(errors.update_in_tuple(path))
+    if lookup(type(parent)) is None and type(parent) is not list and type(parent) is not dict:
+        raise ValueError(errors.update_missing_node(path))
     if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
-        return type(value).from_parts(value.raw_value, value.metadata_items())
-    return value
+        value = type(value).from_parts(value.raw_value, value.metadata_items())
+    return parent, path[-1], value
 
 
-def _rebuild(container: tp.Any, sub: State, path: Path, foreign: bool = False) -> tp.Any:
-    """A copy of a list/tuple/dict/pytree with some children updated."""
-    if type(container) in _CONTAINERS:
-        pairs = _container_children(container)
-        treedef = None
+def _set(parent: tp.Any, key: tp.Any, value: tp.Any) -> None:
+    impl = lookup(type(parent))
+    if impl is not None:
+        impl.set_child(parent, key, value)
     else:
-        found = _pytree_children(container)
-        if found is None:
-            raise ValueError(errors.update_missing_node(path))
-        treedef, pairs = found
-        foreign = True  # arrays below a foreign pytree stay raw arrays
-    known = {k for k, _ in pairs}
-    extra = [k for k in sub if k not in known]
-    if extra:
-        raise ValueError(errors.update_missing_node(path + (extra[0],)))
-    values = [_update_value(v, sub[k], path + (k,), foreign) if k in sub else v for k, v in pairs]
-    if treedef is not None:
-        return treedef.unflatten(values)
-    if type(container) is dict:
-        return {k: v for (k, _), v in zip(pairs, values)}
-    if type(container) is list:
-        container[:] = values
-        return container
-    return tuple(values)
+        parent[key] = value
 
 
 def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
