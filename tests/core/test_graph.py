@@ -533,3 +533,66 @@ def test_graphs_deeper_than_the_recursion_limit():
     _eq(doubled, jnp.full(1, 2.0))
     g2, params, rest = nnx.split(chain, nnx.Param, ...)
     assert len(params.flat_state()) == depth
+
+
+# -- the one writer: update and the transforms' commit -----------------------------
+def test_update_through_the_second_path_of_a_shared_variable_keeps_the_sharing():
+    m = Block()
+    m.tied = m.linear.kernel
+    kernel = m.linear.kernel
+    nnx.update(m, {"tied": jnp.full((2, 3), 4.0)})  # `split` lists it under linear.kernel
+    assert m.tied is kernel and m.linear.kernel is kernel
+    _eq(kernel[...], jnp.full((2, 3), 4.0))
+
+
+def test_update_keeps_untouched_containers_and_the_jit_cache():
+    m = Block()
+    m.t = (jnp.ones(2), "tag")
+    m.cfg = {"scale": jnp.ones(1)}
+    t, cfg = m.t, m.cfg
+    traces = []
+
+    @nnx.jit
+    def f(m):
+        traces.append(1)
+        return m.mean[...] + m.t[0].sum()
+
+    f(m)
+    nnx.update(m, {"mean": jnp.full(3, 2.0, jnp.float32)})
+    assert m.t is t and m.cfg is cfg
+    _eq(f(m), jnp.full(3, 4.0))
+    assert len(traces) == 1  # a value write is not a structural change
+    nnx.update(m, {"cfg": {"scale": jnp.zeros(1)}})
+    assert m.cfg is cfg and float(cfg["scale"][0]) == 0.0  # a dict is edited in place
+
+
+def test_update_checks_every_path_before_writing():
+    m = Block()
+    before = m.mean[...]
+    with pytest.raises(ValueError, match=r"node\.nothere does not exist"):
+        nnx.update(m, {"mean": jnp.full(3, 9.0), "nothere": {"x": jnp.ones(1)}})
+    _eq(m.mean[...], before)
+
+
+def test_update_with_another_variable_type_writes_its_value():
+    m = Block()
+    nnx.update(m, nnx.State({"mean": nnx.Param(jnp.full(3, 3.0))}))
+    assert type(m.mean) is nnx.BatchStat
+    _eq(m.mean[...], jnp.full(3, 3.0))
+
+
+def test_structural_commit_keeps_unchanged_containers():
+    m = Block()
+    m.t = (nnx.Param(jnp.ones(2)), "tag")
+    m.items = [nnx.BatchStat(jnp.zeros(1))]
+    t, items = m.t, m.items
+
+    @nnx.jit
+    def grow(m):
+        m.extra = nnx.Param(jnp.ones(1))  # a new attribute: the commit rebuilds by structure
+        m.mean[...] = m.mean[...] + 1
+
+    grow(m)
+    assert type(m.extra) is nnx.Param
+    _eq(m.mean[...], jnp.ones(3))
+    assert m.t is t and m.items is items  # same Variables in them: the caller's objects stay
