@@ -32,6 +32,7 @@ def _define(nnx: tp.Any) -> type:
 
 def functions(n_variables: int, include_flax: bool = True) -> dict[str, tp.Callable[[], tp.Any]]:
     import nnxfn as nnx
+    from nnxfn.core import splitcache
 
     n_pairs = max(1, n_variables // 2)
     model = _define(nnx)(n_pairs)
@@ -53,6 +54,12 @@ def functions(n_variables: int, include_flax: bool = True) -> dict[str, tp.Calla
     def nnxfn_merge():
         return nnx.merge(graphdef, state)
 
+    def nnxfn_split_merge_walked():
+        # What split costs after any structural change: a fresh walk, not the cache.
+        splitcache.CLOCK[0] += 1
+        graphdef, state = nnx.split(model)
+        return nnx.merge(graphdef, state)
+
     def nnxfn_as_pytree():
         leaves, treedef = jax.tree_util.tree_flatten(model)
         return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -60,6 +67,7 @@ def functions(n_variables: int, include_flax: bool = True) -> dict[str, tp.Calla
     fns = {
         "jax.tree_util": raw,
         "nnxfn split+merge": nnxfn_split_merge,
+        "nnxfn split (walked)+merge": nnxfn_split_merge_walked,
         "nnxfn split": nnxfn_split,
         "nnxfn merge": nnxfn_merge,
         "nnxfn Module as pytree": nnxfn_as_pytree,

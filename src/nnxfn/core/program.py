@@ -83,7 +83,7 @@ def _plan(ops: list) -> list:
                         continue
                 impl = op[4]
                 make = impl.builder(op[1], op[2], op[3]) if impl.builder is not None else None
-                out.append((OP_LEAFNODE, *op[1:], kids, _picker(list(kids)), make, 1))
+                out.append((OP_LEAFNODE, *op[1:], kids, _picker(kids), make, 1))
                 continue
         if code == OP_VAR or code == OP_NODE:
             index += 1
@@ -91,7 +91,7 @@ def _plan(ops: list) -> list:
     return out
 
 
-def _picker(kids: list) -> tuple[int, tuple, tp.Callable] | None:
+def _picker(kids: tuple) -> tuple[int, tuple, tp.Callable] | None:
     """For children that are only Variables (at least one) and statics:
     (number of Variables, the static values, a getter that orders
     `variables + statics` by key), so a trusted merge fills the nodes with
@@ -327,13 +327,13 @@ def _same(old: tp.Any, new: tp.Any) -> bool:
     return type(old) is type(new) and same_snapshot(snapshot(old), snapshot(new))
 
 
-def _edit(old: list | dict, new: list | dict) -> list | dict:
-    """`old` edited in place to hold what `new` holds."""
+def _edit(old: tp.Any, new: tp.Any) -> tp.Any:
+    """`old` (a list or dict) edited in place to hold what `new` holds."""
     if type(old) is list:
         old[:] = new
     else:
         old.clear()
-        old.update(new)  # type: ignore[call-overload]
+        old.update(new)
     return old
 
 
