@@ -56,7 +56,11 @@ def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
                 later.append(_place(node, path, value))
                 continue
         old = leaves[i]
-        if isinstance(value, VariableLike) and isinstance(old, VariableLike) and not isinstance(value, type(old)):
+        if (
+            isinstance(value, VariableLike)
+            and isinstance(old, VariableLike)
+            and not isinstance(value, type(old))
+        ):
             value = value.raw_value  # another Variable type: its value only
         new[i] = value
     out = _unflatten_ops(
