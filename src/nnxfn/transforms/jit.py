@@ -23,6 +23,7 @@ from nnxfn.transforms.sharding import (
     constrain_outputs,
     constrain_updates,
     normalize as normalize_shardings,
+    place,
     resolve_in_shardings,
     resolve_out_shardings,
 )
@@ -136,7 +137,7 @@ class JitWrapped(MethodWrapper):
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
-                    _place(entry, state_shardings)
+                    place(entry, state_shardings)
         elif self.out_shardings is not None:
             out_spec = resolve_out_shardings(self.out_shardings)
             shardings = None if out_spec is None else (None, out_spec)
@@ -222,25 +223,6 @@ def _constrain_by_path(
         if s is not None and hasattr(out[j], "shape"):
             out[j] = spmd_facade.constrain(out[j], s)
     return out
-
-
-def _place(entry: boundary.Entry, shardings: tuple) -> None:
-    """Put state leaves given an `in_shardings` entry on that sharding (on the caller's
-    Variables too, as Flax does), so the jitted call sees them laid out as asked."""
-    from jax.sharding import Sharding
-
-    for i, s in enumerate(shardings):
-        value = entry.values[i]
-        if (
-            isinstance(s, Sharding)
-            and isinstance(value, jax.Array)
-            and not isinstance(value, jax.core.Tracer)
-            and value.sharding != s
-        ):
-            value = entry.values[i] = jax.device_put(value, s)
-            live = entry.live[i]
-            if hasattr(live, "set_raw"):
-                live.set_raw(value)
 
 
 class Lowered:

@@ -11,6 +11,7 @@ from jax.experimental import checkify as _checkify
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
+from nnxfn.transforms.sharding import place
 from nnxfn.transforms.treemode import Rules, lifted
 
 
@@ -150,7 +151,8 @@ def shard_map(
         )
         check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
-        _place(entry, state_specs, mesh)
+        if isinstance(mesh, jax.sharding.Mesh):  # as Flax, whose shard_map returns state so laid out
+            place(entry, [_named(mesh, spec) for spec in state_specs])
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
@@ -200,23 +202,8 @@ def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.A
     )
 
 
-def _place(entry: boundary.Entry, specs: list, mesh: tp.Any) -> None:
-    """Lay the caller's state out as its in_specs say (as Flax, whose shard_map
-    returns all state with those specs), so it stays sharded after the call."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    for i, spec in enumerate(specs):
-        value = entry.values[i]
-        if not isinstance(spec, PartitionSpec) or not isinstance(value, jax.Array):
-            continue
-        if isinstance(value, jax.core.Tracer) or not isinstance(mesh, jax.sharding.Mesh):
-            continue
-        target = NamedSharding(mesh, spec)
-        if value.sharding != target:
-            value = entry.values[i] = jax.device_put(value, target)
-            live = entry.live[i]
-            if hasattr(live, "set_raw"):
-                live.set_raw(value)
+def _named(mesh: jax.sharding.Mesh, spec: tp.Any) -> tp.Any:
+    return jax.sharding.NamedSharding(mesh, spec) if isinstance(spec, jax.sharding.PartitionSpec) else None
 
 
 class _Spec:

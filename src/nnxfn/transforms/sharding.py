@@ -157,3 +157,21 @@ def constrain_updates(exit: ExitStatic, emitted: list, state_shardings: tuple) -
         if s is not None and not isinstance(s, StateSharding):
             emitted[j] = spmd.constrain(emitted[j], s)
     return emitted
+
+
+def place(entry: Entry, shardings: tp.Sequence) -> None:
+    """Put each concrete array state leaf of `entry` on its sharding in
+    `shardings` (None: leave it), on the caller's Variables too (as Flax does),
+    so the call sees them laid out as asked and they stay so after it."""
+    for i, s in enumerate(shardings):
+        value = entry.values[i]
+        if (
+            isinstance(s, Sharding)
+            and isinstance(value, jax.Array)
+            and not isinstance(value, jax.core.Tracer)
+            and value.sharding != s
+        ):
+            value = entry.values[i] = jax.device_put(value, s)
+            live = entry.live[i]
+            if hasattr(live, "set_raw"):
+                live.set_raw(value)
