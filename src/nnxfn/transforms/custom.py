@@ -197,13 +197,7 @@ class CustomVjp:
             )
             nondiff = [args[i] for i in self.nondiff_argnums]
             cts = self.bwd(*nondiff, user_res, (inputs_g, out_g))
-            cts = cts if isinstance(cts, (tuple, list)) else (cts,)
-            if len(cts) != len(diff_args):
-                raise ValueError(
-                    f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
-                    f"{len(diff_args)} differentiable arguments (nondiff_argnums="
-                    f"{self.nondiff_argnums}); return one per differentiable argument."
-                )
+            cts = self._tangents(cts, diff_args)
             return self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
 
         run = jax.custom_vjp(primal)
@@ -256,13 +250,7 @@ class CustomVjp:
                 for argnum, arg in enumerate(args)
             )
         cts = self.bwd(*nondiff, user_res, out_g, **kwargs)
-        cts = cts if isinstance(cts, (tuple, list)) else (cts,)
-        if len(cts) != len(diff_args):
-            raise ValueError(
-                f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
-                f"{len(diff_args)} differentiable arguments (nondiff_argnums="
-                f"{self.nondiff_argnums}); return one per differentiable argument."
-            )
+        cts = self._tangents(cts, diff_args)
         state_cts, other_cts = self._align(
             entry, args, diff_args, cts, values, others, diff_state, other_owner
         )
@@ -276,6 +264,17 @@ class CustomVjp:
             ):
                 state_cts[i] = state_cts[i] + g
         return state_cts, other_cts
+
+    def _tangents(self, cts: tp.Any, diff_args: tp.Sequence) -> tp.Sequence:
+        """What `bwd` returned, as one tangent per differentiable argument."""
+        cts = cts if isinstance(cts, (tuple, list)) else (cts,)
+        if len(cts) != len(diff_args):
+            raise ValueError(
+                f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
+                f"{len(diff_args)} differentiable arguments (nondiff_argnums="
+                f"{self.nondiff_argnums}); return one per differentiable argument."
+            )
+        return cts
 
     def _diff_state_leaves(self, entry: boundary.Entry, state_owner: list) -> set[int]:
         """Indices of the state leaves that are differentiable."""
