@@ -21,9 +21,7 @@ from nnxfn.core.graphdef import (
     OP_VAR,
     GraphDef,
 )
-from nnxfn.core.kinds import (
-    _pytree_children,
-)
+from nnxfn.core.kinds import _pytree_children, children_of
 from nnxfn.core.links import apply_links
 from nnxfn.core.registry import NodeImpl
 from nnxfn.core.splitcache import same_snapshot, snapshot
@@ -302,24 +300,12 @@ def _unflatten_ops(
             _skip(plan_iter, len(op[2]))
         elif code == OP_CONT or code == OP_PYTREE:
             old = existing(frame) if (reuse or current is not None) else None
-            stack.append([op, old, len(op[2]), [], False, _kids(old)])
+            stack.append([op, old, len(op[2]), [], False, None if old is None else dict(children_of(old))])
             continue
         else:
             v = single(op)
         frame[3].append(v)
         frame[2] -= 1
-
-
-def _kids(x: tp.Any) -> dict | None:
-    """The children of a list, tuple, dict or foreign pytree by key; else None."""
-    if x is None:
-        return None
-    if type(x) is dict:
-        return x
-    if type(x) is list or type(x) is tuple:
-        return dict(enumerate(x))
-    found = _pytree_children(x)
-    return None if found is None else dict(found[1])
 
 
 def _same(old: tp.Any, new: tp.Any) -> bool:
