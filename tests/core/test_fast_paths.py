@@ -427,3 +427,16 @@ def test_split_of_a_merged_graph_reuses_its_graphdef_and_state():
     copied = nnx.merge(graphdef, state, copy=True)  # not the State's Variables: walked anew
     assert nnx.split(copied)[1] is not state
     assert nnx.split(copied)[0] == graphdef
+
+
+def test_runs_of_equal_layers_stop_at_their_parent():
+    # The last layer of `a` and the layer `b` are equal and follow each other
+    # in the program, but sit in different parents: not one run.
+    model = nnx.Dict(a=nnx.List([_Scaled(0.0, 1, "x"), _Scaled(1.0, 1, "x")]), b=_Scaled(2.0, 1, "x"))
+    graphdef, state = nnx.split(model)
+    for copy in (False, True):
+        merged = nnx.merge(graphdef, state, copy=copy)
+        assert [float(m.w.value) for m in merged.a] == [0.0, 1.0]
+        assert float(merged.b.w.value) == 2.0
+    same = jax.tree.map(lambda x: x, model)  # the Module pytree path unflattens by position
+    assert float(same.b.w.value) == 2.0 and len(same.a) == 2

@@ -55,15 +55,23 @@ def _plan(ops: list) -> list:
     """`ops` with every graph node whose children are all single ops (Variables,
     arrays, statics, back-references: most layers) folded into one
     `(OP_LEAFNODE, type, static, keys, impl, child ops, picker, make, count)`:
-    `count` equal such nodes in a row (the layers of a list) built by one
-    `make` call (`NodeImpl.builder`), without a frame of their own."""
+    `count` equal such nodes in a row among the children of one parent (the
+    layers of a list) built by one `make` call (`NodeImpl.builder`), without
+    a frame of their own."""
     out: list = []
     i, n = 0, len(ops)
     index = 0  # GraphDef index of the next Variable or graph node
+    left = [1]  # children still to come in each open node/container (the root's slot first)
+    frames = [0]  # a number per open frame: a run never crosses into another parent
+    opened = 0
+    run_in = None  # the frame holding `out[-1]` if that is a LEAFNODE
     while i < n:
         op = ops[i]
         i += 1
         code = op[0]
+        frame = frames[-1]
+        left[-1] -= 1
+        sub = 0  # children of `op` that follow it
         if code == OP_NODE:
             count = len(op[3])
             kids = tuple(ops[i : i + count])
@@ -74,19 +82,41 @@ def _plan(ops: list) -> list:
             ):
                 i += count
                 index += 1 + sum(k[0] == OP_VAR for k in kids)
-                last = out[-1] if out else None
-                if last is not None and last[0] == OP_LEAFNODE and last[1:6] == (*op[1:], kids):
-                    if not any(k[0] == OP_REF for k in kids):  # the same objects each time
-                        out[-1] = (*last[:8], last[8] + 1)
-                        continue
-                impl = op[4]
-                make = impl.builder(op[1], op[2], op[3]) if impl.builder is not None else None
-                out.append((OP_LEAFNODE, *op[1:], kids, _picker(kids), make, 1))
+                last = out[-1] if run_in == frame else None
+                if (
+                    last is not None
+                    and last[1:6] == (*op[1:], kids)
+                    and not any(k[0] == OP_REF for k in kids)  # the same objects each time
+                ):
+                    out[-1] = (*last[:8], last[8] + 1)
+                else:
+                    impl = op[4]
+                    make = impl.builder(op[1], op[2], op[3]) if impl.builder is not None else None
+                    out.append((OP_LEAFNODE, *op[1:], kids, _picker(kids), make, 1))
+                run_in = frame
+                _close_done(left, frames)
                 continue
+            sub = count
+        elif code == OP_CONT or code == OP_PYTREE:
+            sub = len(op[2])
         if code == OP_VAR or code == OP_NODE:
             index += 1
         out.append(op)
+        run_in = None
+        if sub:
+            opened += 1
+            left.append(sub)
+            frames.append(opened)
+        else:
+            _close_done(left, frames)
     return out
+
+
+def _close_done(left: list, frames: list) -> None:
+    """Drop the open frames whose last child was just read."""
+    while left and not left[-1]:
+        left.pop()
+        frames.pop()
 
 
 def _picker(kids: tuple) -> tuple[int, tuple, tp.Callable] | None:
