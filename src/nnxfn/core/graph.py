@@ -166,10 +166,11 @@ def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
     copies of them with `copy=True`."""
     if states:
         leaves = _positional_leaves(graphdef, states)
-        if leaves is not None and (copy or len(states) > 1):
-            return _unflatten_ops(graphdef, leaves, copy=copy)
-        if leaves is not None:  # the new graph holds the State's Variables:
-            clock = splitcache.CLOCK[0]  # splitting it gives `graphdef, state` again
+        if leaves is not None:
+            if copy or len(states) > 1:
+                return _unflatten_ops(graphdef, leaves, copy=copy)
+            # The new graph holds the State's Variables: splitting it gives `graphdef, state` again.
+            clock = splitcache.CLOCK[0]
             built: list = []
             out = _unflatten_ops(graphdef, leaves, copy=False, built=built)
             if all(type(c) is list or type(c) is dict for c in built):  # else: see `split`
