@@ -265,7 +265,7 @@ def find_duplicates(
     pred = filterlib.to_predicate(only)
     out = []
     for paths in groups:
-        obj = _update._get_path(node, paths[0])
+        obj = _update._target(node, paths[0])
         kept = [paths[0]] + [p for p in paths[1:] if pred(p, obj)]
         if len(kept) > 1:
             out.append(kept)
@@ -316,18 +316,14 @@ def map(
 
 
 def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
-    parent = _update._get_path(root, path[:-1])
-    impl = lookup(type(parent))
-    if impl is not None:
-        impl.set_child(parent, path[-1], value)
-    elif type(parent) in (list, dict):
-        parent[path[-1]] = value
-    else:
+    parent = _update._target(root, path[:-1])
+    if lookup(type(parent)) is None and type(parent) not in (list, dict):
         raise ValueError(
             f"map: cannot place the new value at {errors.path_str(path)}: its parent is a "
             f"{type(parent).__name__}, which cannot change in place. Return a Variable of "
             "the same type there, or keep recreate_variables=True."
         )
+    _update._set(parent, path[-1], value)
 
 
 def as_pure(tree: tp.Any) -> tp.Any:

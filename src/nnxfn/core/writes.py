@@ -83,13 +83,19 @@ def _in_place(x: tp.Any) -> bool:
     return isinstance(x, (VariableLike, list, dict)) or lookup(type(x)) is not None
 
 
+def _follow(node: tp.Any, path: Path) -> tuple[tp.Any, int]:
+    """(what `path` leads to in `node` now, how many of its keys were followed):
+    `_MISSING` at the first key that is absent or that goes on below a Variable."""
+    for depth, key in enumerate(path):
+        node = dict(children_of(node)).get(key, _MISSING)
+        if node is _MISSING or (isinstance(node, VariableLike) and depth < len(path) - 1):
+            return _MISSING, depth
+    return node, len(path)
+
+
 def _target(node: tp.Any, path: Path) -> tp.Any:
     """What `path` leads to in `node` now, or _MISSING."""
-    for key in path:
-        node = dict(children_of(node)).get(key, _MISSING)
-        if node is _MISSING:
-            break
-    return node
+    return _follow(node, path)[0]
 
 
 def _place(node: tp.Any, path: Path, value: tp.Any) -> tuple:
@@ -97,11 +103,11 @@ def _place(node: tp.Any, path: Path, value: tp.Any) -> tuple:
     node, list or dict; raises (naming the path) otherwise."""
     if not path:
         raise ValueError(errors.update_missing_node(path))
-    parent = node
-    for depth, key in enumerate(path[:-1]):
-        parent = dict(children_of(parent)).get(key, _MISSING)
-        if parent is _MISSING or isinstance(parent, VariableLike):
-            raise ValueError(errors.update_missing_node(path[: depth + 1]))
+    parent, depth = _follow(node, path[:-1])
+    if parent is _MISSING:
+        raise ValueError(errors.update_missing_node(path[: depth + 1]))
+    if isinstance(parent, VariableLike):
+        raise ValueError(errors.update_missing_node(path[:-1]))
     if type(parent) is tuple:
         raise ValueError(errors.update_in_tuple(path))
     if lookup(type(parent)) is None and type(parent) is not list and type(parent) is not dict:
@@ -128,7 +134,7 @@ def pop(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     targets = []
     for s in states:
         for path, _ in s.flat_state():
-            parent = _get_path(node, path[:-1])
+            parent = _target(node, path[:-1])
             impl = lookup(type(parent))
             if impl is None and type(parent) in (dict, list):
                 impl = _IN_PLACE  # plain dicts and lists lose the entry in place
@@ -147,9 +153,3 @@ class _InPlace:
 
 
 _IN_PLACE = _InPlace()
-
-
-def _get_path(node: tp.Any, path: Path) -> tp.Any:
-    for key in path:
-        node = dict(children_of(node))[key]
-    return node
