@@ -110,7 +110,7 @@ def _place(node: tp.Any, path: Path, value: tp.Any) -> tuple:
         raise ValueError(errors.update_missing_node(path[:-1]))
     if type(parent) is tuple:
         raise ValueError(errors.update_in_tuple(path))
-    if lookup(type(parent)) is None and type(parent) is not list and type(parent) is not dict:
+    if not _in_place(parent):
         raise ValueError(errors.update_missing_node(path))
     if isinstance(value, VariableLike):  # a fresh Variable: the State stays unshared
         value = type(value).from_parts(value.raw_value, value.metadata_items())
