@@ -3,6 +3,8 @@ extract, ids (thin modules over nnxfn's own implementations)."""
 
 import copy
 
+import pytest
+
 import jax.numpy as jnp
 
 import nnxfn as nnx
@@ -54,3 +56,25 @@ def test_ids_are_unique_under_copy():
     a, b = nnx.ids.uuid(), nnx.ids.uuid()
     assert a == a and a != b and hash(a) != hash(b)
     assert copy.copy(a) != a and copy.deepcopy(a) != a
+
+
+def test_variable_state_alias_warns():
+    with pytest.warns(DeprecationWarning, match="use 'Variable'"):
+        assert nnx.VariableState is nnx.Variable
+    assert "VariableState" not in dir(nnx)
+    with pytest.raises(AttributeError, match="VariableStat"):
+        nnx.VariableStat
+
+
+def test_promote_dtype_matches_result_type():
+    from nnxfn.nn import dtypes
+
+    a, b, c = dtypes.promote_dtype((jnp.ones(2, jnp.int8), None, jnp.ones(2, jnp.float16)))
+    assert a.dtype == jnp.float16 and b is None and c.dtype == jnp.float16
+    (d,) = dtypes.promote_dtype((jnp.ones(2, jnp.int32),), inexact=False)
+    assert d.dtype == jnp.int32
+    with pytest.raises(ValueError, match="inexact"):
+        dtypes.canonicalize_dtype(jnp.ones(2), dtype=jnp.int32)
+    import nnxfn
+
+    assert nnxfn.nn.dtypes.promote_dtype is dtypes.promote_dtype

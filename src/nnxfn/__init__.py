@@ -246,3 +246,18 @@ from nnxfn.nn import summary as summary  # noqa: E402  (`nnx.summary.tabulate`)
 
 # -- engine --
 from nnxfn.facade.context import TraceContextError as TraceContextError  # noqa: E402
+
+
+def __getattr__(name: str):
+    # Flax 0.12 still answers `nnx.VariableState` (the pre-0.11 name) with a
+    # DeprecationWarning, without listing it in `dir(nnx)`.
+    if name == "VariableState":
+        import warnings
+
+        warnings.warn(
+            "'VariableState' was removed in Flax 0.11; it is an alias of 'Variable': use 'Variable'.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Variable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Layers, initializers, activations, attention, recurrence, summaries."""
 
+from nnxfn.nn import dtypes as dtypes
 from nnxfn.nn import initializers as initializers
 from nnxfn.nn import jax_pickle as _jax_pickle  # noqa: F401  (jitted functions pickle by name)
 from nnxfn.nn.activations import *  # noqa: F401,F403  (re-exported names listed in __all__)
@@ -44,6 +45,7 @@ from nnxfn.nn.stochastic import Dropout as Dropout
 from nnxfn.nn.summary import display as display, tabulate as tabulate
 
 __all__ = [
+    "dtypes",
     "initializers",
     *_activations,
     "MultiHeadAttention",

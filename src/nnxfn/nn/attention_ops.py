@@ -12,35 +12,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
+
 Array = jax.Array
 Dtype = Any
 PrecisionLike = None | str | lax.Precision | tuple[str, str] | tuple[lax.Precision, lax.Precision]
-
-
-class PromoteDtypeFn(Protocol):
-    """Signature of a dtype promotion function: ``fn(args, dtype=None)``."""
-
-    def __call__(self, args: Any, /, *, dtype: Any = None, inexact: bool = True) -> Any: ...
-
-
-def promote_dtype(args: Any, /, *, dtype: Any = None, inexact: bool = True) -> Any:
-    """Cast every non-``None`` array in the tuple ``args`` to one common dtype.
-
-    The dtype is ``dtype`` if given, else the JAX result type of ``args``
-    (promoted to at least float32 when ``inexact`` and it is not inexact).
-    """
-    arrays = [a for a in args if a is not None]
-    if dtype is None:
-        dtype = jnp.result_type(*arrays) if arrays else jnp.float32
-        if inexact and not jnp.issubdtype(dtype, jnp.inexact):
-            dtype = jnp.promote_types(jnp.float32, dtype)
-    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
 
 
 class _IntermediateFallback:

@@ -20,7 +20,7 @@ from jax import lax
 from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
-from nnxfn.nn.attention_ops import PromoteDtypeFn, promote_dtype
+from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 from nnxfn.nn.linear import (
     Dtype,
     Initializer,

@@ -22,7 +22,7 @@ from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
 from nnxfn.nn import initializers
-from nnxfn.nn.attention_ops import PromoteDtypeFn, promote_dtype
+from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 
 Array = jax.Array
 Dtype = tp.Any

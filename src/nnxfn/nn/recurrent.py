@@ -25,7 +25,7 @@ from nnxfn.facade.variables import Param, RngState
 from nnxfn.transforms import Carry as Carry_
 from nnxfn.transforms.rngs import split_rngs
 from nnxfn.nn import initializers
-from nnxfn.nn.attention_ops import promote_dtype as default_promote_dtype
+from nnxfn.nn.dtypes import promote_dtype as default_promote_dtype
 from nnxfn.nn.linear import Linear
 
 Array = jax.Array
