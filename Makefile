@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo lm test lint bench bench-lm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/train_digits.py $(ARGS)
+
+# A character-level GPT on the Python docs (optax, orbax, tqdm, matplotlib: the
+# checkpoint and demo extras). ARGS="--devices 8" for 8 simulated CPU devices.
+lm: $(STAMP)
+	$(BIN)/python examples/train_lm.py $(ARGS)
 
 # The suite, the docstring examples in src/, then lint and type checks. pytest's
 # "no tests collected" (exit 5) is reported and fails, like any other failure.
@@ -33,6 +38,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# The GPT of `make lm`: nnxfn vs Flax NNX vs raw JAX (ARGS="--devices 8", "--quick").
+bench-lm: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/lm.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
