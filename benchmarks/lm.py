@@ -15,22 +15,27 @@ decode step functions):
 
 All three start from the same values and layouts (the model created sharded
 as in train_lm.py, the batch split over `data`; no `in_shardings`, so XLA
-keeps or picks the layouts the same way for all) and donate the train state; the losses and the decoded tokens must agree (checked before
-timing). Measured: train-step tokens/s (median over interleaved rounds, each
-step waited for), decode tokens/s (chained one-token steps through the KV
-cache, `--decode-batch` rows), first call (trace + compile + run of a
-never-called step, median of fresh builds) and the compiled memory of the
-train step (`lower(...).compile().memory_analysis()`). A benchmark measures:
-it fails only if the variants compute different numbers.
+keeps or picks the layouts the same way for all) and donate the train state;
+the losses and the decoded tokens must agree (checked before timing).
+Measured: train-step tokens/s (median step time; the variants take turns
+step by step, each step waited for), decode tokens/s (chained one-token
+steps through the KV cache, `--decode-batch` rows), first call (trace +
+compile + run of a never-called step, median of fresh builds), the compiled
+memory of the train step (`lower(...).compile().memory_analysis()`) and
+whether its compiled program has the same instructions as raw JAX's. A
+benchmark measures: it fails only if the variants compute different numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import gc
 import json
+import math
 import os
+import re
 import sys
 import time
 import types
@@ -51,24 +56,28 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX variant")
     p.add_argument("--batch-size", type=int, default=None, help="train batch (default 32; quick 8)")
     p.add_argument("--decode-batch", type=int, default=8, help="rows decoded together")
-    p.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 7; quick 2)")
     p.add_argument(
-        "--steps-per-round", type=int, default=None, help="train steps per round (default 5; quick 2)"
+        "--train-steps", type=int, default=None, help="timed train steps per variant (default 30; quick 2)"
     )
+    p.add_argument("--reps", type=int, default=None, help="decode rounds per variant (default 7; quick 2)")
     p.add_argument(
         "--decode-steps", type=int, default=None, help="decode steps per round (default 64; quick 8)"
     )
     p.add_argument(
-        "--first-call-reps", type=int, default=None, help="fresh builds per variant (default 3; quick 1)"
+        "--first-call-reps",
+        type=int,
+        default=None,
+        help="fresh builds per variant (default 3; quick 1; 0: not measured)",
     )
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     q = args.quick
     args.batch_size = args.batch_size or (8 if q else 32)
+    args.train_steps = args.train_steps or (2 if q else 30)
     args.reps = args.reps or (2 if q else 7)
-    args.steps_per_round = args.steps_per_round or (2 if q else 5)
     args.decode_steps = args.decode_steps or (8 if q else 64)
-    args.first_call_reps = args.first_call_reps or (1 if q else 3)
+    if args.first_call_reps is None:
+        args.first_call_reps = 1 if q else 3
     if args.model_parallel is None:
         args.model_parallel = 2 if args.devices > 1 and args.devices % 2 == 0 else 1
     return args
@@ -184,6 +193,13 @@ class Variant:
         raise NotImplementedError
 
 
+def _rewind(model: tp.Any) -> None:
+    """Back to position 0. The caches' arrays stay (in the layout the last step gave them, so
+    every variant runs its decode step on the same layouts); what they hold is masked out."""
+    model.position[...] = model.position[...] * 0
+    model.blocks.attn.cache_index[...] = model.blocks.attn.cache_index[...] * 0
+
+
 def _first_tokens(s: Setup) -> jax.Array:
     return jax.device_put(np.arange(s.decode_batch, dtype=np.int32)[:, None] % s.vocab, s.replicated)
 
@@ -221,9 +237,7 @@ class ModuleVariant(Variant):
         self.reset_decode()
 
     def reset_decode(self) -> None:
-        m = self.decoder
-        m.position[...] = m.position[...] * 0
-        m.blocks.attn.cache_index[...] = m.blocks.attn.cache_index[...] * 0
+        _rewind(self.decoder)
         self.token = _first_tokens(self.s)
 
     def decode(self) -> jax.Array:
@@ -262,7 +276,8 @@ class RawVariant(Variant):
         _load(nnx, model, values)
         model.eval()
         nnx.jit(lambda m: m.init_cache(s.decode_batch, s.cfg.length))(model)
-        graphdef, self.decode_state0 = nnx.split(model)
+        self.decode_graphdef = graphdef = nnx.graphdef(model)
+        self.decode_state = nnx.state(model)
 
         def decode_step(state: tp.Any, tokens: jax.Array, key: jax.Array, temperature: jax.Array) -> tuple:
             model = nnx.merge(graphdef, state)
@@ -274,7 +289,9 @@ class RawVariant(Variant):
         self.reset_decode()
 
     def reset_decode(self) -> None:
-        self.decode_state, self.token = self.decode_state0, _first_tokens(self.s)
+        model = nnxfn.merge(self.decode_graphdef, self.decode_state)
+        _rewind(model)
+        self.decode_state, self.token = nnxfn.state(model), _first_tokens(self.s)
 
     def decode(self) -> jax.Array:
         self.token, self.decode_state = self.decode_fn(
@@ -344,31 +361,35 @@ def check_same_tokens(variants: dict[str, Variant], steps: int) -> None:
             raise AssertionError(f"{name} decoded other tokens than raw JAX")
 
 
-def rounds(
-    variants: dict[str, Variant], reps: int, calls: int, fn: str, reset: bool = False
-) -> dict[str, list[float]]:
-    """Seconds per call: `reps` rounds, the order rotating, GC off while timing; train steps
-    are waited for one by one, decode steps are chained and waited for at the end."""
+def train_times(variants: dict[str, Variant], steps: int) -> dict[str, list[float]]:
+    """Seconds per train step, each waited for; the variants take turns step by step (the
+    order rotating), so a change in the machine's load hits them alike. GC off while timing."""
+    names = list(variants)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    with no_gc():
+        for r in range(steps):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                jax.block_until_ready(variants[name].train())
+                out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def decode_times(variants: dict[str, Variant], reps: int, calls: int) -> dict[str, list[float]]:
+    """Seconds per decode step: per round and variant, `calls` chained steps from a rewound
+    cache, waited for at the end (the order rotating between rounds)."""
     names = list(variants)
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             v = variants[name]
-            if reset:
-                v.reset_decode()
-            call = getattr(v, fn)
+            v.reset_decode()
             with no_gc():
-                if fn == "train":
-                    for _ in range(calls):
-                        t0 = time.perf_counter()
-                        jax.block_until_ready(call())
-                        out[name].append(time.perf_counter() - t0)
-                else:
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        res = call()
-                    jax.block_until_ready(res)
-                    out[name].append((time.perf_counter() - t0) / calls)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    res = v.decode()
+                jax.block_until_ready(res)
+                out[name].append((time.perf_counter() - t0) / calls)
     return out
 
 
@@ -386,12 +407,29 @@ def first_calls(names: list[str], s: Setup, reps: int) -> dict[str, float]:
     return {n: median(x) for n, x in samples.items()}
 
 
-def memory(variants: dict[str, Variant]) -> dict[str, dict[str, int]]:
-    rows = {}
+def compiled(variants: dict[str, Variant]) -> tuple[dict[str, dict[str, int]], dict[str, bool]]:
+    """The train step's `memory_analysis()` per variant, and whether its compiled program has
+    the same instructions as raw JAX's (names, source locations and order aside)."""
+    memory, programs = {}, {}
     for name, v in variants.items():
-        analysis = v.lower().compile().memory_analysis()
-        rows[name] = {f: int(getattr(analysis, f, 0) or 0) for f in MEMORY_FIELDS}
-    return rows
+        executable = v.lower().compile()
+        analysis = executable.memory_analysis()
+        memory[name] = {f: int(getattr(analysis, f, 0) or 0) for f in MEMORY_FIELDS}
+        programs[name] = _instructions(executable.as_text())
+    return memory, {name: p == programs["raw"] for name, p in programs.items()}
+
+
+def _instructions(hlo: str) -> collections.Counter:
+    out: collections.Counter = collections.Counter()
+    for line in hlo.splitlines():
+        line = line.strip()
+        if " = " not in line or line.startswith("HloModule"):
+            continue
+        line = re.sub(r", metadata=\{.*?\}(?=,|$)", "", line)
+        line = re.sub(r"%[\w.\-]+", "%", line)  # value names
+        line = re.sub(r"\b([a-z_\-]+)\.\d+\b", r"\1", line)  # numbered computation names
+        out[re.sub(r"stack_frame_id=\d+", "", line)] += 1
+    return out
 
 
 def run(args: argparse.Namespace, log: tp.Callable[[str], None]) -> dict[str, tp.Any]:
@@ -418,7 +456,7 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None]) -> dict[str, tp
         v.prepare_decode(values)  # type: ignore[attr-defined]
 
     log("memory")
-    mem = memory(variants)
+    mem, same_program = compiled(variants)
     log("checking that the variants compute the same losses and tokens")
     losses = check_same_numbers(variants)
     check_same_tokens(variants, min(8, cfg.length))
@@ -427,11 +465,15 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None]) -> dict[str, tp
         v.reset_decode()
         jax.block_until_ready(v.decode())
     log("train steps")
-    train = rounds(variants, args.reps, args.steps_per_round, "train")
+    train = train_times(variants, args.train_steps)
     log("decode steps")
-    decode = rounds(variants, args.reps, min(args.decode_steps, cfg.length), "decode", reset=True)
+    decode = decode_times(variants, args.reps, min(args.decode_steps, cfg.length))
     log("first calls")
-    first = first_calls(names, s, args.first_call_reps)
+    first = (
+        first_calls(names, s, args.first_call_reps)
+        if args.first_call_reps
+        else dict.fromkeys(names, math.nan)
+    )
     tokens = args.batch_size * cfg.length
     results: dict[str, tp.Any] = {
         "devices": args.devices,
@@ -440,6 +482,7 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None]) -> dict[str, tp
         "batch": args.batch_size,
         "decode_batch": args.decode_batch,
         "losses": losses,
+        "same_program_as_raw": same_program,
         "variants": {},
     }
     for n in names:
@@ -473,12 +516,20 @@ def report(r: dict[str, tp.Any]) -> str:
         lines.append(
             f"| {name} | {v['train_tokens_per_s']:,.0f} ({v['train_vs_raw']:.2f}×) "
             f"| {v['decode_tokens_per_s']:,.0f} ({v['decode_vs_raw']:.2f}×) "
-            f"| {v['first_call_s']:.2f} s ({v['first_call_vs_raw']:.2f}×) "
+            f"| {_seconds(v['first_call_s'], v['first_call_vs_raw'])} "
             f"| {_kib(m['temp_size_in_bytes'])} | {_kib(m['argument_size_in_bytes'])} "
             f"| {_kib(m['output_size_in_bytes'])} | {_kib(m['alias_size_in_bytes'])} |"
         )
+    same = ", ".join(
+        f"{n}: {'yes' if ok else 'no'}" for n, ok in r["same_program_as_raw"].items() if n != "raw"
+    )
     lines.append("\n(ratios: to raw JAX; memory: the train step's `memory_analysis()`, per device)")
+    lines.append(f"compiled train step has the same HLO instructions as raw JAX's: {same}")
     return "\n".join(lines)
+
+
+def _seconds(s: float, ratio: float) -> str:
+    return "—" if math.isnan(s) else f"{s:.2f} s ({ratio:.2f}×)"
 
 
 def _kib(n: int) -> str:

@@ -25,7 +25,7 @@ def test_readme_example_runs(index: int):
 def test_readme_commands_match_makefile():
     text = README.read_text()
     make = (README.parent / "Makefile").read_text()
-    for target in ("demo", "test"):
+    for target in ("demo", "lm", "test"):
         assert f"make {target}" in text
         assert re.search(rf"^{target}:", make, flags=re.M)
     ci = (README.parent / ".ci" / "run").read_text()
