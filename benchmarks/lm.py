@@ -139,7 +139,7 @@ def _has_flax() -> bool:
 def config(args: argparse.Namespace) -> lm_model.Config:
     if args.quick:
         return lm_model.Config(length=32, dim=32, heads=4, depth=2, mlp=64)
-    return lm_model.Config(length=128, dim=128, heads=4, depth=4, mlp=512)  # train_lm.py's defaults
+    return lm_model.Config()  # train_lm.py's default model
 
 
 # -- the three variants -------------------------------------------------------------------------

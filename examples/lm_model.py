@@ -46,10 +46,10 @@ RULES = (
 class Config:
     vocab: int = 128  # the corpus's 103 characters, padded to a multiple of 8 for sharding
     length: int = 128  # context length (positions)
-    dim: int = 192
-    heads: int = 6
+    dim: int = 128  # (the defaults are train_lm.py's)
+    heads: int = 4
     depth: int = 4
-    mlp: int = 768
+    mlp: int = 512
     dropout: float = 0.1
 
 

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sample-length", type=int, default=None, help="characters to generate (default: fill the context)"
     )
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.5, help="below 1: more likely characters")
     p.add_argument("--top-k", type=int, default=20, help="sample among the k most likely characters (0: all)")
     p.add_argument("--no-plot", action="store_true", help="do not write loss.png")
     args = p.parse_args(argv)
