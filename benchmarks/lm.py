@@ -156,12 +156,8 @@ class Setup:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
-    @property
-    def data(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P("data"))
 
-
-def nnxfn_state(s: Setup) -> tuple[tp.Any, tp.Any]:
+def fresh_nnxfn(s: Setup) -> tuple[tp.Any, tp.Any]:
     """A fresh nnxfn model + optimizer, created sharded (as train_lm.py does)."""
     nnx = nnxfn
 
@@ -175,10 +171,14 @@ def nnxfn_state(s: Setup) -> tuple[tp.Any, tp.Any]:
 
 
 class Variant:
-    """One way of running the train and decode steps. `train()` returns the loss; `decode()`
-    one step's tokens; `reset_decode()` rewinds the caches; `lower()` the train step's Lowered."""
+    """One way of running the train and decode steps. `train()` returns the loss; `lower()`
+    the train step's Lowered; `prepare_decode(values)` makes a decoding model from `values`
+    (a pure dict); `decode()` runs one decode step; `reset_decode()` rewinds its caches."""
 
     name: str
+
+    def prepare_decode(self, values: dict) -> None:
+        raise NotImplementedError
 
     def train(self) -> jax.Array:
         raise NotImplementedError
@@ -325,7 +325,7 @@ def _load(nnx: tp.Any, node: tp.Any, values: dict) -> None:
 
 def build(name: str, s: Setup) -> Variant:
     """A never-called variant from fresh values (all variants get identical ones)."""
-    model, optimizer = nnxfn_state(s)
+    model, optimizer = fresh_nnxfn(s)
     if name == "nnxfn":
         return ModuleVariant("nnxfn", s, nnxfn, lm_model, model, optimizer)
     if name == "raw":
@@ -451,9 +451,9 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None]) -> dict[str, tp
     names = ["raw", "nnxfn"] + ([] if args.no_flax or not _has_flax() else ["flax"])
     log(f"building {names} on mesh {dict(mesh.shape)}")
     variants = {n: build(n, s) for n in names}
-    values = nnxfn.state(nnxfn_state(s)[0]).to_pure_dict()
+    values = nnxfn.state(fresh_nnxfn(s)[0]).to_pure_dict()
     for v in variants.values():
-        v.prepare_decode(values)  # type: ignore[attr-defined]
+        v.prepare_decode(values)
 
     log("memory")
     mem, same_program = compiled(variants)
