@@ -8,6 +8,7 @@ subclasses differ only by type, which filters select on. Reads:
 
 from __future__ import annotations
 
+import functools
 import operator
 import typing as tp
 import warnings
@@ -18,7 +19,7 @@ from jax._src.core import EvalTrace as _EvalTrace
 import jax.numpy as jnp
 
 from nnxfn.core import VariableLike
-from nnxfn.facade import context, spmd
+from nnxfn.facade import context, jaxtree, spmd
 from nnxfn.facade import varmodes
 
 A = tp.TypeVar("A")
@@ -45,7 +46,8 @@ class Variable(VariableLike, tp.Generic[A]):
     """
 
     # `_trace`: the JAX trace the Variable was made in (see `_check_trace`).
-    __slots__ = ("raw_value", "_metadata", "_frame", "_trace", "__weakref__")
+    # `_fresh`: built by a JAX unflatten, not yet claimed by a parent (see `jaxtree`).
+    __slots__ = ("raw_value", "_metadata", "_frame", "_trace", "_fresh", "__weakref__")
     required_metadata = frozenset(REQUIRED_METADATA)
     # True while `get_value`/`set_value` are not overridden: `v[...]`, arithmetic
     # and `.value` then read and write `raw_value` directly (the fast path).
@@ -407,6 +409,8 @@ _set_raw_value = Variable.__dict__["raw_value"].__set__
 _set_metadata = Variable.__dict__["_metadata"].__set__
 _set_frame = Variable.__dict__["_frame"].__set__
 _set_trace = Variable.__dict__["_trace"].__set__
+_set_fresh = Variable.__dict__["_fresh"].__set__
+jaxtree.set_fresh_slot(Variable.__dict__["_fresh"].__get__, _set_fresh)
 _LOCAL = context.LOCAL
 _TRACE_CTX = _jax_core.trace_ctx
 
@@ -539,18 +543,27 @@ def _flatten(v: Variable):
 
 
 def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
-    var = cls.from_parts(children[0], metadata)
-    if var._frame is None and isinstance(children[0], jax.core.Tracer):
-        object.__setattr__(var, "_frame", context.FOREIGN)
+    """`from_parts`, inlined (one per Variable of every JAX unflatten); a
+    Variable rebuilt from a tracer outside nnxfn's transforms is FOREIGN."""
+    (value,) = children
+    var = _new(cls)
+    _set_raw_value(var, value)
+    _set_metadata(var, metadata)
+    frames = _LOCAL.frames
+    _set_frame(var, frames[-1] if frames else (_FOREIGN if isinstance(value, _Tracer) else None))
+    _set_trace(var, _TRACE_REF.value)
+    _set_fresh(var, True)
     return var
+
+
+_FOREIGN = context.FOREIGN
+_Tracer = jax.core.Tracer
+_TRACE_REF = _jax_core.trace_state_strong_ref
 
 
 def _register_pytree(cls: type) -> None:
     jax.tree_util.register_pytree_with_keys(
-        cls,
-        _flatten_with_keys,
-        lambda metadata, children: _unflatten(cls, metadata, children),
-        _flatten,
+        cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten
     )
 
 
