@@ -11,23 +11,16 @@ P(y=1, x=2)
 
 from __future__ import annotations
 
-import abc
 import typing as tp
 
 
 from nnxfn.core import kinds as _graph
-from nnxfn.core.graphdef import ContainerDef, NodeDef, PytreeDef, Ref, VariableDef
+from nnxfn.core.graphdef import NodeDef, Ref, VariableDef
+from nnxfn.core.treegraph import TreeNodeDef
 from nnxfn.core.registry import key_order, lookup
 from nnxfn.core.variable_like import VariableLike
 
 
-class TreeNodeDef(abc.ABC):  # noqa: B024 - a marker for isinstance checks
-    """A GraphDef record of a node walked by value (list, tuple, dict, pytree),
-    as opposed to `NodeDef` (a graph node with identity)."""
-
-
-TreeNodeDef.register(ContainerDef)
-TreeNodeDef.register(PytreeDef)
 NodeRef = Ref
 
 
