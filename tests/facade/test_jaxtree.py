@@ -224,6 +224,10 @@ def test_sharing_made_by_an_in_place_list_edit_is_seen():
     out = jax.tree.map(lambda a: a + 1, m)
     assert out.layers[1] is out.layers[0]
     _eq(out.layers[0].bias[...], jnp.ones(3))
+    # the same on an object `unflatten` built (stamped without a walk)
+    rebuilt = jax.tree.map(lambda a: a, Holder())
+    rebuilt.layers.append(rebuilt.layers[0])
+    assert len(jax.tree.leaves(rebuilt)) == 2
 
 
 def test_sharing_made_by_tree_at_on_a_rebuilt_model_is_seen():

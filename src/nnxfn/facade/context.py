@@ -121,7 +121,9 @@ def bump_structure(obj: tp.Any = None) -> None:
     if obj is None:
         _HARD[0] += 1
         return
-    obj.__dict__["_nnx_version"] = _EPOCH[0]
+    d = obj.__dict__
+    d["_nnx_version"] = _EPOCH[0]
+    d.pop("_nnx_tree", None)  # its pytree memo (see jaxtree.py) no longer holds: drop what it refers to
 
 
 def metadata_changed() -> None:

@@ -200,9 +200,10 @@ def set_fresh_slot(getter: tp.Callable, setter: tp.Callable) -> None:
     _get_fresh, _set_fresh = getter, setter
 
 
-def _claim(x: tp.Any, epoch: int, own: list, snaps: list) -> bool:
-    """Claim `x` (a child of an object being built) for its parent: True if
-    `x` and everything below it is known not to share with anything else."""
+def _claim(x: tp.Any, epoch: int, snaps: list) -> bool:
+    """Claim `x` (a child of an object `unflatten` built) for its parent: True
+    if `x` and everything below it is known not to share with anything else
+    (`snaps` gets the list snapshots its subtree's answer depends on)."""
     t = type(x)
     k = KINDS.get(t)
     if k is None:
@@ -225,13 +226,11 @@ def _claim(x: tp.Any, epoch: int, own: list, snaps: list) -> bool:
         snaps.extend(m[SNAPS])
         return True
     if k == LIST or k == TUPLE:
-        if t is not tuple:
-            pair = (x, snapshot(x))
-            own.append(pair)
-            snaps.append(pair)
+        if t is not tuple:  # (also snapshotted when the parent was built, see `unflatten`)
+            snaps.append((x, snapshot(x)))
         ok = True
         for y in x.values() if t is dict else x:
-            ok = _claim(y, epoch, own, snaps) and ok
+            ok = _claim(y, epoch, snaps) and ok
         return ok
     if k == OTHER:
         leaves = jax.tree.leaves(x, is_leaf=is_graph)
@@ -240,7 +239,7 @@ def _claim(x: tp.Any, epoch: int, own: list, snaps: list) -> bool:
         ok = not _mutable(x)
         for y in leaves:
             if is_graph(y):
-                ok = _claim(y, epoch, own, snaps) and ok
+                ok = _claim(y, epoch, snaps) and ok
         return ok
     return False  # a pytree=False object given as a leaf
 
@@ -283,15 +282,14 @@ def _verify(m: list, epoch: int) -> bool:
     for cur in reversed(order):
         if cur[SHARED] is not PENDING:
             continue
-        own: list = list(cur[OWN])
-        snaps: list = list(cur[OWN])
+        snaps: list = list(cur[OWN])  # its lists as they were when it was built
         ok = True
         for c in cur[SNAPS]:
-            ok = _claim(c, epoch, own, snaps) and ok
+            ok = _claim(c, epoch, snaps) and ok
         if ok:
-            cur[OWN], cur[SHARED], cur[SNAPS] = tuple(own), False, tuple(snaps)
+            cur[SHARED], cur[SNAPS] = False, tuple(snaps)
         else:
-            cur[EPOCH], cur[OWN], cur[SHARED], cur[SNAPS] = -1, tuple(own), None, _NONE
+            cur[EPOCH], cur[SHARED], cur[SNAPS] = -1, None, _NONE
     return m[SHARED] is False
 
 
