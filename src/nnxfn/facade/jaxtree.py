@@ -66,16 +66,18 @@ _object_new = object.__new__
 _NONE: tuple = ()
 
 # -- the memo ------------------------------------------------------------------------------
-# A list (cheap to make: one per object of every unflatten):
-#   [EPOCH, VIEW, VERSION, OWN, SHARED, SNAPS, FRESH]
+# An object's memo is a list [EPOCH, VIEW, VERSION, OWN, SHARED, SNAPS, FRESH]:
 # EPOCH: the structure epoch when SHARED was found (-1: unknown, walk again).
 # VIEW/VERSION/OWN: the View, valid while the object's structure version is
 #   VERSION and the plain lists/dicts of its own attributes (OWN, as
 #   (container, snapshot) pairs) hold the same items.
 # SHARED: whether the subtree reaches an object twice; SNAPS: the lists/dicts
 #   of the whole subtree. FRESH: built by `unflatten`, not yet claimed.
-# An object `unflatten` built is PENDING: SNAPS holds its children, claimed
-# by the first flatten that needs the answer (`_verify`).
+# An object `unflatten` built is PENDING (fresh, its children not claimed
+# yet: the first flatten that needs the answer claims them, `_verify`). Its
+# memo is then its bare View (no list to make), or a list with SHARED ==
+# PENDING if it holds plain lists/dicts (OWN: their snapshots). A structural
+# change of the object drops its memo (`context.bump_structure`).
 EPOCH, VIEW, VERSION, OWN, SHARED, SNAPS, FRESH = range(7)
 PENDING = "pending"
 
@@ -87,17 +89,27 @@ def _same(snaps: tuple) -> bool:
     return True
 
 
+def _is_pending(m: tp.Any) -> bool:
+    return m is not None and (type(m) is not list or m[SHARED] is PENDING)
+
+
 def memo_of(obj: tp.Any) -> list:
     """The object's valid memo: its stamp if still valid, else its claims
     settled (if `unflatten` built it), else a walk of its subtree."""
-    m = obj.__dict__.get(MEMO)
-    epoch = _EPOCH[0]
-    if m is not None and m[EPOCH] == epoch:
-        if m[SHARED] is PENDING:
-            if _verify(m, epoch):
-                return m
-        elif m[SHARED] is not None and (not m[SNAPS] or _same(m[SNAPS])):
+    d = obj.__dict__
+    m = d.get(MEMO)
+    if _is_pending(m):
+        _verify(obj)
+        m = d[MEMO]
+        if m[SHARED] is False:
             return m
+    elif (
+        m is not None
+        and m[EPOCH] == _EPOCH[0]
+        and m[SHARED] is not None
+        and (not m[SNAPS] or _same(m[SNAPS]))
+    ):
+        return m
     return _walk(obj)
 
 
@@ -105,8 +117,11 @@ def _view_of(node: tp.Any) -> tuple[View, int]:
     d = node.__dict__
     version = d.get("_nnx_version", 0)
     m = d.get(MEMO)
-    if m is not None and m[VERSION] == version and (not m[OWN] or _same(m[OWN])):
-        return m[VIEW], version
+    if m is not None:
+        if type(m) is not list:  # a bare View: nothing changed since `unflatten` made it
+            return m, version
+        if m[VERSION] == version and (not m[OWN] or _same(m[OWN])):
+            return m[VIEW], version
     return type(node)._nnx_make_view(node), version
 
 
@@ -218,9 +233,9 @@ def _claim(x: tp.Any, epoch: int, snaps: list) -> bool:
             return False
         _set_fresh(x, False)
         return True
-    if k == NODE:
+    if k == NODE:  # settled first (see `_verify`)
         m = x.__dict__.get(MEMO)
-        if m is None or not m[FRESH] or m[EPOCH] != epoch or m[SHARED] is not False:
+        if type(m) is not list or not m[FRESH] or m[EPOCH] != epoch or m[SHARED] is not False:
             return False
         m[FRESH] = False
         snaps.extend(m[SNAPS])
@@ -263,34 +278,40 @@ def _graph_children(children: tp.Iterable) -> list:
     return out
 
 
-def _verify(m: list, epoch: int) -> bool:
-    """Settle a PENDING memo: claim its children, after settling the PENDING
-    memos of the fresh objects below it (iteratively, children first)."""
+def _verify(root: tp.Any) -> None:
+    """Settle a PENDING object: claim its children, after settling the PENDING
+    objects below it (iteratively, children first)."""
     order: list = []
     seen: set = set()
-    stack = [m]
+    stack = [root]
     while stack:
-        cur = stack.pop()
-        if id(cur) in seen:
+        obj = stack.pop()
+        if id(obj) in seen:
             continue
-        seen.add(id(cur))
-        order.append(cur)
-        for x in _graph_children(cur[SNAPS]):
-            cm = x.__dict__.get(MEMO)
-            if cm is not None and cm[SHARED] is PENDING and cm[FRESH] and cm[EPOCH] == epoch:
-                stack.append(cm)
-    for cur in reversed(order):
-        if cur[SHARED] is not PENDING:
+        seen.add(id(obj))
+        order.append(obj)
+        m = obj.__dict__[MEMO]
+        view = m if type(m) is not list else m[VIEW]
+        stack.extend(
+            x for x in _graph_children(view.values(obj.__dict__)) if _is_pending(x.__dict__.get(MEMO))
+        )
+    epoch = _EPOCH[0]
+    for obj in reversed(order):
+        d = obj.__dict__
+        m = d[MEMO]
+        if not _is_pending(m):
             continue
-        snaps: list = list(cur[OWN])  # its lists as they were when it was built
-        ok = True
-        for c in cur[SNAPS]:
-            ok = _claim(c, epoch, snaps) and ok
+        view, own = (m, _NONE) if type(m) is not list else (m[VIEW], m[OWN])
+        snaps: list = list(own)  # its lists as they were when it was built
+        ok = not own or _same(own)
         if ok:
-            cur[SHARED], cur[SNAPS] = False, tuple(snaps)
+            for c in view.values(d):
+                ok = _claim(c, epoch, snaps) and ok
+        version = d.get("_nnx_version", 0)
+        if ok:
+            d[MEMO] = [epoch, view, version, own, False, tuple(snaps), True]
         else:
-            cur[EPOCH], cur[SHARED], cur[SNAPS] = -1, None, _NONE
-    return m[SHARED] is False
+            d[MEMO] = [-1, view, version, own, None, _NONE, False]
 
 
 def unflatten(view: tp.Any, children: tp.Sequence) -> tp.Any:
@@ -316,8 +337,10 @@ def unflatten(view: tp.Any, children: tp.Sequence) -> tp.Any:
             d["_nnx_frame"] = _FOREIGN
             context.remember_foreign_path(obj, ())  # the root, until a parent claims it
             _remember_paths(obj, view, children)
-    own = _snapshots([d[k] for k in view.list_names]) if view.list_names else _NONE
-    d[MEMO] = [_EPOCH[0], view, 0, own, PENDING, children, True]
+    if view.list_names:
+        d[MEMO] = [-1, view, 0, _snapshots([d[k] for k in view.list_names]), PENDING, _NONE, True]
+    else:
+        d[MEMO] = view  # PENDING (see the memo above): nothing to allocate
     return obj
 
 
@@ -354,7 +377,12 @@ def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
 def flatten(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     d = obj.__dict__
     m = d.get(MEMO)
-    if m is None or m[SHARED] is not False or m[EPOCH] != _EPOCH[0] or (m[SNAPS] and not _same(m[SNAPS])):
+    if (
+        type(m) is not list
+        or m[SHARED] is not False
+        or m[EPOCH] != _EPOCH[0]
+        or (m[SNAPS] and not _same(m[SNAPS]))
+    ):
         m = memo_of(obj)
     if m[SHARED]:
         from nnxfn.facade import whole
