@@ -22,12 +22,17 @@ and what each costs:
   one tuple build.
 - Otherwise the flatten walks the subtree once (O(objects below)) and stamps
   every object in it, so the children JAX flattens next find valid stamps.
-- `unflatten` stamps what it builds without a walk: an object whose graph
-  children are all objects built by a JAX unflatten and not yet claimed by a
-  parent (each claim is made once) cannot share. So the model returned by
-  `jax.jit(step)(model)` or `jax.tree.map` flattens on the fast path. A
-  child that was not built fresh (an object put in by `eqx.tree_at`, a
-  Variable given as a leaf) leaves its parent unknown: its next flatten walks.
+- An object `unflatten` built needs no walk: its first flatten claims its
+  children instead (O(children), objects built by the same unflatten first).
+  An object whose graph children are all built by a JAX unflatten and not
+  yet claimed by another parent (a claim is made once) cannot share. So the
+  model returned by `jax.jit(step)(model)` or `jax.tree.map` flattens
+  without a walk, and a roundtrip that is not flattened again pays nothing.
+  A child that was not built fresh (an object put in by `eqx.tree_at`, a
+  Variable given as a leaf) leaves its parent unknown: the flatten walks.
+- A walk also looks inside plain lists/dicts and foreign pytrees (Equinox
+  modules); a foreign pytree that can change in place (not a tuple or frozen
+  dataclass) is never trusted: the objects holding one walk on every flatten.
 """
 
 from __future__ import annotations
