@@ -8,6 +8,7 @@ import typing as tp
 import jax
 from jax.experimental import checkify as _checkify
 
+from nnxfn.facade.varmodes import is_mutable, read
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
@@ -38,9 +39,9 @@ def eval_shape(
     body = body_fn(f, entry.static, "nnx.eval_shape", cell)
 
     def inner(values: list, others: list) -> tuple:
-        # Refs (e.g. `hijax` Variables' values) cannot leave a trace: their shapes do.
+        # Refs and Boxes (`ref`/`hijax` Variables' storage) cannot leave a trace: their shapes do.
         out = body(values, others), values
-        return jax.tree.map(lambda x: x[...] if isinstance(x, jax.Ref) else x, out)
+        return jax.tree.map(lambda x: read(x) if is_mutable(x) else x, out)
 
     (out_arrays, emitted), inputs = jax.eval_shape(inner, entry.values, entry.others)
     exit_static = cell["exit"]
