@@ -77,7 +77,13 @@ class State(Mapping):
     def __delitem__(self, key: tp.Any) -> None:
         raise TypeError(_immutable(key))
 
-    __eq__ = object.__eq__
+    def __eq__(self, other: object) -> bool:
+        """Compared as a Mapping (Flax): equal keys, and values equal by `==`
+        (an empty State equals `{}`; a State is never hashable)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self is other or self._mapping == dict(other.items())
+
     __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self):

@@ -213,13 +213,13 @@ def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
 
 def needs_box(value: tp.Any) -> bool:
     """True if `value`, declared data, is not a leaf or container by itself
-    (`nnx.data(1)`, a registered data type): the core then keeps it whole as a leaf."""
+    (`nnx.data(1)`, a registered data type that JAX sees as one leaf): the core
+    then keeps it whole as a leaf. A registered data type that is a pytree node
+    (a `flax.struct.dataclass` holding Params) is walked into, as Flax does."""
     t = type(value)
-    if t in pytreelib.DATA_TYPES:
-        return True
     if t in _SCALARS:
         return True
-    if pytreelib.is_data(value) or t in (list, tuple, dict):
+    if t not in pytreelib.DATA_TYPES and (pytreelib.is_data(value) or t in (list, tuple, dict)):
         return False
     return jax.tree_util.treedef_is_leaf(jax.tree.structure(value))
 

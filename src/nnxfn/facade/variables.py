@@ -648,11 +648,66 @@ def _fits(ref: tp.Any, value: tp.Any) -> bool:
 class HijaxVariable(RefVariable[A]):
     """Mixin of the `hijax=True` Variable types (`nnx.Variable(x, hijax=True)`):
     writes inside plain JAX transforms reach the Variable; `get_raw_value()`
-    gives the plain value unless `ref=True` too."""
+    gives the plain value unless `ref=True` too.
+
+    Without `ref=True` the value is kept in one JAX `Box`, whose contents may
+    change structure inside `jax.jit` (`metrics['new_key'] = x`); with it (or
+    for a Variable made inside a JAX trace, where JAX's Box is not reliable),
+    in `jax.Ref`s as `RefVariable`."""
 
     hijax = True
     _mode_ref = False
     _trace_checked = False
+
+    @classmethod
+    def _store(cls, value: tp.Any) -> tp.Any:  # type: ignore[override]
+        if cls._mode_ref or varmodes.tracing():
+            return varmodes.to_refs(value)
+        return varmodes.to_box(value)
+
+    @classmethod
+    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+        # Outside a trace a hijax Variable keeps its value in a Box, whatever it was
+        # given (plain arrays merged into a hijax GraphDef, Refs a jitted call made).
+        if not cls._mode_ref and not varmodes.is_box(value) and not varmodes.tracing():
+            value = varmodes.to_box(value)
+        return super().from_parts(value, metadata)
+
+    def get_raw_value(self) -> A:
+        raw = self.raw_value
+        if varmodes.is_box(raw):
+            return raw.get()
+        return super().get_raw_value()
+
+    def set_raw_value(self, value: A) -> None:
+        if self._mode_ref:
+            super().set_raw_value(value)
+        else:
+            self.set_raw(value)
+
+    def set_raw(self, value: tp.Any) -> None:
+        raw = self.raw_value
+        if varmodes.is_box(raw) and not varmodes.is_box(value):
+            varmodes.box_set(raw, varmodes.from_refs(value))  # the same Box: JAX carries the write
+        else:
+            super().set_raw(value)
+
+    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+        raw = self.raw_value
+        if not varmodes.is_box(raw):
+            return super().get_value(index=index)
+        value = raw.get()
+        return value if index is _MISSING or index is Ellipsis else value[index]
+
+    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+        raw = self.raw_value
+        if not varmodes.is_box(raw):
+            super().set_value(value, index=index)
+            return
+        if isinstance(value, Variable):
+            value = value.get_value()
+        new = value if index is _MISSING else _set_item(raw.get(), index, value)
+        varmodes.box_set(raw, new)
 
 
 class Param(Variable[A]):

@@ -251,7 +251,7 @@ def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.A
             elif shape is not None and tuple(x.shape) == shape:
                 items, own = _opt_metadata(param)
                 value = _placed(x, unbox(param), items, own)
-                pairs.append((path, OptVariable.from_parts(value, items)))
+                pairs.append((path, OptVariable.from_metadata(value, _mode_of(param, items))))
             else:
                 pairs.append((path, OptArray(x)))
         return State.from_flat_path(pairs)
@@ -274,6 +274,14 @@ def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
     if own:
         items[spmd.spec_key(items) or "out_sharding"] = items.pop("optimizer_sharding")
     return tuple(sorted(items.items())), own
+
+
+def _mode_of(param: tp.Any, items: tuple) -> dict[str, tp.Any]:
+    """`items` plus the parameter's `hijax`/`ref` mode: a mirror is kept like
+    its parameter (Flax: `OptVariable(value, **param.get_metadata())`)."""
+    if not isinstance(param, Variable):
+        return dict(items)
+    return {**dict(items), "hijax": param.hijax, "ref": param.ref}
 
 
 def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:

@@ -7,6 +7,7 @@ import typing as tp
 
 import jax
 
+from nnxfn.facade import varmodes
 from nnxfn.transforms import boundary, retrace
 from nnxfn.transforms.common import (
     MethodWrapper,
@@ -179,31 +180,35 @@ jax.tree_util.register_pytree_node(_RefStatic, lambda s: ((), s.value), lambda v
 
 
 def _ref_plan(out_arrays: list, emitted: list, others: list) -> tuple | None:
-    """Where the outputs hold `jax.Ref`s, as ((out index, input index or None), ...) and
-    (emitted index, ...); None when there are none (the common case)."""
-    if not any(isinstance(x, jax.Ref) for x in out_arrays) and not any(
-        isinstance(x, jax.Ref) for x in emitted
-    ):
+    """Where the outputs hold `jax.Ref`s or `Box`es (hijax Variables' storage), as
+    ((out index, input index or None, is a Box), ...) and ((emitted index, is a
+    Box), ...); None when there are none (the common case)."""
+    mutable = varmodes.is_mutable
+    if not any(map(mutable, out_arrays)) and not any(map(mutable, emitted)):
         return None
-    inputs = {id(x): j for j, x in enumerate(others) if isinstance(x, jax.Ref)}
-    outs = tuple((k, inputs.get(id(x))) for k, x in enumerate(out_arrays) if isinstance(x, jax.Ref))
-    states = tuple(k for k, x in enumerate(emitted) if isinstance(x, jax.Ref))
+    inputs = {id(x): j for j, x in enumerate(others) if mutable(x)}
+    outs = tuple((k, inputs.get(id(x)), varmodes.is_box(x)) for k, x in enumerate(out_arrays) if mutable(x))
+    states = tuple((k, varmodes.is_box(x)) for k, x in enumerate(emitted) if mutable(x))
     return outs, states
 
 
 def _frozen(values: list) -> list:
-    return [x[...] if isinstance(x, jax.Ref) else x for x in values]
+    return [varmodes.read(x) if varmodes.is_mutable(x) else x for x in values]
+
+
+def _remade(value: tp.Any, box: bool) -> tp.Any:
+    return varmodes.to_box(value) if box else jax.new_ref(value)
 
 
 def _commit_refs(entry: boundary.Entry, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
-    """Commit after a call that returned Refs: an argument Ref comes back as the
-    caller's own object; a Ref made inside comes back as a new Ref holding its value."""
+    """Commit after a call that returned Refs/Boxes: an argument one comes back as
+    the caller's own object; one made inside comes back as a new one holding its value."""
     exit_static, (outs, states) = plan
     out_arrays, emitted = list(out_arrays), list(emitted)
-    for k, j in outs:
-        out_arrays[k] = jax.new_ref(out_arrays[k]) if j is None else entry.others[j]
-    for k in states:
-        emitted[k] = jax.new_ref(emitted[k])
+    for k, j, box in outs:
+        out_arrays[k] = _remade(out_arrays[k], box) if j is None else entry.others[j]
+    for k, box in states:
+        emitted[k] = _remade(emitted[k], box)
     return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
