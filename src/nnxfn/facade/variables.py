@@ -556,14 +556,26 @@ def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
     return var
 
 
+def _unflatten_by_parts(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+    """`_unflatten` for a type with its own `from_parts` (e.g. hijax Variables)."""
+    (value,) = children
+    var = cls.from_parts(value, metadata)
+    if var._frame is None and isinstance(value, _Tracer):
+        _set_frame(var, _FOREIGN)
+    _set_fresh(var, True)
+    return var
+
+
 _FOREIGN = context.FOREIGN
 _Tracer = jax.core.Tracer
 _TRACE_REF = _jax_core.trace_state_strong_ref
 
 
 def _register_pytree(cls: type) -> None:
+    own_parts = cls.from_parts.__func__ is not Variable.__dict__["from_parts"].__func__  # type: ignore[attr-defined]
+    unflatten = _unflatten_by_parts if own_parts else _unflatten
     jax.tree_util.register_pytree_with_keys(
-        cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten
+        cls, _flatten_with_keys, functools.partial(unflatten, cls), _flatten
     )
 
 
