@@ -195,6 +195,23 @@ def restore_int_paths(pure_dict: Mapping) -> dict:
     return walk(pure_dict)
 
 
+def create_path_filters(state: tp.Any) -> dict:
+    """`{PathIn(*paths): value}` grouping the paths of `state` by leaf value (a
+    Variable's value): the mapping form of a State of per-leaf values, as
+    `StateAxes`/`StateSharding` take it.
+
+    >>> filters = create_path_filters(State({"a": 0, "b": {"c": 0, "d": 1}}))
+    >>> [(f(("a",), None), f(("b", "c"), None), value) for f, value in filters.items()]
+    [(True, True, 0), (False, False, 1)]
+    """
+    groups: dict[tp.Any, list[Path]] = {}
+    for path, value in to_flat_state(state):
+        if isinstance(value, VariableLike):
+            value = value.get_value()
+        groups.setdefault(value, []).append(path)
+    return {filterlib.PathIn(*paths): value for value, paths in groups.items()}
+
+
 def diff(state: tp.Any, other: tp.Any) -> State:
     """The leaves of `state` whose paths are not in `other`."""
     state = as_state(state)

@@ -264,6 +264,20 @@ def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.A
     return jax.tree.map(box, opt_state, is_leaf=lambda x: isinstance(x, State))
 
 
+def to_opt_state(tree: tp.Any) -> tp.Any:
+    """`tree` with each Variable replaced by an `OptVariable` holding its value and
+    metadata (its `optimizer_sharding`, if any, as the sharding) and each other leaf
+    boxed as an `OptArray`: how optimizer state mirrors the parameters."""
+
+    def box(x: tp.Any) -> tp.Any:
+        if isinstance(x, Variable):
+            items, _ = _opt_metadata(x)
+            return OptVariable.from_metadata(x.get_value(), dict(items))
+        return OptArray(x)
+
+    return jax.tree_util.tree_map(box, tree, is_leaf=lambda x: isinstance(x, Variable))
+
+
 def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
     """The metadata a mirror of `param` carries, and whether it has its own
     sharding: `optimizer_sharding` (if set) replaces the parameter's annotation."""
