@@ -30,7 +30,7 @@ F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _NOTHING = object()  # "the stack was empty before this switch was made"
 
 
-class _ModeSwitch:
+class ModeSwitch:
     """A boolean setting with a per-thread stack (see the module docstring).
 
     Making the object sets the value at once (so a plain call takes effect);
@@ -104,16 +104,16 @@ class _ModeSwitch:
         return f"{type(self).__name__}({self.value!r})"
 
 
-class set_graph_mode(_ModeSwitch):  # noqa: N801 - Flax's name
+class set_graph_mode(ModeSwitch):  # noqa: N801 - Flax's name
     """Flax's graph (True) / tree (False) mode switch; nnxfn always computes
     graph-mode results. With False, what Flax's tree mode rejects (shared
     Variables, cycles, ...) raises Flax's errors (see `core/treemode.py`)."""
 
 
-class set_graph_updates(_ModeSwitch):  # noqa: N801 - Flax's name
+class set_graph_updates(ModeSwitch):  # noqa: N801 - Flax's name
     """Flax's graph-updates switch; nnxfn always propagates graph updates.
     With False, transforms raise Flax's errors for what that mode rejects
     (e.g. an input Variable returned as an output; see `transforms/treemode.py`)."""
 
 
-__all__ = ["set_graph_mode", "set_graph_updates"]
+__all__ = ["ModeSwitch", "set_graph_mode", "set_graph_updates"]

@@ -70,6 +70,7 @@ from nnxfn.core.pytrees import (
     unflatten_pytree as _unflatten_pytree,
 )
 from nnxfn.core.state import State as State
+from nnxfn.transforms.common import Static as Static
 
 variables = state
 

@@ -678,6 +678,13 @@ class Bidirectional(Module):
         self.merge_fn = merge_fn
         self.time_major = time_major
         self.return_carry = return_carry
+        # the stream both directions draw initial carries from when a call passes no rngs
+        if isinstance(rngs, Rngs):
+            self.rngs = rngs.carry.fork()
+        elif isinstance(rngs, RngStream):
+            self.rngs = rngs
+        else:
+            self.rngs = RngStream(jax.random.key(0), tag="carry") if rngs else None
 
     def __call__(
         self,
@@ -695,6 +702,7 @@ class Bidirectional(Module):
         the backward direction always runs reversed and keeps input order."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
+        rngs = self.rngs if rngs is None else rngs
         fw0, bw0 = (None, None) if initial_carry is None else initial_carry
         fw_carry, fw_out = self.forward_rnn(
             inputs,

@@ -66,7 +66,7 @@ class Optimizer(Object, tp.Generic[M]):
       model: the model whose `wrt` Variables are trained.
       tx: an optax `GradientTransformation`.
       wrt: a filter selecting the trained Variables (default `Param`).
-      graph: accepted for Flax compatibility; nnxfn has one behaviour.
+      graph: Flax's mode flag, kept as `self.graph`; nnxfn has one behaviour.
     """
 
     def __init__(
@@ -83,6 +83,7 @@ class Optimizer(Object, tp.Generic[M]):
         self.step = OptState(jnp.array(0, dtype=jnp.uint32))
         self.tx = static(tx)
         self.wrt = static(wrt)
+        self.graph = graph  # Flax's mode flag, kept as given (it selects no result)
         raw = State.from_flat_path([(p, unbox(v)) for p, v in params])
         self.opt_state = _box_opt_state(tx.init(raw), params)
         object.__setattr__(self, "_nnx_model", model)
@@ -177,7 +178,7 @@ class ModelAndOptimizer(Optimizer[M]):
         wrt: tp.Any = Param,
         graph: bool | None = None,
     ):
-        super().__init__(model, tx, wrt=wrt)
+        super().__init__(model, tx, wrt=wrt, graph=graph)
         self.model = model
 
 

@@ -16,12 +16,22 @@ from nnxfn.transforms.boundary import Entry, EntryStatic, Inside, is_node, leave
 
 
 class Static:
-    """A leafless pytree node carrying hashable data through a JAX transform."""
+    """A leafless pytree node carrying hashable data through a JAX transform
+    (Flax's `graphlib.Static`); compared and hashed by its value."""
 
     __slots__ = ("value",)
 
     def __init__(self, value: tp.Any):
         self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.value == other.value  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.value))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
 
 
 jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _: Static(v))

@@ -173,9 +173,7 @@ class JitWrapped(MethodWrapper):
                 per_leaf = [_for_arg(self._in_spec, o) for o in owners]
                 check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
             if self._in_spec is not None or self._out_spec is not None:
-                in_spec = resolve_in_shardings(
-                    self._in_spec, entry, state_owner, other_owner, donated_idx
-                )
+                in_spec = resolve_in_shardings(self._in_spec, entry, state_owner, other_owner, donated_idx)
                 shardings = (in_spec, resolve_out_shardings(self._out_spec))
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
@@ -271,10 +269,11 @@ def _constrain_by_path(
 
 
 class Stage:
-    """What `Traced`, `Lowered` and `Compiled` share: the JAX stage they wrap (`traced`,
-    `lowered`, `compiled`), the `JitWrapped` they come from (`jit_wrapped`), and every
-    attribute of the JAX stage (`in_tree`, `in_avals`, `donate_argnums`, `as_text`, ...),
-    which describe `jitted_fn`'s pure arguments."""
+    """What `Traced`, `Lowered` and `Compiled` share: the `JitWrapped` they come from
+    (`jit_wrapped`) and the JAX stage they wrap (`traced`, `lowered`, `compiled`), whose
+    `in_tree`, `in_avals`, `donate_argnums`, ... describe `jitted_fn`'s pure arguments."""
+
+    __slots__ = ("_inner", "jit_wrapped", "_static", "_bound")
 
     def __init__(self, inner: tp.Any, jit_wrapped: JitWrapped, static: tuple, bound: tuple = ()):
         self._inner, self.jit_wrapped, self._static, self._bound = inner, jit_wrapped, static, bound
@@ -284,18 +283,31 @@ class Stage:
         (`nnx.jit_partial`): its compiled form takes the remaining ones."""
         return type(self)(self._inner, self.jit_wrapped, self._static, partial_args)
 
-    def __getattr__(self, name: str) -> tp.Any:
-        if name.startswith("__") or name in ("_inner", "jit_wrapped", "_static", "_bound"):
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    @property
+    def in_tree(self) -> tp.Any:
+        return self._inner.in_tree
+
+    @property
+    def in_avals(self) -> tp.Any:
+        return self._inner.in_avals
+
+    @property
+    def donate_argnums(self) -> tp.Any:
+        return self._inner.donate_argnums
 
 
 class Traced(Stage):
     """`JitWrapped.trace(...)`: JAX's `Traced` (as `.traced`); `.lower()` gives a `Lowered`."""
 
+    __slots__ = ()
+
     @property
     def traced(self) -> tp.Any:
         return self._inner
+
+    @property
+    def out_info(self) -> tp.Any:
+        return self._inner.out_info
 
     def lower(self, *, lowering_platforms: tuple[str, ...] | None = None) -> Lowered:
         lowered = self._inner.lower(lowering_platforms=lowering_platforms)
@@ -303,16 +315,35 @@ class Traced(Stage):
 
 
 class Lowered(Stage):
-    """`JitWrapped.lower(...)`: JAX's `Lowered` (as `.lowered`; its methods are
-    available) whose `compile()` returns a `Compiled` taking the original arguments."""
+    """`JitWrapped.lower(...)`: JAX's `Lowered` (as `.lowered`), whose `compile()`
+    returns a `Compiled` taking the original arguments."""
+
+    __slots__ = ()
 
     @property
     def lowered(self) -> tp.Any:
         return self._inner
 
+    @property
+    def args_info(self) -> tp.Any:
+        return self._inner.args_info
+
+    @property
+    def out_tree(self) -> tp.Any:
+        return self._inner.out_tree
+
     def compile(self, compiler_options: tp.Any = None) -> Compiled:
         compiled = self._inner.compile(compiler_options)
         return Compiled(compiled, self.jit_wrapped, self._static, self._bound)
+
+    def as_text(self, dialect: str | None = None, *, debug_info: bool = False) -> str:
+        return self._inner.as_text(dialect=dialect, debug_info=debug_info)
+
+    def compiler_ir(self, dialect: str | None = None) -> tp.Any:
+        return self._inner.compiler_ir(dialect=dialect)
+
+    def cost_analysis(self) -> tp.Any:
+        return self._inner.cost_analysis()
 
 
 class Compiled(Stage):
@@ -320,14 +351,44 @@ class Compiled(Stage):
     arguments it was lowered for (same structure and shapes); Module updates are
     committed as by the jitted call."""
 
+    __slots__ = ()
+
     @property
     def compiled(self) -> tp.Any:
         return self._inner
 
     @property
+    def args_info(self) -> tp.Any:
+        return self._inner.args_info
+
+    @property
+    def out_tree(self) -> tp.Any:
+        return self._inner.out_tree
+
+    @property
+    def input_shardings(self) -> tp.Any:
+        return self._inner.input_shardings
+
+    @property
+    def output_shardings(self) -> tp.Any:
+        return self._inner.output_shardings
+
+    @property
     def input_layouts(self) -> tp.Any:
         """The layouts of the pure arguments (JAX's `input_formats`)."""
         return self._inner.input_formats
+
+    def as_text(self) -> str | None:
+        return self._inner.as_text()
+
+    def cost_analysis(self) -> tp.Any:
+        return self._inner.cost_analysis()
+
+    def memory_analysis(self) -> tp.Any:
+        return self._inner.memory_analysis()
+
+    def runtime_executable(self) -> tp.Any:
+        return self._inner.runtime_executable()
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, static, kept, donated, _ = self.jit_wrapped._prepare(self._bound + args, kwargs)
