@@ -57,9 +57,10 @@ def unflatten_pytree(pairs: tp.Iterable[tuple[tp.Any, tp.Any]], meta: PytreeMeta
     return meta.treedef.unflatten([v for _, v in ordered])
 
 
-def is_pytree_node(x: tp.Any) -> bool:
-    """True for containers and foreign pytrees that have children."""
-    if isinstance(x, VariableLike) or lookup(type(x)) is not None:
+def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
+    """True for containers and foreign pytrees that have children (graph nodes such as
+    Modules too, if `check_graph_registry=False`: they are JAX pytrees as well)."""
+    if isinstance(x, VariableLike) or (check_graph_registry and lookup(type(x)) is not None):
         return False
     if type(x) in (list, tuple, dict):
         return True
@@ -76,10 +77,10 @@ def is_node_leaf(x: tp.Any) -> bool:
     return isinstance(x, (VariableLike, jax.Array, np.ndarray, jax.Ref))
 
 
-def is_node_type(t: type) -> bool:
+def is_node_type(x: type) -> bool:
     """True for registered graph-node types (Modules, ...) and the containers walked
     as pytree nodes (list, tuple, dict)."""
-    return lookup(t) is not None or t in (list, tuple, dict)
+    return lookup(x) is not None or x in (list, tuple, dict)
 
 
 def register_graph_node_type(
