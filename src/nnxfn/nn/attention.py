@@ -348,7 +348,7 @@ class MultiHeadAttention(Module):
         if decode is None:
             return
         self.decode = decode
-        if all(hasattr(self, n) for n in ("cached_key", "cached_value", "cache_index")):
+        if all(getattr(self, n, None) is not None for n in ("cached_key", "cached_value", "cache_index")):
             return
         if batch_size is None or max_length is None:
             missing = "batch_size" if batch_size is None else "max_length"
