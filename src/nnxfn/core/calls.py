@@ -31,7 +31,8 @@ class GetAttr:
 class DelayedAccessor:
     """A recorded chain of attribute and item accesses; `accessor(x)` replays it on `x`.
 
-    >>> DelayedAccessor().layers[0].kernel({"layers": [type("L", (), {"kernel": 3})]})
+    >>> import types
+    >>> DelayedAccessor().layers[0].kernel(types.SimpleNamespace(layers=[types.SimpleNamespace(kernel=3)]))
     3
     """
 

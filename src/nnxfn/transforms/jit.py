@@ -309,6 +309,11 @@ class Traced(Stage):
     def out_info(self) -> tp.Any:
         return self._inner.out_info
 
+    @property
+    def jaxpr(self) -> tp.Any:
+        """The traced jaxpr (of `jitted_fn` on the pure arguments)."""
+        return self._inner.jaxpr
+
     def lower(self, *, lowering_platforms: tuple[str, ...] | None = None) -> Lowered:
         lowered = self._inner.lower(lowering_platforms=lowering_platforms)
         return Lowered(lowered, self.jit_wrapped, self._static, self._bound)
