@@ -30,7 +30,7 @@ F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _NOTHING = object()  # "the stack was empty before this switch was made"
 
 
-class _ModeSwitch:
+class ModeSwitch:
     """A boolean setting with a per-thread stack (see the module docstring).
 
     Making the object sets the value at once (so a plain call takes effect);
@@ -47,14 +47,20 @@ class _ModeSwitch:
         cls._local = threading.local()
 
     @classmethod
-    def _stack(cls) -> list:
+    def get_default(cls) -> bool:
+        """The value when nothing was set on this thread."""
+        return cls.default
+
+    @classmethod
+    def get_stack(cls) -> list:
+        """This thread's stack of values set (the last one is in effect)."""
         stack = getattr(cls._local, "stack", None)
         if stack is None:
             stack = cls._local.stack = []
         return stack
 
     def __init__(self, value: bool, /):
-        stack = self._stack()
+        stack = self.get_stack()
         self.value = value
         self._previous = stack[-1] if stack else _NOTHING
         if stack:
@@ -65,19 +71,19 @@ class _ModeSwitch:
     @classmethod
     def current_value(cls) -> bool:
         """The value in effect on this thread."""
-        stack = cls._stack()
-        return stack[-1] if stack else cls.default
+        stack = cls.get_stack()
+        return stack[-1] if stack else cls.get_default()
 
     def __enter__(self) -> None:
         if self._previous is not _NOTHING:  # keep the old value under ours
-            stack = self._stack()
+            stack = self.get_stack()
             stack.insert(len(stack) - 1, self._previous)
 
     def __exit__(self, *exc: tp.Any) -> None:
-        self._stack().pop()
+        self.get_stack().pop()
 
     def __call__(self, fn: F) -> F:
-        stack = self._stack()  # undo the change made at construction
+        stack = self.get_stack()  # undo the change made at construction
         stack.pop()
         if self._previous is not _NOTHING:
             stack.append(self._previous)
@@ -85,7 +91,7 @@ class _ModeSwitch:
 
         @functools.wraps(fn)
         def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-            stack = self._stack()  # this thread's stack, at call time
+            stack = self.get_stack()  # this thread's stack, at call time
             stack.append(value)
             try:
                 return fn(*args, **kwargs)
@@ -98,16 +104,16 @@ class _ModeSwitch:
         return f"{type(self).__name__}({self.value!r})"
 
 
-class set_graph_mode(_ModeSwitch):  # noqa: N801 - Flax's name
+class set_graph_mode(ModeSwitch):  # noqa: N801 - Flax's name
     """Flax's graph (True) / tree (False) mode switch; nnxfn always computes
     graph-mode results. With False, what Flax's tree mode rejects (shared
     Variables, cycles, ...) raises Flax's errors (see `core/treemode.py`)."""
 
 
-class set_graph_updates(_ModeSwitch):  # noqa: N801 - Flax's name
+class set_graph_updates(ModeSwitch):  # noqa: N801 - Flax's name
     """Flax's graph-updates switch; nnxfn always propagates graph updates.
     With False, transforms raise Flax's errors for what that mode rejects
     (e.g. an input Variable returned as an output; see `transforms/treemode.py`)."""
 
 
-__all__ = ["set_graph_mode", "set_graph_updates"]
+__all__ = ["ModeSwitch", "set_graph_mode", "set_graph_updates"]

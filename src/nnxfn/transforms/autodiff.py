@@ -8,7 +8,6 @@ as a `State` with the module's paths. Writes made during the forward pass
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import typing as tp
 
@@ -16,10 +15,10 @@ import jax
 
 from nnxfn import core
 from nnxfn.core.variable_like import VariableLike
-from nnxfn.facade.variables import Param
 from nnxfn.transforms import boundary
 from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.common import (
+    DiffState as DiffState,
     MethodWrapper,
     arg_of_leaves,
     body_fn,
@@ -27,15 +26,8 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
+from nnxfn.transforms.custom import CustomVjp as CustomVjp, custom_vjp as custom_vjp  # Flax's layout
 from nnxfn.transforms.treemode import Rules, lifted
-
-
-@dataclasses.dataclass(frozen=True)
-class DiffState:
-    """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
-
-    argnum: int
-    filter: tp.Any = Param
 
 
 def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tuple[DiffState, ...]:

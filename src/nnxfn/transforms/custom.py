@@ -32,8 +32,7 @@ from nnxfn.core import errors
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
-from nnxfn.transforms.autodiff import DiffState
-from nnxfn.transforms.common import arg_of_leaves, check_not_bound, leaf_args, run_inside
+from nnxfn.transforms.common import DiffState, arg_of_leaves, check_not_bound, leaf_args, run_inside
 from nnxfn.transforms.treemode import Rules, lifted
 
 
@@ -63,9 +62,15 @@ class CustomVjp:
         functools.update_wrapper(self, fun)
         self.fun = fun
         items = (nondiff_argnums,) if isinstance(nondiff_argnums, (int, DiffState)) else nondiff_argnums
-        self.nondiff_argnums = tuple(a for a in items if isinstance(a, int))
+        self.nondiff_argnums = tuple(items)  # as given
+        #: the argument numbers JAX treats as non-differentiable (the ints)
+        self.jax_nondiff_argnums = tuple(a for a in items if isinstance(a, int))
         self.diff_filters = {a.argnum: a.filter for a in items if isinstance(a, DiffState)}
-        repeated = set(self.nondiff_argnums) & set(self.diff_filters)
+        #: as Flax's: argnum -> False (not differentiable) or DiffState(-1, filter)
+        self.diff_filter = {a: False for a in self.jax_nondiff_argnums} | {
+            i: DiffState(-1, f) for i, f in self.diff_filters.items()
+        }
+        repeated = set(self.jax_nondiff_argnums) & set(self.diff_filters)
         if repeated or len(set(self.diff_filters)) != sum(isinstance(a, DiffState) for a in items):
             raise ValueError(f"nnx.custom_vjp: argnum {sorted(repeated)} is repeated in nondiff_argnums.")
         self.fwd: tp.Callable | None = None
@@ -89,14 +94,14 @@ class CustomVjp:
             if kwargs:
                 raise TypeError(f"nnx.custom_vjp: keyword-only arguments {sorted(kwargs)} are not supported.")
         # Non-differentiable arguments holding no arrays or objects stay Python values.
-        static = {i: args[i] for i in self.nondiff_argnums if i < len(args) and _is_static(args[i])}
+        static = {i: args[i] for i in self.jax_nondiff_argnums if i < len(args) and _is_static(args[i])}
         dyn_pos = [i for i in range(len(args)) if i not in static]
         entry = boundary.enter(tuple(args[i] for i in dyn_pos), {})
         state_owner, other_owner = (
             [dyn_pos[o] for o in owners]
             for owners in leaf_args(entry, arg_of_leaves(tuple(args[i] for i in dyn_pos), {}))
         )
-        diff_args = [i for i in range(len(args)) if i not in self.nondiff_argnums]
+        diff_args = [i for i in range(len(args)) if i not in self.jax_nondiff_argnums]
 
         def with_static(fn: tp.Callable) -> tp.Callable:
             if not static:
@@ -195,7 +200,7 @@ class CustomVjp:
             inputs_g = tuple(
                 self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
             )
-            nondiff = [args[i] for i in self.nondiff_argnums]
+            nondiff = [args[i] for i in self.jax_nondiff_argnums]
             cts = self.bwd(*nondiff, user_res, (inputs_g, out_g))
             cts = self._tangents(cts, diff_args)
             return self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
@@ -242,7 +247,7 @@ class CustomVjp:
         state_owner: list,
     ) -> tuple:
         """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
-        nondiff = [args[i] for i in self.nondiff_argnums]
+        nondiff = [args[i] for i in self.jax_nondiff_argnums]
         kwargs = {}
         if _accepts(self.bwd, "updates_g"):
             kwargs["updates_g"] = tuple(
@@ -272,7 +277,7 @@ class CustomVjp:
             raise ValueError(
                 f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
                 f"{len(diff_args)} differentiable arguments (nondiff_argnums="
-                f"{self.nondiff_argnums}); return one per differentiable argument."
+                f"{self.jax_nondiff_argnums}); return one per differentiable argument."
             )
         return cts
 
@@ -281,7 +286,7 @@ class CustomVjp:
         preds = {a: core.to_predicate(f) for a, f in self.diff_filters.items()}
         out = set()
         for i, (owner, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live)):
-            if owner in self.nondiff_argnums:
+            if owner in self.jax_nondiff_argnums:
                 continue
             if owner in preds and not preds[owner](path[1:], leaf):
                 continue

@@ -15,19 +15,45 @@ import functools
 import typing as tp
 
 from nnxfn import core
+from nnxfn.core.modes import set_graph_mode
 from nnxfn.transforms.boundary import is_node
-from nnxfn.transforms.jit import JitWrapped, Lowered
+from nnxfn.transforms.common import MethodWrapper
+from nnxfn.transforms.jit import JitWrapped, Lowered, Traced
 from nnxfn.transforms.treemode import Rules, lifted
 
 
-class JitPartial:
+class JitPartial(MethodWrapper):
     """`nnx.jit_partial(fun, *partial_args)`: call with the remaining arguments;
-    `.lower`/`.trace`/`.eval_shape` take them too."""
+    `.lower`/`.trace`/`.eval_shape` take them too. `jitted_fn`, `in_shardings`,
+    `out_shardings` are those of the `nnx.jit` function it calls (`jitted`); `graph`
+    is the mode flag it was made with (it selects no result)."""
 
-    def __init__(self, jitted: JitWrapped, partial_args: tuple):
+    def __init__(self, jitted: JitWrapped, partial_args: tuple, graph: bool | None = None):
         functools.update_wrapper(self, jitted.fn)
         self.jitted = jitted
         self.partial_args = partial_args
+        self.graph = set_graph_mode.current_value() if graph is None else graph
+
+    @property
+    def fn(self) -> tp.Callable:  # type: ignore[override]
+        return self.jitted.fn
+
+    @property
+    def fun(self) -> tp.Callable:
+        return self.jitted.fn
+
+    @property
+    def jitted_fn(self) -> tp.Any:
+        """`jax.jit` function of the calls; its pure arguments include `partial_args`'."""
+        return self.jitted.jitted_fn
+
+    @property
+    def in_shardings(self) -> tp.Any:
+        return self.jitted.in_shardings
+
+    @property
+    def out_shardings(self) -> tp.Any:
+        return self.jitted.out_shardings
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted(*self.partial_args, *args, **kwargs)
@@ -35,10 +61,10 @@ class JitPartial:
     def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
         """`.compile()` of the result takes the remaining arguments too."""
         lowered = self.jitted.lower(*self.partial_args, *args, **kwargs)
-        return Lowered(lowered._wrapped, lowered._lowered, lowered._static, self.partial_args)
+        return lowered.with_partial_args(self.partial_args)
 
-    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        return self.jitted.trace(*self.partial_args, *args, **kwargs)
+    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
+        return self.jitted.trace(*self.partial_args, *args, **kwargs).with_partial_args(self.partial_args)
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
@@ -81,7 +107,7 @@ def jit_partial(
         backend=backend,
         inline=inline,
     )
-    return JitPartial(jitted, partial_args)
+    return JitPartial(jitted, partial_args, graph)
 
 
 def share_variables(tree: tp.Any) -> tp.Any:

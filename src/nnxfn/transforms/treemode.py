@@ -98,7 +98,7 @@ def _is_prefix_leaf(x: tp.Any) -> bool:
 
 
 def _is_diff_state(x: tp.Any) -> bool:
-    from nnxfn.transforms.autodiff import DiffState
+    from nnxfn.transforms.common import DiffState
 
     return isinstance(x, DiffState)
 

@@ -2,8 +2,8 @@
 
 In Flax these are the usual functions with `graph=True, graph_updates=True`
 as defaults. nnxfn has one behaviour, Flax's graph mode with graph updates,
-so every name here is the same object as `nnx.<name>` (looked up when first
-used, so `nnx.compat.split is nnx.split`).
+so every name here is the same object as `nnx.<name>` (`nnx.rnglib.<name>` for
+`backup_keys`), looked up when first used, so `nnx.compat.split is nnx.split`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def __getattr__(name: str) -> tp.Any:
     if name in _NAMES:
         import nnxfn
 
-        return getattr(nnxfn, name)
+        return getattr(nnxfn, name) if hasattr(nnxfn, name) else getattr(nnxfn.rnglib, name)
     raise AttributeError(f"module 'nnxfn.compat' has no attribute {name!r}")
 
 
