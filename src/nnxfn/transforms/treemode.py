@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import operator
 import typing as tp
 
 import jax
 
+from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.trees import TreeState
@@ -211,11 +213,43 @@ class _Check:
                 carry_roots = [roots[0] if self.carry_in == "all" else roots[self.carry_in]]
                 carry_ids = set(self._walk(carry_roots, unique=False))
             inputs = self.inputs(roots)
+            before = Structure(args, kwargs)
             out = fn(*args, **kwargs)
             self.outputs(out, inputs, carry_ids)
+            before.restore()
             return out
 
         return checked
+
+
+class Structure:
+    """The structure of the graph objects in some arguments, to put back after a call.
+
+    Flax's tree mode and `graph_updates=False` carry only Variable values out of a
+    transform: an attribute set, deleted or swapped inside is dropped (Flax
+    hands the function copies and reads back only the Variables it was given).
+    The engine commits whatever the function's objects hold when it returns, so
+    `restore` puts their structure back as it was (the same objects at the same
+    places, the raw array attributes as they were) while every Variable keeps the
+    value written to it. Checked by one walk; nothing is written if nothing moved.
+    """
+
+    __slots__ = ("nodes", "graphdef", "objects", "leaves")
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.nodes = [x for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node) if is_node(x)]
+        self.objects: list = []
+        self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
+        self.leaves = dict(pairs)
+
+    def restore(self) -> None:
+        objects: list = []
+        graphdef, _ = core.flatten(self.nodes, copy=False, objects=objects)
+        if graphdef == self.graphdef and len(objects) == len(self.objects):
+            if all(map(operator.is_, objects, self.objects)):
+                return
+        # Variables are given as themselves: a reused Variable keeps its value.
+        core.unflatten(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
 
 
 def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
