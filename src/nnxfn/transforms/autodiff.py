@@ -4,6 +4,14 @@ Module arguments are differentiated with respect to their `Param` leaves by
 default (`DiffState(argnum, filter)` picks others); their gradients come back
 as a `State` with the module's paths. Writes made during the forward pass
 (BatchNorm statistics, Rngs counters) are committed to the caller's objects.
+
+With `graph=False` or `graph_updates=False` (Flax's tree mode, also from
+`nnx.set_graph_mode(False)`/`nnx.set_graph_updates(False)`/`NNX_GRAPH_MODE=false`,
+decided when the transform is made) a Module argument is a plain pytree, as in
+Flax: every leaf is differentiated and gradients, cotangents and tangents have
+the argument's shape (a `Linear` of gradient Variables for a `Linear`), built
+from the same entry as the graph-mode States; only Variable values written
+inside are committed (see `transforms/treemode.py`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Every branch / iteration sees fresh objects built from the operands' state
 and must leave their structure unchanged; all state of the operands is
 threaded through (so any branch may write any Variable), and the final values
-are committed to the caller's objects. `graph`/`graph_updates` (Flax's mode
-flags) are accepted and change nothing.
+are committed to the caller's objects. With `graph=False`/`graph_updates=False`
+(Flax's tree mode) `cond`/`switch` commit only Variable values and raise Flax's
+tree-mode errors (see `transforms/treemode.py`); the loops are the same in every mode.
 """
 
 from __future__ import annotations

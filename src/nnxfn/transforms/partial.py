@@ -15,6 +15,7 @@ import functools
 import typing as tp
 
 from nnxfn import core
+from nnxfn.core import treemode as core_tm
 from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.jit import JitWrapped, Lowered
 from nnxfn.transforms.treemode import Rules, lifted
@@ -66,7 +67,7 @@ def jit_partial(
     """`nnx.jit(fun, ...)` with `partial_args` bound as its first arguments.
 
     Argument numbers and `in_shardings` refer to `fun`'s full argument list.
-    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    `graph=False`/`graph_updates=False`: as `nnx.jit`.
     """
     jitted = JitWrapped(
         fun,
@@ -98,8 +99,17 @@ def cached_partial(
     made with `nnx.jit`), where each graph object in `cached_args` is replaced by
     a copy sharing its Variables: updates reach the originals, the copies are
     the same objects on every call. Their structure must not change inside `f`.
-    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    As in Flax, a graph-mode API: with `graph=False` or `graph_updates=False`
+    (given, or from `nnx.set_graph_mode`/`nnx.set_graph_updates`) it raises.
     """
+    if core_tm.skips_graph_updates(graph, graph_updates):
+        raise ValueError(
+            "nnx.cached_partial is a graph-mode API: it needs graph=True and graph_updates=True "
+            f"(asked for: {core_tm.mode_words(graph, graph_updates)}). Call the transformed "
+            "function with all its arguments instead (nnxfn's `nnx.jit` already reuses its "
+            "flattening of unchanged arguments), use `nnx.jit_partial(f, *args, graph=False)`, "
+            "or `nnx.compat.cached_partial(...)`, which sets both flags."
+        )
     if any(is_node(leaf) for leaf in _leaves(cached_args)):
         cached_args = share_variables(cached_args)
     return functools.partial(f, *cached_args)

@@ -1,16 +1,20 @@
-"""The errors of Flax's tree mode (`graph=False`) and `graph_updates=False` for transforms.
+"""Flax's tree mode (`graph=False`) and `graph_updates=False` for transforms.
 
-nnxfn's transforms compute one result whatever `graph=`/`graph_updates=` say.
-Flax, in tree mode or without graph updates, rejects some input: a Variable
-passed twice or returned as an output ("Variable aliasing"), `StateAxes` /
-`StateSharding` / `DiffState` prefixes, graph objects as prefixes in graph
-mode. `@lifted(...)` on a transform raises those same errors when the caller
-asked for such a mode, and otherwise calls the transform untouched: with the
-default flags it adds two dict lookups and a read of the mode switches per
-*transform construction* (per call for the transforms that run at once, such
-as `cond`), and nothing per call of a transformed function. The checks on arguments and outputs run inside the
-transform, on the objects the function receives, so `nnx.jit` does them only
-while tracing.
+In those modes Flax treats the arguments as plain pytrees: it rejects some
+input (a Variable passed twice or returned as an output, "Variable aliasing";
+`StateAxes` / `StateSharding` / `DiffState` prefixes; graph objects as
+prefixes in graph mode), and carries only Variable values out of the
+transform (an attribute set or swapped inside is dropped). `@lifted(...)` on
+a transform does both when the caller asked for such a mode: it checks the
+prefixes when the transform is made, and wraps the function so its arguments
+and outputs are checked, and their structure put back (`Structure`), inside
+the transform, on the objects the function receives (so `nnx.jit` does it
+only while tracing). Results that differ in shape (gradients shaped like the
+Module) are made by the transforms themselves (`autodiff.py`, `custom.py`).
+With the default flags `lifted` calls the transform untouched: two dict
+lookups and a read of the mode switches per *transform construction* (per
+call for the transforms that run at once, such as `cond`), and nothing per
+call of a transformed function.
 """
 
 from __future__ import annotations
