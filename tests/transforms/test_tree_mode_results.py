@@ -335,3 +335,32 @@ def test_custom_vjp_tree_mode_round_trip():
     grads = nnx.grad(f, graph=False)(m)
     assert type(grads) is Pair and m.z == 0
     np.testing.assert_allclose([grads.x[...], grads.y[...]], [3 * np.cos(1.0) * 2.0, np.sin(1.0)], rtol=1e-6)
+
+
+# -- loops: the carry comes back as a pytree ----------------------------------------------------------
+def test_loop_carry_is_a_new_object_holding_the_callers_variables():
+    class Acc(nnx.Module):
+        def __init__(self):
+            self.total = nnx.BatchStat(jnp.array(0.0))
+
+    def add(m, x):
+        m.total[...] += x
+        return m, x
+
+    runs = {
+        "scan": lambda m, kw: nnx.scan(add, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), **kw)(
+            m, jnp.arange(3.0)
+        )[0],
+        "fori_loop": lambda m, kw: nnx.fori_loop(0, 3, lambda i, m: add(m, i * 1.0)[0], m, **kw),
+        "while_loop": lambda m, kw: nnx.while_loop(
+            lambda m: m.total[...] < 3.0, lambda m: add(m, 1.0)[0], m, **kw
+        ),
+    }
+    for name, run in runs.items():
+        m = Acc()
+        assert run(m, {}) is m, name  # graph mode: the caller's own object
+        for kw in TREE_FLAGS:
+            m = Acc()
+            out = run(m, kw)
+            assert out is not m and out.total is m.total, name
+            assert float(m.total[...]) == 3.0, name

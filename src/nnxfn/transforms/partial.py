@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import typing as tp
 
-from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.jit import JitWrapped, Lowered
-from nnxfn.transforms.treemode import Rules, lifted
+from nnxfn.transforms.treemode import Rules, lifted, share_variables
 
 
 class JitPartial:
@@ -83,13 +82,6 @@ def jit_partial(
         inline=inline,
     )
     return JitPartial(jitted, partial_args)
-
-
-def share_variables(tree: tp.Any) -> tp.Any:
-    """A copy of `tree` whose graph objects are new but hold the same Variables
-    (sharing between and within the objects kept)."""
-    graphdef, pairs = core.flatten(tree, copy=False)
-    return core.unflatten(graphdef, dict(pairs), copy=False)
 
 
 def cached_partial(

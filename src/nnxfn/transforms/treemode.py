@@ -368,7 +368,26 @@ def _apply(
             bound.arguments[p] = type(fn)(_checked(check, f, rules.name) for f in fn)
         else:
             bound.arguments[p] = _checked(check, fn, rules.name)
-    return transform(*bound.args, **bound.kwargs)
+    result = transform(*bound.args, **bound.kwargs)
+    return _carry_as_pytree(result) if rules.carry else result
+
+
+def share_variables(tree: tp.Any) -> tp.Any:
+    """A copy of `tree` whose graph objects are new but hold the same Variables
+    (sharing between and within the objects kept)."""
+    graphdef, pairs = core.flatten(tree, copy=False)
+    return core.unflatten(graphdef, dict(pairs), copy=False)
+
+
+def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
+    """Flax's tree mode gives a loop's carry back as a pytree: new objects holding
+    the caller's Variables (`out is model` is False, `out.w is model.w` True)."""
+
+    @functools.wraps(scanned)
+    def run(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return share_variables(scanned(*args, **kwargs))
+
+    return run
 
 
 def _checked(check: _Check, fn: tp.Callable, name: str) -> tp.Callable:
@@ -376,4 +395,4 @@ def _checked(check: _Check, fn: tp.Callable, name: str) -> tp.Callable:
     return check.wrap(fn)
 
 
-__all__ = ["Rules", "lifted", "check_prefix"]
+__all__ = ["Rules", "lifted", "check_prefix", "Structure", "share_variables"]
