@@ -383,11 +383,10 @@ def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
     """Flax's tree mode gives a loop's carry back as a pytree: new objects holding
     the caller's Variables (`out is model` is False, `out.w is model.w` True)."""
 
-    @functools.wraps(scanned)
     def run(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return share_variables(scanned(*args, **kwargs))
 
-    return run
+    return functools.update_wrapper(run, scanned, updated=())
 
 
 def _checked(check: _Check, fn: tp.Callable, name: str) -> tp.Callable:
