@@ -215,7 +215,7 @@ def test_jvp_takes_and_gives_module_shaped_tangents():
     np.testing.assert_allclose(out, m(X).sum(), rtol=1e-6)
     # d/dt sum((x @ (K + t)) + (b + t)) = sum(x @ ones) + n * 3
     np.testing.assert_allclose(t_out, X.sum() * 3 + X.shape[0] * 3, rtol=1e-6)
-    partial = nnx.State({"kernel": nnx.Param(jnp.ones((2, 3)))})  # graph mode accepts Params only
+    partial = nnx.State({"kernel": nnx.Param(jnp.ones((2, 3)))})  # no tangent for the bias
     with pytest.raises(ValueError, match=r"no tangent for args\[0\]\.bias.*every leaf"):
         nnx.jvp(lambda m: m(X).sum(), (m,), (partial,), graph=False)
 
