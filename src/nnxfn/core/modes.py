@@ -1,8 +1,13 @@
-"""`set_graph_mode` / `set_graph_updates`: Flax NNX's mode switches, accepted.
+"""`set_graph_mode` / `set_graph_updates`: Flax NNX's mode switches.
 
-nnxfn has one behaviour (Flax's graph mode with graph updates), so these
-values select no result; they exist so Flax code that sets or reads them runs,
-and so input that Flax rejects in the mode asked for raises the same error.
+They select Flax's results: with graph mode off (tree mode) or graph updates
+off, the transforms return what Flax's tree mode returns (gradients shaped
+like the Module, structural updates made inside dropped) and reject what it
+rejects; one engine computes both. A transform reads them when it is made
+(`nnx.grad(f)` under `set_graph_mode(False)` stays a tree-mode grad), a
+`graph=`/`graph_updates=` argument wins over them. The defaults come from the
+environment variables `NNX_GRAPH_MODE` and `NNX_GRAPH_UPDATES` (true/false, as
+Flax reads them; unset: True, Flax 0.12's default).
 Each switch keeps a per-thread stack of values and can be used three ways:
 
 >>> _ = set_graph_mode(False)        # plain call: sets the value from now on
@@ -22,12 +27,31 @@ True
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import typing as tp
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 
 _NOTHING = object()  # "the stack was empty before this switch was made"
+_TRUE = ("y", "yes", "t", "true", "on", "1")
+_FALSE = ("n", "no", "f", "false", "off", "0")
+
+
+def env_flag(name: str, default: bool = True) -> bool:
+    """A boolean read from the environment variable `name` (Flax's spellings:
+    true/false, yes/no, on/off, 1/0, any case); `default` when unset."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(
+        f"Invalid value {raw!r} for the environment variable {name}: set it to true or "
+        "false (yes/no, on/off, y/n, t/f and 1/0 work too, in any case), or unset it."
+    )
 
 
 class ModeSwitch:
@@ -105,15 +129,22 @@ class ModeSwitch:
 
 
 class set_graph_mode(ModeSwitch):  # noqa: N801 - Flax's name
-    """Flax's graph (True) / tree (False) mode switch; nnxfn always computes
-    graph-mode results. With False, what Flax's tree mode rejects (shared
-    Variables, cycles, ...) raises Flax's errors (see `core/treemode.py`)."""
+    """Flax's graph (True) / tree (False) mode switch (default: `NNX_GRAPH_MODE`,
+    else True). With False, transforms give Flax's tree-mode results and what
+    tree mode rejects (shared Variables, cycles, ...) raises Flax's errors (see
+    `core/treemode.py`, `transforms/treemode.py`)."""
+
+    default = env_flag("NNX_GRAPH_MODE")
 
 
 class set_graph_updates(ModeSwitch):  # noqa: N801 - Flax's name
-    """Flax's graph-updates switch; nnxfn always propagates graph updates.
-    With False, transforms raise Flax's errors for what that mode rejects
-    (e.g. an input Variable returned as an output; see `transforms/treemode.py`)."""
+    """Flax's graph-updates switch (default: `NNX_GRAPH_UPDATES`, else True).
+    With False, transforms carry only Variable values out (structural updates
+    made inside are dropped), give gradients shaped like the Module, and raise
+    Flax's errors for what that mode rejects (e.g. an input Variable returned as
+    an output; see `transforms/treemode.py`)."""
+
+    default = env_flag("NNX_GRAPH_UPDATES")
 
 
 __all__ = ["ModeSwitch", "set_graph_mode", "set_graph_updates"]

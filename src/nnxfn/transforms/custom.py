@@ -15,6 +15,14 @@ arguments' state is an output too. So, as in Flax NNX:
 
 `nondiff_argnums` may also hold `DiffState(argnum, filter)`: that argument is
 differentiable only in the leaves matching `filter`.
+
+With `graph=False` or `graph_updates=False` (Flax's tree mode) the arguments
+are plain pytrees, as in Flax: `bwd(*nondiff_args, residuals, out_g)` gets the
+output cotangent alone (and, if it takes `updates_g`, the cotangents of the
+Variables the function wrote, shaped like the arguments with None elsewhere),
+returns tangents shaped like the arguments (e.g. `jax.tree.map(lambda x: x, m)`
+with its Variables set), `DiffState` is refused, and only Variable values
+written by the function or `fwd` reach the caller.
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ import numpy as np
 
 from nnxfn import core
 from nnxfn.core import errors
+from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
 from nnxfn.transforms.common import DiffState, arg_of_leaves, check_not_bound, leaf_args, run_inside
-from nnxfn.transforms.treemode import Rules, lifted
+from nnxfn.transforms.treemode import Rules, Structure, lifted
 
 
 def _zero_cotangent(x: tp.Any) -> tp.Any:
@@ -156,7 +165,10 @@ class CustomVjp:
             holder: dict = {}
 
             def call(*a: tp.Any) -> tp.Any:
+                before = Structure(a, {}) if self.simple else None
                 out, res = self.fwd(*a)
+                if before is not None:  # as `fun` (see `lifted`): only Variable values leave
+                    before.restore()
                 holder["res"] = res
                 return out
 
@@ -477,20 +489,11 @@ def custom_vjp(
 ) -> tp.Any:
     """Like `jax.custom_vjp` for functions of Modules, with Flax NNX's `bwd`
     convention (see the module docstring); also `@nnx.custom_vjp(nondiff_argnums=...)`.
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
-    simple = _simple_mode(graph, graph_updates)
+    With `graph=False`/`graph_updates=False` (Flax's tree mode) `bwd` has Flax's
+    tree-mode convention: `bwd(*nondiff, res, out_g[, updates_g=...])`, tangents
+    shaped like the arguments (a Module for a Module), and only Variable values
+    written by `fun`/`fwd` are committed."""
+    simple = core_tm.skips_graph_updates(graph, graph_updates)  # Flax's tree-mode `bwd`
     if fun is None:
         return lambda f: CustomVjp(f, nondiff_argnums, simple)
     return CustomVjp(fun, nondiff_argnums, simple)
-
-
-def _simple_mode(graph: bool | None, graph_updates: bool | None) -> bool:
-    """Flax's `bwd` convention is `(res, out_g)` when graph updates are off (explicitly,
-    by `graph=False`, or by `set_graph_updates(False)`/`set_graph_mode(False)`)."""
-    from nnxfn.core.modes import set_graph_mode, set_graph_updates
-
-    if graph is None:
-        graph = set_graph_mode.current_value()
-    if graph_updates is None:
-        graph_updates = set_graph_updates.current_value()
-    return not (graph and graph_updates)

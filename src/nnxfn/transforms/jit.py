@@ -51,7 +51,7 @@ class JitWrapped(MethodWrapper):
         graph: bool | None = None,
         graph_updates: bool | None = None,
     ):
-        # `graph`/`graph_updates`: Flax's mode flags, accepted; nnxfn has one mode.
+        # `graph`/`graph_updates`: read by `@lifted` on `jit` (tree-mode checks and results).
         check_not_bound(fn, "nnx.jit")
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -531,8 +531,10 @@ def jit(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """Compile `fun` like `jax.jit`; Modules may appear anywhere in its args and
-    outputs, and their updates are committed after each call. `graph` and
-    `graph_updates` (Flax's mode flags) are accepted and change nothing.
+    outputs, and their updates are committed after each call. With
+    `graph=False`/`graph_updates=False` (Flax's tree mode; see `transforms/treemode.py`)
+    only the Variable values written inside are committed (structural updates are
+    dropped, as in Flax) and Flax's tree-mode errors apply.
 
     >>> @jit
     ... def step(model, x):
