@@ -176,8 +176,10 @@ def test_delayed_accessor_replays_accesses():
     assert seen == [(pc.DelayedAccessor((pc.GetAttr("a"), pc.GetItem("b"))), (1, 2))]
 
 
-def test_compat_backup_keys_is_rnglib_s():
-    assert nnx.compat.backup_keys is nnx.rnglib.backup_keys and nnx.compat.jit is nnx.jit
+def test_compat_backup_keys_is_rnglib_s_and_jit_pins_graph_mode():
+    assert nnx.compat.backup_keys is nnx.rnglib.backup_keys
+    assert nnx.compat.jit.func is nnx.jit
+    assert nnx.compat.jit.keywords == {"graph": True, "graph_updates": True}
 
 
 # -- statelib, extract, spmd -------------------------------------------------------------------
