@@ -21,7 +21,7 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-from nnxfn.nn.linear import (
+from nnxfn.nn.common import (
     Dtype,
     Initializer,
     PrecisionLike,

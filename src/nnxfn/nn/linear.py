@@ -1,4 +1,5 @@
-"""Dense layers: Linear, LinearGeneral, Einsum, Embed and PReLU (Flax NNX API).
+"""Dense layers: Linear, LinearGeneral, Einsum, Embed (Flax NNX API); Conv and
+ConvTranspose (in `conv.py`) are re-exported here, where Flax has them.
 
 Parameter names, shapes and defaults follow Flax NNX: `Linear` holds
 `kernel` (in_features, out_features) and `bias` (out_features,), `Embed`
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import math
 import typing as tp
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -21,42 +21,27 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
-from nnxfn.nn import initializers
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 
-Array = jax.Array
-Dtype = tp.Any
-Shape = tp.Sequence[int]
-Initializer = tp.Callable[..., Array]
-PrecisionLike = tp.Any
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
-
-default_kernel_init = initializers.lecun_normal()
-default_bias_init = initializers.zeros_init()
-default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
-
-
-# -- helpers shared with conv.py ------------------------------------------------
-def as_tuple(x: int | tp.Sequence[int]) -> tuple[int, ...]:
-    return (x,) if isinstance(x, int) else tuple(x)
-
-
-def normalize_axes(axes: tp.Sequence[int], ndim: int, layer: str) -> tuple[int, ...]:
-    out = []
-    for ax in axes:
-        if not -ndim <= ax < ndim:
-            raise ValueError(f"{layer}: axis {ax} is out of range for inputs of rank {ndim}.")
-        out.append(ax % ndim)
-    return tuple(out)
-
-
-def sharding_kwargs(out_sharding: tp.Any, preferred: Dtype | None) -> dict[str, tp.Any]:
-    kwargs: dict[str, tp.Any] = {}
-    if out_sharding is not None:
-        kwargs["out_sharding"] = out_sharding
-    if preferred is not None:
-        kwargs["preferred_element_type"] = preferred
-    return kwargs
+from nnxfn.nn.common import (
+    EMPTY as _EMPTY,
+    Array as Array,
+    Dtype as Dtype,
+    Initializer as Initializer,
+    PrecisionLike as PrecisionLike,
+    Shape as Shape,
+    as_tuple as as_tuple,
+    default_bias_init as default_bias_init,
+    default_embed_init as default_embed_init,
+    default_kernel_init as default_kernel_init,
+    normalize_axes as normalize_axes,
+    sharding_kwargs as sharding_kwargs,
+)
+from nnxfn.nn.conv import (  # Flax keeps the convolutions in nnx.nn.linear
+    Conv as Conv,
+    ConvTranspose as ConvTranspose,
+    canonicalize_padding as canonicalize_padding,
+)
 
 
 def _reshape(value: tp.Any, shape: tuple[int, ...]) -> tp.Any:
@@ -409,36 +394,3 @@ class Embed(Module):
         query, embedding = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
         kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
         return jnp.dot(query, embedding.T, **kwargs)
-
-
-# -- PReLU -----------------------------------------------------------------------------------
-class PReLU(Module):
-    """`x if x >= 0 else negative_slope * x`, with a learnable scalar `negative_slope`.
-
-    >>> PReLU()(jnp.array([-1.0, 2.0]))
-    Array([-0.01,  2.  ], dtype=float32)
-    """
-
-    def __init__(
-        self,
-        negative_slope_init: float = 0.01,
-        *,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        negative_slope_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self.negative_slope = Param(
-            jnp.asarray(negative_slope_init, dtype=param_dtype), **negative_slope_metadata
-        )
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.promote_dtype = promote_dtype
-
-    def __call__(self, inputs: Array) -> Array:
-        x, slope = jnp.asarray(inputs), self.negative_slope[...]
-        if self.dtype is not None:
-            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
-        else:  # as Flax (and Linen): the slope takes the inputs' dtype
-            slope = jnp.asarray(slope, x.dtype)
-        return jnp.where(x >= 0, x, slope * x)

@@ -481,6 +481,7 @@ class GroupNorm(Module):
         self.num_features = num_features
         self.num_groups = num_groups
         self.group_size = num_features // num_groups
+        self.feature_axis = -1  # the channel axis: always the last one (as in Flax)
         _keep(
             self,
             epsilon=epsilon,
