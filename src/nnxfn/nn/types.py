@@ -29,8 +29,8 @@ PrecisionLike = tp.Union[None, str, lax.Precision, tuple[str, str], tuple[lax.Pr
 DotGeneral = tp.Callable[..., Array]
 #: The `axis_index_groups=` of `lax.pmean`.
 AxisIndexGroups = tp.Optional[tp.Sequence[tp.Sequence[int]]]
-#: The `out_sharding=` of a layer call: a `Sharding`, or a `PartitionSpec` under `jax.set_mesh`.
-ShardingLike = tp.Union[jax.sharding.Sharding, jax.sharding.PartitionSpec, None]
+#: The `out_sharding=` of a layer call: a `NamedSharding`, or a `PartitionSpec` under `jax.set_mesh`.
+ShardingLike = tp.Union[jax.sharding.NamedSharding, jax.sharding.PartitionSpec, None]
 #: Keyword metadata given to a Variable, e.g. `kernel_metadata={'sharding': ('in', 'out')}`
 #: (values of any type: they reach keyword parameters such as `hijax: bool`).
 Metadata = tp.Mapping[str, tp.Any]
