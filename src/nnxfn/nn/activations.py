@@ -6,7 +6,7 @@ same objects under ``flax.nnx``.  ``PReLU`` lives with the modules.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ tanh = jnp.tanh
 
 def normalize(
     x: jax.typing.ArrayLike,
-    axis: Any = -1,
+    axis: int | Sequence[int] | None = -1,
     mean: jax.typing.ArrayLike | None = None,
     variance: jax.typing.ArrayLike | None = None,
     epsilon: jax.typing.ArrayLike = 1e-5,
