@@ -228,6 +228,14 @@ def pop(
     return _update.pop(node, *filters)
 
 
+def graph_pop(node: tp.Any, filters: tuple[filterlib.Filter, ...]) -> tuple[State, ...]:
+    """`pop` with the filters as a tuple, always returning a tuple of States."""
+    if not filters:
+        return ()
+    popped = _update.pop(node, *filters)
+    return popped if len(filters) > 1 else (popped,)
+
+
 # -- traversal -----------------------------------------------------------------------
 def iter_graph(
     node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None

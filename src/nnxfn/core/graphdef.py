@@ -71,6 +71,15 @@ class NodeDef:
     def __hash__(self) -> int:
         return hash((self.type, self.index, static_hash(self.static), self.children))
 
+    @property
+    def metadata(self) -> Hashable:
+        """Flax's name for `static` (the node type's per-node data)."""
+        return self.static
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.children)
+
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class VariableDef:

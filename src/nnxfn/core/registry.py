@@ -68,6 +68,11 @@ def register_node_type(impl: NodeImpl) -> None:
     KINDS.clear()
 
 
+def is_registered(node_type: type) -> bool:
+    """True if `node_type` itself (not a base class) was registered."""
+    return node_type in _REGISTRY
+
+
 def lookup(node_type: type) -> NodeImpl | None:
     try:
         return _CACHE[node_type]

@@ -91,6 +91,19 @@ class List(Object, MutableSequence):
             flags.insert(i, is_data)
         self._items.insert(i, value)
 
+    # Flax's List is a Module: these Module methods work on it too (they walk the graph).
+    # (`sow`/`perturb` do not: a List holds items, not attributes.)
+    iter_modules = Module.iter_modules
+    set_attributes = Module.set_attributes
+    train = Module.train
+    eval = Module.eval
+
+    def iter_children(self) -> tp.Iterator[tuple[int, Module]]:
+        """(index, item) for the items that are Modules."""
+        for i, value in enumerate(self._items):
+            if isinstance(value, Module):
+                yield i, value
+
     def __getstate__(self) -> dict:
         state = {"_items": self._items}
         flags = _synced_flags(self)

@@ -615,6 +615,28 @@ _register_pytree(Object)
 
 
 # -- Module ---------------------------------------------------------------------
+def tuple_reduce(xs: tuple, x: tp.Any) -> tuple:
+    """`sow`'s default `reduce_fn`: append `x` to the tuple `xs`."""
+    return (*xs, x)
+
+
+def tuple_init() -> tuple:
+    """`sow`'s default `init_fn`: an empty tuple."""
+    return ()
+
+
+def first_from(*args: tp.Any, error_msg: str) -> tp.Any:
+    """The first argument that is not None; a ValueError with `error_msg` if all are.
+
+    >>> first_from(None, 0.5, 0.1, error_msg="no rate")
+    0.5
+    """
+    for arg in args:
+        if arg is not None:
+            return arg
+    raise ValueError(error_msg)
+
+
 class Module(Object):
     """Base class for layers and models.
 
@@ -630,8 +652,8 @@ class Module(Object):
         variable_type: type[Variable] | str,
         name: str,
         value: tp.Any,
-        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: (*xs, x),
-        init_fn: tp.Callable[[], tp.Any] = tuple,
+        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = tuple_reduce,
+        init_fn: tp.Callable[[], tp.Any] = tuple_init,
     ) -> bool:
         """Record `value` under `name` as a `variable_type` (a tuple of values by default).
 

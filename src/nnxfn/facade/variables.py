@@ -8,6 +8,7 @@ subclasses differ only by type, which filters select on. Reads:
 
 from __future__ import annotations
 
+import math
 import operator
 import typing as tp
 import warnings
@@ -89,15 +90,24 @@ class Variable(VariableLike, tp.Generic[A]):
             metadata.pop(key, None)  # decided by the type (see `__new__`)
         if eager_sharding is not None:
             metadata["eager_sharding"] = eager_sharding
-        if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
-            # an explicit `eager_sharding=True` wins over `use_eager_sharding(False)`
-            value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
+        sharded = dict(metadata) if spmd.spec_key(metadata) is not None else None
         if metadata.get("eager_sharding", True) is True:
             metadata.pop("eager_sharding", None)  # the default is not stored
-        object.__setattr__(self, "raw_value", self._store(value))
         object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
         object.__setattr__(self, "_frame", context.current_frame())
         object.__setattr__(self, "_trace", _TRACE_CTX.trace)
+        object.__setattr__(self, "raw_value", value)  # what `create_value` overrides may read
+        value = self.create_value(value)
+        if sharded is not None:  # eager sharding under `jax.set_mesh`
+            # an explicit `eager_sharding=True` wins over `use_eager_sharding(False)`
+            value = spmd.shard_value(value, sharded, where=f"this {type(self).__name__}")
+        object.__setattr__(self, "raw_value", self._store(value))
+
+    def create_value(self, value: A) -> A:
+        """The value to store, given the one passed to the constructor (called once by
+        `__init__`, with the metadata already set). Subclasses override it to convert or
+        check initial values; copies, `split`/`merge` and transforms do not call it."""
+        return value
 
     def __init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -313,6 +323,15 @@ class Variable(VariableLike, tp.Generic[A]):
         (`hijax=`/`ref=` change how the value is kept, as in `copy`)."""
         return self.copy(value, **metadata)
 
+    @property
+    def shape(self) -> tp.Any:
+        """The value's shape."""
+        return self.get_value().shape
+
+    def to_state(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+        """Flax's other name for `copy`."""
+        return self.copy(value, **updates)
+
     def copy(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
         """A new Variable like this one; `value`, metadata, `hijax=` and `ref=` may change."""
         if value is _MISSING:
@@ -521,11 +540,17 @@ for _name, _op in {
 }.items():
     setattr(Variable, f"__{_name}__", _binary(_op)[0])
 
+Variable.__divmod__, Variable.__rdivmod__ = _binary(divmod)  # no in-place form
+
 for _name, _op in {
     "neg": operator.neg,
     "pos": operator.pos,
     "abs": operator.abs,
     "invert": operator.invert,
+    "complex": complex,
+    "trunc": math.trunc,
+    "floor": math.floor,
+    "ceil": math.ceil,
 }.items():
     setattr(Variable, f"__{_name}__", _unary(_op))
 

@@ -127,6 +127,8 @@ class MultiHeadAttention(Module):
         self.out_promote_dtype = out_promote_dtype
         self.ln_promote_dtype = ln_promote_dtype
         self.head_dim = qkv_features // num_heads
+        self.qkv_dot_general, self.out_dot_general = qkv_dot_general, out_dot_general
+        self.qkv_dot_general_cls, self.out_dot_general_cls = qkv_dot_general_cls, out_dot_general_cls
 
         def proj(in_f: int, heads: int) -> LinearGeneral:
             return LinearGeneral(
@@ -326,6 +328,29 @@ class MultiHeadAttention(Module):
         self.cache_index[...] = index + 1
         seen = jnp.broadcast_to(jnp.arange(max_length) <= index, (*batch, 1, 1, max_length))
         return key, value, combine_masks(mask, seen)
+
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        decode: bool | None = None,
+        batch_size: int | tp.Sequence[int] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """What `nnx.view` sets: `deterministic`, and `decode` (which creates the cache,
+        for `batch_size` and `max_length`, if there is none yet)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+        if decode is None:
+            return
+        self.decode = decode
+        if all(getattr(self, n, None) is not None for n in ("cached_key", "cached_value", "cache_index")):
+            return
+        if batch_size is None or max_length is None:
+            missing = "batch_size" if batch_size is None else "max_length"
+            raise TypeError(f"MultiHeadAttention.set_view: {missing!r} must be given to create the cache.")
+        batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+        dtype = jnp.float32 if self.dtype is None else self.dtype
+        self.init_cache((*batch, max_length, self.in_features), dtype)
 
     def init_cache(self, input_shape: tp.Sequence[int], dtype: Dtype = jnp.float32) -> None:
         """Create zeroed `cached_key`/`cached_value` of shape

@@ -19,7 +19,7 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-from nnxfn.nn.linear import default_bias_init, default_kernel_init, sharding_kwargs
+from nnxfn.nn.common import default_bias_init, default_kernel_init, sharding_kwargs
 from nnxfn.nn.types import (
     EMPTY_METADATA,
     Array,

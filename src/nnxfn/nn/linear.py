@@ -1,4 +1,5 @@
-"""Dense layers: Linear, LinearGeneral, Einsum, Embed and PReLU (Flax NNX API).
+"""Dense layers: Linear, LinearGeneral, Einsum, Embed (Flax NNX API); Conv and
+ConvTranspose (in `conv.py`) are re-exported here, where Flax has them.
 
 Parameter names, shapes and defaults follow Flax NNX: `Linear` holds
 `kernel` (in_features, out_features) and `bias` (out_features,), `Embed`
@@ -21,57 +22,34 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
-from nnxfn.nn import initializers
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 from nnxfn.nn.types import (
     EMPTY_METADATA,
-    Array,
+    Array as Array,
     DotGeneral,
-    Dtype,
-    Initializer,
+    Dtype as Dtype,
+    Initializer as Initializer,
     Metadata,
-    PrecisionLike,
-    Shape,
+    PrecisionLike as PrecisionLike,
+    Shape as Shape,
     ShardingLike,
+)
+from nnxfn.nn.common import (
+    as_tuple as as_tuple,
+    default_bias_init as default_bias_init,
+    default_embed_init as default_embed_init,
+    default_kernel_init as default_kernel_init,
+    normalize_axes as normalize_axes,
+    sharding_kwargs as sharding_kwargs,
+)
+from nnxfn.nn.conv import (  # Flax keeps the convolutions in nnx.nn.linear
+    Conv as Conv,
+    ConvTranspose as ConvTranspose,
+    canonicalize_padding as canonicalize_padding,
 )
 
 # `batch_axis` of LinearGeneral: none (read-only, so a shared default is safe).
 _NO_BATCH_AXES: tp.Mapping[int, int] = MappingProxyType({})
-
-default_kernel_init = initializers.lecun_normal()
-default_bias_init = initializers.zeros_init()
-default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
-
-
-# -- helpers shared with conv.py ------------------------------------------------
-def as_tuple(x: int | tp.Sequence[int]) -> tuple[int, ...]:
-    return (x,) if isinstance(x, int) else tuple(x)
-
-
-def normalize_axes(axes: tp.Sequence[int], ndim: int, layer: str) -> tuple[int, ...]:
-    out = []
-    for ax in axes:
-        if not -ndim <= ax < ndim:
-            raise ValueError(f"{layer}: axis {ax} is out of range for inputs of rank {ndim}.")
-        out.append(ax % ndim)
-    return tuple(out)
-
-
-class DotKwargs(tp.TypedDict, total=False):
-    """The optional keywords of a `dot_general`/`einsum` call (absent unless set, so a
-    replacement function that does not take them still works)."""
-
-    out_sharding: ShardingLike
-    preferred_element_type: Dtype
-
-
-def sharding_kwargs(out_sharding: ShardingLike, preferred: Dtype | None) -> DotKwargs:
-    kwargs: DotKwargs = {}
-    if out_sharding is not None:
-        kwargs["out_sharding"] = out_sharding
-    if preferred is not None:
-        kwargs["preferred_element_type"] = preferred
-    return kwargs
 
 
 def _reshape(value: Array | VariableMetadata, shape: tuple[int, ...]) -> Array | VariableMetadata:
@@ -425,36 +403,3 @@ class Embed(Module):
             )
         query, embedding = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
         return jnp.dot(query, embedding.T, out_sharding=out_sharding)
-
-
-# -- PReLU -----------------------------------------------------------------------------------
-class PReLU(Module):
-    """`x if x >= 0 else negative_slope * x`, with a learnable scalar `negative_slope`.
-
-    >>> PReLU()(jnp.array([-1.0, 2.0]))
-    Array([-0.01,  2.  ], dtype=float32)
-    """
-
-    def __init__(
-        self,
-        negative_slope_init: float = 0.01,
-        *,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        negative_slope_metadata: Metadata = EMPTY_METADATA,
-    ):
-        self.negative_slope = Param(
-            jnp.asarray(negative_slope_init, dtype=param_dtype), **negative_slope_metadata
-        )
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.promote_dtype = promote_dtype
-
-    def __call__(self, inputs: Array) -> Array:
-        x, slope = jnp.asarray(inputs), self.negative_slope[...]
-        if self.dtype is not None:
-            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
-        else:  # as Flax (and Linen): the slope takes the inputs' dtype
-            slope = jnp.asarray(slope, x.dtype)
-        return jnp.where(x >= 0, x, slope * x)

@@ -429,6 +429,7 @@ class GroupNorm(_Norm):
     use_bias: bool
     num_groups: int
     group_size: int
+    feature_axis: int
     reduction_axes: Axes | None
 
     def __init__(
@@ -455,6 +456,7 @@ class GroupNorm(_Norm):
     ):
         self.num_groups = _num_groups(num_features, num_groups, group_size)
         self.group_size = num_features // self.num_groups
+        self.feature_axis = -1  # the channel axis: always the last one (as in Flax)
         super().__init__(
             num_features,
             epsilon=epsilon,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnxfn.nn.linear import as_tuple, normalize_axes
+from nnxfn.nn.common import as_tuple, normalize_axes
 from nnxfn.nn.types import Array, Axes, AxisIndexGroups, Dtype
 
 

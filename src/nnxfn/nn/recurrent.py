@@ -35,17 +35,32 @@ from nnxfn.nn.recurrent_cells import (
 from nnxfn.nn.types import Array
 
 
-def flip_sequences(xs: Array, seq_lengths: Array | None) -> Array:
-    """Reverse time-major `xs` (time on axis 0); with `seq_lengths`, reverse only the
-    first `L` steps of each sequence (padding is reversed among itself, at the end)."""
+def flip_sequences(
+    inputs: Array, seq_lengths: Array | None, num_batch_dims: int = 1, time_major: bool = True
+) -> Array:
+    """Reverse `inputs` along time (axis 0 if `time_major`, else the axis after the
+    `num_batch_dims` batch axes); with `seq_lengths` (one per sequence), reverse only
+    the first `L` steps of each sequence (padding is reversed among itself, at the end)."""
+    time_axis = 0 if time_major else num_batch_dims
+    xs = jnp.moveaxis(inputs, time_axis, 0)
     if seq_lengths is None:
-        return jnp.flip(xs, axis=0)
+        return jnp.moveaxis(jnp.flip(xs, axis=0), 0, time_axis)
     steps = xs.shape[0]
     lengths = jnp.asarray(seq_lengths)
     t = jnp.arange(steps).reshape((steps,) + (1,) * lengths.ndim)
     idx = (steps - 1 - t + lengths[None]) % steps  # (T, *batch)
     idx = idx.reshape(idx.shape + (1,) * (xs.ndim - idx.ndim))
-    return jnp.take_along_axis(xs, idx, axis=0)
+    return jnp.moveaxis(jnp.take_along_axis(xs, idx, axis=0), 0, time_axis)
+
+
+def _carry_stream(rngs: Rngs | RngStream | bool) -> RngStream | None:
+    """The stream a layer draws initial carries from: a fork of `rngs.carry`, the
+    stream given, a fixed one (`True`) or none (`False`)."""
+    if isinstance(rngs, Rngs):
+        return rngs.carry.fork()
+    if isinstance(rngs, RngStream):
+        return rngs
+    return RngStream(jax.random.key(0), tag="carry") if rngs else None
 
 
 def _select(keep: Array, new: Array, old: Array) -> Array:
@@ -88,13 +103,7 @@ class RNN(Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
-        self.rngs: RngStream | None
-        if isinstance(rngs, Rngs):
-            self.rngs = rngs.carry.fork()
-        elif isinstance(rngs, RngStream):
-            self.rngs = rngs
-        else:
-            self.rngs = RngStream(jax.random.key(0), tag="carry") if rngs else None
+        self.rngs = _carry_stream(rngs)
         for f, axis in dict(state_axes or {}).items():
             if axis is not None and axis is not Carry_:
                 raise NotImplementedError(
@@ -228,6 +237,8 @@ class Bidirectional(Module):
         self.merge_fn = merge_fn
         self.time_major = time_major
         self.return_carry = return_carry
+        # the stream both directions draw initial carries from when a call passes no rngs
+        self.rngs = _carry_stream(rngs)
 
     def __call__(
         self,
@@ -245,6 +256,7 @@ class Bidirectional(Module):
         the backward direction always runs reversed and keeps input order."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
+        rngs = self.rngs if rngs is None else rngs
         fw0, bw0 = (None, None) if initial_carry is None else initial_carry
         fw_carry, fw_out = self.forward_rnn(
             inputs,

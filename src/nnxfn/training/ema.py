@@ -44,7 +44,7 @@ class EMA(Object):
       params: the model (or any graph / State) whose Variables are averaged.
       decay: the weight of the old average, in [0, 1].
       only: a filter selecting the tracked Variables (default: all).
-      graph: accepted for Flax compatibility; nnxfn has one behaviour.
+      graph: Flax's mode flag, kept as `self.graph`; nnxfn has one behaviour.
     """
 
     def __init__(
@@ -59,6 +59,7 @@ class EMA(Object):
             raise ValueError(_bad_decay(decay))
         self.decay = decay
         self.filter = static(only)
+        self.graph = graph  # Flax's mode flag, kept as given (it selects no result)
         tracked = _tracked(params, only)
         self.params = data(State.from_flat_path([(p, _copy(p, v)) for p, v in tracked.flat_state()]))
 

@@ -35,7 +35,7 @@ def unbox(x: Leaf) -> Leaf:
     return x
 
 
-def flat_grads(grads: object, what: str) -> list[tuple[Path, Leaf]]:
+def flat_grads(grads: object, what: str) -> tp.Sequence[tuple[Path, Leaf]]:
     """(path, leaf) pairs of a State, a nested dict, or an object graph."""
     if isinstance(grads, State):
         return grads.flat_state()

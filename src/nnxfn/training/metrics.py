@@ -134,6 +134,10 @@ class Statistics(tp.NamedTuple):
     def std(self) -> jax.Array:
         return self.standard_deviation
 
+    def replace(self, **fields: jax.Array) -> Statistics:
+        """A copy with some fields changed (as Flax's dataclass `replace`)."""
+        return self._replace(**fields)
+
     @property
     def variance(self) -> jax.Array:
         return self.standard_deviation**2

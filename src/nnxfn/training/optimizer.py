@@ -51,6 +51,7 @@ from nnxfn.training.grads import Leaf, Path, match_grads, unbox
 
 M = tp.TypeVar("M")
 Metadata = tuple[tuple[str, object], ...]  # a Variable's metadata items, sorted
+PyTree = tp.Any  # a pytree whose leaves are arrays or Variables
 _ARRAYS = (jax.Array, jax.ShapeDtypeStruct)
 
 
@@ -66,7 +67,7 @@ class Optimizer(Object, tp.Generic[M]):
       model: the model whose `wrt` Variables are trained.
       tx: an optax `GradientTransformation`.
       wrt: a filter selecting the trained Variables (default `Param`).
-      graph: accepted for Flax compatibility; nnxfn has one behaviour.
+      graph: Flax's mode flag, kept as `self.graph`; nnxfn has one behaviour.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Optimizer(Object, tp.Generic[M]):
         self.step = OptState(jnp.array(0, dtype=jnp.uint32))
         self.tx = static(tx)
         self.wrt = static(wrt)
+        self.graph = graph  # Flax's mode flag, kept as given (it selects no result)
         raw = State.from_flat_path([(p, unbox(v)) for p, v in params])
         self.opt_state = _box_opt_state(tx.init(raw), params)
         object.__setattr__(self, "_nnx_model", model)
@@ -178,7 +180,7 @@ class ModelAndOptimizer(Optimizer[M]):
         wrt: Filter = Param,
         graph: bool | None = None,
     ):
-        super().__init__(model, tx, wrt=wrt)
+        super().__init__(model, tx, wrt=wrt, graph=graph)
         self.model = model
 
 
@@ -263,6 +265,20 @@ def _box_opt_state(opt_state: optax.OptState, params: list[tuple[Path, Leaf]]) -
         return OptArray(x) if isinstance(x, _ARRAYS) else x
 
     return jax.tree.map(box, opt_state, is_leaf=lambda x: isinstance(x, State))
+
+
+def to_opt_state(tree: PyTree) -> PyTree:
+    """`tree` with each Variable replaced by an `OptVariable` holding its value and
+    metadata (its `optimizer_sharding`, if any, as the sharding) and each other leaf
+    boxed as an `OptArray`: how optimizer state mirrors the parameters."""
+
+    def box(x: object) -> Variable:
+        if isinstance(x, Variable):
+            items, _ = _opt_metadata(x)
+            return OptVariable.from_metadata(x.get_value(), dict(items))
+        return OptArray(x)
+
+    return jax.tree_util.tree_map(box, tree, is_leaf=lambda x: isinstance(x, Variable))
 
 
 def _opt_metadata(param: Leaf) -> tuple[Metadata, bool]:

@@ -470,7 +470,9 @@ def scan(
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
     sharding annotations lose that axis inside the body (see `transforms/spmd.py`).
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing;
+    With `graph=False`/`graph_updates=False` (Flax's tree mode; see
+    `transforms/treemode.py`) only Variable values written inside are committed,
+    and Flax's tree-mode errors apply;
     `_split_transpose` is passed to `jax.lax.scan`."""
     if f is None:
         return lambda fn: _Scanned(
