@@ -24,6 +24,7 @@ import typing as tp
 import jax
 
 from nnxfn import core
+from nnxfn.core.api import update as update_node
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.state import State
 
@@ -86,7 +87,5 @@ def from_pytree(view: PytreeView) -> tp.Any:
 def update(node: object, *states: object) -> None:
     """`nnx.update(model, state, ...)`, where each state may also be a view
     from `nnx.as_pytree` (its State is written into `node` in place)."""
-    from nnxfn.core.api import update as update_node
-
     states = tuple(s.state if isinstance(s, PytreeView) else s for s in states)
     update_node(node, *states)

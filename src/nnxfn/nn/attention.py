@@ -234,7 +234,7 @@ class MultiHeadAttention(Module):
             query = self.query_ln(query)
             key = self.key_ln(key)
 
-        if decode if decode is not None else bool(self.decode):
+        if self.decode if decode is None else decode:
             key, value, mask = self._decode_step(query, key, value, mask)
 
         deterministic = self._deterministic(deterministic)
