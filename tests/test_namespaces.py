@@ -176,8 +176,9 @@ def test_delayed_accessor_replays_accesses():
     assert seen == [(pc.DelayedAccessor((pc.GetAttr("a"), pc.GetItem("b"))), (1, 2))]
 
 
-def test_compat_backup_keys_is_rnglib_s_and_jit_pins_graph_mode():
-    assert nnx.compat.backup_keys is nnx.rnglib.backup_keys
+def test_compat_names_pin_graph_mode_as_flax():
+    assert nnx.compat.backup_keys.func is nnx.rnglib.backup_keys
+    assert nnx.compat.backup_keys.keywords == {"graph": True}
     assert nnx.compat.jit.func is nnx.jit
     assert nnx.compat.jit.keywords == {"graph": True, "graph_updates": True}
 
