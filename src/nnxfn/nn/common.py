@@ -27,12 +27,18 @@ def normalize_axes(axes: tp.Sequence[int], ndim: int, layer: str) -> tuple[int, 
     return tuple(out)
 
 
-class DotKwargs(tp.TypedDict, total=False):
-    """The optional keywords of a `dot_general`/`einsum`/convolution call (absent
-    unless set, so a replacement function that does not take them still works)."""
+class PreferredKwargs(tp.TypedDict, total=False):
+    """`preferred_element_type=` of a product or convolution, absent unless set (so a
+    replacement function that does not take it, e.g. one a quantization library
+    installs, still works)."""
+
+    preferred_element_type: Dtype
+
+
+class DotKwargs(PreferredKwargs, total=False):
+    """The optional keywords of a `dot_general`/`einsum` call, absent unless set."""
 
     out_sharding: ShardingLike
-    preferred_element_type: Dtype
 
 
 def sharding_kwargs(out_sharding: ShardingLike, preferred: Dtype | None) -> DotKwargs:

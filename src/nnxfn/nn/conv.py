@@ -19,7 +19,7 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-from nnxfn.nn.common import default_bias_init, default_kernel_init, sharding_kwargs
+from nnxfn.nn.common import PreferredKwargs, default_bias_init, default_kernel_init, sharding_kwargs
 from nnxfn.nn.types import (
     EMPTY_METADATA,
     Array,
@@ -305,6 +305,9 @@ class ConvTranspose(Module):
         kernel = _masked_kernel("ConvTranspose", self.kernel[...], self.mask)
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+        preferred: PreferredKwargs = {}
+        if self.preferred_element_type is not None:
+            preferred["preferred_element_type"] = self.preferred_element_type
         y = lax.conv_transpose(
             x,
             kernel,
@@ -313,7 +316,7 @@ class ConvTranspose(Module):
             rhs_dilation=kernel_dilation,
             transpose_kernel=self.transpose_kernel,
             precision=self.precision,
-            preferred_element_type=self.preferred_element_type,
+            **preferred,
         )
         if circular:
             y = self._wrap_circular(y, [n * s for n, s in zip(x.shape[1:-1], strides)])

@@ -402,4 +402,4 @@ class Embed(Module):
                 f"(last axis = features), got shape {query.shape}."
             )
         query, embedding = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
-        return jnp.dot(query, embedding.T, out_sharding=out_sharding)
+        return jnp.dot(query, embedding.T, **sharding_kwargs(out_sharding, None))
