@@ -7,15 +7,14 @@ parameter (a Module), here as in Flax.
 
 from __future__ import annotations
 
-import typing as tp
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from nnxfn.facade.module import Module
 from nnxfn.facade.variables import Param
-from nnxfn.nn.common import EMPTY as _EMPTY, Array, Dtype
+from nnxfn.nn.types import EMPTY_METADATA, Array, Dtype, Metadata
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 
 celu = jax.nn.celu
@@ -48,7 +47,7 @@ tanh = jnp.tanh
 
 def normalize(
     x: jax.typing.ArrayLike,
-    axis: Any = -1,
+    axis: int | Sequence[int] | None = -1,
     mean: jax.typing.ArrayLike | None = None,
     variance: jax.typing.ArrayLike | None = None,
     epsilon: jax.typing.ArrayLike = 1e-5,
@@ -75,7 +74,7 @@ class PReLU(Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         promote_dtype: PromoteDtypeFn = promote_dtype,
-        negative_slope_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        negative_slope_metadata: Metadata = EMPTY_METADATA,
     ):
         self.negative_slope = Param(
             jnp.asarray(negative_slope_init, dtype=param_dtype), **negative_slope_metadata

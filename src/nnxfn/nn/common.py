@@ -1,21 +1,13 @@
-"""Type aliases, default initializers and small helpers shared by the dense
-(`linear.py`) and convolution (`conv.py`) layers."""
+"""Default initializers and small helpers shared by the dense (`linear.py`),
+convolution (`conv.py`) and normalization layers (the type aliases they share
+are in `types.py`)."""
 
 from __future__ import annotations
 
 import typing as tp
-from types import MappingProxyType
-
-import jax
 
 from nnxfn.nn import initializers
-
-Array = jax.Array
-Dtype = tp.Any
-Shape = tp.Sequence[int]
-Initializer = tp.Callable[..., Array]
-PrecisionLike = tp.Any
-EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
+from nnxfn.nn.types import Dtype, ShardingLike
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
@@ -35,8 +27,22 @@ def normalize_axes(axes: tp.Sequence[int], ndim: int, layer: str) -> tuple[int, 
     return tuple(out)
 
 
-def sharding_kwargs(out_sharding: tp.Any, preferred: Dtype | None) -> dict[str, tp.Any]:
-    kwargs: dict[str, tp.Any] = {}
+class PreferredKwargs(tp.TypedDict, total=False):
+    """`preferred_element_type=` of a product or convolution, absent unless set (so a
+    replacement function that does not take it, e.g. one a quantization library
+    installs, still works)."""
+
+    preferred_element_type: Dtype
+
+
+class DotKwargs(PreferredKwargs, total=False):
+    """The optional keywords of a `dot_general`/`einsum` call, absent unless set."""
+
+    out_sharding: ShardingLike
+
+
+def sharding_kwargs(out_sharding: ShardingLike, preferred: Dtype | None) -> DotKwargs:
+    kwargs: DotKwargs = {}
     if out_sharding is not None:
         kwargs["out_sharding"] = out_sharding
     if preferred is not None:

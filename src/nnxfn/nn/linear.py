@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import typing as tp
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +23,18 @@ from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-
-from nnxfn.nn.common import (
-    EMPTY as _EMPTY,
+from nnxfn.nn.types import (
+    EMPTY_METADATA,
     Array as Array,
+    DotGeneral,
     Dtype as Dtype,
     Initializer as Initializer,
+    Metadata,
     PrecisionLike as PrecisionLike,
     Shape as Shape,
+    ShardingLike,
+)
+from nnxfn.nn.common import (
     as_tuple as as_tuple,
     default_bias_init as default_bias_init,
     default_embed_init as default_embed_init,
@@ -43,15 +48,18 @@ from nnxfn.nn.conv import (  # Flax keeps the convolutions in nnx.nn.linear
     canonicalize_padding as canonicalize_padding,
 )
 
+# `batch_axis` of LinearGeneral: none (read-only, so a shared default is safe).
+_NO_BATCH_AXES: tp.Mapping[int, int] = MappingProxyType({})
 
-def _reshape(value: tp.Any, shape: tuple[int, ...]) -> tp.Any:
+
+def _reshape(value: Array | VariableMetadata, shape: tuple[int, ...]) -> Array | VariableMetadata:
     """Reshape an initializer's result, also one wrapped by `nnx.with_partitioning`."""
     if isinstance(value, VariableMetadata):
         return VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
     return jnp.reshape(value, shape)
 
 
-def _value(var: Param | None) -> Array | None:
+def _value(var: Param[Array] | None) -> Array | None:
     return None if var is None else var[...]
 
 
@@ -75,12 +83,12 @@ class Linear(Module):
         precision: PrecisionLike = None,
         kernel_init: Initializer = default_kernel_init,
         bias_init: Initializer = default_bias_init,
-        dot_general: tp.Callable[..., Array] = lax.dot_general,
+        dot_general: DotGeneral = lax.dot_general,
         promote_dtype: PromoteDtypeFn = promote_dtype,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         self.kernel = Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
@@ -99,7 +107,7 @@ class Linear(Module):
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         # the kernel's own rows: inside `shard_map` a sharded kernel holds one shard of them
         n_in = self.kernel.shape[0]
@@ -145,7 +153,7 @@ class LinearGeneral(Module):
         out_features: int | tp.Sequence[int],
         *,
         axis: int | tp.Sequence[int] = -1,
-        batch_axis: tp.Mapping[int, int] = _EMPTY,
+        batch_axis: tp.Mapping[int, int] = _NO_BATCH_AXES,
         use_bias: bool = True,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -153,12 +161,12 @@ class LinearGeneral(Module):
         bias_init: Initializer = default_bias_init,
         precision: PrecisionLike = None,
         promote_dtype: PromoteDtypeFn = promote_dtype,
-        dot_general: tp.Callable[..., Array] | None = None,
-        dot_general_cls: tp.Any = None,
+        dot_general: DotGeneral | None = None,
+        dot_general_cls: tp.Callable[[], DotGeneral] | None = None,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         self.in_features = as_tuple(in_features)
         self.out_features = as_tuple(out_features)
@@ -193,7 +201,7 @@ class LinearGeneral(Module):
         self.dot_general_cls = dot_general_cls
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         ndim = inputs.ndim
         axis = normalize_axes(self.axis, ndim, "LinearGeneral")
@@ -285,8 +293,8 @@ class Einsum(Module):
         einsum_op: tp.Callable[..., Array] = jnp.einsum,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         einsum_str = einsum_str.replace(" ", "")
         _check_einsum_str(einsum_str)
@@ -312,7 +320,9 @@ class Einsum(Module):
         self.einsum_op = einsum_op
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, einsum_str: str | None = None, out_sharding: tp.Any = None) -> Array:
+    def __call__(
+        self, inputs: Array, einsum_str: str | None = None, out_sharding: ShardingLike = None
+    ) -> Array:
         einsum_str = (einsum_str if einsum_str is not None else self.einsum_str).replace(" ", "")
         _check_einsum_str(einsum_str)
         x, kernel, bias = self.promote_dtype(
@@ -356,7 +366,7 @@ class Embed(Module):
         embedding_init: Initializer = default_embed_init,
         promote_dtype: PromoteDtypeFn = promote_dtype,
         rngs: Rngs,
-        embedding_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        embedding_metadata: Metadata = EMPTY_METADATA,
     ):
         self.embedding = Param(
             embedding_init(rngs.params(), (num_embeddings, features), param_dtype),
@@ -368,7 +378,7 @@ class Embed(Module):
         self.param_dtype = param_dtype
         self.promote_dtype = promote_dtype
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(
@@ -383,7 +393,7 @@ class Embed(Module):
             return take(embedding, inputs)
         return jnp.take(embedding, inputs, axis=0)
 
-    def attend(self, query: Array, out_sharding: tp.Any = None) -> Array:
+    def attend(self, query: Array, out_sharding: ShardingLike = None) -> Array:
         """`query @ embedding.T`: similarity of `query` (..., features) to every entry."""
         query = jnp.asarray(query)
         if query.ndim == 0 or query.shape[-1] != self.features:
@@ -392,5 +402,4 @@ class Embed(Module):
                 f"(last axis = features), got shape {query.shape}."
             )
         query, embedding = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
-        kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
-        return jnp.dot(query, embedding.T, **kwargs)
+        return jnp.dot(query, embedding.T, **sharding_kwargs(out_sharding, None))
