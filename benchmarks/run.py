@@ -26,13 +26,14 @@ if _ROOT not in sys.path:
 
 import jax  # noqa: E402
 
-from benchmarks import models, split_merge, train_step  # noqa: E402
+from benchmarks import models, pytree, split_merge, train_step  # noqa: E402
 
 TARGETS = {
     "step": 1.2,  # nnxfn.jit train step / raw JAX, median, every depth
     "split_merge": 2.0,  # nnxfn split+merge / jax.tree_util flatten+unflatten
     "first_call": 1.2,  # trace + compile + first run / raw JAX
     "p99_over_p50": 2.0,
+    "pytree": 1.5,  # a Module as a plain pytree / its Equinox twin (roundtrip and jax.jit call)
 }
 
 
@@ -42,6 +43,7 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small, fast smoke run")
     p.add_argument("--depths", type=_ints, help="comma-separated depths (default 2,8,32,128; quick 2,8)")
     p.add_argument("--sizes", type=_ints, help="Variables for split+merge (default 10..10000)")
+    p.add_argument("--blocks", type=_ints, help="blocks of the pytree model (default 64; quick 8)")
     p.add_argument("--reps", type=int, help="interleaved rounds per measurement")
     p.add_argument("--first-call-reps", type=int, help="fresh compiles per variant")
     p.add_argument("--target-ms", type=float, help="about how long one round of raw JAX takes")
@@ -54,13 +56,14 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
         "--skip",
         type=lambda s: set(s.split(",")),
         default=set(),
-        help="sections to skip: step,first_call,memory,split_merge",
+        help="sections to skip: step,first_call,memory,split_merge,pytree",
     )
     p.add_argument("--json", help="also write all results to this JSON file")
     args = p.parse_args(argv)
     quick = args.quick
     args.depths = args.depths or ([2, 8] if quick else [2, 8, 32, 128])
     args.sizes = args.sizes or ([10, 100, 1000] if quick else [10, 100, 1000, 10000])
+    args.blocks = args.blocks or ([8] if quick else [64])
     args.reps = args.reps or (3 if quick else 10)
     args.first_call_reps = args.first_call_reps or (1 if quick else 3)
     args.target_ms = args.target_ms or (5.0 if quick else 40.0)
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None] = print) -> dict
         "first_call": [],
         "memory": [],
         "split_merge": [],
+        "pytree": [],
     }
     t_start = time.perf_counter()
     for depth in args.depths:
@@ -127,6 +131,18 @@ def run(args: argparse.Namespace, log: tp.Callable[[str], None] = print) -> dict
             results["split_merge"].append(
                 split_merge.run(
                     n, reps=args.reps, target_s=args.target_ms / 4e3, include_flax=not args.no_flax
+                )
+            )
+    if "pytree" not in args.skip:
+        for n in args.blocks:
+            log(f"[pytree] {n} blocks ...")
+            results["pytree"].append(
+                pytree.run(
+                    n,
+                    reps=args.reps,
+                    target_s=args.target_ms / 4e3,
+                    include_flax=not args.no_flax,
+                    include_eqx=not args.no_eqx,
                 )
             )
     results["seconds"] = time.perf_counter() - t_start
@@ -277,14 +293,37 @@ def report(results: dict[str, tp.Any]) -> str:
             )
         out.append(_table(["Variables"] + sm_names, rows))
 
-    out.append("\n✗ = misses its target (step ≤ 1.2×, first call ≤ 1.2×, p99 ≤ 2× p50, split+merge ≤ 2×).")
+    if results["pytree"]:
+        base = results["pytree"][0]["baseline"]
+        out.append(
+            f"\n### A Module as a plain pytree: median µs, ratio to the {base} model of the same structure\n"
+        )
+        libs = [n.split(" ")[0] for n in results["pytree"][0]["variants"] if n.endswith(" roundtrip")]
+        rows = []
+        for r in results["pytree"]:
+            v = r["variants"]
+            for kind in ("roundtrip", "jax.jit"):
+                rows.append(
+                    [f"{r['blocks']}", kind]
+                    + [
+                        f"{_us(v[f'{lib} {kind}']['us'])} ({v[f'{lib} {kind}']['ratio']:.2f}×)"
+                        + (_mark(v[f"{lib} {kind}"]["ratio"] <= TARGETS["pytree"]) if lib == "nnxfn" else "")
+                        for lib in libs
+                    ]
+                )
+        out.append(_table(["blocks", "measurement"] + libs, rows))
+
+    out.append(
+        "\n✗ = misses its target (step ≤ 1.2×, first call ≤ 1.2×, p99 ≤ 2× p50, split+merge ≤ 2×, "
+        "pytree ≤ 1.5× Equinox)."
+    )
     return "\n".join(out)
 
 
 def check_finite(results: dict[str, tp.Any]) -> bool:
     ratios = [
         v["ratio"]
-        for sec in ("step", "first_call", "split_merge")
+        for sec in ("step", "first_call", "split_merge", "pytree")
         for r in results[sec]
         for v in r["variants"].values()
     ]

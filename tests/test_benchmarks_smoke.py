@@ -21,6 +21,8 @@ TINY = [
     "2",
     "--sizes",
     "10",
+    "--blocks",
+    "2",
     "--reps",
     "2",
     "--first-call-reps",
@@ -61,9 +63,15 @@ def test_quick_run_produces_finite_ratios(tmp_path, capsys):
     assert sm["n_variables"] == 10
     assert math.isfinite(sm["variants"]["nnxfn split+merge"]["ratio"])
 
+    (pt,) = results["pytree"]
+    assert pt["blocks"] == 2 and pt["baseline"] == "dict"  # no Equinox column asked for
+    assert pt["variants"]["dict roundtrip"]["ratio"] == 1.0
+    assert math.isfinite(pt["variants"]["nnxfn jax.jit"]["ratio"])
+
     printed = capsys.readouterr().out
     assert "| depth | raw | nnxfn |" in printed
     assert "split + merge" in printed
+    assert "A Module as a plain pytree" in printed
     saved = json.loads(out.read_text())
     assert saved["step"][0]["variants"]["nnxfn"]["p50_us"] == step["variants"]["nnxfn"]["p50_us"]
 

@@ -130,11 +130,6 @@ from nnxfn.facade.views import (
     with_vars as with_vars,
 )
 from nnxfn.facade.module import M as M
-from nnxfn import pytreelib as pytreelib, variablelib as variablelib  # noqa: E402
-from nnxfn import module as module, reprlib as reprlib, tracers as tracers  # noqa: E402
-from nnxfn import visualization as visualization  # noqa: E402
-from nnxfn import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
-from nnxfn.visualization import display as display  # noqa: E402
 
 # -- flags --
 from nnxfn.core.modes import set_graph_mode as set_graph_mode, set_graph_updates as set_graph_updates
@@ -204,28 +199,17 @@ from nnxfn.core.trees import (  # noqa: E402
     prefix as prefix,
     to_tree as to_tree,
 )
-from nnxfn import (  # noqa: E402
-    extract as extract,
-    filterlib as filterlib,
-    graph as graph,
-    graphlib as graphlib,
-    ids as ids,
-    statelib as statelib,
-    traversals as traversals,
-)
 
 from nnxfn import nnx as nnx  # noqa: E402  (`from nnxfn import nnx`)
 
 __version__ = "0.1.0"
 
 # -- layers --
-from nnxfn import rnglib as rnglib  # noqa: E402
 from nnxfn.transforms.rngs import (  # noqa: E402
     restore_rngs as restore_rngs,
     with_rngs as with_rngs,
 )
 from nnxfn.nn.initializers import Initializer as Initializer  # noqa: E402
-from nnxfn import spmd as spmd  # noqa: E402
 from nnxfn.facade.spmd import (  # noqa: E402
     use_eager_sharding as use_eager_sharding,
     using_eager_sharding as using_eager_sharding,
@@ -236,16 +220,42 @@ from nnxfn.transforms.spmd import (  # noqa: E402
 )
 
 # -- optim --
-from nnxfn import compat as compat  # noqa: E402
-from nnxfn import helpers as helpers  # noqa: E402
 from nnxfn.training import optimizer as optimizer  # noqa: E402
 from nnxfn.training.metrics import Metric as Metric, MultiMetric as MultiMetric  # noqa: E402
 from nnxfn.training.optimizer import OptVariable as OptVariable  # noqa: E402
 from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402
-from nnxfn.nn import summary as summary  # noqa: E402  (`nnx.summary.tabulate`)
 
 # -- engine --
 from nnxfn.facade.context import TraceContextError as TraceContextError  # noqa: E402
+
+# -- Flax's module paths: nnxfn/namespaces/, installed as nnxfn.<path> --
+from nnxfn import namespaces as _namespaces  # noqa: E402
+from nnxfn.namespaces import (  # noqa: E402
+    compat as compat,
+    deprecations as deprecations,
+    extract as extract,
+    filterlib as filterlib,
+    graph as graph,
+    graphlib as graphlib,
+    helpers as helpers,
+    ids as ids,
+    module as module,
+    proxy_caller as proxy_caller,
+    pytreelib as pytreelib,
+    reprlib as reprlib,
+    rnglib as rnglib,
+    spmd as spmd,
+    statelib as statelib,
+    summary as summary,
+    tracers as tracers,
+    traversals as traversals,
+    variablelib as variablelib,
+    visualization as visualization,
+)
+from nnxfn.namespaces import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
+from nnxfn.namespaces.visualization import display as display  # noqa: E402
+
+_namespaces.install()
 
 
 def __getattr__(name: str):

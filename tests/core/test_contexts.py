@@ -31,6 +31,16 @@ def test_flatten_records_variables_in_ref_index():
     assert g2[0] is not g2[2] and g2[0]["p"] is g2[2]["p"]
 
 
+def test_flatten_indexes_a_shared_bare_ref_once():
+    ref = jax.new_ref(jnp.array(5))
+    g = {"a": ref, "b": ref}
+    refmap = graphlib.RefMap()
+    graphdef, flat = graphlib.flatten(g, ref_index=refmap)
+    assert [p for p, _ in flat] == [("a",)] and len(refmap) == 1 and ref in refmap
+    g2 = graphlib.unflatten(graphdef, flat)
+    assert g2["a"] is g2["b"] is ref
+
+
 def test_unflatten_checks_the_number_of_leaves():
     graphdef, _ = nnx.split(Foo())
     with pytest.raises(ValueError, match="Incorrect number of leaves"):

@@ -164,6 +164,30 @@ def test_shared_modules_and_variables_restored():
     assert new.tied is new.linear.kernel
 
 
+def test_a_bare_jax_ref_reached_twice_is_one_leaf():
+    m = Block()
+    m.ref = jax.new_ref(jnp.arange(3.0))
+    m.items = [m.ref, {"again": m.ref}]
+    graphdef, state = nnx.split(m)
+    ref_paths = [p for p, v in state.flat_state() if isinstance(v, jax.Ref)]
+    assert ref_paths == [("items", 0)]  # its first path in canonical order
+    assert "<same Ref #0>" in repr(graphdef)
+    new = nnx.merge(graphdef, state)
+    assert new.ref is new.items[0] is new.items[1]["again"] is m.ref
+    c = nnx.clone(m)
+    assert c.ref is c.items[0] is c.items[1]["again"]
+
+    @nnx.jit
+    def bump(m):
+        m.items[1]["again"][...] += 1.0  # the Ref is written through its second path
+        return m.ref[...]
+
+    np.testing.assert_allclose(bump(m), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(m.ref[...], [1.0, 2.0, 3.0])
+    assert m.ref is m.items[0] is m.items[1]["again"]
+    np.testing.assert_allclose(bump(m), [2.0, 3.0, 4.0])
+
+
 def test_cycles_roundtrip():
     m = Block()
     m.me = m

@@ -145,6 +145,21 @@ def test_immutability_errors():
         del state["mean"]
 
 
+def test_states_compare_as_mappings():
+    nested = nnx.State({"a": 1, "b": {"c": 2}})
+    assert nested == {"a": 1, "b": {"c": 2}} and {"a": 1, "b": {"c": 2}} == nested
+    assert nested == nnx.State({"b": nnx.State({"c": 2}), "a": 1})
+    assert nested != {"a": 1, "b": {"c": 3}} and nested != {"a": 1}
+    assert nnx.State({}) == {} and nnx.state({}) == nnx.State({})
+    assert nested != [("a", 1)]  # not a Mapping
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(nested)
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    params, rest = nnx.state(model, nnx.Param, ...)
+    assert rest == {} and params != {}
+    assert nnx.statelib.diff(nnx.state(model), params) == nnx.State({})
+
+
 def test_state_is_a_pytree_tree_map():
     state = nnx.state(Model())
     doubled = jax.tree.map(lambda x: x * 2, state)

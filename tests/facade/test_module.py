@@ -362,5 +362,5 @@ def test_merge_does_not_call_init_and_module_without_init():
     c = nnx.clone(s)
     _eq(c.w[...], jnp.full(2, 3.0))
     empty = nnx.Module()
-    assert nnx.state(empty).flat_state() == []
+    assert list(nnx.state(empty).flat_state()) == []
     assert type(nnx.clone(empty)) is nnx.Module

@@ -1,4 +1,6 @@
 import dataclasses
+import functools
+import typing as tp
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,62 @@ def test_is_data_has_data_and_register_data_type():
     nnx.check_pytree(h)
     with pytest.raises(TypeError, match="Expected a Pytree"):
         nnx.check_pytree(3)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["q", "scale"], meta_fields=["how"])
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+    """A registered data type that is a pytree node holding Params."""
+
+    q: tp.Any
+    scale: tp.Any
+    how: str = "int8"
+
+
+nnx.register_data_type(Quantized)
+
+
+class QLinear(nnx.Module):
+    def __init__(self):
+        self.kernel = Quantized(nnx.Param(jnp.arange(6.0).reshape(2, 3)), nnx.Param(jnp.ones((1, 3))))
+        self.bias = nnx.Param(jnp.zeros(3))
+        self.lora = nnx.LoRAParam(jnp.full(3, 2.0))
+
+
+def test_a_data_type_holding_params_is_walked_into():
+    m = QLinear()
+    lora, params = nnx.state(m, nnx.LoRAParam, nnx.Param)
+    assert [p for p, _ in params.flat_state()] == [("bias",), ("kernel", "q"), ("kernel", "scale")]
+    _eq(params["kernel"]["q"][...], jnp.arange(6.0).reshape(2, 3))
+    assert [p for p, _ in lora.flat_state()] == [("lora",)]
+    pure = nnx.to_pure_dict(nnx.state(m))
+    _eq(pure["kernel"]["scale"], jnp.ones((1, 3)))
+
+    graphdef, state = nnx.split(m)
+    back = nnx.merge(graphdef, jax.tree.map(lambda x: x + 1, state))
+    assert isinstance(back.kernel, Quantized) and back.kernel.how == "int8"
+    _eq(back.kernel.q[...], jnp.arange(6.0).reshape(2, 3) + 1)
+
+    nnx.update(m, {"kernel": {"q": jnp.full((2, 3), 7.0), "scale": jnp.full((1, 3), 3.0)}})
+    _eq(m.kernel.q[...], jnp.full((2, 3), 7.0))
+    _eq(m.kernel.scale[...], jnp.full((1, 3), 3.0))
+    grads = nnx.grad(lambda m: (m.kernel.q[...] * m.kernel.scale[...]).sum())(m)
+    _eq(grads["kernel"]["q"][...], jnp.full((2, 3), 3.0))
+
+
+def test_a_data_type_that_is_one_jax_leaf_stays_whole():
+    @nnx.register_data_type
+    @dataclasses.dataclass(frozen=True)
+    class Tag:
+        value: int
+
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.tag = Tag(3)
+
+    graphdef, state = nnx.split(Holder())
+    assert state["tag"] == Tag(3)
+    assert nnx.merge(graphdef, state).tag == Tag(3)
 
 
 def test_pytree_false_is_one_jax_leaf_but_still_a_graph_node():

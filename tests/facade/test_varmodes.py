@@ -109,6 +109,27 @@ def test_hijax_writes_inside_plain_jax_transforms_reach_the_variable():
     _eq(c[...], 8.0)
 
 
+def test_hijax_value_may_change_structure_inside_plain_jax_jit():
+    metrics = nnx.Variable({}, hijax=True)
+    assert len(metrics) == 0
+
+    @jax.jit
+    def record(x, metrics):
+        metrics["total"] = x.sum()
+        metrics["rows"] = [x[0], x[1]]
+
+    record(jnp.arange(6.0).reshape(2, 3), metrics)
+    assert sorted(metrics.get_value()) == ["rows", "total"]
+    _eq(metrics["total"], 15.0)
+    _eq(metrics["rows"][1], [3.0, 4.0, 5.0])
+    jax.jit(lambda m: m.__delitem__("rows"))(metrics)  # and shrink again
+    assert list(metrics.get_value()) == ["total"]
+
+    made = nnx.jit(lambda: nnx.Variable(jnp.array(1.0), hijax=True))()  # made inside a trace
+    jax.jit(lambda v: v.set_value({"was": v[...]}))(made)
+    _eq(made["was"], 1.0)
+
+
 def test_with_vars_filter_shares_other_variables_and_rejects_duplicates():
     class Foo(nnx.Module):
         def __init__(self):

@@ -112,10 +112,11 @@ def test_iter_module_children_and_as_abstract():
     assert [k for k, _ in nnx.iter_children(nnx.Dropout(0.1, rngs=nnx.Rngs(0)))] == ["rngs"]
     assert list(nnx.iter_module_children(nnx.Dropout(0.1, rngs=nnx.Rngs(0)))) == []
     mesh = jax.make_mesh((1,), ("a",), axis_types=(jax.sharding.AxisType.Auto,))
+    abstract = nnx.eval_shape(  # no mesh here: no shardings yet
+        lambda: nnx.Linear(4, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("a", None)})
+    )
+    assert abstract.kernel.get_value().sharding is None
     with jax.set_mesh(mesh):
-        abstract = nnx.eval_shape(
-            lambda: nnx.Linear(4, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("a", None)})
-        )
         annotated = nnx.as_abstract(abstract)
     assert annotated.kernel.get_value().sharding.spec == jax.P("a", None)
     assert annotated.kernel.get_value().shape == (4, 8)

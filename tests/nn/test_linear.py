@@ -12,7 +12,8 @@ from nnxfn import core
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
 from nnxfn.nn import initializers
-from nnxfn.nn.linear import Einsum, Embed, Linear, LinearGeneral, PReLU
+from nnxfn.nn.activations import PReLU
+from nnxfn.nn.linear import Einsum, Embed, Linear, LinearGeneral
 
 
 def _normal(shape, seed=0, dtype=jnp.float32):

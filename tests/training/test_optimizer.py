@@ -467,6 +467,34 @@ def test_hijax_model_and_optimizer_train_under_plain_jax_jit():
     assert int(optimizer.step[...]) == 1
 
 
+def test_hijax_moments_are_hijax_and_train_under_plain_jax_jit():
+    # Adam's moments mirror hijax Params, so they are hijax too (as in Flax):
+    # the update inside a plain `jax.jit` writes them through their Refs.
+    with nnxfn.var_defaults(hijax=True):
+        model = MLP(jax.random.key(0))
+        optimizer = Optimizer(model, TXS["adam"]())
+    moments = [
+        v for v in jax.tree.leaves(optimizer.opt_state, is_leaf=_is_variable) if isinstance(v, OptVariable)
+    ]
+    assert len(moments) == 8 and all(v.hijax for v in moments)
+
+    @jax.jit
+    def step():
+        graphdef, params, rest = split(model, Param, ...)
+        grads = jax.grad(loss_of(graphdef, rest))(nnxfn.with_vars(params, hijax=False))
+        optimizer.update(model, grads)
+
+    for _ in range(3):
+        step()
+    want = reference_run(TXS["adam"](), 3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), raw(state(model, Param)), want)
+    assert int(optimizer.step[...]) == 3
+
+
+def _is_variable(x):
+    return isinstance(x, Variable)
+
+
 def test_optimizer_sharding_without_a_param_annotation():
     # the moment gets `out_sharding` metadata; `.sharding` stays the array's sharding
     mesh = jax.make_mesh((1, 1), ("row", "col"), axis_types=(jax.sharding.AxisType.Auto,) * 2)

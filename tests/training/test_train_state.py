@@ -91,8 +91,8 @@ def test_helpers_namespace():
     assert not nnx.helpers.has_keyword_arg(lambda x, *rngs: x, "rngs")
 
 
-def test_compat_names_are_the_one_behaviour():
-    assert nnx.compat.split is nnx.split and nnx.compat.jit is nnx.jit
+def test_compat_names_are_graph_mode():
+    assert nnx.compat.split.func is nnx.split and nnx.compat.jit.func is nnx.jit
     assert nnx.compat.Optimizer is nnx.Optimizer
     v = nnx.Param(jnp.ones(2))
     graphdef, state = nnx.compat.split([v, v])

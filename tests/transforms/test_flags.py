@@ -1,4 +1,5 @@
-"""Flax's mode flags (accepted, one behaviour), unknown keywords, and the
+"""Flax's mode flags and switches (they select Flax's results; the tree-mode
+results themselves are in test_tree_mode_results.py), unknown keywords, and the
 transform-level names added for Flax compatibility."""
 
 from __future__ import annotations
@@ -70,13 +71,16 @@ def test_switches_are_independent_and_per_thread():
     assert seen["mode"] is True  # another thread keeps the default
 
 
-def test_flags_do_not_change_results():
+def test_switches_select_tree_mode_and_variable_writes_still_commit():
     m = Counter()
     x = jnp.arange(3.0)
     with nnx.set_graph_mode(False), nnx.set_graph_updates(False):
         out = nnx.jit(lambda m, x: m(x))(m, x)
+        grads = nnx.grad(lambda m: m(x).sum(), allow_int=True)(m)
     np.testing.assert_allclose(out, x * m.w[...])
-    assert int(m.count[...]) == 1  # updates still committed: one behaviour
+    assert int(m.count[...]) == 2  # Variable values leave tree-mode transforms too
+    assert type(grads) is Counter  # made under set_graph_mode(False): a tree-mode grad
+    np.testing.assert_allclose(grads.w[...], x)
 
 
 # -- every transform accepts graph= / graph_updates= ----------------------------------------------
@@ -84,18 +88,18 @@ def _module_fn(m, x):
     return m(x).sum()
 
 
-def test_transforms_accept_flags_with_unchanged_results():
+def test_transforms_accept_flags():
     x = jnp.arange(3.0)
 
     m = Counter()
     np.testing.assert_allclose(nnx.jit(_module_fn, **FLAGS)(m, x), (x * m.w[...]).sum())
     np.testing.assert_allclose(nnx.jit(**FLAGS)(_module_fn)(m, x), (x * m.w[...]).sum())
-    g = nnx.grad(_module_fn, **FLAGS)(m, x)
-    np.testing.assert_allclose(g["w"][...], x)
-    v, g = nnx.value_and_grad(_module_fn, **FLAGS)(m, x)
-    np.testing.assert_allclose(g["w"][...], x)
+    g = nnx.grad(_module_fn, allow_int=True, **FLAGS)(m, x)  # tree mode: shaped like the Module
+    np.testing.assert_allclose(g.w[...], x)
+    v, g = nnx.value_and_grad(_module_fn, allow_int=True, **FLAGS)(m, x)
+    np.testing.assert_allclose(g.w[...], x)
     out, pullback = nnx.vjp(lambda m: m(x).sum(), m, **FLAGS)
-    np.testing.assert_allclose(pullback(jnp.array(1.0))[0]["w"][...], x)
+    np.testing.assert_allclose(pullback(jnp.array(1.0))[0].w[...], x)
     _, t = nnx.jvp(lambda x: (x**2).sum(), (x,), (jnp.ones(3),), **FLAGS)
     np.testing.assert_allclose(t, 2 * x.sum())
     np.testing.assert_allclose(nnx.remat(_module_fn, **FLAGS)(m, x), (x * m.w[...]).sum())
@@ -117,7 +121,7 @@ def test_transforms_accept_flags_with_unchanged_results():
     np.testing.assert_allclose(out, x + 1)
     f = nnx.pmap(lambda x: x * 2, axis_size=1, devices=jax.devices()[:1], **FLAGS)
     np.testing.assert_allclose(f(x[None]), x[None] * 2)
-    assert int(m.count[...]) > 0
+    assert int(m.count[...]) == 6  # jit twice, grad, value_and_grad, vjp, remat
 
 
 def test_custom_vjp_accepts_flags():
@@ -208,12 +212,25 @@ def test_cached_partial_shares_variables_and_reuses_its_copies():
         cached(x)
         return cached
 
-    f = nnx.cached_partial(step, m, **FLAGS)
+    f = nnx.cached_partial(step, m)
     out1 = f(m, jnp.ones(3))
     out2 = f(m, jnp.ones(3))
     assert out1 is out2 and out1 is not m
     assert out1.w is m.w and out1.count is m.count
     assert int(m.count[...]) == 2
+
+
+@pytest.mark.parametrize("kw", [dict(graph=False), dict(graph_updates=False)])
+def test_cached_partial_is_graph_mode_only(kw):
+    with pytest.raises(ValueError, match="cached_partial is a graph-mode API.*nnx.compat.cached_partial"):
+        nnx.cached_partial(lambda m: m, Counter(), **kw)
+    with nnx.set_graph_updates(False), pytest.raises(ValueError, match="graph_updates=False"):
+        nnx.cached_partial(lambda m: m, Counter())
+    m = Counter()
+    with nnx.set_graph_mode(False):  # compat sets both flags
+        f = nnx.compat.cached_partial(nnx.jit(lambda m, x: m(x)), m)
+    f(jnp.ones(3))
+    assert int(m.count[...]) == 1
 
 
 # -- prefix ------------------------------------------------------------------------------------------
@@ -335,9 +352,20 @@ def test_split_merge_inputs_around_plain_jax_transforms():
 
 
 # -- compat ------------------------------------------------------------------------------------------------
-def test_compat_is_the_same_namespace():
-    assert nnx.compat.jit is nnx.jit and nnx.compat.split is nnx.split
-    assert nnx.compat.vmap is nnx.vmap and nnx.compat.cached_partial is nnx.cached_partial
+def test_compat_pins_graph_mode_with_graph_updates():
+    assert nnx.compat.jit is nnx.compat.jit  # made once
+    assert nnx.compat.jit.func is nnx.jit and nnx.compat.jit.keywords == dict(graph=True, graph_updates=True)
+    assert nnx.compat.split.keywords == dict(graph=True)
+    assert nnx.compat.Optimizer is nnx.Optimizer
     assert not hasattr(nnx.compat, "Linear")  # only the mode-dependent functions, as in Flax
     with pytest.raises(AttributeError):
         nnx.compat.no_such_name
+    m = Counter()
+    x = jnp.arange(3.0)
+    with nnx.set_graph_mode(False), nnx.set_graph_updates(False):
+        grads = nnx.compat.grad(_module_fn)(m, x)  # graph mode despite the switches
+        assert isinstance(grads, nnx.State) and set(grads) == {"w"}
+        grads = nnx.compat.grad(_module_fn, graph=False, allow_int=True)(m, x)  # a flag still wins
+        assert type(grads) is Counter
+    ((stream, key),) = nnx.compat.backup_keys(nnx.Rngs(3))  # lives in nnx.rnglib, as in Flax
+    assert key.shape == ()

@@ -55,6 +55,46 @@ def test_eval_shape_returning_written_input_gives_abstract_copy():
     assert_unchanged(before, m)
 
 
+def test_eval_shape_returning_an_unwritten_input_gives_abstract_copy():
+    m = MLP(2, 4, 1, rngs=nnx.Rngs(0))
+    out = nnx.eval_shape(lambda m: m, m)
+    assert out is not m and out.l1 is not m.l1
+    k = out.l1.kernel[...]
+    assert isinstance(k, jax.ShapeDtypeStruct) and k.shape == (2, 4) and k.dtype == jnp.float32
+    assert isinstance(m.l1.kernel[...], jax.Array)
+
+
+def _sharded_linear():
+    init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("data", "model"))
+    return nnx.Linear(2, 4, kernel_init=init, rngs=nnx.Rngs(0))
+
+
+def test_eval_shape_under_a_mesh_shards_returned_variables_by_their_annotation():
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AUTO, AUTO))
+    with jax.set_mesh(mesh):
+        concrete = _sharded_linear()
+        made = nnx.eval_shape(_sharded_linear)
+        returned = nnx.eval_shape(lambda m: m, concrete)
+    for m in (made, returned):
+        kernel, bias = m.kernel[...].sharding, m.bias[...].sharding
+        assert kernel.spec == P("data", "model") and bias.spec == P()  # no annotation: P()
+        assert kernel.mesh.axis_names == ("data", "model") and kernel.mesh.axis_sizes == (1, 1)
+    assert concrete.kernel.out_sharding == ("data", "model")
+    unmeshed = nnx.eval_shape(_sharded_linear)  # no mesh: nothing to place on
+    assert unmeshed.kernel[...].sharding is None and unmeshed.bias[...].sharding is None
+
+
+def test_eval_shape_uses_a_variables_own_mesh_metadata():
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(AUTO,))
+
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones((2, 4)), out_sharding=(None, "model"), mesh=mesh)
+
+    out = nnx.eval_shape(Holder)
+    assert out.w[...].sharding == jax.sharding.NamedSharding(mesh, P(None, "model"))
+
+
 def test_eval_shape_matches_jax_on_plain_arrays():
     f = lambda x, y: (x @ y, x.sum())  # noqa: E731
     got = nnx.eval_shape(f, jnp.ones((2, 3)), jnp.ones((3, 5)))

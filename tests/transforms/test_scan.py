@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
+import typing as tp
 
 import jax
 import jax.numpy as jnp
@@ -215,6 +218,58 @@ def test_structure_change_inside_scan_on_carry_raises():
         return m, x
 
     with pytest.raises(ValueError, match=r"created arg.new, whose axis is nnx.Carry.*int axis"):
+        nnx.scan(step)(m, jnp.ones((L, 3)))
+    assert_unchanged(before, m)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["value", "scale"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+    """A pytree holding Params (as a quantization library stores a weight)."""
+
+    value: tp.Any
+    scale: tp.Any
+
+
+nnx.register_data_type(Scaled)
+
+
+def test_body_may_replace_a_param_by_a_pytree_of_params_and_delete_a_variable():
+    stack = make_stack()
+    stack.seen = nnx.BatchStat(jnp.zeros(L))
+    kernels, biases = stack.kernel[...], stack.bias[...]
+
+    def step(x, layer):
+        layer.kernel = Scaled(nnx.Param(layer.kernel[...] * 2), nnx.Param(jnp.full((1, D), 0.5)))
+        del layer.seen
+        return x @ (layer.kernel.value[...] * layer.kernel.scale[...]) + layer.bias[...]
+
+    x = jnp.arange(2.0 * D).reshape(2, D)
+    y = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, stack)
+    want = x
+    for k, b in zip(kernels, biases):
+        want = want @ k + b  # 2 * kernel * 0.5
+    np.testing.assert_allclose(y, want, rtol=1e-5)
+    assert isinstance(stack.kernel, Scaled) and not hasattr(stack, "seen")
+    np.testing.assert_allclose(stack.kernel.value[...], 2 * kernels)
+    np.testing.assert_allclose(stack.kernel.scale[...], jnp.full((L, 1, D), 0.5))
+    assert sorted(nnx.state(stack, nnx.BatchStat).flat_state()) == []
+    assert [p for p, _ in nnx.state(stack).flat_state()] == [
+        ("bias",),
+        ("kernel", "scale"),
+        ("kernel", "value"),
+    ]
+
+
+def test_removing_a_carried_variable_raises():
+    m = Counter()
+    before = snapshot(m)
+
+    def step(m, x):
+        del m.total
+        return m, x
+
+    with pytest.raises(ValueError, match=r"removed the carried arg.total; a carry must keep"):
         nnx.scan(step)(m, jnp.ones((L, 3)))
     assert_unchanged(before, m)
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse as _traverse
+from nnxfn.core import treegraph as _treegraph
 from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
@@ -31,7 +32,7 @@ from nnxfn.core.program import leaf_ops
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.kinds import _CONTAINERS
 from nnxfn.core.registry import lookup
-from nnxfn.core.state import State
+from nnxfn.core.state import State, partition
 from nnxfn.core.state import _flatten as _state_flatten
 from nnxfn.core.state import _flatten_with_keys as _state_flatten_with_keys
 from nnxfn.core.variable_like import VariableLike
@@ -62,16 +63,36 @@ def split(
     """`graphdef, state = nnx.split(node)` or one state per filter.
 
     A root that is itself a leaf (a Variable, an array) gives that leaf as
-    its state, as in Flax."""
+    its state, as in Flax. In tree mode (`graph=False`) the GraphDef is
+    Flax's tree-mode record (`TreeNodeDef` + `VariableDef`s, see `treegraph.py`)."""
     _treemode.check_node(node, "split", graph)
+    if _treemode.is_tree_mode(graph):
+        return _split_tree(node, filters)
     if lookup(type(node)) is None and is_leaf_root(node):
         return _split_leaf(node, filters)
     return _graph.split(node, *filters)
 
 
+def _split_tree(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
+    graphdef, pairs = _treegraph.flatten(node)
+    if lookup(type(node)) is None and is_leaf_root(node):  # the leaf itself (Flax's tree mode)
+        return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
+    paths = [path for path, _ in pairs]
+    leaves = [leaf for _, leaf in pairs]
+    if not filters:
+        return graphdef, _graph._nest(paths, leaves)
+    buckets = partition(paths, leaves, filters, exhaustive=True)
+    return (graphdef, *(_graph._nest([paths[i] for i in b], [leaves[i] for i in b]) for b in buckets))
+
+
 def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
     graphdef, pairs = _graph.flatten(node)
-    leaf = pairs[0][1] if pairs else node
+    return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
+
+
+def _leaf_states(graphdef: GraphDef, leaf: tp.Any, is_leaf: bool, filters: tuple) -> tuple[tp.Any, ...]:
+    """(graphdef, the leaf) or, with filters, the leaf in the State of the
+    first filter it matches and empty States for the others."""
     if not filters:
         return graphdef, leaf
     out: list[tp.Any] = [State({}) for _ in filters]
@@ -80,7 +101,7 @@ def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
             out[i] = leaf
             break
     else:
-        if pairs:
+        if is_leaf:
             raise ValueError(errors.non_exhaustive_split([()]))
     return (graphdef, *out)
 
@@ -101,6 +122,8 @@ def merge(
         raise TypeError(f"merge: expected a GraphDef or GraphState, got {graphdef!r}")
     if not states:
         raise TypeError("merge() missing 1 required positional argument: 'state'")
+    if isinstance(graphdef, _treegraph.TreeGraphDef):
+        return _merge_tree(graphdef, states, copy)
     if type(states[0]) is State and all(type(s) is State for s in states):
         return _graph.merge(graphdef, *states, copy=copy)
     leaf = _root_leaf(states)
@@ -121,6 +144,21 @@ def merge(
     for s in states:
         flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
     return _graph.unflatten(graphdef, flat, copy=copy, adopt=True)
+
+
+def _merge_tree(graphdef: tp.Any, states: tuple, copy: bool) -> tp.Any:
+    """`merge` of a tree-mode GraphDef: its leaves in sorted path order."""
+    leaf = _root_leaf(states)
+    if leaf is not None:
+        leaves = [leaf[0]]
+    elif len(states) == 1 and type(states[0]) is list:
+        leaves = states[0]
+    else:
+        flat: dict[Path, tp.Any] = {}
+        for s in states:
+            flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
+        leaves = _treegraph.leaves_by_path(graphdef, flat)
+    return _treegraph.unflatten(graphdef, leaves, copy=copy)
 
 
 def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tuple]:
@@ -177,6 +215,8 @@ def state(
 def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
     _treemode.check_node(node, "graphdef", graph)
+    if _treemode.is_tree_mode(graph):
+        return _treegraph.flatten(node)[0]
     return _graph.graphdef(node)
 
 
@@ -200,7 +240,7 @@ def clone(
         if not pairs or pairs[0][0] != ():
             return _graph.unflatten(gd, dict(pairs), copy=False)
         return pairs[0][1]
-    gd, st = split(node)
+    gd, st = split(node, graph=graph)
     if arrays:
         st = jax.tree.map(jnp.copy, st)
     return merge(gd, st, copy=True)
@@ -226,6 +266,14 @@ def pop(
 ) -> tp.Any:
     """Remove the leaves matching `filters` from `node`; return them as State(s)."""
     return _update.pop(node, *filters)
+
+
+def graph_pop(node: tp.Any, filters: tuple[filterlib.Filter, ...]) -> tuple[State, ...]:
+    """`pop` with the filters as a tuple, always returning a tuple of States."""
+    if not filters:
+        return ()
+    popped = _update.pop(node, *filters)
+    return popped if len(filters) > 1 else (popped,)
 
 
 # -- traversal -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ import typing as tp
 import jax
 
 from nnxfn.core import filters as filterlib, graph as _graph, refoutputs, treemode as _treemode
+from nnxfn.core import treegraph as _treegraph
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import (
@@ -132,8 +133,15 @@ def flatten(
     """`graphdef, flat_state` (a FlatState of (path, leaf) pairs, or with
     `with_paths=False` the list of leaves). `ref_index` receives every object
     met, and every `jax.Ref` (objects already in it are referenced, not walked
-    again). Variables are detached copies unless `copy=False`."""
+    again). Variables are detached copies unless `copy=False`. In tree mode
+    (`graph=False`, no reference maps) the GraphDef is Flax's tree-mode record
+    and the leaves are the node's own Variables, in sorted path order."""
     _treemode.check_node(node, "flatten", graph)
+    if _treemode.is_tree_mode(graph) and ref_index is None and ref_outer_index is None:
+        graphdef, pairs = _treegraph.flatten(node)
+        if not with_paths:
+            return graphdef, [leaf for _, leaf in pairs]
+        return graphdef, FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
     return _flatten(node, ref_index, ref_outer_index, with_paths, copy, None)
 
 
@@ -236,6 +244,11 @@ def unflatten(
     outer index found in `outer_index_outer_ref` are updated in place.
     With `copy=False`, Variables given in the state become the new graph's
     Variables (a view sharing them)."""
+    if isinstance(graphdef, _treegraph.TreeGraphDef):
+        if type(state) is list:
+            return _treegraph.unflatten(graphdef, state, copy=copy_variables)
+        flat = dict(state if isinstance(state, FlatState) else as_state(state).flat_state())
+        return _treegraph.unflatten(graphdef, _treegraph.leaves_by_path(graphdef, flat), copy=copy_variables)
     leaves = _leaves_by_path(graphdef, state)
     objects = index_ref if index_ref is not None else {}
     reuse = {}

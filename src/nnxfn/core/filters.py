@@ -148,25 +148,25 @@ def _tag_of(value: tp.Any) -> tp.Any:
     return dict(items()).get("tag")
 
 
-def to_predicate(f: Filter) -> Predicate:
+def to_predicate(filter: Filter) -> Predicate:
     """Turn any filter expression into a `(path, value) -> bool` function."""
-    if isinstance(f, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn, PathRegex)):
-        return f
-    if isinstance(f, re.Pattern):
-        return PathRegex(f)
-    if f is Ellipsis or f is True:
+    if isinstance(filter, (All, Not, _Constant, OfType, WithTag, PathContains, PathIn, PathRegex)):
+        return filter
+    if isinstance(filter, re.Pattern):
+        return PathRegex(filter)
+    if filter is Ellipsis or filter is True:
         return _Constant(True)
-    if f is False or f is None:
+    if filter is False or filter is None:
         return _Constant(False)
-    if isinstance(f, type):
-        return OfType(f)
-    if isinstance(f, str):
-        return WithTag(f)
-    if isinstance(f, (tuple, list)):
-        return Any(*f)
-    if callable(f):
-        return f
-    raise TypeError(errors.bad_filter(f))
+    if isinstance(filter, type):
+        return OfType(filter)
+    if isinstance(filter, str):
+        return WithTag(filter)
+    if isinstance(filter, (tuple, list)):
+        return Any(*filter)
+    if callable(filter):
+        return filter
+    raise TypeError(errors.bad_filter(filter))
 
 
 def check_filters(filters: tuple[Filter, ...]) -> tuple[Predicate, ...]:

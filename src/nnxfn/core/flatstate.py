@@ -15,96 +15,12 @@ from __future__ import annotations
 import typing as tp
 from collections.abc import Mapping
 
-import jax
 
 from nnxfn.core import filters as filterlib
-from nnxfn.core.registry import key_order
-from nnxfn.core.state import State, partition
+from nnxfn.core.state import FlatState as FlatState, State
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
-
-
-def _path_key(path: Path) -> tuple:
-    return tuple(key_order(k) for k in path)
-
-
-class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
-    """An ordered sequence of `(path, leaf)` pairs; `flat[i]` is a pair."""
-
-    __slots__ = ("_keys", "_values")
-
-    def __init__(self, items: tp.Iterable[tuple[Path, tp.Any]] = (), /, *, sort: bool = True):
-        items = list(items.items() if isinstance(items, Mapping) else items)
-        if sort:
-            items.sort(key=lambda kv: _path_key(kv[0]))
-        self._keys: tuple[Path, ...] = tuple(tuple(k) for k, _ in items)
-        self._values: list[tp.Any] = [v for _, v in items]
-
-    @staticmethod
-    def from_sorted_keys_values(keys: tuple[Path, ...], values: list, /) -> FlatState:
-        flat = object.__new__(FlatState)
-        flat._keys, flat._values = tuple(keys), list(values)
-        return flat
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return self._keys
-
-    @property
-    def leaves(self) -> list[tp.Any]:
-        return self._values
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return FlatState.from_sorted_keys_values(self._keys[index], self._values[index])
-        return self._keys[index], self._values[index]
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> tp.Iterator[tuple[Path, tp.Any]]:
-        return iter(zip(self._keys, self._values))
-
-    def __repr__(self) -> str:
-        return f"FlatState({list(self)!r})"
-
-    def to_nested_state(self) -> State:
-        return from_flat_state(self)
-
-    def filter(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
-        """One FlatState per filter (leaves matching none are dropped)."""
-        parts = self._partition(filters, exhaustive=False)
-        return parts[0] if len(parts) == 1 else parts
-
-    def split(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
-        """One FlatState per filter; every leaf must match one (`...` last)."""
-        parts = self._partition(filters, exhaustive=True)
-        return parts[0] if len(parts) == 1 else parts
-
-    def _partition(self, filters: tuple, exhaustive: bool) -> tuple[FlatState, ...]:
-        buckets = partition(self._keys, self._values, filters, exhaustive)
-        return tuple(
-            FlatState.from_sorted_keys_values(tuple(self._keys[i] for i in b), [self._values[i] for i in b])
-            for b in buckets
-        )
-
-    @staticmethod
-    def merge(first: tp.Iterable, /, *rest: tp.Iterable) -> FlatState:
-        """One FlatState with the pairs of all (later ones win on equal paths)."""
-        if not rest and isinstance(first, FlatState):
-            return first
-        merged: dict[Path, tp.Any] = {}
-        for flat in (first, *rest):
-            merged.update((tuple(k), v) for k, v in flat)
-        return FlatState(merged.items(), sort=True)
-
-
-jax.tree_util.register_pytree_node(
-    FlatState,
-    lambda f: (f._values, f._keys),
-    lambda keys, values: FlatState.from_sorted_keys_values(keys, list(values)),
-)
 
 
 def as_state(state: tp.Any) -> State:
@@ -174,7 +90,7 @@ def replace_by_pure_dict(
 
 def map_state(f: tp.Callable[[Path, tp.Any], tp.Any], state: tp.Any) -> State:
     """A new State with every leaf replaced by `f(path, leaf)`."""
-    return State.from_flat_path([(p, f(p, v)) for p, v in as_state(state).flat_state()])
+    return as_state(state).map(f)
 
 
 def restore_int_paths(pure_dict: Mapping) -> dict:
@@ -195,10 +111,23 @@ def restore_int_paths(pure_dict: Mapping) -> dict:
     return walk(pure_dict)
 
 
+def create_path_filters(state: tp.Any) -> dict:
+    """`{PathIn(*paths): value}` grouping the paths of `state` by leaf value (a
+    Variable's value): the mapping form of a State of per-leaf values, as
+    `StateAxes`/`StateSharding` take it.
+
+    >>> filters = create_path_filters(State({"a": 0, "b": {"c": 0, "d": 1}}))
+    >>> [(f(("a",), None), f(("b", "c"), None), value) for f, value in filters.items()]
+    [(True, True, 0), (False, False, 1)]
+    """
+    groups: dict[tp.Any, list[Path]] = {}
+    for path, value in to_flat_state(state):
+        if isinstance(value, VariableLike):
+            value = value.get_value()
+        groups.setdefault(value, []).append(path)
+    return {filterlib.PathIn(*paths): value for value, paths in groups.items()}
+
+
 def diff(state: tp.Any, other: tp.Any) -> State:
     """The leaves of `state` whose paths are not in `other`."""
-    state = as_state(state)
-    if not other:
-        return state
-    known = set(as_state(other).flat_dict())
-    return State.from_flat_path([(p, v) for p, v in state.flat_state() if p not in known])
+    return as_state(state) - (as_state(other) if other else {})

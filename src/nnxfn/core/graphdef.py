@@ -71,6 +71,15 @@ class NodeDef:
     def __hash__(self) -> int:
         return hash((self.type, self.index, static_hash(self.static), self.children))
 
+    @property
+    def metadata(self) -> Hashable:
+        """Flax's name for `static` (the node type's per-node data)."""
+        return self.static
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.children)
+
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class VariableDef:
@@ -105,6 +114,22 @@ class ArrayDef:
 
 
 ARRAY = ArrayDef()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefArrayDef(ArrayDef):
+    """A bare `jax.Ref` leaf: an array leaf with identity (see `SameRef`)."""
+
+
+REF_ARRAY = RefArrayDef()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SameRef:
+    """A second path to the `number`-th bare `jax.Ref` of the GraphDef (in
+    pre-order): no leaf of its own, the first path's Ref again."""
+
+    number: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,8 +270,9 @@ class GraphDef:
 
 
 # -- the flat program (see walker.py, program.py) --------------------------------------
-OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE = range(8)
+OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE, OP_AREF, OP_ALIAS = range(10)
 _ARRAY_OP = (OP_ARRAY,)
+_AREF_OP = (OP_AREF,)
 
 
 def root_from_ops(ops: list) -> tp.Any:
@@ -279,6 +305,10 @@ def root_from_ops(ops: list) -> tp.Any:
             count += 1
         elif code == OP_ARRAY:
             d = ARRAY
+        elif code == OP_AREF:
+            d = REF_ARRAY
+        elif code == OP_ALIAS:
+            d = SameRef(op[1])
         elif code == OP_STATIC:
             d = StaticDef(op[1])
         elif code == OP_REF:
@@ -304,8 +334,12 @@ def ops_from_root(root: tp.Any) -> list:
         d = stack.pop()
         if isinstance(d, VariableDef):
             ops.append((OP_VAR, d.type, d.metadata))
+        elif isinstance(d, RefArrayDef):
+            ops.append(_AREF_OP)
         elif isinstance(d, ArrayDef):
             ops.append(_ARRAY_OP)
+        elif isinstance(d, SameRef):
+            ops.append((OP_ALIAS, d.number))
         elif isinstance(d, StaticDef):
             ops.append((OP_STATIC, d.value))
         elif isinstance(d, Ref):
@@ -361,8 +395,12 @@ def _describe(d: Any, indent: int) -> str:
         return f"{d.type.__name__}"
     if isinstance(d, Ref):
         return f"<shared #{d.index}>"
+    if isinstance(d, RefArrayDef):
+        return "Ref"
     if isinstance(d, ArrayDef):
         return "Array"
+    if isinstance(d, SameRef):
+        return f"<same Ref #{d.number}>"
     return repr(d.value)
 
 

@@ -57,7 +57,7 @@ def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
     return [] if found is None else found[1]
 
 
-_K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER = range(6)
+_K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER, _K_AREF = range(7)
 _LEAF_TYPES = (
     type(None),
     int,
@@ -79,6 +79,8 @@ def _kind(t: type) -> int:
         kind = _K_NODE
     elif issubclass(t, jax.core.Tracer):  # `isinstance(x, jax.Array)` depends on x
         kind = _K_OTHER
+    elif issubclass(t, jax.Ref):  # an array leaf with identity
+        kind = _K_AREF
     elif issubclass(t, _ARRAY_TYPES):
         kind = _K_ARRAY
     elif t in _CONTAINERS:

@@ -11,6 +11,8 @@ from itertools import islice
 
 
 from nnxfn.core.graphdef import (
+    OP_ALIAS,
+    OP_AREF,
     OP_ARRAY,
     OP_BOXED,
     OP_CONT,
@@ -48,7 +50,7 @@ def unflatten_leaves(
 
 
 OP_LEAFNODE = -1  # graph nodes whose children are all single ops (see `_plan`)
-_SINGLE = frozenset({OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF})
+_SINGLE = frozenset({OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_AREF, OP_ALIAS})
 
 
 def _plan(ops: list) -> list:
@@ -182,6 +184,7 @@ def _unflatten_ops(
     if objects is None:
         objects = []  # graph objects and Variables made, by GraphDef index
     add_object = objects.append
+    refs: list = []  # the bare jax.Refs, in pre-order (OP_ALIAS refers to them)
 
     def single(op: tuple) -> tp.Any:
         """The value of one Variable/array/static/back-reference op."""
@@ -220,6 +223,14 @@ def _unflatten_ops(
             return v.raw_value if isinstance(v, VariableLike) else v
         if code == OP_STATIC:
             return op[1]
+        if code == OP_AREF:
+            v = next_leaf()
+            if not trusted and isinstance(v, VariableLike):
+                v = v.raw_value
+            refs.append(v)
+            return v
+        if code == OP_ALIAS:
+            return refs[op[1]]
         return objects[op[1]]  # OP_REF
 
     def open_node(op: tuple) -> tuple[tp.Any, bool]:
@@ -363,7 +374,7 @@ def _fill(impl: NodeImpl, node: tp.Any, keys: tuple, values: list, reused: bool 
 
 
 # -- reading a program with paths -------------------------------------------------
-_LEAF_OPS = frozenset({OP_VAR, OP_ARRAY, OP_BOXED})
+_LEAF_OPS = frozenset({OP_VAR, OP_ARRAY, OP_BOXED, OP_AREF})
 
 
 def _child_keys(op: tuple) -> tuple:
@@ -439,7 +450,7 @@ def flatten_like(
                 out.append((tuple(keys[1:]), x))
             elif code == OP_BOXED:
                 out.append((tuple(keys[1:]), x if isinstance(x, VariableLike) else op[1].from_parts(x, ())))
-            elif code == OP_ARRAY:
+            elif code == OP_ARRAY or code == OP_AREF:
                 out.append((tuple(keys[1:]), x.value if type(x) is DataLeaf else x))
             elif code == OP_NODE:
                 if type(x) is not op[1]:

@@ -11,23 +11,18 @@ P(y=1, x=2)
 
 from __future__ import annotations
 
-import abc
 import typing as tp
 
+import jax
+import numpy as np
 
 from nnxfn.core import kinds as _graph
-from nnxfn.core.graphdef import ContainerDef, NodeDef, PytreeDef, Ref, VariableDef
-from nnxfn.core.registry import key_order, lookup
+from nnxfn.core.graphdef import NodeDef, Ref, VariableDef
+from nnxfn.core.registry import NodeImpl, is_registered, key_order, lookup, register_node_type
+from nnxfn.core.treegraph import TreeNodeDef
 from nnxfn.core.variable_like import VariableLike
 
 
-class TreeNodeDef(abc.ABC):  # noqa: B024 - a marker for isinstance checks
-    """A GraphDef record of a node walked by value (list, tuple, dict, pytree),
-    as opposed to `NodeDef` (a graph node with identity)."""
-
-
-TreeNodeDef.register(ContainerDef)
-TreeNodeDef.register(PytreeDef)
 NodeRef = Ref
 
 
@@ -55,9 +50,10 @@ def unflatten_pytree(pairs: tp.Iterable[tuple[tp.Any, tp.Any]], meta: PytreeMeta
     return meta.treedef.unflatten([v for _, v in ordered])
 
 
-def is_pytree_node(x: tp.Any) -> bool:
-    """True for containers and foreign pytrees that have children."""
-    if isinstance(x, VariableLike) or lookup(type(x)) is not None:
+def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
+    """True for containers and foreign pytrees that have children (graph nodes such as
+    Modules too, if `check_graph_registry=False`: they are JAX pytrees as well)."""
+    if isinstance(x, VariableLike) or (check_graph_registry and lookup(type(x)) is not None):
         return False
     if type(x) in (list, tuple, dict):
         return True
@@ -67,6 +63,47 @@ def is_pytree_node(x: tp.Any) -> bool:
 def is_node(x: tp.Any) -> bool:
     """True for graph nodes and pytree nodes (not Variables or leaves)."""
     return lookup(type(x)) is not None or is_pytree_node(x)
+
+
+def is_node_leaf(x: tp.Any) -> bool:
+    """True for what a graph holds as a leaf: Variables, arrays and `jax.Ref`s."""
+    return isinstance(x, (VariableLike, jax.Array, np.ndarray, jax.Ref))
+
+
+def is_node_type(x: type) -> bool:
+    """True for registered graph-node types (Modules, ...) and the containers walked
+    as pytree nodes (list, tuple, dict)."""
+    return lookup(x) is not None or x in (list, tuple, dict)
+
+
+def register_graph_node_type(
+    type: type,
+    flatten: tp.Callable[[tp.Any], tuple[tp.Sequence[tuple[tp.Any, tp.Any]], tp.Hashable]],
+    set_key: tp.Callable[[tp.Any, tp.Any, tp.Any], None],
+    pop_key: tp.Callable[[tp.Any, tp.Any], tp.Any],
+    create_empty: tp.Callable[[tp.Hashable], tp.Any],
+    clear: tp.Callable[[tp.Any], None],
+    init: tp.Callable[[tp.Any, tp.Iterable[tuple[tp.Any, tp.Any]]], None],
+) -> None:
+    """Make `type` (and its subclasses) a graph node, with Flax's callbacks:
+    `flatten(node) -> ((key, child) pairs, hashable aux data)`, `create_empty(aux)`,
+    `init(node, pairs)` fills a new node, `set_key`/`pop_key` edit one child (`clear`
+    is accepted; nnxfn edits children one by one). Its instances then have identity
+    in `split`/`merge` and every transform, like Modules.
+    """
+    if is_registered(type):
+        raise ValueError(f"Node type {type} is already registered.")
+    register_node_type(
+        NodeImpl(
+            type=type,
+            children=lambda node: flatten(node)[0],
+            static=lambda node: flatten(node)[1],
+            create_empty=lambda cls, aux: create_empty(aux),
+            set_child=set_key,
+            del_child=pop_key,
+            fill=lambda node, keys, values: init(node, zip(keys, values)),
+        )
+    )
 
 
 def jax_to_nnx_path(jax_path: tuple) -> tuple:

@@ -59,6 +59,9 @@ _CACHE: dict[type, NodeImpl | None] = {}
 # type -> how `graph.py`'s fast walk treats its instances; derived from the
 # registry, so it is cleared with `_CACHE`.
 KINDS: dict[type, int] = {}
+# Other per-type caches derived from the registry (e.g. the facade's pytree
+# kinds), cleared with it.
+DERIVED: list[dict] = []
 
 
 def register_node_type(impl: NodeImpl) -> None:
@@ -66,6 +69,13 @@ def register_node_type(impl: NodeImpl) -> None:
     _REGISTRY[impl.type] = impl
     _CACHE.clear()
     KINDS.clear()
+    for cache in DERIVED:
+        cache.clear()
+
+
+def is_registered(node_type: type) -> bool:
+    """True if `node_type` itself (not a base class) was registered."""
+    return node_type in _REGISTRY
 
 
 def lookup(node_type: type) -> NodeImpl | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typing as tp
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import jax
 
@@ -77,18 +78,40 @@ class State(Mapping):
     def __delitem__(self, key: tp.Any) -> None:
         raise TypeError(_immutable(key))
 
-    __eq__ = object.__eq__
+    def __eq__(self, other: object) -> bool:
+        """Compared as a Mapping (Flax): equal keys, and values equal by `==`
+        (an empty State equals `{}`; a State is never hashable)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self is other or self._mapping == dict(other.items())
+
     __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self):
         return (State, (self._mapping,))
 
     # -- flat views -------------------------------------------------------
-    def flat_state(self) -> list[tuple[Path, tp.Any]]:
+    def flat_state(self) -> FlatState:
         """Every (path, leaf) pair, in canonical key order."""
         out: list[tuple[Path, tp.Any]] = []
         _flatten_into(self, (), out)
-        return out
+        return FlatState.from_sorted_keys_values(tuple(k for k, _ in out), [v for _, v in out])
+
+    @property
+    def raw_mapping(self) -> Mapping:
+        """The nested mapping itself, read-only (a State is immutable)."""
+        return MappingProxyType(self._mapping)
+
+    def map(self, f: tp.Callable[[Path, tp.Any], tp.Any]) -> State:
+        """A new State with every leaf replaced by `f(path, leaf)` (`nnx.map_state`)."""
+        return State.from_flat_path([(p, f(p, v)) for p, v in self.flat_state()])
+
+    def __sub__(self, other: Mapping) -> State:
+        """The leaves whose paths are not in `other` (`nnx.statelib.diff`)."""
+        if not other:
+            return self
+        known = set((other if isinstance(other, State) else State(other)).flat_dict())
+        return State.from_flat_path([(p, v) for p, v in self.flat_state() if p not in known])
 
     def flat_dict(self) -> dict[Path, tp.Any]:
         return dict(self.flat_state())
@@ -314,3 +337,86 @@ def _unflatten(keys: tuple, children: tp.Iterable) -> State:
 
 
 jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
+
+
+# -- FlatState ------------------------------------------------------------------------------
+def _path_key(path: Path) -> tuple:
+    return tuple(key_order(k) for k in path)
+
+
+class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
+    """An ordered sequence of `(path, leaf)` pairs; `flat[i]` is a pair."""
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, items: tp.Iterable[tuple[Path, tp.Any]] = (), /, *, sort: bool = True):
+        items = list(items.items() if isinstance(items, Mapping) else items)
+        if sort:
+            items.sort(key=lambda kv: _path_key(kv[0]))
+        self._keys: tuple[Path, ...] = tuple(tuple(k) for k, _ in items)
+        self._values: list[tp.Any] = [v for _, v in items]
+
+    @staticmethod
+    def from_sorted_keys_values(keys: tuple[Path, ...], values: list, /) -> FlatState:
+        flat = object.__new__(FlatState)
+        flat._keys, flat._values = tuple(keys), list(values)
+        return flat
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self._keys
+
+    @property
+    def leaves(self) -> list[tp.Any]:
+        return self._values
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return FlatState.from_sorted_keys_values(self._keys[index], self._values[index])
+        return self._keys[index], self._values[index]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> tp.Iterator[tuple[Path, tp.Any]]:
+        return iter(zip(self._keys, self._values))
+
+    def __repr__(self) -> str:
+        return f"FlatState({list(self)!r})"
+
+    def to_nested_state(self) -> State:
+        return State.from_flat_path(self)
+
+    def filter(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
+        """One FlatState per filter (leaves matching none are dropped)."""
+        parts = self._partition(filters, exhaustive=False)
+        return parts[0] if len(parts) == 1 else parts
+
+    def split(self, *filters: filterlib.Filter) -> FlatState | tuple[FlatState, ...]:
+        """One FlatState per filter; every leaf must match one (`...` last)."""
+        parts = self._partition(filters, exhaustive=True)
+        return parts[0] if len(parts) == 1 else parts
+
+    def _partition(self, filters: tuple, exhaustive: bool) -> tuple[FlatState, ...]:
+        buckets = partition(self._keys, self._values, filters, exhaustive)
+        return tuple(
+            FlatState.from_sorted_keys_values(tuple(self._keys[i] for i in b), [self._values[i] for i in b])
+            for b in buckets
+        )
+
+    @staticmethod
+    def merge(first: tp.Iterable, /, *rest: tp.Iterable) -> FlatState:
+        """One FlatState with the pairs of all (later ones win on equal paths)."""
+        if not rest and isinstance(first, FlatState):
+            return first
+        merged: dict[Path, tp.Any] = {}
+        for flat in (first, *rest):
+            merged.update((tuple(k), v) for k, v in flat)
+        return FlatState(merged.items(), sort=True)
+
+
+jax.tree_util.register_pytree_node(
+    FlatState,
+    lambda f: (f._values, f._keys),
+    lambda keys, values: FlatState.from_sorted_keys_values(keys, list(values)),
+)

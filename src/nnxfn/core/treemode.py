@@ -1,12 +1,12 @@
 """What Flax's tree mode (`graph=False`) and `graph_updates=False` reject.
 
-nnxfn computes one result whatever the mode flags say (Flax's graph mode with
-graph updates). Flax's tree mode treats objects as plain JAX pytrees, so it
-rejects input a pytree cannot express: the same Variable (or `jax.Ref`)
-reached by two paths, reference cycles, and objects declared
-`pytree=False`. When the caller *asks* for tree mode, nnxfn raises the same
-errors, so code written against Flax's tree mode fails the same way. Nothing
-here runs unless a mode was asked for: the default paths never call it.
+Flax's tree mode treats objects as plain JAX pytrees, so it rejects input a
+pytree cannot express: the same Variable (or `jax.Ref`) reached by two
+paths, reference cycles, and objects declared `pytree=False`. When the
+caller *asks* for tree mode, nnxfn raises the same errors, so code written
+against Flax's tree mode fails the same way (the transforms' tree-mode
+*results* are made in `transforms/`). Nothing here runs unless a mode was
+asked for: the default paths never call it.
 
 >>> import nnxfn as nnx, jax.numpy as jnp
 >>> v = nnx.Param(jnp.zeros(1))

@@ -61,6 +61,12 @@ class NodeStates:
             raise ValueError(f"NodeStates: expected exactly one state, got {len(self.states)}")
         return self.states[0]
 
+    def replace(self, **fields: tp.Any) -> NodeStates:
+        """A copy with some fields changed (`graphdef=`, `states=`, `metadata=`)."""
+        if "graphdef" in fields:
+            fields["_graphdef"] = fields.pop("graphdef")
+        return dataclasses.replace(self, **fields)
+
     @classmethod
     def from_split(
         cls, graphdef: GraphDef | None, state: tp.Any, /, *states: tp.Any, metadata: tp.Any = None

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import typing as tp
 
+import jax
 
 from nnxfn.core.graphdef import (
     _ARRAY_OP,
+    _AREF_OP,
+    OP_ALIAS,
+    OP_AREF,
     OP_BOXED,
     OP_CONT,
     OP_NODE,
@@ -20,6 +24,7 @@ from nnxfn.core.graphdef import (
 )
 from nnxfn.core.kinds import (
     _ARRAY_TYPES,
+    _K_AREF,
     _K_ARRAY,
     _K_CONT,
     _K_NODE,
@@ -52,9 +57,12 @@ Leaf = tp.Any
 #                                   then one op sequence per key
 #   (OP_CONT, type, keys)           a list/tuple/dict, then its children
 #   (OP_PYTREE, treedef, keys)      a foreign pytree, then its children
+#   (OP_AREF,)                      a bare `jax.Ref`; takes the next leaf
+#   (OP_ALIAS, number)              the `number`-th OP_AREF's Ref again (no leaf)
 #
 # Indices are given in pre-order. `_unflatten_ops` below runs the program back.
-_OWNING = frozenset({OP_VAR, OP_NODE, OP_REF})  # ops that make a pytree hold graph state
+# Ops that make a pytree hold graph state (objects with identity):
+_OWNING = frozenset({OP_VAR, OP_NODE, OP_REF, OP_AREF, OP_ALIAS})
 
 
 def walk(
@@ -79,6 +87,7 @@ def walk(
     kinds = KINDS
     impls = _IMPLS
     index: dict[int, int] = {}  # id -> GraphDef index of Variables and graph nodes
+    refs: dict[int, int] = {}  # id -> number of the bare jax.Refs (in pre-order)
     linking: list = []  # (index, node) of nodes that have links (see `NodeImpl.links`)
     seen = index.setdefault
     alive: list = [node]  # every child sequence walked, so ids stay unique
@@ -112,6 +121,15 @@ def walk(
         else:
             emit((OP_BOXED, boxed), boxed.from_parts(v, ()), k, d, prefix)
 
+    def ref_leaf(v: tp.Any, k: tp.Any, d: dict, prefix: tuple | None) -> None:
+        """A bare `jax.Ref`: one leaf however many paths reach it."""
+        number = refs.get(id(v))
+        if number is None:
+            refs[id(v)] = len(refs)
+            emit(_AREF_OP, v, k, d, prefix)
+        else:
+            add_op((OP_ALIAS, number))
+
     while stack:
         it, d, prefix, foreign, pytree, start = stack[-1]
         for k, v in it:
@@ -133,6 +151,9 @@ def walk(
                 continue
             if kind == _K_ARRAY:
                 leaf(v, k, d, prefix, foreign)
+                continue
+            if kind == _K_AREF:
+                ref_leaf(v, k, d, prefix)
                 continue
             if kind == _K_STATIC:
                 add_op((OP_STATIC, v))
@@ -167,7 +188,10 @@ def walk(
                 leaf(v.value, k, d, prefix, ())
                 continue
             elif isinstance(v, _ARRAY_TYPES):  # a tracer
-                leaf(v, k, d, prefix, foreign)
+                if isinstance(v, jax.Ref):
+                    ref_leaf(v, k, d, prefix)
+                else:
+                    leaf(v, k, d, prefix, foreign)
                 continue
             else:
                 found = _pytree_children(v)

@@ -10,7 +10,7 @@ import typing as tp
 from collections.abc import MutableMapping, MutableSequence
 
 from nnxfn import core
-from nnxfn.facade import context
+from nnxfn.facade import context, pytreeview
 from nnxfn.core import DataLeaf
 from nnxfn.facade import pytreelib
 from nnxfn.facade.module import Module, Object, needs_box
@@ -23,6 +23,8 @@ class List(Object, MutableSequence):
     `nnx.static(v)` items override that (`nnx.List([nnx.data(1)])` holds the
     leaf 1). A plain value written to a data index keeps it data.
     """
+
+    _nnx_make_view = staticmethod(pytreeview.list_view)  # JAX sees the data items
 
     def __init__(self, items: tp.Iterable = ()):
         object.__setattr__(self, "_items", [])
@@ -90,6 +92,19 @@ class List(Object, MutableSequence):
         if flags is not None:
             flags.insert(i, is_data)
         self._items.insert(i, value)
+
+    # Flax's List is a Module: these Module methods work on it too (they walk the graph).
+    # (`sow`/`perturb` do not: a List holds items, not attributes.)
+    iter_modules = Module.iter_modules
+    set_attributes = Module.set_attributes
+    train = Module.train
+    eval = Module.eval
+
+    def iter_children(self) -> tp.Iterator[tuple[int, Module]]:
+        """(index, item) for the items that are Modules."""
+        for i, value in enumerate(self._items):
+            if isinstance(value, Module):
+                yield i, value
 
     def __getstate__(self) -> dict:
         state = {"_items": self._items}

@@ -50,12 +50,42 @@ class TraceContextError(Exception):
     was made in (as Flax's `flax.errors.TraceContextError`)."""
 
 
-_foreign_paths: dict[int, tuple] = {}  # id -> (weakref, path); Variables compare by value
+# id -> (weakref, parent weakref or None, path below the parent); Variables compare by value
+_foreign_paths: dict[int, tuple] = {}
 
 
 def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
+    """`obj` was rebuilt by a JAX transform at `path` of the rebuilt model."""
     key = id(obj)
-    _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), path)
+    _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), None, path)
+
+
+def remember_foreign_parent(obj: tp.Any, parent: tp.Any, path: tuple) -> None:
+    """`obj` was rebuilt by a JAX transform at `path` below `parent` (itself
+    rebuilt): the full path is read from the parents when a message needs it."""
+    key = id(obj)
+    _foreign_paths[key] = (
+        weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)),
+        weakref.ref(parent),
+        path,
+    )
+
+
+def _foreign_path(obj: tp.Any) -> tuple | None:
+    """The path of a rebuilt object in its rebuilt model, or None if unknown."""
+    entry = _foreign_paths.get(id(obj))
+    if entry is None or entry[0]() is not obj:
+        return None
+    path = entry[2]
+    for _ in range(10_000):  # parents up to the root (bounded: rebuilt graphs have no cycles)
+        parent = entry[1]() if entry[1] is not None else None
+        if parent is None:
+            return path
+        entry = _foreign_paths.get(id(parent))
+        if entry is None or entry[0]() is not parent:
+            return path
+        path = entry[2] + path
+    return path
 
 
 _EPOCH = core_splitcache.CLOCK  # moved by every structural change anywhere (cached splits read it)
@@ -91,7 +121,9 @@ def bump_structure(obj: tp.Any = None) -> None:
     if obj is None:
         _HARD[0] += 1
         return
-    obj.__dict__["_nnx_version"] = _EPOCH[0]
+    d = obj.__dict__
+    d["_nnx_version"] = _EPOCH[0]
+    d.pop("_nnx_tree", None)  # its pytree memo (see jaxtree.py) no longer holds: drop what it refers to
 
 
 def metadata_changed() -> None:
@@ -134,9 +166,7 @@ def _describe(obj: tp.Any) -> str:
 
 
 def _foreign_message(obj: tp.Any, what: str) -> str:
-    ref, path = _foreign_paths.get(id(obj), (None, None))
-    if ref is None or ref() is not obj:
-        path = None
+    path = _foreign_path(obj)
     where = (
         "model" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
         if path is not None

@@ -19,22 +19,14 @@ from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn import core
 from nnxfn.core import DataLeaf
-from nnxfn.facade import context, pytreelib
+from nnxfn.facade import context, jaxtree, pytreelib, pytreeview
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.pytreelib import data as data, static as static
 from nnxfn.facade.variables import Perturbation, Variable, variable_type_from_name
 from nnxfn.facade.varmodes import base_type as var_type_of
 
 M = tp.TypeVar("M", bound="Module")
-_PRIVATE = (
-    "_nnx_frame",
-    "_nnx_static",
-    "_nnx_pytree",
-    "_nnx_data",
-    "_nnx_version",
-    "_nnx_model",
-    "_nnx_traced",
-)  # _nnx_model: an optimizer's link
+_PRIVATE = pytreeview.PRIVATE  # bookkeeping entries of __dict__
 _UNSET = object()
 
 
@@ -47,6 +39,7 @@ class Pytree:
 
     _nnx_is_pytree: tp.ClassVar[bool] = True
     _nnx_fields: tp.ClassVar[dict[str, bool]] = {}  # class-level nnx.data()/nnx.static()
+    _nnx_make_view = staticmethod(pytreeview.object_view)  # how JAX sees an instance
 
     def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         obj = object.__new__(cls)
@@ -102,6 +95,7 @@ class Pytree:
         state.pop("_nnx_pytree", None)
         state.pop("_nnx_version", None)
         state.pop("_nnx_traced", None)
+        state.pop(pytreeview.MEMO, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -181,10 +175,13 @@ def static_names(obj: Pytree) -> frozenset:
     return obj.__dict__.get("_nnx_static", frozenset())
 
 
+_NO_NAMES: frozenset = frozenset()
+
+
 def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
     """Record whether `obj.name` is data or static; the value to store."""
-    statics = d.get("_nnx_static", frozenset())
-    datas = d.get("_nnx_data", frozenset())
+    statics = d.get("_nnx_static", _NO_NAMES)
+    datas = d.get("_nnx_data", _NO_NAMES)
     if type(value) is pytreelib.Marked:
         is_data, value, explicit = value.is_data, value.value, True
     elif name in statics or name in datas:
@@ -209,18 +206,20 @@ def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
             object.__setattr__(obj, "_nnx_static", statics - {name})
         if name not in datas:
             object.__setattr__(obj, "_nnx_data", datas | {name})
+    if d.get("_nnx_static", _NO_NAMES) is not statics or d.get("_nnx_data", _NO_NAMES) is not datas:
+        context.bump_structure(obj)  # the same value changed status: a new pytree structure
     return value
 
 
 def needs_box(value: tp.Any) -> bool:
     """True if `value`, declared data, is not a leaf or container by itself
-    (`nnx.data(1)`, a registered data type): the core then keeps it whole as a leaf."""
+    (`nnx.data(1)`, a registered data type that JAX sees as one leaf): the core
+    then keeps it whole as a leaf. A registered data type that is a pytree node
+    (a `flax.struct.dataclass` holding Params) is walked into, as Flax does."""
     t = type(value)
-    if t in pytreelib.DATA_TYPES:
-        return True
     if t in _SCALARS:
         return True
-    if pytreelib.is_data(value) or t in (list, tuple, dict):
+    if t not in pytreelib.DATA_TYPES and (pytreelib.is_data(value) or t in (list, tuple, dict)):
         return False
     return jax.tree_util.treedef_is_leaf(jax.tree.structure(value))
 
@@ -427,194 +426,37 @@ core.register_node_type(
 )
 
 
-class _Level:
-    """One level of a Module's JAX key path below the Module itself (the
-    `layers` then `[0]` in `.layers[0].b`): JAX sees one key per level while
-    the Module still flattens to its deduplicated State leaves."""
-
-    __slots__ = ("keys", "children")
-
-    def __init__(self, keys: tuple, children: list):
-        self.keys = keys
-        self.children = children
-
-    def __repr__(self) -> str:
-        return f"_Level({list(zip(self.keys, self.children))!r})"
-
-
-def _level_flatten(level: _Level):
-    return level.children, level.keys
-
-
-def _level_flatten_with_keys(level: _Level):
-    return list(zip(level.keys, level.children)), level.keys
-
-
-def _level_unflatten(keys: tuple, children: tp.Iterable) -> _Level:
-    return _Level(keys, list(children))
-
-
-jax.tree_util.register_pytree_with_keys(_Level, _level_flatten_with_keys, _level_unflatten, _level_flatten)
-
-# aux -> nesting template: a list of ints (leaf positions) and (keys, template) pairs
-_TEMPLATES: dict[tuple, tuple[tuple, list]] = {}
-
-
-def _key_of(node: tp.Any, k: tp.Any) -> tp.Any:
-    if type(k) is int and (
-        isinstance(node, (list, tuple)) or type(node).__name__ == "List" and hasattr(node, "_items")
-    ):
-        return jax.tree_util.SequenceKey(k)
-    if isinstance(node, dict):
-        return jax.tree_util.DictKey(k)
-    return jax.tree_util.GetAttrKey(str(k))
-
-
-def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
-    if node is None:
-        return None
-    try:
-        if isinstance(node, (list, tuple, dict)):
-            return node[k]
-        if isinstance(node, Object) and hasattr(node, "_items") and isinstance(k, int):
-            return node._items[k]
-        if isinstance(node, Object):
-            return node.__dict__.get(k)
-        for ck, cv in core.graph.children_of(node):
-            if ck == k:
-                return cv
-    except Exception:
-        pass
-    return None
-
-
-def _template(obj: Object, paths: tuple) -> tuple[tuple, list]:
-    """(top-level keys, entries) with entries a leaf index or (keys, entries)."""
-
-    def build(node: tp.Any, items: list, depth: int) -> tuple[tuple, list]:
-        keys: list = []
-        entries: list = []
-        i = 0
-        while i < len(items):
-            idx, path = items[i]
-            k = path[depth]
-            key = _key_of(node, k)
-            if len(path) == depth + 1:
-                keys.append(key)
-                entries.append(idx)
-                i += 1
-                continue
-            j = i
-            while j < len(items) and len(items[j][1]) > depth + 1 and items[j][1][depth] == k:
-                j += 1
-            keys.append(key)
-            entries.append(build(_child_at(node, k), items[i:j], depth + 1))
-            i = j
-        return tuple(keys), entries
-
-    return build(obj, list(enumerate(paths)), 0)
-
-
-def _nest(entries: list, leaves: list) -> list:
-    return [leaves[e] if type(e) is int else _Level(e[0], _nest(e[1], leaves)) for e in entries]
-
-
-def _flat_leaves(children: tp.Iterable, out: list) -> list:
-    for c in children:
-        if type(c) is _Level:
-            _flat_leaves(c.children, out)
-        else:
-            out.append(c)
-    return out
-
-
-def _nested(obj: Object, leaves: list, aux: tuple):
-    template = _TEMPLATES.get(aux)
-    if template is None:
-        if len(_TEMPLATES) > 4096:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[aux] = _template(obj, aux[1])
-    keys, entries = template
-    return keys, _nest(entries, leaves), (*aux, keys)
-
-
-def _pytree_leaves(obj: Object):
-    """JAX sees the State leaves (Variables, raw arrays), each once even if
-    shared; foreign pytrees (Equinox modules) are children whole, so
-    `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
-    memo = obj.__dict__.get("_nnx_pytree")
-    if memo is not None and memo[3] == context.structure_epoch():
-        # Made by `_pytree_unflatten` and structurally unchanged since: keep its
-        # leaf slots even if they now hold None/bools (e.g. `eqx.partition`).
-        pairs = core.graph.flatten_like(memo[0], obj, memo[2])
-        if pairs is not None:
-            return [leaf for _, leaf in pairs], memo[:3]
-    whole: dict = {}
-    graphdef, pairs = core.flatten(obj, copy=False, whole_pytrees=whole)
-    if whole:
-        pairs = tp.cast(list, core.graph.flatten_like(graphdef, obj, whole))
-    return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
-
-
-def _pytree_flatten(obj: Object):
-    leaves, aux = _pytree_leaves(obj)
-    _, children, aux = _nested(obj, leaves, aux)
-    return children, aux
-
-
-def _pytree_flatten_with_keys(obj: Object):
-    leaves, aux = _pytree_leaves(obj)
-    keys, children, aux = _nested(obj, leaves, aux)
-    return list(zip(keys, children)), aux
-
-
-def _path_name(path: tuple) -> str:
-    return ".".join(str(k) for k in path)
-
-
-def _is_tracer(x: tp.Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _pytree_unflatten(aux: tuple, children: tp.Iterable) -> Object:
-    graphdef, paths, whole, _ = aux
-    aux = aux[:3]
-    leaves = _flat_leaves(children, [])
-    traced = False
-    for path, leaf in zip(paths, leaves):
-        if getattr(leaf, "_frame", None) is context.FOREIGN:
-            context.remember_foreign_path(leaf, path)
-            traced = True
-        elif not traced and (
-            _is_tracer(leaf) or (path in whole and any(map(_is_tracer, jax.tree.leaves(leaf))))
-        ):
-            traced = True
-    try:  # by position (faster); by path for whole pytrees and for the errors
-        if whole:
-            raise core.program.LeafMismatch
-        obj = core.program.unflatten_leaves(graphdef, leaves, copy=False)
-    except core.program.LeafMismatch:
-        obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
-    if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
-        for path, node in core.iter_graph(obj):
-            if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:
-                object.__setattr__(node, "_nnx_frame", context.FOREIGN)
-                context.remember_foreign_path(node, path)
-    if isinstance(obj, Object):
-        object.__setattr__(obj, "_nnx_pytree", (*aux, context.structure_epoch()))
-    return obj
-
-
 def _register_pytree(cls: type) -> None:
-    jax.tree_util.register_pytree_with_keys(
-        cls, _pytree_flatten_with_keys, _pytree_unflatten, _pytree_flatten
-    )
+    jaxtree.register(cls)
 
 
+pytreeview.DEFAULT_NEW.append(_object_new)
 _register_pytree(Object)
 
 
 # -- Module ---------------------------------------------------------------------
+def tuple_reduce(xs: tuple, x: tp.Any) -> tuple:
+    """`sow`'s default `reduce_fn`: append `x` to the tuple `xs`."""
+    return (*xs, x)
+
+
+def tuple_init() -> tuple:
+    """`sow`'s default `init_fn`: an empty tuple."""
+    return ()
+
+
+def first_from(*args: tp.Any, error_msg: str) -> tp.Any:
+    """The first argument that is not None; a ValueError with `error_msg` if all are.
+
+    >>> first_from(None, 0.5, 0.1, error_msg="no rate")
+    0.5
+    """
+    for arg in args:
+        if arg is not None:
+            return arg
+    raise ValueError(error_msg)
+
+
 class Module(Object):
     """Base class for layers and models.
 
@@ -630,8 +472,8 @@ class Module(Object):
         variable_type: type[Variable] | str,
         name: str,
         value: tp.Any,
-        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: (*xs, x),
-        init_fn: tp.Callable[[], tp.Any] = tuple,
+        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = tuple_reduce,
+        init_fn: tp.Callable[[], tp.Any] = tuple_init,
     ) -> bool:
         """Record `value` under `name` as a `variable_type` (a tuple of values by default).
 

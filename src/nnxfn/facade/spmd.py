@@ -39,6 +39,7 @@ from jax.experimental.layout import Format
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nnxfn.core import VariableLike
+from nnxfn.core.modes import ModeSwitch
 
 A = tp.TypeVar("A")
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
@@ -277,18 +278,12 @@ def current_mesh(*, concrete: bool = False) -> tp.Any:
 
 
 # -- eager sharding ---------------------------------------------------------------------
-class _Eager(threading.local):
-    value: bool = True
-
-
-_EAGER = _Eager()
-
-
-class use_eager_sharding:  # noqa: N801 - Flax's name
+class use_eager_sharding(ModeSwitch):  # noqa: N801 - Flax's name
     """Whether Variables created with a sharding annotation are placed on the
     mesh at once (default True). `nnx.use_eager_sharding(False)` sets it for
-    this thread; `with nnx.use_eager_sharding(False):` sets it for the block.
-    A Variable's own `eager_sharding=` metadata wins over it.
+    this thread; `with nnx.use_eager_sharding(False):` sets it for the block;
+    as a decorator, while the function runs. A Variable's own `eager_sharding=`
+    metadata wins over it.
 
     >>> with use_eager_sharding(False):
     ...     using_eager_sharding()
@@ -297,36 +292,15 @@ class use_eager_sharding:  # noqa: N801 - Flax's name
     True
     """
 
-    def __init__(self, value: bool):
+    def __init__(self, value: bool, /):
         if not isinstance(value, bool):
             raise TypeError(f"use_eager_sharding: expected True or False, got {value!r}.")
-        self.previous = _EAGER.value
-        _EAGER.value = value
-
-    def __enter__(self) -> use_eager_sharding:
-        return self
-
-    def __exit__(self, *exc: tp.Any) -> None:
-        _EAGER.value = self.previous
-
-    def __call__(self, fn: F) -> F:
-        value = _EAGER.value
-        _EAGER.value = self.previous  # as a decorator: only inside the function
-
-        @functools.wraps(fn)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-            with use_eager_sharding(value):
-                return fn(*args, **kwargs)
-
-        return tp.cast(F, wrapper)
-
-    def __repr__(self) -> str:
-        return f"use_eager_sharding({_EAGER.value})"
+        super().__init__(value)
 
 
 def using_eager_sharding() -> bool:
     """The current default of eager sharding (see `use_eager_sharding`)."""
-    return _EAGER.value
+    return use_eager_sharding.current_value()
 
 
 def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
@@ -337,7 +311,7 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     key = spec_key(metadata)
     if key is None or not metadata[key]:
         return value
-    if not metadata.get("eager_sharding", _EAGER.value):
+    if not metadata.get("eager_sharding", use_eager_sharding.current_value()):
         return value
     shape = getattr(value, "shape", None)
     if shape is None:

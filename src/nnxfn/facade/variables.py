@@ -8,6 +8,8 @@ subclasses differ only by type, which filters select on. Reads:
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 import typing as tp
 import warnings
@@ -18,7 +20,7 @@ from jax._src.core import EvalTrace as _EvalTrace
 import jax.numpy as jnp
 
 from nnxfn.core import VariableLike
-from nnxfn.facade import context, spmd
+from nnxfn.facade import context, jaxtree, spmd
 from nnxfn.facade import varmodes
 
 A = tp.TypeVar("A")
@@ -45,7 +47,8 @@ class Variable(VariableLike, tp.Generic[A]):
     """
 
     # `_trace`: the JAX trace the Variable was made in (see `_check_trace`).
-    __slots__ = ("raw_value", "_metadata", "_frame", "_trace", "__weakref__")
+    # `_fresh`: built by a JAX unflatten, not yet claimed by a parent (see `jaxtree`).
+    __slots__ = ("raw_value", "_metadata", "_frame", "_trace", "_fresh", "__weakref__")
     required_metadata = frozenset(REQUIRED_METADATA)
     # True while `get_value`/`set_value` are not overridden: `v[...]`, arithmetic
     # and `.value` then read and write `raw_value` directly (the fast path).
@@ -89,15 +92,24 @@ class Variable(VariableLike, tp.Generic[A]):
             metadata.pop(key, None)  # decided by the type (see `__new__`)
         if eager_sharding is not None:
             metadata["eager_sharding"] = eager_sharding
-        if spmd.spec_key(metadata) is not None:  # eager sharding under `jax.set_mesh`
-            # an explicit `eager_sharding=True` wins over `use_eager_sharding(False)`
-            value = spmd.shard_value(value, metadata, where=f"this {type(self).__name__}")
+        sharded = dict(metadata) if spmd.spec_key(metadata) is not None else None
         if metadata.get("eager_sharding", True) is True:
             metadata.pop("eager_sharding", None)  # the default is not stored
-        object.__setattr__(self, "raw_value", self._store(value))
         object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
         object.__setattr__(self, "_frame", context.current_frame())
         object.__setattr__(self, "_trace", _TRACE_CTX.trace)
+        object.__setattr__(self, "raw_value", value)  # what `create_value` overrides may read
+        value = self.create_value(value)
+        if sharded is not None:  # eager sharding under `jax.set_mesh`
+            # an explicit `eager_sharding=True` wins over `use_eager_sharding(False)`
+            value = spmd.shard_value(value, sharded, where=f"this {type(self).__name__}")
+        object.__setattr__(self, "raw_value", self._store(value))
+
+    def create_value(self, value: A) -> A:
+        """The value to store, given the one passed to the constructor (called once by
+        `__init__`, with the metadata already set). Subclasses override it to convert or
+        check initial values; copies, `split`/`merge` and transforms do not call it."""
+        return value
 
     def __init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -313,6 +325,15 @@ class Variable(VariableLike, tp.Generic[A]):
         (`hijax=`/`ref=` change how the value is kept, as in `copy`)."""
         return self.copy(value, **metadata)
 
+    @property
+    def shape(self) -> tp.Any:
+        """The value's shape."""
+        return self.get_value().shape
+
+    def to_state(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+        """Flax's other name for `copy`."""
+        return self.copy(value, **updates)
+
     def copy(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
         """A new Variable like this one; `value`, metadata, `hijax=` and `ref=` may change."""
         if value is _MISSING:
@@ -407,6 +428,8 @@ _set_raw_value = Variable.__dict__["raw_value"].__set__
 _set_metadata = Variable.__dict__["_metadata"].__set__
 _set_frame = Variable.__dict__["_frame"].__set__
 _set_trace = Variable.__dict__["_trace"].__set__
+_set_fresh = Variable.__dict__["_fresh"].__set__
+jaxtree.set_fresh_slot(Variable.__dict__["_fresh"].__get__, _set_fresh)
 _LOCAL = context.LOCAL
 _TRACE_CTX = _jax_core.trace_ctx
 
@@ -521,11 +544,17 @@ for _name, _op in {
 }.items():
     setattr(Variable, f"__{_name}__", _binary(_op)[0])
 
+Variable.__divmod__, Variable.__rdivmod__ = _binary(divmod)  # no in-place form
+
 for _name, _op in {
     "neg": operator.neg,
     "pos": operator.pos,
     "abs": operator.abs,
     "invert": operator.invert,
+    "complex": complex,
+    "trunc": math.trunc,
+    "floor": math.floor,
+    "ceil": math.ceil,
 }.items():
     setattr(Variable, f"__{_name}__", _unary(_op))
 
@@ -539,18 +568,39 @@ def _flatten(v: Variable):
 
 
 def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
-    var = cls.from_parts(children[0], metadata)
-    if var._frame is None and isinstance(children[0], jax.core.Tracer):
-        object.__setattr__(var, "_frame", context.FOREIGN)
+    """`from_parts`, inlined (one per Variable of every JAX unflatten); a
+    Variable rebuilt from a tracer outside nnxfn's transforms is FOREIGN."""
+    (value,) = children
+    var = _new(cls)
+    _set_raw_value(var, value)
+    _set_metadata(var, metadata)
+    frames = _LOCAL.frames
+    _set_frame(var, frames[-1] if frames else (_FOREIGN if isinstance(value, _Tracer) else None))
+    _set_trace(var, _TRACE_REF.value)
+    _set_fresh(var, True)
     return var
 
 
+def _unflatten_by_parts(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+    """`_unflatten` for a type with its own `from_parts` (e.g. hijax Variables)."""
+    (value,) = children
+    var = cls.from_parts(value, metadata)
+    if var._frame is None and isinstance(value, _Tracer):
+        _set_frame(var, _FOREIGN)
+    _set_fresh(var, True)
+    return var
+
+
+_FOREIGN = context.FOREIGN
+_Tracer = jax.core.Tracer
+_TRACE_REF = _jax_core.trace_state_strong_ref
+
+
 def _register_pytree(cls: type) -> None:
+    own_parts = cls.from_parts.__func__ is not Variable.__dict__["from_parts"].__func__  # type: ignore[attr-defined]
+    unflatten = _unflatten_by_parts if own_parts else _unflatten
     jax.tree_util.register_pytree_with_keys(
-        cls,
-        _flatten_with_keys,
-        lambda metadata, children: _unflatten(cls, metadata, children),
-        _flatten,
+        cls, _flatten_with_keys, functools.partial(unflatten, cls), _flatten
     )
 
 
@@ -635,11 +685,66 @@ def _fits(ref: tp.Any, value: tp.Any) -> bool:
 class HijaxVariable(RefVariable[A]):
     """Mixin of the `hijax=True` Variable types (`nnx.Variable(x, hijax=True)`):
     writes inside plain JAX transforms reach the Variable; `get_raw_value()`
-    gives the plain value unless `ref=True` too."""
+    gives the plain value unless `ref=True` too.
+
+    Without `ref=True` the value is kept in one JAX `Box`, whose contents may
+    change structure inside `jax.jit` (`metrics['new_key'] = x`); with it (or
+    for a Variable made inside a JAX trace, where JAX's Box is not reliable),
+    in `jax.Ref`s as `RefVariable`."""
 
     hijax = True
     _mode_ref = False
     _trace_checked = False
+
+    @classmethod
+    def _store(cls, value: tp.Any) -> tp.Any:  # type: ignore[override]
+        if cls._mode_ref or varmodes.tracing():
+            return varmodes.to_refs(value)
+        return varmodes.to_box(value)
+
+    @classmethod
+    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+        # Outside a trace a hijax Variable keeps its value in a Box, whatever it was
+        # given (plain arrays merged into a hijax GraphDef, Refs a jitted call made).
+        if not cls._mode_ref and not varmodes.is_box(value) and not varmodes.tracing():
+            value = varmodes.to_box(value)
+        return super().from_parts(value, metadata)
+
+    def get_raw_value(self) -> A:
+        raw = self.raw_value
+        if varmodes.is_box(raw):
+            return raw.get()
+        return super().get_raw_value()
+
+    def set_raw_value(self, value: A) -> None:
+        if self._mode_ref:
+            super().set_raw_value(value)
+        else:
+            self.set_raw(value)
+
+    def set_raw(self, value: tp.Any) -> None:
+        raw = self.raw_value
+        if varmodes.is_box(raw) and not varmodes.is_box(value):
+            varmodes.box_set(raw, varmodes.from_refs(value))  # the same Box: JAX carries the write
+        else:
+            super().set_raw(value)
+
+    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+        raw = self.raw_value
+        if not varmodes.is_box(raw):
+            return super().get_value(index=index)
+        value = raw.get()
+        return value if index is _MISSING or index is Ellipsis else value[index]
+
+    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+        raw = self.raw_value
+        if not varmodes.is_box(raw):
+            super().set_value(value, index=index)
+            return
+        if isinstance(value, Variable):
+            value = value.get_value()
+        new = value if index is _MISSING else _set_item(raw.get(), index, value)
+        varmodes.box_set(raw, new)
 
 
 class Param(Variable[A]):

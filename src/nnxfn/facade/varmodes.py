@@ -6,12 +6,14 @@ Flax NNX has two opt-in Variable modes, chosen per Variable with
 
 - `ref=True`: the value lives in a `jax.Ref`; `get_raw_value()` returns it.
 - `hijax=True`: writes made inside plain JAX transforms (`jax.jit`,
-  `jax.grad`, `jax.lax.scan`, ...) reach the Variable outside.
+  `jax.grad`, `jax.lax.scan`, ...) reach the Variable outside, even a
+  write that changes the value's structure (a new key in a dict value).
 
 nnxfn keeps both as small subclasses of the Variable's own type (so
 `isinstance(v, nnx.Param)` and every filter keep working) that store the
-value in `jax.Ref`s; JAX itself then carries writes through its transforms.
-nnxfn's own transforms need neither mode: they commit writes anyway.
+value in `jax.Ref`s (`ref=True`) or in one JAX `Box` (`hijax=True` alone);
+JAX itself then carries writes through its transforms. nnxfn's own
+transforms need neither mode: they commit writes anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ import threading
 import typing as tp
 
 import jax
+
+# JAX's mutable box (hijax): unlike a `jax.Ref`, the structure of what it holds
+# may change inside `jax.jit` and the change reaches the Box outside. JAX does
+# not export it yet (Flax builds its own hijax type on `jax.experimental.hijax`).
+from jax._src import core as _jax_core
+from jax._src.hijax import Box
 
 MISSING: tp.Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
@@ -122,6 +130,43 @@ def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> tp.An
 # -- Ref storage ---------------------------------------------------------------------------
 def is_ref(x: tp.Any) -> bool:
     return isinstance(x, jax.Ref)
+
+
+# -- Box storage (hijax) ------------------------------------------------------------------------
+def is_box(x: tp.Any) -> bool:
+    return isinstance(x, Box)
+
+
+def to_box(value: tp.Any) -> tp.Any:
+    """`value` (its plain arrays) in a new JAX `Box`."""
+    return Box._new(from_refs(value))
+
+
+def tracing() -> bool:
+    """True inside a JAX trace (`jax.jit`, `jax.grad`, ...)."""
+    return not isinstance(_jax_core.trace_ctx.trace, _jax_core.EvalTrace)
+
+
+def is_mutable(x: tp.Any) -> bool:
+    """A `jax.Ref` or a `Box`: what a trace cannot return as such."""
+    return isinstance(x, (jax.Ref, Box))
+
+
+def read(x: tp.Any) -> tp.Any:
+    """The value held by a `jax.Ref` or `Box`."""
+    return x.get() if isinstance(x, Box) else x[...]
+
+
+def box_set(box: tp.Any, value: tp.Any) -> None:
+    """`box.set(value)`. Under `jax.grad`, a Box made outside the differentiated
+    function (e.g. BatchNorm statistics) cannot hold a value that carries a
+    derivative: it gets the value without it (state is not differentiated)."""
+    try:
+        box.set(value)
+    except Exception as e:
+        if "differentiate Box.set" not in str(e):
+            raise
+        box.set(jax.lax.stop_gradient(value))
 
 
 def to_refs(value: tp.Any) -> tp.Any:

@@ -26,7 +26,10 @@ from nnxfn.facade import context
 from nnxfn.facade.variables import BatchStat, Param, Variable
 
 A = tp.TypeVar("A")
-Rule = tp.Callable[[tuple, tp.Any, tuple], "type | None"]
+Path = tuple[tp.Hashable, ...]
+# `fn(path, array, ancestors) -> Variable type | None`; ancestors are the types of the
+# foreign pytree nodes above the array, outermost first.
+Rule = tp.Callable[[Path, object, tuple[type, ...]], "type | None"]
 
 
 class ForeignState(Variable[A]):
@@ -35,11 +38,11 @@ class ForeignState(Variable[A]):
     `nnx.grad` and `nnx.Optimizer` leave it alone."""
 
 
-_FIELDS: dict[tuple[type, tp.Any], type] = {}
+_FIELDS: dict[tuple[type, tp.Hashable], type] = {}
 _RULES: list[Rule] = []
 
 
-def register_leaf_type(owner: type, field: tp.Any, variable_type: type | None) -> None:
+def register_leaf_type(owner: type, field: tp.Hashable, variable_type: type | None) -> None:
     """Box the arrays at `owner.field` (for every instance of the foreign
     pytree class `owner` or a subclass) as `variable_type`; `None` removes
     the entry.
@@ -77,12 +80,12 @@ class leaf_types(contextlib.ContextDecorator):  # noqa: N801 - reads as a functi
         context.bump_structure()
         return self
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _RULES.remove(self.fn)
         context.bump_structure()
 
 
-def _check_type(t: tp.Any) -> None:
+def _check_type(t: object) -> None:
     if not (isinstance(t, type) and issubclass(t, Variable)):
         raise TypeError(
             f"interop: a leaf type must be a Variable subclass (e.g. nnx.Param, "
@@ -101,7 +104,7 @@ def _state_types() -> tuple[type, ...]:
 _STATE_TYPES: list[tuple[type, ...] | None] = [None]
 
 
-def default_leaf_type(path: tuple, value: tp.Any, ancestors: tuple) -> type:
+def default_leaf_type(path: Path, value: object, ancestors: tuple[type, ...]) -> type:
     """The default rule (see the module docstring)."""
     state_types = _STATE_TYPES[0]
     if state_types is None:
@@ -114,7 +117,7 @@ def default_leaf_type(path: tuple, value: tp.Any, ancestors: tuple) -> type:
     return ForeignState
 
 
-def classify(path: tuple, value: tp.Any, ancestors: tuple) -> type:
+def classify(path: Path, value: object, ancestors: tuple[type, ...]) -> type:
     """The Variable type that boxes `value` (an array of a foreign pytree)."""
     for rule in reversed(_RULES):
         found = rule(path, value, ancestors)

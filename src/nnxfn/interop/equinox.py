@@ -9,6 +9,7 @@ Equinox files: loading an Equinox checkpoint into an attribute.
 from __future__ import annotations
 
 import typing as tp
+from pathlib import Path
 
 from nnxfn.core import errors
 from nnxfn.core.graph import children_of
@@ -16,7 +17,7 @@ from nnxfn.core.writes import update
 from nnxfn.core.state import State
 
 
-def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
+def load_equinox(path_or_file: str | Path | tp.BinaryIO, node: object, *where: tp.Hashable) -> tp.Any:
     """Load a checkpoint written by `eqx.tree_serialise_leaves(f, eqx_module)`
     into the Equinox attribute of `node` at `where` (attribute names / list
     indices), matching fields by structure, never by sorted name; returns the
@@ -50,7 +51,7 @@ def load_equinox(path_or_file: tp.Any, node: tp.Any, *where: tp.Any) -> tp.Any:
     return loaded
 
 
-def _child(node: tp.Any, key: tp.Any, where: tuple) -> tp.Any:
+def _child(node: object, key: tp.Hashable, where: tuple[tp.Hashable, ...]) -> object:
     for k, v in children_of(node):
         if k == key:
             return v

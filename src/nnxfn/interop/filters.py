@@ -21,9 +21,9 @@ class from_predicate:  # noqa: N801 - reads as a function
     (['bias', 'kernel'], 0)
     """
 
-    pred: tp.Callable[[tp.Any], tp.Any]
+    pred: tp.Callable[[object], object]
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple[tp.Hashable, ...], value: object) -> bool:
         if isinstance(value, VariableLike):
             value = value.raw_value
         return bool(self.pred(value))

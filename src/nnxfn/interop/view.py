@@ -24,6 +24,7 @@ import typing as tp
 import jax
 
 from nnxfn import core
+from nnxfn.core.api import update as update_node
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.state import State
 
@@ -39,28 +40,34 @@ class PytreeView:
         object.__setattr__(self, "graphdef", graphdef)
         object.__setattr__(self, "state", state)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(
             f"a PytreeView is immutable (cannot set {name!r}). Build the model with "
             "`nnx.from_pytree(view)`, change it, and take a new `nnx.as_pytree(model)`."
         )
 
-    def __iter__(self) -> tp.Iterator:
+    def __iter__(self) -> tp.Iterator[GraphDef | State]:
         return iter((self.graphdef, self.state))
 
     def __repr__(self) -> str:
         return f"PytreeView({self.graphdef!r}, {self.state!r})"
 
 
+def _flatten_with_keys(v: PytreeView) -> tuple[tuple[tuple[jax.tree_util.GetAttrKey, State]], GraphDef]:
+    return ((jax.tree_util.GetAttrKey("state"), v.state),), v.graphdef
+
+
+def _unflatten(graphdef: GraphDef, children: tp.Iterable[State]) -> PytreeView:
+    (state,) = children
+    return PytreeView(graphdef, state)
+
+
 jax.tree_util.register_pytree_with_keys(
-    PytreeView,
-    lambda v: (((jax.tree_util.GetAttrKey("state"), v.state),), v.graphdef),
-    lambda graphdef, children: PytreeView(graphdef, children[0]),
-    lambda v: ((v.state,), v.graphdef),
+    PytreeView, _flatten_with_keys, _unflatten, lambda v: ((v.state,), v.graphdef)
 )
 
 
-def as_pytree(node: tp.Any) -> PytreeView:
+def as_pytree(node: object) -> PytreeView:
     """A frozen `(graphdef, state)` pytree of `node` (a copy: later changes to
     `node` do not show in it, and it never changes `node`)."""
     graphdef, state, _ = core.walker.walk(node, copy=True)  # `split` would share the Variables
@@ -77,10 +84,8 @@ def from_pytree(view: PytreeView) -> tp.Any:
     return core.merge(view.graphdef, view.state)
 
 
-def update(node: tp.Any, *states: tp.Any) -> None:
+def update(node: object, *states: object) -> None:
     """`nnx.update(model, state, ...)`, where each state may also be a view
     from `nnx.as_pytree` (its State is written into `node` in place)."""
-    from nnxfn.core.api import update as update_node
-
     states = tuple(s.state if isinstance(s, PytreeView) else s for s in states)
     update_node(node, *states)

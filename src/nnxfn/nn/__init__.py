@@ -19,8 +19,8 @@ from nnxfn.nn.linear import (
     Embed as Embed,
     Linear as Linear,
     LinearGeneral as LinearGeneral,
-    PReLU as PReLU,
 )
+from nnxfn.nn.activations import PReLU as PReLU
 from nnxfn.nn.lora import LoRA as LoRA, LoRALinear as LoRALinear, LoRAParam as LoRAParam
 from nnxfn.nn.normalization import (
     BatchNorm as BatchNorm,

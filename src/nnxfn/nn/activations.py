@@ -1,15 +1,21 @@
 """Activation functions with Flax NNX-compatible names.
 
 These are the functions from ``jax.nn`` (and ``jnp.tanh``); Flax exposes the
-same objects under ``flax.nnx``.  ``PReLU`` lives with the modules.
+same objects under ``flax.nnx``; ``PReLU`` is the one activation with a
+parameter (a Module), here as in Flax.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from nnxfn.facade.module import Module
+from nnxfn.facade.variables import Param
+from nnxfn.nn.types import EMPTY_METADATA, Array, Dtype, Metadata
+from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 
 celu = jax.nn.celu
 elu = jax.nn.elu
@@ -41,7 +47,7 @@ tanh = jnp.tanh
 
 def normalize(
     x: jax.typing.ArrayLike,
-    axis: Any = -1,
+    axis: int | Sequence[int] | None = -1,
     mean: jax.typing.ArrayLike | None = None,
     variance: jax.typing.ArrayLike | None = None,
     epsilon: jax.typing.ArrayLike = 1e-5,
@@ -52,6 +58,38 @@ def normalize(
     Legacy alias of :func:`standardize` (JAX's former ``jax.nn.normalize``).
     """
     return standardize(x, axis=axis, mean=mean, variance=variance, epsilon=epsilon, where=where)
+
+
+class PReLU(Module):
+    """`x if x >= 0 else negative_slope * x`, with a learnable scalar `negative_slope`.
+
+    >>> PReLU()(jnp.array([-1.0, 2.0]))
+    Array([-0.01,  2.  ], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        negative_slope_init: float = 0.01,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        promote_dtype: PromoteDtypeFn = promote_dtype,
+        negative_slope_metadata: Metadata = EMPTY_METADATA,
+    ):
+        self.negative_slope = Param(
+            jnp.asarray(negative_slope_init, dtype=param_dtype), **negative_slope_metadata
+        )
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, inputs: Array) -> Array:
+        x, slope = jnp.asarray(inputs), self.negative_slope[...]
+        if self.dtype is not None:
+            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
+        else:  # as Flax (and Linen): the slope takes the inputs' dtype
+            slope = jnp.asarray(slope, x.dtype)
+        return jnp.where(x >= 0, x, slope * x)
 
 
 __all__ = [

@@ -14,9 +14,7 @@ variables made by `init_cache`.
 from __future__ import annotations
 
 import typing as tp
-from types import MappingProxyType
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -34,19 +32,19 @@ from nnxfn.nn.attention_ops import (
     promote_dtype as default_promote_dtype,
 )
 from nnxfn.nn.linear import LinearGeneral
-
-Array = jax.Array
-Initializer = tp.Callable[..., Array]
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
+from nnxfn.nn.normalization import LayerNorm
+from nnxfn.nn.types import (
+    EMPTY_METADATA,
+    Array,
+    DotGeneral,
+    Dtype,
+    Initializer,
+    Metadata,
+    PrecisionLike,
+    ShardingLike,
+)
 
 default_kernel_init = initializers.lecun_normal()
-
-
-def _first(*values: tp.Any) -> tp.Any:
-    for v in values:
-        if v is not None:
-            return v
-    return None
 
 
 class MultiHeadAttention(Module):
@@ -67,12 +65,12 @@ class MultiHeadAttention(Module):
         num_kv_heads: int | None = None,
         in_kv_features: int | None = None,
         *,
-        dtype: tp.Any = None,
-        param_dtype: tp.Any = jnp.float32,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         broadcast_dropout: bool = True,
         dropout_rate: float = 0.0,
         deterministic: bool | None = None,
-        precision: tp.Any = None,
+        precision: PrecisionLike = None,
         kernel_init: Initializer = default_kernel_init,
         out_kernel_init: Initializer | None = None,
         bias_init: Initializer = initializers.zeros,
@@ -84,18 +82,18 @@ class MultiHeadAttention(Module):
         qkv_promote_dtype: PromoteDtypeFn = default_promote_dtype,
         out_promote_dtype: PromoteDtypeFn = default_promote_dtype,
         ln_promote_dtype: PromoteDtypeFn = default_promote_dtype,
-        qkv_dot_general: tp.Callable[..., Array] | None = None,
-        out_dot_general: tp.Callable[..., Array] | None = None,
-        qkv_dot_general_cls: tp.Any = None,
-        out_dot_general_cls: tp.Any = None,
+        qkv_dot_general: DotGeneral | None = None,
+        out_dot_general: DotGeneral | None = None,
+        qkv_dot_general_cls: tp.Callable[[], DotGeneral] | None = None,
+        out_dot_general_cls: tp.Callable[[], DotGeneral] | None = None,
         rngs: Rngs,
         keep_rngs: bool = True,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        out_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        out_bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        query_ln_scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        key_ln_scale_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        out_kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
+        out_bias_metadata: Metadata = EMPTY_METADATA,
+        query_ln_scale_metadata: Metadata = EMPTY_METADATA,
+        key_ln_scale_metadata: Metadata = EMPTY_METADATA,
     ):
         qkv_features = in_features if qkv_features is None else qkv_features
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -129,6 +127,8 @@ class MultiHeadAttention(Module):
         self.out_promote_dtype = out_promote_dtype
         self.ln_promote_dtype = ln_promote_dtype
         self.head_dim = qkv_features // num_heads
+        self.qkv_dot_general, self.out_dot_general = qkv_dot_general, out_dot_general
+        self.qkv_dot_general_cls, self.out_dot_general_cls = qkv_dot_general_cls, out_dot_general_cls
 
         def proj(in_f: int, heads: int) -> LinearGeneral:
             return LinearGeneral(
@@ -152,7 +152,8 @@ class MultiHeadAttention(Module):
         self.query = proj(in_features, num_heads)
         self.key = proj(self.in_kv_features, num_kv_heads)
         self.value = proj(self.in_kv_features, num_kv_heads)
-        self.query_ln = self.key_ln = None
+        self.query_ln: LayerNorm | None = None
+        self.key_ln: LayerNorm | None = None
         if normalize_qk:
             self.query_ln = self._layer_norm(rngs, query_ln_scale_metadata)
             self.key_ln = self._layer_norm(rngs, key_ln_scale_metadata)
@@ -178,21 +179,15 @@ class MultiHeadAttention(Module):
         self.cached_value: Cache | None = None
         self.cache_index: Cache | None = None
 
-    def _layer_norm(self, rngs: Rngs, scale_metadata: tp.Mapping[str, tp.Any]) -> Module:
-        from nnxfn.nn.normalization import LayerNorm  # only needed with normalize_qk
-
-        kwargs: dict[str, tp.Any] = {}
-        if self.ln_promote_dtype is not default_promote_dtype:
-            kwargs["promote_dtype"] = self.ln_promote_dtype
-        if scale_metadata:
-            kwargs["scale_metadata"] = scale_metadata
+    def _layer_norm(self, rngs: Rngs, scale_metadata: Metadata) -> LayerNorm:
         return LayerNorm(
             self.head_dim,
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            promote_dtype=self.ln_promote_dtype,
             rngs=rngs,
-            **kwargs,
+            scale_metadata=scale_metadata,
         )
 
     def __call__(
@@ -207,8 +202,8 @@ class MultiHeadAttention(Module):
         sow_weights: bool = False,
         decode: bool | None = None,
         is_causal: bool = False,
-        out_sharding: tp.Any = None,
-        qkv_sharding: tp.Any = None,
+        out_sharding: ShardingLike = None,
+        qkv_sharding: ShardingLike = None,
     ) -> Array:
         """Attend from `inputs_q` `(..., q_len, in_features)` to `inputs_k`/`inputs_v`
         `(..., kv_len, in_kv_features)` (both default to `inputs_q`).
@@ -235,10 +230,11 @@ class MultiHeadAttention(Module):
         key = self.key(inputs_k, out_sharding=qkv_sharding)
         value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
+            assert self.query_ln is not None and self.key_ln is not None  # made with normalize_qk
             query = self.query_ln(query)
             key = self.key_ln(key)
 
-        if _first(decode, self.decode, False):
+        if self.decode if decode is None else decode:
             key, value, mask = self._decode_step(query, key, value, mask)
 
         deterministic = self._deterministic(deterministic)
@@ -281,7 +277,8 @@ class MultiHeadAttention(Module):
     def _deterministic(self, deterministic: bool | None) -> bool:
         if self.dropout_rate <= 0.0:
             return True
-        deterministic = _first(deterministic, self.deterministic)
+        if deterministic is None:
+            deterministic = self.deterministic
         if deterministic is None:
             raise ValueError(
                 f"MultiHeadAttention: dropout_rate={self.dropout_rate} > 0, so `deterministic` "
@@ -332,7 +329,30 @@ class MultiHeadAttention(Module):
         seen = jnp.broadcast_to(jnp.arange(max_length) <= index, (*batch, 1, 1, max_length))
         return key, value, combine_masks(mask, seen)
 
-    def init_cache(self, input_shape: tp.Sequence[int], dtype: tp.Any = jnp.float32) -> None:
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        decode: bool | None = None,
+        batch_size: int | tp.Sequence[int] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """What `nnx.view` sets: `deterministic`, and `decode` (which creates the cache,
+        for `batch_size` and `max_length`, if there is none yet)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+        if decode is None:
+            return
+        self.decode = decode
+        if all(getattr(self, n, None) is not None for n in ("cached_key", "cached_value", "cache_index")):
+            return
+        if batch_size is None or max_length is None:
+            missing = "batch_size" if batch_size is None else "max_length"
+            raise TypeError(f"MultiHeadAttention.set_view: {missing!r} must be given to create the cache.")
+        batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+        dtype = jnp.float32 if self.dtype is None else self.dtype
+        self.init_cache((*batch, max_length, self.in_features), dtype)
+
+    def init_cache(self, input_shape: tp.Sequence[int], dtype: Dtype = jnp.float32) -> None:
         """Create zeroed `cached_key`/`cached_value` of shape
         `(*batch, max_length, num_kv_heads, head_dim)` and `cache_index = 0`,
         for `input_shape = (*batch, max_length, in_features)`."""

@@ -12,30 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from nnxfn.facade.module import Module
+from nnxfn.facade.variables import Intermediate
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-
-Array = jax.Array
-Dtype = Any
-PrecisionLike = None | str | lax.Precision | tuple[str, str] | tuple[lax.Precision, lax.Precision]
-
-
-class _IntermediateFallback:
-    """Placeholder used for ``sow`` only if the facade cannot be imported."""
-
-
-def _intermediate_type() -> type:
-    """Return ``nnxfn.facade.variables.Intermediate`` (imported lazily)."""
-    try:
-        from nnxfn.facade.variables import Intermediate  # noqa: PLC0415
-    except ImportError:  # facade not available (yet)
-        return _IntermediateFallback
-    return Intermediate
+from nnxfn.nn.types import Array, Dtype, PrecisionLike
 
 
 def _check_qkv(fn: str, query: Array, key: Array, value: Array | None = None) -> None:
@@ -113,7 +97,7 @@ def _weights(
     dropout_rate: float,
     deterministic: bool,
     precision: PrecisionLike,
-    module: Any,
+    module: Module | None,
     is_causal: bool,
 ) -> Array:
     """Attention weights for already promoted and validated query/key."""
@@ -125,23 +109,23 @@ def _weights(
         bias = jnp.asarray(bias)
         _check_broadcast(fn, "bias", bias, logits.shape)
         logits = logits + bias.astype(dtype)
-    if mask is not None or is_causal:
-        keep = None
-        if mask is not None:
-            mask = jnp.asarray(mask)
-            _check_broadcast(fn, "mask", mask, logits.shape)
-            keep = mask.astype(jnp.bool_)
-        if is_causal:
-            q_len, kv_len = logits.shape[-2:]
-            causal = jnp.tril(jnp.ones((q_len, kv_len), dtype=jnp.bool_))
-            keep = causal if keep is None else jnp.logical_and(keep, causal)
+    keep = None
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        _check_broadcast(fn, "mask", mask, logits.shape)
+        keep = mask.astype(jnp.bool_)
+    if is_causal:
+        q_len, kv_len = logits.shape[-2:]
+        causal = jnp.tril(jnp.ones((q_len, kv_len), dtype=jnp.bool_))
+        keep = causal if keep is None else jnp.logical_and(keep, causal)
+    if keep is not None:
         logits = jnp.where(keep, logits, jnp.finfo(dtype).min)
     # Softmax in at least float32 for accuracy, then back to the compute dtype.
     sm_dtype = jnp.promote_types(dtype, jnp.float32)
     weights = jax.nn.softmax(logits.astype(sm_dtype)).astype(dtype)
 
     if module is not None:
-        module.sow(_intermediate_type(), "attention_weights", weights)
+        module.sow(Intermediate, "attention_weights", weights)
 
     if not deterministic and dropout_rate > 0.0:
         if dropout_rng is None:
@@ -171,7 +155,7 @@ def dot_product_attention_weights(
     deterministic: bool = False,
     dtype: Dtype | None = None,
     precision: PrecisionLike = None,
-    module: Any = None,
+    module: Module | None = None,
     promote_dtype: PromoteDtypeFn = promote_dtype,
     is_causal: bool = False,
 ) -> Array:
@@ -214,7 +198,7 @@ def dot_product_attention(
     deterministic: bool = False,
     dtype: Dtype | None = None,
     precision: PrecisionLike = None,
-    module: Any = None,
+    module: Module | None = None,
     promote_dtype: PromoteDtypeFn = promote_dtype,
     is_causal: bool = False,
 ) -> Array:
@@ -247,7 +231,7 @@ def dot_product_attention(
 def make_attention_mask(
     query_input: Array,
     key_input: Array,
-    pairwise_fn: Callable[..., Any] = jnp.multiply,
+    pairwise_fn: Callable[[Array, Array], Array] = jnp.multiply,
     extra_batch_dims: int = 0,
     dtype: Dtype = jnp.float32,
 ) -> Array:

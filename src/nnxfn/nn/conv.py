@@ -11,9 +11,7 @@ gets one for the convolution. `kernel` has shape
 from __future__ import annotations
 
 import typing as tp
-from types import MappingProxyType
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -21,37 +19,42 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.variables import Param
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
-from nnxfn.nn.linear import (
+from nnxfn.nn.common import PreferredKwargs, default_bias_init, default_kernel_init, sharding_kwargs
+from nnxfn.nn.types import (
+    EMPTY_METADATA,
+    Array,
     Dtype,
     Initializer,
+    Metadata,
     PrecisionLike,
-    default_bias_init,
-    default_kernel_init,
-    sharding_kwargs,
+    ShardingLike,
 )
 
-Array = jax.Array
 PaddingLike = tp.Union[str, int, tp.Sequence[tp.Union[int, tuple[int, int]]]]
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
 
 
-def canonicalize_padding(padding: PaddingLike, rank: int, layer: str = "Conv") -> tp.Any:
+def _int_pair(p: object) -> tuple[int, int] | None:
+    """`(p, p)` for an int, `(low, high)` for a sequence of two ints, else None."""
+    if isinstance(p, int):
+        return p, p
+    if isinstance(p, tp.Sequence) and len(p) == 2:
+        low, high = p
+        if isinstance(low, int) and isinstance(high, int):
+            return low, high
+    return None
+
+
+def canonicalize_padding(padding: PaddingLike, rank: int, layer: str = "Conv") -> str | list[tuple[int, int]]:
     """A padding string, or `rank` (low, high) pairs from an int / ints / pairs."""
     if isinstance(padding, str):
         return padding
     if isinstance(padding, int):
         return [(padding, padding)] * rank
     if isinstance(padding, tp.Sequence) and len(padding) == rank:
-        pairs = []
-        for p in padding:
-            if isinstance(p, int):
-                pairs.append((p, p))
-            elif isinstance(p, tp.Sequence) and len(p) == 2 and all(isinstance(i, int) for i in p):
-                pairs.append((p[0], p[1]))
-            else:
-                break
-        else:
-            return pairs
+        pairs = [_int_pair(p) for p in padding]
+        found = [pair for pair in pairs if pair is not None]
+        if len(found) == rank:
+            return found
     raise ValueError(
         f"{layer}: invalid padding {padding!r}. Use 'SAME', 'VALID', 'CIRCULAR', "
         f"'CAUSAL', an int, or a sequence of {rank} ints or (low, high) pairs."
@@ -145,8 +148,8 @@ class Conv(Module):
         promote_dtype: PromoteDtypeFn = promote_dtype,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         if (
@@ -185,7 +188,7 @@ class Conv(Module):
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         rank = len(self.kernel_size)
         x, batch_shape = _flatten_batch(jnp.asarray(inputs), rank, self.in_features, "Conv")
         strides = _broadcast(self.strides, rank, "strides", "Conv")
@@ -256,8 +259,8 @@ class ConvTranspose(Module):
         promote_dtype: PromoteDtypeFn = promote_dtype,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
@@ -302,7 +305,9 @@ class ConvTranspose(Module):
         kernel = _masked_kernel("ConvTranspose", self.kernel[...], self.mask)
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        kwargs = sharding_kwargs(None, self.preferred_element_type)
+        preferred: PreferredKwargs = {}
+        if self.preferred_element_type is not None:
+            preferred["preferred_element_type"] = self.preferred_element_type
         y = lax.conv_transpose(
             x,
             kernel,
@@ -311,7 +316,7 @@ class ConvTranspose(Module):
             rhs_dilation=kernel_dilation,
             transpose_kernel=self.transpose_kernel,
             precision=self.precision,
-            **kwargs,
+            **preferred,
         )
         if circular:
             y = self._wrap_circular(y, [n * s for n, s in zip(x.shape[1:-1], strides)])

@@ -11,9 +11,10 @@ dtype('float32')
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 T = TypeVar("T", bound=tuple)
 
@@ -21,10 +22,12 @@ T = TypeVar("T", bound=tuple)
 class PromoteDtypeFn(Protocol):
     """Signature of a dtype promotion function: ``fn(args, dtype=None)``."""
 
-    def __call__(self, args: Any, /, *, dtype: Any = None, inexact: bool = True) -> Any: ...
+    def __call__(self, args: T, /, *, dtype: DTypeLike | None = None, inexact: bool = True) -> T: ...
 
 
-def canonicalize_dtype(*args: Any, dtype: Any = None, inexact: bool = True) -> Any:
+def canonicalize_dtype(
+    *args: ArrayLike | None, dtype: DTypeLike | None = None, inexact: bool = True
+) -> DTypeLike:
     """The dtype ``args`` should be cast to: ``dtype`` if given, else the JAX
     result type of the non-``None`` args (promoted to at least float32 when
     ``inexact``). Raises ``ValueError`` if ``inexact`` and the dtype is not."""
@@ -38,7 +41,7 @@ def canonicalize_dtype(*args: Any, dtype: Any = None, inexact: bool = True) -> A
     return dtype
 
 
-def promote_dtype(args: T, /, *, dtype: Any = None, inexact: bool = True) -> T:
+def promote_dtype(args: T, /, *, dtype: DTypeLike | None = None, inexact: bool = True) -> T:
     """Cast every non-``None`` value in the tuple ``args`` to one dtype
     (``canonicalize_dtype``'s); ``None`` entries stay ``None``."""
     dtype = canonicalize_dtype(*args, dtype=dtype, inexact=inexact)

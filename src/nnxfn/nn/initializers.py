@@ -23,11 +23,15 @@ True
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+import typing as tp
+from typing import Callable
 
 import jax
 import jax.nn.initializers as _jinit
 import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from nnxfn.nn.types import Shape
 
 #: Protocol type of an initializer: ``(key, shape, dtype=...) -> Array``.
 Initializer = _jinit.Initializer
@@ -38,7 +42,7 @@ zeros = _jinit.zeros
 ones = _jinit.ones
 
 
-def _frozen(value: Any) -> Any:
+def _frozen(value: object) -> object:
     """Lists (e.g. `in_axis=[0, 1]`) as tuples, so equal initializers hash alike."""
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
@@ -51,16 +55,16 @@ class _Built:
 
     __slots__ = ("name", "args", "kwargs", "_fn")
 
-    def __init__(self, name: str, *args: Any, **kwargs: Any):
+    def __init__(self, name: str, *args: object, **kwargs: object):
         self.name = name
         self.args = tuple(_frozen(a) for a in args)
         self.kwargs = tuple(sorted((k, _frozen(v)) for k, v in kwargs.items()))
-        self._fn: Callable | None = None
+        self._fn: Callable[..., jax.Array] | None = None
 
-    def _make(self) -> Callable:
+    def _make(self) -> Callable[..., jax.Array]:
         return getattr(_jinit, self.name)(*self.args, **dict(self.kwargs))
 
-    def __call__(self, key: jax.Array, shape: Any, *args: Any, **kwargs: Any) -> jax.Array:
+    def __call__(self, key: jax.Array, shape: Shape, *args: object, **kwargs: object) -> jax.Array:
         if self._fn is None:
             self._fn = self._make()
         return self._fn(key, shape, *args, **kwargs)
@@ -94,7 +98,7 @@ class _Built:
         return f"{self.name}({', '.join(parts)})"
 
 
-def _rebuild(cls: type, name: str, args: tuple, kwargs: tuple) -> _Built:
+def _rebuild(cls: type[_Built], name: str, args: tuple, kwargs: tuple) -> _Built:
     obj = cls.__new__(cls)
     obj.__setstate__((name, args, kwargs))
     return obj
@@ -106,21 +110,26 @@ class _QRBuilt(_Built):
 
     __slots__ = ()
 
-    def __call__(self, key: jax.Array, shape: Any, dtype: Any = None, **kwargs: Any) -> jax.Array:
-        wanted = dtype
-        if wanted is None:  # the builder's dtype (its third argument)
-            wanted = self.args[2] if len(self.args) > 2 else dict(self.kwargs).get("dtype")
+    def __call__(  # type: ignore[override]  # takes only a dtype positionally, where JAX's take any
+        self, key: jax.Array, shape: Shape, dtype: DTypeLike | None = None, **kwargs: object
+    ) -> jax.Array:
+        wanted = self._builder_dtype() if dtype is None else dtype
         if wanted is not None and jnp.issubdtype(wanted, jnp.floating) and jnp.dtype(wanted).itemsize < 4:
             return super().__call__(key, shape, jnp.float32, **kwargs).astype(wanted)
         if dtype is None:
             return super().__call__(key, shape, **kwargs)
         return super().__call__(key, shape, dtype, **kwargs)
 
+    def _builder_dtype(self) -> DTypeLike | None:
+        """The dtype given to the builder (its third argument), if any."""
+        found = self.args[2] if len(self.args) > 2 else dict(self.kwargs).get("dtype")
+        return tp.cast("DTypeLike | None", found)  # the builder's arguments are kept untyped
+
 
 def _builder(name: str, doc: str, cls: type[_Built] = _Built) -> Callable[..., Initializer]:
     jax_builder = getattr(_jinit, name)
 
-    def build(*args: Any, **kwargs: Any) -> Initializer:
+    def build(*args: object, **kwargs: object) -> Initializer:
         return cls(name, *args, **kwargs)
 
     build.__name__ = build.__qualname__ = name

@@ -19,14 +19,14 @@ import typing as tp
 import jax
 
 
-def _lookup(module: str, qualname: str) -> tp.Any:
-    obj: tp.Any = importlib.import_module(module)
+def _lookup(module: str, qualname: str) -> object:
+    obj: object = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def _reduce(fn: tp.Any) -> tp.Any:
+def _reduce(fn: object) -> str | tuple[tp.Any, ...]:  # as `object.__reduce_ex__`
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if isinstance(module, str) and isinstance(qualname, str) and "<" not in qualname:

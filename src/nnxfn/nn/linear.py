@@ -1,4 +1,5 @@
-"""Dense layers: Linear, LinearGeneral, Einsum, Embed and PReLU (Flax NNX API).
+"""Dense layers: Linear, LinearGeneral, Einsum, Embed (Flax NNX API); Conv and
+ConvTranspose (in `conv.py`) are re-exported here, where Flax has them.
 
 Parameter names, shapes and defaults follow Flax NNX: `Linear` holds
 `kernel` (in_features, out_features) and `bias` (out_features,), `Embed`
@@ -21,52 +22,44 @@ from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs
 from nnxfn.facade.spmd import VariableMetadata
 from nnxfn.facade.variables import Param
-from nnxfn.nn import initializers
 from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
+from nnxfn.nn.types import (
+    EMPTY_METADATA,
+    Array as Array,
+    DotGeneral,
+    Dtype as Dtype,
+    Initializer as Initializer,
+    Metadata,
+    PrecisionLike as PrecisionLike,
+    Shape as Shape,
+    ShardingLike,
+)
+from nnxfn.nn.common import (
+    as_tuple as as_tuple,
+    default_bias_init as default_bias_init,
+    default_embed_init as default_embed_init,
+    default_kernel_init as default_kernel_init,
+    normalize_axes as normalize_axes,
+    sharding_kwargs as sharding_kwargs,
+)
+from nnxfn.nn.conv import (  # Flax keeps the convolutions in nnx.nn.linear
+    Conv as Conv,
+    ConvTranspose as ConvTranspose,
+    canonicalize_padding as canonicalize_padding,
+)
 
-Array = jax.Array
-Dtype = tp.Any
-Shape = tp.Sequence[int]
-Initializer = tp.Callable[..., Array]
-PrecisionLike = tp.Any
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
-
-default_kernel_init = initializers.lecun_normal()
-default_bias_init = initializers.zeros_init()
-default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
-
-
-# -- helpers shared with conv.py ------------------------------------------------
-def as_tuple(x: int | tp.Sequence[int]) -> tuple[int, ...]:
-    return (x,) if isinstance(x, int) else tuple(x)
-
-
-def normalize_axes(axes: tp.Sequence[int], ndim: int, layer: str) -> tuple[int, ...]:
-    out = []
-    for ax in axes:
-        if not -ndim <= ax < ndim:
-            raise ValueError(f"{layer}: axis {ax} is out of range for inputs of rank {ndim}.")
-        out.append(ax % ndim)
-    return tuple(out)
-
-
-def sharding_kwargs(out_sharding: tp.Any, preferred: Dtype | None) -> dict[str, tp.Any]:
-    kwargs: dict[str, tp.Any] = {}
-    if out_sharding is not None:
-        kwargs["out_sharding"] = out_sharding
-    if preferred is not None:
-        kwargs["preferred_element_type"] = preferred
-    return kwargs
+# `batch_axis` of LinearGeneral: none (read-only, so a shared default is safe).
+_NO_BATCH_AXES: tp.Mapping[int, int] = MappingProxyType({})
 
 
-def _reshape(value: tp.Any, shape: tuple[int, ...]) -> tp.Any:
+def _reshape(value: Array | VariableMetadata, shape: tuple[int, ...]) -> Array | VariableMetadata:
     """Reshape an initializer's result, also one wrapped by `nnx.with_partitioning`."""
     if isinstance(value, VariableMetadata):
         return VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
     return jnp.reshape(value, shape)
 
 
-def _value(var: Param | None) -> Array | None:
+def _value(var: Param[Array] | None) -> Array | None:
     return None if var is None else var[...]
 
 
@@ -90,12 +83,12 @@ class Linear(Module):
         precision: PrecisionLike = None,
         kernel_init: Initializer = default_kernel_init,
         bias_init: Initializer = default_bias_init,
-        dot_general: tp.Callable[..., Array] = lax.dot_general,
+        dot_general: DotGeneral = lax.dot_general,
         promote_dtype: PromoteDtypeFn = promote_dtype,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         self.kernel = Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
@@ -114,7 +107,7 @@ class Linear(Module):
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         # the kernel's own rows: inside `shard_map` a sharded kernel holds one shard of them
         n_in = self.kernel.shape[0]
@@ -160,7 +153,7 @@ class LinearGeneral(Module):
         out_features: int | tp.Sequence[int],
         *,
         axis: int | tp.Sequence[int] = -1,
-        batch_axis: tp.Mapping[int, int] = _EMPTY,
+        batch_axis: tp.Mapping[int, int] = _NO_BATCH_AXES,
         use_bias: bool = True,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -168,12 +161,12 @@ class LinearGeneral(Module):
         bias_init: Initializer = default_bias_init,
         precision: PrecisionLike = None,
         promote_dtype: PromoteDtypeFn = promote_dtype,
-        dot_general: tp.Callable[..., Array] | None = None,
-        dot_general_cls: tp.Any = None,
+        dot_general: DotGeneral | None = None,
+        dot_general_cls: tp.Callable[[], DotGeneral] | None = None,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         self.in_features = as_tuple(in_features)
         self.out_features = as_tuple(out_features)
@@ -208,7 +201,7 @@ class LinearGeneral(Module):
         self.dot_general_cls = dot_general_cls
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         ndim = inputs.ndim
         axis = normalize_axes(self.axis, ndim, "LinearGeneral")
@@ -300,8 +293,8 @@ class Einsum(Module):
         einsum_op: tp.Callable[..., Array] = jnp.einsum,
         preferred_element_type: Dtype | None = None,
         rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        kernel_metadata: Metadata = EMPTY_METADATA,
+        bias_metadata: Metadata = EMPTY_METADATA,
     ):
         einsum_str = einsum_str.replace(" ", "")
         _check_einsum_str(einsum_str)
@@ -327,7 +320,9 @@ class Einsum(Module):
         self.einsum_op = einsum_op
         self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: Array, einsum_str: str | None = None, out_sharding: tp.Any = None) -> Array:
+    def __call__(
+        self, inputs: Array, einsum_str: str | None = None, out_sharding: ShardingLike = None
+    ) -> Array:
         einsum_str = (einsum_str if einsum_str is not None else self.einsum_str).replace(" ", "")
         _check_einsum_str(einsum_str)
         x, kernel, bias = self.promote_dtype(
@@ -371,7 +366,7 @@ class Embed(Module):
         embedding_init: Initializer = default_embed_init,
         promote_dtype: PromoteDtypeFn = promote_dtype,
         rngs: Rngs,
-        embedding_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        embedding_metadata: Metadata = EMPTY_METADATA,
     ):
         self.embedding = Param(
             embedding_init(rngs.params(), (num_embeddings, features), param_dtype),
@@ -383,7 +378,7 @@ class Embed(Module):
         self.param_dtype = param_dtype
         self.promote_dtype = promote_dtype
 
-    def __call__(self, inputs: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, inputs: Array, out_sharding: ShardingLike = None) -> Array:
         inputs = jnp.asarray(inputs)
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(
@@ -398,7 +393,7 @@ class Embed(Module):
             return take(embedding, inputs)
         return jnp.take(embedding, inputs, axis=0)
 
-    def attend(self, query: Array, out_sharding: tp.Any = None) -> Array:
+    def attend(self, query: Array, out_sharding: ShardingLike = None) -> Array:
         """`query @ embedding.T`: similarity of `query` (..., features) to every entry."""
         query = jnp.asarray(query)
         if query.ndim == 0 or query.shape[-1] != self.features:
@@ -407,38 +402,4 @@ class Embed(Module):
                 f"(last axis = features), got shape {query.shape}."
             )
         query, embedding = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
-        kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
-        return jnp.dot(query, embedding.T, **kwargs)
-
-
-# -- PReLU -----------------------------------------------------------------------------------
-class PReLU(Module):
-    """`x if x >= 0 else negative_slope * x`, with a learnable scalar `negative_slope`.
-
-    >>> PReLU()(jnp.array([-1.0, 2.0]))
-    Array([-0.01,  2.  ], dtype=float32)
-    """
-
-    def __init__(
-        self,
-        negative_slope_init: float = 0.01,
-        *,
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        promote_dtype: PromoteDtypeFn = promote_dtype,
-        negative_slope_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self.negative_slope = Param(
-            jnp.asarray(negative_slope_init, dtype=param_dtype), **negative_slope_metadata
-        )
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.promote_dtype = promote_dtype
-
-    def __call__(self, inputs: Array) -> Array:
-        x, slope = jnp.asarray(inputs), self.negative_slope[...]
-        if self.dtype is not None:
-            x, slope = self.promote_dtype((x, slope), dtype=self.dtype)
-        else:  # as Flax (and Linen): the slope takes the inputs' dtype
-            slope = jnp.asarray(slope, x.dtype)
-        return jnp.where(x >= 0, x, slope * x)
+        return jnp.dot(query, embedding.T, **sharding_kwargs(out_sharding, None))

@@ -13,9 +13,7 @@ can target just them with `wrt=nnx.LoRAParam`.
 from __future__ import annotations
 
 import typing as tp
-from types import MappingProxyType
 
-import jax
 import jax.numpy as jnp
 
 from nnxfn.facade.module import Module
@@ -24,10 +22,7 @@ from nnxfn.facade.variables import Param, Variable
 from nnxfn.nn import initializers
 from nnxfn.nn.attention_ops import PromoteDtypeFn, promote_dtype as default_promote_dtype
 from nnxfn.nn.linear import Linear
-
-Array = jax.Array
-Initializer = tp.Callable[..., Array]
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
+from nnxfn.nn.types import EMPTY_METADATA, Array, Dtype, Initializer, Metadata, ShardingLike
 
 default_a_initializer = initializers.he_uniform()
 default_b_initializer = initializers.zeros
@@ -52,16 +47,16 @@ class LoRA(Module):
         lora_rank: int,
         out_features: int,
         *,
-        base_module: Module | None = None,
-        dtype: tp.Any = None,
-        param_dtype: tp.Any = jnp.float32,
+        base_module: tp.Callable[..., Array] | None = None,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
         promote_dtype: PromoteDtypeFn = default_promote_dtype,
         rngs: Rngs,
-        a_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        b_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
+        a_metadata: Metadata = EMPTY_METADATA,
+        b_metadata: Metadata = EMPTY_METADATA,
     ):
         if base_module is not None and not callable(base_module):
             raise TypeError(
@@ -84,7 +79,7 @@ class LoRA(Module):
             b_initializer(rngs.params(), (lora_rank, out_features), param_dtype), **b_metadata
         )
 
-    def __call__(self, x: Array, **kwargs: tp.Any) -> Array:
+    def __call__(self, x: Array, **kwargs: object) -> Array:
         """`kwargs` are passed to `base_module`."""
         x = jnp.asarray(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -109,16 +104,16 @@ class LoRALinear(Linear):
         out_features: int,
         *,
         lora_rank: int,
-        lora_dtype: tp.Any = None,
-        lora_param_dtype: tp.Any = jnp.float32,
+        lora_dtype: Dtype | None = None,
+        lora_param_dtype: Dtype = jnp.float32,
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
         lora_promote_dtype: PromoteDtypeFn = default_promote_dtype,
         rngs: Rngs,
-        a_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        b_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        **kwargs: tp.Any,
+        a_metadata: Metadata = EMPTY_METADATA,
+        b_metadata: Metadata = EMPTY_METADATA,
+        **kwargs: tp.Any,  # Linear's arguments
     ):
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
         self.lora = LoRA(
@@ -136,7 +131,7 @@ class LoRALinear(Linear):
             b_metadata=b_metadata,
         )
 
-    def __call__(self, x: Array, out_sharding: tp.Any = None) -> Array:
+    def __call__(self, x: Array, out_sharding: ShardingLike = None) -> Array:
         y = super().__call__(x, out_sharding=out_sharding)
         return y + self.lora(x)
 

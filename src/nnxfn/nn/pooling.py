@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
 PaddingLike = str | Sequence[tuple[int, int]]
+#: The initial value of a reduction (`0.` for a sum, `-inf` for a max, ...).
+Scalar = int | float | bool | jax.Array
+Reduction = Callable[[jax.Array, jax.Array], jax.Array]
 
 _STRING_PADDINGS = ("SAME", "VALID", "SAME_LOWER")
 
 
-def _as_int_tuple(fn: str, arg: str, value: Any) -> tuple[int, ...]:
+def _as_int_tuple(fn: str, arg: str, value: Sequence[int] | int) -> tuple[int, ...]:
     """Convert ``value`` to a tuple of ints, or raise a ValueError."""
     if isinstance(value, int):
         raise ValueError(
@@ -44,24 +47,24 @@ def _normalize_padding(fn: str, padding: PaddingLike, num_spatial: int) -> str |
             )
         return padding.upper()
     try:
-        pairs = tuple(tuple(int(p) for p in pair) for pair in padding)
+        given = [tuple(int(p) for p in pair) for pair in padding]
     except TypeError as e:
         raise ValueError(
             f"{fn}: `padding` must be 'SAME', 'VALID' or a sequence of (low, high) pairs, got {padding!r}."
         ) from e
-    if len(pairs) != num_spatial or any(len(p) != 2 for p in pairs):
+    if len(given) != num_spatial or any(len(p) != 2 for p in given):
         raise ValueError(
             f"{fn}: `padding` must hold one (low, high) pair per spatial "
             f"dimension ({num_spatial} expected), got {padding!r}."
         )
-    return pairs
+    return tuple((low, high) for low, high in given)
 
 
 def _pool(
     fn: str,
     inputs: jax.Array,
-    init: Any,
-    reduce_fn: Callable[[Any, Any], Any],
+    init: Scalar,
+    reduce_fn: Reduction,
     window_shape: Sequence[int],
     strides: Sequence[int] | None,
     padding: PaddingLike,
@@ -107,7 +110,7 @@ def _pool(
     return y
 
 
-def _extreme(dtype: Any, lowest: bool) -> Any:
+def _extreme(dtype: DTypeLike, lowest: bool) -> Scalar:
     """Identity element of max (``lowest``) or min pooling for ``dtype``."""
     if jnp.issubdtype(dtype, jnp.inexact):
         return -jnp.inf if lowest else jnp.inf
@@ -119,8 +122,8 @@ def _extreme(dtype: Any, lowest: bool) -> Any:
 
 def pool(
     inputs: jax.Array,
-    init: Any,
-    reduce_fn: Callable[[Any, Any], Any],
+    init: Scalar,
+    reduce_fn: Reduction,
     window_shape: Sequence[int],
     strides: Sequence[int] | None,
     padding: PaddingLike,

@@ -1,9 +1,7 @@
-"""Recurrent cells and the layers that run them over time.
-
-Cells map `(carry, x_t) -> (new_carry, y_t)` for one time step:
-`LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `SimpleCell` (Flax NNX
-parameter names and shapes). `RNN` runs a cell over a sequence with
-`jax.lax.scan`; `Bidirectional` runs one RNN forwards and one backwards.
+"""Recurrent layers: `RNN` runs a cell over a sequence with `jax.lax.scan`;
+`Bidirectional` runs one RNN forwards and one backwards. The cells
+(`LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `SimpleCell`; see
+`recurrent_cells.py`) are importable from here too, as in Flax.
 
 >>> cell = LSTMCell(3, 4, rngs=Rngs(0))
 >>> RNN(cell)(jnp.ones((2, 5, 3))).shape
@@ -13,491 +11,56 @@ parameter names and shapes). `RNN` runs a cell over a sequence with
 from __future__ import annotations
 
 import typing as tp
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from nnxfn import core
+from nnxfn.core import Filter
 from nnxfn.facade.module import Module
 from nnxfn.facade.rngs import Rngs, RngStream
 from nnxfn.facade.variables import Param, RngState
 from nnxfn.transforms import Carry as Carry_
 from nnxfn.transforms.rngs import split_rngs
-from nnxfn.nn import initializers
-from nnxfn.nn.dtypes import promote_dtype as default_promote_dtype
-from nnxfn.nn.linear import Linear
-
-Array = jax.Array
-Carry = tp.Any
-Initializer = tp.Callable[..., Array]
-RngsLike = tp.Union[Rngs, RngStream, None]
-_EMPTY: tp.Mapping[str, tp.Any] = MappingProxyType({})
-
-default_kernel_init = initializers.lecun_normal()
-default_bias_init = initializers.zeros
-
-
-def modified_orthogonal(key: Array, shape: tp.Sequence[int], dtype: tp.Any = jnp.float32) -> Array:
-    """Orthogonal init computed in float32 and cast to `dtype` (LSTMCell's recurrent default)."""
-    return initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
+from nnxfn.nn.recurrent_cells import (
+    Carry,
+    GRUCell as GRUCell,
+    LSTMCell as LSTMCell,
+    OptimizedLSTMCell as OptimizedLSTMCell,
+    PyTree,
+    RNNCellBase as RNNCellBase,
+    SimpleCell as SimpleCell,
+    modified_orthogonal as modified_orthogonal,
+)
+from nnxfn.nn.types import Array
 
 
-def _stacked(init: Initializer, n: int) -> Initializer:
-    """An initializer for `n` gate kernels side by side on the last axis, each drawn by `init`."""
-
-    def stacked(key: Array, shape: tp.Sequence[int], dtype: tp.Any = jnp.float32) -> Array:
-        *rest, total = shape
-        keys = jax.random.split(key, n)
-        return jnp.concatenate([init(k, (*rest, total // n), dtype) for k in keys], axis=-1)
-
-    return stacked
-
-
-# -- cells ------------------------------------------------------------------------------
-class RNNCellBase(Module):
-    """Base class of recurrent cells: `initialize_carry`, `__call__`, `num_feature_axes`."""
-
-    in_features: int
-    hidden_features: int
-
-    def initialize_carry(
-        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
-    ) -> Carry:
-        raise NotImplementedError
-
-    def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-        raise NotImplementedError
-
-    @property
-    def num_feature_axes(self) -> int:
-        """How many trailing axes of an input step are features (1 for these cells)."""
-        return 1
-
-    # -- helpers shared by the cells -----------------------------------------------------
-    def _init_cells(
-        self, input_shape: tuple[int, ...], n: int, rngs: RngsLike, carry_init: Initializer | None
-    ) -> list[Array]:
-        """`n` carry arrays of shape `batch + (hidden_features,)`."""
-        init = carry_init or getattr(self, "carry_init", None) or initializers.zeros
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
-        dtype = getattr(self, "param_dtype", jnp.float32)
-        if init is initializers.zeros:  # no key needed
-            return [jnp.zeros(shape, dtype) for _ in range(n)]
-        rngs = rngs if rngs is not None else getattr(self, "rngs", None)
-        if rngs is None:
-            raise ValueError(
-                f"{type(self).__name__}.initialize_carry: this carry_init is random and "
-                "needs a key. Pass `rngs=nnx.Rngs(0)`, or build the cell with "
-                "`keep_rngs=True`."
-            )
-        stream = rngs.carry if isinstance(rngs, Rngs) else rngs
-        return [init(stream(), shape, dtype) for _ in range(n)]
-
-    def _check_inputs(self, inputs: Array, carry: Array) -> Array:
-        inputs = jnp.asarray(inputs)
-        if inputs.ndim < 1 or inputs.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__}: expected inputs of shape (..., {self.in_features}) "
-                f"(in_features={self.in_features}), got shape {inputs.shape}."
-            )
-        if jnp.shape(carry)[-1:] != (self.hidden_features,):
-            raise ValueError(
-                f"{type(self).__name__}: expected a carry of shape (..., {self.hidden_features}) "
-                f"(hidden_features={self.hidden_features}), got shape {jnp.shape(carry)}. "
-                "Make it with `cell.initialize_carry(x_t.shape, rngs)`."
-            )
-        return inputs
-
-
-def _linear(
-    in_f: int,
-    out_f: int,
-    use_bias: bool,
-    kernel_init: Initializer,
-    bias_init: Initializer,
-    cell: RNNCellBase,
-    rngs: Rngs,
-    kernel_metadata: tp.Mapping,
-    bias_metadata: tp.Mapping,
-) -> Linear:
-    return Linear(
-        in_f,
-        out_f,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=cell.dtype,
-        param_dtype=cell.param_dtype,
-        promote_dtype=cell.promote_dtype,
-        rngs=rngs,
-        kernel_metadata=kernel_metadata,
-        bias_metadata=bias_metadata,
-    )
-
-
-class _Cell(RNNCellBase):
-    """Stores the constructor arguments every cell shares."""
-
-    def _setup(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        dtype: tp.Any,
-        param_dtype: tp.Any,
-        carry_init: Initializer | None,
-        promote_dtype: tp.Callable,
-        keep_rngs: bool,
-        rngs: Rngs,
-    ) -> None:
-        if not isinstance(rngs, Rngs):
-            raise TypeError(
-                f"{type(self).__name__}: `rngs` must be an nnx.Rngs, got {type(rngs).__name__}. "
-                f"Use `{type(self).__name__}({in_features}, {hidden_features}, rngs=nnx.Rngs(0))`."
-            )
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.promote_dtype = promote_dtype
-        self.carry_init = carry_init
-        self.rngs = rngs.carry.fork() if keep_rngs else None
-
-
-class LSTMCell(_Cell):
-    """Long short-term memory cell; carry `(c, h)`.
-
-    i = σ(x W_ii + h W_hi + b_i), f = σ(x W_if + h W_hf + b_f),
-    g = tanh(x W_ig + h W_hg + b_g), o = σ(x W_io + h W_ho + b_o),
-    c' = f c + i g, h' = o tanh(c'). Sub-modules `ii, if_, ig, io` (no bias)
-    and `hi, hf, hg, ho` (with bias).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
-        activation_fn: tp.Callable[..., Array] = jnp.tanh,
-        kernel_init: Initializer = default_kernel_init,
-        recurrent_kernel_init: Initializer = modified_orthogonal,
-        bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None,
-        param_dtype: tp.Any = jnp.float32,
-        carry_init: Initializer | None = None,
-        promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False,
-        rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self._setup(
-            in_features,
-            hidden_features,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-        )
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        for name in ("ii", "if_", "ig", "io"):
-            setattr(
-                self,
-                name,
-                _linear(
-                    in_features,
-                    hidden_features,
-                    False,
-                    kernel_init,
-                    bias_init,
-                    self,
-                    rngs,
-                    kernel_metadata,
-                    {},
-                ),
-            )
-        for name in ("hi", "hf", "hg", "ho"):
-            setattr(
-                self,
-                name,
-                _linear(
-                    hidden_features,
-                    hidden_features,
-                    True,
-                    recurrent_kernel_init,
-                    bias_init,
-                    self,
-                    rngs,
-                    recurrent_kernel_metadata,
-                    bias_metadata,
-                ),
-            )
-
-    def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
-        c, h = carry
-        x = self._check_inputs(inputs, h)
-        i = self.gate_fn(self.ii(x) + self.hi(h))
-        f = self.gate_fn(self.if_(x) + self.hf(h))
-        g = self.activation_fn(self.ig(x) + self.hg(h))
-        o = self.gate_fn(self.io(x) + self.ho(h))
-        new_c = f * c + i * g
-        new_h = o * self.activation_fn(new_c)
-        return (new_c, new_h), new_h
-
-    def initialize_carry(
-        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
-    ) -> tuple[Array, Array]:
-        c, h = self._init_cells(input_shape, 2, rngs, carry_init)
-        return c, h
-
-
-class OptimizedLSTMCell(_Cell):
-    """`LSTMCell` with the four gates fused: `dense_i` (in, 4·hidden, no bias) and
-    `dense_h` (hidden, 4·hidden, with bias); gate order i, f, g, o."""
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
-        activation_fn: tp.Callable[..., Array] = jnp.tanh,
-        kernel_init: Initializer = default_kernel_init,
-        recurrent_kernel_init: Initializer = initializers.orthogonal(),
-        bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None,
-        param_dtype: tp.Any = jnp.float32,
-        carry_init: Initializer | None = None,
-        promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False,
-        rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self._setup(
-            in_features,
-            hidden_features,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-        )
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        self.dense_i = _linear(
-            in_features,
-            4 * hidden_features,
-            False,
-            _stacked(kernel_init, 4),
-            bias_init,
-            self,
-            rngs,
-            kernel_metadata,
-            {},
-        )
-        self.dense_h = _linear(
-            hidden_features,
-            4 * hidden_features,
-            True,
-            _stacked(recurrent_kernel_init, 4),
-            bias_init,
-            self,
-            rngs,
-            recurrent_kernel_metadata,
-            bias_metadata,
-        )
-
-    def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
-        c, h = carry
-        x = self._check_inputs(inputs, h)
-        i, f, g, o = jnp.split(self.dense_i(x) + self.dense_h(h), 4, axis=-1)
-        new_c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
-        new_h = self.gate_fn(o) * self.activation_fn(new_c)
-        return (new_c, new_h), new_h
-
-    def initialize_carry(
-        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
-    ) -> tuple[Array, Array]:
-        c, h = self._init_cells(input_shape, 2, rngs, carry_init)
-        return c, h
-
-
-class GRUCell(_Cell):
-    """Gated recurrent unit; carry `h`.
-
-    With `[x_r, x_z, x_n] = dense_i(x)` (bias) and `[h_r, h_z, h_n] = dense_h(h)`
-    (no bias): r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r h_n),
-    h' = (1 - z) n + z h.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: tp.Callable[..., Array] = jax.nn.sigmoid,
-        activation_fn: tp.Callable[..., Array] = jnp.tanh,
-        kernel_init: Initializer = default_kernel_init,
-        recurrent_kernel_init: Initializer = initializers.orthogonal(),
-        bias_init: Initializer = default_bias_init,
-        dtype: tp.Any = None,
-        param_dtype: tp.Any = jnp.float32,
-        carry_init: Initializer | None = None,
-        promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False,
-        rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self._setup(
-            in_features,
-            hidden_features,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-        )
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        self.dense_i = _linear(
-            in_features,
-            3 * hidden_features,
-            True,
-            _stacked(kernel_init, 3),
-            bias_init,
-            self,
-            rngs,
-            kernel_metadata,
-            bias_metadata,
-        )
-        self.dense_h = _linear(
-            hidden_features,
-            3 * hidden_features,
-            False,
-            _stacked(recurrent_kernel_init, 3),
-            bias_init,
-            self,
-            rngs,
-            recurrent_kernel_metadata,
-            {},
-        )
-
-    def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
-        h = carry
-        x = self._check_inputs(inputs, h)
-        x_r, x_z, x_n = jnp.split(self.dense_i(x), 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(self.dense_h(h), 3, axis=-1)
-        r = self.gate_fn(x_r + h_r)
-        z = self.gate_fn(x_z + h_z)
-        n = self.activation_fn(x_n + r * h_n)
-        new_h = (1.0 - z) * n + z * h
-        return new_h, new_h
-
-    def initialize_carry(
-        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
-    ) -> Array:
-        return self._init_cells(input_shape, 1, rngs, carry_init)[0]
-
-
-class SimpleCell(_Cell):
-    """Elman cell: h' = act(dense_i(x) + dense_h(h) [+ h if residual]); carry `h`.
-
-    `dense_i` (in, hidden) has the bias, `dense_h` (hidden, hidden) has none.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        dtype: tp.Any = jnp.float32,
-        param_dtype: tp.Any = jnp.float32,
-        carry_init: Initializer | None = None,
-        residual: bool = False,
-        activation_fn: tp.Callable[..., Array] = jnp.tanh,
-        kernel_init: Initializer = default_kernel_init,
-        recurrent_kernel_init: Initializer = initializers.orthogonal(),
-        bias_init: Initializer = default_bias_init,
-        promote_dtype: tp.Callable = default_promote_dtype,
-        keep_rngs: bool = False,
-        rngs: Rngs,
-        kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        recurrent_kernel_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-        bias_metadata: tp.Mapping[str, tp.Any] = _EMPTY,
-    ):
-        self._setup(
-            in_features,
-            hidden_features,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            carry_init=carry_init,
-            promote_dtype=promote_dtype,
-            keep_rngs=keep_rngs,
-            rngs=rngs,
-        )
-        self.residual = residual
-        self.activation_fn = activation_fn
-        self.dense_h = _linear(
-            hidden_features,
-            hidden_features,
-            False,
-            recurrent_kernel_init,
-            bias_init,
-            self,
-            rngs,
-            recurrent_kernel_metadata,
-            {},
-        )
-        self.dense_i = _linear(
-            in_features,
-            hidden_features,
-            True,
-            kernel_init,
-            bias_init,
-            self,
-            rngs,
-            kernel_metadata,
-            bias_metadata,
-        )
-
-    def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
-        x = self._check_inputs(inputs, carry)
-        pre = self.dense_i(x) + self.dense_h(carry)
-        if self.residual:
-            pre = pre + carry
-        new_h = self.activation_fn(pre)
-        return new_h, new_h
-
-    def initialize_carry(
-        self, input_shape: tuple[int, ...], rngs: RngsLike = None, carry_init: Initializer | None = None
-    ) -> Array:
-        return self._init_cells(input_shape, 1, rngs, carry_init)[0]
-
-
-# -- running a cell over time ----------------------------------------------------------------
-def flip_sequences(xs: Array, seq_lengths: Array | None) -> Array:
-    """Reverse time-major `xs` (time on axis 0); with `seq_lengths`, reverse only the
-    first `L` steps of each sequence (padding is reversed among itself, at the end)."""
+def flip_sequences(
+    inputs: Array, seq_lengths: Array | None, num_batch_dims: int = 1, time_major: bool = True
+) -> Array:
+    """Reverse `inputs` along time (axis 0 if `time_major`, else the axis after the
+    `num_batch_dims` batch axes); with `seq_lengths` (one per sequence), reverse only
+    the first `L` steps of each sequence (padding is reversed among itself, at the end)."""
+    time_axis = 0 if time_major else num_batch_dims
+    xs = jnp.moveaxis(inputs, time_axis, 0)
     if seq_lengths is None:
-        return jnp.flip(xs, axis=0)
+        return jnp.moveaxis(jnp.flip(xs, axis=0), 0, time_axis)
     steps = xs.shape[0]
     lengths = jnp.asarray(seq_lengths)
     t = jnp.arange(steps).reshape((steps,) + (1,) * lengths.ndim)
     idx = (steps - 1 - t + lengths[None]) % steps  # (T, *batch)
     idx = idx.reshape(idx.shape + (1,) * (xs.ndim - idx.ndim))
-    return jnp.take_along_axis(xs, idx, axis=0)
+    return jnp.moveaxis(jnp.take_along_axis(xs, idx, axis=0), 0, time_axis)
+
+
+def _carry_stream(rngs: Rngs | RngStream | bool) -> RngStream | None:
+    """The stream a layer draws initial carries from: a fork of `rngs.carry`, the
+    stream given, a fixed one (`True`) or none (`False`)."""
+    if isinstance(rngs, Rngs):
+        return rngs.carry.fork()
+    if isinstance(rngs, RngStream):
+        return rngs
+    return RngStream(jax.random.key(0), tag="carry") if rngs else None
 
 
 def _select(keep: Array, new: Array, old: Array) -> Array:
@@ -525,8 +88,8 @@ class RNN(Module):
         reverse: bool = False,
         keep_order: bool = False,
         unroll: int = 1,
-        state_axes: tp.Mapping[tp.Any, tp.Any] | None = None,
-        broadcast_rngs: tp.Any = None,
+        state_axes: tp.Mapping[Filter, object] | None = None,
+        broadcast_rngs: Filter | None = None,
         rngs: Rngs | RngStream | bool = True,
     ):
         if not isinstance(cell, Module) or not hasattr(cell, "initialize_carry"):
@@ -540,12 +103,7 @@ class RNN(Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
-        if isinstance(rngs, Rngs):
-            self.rngs = rngs.carry.fork()
-        elif isinstance(rngs, RngStream):
-            self.rngs = rngs
-        else:
-            self.rngs = RngStream(jax.random.key(0), tag="carry") if rngs else None
+        self.rngs = _carry_stream(rngs)
         for f, axis in dict(state_axes or {}).items():
             if axis is not None and axis is not Carry_:
                 raise NotImplementedError(
@@ -567,7 +125,8 @@ class RNN(Module):
         reverse: bool | None = None,
         keep_order: bool | None = None,
         rngs: Rngs | RngStream | None = None,
-    ) -> tp.Any:
+    ) -> PyTree:
+        """The outputs, or `(carry, outputs)` with `return_carry`."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
         reverse = self.reverse if reverse is None else reverse
@@ -622,9 +181,9 @@ def _scan_cell(
     xs: Array,
     seq_lengths: Array | None,
     unroll: int,
-    broadcast: tp.Any,
-    fixed: tp.Any,
-) -> tuple[Carry, tp.Any]:
+    broadcast: Filter,
+    fixed: Filter,
+) -> tuple[Carry, PyTree]:
     """Scan `cell` over axis 0 of `xs`; the cell's non-Param state (e.g. Rngs
     counts) is threaded through the loop and written back to `cell`, except:
     `broadcast` state every step sees as it was (its writes are not kept) and
@@ -632,7 +191,7 @@ def _scan_cell(
     graphdef, params, shared, constant, rest = core.split(cell, Param, broadcast, fixed, ...)
     constant_leaves = jax.tree.leaves((params, constant))
 
-    def step(loop: tuple, x_t: Array) -> tuple[tuple, tp.Any]:
+    def step(loop: tuple, x_t: Array) -> tuple[tuple, PyTree]:
         rest_t, carry_t, last_t, t = loop
         live = core.merge(graphdef, params, shared, constant, rest_t, copy=True)  # closed over: copies
         new_carry, y = live(carry_t, x_t)
@@ -678,6 +237,8 @@ class Bidirectional(Module):
         self.merge_fn = merge_fn
         self.time_major = time_major
         self.return_carry = return_carry
+        # the stream both directions draw initial carries from when a call passes no rngs
+        self.rngs = _carry_stream(rngs)
 
     def __call__(
         self,
@@ -690,11 +251,12 @@ class Bidirectional(Module):
         time_major: bool | None = None,
         reverse: bool | None = None,
         keep_order: bool | None = None,
-    ) -> tp.Any:
+    ) -> PyTree:
         """`reverse`/`keep_order` are accepted for signature compatibility and ignored:
         the backward direction always runs reversed and keeps input order."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
+        rngs = self.rngs if rngs is None else rngs
         fw0, bw0 = (None, None) if initial_carry is None else initial_carry
         fw_carry, fw_out = self.forward_rnn(
             inputs,

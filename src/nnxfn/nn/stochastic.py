@@ -30,13 +30,13 @@ def _no_rngs() -> ValueError:
     )
 
 
-def _bad_rngs(rngs: tp.Any) -> TypeError:
+def _bad_rngs(rngs: object) -> TypeError:
     return TypeError(
         f"Dropout: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.random key, got {type(rngs).__name__}."
     )
 
 
-def _explicit_sharding(inputs: Array) -> tp.Any:
+def _explicit_sharding(inputs: Array) -> jax.sharding.NamedSharding | None:
     """The inputs' sharding if their mesh has Explicit axes (where the mask
     must match it: a mismatch is a type error), else None. Reads the abstract
     type only (cheap while tracing)."""
@@ -49,7 +49,9 @@ def _explicit_sharding(inputs: Array) -> tp.Any:
     return sharding
 
 
-def _mask_sharding(sharding: tp.Any, shape: list[int]) -> tp.Any:
+def _mask_sharding(
+    sharding: jax.sharding.NamedSharding | None, shape: list[int]
+) -> jax.sharding.NamedSharding | None:
     """`sharding` for a mask of `shape`: unsplit along broadcast (size-1) dims."""
     if sharding is None:
         return None

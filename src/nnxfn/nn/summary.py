@@ -35,6 +35,10 @@ from nnxfn.facade.module import Module, Object
 from nnxfn.facade.rngs import RngStream
 from nnxfn.facade.variables import RngState, Variable
 from nnxfn.nn import summary_table as cells
+from nnxfn.nn.types import Array
+
+Key = tp.Hashable  # an attribute name or an index
+Method = tp.Callable[..., object]  # a function of the class, called as `fn(obj, *args, **kwargs)`
 
 _TAG = "_nnxfn_tabulate_id"
 _BASES = (Object, Module)  # their own methods (sow, train, ...) are infrastructure, not rows
@@ -47,12 +51,12 @@ class CallInfo:
     call_order: int
     object_id: int
     type: type
-    path: tuple
+    path: tuple[Key, ...]
     inputs_repr: str
-    outputs: tp.Any
+    outputs: object
     flops: float | None = None
     vjp_flops: float | None = None
-    inputs_cell: list = dataclasses.field(default_factory=list, repr=False)
+    inputs_cell: cells.Cell = dataclasses.field(default_factory=list, repr=False)
 
 
 def filter_rng_streams(row: CallInfo) -> bool:
@@ -66,22 +70,23 @@ def _group(var_type: type) -> type:
     return RngState if issubclass(var_type, RngState) else var_type
 
 
-def _size_bytes(x: tp.Any) -> tuple[int, int]:
+def _size_bytes(x: object) -> tuple[int, int]:
     x = x.raw_value if isinstance(x, Variable) else x
-    if not (is_array(x) or hasattr(x, "shape") and hasattr(x, "dtype")):
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:  # not an array
         return 0, 0
-    size = int(np.prod(x.shape, dtype=np.int64))
+    size = int(np.prod(shape, dtype=np.int64))
     nbytes = getattr(x, "nbytes", None)
     if nbytes is None:
-        nbytes = size * jnp.dtype(x.dtype).itemsize
+        nbytes = size * jnp.dtype(dtype).itemsize
     return size, int(nbytes)
 
 
 @dataclasses.dataclass
 class _Stats:
-    path: tuple
-    totals: dict = dataclasses.field(default_factory=dict)  # column type -> [count, bytes]
-    own: dict = dataclasses.field(default_factory=dict)  # column type -> {name: Variable}
+    path: tuple[Key, ...]
+    totals: dict[type, list[int]] = dataclasses.field(default_factory=dict)  # column -> [count, bytes]
+    own: dict[type, dict[Key, Variable]] = dataclasses.field(default_factory=dict)  # column -> {name: var}
 
 
 def _collect(root: Object) -> tuple[dict[int, _Stats], dict[type, list[int]]]:
@@ -107,9 +112,9 @@ def _collect(root: Object) -> tuple[dict[int, _Stats], dict[type, list[int]]]:
         if owner is not None:
             owner.own.setdefault(col, {})[path[-1]] = leaf
         for k in range(len(path)):
-            info = by_path.get(path[:k])
-            if info is not None:
-                total = info.totals.setdefault(col, [0, 0])
+            above = by_path.get(path[:k])
+            if above is not None:
+                total = above.totals.setdefault(col, [0, 0])
                 total[0] += size
                 total[1] += nbytes
     return stats, by_path[()].totals
@@ -132,7 +137,9 @@ class _Recorder:
         self.active: set[tuple] = set()  # (tag, method) running now: super() calls are not rows
         self.suspended = False
 
-    def call(self, obj: tp.Any, name: str, fn: tp.Callable, args: tuple, kwargs: dict) -> tp.Any:
+    def call(
+        self, obj: Object, name: str, fn: Method, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> object:
         tag = getattr(obj, "__dict__", {}).get(_TAG)
         if self.suspended or tag is None or (tag, name) in self.active:
             return fn(obj, *args, **kwargs)
@@ -159,8 +166,8 @@ class _Recorder:
         return outputs
 
     def _measured(
-        self, obj: tp.Any, fn: tp.Callable, args: tuple, kwargs: dict, new_row: bool
-    ) -> tuple[tp.Any, float | None, float | None]:
+        self, obj: Object, fn: Method, args: tuple[object, ...], kwargs: dict[str, object], new_row: bool
+    ) -> tuple[object, float | None, float | None]:
         """Run the call through `jax.jit`, reading XLA's FLOP estimate from the lowering.
 
         The body is traced once (calls nested in it are recorded then); the
@@ -170,11 +177,11 @@ class _Recorder:
         leaves, treedef = jax.tree.flatten((state, args, kwargs))
         dynamic = [i for i, x in enumerate(leaves) if is_array(x)]
 
-        def run(values: list) -> tp.Any:
+        def run(values: list[Array]) -> object:
             full = list(leaves)
             for i, v in zip(dynamic, values):
                 full[i] = v
-            st, a, k = treedef.unflatten(full)
+            st, a, k = jax.tree.unflatten(treedef, full)
             return fn(core.merge(graphdef, st), *a, **k)
 
         values = [leaves[i] for i in dynamic]
@@ -192,9 +199,9 @@ class _Recorder:
         return jitted(values), flops, vjp_flops
 
 
-def _methods(cls: type) -> dict[str, tp.Callable]:
+def _methods(cls: type) -> dict[str, Method]:
     """`__call__` and the public methods of `cls` (inherited ones included)."""
-    found = {}
+    found: dict[str, Method] = {}
     for name, fn in inspect.getmembers(cls, inspect.isfunction):
         if name.startswith("_") and name != "__call__":
             continue
@@ -207,15 +214,15 @@ def _methods(cls: type) -> dict[str, tp.Callable]:
     return found
 
 
-def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, tp.Any]]:
+def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, object]]:
     resolved = {cls: _methods(cls) for cls in classes}  # before any class is patched
-    undo: list[tuple[type, str, tp.Any]] = []
+    undo: list[tuple[type, str, object]] = []
     for cls, methods in resolved.items():
         for name, fn in methods.items():
 
             def wrapper(
-                self: tp.Any, *args: tp.Any, _fn: tp.Callable = fn, _name: str = name, **kwargs: tp.Any
-            ) -> tp.Any:
+                self: Object, *args: object, _fn: Method = fn, _name: str = name, **kwargs: object
+            ) -> object:
                 return recorder.call(self, _name, _fn, args, kwargs)
 
             wrapper.__name__ = name
@@ -225,7 +232,7 @@ def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, tp.
     return undo
 
 
-def _unpatch(undo: list[tuple[type, str, tp.Any]]) -> None:
+def _unpatch(undo: list[tuple[type, str, object]]) -> None:
     for cls, name, original in reversed(undo):
         if original is None:
             type.__delattr__(cls, name)
@@ -234,7 +241,7 @@ def _unpatch(undo: list[tuple[type, str, tp.Any]]) -> None:
 
 
 # -- FLOPs -----------------------------------------------------------------------------------------
-def _cost(lowered: tp.Any) -> float | None:
+def _cost(lowered: jax.stages.Lowered) -> float | None:
     cost = lowered.cost_analysis()
     if not cost:
         cost = lowered.compile().cost_analysis()
@@ -243,11 +250,11 @@ def _cost(lowered: tp.Any) -> float | None:
     return None if cost is None else float(cost.get("flops", 0.0))
 
 
-def _vjp_cost(run: tp.Callable, values: list) -> float | None:
+def _vjp_cost(run: tp.Callable[[list[Array]], object], values: list[Array]) -> float | None:
     diff = [j for j, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.inexact)]
 
-    def pullback(values: list) -> tp.Any:
-        def on_diff(d: list) -> tp.Any:
+    def pullback(values: list[Array]) -> object:
+        def on_diff(d: list[Array]) -> object:
             vals = list(values)
             for j, v in zip(diff, d):
                 vals[j] = v
@@ -262,13 +269,13 @@ def _vjp_cost(run: tp.Callable, values: list) -> float | None:
         return None
 
 
-def _flops_cell(x: float | None) -> list:
+def _flops_cell(x: float | None) -> cells.Cell:
     return [[("n/a" if x is None else f"{int(x):,}", None)]]
 
 
 # -- the table ---------------------------------------------------------------------------------------
-def _variable_cell(info: _Stats, col: type) -> list:
-    lines: list = []
+def _variable_cell(info: _Stats, col: type) -> cells.Cell:
+    lines: cells.Cell = []
     for name, var in sorted(info.own.get(col, {}).items(), key=lambda kv: str(kv[0])):
         value = var.raw_value
         shown = cells.array_segments(value) if hasattr(value, "shape") and hasattr(value, "dtype") else []
@@ -285,13 +292,13 @@ def _variable_cell(info: _Stats, col: type) -> list:
     if total:
         if lines:
             lines.append([])
-        lines.append(cells.count_segments(*total, bold=True))
+        lines.append(cells.count_segments(total[0], total[1], bold=True))
     return lines
 
 
 def tabulate(
     obj: Object,
-    *input_args: tp.Any,
+    *input_args: object,
     depth: int | None = None,
     method: str = "__call__",
     row_filter: tp.Callable[[CallInfo], bool] = filter_rng_streams,
@@ -300,7 +307,7 @@ def tabulate(
     console_kwargs: tp.Mapping[str, tp.Any] = MappingProxyType({}),
     compute_flops: bool = False,
     compute_vjp_flops: bool = False,
-    **input_kwargs: tp.Any,
+    **input_kwargs: object,
 ) -> str:
     """A summary table of `getattr(obj, method)(*input_args, **input_kwargs)`.
 
@@ -347,7 +354,7 @@ def tabulate(
     table_rows = []
     for r in rows:
         info = stats[r.object_id]
-        row = [
+        row: list[cells.Cell] = [
             [[("/".join(str(p) for p in r.path), None)]],
             [[(r.type.__name__, None)]],
             r.inputs_cell,
@@ -357,7 +364,9 @@ def tabulate(
         row += [_variable_cell(info, col) for col in columns]
         table_rows.append(row)
     n_before = 4 + compute_flops + compute_vjp_flops
-    footer = [""] * n_before + [cells.text([cells.count_segments(*totals[c])]) for c in columns]
+    footer = [""] * n_before + [
+        cells.text([cells.count_segments(totals[c][0], totals[c][1])]) for c in columns
+    ]
     size = sum(c for c, _ in totals.values())
     nbytes = sum(b for _, b in totals.values())
     caption = f"Total Parameters: {cells.text([cells.count_segments(size, nbytes)])}"
@@ -373,7 +382,7 @@ def tabulate(
     )
 
 
-def display(*objects: tp.Any) -> None:
+def display(*objects: object) -> None:
     """Show objects with treescope in a notebook if available, else print their repr."""
     try:
         import treescope

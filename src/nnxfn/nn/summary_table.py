@@ -31,27 +31,40 @@ import typing as tp
 import jax
 import numpy as np
 
+from nnxfn.facade.variables import Variable
+from nnxfn.nn.types import Dtype
+
 Segment = tuple[str, "str | None"]
 Line = list[Segment]
 Cell = list[Line]
+Container = tp.Union[list[object], tuple[object, ...], dict[tp.Hashable, object]]
+
+
+class Shaped(tp.Protocol):
+    """What `array_segments` reads: an array, a `jax.ShapeDtypeStruct`, ..."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Dtype: ...
 
 
 # -- values -> lines ---------------------------------------------------------------------
-def array_segments(x: tp.Any) -> Line:
+def array_segments(x: Shaped) -> Line:
     """`float32[2,3]` with the dtype dimmed (as flax shows it)."""
-    dtype = np.dtype(x.dtype).name if not hasattr(x.dtype, "name") else x.dtype.name
+    name = getattr(x.dtype, "name", None)
+    dtype = np.dtype(x.dtype).name if name is None else str(name)
     if "key<" in str(x.dtype):
         dtype = str(x.dtype)
     return [(dtype, "dim"), (f"[{','.join(str(d) for d in x.shape)}]", None)]
 
 
-def _is_array_like(x: tp.Any) -> bool:
+def _is_array_like(x: object) -> tp.TypeGuard[jax.Array | np.ndarray | jax.ShapeDtypeStruct | np.generic]:
     return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct, np.generic))
 
 
-def _scalar(x: tp.Any, node_types: tuple[type, ...]) -> Line:
-    from nnxfn.facade.variables import Variable
-
+def _scalar(x: object, node_types: tuple[type, ...]) -> Line:
     if isinstance(x, Variable):
         x = x.raw_value
     if _is_array_like(x) or (hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "aval")):
@@ -65,7 +78,7 @@ def _scalar(x: tp.Any, node_types: tuple[type, ...]) -> Line:
     return [(repr(x), None)]
 
 
-def _as_container(x: tp.Any) -> tp.Any:
+def _as_container(x: object) -> Container | None:
     """Lists/tuples/dicts as they are; other pytrees with leaves as {path: leaf}."""
     if isinstance(x, (list, tuple, dict)):
         if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple
@@ -84,7 +97,7 @@ def _as_container(x: tp.Any) -> tp.Any:
     return {jax.tree_util.keystr(p).lstrip("."): v for p, v in pairs}
 
 
-def value_lines(x: tp.Any, node_types: tuple[type, ...] = ()) -> Cell:
+def value_lines(x: object, node_types: tuple[type, ...] = ()) -> Cell:
     """Lines for one value; empty containers show as `[]`/`{}`, None as `None`."""
     container = None if isinstance(x, node_types) else _as_container(x)
     if container is None:
@@ -113,7 +126,7 @@ def value_lines(x: tp.Any, node_types: tuple[type, ...] = ()) -> Cell:
     return lines
 
 
-def top_lines(x: tp.Any, node_types: tuple[type, ...] = ()) -> Cell:
+def top_lines(x: object, node_types: tuple[type, ...] = ()) -> Cell:
     """Like `value_lines`, but nothing at all for None or an empty container."""
     if x is None or (isinstance(x, (list, tuple, dict)) and not x):
         return []
@@ -175,7 +188,13 @@ def render_rich(
                 out.append(t, style=style)
         return out
 
-    options = {"show_header": True, "show_lines": True, "show_footer": True, "title": title}
+    # rich's own keyword types are checked by rich
+    options: dict[str, tp.Any] = {
+        "show_header": True,
+        "show_lines": True,
+        "show_footer": True,
+        "title": title,
+    }
     options.update(table_kwargs)
     table = rich.table.Table(**options)
     for name in header:
@@ -193,9 +212,9 @@ def render_rich(
         in_ipython = get_ipython() is not None
     except ImportError:
         in_ipython = False
-    options = {"force_terminal": True, "force_jupyter": in_ipython, **console_kwargs}
+    console: dict[str, tp.Any] = {"force_terminal": True, "force_jupyter": in_ipython, **console_kwargs}
     buffer = io.StringIO()
-    rich.console.Console(file=buffer, **options).print(table)
+    rich.console.Console(file=buffer, **console).print(table)
     return buffer.getvalue()
 
 

@@ -39,12 +39,38 @@ from pathlib import Path
 
 from nnxfn.training import checkpoint_format as fmt
 
+if tp.TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 Backend = tp.Literal["auto", "orbax", "npz"]
+Written = tp.Literal["orbax", "npz"]
+
+
+class CheckpointManager(tp.Protocol):
+    """What these helpers use of an `orbax.checkpoint.CheckpointManager`."""
+
+    @property
+    def directory(self) -> os.PathLike[str]: ...
+
+    def all_steps(self) -> tp.Sequence[int]: ...
+
+    def save(self, step: int, *, args: object, force: bool = ...) -> bool: ...
+
+    def restore(self, step: int, *, args: object) -> tp.Mapping[str, tp.Any]: ...  # the items read
+
+    def delete(self, step: int) -> None: ...
+
+    def wait_until_finished(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Directory = tp.Union[str, os.PathLike[str], CheckpointManager]
 
 
 def save_checkpoint(
-    directory: tp.Any,
-    *items: tp.Any,
+    directory: Directory,
+    *items: object,
     step: int | None = None,
     max_to_keep: int | None = None,
     overwrite: bool = True,
@@ -61,17 +87,18 @@ def save_checkpoint(
     """
     if not items:
         raise TypeError("save_checkpoint(directory, *items): give at least one model/optimizer/State.")
-    manager = directory if _is_manager(directory) else None
-    backend = "orbax" if manager is not None else _choose_backend(backend)
+    written: Written = "orbax" if _is_manager(directory) else _choose_backend(backend)
     flats = [fmt.flat(fmt.as_state(item)) for item in items]
     for i, flat in enumerate(flats):
         fmt.check_savable(flat, fmt.root_name(items[i]))
-    meta = fmt.metadata(backend, flats)
-    if backend == "npz":
-        return _save_npz(Path(directory).absolute(), flats, meta, step, max_to_keep, overwrite)
-    own = manager is None
-    if own:
-        manager = _manager(Path(directory).absolute(), max_to_keep, create=True)
+    meta = fmt.metadata(written, flats)
+    if _is_manager(directory):
+        manager, own = directory, False
+    else:
+        path = Path(directory).absolute()
+        if written == "npz":
+            return _save_npz(path, flats, meta, step, max_to_keep, overwrite)
+        manager, own = _manager(path, max_to_keep, create=True), True
     try:
         steps = set(manager.all_steps())
         step = _next_step(steps) if step is None else int(step)
@@ -89,7 +116,7 @@ def save_checkpoint(
     return Path(str(manager.directory)).absolute() / str(step)
 
 
-def restore_checkpoint(directory: tp.Any, *targets: tp.Any, step: int | None = None) -> tp.Any:
+def restore_checkpoint(directory: Directory, *targets: object, step: int | None = None) -> tp.Any:
     """Restore checkpoint `step` (default: the latest) into each target.
 
     `directory` is what `save_checkpoint` was given (a path or an orbax
@@ -125,7 +152,7 @@ def restore_checkpoint(directory: tp.Any, *targets: tp.Any, step: int | None = N
         manager.close()
 
 
-def checkpoint_steps(directory: tp.Any) -> list[int]:
+def checkpoint_steps(directory: Directory) -> list[int]:
     """The committed steps in `directory` (a path or an orbax `CheckpointManager`), sorted."""
     if _is_manager(directory):
         return sorted(directory.all_steps())
@@ -133,18 +160,18 @@ def checkpoint_steps(directory: tp.Any) -> list[int]:
 
 
 # -- orbax ------------------------------------------------------------------------------------
-def _is_manager(x: tp.Any) -> bool:
+def _is_manager(x: object) -> TypeIs[CheckpointManager]:
     return hasattr(x, "all_steps") and hasattr(x, "save") and hasattr(x, "restore")
 
 
-def _manager(path: Path, max_to_keep: int | None, create: bool) -> tp.Any:
+def _manager(path: Path, max_to_keep: int | None, create: bool) -> CheckpointManager:
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
     return ocp.CheckpointManager(path, options=options)
 
 
-def _save_args(flats: list[list[fmt.Leaf]], meta: dict) -> tp.Any:
+def _save_args(flats: list[list[fmt.Leaf]], meta: fmt.Meta) -> object:
     import orbax.checkpoint as ocp
 
     items = {"nnxfn": ocp.args.JsonSave(meta)}
@@ -154,17 +181,17 @@ def _save_args(flats: list[list[fmt.Leaf]], meta: dict) -> tp.Any:
     return ocp.args.Composite(**items)
 
 
-def _orbax_tree(trees: list[dict]) -> dict:
+def _orbax_tree(trees: list[fmt.Nested]) -> fmt.Nested:
     return trees[0] if len(trees) == 1 else {str(i): t for i, t in enumerate(trees)}
 
 
-def _restore_orbax(manager: tp.Any, step: int, targets: tuple) -> tp.Any:
+def _restore_orbax(manager: CheckpointManager, step: int, targets: tuple[object, ...]) -> object:
     import orbax.checkpoint as ocp
 
     where = Path(str(manager.directory)) / str(step)
     meta = manager.restore(step, args=ocp.args.Composite(nnxfn=ocp.args.JsonRestore()))["nnxfn"]
     states, flats = _check(where, meta, targets)
-    arrays: list[dict] = [{} for _ in flats]
+    arrays: list[dict[fmt.KeyPath, fmt.ArrayLeaf]] = [{} for _ in flats]
     if any(flats):
         abstract = _orbax_tree([fmt.pure([(p, fmt.data_spec(x)) for p, x in f]) for f in flats])
         tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
@@ -176,7 +203,9 @@ def _restore_orbax(manager: tp.Any, step: int, targets: tuple) -> tp.Any:
     return _finish(targets, states, arrays)
 
 
-def _check(where: Path, meta: dict, targets: tuple) -> tuple[list, list]:
+def _check(
+    where: Path, meta: fmt.Meta, targets: tuple[object, ...]
+) -> tuple[list[fmt.State], list[list[fmt.Leaf]]]:
     saved = meta["items"]
     if len(saved) != len(targets):
         raise ValueError(fmt.wrong_count(where, len(saved), len(targets)))
@@ -187,7 +216,9 @@ def _check(where: Path, meta: dict, targets: tuple) -> tuple[list, list]:
     return states, flats
 
 
-def _finish(targets: tuple, states: list, arrays: list[dict]) -> tp.Any:
+def _finish(
+    targets: tuple[object, ...], states: list[fmt.State], arrays: list[dict[fmt.KeyPath, fmt.ArrayLeaf]]
+) -> object:
     out = [fmt.write_back(t, s, a) for t, s, a in zip(targets, states, arrays)]
     return out[0] if len(out) == 1 else tuple(out)
 
@@ -213,7 +244,7 @@ def _step_dirs(path: Path) -> dict[int, str]:
     return found
 
 
-def _pick_step(steps: tp.Sequence[int], step: int | None, where: tp.Any) -> int:
+def _pick_step(steps: tp.Sequence[int], step: int | None, where: object) -> int:
     if step is None:
         if not steps:
             raise FileNotFoundError(fmt.not_found(where))
@@ -223,9 +254,9 @@ def _pick_step(steps: tp.Sequence[int], step: int | None, where: tp.Any) -> int:
     return int(step)
 
 
-def _choose_backend(backend: str) -> str:
+def _choose_backend(backend: str) -> Written:
     if backend == "npz":
-        return backend
+        return "npz"
     try:
         import orbax.checkpoint  # noqa: F401
     except ImportError:
@@ -241,7 +272,7 @@ def _choose_backend(backend: str) -> str:
 def _save_npz(
     root: Path,
     flats: list[list[fmt.Leaf]],
-    meta: dict,
+    meta: fmt.Meta,
     step: int | None,
     max_to_keep: int | None,
     overwrite: bool,
@@ -276,7 +307,7 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _restore_file_layout(path: Path, targets: tuple) -> tp.Any:
+def _restore_file_layout(path: Path, targets: tuple[object, ...]) -> object:
     """One step written by the npz fallback, or a version-1 checkpoint (npz or orbax)."""
     meta = json.loads((path / fmt.META).read_text())
     states, flats = _check(path, meta, targets)

@@ -24,11 +24,34 @@ from nnxfn.facade.variables import Variable
 
 META = "nnxfn.json"
 FORMAT = "nnxfn-checkpoint"
-Leaf = tuple[tuple[tp.Any, ...], tp.Any]
+KeyPath = tuple[tp.Hashable, ...]  # str and int keys only, once `check_savable` passed
+# An array leaf: a `jax.Array` or `np.ndarray` (a `jax.ShapeDtypeStruct` for an abstract
+# target), read by duck typing (`shape`, `dtype`, `sharding`, typed PRNG keys).
+ArrayLeaf = tp.Any
+Leaf = tuple[KeyPath, ArrayLeaf]
+# Leaves as nested dicts (`State.to_pure_dict()`'s layout), as orbax stores them.
+Nested = dict[tp.Hashable, tp.Union["Nested", ArrayLeaf]]
+
+
+class LeafMeta(tp.TypedDict):
+    """One leaf in `nnxfn.json`."""
+
+    path: list[str | int]
+    shape: list[int]
+    dtype: str
+
+
+class Meta(tp.TypedDict):
+    """The body of `nnxfn.json`: every leaf of every item saved."""
+
+    format: str
+    version: int
+    backend: str
+    items: list[list[LeafMeta]]
 
 
 # -- items <-> flat leaves ------------------------------------------------------------
-def as_state(item: tp.Any) -> State:
+def as_state(item: object) -> State:
     return item if isinstance(item, State) else state_of(item)
 
 
@@ -36,7 +59,7 @@ def flat(state: State) -> list[Leaf]:
     return [(p, v.raw_value if isinstance(v, Variable) else v) for p, v in state.flat_state()]
 
 
-def root_name(item: tp.Any) -> str:
+def root_name(item: object) -> str:
     if isinstance(item, Module):
         return "model"
     if isinstance(item, State):
@@ -53,8 +76,8 @@ def check_savable(flat: list[Leaf], root: str) -> None:
                 raise TypeError(bad_key(path_str(p, root), key))
 
 
-def pure(flat: list[Leaf]) -> dict:
-    root: dict = {}
+def pure(flat: list[Leaf]) -> Nested:
+    root: Nested = {}
     for p, x in flat:
         node = root
         for key in p[:-1]:
@@ -63,7 +86,7 @@ def pure(flat: list[Leaf]) -> dict:
     return root
 
 
-def write_back(target: tp.Any, state: State, values: dict) -> tp.Any:
+def write_back(target: object, state: State, values: dict[KeyPath, ArrayLeaf]) -> object:
     new = State.from_flat_path([(p, _replace(v, values[p])) for p, v in state.flat_state()])
     if isinstance(target, State):
         return new
@@ -73,30 +96,34 @@ def write_back(target: tp.Any, state: State, values: dict) -> tp.Any:
     return merge(graphdef_of(target), new)
 
 
-def _replace(old: tp.Any, value: tp.Any) -> tp.Any:
+def _replace(old: object, value: ArrayLeaf) -> object:
     if isinstance(old, Variable):
         return type(old).from_parts(value, old.metadata_items())
     return value
 
 
 # -- metadata and matching ------------------------------------------------------------
-def metadata(backend: str, flats: list[list[Leaf]]) -> dict:
-    items = [
-        [{"path": list(p), "shape": list(np.shape(x)), "dtype": str(x.dtype)} for p, x in flat]
+def metadata(backend: str, flats: list[list[Leaf]]) -> Meta:
+    items: list[list[LeafMeta]] = [
+        [{"path": _json_path(p), "shape": list(np.shape(x)), "dtype": str(x.dtype)} for p, x in flat]
         for flat in flats
     ]
     return {"format": FORMAT, "version": 2, "backend": backend, "items": items}
 
 
-def write_metadata(directory: Path, body: dict) -> None:
+def _json_path(path: KeyPath) -> list[str | int]:
+    return tp.cast("list[str | int]", list(path))  # `check_savable` allowed only str and int keys
+
+
+def write_metadata(directory: Path, body: Meta) -> None:
     with open(directory / META, "w") as f:
         json.dump(body, f)
         f.flush()
         os.fsync(f.fileno())
 
 
-def check_match(path: Path, flat: list[Leaf], saved: list[dict], root: str) -> None:
-    disk = {tuple(leaf["path"]): leaf for leaf in saved}
+def check_match(path: Path, flat: list[Leaf], saved: list[LeafMeta], root: str) -> None:
+    disk: dict[KeyPath, LeafMeta] = {tuple(leaf["path"]): leaf for leaf in saved}
     mine = dict(flat)
     missing = [p for p in mine if p not in disk]
     unexpected = [p for p in disk if p not in mine]
@@ -115,7 +142,7 @@ def check_match(path: Path, flat: list[Leaf], saved: list[dict], root: str) -> N
         raise ValueError(mismatch(path, root, missing, unexpected, wrong))
 
 
-def _sharding(x: tp.Any) -> jax.sharding.Sharding:
+def _sharding(x: ArrayLeaf) -> jax.sharding.Sharding:
     found = getattr(x, "sharding", None) if not isinstance(x, np.ndarray) else None
     if isinstance(found, jax.sharding.NamedSharding) and isinstance(
         found.mesh, jax.sharding.AbstractMesh
@@ -140,27 +167,27 @@ def _concrete(sharding: jax.sharding.NamedSharding) -> jax.sharding.NamedShardin
 
 
 # -- PRNG keys: stored as their raw uint32 key data -------------------------------------
-def _is_key(x: tp.Any) -> bool:
+def _is_key(x: ArrayLeaf) -> bool:
     return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _dtype_name(x: tp.Any) -> str:
+def _dtype_name(x: ArrayLeaf) -> str:
     """As written to `nnxfn.json`: "float32", ..., or "key<fry>" for a typed PRNG key."""
     return str(x.dtype) if _is_key(x) else str(np.dtype(x.dtype))
 
 
-def _to_data(x: tp.Any) -> tp.Any:
+def _to_data(x: ArrayLeaf) -> ArrayLeaf:
     """The array stored on disk for leaf `x` (a typed key's uint32 key data)."""
     return jax.random.key_data(x) if _is_key(x) else x
 
 
-def data_spec(x: tp.Any) -> jax.ShapeDtypeStruct:
+def data_spec(x: ArrayLeaf) -> jax.ShapeDtypeStruct:
     """Shape and dtype of `_to_data(x)`, for a concrete or abstract leaf."""
     spec = jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x
     return jax.ShapeDtypeStruct(np.shape(spec), spec.dtype, sharding=_sharding(x))
 
 
-def from_data(raw: tp.Any, x: tp.Any) -> tp.Any:
+def from_data(raw: ArrayLeaf, x: ArrayLeaf) -> ArrayLeaf:
     """Inverse of `_to_data`, with the key implementation of the target leaf `x`."""
     if not _is_key(x):
         return raw
@@ -181,7 +208,8 @@ def write_npz(tmp: Path, flats: list[list[Leaf]]) -> None:
         for k, (_, x) in enumerate(flat)
     }
     with open(tmp / "arrays.npz", "wb") as f:
-        np.savez(f, **{name: _storable(a) for name, a in arrays.items()})
+        # numpy's stub lets `**` fill its `allow_pickle: bool` keyword too; every key here is "i/k"
+        np.savez(f, **{name: _storable(a) for name, a in arrays.items()})  # type: ignore[arg-type]
         f.flush()
         os.fsync(f.fileno())
 
@@ -191,7 +219,7 @@ def _storable(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8) if a.dtype.kind == "V" else a
 
 
-def read_npz(path: Path, flats: list[list[Leaf]]) -> list[dict]:
+def read_npz(path: Path, flats: list[list[Leaf]]) -> list[dict[KeyPath, ArrayLeaf]]:
     out = []
     with np.load(path / "arrays.npz", allow_pickle=False) as data:
         saved = json.loads((path / META).read_text())["items"]
@@ -209,8 +237,10 @@ def read_npz(path: Path, flats: list[list[Leaf]]) -> list[dict]:
 
 
 # -- error messages ------------------------------------------------------------------------
-def mismatch(path: Path, root: str, missing: list, unexpected: list, wrong: list[str]) -> str:
-    def show(paths: list) -> str:
+def mismatch(
+    path: Path, root: str, missing: list[KeyPath], unexpected: list[KeyPath], wrong: list[str]
+) -> str:
+    def show(paths: list[KeyPath]) -> str:
         text = ", ".join(path_str(p, root) for p in paths[:10])
         return text + (f", ... ({len(paths) - 10} more)" if len(paths) > 10 else "")
 
@@ -237,7 +267,7 @@ def mismatch(path: Path, root: str, missing: list, unexpected: list, wrong: list
     return "\n".join(lines)
 
 
-def _common_prefix_key(unexpected: list, missing: list) -> tp.Any:
+def _common_prefix_key(unexpected: list[KeyPath], missing: list[KeyPath]) -> tp.Hashable | None:
     """The key `k` if the target's missing paths all appear under `k` in the checkpoint."""
     if not unexpected or not missing:
         return None
@@ -255,7 +285,7 @@ def wrong_count(path: Path, saved: int, given: int) -> str:
     )
 
 
-def not_found(path: tp.Any, step: int | None = None) -> str:
+def not_found(path: object, step: int | None = None) -> str:
     what = f"no checkpoint of step {step}" if step is not None else "no nnxfn checkpoint"
     return (
         f"restore_checkpoint: {what} at {path} (neither a checkpoint nor a directory of "
@@ -264,14 +294,14 @@ def not_found(path: tp.Any, step: int | None = None) -> str:
     )
 
 
-def exists(path: tp.Any, step: int) -> str:
+def exists(path: object, step: int) -> str:
     return (
         f"save_checkpoint: {path} already holds step {step}. Pass overwrite=True to "
         "replace it, or save under another step."
     )
 
 
-def not_concrete(where: str, x: tp.Any) -> str:
+def not_concrete(where: str, x: object) -> str:
     return (
         f"save_checkpoint: {where} is a {type(x).__name__}, not an array with values. "
         "Save a model with real weights (an abstract model from `jax.eval_shape` "
@@ -279,7 +309,7 @@ def not_concrete(where: str, x: tp.Any) -> str:
     )
 
 
-def bad_key(where: str, key: tp.Any) -> str:
+def bad_key(where: str, key: object) -> str:
     return (
         f"save_checkpoint: {where} has the key {key!r} ({type(key).__name__}); checkpoint "
         "paths support str and int keys only. Use string dict keys."

@@ -23,12 +23,12 @@ import typing as tp
 import jax.numpy as jnp
 
 from nnxfn import core
-from nnxfn.core import State
+from nnxfn.core import Filter, State
 from nnxfn.core.errors import path_str
 from nnxfn.facade.module import Object, data, static
 from nnxfn.facade.variables import Variable
+from nnxfn.training.grads import Leaf, Path
 
-Path = tuple[tp.Any, ...]
 A = tp.TypeVar("A")
 
 
@@ -44,25 +44,26 @@ class EMA(Object):
       params: the model (or any graph / State) whose Variables are averaged.
       decay: the weight of the old average, in [0, 1].
       only: a filter selecting the tracked Variables (default: all).
-      graph: accepted for Flax compatibility; nnxfn has one behaviour.
+      graph: Flax's mode flag, kept as `self.graph`; nnxfn has one behaviour.
     """
 
     def __init__(
         self,
-        params: tp.Any,
+        params: object,
         decay: float,
         *,
-        only: tp.Any = ...,
+        only: Filter = ...,
         graph: bool | None = None,
     ):
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(_bad_decay(decay))
         self.decay = decay
         self.filter = static(only)
+        self.graph = graph  # Flax's mode flag, kept as given (it selects no result)
         tracked = _tracked(params, only)
         self.params = data(State.from_flat_path([(p, _copy(p, v)) for p, v in tracked.flat_state()]))
 
-    def update(self, updates: tp.Any) -> None:
+    def update(self, updates: object) -> None:
         """Fold the current values of the tracked Variables of `updates` (a model
         like the one given at construction) into the averages, in place."""
         averages = dict(self.params.flat_state())
@@ -88,7 +89,7 @@ class EMA(Object):
         return core.unflatten(graphdef, leaves, copy=False)
 
 
-def _tracked(node: tp.Any, only: tp.Any) -> State:
+def _tracked(node: object, only: Filter) -> State:
     found = core.state(node, only)
     for path, leaf in found.flat_state():
         if not isinstance(leaf, Variable):
@@ -96,7 +97,7 @@ def _tracked(node: tp.Any, only: tp.Any) -> State:
     return found
 
 
-def _raw(leaf: tp.Any) -> tp.Any:
+def _raw(leaf: Leaf) -> Leaf:
     return leaf.raw_value if isinstance(leaf, Variable) else leaf
 
 
@@ -104,12 +105,12 @@ def _copy(path: Path, leaf: Variable) -> Variable:
     return type(leaf).from_parts(jnp.copy(leaf.raw_value), leaf.metadata_items())
 
 
-def _averaged(value: tp.Any) -> bool:
+def _averaged(value: object) -> bool:
     dtype = getattr(value, "dtype", None)
     return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _check_paths(averages: dict[Path, tp.Any], model: dict[Path, tp.Any], where: str) -> None:
+def _check_paths(averages: dict[Path, Variable], model: dict[Path, object], where: str) -> None:
     missing = [p for p in model if p not in averages]
     extra = [p for p in averages if p not in model]
     if missing or extra:
@@ -117,11 +118,11 @@ def _check_paths(averages: dict[Path, tp.Any], model: dict[Path, tp.Any], where:
 
 
 # -- error messages -----------------------------------------------------------------
-def _bad_decay(decay: tp.Any) -> str:
+def _bad_decay(decay: object) -> str:
     return f"EMA: decay={decay!r} must be in [0, 1] (it is the weight of the old average; 0.999 is typical)."
 
 
-def _not_a_variable(path: Path, leaf: tp.Any) -> str:
+def _not_a_variable(path: Path, leaf: object) -> str:
     return (
         f"EMA: {path_str(path, 'model')} is a {type(leaf).__name__}, not a Variable; "
         "the EMA only tracks Variables. Select Variables with `only=`, e.g. "

@@ -15,24 +15,27 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.typing import DTypeLike
 
-from nnxfn.core import State, to_predicate
+from nnxfn.core import Filter, State, to_predicate
 from nnxfn.core import state as state_of
 from nnxfn.core.errors import path_str
 from nnxfn.core.registry import lookup
 from nnxfn.facade.variables import Variable
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
+# A State leaf: a Variable, or the raw value it holds (an array, usually).
+Leaf = tp.Any
 
 
-def unbox(x: tp.Any) -> tp.Any:
+def unbox(x: Leaf) -> Leaf:
     """The array a Variable holds (read out of its `jax.Ref` for hijax/ref Variables)."""
     if isinstance(x, Variable):
         return x.get_value() if x.hijax or x.ref else x.raw_value
     return x
 
 
-def flat_grads(grads: tp.Any, what: str) -> list[tuple[Path, tp.Any]]:
+def flat_grads(grads: object, what: str) -> tp.Sequence[tuple[Path, Leaf]]:
     """(path, leaf) pairs of a State, a nested dict, or an object graph."""
     if isinstance(grads, State):
         return grads.flat_state()
@@ -49,7 +52,7 @@ def normalise(path: Path) -> Path:
 
 
 def match_grads(
-    grads: tp.Any, params: list[tuple[Path, tp.Any]], model: tp.Any, wrt: tp.Any, what: str
+    grads: object, params: list[tuple[Path, Leaf]], model: object, wrt: Filter, what: str
 ) -> State:
     """A State of raw gradient arrays with exactly the paths of `params`.
 
@@ -60,7 +63,7 @@ def match_grads(
     """
     pred = to_predicate(wrt)
     want = {path: leaf for path, leaf in params}
-    found: dict[Path, tp.Any] = {}
+    found: dict[Path, Leaf] = {}
     unknown: list[Path] = []
     dropped: list[Path] = []
     model_paths: set[Path] | None = None
@@ -92,7 +95,7 @@ def match_grads(
     return State.from_flat_path([(p, found[p]) for p in want])
 
 
-def _kind(dtype: tp.Any) -> str:
+def _kind(dtype: DTypeLike) -> str:
     dtype = np.dtype(dtype) if not isinstance(dtype, np.dtype) else dtype
     if dtype == jax.dtypes.float0:
         return "float0"
@@ -103,7 +106,7 @@ def _kind(dtype: tp.Any) -> str:
     return str(dtype)
 
 
-def _mismatch(grad: tp.Any, param: tp.Any) -> bool:
+def _mismatch(grad: object, param: object) -> bool:
     """Another shape, or a dtype of another kind (a float32 gradient for a
     bfloat16 parameter is fine: optax casts the update to the parameter)."""
     gshape, pshape = getattr(grad, "shape", None), getattr(param, "shape", None)
@@ -123,12 +126,12 @@ def _show(paths: list[Path], limit: int = 8) -> str:
     return text + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
 
 
-def _spec(x: tp.Any) -> str:
+def _spec(x: object) -> str:
     shape = ",".join(str(d) for d in getattr(x, "shape", ()))
     return f"{getattr(x, 'dtype', type(x).__name__)}[{shape}]"
 
 
-def _bad_grads(what: str, grads: tp.Any) -> str:
+def _bad_grads(what: str, grads: object) -> str:
     return (
         f"Optimizer.update: {what} must be a State (as returned by `nnx.grad`) or a "
         f"nested dict of arrays, got a {type(grads).__name__}. Compute them with "
@@ -136,7 +139,7 @@ def _bad_grads(what: str, grads: tp.Any) -> str:
     )
 
 
-def _no_match(what: str, wrt: tp.Any, trained: list[Path], got: list[Path]) -> str:
+def _no_match(what: str, wrt: Filter, trained: list[Path], got: list[Path]) -> str:
     return (
         f"Optimizer.update: none of the {what} match a Variable this optimizer trains "
         f"(wrt={wrt!r}), so nothing would be trained.\n"
@@ -148,7 +151,7 @@ def _no_match(what: str, wrt: tp.Any, trained: list[Path], got: list[Path]) -> s
 
 
 def _mismatch_message(
-    what: str, missing: list[Path], unknown: list[Path], wrong: list[tuple[Path, tp.Any, tp.Any]]
+    what: str, missing: list[Path], unknown: list[Path], wrong: list[tuple[Path, object, object]]
 ) -> str:
     lines = [
         f"Optimizer.update: {what} do not match the trained (`wrt`) Variables of the "

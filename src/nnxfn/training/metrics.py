@@ -17,8 +17,9 @@ import typing as tp
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from nnxfn.core import split as split_graph
+from nnxfn.core import Filter, split as split_graph
 from nnxfn.facade.module import Object
 from nnxfn.facade.variables import Variable
 
@@ -33,25 +34,25 @@ class Metric(Object):
     def reset(self) -> None:
         raise NotImplementedError
 
-    def update(self, **kwargs: tp.Any) -> None:
+    def update(self, **kwargs: tp.Any) -> None:  # Any: subclasses name and type their own
         raise NotImplementedError
 
-    def compute(self) -> tp.Any:
+    def compute(self) -> object:
         raise NotImplementedError
 
-    def split(self, *filters: tp.Any) -> tuple[tp.Any, ...]:
+    def split(self, *filters: Filter) -> tuple[tp.Any, ...]:
         """`nnx.split(self, *filters)`."""
         return split_graph(self, *filters)
 
 
-def _arg(metric: Metric, kwargs: dict[str, tp.Any], name: str) -> jax.Array:
+def _arg(metric: Metric, kwargs: dict[str, object], name: str) -> jax.Array:
     if name not in kwargs:
         raise TypeError(_missing_arg(type(metric).__name__, name, kwargs))
     value = kwargs[name]
     return jnp.asarray(value.raw_value if isinstance(value, Variable) else value)
 
 
-def _mask_for(values: jax.Array, mask: tp.Any, where: str) -> jax.Array:
+def _mask_for(values: jax.Array, mask: ArrayLike | None, where: str) -> jax.Array:
     if mask is None:
         return jnp.ones(values.shape, dtype=bool)
     mask = jnp.asarray(mask)
@@ -73,7 +74,7 @@ class Average(Metric):
         self.total.value = jnp.zeros_like(self.total.value)
         self.count.value = jnp.zeros_like(self.count.value)
 
-    def update(self, *, mask: tp.Any = None, **kwargs: tp.Any) -> None:
+    def update(self, *, mask: ArrayLike | None = None, **kwargs: object) -> None:
         if mask is not None and isinstance(kwargs.get(self.argname), (int, float)):
             raise ValueError(_scalar_with_mask(type(self).__name__, self.argname))
         values = _arg(self, kwargs, self.argname)
@@ -95,14 +96,14 @@ class Accuracy(Average):
     prediction is `logits > threshold` (labels are 0/1 or bool).
     """
 
-    def __init__(self, threshold: float | None = None, *args: tp.Any, **kwargs: tp.Any):
+    def __init__(self, threshold: float | None = None, *args: str, **kwargs: str):
         if threshold is not None and not isinstance(threshold, float):
             raise TypeError(_bad_threshold(threshold))
         self.threshold = threshold
         super().__init__(*args, **kwargs)
 
     def update(  # type: ignore[override]
-        self, *, logits: tp.Any, labels: tp.Any, mask: tp.Any = None, **_: tp.Any
+        self, *, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, **_: object
     ) -> None:
         logits, labels = jnp.asarray(logits), jnp.asarray(labels)
         if self.threshold is None:
@@ -133,6 +134,10 @@ class Statistics(tp.NamedTuple):
     def std(self) -> jax.Array:
         return self.standard_deviation
 
+    def replace(self, **fields: jax.Array) -> Statistics:
+        """A copy with some fields changed (as Flax's dataclass `replace`)."""
+        return self._replace(**fields)
+
     @property
     def variance(self) -> jax.Array:
         return self.standard_deviation**2
@@ -159,7 +164,7 @@ class Welford(Metric):
         for var in (self.count, self.mean, self.m2):
             var.value = jnp.zeros_like(var.value)
 
-    def update(self, *, mask: tp.Any = None, **kwargs: tp.Any) -> None:
+    def update(self, *, mask: ArrayLike | None = None, **kwargs: object) -> None:
         values = _arg(self, kwargs, self.argname)
         keep = _mask_for(values, mask, "Welford.update")
         dtype = self.mean.value.dtype
@@ -201,7 +206,7 @@ class MultiMetric(Metric):
         for _, metric in self._metrics():
             metric.reset()
 
-    def update(self, **updates: tp.Any) -> None:
+    def update(self, **updates: object) -> None:
         """Every keyword goes to every metric. `mask=` is one mask for all of them,
         or a dict {metric name: mask} (metrics without an entry get no mask)."""
         mask = updates.pop("mask", None)
@@ -212,12 +217,12 @@ class MultiMetric(Metric):
             else:
                 metric.update(**updates, mask=own)
 
-    def compute(self) -> dict[str, tp.Any]:
+    def compute(self) -> dict[str, object]:
         return {name: metric.compute() for name, metric in self._metrics()}
 
 
 # -- error messages -----------------------------------------------------------------
-def _missing_arg(cls: str, name: str, kwargs: dict) -> str:
+def _missing_arg(cls: str, name: str, kwargs: dict[str, object]) -> str:
     return (
         f"{cls}.update: no keyword argument {name!r} (got {sorted(kwargs)}). "
         f"Pass it as `metric.update({name}=x)`, or build the metric with the name "
@@ -239,7 +244,7 @@ def _scalar_with_mask(cls: str, name: str) -> str:
     )
 
 
-def _bad_threshold(threshold: tp.Any) -> str:
+def _bad_threshold(threshold: object) -> str:
     return (
         f"Accuracy: threshold must be a float (e.g. 0.5), got {threshold!r} of type "
         f"{type(threshold).__name__}."
@@ -255,7 +260,7 @@ def _bad_logits(logits: tuple, labels: tuple) -> str:
     )
 
 
-def _bad_labels(dtype: tp.Any) -> str:
+def _bad_labels(dtype: object) -> str:
     return (
         f"Accuracy.update: labels must be integer class indices (0/1 or bool with a "
         f"threshold), got {dtype}. "
@@ -270,7 +275,7 @@ def _bad_binary(logits: tuple, labels: tuple) -> str:
     )
 
 
-def _not_a_metric(name: str, value: tp.Any) -> str:
+def _not_a_metric(name: str, value: object) -> str:
     return (
         f"MultiMetric: {name}= is a {type(value).__name__}, not a Metric. Pass metric "
         f"objects, e.g. `MultiMetric({name}=nnx.metrics.Average('{name}'))`."

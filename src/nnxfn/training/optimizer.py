@@ -43,14 +43,15 @@ import jax.numpy as jnp
 import optax
 
 from nnxfn import core
-from nnxfn.core import State, to_predicate, update as update_graph
+from nnxfn.core import Filter, State, to_predicate, update as update_graph
 from nnxfn.facade import spmd
 from nnxfn.facade.module import Object, static
 from nnxfn.facade.variables import OptArray, OptState, Param, Variable
-from nnxfn.training.grads import match_grads, unbox
+from nnxfn.training.grads import Leaf, Path, match_grads, unbox
 
 M = tp.TypeVar("M")
-Path = tuple[tp.Any, ...]
+Metadata = tuple[tuple[str, object], ...]  # a Variable's metadata items, sorted
+PyTree = tp.Any  # a pytree whose leaves are arrays or Variables
 _ARRAYS = (jax.Array, jax.ShapeDtypeStruct)
 
 
@@ -66,7 +67,7 @@ class Optimizer(Object, tp.Generic[M]):
       model: the model whose `wrt` Variables are trained.
       tx: an optax `GradientTransformation`.
       wrt: a filter selecting the trained Variables (default `Param`).
-      graph: accepted for Flax compatibility; nnxfn has one behaviour.
+      graph: Flax's mode flag, kept as `self.graph`; nnxfn has one behaviour.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class Optimizer(Object, tp.Generic[M]):
         model: M,
         tx: optax.GradientTransformation,
         *,
-        wrt: tp.Any = Param,
+        wrt: Filter = Param,
         graph: bool | None = None,
     ):
         params = _trained(model, wrt)
@@ -83,6 +84,7 @@ class Optimizer(Object, tp.Generic[M]):
         self.step = OptState(jnp.array(0, dtype=jnp.uint32))
         self.tx = static(tx)
         self.wrt = static(wrt)
+        self.graph = graph  # Flax's mode flag, kept as given (it selects no result)
         raw = State.from_flat_path([(p, unbox(v)) for p, v in params])
         self.opt_state = _box_opt_state(tx.init(raw), params)
         object.__setattr__(self, "_nnx_model", model)
@@ -99,16 +101,17 @@ class Optimizer(Object, tp.Generic[M]):
             return tp.cast(tp.Callable, found.fget)(self)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def __getstate__(self) -> tp.Any:  # pickle/deepcopy keep the link
+    # pickle/deepcopy keep the link: the state is (the attributes, the linked model)
+    def __getstate__(self) -> tuple[dict, object]:  # type: ignore[override]
         return (super().__getstate__(), _linked_model(self))
 
-    def __setstate__(self, state: tp.Any) -> None:
+    def __setstate__(self, state: tuple[dict, object]) -> None:  # type: ignore[override]
         attributes, model = state
         super().__setstate__(attributes)
         object.__setattr__(self, "_nnx_model", model)
 
     # -- the update ---------------------------------------------------------------
-    def update(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def update(self, *args: object, **kwargs: object) -> optax.Updates:
         """`update(grads, **kw)` or `update(model, grads, **kw)`; returns the applied
         updates (raw arrays with the paths of the trained Variables)."""
         if len(args) == 2:
@@ -160,7 +163,7 @@ class Optimizer(Object, tp.Generic[M]):
         return self.hyperparams["learning_rate"]
 
     @learning_rate.setter
-    def learning_rate(self, value: tp.Any) -> None:
+    def learning_rate(self, value: jax.typing.ArrayLike | Variable) -> None:
         var = self.hyperparams["learning_rate"]
         var.value = jnp.asarray(unbox(value), dtype=jnp.asarray(var.value).dtype)
 
@@ -174,24 +177,24 @@ class ModelAndOptimizer(Optimizer[M]):
         model: M,
         tx: optax.GradientTransformation,
         *,
-        wrt: tp.Any = Param,
+        wrt: Filter = Param,
         graph: bool | None = None,
     ):
-        super().__init__(model, tx, wrt=wrt)
+        super().__init__(model, tx, wrt=wrt, graph=graph)
         self.model = model
 
 
 # -- the link to the model (see `NodeImpl.links` in the core) ------------------------------
-def _linked_model(opt: Optimizer) -> tp.Any:
+def _linked_model(opt: Optimizer) -> object:
     return getattr(opt, "_nnx_model", None)
 
 
-def _links(opt: Optimizer) -> tuple:
+def _links(opt: Optimizer) -> tuple[tuple[str, object], ...]:
     model = _linked_model(opt)
     return () if model is None else (("model", model),)
 
 
-def _set_link(opt: Optimizer, key: str, target: tp.Any) -> None:
+def _set_link(opt: Optimizer, key: str, target: object) -> None:
     object.__setattr__(opt, "_nnx_model", target)
 
 
@@ -206,7 +209,7 @@ core.register_node_type(
 
 
 # -- State helpers ------------------------------------------------------------------
-def _trained(model: tp.Any, wrt: tp.Any) -> list[tuple[Path, tp.Any]]:
+def _trained(model: object, wrt: Filter) -> list[tuple[Path, Leaf]]:
     """The (path, leaf) pairs of the model's leaves selected by `wrt`: the live
     Variables (so `update` writes them directly), or raw arrays."""
     graphdef, pairs = core.flatten(model, copy=False)
@@ -216,7 +219,7 @@ def _trained(model: tp.Any, wrt: tp.Any) -> list[tuple[Path, tp.Any]]:
     return [(p, unbox(v) if p in boxed else v) for p, v in pairs if pred(p, v)]
 
 
-def _write_params(model: tp.Any, params: list[tuple[Path, tp.Any]], new: State) -> None:
+def _write_params(model: object, params: list[tuple[Path, Leaf]], new: State) -> None:
     """Write the new values: into the live Variables, the rest through `nnx.update`."""
     loose = []
     flat = dict(new.flat_state())
@@ -229,15 +232,15 @@ def _write_params(model: tp.Any, params: list[tuple[Path, tp.Any]], new: State) 
         update_graph(model, State.from_flat_path(loose))
 
 
-def _is_var(x: tp.Any) -> bool:
+def _is_var(x: object) -> bool:
     return isinstance(x, Variable)
 
 
-def _unbox_tree(tree: tp.Any) -> tp.Any:
+def _unbox_tree(tree: optax.OptState) -> optax.OptState:
     return jax.tree.map(unbox, tree, is_leaf=_is_var)
 
 
-def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.Any:
+def _box_opt_state(opt_state: optax.OptState, params: list[tuple[Path, Leaf]]) -> optax.OptState:
     """Every array of the optax state in a Variable: an `OptVariable` with the
     parameter's metadata where it mirrors one (same path and shape), else an `OptArray`."""
     meta = {p: (tuple(getattr(unbox(v), "shape", ())), v) for p, v in params}
@@ -251,12 +254,12 @@ def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.A
             elif shape is not None and tuple(x.shape) == shape:
                 items, own = _opt_metadata(param)
                 value = _placed(x, unbox(param), items, own)
-                pairs.append((path, OptVariable.from_parts(value, items)))
+                pairs.append((path, OptVariable.from_metadata(value, _mode_of(param, items))))
             else:
                 pairs.append((path, OptArray(x)))
         return State.from_flat_path(pairs)
 
-    def box(x: tp.Any) -> tp.Any:
+    def box(x: object) -> object:
         if isinstance(x, State):
             return box_mirror(x)
         return OptArray(x) if isinstance(x, _ARRAYS) else x
@@ -264,7 +267,21 @@ def _box_opt_state(opt_state: tp.Any, params: list[tuple[Path, tp.Any]]) -> tp.A
     return jax.tree.map(box, opt_state, is_leaf=lambda x: isinstance(x, State))
 
 
-def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
+def to_opt_state(tree: PyTree) -> PyTree:
+    """`tree` with each Variable replaced by an `OptVariable` holding its value and
+    metadata (its `optimizer_sharding`, if any, as the sharding) and each other leaf
+    boxed as an `OptArray`: how optimizer state mirrors the parameters."""
+
+    def box(x: object) -> Variable:
+        if isinstance(x, Variable):
+            items, _ = _opt_metadata(x)
+            return OptVariable.from_metadata(x.get_value(), dict(items))
+        return OptArray(x)
+
+    return jax.tree_util.tree_map(box, tree, is_leaf=lambda x: isinstance(x, Variable))
+
+
+def _opt_metadata(param: Leaf) -> tuple[Metadata, bool]:
     """The metadata a mirror of `param` carries, and whether it has its own
     sharding: `optimizer_sharding` (if set) replaces the parameter's annotation."""
     if not isinstance(param, Variable):
@@ -276,7 +293,15 @@ def _opt_metadata(param: tp.Any) -> tuple[tuple, bool]:
     return tuple(sorted(items.items())), own
 
 
-def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:
+def _mode_of(param: Leaf, items: Metadata) -> dict[str, object]:
+    """`items` plus the parameter's `hijax`/`ref` mode: a mirror is kept like
+    its parameter (Flax: `OptVariable(value, **param.get_metadata())`)."""
+    if not isinstance(param, Variable):
+        return dict(items)
+    return {**dict(items), "hijax": param.hijax, "ref": param.ref}
+
+
+def _placed(x: Leaf, param: Leaf, items: Metadata, own: bool) -> Leaf:
     """A moment laid out like its parameter (the param's sharding for concrete
     arrays), or as its annotation says inside a trace or with an
     `optimizer_sharding` (if a mesh is known)."""
@@ -289,7 +314,7 @@ def _placed(x: tp.Any, param: tp.Any, items: tuple, own: bool) -> tp.Any:
     return x
 
 
-def _find_hyperparams(opt_state: tp.Any) -> dict[str, Variable] | None:
+def _find_hyperparams(opt_state: optax.OptState) -> dict[str, Variable] | None:
     """The `hyperparams` dict of the outermost inject_hyperparams state, if any."""
     if opt_state is None:
         return None
@@ -304,7 +329,7 @@ def _find_hyperparams(opt_state: tp.Any) -> dict[str, Variable] | None:
     return None
 
 
-def _variable_types(model: tp.Any) -> str:
+def _variable_types(model: object) -> str:
     counts: dict[str, int] = {}
     for _, leaf in core.state(model).flat_state():
         name = type(leaf).__name__ if isinstance(leaf, Variable) else "raw array"
@@ -313,7 +338,7 @@ def _variable_types(model: tp.Any) -> str:
 
 
 # -- error messages -----------------------------------------------------------------
-def _nothing_to_train(wrt: tp.Any, model: tp.Any) -> str:
+def _nothing_to_train(wrt: Filter, model: object) -> str:
     hint = (
         " A string filter selects Variables by *tag* (as in Flax NNX), not a Linen "
         "collection name: for the parameters write `wrt=nnx.Param`."

@@ -54,11 +54,11 @@ class TrainState(tp.Generic[M]):
 
     graphdef: GraphDef = field(pytree_node=False)
     params: State = field()
-    opt_state: tp.Any = field()
+    opt_state: optax.OptState = field()
     step: jax.Array = field()
     tx: optax.GradientTransformation = field(pytree_node=False)
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         _make_pytree_dataclass(cls)
 
@@ -70,7 +70,7 @@ class TrainState(tp.Generic[M]):
         params: State,
         tx: optax.GradientTransformation,
         step: int = 0,
-        **kwargs: tp.Any,
+        **kwargs: object,
     ) -> TS:
         """A new state with `tx.init(params)` and `step`; `kwargs` fill the extra fields."""
         return cls(  # type: ignore[call-arg]
@@ -82,7 +82,7 @@ class TrainState(tp.Generic[M]):
             **kwargs,
         )
 
-    def replace(self: TS, **changes: tp.Any) -> TS:
+    def replace(self: TS, **changes: object) -> TS:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
@@ -100,7 +100,7 @@ class TrainState(tp.Generic[M]):
             found.append(s)
         return ApplyCaller(self.graphdef, tuple(found), ())
 
-    def apply_gradients(self: TS, grads: State, **kwargs: tp.Any) -> TS:
+    def apply_gradients(self: TS, grads: State, **kwargs: object) -> TS:
         """One optax step on `params`; `kwargs` replace other fields too."""
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
@@ -110,12 +110,16 @@ class TrainState(tp.Generic[M]):
 _make_pytree_dataclass(TrainState)
 
 
+# One step from the model to the called method: an attribute or an item.
+Step = tp.Union[tuple[tp.Literal["attr"], str], tuple[tp.Literal["item"], tp.Hashable]]
+
+
 class ApplyCaller:
     """What `TrainState.apply` returns: attribute/item access picks the method,
     a call runs it on a freshly merged model and returns
     `(output, (graphdef, state))` with the model's state after the call."""
 
-    def __init__(self, graphdef: GraphDef, states: tuple, path: tuple):
+    def __init__(self, graphdef: GraphDef, states: tuple[State, ...], path: tuple[Step, ...]):
         self._graphdef, self._states, self._path = graphdef, states, path
 
     def __getattr__(self, name: str) -> ApplyCaller:
@@ -123,19 +127,19 @@ class ApplyCaller:
             raise AttributeError(name)
         return ApplyCaller(self._graphdef, self._states, self._path + (("attr", name),))
 
-    def __getitem__(self, key: tp.Any) -> ApplyCaller:
+    def __getitem__(self, key: tp.Hashable) -> ApplyCaller:
         return ApplyCaller(self._graphdef, self._states, self._path + (("item", key),))
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tuple[tp.Any, tuple[GraphDef, State]]:
+    def __call__(self, *args: object, **kwargs: object) -> tuple[tp.Any, tuple[GraphDef, State]]:
         model = merge(self._graphdef, *self._states, copy=True)  # functional: `ts` keeps its state
         fn = model
-        for kind, key in self._path:
-            fn = getattr(fn, key) if kind == "attr" else fn[key]
+        for step in self._path:
+            fn = getattr(fn, step[1]) if step[0] == "attr" else fn[step[1]]
         out = fn(*args, **kwargs)
         return out, split(model)
 
 
-def _not_a_state(cls: str, name: str, value: tp.Any) -> str:
+def _not_a_state(cls: str, name: str, value: object) -> str:
     return (
         f"{cls}.apply({name!r}): the field {name!r} holds a {type(value).__name__}, not a "
         "State. Pass State fields (e.g. 'params') or States themselves."

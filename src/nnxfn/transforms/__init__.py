@@ -39,3 +39,4 @@ from nnxfn.transforms.partial import (
     cached_partial as cached_partial,
     jit_partial as jit_partial,
 )
+from nnxfn.transforms import general as general  # split_inputs/merge_inputs (Flax: nnx.transforms.general)

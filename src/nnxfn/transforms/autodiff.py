@@ -4,22 +4,30 @@ Module arguments are differentiated with respect to their `Param` leaves by
 default (`DiffState(argnum, filter)` picks others); their gradients come back
 as a `State` with the module's paths. Writes made during the forward pass
 (BatchNorm statistics, Rngs counters) are committed to the caller's objects.
+
+With `graph=False` or `graph_updates=False` (Flax's tree mode, also from
+`nnx.set_graph_mode(False)`/`nnx.set_graph_updates(False)`/`NNX_GRAPH_MODE=false`,
+decided when the transform is made) a Module argument is a plain pytree, as in
+Flax: every leaf is differentiated and gradients, cotangents and tangents have
+the argument's shape (a `Linear` of gradient Variables for a `Linear`), built
+from the same entry as the graph-mode States; only Variable values written
+inside are committed (see `transforms/treemode.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import typing as tp
 
 import jax
 
 from nnxfn import core
+from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
-from nnxfn.facade.variables import Param
 from nnxfn.transforms import boundary
 from nnxfn.transforms.boundary import is_node
 from nnxfn.transforms.common import (
+    DiffState as DiffState,
     MethodWrapper,
     arg_of_leaves,
     body_fn,
@@ -27,15 +35,8 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
+from nnxfn.transforms.custom import CustomVjp as CustomVjp, custom_vjp as custom_vjp  # Flax's layout
 from nnxfn.transforms.treemode import Rules, lifted
-
-
-@dataclasses.dataclass(frozen=True)
-class DiffState:
-    """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
-
-    argnum: int
-    filter: tp.Any = Param
 
 
 def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tuple[DiffState, ...]:
@@ -58,9 +59,20 @@ def _check_argnums(argnums: tp.Any, name: str) -> None:
 
 
 class _Selection:
-    """Which state/other leaves of an Entry are differentiated, per argument."""
+    """Which state/other leaves of an Entry are differentiated, per argument.
 
-    def __init__(self, entry: boundary.Entry, args: tuple, kwargs: dict, specs: tuple[DiffState, ...]):
+    tree: Flax's tree mode / `graph_updates=False`, where a differentiated
+    argument is a plain pytree: every one of its leaves is differentiated
+    (`DiffState` filters are refused there) and `shaped` gives the results."""
+
+    def __init__(
+        self,
+        entry: boundary.Entry,
+        args: tuple,
+        kwargs: dict,
+        specs: tuple[DiffState, ...],
+        tree: bool = False,
+    ):
         owners = arg_of_leaves(args, kwargs)
         state_owner, other_owner = leaf_args(entry, owners)
         preds = {s.argnum: core.to_predicate(s.filter) for s in specs}
@@ -69,11 +81,12 @@ class _Selection:
         self.state = [
             i
             for i, (o, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live))
-            if o in preds and (len(path) == 1 or preds[o](path[1:], leaf))
+            if o in preds and (tree or len(path) == 1 or preds[o](path[1:], leaf))
         ]
+        self.tree = tree
         self.other = [i for i, o in enumerate(other_owner) if o in preds]
         self.state_owner, self.other_owner = state_owner, other_owner
-        self.entry, self.args, self.specs = entry, args, specs
+        self.entry, self.args, self.kwargs, self.specs = entry, args, kwargs, specs
 
     def primals(self) -> tuple[list, list]:
         e = self.entry
@@ -88,7 +101,10 @@ class _Selection:
         return values, others
 
     def structure(self, state_vals: tp.Sequence, other_vals: tp.Sequence) -> tp.Any:
-        """Per differentiated argument: States for graph objects, arrays elsewhere."""
+        """Per differentiated argument: States for graph objects, arrays elsewhere
+        (in tree mode: the argument's own shape, see `shaped`)."""
+        if self.tree:
+            return self.shaped(state_vals, other_vals)
         by_state = dict(zip(self.state, state_vals))
         by_other = dict(zip(self.other, other_vals))
         e = self.entry
@@ -128,6 +144,69 @@ class _Selection:
             out.append(jax.tree_util.tree_unflatten(treedef, new_leaves))
         return out
 
+    def shaped(self, state_vals: tp.Sequence, other_vals: tp.Sequence) -> list:
+        """Per differentiated argument, what `jax.grad` of it as a pytree gives (Flax's
+        tree mode): the argument's structure with each graph object rebuilt from the
+        arguments' GraphDef holding the gradients (a `Linear` of gradient Variables for
+        a `Linear`, a Variable for a Variable; a Variable reached twice is one object,
+        at both paths), and arrays elsewhere."""
+        e = self.entry
+        values = list(e.values)
+        for i, v in zip(self.state, state_vals):
+            values[i] = v
+        made = core.unflatten(e.static.graphdef, dict(zip(e.static.paths, values)))
+        first: dict[int, int] = {}
+        for k, n in enumerate(e.nodes):
+            first.setdefault(id(n), k)
+        by_other = dict(zip(self.other, other_vals))
+        out = []
+        for spec in self.specs:
+            leaves, treedef = jax.tree_util.tree_flatten(self.args[spec.argnum], is_leaf=is_node)
+            others = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
+            new_leaves = []
+            for leaf in leaves:
+                if is_node(leaf):
+                    new_leaves.append(made[first[id(leaf)]])
+                elif boundary._plain(leaf) is None:
+                    new_leaves.append(by_other.get(next(others)))
+                else:  # a static leaf has no gradient
+                    new_leaves.append(None)
+            out.append(jax.tree_util.tree_unflatten(treedef, new_leaves))
+        return out
+
+    def check_dtypes(self, name: str, allow_int: bool, holomorphic: bool) -> None:
+        """Tree mode differentiates every leaf of a Module argument: say which one JAX
+        would refuse (an int counter, an RNG key), with its path and the fixes."""
+        if allow_int or holomorphic:
+            return
+        for i in self.state:
+            dtype = getattr(self.entry.values[i], "dtype", None)
+            if dtype is not None and not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+                raise TypeError(_int_leaf(name, self._where(i), dtype))
+
+    def _where(self, i: int) -> str:
+        """`args[0].count`: where state leaf `i` sits in the call's arguments."""
+        path = self.entry.static.paths[i]
+        pairs, _ = jax.tree_util.tree_flatten_with_path((self.args, self.kwargs), is_leaf=is_node)
+        keypath = pairs[self.entry.static.node_positions[path[0]]][0]
+        root = ("args" if keypath[0].idx == 0 else "kwargs") + jax.tree_util.keystr(keypath[1:])
+        return core.errors.path_str(path[1:], root)
+
+
+def _int_leaf(name: str, where: str, dtype: tp.Any) -> str:
+    return (
+        f"{name} with graph=False or graph_updates=False: cannot differentiate {where} "
+        f"(dtype {dtype}). In these modes a Module argument is a plain pytree, so every "
+        "leaf of it is differentiated, and JAX differentiates only float and complex "
+        "arrays. Fix it in one of these ways:\n"
+        f"  1. Pass allow_int=True: that leaf then gets a float0 (empty) gradient.\n"
+        "  2. Differentiate only the float state: `graphdef, params, rest = "
+        "nnx.split(model, nnx.Param, ...)` and pass `params` as the differentiated argument "
+        "(merge them inside).\n"
+        f"  3. Use graph mode, which differentiates the `nnx.Param`s only: "
+        f"`{name}(..., graph=True, graph_updates=True)` (the default)."
+    )
+
 
 def _like(template: tp.Any, value: tp.Any) -> tp.Any:
     if isinstance(template, VariableLike):
@@ -165,17 +244,20 @@ class _GradWrapped(MethodWrapper):
         allow_int: bool,
         return_value: bool,
         name: str,
+        tree: bool,
     ):
         check_not_bound(fn, name)
         _check_argnums(argnums, name)
         functools.update_wrapper(self, fn)
         self.fn, self.argnums, self.has_aux = fn, argnums, has_aux
         self.holomorphic, self.allow_int = holomorphic, allow_int
-        self.return_value, self.name = return_value, name
+        self.return_value, self.name, self.tree = return_value, name, tree
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry = boundary.enter(args, kwargs)
-        sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums))
+        sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums), self.tree)
+        if self.tree:
+            sel.check_dtypes(self.name, self.allow_int, self.holomorphic)
         cell: dict = {}
         inner = _primal_fn(self.fn, sel, self.has_aux, self.name, cell)
 
@@ -207,11 +289,25 @@ def value_and_grad(
 ) -> tp.Any:
     """Like `jax.value_and_grad`; module arguments are differentiated w.r.t. their
     `Param`s (or `DiffState(argnum, filter)`), gradients returned as `State`s.
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+
+    With `graph=False` or `graph_updates=False` (Flax's tree mode, also set by
+    `nnx.set_graph_mode(False)`/`nnx.set_graph_updates(False)`), as in Flax a
+    Module argument is a plain pytree: all its leaves are differentiated and its
+    gradient has its shape (a `Linear` holding gradient Variables for a `Linear`);
+    only Variable values written inside reach the caller."""
     _check_reduce_axes(reduce_axes, "nnx.value_and_grad")
     if f is None:
-        return lambda fn: value_and_grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad")
+        return lambda fn: value_and_grad(
+            fn,
+            argnums,
+            has_aux,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+            graph=graph,
+            graph_updates=graph_updates,
+        )
+    tree = core_tm.skips_graph_updates(graph, graph_updates)
+    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad", tree)
 
 
 @lifted(Rules("grad", prefixes=("argnums",), diff="argnums"))
@@ -226,11 +322,20 @@ def grad(
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> tp.Any:
-    """Like `jax.grad`; see `value_and_grad`."""
+    """Like `jax.grad`; see `value_and_grad` (also for `graph=False`/`graph_updates=False`)."""
     _check_reduce_axes(reduce_axes, "nnx.grad")
     if f is None:
-        return lambda fn: grad(fn, argnums, has_aux, holomorphic=holomorphic, allow_int=allow_int)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad")
+        return lambda fn: grad(
+            fn,
+            argnums,
+            has_aux,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+            graph=graph,
+            graph_updates=graph_updates,
+        )
+    tree = core_tm.skips_graph_updates(graph, graph_updates)
+    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad", tree)
 
 
 def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None:
@@ -251,15 +356,20 @@ def vjp(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """Like `jax.vjp`; cotangents for module primals are States of their Params.
+    With `graph=False`/`graph_updates=False` (Flax's tree mode) every leaf of a
+    primal is differentiated and its cotangent has the primal's shape (a Module
+    for a Module), as in Flax.
     Without primals (or without `f`) returns a partial waiting for them."""
     _check_reduce_axes(reduce_axes, "nnx.vjp")
+    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
     if f is None:
-        return functools.partial(vjp, has_aux=has_aux)
+        return functools.partial(vjp, **flags)
     if not primals:
-        return functools.partial(vjp, f, has_aux=has_aux)
+        return functools.partial(vjp, f, **flags)
     check_not_bound(f, "nnx.vjp")
     entry = boundary.enter(primals, {})
-    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
+    tree = core_tm.skips_graph_updates(graph, graph_updates)
+    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))), tree)
     cell: dict = {}
 
     inner = _primal_fn(f, sel, has_aux, "nnx.vjp", cell)
@@ -287,15 +397,20 @@ def jvp(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """Like `jax.jvp`; tangents for module primals are States of their Params.
+    With `graph=False`/`graph_updates=False` (Flax's tree mode) every leaf of a
+    primal has a tangent, given shaped like the primal (e.g. `jax.tree.map(
+    jnp.zeros_like, model)`), as in Flax.
     Without primals/tangents (or without `f`) returns a partial waiting for them."""
+    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
     if f is None:
-        return functools.partial(jvp, has_aux=has_aux)
+        return functools.partial(jvp, **flags)
     if primals is None or tangents is None:
-        return functools.partial(jvp, f, has_aux=has_aux)
+        return functools.partial(jvp, f, **flags)
     check_not_bound(f, "nnx.jvp")
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
-    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))))
+    tree = core_tm.skips_graph_updates(graph, graph_updates)
+    sel = _Selection(entry, primals, {}, _diff_specs(tuple(range(len(primals)))), tree)
     t_state = _tangent_values(sel, tangents)
     t_other = _tangent_others(sel, tangents)
     cell: dict = {}
@@ -347,9 +462,19 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     out = []
     for i in sel.state:
         path = e.static.paths[i]
-        t = flat_by_node[path[0]][path[1:]]
+        t = flat_by_node[path[0]].get(path[1:], _NO_TANGENT)
+        if t is _NO_TANGENT:
+            raise ValueError(
+                f"nnx.jvp: no tangent for {sel._where(i)}: give the tangent of a Module "
+                "primal shaped like it (e.g. `jax.tree.map(jnp.zeros_like, model)`) or as a "
+                "State with every differentiated path"
+                + (" (with graph=False/graph_updates=False that is every leaf)." if sel.tree else ".")
+            )
         out.append(boundary.raw(t))
     return out
+
+
+_NO_TANGENT = object()
 
 
 @lifted(Rules("remat"))
@@ -364,7 +489,14 @@ def remat(
 ) -> tp.Any:
     """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
     if f is None:
-        return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+        return lambda fn: remat(
+            fn,
+            prevent_cse=prevent_cse,
+            static_argnums=static_argnums,
+            policy=policy,
+            graph=graph,
+            graph_updates=graph_updates,
+        )
     check_not_bound(f, "nnx.remat")
     static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 

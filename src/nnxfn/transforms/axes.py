@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing as tp
+from collections.abc import Mapping
 
 import jax
 from jax.api_util import flatten_axes
@@ -13,8 +14,9 @@ from nnxfn.transforms.boundary import Entry, ExitStatic, is_node, raw
 from nnxfn.transforms.common import FilterMap
 
 
-class StateAxes(FilterMap):
-    """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`."""
+class StateAxes(FilterMap, Mapping):
+    """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`.
+    A read-only Mapping from filters to axes, as in Flax (`get`, `in`)."""
 
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
         axis = self.lookup(path, leaf, default=_UNMATCHED)

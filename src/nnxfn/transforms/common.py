@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import functools
 import inspect
 import typing as tp
@@ -9,16 +11,27 @@ import typing as tp
 import jax
 
 from nnxfn.facade import context
+from nnxfn.facade.variables import Param
 from nnxfn.transforms.boundary import Entry, EntryStatic, Inside, is_node, leave, rebuild
 
 
 class Static:
-    """A leafless pytree node carrying hashable data through a JAX transform."""
+    """A leafless pytree node carrying hashable data through a JAX transform
+    (Flax's `graphlib.Static`); compared and hashed by its value."""
 
     __slots__ = ("value",)
 
     def __init__(self, value: tp.Any):
         self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.value == other.value  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.value))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
 
 
 jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _: Static(v))
@@ -129,7 +142,30 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
     return checked
 
 
-class FilterMap:
+class PrefixMapping(abc.ABC):
+    """A prefix that answers per Variable: `map_prefix(path, variable)` (Flax's base
+    class of `StateAxes`, `StateSharding` and `DiffState`, for `isinstance` checks;
+    the transforms read those three)."""
+
+    @abc.abstractmethod
+    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffState(PrefixMapping):
+    """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
+
+    argnum: int
+    filter: tp.Any = Param
+
+    def map_prefix(self, path: tuple, variable: tp.Any, /) -> bool:
+        """Whether the leaf at `path` is differentiated."""
+        from nnxfn import core
+
+        return core.to_predicate(self.filter)(path, variable)
+
+
+class FilterMap(PrefixMapping):
     """An ordered `{filter: value}` mapping looked up by `(path, leaf)`; the first
     matching filter wins. `StateAxes` and `StateSharding` are FilterMaps.
 
@@ -154,6 +190,16 @@ class FilterMap:
             if pred(path, leaf):
                 return value
         return default
+
+    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any:
+        """The value of the first filter matching the leaf at `path` (ValueError if none)."""
+        value = self.lookup(path, variable, default=_NO_MATCH)
+        if value is _NO_MATCH:
+            raise ValueError(
+                f"{type(self).__name__}{dict(self.mapping)!r}: no filter matches the leaf at "
+                f"{'/'.join(map(str, path)) or '<root>'}. Add `...: <value>` as the last entry."
+            )
+        return value
 
     # -- read like a mapping (as Flax's StateAxes / StateSharding) --------------
     @property
@@ -200,6 +246,9 @@ class FilterMap:
         return f"{type(self).__name__}({dict(self.mapping)!r})"
 
 
+_NO_MATCH = object()
+
+
 class MethodWrapper:
     """Base for transformed callables: binds like a function when used as a method."""
 
@@ -231,4 +280,13 @@ def leaf_args(entry: Entry, owners: list) -> tuple[list, list]:
     return state, others
 
 
-__all__ = ["Static", "check_not_bound", "as_tuple", "run_inside", "MethodWrapper", "Inside"]
+__all__ = [
+    "Static",
+    "check_not_bound",
+    "as_tuple",
+    "run_inside",
+    "MethodWrapper",
+    "Inside",
+    "PrefixMapping",
+    "DiffState",
+]

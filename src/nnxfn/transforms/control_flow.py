@@ -3,8 +3,10 @@
 Every branch / iteration sees fresh objects built from the operands' state
 and must leave their structure unchanged; all state of the operands is
 threaded through (so any branch may write any Variable), and the final values
-are committed to the caller's objects. `graph`/`graph_updates` (Flax's mode
-flags) are accepted and change nothing.
+are committed to the caller's objects. With `graph=False`/`graph_updates=False`
+(Flax's tree mode) `cond`/`switch` commit only Variable values and raise Flax's
+tree-mode errors (see `transforms/treemode.py`), and the loops give their carry
+back as Flax's tree mode does: new objects holding the caller's Variables.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import typing as tp
 
 import jax
 
+from nnxfn.core import treemode as core_tm
 from nnxfn.transforms import boundary
 from nnxfn.transforms.common import run_inside
-from nnxfn.transforms.treemode import Rules, lifted
+from nnxfn.transforms.treemode import Rules, lifted, share_variables
 
 _STRUCTURE = (
     "{name}: {what} changed the structure of its operands (added, removed or "
@@ -126,7 +129,7 @@ def while_loop(
         return out
 
     values, others = jax.lax.while_loop(test, lambda c: step(c[0], c[1]), (entry.values, entry.others))
-    return _write_back(entry, values, others)
+    return _write_back(entry, values, others, graph, graph_updates)
 
 
 def fori_loop(
@@ -146,10 +149,14 @@ def fori_loop(
     values, others = jax.lax.fori_loop(
         lower, upper, lambda i, c: step(c[0], c[1], i), (entry.values, entry.others), **kwargs
     )
-    return _write_back(entry, values, others)
+    return _write_back(entry, values, others, graph, graph_updates)
 
 
-def _write_back(entry: boundary.Entry, values: list, others: list) -> tp.Any:
+def _write_back(
+    entry: boundary.Entry, values: list, others: list, graph: bool | None, graph_updates: bool | None
+) -> tp.Any:
+    """Commit the loop's final values; the caller's objects come back (in Flax's tree
+    mode, new objects holding the caller's Variables, as Flax returns the carry)."""
     boundary.commit_all(entry, values)
     (val,), _ = boundary.assemble(
         entry.static.treedef,
@@ -157,4 +164,4 @@ def _write_back(entry: boundary.Entry, values: list, others: list) -> tp.Any:
         list(entry.nodes) + [v for _, v in entry.static.static_leaves],
         others,
     )
-    return val
+    return share_variables(val) if core_tm.skips_graph_updates(graph, graph_updates) else val

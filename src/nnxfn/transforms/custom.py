@@ -15,6 +15,14 @@ arguments' state is an output too. So, as in Flax NNX:
 
 `nondiff_argnums` may also hold `DiffState(argnum, filter)`: that argument is
 differentiable only in the leaves matching `filter`.
+
+With `graph=False` or `graph_updates=False` (Flax's tree mode) the arguments
+are plain pytrees, as in Flax: `bwd(*nondiff_args, residuals, out_g)` gets the
+output cotangent alone (and, if it takes `updates_g`, the cotangents of the
+Variables the function wrote, shaped like the arguments with None elsewhere),
+returns tangents shaped like the arguments (e.g. `jax.tree.map(lambda x: x, m)`
+with its Variables set), `DiffState` is refused, and only Variable values
+written by the function or `fwd` reach the caller.
 """
 
 from __future__ import annotations
@@ -29,12 +37,12 @@ import numpy as np
 
 from nnxfn import core
 from nnxfn.core import errors
+from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
-from nnxfn.transforms.autodiff import DiffState
-from nnxfn.transforms.common import arg_of_leaves, check_not_bound, leaf_args, run_inside
-from nnxfn.transforms.treemode import Rules, lifted
+from nnxfn.transforms.common import DiffState, arg_of_leaves, check_not_bound, leaf_args, run_inside
+from nnxfn.transforms.treemode import Rules, Structure, lifted
 
 
 def _zero_cotangent(x: tp.Any) -> tp.Any:
@@ -63,9 +71,15 @@ class CustomVjp:
         functools.update_wrapper(self, fun)
         self.fun = fun
         items = (nondiff_argnums,) if isinstance(nondiff_argnums, (int, DiffState)) else nondiff_argnums
-        self.nondiff_argnums = tuple(a for a in items if isinstance(a, int))
+        self.nondiff_argnums = tuple(items)  # as given
+        #: the argument numbers JAX treats as non-differentiable (the ints)
+        self.jax_nondiff_argnums = tuple(a for a in items if isinstance(a, int))
         self.diff_filters = {a.argnum: a.filter for a in items if isinstance(a, DiffState)}
-        repeated = set(self.nondiff_argnums) & set(self.diff_filters)
+        #: as Flax's: argnum -> False (not differentiable) or DiffState(-1, filter)
+        self.diff_filter = {a: False for a in self.jax_nondiff_argnums} | {
+            i: DiffState(-1, f) for i, f in self.diff_filters.items()
+        }
+        repeated = set(self.jax_nondiff_argnums) & set(self.diff_filters)
         if repeated or len(set(self.diff_filters)) != sum(isinstance(a, DiffState) for a in items):
             raise ValueError(f"nnx.custom_vjp: argnum {sorted(repeated)} is repeated in nondiff_argnums.")
         self.fwd: tp.Callable | None = None
@@ -89,14 +103,14 @@ class CustomVjp:
             if kwargs:
                 raise TypeError(f"nnx.custom_vjp: keyword-only arguments {sorted(kwargs)} are not supported.")
         # Non-differentiable arguments holding no arrays or objects stay Python values.
-        static = {i: args[i] for i in self.nondiff_argnums if i < len(args) and _is_static(args[i])}
+        static = {i: args[i] for i in self.jax_nondiff_argnums if i < len(args) and _is_static(args[i])}
         dyn_pos = [i for i in range(len(args)) if i not in static]
         entry = boundary.enter(tuple(args[i] for i in dyn_pos), {})
         state_owner, other_owner = (
             [dyn_pos[o] for o in owners]
             for owners in leaf_args(entry, arg_of_leaves(tuple(args[i] for i in dyn_pos), {}))
         )
-        diff_args = [i for i in range(len(args)) if i not in self.nondiff_argnums]
+        diff_args = [i for i in range(len(args)) if i not in self.jax_nondiff_argnums]
 
         def with_static(fn: tp.Callable) -> tp.Callable:
             if not static:
@@ -151,7 +165,10 @@ class CustomVjp:
             holder: dict = {}
 
             def call(*a: tp.Any) -> tp.Any:
+                before = Structure(a, {}) if self.simple else None
                 out, res = self.fwd(*a)
+                if before is not None:  # as `fun` (see `lifted`): only Variable values leave
+                    before.restore()
                 holder["res"] = res
                 return out
 
@@ -195,7 +212,7 @@ class CustomVjp:
             inputs_g = tuple(
                 self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
             )
-            nondiff = [args[i] for i in self.nondiff_argnums]
+            nondiff = [args[i] for i in self.jax_nondiff_argnums]
             cts = self.bwd(*nondiff, user_res, (inputs_g, out_g))
             cts = self._tangents(cts, diff_args)
             return self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
@@ -242,7 +259,7 @@ class CustomVjp:
         state_owner: list,
     ) -> tuple:
         """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
-        nondiff = [args[i] for i in self.nondiff_argnums]
+        nondiff = [args[i] for i in self.jax_nondiff_argnums]
         kwargs = {}
         if _accepts(self.bwd, "updates_g"):
             kwargs["updates_g"] = tuple(
@@ -272,7 +289,7 @@ class CustomVjp:
             raise ValueError(
                 f"nnx.custom_vjp: bwd returned {len(cts)} tangents but the function has "
                 f"{len(diff_args)} differentiable arguments (nondiff_argnums="
-                f"{self.nondiff_argnums}); return one per differentiable argument."
+                f"{self.jax_nondiff_argnums}); return one per differentiable argument."
             )
         return cts
 
@@ -281,7 +298,7 @@ class CustomVjp:
         preds = {a: core.to_predicate(f) for a, f in self.diff_filters.items()}
         out = set()
         for i, (owner, path, leaf) in enumerate(zip(state_owner, entry.static.paths, entry.live)):
-            if owner in self.nondiff_argnums:
+            if owner in self.jax_nondiff_argnums:
                 continue
             if owner in preds and not preds[owner](path[1:], leaf):
                 continue
@@ -472,20 +489,11 @@ def custom_vjp(
 ) -> tp.Any:
     """Like `jax.custom_vjp` for functions of Modules, with Flax NNX's `bwd`
     convention (see the module docstring); also `@nnx.custom_vjp(nondiff_argnums=...)`.
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
-    simple = _simple_mode(graph, graph_updates)
+    With `graph=False`/`graph_updates=False` (Flax's tree mode) `bwd` has Flax's
+    tree-mode convention: `bwd(*nondiff, res, out_g[, updates_g=...])`, tangents
+    shaped like the arguments (a Module for a Module), and only Variable values
+    written by `fun`/`fwd` are committed."""
+    simple = core_tm.skips_graph_updates(graph, graph_updates)  # Flax's tree-mode `bwd`
     if fun is None:
         return lambda f: CustomVjp(f, nondiff_argnums, simple)
     return CustomVjp(fun, nondiff_argnums, simple)
-
-
-def _simple_mode(graph: bool | None, graph_updates: bool | None) -> bool:
-    """Flax's `bwd` convention is `(res, out_g)` when graph updates are off (explicitly,
-    by `graph=False`, or by `set_graph_updates(False)`/`set_graph_mode(False)`)."""
-    from nnxfn.core.modes import set_graph_mode, set_graph_updates
-
-    if graph is None:
-        graph = set_graph_mode.current_value()
-    if graph_updates is None:
-        graph_updates = set_graph_updates.current_value()
-    return not (graph and graph_updates)

@@ -73,9 +73,13 @@ def _split(args: tuple) -> tuple[boundary.Entry | None, tuple]:
     return entry, tuple(pure)
 
 
-def split_inputs(f: F) -> F:
+def split_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F:
     """Call `f` (a JAX transform of a `merge_inputs` function) with graph-object
-    arguments replaced by `PureArg` pytrees; commit the state it returns."""
+    arguments replaced by `PureArg` pytrees; commit the state it returns.
+    `split_inputs(ctxtag=...)` is a decorator; `ctxtag` (Flax's tag pairing the two
+    halves) is accepted: the `PureArg`s carry what `merge_inputs` needs."""
+    if f is None:
+        return tp.cast(F, functools.partial(split_inputs, ctxtag=ctxtag))
 
     @functools.wraps(f)
     def wrapper(*args: tp.Any) -> tp.Any:
@@ -95,9 +99,11 @@ def split_inputs(f: F) -> F:
     return tp.cast(F, wrapper)
 
 
-def merge_inputs(f: F) -> F:
+def merge_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F:
     """The inner half of `split_inputs`: rebuild objects from `PureArg`s, call `f`,
-    return `(pure args with updated state, out)`."""
+    return `(pure args with updated state, out)`. `ctxtag` as in `split_inputs`."""
+    if f is None:
+        return tp.cast(F, functools.partial(merge_inputs, ctxtag=ctxtag))
 
     @functools.wraps(f)
     def wrapper(*pure: tp.Any) -> tuple:

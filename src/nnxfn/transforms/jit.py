@@ -7,6 +7,7 @@ import typing as tp
 
 import jax
 
+from nnxfn.facade import varmodes
 from nnxfn.transforms import boundary, retrace
 from nnxfn.transforms.common import (
     MethodWrapper,
@@ -50,7 +51,7 @@ class JitWrapped(MethodWrapper):
         graph: bool | None = None,
         graph_updates: bool | None = None,
     ):
-        # `graph`/`graph_updates`: Flax's mode flags, accepted; nnxfn has one mode.
+        # `graph`/`graph_updates`: read by `@lifted` on `jit` (tree-mode checks and results).
         check_not_bound(fn, "nnx.jit")
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -68,15 +69,56 @@ class JitWrapped(MethodWrapper):
         names = donate_argnames
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
         self.donate_argnums += _positions_of(fn, self.donate_argnames)
-        self.in_shardings = normalize_shardings(in_shardings)
-        self.out_shardings = normalize_shardings(out_shardings)
+        self.in_shardings, self.out_shardings = in_shardings, out_shardings  # as given
+        self._in_spec = normalize_shardings(in_shardings)
+        self._out_spec = normalize_shardings(out_shardings)
         self._jit_kwargs = dict(keep_unused=keep_unused, inline=inline)
         if device is not None:
             self._jit_kwargs["device"] = device
         if backend is not None:
             self._jit_kwargs["backend"] = backend
         self._compiled: dict[tp.Any, tp.Callable] = {}
+        self._latest: tp.Any = None  # the shardings of the latest call, lower or trace
         self._entries = boundary.EntryCache()
+
+    #: Keyword arguments take no `in_shardings` (as in Flax).
+    kwarg_shardings = None
+
+    @property
+    def fun(self) -> tp.Callable:
+        """The function being compiled (also `__wrapped__`)."""
+        return self.fn
+
+    @property
+    def jitted_fn(self) -> tp.Any:
+        """The `jax.jit` function every call goes through (its `_cache_size()` counts
+        the traces, `clear_cache()` empties it, `.lower`/`.trace`/`.eval_shape` stage it).
+
+        Like Flax's, it takes the *pure* arguments, the arguments with their graph
+        objects split into static structure and arrays: `self.pure_args(*args, **kwargs)`
+        gives them, so `jitted_fn.lower(*jitted.pure_args(model, x))` lowers the call
+        `jitted(model, x)`. It returns `(static exit, outputs' arrays, updated state
+        arrays)`. With `in_shardings`/`out_shardings` (resolved per Variable) there is
+        one per layout of the arguments: this is the latest one used.
+        """
+        return self._jitted(self._latest)
+
+    @property
+    def jax_in_shardings(self) -> tp.Any:
+        """The `in_shardings` `jitted_fn` was made with, one per pure argument leaf (None: none)."""
+        return None if self._latest is None else self._latest[0]
+
+    @property
+    def jax_out_shardings(self) -> tp.Any:
+        """The `out_shardings` `jitted_fn` was made with (None: none)."""
+        return None if self._latest is None else self._latest[1]
+
+    def pure_args(self, *args: tp.Any, **kwargs: tp.Any) -> tuple:
+        """The positional arguments `jitted_fn` takes for the call `self(*args, **kwargs)`:
+        (static structure, kept state arrays, donated state arrays, other leaves)."""
+        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
+        self._latest = shardings
+        return static, kept, donated, entry.others
 
     # -- the traced body ---------------------------------------------------------
     def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
@@ -91,8 +133,8 @@ class JitWrapped(MethodWrapper):
             emitted = _constrain_by_path(exit_static, emitted, entry_static.paths, state_shardings)
         elif state_shardings:  # updated state leaves keep their in_shardings
             emitted = constrain_updates(exit_static, emitted, state_shardings)
-        if self.out_shardings is not None:  # returned modules: laid out inside the trace
-            out_arrays, emitted = constrain_outputs(self.out_shardings, exit_static, out_arrays, emitted)
+        if self._out_spec is not None:  # returned modules: laid out inside the trace
+            out_arrays, emitted = constrain_outputs(self._out_spec, exit_static, out_arrays, emitted)
         refs = _ref_plan(out_arrays, emitted, others)
         if refs is not None:  # jax.jit cannot return Refs: their values leave instead
             out_arrays, emitted = _frozen(out_arrays), _frozen(emitted)
@@ -100,8 +142,10 @@ class JitWrapped(MethodWrapper):
         return Static(exit_static), out_arrays, emitted
 
     def _jitted(self, shardings: tp.Any) -> tp.Callable:
-        key = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: x is None)
-        key = (tuple(key[0]), key[1])
+        key = None
+        if shardings is not None:
+            leaves, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: x is None)
+            key = (tuple(leaves), treedef)
         fn = self._compiled.get(key)
         if fn is None:
             kwargs = dict(self._jit_kwargs)
@@ -120,26 +164,24 @@ class JitWrapped(MethodWrapper):
         donated_idx: tuple[int, ...] = ()
         shardings = None
         state_shardings: tuple = ()
-        if self.donate_argnums or self.donate_argnames or self.in_shardings is not None:
+        if self.donate_argnums or self.donate_argnames or self._in_spec is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
             owners = [positions[o] if isinstance(o, int) else o for o in arg_of_leaves(dyn_args, dyn_kwargs)]
             state_owner, other_owner = leaf_args(entry, owners)
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
-            if self.in_shardings is not None:
-                per_leaf = [_for_arg(self.in_shardings, o) for o in owners]
+            if self._in_spec is not None:
+                per_leaf = [_for_arg(self._in_spec, o) for o in owners]
                 check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
-            if self.in_shardings is not None or self.out_shardings is not None:
-                in_spec = resolve_in_shardings(
-                    self.in_shardings, entry, state_owner, other_owner, donated_idx
-                )
-                shardings = (in_spec, resolve_out_shardings(self.out_shardings))
+            if self._in_spec is not None or self._out_spec is not None:
+                in_spec = resolve_in_shardings(self._in_spec, entry, state_owner, other_owner, donated_idx)
+                shardings = (in_spec, resolve_out_shardings(self._out_spec))
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
                     place(entry, state_shardings)
-        elif self.out_shardings is not None:
-            out_spec = resolve_out_shardings(self.out_shardings)
+        elif self._out_spec is not None:
+            out_spec = resolve_out_shardings(self._out_spec)
             shardings = None if out_spec is None else (None, out_spec)
         static = (entry.static, donated_idx, statics, static_kw, state_shardings)
         kept, donated = _deinterleave(entry.values, donated_idx)
@@ -147,23 +189,25 @@ class JitWrapped(MethodWrapper):
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
+        self._latest = shardings
         aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
         if aux.__class__ is not Static:  # Refs returned (only then: no per-call cost otherwise)
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> "Lowered":
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
         """Like `jax.jit(...).lower`; `.compile()` gives a function of the same
         arguments as this one (Modules included) that commits their updates."""
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        lowered = self._jitted(shardings).lower(static, kept, donated, entry.others)
-        return Lowered(self, lowered, static)
+        return self.trace(*args, **kwargs).lower()
 
-    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
+        """Trace for these arguments (`jax.jit(...).trace`); `.lower()` gives a `Lowered`."""
         entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        return self._jitted(shardings).trace(static, kept, donated, entry.others)
+        self._latest = shardings
+        return Traced(self._jitted(shardings).trace(static, kept, donated, entry.others), self, static)
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        """The output's shapes and dtypes (`nnx.eval_shape`); the arguments are not updated."""
         from nnxfn.transforms.misc import eval_shape
 
         return eval_shape(self.fn, *args, **kwargs)
@@ -179,31 +223,35 @@ jax.tree_util.register_pytree_node(_RefStatic, lambda s: ((), s.value), lambda v
 
 
 def _ref_plan(out_arrays: list, emitted: list, others: list) -> tuple | None:
-    """Where the outputs hold `jax.Ref`s, as ((out index, input index or None), ...) and
-    (emitted index, ...); None when there are none (the common case)."""
-    if not any(isinstance(x, jax.Ref) for x in out_arrays) and not any(
-        isinstance(x, jax.Ref) for x in emitted
-    ):
+    """Where the outputs hold `jax.Ref`s or `Box`es (hijax Variables' storage), as
+    ((out index, input index or None, is a Box), ...) and ((emitted index, is a
+    Box), ...); None when there are none (the common case)."""
+    mutable = varmodes.is_mutable
+    if not any(map(mutable, out_arrays)) and not any(map(mutable, emitted)):
         return None
-    inputs = {id(x): j for j, x in enumerate(others) if isinstance(x, jax.Ref)}
-    outs = tuple((k, inputs.get(id(x))) for k, x in enumerate(out_arrays) if isinstance(x, jax.Ref))
-    states = tuple(k for k, x in enumerate(emitted) if isinstance(x, jax.Ref))
+    inputs = {id(x): j for j, x in enumerate(others) if mutable(x)}
+    outs = tuple((k, inputs.get(id(x)), varmodes.is_box(x)) for k, x in enumerate(out_arrays) if mutable(x))
+    states = tuple((k, varmodes.is_box(x)) for k, x in enumerate(emitted) if mutable(x))
     return outs, states
 
 
 def _frozen(values: list) -> list:
-    return [x[...] if isinstance(x, jax.Ref) else x for x in values]
+    return [varmodes.read(x) if varmodes.is_mutable(x) else x for x in values]
+
+
+def _remade(value: tp.Any, box: bool) -> tp.Any:
+    return varmodes.to_box(value) if box else jax.new_ref(value)
 
 
 def _commit_refs(entry: boundary.Entry, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
-    """Commit after a call that returned Refs: an argument Ref comes back as the
-    caller's own object; a Ref made inside comes back as a new Ref holding its value."""
+    """Commit after a call that returned Refs/Boxes: an argument one comes back as
+    the caller's own object; one made inside comes back as a new one holding its value."""
     exit_static, (outs, states) = plan
     out_arrays, emitted = list(out_arrays), list(emitted)
-    for k, j in outs:
-        out_arrays[k] = jax.new_ref(out_arrays[k]) if j is None else entry.others[j]
-    for k in states:
-        emitted[k] = jax.new_ref(emitted[k])
+    for k, j, box in outs:
+        out_arrays[k] = _remade(out_arrays[k], box) if j is None else entry.others[j]
+    for k, box in states:
+        emitted[k] = _remade(emitted[k], box)
     return boundary.commit(entry, exit_static, out_arrays, emitted)
 
 
@@ -225,42 +273,145 @@ def _constrain_by_path(
     return out
 
 
-class Lowered:
-    """`JitWrapped.lower(...)`: JAX's `Lowered` (its methods are available) whose
-    `compile()` returns a `Compiled` taking the original arguments."""
+class Stage:
+    """What `Traced`, `Lowered` and `Compiled` share: the `JitWrapped` they come from
+    (`jit_wrapped`) and the JAX stage they wrap (`traced`, `lowered`, `compiled`), whose
+    `in_tree`, `in_avals`, `donate_argnums`, ... describe `jitted_fn`'s pure arguments."""
 
-    def __init__(self, wrapped: JitWrapped, lowered: tp.Any, static: tuple, bound: tuple = ()):
-        self._wrapped, self._lowered, self._static, self._bound = wrapped, lowered, static, bound
+    __slots__ = ("_inner", "jit_wrapped", "_static", "_bound")
 
-    def compile(self, *args: tp.Any, **kwargs: tp.Any) -> "Compiled":
-        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs), self._static, self._bound)
+    def __init__(self, inner: tp.Any, jit_wrapped: JitWrapped, static: tuple, bound: tuple = ()):
+        self._inner, self.jit_wrapped, self._static, self._bound = inner, jit_wrapped, static, bound
 
-    def __getattr__(self, name: str) -> tp.Any:
-        return getattr(self._lowered, name)
+    def with_partial_args(self, partial_args: tuple) -> tp.Self:
+        """This stage, for a function whose first arguments `partial_args` are bound
+        (`nnx.jit_partial`): its compiled form takes the remaining ones."""
+        return type(self)(self._inner, self.jit_wrapped, self._static, partial_args)
+
+    @property
+    def in_tree(self) -> tp.Any:
+        return self._inner.in_tree
+
+    @property
+    def in_avals(self) -> tp.Any:
+        return self._inner.in_avals
+
+    @property
+    def donate_argnums(self) -> tp.Any:
+        return self._inner.donate_argnums
 
 
-class Compiled:
-    """A compiled `nnx.jit` function: call it with the arguments it was lowered for
-    (same structure and shapes); Module updates are committed as by the jitted call."""
+class Traced(Stage):
+    """`JitWrapped.trace(...)`: JAX's `Traced` (as `.traced`); `.lower()` gives a `Lowered`."""
 
-    def __init__(self, wrapped: JitWrapped, compiled: tp.Any, static: tuple, bound: tuple = ()):
-        self._wrapped, self._compiled, self._static, self._bound = wrapped, compiled, static, bound
+    __slots__ = ()
+
+    @property
+    def traced(self) -> tp.Any:
+        return self._inner
+
+    @property
+    def out_info(self) -> tp.Any:
+        return self._inner.out_info
+
+    @property
+    def jaxpr(self) -> tp.Any:
+        """The traced jaxpr (of `jitted_fn` on the pure arguments)."""
+        return self._inner.jaxpr
+
+    def lower(self, *, lowering_platforms: tuple[str, ...] | None = None) -> Lowered:
+        lowered = self._inner.lower(lowering_platforms=lowering_platforms)
+        return Lowered(lowered, self.jit_wrapped, self._static, self._bound)
+
+
+class Lowered(Stage):
+    """`JitWrapped.lower(...)`: JAX's `Lowered` (as `.lowered`), whose `compile()`
+    returns a `Compiled` taking the original arguments."""
+
+    __slots__ = ()
+
+    @property
+    def lowered(self) -> tp.Any:
+        return self._inner
+
+    @property
+    def args_info(self) -> tp.Any:
+        return self._inner.args_info
+
+    @property
+    def out_tree(self) -> tp.Any:
+        return self._inner.out_tree
+
+    def compile(self, compiler_options: tp.Any = None) -> Compiled:
+        compiled = self._inner.compile(compiler_options)
+        return Compiled(compiled, self.jit_wrapped, self._static, self._bound)
+
+    def as_text(self, dialect: str | None = None, *, debug_info: bool = False) -> str:
+        return self._inner.as_text(dialect=dialect, debug_info=debug_info)
+
+    def compiler_ir(self, dialect: str | None = None) -> tp.Any:
+        return self._inner.compiler_ir(dialect=dialect)
+
+    def cost_analysis(self) -> tp.Any:
+        return self._inner.cost_analysis()
+
+
+class Compiled(Stage):
+    """A compiled `nnx.jit` function (JAX's `Compiled` as `.compiled`): call it with the
+    arguments it was lowered for (same structure and shapes); Module updates are
+    committed as by the jitted call."""
+
+    __slots__ = ()
+
+    @property
+    def compiled(self) -> tp.Any:
+        return self._inner
+
+    @property
+    def args_info(self) -> tp.Any:
+        return self._inner.args_info
+
+    @property
+    def out_tree(self) -> tp.Any:
+        return self._inner.out_tree
+
+    @property
+    def input_shardings(self) -> tp.Any:
+        return self._inner.input_shardings
+
+    @property
+    def output_shardings(self) -> tp.Any:
+        return self._inner.output_shardings
+
+    @property
+    def input_layouts(self) -> tp.Any:
+        """The layouts of the pure arguments (JAX's `input_formats`)."""
+        return self._inner.input_formats
+
+    def as_text(self) -> str | None:
+        return self._inner.as_text()
+
+    def cost_analysis(self) -> tp.Any:
+        return self._inner.cost_analysis()
+
+    def memory_analysis(self) -> tp.Any:
+        return self._inner.memory_analysis()
+
+    def runtime_executable(self) -> tp.Any:
+        return self._inner.runtime_executable()
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry, static, kept, donated, _ = self._wrapped._prepare(self._bound + args, kwargs)
+        entry, static, kept, donated, _ = self.jit_wrapped._prepare(self._bound + args, kwargs)
         if static != self._static:
             raise TypeError(
                 "nnx.jit: this compiled function was lowered for arguments of another "
                 "structure (other Modules, attributes or static arguments); lower and compile "
                 "again for these arguments, or call the jitted function itself."
             )
-        aux, out_arrays, emitted = self._compiled(kept, donated, entry.others)
+        aux, out_arrays, emitted = self._inner(kept, donated, entry.others)
         if aux.__class__ is not Static:
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
-
-    def __getattr__(self, name: str) -> tp.Any:
-        return getattr(self._compiled, name)
 
 
 def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
@@ -380,8 +531,10 @@ def jit(
     graph_updates: bool | None = None,
 ) -> tp.Any:
     """Compile `fun` like `jax.jit`; Modules may appear anywhere in its args and
-    outputs, and their updates are committed after each call. `graph` and
-    `graph_updates` (Flax's mode flags) are accepted and change nothing.
+    outputs, and their updates are committed after each call. With
+    `graph=False`/`graph_updates=False` (Flax's tree mode; see `transforms/treemode.py`)
+    only the Variable values written inside are committed (structural updates are
+    dropped, as in Flax) and Flax's tree-mode errors apply.
 
     >>> @jit
     ... def step(model, x):

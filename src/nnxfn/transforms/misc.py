@@ -8,6 +8,7 @@ import typing as tp
 import jax
 from jax.experimental import checkify as _checkify
 
+from nnxfn.facade.varmodes import is_mutable, read
 from nnxfn.transforms import boundary
 from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
@@ -23,9 +24,12 @@ def eval_shape(
     graph_updates: bool | None = None,
     **kwargs: tp.Any,
 ) -> tp.Any:
-    """Run `f` abstractly. Modules it creates come back with `jax.ShapeDtypeStruct`
-    leaves (an abstract model, e.g. to restore a checkpoint into); the
-    arguments are not modified.
+    """Run `f` abstractly. Modules it returns (new ones, or arguments it returns)
+    come back with `jax.ShapeDtypeStruct` leaves (an abstract model, e.g. to
+    restore a checkpoint into); the arguments are not modified. Under a mesh
+    (`jax.set_mesh`, or a Variable's `mesh` metadata), each returned Variable
+    whose value has no sharding gets `NamedSharding(mesh, its PartitionSpec)`,
+    as Flax does.
 
     >>> abstract = eval_shape(lambda: Model(rngs=nnx.Rngs(0)))  # doctest: +SKIP
     """
@@ -35,14 +39,15 @@ def eval_shape(
     body = body_fn(f, entry.static, "nnx.eval_shape", cell)
 
     def inner(values: list, others: list) -> tuple:
-        # Refs (e.g. `hijax` Variables' values) cannot leave a trace: their shapes do.
-        return jax.tree.map(lambda x: x[...] if isinstance(x, jax.Ref) else x, body(values, others))
+        # Refs and Boxes (`ref`/`hijax` Variables' storage) cannot leave a trace: their shapes do.
+        out = body(values, others), values
+        return jax.tree.map(lambda x: read(x) if is_mutable(x) else x, out)
 
-    out_arrays, emitted = jax.eval_shape(inner, entry.values, entry.others)
+    (out_arrays, emitted), inputs = jax.eval_shape(inner, entry.values, entry.others)
     exit_static = cell["exit"]
     if exit_static.graphdef is None:
         return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, [], out_arrays)
-    # Build the outputs from copies of the inputs, so the caller's objects stay concrete.
+    # Build the outputs from abstract copies of the inputs: the caller's objects stay as they are.
     from nnxfn import core
 
     leaves = dict(zip(exit_static.paths, emitted))
@@ -50,9 +55,32 @@ def eval_shape(
         emitted_idx = set(exit_static.changed)
         for i, path in enumerate(entry.static.paths):
             if i not in emitted_idx:
-                leaves[(0,) + path] = entry.values[i]
+                leaves[(0,) + path] = inputs[i]
     _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    _shard_abstract(out_nodes)
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
+
+
+def _shard_abstract(nodes: tp.Any) -> None:
+    """Give each abstract Variable in `nodes` (fresh objects) without a sharding
+    the `NamedSharding` its annotation gives on its `mesh` metadata or the
+    current mesh (`P()` without an annotation); nothing without a mesh."""
+    from nnxfn.core import iter_graph
+    from nnxfn.facade.spmd import variable_spec
+    from nnxfn.facade.variables import Variable
+
+    context = jax.sharding.get_abstract_mesh()
+    for _, var in iter_graph(nodes):
+        if not isinstance(var, Variable):
+            continue
+        value = var.get_raw_value()
+        if not isinstance(value, jax.ShapeDtypeStruct) or value.sharding is not None:
+            continue
+        mesh = var.get_metadata().get("mesh") or (None if context.empty else context)
+        spec = None if mesh is None else variable_spec(var)
+        if spec is not None:
+            sharding = jax.sharding.NamedSharding(mesh, spec)
+            var.set_raw_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
 
 
 @lifted(Rules("make_jaxpr", unique="always"))

@@ -14,20 +14,46 @@ from __future__ import annotations
 import functools
 import typing as tp
 
-from nnxfn import core
+from nnxfn.core import treemode as core_tm
+from nnxfn.core.modes import set_graph_mode
 from nnxfn.transforms.boundary import is_node
-from nnxfn.transforms.jit import JitWrapped, Lowered
-from nnxfn.transforms.treemode import Rules, lifted
+from nnxfn.transforms.common import MethodWrapper
+from nnxfn.transforms.jit import JitWrapped, Lowered, Traced
+from nnxfn.transforms.treemode import Rules, lifted, share_variables
 
 
-class JitPartial:
+class JitPartial(MethodWrapper):
     """`nnx.jit_partial(fun, *partial_args)`: call with the remaining arguments;
-    `.lower`/`.trace`/`.eval_shape` take them too."""
+    `.lower`/`.trace`/`.eval_shape` take them too. `jitted_fn`, `in_shardings`,
+    `out_shardings` are those of the `nnx.jit` function it calls (`jitted`); `graph`
+    is the mode flag it was made with."""
 
-    def __init__(self, jitted: JitWrapped, partial_args: tuple):
+    def __init__(self, jitted: JitWrapped, partial_args: tuple, graph: bool | None = None):
         functools.update_wrapper(self, jitted.fn)
         self.jitted = jitted
         self.partial_args = partial_args
+        self.graph = set_graph_mode.current_value() if graph is None else graph
+
+    @property
+    def fn(self) -> tp.Callable:  # type: ignore[override]
+        return self.jitted.fn
+
+    @property
+    def fun(self) -> tp.Callable:
+        return self.jitted.fn
+
+    @property
+    def jitted_fn(self) -> tp.Any:
+        """`jax.jit` function of the calls; its pure arguments include `partial_args`'."""
+        return self.jitted.jitted_fn
+
+    @property
+    def in_shardings(self) -> tp.Any:
+        return self.jitted.in_shardings
+
+    @property
+    def out_shardings(self) -> tp.Any:
+        return self.jitted.out_shardings
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted(*self.partial_args, *args, **kwargs)
@@ -35,10 +61,10 @@ class JitPartial:
     def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
         """`.compile()` of the result takes the remaining arguments too."""
         lowered = self.jitted.lower(*self.partial_args, *args, **kwargs)
-        return Lowered(lowered._wrapped, lowered._lowered, lowered._static, self.partial_args)
+        return lowered.with_partial_args(self.partial_args)
 
-    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        return self.jitted.trace(*self.partial_args, *args, **kwargs)
+    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
+        return self.jitted.trace(*self.partial_args, *args, **kwargs).with_partial_args(self.partial_args)
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
@@ -66,7 +92,7 @@ def jit_partial(
     """`nnx.jit(fun, ...)` with `partial_args` bound as its first arguments.
 
     Argument numbers and `in_shardings` refer to `fun`'s full argument list.
-    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    `graph=False`/`graph_updates=False`: as `nnx.jit`.
     """
     jitted = JitWrapped(
         fun,
@@ -81,14 +107,7 @@ def jit_partial(
         backend=backend,
         inline=inline,
     )
-    return JitPartial(jitted, partial_args)
-
-
-def share_variables(tree: tp.Any) -> tp.Any:
-    """A copy of `tree` whose graph objects are new but hold the same Variables
-    (sharing between and within the objects kept)."""
-    graphdef, pairs = core.flatten(tree, copy=False)
-    return core.unflatten(graphdef, dict(pairs), copy=False)
+    return JitPartial(jitted, partial_args, graph)
 
 
 def cached_partial(
@@ -98,8 +117,17 @@ def cached_partial(
     made with `nnx.jit`), where each graph object in `cached_args` is replaced by
     a copy sharing its Variables: updates reach the originals, the copies are
     the same objects on every call. Their structure must not change inside `f`.
-    `graph`/`graph_updates` (Flax's mode flags) change nothing.
+    As in Flax, a graph-mode API: with `graph=False` or `graph_updates=False`
+    (given, or from `nnx.set_graph_mode`/`nnx.set_graph_updates`) it raises.
     """
+    if core_tm.skips_graph_updates(graph, graph_updates):
+        raise ValueError(
+            "nnx.cached_partial is a graph-mode API: it needs graph=True and graph_updates=True "
+            f"(asked for: {core_tm.mode_words(graph, graph_updates)}). Call the transformed "
+            "function with all its arguments instead (nnxfn's `nnx.jit` already reuses its "
+            "flattening of unchanged arguments), use `nnx.jit_partial(f, *args, graph=False)`, "
+            "or `nnx.compat.cached_partial(...)`, which sets both flags."
+        )
     if any(is_node(leaf) for leaf in _leaves(cached_args)):
         cached_args = share_variables(cached_args)
     return functools.partial(f, *cached_args)

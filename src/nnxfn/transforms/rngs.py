@@ -44,6 +44,10 @@ class SplitBackups:
     def __len__(self) -> int:
         return len(self.backups)
 
+    def replace(self, backups: list[Backup]) -> SplitBackups:
+        """A copy holding other backups (as Flax's dataclass `replace`)."""
+        return SplitBackups(backups)
+
     def __enter__(self) -> SplitBackups:
         return self
 

@@ -12,7 +12,9 @@ allowed: outputs are either carried or stacked).
   counter) is threaded through the iterations like a carry: each step sees
   the previous step's value and the last one is committed.
 - Variables the body creates (e.g. `self.sow(...)`) leave stacked along the
-  axis their argument's `in_axes` gives them (it must be an int).
+  axis their argument's `in_axes` gives them (it must be an int); Variables
+  it removes (or replaces, e.g. a Param by a pytree of Params) are gone
+  after the scan, as in Flax.
 - A carried output must be the carried input object itself, not a new one.
 
 The traced scan is cached per argument structure (like `nnx.jit`), so calling
@@ -311,6 +313,8 @@ def _plan(
         roles = [input_role(i, True) for i in exit_static.changed]
         new_paths = exit_static.paths[len(exit_static.changed) :] if exit_static.graphdef is not None else ()
     else:  # structure changed: every leaf was emitted
+        # A scanned or broadcast leaf the body removed is simply not emitted (the new
+        # structure drops it); a carried one would change the carry's structure.
         index = {(0,) + p: i for i, p in enumerate(paths)}
         found = set()
         new_paths = []
@@ -326,11 +330,12 @@ def _plan(
                 written_broadcast.add(i)
         if written_broadcast:
             raise _BroadcastWritten(written_broadcast)
-        missing = [paths[i] for i in range(len(paths)) if i not in found]
-        if missing:
+        dropped = [paths[i] for i in slot if i not in found]
+        if dropped:
             raise ValueError(
-                f"nnx.scan: the body removed {errors.path_str(missing[0][1:], 'arg')}; a scan "
-                "body may add Variables (they leave stacked) but not remove or replace them."
+                f"nnx.scan: the body removed the carried {errors.path_str(dropped[0][1:], 'arg')}; "
+                "a carry must keep its structure across iterations. Remove it before the scan, "
+                "or pass its module scanned (an int in_axes) instead of carried."
             )
     templates = None
     new_roles: dict[tuple, tuple[str, tp.Any]] = {}
@@ -465,7 +470,9 @@ def scan(
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}`: scanned Variables'
     sharding annotations lose that axis inside the body (see `transforms/spmd.py`).
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing;
+    With `graph=False`/`graph_updates=False` (Flax's tree mode; see
+    `transforms/treemode.py`) only Variable values written inside are committed,
+    and Flax's tree-mode errors apply;
     `_split_transpose` is passed to `jax.lax.scan`."""
     if f is None:
         return lambda fn: _Scanned(

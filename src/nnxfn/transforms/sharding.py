@@ -30,6 +30,11 @@ class StateSharding(FilterMap):
     def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
         return self.lookup(path, leaf)
 
+    @property
+    def shardings(self) -> tuple:
+        """The shardings, in the order of `filters`."""
+        return self.values()
+
 
 class PathSharding(StateSharding):
     """Shardings looked up by path: made from a Module or State of shardings."""

@@ -151,6 +151,40 @@ def _call_axis_hook(var_type: type, meta: tuple, add: bool, axis: int, axis_name
     return meta if after == meta else after
 
 
+# -- on live Variables (Flax's nnx.spmd.add_axis / remove_axis) --------------------------
+def add_axis(tree: A, index: int, transform_metadata: tp.Mapping) -> A:
+    """Insert the mapped axis `transform_metadata[PARTITION_NAME]` at `index` into the
+    sharding annotation (and the other tuple metadata `transform_metadata` names) of
+    every Variable in `tree`, in place, then call its `add_axis`; returns `tree`."""
+    return _edit_live(tree, index, transform_metadata, add=True)
+
+
+def remove_axis(tree: A, index: int, transform_metadata: tp.Mapping) -> A:
+    """The inverse of `add_axis` (ValueError if the annotation has another axis there)."""
+    return _edit_live(tree, index, transform_metadata, add=False)
+
+
+def _edit_live(tree: A, index: int, transform_metadata: tp.Mapping, add: bool) -> A:
+    from nnxfn.facade.variables import Variable
+
+    if PARTITION_NAME not in transform_metadata:
+        raise ValueError(
+            f"nnx.spmd.{'add' if add else 'remove'}_axis: transform_metadata has no "
+            f"{PARTITION_NAME!r} entry (the axis name), got {dict(transform_metadata)!r}."
+        )
+    name = "nnx.spmd.add_axis" if add else "nnx.spmd.remove_axis"
+    for path, v in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, Variable)):
+        if not isinstance(v, Variable):
+            continue
+        where = jax.tree_util.keystr(path) or "the Variable"
+        meta = _edit(v.metadata_items(), index, transform_metadata, where, add, name)
+        if meta is not v.metadata_items():
+            v.set_metadata_items(meta)
+        axis_name = transform_metadata[PARTITION_NAME]
+        v.add_axis(index, axis_name) if add else v.remove_axis(index, axis_name)
+    return tree
+
+
 # -- what vmap/scan call --------------------------------------------------------------
 def inner_static(
     name: str, entry: Entry, state_axes: tp.Sequence[tp.Any], transform_metadata: tp.Mapping | None

@@ -1,16 +1,20 @@
-"""The errors of Flax's tree mode (`graph=False`) and `graph_updates=False` for transforms.
+"""Flax's tree mode (`graph=False`) and `graph_updates=False` for transforms.
 
-nnxfn's transforms compute one result whatever `graph=`/`graph_updates=` say.
-Flax, in tree mode or without graph updates, rejects some input: a Variable
-passed twice or returned as an output ("Variable aliasing"), `StateAxes` /
-`StateSharding` / `DiffState` prefixes, graph objects as prefixes in graph
-mode. `@lifted(...)` on a transform raises those same errors when the caller
-asked for such a mode, and otherwise calls the transform untouched: with the
-default flags it adds two dict lookups and a read of the mode switches per
-*transform construction* (per call for the transforms that run at once, such
-as `cond`), and nothing per call of a transformed function. The checks on arguments and outputs run inside the
-transform, on the objects the function receives, so `nnx.jit` does them only
-while tracing.
+In those modes Flax treats the arguments as plain pytrees: it rejects some
+input (a Variable passed twice or returned as an output, "Variable aliasing";
+`StateAxes` / `StateSharding` / `DiffState` prefixes; graph objects as
+prefixes in graph mode), and carries only Variable values out of the
+transform (an attribute set or swapped inside is dropped). `@lifted(...)` on
+a transform does both when the caller asked for such a mode: it checks the
+prefixes when the transform is made, and wraps the function so its arguments
+and outputs are checked, and their structure put back (`Structure`), inside
+the transform, on the objects the function receives (so `nnx.jit` does it
+only while tracing). Results that differ in shape (gradients shaped like the
+Module) are made by the transforms themselves (`autodiff.py`, `custom.py`).
+With the default flags `lifted` calls the transform untouched: two dict
+lookups and a read of the mode switches per *transform construction* (per
+call for the transforms that run at once, such as `cond`), and nothing per
+call of a transformed function.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import operator
 import typing as tp
 
 import jax
 
+from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.trees import TreeState
@@ -98,7 +104,7 @@ def _is_prefix_leaf(x: tp.Any) -> bool:
 
 
 def _is_diff_state(x: tp.Any) -> bool:
-    from nnxfn.transforms.autodiff import DiffState
+    from nnxfn.transforms.common import DiffState
 
     return isinstance(x, DiffState)
 
@@ -211,11 +217,43 @@ class _Check:
                 carry_roots = [roots[0] if self.carry_in == "all" else roots[self.carry_in]]
                 carry_ids = set(self._walk(carry_roots, unique=False))
             inputs = self.inputs(roots)
+            before = Structure(args, kwargs)
             out = fn(*args, **kwargs)
             self.outputs(out, inputs, carry_ids)
+            before.restore()
             return out
 
         return checked
+
+
+class Structure:
+    """The structure of the graph objects in some arguments, to put back after a call.
+
+    Flax's tree mode and `graph_updates=False` carry only Variable values out of a
+    transform: an attribute set, deleted or swapped inside is dropped (Flax
+    hands the function copies and reads back only the Variables it was given).
+    The engine commits whatever the function's objects hold when it returns, so
+    `restore` puts their structure back as it was (the same objects at the same
+    places, the raw array attributes as they were) while every Variable keeps the
+    value written to it. Checked by one walk; nothing is written if nothing moved.
+    """
+
+    __slots__ = ("nodes", "graphdef", "objects", "leaves")
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.nodes = [x for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node) if is_node(x)]
+        self.objects: list = []
+        self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
+        self.leaves = dict(pairs)
+
+    def restore(self) -> None:
+        objects: list = []
+        graphdef, _ = core.flatten(self.nodes, copy=False, objects=objects)
+        if graphdef == self.graphdef and len(objects) == len(self.objects):
+            if all(map(operator.is_, objects, self.objects)):
+                return
+        # Variables are given as themselves: a reused Variable keeps its value.
+        core.unflatten(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
 
 
 def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
@@ -330,7 +368,25 @@ def _apply(
             bound.arguments[p] = type(fn)(_checked(check, f, rules.name) for f in fn)
         else:
             bound.arguments[p] = _checked(check, fn, rules.name)
-    return transform(*bound.args, **bound.kwargs)
+    result = transform(*bound.args, **bound.kwargs)
+    return _carry_as_pytree(result) if rules.carry else result
+
+
+def share_variables(tree: tp.Any) -> tp.Any:
+    """A copy of `tree` whose graph objects are new but hold the same Variables
+    (sharing between and within the objects kept)."""
+    graphdef, pairs = core.flatten(tree, copy=False)
+    return core.unflatten(graphdef, dict(pairs), copy=False)
+
+
+def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
+    """Flax's tree mode gives a loop's carry back as a pytree: new objects holding
+    the caller's Variables (`out is model` is False, `out.w is model.w` True)."""
+
+    def run(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return share_variables(scanned(*args, **kwargs))
+
+    return functools.update_wrapper(run, scanned, updated=())
 
 
 def _checked(check: _Check, fn: tp.Callable, name: str) -> tp.Callable:
@@ -338,4 +394,4 @@ def _checked(check: _Check, fn: tp.Callable, name: str) -> tp.Callable:
     return check.wrap(fn)
 
 
-__all__ = ["Rules", "lifted", "check_prefix"]
+__all__ = ["Rules", "lifted", "check_prefix", "Structure", "share_variables"]

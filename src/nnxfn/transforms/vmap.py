@@ -224,7 +224,9 @@ def vmap(
 
     `transform_metadata={nnx.PARTITION_NAME: 'layers'}` keeps sharding
     annotations in step with the mapped axis (see `transforms/spmd.py`).
-    `graph`/`graph_updates` (Flax's mode flags) are accepted and change nothing."""
+    With `graph=False`/`graph_updates=False` (Flax's tree mode; see
+    `transforms/treemode.py`) only Variable values written inside are committed,
+    and Flax's tree-mode errors apply."""
     options = {
         k: v
         for k, v in dict(axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name).items()
@@ -258,7 +260,7 @@ def pmap(
     """Like `jax.pmap`, for functions of Modules. `static_broadcasted_argnums`
     arguments are passed to `f` unchanged (hashable, not mapped);
     `donate_argnums` is accepted as a hint and does not donate;
-    `graph`/`graph_updates` (Flax's mode flags) change nothing."""
+    `graph=False`/`graph_updates=False`: as `vmap`."""
     opts = {
         k: v
         for k, v in dict(axis_name=axis_name, devices=devices, backend=backend, axis_size=axis_size).items()

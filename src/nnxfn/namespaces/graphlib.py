@@ -15,6 +15,7 @@ from nnxfn.core.api import (
     as_pure as as_pure,
     clone as clone,
     find_duplicates as find_duplicates,
+    graph_pop as graph_pop,
     graphdef as graphdef,
     is_graph_node as is_graph_node,
     iter_graph as iter_graph,
@@ -61,11 +62,15 @@ from nnxfn.core.pytrees import (
     TreeNodeDef as TreeNodeDef,
     flatten_pytree as _flatten_pytree,
     is_node as is_node,
+    is_node_leaf as is_node_leaf,
+    is_node_type as is_node_type,
     is_pytree_node as is_pytree_node,
     jax_to_nnx_path as jax_to_nnx_path,
+    register_graph_node_type as register_graph_node_type,
     unflatten_pytree as _unflatten_pytree,
 )
 from nnxfn.core.state import State as State
+from nnxfn.transforms.common import Static as Static
 
 variables = state
 

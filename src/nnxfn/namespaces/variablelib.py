@@ -1,6 +1,11 @@
 """`nnx.variablelib`: Variable types, their modes (`hijax`, `ref`) and names."""
 
-from nnxfn.facade.spmd import VariableMetadata as VariableMetadata, with_metadata as with_metadata
+from nnxfn.facade.spmd import (
+    VariableMetadata as VariableMetadata,
+    use_eager_sharding as use_eager_sharding,
+    using_eager_sharding as using_eager_sharding,
+    with_metadata as with_metadata,
+)
 from nnxfn.facade.variables import (
     A as A,
     BatchStat as BatchStat,

@@ -2,6 +2,7 @@
 
 from nnxfn.core.flatstate import (
     FlatState as FlatState,
+    create_path_filters as create_path_filters,
     diff as diff,
     from_flat_state as from_flat_state,
     map_state as map_state,

@@ -8,6 +8,8 @@ from nnxfn.facade.spmd import (
 )
 from nnxfn.transforms.spmd import (
     abstract_with_sharding as abstract_with_sharding,
+    add_axis as add_axis,
+    remove_axis as remove_axis,
     as_abstract as as_abstract,
     get_abstract_model as get_abstract_model,
     get_var_pspec as get_var_pspec,

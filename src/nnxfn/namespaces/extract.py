@@ -13,3 +13,4 @@ from nnxfn.core.trees import (
     prefix as prefix,
     to_tree as to_tree,
 )
+from nnxfn.transforms.common import PrefixMapping as PrefixMapping

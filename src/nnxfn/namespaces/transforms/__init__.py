@@ -1,0 +1,1 @@
+"""Namespaces installed under `nnxfn.transforms` (see `nnxfn/namespaces/__init__.py`)."""
