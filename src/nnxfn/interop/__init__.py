@@ -10,7 +10,7 @@ from nnxfn.interop.classify import (
     ForeignState as ForeignState,
     classify as classify,
     default_leaf_type as default_leaf_type,
-    install as _install,
+    install_classifier,
     leaf_types as leaf_types,
     register_leaf_type as register_leaf_type,
 )
@@ -23,4 +23,4 @@ from nnxfn.interop.view import (
     update as update,
 )
 
-_install()
+install_classifier()

@@ -132,6 +132,6 @@ def classify(path: Path, value: object, ancestors: tuple[type, ...]) -> type:
     return default_leaf_type(path, value, ancestors)
 
 
-def install() -> None:
+def install_classifier() -> None:
     """Register `classify` with the core (done when `nnxfn.interop` is imported)."""
     set_foreign_leaf_classifier(classify)

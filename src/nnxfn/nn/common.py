@@ -14,7 +14,7 @@ default_bias_init = initializers.zeros_init()
 default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
 
-def as_tuple(x: int | tp.Sequence[int]) -> tuple[int, ...]:
+def int_tuple(x: int | tp.Sequence[int]) -> tuple[int, ...]:
     return (x,) if isinstance(x, int) else tuple(x)
 
 

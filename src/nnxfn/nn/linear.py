@@ -35,7 +35,7 @@ from nnxfn.nn.types import (
     ShardingLike,
 )
 from nnxfn.nn.common import (
-    as_tuple as as_tuple,
+    int_tuple as int_tuple,
     default_bias_init as default_bias_init,
     default_embed_init as default_embed_init,
     default_kernel_init as default_kernel_init,
@@ -168,9 +168,9 @@ class LinearGeneral(Module):
         kernel_metadata: Metadata = EMPTY_METADATA,
         bias_metadata: Metadata = EMPTY_METADATA,
     ):
-        self.in_features = as_tuple(in_features)
-        self.out_features = as_tuple(out_features)
-        self.axis = as_tuple(axis)
+        self.in_features = int_tuple(in_features)
+        self.out_features = int_tuple(out_features)
+        self.axis = int_tuple(axis)
         self.batch_axis = dict(batch_axis)
         if len(self.in_features) != len(self.axis):
             raise ValueError(

@@ -20,7 +20,7 @@ from nnxfn.nn.dtypes import PromoteDtypeFn, promote_dtype
 from nnxfn.nn.normalization_ops import (
     check_features,
     compute_stats as compute_stats,
-    normalize as normalize,
+    apply_normalization as apply_normalization,
     result_dtype as result_dtype,
     sorted_axes,
 )
@@ -111,7 +111,7 @@ class _Norm(Module):
         reduction_axes: tuple[int, ...],
         feature_axes: tuple[int, ...],
     ) -> Array:
-        return normalize(
+        return apply_normalization(
             x,
             mean,
             var,
@@ -529,6 +529,6 @@ __all__ = [
     "SpectralNorm",
     "WeightNorm",
     "compute_stats",
-    "normalize",
+    "apply_normalization",
     "result_dtype",
 ]

@@ -1,13 +1,13 @@
 """The functions under the normalization layers: statistics and the normalization.
 
-Statistics are computed in at least float32; `normalize` casts its result to
+Statistics are computed in at least float32; `apply_normalization` casts its result to
 the layer's `dtype` (default: the common dtype of the input and the params).
 
 >>> x = jnp.arange(6.0).reshape(2, 3)
 >>> mean, var = compute_stats(x, (1,), None, use_fast_variance=False)
 >>> mean, var.round(4)
 (Array([1., 4.], dtype=float32), Array([0.6667, 0.6667], dtype=float32))
->>> normalize(x, mean, var, None, None, (1,), (), None, 0.0).round(2)
+>>> apply_normalization(x, mean, var, None, None, (1,), (), None, 0.0).round(2)
 Array([[-1.22,  0.  ,  1.22],
        [-1.22,  0.  ,  1.22]], dtype=float32)
 """
@@ -17,14 +17,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnxfn.nn.common import as_tuple, normalize_axes
+from nnxfn.nn.common import int_tuple, normalize_axes
 from nnxfn.nn.types import Array, Axes, AxisIndexGroups, Dtype
 
 
 def sorted_axes(ndim: int, axes: Axes, layer: str) -> tuple[int, ...]:
     """`axes` as distinct non-negative axes in increasing order; a ValueError
     naming `layer` if one is out of range for inputs of rank `ndim`."""
-    return tuple(sorted(set(normalize_axes(as_tuple(axes), ndim, layer))))
+    return tuple(sorted(set(normalize_axes(int_tuple(axes), ndim, layer))))
 
 
 def _abs_sq(x: Array) -> Array:
@@ -72,7 +72,7 @@ def result_dtype(*args: Array | None, dtype: Dtype | None = None) -> Dtype:
     return common if jnp.issubdtype(common, jnp.inexact) else jnp.promote_types(jnp.float32, common)
 
 
-def normalize(
+def apply_normalization(
     x: Array,
     mean: Array,
     var: Array,
@@ -113,4 +113,4 @@ def check_features(layer: str, x: Array, feature_axes: tuple[int, ...], num_feat
         )
 
 
-__all__ = ["check_features", "compute_stats", "normalize", "result_dtype", "sorted_axes"]
+__all__ = ["check_features", "compute_stats", "apply_normalization", "result_dtype", "sorted_axes"]

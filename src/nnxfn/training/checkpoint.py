@@ -88,7 +88,7 @@ def save_checkpoint(
     if not items:
         raise TypeError("save_checkpoint(directory, *items): give at least one model/optimizer/State.")
     written: Written = "orbax" if _is_manager(directory) else _choose_backend(backend)
-    flats = [fmt.flat(fmt.as_state(item)) for item in items]
+    flats = [fmt.flat(fmt.state_of_item(item)) for item in items]
     for i, flat in enumerate(flats):
         fmt.check_savable(flat, fmt.root_name(items[i]))
     meta = fmt.metadata(written, flats)
@@ -209,7 +209,7 @@ def _check(
     saved = meta["items"]
     if len(saved) != len(targets):
         raise ValueError(fmt.wrong_count(where, len(saved), len(targets)))
-    states = [fmt.as_state(t) for t in targets]
+    states = [fmt.state_of_item(t) for t in targets]
     flats = [fmt.flat(s) for s in states]
     for target, flat, leaves in zip(targets, flats, saved):
         fmt.check_match(where, flat, leaves, fmt.root_name(target))

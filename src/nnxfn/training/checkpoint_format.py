@@ -51,7 +51,7 @@ class Meta(tp.TypedDict):
 
 
 # -- items <-> flat leaves ------------------------------------------------------------
-def as_state(item: object) -> State:
+def state_of_item(item: object) -> State:
     return item if isinstance(item, State) else state_of(item)
 
 
