@@ -22,6 +22,7 @@ import warnings
 import weakref
 
 from nnxfn.core import splitcache as core_splitcache
+from nnxfn.facade.captured import captured_where
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,8 +145,6 @@ def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
         warnings.warn(_foreign_message(obj, what), stacklevel=4)
         return
     if frames and owner is not frames[-1]:
-        from nnxfn.facade.captured import captured_where  # names the path (error path only)
-
         frame = frames[-1]
         raise RuntimeError(
             f"{frame.name}: {what} of {captured_where(obj, _describe(obj))} was changed inside the "

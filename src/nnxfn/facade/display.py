@@ -1,36 +1,26 @@
-"""Readable, bounded reprs: shapes and dtypes, never array contents."""
+"""Readable, bounded reprs of graph nodes: shapes and dtypes, never array contents."""
 
 from __future__ import annotations
 
 import typing as tp
 
+import jax
 import numpy as np
+
+from nnxfn.core import iter_graph
+from nnxfn.core.registry import lookup
+from nnxfn.facade.valuerepr import value_repr as value_repr, variable_repr as variable_repr
+from nnxfn.facade.variables import RngState, Variable
+from nnxfn.facade.varmodes import base_type
 
 MAX_DEPTH = 6
 MAX_ITEMS = 24
-
-
-def value_repr(value: tp.Any) -> str:
-    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if shape is not None and dtype is not None:
-        return f"Array(shape={tuple(shape)}, dtype={dtype})"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def variable_repr(var: tp.Any, indent: int = 0) -> str:
-    pad = "  " * indent
-    lines = [f"{pad}  value={value_repr(var.raw_value)}"]
-    lines += [f"{pad}  {k}={value_repr(v)}" for k, v in var.metadata_items()]
-    return f"{type(var).__name__}(\n" + ",\n".join(lines) + f"\n{pad})"
 
 
 def node_repr(
     node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
 ) -> str:
     """Nested repr of a graph node; shared objects and cycles shown once."""
-    from nnxfn.facade.variables import Variable
-
     seen = set() if seen is None else seen
     name = type(node).__name__
     if id(node) in seen:
@@ -86,10 +76,6 @@ def node_repr(
 def stats_comment(node: tp.Any) -> str:
     """` # Param: 1,234 (4.9 KB), BatchStat: ..., Total: ...`: element counts and
     bytes of the Variables under `node`, by type (each shared Variable once)."""
-    from nnxfn.core import iter_graph
-    from nnxfn.facade.variables import RngState, Variable
-    from nnxfn.facade.varmodes import base_type
-
     totals: dict[str, list[int]] = {}
     for _, value in iter_graph(node):
         if not isinstance(value, Variable):
@@ -114,8 +100,6 @@ def stats_comment(node: tp.Any) -> str:
 
 
 def _array_leaves(value: tp.Any) -> list:
-    import jax
-
     leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, jax.Ref))
     return [x for x in leaves if hasattr(x, "shape") and hasattr(x, "dtype")]
 
@@ -128,6 +112,4 @@ def _size(count: int, nbytes: int) -> str:
 
 
 def _is_graph_node(value: tp.Any) -> bool:
-    from nnxfn.core.registry import lookup
-
     return lookup(type(value)) is not None

@@ -47,6 +47,7 @@ from nnxfn.core.splitcache import CLOCK as _EPOCH
 from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.walker import _mutable
 from nnxfn.facade import context
+from nnxfn.facade.whole import flatten_whole, flatten_whole_with_keys, unflatten_whole
 from nnxfn.facade.pytreeview import (
     ARRAY,
     DEFAULT_NEW,
@@ -319,12 +320,10 @@ def _verify(root: tp.Any) -> None:
             d[MEMO] = [-1, view, version, own, None, _NONE, False]
 
 
-def unflatten(view: tp.Any, children: tp.Sequence) -> tp.Any:
+def unflatten_pytree(view: tp.Any, children: tp.Sequence) -> tp.Any:
     """Build an object from a View and any children, without `__init__`."""
     if type(view) is tuple:  # flattened whole
-        from nnxfn.facade import whole
-
-        return whole.unflatten(view, children)
+        return unflatten_whole(view, children)
     cls = view.cls
     obj = _object_new(cls) if view.plain_new else cls.__new__(cls)
     d = obj.__dict__
@@ -379,7 +378,7 @@ def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
 
 
 # -- flatten -------------------------------------------------------------------------------------
-def flatten(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_pytree(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     d = obj.__dict__
     m = d.get(MEMO)
     if (
@@ -390,26 +389,22 @@ def flatten(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     ):
         m = memo_of(obj)
     if m[SHARED]:
-        from nnxfn.facade import whole
-
-        return whole.flatten(obj)
+        return flatten_whole(obj)
     view = m[VIEW]
     return (view.getter(d) if view.direct else view.children(d)), view
 
 
-def flatten_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_pytree_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     m = memo_of(obj)
     if m[SHARED]:
-        from nnxfn.facade import whole
-
-        return whole.flatten_with_keys(obj)
+        return flatten_whole_with_keys(obj)
     view = m[VIEW]
     return tuple(zip(view.jkeys, view.children(obj.__dict__))), view
 
 
 def register(cls: type) -> None:
     """Make `cls` (a Pytree subclass) a JAX pytree node."""
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    jax.tree_util.register_pytree_with_keys(cls, flatten_pytree_with_keys, unflatten_pytree, flatten_pytree)
 
 
-__all__ = ["DEFAULT_NEW", "register", "flatten", "unflatten", "memo_of"]
+__all__ = ["DEFAULT_NEW", "register", "flatten_pytree", "unflatten_pytree", "memo_of"]

@@ -175,6 +175,15 @@ def static_names(obj: Pytree) -> frozenset:
     return obj.__dict__.get("_nnx_static", frozenset())
 
 
+def check_pytree(pytree: object) -> None:
+    """Raise if an attribute of `pytree` marked static holds data."""
+    if not isinstance(pytree, Pytree):
+        raise TypeError(f"Expected a Pytree, got {type(pytree)}.")
+    for name in static_names(pytree):
+        if name in vars(pytree):
+            pytreelib.check_static(pytree, name, vars(pytree)[name], explicit=False)
+
+
 _NO_NAMES: frozenset = frozenset()
 
 

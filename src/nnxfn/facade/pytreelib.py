@@ -125,17 +125,6 @@ def has_data(value: tp.Any, /) -> list[tp.Any]:
     return [x for x in jax.tree.leaves(value, is_leaf=stop) if is_data(x)]
 
 
-def check_pytree(pytree: tp.Any) -> None:
-    """Raise if an attribute of `pytree` marked static holds data."""
-    from nnxfn.facade.module import Pytree, static_names
-
-    if not isinstance(pytree, Pytree):
-        raise TypeError(f"Expected a Pytree, got {type(pytree)}.")
-    for name in static_names(pytree):
-        if name in vars(pytree):
-            check_static(pytree, name, vars(pytree)[name], explicit=False)
-
-
 def check_static(obj: tp.Any, name: str, value: tp.Any, *, explicit: bool) -> None:
     """Raise ValueError if `value`, about to be kept static as `obj.name`, holds data."""
     found = has_data(value)

@@ -89,6 +89,12 @@ def kind_of(t: type) -> int:
     return k
 
 
+def is_object(x: object) -> bool:
+    """A facade graph object (an `nnx.Pytree`/`Module` instance): its class
+    says how JAX sees it (`_nnx_make_view`, see `object_view`)."""
+    return hasattr(type(x), "_nnx_make_view")
+
+
 def is_graph(x: tp.Any) -> bool:
     """A Variable or graph object (has identity)."""
     k = KINDS.get(type(x))

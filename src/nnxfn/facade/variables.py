@@ -22,18 +22,19 @@ import jax.numpy as jnp
 from nnxfn.core import VariableLike
 from nnxfn.facade import context, jaxtree, spmd
 from nnxfn.facade import varmodes
+from nnxfn.facade.valuerepr import variable_repr
 
 A = tp.TypeVar("A")
 _MISSING: tp.Any = varmodes.MISSING
 REQUIRED_METADATA = ("hijax", "ref", "eager_sharding")
 
 
-def _freeze(value: tp.Any) -> tp.Any:
+def hashable_metadata(value: object) -> object:
     """Metadata must be hashable (it lives in the GraphDef): lists -> tuples."""
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(hashable_metadata(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+        return tuple(sorted((k, hashable_metadata(v)) for k, v in value.items()))
     return value
 
 
@@ -95,7 +96,9 @@ class Variable(VariableLike, tp.Generic[A]):
         sharded = dict(metadata) if spmd.spec_key(metadata) is not None else None
         if metadata.get("eager_sharding", True) is True:
             metadata.pop("eager_sharding", None)  # the default is not stored
-        object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
+        object.__setattr__(
+            self, "_metadata", tuple(sorted((k, hashable_metadata(v)) for k, v in metadata.items()))
+        )
         object.__setattr__(self, "_frame", context.current_frame())
         object.__setattr__(self, "_trace", _TRACE_CTX.trace)
         object.__setattr__(self, "raw_value", value)  # what `create_value` overrides may read
@@ -281,7 +284,7 @@ class Variable(VariableLike, tp.Generic[A]):
         meta.update(updates)
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
-        self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
+        self.set_metadata_items(tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items())))
 
     def add_axis(self, axis_index: int, axis_name: tp.Any) -> None:
         """Called by `vmap`/`scan` with `transform_metadata` when this Variable leaves
@@ -343,7 +346,7 @@ class Variable(VariableLike, tp.Generic[A]):
         meta = {**dict(self._metadata), **updates}
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
-        metadata = tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+        metadata = tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items()))
         target = varmodes.mode_type(type(self), hijax=bool(hijax), ref=bool(ref))
         if value is _MISSING:
             if target is type(self) and not self.ref and not self.hijax:
@@ -360,7 +363,7 @@ class Variable(VariableLike, tp.Generic[A]):
             meta.pop("eager_sharding", None)
         target = varmodes.mode_type(cls, hijax=hijax, ref=ref)
         return target.from_parts(
-            target._store(value), tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+            target._store(value), tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items()))
         )
 
     def copy_from(self, other: Variable) -> None:
@@ -418,8 +421,6 @@ class Variable(VariableLike, tp.Generic[A]):
         return id(self)
 
     def __repr__(self) -> str:
-        from nnxfn.facade.display import variable_repr
-
         return variable_repr(self)
 
 
@@ -745,6 +746,9 @@ class HijaxVariable(RefVariable[A]):
             value = value.get_value()
         new = value if index is _MISSING else _set_item(raw.get(), index, value)
         varmodes.box_set(raw, new)
+
+
+varmodes.register_mode_mixins(ref=RefVariable, hijax=HijaxVariable)
 
 
 class Param(Variable[A]):

@@ -181,7 +181,20 @@ def from_refs(value: tp.Any) -> tp.Any:
     return jax.tree.map(lambda x: x[...] if is_ref(x) else x, value, is_leaf=is_ref)
 
 
+# (base type, hijax, ref) -> its mode subclass. A registry, not a cache: the
+# class made for a key must stay the same class (`type(v) is type(w)`, GraphDef
+# equality, pickling), so it is kept whether or not caching is on.
 _TYPES: dict[tuple[type, bool, bool], type] = {}
+# The mixins of the mode subclasses, `{hijax: mixin}`: RefVariable and
+# HijaxVariable are Variables, so `variables.py` (built on this module)
+# registers them when it is imported (`register_mode_mixins`).
+_MIXINS: dict[bool, type] = {}
+
+
+def register_mode_mixins(*, ref: type, hijax: type) -> None:
+    """Called by `variables.py`: the mixin classes of the `ref=True` and `hijax=True` types."""
+    _MIXINS[False] = ref
+    _MIXINS[True] = hijax
 
 
 class ModeType(type):
@@ -220,9 +233,7 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
     key = (base, hijax, ref)
     found = _TYPES.get(key)
     if found is None:
-        from nnxfn.facade.variables import HijaxVariable, RefVariable
-
-        mixin = HijaxVariable if hijax else RefVariable
+        mixin = _MIXINS[bool(hijax)]
         found = ModeType(
             base.__name__,
             (mixin, base),

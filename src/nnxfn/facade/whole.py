@@ -5,7 +5,7 @@ a Module or Variable twice (shared sub-modules, tied weights, cycles) is
 flattened here instead. JAX sees its deduplicated State leaves (each shared
 Variable once), nested in `Level` nodes so key paths still read
 `.layers[0].kernel.value`; foreign pytrees (Equinox modules) are children
-whole. `unflatten` rebuilds the graph with its sharing through the core's
+whole. `unflatten_whole` rebuilds the graph with its sharing through the core's
 one unflatten.
 """
 
@@ -17,7 +17,7 @@ import jax
 
 from nnxfn import core
 from nnxfn.facade import context
-from nnxfn.facade.module import Object
+from nnxfn.facade.pytreeview import is_object
 
 
 class Level:
@@ -62,9 +62,9 @@ def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
     try:
         if isinstance(node, (list, tuple, dict)):
             return node[k]
-        if isinstance(node, Object) and hasattr(node, "_items") and isinstance(k, int):
+        if is_object(node) and hasattr(node, "_items") and isinstance(k, int):
             return node._items[k]
-        if isinstance(node, Object):
+        if is_object(node):
             return node.__dict__.get(k)
         for ck, cv in core.graph.children_of(node):
             if ck == k:
@@ -74,7 +74,7 @@ def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
     return None
 
 
-def _template(obj: Object, paths: tuple) -> tuple[tuple, list]:
+def _template(obj: object, paths: tuple) -> tuple[tuple, list]:
     """(top-level keys, entries) with entries a leaf index or (keys, entries)."""
 
     def build(node: tp.Any, items: list, depth: int) -> tuple[tuple, list]:
@@ -114,7 +114,7 @@ def _flat_leaves(children: tp.Iterable, out: list) -> list:
     return out
 
 
-def _nested(obj: Object, leaves: list, aux: tuple):
+def _nested(obj: object, leaves: list, aux: tuple):
     template = _TEMPLATES.get(aux)
     if template is None:
         if len(_TEMPLATES) > 4096:
@@ -124,7 +124,7 @@ def _nested(obj: Object, leaves: list, aux: tuple):
     return keys, _nest(entries, leaves), (*aux, keys)
 
 
-def _leaves(obj: Object):
+def _leaves(obj: object):
     """JAX sees the State leaves (Variables, raw arrays), each once even if
     shared; foreign pytrees (Equinox modules) are children whole, so
     `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
@@ -142,13 +142,13 @@ def _leaves(obj: Object):
     return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
 
 
-def flatten(obj: Object):
+def flatten_whole(obj: object):
     leaves, aux = _leaves(obj)
     _, children, aux = _nested(obj, leaves, aux)
     return children, aux
 
 
-def flatten_with_keys(obj: Object):
+def flatten_whole_with_keys(obj: object):
     leaves, aux = _leaves(obj)
     keys, children, aux = _nested(obj, leaves, aux)
     return list(zip(keys, children)), aux
@@ -158,7 +158,7 @@ def _is_tracer(x: tp.Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def unflatten(aux: tuple, children: tp.Iterable) -> Object:
+def unflatten_whole(aux: tuple, children: tp.Iterable) -> object:
     graphdef, paths, whole, _ = aux
     aux = aux[:3]
     leaves = _flat_leaves(children, [])
@@ -179,9 +179,9 @@ def unflatten(aux: tuple, children: tp.Iterable) -> Object:
         obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):
-            if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:
+            if is_object(node) and node.__dict__.get("_nnx_frame") is None:
                 object.__setattr__(node, "_nnx_frame", context.FOREIGN)
                 context.remember_foreign_path(node, path)
-    if isinstance(obj, Object):
+    if is_object(obj):
         object.__setattr__(obj, "_nnx_pytree", (*aux, context.structure_epoch()))
     return obj
