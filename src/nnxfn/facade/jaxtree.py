@@ -33,6 +33,8 @@ and what each costs:
 - A walk also looks inside plain lists/dicts and foreign pytrees (Equinox
   modules); a foreign pytree that can change in place (not a tuple or frozen
   dataclass) is never trusted: the objects holding one walk on every flatten.
+- The memos only save work: with caching off (`NNXFN_CACHE=0`, see
+  `core/caches.py`) none is trusted and every flatten walks.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from jax._src import core as _jax_core
 from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn.core.splitcache import CLOCK as _EPOCH
+from nnxfn.core import caches
 from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.walker import _mutable
 from nnxfn.facade import context
@@ -70,6 +73,7 @@ _FOREIGN = context.FOREIGN
 _TRACE_REF = _jax_core.trace_state_strong_ref  # `.value`: the current JAX trace
 _object_new = object.__new__
 _NONE: tuple = ()
+_CACHING = caches.SWITCH  # `.on`: with caching off no memo is trusted, every flatten walks
 
 # -- the memo ------------------------------------------------------------------------------
 # An object's memo is a list [EPOCH, VIEW, VERSION, OWN, SHARED, SNAPS, FRESH]:
@@ -102,6 +106,8 @@ def _is_pending(m: tp.Any) -> bool:
 def memo_of(obj: tp.Any) -> list:
     """The object's valid memo: its stamp if still valid, else its claims
     settled (if `unflatten` built it), else a walk of its subtree."""
+    if not _CACHING.on:
+        return _walk(obj)
     d = obj.__dict__
     m = d.get(MEMO)
     if _is_pending(m):
@@ -123,7 +129,7 @@ def _view_of(node: tp.Any) -> tuple[View, int]:
     d = node.__dict__
     version = d.get("_nnx_version", 0)
     m = d.get(MEMO)
-    if m is not None:
+    if m is not None and _CACHING.on:
         if type(m) is not list:  # a bare View: nothing changed since `unflatten` made it
             return m, version
         if m[VERSION] == version and (not m[OWN] or _same(m[OWN])):
@@ -383,6 +389,7 @@ def flatten_pytree(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     m = d.get(MEMO)
     if (
         type(m) is not list
+        or not _CACHING.on
         or m[SHARED] is not False
         or m[EPOCH] != _EPOCH[0]
         or (m[SNAPS] and not _same(m[SNAPS]))

@@ -18,7 +18,7 @@ from jax._src import core as _jax_core
 from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn import core
-from nnxfn.core import DataLeaf
+from nnxfn.core import DataLeaf, caches
 from nnxfn.facade import context, jaxtree, pytreelib, pytreeview
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.pytreelib import data as data, static as static
@@ -243,7 +243,7 @@ def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
 # -- graph-node registration -------------------------------------------------
 # (attribute names in __dict__ order, static names) -> (sorted child names, getter):
 # the key set rarely changes, so `split` does not sort it on every visit.
-_CHILD_KEYS: dict[tuple, tuple[tuple, tp.Callable]] = {}
+_CHILD_KEYS: caches.Cache[tuple, tuple[tuple, tp.Callable]] = caches.Cache("facade.module.child_keys")
 
 
 def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
@@ -260,7 +260,7 @@ def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
             getter = lambda d: ()  # noqa: E731
         if len(_CHILD_KEYS) > 4096:
             _CHILD_KEYS.clear()
-        found = _CHILD_KEYS[sig] = (keys, getter)
+        found = _CHILD_KEYS.put(sig, (keys, getter))
     return found
 
 
@@ -325,7 +325,8 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
     object.__setattr__(obj, key, value)
 
 
-_PLAIN_FILL: dict[tuple, bool] = {}  # (type, keys) -> may `_fill` write __dict__ directly
+# (type, keys) -> may `_fill` write __dict__ directly
+_PLAIN_FILL: caches.Cache[tuple, bool] = caches.Cache("facade.module.plain_fill")
 
 
 def _plain_fill(cls: type, keys: tuple) -> bool:
@@ -338,7 +339,7 @@ def _plain_fill(cls: type, keys: tuple) -> bool:
         )
         if len(_PLAIN_FILL) > 4096:
             _PLAIN_FILL.clear()
-        _PLAIN_FILL[(cls, keys)] = plain
+        _PLAIN_FILL.put((cls, keys), plain)
     return plain
 
 
@@ -351,7 +352,8 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
             _set_child(obj, k, v)
 
 
-_MAKERS: dict[tuple, tp.Callable] = {}  # (type, keys) -> generated `make` (see `_builder`)
+# (type, keys) -> generated `make` (see `_builder`)
+_MAKERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.module.makers")
 
 
 def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
@@ -372,7 +374,7 @@ def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.It
     if make is None:
         if len(_MAKERS) > 4096:
             _MAKERS.clear()
-        make = _MAKERS[(cls, keys)] = _generate_make(cls, keys)
+        make = _MAKERS.put((cls, keys), _generate_make(cls, keys))
     return make
 
 

@@ -21,6 +21,7 @@ import typing as tp
 import jax
 import numpy as np
 
+from nnxfn.core import caches
 from nnxfn.core import registry as core_registry
 from nnxfn.core.graphdef import same_value
 from nnxfn.core.kinds import _ARRAY_TYPES
@@ -65,7 +66,7 @@ _STATIC_TYPES = (
     np.dtype,
     type,
 )
-KINDS: dict[type, int] = {}
+KINDS: caches.Cache[type, int] = caches.Cache("facade.pytreeview.kinds")
 core_registry.DERIVED.append(KINDS)  # cleared when a node type is registered
 
 
@@ -85,8 +86,7 @@ def kind_of(t: type) -> int:
         k = STATIC
     else:
         k = OTHER  # a foreign pytree or some other object: decided by value
-    KINDS[t] = k
-    return k
+    return KINDS.put(t, k)
 
 
 def is_object(x: object) -> bool:
@@ -234,7 +234,7 @@ jax.tree_util.register_pytree_with_keys(
 
 
 # -- the aux data -------------------------------------------------------------------------
-_GETTERS: dict[tuple, tp.Callable] = {}
+_GETTERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.pytreeview.getters")
 
 
 def _getter(keys: tuple) -> tp.Callable:
@@ -249,11 +249,11 @@ def _getter(keys: tuple) -> tp.Callable:
             found = lambda d: ()  # noqa: E731
         if len(_GETTERS) > 4096:
             _GETTERS.clear()
-        _GETTERS[keys] = found
+        _GETTERS.put(keys, found)
     return found
 
 
-_SETTERS: dict[tuple, tp.Callable] = {}
+_SETTERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.pytreeview.setters")
 
 
 def _setter(keys: tuple) -> tp.Callable:
@@ -272,7 +272,7 @@ def _setter(keys: tuple) -> tp.Callable:
             found = env["set_children"]
         if len(_SETTERS) > 4096:
             _SETTERS.clear()
-        _SETTERS[keys] = found
+        _SETTERS.put(keys, found)
     return found
 
 

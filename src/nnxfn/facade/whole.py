@@ -16,6 +16,7 @@ import typing as tp
 import jax
 
 from nnxfn import core
+from nnxfn.core import caches
 from nnxfn.facade import context
 from nnxfn.facade.pytreeview import is_object
 
@@ -43,7 +44,7 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 # aux -> nesting template: a list of ints (leaf positions) and (keys, template) pairs
-_TEMPLATES: dict[tuple, tuple[tuple, list]] = {}
+_TEMPLATES: caches.Cache[tuple, tuple[tuple, list]] = caches.Cache("facade.whole.templates")
 
 
 def _key_of(node: tp.Any, k: tp.Any) -> tp.Any:
@@ -119,7 +120,7 @@ def _nested(obj: object, leaves: list, aux: tuple):
     if template is None:
         if len(_TEMPLATES) > 4096:
             _TEMPLATES.clear()
-        template = _TEMPLATES[aux] = _template(obj, aux[1])
+        template = _TEMPLATES.put(aux, _template(obj, aux[1]))
     keys, entries = template
     return keys, _nest(entries, leaves), (*aux, keys)
 
@@ -129,7 +130,7 @@ def _leaves(obj: object):
     shared; foreign pytrees (Equinox modules) are children whole, so
     `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
     memo = obj.__dict__.get("_nnx_pytree")
-    if memo is not None and memo[3] == context.structure_epoch():
+    if memo is not None and memo[3] == context.structure_epoch() and caches.enabled():
         # Made by `unflatten` and structurally unchanged since: keep its
         # leaf slots even if they now hold None/bools (e.g. `eqx.partition`).
         pairs = core.graph.flatten_like(memo[0], obj, memo[2])
