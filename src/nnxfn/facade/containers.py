@@ -25,6 +25,7 @@ class List(Object, MutableSequence):
     """
 
     _nnx_make_view = staticmethod(pytreeview.list_view)  # JAX sees the data items
+    _items: list[tp.Any]  # the items (set with object.__setattr__: not structure writes)
 
     def __init__(self, items: tp.Iterable = ()):
         object.__setattr__(self, "_items", [])
@@ -139,7 +140,7 @@ def _list_static(lst: List) -> tp.Hashable:
     return tuple(i for i, f in enumerate(flags) if f)
 
 
-def _list_create(cls: type, static: tp.Any) -> List:
+def _list_create(cls: type[List], static: tp.Any) -> List:
     lst = cls.__new__(cls)
     object.__setattr__(lst, "_items", [])
     if static:

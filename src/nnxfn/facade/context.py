@@ -160,7 +160,7 @@ def _describe(obj: tp.Any) -> str:
     value = getattr(obj, "raw_value", None)
     shape = getattr(value, "shape", None)
     if shape is not None:
-        return f"a {name} of shape {tuple(shape)} and dtype {value.dtype}"
+        return f"a {name} of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
     return f"a {name}"
 
 

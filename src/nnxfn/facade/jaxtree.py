@@ -326,10 +326,12 @@ def _verify(root: tp.Any) -> None:
             d[MEMO] = [-1, view, version, own, None, _NONE, False]
 
 
-def unflatten_pytree(view: tp.Any, children: tp.Sequence) -> tp.Any:
+def unflatten_pytree(view: View | tuple, children: tp.Iterable) -> tp.Any:
     """Build an object from a View and any children, without `__init__`."""
     if type(view) is tuple:  # flattened whole
         return unflatten_whole(view, children)
+    assert isinstance(view, View)
+    children = tuple(children)  # JAX passes a tuple: no copy
     cls = view.cls
     obj = _object_new(cls) if view.plain_new else cls.__new__(cls)
     d = obj.__dict__
@@ -371,7 +373,7 @@ def _snapshots(values: tp.Iterable) -> tuple:
 
 def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
     """Link the rebuilt children to `obj` so a warning can name their path."""
-    stack = [((k,), c) for k, c in zip(view.keys, children)]
+    stack: list[tuple[tuple, tp.Any]] = [((k,), c) for k, c in zip(view.keys, children)]
     while stack:
         path, x = stack.pop()
         t = type(x)

@@ -9,7 +9,6 @@ caches check (Variable value writes do not).
 
 from __future__ import annotations
 
-import operator
 import typing as tp
 
 import jax
@@ -50,7 +49,7 @@ class Pytree:
 
     def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: tp.Any) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "__slots__", ()) and "__slots__" in cls.__dict__ and cls.__slots__:
+        if cls.__dict__.get("__slots__"):
             raise TypeError(f"Pytree does not support __slots__, found them in {cls.__name__!r}.")
         cls._nnx_is_pytree = True if pytree is None else bool(pytree)  # not inherited (Flax)
         own = pytreelib.class_field_status(cls)
@@ -252,12 +251,7 @@ def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
     if found is None:
         statics = sig[1] or ()
         keys = tuple(sorted(k for k in d if k not in _PRIVATE and k not in statics))
-        if len(keys) > 1:
-            getter = operator.itemgetter(*keys)
-        elif keys:
-            getter = lambda d, k=keys[0]: (d[k],)  # noqa: E731
-        else:
-            getter = lambda d: ()  # noqa: E731
+        getter = pytreeview.values_getter(keys)
         if len(_CHILD_KEYS) > 4096:
             _CHILD_KEYS.clear()
         found = _CHILD_KEYS.put(sig, (keys, getter))
@@ -303,17 +297,21 @@ def _static(obj: Object) -> tp.Hashable:
 
 
 def _create_empty(cls: type, statics: tp.Hashable) -> Object:
-    if cls.__new__ is _object_new:
-        obj = object.__new__(cls)
+    """A new `cls` without `__init__`; `statics` is what `_static` gave."""
+    pytree_cls = tp.cast("type[Pytree]", cls)  # registered for Pytree: only its subclasses come here
+    obj: Pytree
+    if pytree_cls.__new__ is _object_new:
+        obj = object.__new__(pytree_cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
         if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
             object.__setattr__(obj, "_nnx_traced", True)
     else:
-        obj = cls.__new__(cls)
+        obj = pytree_cls.__new__(pytree_cls)
     if statics:
-        for k, v in statics:
+        pairs = tp.cast("tuple[tuple[str, tp.Any], ...]", statics)
+        for k, v in pairs:
             object.__setattr__(obj, k, v)
-        object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in statics))
+        object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in pairs))
     return obj
 
 
@@ -352,7 +350,7 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
             _set_child(obj, k, v)
 
 
-# (type, keys) -> generated `make` (see `_builder`)
+# (type, keys) -> `make` of `_plain_maker` (see `_builder`)
 _MAKERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.module.makers")
 
 
@@ -374,44 +372,37 @@ def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.It
     if make is None:
         if len(_MAKERS) > 4096:
             _MAKERS.clear()
-        make = _MAKERS.put((cls, keys), _generate_make(cls, keys))
+        make = _MAKERS.put((cls, keys), _plain_maker(cls, keys))
     return make
 
 
-def _generate_make(cls: type, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
-    # Generated (as `dataclasses` does for `__init__`): one `d[key] = v<i>` per
-    # child is about twice as fast as `d.update(zip(keys, values))` on a new
-    # instance, and `merge` makes one object per layer. The frame and trace
-    # are looked up once per call, not once per object.
-    names = [f"v{i}" for i in range(len(keys))]
-    sets = "".join(f"        d[{k!r}] = {v}\n" for k, v in zip(keys, names))
-    source = (
-        "def make(groups):\n"
-        "    frames = local.frames\n"
-        "    frame = frames[-1] if frames else None\n"
-        "    traced = type(trace_ctx.trace) is not eval_trace\n"
-        "    out = []\n"
-        "    append = out.append\n"
-        f"    for ({', '.join(names)},) in groups:\n"
-        "        obj = new(cls)\n"
-        "        d = obj.__dict__\n"
-        "        if frame is not None:\n"
-        "            d['_nnx_frame'] = frame\n"
-        "        if traced:\n"
-        "            d['_nnx_traced'] = True\n"
-        f"{sets}"
-        "        append(obj)\n"
-        "    return out\n"
-    )
-    env = {
-        "new": object.__new__,
-        "cls": cls,
-        "local": context.LOCAL,
-        "trace_ctx": _jax_core.trace_ctx,
-        "eval_trace": _EvalTrace,
-    }
-    exec(source, env)
-    return env["make"]
+def _plain_maker(cls: type, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
+    """`make(groups)`: a new `cls` per group of child values, its `__dict__`
+    filled directly. The frame and trace are looked up once per call, not
+    once per object (`merge` makes one object per layer)."""
+    put = pytreeview.children_setter(keys)
+    local = context.LOCAL
+    trace_ctx = _jax_core.trace_ctx
+    new = object.__new__
+
+    def make(groups: tp.Iterable[tp.Sequence]) -> list:
+        frames = local.frames
+        frame = frames[-1] if frames else None
+        traced = type(trace_ctx.trace) is not _EvalTrace
+        out = []
+        append = out.append
+        for values in groups:
+            obj = new(cls)
+            d = obj.__dict__
+            if frame is not None:
+                d["_nnx_frame"] = frame
+            if traced:
+                d["_nnx_traced"] = True
+            put(d, values)
+            append(obj)
+        return out
+
+    return make
 
 
 def _del_child(obj: Object, key: str) -> None:
