@@ -376,7 +376,7 @@ def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.It
     return make
 
 
-def _plain_maker(cls: type, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
+def _plain_maker(cls: type[Pytree], keys: tuple) -> tp.Callable[[tp.Iterable], list]:
     """`make(groups)`: a new `cls` per group of child values, its `__dict__`
     filled directly. The frame and trace are looked up once per call, not
     once per object (`merge` makes one object per layer)."""
@@ -389,10 +389,10 @@ def _plain_maker(cls: type, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
         frames = local.frames
         frame = frames[-1] if frames else None
         traced = type(trace_ctx.trace) is not _EvalTrace
-        out = []
+        out: list[Pytree] = []
         append = out.append
         for values in groups:
-            obj = new(cls)
+            obj: Pytree = new(cls)
             d = obj.__dict__
             if frame is not None:
                 d["_nnx_frame"] = frame

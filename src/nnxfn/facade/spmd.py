@@ -36,7 +36,7 @@ import typing as tp
 import jax
 import numpy as np
 from jax.experimental.layout import Format
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from nnxfn.core import VariableLike
 from nnxfn.core.modes import ModeSwitch
@@ -263,7 +263,7 @@ def variable_spec(var: tp.Any, *, mesh: tp.Any = None, where: str | None = None)
 
 
 # -- the current mesh ---------------------------------------------------------------
-def current_mesh(*, concrete: bool = False) -> tp.Any:
+def current_mesh(*, concrete: bool = False) -> Mesh | AbstractMesh | None:
     """The mesh set with `jax.set_mesh` (concrete outside of traces), or None."""
     try:
         mesh = jax.sharding.get_mesh()
@@ -273,8 +273,8 @@ def current_mesh(*, concrete: bool = False) -> tp.Any:
         pass
     if concrete:
         return None
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty else mesh
+    abstract = jax.sharding.get_abstract_mesh()
+    return None if abstract.empty else abstract
 
 
 # -- eager sharding ---------------------------------------------------------------------
@@ -332,6 +332,7 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     # divide (Flax: replicated); elsewhere that is an error naming the fix.
     uneven_ok = isinstance(value, jax.core.Tracer) and not _all_explicit(mesh)
     spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where, divisible=not uneven_ok)
+    assert spec is not None  # `key` above: there is an annotation
     return place(value, spec, mesh, from_context=explicit_mesh is None)
 
 
@@ -371,6 +372,7 @@ def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: boo
 def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> tp.Any:
     """Inside a trace: `value` laid out as `sharding` (a Sharding, or a
     PartitionSpec under `jax.set_mesh`); `reshard` on Explicit meshes."""
+    mesh: Mesh | AbstractMesh
     if isinstance(sharding, PartitionSpec):
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty:

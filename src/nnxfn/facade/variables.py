@@ -55,6 +55,7 @@ class Variable(VariableLike, tp.Generic[A]):
     # and `.value` then read and write `raw_value` directly (the fast path).
     _plain_access: tp.ClassVar[bool] = True
     hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
+    _mode_ref: tp.ClassVar[bool] = False  # set on the `ref=True` subclasses
     # Writes from another JAX trace than the one the Variable was made in raise
     # (`ref`/`hijax` Variables are made to be written that way).
     _trace_checked: tp.ClassVar[bool] = True
@@ -212,20 +213,20 @@ class Variable(VariableLike, tp.Generic[A]):
         self.set_raw(_set_item(self.raw_value, key, value))
 
     def __delitem__(self, key: tp.Any) -> None:
-        value = self.get_value()
+        value: object = self.get_value()
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != key}
         elif isinstance(value, list):
             value = [v for i, v in enumerate(value) if i != key]
         else:
             raise TypeError(f"cannot delete item {key!r} of a {type(value).__name__} value")
-        self.set_value(value)
+        self.set_value(tp.cast("A", value))
 
-    def __contains__(self, item: tp.Any) -> bool:
-        return item in self.get_value()
+    def __contains__(self, item: object) -> bool:
+        return item in tp.cast("tp.Container[object]", self.get_value())
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        return self.get_value()(*args, **kwargs)
+        return tp.cast("tp.Callable[..., tp.Any]", self.get_value())(*args, **kwargs)
 
     # -- metadata ------------------------------------------------------------------
     @property
@@ -329,9 +330,9 @@ class Variable(VariableLike, tp.Generic[A]):
         return self.copy(value, **metadata)
 
     @property
-    def shape(self) -> tp.Any:
+    def shape(self) -> tuple[int, ...]:
         """The value's shape."""
-        return self.get_value().shape
+        return tp.cast("jax.Array", self.get_value()).shape
 
     def to_state(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
         """Flax's other name for `copy`."""
@@ -456,7 +457,7 @@ def _check_trace(var: Variable) -> None:
     )
 
 
-def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:
+def _rebuild(cls: type[Variable], value: tp.Any, metadata: tuple) -> Variable:
     return cls.from_parts(value, metadata)
 
 
@@ -476,8 +477,8 @@ def _set_item(old: tp.Any, key: tp.Any, value: tp.Any) -> tp.Any:
     return jnp.asarray(old).at[key].set(value)
 
 
-def _unary(op: tp.Callable) -> tp.Callable:
-    def method(self: tp.Any) -> tp.Any:
+def _unary(op: tp.Callable[[tp.Any], tp.Any]) -> tp.Callable[[Variable], tp.Any]:
+    def method(self: Variable) -> tp.Any:
         return op(_read(self))
 
     return method
@@ -492,7 +493,12 @@ def _read(x: tp.Any) -> tp.Any:
 _unwrap = _read
 
 
-def _binary(op: tp.Callable) -> tp.Callable:
+Method = tp.Callable[[Variable, tp.Any], tp.Any]
+
+
+def _binary(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tuple[Method, Method]:
+    """The forward (`v + x`) and reflected (`x + v`) methods of `op`."""
+
     def forward(self: Variable, other: tp.Any) -> tp.Any:
         return op(self.raw_value if self._plain_access else self.get_value(), _read(other))
 
@@ -502,7 +508,7 @@ def _binary(op: tp.Callable) -> tp.Callable:
     return forward, backward
 
 
-def _inplace(op: tp.Callable) -> tp.Callable:
+def _inplace(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tp.Callable[[Variable, tp.Any], Variable]:
     def inplace(self: Variable, other: tp.Any) -> Variable:
         if self._plain_access:
             self.set_raw(op(self.raw_value, _read(other)))
@@ -535,7 +541,7 @@ for _name, _op in {
     # which would silently turn `self.count += 1` into a plain attribute).
     setattr(Variable, f"__i{_name}__", _inplace(_op))
 
-for _name, _op in {
+for _name, _compare in {
     "lt": operator.lt,
     "le": operator.le,
     "gt": operator.gt,
@@ -543,11 +549,12 @@ for _name, _op in {
     "eq": operator.eq,
     "ne": operator.ne,
 }.items():
-    setattr(Variable, f"__{_name}__", _binary(_op)[0])
+    setattr(Variable, f"__{_name}__", _binary(_compare)[0])
 
-Variable.__divmod__, Variable.__rdivmod__ = _binary(divmod)  # no in-place form
+for _name, _method in zip(("__divmod__", "__rdivmod__"), _binary(divmod)):  # no in-place form
+    setattr(Variable, _name, _method)
 
-for _name, _op in {
+_UNARY: dict[str, tp.Callable[[tp.Any], tp.Any]] = {
     "neg": operator.neg,
     "pos": operator.pos,
     "abs": operator.abs,
@@ -556,8 +563,9 @@ for _name, _op in {
     "trunc": math.trunc,
     "floor": math.floor,
     "ceil": math.ceil,
-}.items():
-    setattr(Variable, f"__{_name}__", _unary(_op))
+}
+for _name, _unary_op in _UNARY.items():
+    setattr(Variable, f"__{_name}__", _unary(_unary_op))
 
 
 def _flatten_with_keys(v: Variable):
@@ -568,11 +576,11 @@ def _flatten(v: Variable):
     return (v.raw_value,), v._metadata
 
 
-def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+def _unflatten(cls: type[Variable], metadata: tuple, children: tp.Sequence) -> Variable:
     """`from_parts`, inlined (one per Variable of every JAX unflatten); a
     Variable rebuilt from a tracer outside nnxfn's transforms is FOREIGN."""
     (value,) = children
-    var = _new(cls)
+    var: Variable = _new(cls)
     _set_raw_value(var, value)
     _set_metadata(var, metadata)
     frames = _LOCAL.frames
@@ -582,7 +590,7 @@ def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
     return var
 
 
-def _unflatten_by_parts(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+def _unflatten_by_parts(cls: type[Variable], metadata: tuple, children: tp.Sequence) -> Variable:
     """`_unflatten` for a type with its own `from_parts` (e.g. hijax Variables)."""
     (value,) = children
     var = cls.from_parts(value, metadata)
@@ -647,14 +655,16 @@ class RefVariable(Variable[A]):
                 _put(raw, ..., jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape))
                 return
             old, new = jax.tree.structure(raw, is_leaf=varmodes.is_ref), jax.tree.structure(value)
-            if old == new and not varmodes.is_ref(raw):
+            if old == new and not varmodes.is_ref(raw):  # type: ignore[operator]  # PyTreeDef has __eq__
                 for r, x in zip(jax.tree.leaves(raw, is_leaf=varmodes.is_ref), jax.tree.leaves(value)):
                     _put(r, ..., x)
                 return
             self.set_raw(varmodes.to_refs(value))
         elif varmodes.is_ref(raw):
             _put(raw, index, value)
-        elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(value):
+        elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(
+            tp.cast("jax.Array", value)
+        ):
             _put(sub, ..., value)
         else:
             self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))

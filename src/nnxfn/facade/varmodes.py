@@ -31,6 +31,7 @@ import jax
 from jax._src import core as _jax_core
 from jax._src.hijax import Box
 
+T = tp.TypeVar("T")
 MISSING: tp.Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 
@@ -204,6 +205,9 @@ class ModeType(type):
     `Param` fits where the GraphDef of a hijax model expects its `Param`s
     (`nnx.merge(graphdef, nnx.with_vars(params, hijax=False))`)."""
 
+    hijax: bool  # class attributes of every mode type (see `mode_type`)
+    _mode_ref: bool
+
     def __instancecheck__(cls, obj: tp.Any) -> bool:
         return isinstance(obj, cls.__dict__["_mode_base"])
 
@@ -220,12 +224,12 @@ def _mode_type_of(base: type, hijax: bool, ref: bool) -> type:
 copyreg.pickle(ModeType, _reduce_mode_type)
 
 
-def base_type(cls: type) -> type:
+def base_type(cls: type[T]) -> type[T]:
     """The user-facing Variable type behind a `hijax`/`ref` subclass."""
     return cls.__dict__.get("_mode_base") or cls
 
 
-def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
+def mode_type(cls: type[T], *, hijax: bool, ref: bool) -> type[T]:
     """The subclass of `cls` whose instances keep their value as asked."""
     base = base_type(cls)
     if not hijax and not ref:
@@ -246,4 +250,4 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
             },
         )
         _TYPES[key] = found
-    return found
+    return tp.cast("type[T]", found)  # a subclass of `base` (the ModeType call above)

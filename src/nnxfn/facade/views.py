@@ -185,7 +185,7 @@ def with_vars(
         )
 
     if isinstance(node, Variable):
-        return node.copy(**changes) if differs((), node) else node
+        return tp.cast("A", node.copy(**changes)) if differs((), node) else node
     if not allow_duplicates:
         dups = [paths for paths in core.find_duplicates(node) if differs(paths[0], _at(node, paths[0]))]
         if dups:
@@ -218,9 +218,9 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
         if any(a is not b for a, b in zip(items, value)):
             return type(value)(items)
     elif type(value) is dict:
-        items = {k: _replace(v, swap, done) for k, v in value.items()}
-        if any(items[k] is not value[k] for k in value):
-            return items
+        entries = {k: _replace(v, swap, done) for k, v in value.items()}
+        if any(entries[k] is not value[k] for k in value):
+            return entries
     else:  # a State or another pytree holding Variables
         import jax
 
