@@ -326,7 +326,7 @@ def _verify(root: tp.Any) -> None:
             d[MEMO] = [-1, view, version, own, None, _NONE, False]
 
 
-def unflatten_pytree(view: View | tuple, children: tp.Iterable) -> tp.Any:
+def unflatten_object(view: View | tuple, children: tp.Iterable) -> tp.Any:
     """Build an object from a View and any children, without `__init__`."""
     if type(view) is tuple:  # flattened whole
         return unflatten_whole(view, children)
@@ -386,7 +386,7 @@ def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
 
 
 # -- flatten -------------------------------------------------------------------------------------
-def flatten_pytree(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     d = obj.__dict__
     m = d.get(MEMO)
     if (
@@ -403,7 +403,7 @@ def flatten_pytree(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     return (view.getter(d) if view.direct else view.children(d)), view
 
 
-def flatten_pytree_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     m = memo_of(obj)
     if m[SHARED]:
         return flatten_whole_with_keys(obj)
@@ -413,7 +413,7 @@ def flatten_pytree_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
 
 def register(cls: type) -> None:
     """Make `cls` (a Pytree subclass) a JAX pytree node."""
-    jax.tree_util.register_pytree_with_keys(cls, flatten_pytree_with_keys, unflatten_pytree, flatten_pytree)
+    jax.tree_util.register_pytree_with_keys(cls, flatten_object_with_keys, unflatten_object, flatten_object)
 
 
-__all__ = ["DEFAULT_NEW", "register", "flatten_pytree", "unflatten_pytree", "memo_of"]
+__all__ = ["DEFAULT_NEW", "register", "flatten_object", "unflatten_object", "memo_of"]

@@ -333,7 +333,7 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     uneven_ok = isinstance(value, jax.core.Tracer) and not _all_explicit(mesh)
     spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where, divisible=not uneven_ok)
     assert spec is not None  # `key` above: there is an annotation
-    return place(value, spec, mesh, from_context=explicit_mesh is None)
+    return place_value(value, spec, mesh, from_context=explicit_mesh is None)
 
 
 def _all_explicit(mesh: tp.Any) -> bool:
@@ -351,7 +351,7 @@ def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
         )
 
 
-def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
+def place_value(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
     """Lay `value` out as `spec` on `mesh` (device_put, or a constraint inside a trace)."""
     if isinstance(value, jax.core.Tracer):
         target = (
