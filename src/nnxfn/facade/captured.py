@@ -47,7 +47,7 @@ def _graph_like(value: object) -> bool:
     return False
 
 
-def _find_in(obj: tp.Any, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
+def _find_in(obj: object, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
     for name, root in roots:
         if name.startswith("_") or not _graph_like(root):
             continue
@@ -62,7 +62,7 @@ def _find_in(obj: tp.Any, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
     return None
 
 
-def _from_frames(obj: tp.Any, frame: types.FrameType | None) -> str | None:
+def _from_frames(obj: object, frame: types.FrameType | None) -> str | None:
     seen_globals: set[int] = set()
     while frame is not None:
         if not _library_file(frame.f_code.co_filename):
@@ -80,7 +80,7 @@ def _from_frames(obj: tp.Any, frame: types.FrameType | None) -> str | None:
     return None
 
 
-def _from_owners(obj: tp.Any, depth: int = 8) -> str | None:
+def _from_owners(obj: object, depth: int = 8) -> str | None:
     """`Model.l1.kernel` from the chain of objects whose attribute holds `obj`."""
     parts: list[str] = []
     current = obj
@@ -106,7 +106,7 @@ def _from_owners(obj: tp.Any, depth: int = 8) -> str | None:
     return f"{type(current).__name__}." + ".".join(parts)
 
 
-def captured_where(obj: tp.Any, description: str) -> str:
+def captured_where(obj: object, description: str) -> str:
     """`model.l1.kernel (a Param of shape (3, 8) ...)`, or the description alone."""
     try:
         with warnings.catch_warnings():

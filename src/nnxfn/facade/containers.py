@@ -40,7 +40,7 @@ class List(Object, MutableSequence):
         context.check_write(self, self.__dict__.get("_nnx_frame"), "an item")
         context.bump_structure(self)
 
-    def _unmark(self, index: tp.Any, value: tp.Any) -> tuple[tp.Any, bool]:
+    def _unmark(self, index: object, value: object) -> tuple[tp.Any, bool]:
         """(value to store, whether `nnx.data` marked it) for an item."""
         if type(value) is not pytreelib.Marked:
             return value, False
@@ -86,7 +86,7 @@ class List(Object, MutableSequence):
     def __len__(self) -> int:
         return len(self._items)
 
-    def insert(self, i: int, value: tp.Any) -> None:
+    def insert(self, i: int, value: object) -> None:
         value, is_data = self._unmark(i, value)
         self._write()
         flags = self._flags(is_data)
@@ -151,7 +151,7 @@ def _list_create(cls: type[List], static: tp.Any) -> List:
     return lst
 
 
-def _list_set(lst: List, i: int, value: tp.Any) -> None:
+def _list_set(lst: List, i: int, value: object) -> None:
     if i == len(lst._items):
         lst._items.append(value)
     else:
@@ -182,7 +182,7 @@ core.register_node_type(
 class Dict(Module, MutableMapping):
     """A dict of sub-modules/arrays that is a Module: `d['enc']` or `d.enc`."""
 
-    def __init__(self, *args: tp.Any, **kwargs: tp.Any):
+    def __init__(self, *args: object, **kwargs: object):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -192,7 +192,7 @@ class Dict(Module, MutableMapping):
         except KeyError:
             raise KeyError(key) from None
 
-    def __setitem__(self, key: str, value: tp.Any) -> None:
+    def __setitem__(self, key: str, value: object) -> None:
         setattr(self, key, value)
 
     def __delitem__(self, key: str) -> None:
@@ -211,7 +211,7 @@ class Sequential(Module):
     def __init__(self, *layers: tp.Callable):
         self.layers = List(layers)
 
-    def __call__(self, *args: tp.Any, rngs: tp.Any = None, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, rngs: object = None, **kwargs: object) -> tp.Any:
         """Chain the layers (as Flax does): a tuple output is the next layer's
         positional arguments, a dict output its keywords; `rngs` goes to every
         layer that takes it. With no layers, the input comes back unchanged."""

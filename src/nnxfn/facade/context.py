@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import typing as tp
 import warnings
 import weakref
 
@@ -55,13 +54,13 @@ class TraceContextError(Exception):
 _foreign_paths: dict[int, tuple] = {}
 
 
-def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
+def remember_foreign_path(obj: object, path: tuple) -> None:
     """`obj` was rebuilt by a JAX transform at `path` of the rebuilt model."""
     key = id(obj)
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), None, path)
 
 
-def remember_foreign_parent(obj: tp.Any, parent: tp.Any, path: tuple) -> None:
+def remember_foreign_parent(obj: object, parent: object, path: tuple) -> None:
     """`obj` was rebuilt by a JAX transform at `path` below `parent` (itself
     rebuilt): the full path is read from the parents when a message needs it."""
     key = id(obj)
@@ -72,7 +71,7 @@ def remember_foreign_parent(obj: tp.Any, parent: tp.Any, path: tuple) -> None:
     )
 
 
-def _foreign_path(obj: tp.Any) -> tuple | None:
+def _foreign_path(obj: object) -> tuple | None:
     """The path of a rebuilt object in its rebuilt model, or None if unknown."""
     entry = _foreign_paths.get(id(obj))
     if entry is None or entry[0]() is not obj:
@@ -116,7 +115,7 @@ def hard_epoch() -> int:
     return _HARD[0]
 
 
-def bump_structure(obj: tp.Any = None) -> None:
+def bump_structure(obj: object = None) -> None:
     """Record a structural change of `obj` (of everything if `obj` is None)."""
     _EPOCH[0] += 1
     if obj is None:
@@ -132,12 +131,12 @@ def metadata_changed() -> None:
     _EPOCH[0] += 1
 
 
-def version_of(obj: tp.Any) -> int:
+def version_of(obj: object) -> int:
     """The epoch of `obj`'s last structural change (0: none recorded)."""
     return obj.__dict__.get("_nnx_version", 0)
 
 
-def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
+def check_write(obj: object, owner: Frame | None, what: str) -> None:
     """Raise if `obj` (created in frame `owner`) is written inside another frame;
     warn if it was rebuilt by a non-nnxfn transform (the write would be lost)."""
     frames = LOCAL.frames
@@ -155,7 +154,7 @@ def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
         )
 
 
-def _describe(obj: tp.Any) -> str:
+def _describe(obj: object) -> str:
     name = type(obj).__name__
     value = getattr(obj, "raw_value", None)
     shape = getattr(value, "shape", None)
@@ -164,7 +163,7 @@ def _describe(obj: tp.Any) -> str:
     return f"a {name}"
 
 
-def _foreign_message(obj: tp.Any, what: str) -> str:
+def _foreign_message(obj: object, what: str) -> str:
     path = _foreign_path(obj)
     where = (
         "model" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)

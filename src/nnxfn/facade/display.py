@@ -18,7 +18,7 @@ MAX_ITEMS = 24
 
 
 def node_repr(
-    node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
+    node: object, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
 ) -> str:
     """Nested repr of a graph node; shared objects and cycles shown once."""
     seen = set() if seen is None else seen
@@ -73,7 +73,7 @@ def node_repr(
     return f"{name}({comment}\n" + ",\n".join(lines) + "\n" + "  " * indent + ")"
 
 
-def stats_comment(node: tp.Any) -> str:
+def stats_comment(node: object) -> str:
     """` # Param: 1,234 (4.9 KB), BatchStat: ..., Total: ...`: element counts and
     bytes of the Variables under `node`, by type (each shared Variable once)."""
     totals: dict[str, list[int]] = {}
@@ -99,7 +99,7 @@ def stats_comment(node: tp.Any) -> str:
     return " # " + ", ".join(parts)
 
 
-def _array_leaves(value: tp.Any) -> list:
+def _array_leaves(value: object) -> list:
     leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, jax.Ref))
     return [x for x in leaves if hasattr(x, "shape") and hasattr(x, "dtype")]
 
@@ -111,5 +111,5 @@ def _size(count: int, nbytes: int) -> str:
     return f"{count:,} ({nbytes} B)"
 
 
-def _is_graph_node(value: tp.Any) -> bool:
+def _is_graph_node(value: object) -> bool:
     return lookup(type(value)) is not None

@@ -99,11 +99,11 @@ def _same(snaps: tuple) -> bool:
     return True
 
 
-def _is_pending(m: tp.Any) -> bool:
+def _is_pending(m: object) -> bool:
     return m is not None and (type(m) is not list or m[SHARED] is PENDING)
 
 
-def memo_of(obj: tp.Any) -> list:
+def memo_of(obj: object) -> list:
     """The object's valid memo: its stamp if still valid, else its claims
     settled (if `unflatten` built it), else a walk of its subtree."""
     if not _CACHING.on:
@@ -142,7 +142,7 @@ class _Frame:
 
     __slots__ = ("node", "view", "version", "todo", "start", "own", "volatile")
 
-    def __init__(self, node: tp.Any, snaps: list):
+    def __init__(self, node: object, snaps: list):
         d = node.__dict__
         self.node = node
         self.view, self.version = _view_of(node)
@@ -154,7 +154,7 @@ class _Frame:
         self.volatile = False
 
 
-def _walk(root: tp.Any) -> list:
+def _walk(root: object) -> list:
     """Find whether `root`'s subtree reaches a Module or Variable twice; stamp
     every object whose whole subtree was seen without that (see the docstring)."""
     epoch = _EPOCH[0]
@@ -290,7 +290,7 @@ def _graph_children(children: tp.Iterable) -> list:
     return out
 
 
-def _verify(root: tp.Any) -> None:
+def _verify(root: object) -> None:
     """Settle a PENDING object: claim its children, after settling the PENDING
     objects below it (iteratively, children first)."""
     order: list = []
@@ -371,7 +371,7 @@ def _snapshots(values: tp.Iterable) -> tuple:
     return tuple(out)
 
 
-def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
+def _remember_paths(obj: object, view: View, children: tp.Sequence) -> None:
     """Link the rebuilt children to `obj` so a warning can name their path."""
     stack: list[tuple[tuple, tp.Any]] = [((k,), c) for k, c in zip(view.keys, children)]
     while stack:
@@ -386,7 +386,7 @@ def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
 
 
 # -- flatten -------------------------------------------------------------------------------------
-def flatten_object(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object(obj: object) -> tuple[tp.Sequence, tp.Any]:
     d = obj.__dict__
     m = d.get(MEMO)
     if (
@@ -403,7 +403,7 @@ def flatten_object(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
     return (view.getter(d) if view.direct else view.children(d)), view
 
 
-def flatten_object_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object_with_keys(obj: object) -> tuple[tp.Sequence, tp.Any]:
     m = memo_of(obj)
     if m[SHARED]:
         return flatten_whole_with_keys(obj)

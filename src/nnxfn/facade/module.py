@@ -40,14 +40,14 @@ class Pytree:
     _nnx_fields: tp.ClassVar[dict[str, bool]] = {}  # class-level nnx.data()/nnx.static()
     _nnx_make_view = staticmethod(pytreeview.object_view)  # how JAX sees an instance
 
-    def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __new__(cls, *args: object, **kwargs: object) -> tp.Any:
         obj = object.__new__(cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
         if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
             object.__setattr__(obj, "_nnx_traced", True)
         return obj
 
-    def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("__slots__"):
             raise TypeError(f"Pytree does not support __slots__, found them in {cls.__name__!r}.")
@@ -58,7 +58,7 @@ class Pytree:
         if cls._nnx_is_pytree:
             _register_pytree(cls)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if hasattr(getattr(type(self), name, None), "__set__"):  # a property: not structure
             object.__setattr__(self, name, value)
             return
@@ -125,7 +125,7 @@ Object = Pytree  # nnxfn's own graph objects (Rngs, Optimizer, List, ...) are py
 class NonPytreeObject(Pytree, pytree=False):
     """`nnx.Object`: a graph object that JAX sees as one leaf (Flax's `Object`)."""
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         pytree = kwargs.pop("pytree", False)
         if pytree is not False:
             raise ValueError(
@@ -186,7 +186,7 @@ def check_pytree(pytree: object) -> None:
 _NO_NAMES: frozenset = frozenset()
 
 
-def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
+def _mark(obj: Pytree, d: dict, name: str, value: object) -> tp.Any:
     """Record whether `obj.name` is data or static; the value to store."""
     statics = d.get("_nnx_static", _NO_NAMES)
     datas = d.get("_nnx_data", _NO_NAMES)
@@ -219,7 +219,7 @@ def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
     return value
 
 
-def needs_box(value: tp.Any) -> bool:
+def needs_box(value: object) -> bool:
     """True if `value`, declared data, is not a leaf or container by itself
     (`nnx.data(1)`, a registered data type that JAX sees as one leaf): the core
     then keeps it whole as a leaf. A registered data type that is a pytree node
@@ -282,7 +282,7 @@ def _parts(obj: Object) -> tuple[tp.Hashable, tuple, tp.Any]:
     return None, keys, values
 
 
-def _repr_children(obj: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+def _repr_children(obj: object) -> list[tuple[tp.Any, tp.Any]]:
     impl = core.registry.lookup(type(obj))
     if impl is not None and impl.children is _children:
         return sorted((k, v) for k, v in obj.__dict__.items() if k not in _PRIVATE)
@@ -315,7 +315,7 @@ def _create_empty(cls: type, statics: tp.Hashable) -> Object:
     return obj
 
 
-def _set_child(obj: Object, key: str, value: tp.Any) -> None:
+def _set_child(obj: Object, key: str, value: object) -> None:
     # Rebinding an existing attribute to another object (`nnx.update` writing a
     # raw array, or a rebuilt Equinox module) is structural for transform caches.
     if obj.__dict__.get(key, value) is not value:
@@ -437,7 +437,7 @@ _register_pytree(Object)
 
 
 # -- Module ---------------------------------------------------------------------
-def tuple_reduce(xs: tuple, x: tp.Any) -> tuple:
+def tuple_reduce(xs: tuple, x: object) -> tuple:
     """`sow`'s default `reduce_fn`: append `x` to the tuple `xs`."""
     return (*xs, x)
 
@@ -447,7 +447,7 @@ def tuple_init() -> tuple:
     return ()
 
 
-def first_from(*args: tp.Any, error_msg: str) -> tp.Any:
+def first_from(*args: object, error_msg: str) -> tp.Any:
     """The first argument that is not None; a ValueError with `error_msg` if all are.
 
     >>> first_from(None, 0.5, 0.1, error_msg="no rate")
@@ -473,7 +473,7 @@ class Module(Object):
         self,
         variable_type: type[Variable] | str,
         name: str,
-        value: tp.Any,
+        value: object,
         reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = tuple_reduce,
         init_fn: tp.Callable[[], tp.Any] = tuple_init,
     ) -> bool:
@@ -509,7 +509,7 @@ class Module(Object):
             current.set_value(reduce_fn(current.get_value(), value))
         return True
 
-    def perturb(self, name: str, value: tp.Any, variable_type: type[Variable] | str = Perturbation) -> tp.Any:
+    def perturb(self, name: str, value: object, variable_type: type[Variable] | str = Perturbation) -> tp.Any:
         """Add a zero-valued `variable_type` to `value`, so `nnx.grad` can target it."""
         import jax.numpy as jnp
 
@@ -544,10 +544,10 @@ class Module(Object):
 
     def set_attributes(
         self,
-        *filters: tp.Any,
+        *filters: object,
         raise_if_not_found: bool = True,
         graph: bool | None = None,
-        **attributes: tp.Any,
+        **attributes: object,
     ) -> None:
         """Set `attributes` on every sub-module (matching `filters`) that has them."""
         preds = [core.to_predicate(f) for f in filters]
@@ -580,7 +580,7 @@ class Module(Object):
 
 
 def iter_modules(
-    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Iterator[tuple[tuple, Module]]:
     """(path, module) for every Module in the graph, children first."""
     for path, value in core.iter_graph(node):

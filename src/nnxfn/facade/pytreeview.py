@@ -95,7 +95,7 @@ def is_object(x: object) -> bool:
     return hasattr(type(x), "_nnx_make_view")
 
 
-def is_graph(x: tp.Any) -> bool:
+def is_graph(x: object) -> bool:
     """A Variable or graph object (has identity)."""
     k = KINDS.get(type(x))
     if k is None:
@@ -314,7 +314,7 @@ def _unpacking_setter(keys: tuple) -> Setter:
     return set_many
 
 
-def _one_getter(key: tp.Any) -> tp.Callable[[tp.Any], tuple]:
+def _one_getter(key: object) -> tp.Callable[[tp.Any], tuple]:
     def get_one(d: tp.Any) -> tuple:
         return (d[key],)
 
@@ -443,7 +443,15 @@ class ListView(View):
     __slots__ = ("n", "flags")
     _jax_key = _SequenceKey
 
-    def __init__(self, cls: type, keys: tuple, statics: tuple, mixed: tuple, n: int, flags: tp.Any):
+    def __init__(
+        self,
+        cls: type[object],
+        keys: tuple,
+        statics: tuple,
+        mixed: tuple,
+        n: int,
+        flags: tuple[bool, ...] | None,
+    ):
         super().__init__(cls, keys, statics, mixed)
         self.n = n
         self.flags = flags  # the "marked data" flags (a tuple), or None
@@ -465,7 +473,7 @@ class ListView(View):
         return (self.n, self.keys, self.statics, self.mixed, self.flags)
 
 
-def list_view(obj: tp.Any) -> ListView:
+def list_view(obj: object) -> ListView:
     """The View of an `nnx.List` from its current items."""
     items = obj.__dict__["_items"]
     flags = obj.__dict__.get("_isdata")

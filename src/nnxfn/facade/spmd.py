@@ -66,7 +66,7 @@ class VariableMetadata(tp.Generic[A]):
     metadata: tp.Mapping[str, tp.Any] = dataclasses.field(default_factory=dict)
 
 
-def with_metadata(initializer: F, **metadata: tp.Any) -> F:
+def with_metadata(initializer: F, **metadata: object) -> F:
     """Wrap `initializer` so the Variable built from its result gets `metadata`.
 
     >>> init = with_metadata(jax.nn.initializers.zeros, tag="frozen")
@@ -75,7 +75,7 @@ def with_metadata(initializer: F, **metadata: tp.Any) -> F:
     """
 
     @functools.wraps(initializer)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> VariableMetadata:
+    def wrapper(*args: object, **kwargs: object) -> VariableMetadata:
         value = initializer(*args, **kwargs)
         if isinstance(value, VariableMetadata):  # nested wrappers: outer wins
             return VariableMetadata(value.raw_value, {**value.metadata, **metadata})
@@ -85,7 +85,7 @@ def with_metadata(initializer: F, **metadata: tp.Any) -> F:
 
 
 def with_partitioning(
-    initializer: F, sharding: tp.Any, mesh: jax.sharding.Mesh | None = None, **metadata: tp.Any
+    initializer: F, sharding: object, mesh: jax.sharding.Mesh | None = None, **metadata: object
 ) -> F:
     """Wrap `initializer` so its Variable is annotated with `out_sharding=sharding`.
 
@@ -98,7 +98,7 @@ def with_partitioning(
     return with_metadata(initializer, out_sharding=sharding, **metadata)
 
 
-def unwrap(value: tp.Any, metadata: dict[str, tp.Any]) -> tuple[tp.Any, dict[str, tp.Any]]:
+def unwrap(value: object, metadata: dict[str, tp.Any]) -> tuple[tp.Any, dict[str, tp.Any]]:
     """`Variable.__init__` helper: take the value and metadata out of a VariableMetadata."""
     if isinstance(value, VariableMetadata):
         return value.raw_value, {**value.metadata, **metadata}
@@ -151,7 +151,7 @@ def get_logical_axis_rules() -> tuple[tuple[str, tp.Any], ...]:
     return _RULES.rules
 
 
-def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
+def _apply_rules(entry: object, rules: dict[str, tp.Any]) -> tp.Any:
     if isinstance(entry, str):
         return rules.get(entry, entry)
     if isinstance(entry, tuple):
@@ -167,11 +167,11 @@ def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
 
 
 # -- reading annotations --------------------------------------------------------------
-def _spec_like(x: tp.Any) -> bool:
+def _spec_like(x: object) -> bool:
     return isinstance(x, (tuple, list, PartitionSpec, NamedSharding, Format))
 
 
-def _named(annotation: tp.Any) -> NamedSharding | None:
+def _named(annotation: object) -> NamedSharding | None:
     """The NamedSharding inside an annotation (itself, or a Format's), if any."""
     if isinstance(annotation, Format):
         annotation = annotation.sharding
@@ -303,7 +303,7 @@ def using_eager_sharding() -> bool:
     return use_eager_sharding.current_value()
 
 
-def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
+def shard_value(value: object, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
     """Place (or, inside a trace, constrain) `value` as its annotation says, if a
     mesh is known (metadata `mesh`, a NamedSharding annotation, or `jax.set_mesh`).
     Values without an annotation, or with `eager_sharding=False` (or, without that
@@ -336,7 +336,7 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     return place_value(value, spec, mesh, from_context=explicit_mesh is None)
 
 
-def _all_explicit(mesh: tp.Any) -> bool:
+def _all_explicit(mesh: object) -> bool:
     return bool(getattr(mesh, "are_all_axes_explicit", False))
 
 
@@ -392,7 +392,7 @@ def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> t
 
 
 # -- trees of Variables ----------------------------------------------------------------
-def _is_var(x: tp.Any) -> bool:
+def _is_var(x: object) -> bool:
     return isinstance(x, VariableLike)
 
 
@@ -400,7 +400,7 @@ def _path_text(path: tuple) -> str:
     return "tree" + jax.tree_util.keystr(path) if path else "the Variable"
 
 
-def _map_variables(fn: tp.Callable[[tp.Any, str], tp.Any], tree: tp.Any) -> tp.Any:
+def _map_variables(fn: tp.Callable[[tp.Any, str], tp.Any], tree: object) -> tp.Any:
     """Map `fn(spec_source, where)` over the Variables (kept as boxes) and
     array leaves of a pytree (a Module, State, Variable or any pytree)."""
 
@@ -424,7 +424,7 @@ def get_partition_spec(tree: A) -> A:
     `in_shardings`/`out_shardings` or `nnx.shard_map`'s specs.
     """
 
-    def spec(x: tp.Any, where: str) -> tp.Any:
+    def spec(x: object, where: str) -> tp.Any:
         return variable_spec(x, where=where) if _is_var(x) else PartitionSpec()
 
     return _map_variables(spec, tree)
@@ -440,7 +440,7 @@ def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
     P(None, 'model')
     """
 
-    def named(x: tp.Any, where: str) -> tp.Any:
+    def named(x: object, where: str) -> tp.Any:
         spec = variable_spec(x, mesh=mesh, where=where) if _is_var(x) else PartitionSpec()
         return None if spec is None else NamedSharding(mesh, spec)
 
@@ -448,7 +448,7 @@ def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
 
 
 # -- error messages -------------------------------------------------------------------
-def _bad_rule(item: tp.Any) -> str:
+def _bad_rule(item: object) -> str:
     return (
         f"logical_axis_rules: each rule must be a (logical_name, mesh_axes) pair, got "
         f"{item!r}. Example: `nnx.logical_axis_rules([('batch', 'data'), ('mlp', 'model')])`."
@@ -456,7 +456,7 @@ def _bad_rule(item: tp.Any) -> str:
 
 
 def _rank_mismatch(
-    where: str | None, key: str, annotation: tp.Any, spec: PartitionSpec, shape: tuple[int, ...]
+    where: str | None, key: str, annotation: object, spec: PartitionSpec, shape: tuple[int, ...]
 ) -> str:
     return (
         f"{_where(where)}: its sharding annotation {key}={annotation!r} has {len(spec)} "

@@ -61,7 +61,7 @@ class Variable(VariableLike, tp.Generic[A]):
     _trace_checked: tp.ClassVar[bool] = True
 
     def __new__(
-        cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None, **kwargs: tp.Any
+        cls, *args: object, hijax: bool | None = None, ref: bool | None = None, **kwargs: object
     ) -> tp.Any:
         if cls.__dict__.get("_mode_base") is not None:  # `type(v)(x)` keeps v's mode
             hijax = cls.hijax if hijax is None else hijax
@@ -80,7 +80,7 @@ class Variable(VariableLike, tp.Generic[A]):
         hijax: bool | None = None,
         ref: bool | None = None,
         eager_sharding: bool | None = None,
-        **metadata: tp.Any,
+        **metadata: object,
     ):
         if isinstance(value, Variable):
             metadata = {**value.get_metadata(exclude_required=True), **metadata}
@@ -115,14 +115,14 @@ class Variable(VariableLike, tp.Generic[A]):
         check initial values; copies, `split`/`merge` and transforms do not call it."""
         return value
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "_plain_access" not in cls.__dict__:
             cls._plain_access = cls.get_value is Variable.get_value and cls.set_value is Variable.set_value
         _register_pytree(cls)
 
     @staticmethod
-    def _store(value: tp.Any) -> tp.Any:
+    def _store(value: object) -> tp.Any:
         """How a value is kept in `raw_value` (`ref`/`hijax` types keep jax.Refs)."""
         return value
 
@@ -131,7 +131,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return self._metadata
 
     @classmethod
-    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
         var = _new(cls)  # slot setters: `split`/`merge` make one per leaf
         _set_raw_value(var, value)
         _set_metadata(var, metadata)
@@ -147,7 +147,7 @@ class Variable(VariableLike, tp.Generic[A]):
             frames = _LOCAL.frames
             _set_frame(self, frames[-1] if frames else None)
 
-    def set_raw(self, value: tp.Any) -> None:
+    def set_raw(self, value: object) -> None:
         context.check_write(self, self._frame, "the value")
         if self._trace_checked:
             _check_trace(self)
@@ -181,14 +181,14 @@ class Variable(VariableLike, tp.Generic[A]):
     def set_raw_value(self, value: A) -> None:
         self.set_raw(value)
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         """The value (`v[...]`); `index` reads one item (`v[i]`)."""
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
             return raw
         return raw[index]
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         """Write the value (`v[...] = x`); `index` writes one item (`v[i] = x`)."""
         if isinstance(value, Variable):
             value = value.get_value()
@@ -197,7 +197,7 @@ class Variable(VariableLike, tp.Generic[A]):
             return
         self.set_raw(_set_item(self.raw_value, index, value))
 
-    def __getitem__(self, key: tp.Any) -> tp.Any:
+    def __getitem__(self, key: object) -> tp.Any:
         if not self._plain_access:
             return self.get_value(index=key)
         if key is Ellipsis:
@@ -212,7 +212,7 @@ class Variable(VariableLike, tp.Generic[A]):
             value = value.get_value()
         self.set_raw(_set_item(self.raw_value, key, value))
 
-    def __delitem__(self, key: tp.Any) -> None:
+    def __delitem__(self, key: object) -> None:
         value: object = self.get_value()
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != key}
@@ -225,7 +225,7 @@ class Variable(VariableLike, tp.Generic[A]):
     def __contains__(self, item: object) -> bool:
         return item in tp.cast("tp.Container[object]", self.get_value())
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         return tp.cast("tp.Callable[..., tp.Any]", self.get_value())(*args, **kwargs)
 
     # -- metadata ------------------------------------------------------------------
@@ -243,7 +243,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return varmodes.base_type(type(self))
 
     def get_metadata(
-        self, name: str | None = None, default: tp.Any = None, *, exclude_required: bool | None = None
+        self, name: str | None = None, default: object = None, *, exclude_required: bool | None = None
     ) -> tp.Any:
         """All metadata as a dict (with `hijax`, `ref`, `eager_sharding`), or one entry."""
         meta = dict(self._metadata)
@@ -287,13 +287,13 @@ class Variable(VariableLike, tp.Generic[A]):
             meta.pop("eager_sharding", None)
         self.set_metadata_items(tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items())))
 
-    def add_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+    def add_axis(self, axis_index: int, axis_name: object) -> None:
         """Called by `vmap`/`scan` with `transform_metadata` when this Variable leaves
         mapped along `axis_index` (after its annotations got `axis_name` there); runs
         the `on_add_axis` hook(s) in its metadata. Subclasses may override it."""
         _run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
 
-    def remove_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+    def remove_axis(self, axis_index: int, axis_name: object) -> None:
         """Called by `vmap`/`scan` with `transform_metadata` when this Variable enters
         mapped along `axis_index`; runs the `on_remove_axis` hook(s) in its metadata."""
         _run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
@@ -315,7 +315,7 @@ class Variable(VariableLike, tp.Generic[A]):
             raw = self.get_value()
         return getattr(raw, name)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in ("value", "raw_value"):
             object.__setattr__(self, name, value) if name == "value" else self.set_raw(value)
         elif name.startswith("_"):
@@ -324,7 +324,7 @@ class Variable(VariableLike, tp.Generic[A]):
             self.set_metadata(name, value)
 
     # -- copies ----------------------------------------------------------------------
-    def replace(self, value: tp.Any = _MISSING, **metadata: tp.Any) -> Variable:
+    def replace(self, value: object = _MISSING, **metadata: object) -> Variable:
         """A new Variable of the same type with a new value and/or metadata
         (`hijax=`/`ref=` change how the value is kept, as in `copy`)."""
         return self.copy(value, **metadata)
@@ -334,11 +334,11 @@ class Variable(VariableLike, tp.Generic[A]):
         """The value's shape."""
         return tp.cast("jax.Array", self.get_value()).shape
 
-    def to_state(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+    def to_state(self, value: object = _MISSING, **updates: object) -> Variable:
         """Flax's other name for `copy`."""
         return self.copy(value, **updates)
 
-    def copy(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+    def copy(self, value: object = _MISSING, **updates: object) -> Variable:
         """A new Variable like this one; `value`, metadata, `hijax=` and `ref=` may change."""
         if value is _MISSING:
             value = updates.pop("value", _MISSING)
@@ -356,7 +356,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return target.from_parts(target._store(value), metadata)
 
     @classmethod
-    def from_metadata(cls, value: tp.Any, metadata: tp.Mapping[str, tp.Any]) -> Variable:
+    def from_metadata(cls, value: object, metadata: tp.Mapping[str, tp.Any]) -> Variable:
         """A Variable of this type from a value and a metadata dict (as `get_metadata` gives)."""
         meta = dict(metadata)
         hijax, ref = bool(meta.pop("hijax", False)), bool(meta.pop("ref", False))
@@ -457,7 +457,7 @@ def _check_trace(var: Variable) -> None:
     )
 
 
-def _rebuild(cls: type[Variable], value: tp.Any, metadata: tuple) -> Variable:
+def _rebuild(cls: type[Variable], value: object, metadata: tuple) -> Variable:
     return cls.from_parts(value, metadata)
 
 
@@ -484,7 +484,7 @@ def _unary(op: tp.Callable[[tp.Any], tp.Any]) -> tp.Callable[[Variable], tp.Any]
     return method
 
 
-def _read(x: tp.Any) -> tp.Any:
+def _read(x: object) -> tp.Any:
     if not isinstance(x, Variable):
         return x
     return x.raw_value if x._plain_access else x.get_value()
@@ -499,17 +499,17 @@ Method = tp.Callable[[Variable, tp.Any], tp.Any]
 def _binary(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tuple[Method, Method]:
     """The forward (`v + x`) and reflected (`x + v`) methods of `op`."""
 
-    def forward(self: Variable, other: tp.Any) -> tp.Any:
+    def forward(self: Variable, other: object) -> tp.Any:
         return op(self.raw_value if self._plain_access else self.get_value(), _read(other))
 
-    def backward(self: Variable, other: tp.Any) -> tp.Any:
+    def backward(self: Variable, other: object) -> tp.Any:
         return op(_read(other), self.raw_value if self._plain_access else self.get_value())
 
     return forward, backward
 
 
 def _inplace(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tp.Callable[[Variable, tp.Any], Variable]:
-    def inplace(self: Variable, other: tp.Any) -> Variable:
+    def inplace(self: Variable, other: object) -> Variable:
         if self._plain_access:
             self.set_raw(op(self.raw_value, _read(other)))
         else:
@@ -636,7 +636,7 @@ class RefVariable(Variable[A]):
     def set_raw_value(self, value: A) -> None:
         object.__setattr__(self, "raw_value", varmodes.to_refs(value))
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
             return varmodes.from_refs(raw)
@@ -644,7 +644,7 @@ class RefVariable(Variable[A]):
             return raw[index]
         return varmodes.from_refs(raw[index])
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         # A write into a Ref is not checked against transform frames: JAX
         # carries it out of `jax.jit`/`jax.grad`/`scan` to the Variable outside.
         if isinstance(value, Variable):
@@ -708,13 +708,13 @@ class HijaxVariable(RefVariable[A]):
     _trace_checked = False
 
     @classmethod
-    def _store(cls, value: tp.Any) -> tp.Any:  # type: ignore[override]
+    def _store(cls, value: object) -> tp.Any:  # type: ignore[override]
         if cls._mode_ref or varmodes.tracing():
             return varmodes.to_refs(value)
         return varmodes.to_box(value)
 
     @classmethod
-    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
         # Outside a trace a hijax Variable keeps its value in a Box, whatever it was
         # given (plain arrays merged into a hijax GraphDef, Refs a jitted call made).
         if not cls._mode_ref and not varmodes.is_box(value) and not varmodes.tracing():
@@ -733,21 +733,21 @@ class HijaxVariable(RefVariable[A]):
         else:
             self.set_raw(value)
 
-    def set_raw(self, value: tp.Any) -> None:
+    def set_raw(self, value: object) -> None:
         raw = self.raw_value
         if varmodes.is_box(raw) and not varmodes.is_box(value):
             varmodes.box_set(raw, varmodes.from_refs(value))  # the same Box: JAX carries the write
         else:
             super().set_raw(value)
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         raw = self.raw_value
         if not varmodes.is_box(raw):
             return super().get_value(index=index)
         value = raw.get()
         return value if index is _MISSING or index is Ellipsis else value[index]
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         raw = self.raw_value
         if not varmodes.is_box(raw):
             super().set_value(value, index=index)
@@ -856,7 +856,7 @@ for _name, _type in (
     register_variable_name(_name, _type)
 
 
-def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: tp.Any) -> None:
+def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: object) -> None:
     hooks = dict(v._metadata).get(key)
     if hooks is None:
         return

@@ -77,7 +77,7 @@ class VarDefaultsContext:
     def __enter__(self) -> VarDefaults:
         return self._new
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         stack = _STACK.stack
         # Drop this entry and whatever bare `var_defaults(...)` calls pushed after it.
         if any(entry is self._new for entry in stack[1:]):
@@ -92,7 +92,7 @@ class VarDefaultsContext:
         self.__exit__(None, None, None)
 
         @functools.wraps(fn)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: object) -> tp.Any:
             _STACK.stack.append(new)
             try:
                 return fn(*args, **kwargs)
@@ -129,16 +129,16 @@ def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> tp.An
 
 
 # -- Ref storage ---------------------------------------------------------------------------
-def is_ref(x: tp.Any) -> bool:
+def is_ref(x: object) -> bool:
     return isinstance(x, jax.Ref)
 
 
 # -- Box storage (hijax) ------------------------------------------------------------------------
-def is_box(x: tp.Any) -> bool:
+def is_box(x: object) -> bool:
     return isinstance(x, Box)
 
 
-def to_box(value: tp.Any) -> tp.Any:
+def to_box(value: object) -> tp.Any:
     """`value` (its plain arrays) in a new JAX `Box`."""
     return Box._new(from_refs(value))
 
@@ -148,7 +148,7 @@ def tracing() -> bool:
     return not isinstance(_jax_core.trace_ctx.trace, _jax_core.EvalTrace)
 
 
-def is_mutable(x: tp.Any) -> bool:
+def is_mutable(x: object) -> bool:
     """A `jax.Ref` or a `Box`: what a trace cannot return as such."""
     return isinstance(x, (jax.Ref, Box))
 
@@ -170,7 +170,7 @@ def box_set(box: tp.Any, value: tp.Any) -> None:
         box.set(jax.lax.stop_gradient(value))
 
 
-def to_refs(value: tp.Any) -> tp.Any:
+def to_refs(value: object) -> tp.Any:
     """`value` with each array leaf in its own `jax.Ref` (Refs kept as they are)."""
     return jax.tree.map(lambda x: x if is_ref(x) else jax.new_ref(x), value)
 
@@ -208,7 +208,7 @@ class ModeType(type):
     hijax: bool  # class attributes of every mode type (see `mode_type`)
     _mode_ref: bool
 
-    def __instancecheck__(cls, obj: tp.Any) -> bool:
+    def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, cls.__dict__["_mode_base"])
 
 

@@ -37,7 +37,7 @@ def view(
     only: tp.Any = ...,
     raise_if_not_found: bool = True,
     graph: bool | None = None,
-    **kwargs: tp.Any,
+    **kwargs: object,
 ) -> A:
     """A copy of the graph sharing every Variable with `node`, with modules
     switched by `kwargs` (`nnx.view(model, deterministic=True)`).
@@ -83,7 +83,7 @@ def with_attributes(
     only: tp.Any = ...,
     raise_if_not_found: bool = True,
     graph: bool | None = None,
-    **attributes: tp.Any,
+    **attributes: object,
 ) -> A:
     """A copy of the graph sharing every Variable with `node`, with `attributes`
     set on the modules (matching `only`) that have them; `node` is unchanged."""
@@ -109,7 +109,7 @@ def missing_attributes(names: tp.Iterable[str]) -> str:
     )
 
 
-def view_info(node: tp.Any, /, *, only: tp.Any = ..., graph: bool | None = None) -> str:
+def view_info(node: object, /, *, only: object = ..., graph: bool | None = None) -> str:
     """What `nnx.view` accepts for `node`: each module class with a `set_view`
     method, its keywords (with defaults) and their docstring descriptions."""
     del graph
@@ -136,7 +136,7 @@ def view_info(node: tp.Any, /, *, only: tp.Any = ..., graph: bool | None = None)
     return "\n".join(lines)
 
 
-def _annotation(ann: tp.Any) -> str:
+def _annotation(ann: object) -> str:
     return ann if isinstance(ann, str) else inspect.formatannotation(ann)
 
 
@@ -177,7 +177,7 @@ def with_vars(
     changes = {k: v for k, v in (("hijax", hijax), ("ref", ref)) if v is not None}
     predicate = core.to_predicate(only)
 
-    def differs(path: tuple, x: tp.Any) -> bool:
+    def differs(path: tuple, x: object) -> bool:
         return (
             isinstance(x, Variable)
             and predicate(path, x)
@@ -224,7 +224,7 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
     else:  # a State or another pytree holding Variables
         import jax
 
-        def is_var(x: tp.Any) -> bool:
+        def is_var(x: object) -> bool:
             return isinstance(x, Variable)
 
         if any(id(x) in swap for x in jax.tree.leaves(value, is_leaf=is_var)):
@@ -232,7 +232,7 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
     return value
 
 
-def _at(node: tp.Any, path: tuple) -> tp.Any:
+def _at(node: object, path: tuple) -> tp.Any:
     for key in path:
         node = dict(core.graph.children_of(node))[key]
     return node
@@ -241,7 +241,7 @@ def _at(node: tp.Any, path: tuple) -> tp.Any:
 vars_as = with_vars
 
 
-def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any) -> None:
+def set_metadata(node: object, /, *, only: object = Variable, **metadata: object) -> None:
     """Set `metadata` on every Variable of `node` matching `only`, in place."""
     predicate = core.to_predicate(only)
     for path, value in core.iter_graph(node):
@@ -249,7 +249,7 @@ def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any
             value.set_metadata(**metadata)
 
 
-def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+def iter_children(node: object, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, child) for the direct children of `node` that are graph nodes
     (Modules, Rngs, `nnx.List`, ...) or Variables; does not recurse."""
     if treemode.is_tree_mode(graph) and getattr(type(node), "_nnx_is_pytree", True) is False:
@@ -261,7 +261,7 @@ def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[
             yield key, value
 
 
-def iter_module_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+def iter_module_children(node: object, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, module) for the direct children of `node` that are Modules."""
     for key, value in iter_children(node, graph=graph):
         if isinstance(value, Module):
@@ -315,14 +315,14 @@ def _exact_first(var_type: type, all_types: tuple) -> tp.Callable:
     """A filter for `var_type` that leaves instances of other listed subtypes to them
     (`capture(f, nnx.Intermediate, nnx.Perturbation)` splits the two)."""
 
-    def pred(path: tuple, value: tp.Any) -> bool:
+    def pred(path: tuple, value: object) -> bool:
         kind = type(value)
         return kind is var_type or (isinstance(value, var_type) and kind not in all_types)
 
     return pred
 
 
-def _by_module_path(state: tp.Any) -> dict[tuple, dict[str, Variable]]:
+def _by_module_path(state: object) -> dict[tuple, dict[str, Variable]]:
     out: dict[tuple, dict[str, Variable]] = {}
 
     def walk(s: tp.Any, path: tuple) -> None:

@@ -47,7 +47,7 @@ jax.tree_util.register_pytree_with_keys(
 _TEMPLATES: caches.Cache[tuple, tuple[tuple, list]] = caches.Cache("facade.whole.templates")
 
 
-def _key_of(node: tp.Any, k: tp.Any) -> tp.Any:
+def _key_of(node: object, k: object) -> tp.Any:
     if type(k) is int and (
         isinstance(node, (list, tuple)) or type(node).__name__ == "List" and hasattr(node, "_items")
     ):
@@ -78,7 +78,7 @@ def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
 def _template(obj: object, paths: tuple) -> tuple[tuple, list]:
     """(top-level keys, entries) with entries a leaf index or (keys, entries)."""
 
-    def build(node: tp.Any, items: list, depth: int) -> tuple[tuple, list]:
+    def build(node: object, items: list, depth: int) -> tuple[tuple, list]:
         keys: list = []
         entries: list = []
         i = 0
@@ -155,7 +155,7 @@ def flatten_whole_with_keys(obj: object):
     return list(zip(keys, children)), aux
 
 
-def _is_tracer(x: tp.Any) -> bool:
+def _is_tracer(x: object) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
