@@ -308,7 +308,7 @@ def _create_empty(cls: type, statics: tp.Hashable) -> Object:
     else:
         obj = pytree_cls.__new__(pytree_cls)
     if statics:
-        pairs = tp.cast("tuple[tuple[str, tp.Any], ...]", statics)
+        pairs = tp.cast("tuple[tuple[str, object], ...]", statics)
         for k, v in pairs:
             object.__setattr__(obj, k, v)
         object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in pairs))
@@ -566,13 +566,13 @@ class Module(Object):
                 "Check the names, or pass raise_if_not_found=False."
             )
 
-    def train(self, **attributes: tp.Any) -> None:
+    def train(self, **attributes: bool | None) -> None:
         """Training mode: `deterministic=False`, `use_running_average=False` everywhere."""
         self.set_attributes(
             deterministic=False, use_running_average=False, raise_if_not_found=False, **attributes
         )
 
-    def eval(self, **attributes: tp.Any) -> None:
+    def eval(self, **attributes: bool | None) -> None:
         """Evaluation mode: `deterministic=True`, `use_running_average=True` everywhere."""
         self.set_attributes(
             deterministic=True, use_running_average=True, raise_if_not_found=False, **attributes

@@ -51,6 +51,7 @@ SPEC_KEYS = ("out_sharding", "sharding_names", "sharding")
 """Metadata names read as a sharding annotation, in this order."""
 
 LogicalRules = tp.Sequence[tuple[str, tp.Any]]
+MeshLike = Mesh | AbstractMesh
 
 
 # -- annotating initializers ----------------------------------------------------------
@@ -178,7 +179,7 @@ def _named(annotation: object) -> NamedSharding | None:
     return annotation if isinstance(annotation, NamedSharding) else None
 
 
-def spec_key(metadata: tp.Mapping[str, tp.Any]) -> str | None:
+def spec_key(metadata: tp.Mapping[str, object]) -> str | None:
     """Which metadata entry holds the sharding annotation, if any."""
     for key in SPEC_KEYS:
         if key in metadata and _spec_like(metadata[key]):
@@ -194,7 +195,7 @@ def partition_spec(
     metadata: tp.Mapping[str, tp.Any],
     *,
     shape: tuple[int, ...] | None = None,
-    mesh: tp.Any = None,
+    mesh: MeshLike | None = None,
     where: str | None = None,
     divisible: bool = True,
 ) -> PartitionSpec | None:
@@ -225,7 +226,7 @@ def partition_spec(
 
 def check_fits_mesh(
     spec: PartitionSpec,
-    mesh: tp.Any,
+    mesh: MeshLike,
     *,
     shape: tuple[int, ...] | None = None,
     where: str | None = None,
@@ -250,7 +251,9 @@ def check_fits_mesh(
             raise ValueError(_indivisible(where, spec, shape, dim, parts, mesh))
 
 
-def variable_spec(var: tp.Any, *, mesh: tp.Any = None, where: str | None = None) -> PartitionSpec | None:
+def variable_spec(
+    var: tp.Any, *, mesh: MeshLike | None = None, where: str | None = None
+) -> PartitionSpec | None:
     """The PartitionSpec of a Variable: its annotation, `P()` when it has none,
     None when its value is not an array."""
     value = var.raw_value
@@ -340,7 +343,7 @@ def _all_explicit(mesh: object) -> bool:
     return bool(getattr(mesh, "are_all_axes_explicit", False))
 
 
-def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
+def _check_axis_types(mesh: MeshLike, where: str | None) -> None:
     kinds = set(getattr(mesh, "axis_types", ()))
     if jax.sharding.AxisType.Auto in kinds and jax.sharding.AxisType.Explicit in kinds:
         raise ValueError(
@@ -351,7 +354,7 @@ def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
         )
 
 
-def place_value(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
+def place_value(value: tp.Any, spec: PartitionSpec, mesh: MeshLike, *, from_context: bool = False) -> tp.Any:
     """Lay `value` out as `spec` on `mesh` (device_put, or a constraint inside a trace)."""
     if isinstance(value, jax.core.Tracer):
         target = (
@@ -468,7 +471,7 @@ def _rank_mismatch(
 
 
 def _unknown_axis(
-    where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any, mesh: tp.Any
+    where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any, mesh: MeshLike
 ) -> str:
     names = tuple(mesh.axis_names)
     return (
@@ -494,7 +497,7 @@ def _axis_twice(where: str | None, spec: PartitionSpec, axis: str) -> str:
 
 
 def _indivisible(
-    where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int, parts: int, mesh: tp.Any
+    where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int, parts: int, mesh: MeshLike
 ) -> str:
     return (
         f"{_where(where)}: its sharding {spec} splits axis {dim} (size {shape[dim]}) of "

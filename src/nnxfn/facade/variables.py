@@ -27,6 +27,7 @@ from nnxfn.facade.valuerepr import variable_repr
 A = tp.TypeVar("A")
 _MISSING: tp.Any = varmodes.MISSING
 REQUIRED_METADATA = ("hijax", "ref", "eager_sharding")
+Metadata = tuple[tuple[str, object], ...]  # a Variable's metadata: sorted (name, hashable value) pairs
 
 
 def hashable_metadata(value: object) -> object:
@@ -127,11 +128,11 @@ class Variable(VariableLike, tp.Generic[A]):
         return value
 
     # -- the core's contract -------------------------------------------------
-    def metadata_items(self) -> tuple[tuple[str, tp.Any], ...]:
+    def metadata_items(self) -> Metadata:
         return self._metadata
 
     @classmethod
-    def from_parts(cls, value: object, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: Metadata) -> Variable:
         var = _new(cls)  # slot setters: `split`/`merge` make one per leaf
         _set_raw_value(var, value)
         _set_metadata(var, metadata)
@@ -153,7 +154,7 @@ class Variable(VariableLike, tp.Generic[A]):
             _check_trace(self)
         object.__setattr__(self, "raw_value", value)
 
-    def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
+    def set_metadata_items(self, metadata: Metadata) -> None:
         context.check_write(self, self._frame, "the metadata")
         if self._trace_checked:
             _check_trace(self)
@@ -204,7 +205,7 @@ class Variable(VariableLike, tp.Generic[A]):
             return self.raw_value
         return self.raw_value[key]
 
-    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+    def __setitem__(self, key: object, value: tp.Any) -> None:
         if not self._plain_access:
             self.set_value(value, index=key)
             return
@@ -261,7 +262,7 @@ class Variable(VariableLike, tp.Generic[A]):
         del meta[name]
         self.set_metadata_items(tuple(sorted(meta.items())))
 
-    def set_metadata(self, *args: tp.Any, **kwargs: tp.Any) -> None:
+    def set_metadata(self, *args: tp.Any, **kwargs: object) -> None:
         """`v.set_metadata(name, value)`, `v.set_metadata(**items)` or
         `v.set_metadata(dict)` (which replaces all metadata)."""
         if args and kwargs:
@@ -356,7 +357,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return target.from_parts(target._store(value), metadata)
 
     @classmethod
-    def from_metadata(cls, value: object, metadata: tp.Mapping[str, tp.Any]) -> Variable:
+    def from_metadata(cls, value: object, metadata: tp.Mapping[str, object]) -> Variable:
         """A Variable of this type from a value and a metadata dict (as `get_metadata` gives)."""
         meta = dict(metadata)
         hijax, ref = bool(meta.pop("hijax", False)), bool(meta.pop("ref", False))
@@ -392,7 +393,7 @@ class Variable(VariableLike, tp.Generic[A]):
     def __jax_array__(self) -> jax.Array:
         return jnp.asarray(_read(self))
 
-    def __array__(self, dtype: tp.Any = None, copy: tp.Any = None):
+    def __array__(self, dtype: tp.Any = None, copy: bool | None = None):
         import numpy as np
 
         return np.asarray(_read(self), dtype=dtype)
@@ -670,7 +671,7 @@ class RefVariable(Variable[A]):
             self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))
 
 
-def _put(ref: tp.Any, index: tp.Any, value: tp.Any) -> None:
+def _put(ref: tp.Any, index: object, value: tp.Any) -> None:
     """`ref[index] = value`. Under `jax.grad`, a Ref made outside the
     differentiated function (e.g. BatchNorm statistics) cannot hold a value
     that carries a derivative: it gets the value without it (the state is not
@@ -714,7 +715,7 @@ class HijaxVariable(RefVariable[A]):
         return varmodes.to_box(value)
 
     @classmethod
-    def from_parts(cls, value: object, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: Metadata) -> Variable:
         # Outside a trace a hijax Variable keeps its value in a Box, whatever it was
         # given (plain arrays merged into a hijax GraphDef, Refs a jitted call made).
         if not cls._mode_ref and not varmodes.is_box(value) and not varmodes.tracing():
