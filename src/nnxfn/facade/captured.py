@@ -47,7 +47,7 @@ def _graph_like(value: object) -> bool:
     return False
 
 
-def _find_in(obj: object, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
+def _find_in(obj: object, roots: tp.Iterable[tuple[str, object]]) -> str | None:
     for name, root in roots:
         if name.startswith("_") or not _graph_like(root):
             continue

@@ -32,7 +32,7 @@ def node_repr(
     items = children(node)
     lines = []
 
-    def var_repr(v: tp.Any, ind: int) -> str:  # a shared Variable is shown once too
+    def var_repr(v: Variable, ind: int) -> str:  # a shared Variable is shown once too
         if id(v) in seen:
             return f"{type(v).__name__}(<shared, shown above>)"
         seen.add(id(v))

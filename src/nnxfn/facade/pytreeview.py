@@ -135,11 +135,11 @@ def _classify(v: tp.Any) -> int:
     return _STAT
 
 
-def _has_mutable(v: tp.Any) -> bool:
+def _has_mutable(v: object) -> bool:
     t = type(v)
     if t is list or t is dict:
         return True
-    return t is tuple and any(map(_has_mutable, v))
+    return t is tuple and isinstance(v, tuple) and any(map(_has_mutable, v))
 
 
 def _copy_static(v: tp.Any) -> tp.Any:
@@ -405,7 +405,7 @@ class View:
         return f"View({self.cls.__name__}, data={list(self.keys)}, static={[k for k, _ in self.statics]})"
 
 
-def object_view(obj: tp.Any) -> View:
+def object_view(obj: object) -> View:
     """The View of a Pytree/Module from its current attribute values."""
     d = obj.__dict__
     marked_static = d.get("_nnx_static") or ()

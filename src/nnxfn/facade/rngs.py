@@ -248,8 +248,8 @@ class Rngs(_Sampling, Object):
     def __call__(self) -> jax.Array:
         return self._stream("default")()
 
-    def __contains__(self, name: tp.Any) -> bool:
-        return isinstance(self.__dict__.get(name), RngStream)
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and isinstance(self.__dict__.get(name), RngStream)
 
     def __iter__(self) -> tp.Iterator[str]:
         return iter(self.streams())

@@ -50,7 +50,7 @@ PARTITION_NAME = "partition_name"
 SPEC_KEYS = ("out_sharding", "sharding_names", "sharding")
 """Metadata names read as a sharding annotation, in this order."""
 
-LogicalRules = tp.Sequence[tuple[str, tp.Any]]
+LogicalRules = tp.Sequence[tuple[str, object]]
 MeshLike = Mesh | AbstractMesh
 
 
@@ -64,7 +64,7 @@ class VariableMetadata(tp.Generic[A]):
     """
 
     raw_value: A
-    metadata: tp.Mapping[str, tp.Any] = dataclasses.field(default_factory=dict)
+    metadata: tp.Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 def with_metadata(initializer: F, **metadata: object) -> F:
@@ -99,7 +99,7 @@ def with_partitioning(
     return with_metadata(initializer, out_sharding=sharding, **metadata)
 
 
-def unwrap(value: object, metadata: dict[str, tp.Any]) -> tuple[tp.Any, dict[str, tp.Any]]:
+def unwrap(value: object, metadata: dict[str, object]) -> tuple[tp.Any, dict[str, object]]:
     """`Variable.__init__` helper: take the value and metadata out of a VariableMetadata."""
     if isinstance(value, VariableMetadata):
         return value.raw_value, {**value.metadata, **metadata}
@@ -114,7 +114,7 @@ class _Rules(threading.local):
 _RULES = _Rules()
 
 
-def _as_rules(rules: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
+def _as_rules(rules: tp.Any) -> tuple[tuple[str, object], ...]:
     items = rules.items() if isinstance(rules, tp.Mapping) else rules
     out = []
     for item in items or ():
@@ -126,7 +126,7 @@ def _as_rules(rules: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
 
 
 @contextlib.contextmanager
-def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iterator[None]:
+def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, object]) -> tp.Iterator[None]:
     """Map logical axis names to mesh axes while the context is active.
 
     >>> with logical_axis_rules([("embed", None), ("mlp", "model")]):
@@ -142,17 +142,17 @@ def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iter
         _RULES.rules = old
 
 
-def set_logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> None:
+def set_logical_axis_rules(rules: LogicalRules | tp.Mapping[str, object]) -> None:
     """Set the logical axis rules of this thread (see `logical_axis_rules`)."""
     _RULES.rules = _as_rules(rules)
 
 
-def get_logical_axis_rules() -> tuple[tuple[str, tp.Any], ...]:
+def get_logical_axis_rules() -> tuple[tuple[str, object], ...]:
     """The logical axis rules of this thread."""
     return _RULES.rules
 
 
-def _apply_rules(entry: object, rules: dict[str, tp.Any]) -> tp.Any:
+def _apply_rules(entry: object, rules: dict[str, object]) -> tp.Any:
     if isinstance(entry, str):
         return rules.get(entry, entry)
     if isinstance(entry, tuple):

@@ -158,7 +158,7 @@ def read(x: tp.Any) -> tp.Any:
     return x.get() if isinstance(x, Box) else x[...]
 
 
-def box_set(box: tp.Any, value: tp.Any) -> None:
+def box_set(box: tp.Any, value: object) -> None:
     """`box.set(value)`. Under `jax.grad`, a Box made outside the differentiated
     function (e.g. BatchNorm statistics) cannot hold a value that carries a
     derivative: it gets the value without it (state is not differentiated)."""

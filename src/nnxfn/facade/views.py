@@ -270,7 +270,7 @@ def iter_module_children(node: object, /, *, graph: bool | None = None) -> tp.It
 
 # -- capture -------------------------------------------------------------------------------
 def capture(
-    fn: tp.Any, *var_types: type, init: tp.Any = None, method_outputs: type | None = None
+    fn: tp.Callable[..., tp.Any], *var_types: type, init: object = None, method_outputs: type | None = None
 ) -> tp.Callable:
     """Wrap `fn` so it returns `(result, *states)`: what `Module.sow`/`Module.perturb`
     recorded during the call, one State per Variable type in `var_types`.
@@ -351,7 +351,7 @@ def _harvest(module: Module, var_types: set) -> tp.Any:
     return core.State.from_flat_path(flat)
 
 
-def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str, tp.Any]]:
+def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str, object]]:
     """Wrap the public methods (and `__call__`) each class defines so their
     outputs are sown as `var_type`; returns what to restore."""
     if var_type is None:
@@ -370,7 +370,7 @@ def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str,
 
 def _sowing(method: tp.Callable, name: str, var_type: type) -> tp.Callable:
     @functools.wraps(method)
-    def wrapper(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(self: tp.Any, *args: object, **kwargs: object) -> tp.Any:
         result = method(self, *args, **kwargs)
         self.sow(var_type, name, result)
         return result
@@ -378,6 +378,6 @@ def _sowing(method: tp.Callable, name: str, var_type: type) -> tp.Callable:
     return wrapper
 
 
-def _unpatch_methods(patched: list[tuple[type, str, tp.Any]]) -> None:
+def _unpatch_methods(patched: list[tuple[type, str, object]]) -> None:
     for cls, name, method in reversed(patched):
         setattr(cls, name, method)
