@@ -23,6 +23,7 @@ from nnxfn.facade.containers import Dict as Dict, List as List, Sequential as Se
 from nnxfn.facade.module import (
     Module as Module,
     Pytree as Pytree,
+    check_pytree as check_pytree,
     data as data,
     iter_modules as iter_modules,
     static as static,
@@ -107,7 +108,6 @@ from nnxfn.facade.module import NonPytreeObject as Object  # Flax's `nnx.Object`
 from nnxfn.facade.pytreelib import (
     Data as Data,
     Static as Static,
-    check_pytree as check_pytree,
     dataclass as dataclass,
     has_data as has_data,
     is_data as is_data,

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import nnxfn as nnx
+from nnxfn.core import caches
 from nnxfn.facade import jaxtree
 
 
@@ -262,6 +263,13 @@ def test_cycle_round_trips_and_only_the_sharing_root_is_flattened_whole():
 
 
 # -- what each flatten costs (see jaxtree's docstring) ------------------------------------------------
+@pytest.fixture
+def caching_on():
+    with caches.caching(True):  # these tests count the work the memos save
+        yield
+
+
+@pytest.mark.usefixtures("caching_on")
 def test_flatten_walks_only_after_a_structural_change(monkeypatch):
     walks = []
     real = jaxtree._walk

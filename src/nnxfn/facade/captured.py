@@ -19,6 +19,9 @@ import types
 import typing as tp
 import warnings
 
+from nnxfn.core import iter_graph
+from nnxfn.facade.pytreeview import is_graph, is_object
+
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,29 +37,24 @@ def _path_text(root: str, path: tuple) -> str:
     return out
 
 
-def _graph_like(value: tp.Any) -> bool:
-    from nnxfn.facade.module import Object
-    from nnxfn.facade.variables import Variable
-
-    if isinstance(value, (Object, Variable)):
+def _graph_like(value: object) -> bool:
+    if is_graph(value):  # a Module, Variable or other graph object
         return True
     if isinstance(value, (list, tuple)):  # a plain list of models/layers
-        return any(isinstance(v, (Object, Variable)) for v in value)
+        return any(map(is_graph, value))
     if isinstance(value, dict):
-        return any(isinstance(v, (Object, Variable)) for v in value.values())
+        return any(map(is_graph, value.values()))
     return False
 
 
-def _find_in(obj: tp.Any, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
-    from nnxfn import core
-
+def _find_in(obj: object, roots: tp.Iterable[tuple[str, object]]) -> str | None:
     for name, root in roots:
         if name.startswith("_") or not _graph_like(root):
             continue
         if root is obj:
             return name
         try:
-            for path, node in core.iter_graph(root):
+            for path, node in iter_graph(root):
                 if node is obj:
                     return _path_text(name, path)
         except Exception:  # noqa: BLE001 - an odd object in user code: look elsewhere
@@ -64,7 +62,7 @@ def _find_in(obj: tp.Any, roots: tp.Iterable[tuple[str, tp.Any]]) -> str | None:
     return None
 
 
-def _from_frames(obj: tp.Any, frame: types.FrameType | None) -> str | None:
+def _from_frames(obj: object, frame: types.FrameType | None) -> str | None:
     seen_globals: set[int] = set()
     while frame is not None:
         if not _library_file(frame.f_code.co_filename):
@@ -82,10 +80,8 @@ def _from_frames(obj: tp.Any, frame: types.FrameType | None) -> str | None:
     return None
 
 
-def _from_owners(obj: tp.Any, depth: int = 8) -> str | None:
+def _from_owners(obj: object, depth: int = 8) -> str | None:
     """`Model.l1.kernel` from the chain of objects whose attribute holds `obj`."""
-    from nnxfn.facade.module import Object
-
     parts: list[str] = []
     current = obj
     for _ in range(depth):
@@ -94,7 +90,7 @@ def _from_owners(obj: tp.Any, depth: int = 8) -> str | None:
             if not isinstance(ref, dict):
                 continue
             for candidate in gc.get_referrers(ref):
-                if isinstance(candidate, Object) and candidate.__dict__ is ref:
+                if is_object(candidate) and candidate.__dict__ is ref:
                     key = next((k for k, v in ref.items() if v is current), None)
                     if key is not None:
                         owner = candidate
@@ -110,7 +106,7 @@ def _from_owners(obj: tp.Any, depth: int = 8) -> str | None:
     return f"{type(current).__name__}." + ".".join(parts)
 
 
-def captured_where(obj: tp.Any, description: str) -> str:
+def captured_where(obj: object, description: str) -> str:
     """`model.l1.kernel (a Param of shape (3, 8) ...)`, or the description alone."""
     try:
         with warnings.catch_warnings():

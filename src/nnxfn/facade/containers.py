@@ -25,6 +25,7 @@ class List(Object, MutableSequence):
     """
 
     _nnx_make_view = staticmethod(pytreeview.list_view)  # JAX sees the data items
+    _items: list[tp.Any]  # the items (set with object.__setattr__: not structure writes)
 
     def __init__(self, items: tp.Iterable = ()):
         object.__setattr__(self, "_items", [])
@@ -39,7 +40,7 @@ class List(Object, MutableSequence):
         context.check_write(self, self.__dict__.get("_nnx_frame"), "an item")
         context.bump_structure(self)
 
-    def _unmark(self, index: tp.Any, value: tp.Any) -> tuple[tp.Any, bool]:
+    def _unmark(self, index: object, value: object) -> tuple[tp.Any, bool]:
         """(value to store, whether `nnx.data` marked it) for an item."""
         if type(value) is not pytreelib.Marked:
             return value, False
@@ -85,7 +86,7 @@ class List(Object, MutableSequence):
     def __len__(self) -> int:
         return len(self._items)
 
-    def insert(self, i: int, value: tp.Any) -> None:
+    def insert(self, i: int, value: object) -> None:
         value, is_data = self._unmark(i, value)
         self._write()
         flags = self._flags(is_data)
@@ -139,7 +140,7 @@ def _list_static(lst: List) -> tp.Hashable:
     return tuple(i for i, f in enumerate(flags) if f)
 
 
-def _list_create(cls: type, static: tp.Any) -> List:
+def _list_create(cls: type[List], static: tp.Any) -> List:
     lst = cls.__new__(cls)
     object.__setattr__(lst, "_items", [])
     if static:
@@ -150,7 +151,7 @@ def _list_create(cls: type, static: tp.Any) -> List:
     return lst
 
 
-def _list_set(lst: List, i: int, value: tp.Any) -> None:
+def _list_set(lst: List, i: int, value: object) -> None:
     if i == len(lst._items):
         lst._items.append(value)
     else:
@@ -181,7 +182,7 @@ core.register_node_type(
 class Dict(Module, MutableMapping):
     """A dict of sub-modules/arrays that is a Module: `d['enc']` or `d.enc`."""
 
-    def __init__(self, *args: tp.Any, **kwargs: tp.Any):
+    def __init__(self, *args: object, **kwargs: object):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -191,7 +192,7 @@ class Dict(Module, MutableMapping):
         except KeyError:
             raise KeyError(key) from None
 
-    def __setitem__(self, key: str, value: tp.Any) -> None:
+    def __setitem__(self, key: str, value: object) -> None:
         setattr(self, key, value)
 
     def __delitem__(self, key: str) -> None:
@@ -210,7 +211,7 @@ class Sequential(Module):
     def __init__(self, *layers: tp.Callable):
         self.layers = List(layers)
 
-    def __call__(self, *args: tp.Any, rngs: tp.Any = None, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, rngs: object = None, **kwargs: object) -> tp.Any:
         """Chain the layers (as Flax does): a tuple output is the next layer's
         positional arguments, a dict output its keywords; `rngs` goes to every
         layer that takes it. With no layers, the input comes back unchanged."""

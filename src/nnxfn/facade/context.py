@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import typing as tp
 import warnings
 import weakref
 
 from nnxfn.core import splitcache as core_splitcache
+from nnxfn.facade.captured import captured_where
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,13 +54,13 @@ class TraceContextError(Exception):
 _foreign_paths: dict[int, tuple] = {}
 
 
-def remember_foreign_path(obj: tp.Any, path: tuple) -> None:
+def remember_foreign_path(obj: object, path: tuple) -> None:
     """`obj` was rebuilt by a JAX transform at `path` of the rebuilt model."""
     key = id(obj)
     _foreign_paths[key] = (weakref.ref(obj, lambda _: _foreign_paths.pop(key, None)), None, path)
 
 
-def remember_foreign_parent(obj: tp.Any, parent: tp.Any, path: tuple) -> None:
+def remember_foreign_parent(obj: object, parent: object, path: tuple) -> None:
     """`obj` was rebuilt by a JAX transform at `path` below `parent` (itself
     rebuilt): the full path is read from the parents when a message needs it."""
     key = id(obj)
@@ -71,7 +71,7 @@ def remember_foreign_parent(obj: tp.Any, parent: tp.Any, path: tuple) -> None:
     )
 
 
-def _foreign_path(obj: tp.Any) -> tuple | None:
+def _foreign_path(obj: object) -> tuple | None:
     """The path of a rebuilt object in its rebuilt model, or None if unknown."""
     entry = _foreign_paths.get(id(obj))
     if entry is None or entry[0]() is not obj:
@@ -115,7 +115,7 @@ def hard_epoch() -> int:
     return _HARD[0]
 
 
-def bump_structure(obj: tp.Any = None) -> None:
+def bump_structure(obj: object = None) -> None:
     """Record a structural change of `obj` (of everything if `obj` is None)."""
     _EPOCH[0] += 1
     if obj is None:
@@ -131,12 +131,12 @@ def metadata_changed() -> None:
     _EPOCH[0] += 1
 
 
-def version_of(obj: tp.Any) -> int:
+def version_of(obj: object) -> int:
     """The epoch of `obj`'s last structural change (0: none recorded)."""
     return obj.__dict__.get("_nnx_version", 0)
 
 
-def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
+def check_write(obj: object, owner: Frame | None, what: str) -> None:
     """Raise if `obj` (created in frame `owner`) is written inside another frame;
     warn if it was rebuilt by a non-nnxfn transform (the write would be lost)."""
     frames = LOCAL.frames
@@ -144,8 +144,6 @@ def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
         warnings.warn(_foreign_message(obj, what), stacklevel=4)
         return
     if frames and owner is not frames[-1]:
-        from nnxfn.facade.captured import captured_where  # names the path (error path only)
-
         frame = frames[-1]
         raise RuntimeError(
             f"{frame.name}: {what} of {captured_where(obj, _describe(obj))} was changed inside the "
@@ -156,16 +154,16 @@ def check_write(obj: tp.Any, owner: Frame | None, what: str) -> None:
         )
 
 
-def _describe(obj: tp.Any) -> str:
+def _describe(obj: object) -> str:
     name = type(obj).__name__
     value = getattr(obj, "raw_value", None)
     shape = getattr(value, "shape", None)
     if shape is not None:
-        return f"a {name} of shape {tuple(shape)} and dtype {value.dtype}"
+        return f"a {name} of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
     return f"a {name}"
 
 
-def _foreign_message(obj: tp.Any, what: str) -> str:
+def _foreign_message(obj: object, what: str) -> str:
     path = _foreign_path(obj)
     where = (
         "model" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)

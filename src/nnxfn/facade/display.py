@@ -1,36 +1,26 @@
-"""Readable, bounded reprs: shapes and dtypes, never array contents."""
+"""Readable, bounded reprs of graph nodes: shapes and dtypes, never array contents."""
 
 from __future__ import annotations
 
 import typing as tp
 
+import jax
 import numpy as np
+
+from nnxfn.core import iter_graph
+from nnxfn.core.registry import lookup
+from nnxfn.facade.valuerepr import value_repr as value_repr, variable_repr as variable_repr
+from nnxfn.facade.variables import RngState, Variable
+from nnxfn.facade.varmodes import base_type
 
 MAX_DEPTH = 6
 MAX_ITEMS = 24
 
 
-def value_repr(value: tp.Any) -> str:
-    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if shape is not None and dtype is not None:
-        return f"Array(shape={tuple(shape)}, dtype={dtype})"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def variable_repr(var: tp.Any, indent: int = 0) -> str:
-    pad = "  " * indent
-    lines = [f"{pad}  value={value_repr(var.raw_value)}"]
-    lines += [f"{pad}  {k}={value_repr(v)}" for k, v in var.metadata_items()]
-    return f"{type(var).__name__}(\n" + ",\n".join(lines) + f"\n{pad})"
-
-
 def node_repr(
-    node: tp.Any, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
+    node: object, children: tp.Callable[[tp.Any], list], indent: int = 0, seen: set[int] | None = None
 ) -> str:
     """Nested repr of a graph node; shared objects and cycles shown once."""
-    from nnxfn.facade.variables import Variable
-
     seen = set() if seen is None else seen
     name = type(node).__name__
     if id(node) in seen:
@@ -42,7 +32,7 @@ def node_repr(
     items = children(node)
     lines = []
 
-    def var_repr(v: tp.Any, ind: int) -> str:  # a shared Variable is shown once too
+    def var_repr(v: Variable, ind: int) -> str:  # a shared Variable is shown once too
         if id(v) in seen:
             return f"{type(v).__name__}(<shared, shown above>)"
         seen.add(id(v))
@@ -83,13 +73,9 @@ def node_repr(
     return f"{name}({comment}\n" + ",\n".join(lines) + "\n" + "  " * indent + ")"
 
 
-def stats_comment(node: tp.Any) -> str:
+def stats_comment(node: object) -> str:
     """` # Param: 1,234 (4.9 KB), BatchStat: ..., Total: ...`: element counts and
     bytes of the Variables under `node`, by type (each shared Variable once)."""
-    from nnxfn.core import iter_graph
-    from nnxfn.facade.variables import RngState, Variable
-    from nnxfn.facade.varmodes import base_type
-
     totals: dict[str, list[int]] = {}
     for _, value in iter_graph(node):
         if not isinstance(value, Variable):
@@ -113,9 +99,7 @@ def stats_comment(node: tp.Any) -> str:
     return " # " + ", ".join(parts)
 
 
-def _array_leaves(value: tp.Any) -> list:
-    import jax
-
+def _array_leaves(value: object) -> list:
     leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, jax.Ref))
     return [x for x in leaves if hasattr(x, "shape") and hasattr(x, "dtype")]
 
@@ -127,7 +111,5 @@ def _size(count: int, nbytes: int) -> str:
     return f"{count:,} ({nbytes} B)"
 
 
-def _is_graph_node(value: tp.Any) -> bool:
-    from nnxfn.core.registry import lookup
-
+def _is_graph_node(value: object) -> bool:
     return lookup(type(value)) is not None

@@ -33,6 +33,8 @@ and what each costs:
 - A walk also looks inside plain lists/dicts and foreign pytrees (Equinox
   modules); a foreign pytree that can change in place (not a tuple or frozen
   dataclass) is never trusted: the objects holding one walk on every flatten.
+- The memos only save work: with caching off (`NNXFN_CACHE=0`, see
+  `core/caches.py`) none is trusted and every flatten walks.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from jax._src import core as _jax_core
 from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn.core.splitcache import CLOCK as _EPOCH
+from nnxfn.core import caches
 from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.walker import _mutable
 from nnxfn.facade import context
+from nnxfn.facade.whole import flatten_whole, flatten_whole_with_keys, unflatten_whole
 from nnxfn.facade.pytreeview import (
     ARRAY,
     DEFAULT_NEW,
@@ -69,6 +73,7 @@ _FOREIGN = context.FOREIGN
 _TRACE_REF = _jax_core.trace_state_strong_ref  # `.value`: the current JAX trace
 _object_new = object.__new__
 _NONE: tuple = ()
+_CACHING = caches.SWITCH  # `.on`: with caching off no memo is trusted, every flatten walks
 
 # -- the memo ------------------------------------------------------------------------------
 # An object's memo is a list [EPOCH, VIEW, VERSION, OWN, SHARED, SNAPS, FRESH]:
@@ -94,13 +99,15 @@ def _same(snaps: tuple) -> bool:
     return True
 
 
-def _is_pending(m: tp.Any) -> bool:
+def _is_pending(m: object) -> bool:
     return m is not None and (type(m) is not list or m[SHARED] is PENDING)
 
 
-def memo_of(obj: tp.Any) -> list:
+def memo_of(obj: object) -> list:
     """The object's valid memo: its stamp if still valid, else its claims
     settled (if `unflatten` built it), else a walk of its subtree."""
+    if not _CACHING.on:
+        return _walk(obj)
     d = obj.__dict__
     m = d.get(MEMO)
     if _is_pending(m):
@@ -122,7 +129,7 @@ def _view_of(node: tp.Any) -> tuple[View, int]:
     d = node.__dict__
     version = d.get("_nnx_version", 0)
     m = d.get(MEMO)
-    if m is not None:
+    if m is not None and _CACHING.on:
         if type(m) is not list:  # a bare View: nothing changed since `unflatten` made it
             return m, version
         if m[VERSION] == version and (not m[OWN] or _same(m[OWN])):
@@ -135,7 +142,7 @@ class _Frame:
 
     __slots__ = ("node", "view", "version", "todo", "start", "own", "volatile")
 
-    def __init__(self, node: tp.Any, snaps: list):
+    def __init__(self, node: object, snaps: list):
         d = node.__dict__
         self.node = node
         self.view, self.version = _view_of(node)
@@ -147,7 +154,7 @@ class _Frame:
         self.volatile = False
 
 
-def _walk(root: tp.Any) -> list:
+def _walk(root: object) -> list:
     """Find whether `root`'s subtree reaches a Module or Variable twice; stamp
     every object whose whole subtree was seen without that (see the docstring)."""
     epoch = _EPOCH[0]
@@ -283,7 +290,7 @@ def _graph_children(children: tp.Iterable) -> list:
     return out
 
 
-def _verify(root: tp.Any) -> None:
+def _verify(root: object) -> None:
     """Settle a PENDING object: claim its children, after settling the PENDING
     objects below it (iteratively, children first)."""
     order: list = []
@@ -319,12 +326,12 @@ def _verify(root: tp.Any) -> None:
             d[MEMO] = [-1, view, version, own, None, _NONE, False]
 
 
-def unflatten(view: tp.Any, children: tp.Sequence) -> tp.Any:
+def unflatten_object(view: View | tuple, children: tp.Iterable) -> tp.Any:
     """Build an object from a View and any children, without `__init__`."""
     if type(view) is tuple:  # flattened whole
-        from nnxfn.facade import whole
-
-        return whole.unflatten(view, children)
+        return unflatten_whole(view, children)
+    assert isinstance(view, View)
+    children = tuple(children)  # JAX passes a tuple: no copy
     cls = view.cls
     obj = _object_new(cls) if view.plain_new else cls.__new__(cls)
     d = obj.__dict__
@@ -364,9 +371,9 @@ def _snapshots(values: tp.Iterable) -> tuple:
     return tuple(out)
 
 
-def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
+def _remember_paths(obj: object, view: View, children: tp.Sequence) -> None:
     """Link the rebuilt children to `obj` so a warning can name their path."""
-    stack = [((k,), c) for k, c in zip(view.keys, children)]
+    stack: list[tuple[tuple, tp.Any]] = [((k,), c) for k, c in zip(view.keys, children)]
     while stack:
         path, x = stack.pop()
         t = type(x)
@@ -379,37 +386,34 @@ def _remember_paths(obj: tp.Any, view: View, children: tp.Sequence) -> None:
 
 
 # -- flatten -------------------------------------------------------------------------------------
-def flatten(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object(obj: object) -> tuple[tp.Sequence, tp.Any]:
     d = obj.__dict__
     m = d.get(MEMO)
     if (
         type(m) is not list
+        or not _CACHING.on
         or m[SHARED] is not False
         or m[EPOCH] != _EPOCH[0]
         or (m[SNAPS] and not _same(m[SNAPS]))
     ):
         m = memo_of(obj)
     if m[SHARED]:
-        from nnxfn.facade import whole
-
-        return whole.flatten(obj)
+        return flatten_whole(obj)
     view = m[VIEW]
     return (view.getter(d) if view.direct else view.children(d)), view
 
 
-def flatten_with_keys(obj: tp.Any) -> tuple[tp.Sequence, tp.Any]:
+def flatten_object_with_keys(obj: object) -> tuple[tp.Sequence, tp.Any]:
     m = memo_of(obj)
     if m[SHARED]:
-        from nnxfn.facade import whole
-
-        return whole.flatten_with_keys(obj)
+        return flatten_whole_with_keys(obj)
     view = m[VIEW]
     return tuple(zip(view.jkeys, view.children(obj.__dict__))), view
 
 
 def register(cls: type) -> None:
     """Make `cls` (a Pytree subclass) a JAX pytree node."""
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    jax.tree_util.register_pytree_with_keys(cls, flatten_object_with_keys, unflatten_object, flatten_object)
 
 
-__all__ = ["DEFAULT_NEW", "register", "flatten", "unflatten", "memo_of"]
+__all__ = ["DEFAULT_NEW", "register", "flatten_object", "unflatten_object", "memo_of"]

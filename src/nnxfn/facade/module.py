@@ -9,7 +9,6 @@ caches check (Variable value writes do not).
 
 from __future__ import annotations
 
-import operator
 import typing as tp
 
 import jax
@@ -18,7 +17,7 @@ from jax._src import core as _jax_core
 from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn import core
-from nnxfn.core import DataLeaf
+from nnxfn.core import DataLeaf, caches
 from nnxfn.facade import context, jaxtree, pytreelib, pytreeview
 from nnxfn.facade.display import node_repr
 from nnxfn.facade.pytreelib import data as data, static as static
@@ -41,16 +40,16 @@ class Pytree:
     _nnx_fields: tp.ClassVar[dict[str, bool]] = {}  # class-level nnx.data()/nnx.static()
     _nnx_make_view = staticmethod(pytreeview.object_view)  # how JAX sees an instance
 
-    def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __new__(cls, *args: object, **kwargs: object) -> tp.Any:
         obj = object.__new__(cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
         if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
             object.__setattr__(obj, "_nnx_traced", True)
         return obj
 
-    def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, *, pytree: bool | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "__slots__", ()) and "__slots__" in cls.__dict__ and cls.__slots__:
+        if cls.__dict__.get("__slots__"):
             raise TypeError(f"Pytree does not support __slots__, found them in {cls.__name__!r}.")
         cls._nnx_is_pytree = True if pytree is None else bool(pytree)  # not inherited (Flax)
         own = pytreelib.class_field_status(cls)
@@ -59,7 +58,7 @@ class Pytree:
         if cls._nnx_is_pytree:
             _register_pytree(cls)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if hasattr(getattr(type(self), name, None), "__set__"):  # a property: not structure
             object.__setattr__(self, name, value)
             return
@@ -126,7 +125,7 @@ Object = Pytree  # nnxfn's own graph objects (Rngs, Optimizer, List, ...) are py
 class NonPytreeObject(Pytree, pytree=False):
     """`nnx.Object`: a graph object that JAX sees as one leaf (Flax's `Object`)."""
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         pytree = kwargs.pop("pytree", False)
         if pytree is not False:
             raise ValueError(
@@ -175,10 +174,19 @@ def static_names(obj: Pytree) -> frozenset:
     return obj.__dict__.get("_nnx_static", frozenset())
 
 
+def check_pytree(pytree: object) -> None:
+    """Raise if an attribute of `pytree` marked static holds data."""
+    if not isinstance(pytree, Pytree):
+        raise TypeError(f"Expected a Pytree, got {type(pytree)}.")
+    for name in static_names(pytree):
+        if name in vars(pytree):
+            pytreelib.check_static(pytree, name, vars(pytree)[name], explicit=False)
+
+
 _NO_NAMES: frozenset = frozenset()
 
 
-def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
+def _mark(obj: Pytree, d: dict, name: str, value: object) -> tp.Any:
     """Record whether `obj.name` is data or static; the value to store."""
     statics = d.get("_nnx_static", _NO_NAMES)
     datas = d.get("_nnx_data", _NO_NAMES)
@@ -211,7 +219,7 @@ def _mark(obj: Pytree, d: dict, name: str, value: tp.Any) -> tp.Any:
     return value
 
 
-def needs_box(value: tp.Any) -> bool:
+def needs_box(value: object) -> bool:
     """True if `value`, declared data, is not a leaf or container by itself
     (`nnx.data(1)`, a registered data type that JAX sees as one leaf): the core
     then keeps it whole as a leaf. A registered data type that is a pytree node
@@ -234,7 +242,7 @@ def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
 # -- graph-node registration -------------------------------------------------
 # (attribute names in __dict__ order, static names) -> (sorted child names, getter):
 # the key set rarely changes, so `split` does not sort it on every visit.
-_CHILD_KEYS: dict[tuple, tuple[tuple, tp.Callable]] = {}
+_CHILD_KEYS: caches.Cache[tuple, tuple[tuple, tp.Callable]] = caches.Cache("facade.module.child_keys")
 
 
 def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
@@ -243,15 +251,10 @@ def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
     if found is None:
         statics = sig[1] or ()
         keys = tuple(sorted(k for k in d if k not in _PRIVATE and k not in statics))
-        if len(keys) > 1:
-            getter = operator.itemgetter(*keys)
-        elif keys:
-            getter = lambda d, k=keys[0]: (d[k],)  # noqa: E731
-        else:
-            getter = lambda d: ()  # noqa: E731
+        getter = pytreeview.values_getter(keys)
         if len(_CHILD_KEYS) > 4096:
             _CHILD_KEYS.clear()
-        found = _CHILD_KEYS[sig] = (keys, getter)
+        found = _CHILD_KEYS.put(sig, (keys, getter))
     return found
 
 
@@ -279,7 +282,7 @@ def _parts(obj: Object) -> tuple[tp.Hashable, tuple, tp.Any]:
     return None, keys, values
 
 
-def _repr_children(obj: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+def _repr_children(obj: object) -> list[tuple[tp.Any, tp.Any]]:
     impl = core.registry.lookup(type(obj))
     if impl is not None and impl.children is _children:
         return sorted((k, v) for k, v in obj.__dict__.items() if k not in _PRIVATE)
@@ -294,21 +297,25 @@ def _static(obj: Object) -> tp.Hashable:
 
 
 def _create_empty(cls: type, statics: tp.Hashable) -> Object:
-    if cls.__new__ is _object_new:
-        obj = object.__new__(cls)
+    """A new `cls` without `__init__`; `statics` is what `_static` gave."""
+    pytree_cls = tp.cast("type[Pytree]", cls)  # registered for Pytree: only its subclasses come here
+    obj: Pytree
+    if pytree_cls.__new__ is _object_new:
+        obj = object.__new__(pytree_cls)
         object.__setattr__(obj, "_nnx_frame", context.current_frame())
         if type(_jax_core.trace_ctx.trace) is not _EvalTrace:
             object.__setattr__(obj, "_nnx_traced", True)
     else:
-        obj = cls.__new__(cls)
+        obj = pytree_cls.__new__(pytree_cls)
     if statics:
-        for k, v in statics:
+        pairs = tp.cast("tuple[tuple[str, object], ...]", statics)
+        for k, v in pairs:
             object.__setattr__(obj, k, v)
-        object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in statics))
+        object.__setattr__(obj, "_nnx_static", frozenset(k for k, _ in pairs))
     return obj
 
 
-def _set_child(obj: Object, key: str, value: tp.Any) -> None:
+def _set_child(obj: Object, key: str, value: object) -> None:
     # Rebinding an existing attribute to another object (`nnx.update` writing a
     # raw array, or a rebuilt Equinox module) is structural for transform caches.
     if obj.__dict__.get(key, value) is not value:
@@ -316,7 +323,8 @@ def _set_child(obj: Object, key: str, value: tp.Any) -> None:
     object.__setattr__(obj, key, value)
 
 
-_PLAIN_FILL: dict[tuple, bool] = {}  # (type, keys) -> may `_fill` write __dict__ directly
+# (type, keys) -> may `_fill` write __dict__ directly
+_PLAIN_FILL: caches.Cache[tuple, bool] = caches.Cache("facade.module.plain_fill")
 
 
 def _plain_fill(cls: type, keys: tuple) -> bool:
@@ -329,7 +337,7 @@ def _plain_fill(cls: type, keys: tuple) -> bool:
         )
         if len(_PLAIN_FILL) > 4096:
             _PLAIN_FILL.clear()
-        _PLAIN_FILL[(cls, keys)] = plain
+        _PLAIN_FILL.put((cls, keys), plain)
     return plain
 
 
@@ -342,7 +350,8 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
             _set_child(obj, k, v)
 
 
-_MAKERS: dict[tuple, tp.Callable] = {}  # (type, keys) -> generated `make` (see `_builder`)
+# (type, keys) -> `make` of `_plain_maker` (see `_builder`)
+_MAKERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.module.makers")
 
 
 def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
@@ -363,44 +372,37 @@ def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.It
     if make is None:
         if len(_MAKERS) > 4096:
             _MAKERS.clear()
-        make = _MAKERS[(cls, keys)] = _generate_make(cls, keys)
+        make = _MAKERS.put((cls, keys), _plain_maker(cls, keys))
     return make
 
 
-def _generate_make(cls: type, keys: tuple) -> tp.Callable[[tp.Iterable], list]:
-    # Generated (as `dataclasses` does for `__init__`): one `d[key] = v<i>` per
-    # child is about twice as fast as `d.update(zip(keys, values))` on a new
-    # instance, and `merge` makes one object per layer. The frame and trace
-    # are looked up once per call, not once per object.
-    names = [f"v{i}" for i in range(len(keys))]
-    sets = "".join(f"        d[{k!r}] = {v}\n" for k, v in zip(keys, names))
-    source = (
-        "def make(groups):\n"
-        "    frames = local.frames\n"
-        "    frame = frames[-1] if frames else None\n"
-        "    traced = type(trace_ctx.trace) is not eval_trace\n"
-        "    out = []\n"
-        "    append = out.append\n"
-        f"    for ({', '.join(names)},) in groups:\n"
-        "        obj = new(cls)\n"
-        "        d = obj.__dict__\n"
-        "        if frame is not None:\n"
-        "            d['_nnx_frame'] = frame\n"
-        "        if traced:\n"
-        "            d['_nnx_traced'] = True\n"
-        f"{sets}"
-        "        append(obj)\n"
-        "    return out\n"
-    )
-    env = {
-        "new": object.__new__,
-        "cls": cls,
-        "local": context.LOCAL,
-        "trace_ctx": _jax_core.trace_ctx,
-        "eval_trace": _EvalTrace,
-    }
-    exec(source, env)
-    return env["make"]
+def _plain_maker(cls: type[Pytree], keys: tuple) -> tp.Callable[[tp.Iterable], list]:
+    """`make(groups)`: a new `cls` per group of child values, its `__dict__`
+    filled directly. The frame and trace are looked up once per call, not
+    once per object (`merge` makes one object per layer)."""
+    put = pytreeview.children_setter(keys)
+    local = context.LOCAL
+    trace_ctx = _jax_core.trace_ctx
+    new = object.__new__
+
+    def make(groups: tp.Iterable[tp.Sequence]) -> list:
+        frames = local.frames
+        frame = frames[-1] if frames else None
+        traced = type(trace_ctx.trace) is not _EvalTrace
+        out: list[Pytree] = []
+        append = out.append
+        for values in groups:
+            obj: Pytree = new(cls)
+            d = obj.__dict__
+            if frame is not None:
+                d["_nnx_frame"] = frame
+            if traced:
+                d["_nnx_traced"] = True
+            put(d, values)
+            append(obj)
+        return out
+
+    return make
 
 
 def _del_child(obj: Object, key: str) -> None:
@@ -435,7 +437,7 @@ _register_pytree(Object)
 
 
 # -- Module ---------------------------------------------------------------------
-def tuple_reduce(xs: tuple, x: tp.Any) -> tuple:
+def tuple_reduce(xs: tuple, x: object) -> tuple:
     """`sow`'s default `reduce_fn`: append `x` to the tuple `xs`."""
     return (*xs, x)
 
@@ -445,7 +447,7 @@ def tuple_init() -> tuple:
     return ()
 
 
-def first_from(*args: tp.Any, error_msg: str) -> tp.Any:
+def first_from(*args: object, error_msg: str) -> tp.Any:
     """The first argument that is not None; a ValueError with `error_msg` if all are.
 
     >>> first_from(None, 0.5, 0.1, error_msg="no rate")
@@ -471,7 +473,7 @@ class Module(Object):
         self,
         variable_type: type[Variable] | str,
         name: str,
-        value: tp.Any,
+        value: object,
         reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = tuple_reduce,
         init_fn: tp.Callable[[], tp.Any] = tuple_init,
     ) -> bool:
@@ -507,7 +509,7 @@ class Module(Object):
             current.set_value(reduce_fn(current.get_value(), value))
         return True
 
-    def perturb(self, name: str, value: tp.Any, variable_type: type[Variable] | str = Perturbation) -> tp.Any:
+    def perturb(self, name: str, value: object, variable_type: type[Variable] | str = Perturbation) -> tp.Any:
         """Add a zero-valued `variable_type` to `value`, so `nnx.grad` can target it."""
         import jax.numpy as jnp
 
@@ -542,10 +544,10 @@ class Module(Object):
 
     def set_attributes(
         self,
-        *filters: tp.Any,
+        *filters: object,
         raise_if_not_found: bool = True,
         graph: bool | None = None,
-        **attributes: tp.Any,
+        **attributes: object,
     ) -> None:
         """Set `attributes` on every sub-module (matching `filters`) that has them."""
         preds = [core.to_predicate(f) for f in filters]
@@ -564,13 +566,13 @@ class Module(Object):
                 "Check the names, or pass raise_if_not_found=False."
             )
 
-    def train(self, **attributes: tp.Any) -> None:
+    def train(self, **attributes: bool | None) -> None:
         """Training mode: `deterministic=False`, `use_running_average=False` everywhere."""
         self.set_attributes(
             deterministic=False, use_running_average=False, raise_if_not_found=False, **attributes
         )
 
-    def eval(self, **attributes: tp.Any) -> None:
+    def eval(self, **attributes: bool | None) -> None:
         """Evaluation mode: `deterministic=True`, `use_running_average=True` everywhere."""
         self.set_attributes(
             deterministic=True, use_running_average=True, raise_if_not_found=False, **attributes
@@ -578,7 +580,7 @@ class Module(Object):
 
 
 def iter_modules(
-    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Iterator[tuple[tuple, Module]]:
     """(path, module) for every Module in the graph, children first."""
     for path, value in core.iter_graph(node):

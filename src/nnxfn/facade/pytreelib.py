@@ -41,7 +41,7 @@ class Marked:
 
     __slots__ = ("value", "is_data")
 
-    def __init__(self, value: tp.Any, is_data: bool):
+    def __init__(self, value: object, is_data: bool):
         self.value = value
         self.is_data = is_data
 
@@ -56,7 +56,7 @@ def _field(is_data: bool, kwargs: dict) -> tp.Any:
     return dataclasses.field(**kwargs, metadata=metadata)
 
 
-def data(value: tp.Any = _MISSING, /, **kwargs: tp.Any) -> tp.Any:
+def data(value: object = _MISSING, /, **kwargs: object) -> tp.Any:
     """`self.x = nnx.data(v)`: keep `x` as data (a State leaf) whatever `v` is.
     Without a value (`x: int = nnx.data(default=0)`), a dataclass field."""
     if value is _MISSING:
@@ -66,7 +66,7 @@ def data(value: tp.Any = _MISSING, /, **kwargs: tp.Any) -> tp.Any:
     return Marked(value, True)
 
 
-def static(value: tp.Any = _MISSING, /, **kwargs: tp.Any) -> tp.Any:
+def static(value: object = _MISSING, /, **kwargs: object) -> tp.Any:
     """`self.x = nnx.static(v)`: keep `x` in the GraphDef (`v` must not hold arrays).
     Without a value (`x: int = nnx.static()`), a dataclass field."""
     if value is _MISSING:
@@ -76,7 +76,7 @@ def static(value: tp.Any = _MISSING, /, **kwargs: tp.Any) -> tp.Any:
     return Marked(value, False)
 
 
-def field_status(value: tp.Any) -> bool | None:
+def field_status(value: object) -> bool | None:
     """True/False if `value` is an `nnx.data()`/`nnx.static()` field, else None."""
     if isinstance(value, dataclasses.Field) and "static" in value.metadata:
         static_flag = value.metadata["static"]
@@ -102,7 +102,7 @@ def register_data_type(type_: T, /) -> T:
     return type_
 
 
-def is_data(value: tp.Any, /) -> bool:
+def is_data(value: object, /) -> bool:
     """True for values that are data by themselves: arrays, `jax.Ref`s,
     Variables, graph nodes (Modules, Rngs, ...) and registered data types."""
     return (
@@ -112,11 +112,11 @@ def is_data(value: tp.Any, /) -> bool:
     )
 
 
-def has_data(value: tp.Any, /) -> list[tp.Any]:
+def has_data(value: object, /) -> list[tp.Any]:
     """The data values (see `is_data`) found in the pytree `value`."""
     seen: set[int] = set()
 
-    def stop(x: tp.Any) -> bool:
+    def stop(x: object) -> bool:
         if id(x) in seen:
             return True
         seen.add(id(x))
@@ -125,18 +125,7 @@ def has_data(value: tp.Any, /) -> list[tp.Any]:
     return [x for x in jax.tree.leaves(value, is_leaf=stop) if is_data(x)]
 
 
-def check_pytree(pytree: tp.Any) -> None:
-    """Raise if an attribute of `pytree` marked static holds data."""
-    from nnxfn.facade.module import Pytree, static_names
-
-    if not isinstance(pytree, Pytree):
-        raise TypeError(f"Expected a Pytree, got {type(pytree)}.")
-    for name in static_names(pytree):
-        if name in vars(pytree):
-            check_static(pytree, name, vars(pytree)[name], explicit=False)
-
-
-def check_static(obj: tp.Any, name: str, value: tp.Any, *, explicit: bool) -> None:
+def check_static(obj: object, name: str, value: object, *, explicit: bool) -> None:
     """Raise ValueError if `value`, about to be kept static as `obj.name`, holds data."""
     found = has_data(value)
     if not found:
@@ -156,7 +145,7 @@ def check_static(obj: tp.Any, name: str, value: tp.Any, *, explicit: bool) -> No
     )
 
 
-def static_data_error(obj: tp.Any, name: str, value: tp.Any) -> ValueError:
+def static_data_error(obj: object, name: str, value: object) -> ValueError:
     kinds = ", ".join(sorted({type(x).__name__ for x in has_data(value)}))
     return ValueError(
         f"Found data on value of type '{type(value)}' assigned to static attribute "

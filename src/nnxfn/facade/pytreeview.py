@@ -21,6 +21,7 @@ import typing as tp
 import jax
 import numpy as np
 
+from nnxfn.core import caches
 from nnxfn.core import registry as core_registry
 from nnxfn.core.graphdef import same_value
 from nnxfn.core.kinds import _ARRAY_TYPES
@@ -65,7 +66,7 @@ _STATIC_TYPES = (
     np.dtype,
     type,
 )
-KINDS: dict[type, int] = {}
+KINDS: caches.Cache[type, int] = caches.Cache("facade.pytreeview.kinds")
 core_registry.DERIVED.append(KINDS)  # cleared when a node type is registered
 
 
@@ -85,11 +86,16 @@ def kind_of(t: type) -> int:
         k = STATIC
     else:
         k = OTHER  # a foreign pytree or some other object: decided by value
-    KINDS[t] = k
-    return k
+    return KINDS.put(t, k)
 
 
-def is_graph(x: tp.Any) -> bool:
+def is_object(x: object) -> bool:
+    """A facade graph object (an `nnx.Pytree`/`Module` instance): its class
+    says how JAX sees it (`_nnx_make_view`, see `object_view`)."""
+    return hasattr(type(x), "_nnx_make_view")
+
+
+def is_graph(x: object) -> bool:
     """A Variable or graph object (has identity)."""
     k = KINDS.get(type(x))
     if k is None:
@@ -129,11 +135,11 @@ def _classify(v: tp.Any) -> int:
     return _STAT
 
 
-def _has_mutable(v: tp.Any) -> bool:
+def _has_mutable(v: object) -> bool:
     t = type(v)
     if t is list or t is dict:
         return True
-    return t is tuple and any(map(_has_mutable, v))
+    return t is tuple and isinstance(v, tuple) and any(map(_has_mutable, v))
 
 
 def _copy_static(v: tp.Any) -> tp.Any:
@@ -158,7 +164,9 @@ class MixedDef:
     def __init__(self, container: tp.Any):
         t = self.type = type(container)
         keys = tuple(sorted(container, key=key_order)) if t is dict else tuple(range(len(container)))
-        data, statics, nested = [], [], []
+        data: list[tp.Any] = []  # keys: any dict key, or an index
+        statics: list[tuple[tp.Any, tp.Any]] = []
+        nested: list[tuple[int, MixedDef]] = []
         for k in keys:
             x = container[k]
             c = _classify(x)
@@ -228,46 +236,93 @@ jax.tree_util.register_pytree_with_keys(
 
 
 # -- the aux data -------------------------------------------------------------------------
-_GETTERS: dict[tuple, tp.Callable] = {}
+_GETTERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.pytreeview.getters")
 
 
-def _getter(keys: tuple) -> tp.Callable:
-    """`d -> tuple(d[k] for k in keys)`, made once per key tuple."""
+def values_getter(keys: tuple) -> tp.Callable[[tp.Any], tuple]:
+    """`d -> tuple(d[k] for k in keys)` (an `operator.itemgetter`), made once per key tuple."""
     found = _GETTERS.get(keys)
     if found is None:
         if len(keys) > 1:
             found = operator.itemgetter(*keys)
         elif keys:
-            found = lambda d, k=keys[0]: (d[k],)  # noqa: E731
+            found = _one_getter(keys[0])
         else:
-            found = lambda d: ()  # noqa: E731
+            found = _no_values
         if len(_GETTERS) > 4096:
             _GETTERS.clear()
-        _GETTERS[keys] = found
+        _GETTERS.put(keys, found)
     return found
 
 
-_SETTERS: dict[tuple, tp.Callable] = {}
+_SETTERS: caches.Cache[tuple, tp.Callable[[dict, tp.Iterable], None]] = caches.Cache(
+    "facade.pytreeview.setters"
+)
 
 
-def _setter(keys: tuple) -> tp.Callable:
-    """`(d, children) -> None` writing `d[k] = child` for each key, made once per
-    key tuple (generated, as `dataclasses` does: one unpacking assignment is
-    several times faster than `d.update(zip(keys, children))`)."""
+Setter = tp.Callable[[dict, tp.Iterable], None]
+
+
+def children_setter(keys: tuple) -> Setter:
+    """`(d, children) -> None` writing `d[k] = child` for each key, made once per key tuple."""
     found = _SETTERS.get(keys)
     if found is None:
-        if not all(type(k) is str and k.isidentifier() for k in keys):
-            found = lambda d, children: d.update(zip(keys, children))  # noqa: E731
-        else:
-            targets = "".join(f"d[{k!r}], " for k in keys)
-            source = f"def set_children(d, children):\n    {targets or '()'} = children\n"
-            env: dict = {}
-            exec(source, env)
-            found = env["set_children"]
         if len(_SETTERS) > 4096:
             _SETTERS.clear()
-        _SETTERS[keys] = found
+        found = _SETTERS.put(keys, _unpacking_setter(keys))
     return found
+
+
+def _unpacking_setter(keys: tuple) -> Setter:
+    # One unpacking assignment (`d[a], d[b] = children`) is two to three times
+    # faster than `d.update(zip(keys, children))`, and JAX's unflatten and
+    # `merge` run it once per object: closures for the common sizes (layers
+    # rarely hold more than four data attributes), `update` beyond.
+    n = len(keys)
+    if n == 1:
+        (a,) = keys
+
+        def set_one(d: dict, children: tp.Iterable) -> None:
+            (d[a],) = children
+
+        return set_one
+    if n == 2:
+        a, b = keys
+
+        def set_two(d: dict, children: tp.Iterable) -> None:
+            d[a], d[b] = children
+
+        return set_two
+    if n == 3:
+        a, b, c = keys
+
+        def set_three(d: dict, children: tp.Iterable) -> None:
+            d[a], d[b], d[c] = children
+
+        return set_three
+    if n == 4:
+        a, b, c, e = keys
+
+        def set_four(d: dict, children: tp.Iterable) -> None:
+            d[a], d[b], d[c], d[e] = children
+
+        return set_four
+
+    def set_many(d: dict, children: tp.Iterable) -> None:
+        d.update(zip(keys, children, strict=True))
+
+    return set_many
+
+
+def _one_getter(key: object) -> tp.Callable[[tp.Any], tuple]:
+    def get_one(d: tp.Any) -> tuple:
+        return (d[key],)
+
+    return get_one
+
+
+def _no_values(d: object) -> tuple:
+    return ()
 
 
 class View:
@@ -294,7 +349,7 @@ class View:
     )
     _jax_key: tp.ClassVar[tp.Callable] = _GetAttrKey
 
-    def __init__(self, cls: type, keys: tuple, statics: tuple, mixed: tuple):
+    def __init__(self, cls: type[object], keys: tuple, statics: tuple, mixed: tuple):
         self.cls = cls
         self.keys = keys
         self.jkeys = tuple(map(self._jax_key, keys))
@@ -302,8 +357,8 @@ class View:
         self.fill_statics = dict(statics)
         self.copies = tuple(k for k, v in statics if _has_mutable(v))
         self.mixed = mixed  # ((index in keys, MixedDef), ...)
-        self.getter = _getter(keys)
-        self.setter = _setter(keys)
+        self.getter = values_getter(keys)
+        self.setter = children_setter(keys)
         # attributes holding plain lists/dicts, and those of them that are static (set by the maker)
         self.list_names: tuple = ()
         self.static_lists: tuple = ()
@@ -324,7 +379,7 @@ class View:
             out[i] = Mixed(mdef, mdef.children(out[i]))
         return out
 
-    def fill(self, d: dict, children: tp.Sequence) -> None:
+    def fill(self, d: dict, children: tp.Iterable) -> None:
         d.update(self.fill_statics)
         for k in self.copies:
             d[k] = _copy_static(d[k])
@@ -350,7 +405,7 @@ class View:
         return f"View({self.cls.__name__}, data={list(self.keys)}, static={[k for k, _ in self.statics]})"
 
 
-def object_view(obj: tp.Any) -> View:
+def object_view(obj: object) -> View:
     """The View of a Pytree/Module from its current attribute values."""
     d = obj.__dict__
     marked_static = d.get("_nnx_static") or ()
@@ -388,7 +443,15 @@ class ListView(View):
     __slots__ = ("n", "flags")
     _jax_key = _SequenceKey
 
-    def __init__(self, cls: type, keys: tuple, statics: tuple, mixed: tuple, n: int, flags: tp.Any):
+    def __init__(
+        self,
+        cls: type[object],
+        keys: tuple,
+        statics: tuple,
+        mixed: tuple,
+        n: int,
+        flags: tuple[bool, ...] | None,
+    ):
         super().__init__(cls, keys, statics, mixed)
         self.n = n
         self.flags = flags  # the "marked data" flags (a tuple), or None
@@ -396,7 +459,7 @@ class ListView(View):
     def values(self, d: dict) -> tuple:
         return self.getter(d["_items"])
 
-    def fill(self, d: dict, children: tp.Sequence) -> None:
+    def fill(self, d: dict, children: tp.Iterable) -> None:
         items: list = [None] * self.n
         for i, v in self.statics:
             items[i] = _copy_static(v)
@@ -410,9 +473,10 @@ class ListView(View):
         return (self.n, self.keys, self.statics, self.mixed, self.flags)
 
 
-def list_view(lst: tp.Any) -> ListView:
-    items = lst.__dict__["_items"]
-    flags = lst.__dict__.get("_isdata")
+def list_view(obj: object) -> ListView:
+    """The View of an `nnx.List` from its current items."""
+    items = obj.__dict__["_items"]
+    flags = obj.__dict__.get("_isdata")
     keys: list = []
     statics: list = []
     mixed: list = []
@@ -425,7 +489,7 @@ def list_view(lst: tp.Any) -> ListView:
             mixed.append((len(keys), MixedDef(v)))
         keys.append(i)
     frozen = None if flags is None else tuple(flags[: len(items)]) + (False,) * (len(items) - len(flags))
-    view = ListView(type(lst), tuple(keys), tuple(statics), tuple(mixed), len(items), frozen)
+    view = ListView(type(obj), tuple(keys), tuple(statics), tuple(mixed), len(items), frozen)
     if any(map(_has_mutable, items)):
         view.list_names = ("_items",)
     if any(_has_mutable(v) for _, v in statics):

@@ -85,7 +85,7 @@ INITIALIZERS = (
 )
 
 
-def as_key(seed: tp.Any) -> jax.Array:
+def as_key(seed: object) -> jax.Array:
     """An int seed, a typed key (array), or a raw uint32 key (array) -> a typed key."""
     if isinstance(seed, int):
         return jax.random.key(seed)
@@ -113,7 +113,7 @@ class KeylessInitializer:
     def __init__(self, stream: tp.Callable[[], jax.Array], init: tp.Callable):
         self.stream, self.init = stream, init
 
-    def __call__(self, shape: Shape, *args: tp.Any, **kwargs: tp.Any) -> jax.Array:
+    def __call__(self, shape: Shape, *args: object, **kwargs: object) -> jax.Array:
         return self.init(self.stream(), shape, *args, **kwargs)
 
 
@@ -128,7 +128,7 @@ def _sampler(name: str) -> tp.Callable:
     fn = getattr(jax.random, name)
 
     @functools.wraps(fn)
-    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> jax.Array:
+    def method(self: _Sampling, *args: object, **kwargs: object) -> jax.Array:
         return fn(self(), *args, **kwargs)
 
     method.__doc__ = f"`jax.random.{name}` with the next key of this stream."
@@ -138,7 +138,7 @@ def _sampler(name: str) -> tp.Callable:
 def _initializer(name: str) -> tp.Callable:
     builder = getattr(jax.nn.initializers, name)  # the numbers of `nnx.initializers`
 
-    def method(self: _Sampling, *args: tp.Any, **kwargs: tp.Any) -> KeylessInitializer:
+    def method(self: _Sampling, *args: object, **kwargs: object) -> KeylessInitializer:
         return KeylessInitializer(self, builder(*args, **kwargs))
 
     method.__name__ = method.__qualname__ = name
@@ -160,7 +160,7 @@ del _name
 class RngStream(_Sampling, Object):
     """One named stream: a key (or an array of keys) and a counter of its shape."""
 
-    def __init__(self, key: tp.Any, *, tag: str):
+    def __init__(self, key: object, *, tag: str):
         key = as_key(key)
         self.key = RngKey(key, tag=tag)
         self.count = RngCount(jnp.zeros(key.shape, jnp.uint32), tag=tag)
@@ -213,7 +213,7 @@ class Rngs(_Sampling, Object):
     (2, 3)
     """
 
-    def __init__(self, default: tp.Any = None, /, **streams: tp.Any):
+    def __init__(self, default: object = None, /, **streams: object):
         if isinstance(default, tp.Mapping):
             streams = {**default, **streams}
         elif default is not None:
@@ -248,8 +248,8 @@ class Rngs(_Sampling, Object):
     def __call__(self) -> jax.Array:
         return self._stream("default")()
 
-    def __contains__(self, name: tp.Any) -> bool:
-        return isinstance(self.__dict__.get(name), RngStream)
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and isinstance(self.__dict__.get(name), RngStream)
 
     def __iter__(self) -> tp.Iterator[str]:
         return iter(self.streams())
@@ -310,7 +310,7 @@ def _match_shape(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Arr
 
 
 def reseed(
-    node: tp.Any, /, *, graph: bool | None = None, policy: str | tp.Callable = "scalars_only", **seeds: tp.Any
+    node: object, /, *, graph: bool | None = None, policy: str | tp.Callable = "scalars_only", **seeds: object
 ) -> None:
     """Give the streams named in `seeds`, everywhere in `node`, new keys and zero counts.
 

@@ -36,7 +36,7 @@ import typing as tp
 import jax
 import numpy as np
 from jax.experimental.layout import Format
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from nnxfn.core import VariableLike
 from nnxfn.core.modes import ModeSwitch
@@ -50,7 +50,8 @@ PARTITION_NAME = "partition_name"
 SPEC_KEYS = ("out_sharding", "sharding_names", "sharding")
 """Metadata names read as a sharding annotation, in this order."""
 
-LogicalRules = tp.Sequence[tuple[str, tp.Any]]
+LogicalRules = tp.Sequence[tuple[str, object]]
+MeshLike = Mesh | AbstractMesh
 
 
 # -- annotating initializers ----------------------------------------------------------
@@ -63,10 +64,10 @@ class VariableMetadata(tp.Generic[A]):
     """
 
     raw_value: A
-    metadata: tp.Mapping[str, tp.Any] = dataclasses.field(default_factory=dict)
+    metadata: tp.Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
-def with_metadata(initializer: F, **metadata: tp.Any) -> F:
+def with_metadata(initializer: F, **metadata: object) -> F:
     """Wrap `initializer` so the Variable built from its result gets `metadata`.
 
     >>> init = with_metadata(jax.nn.initializers.zeros, tag="frozen")
@@ -75,7 +76,7 @@ def with_metadata(initializer: F, **metadata: tp.Any) -> F:
     """
 
     @functools.wraps(initializer)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> VariableMetadata:
+    def wrapper(*args: object, **kwargs: object) -> VariableMetadata:
         value = initializer(*args, **kwargs)
         if isinstance(value, VariableMetadata):  # nested wrappers: outer wins
             return VariableMetadata(value.raw_value, {**value.metadata, **metadata})
@@ -85,7 +86,7 @@ def with_metadata(initializer: F, **metadata: tp.Any) -> F:
 
 
 def with_partitioning(
-    initializer: F, sharding: tp.Any, mesh: jax.sharding.Mesh | None = None, **metadata: tp.Any
+    initializer: F, sharding: object, mesh: jax.sharding.Mesh | None = None, **metadata: object
 ) -> F:
     """Wrap `initializer` so its Variable is annotated with `out_sharding=sharding`.
 
@@ -98,7 +99,7 @@ def with_partitioning(
     return with_metadata(initializer, out_sharding=sharding, **metadata)
 
 
-def unwrap(value: tp.Any, metadata: dict[str, tp.Any]) -> tuple[tp.Any, dict[str, tp.Any]]:
+def unwrap(value: object, metadata: dict[str, object]) -> tuple[tp.Any, dict[str, object]]:
     """`Variable.__init__` helper: take the value and metadata out of a VariableMetadata."""
     if isinstance(value, VariableMetadata):
         return value.raw_value, {**value.metadata, **metadata}
@@ -113,7 +114,7 @@ class _Rules(threading.local):
 _RULES = _Rules()
 
 
-def _as_rules(rules: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
+def _as_rules(rules: tp.Any) -> tuple[tuple[str, object], ...]:
     items = rules.items() if isinstance(rules, tp.Mapping) else rules
     out = []
     for item in items or ():
@@ -125,7 +126,7 @@ def _as_rules(rules: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
 
 
 @contextlib.contextmanager
-def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iterator[None]:
+def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, object]) -> tp.Iterator[None]:
     """Map logical axis names to mesh axes while the context is active.
 
     >>> with logical_axis_rules([("embed", None), ("mlp", "model")]):
@@ -141,17 +142,17 @@ def logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> tp.Iter
         _RULES.rules = old
 
 
-def set_logical_axis_rules(rules: LogicalRules | tp.Mapping[str, tp.Any]) -> None:
+def set_logical_axis_rules(rules: LogicalRules | tp.Mapping[str, object]) -> None:
     """Set the logical axis rules of this thread (see `logical_axis_rules`)."""
     _RULES.rules = _as_rules(rules)
 
 
-def get_logical_axis_rules() -> tuple[tuple[str, tp.Any], ...]:
+def get_logical_axis_rules() -> tuple[tuple[str, object], ...]:
     """The logical axis rules of this thread."""
     return _RULES.rules
 
 
-def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
+def _apply_rules(entry: object, rules: dict[str, object]) -> tp.Any:
     if isinstance(entry, str):
         return rules.get(entry, entry)
     if isinstance(entry, tuple):
@@ -167,18 +168,18 @@ def _apply_rules(entry: tp.Any, rules: dict[str, tp.Any]) -> tp.Any:
 
 
 # -- reading annotations --------------------------------------------------------------
-def _spec_like(x: tp.Any) -> bool:
+def _spec_like(x: object) -> bool:
     return isinstance(x, (tuple, list, PartitionSpec, NamedSharding, Format))
 
 
-def _named(annotation: tp.Any) -> NamedSharding | None:
+def _named(annotation: object) -> NamedSharding | None:
     """The NamedSharding inside an annotation (itself, or a Format's), if any."""
     if isinstance(annotation, Format):
         annotation = annotation.sharding
     return annotation if isinstance(annotation, NamedSharding) else None
 
 
-def spec_key(metadata: tp.Mapping[str, tp.Any]) -> str | None:
+def spec_key(metadata: tp.Mapping[str, object]) -> str | None:
     """Which metadata entry holds the sharding annotation, if any."""
     for key in SPEC_KEYS:
         if key in metadata and _spec_like(metadata[key]):
@@ -194,7 +195,7 @@ def partition_spec(
     metadata: tp.Mapping[str, tp.Any],
     *,
     shape: tuple[int, ...] | None = None,
-    mesh: tp.Any = None,
+    mesh: MeshLike | None = None,
     where: str | None = None,
     divisible: bool = True,
 ) -> PartitionSpec | None:
@@ -225,7 +226,7 @@ def partition_spec(
 
 def check_fits_mesh(
     spec: PartitionSpec,
-    mesh: tp.Any,
+    mesh: MeshLike,
     *,
     shape: tuple[int, ...] | None = None,
     where: str | None = None,
@@ -250,7 +251,9 @@ def check_fits_mesh(
             raise ValueError(_indivisible(where, spec, shape, dim, parts, mesh))
 
 
-def variable_spec(var: tp.Any, *, mesh: tp.Any = None, where: str | None = None) -> PartitionSpec | None:
+def variable_spec(
+    var: tp.Any, *, mesh: MeshLike | None = None, where: str | None = None
+) -> PartitionSpec | None:
     """The PartitionSpec of a Variable: its annotation, `P()` when it has none,
     None when its value is not an array."""
     value = var.raw_value
@@ -263,7 +266,7 @@ def variable_spec(var: tp.Any, *, mesh: tp.Any = None, where: str | None = None)
 
 
 # -- the current mesh ---------------------------------------------------------------
-def current_mesh(*, concrete: bool = False) -> tp.Any:
+def current_mesh(*, concrete: bool = False) -> Mesh | AbstractMesh | None:
     """The mesh set with `jax.set_mesh` (concrete outside of traces), or None."""
     try:
         mesh = jax.sharding.get_mesh()
@@ -273,8 +276,8 @@ def current_mesh(*, concrete: bool = False) -> tp.Any:
         pass
     if concrete:
         return None
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty else mesh
+    abstract = jax.sharding.get_abstract_mesh()
+    return None if abstract.empty else abstract
 
 
 # -- eager sharding ---------------------------------------------------------------------
@@ -303,7 +306,7 @@ def using_eager_sharding() -> bool:
     return use_eager_sharding.current_value()
 
 
-def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
+def shard_value(value: object, metadata: tp.Mapping[str, tp.Any], *, where: str | None = None) -> tp.Any:
     """Place (or, inside a trace, constrain) `value` as its annotation says, if a
     mesh is known (metadata `mesh`, a NamedSharding annotation, or `jax.set_mesh`).
     Values without an annotation, or with `eager_sharding=False` (or, without that
@@ -332,14 +335,15 @@ def shard_value(value: tp.Any, metadata: tp.Mapping[str, tp.Any], *, where: str 
     # divide (Flax: replicated); elsewhere that is an error naming the fix.
     uneven_ok = isinstance(value, jax.core.Tracer) and not _all_explicit(mesh)
     spec = partition_spec(metadata, shape=tuple(shape), mesh=mesh, where=where, divisible=not uneven_ok)
-    return place(value, spec, mesh, from_context=explicit_mesh is None)
+    assert spec is not None  # `key` above: there is an annotation
+    return place_value(value, spec, mesh, from_context=explicit_mesh is None)
 
 
-def _all_explicit(mesh: tp.Any) -> bool:
+def _all_explicit(mesh: object) -> bool:
     return bool(getattr(mesh, "are_all_axes_explicit", False))
 
 
-def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
+def _check_axis_types(mesh: MeshLike, where: str | None) -> None:
     kinds = set(getattr(mesh, "axis_types", ()))
     if jax.sharding.AxisType.Auto in kinds and jax.sharding.AxisType.Explicit in kinds:
         raise ValueError(
@@ -350,7 +354,7 @@ def _check_axis_types(mesh: tp.Any, where: str | None) -> None:
         )
 
 
-def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: bool = False) -> tp.Any:
+def place_value(value: tp.Any, spec: PartitionSpec, mesh: MeshLike, *, from_context: bool = False) -> tp.Any:
     """Lay `value` out as `spec` on `mesh` (device_put, or a constraint inside a trace)."""
     if isinstance(value, jax.core.Tracer):
         target = (
@@ -371,6 +375,7 @@ def place(value: tp.Any, spec: PartitionSpec, mesh: tp.Any, *, from_context: boo
 def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> tp.Any:
     """Inside a trace: `value` laid out as `sharding` (a Sharding, or a
     PartitionSpec under `jax.set_mesh`); `reshard` on Explicit meshes."""
+    mesh: Mesh | AbstractMesh
     if isinstance(sharding, PartitionSpec):
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty:
@@ -390,7 +395,7 @@ def constrain(value: tp.Any, sharding: tp.Any, *, where: str | None = None) -> t
 
 
 # -- trees of Variables ----------------------------------------------------------------
-def _is_var(x: tp.Any) -> bool:
+def _is_var(x: object) -> bool:
     return isinstance(x, VariableLike)
 
 
@@ -398,7 +403,7 @@ def _path_text(path: tuple) -> str:
     return "tree" + jax.tree_util.keystr(path) if path else "the Variable"
 
 
-def _map_variables(fn: tp.Callable[[tp.Any, str], tp.Any], tree: tp.Any) -> tp.Any:
+def _map_variables(fn: tp.Callable[[tp.Any, str], tp.Any], tree: object) -> tp.Any:
     """Map `fn(spec_source, where)` over the Variables (kept as boxes) and
     array leaves of a pytree (a Module, State, Variable or any pytree)."""
 
@@ -422,7 +427,7 @@ def get_partition_spec(tree: A) -> A:
     `in_shardings`/`out_shardings` or `nnx.shard_map`'s specs.
     """
 
-    def spec(x: tp.Any, where: str) -> tp.Any:
+    def spec(x: object, where: str) -> tp.Any:
         return variable_spec(x, where=where) if _is_var(x) else PartitionSpec()
 
     return _map_variables(spec, tree)
@@ -438,7 +443,7 @@ def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
     P(None, 'model')
     """
 
-    def named(x: tp.Any, where: str) -> tp.Any:
+    def named(x: object, where: str) -> tp.Any:
         spec = variable_spec(x, mesh=mesh, where=where) if _is_var(x) else PartitionSpec()
         return None if spec is None else NamedSharding(mesh, spec)
 
@@ -446,7 +451,7 @@ def get_named_sharding(tree: A, mesh: jax.sharding.Mesh) -> A:
 
 
 # -- error messages -------------------------------------------------------------------
-def _bad_rule(item: tp.Any) -> str:
+def _bad_rule(item: object) -> str:
     return (
         f"logical_axis_rules: each rule must be a (logical_name, mesh_axes) pair, got "
         f"{item!r}. Example: `nnx.logical_axis_rules([('batch', 'data'), ('mlp', 'model')])`."
@@ -454,7 +459,7 @@ def _bad_rule(item: tp.Any) -> str:
 
 
 def _rank_mismatch(
-    where: str | None, key: str, annotation: tp.Any, spec: PartitionSpec, shape: tuple[int, ...]
+    where: str | None, key: str, annotation: object, spec: PartitionSpec, shape: tuple[int, ...]
 ) -> str:
     return (
         f"{_where(where)}: its sharding annotation {key}={annotation!r} has {len(spec)} "
@@ -466,7 +471,7 @@ def _rank_mismatch(
 
 
 def _unknown_axis(
-    where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any, mesh: tp.Any
+    where: str | None, annotation: tp.Any, spec: PartitionSpec, axis: tp.Any, mesh: MeshLike
 ) -> str:
     names = tuple(mesh.axis_names)
     return (
@@ -492,7 +497,7 @@ def _axis_twice(where: str | None, spec: PartitionSpec, axis: str) -> str:
 
 
 def _indivisible(
-    where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int, parts: int, mesh: tp.Any
+    where: str | None, spec: PartitionSpec, shape: tuple[int, ...], dim: int, parts: int, mesh: MeshLike
 ) -> str:
     return (
         f"{_where(where)}: its sharding {spec} splits axis {dim} (size {shape[dim]}) of "

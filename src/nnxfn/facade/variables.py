@@ -22,18 +22,20 @@ import jax.numpy as jnp
 from nnxfn.core import VariableLike
 from nnxfn.facade import context, jaxtree, spmd
 from nnxfn.facade import varmodes
+from nnxfn.facade.valuerepr import variable_repr
 
 A = tp.TypeVar("A")
 _MISSING: tp.Any = varmodes.MISSING
 REQUIRED_METADATA = ("hijax", "ref", "eager_sharding")
+Metadata = tuple[tuple[str, object], ...]  # a Variable's metadata: sorted (name, hashable value) pairs
 
 
-def _freeze(value: tp.Any) -> tp.Any:
+def hashable_metadata(value: object) -> object:
     """Metadata must be hashable (it lives in the GraphDef): lists -> tuples."""
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(hashable_metadata(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+        return tuple(sorted((k, hashable_metadata(v)) for k, v in value.items()))
     return value
 
 
@@ -54,12 +56,13 @@ class Variable(VariableLike, tp.Generic[A]):
     # and `.value` then read and write `raw_value` directly (the fast path).
     _plain_access: tp.ClassVar[bool] = True
     hijax: tp.ClassVar[bool] = False  # see `varmodes`: `hijax=True`/`ref=True` subclasses
+    _mode_ref: tp.ClassVar[bool] = False  # set on the `ref=True` subclasses
     # Writes from another JAX trace than the one the Variable was made in raise
     # (`ref`/`hijax` Variables are made to be written that way).
     _trace_checked: tp.ClassVar[bool] = True
 
     def __new__(
-        cls, *args: tp.Any, hijax: bool | None = None, ref: bool | None = None, **kwargs: tp.Any
+        cls, *args: object, hijax: bool | None = None, ref: bool | None = None, **kwargs: object
     ) -> tp.Any:
         if cls.__dict__.get("_mode_base") is not None:  # `type(v)(x)` keeps v's mode
             hijax = cls.hijax if hijax is None else hijax
@@ -78,7 +81,7 @@ class Variable(VariableLike, tp.Generic[A]):
         hijax: bool | None = None,
         ref: bool | None = None,
         eager_sharding: bool | None = None,
-        **metadata: tp.Any,
+        **metadata: object,
     ):
         if isinstance(value, Variable):
             metadata = {**value.get_metadata(exclude_required=True), **metadata}
@@ -95,7 +98,9 @@ class Variable(VariableLike, tp.Generic[A]):
         sharded = dict(metadata) if spmd.spec_key(metadata) is not None else None
         if metadata.get("eager_sharding", True) is True:
             metadata.pop("eager_sharding", None)  # the default is not stored
-        object.__setattr__(self, "_metadata", tuple(sorted((k, _freeze(v)) for k, v in metadata.items())))
+        object.__setattr__(
+            self, "_metadata", tuple(sorted((k, hashable_metadata(v)) for k, v in metadata.items()))
+        )
         object.__setattr__(self, "_frame", context.current_frame())
         object.__setattr__(self, "_trace", _TRACE_CTX.trace)
         object.__setattr__(self, "raw_value", value)  # what `create_value` overrides may read
@@ -111,23 +116,23 @@ class Variable(VariableLike, tp.Generic[A]):
         check initial values; copies, `split`/`merge` and transforms do not call it."""
         return value
 
-    def __init_subclass__(cls, **kwargs: tp.Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "_plain_access" not in cls.__dict__:
             cls._plain_access = cls.get_value is Variable.get_value and cls.set_value is Variable.set_value
         _register_pytree(cls)
 
     @staticmethod
-    def _store(value: tp.Any) -> tp.Any:
+    def _store(value: object) -> tp.Any:
         """How a value is kept in `raw_value` (`ref`/`hijax` types keep jax.Refs)."""
         return value
 
     # -- the core's contract -------------------------------------------------
-    def metadata_items(self) -> tuple[tuple[str, tp.Any], ...]:
+    def metadata_items(self) -> Metadata:
         return self._metadata
 
     @classmethod
-    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: Metadata) -> Variable:
         var = _new(cls)  # slot setters: `split`/`merge` make one per leaf
         _set_raw_value(var, value)
         _set_metadata(var, metadata)
@@ -143,13 +148,13 @@ class Variable(VariableLike, tp.Generic[A]):
             frames = _LOCAL.frames
             _set_frame(self, frames[-1] if frames else None)
 
-    def set_raw(self, value: tp.Any) -> None:
+    def set_raw(self, value: object) -> None:
         context.check_write(self, self._frame, "the value")
         if self._trace_checked:
             _check_trace(self)
         object.__setattr__(self, "raw_value", value)
 
-    def set_metadata_items(self, metadata: tuple[tuple[str, tp.Any], ...]) -> None:
+    def set_metadata_items(self, metadata: Metadata) -> None:
         context.check_write(self, self._frame, "the metadata")
         if self._trace_checked:
             _check_trace(self)
@@ -177,14 +182,14 @@ class Variable(VariableLike, tp.Generic[A]):
     def set_raw_value(self, value: A) -> None:
         self.set_raw(value)
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         """The value (`v[...]`); `index` reads one item (`v[i]`)."""
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
             return raw
         return raw[index]
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         """Write the value (`v[...] = x`); `index` writes one item (`v[i] = x`)."""
         if isinstance(value, Variable):
             value = value.get_value()
@@ -193,14 +198,14 @@ class Variable(VariableLike, tp.Generic[A]):
             return
         self.set_raw(_set_item(self.raw_value, index, value))
 
-    def __getitem__(self, key: tp.Any) -> tp.Any:
+    def __getitem__(self, key: object) -> tp.Any:
         if not self._plain_access:
             return self.get_value(index=key)
         if key is Ellipsis:
             return self.raw_value
         return self.raw_value[key]
 
-    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+    def __setitem__(self, key: object, value: tp.Any) -> None:
         if not self._plain_access:
             self.set_value(value, index=key)
             return
@@ -208,21 +213,21 @@ class Variable(VariableLike, tp.Generic[A]):
             value = value.get_value()
         self.set_raw(_set_item(self.raw_value, key, value))
 
-    def __delitem__(self, key: tp.Any) -> None:
-        value = self.get_value()
+    def __delitem__(self, key: object) -> None:
+        value: object = self.get_value()
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != key}
         elif isinstance(value, list):
             value = [v for i, v in enumerate(value) if i != key]
         else:
             raise TypeError(f"cannot delete item {key!r} of a {type(value).__name__} value")
-        self.set_value(value)
+        self.set_value(tp.cast("A", value))
 
-    def __contains__(self, item: tp.Any) -> bool:
-        return item in self.get_value()
+    def __contains__(self, item: object) -> bool:
+        return item in tp.cast("tp.Container[object]", self.get_value())
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        return self.get_value()(*args, **kwargs)
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
+        return tp.cast("tp.Callable[..., tp.Any]", self.get_value())(*args, **kwargs)
 
     # -- metadata ------------------------------------------------------------------
     @property
@@ -239,7 +244,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return varmodes.base_type(type(self))
 
     def get_metadata(
-        self, name: str | None = None, default: tp.Any = None, *, exclude_required: bool | None = None
+        self, name: str | None = None, default: object = None, *, exclude_required: bool | None = None
     ) -> tp.Any:
         """All metadata as a dict (with `hijax`, `ref`, `eager_sharding`), or one entry."""
         meta = dict(self._metadata)
@@ -257,7 +262,7 @@ class Variable(VariableLike, tp.Generic[A]):
         del meta[name]
         self.set_metadata_items(tuple(sorted(meta.items())))
 
-    def set_metadata(self, *args: tp.Any, **kwargs: tp.Any) -> None:
+    def set_metadata(self, *args: tp.Any, **kwargs: object) -> None:
         """`v.set_metadata(name, value)`, `v.set_metadata(**items)` or
         `v.set_metadata(dict)` (which replaces all metadata)."""
         if args and kwargs:
@@ -281,15 +286,15 @@ class Variable(VariableLike, tp.Generic[A]):
         meta.update(updates)
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
-        self.set_metadata_items(tuple(sorted((k, _freeze(v)) for k, v in meta.items())))
+        self.set_metadata_items(tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items())))
 
-    def add_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+    def add_axis(self, axis_index: int, axis_name: object) -> None:
         """Called by `vmap`/`scan` with `transform_metadata` when this Variable leaves
         mapped along `axis_index` (after its annotations got `axis_name` there); runs
         the `on_add_axis` hook(s) in its metadata. Subclasses may override it."""
         _run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
 
-    def remove_axis(self, axis_index: int, axis_name: tp.Any) -> None:
+    def remove_axis(self, axis_index: int, axis_name: object) -> None:
         """Called by `vmap`/`scan` with `transform_metadata` when this Variable enters
         mapped along `axis_index`; runs the `on_remove_axis` hook(s) in its metadata."""
         _run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
@@ -311,7 +316,7 @@ class Variable(VariableLike, tp.Generic[A]):
             raw = self.get_value()
         return getattr(raw, name)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in ("value", "raw_value"):
             object.__setattr__(self, name, value) if name == "value" else self.set_raw(value)
         elif name.startswith("_"):
@@ -320,21 +325,21 @@ class Variable(VariableLike, tp.Generic[A]):
             self.set_metadata(name, value)
 
     # -- copies ----------------------------------------------------------------------
-    def replace(self, value: tp.Any = _MISSING, **metadata: tp.Any) -> Variable:
+    def replace(self, value: object = _MISSING, **metadata: object) -> Variable:
         """A new Variable of the same type with a new value and/or metadata
         (`hijax=`/`ref=` change how the value is kept, as in `copy`)."""
         return self.copy(value, **metadata)
 
     @property
-    def shape(self) -> tp.Any:
+    def shape(self) -> tuple[int, ...]:
         """The value's shape."""
-        return self.get_value().shape
+        return tp.cast("jax.Array", self.get_value()).shape
 
-    def to_state(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+    def to_state(self, value: object = _MISSING, **updates: object) -> Variable:
         """Flax's other name for `copy`."""
         return self.copy(value, **updates)
 
-    def copy(self, value: tp.Any = _MISSING, **updates: tp.Any) -> Variable:
+    def copy(self, value: object = _MISSING, **updates: object) -> Variable:
         """A new Variable like this one; `value`, metadata, `hijax=` and `ref=` may change."""
         if value is _MISSING:
             value = updates.pop("value", _MISSING)
@@ -343,7 +348,7 @@ class Variable(VariableLike, tp.Generic[A]):
         meta = {**dict(self._metadata), **updates}
         if meta.get("eager_sharding", True) is True:
             meta.pop("eager_sharding", None)
-        metadata = tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+        metadata = tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items()))
         target = varmodes.mode_type(type(self), hijax=bool(hijax), ref=bool(ref))
         if value is _MISSING:
             if target is type(self) and not self.ref and not self.hijax:
@@ -352,7 +357,7 @@ class Variable(VariableLike, tp.Generic[A]):
         return target.from_parts(target._store(value), metadata)
 
     @classmethod
-    def from_metadata(cls, value: tp.Any, metadata: tp.Mapping[str, tp.Any]) -> Variable:
+    def from_metadata(cls, value: object, metadata: tp.Mapping[str, object]) -> Variable:
         """A Variable of this type from a value and a metadata dict (as `get_metadata` gives)."""
         meta = dict(metadata)
         hijax, ref = bool(meta.pop("hijax", False)), bool(meta.pop("ref", False))
@@ -360,7 +365,7 @@ class Variable(VariableLike, tp.Generic[A]):
             meta.pop("eager_sharding", None)
         target = varmodes.mode_type(cls, hijax=hijax, ref=ref)
         return target.from_parts(
-            target._store(value), tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+            target._store(value), tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items()))
         )
 
     def copy_from(self, other: Variable) -> None:
@@ -388,7 +393,7 @@ class Variable(VariableLike, tp.Generic[A]):
     def __jax_array__(self) -> jax.Array:
         return jnp.asarray(_read(self))
 
-    def __array__(self, dtype: tp.Any = None, copy: tp.Any = None):
+    def __array__(self, dtype: tp.Any = None, copy: bool | None = None):
         import numpy as np
 
         return np.asarray(_read(self), dtype=dtype)
@@ -418,8 +423,6 @@ class Variable(VariableLike, tp.Generic[A]):
         return id(self)
 
     def __repr__(self) -> str:
-        from nnxfn.facade.display import variable_repr
-
         return variable_repr(self)
 
 
@@ -455,7 +458,7 @@ def _check_trace(var: Variable) -> None:
     )
 
 
-def _rebuild(cls: type, value: tp.Any, metadata: tuple) -> Variable:
+def _rebuild(cls: type[Variable], value: object, metadata: tuple) -> Variable:
     return cls.from_parts(value, metadata)
 
 
@@ -475,14 +478,14 @@ def _set_item(old: tp.Any, key: tp.Any, value: tp.Any) -> tp.Any:
     return jnp.asarray(old).at[key].set(value)
 
 
-def _unary(op: tp.Callable) -> tp.Callable:
-    def method(self: tp.Any) -> tp.Any:
+def _unary(op: tp.Callable[[tp.Any], tp.Any]) -> tp.Callable[[Variable], tp.Any]:
+    def method(self: Variable) -> tp.Any:
         return op(_read(self))
 
     return method
 
 
-def _read(x: tp.Any) -> tp.Any:
+def _read(x: object) -> tp.Any:
     if not isinstance(x, Variable):
         return x
     return x.raw_value if x._plain_access else x.get_value()
@@ -491,18 +494,23 @@ def _read(x: tp.Any) -> tp.Any:
 _unwrap = _read
 
 
-def _binary(op: tp.Callable) -> tp.Callable:
-    def forward(self: Variable, other: tp.Any) -> tp.Any:
+Method = tp.Callable[[Variable, tp.Any], tp.Any]
+
+
+def _binary(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tuple[Method, Method]:
+    """The forward (`v + x`) and reflected (`x + v`) methods of `op`."""
+
+    def forward(self: Variable, other: object) -> tp.Any:
         return op(self.raw_value if self._plain_access else self.get_value(), _read(other))
 
-    def backward(self: Variable, other: tp.Any) -> tp.Any:
+    def backward(self: Variable, other: object) -> tp.Any:
         return op(_read(other), self.raw_value if self._plain_access else self.get_value())
 
     return forward, backward
 
 
-def _inplace(op: tp.Callable) -> tp.Callable:
-    def inplace(self: Variable, other: tp.Any) -> Variable:
+def _inplace(op: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tp.Callable[[Variable, tp.Any], Variable]:
+    def inplace(self: Variable, other: object) -> Variable:
         if self._plain_access:
             self.set_raw(op(self.raw_value, _read(other)))
         else:
@@ -534,7 +542,7 @@ for _name, _op in {
     # which would silently turn `self.count += 1` into a plain attribute).
     setattr(Variable, f"__i{_name}__", _inplace(_op))
 
-for _name, _op in {
+for _name, _compare in {
     "lt": operator.lt,
     "le": operator.le,
     "gt": operator.gt,
@@ -542,11 +550,12 @@ for _name, _op in {
     "eq": operator.eq,
     "ne": operator.ne,
 }.items():
-    setattr(Variable, f"__{_name}__", _binary(_op)[0])
+    setattr(Variable, f"__{_name}__", _binary(_compare)[0])
 
-Variable.__divmod__, Variable.__rdivmod__ = _binary(divmod)  # no in-place form
+for _name, _method in zip(("__divmod__", "__rdivmod__"), _binary(divmod)):  # no in-place form
+    setattr(Variable, _name, _method)
 
-for _name, _op in {
+_UNARY: dict[str, tp.Callable[[tp.Any], tp.Any]] = {
     "neg": operator.neg,
     "pos": operator.pos,
     "abs": operator.abs,
@@ -555,8 +564,9 @@ for _name, _op in {
     "trunc": math.trunc,
     "floor": math.floor,
     "ceil": math.ceil,
-}.items():
-    setattr(Variable, f"__{_name}__", _unary(_op))
+}
+for _name, _unary_op in _UNARY.items():
+    setattr(Variable, f"__{_name}__", _unary(_unary_op))
 
 
 def _flatten_with_keys(v: Variable):
@@ -567,11 +577,11 @@ def _flatten(v: Variable):
     return (v.raw_value,), v._metadata
 
 
-def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+def _unflatten(cls: type[Variable], metadata: tuple, children: tp.Sequence) -> Variable:
     """`from_parts`, inlined (one per Variable of every JAX unflatten); a
     Variable rebuilt from a tracer outside nnxfn's transforms is FOREIGN."""
     (value,) = children
-    var = _new(cls)
+    var: Variable = _new(cls)
     _set_raw_value(var, value)
     _set_metadata(var, metadata)
     frames = _LOCAL.frames
@@ -581,7 +591,7 @@ def _unflatten(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
     return var
 
 
-def _unflatten_by_parts(cls: type, metadata: tuple, children: tp.Sequence) -> Variable:
+def _unflatten_by_parts(cls: type[Variable], metadata: tuple, children: tp.Sequence) -> Variable:
     """`_unflatten` for a type with its own `from_parts` (e.g. hijax Variables)."""
     (value,) = children
     var = cls.from_parts(value, metadata)
@@ -627,7 +637,7 @@ class RefVariable(Variable[A]):
     def set_raw_value(self, value: A) -> None:
         object.__setattr__(self, "raw_value", varmodes.to_refs(value))
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         raw = self.raw_value
         if index is _MISSING or index is Ellipsis:
             return varmodes.from_refs(raw)
@@ -635,7 +645,7 @@ class RefVariable(Variable[A]):
             return raw[index]
         return varmodes.from_refs(raw[index])
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         # A write into a Ref is not checked against transform frames: JAX
         # carries it out of `jax.jit`/`jax.grad`/`scan` to the Variable outside.
         if isinstance(value, Variable):
@@ -646,20 +656,22 @@ class RefVariable(Variable[A]):
                 _put(raw, ..., jnp.broadcast_to(jnp.asarray(value, jax.typeof(raw).dtype), raw.shape))
                 return
             old, new = jax.tree.structure(raw, is_leaf=varmodes.is_ref), jax.tree.structure(value)
-            if old == new and not varmodes.is_ref(raw):
+            if old == new and not varmodes.is_ref(raw):  # type: ignore[operator]  # PyTreeDef has __eq__
                 for r, x in zip(jax.tree.leaves(raw, is_leaf=varmodes.is_ref), jax.tree.leaves(value)):
                     _put(r, ..., x)
                 return
             self.set_raw(varmodes.to_refs(value))
         elif varmodes.is_ref(raw):
             _put(raw, index, value)
-        elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(value):
+        elif varmodes.is_ref(sub := raw[index]) and jax.typeof(sub[...]).shape == jnp.shape(
+            tp.cast("jax.Array", value)
+        ):
             _put(sub, ..., value)
         else:
             self.set_raw(_set_item(raw, index, varmodes.to_refs(value)))
 
 
-def _put(ref: tp.Any, index: tp.Any, value: tp.Any) -> None:
+def _put(ref: tp.Any, index: object, value: tp.Any) -> None:
     """`ref[index] = value`. Under `jax.grad`, a Ref made outside the
     differentiated function (e.g. BatchNorm statistics) cannot hold a value
     that carries a derivative: it gets the value without it (the state is not
@@ -697,13 +709,13 @@ class HijaxVariable(RefVariable[A]):
     _trace_checked = False
 
     @classmethod
-    def _store(cls, value: tp.Any) -> tp.Any:  # type: ignore[override]
+    def _store(cls, value: object) -> tp.Any:  # type: ignore[override]
         if cls._mode_ref or varmodes.tracing():
             return varmodes.to_refs(value)
         return varmodes.to_box(value)
 
     @classmethod
-    def from_parts(cls, value: tp.Any, metadata: tuple[tuple[str, tp.Any], ...]) -> Variable:
+    def from_parts(cls, value: object, metadata: Metadata) -> Variable:
         # Outside a trace a hijax Variable keeps its value in a Box, whatever it was
         # given (plain arrays merged into a hijax GraphDef, Refs a jitted call made).
         if not cls._mode_ref and not varmodes.is_box(value) and not varmodes.tracing():
@@ -722,21 +734,21 @@ class HijaxVariable(RefVariable[A]):
         else:
             self.set_raw(value)
 
-    def set_raw(self, value: tp.Any) -> None:
+    def set_raw(self, value: object) -> None:
         raw = self.raw_value
         if varmodes.is_box(raw) and not varmodes.is_box(value):
             varmodes.box_set(raw, varmodes.from_refs(value))  # the same Box: JAX carries the write
         else:
             super().set_raw(value)
 
-    def get_value(self, *, index: tp.Any = _MISSING) -> A:
+    def get_value(self, *, index: object = _MISSING) -> A:
         raw = self.raw_value
         if not varmodes.is_box(raw):
             return super().get_value(index=index)
         value = raw.get()
         return value if index is _MISSING or index is Ellipsis else value[index]
 
-    def set_value(self, value: A, *, index: tp.Any = _MISSING) -> None:
+    def set_value(self, value: A, *, index: object = _MISSING) -> None:
         raw = self.raw_value
         if not varmodes.is_box(raw):
             super().set_value(value, index=index)
@@ -745,6 +757,9 @@ class HijaxVariable(RefVariable[A]):
             value = value.get_value()
         new = value if index is _MISSING else _set_item(raw.get(), index, value)
         varmodes.box_set(raw, new)
+
+
+varmodes.register_mode_mixins(ref=RefVariable, hijax=HijaxVariable)
 
 
 class Param(Variable[A]):
@@ -842,7 +857,7 @@ for _name, _type in (
     register_variable_name(_name, _type)
 
 
-def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: tp.Any) -> None:
+def _run_axis_hooks(v: Variable, key: str, axis_index: int, axis_name: object) -> None:
     hooks = dict(v._metadata).get(key)
     if hooks is None:
         return

@@ -31,6 +31,7 @@ import jax
 from jax._src import core as _jax_core
 from jax._src.hijax import Box
 
+T = tp.TypeVar("T")
 MISSING: tp.Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 
@@ -76,7 +77,7 @@ class VarDefaultsContext:
     def __enter__(self) -> VarDefaults:
         return self._new
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         stack = _STACK.stack
         # Drop this entry and whatever bare `var_defaults(...)` calls pushed after it.
         if any(entry is self._new for entry in stack[1:]):
@@ -91,7 +92,7 @@ class VarDefaultsContext:
         self.__exit__(None, None, None)
 
         @functools.wraps(fn)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: object) -> tp.Any:
             _STACK.stack.append(new)
             try:
                 return fn(*args, **kwargs)
@@ -128,16 +129,16 @@ def var_defaults(*, hijax: bool | None = None, ref: bool | None = None) -> tp.An
 
 
 # -- Ref storage ---------------------------------------------------------------------------
-def is_ref(x: tp.Any) -> bool:
+def is_ref(x: object) -> bool:
     return isinstance(x, jax.Ref)
 
 
 # -- Box storage (hijax) ------------------------------------------------------------------------
-def is_box(x: tp.Any) -> bool:
+def is_box(x: object) -> bool:
     return isinstance(x, Box)
 
 
-def to_box(value: tp.Any) -> tp.Any:
+def to_box(value: object) -> tp.Any:
     """`value` (its plain arrays) in a new JAX `Box`."""
     return Box._new(from_refs(value))
 
@@ -147,7 +148,7 @@ def tracing() -> bool:
     return not isinstance(_jax_core.trace_ctx.trace, _jax_core.EvalTrace)
 
 
-def is_mutable(x: tp.Any) -> bool:
+def is_mutable(x: object) -> bool:
     """A `jax.Ref` or a `Box`: what a trace cannot return as such."""
     return isinstance(x, (jax.Ref, Box))
 
@@ -157,7 +158,7 @@ def read(x: tp.Any) -> tp.Any:
     return x.get() if isinstance(x, Box) else x[...]
 
 
-def box_set(box: tp.Any, value: tp.Any) -> None:
+def box_set(box: tp.Any, value: object) -> None:
     """`box.set(value)`. Under `jax.grad`, a Box made outside the differentiated
     function (e.g. BatchNorm statistics) cannot hold a value that carries a
     derivative: it gets the value without it (state is not differentiated)."""
@@ -169,7 +170,7 @@ def box_set(box: tp.Any, value: tp.Any) -> None:
         box.set(jax.lax.stop_gradient(value))
 
 
-def to_refs(value: tp.Any) -> tp.Any:
+def to_refs(value: object) -> tp.Any:
     """`value` with each array leaf in its own `jax.Ref` (Refs kept as they are)."""
     return jax.tree.map(lambda x: x if is_ref(x) else jax.new_ref(x), value)
 
@@ -181,7 +182,20 @@ def from_refs(value: tp.Any) -> tp.Any:
     return jax.tree.map(lambda x: x[...] if is_ref(x) else x, value, is_leaf=is_ref)
 
 
+# (base type, hijax, ref) -> its mode subclass. A registry, not a cache: the
+# class made for a key must stay the same class (`type(v) is type(w)`, GraphDef
+# equality, pickling), so it is kept whether or not caching is on.
 _TYPES: dict[tuple[type, bool, bool], type] = {}
+# The mixins of the mode subclasses, `{hijax: mixin}`: RefVariable and
+# HijaxVariable are Variables, so `variables.py` (built on this module)
+# registers them when it is imported (`register_mode_mixins`).
+_MIXINS: dict[bool, type] = {}
+
+
+def register_mode_mixins(*, ref: type, hijax: type) -> None:
+    """Called by `variables.py`: the mixin classes of the `ref=True` and `hijax=True` types."""
+    _MIXINS[False] = ref
+    _MIXINS[True] = hijax
 
 
 class ModeType(type):
@@ -191,7 +205,10 @@ class ModeType(type):
     `Param` fits where the GraphDef of a hijax model expects its `Param`s
     (`nnx.merge(graphdef, nnx.with_vars(params, hijax=False))`)."""
 
-    def __instancecheck__(cls, obj: tp.Any) -> bool:
+    hijax: bool  # class attributes of every mode type (see `mode_type`)
+    _mode_ref: bool
+
+    def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, cls.__dict__["_mode_base"])
 
 
@@ -207,12 +224,12 @@ def _mode_type_of(base: type, hijax: bool, ref: bool) -> type:
 copyreg.pickle(ModeType, _reduce_mode_type)
 
 
-def base_type(cls: type) -> type:
+def base_type(cls: type[T]) -> type[T]:
     """The user-facing Variable type behind a `hijax`/`ref` subclass."""
     return cls.__dict__.get("_mode_base") or cls
 
 
-def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
+def mode_type(cls: type[T], *, hijax: bool, ref: bool) -> type[T]:
     """The subclass of `cls` whose instances keep their value as asked."""
     base = base_type(cls)
     if not hijax and not ref:
@@ -220,9 +237,7 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
     key = (base, hijax, ref)
     found = _TYPES.get(key)
     if found is None:
-        from nnxfn.facade.variables import HijaxVariable, RefVariable
-
-        mixin = HijaxVariable if hijax else RefVariable
+        mixin = _MIXINS[bool(hijax)]
         found = ModeType(
             base.__name__,
             (mixin, base),
@@ -235,4 +250,4 @@ def mode_type(cls: type, *, hijax: bool, ref: bool) -> type:
             },
         )
         _TYPES[key] = found
-    return found
+    return tp.cast("type[T]", found)  # a subclass of `base` (the ModeType call above)

@@ -37,7 +37,7 @@ def view(
     only: tp.Any = ...,
     raise_if_not_found: bool = True,
     graph: bool | None = None,
-    **kwargs: tp.Any,
+    **kwargs: object,
 ) -> A:
     """A copy of the graph sharing every Variable with `node`, with modules
     switched by `kwargs` (`nnx.view(model, deterministic=True)`).
@@ -83,7 +83,7 @@ def with_attributes(
     only: tp.Any = ...,
     raise_if_not_found: bool = True,
     graph: bool | None = None,
-    **attributes: tp.Any,
+    **attributes: object,
 ) -> A:
     """A copy of the graph sharing every Variable with `node`, with `attributes`
     set on the modules (matching `only`) that have them; `node` is unchanged."""
@@ -109,7 +109,7 @@ def missing_attributes(names: tp.Iterable[str]) -> str:
     )
 
 
-def view_info(node: tp.Any, /, *, only: tp.Any = ..., graph: bool | None = None) -> str:
+def view_info(node: object, /, *, only: object = ..., graph: bool | None = None) -> str:
     """What `nnx.view` accepts for `node`: each module class with a `set_view`
     method, its keywords (with defaults) and their docstring descriptions."""
     del graph
@@ -136,7 +136,7 @@ def view_info(node: tp.Any, /, *, only: tp.Any = ..., graph: bool | None = None)
     return "\n".join(lines)
 
 
-def _annotation(ann: tp.Any) -> str:
+def _annotation(ann: object) -> str:
     return ann if isinstance(ann, str) else inspect.formatannotation(ann)
 
 
@@ -177,7 +177,7 @@ def with_vars(
     changes = {k: v for k, v in (("hijax", hijax), ("ref", ref)) if v is not None}
     predicate = core.to_predicate(only)
 
-    def differs(path: tuple, x: tp.Any) -> bool:
+    def differs(path: tuple, x: object) -> bool:
         return (
             isinstance(x, Variable)
             and predicate(path, x)
@@ -185,7 +185,7 @@ def with_vars(
         )
 
     if isinstance(node, Variable):
-        return node.copy(**changes) if differs((), node) else node
+        return tp.cast("A", node.copy(**changes)) if differs((), node) else node
     if not allow_duplicates:
         dups = [paths for paths in core.find_duplicates(node) if differs(paths[0], _at(node, paths[0]))]
         if dups:
@@ -218,13 +218,13 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
         if any(a is not b for a, b in zip(items, value)):
             return type(value)(items)
     elif type(value) is dict:
-        items = {k: _replace(v, swap, done) for k, v in value.items()}
-        if any(items[k] is not value[k] for k in value):
-            return items
+        entries = {k: _replace(v, swap, done) for k, v in value.items()}
+        if any(entries[k] is not value[k] for k in value):
+            return entries
     else:  # a State or another pytree holding Variables
         import jax
 
-        def is_var(x: tp.Any) -> bool:
+        def is_var(x: object) -> bool:
             return isinstance(x, Variable)
 
         if any(id(x) in swap for x in jax.tree.leaves(value, is_leaf=is_var)):
@@ -232,7 +232,7 @@ def _replace(value: tp.Any, swap: dict[int, tp.Any], done: set[int]) -> tp.Any:
     return value
 
 
-def _at(node: tp.Any, path: tuple) -> tp.Any:
+def _at(node: object, path: tuple) -> tp.Any:
     for key in path:
         node = dict(core.graph.children_of(node))[key]
     return node
@@ -241,7 +241,7 @@ def _at(node: tp.Any, path: tuple) -> tp.Any:
 vars_as = with_vars
 
 
-def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any) -> None:
+def set_metadata(node: object, /, *, only: object = Variable, **metadata: object) -> None:
     """Set `metadata` on every Variable of `node` matching `only`, in place."""
     predicate = core.to_predicate(only)
     for path, value in core.iter_graph(node):
@@ -249,7 +249,7 @@ def set_metadata(node: tp.Any, /, *, only: tp.Any = Variable, **metadata: tp.Any
             value.set_metadata(**metadata)
 
 
-def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+def iter_children(node: object, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, child) for the direct children of `node` that are graph nodes
     (Modules, Rngs, `nnx.List`, ...) or Variables; does not recurse."""
     if treemode.is_tree_mode(graph) and getattr(type(node), "_nnx_is_pytree", True) is False:
@@ -261,7 +261,7 @@ def iter_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[
             yield key, value
 
 
-def iter_module_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+def iter_module_children(node: object, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
     """(key, module) for the direct children of `node` that are Modules."""
     for key, value in iter_children(node, graph=graph):
         if isinstance(value, Module):
@@ -270,7 +270,7 @@ def iter_module_children(node: tp.Any, /, *, graph: bool | None = None) -> tp.It
 
 # -- capture -------------------------------------------------------------------------------
 def capture(
-    fn: tp.Any, *var_types: type, init: tp.Any = None, method_outputs: type | None = None
+    fn: tp.Callable[..., tp.Any], *var_types: type, init: object = None, method_outputs: type | None = None
 ) -> tp.Callable:
     """Wrap `fn` so it returns `(result, *states)`: what `Module.sow`/`Module.perturb`
     recorded during the call, one State per Variable type in `var_types`.
@@ -315,14 +315,14 @@ def _exact_first(var_type: type, all_types: tuple) -> tp.Callable:
     """A filter for `var_type` that leaves instances of other listed subtypes to them
     (`capture(f, nnx.Intermediate, nnx.Perturbation)` splits the two)."""
 
-    def pred(path: tuple, value: tp.Any) -> bool:
+    def pred(path: tuple, value: object) -> bool:
         kind = type(value)
         return kind is var_type or (isinstance(value, var_type) and kind not in all_types)
 
     return pred
 
 
-def _by_module_path(state: tp.Any) -> dict[tuple, dict[str, Variable]]:
+def _by_module_path(state: object) -> dict[tuple, dict[str, Variable]]:
     out: dict[tuple, dict[str, Variable]] = {}
 
     def walk(s: tp.Any, path: tuple) -> None:
@@ -351,7 +351,7 @@ def _harvest(module: Module, var_types: set) -> tp.Any:
     return core.State.from_flat_path(flat)
 
 
-def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str, tp.Any]]:
+def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str, object]]:
     """Wrap the public methods (and `__call__`) each class defines so their
     outputs are sown as `var_type`; returns what to restore."""
     if var_type is None:
@@ -370,7 +370,7 @@ def _patch_methods(classes: set, var_type: type | None) -> list[tuple[type, str,
 
 def _sowing(method: tp.Callable, name: str, var_type: type) -> tp.Callable:
     @functools.wraps(method)
-    def wrapper(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(self: tp.Any, *args: object, **kwargs: object) -> tp.Any:
         result = method(self, *args, **kwargs)
         self.sow(var_type, name, result)
         return result
@@ -378,6 +378,6 @@ def _sowing(method: tp.Callable, name: str, var_type: type) -> tp.Callable:
     return wrapper
 
 
-def _unpatch_methods(patched: list[tuple[type, str, tp.Any]]) -> None:
+def _unpatch_methods(patched: list[tuple[type, str, object]]) -> None:
     for cls, name, method in reversed(patched):
         setattr(cls, name, method)

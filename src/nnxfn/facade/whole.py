@@ -5,7 +5,7 @@ a Module or Variable twice (shared sub-modules, tied weights, cycles) is
 flattened here instead. JAX sees its deduplicated State leaves (each shared
 Variable once), nested in `Level` nodes so key paths still read
 `.layers[0].kernel.value`; foreign pytrees (Equinox modules) are children
-whole. `unflatten` rebuilds the graph with its sharing through the core's
+whole. `unflatten_whole` rebuilds the graph with its sharing through the core's
 one unflatten.
 """
 
@@ -16,8 +16,9 @@ import typing as tp
 import jax
 
 from nnxfn import core
+from nnxfn.core import caches
 from nnxfn.facade import context
-from nnxfn.facade.module import Object
+from nnxfn.facade.pytreeview import is_object
 
 
 class Level:
@@ -43,10 +44,10 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 # aux -> nesting template: a list of ints (leaf positions) and (keys, template) pairs
-_TEMPLATES: dict[tuple, tuple[tuple, list]] = {}
+_TEMPLATES: caches.Cache[tuple, tuple[tuple, list]] = caches.Cache("facade.whole.templates")
 
 
-def _key_of(node: tp.Any, k: tp.Any) -> tp.Any:
+def _key_of(node: object, k: object) -> tp.Any:
     if type(k) is int and (
         isinstance(node, (list, tuple)) or type(node).__name__ == "List" and hasattr(node, "_items")
     ):
@@ -62,9 +63,9 @@ def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
     try:
         if isinstance(node, (list, tuple, dict)):
             return node[k]
-        if isinstance(node, Object) and hasattr(node, "_items") and isinstance(k, int):
+        if is_object(node) and hasattr(node, "_items") and isinstance(k, int):
             return node._items[k]
-        if isinstance(node, Object):
+        if is_object(node):
             return node.__dict__.get(k)
         for ck, cv in core.graph.children_of(node):
             if ck == k:
@@ -74,10 +75,10 @@ def _child_at(node: tp.Any, k: tp.Any) -> tp.Any:
     return None
 
 
-def _template(obj: Object, paths: tuple) -> tuple[tuple, list]:
+def _template(obj: object, paths: tuple) -> tuple[tuple, list]:
     """(top-level keys, entries) with entries a leaf index or (keys, entries)."""
 
-    def build(node: tp.Any, items: list, depth: int) -> tuple[tuple, list]:
+    def build(node: object, items: list, depth: int) -> tuple[tuple, list]:
         keys: list = []
         entries: list = []
         i = 0
@@ -114,22 +115,22 @@ def _flat_leaves(children: tp.Iterable, out: list) -> list:
     return out
 
 
-def _nested(obj: Object, leaves: list, aux: tuple):
+def _nested(obj: object, leaves: list, aux: tuple):
     template = _TEMPLATES.get(aux)
     if template is None:
         if len(_TEMPLATES) > 4096:
             _TEMPLATES.clear()
-        template = _TEMPLATES[aux] = _template(obj, aux[1])
+        template = _TEMPLATES.put(aux, _template(obj, aux[1]))
     keys, entries = template
     return keys, _nest(entries, leaves), (*aux, keys)
 
 
-def _leaves(obj: Object):
+def _leaves(obj: object):
     """JAX sees the State leaves (Variables, raw arrays), each once even if
     shared; foreign pytrees (Equinox modules) are children whole, so
     `is_leaf=lambda x: isinstance(x, eqx.nn.Linear)` and `eqx.tree_at` see them."""
     memo = obj.__dict__.get("_nnx_pytree")
-    if memo is not None and memo[3] == context.structure_epoch():
+    if memo is not None and memo[3] == context.structure_epoch() and caches.enabled():
         # Made by `unflatten` and structurally unchanged since: keep its
         # leaf slots even if they now hold None/bools (e.g. `eqx.partition`).
         pairs = core.graph.flatten_like(memo[0], obj, memo[2])
@@ -142,23 +143,23 @@ def _leaves(obj: Object):
     return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
 
 
-def flatten(obj: Object):
+def flatten_whole(obj: object):
     leaves, aux = _leaves(obj)
     _, children, aux = _nested(obj, leaves, aux)
     return children, aux
 
 
-def flatten_with_keys(obj: Object):
+def flatten_whole_with_keys(obj: object):
     leaves, aux = _leaves(obj)
     keys, children, aux = _nested(obj, leaves, aux)
     return list(zip(keys, children)), aux
 
 
-def _is_tracer(x: tp.Any) -> bool:
+def _is_tracer(x: object) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def unflatten(aux: tuple, children: tp.Iterable) -> Object:
+def unflatten_whole(aux: tuple, children: tp.Iterable) -> object:
     graphdef, paths, whole, _ = aux
     aux = aux[:3]
     leaves = _flat_leaves(children, [])
@@ -179,9 +180,9 @@ def unflatten(aux: tuple, children: tp.Iterable) -> Object:
         obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):
-            if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:
+            if is_object(node) and node.__dict__.get("_nnx_frame") is None:
                 object.__setattr__(node, "_nnx_frame", context.FOREIGN)
                 context.remember_foreign_path(node, path)
-    if isinstance(obj, Object):
+    if is_object(obj):
         object.__setattr__(obj, "_nnx_pytree", (*aux, context.structure_epoch()))
     return obj

@@ -1,13 +1,12 @@
 """`nnx.pytreelib` (also `nnx.object`): Pytree/Object and data/static marking."""
 
-from nnxfn.facade.module import NonPytreeObject as Object, Pytree as Pytree
+from nnxfn.facade.module import NonPytreeObject as Object, Pytree as Pytree, check_pytree as check_pytree
 from nnxfn.facade.pytreelib import (
     DATA_TYPES as DATA_REGISTRY,
     Data as Data,
     DataAnnotation as DataAnnotation,
     Static as Static,
     StaticAnnotation as StaticAnnotation,
-    check_pytree as check_pytree,
     data as data,
     dataclass as dataclass,
     has_data as has_data,

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from nnxfn.core import errors
 from nnxfn.core.graphdef import ContainerDef, GraphDef, NodeDef, PytreeDef, VariableDef
 from nnxfn.facade import spmd
-from nnxfn.facade.variables import _freeze
+from nnxfn.facade.variables import hashable_metadata
 from nnxfn.transforms.axes import StateAxes
 from nnxfn.transforms.boundary import Entry, EntryStatic, ExitStatic
 
@@ -93,7 +93,7 @@ def _edit(
                 raise ValueError(_missing_axis(name, where, k, meta[k], index, value))
             del entries[index]
         meta[k] = _rebuild(meta[k], entries)
-    return tuple(sorted((k, _freeze(v)) for k, v in meta.items()))
+    return tuple(sorted((k, hashable_metadata(v)) for k, v in meta.items()))
 
 
 def _with_axes(
