@@ -30,7 +30,7 @@ from nnxfn.core import writes as _update
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.program import leaf_ops
 from nnxfn.core.graphdef import GraphDef
-from nnxfn.core.kinds import _CONTAINERS
+from nnxfn.core.kinds import CONTAINERS, pytree_children
 from nnxfn.core.registry import lookup
 from nnxfn.core.state import State, partition
 from nnxfn.core.state import _flatten as _state_flatten
@@ -49,11 +49,11 @@ def is_graph_node(x: tp.Any) -> bool:
 def is_leaf_root(x: tp.Any) -> bool:
     """True if `x` has no children at all: a Variable, an array or a static value."""
     t = type(x)
-    if lookup(t) is not None or t in _CONTAINERS:
+    if lookup(t) is not None or t in CONTAINERS:
         return False
     if isinstance(x, VariableLike) or _graph.is_array(x):
         return True
-    return _graph._pytree_children(x) is None
+    return pytree_children(x) is None
 
 
 # -- split / merge / state / graphdef ----------------------------------------------

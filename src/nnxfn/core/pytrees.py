@@ -16,7 +16,7 @@ import typing as tp
 import jax
 import numpy as np
 
-from nnxfn.core import kinds as _graph
+from nnxfn.core.kinds import key_of, pytree_children
 from nnxfn.core.graphdef import NodeDef, Ref, VariableDef
 from nnxfn.core.registry import NodeImpl, is_registered, key_order, lookup, register_node_type
 from nnxfn.core.treegraph import TreeNodeDef
@@ -35,7 +35,7 @@ class PytreeMeta(tp.NamedTuple):
 
 def flatten_pytree(pytree: tp.Any) -> tuple[list[tuple[tp.Any, tp.Any]], PytreeMeta]:
     """One level of `pytree`: `(key, child)` pairs sorted by key, and its metadata."""
-    found = _graph._pytree_children(pytree)
+    found = pytree_children(pytree)
     if found is None:
         raise ValueError(f"flatten_pytree: {type(pytree).__name__} is a leaf, not a pytree node")
     treedef, pairs = found
@@ -57,7 +57,7 @@ def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
         return False
     if type(x) in (list, tuple, dict):
         return True
-    return _graph._pytree_children(x) is not None
+    return pytree_children(x) is not None
 
 
 def is_node(x: tp.Any) -> bool:
@@ -108,7 +108,7 @@ def register_graph_node_type(
 
 def jax_to_nnx_path(jax_path: tuple) -> tuple:
     """A JAX key path as nnx path parts (attribute names, keys, indices)."""
-    return tuple(_graph._key_of(k) for k in jax_path)
+    return tuple(key_of(k) for k in jax_path)
 
 
 __all__ = ["TreeNodeDef", "NodeRef", "NodeDef", "VariableDef"]

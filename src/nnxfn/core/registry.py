@@ -3,13 +3,18 @@
 A registered *graph node* has identity: the same object reachable by two
 paths is one node in the GraphDef (later paths hold a back-reference), and
 cycles are allowed. Lists, tuples, dicts and other JAX pytrees are not
-registered: they are walked as values (no identity), see `graph.py`.
+registered: they are walked as values (no identity), see `walker.py`.
+
+Lookups are cached per type (`IMPLS`, and `KINDS` for `kinds.kind_of_type`)
+in `caches.Cache`s; registering a type clears every cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Hashable, Iterable
+
+from nnxfn.core import caches
 
 Key = Any  # str attribute name, int index, or any hashable dict key
 
@@ -55,22 +60,19 @@ class NodeImpl:
 
 
 _REGISTRY: dict[type, NodeImpl] = {}
-_CACHE: dict[type, NodeImpl | None] = {}
-# type -> how `graph.py`'s fast walk treats its instances; derived from the
-# registry, so it is cleared with `_CACHE`.
-KINDS: dict[type, int] = {}
-# Other per-type caches derived from the registry (e.g. the facade's pytree
-# kinds), cleared with it.
-DERIVED: list[dict] = []
+# type -> its NodeImpl (a registered base's, retyped), or None: `lookup`'s answers.
+IMPLS: caches.Cache[type, NodeImpl | None] = caches.Cache("registry.IMPLS")
+# type -> how the walk treats its instances (a `kinds.K_*`), derived from the registry.
+KINDS: caches.Cache[type, int] = caches.Cache("registry.KINDS")
 
 
 def register_node_type(impl: NodeImpl) -> None:
-    """Register `impl.type` (and, unless overridden, its subclasses)."""
+    """Register `impl.type` (and, unless overridden, its subclasses).
+
+    Every cache is cleared: per-type answers derived from the registry
+    (here and in other modules' `caches.Cache`s) may have changed."""
     _REGISTRY[impl.type] = impl
-    _CACHE.clear()
-    KINDS.clear()
-    for cache in DERIVED:
-        cache.clear()
+    caches.clear()
 
 
 def is_registered(node_type: type) -> bool:
@@ -79,8 +81,10 @@ def is_registered(node_type: type) -> bool:
 
 
 def lookup(node_type: type) -> NodeImpl | None:
+    """How the core treats instances of `node_type`: the NodeImpl of its
+    nearest registered base (for `node_type` itself), or None."""
     try:
-        return _CACHE[node_type]
+        return IMPLS[node_type]
     except KeyError:
         pass
     found = None
@@ -88,11 +92,11 @@ def lookup(node_type: type) -> NodeImpl | None:
         if base in _REGISTRY:
             found = dataclasses.replace(_REGISTRY[base], type=node_type)
             break
-    _CACHE[node_type] = found
-    return found
+    return IMPLS.put(node_type, found)
 
 
 def is_graph_node(x: Any) -> bool:
+    """Whether `x` is an instance of a registered graph-node type."""
     return lookup(type(x)) is not None
 
 

@@ -14,6 +14,7 @@ from types import MappingProxyType
 import jax
 
 from nnxfn.core import errors, filters as filterlib
+from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.registry import key_order
 from nnxfn.core.unmatched import warn_unmatched
 from nnxfn.core.variable_like import VariableLike
@@ -24,10 +25,10 @@ Path = tuple[tp.Any, ...]
 class State(Mapping):
     """Immutable nested mapping; `state['a']['b']` or `state.a.b`."""
 
-    # `_nnx_flat`, set only on the State that `split` returns: (graphdef, leaves in
-    # GraphDef order), so `merge(graphdef, state)` takes leaves by position.
-    # A State is immutable, so any other State (filtered, merged, mapped,
-    # unpickled) simply has none and `merge` goes by paths.
+    # `_nnx_flat`, set only on the States that `split` returns: a `SplitLeaves`
+    # (see `set_split_leaves`), so `merge(graphdef, state)` takes leaves by
+    # position. A State is immutable, so any other State (filtered, merged,
+    # mapped, unpickled) simply has none and `merge` goes by paths.
     __slots__ = ("_mapping", "_nnx_flat")
 
     def __init__(self, mapping: Mapping | tp.Iterable = (), /):
@@ -185,6 +186,40 @@ class State(Mapping):
 _new = object.__new__
 _set_mapping = State.__dict__["_mapping"].__set__
 _set_flat = State.__dict__["_nnx_flat"].__set__
+
+
+class SplitGroup:
+    """Shared by the States of one filtered `split`: how many there are
+    (compared by identity: States of another split are of another group)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class SplitLeaves(tp.NamedTuple):
+    """What a State made by `split` remembers so `merge` can take its
+    leaves by position instead of by path."""
+
+    graphdef: GraphDef
+    leaves: list[tp.Any]  # this State's leaves, in GraphDef order
+    group: SplitGroup | None  # None: the only State of an unfiltered split
+    number: int  # this State's place in its group
+    positions: list[int] | None  # the GraphDef leaf position of each of `leaves` (in a group)
+
+
+def set_split_leaves(state: State, record: SplitLeaves | None) -> None:
+    """Attach (or, with None, drop) what `split` knows about `state`'s leaves."""
+    _set_flat(state, record)
+
+
+def split_leaves(state: object) -> SplitLeaves | None:
+    """What `split` attached to `state` (see `set_split_leaves`), or None."""
+    if type(state) is not State:
+        return None
+    found: SplitLeaves | None = state._nnx_flat
+    return found
 
 
 def wrap(mapping: dict) -> State:

@@ -26,7 +26,7 @@ import typing as tp
 import jax
 
 from nnxfn.core.graphdef import GraphDef, VariableDef
-from nnxfn.core.kinds import _key_of
+from nnxfn.core.kinds import key_of
 from nnxfn.core.registry import key_order
 from nnxfn.core.variable_like import VariableLike
 
@@ -120,7 +120,7 @@ def flatten(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
     """The tree-mode GraphDef of `node` and its `(path, leaf)` pairs in sorted
     path order; Variable leaves are the node's own Variables."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=_is_variable)
-    paths = [tuple(_key_of(k) for k in jax_path) for jax_path, _ in pairs]
+    paths = [tuple(key_of(k) for k in jax_path) for jax_path, _ in pairs]
     order = sorted(range(len(pairs)), key=lambda i: _order(paths[i]))
     variables = []
     out = []

@@ -45,7 +45,7 @@ from jax._src.core import EvalTrace as _EvalTrace
 
 from nnxfn.core.splitcache import CLOCK as _EPOCH
 from nnxfn.core.splitcache import same_snapshot, snapshot
-from nnxfn.core.walker import _mutable
+from nnxfn.core.walker import mutable as _mutable
 from nnxfn.facade import context
 from nnxfn.facade.pytreeview import (
     ARRAY,
