@@ -23,7 +23,7 @@ from nnxfn.core.variable_like import VariableLike
 Path = tuple[tp.Any, ...]
 
 
-def as_state(state: tp.Any) -> State:
+def ensure_state(state: tp.Any) -> State:
     """`state` as a State (a State, a nested mapping, or (path, leaf) pairs)."""
     if isinstance(state, State):
         return state
@@ -38,7 +38,7 @@ def as_state(state: tp.Any) -> State:
 
 def to_flat_state(state: tp.Any) -> FlatState:
     """The `(path, leaf)` pairs of a State, in canonical path order."""
-    pairs = as_state(state).flat_state()
+    pairs = ensure_state(state).flat_state()
     return FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
 
 
@@ -51,7 +51,7 @@ def from_flat_state(
 
 def to_pure_dict(state: tp.Any, extract_fn: tp.Callable[[tp.Any], tp.Any] | None = None) -> dict:
     """Nested plain dicts of the raw values (Variables unwrapped)."""
-    state = as_state(state)
+    state = ensure_state(state)
     if extract_fn is None:
         return state.to_pure_dict()
     return _nest({p: extract_fn(v) for p, v in state.flat_state()})
@@ -77,8 +77,8 @@ def replace_by_pure_dict(
     ignores the return value and then calls `nnx.update(model, state)` works).
     Keys given as strings of digits match integer keys (checkpoint layouts).
     """
-    new = as_state(state).replace_by_pure_dict(pure_dict, replace_fn)
-    old_flat = as_state(state).flat_dict()
+    new = ensure_state(state).replace_by_pure_dict(pure_dict, replace_fn)
+    old_flat = ensure_state(state).flat_dict()
     for path, leaf in new.flat_state():
         old = old_flat.get(path)
         if isinstance(old, VariableLike) and isinstance(leaf, VariableLike) and old is not leaf:
@@ -90,7 +90,7 @@ def replace_by_pure_dict(
 
 def map_state(f: tp.Callable[[Path, tp.Any], tp.Any], state: tp.Any) -> State:
     """A new State with every leaf replaced by `f(path, leaf)`."""
-    return as_state(state).map(f)
+    return ensure_state(state).map(f)
 
 
 def restore_int_paths(pure_dict: Mapping) -> dict:
@@ -130,4 +130,4 @@ def create_path_filters(state: tp.Any) -> dict:
 
 def diff(state: tp.Any, other: tp.Any) -> State:
     """The leaves of `state` whose paths are not in `other`."""
-    return as_state(state) - (as_state(other) if other else {})
+    return ensure_state(state) - (ensure_state(other) if other else {})

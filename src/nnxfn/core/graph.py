@@ -23,8 +23,8 @@ from nnxfn.core.graphdef import (
     StaticDef,
 )
 from nnxfn.core.ops import BoxedOp, PytreeOp, VariableOp
-from nnxfn.core.program import build, build_checked, commit, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
-from nnxfn.core.walker import walk
+from nnxfn.core.program import build, build_checked, commit_into, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
+from nnxfn.core.walker import walk_graph
 from nnxfn.core.kinds import children_of, is_array, pytree_children  # noqa: F401 - also read from here
 from nnxfn.core.registry import key_order
 from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
@@ -48,10 +48,10 @@ def flatten(
 
     Leaves are arrays and Variables; with `copy=True` each Variable is a
     detached copy (same type, value and metadata), else the live object.
-    See `walker.walk` for `objects`, `containers` and `whole_pytrees`.
+    See `walker.walk_graph` for `objects`, `containers` and `whole_pytrees`.
     """
     paths: list = []
-    graphdef, _, leaves = walk(
+    graphdef, _, leaves = walk_graph(
         node, copy=copy, paths=paths, objects=objects, containers=containers, whole_pytrees=whole_pytrees
     )
     return graphdef, list(zip(paths, leaves))
@@ -98,7 +98,7 @@ def unflatten(
     # Objects an earlier `unflatten` made (a merge context): indices go on after them.
     known: list = [objects[i] for i in range(len(objects))] if objects else []
     if reuse:
-        built = commit(graphdef, ordered, reuse, copy=copy, known=known, whole=whole, adopt=adopt)
+        built = commit_into(graphdef, ordered, reuse, copy=copy, known=known, whole=whole, adopt=adopt)
     else:
         built = build_checked(graphdef, ordered, copy=copy, known=known, whole=whole, adopt=adopt)
     if objects is not None:
@@ -122,7 +122,7 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     """
     if filters:
         paths: list = []
-        graphdef, _, leaves = walk(node, copy=False, paths=paths)
+        graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
         return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
     found = splitcache.lookup(node)
     if found is not None:
@@ -130,7 +130,7 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     clock = splitcache.CLOCK[0]
     containers: list = []
     pure: dict = {}  # foreign pytrees holding only values: may change in place unseen
-    graphdef, state, leaves = walk(node, copy=False, containers=containers, whole_pytrees=pure)
+    graphdef, state, leaves = walk_graph(node, copy=False, containers=containers, whole_pytrees=pure)
     if type(state) is not State:  # a root without children (see `api.split` for leaf roots)
         state = _wrap_state({})
     set_split_leaves(state, SplitLeaves(graphdef, leaves, None, 0, None))
@@ -242,7 +242,7 @@ def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     if not filters:
         return split(node)[1]
     paths: list = []
-    graphdef, _, leaves = walk(node, copy=False, paths=paths)
+    graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
     states = _partition_fast(graphdef, paths, leaves, filters, exhaustive=False)
     for s in states:
         set_split_leaves(s, None)  # no GraphDef to pair them with

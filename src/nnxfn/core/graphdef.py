@@ -201,7 +201,7 @@ class GraphDef:
 
     @classmethod
     def from_ops(cls, ops: list[Op], num_leaves: int, links: Links = ()) -> GraphDef:
-        """A GraphDef given by its ops (as `walker.walk` writes them); the
+        """A GraphDef given by its ops (as `walker.walk_graph` writes them); the
         tree of records (`root`) is derived from them only when first read."""
         graphdef = object.__new__(cls)
         graphdef._root = None

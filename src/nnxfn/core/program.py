@@ -7,7 +7,7 @@ Variables by object index, the lists/dicts/pytrees made):
   the GraphDef (trusted: nothing is checked). `merge` comes here.
 - `build_checked`: a new graph from leaves of any origin, in GraphDef
   order; a leaf that does not fit raises `LeafMismatch`. `unflatten` comes here.
-- `commit`: the leaves written into the caller's existing objects (`reuse`:
+- `commit_into`: the leaves written into the caller's existing objects (`reuse`:
   object index -> object), keeping every list, dict, tuple and pytree whose
   children come out the same objects. Transforms commit their results and
   `update` writes a partial State this way.
@@ -84,12 +84,12 @@ def build_checked(
     `known`: objects an earlier run made (object indices go on after them).
     `adopt`: Variables used as they are (`copy=False`) are told they join a
     new graph (`VariableLike.adopt`). `whole`: ids of `PytreeOp`s given as
-    one leaf (see `walk(whole_pytrees=...)`)."""
+    one leaf (see `walk_graph(whole_pytrees=...)`)."""
     mode = _Mode(copy=copy, trusted=False, adopt=adopt, whole=whole)
     return _Run(graphdef, leaves, mode, list(known)).run()
 
 
-def commit(
+def commit_into(
     graphdef: GraphDef,
     leaves: tp.Sequence[Leaf],
     reuse: tp.Mapping[int, object],

@@ -356,22 +356,27 @@ def merge_state(*states: State, cls: type | None = None) -> State:
     return State.from_flat_path(flat)
 
 
-def _flatten_with_keys(state: State):
+def state_children_with_keys(
+    state: State,
+) -> tuple[list[tuple[jax.tree_util.DictKey, tp.Any]], tuple[tp.Any, ...]]:
+    """A State's pytree flatten with keys: (DictKey, child) pairs in key order, and the keys."""
     keys = tuple(sorted(state._mapping, key=key_order))
     children = [(jax.tree_util.DictKey(k), state._mapping[k]) for k in keys]
     return children, keys
 
 
-def _flatten(state: State):
+def state_children(state: State) -> tuple[list[tp.Any], tuple[tp.Any, ...]]:
+    """A State's pytree flatten: its children in key order, and the keys."""
     keys = tuple(sorted(state._mapping, key=key_order))
     return [state._mapping[k] for k in keys], keys
 
 
-def _unflatten(keys: tuple, children: tp.Iterable) -> State:
+def state_from_children(keys: tuple[tp.Any, ...], children: tp.Iterable[tp.Any]) -> State:
+    """The inverse of `state_children`."""
     return State._raw(dict(zip(keys, children)))
 
 
-jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
+jax.tree_util.register_pytree_with_keys(State, state_children_with_keys, state_from_children, state_children)
 
 
 # -- FlatState ------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def _order(path: Path) -> tuple:
     return tuple(key_order(k) for k in path)
 
 
-def flatten(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
+def flatten_tree_mode(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
     """The tree-mode GraphDef of `node` and its `(path, leaf)` pairs in sorted
     path order; Variable leaves are the node's own Variables."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=_is_variable)
@@ -133,7 +133,7 @@ def flatten(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
     return TreeGraphDef.make(tree, tuple(variables)), out
 
 
-def unflatten(graphdef: TreeGraphDef, leaves: tp.Sequence, *, copy: bool = False) -> tp.Any:
+def unflatten_tree_mode(graphdef: TreeGraphDef, leaves: tp.Sequence, *, copy: bool = False) -> tp.Any:
     """Rebuild the node from its leaves in sorted path order. A Variable leaf
     is used as it is (a copy with `copy=True`); a raw value where the
     GraphDef has a Variable is boxed in that Variable type."""

@@ -1,4 +1,4 @@
-"""The one walk: `walk` visits an object graph once, in pre-order, and writes
+"""The one walk: `walk_graph` visits an object graph once, in pre-order, and writes
 its GraphDef as a flat program of op records (see `ops.py`); `program.py`
 runs a program back.
 
@@ -56,7 +56,7 @@ _new = tuple.__new__  # makes an op record without a Python-level call (the walk
 
 
 class Walked(tp.NamedTuple):
-    """What `walk` returns."""
+    """What `walk_graph` returns."""
 
     graphdef: GraphDef
     state: tp.Any  # the State (the leaf itself for a leaf root; None for a static root)
@@ -88,7 +88,7 @@ class _Frame:
 
 
 class _Walk:
-    """One run of `walk`: the ops, leaves and optional outputs written so far."""
+    """One run of `walk_graph`: the ops, leaves and optional outputs written so far."""
 
     def __init__(
         self,
@@ -223,7 +223,7 @@ class _Walk:
         else:
             pairs = list(impl.children(v))
             static, keys, values = impl.static(v), tuple([p[0] for p in pairs]), [p[1] for p in pairs]
-        self.ops.append(_new(NodeOp, (t, static, keys, impl)))
+        self.ops.append(NodeOp(t, static, keys, impl))
         self.alive.append(values)
         prefix = None if frame.prefix is None else frame.prefix + (k,)
         return _Frame(iter(zip(keys, values)), prefix, (), None, len(self.ops))
@@ -263,7 +263,7 @@ class _Walk:
         return None
 
     def note_pytree(self, frame: _Frame) -> None:
-        """A foreign pytree is done: note it for the caches (see `walk`)."""
+        """A foreign pytree is done: note it for the caches (see `walk_graph`)."""
         if self.whole_pytrees is not None or self.containers is not None:
             owning = any(isinstance(op, OWNING_OPS) for op in self.ops[frame.start :])
             if self.whole_pytrees is not None and not owning and len(frame.foreign) == 1:
@@ -278,7 +278,7 @@ def _impl(t: type) -> NodeImpl:
     return impl
 
 
-def walk(
+def walk_graph(
     node: object,
     *,
     copy: bool = True,
