@@ -30,8 +30,9 @@ def ensure_state(state: tp.Any) -> State:
     if isinstance(state, FlatState):
         return from_flat_state(state)
     if isinstance(state, Mapping):
-        if getattr(state, "_state", None) is not None and isinstance(state._state, State):
-            return state._state  # a GraphState
+        inner = getattr(state, "_state", None)
+        if isinstance(inner, State):
+            return inner  # a GraphState
         return State(state)
     raise TypeError(f"expected a State or a mapping, got {type(state).__name__}")
 
@@ -123,7 +124,7 @@ def create_path_filters(state: tp.Any) -> dict:
     groups: dict[tp.Any, list[Path]] = {}
     for path, value in to_flat_state(state):
         if isinstance(value, VariableLike):
-            value = value.get_value()
+            value = tp.cast(tp.Any, value).get_value()  # the facade's Variable
         groups.setdefault(value, []).append(path)
     return {filterlib.PathIn(*paths): value for value, paths in groups.items()}
 

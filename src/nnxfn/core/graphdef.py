@@ -39,6 +39,7 @@ from nnxfn.core.ops import (
 )
 from nnxfn.core.errors import unhashable_metadata, unhashable_static
 from nnxfn.core.registry import lookup
+from nnxfn.core.variable_like import VariableLike
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -76,7 +77,7 @@ class NodeDef:
 class VariableDef:
     """A boxed leaf (Variable); its value is in the State."""
 
-    type: builtins.type
+    type: builtins.type[VariableLike]
     index: int
     metadata: tuple[tuple[str, Any], ...]
 
@@ -129,7 +130,7 @@ class BoxedDef:
     the State boxed as a Variable of `type` (e.g. Param) and unboxed again by
     `unflatten`. There is no live Variable object behind it."""
 
-    type: builtins.type
+    type: builtins.type[VariableLike]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -306,7 +307,7 @@ def _leaf_record(op: Op, count: int) -> Any:
     if type(op) is StaticOp:
         return StaticDef(tp.cast(Hashable, op.value))
     if type(op) is SharedOp:
-        return Ref(op.index)
+        return Ref(op.object_index)
     if type(op) is BoxedOp:
         return BoxedDef(op.variable_type)
     raise TypeError(f"not a leaf op: {op!r}")
@@ -437,7 +438,7 @@ def _unhashable_message(root: Any) -> str:
         if isinstance(d, StaticDef):
             return None if is_hashable(d.value) else unhashable_static(path, d.value)
         if isinstance(d, NodeDef) and not is_hashable(d.static):
-            for name, value in d.static:
+            for name, value in tp.cast(tp.Iterable[tuple[str, object]], d.static):
                 if not is_hashable(value):
                     return unhashable_static(path + (name,), value)
         for key, child in getattr(d, "children", ()):

@@ -52,7 +52,7 @@ class PytreeChildren(tp.NamedTuple):
 def pytree_children(x: object) -> PytreeChildren | None:
     """One level of a foreign pytree, or None if `x` is a pytree leaf."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]  # jaxlib's stub lacks them
         return None
     return PytreeChildren(treedef, [(key_of(p[0]), v) for p, v in pairs])
 

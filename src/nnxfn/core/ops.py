@@ -10,7 +10,7 @@ kind is an immutable named record, matched by type:
     MutableRefOp()                       a bare `jax.Ref`: takes the next leaf
     SameRefOp(number)                    the `number`-th MutableRefOp's Ref again (no leaf)
     StaticOp(value)                      a static value, kept in the GraphDef
-    SharedOp(index)                      the graph node or Variable of object index `index` again
+    SharedOp(object_index)               the graph node or Variable of that object index again
     NodeOp(node_type, static, keys, impl)  a graph node (takes the next object index),
                                          then the ops of its children, one per key
     ContainerOp(container_type, keys)    a list, tuple or dict, then its children
@@ -29,6 +29,8 @@ import operator
 import typing as tp
 from typing import Hashable
 
+from nnxfn.core.variable_like import VariableLike
+
 if tp.TYPE_CHECKING:
     from nnxfn.core.registry import NodeImpl
 
@@ -39,7 +41,7 @@ Metadata = tuple[tuple[str, object], ...]
 class VariableOp(tp.NamedTuple):
     """A Variable: takes the next leaf and the next object index."""
 
-    variable_type: builtins.type
+    variable_type: builtins.type[VariableLike]
     metadata: Metadata
 
 
@@ -52,7 +54,7 @@ class BoxedOp(tp.NamedTuple):
     `variable_type` (see `registry.set_foreign_leaf_classifier`); the graph
     holds the raw value again after `merge`."""
 
-    variable_type: builtins.type
+    variable_type: builtins.type[VariableLike]
 
 
 class MutableRefOp(tp.NamedTuple):
@@ -72,9 +74,9 @@ class StaticOp(tp.NamedTuple):
 
 
 class SharedOp(tp.NamedTuple):
-    """A second path to the graph node or Variable of object index `index`."""
+    """A second path to the graph node or Variable of object index `object_index`."""
 
-    index: int
+    object_index: int
 
 
 class NodeOp(tp.NamedTuple):
@@ -200,7 +202,7 @@ class Picker(tp.NamedTuple):
 
 
 class LeafNodesOp(tp.NamedTuple):
-    """`count` equal graph nodes in a row among the children of one parent
+    """`repeat` equal graph nodes in a row among the children of one parent
     (the layers of a list), each with only single-op children (Variables,
     arrays, statics, back-references): built without a frame of their own,
     by one `make` call when the node type has a `NodeImpl.builder`."""
@@ -209,7 +211,7 @@ class LeafNodesOp(tp.NamedTuple):
     children: tuple[Op, ...]
     picker: Picker | None
     make: tp.Callable[[tp.Any], list[tp.Any]] | None
-    count: int
+    repeat: int
 
 
 PlanOp = tp.Union[Op, LeafNodesOp]
@@ -248,7 +250,7 @@ def _leaf_children(ops: tp.Sequence[Op], i: int, node: NodeOp, index: int) -> tu
     kids = tuple(ops[i : i + count])
     if len(kids) != count or not all([type(k) in _SINGLE for k in kids]):
         return None
-    if SharedOp in map(type, kids) and any([type(k) is SharedOp and k.index == index for k in kids]):
+    if SharedOp in map(type, kids) and any([type(k) is SharedOp and k.object_index == index for k in kids]):
         return None  # it holds itself: made before its children
     return kids
 

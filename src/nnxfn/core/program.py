@@ -251,7 +251,7 @@ class _Run:
             return v
         if t is SameRefOp:
             return self.refs[tp.cast(SameRefOp, op).number]
-        return self.objects[tp.cast(SharedOp, op).index]
+        return self.objects[tp.cast(SharedOp, op).object_index]
 
     def variable(self, op: VariableOp) -> tp.Any:
         """The Variable of a VariableOp: the leaf, a copy, or the reused one updated."""
@@ -300,7 +300,7 @@ class _Run:
         make, node = op.make, op.node
         if make is None or self.reuse:
             out = []
-            for _ in range(op.count):
+            for _ in range(op.repeat):
                 v, reused = self.open_node(node)
                 _fill(node.impl, v, node.keys, [self.single(k) for k in op.children], reused)
                 out.append(v)
@@ -310,7 +310,7 @@ class _Run:
         objects, single = self.objects, self.single
         at = []
         values = []
-        for _ in range(op.count):
+        for _ in range(op.repeat):
             at.append(len(objects))
             objects.append(None)  # its index comes before its Variables'
             values.append([single(k) for k in op.children])
@@ -323,7 +323,7 @@ class _Run:
         """`leaf_nodes` holding the State's own Variables, as they come, with C-level calls."""
         assert op.picker is not None
         nvars, statics, order = op.picker
-        count, objects = op.count, self.objects
+        count, objects = op.repeat, self.objects
         start = len(objects)
         new = list(islice(self.leaf_iter, nvars * count))
         block: list[tp.Any] = [None] * ((nvars + 1) * count)  # each node's index, then its Variables'
@@ -413,11 +413,11 @@ def _fill(
             set_child(node, k, child)
 
 
-def _skip(ops: tp.Iterator[PlanOp] | tp.Iterator[Op], pending: int) -> None:
+def _skip(ops: tp.Iterator[PlanOp], pending: int) -> None:
     """Consume the ops of `pending` sibling subtrees."""
     while pending:
         op = next(ops)
-        pending += (len(child_keys(op)) if type(op) is not LeafNodesOp else 0) - 1
+        pending += (0 if isinstance(op, LeafNodesOp) else len(child_keys(op))) - 1
 
 
 # -- reading a program with paths -------------------------------------------------
@@ -439,7 +439,7 @@ class _KeyStack:
         every node whose last child that was."""
         stack, keys = self.stack, self.keys
         keys.pop()
-        while stack and stack[-1].__length_hint__() == 0:
+        while stack and operator.length_hint(stack[-1]) == 0:
             stack.pop()
             if keys:
                 keys.pop()
@@ -479,6 +479,7 @@ def flatten_like(
     out: list[tuple[Path, Leaf]] = []
     ops = iter(graphdef.ops)
     at = _KeyStack(iter(((None, node),)))
+    kids: dict[Key, tp.Any] = {}
     try:
         for op in ops:
             k, x = next(at.stack[-1])
@@ -494,9 +495,10 @@ def flatten_like(
                     return None
                 out.append((at.path(), leaf))
             elif isinstance(op, PARENT_OPS):
-                kids = _children_like(op, x)
-                if kids is None:
+                found = _children_like(op, x)
+                if found is None:
                     return None
+                kids = found
             if sub:
                 at.stack.append(iter([(j, kids[j]) for j in sub]))
             else:
@@ -523,8 +525,9 @@ def _children_like(op: Op, x: tp.Any) -> dict[Key, tp.Any] | None:
     if type(op) is NodeOp:
         return dict(op.impl.children(x)) if type(x) is op.node_type else None
     if type(op) is ContainerOp:
-        if type(x) is not op.container_type or len(x) != len(op.keys):
+        kind = type(x)
+        if kind is not op.container_type or len(x) != len(op.keys):
             return None
-        return dict(x.items()) if type(x) is dict else dict(enumerate(x))
+        return dict(x.items()) if kind is dict else dict(enumerate(x))
     found = pytree_children(x)
     return {} if found is None else dict(found.children)

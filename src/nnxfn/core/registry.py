@@ -11,10 +11,12 @@ in `caches.Cache`s; registering a type clears every cache.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from typing import Any, Callable, Hashable, Iterable
 
 from nnxfn.core import caches
+from nnxfn.core.variable_like import VariableLike
 
 Key = Any  # str attribute name, int index, or any hashable dict key
 
@@ -46,15 +48,15 @@ class NodeImpl:
     set_link(node, key, target) -> None: re-make one link after unflatten.
     """
 
-    type: type
+    type: builtins.type
     children: Callable[[Any], Iterable[tuple[Key, Any]]]
-    create_empty: Callable[[type, Hashable], Any]
+    create_empty: Callable[[builtins.type, Hashable], Any]
     set_child: Callable[[Any, Key, Any], None]
     del_child: Callable[[Any, Key], None]
     static: Callable[[Any], Hashable] = lambda node: None
     parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
     fill: Callable[[Any, tuple, Any], None] | None = None
-    builder: Callable[[type, Hashable, tuple], Callable[[Any], list]] | None = None
+    builder: Callable[[builtins.type, Hashable, tuple], Callable[[Any], list]] | None = None
     links: Callable[[Any], Iterable[tuple[Key, Any]]] | None = None
     set_link: Callable[[Any, Key, Any], None] | None = None
 
@@ -112,7 +114,7 @@ def key_order(key: Key) -> tuple[int, Any]:
 
 
 # -- leaves of foreign pytrees ------------------------------------------------
-LeafClassifier = Callable[[tuple, Any, tuple], "type | None"]
+LeafClassifier = Callable[[tuple, Any, tuple], "type[VariableLike] | None"]
 _CLASSIFIER: list[LeafClassifier | None] = [None]
 
 
@@ -129,6 +131,6 @@ def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | N
     return previous
 
 
-def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> "type | None":
+def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> type[VariableLike] | None:
     fn = _CLASSIFIER[0]
     return None if fn is None else fn(path, value, ancestors)

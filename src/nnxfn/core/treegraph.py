@@ -58,6 +58,8 @@ class TreeGraphDef(GraphDef):
     """A GraphDef made in tree mode: `nodes` is `[TreeNodeDef, VariableDef, ...]`."""
 
     __slots__ = ("tree", "variables")
+    tree: TreeNodeDef
+    variables: tuple[VariableDef, ...]
 
     @classmethod
     def make(cls, tree: TreeNodeDef, variables: tuple[VariableDef, ...]) -> TreeGraphDef:

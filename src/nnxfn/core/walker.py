@@ -131,6 +131,7 @@ class _Walk:
                 kind = kinds.get(t)
                 if kind is None:
                     kind = kind_of_type(t)
+                child: _Frame | None
                 if kind == K_VAR or kind == K_NODE:  # has identity: a back-reference if seen
                     n = len(self.index)
                     i = seen(id(v), n)
