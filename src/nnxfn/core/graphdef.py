@@ -1,10 +1,16 @@
 """GraphDef: the static structure of an object graph.
 
-A GraphDef is a tree of small frozen records. It is hashable and compared by
-structure (types, attribute names, static values, Variable types and
-metadata); shared objects and cycles are encoded as `Ref(index)` to the
-record that first introduced the object, so two structurally equal graphs
-with the same sharing pattern give equal GraphDefs.
+A GraphDef is a flat program of op records (`ops.py`), one per value met in
+a pre-order walk (`walker.py` writes it, `program.py` runs it back). It is
+hashable and compared by structure over those ops (types, attribute names,
+static values, Variable types and metadata); shared objects and cycles are
+`SharedOp(object_index)`, so two structurally equal graphs with the same
+sharing pattern give equal GraphDefs.
+
+`GraphDef.root` reads the same ops as a tree of frozen records (`NodeDef`,
+`VariableDef`, `Ref`, `ContainerDef`, ...), built on first read, for code
+that inspects a GraphDef; a GraphDef made from such a tree (`GraphDef(root,
+num_leaves)`) gets its ops from it when first run.
 """
 
 from __future__ import annotations

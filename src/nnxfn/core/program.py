@@ -48,7 +48,7 @@ from nnxfn.core.variable_like import DataLeaf, VariableLike
 
 Key = tp.Hashable
 Path = tuple[Key, ...]
-Leaf = tp.Any
+Leaf = tp.Any  # an array, a Variable, or any other leaf of a State
 
 
 class LeafMismatch(Exception):
@@ -58,9 +58,9 @@ class LeafMismatch(Exception):
 class Built(tp.NamedTuple):
     """What running a GraphDef gives."""
 
-    root: tp.Any
-    objects: list[tp.Any]  # the graph nodes and Variables, by object index
-    made: list[tp.Any]  # every list, dict and foreign pytree made (not tuples)
+    root: tp.Any  # the object graph built
+    objects: list[object]  # the graph nodes and Variables, by object index
+    made: list[object]  # every list, dict and foreign pytree made (not tuples)
 
 
 def build(graphdef: GraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = False) -> Built:
@@ -111,8 +111,8 @@ def commit_into(
 
 
 def unflatten_leaves(
-    graphdef: GraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = True, objects: list[tp.Any] | None = None
-) -> tp.Any:
+    graphdef: GraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = True, objects: list[object] | None = None
+) -> object:
     """The root `build_checked` makes, checking first that there are as many
     leaves as the GraphDef takes; `objects`, if given, is extended with the
     graph nodes and Variables made. Raises `LeafMismatch` (no message); the
@@ -151,13 +151,13 @@ class _Open:
     __slots__ = ("op", "obj", "left", "values", "reused", "kept")
 
     def __init__(
-        self, op: NodeOp | ContainerOp | PytreeOp | None, obj: tp.Any, left: int, reused: bool,
-        kept: dict[Key, tp.Any] | None,
+        self, op: NodeOp | ContainerOp | PytreeOp | None, obj: object, left: int, reused: bool,
+        kept: dict[Key, object] | None,
     ) -> None:  # fmt: skip
         self.op = op
         self.obj = obj
         self.left = left
-        self.values: list[tp.Any] = []
+        self.values: list[object] = []
         self.reused = reused
         self.kept = kept
 
@@ -166,7 +166,7 @@ class _Run:
     """One run of a GraphDef's plan over its leaves."""
 
     def __init__(
-        self, graphdef: GraphDef, leaves: tp.Sequence[Leaf], mode: _Mode, objects: list[tp.Any] | None = None
+        self, graphdef: GraphDef, leaves: tp.Sequence[Leaf], mode: _Mode, objects: list[object] | None = None
     ) -> None:
         self.graphdef = graphdef
         self.plan = iter(graphdef.plan)
@@ -176,9 +176,9 @@ class _Run:
         self.reuse = mode.reuse
         # The State's own Variables go into the new graph:
         self.shared = mode.trusted and not mode.copy and not mode.reuse
-        self.objects: list[tp.Any] = [] if objects is None else objects
-        self.refs: list[tp.Any] = []  # the bare jax.Refs, in pre-order (SameRefOp refers to them)
-        self.made: list[tp.Any] = []
+        self.objects: list[object] = [] if objects is None else objects
+        self.refs: list[object] = []  # the bare jax.Refs, in pre-order (SameRefOp refers to them)
+        self.made: list[object] = []
 
     def run(self) -> Built:
         """Run the plan: the root and what was made."""
@@ -228,7 +228,7 @@ class _Run:
             frame.left -= 1
 
     # -- single ops -----------------------------------------------------------------
-    def single(self, op: Op) -> tp.Any:
+    def single(self, op: Op) -> object:
         """The value of one Variable/array/static/back-reference op."""
         t = type(op)
         if t is VariableOp:
@@ -253,9 +253,9 @@ class _Run:
             return self.refs[tp.cast(SameRefOp, op).number]
         return self.objects[tp.cast(SharedOp, op).object_index]
 
-    def variable(self, op: VariableOp) -> tp.Any:
+    def variable(self, op: VariableOp) -> object:
         """The Variable of a VariableOp: the leaf, a copy, or the reused one updated."""
-        leaf = self.next_leaf()
+        leaf: Leaf = self.next_leaf()
         mode = self.mode
         if mode.trusted:  # the Variable `split` put in the State
             v = op.variable_type.from_parts(leaf.raw_value, leaf.metadata_items()) if mode.copy else leaf
@@ -282,7 +282,7 @@ class _Run:
         return v
 
     # -- graph nodes ------------------------------------------------------------------
-    def open_node(self, op: NodeOp) -> tuple[tp.Any, bool]:
+    def open_node(self, op: NodeOp) -> tuple[object, bool]:
         """A new (or, to commit into, the reused) node of a NodeOp; whether reused."""
         v = self.reuse.get(len(self.objects)) if self.reuse else None
         if v is None:
@@ -295,7 +295,7 @@ class _Run:
         self.objects.append(v)
         return v, True
 
-    def leaf_nodes(self, op: LeafNodesOp) -> list[tp.Any]:
+    def leaf_nodes(self, op: LeafNodesOp) -> list[object]:
         """The `count` nodes of a LeafNodesOp, in order."""
         make, node = op.make, op.node
         if make is None or self.reuse:
@@ -319,18 +319,18 @@ class _Run:
             objects[i] = v
         return made
 
-    def shared_leaf_nodes(self, op: LeafNodesOp, make: tp.Callable[[tp.Any], list[tp.Any]]) -> list[tp.Any]:
+    def shared_leaf_nodes(self, op: LeafNodesOp, make: tp.Callable[[object], list[object]]) -> list[object]:
         """`leaf_nodes` holding the State's own Variables, as they come, with C-level calls."""
         assert op.picker is not None
         nvars, statics, order = op.picker
         count, objects = op.repeat, self.objects
         start = len(objects)
         new = list(islice(self.leaf_iter, nvars * count))
-        block: list[tp.Any] = [None] * ((nvars + 1) * count)  # each node's index, then its Variables'
+        block: list[object] = [None] * ((nvars + 1) * count)  # each node's index, then its Variables'
         for j in range(nvars):
             block[1 + j :: nvars + 1] = new[j::nvars]
         objects.extend(block)
-        groups: tp.Iterable[tuple[tp.Any, ...]] = zip(*[iter(new)] * nvars)
+        groups: tp.Iterable[tuple[object, ...]] = zip(*[iter(new)] * nvars)
         if statics:
             groups = [order(g + statics) for g in groups]
         made = make(groups)
@@ -338,7 +338,7 @@ class _Run:
         return made
 
     # -- containers and pytrees -------------------------------------------------------
-    def existing(self, frame: _Open) -> tp.Any:
+    def existing(self, frame: _Open) -> object:
         """What the object of `frame` holds now at the key of its next child
         (None if it is new): a container there may be kept."""
         kids = frame.kept
@@ -351,14 +351,14 @@ class _Run:
             return kids.get(0)
         return kids.get(frame.op.keys[len(frame.values)])
 
-    def finish(self, frame: _Open) -> tp.Any:
+    def finish(self, frame: _Open) -> object:
         """The node, container or pytree of a frame whose children are all read."""
         op, vals = frame.op, frame.values
         if type(op) is NodeOp:
             _fill(op.impl, frame.obj, op.keys, vals, frame.reused)
             return frame.obj
         old = frame.obj
-        v: tp.Any
+        v: object
         if type(op) is PytreeOp:
             v = op.treedef.unflatten(vals)
         else:
@@ -374,13 +374,13 @@ class _Run:
         return v
 
 
-def _same(old: tp.Any, new: tp.Any) -> bool:
+def _same(old: object, new: object) -> bool:
     """`new` has the type, keys (or treedef) and very child objects of `old`."""
     if type(old) is not type(new):
         return False
-    if type(new) is dict:
+    if isinstance(new, dict) and isinstance(old, dict):
         return list(old) == list(new) and _all_is(old.values(), new.values())
-    if type(new) is list or type(new) is tuple:
+    if isinstance(new, (list, tuple)) and isinstance(old, (list, tuple)):
         return _all_is(old, new)
     a, b = pytree_children(old), pytree_children(new)
     if a is None or b is None:
@@ -392,7 +392,7 @@ def _all_is(a: tp.Collection[object], b: tp.Collection[object]) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
-def _edit(old: tp.Any, new: tp.Any) -> tp.Any:
+def _edit(old: Leaf, new: Leaf) -> Leaf:
     """`old` (a list or dict) edited in place to hold what `new` holds."""
     if type(old) is list:
         old[:] = new
@@ -403,7 +403,7 @@ def _edit(old: tp.Any, new: tp.Any) -> tp.Any:
 
 
 def _fill(
-    impl: NodeImpl, node: tp.Any, keys: tuple[Key, ...], values: list[tp.Any], reused: bool = False
+    impl: NodeImpl, node: object, keys: tuple[Key, ...], values: list[object], reused: bool = False
 ) -> None:
     if impl.fill is not None and not reused:
         impl.fill(node, keys, values)
@@ -479,7 +479,7 @@ def flatten_like(
     out: list[tuple[Path, Leaf]] = []
     ops = iter(graphdef.ops)
     at = _KeyStack(iter(((None, node),)))
-    kids: dict[Key, tp.Any] = {}
+    kids: dict[Key, object] = {}
     try:
         for op in ops:
             k, x = next(at.stack[-1])
@@ -511,7 +511,7 @@ def flatten_like(
 _NO_FIT = object()
 
 
-def _leaf_like(op: Op, x: tp.Any) -> tp.Any:
+def _leaf_like(op: Op, x: Leaf) -> Leaf:
     """The leaf `flatten_like` reads at a leaf op, or `_NO_FIT`."""
     if type(op) is VariableOp:
         return x if isinstance(x, op.variable_type) else _NO_FIT
@@ -520,7 +520,7 @@ def _leaf_like(op: Op, x: tp.Any) -> tp.Any:
     return x.value if type(x) is DataLeaf else x  # ArrayOp, MutableRefOp
 
 
-def _children_like(op: Op, x: tp.Any) -> dict[Key, tp.Any] | None:
+def _children_like(op: Op, x: Leaf) -> dict[Key, object] | None:
     """The children of `x` by key if it fits a node/container/pytree op, else None."""
     if type(op) is NodeOp:
         return dict(op.impl.children(x)) if type(x) is op.node_type else None
