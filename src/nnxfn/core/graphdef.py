@@ -364,7 +364,8 @@ def root_from_ops(ops: tp.Sequence[Op]) -> Any:
             pending.pop()
             stack[-1].children.append(done.record())
             pending[-1] -= 1
-    return top.children[0]
+    (record,) = top.children
+    return record
 
 
 def ops_from_root(root: Any) -> list[Op]:

@@ -54,7 +54,9 @@ def pytree_children(x: object) -> PytreeChildren | None:
     pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
     if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]  # jaxlib's stub lacks them
         return None
-    return PytreeChildren(treedef, [(key_of(p[0]), v) for p, v in pairs])
+    return PytreeChildren(
+        treedef, [(key_of(entry), v) for (entry,), v in pairs]
+    )  # one level: paths of one key
 
 
 def children_of(x: tp.Any) -> Children:

@@ -196,7 +196,8 @@ class _Run:
                 if frame.op is None:
                     if self.graphdef.links:
                         apply_links(self.graphdef.links, self.objects)
-                    return Built(root.values[0], self.objects, self.made)
+                    (value,) = root.values
+                    return Built(value, self.objects, self.made)
                 parent = stack[-1]
                 parent.values.append(self.finish(frame))
                 parent.left -= 1

@@ -96,8 +96,8 @@ def register_graph_node_type(
     register_node_type(
         NodeImpl(
             type=type,
-            children=lambda node: flatten(node)[0],
-            static=lambda node: flatten(node)[1],
+            children=lambda node: _children(flatten(node)),
+            static=lambda node: _static(flatten(node)),
             create_empty=lambda cls, aux: create_empty(aux),
             set_child=set_key,
             del_child=pop_key,
@@ -112,3 +112,17 @@ def jax_to_nnx_path(jax_path: tuple) -> tuple:
 
 
 __all__ = ["TreeNodeDef", "NodeRef", "NodeDef", "VariableDef"]
+
+
+def _children(
+    flat: tuple[tp.Iterable[tuple[tp.Hashable, tp.Any]], tp.Hashable],
+) -> tp.Iterable[tuple[tp.Hashable, tp.Any]]:
+    """The (key, child) pairs of a registered `flatten(node)` result."""
+    children, _ = flat
+    return children
+
+
+def _static(flat: tuple[tp.Iterable[tuple[tp.Hashable, tp.Any]], tp.Hashable]) -> tp.Hashable:
+    """The static data of a registered `flatten(node)` result."""
+    _, static = flat
+    return static

@@ -115,7 +115,18 @@ def key_order(key: Key) -> tuple[int, Any]:
 
 # -- leaves of foreign pytrees ------------------------------------------------
 LeafClassifier = Callable[[tuple, Any, tuple], "type[VariableLike] | None"]
-_CLASSIFIER: list[LeafClassifier | None] = [None]
+
+
+class _Classifier:
+    """The process-wide foreign-leaf classifier (None: arrays stay raw)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self) -> None:
+        self.fn: LeafClassifier | None = None
+
+
+_CLASSIFIER = _Classifier()
 
 
 def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | None:
@@ -126,11 +137,12 @@ def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | N
     type to box it as in the State, or None to keep it a raw array. Returns
     the previous classifier.
     """
-    previous = _CLASSIFIER[0]
-    _CLASSIFIER[0] = fn
+    previous = _CLASSIFIER.fn
+    _CLASSIFIER.fn = fn
     return previous
 
 
 def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> type[VariableLike] | None:
-    fn = _CLASSIFIER[0]
+    """The Variable type the classifier boxes an array of a foreign pytree as, or None."""
+    fn = _CLASSIFIER.fn
     return None if fn is None else fn(path, value, ancestors)

@@ -127,7 +127,7 @@ def flatten_tree_mode(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.A
     variables = []
     out = []
     for position, i in enumerate(order):
-        leaf = pairs[i][1]
+        _, leaf = pairs[i]
         if isinstance(leaf, VariableLike):
             variables.append(VariableDef(type(leaf), position, leaf.metadata_items()))
         out.append((paths[i], leaf))

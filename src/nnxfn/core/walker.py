@@ -223,7 +223,7 @@ class _Walk:
             static, keys, values = impl.parts(v)
         else:
             pairs = list(impl.children(v))
-            static, keys, values = impl.static(v), tuple([p[0] for p in pairs]), [p[1] for p in pairs]
+            static, keys, values = impl.static(v), tuple([key for key, _ in pairs]), [c for _, c in pairs]
         self.ops.append(NodeOp(t, static, keys, impl))
         self.alive.append(values)
         prefix = None if frame.prefix is None else frame.prefix + (k,)
@@ -257,9 +257,9 @@ class _Walk:
             if found is None:
                 self.ops.append(StaticOp(v))  # hashed by contents if unhashable
                 return None
-            keys = tuple([p[0] for p in found.children])
+            keys = tuple([key for key, _ in found.children])
             self.ops.append(PytreeOp(found.treedef, keys))
-            values = [p[1] for p in found.children]
+            values = [c for _, c in found.children]
             return self.child_frame(keys, values, k, frame, frame.foreign + (t,), v)
         return None
 
