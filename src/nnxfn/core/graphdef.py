@@ -20,6 +20,8 @@ import dataclasses
 import typing as tp
 from typing import Any, Hashable
 
+Key = Hashable  # an attribute name, a list index or a dict key
+
 import jax
 
 from nnxfn.core.ops import (
@@ -55,7 +57,7 @@ class NodeDef:
     type: builtins.type
     index: int
     static: Hashable
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    children: tuple[tuple[Key, Record], ...]
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
@@ -85,7 +87,7 @@ class VariableDef:
 
     type: builtins.type[VariableLike]
     index: int
-    metadata: tuple[tuple[str, Any], ...]
+    metadata: tuple[tuple[str, object], ...]
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
@@ -157,7 +159,7 @@ class ContainerDef:
     """A list, tuple or dict walked by value (no identity)."""
 
     type: builtins.type
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    children: tuple[tuple[Key, Record], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,9 +167,13 @@ class PytreeDef:
     """Any other JAX pytree node (namedtuple, Equinox module, ...)."""
 
     treedef: Any  # jax PyTreeDef, one level
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    children: tuple[tuple[Key, Record], ...]
 
 
+# A record of the tree view (`GraphDef.root`):
+Record = tp.Union[
+    NodeDef, VariableDef, Ref, ArrayDef, SameRef, BoxedDef, StaticDef, ContainerDef, "PytreeDef"
+]
 Links = tuple[tuple[int, tp.Hashable, int], ...]
 
 
@@ -178,7 +184,7 @@ class _ApplyHook:
     __slots__ = ("fn",)
 
     def __init__(self) -> None:
-        self.fn: tp.Callable[..., Any] | None = None
+        self.fn: tp.Callable[..., tp.Any] | None = None
 
 
 APPLY = _ApplyHook()
@@ -194,10 +200,10 @@ class GraphDef:
     # `_plan`: the ops as `program.py` runs them (see `ops.LeafNodesOp`), made on first use.
     __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links", "_plan")
 
-    def __init__(self, root: Any, num_leaves: int, links: Links = ()):
+    def __init__(self, root: Record, num_leaves: int, links: Links = ()):
         """A GraphDef given by its tree of records (see `root`); its ops are
         derived from them when first needed."""
-        self._root = root
+        self._root: tp.Any = root  # a Record (a `TreeNodeDef` in tree mode), or None until read
         self.num_leaves = num_leaves
         self._hash: int | None = None
         self._ops: list[Op] | None = None
@@ -261,7 +267,7 @@ class GraphDef:
             return False
         return self.links == other.links and ops_equal(self.ops, other.ops)
 
-    def __reduce__(self) -> tuple[tp.Callable[..., GraphDef], tuple[Any, int, Links]]:
+    def __reduce__(self) -> tuple[tp.Callable[..., GraphDef], tuple[Record, int, Links]]:
         return (GraphDef, (self.root, self.num_leaves, self.links))
 
     @property
@@ -272,11 +278,11 @@ class GraphDef:
         return found
 
     @property
-    def nodes(self) -> list[Any]:
+    def nodes(self) -> list[Record]:
         """The records in pre-order, root first (static values left out)."""
-        out: list[Any] = []
+        out: list[Record] = []
 
-        def walk(d: Any) -> None:
+        def walk(d: Record) -> None:
             if not isinstance(d, StaticDef):
                 out.append(d)
             for _, child in getattr(d, "children", ()):
@@ -300,7 +306,7 @@ class GraphDef:
 
 
 # -- records <-> ops ---------------------------------------------------------------------
-def _leaf_record(op: Op, count: int) -> Any:
+def _leaf_record(op: Op, count: int) -> Record:
     """The record of an op without children (`count`: the next object index)."""
     if type(op) is VariableOp:
         return VariableDef(op.variable_type, count, op.metadata)
@@ -328,9 +334,9 @@ class _OpenRecord:
     def __init__(self, op: NodeOp | ContainerOp | PytreeOp | None, index: int) -> None:
         self.op = op
         self.index = index
-        self.children: list[Any] = []
+        self.children: list[Record] = []
 
-    def record(self) -> Any:
+    def record(self) -> Record:
         op = self.op
         assert op is not None
         pairs = tuple(zip(op.keys, self.children))
@@ -342,7 +348,7 @@ class _OpenRecord:
         return PytreeDef(op.treedef, pairs)
 
 
-def root_from_ops(ops: tp.Sequence[Op]) -> Any:
+def root_from_ops(ops: tp.Sequence[Op]) -> Record:
     """The tree of GraphDef records described by a flat program (iteratively)."""
     count = 0
     top = _OpenRecord(None, 0)
@@ -368,7 +374,7 @@ def root_from_ops(ops: tp.Sequence[Op]) -> Any:
     return record
 
 
-def ops_from_root(root: Any) -> list[Op]:
+def ops_from_root(root: Record) -> list[Op]:
     """The flat program of a tree of GraphDef records (iteratively)."""
     ops: list[Op] = []
     stack = [root]
@@ -405,7 +411,7 @@ def ops_from_root(root: Any) -> list[Op]:
     return ops
 
 
-def _describe(d: Any, indent: int) -> str:
+def _describe(d: Record, indent: int) -> str:
     pad = "  " * indent
     if isinstance(d, NodeDef) or isinstance(d, ContainerDef) or isinstance(d, PytreeDef):
         name = d.type.__name__ if not isinstance(d, PytreeDef) else "pytree"
@@ -426,17 +432,17 @@ def _describe(d: Any, indent: int) -> str:
     return repr(d.value)
 
 
-def _unhashable_message(root: Any) -> str:
+def _unhashable_message(root: Record) -> str:
     """Find the first unhashable static value or metadata and name its path."""
 
-    def is_hashable(x: Any) -> bool:
+    def is_hashable(x: object) -> bool:
         try:
             hash(x)
         except TypeError:
             return False
         return True
 
-    def find(d: Any, path: tuple) -> str | None:
+    def find(d: Record, path: tuple[Key, ...]) -> str | None:
         if isinstance(d, VariableDef):
             for name, value in d.metadata:
                 if not is_hashable(value):

@@ -111,8 +111,8 @@ def commit_into(
 
 
 def unflatten_leaves(
-    graphdef: GraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = True, objects: list[object] | None = None
-) -> object:
+    graphdef: GraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = True, objects: list[Leaf] | None = None
+) -> Leaf:
     """The root `build_checked` makes, checking first that there are as many
     leaves as the GraphDef takes; `objects`, if given, is extended with the
     graph nodes and Variables made. Raises `LeafMismatch` (no message); the
