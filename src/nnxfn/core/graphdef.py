@@ -20,8 +20,6 @@ import dataclasses
 import typing as tp
 from typing import Any, Hashable
 
-Key = Hashable  # an attribute name, a list index or a dict key
-
 import jax
 
 from nnxfn.core.ops import (
@@ -48,6 +46,8 @@ from nnxfn.core.ops import (
 from nnxfn.core.errors import unhashable_metadata, unhashable_static
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import VariableLike
+
+Key = Hashable  # an attribute name, a list index or a dict key
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
