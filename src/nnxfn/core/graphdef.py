@@ -278,7 +278,7 @@ class GraphDef:
         return found
 
     @property
-    def nodes(self) -> list[Record]:
+    def nodes(self) -> list[tp.Any]:  # Records (a `TreeNodeDef` first in tree mode)
         """The records in pre-order, root first (static values left out)."""
         out: list[Record] = []
 

@@ -19,14 +19,15 @@ from nnxfn.core.variable_like import VariableLike
 ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
 CONTAINERS = (list, tuple, dict)
 Key = tp.Hashable
-Children = list[tuple[Key, tp.Any]]
+Child = tp.Any  # a child value: a graph node, Variable, array, container or static
+Children = list[tuple[Key, Child]]
 
 
 def is_array(x: object) -> bool:
     return isinstance(x, ARRAY_TYPES)
 
 
-def container_children(x: list[tp.Any] | tuple[tp.Any, ...] | dict[Key, tp.Any]) -> Children:
+def container_children(x: list[Child] | tuple[Child, ...] | dict[Key, Child]) -> Children:
     """The (key, child) pairs of a list, tuple or dict (dict keys in canonical order)."""
     if isinstance(x, dict):
         return [(k, x[k]) for k in sorted(x, key=key_order)]
@@ -59,7 +60,7 @@ def pytree_children(x: object) -> PytreeChildren | None:
     )  # one level: paths of one key
 
 
-def children_of(x: tp.Any) -> Children:
+def children_of(x: Child) -> Children:
     """The (key, child) pairs of any graph value; [] for leaves."""
     impl = lookup(type(x))
     if impl is not None:

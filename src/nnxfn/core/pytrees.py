@@ -22,6 +22,10 @@ from nnxfn.core.registry import NodeImpl, is_registered, key_order, lookup, regi
 from nnxfn.core.treegraph import TreeNodeDef
 from nnxfn.core.variable_like import VariableLike
 
+Key = tp.Any  # a child's key (callbacks take their own key type)
+Node = tp.Any  # an instance of the registered type (callbacks take their own type)
+Child = tp.Any  # a child value
+
 
 NodeRef = Ref
 
@@ -29,11 +33,11 @@ NodeRef = Ref
 class PytreeMeta(tp.NamedTuple):
     """How to put sorted `(key, child)` pairs back into the original pytree."""
 
-    key_index: tuple[tuple[tp.Any, int], ...]
-    treedef: tp.Any
+    key_index: tuple[tuple[Key, int], ...]
+    treedef: jax.tree_util.PyTreeDef
 
 
-def flatten_pytree(pytree: tp.Any) -> tuple[list[tuple[tp.Any, tp.Any]], PytreeMeta]:
+def flatten_pytree(pytree: object) -> tuple[list[tuple[Key, Child]], PytreeMeta]:
     """One level of `pytree`: `(key, child)` pairs sorted by key, and its metadata."""
     found = pytree_children(pytree)
     if found is None:
@@ -43,14 +47,14 @@ def flatten_pytree(pytree: tp.Any) -> tuple[list[tuple[tp.Any, tp.Any]], PytreeM
     return sorted(pairs, key=lambda kv: key_order(kv[0])), PytreeMeta(index, treedef)
 
 
-def unflatten_pytree(pairs: tp.Iterable[tuple[tp.Any, tp.Any]], meta: PytreeMeta) -> tp.Any:
+def unflatten_pytree(pairs: tp.Iterable[tuple[Key, Child]], meta: PytreeMeta) -> Node:
     """The inverse of `flatten_pytree`."""
     order = dict(meta.key_index)
     ordered = sorted(pairs, key=lambda kv: order[kv[0]])
     return meta.treedef.unflatten([v for _, v in ordered])
 
 
-def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
+def is_pytree_node(x: object, *, check_graph_registry: bool = True) -> bool:
     """True for containers and foreign pytrees that have children (graph nodes such as
     Modules too, if `check_graph_registry=False`: they are JAX pytrees as well)."""
     if isinstance(x, VariableLike) or (check_graph_registry and lookup(type(x)) is not None):
@@ -60,12 +64,12 @@ def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
     return pytree_children(x) is not None
 
 
-def is_node(x: tp.Any) -> bool:
+def is_node(x: object) -> bool:
     """True for graph nodes and pytree nodes (not Variables or leaves)."""
     return lookup(type(x)) is not None or is_pytree_node(x)
 
 
-def is_node_leaf(x: tp.Any) -> bool:
+def is_node_leaf(x: object) -> bool:
     """True for what a graph holds as a leaf: Variables, arrays and `jax.Ref`s."""
     return isinstance(x, (VariableLike, jax.Array, np.ndarray, jax.Ref))
 
@@ -78,12 +82,12 @@ def is_node_type(x: type) -> bool:
 
 def register_graph_node_type(
     type: type,
-    flatten: tp.Callable[[tp.Any], tuple[tp.Sequence[tuple[tp.Any, tp.Any]], tp.Hashable]],
-    set_key: tp.Callable[[tp.Any, tp.Any, tp.Any], None],
-    pop_key: tp.Callable[[tp.Any, tp.Any], tp.Any],
-    create_empty: tp.Callable[[tp.Hashable], tp.Any],
-    clear: tp.Callable[[tp.Any], None],
-    init: tp.Callable[[tp.Any, tp.Iterable[tuple[tp.Any, tp.Any]]], None],
+    flatten: tp.Callable[[Node], tuple[tp.Sequence[tuple[Key, Child]], tp.Hashable]],
+    set_key: tp.Callable[[Node, Key, Child], None],
+    pop_key: tp.Callable[[Node, Key], Child],
+    create_empty: tp.Callable[[tp.Hashable], Node],
+    clear: tp.Callable[[Node], None],
+    init: tp.Callable[[Node, tp.Iterable[tuple[Key, Child]]], None],
 ) -> None:
     """Make `type` (and its subclasses) a graph node, with Flax's callbacks:
     `flatten(node) -> ((key, child) pairs, hashable aux data)`, `create_empty(aux)`,
@@ -115,14 +119,14 @@ __all__ = ["TreeNodeDef", "NodeRef", "NodeDef", "VariableDef"]
 
 
 def _children(
-    flat: tuple[tp.Iterable[tuple[tp.Hashable, tp.Any]], tp.Hashable],
-) -> tp.Iterable[tuple[tp.Hashable, tp.Any]]:
+    flat: tuple[tp.Iterable[tuple[Key, Child]], tp.Hashable],
+) -> tp.Iterable[tuple[Key, Child]]:
     """The (key, child) pairs of a registered `flatten(node)` result."""
     children, _ = flat
     return children
 
 
-def _static(flat: tuple[tp.Iterable[tuple[tp.Hashable, tp.Any]], tp.Hashable]) -> tp.Hashable:
+def _static(flat: tuple[tp.Iterable[tuple[Key, Child]], tp.Hashable]) -> tp.Hashable:
     """The static data of a registered `flatten(node)` result."""
     _, static = flat
     return static

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import typing as tp
 from typing import Any, Callable, Hashable, Iterable
 
 from nnxfn.core import caches
 from nnxfn.core.variable_like import VariableLike
 
-Key = Any  # str attribute name, int index, or any hashable dict key
+Key = Any  # str attribute name, int index or dict key (callbacks take their own key type)
+Node = Any  # an instance of a registered type (the callbacks below take their own type)
+Child = Any  # a child value: a graph node, Variable, array, container or static value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,16 +52,22 @@ class NodeImpl:
     """
 
     type: builtins.type
-    children: Callable[[Any], Iterable[tuple[Key, Any]]]
-    create_empty: Callable[[builtins.type, Hashable], Any]
-    set_child: Callable[[Any, Key, Any], None]
-    del_child: Callable[[Any, Key], None]
-    static: Callable[[Any], Hashable] = lambda node: None
-    parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
-    fill: Callable[[Any, tuple, Any], None] | None = None
-    builder: Callable[[builtins.type, Hashable, tuple], Callable[[Any], list]] | None = None
-    links: Callable[[Any], Iterable[tuple[Key, Any]]] | None = None
-    set_link: Callable[[Any, Key, Any], None] | None = None
+    children: Callable[[Node], Iterable[tuple[Key, Child]]]
+    create_empty: Callable[[builtins.type, Hashable], Node]
+    set_child: Callable[[Node, Key, Child], None]
+    del_child: Callable[[Node, Key], None]
+    static: Callable[[Node], Hashable] = lambda node: None
+    parts: Callable[[Node], tuple[Hashable, tuple[Key, ...], tp.Sequence[Child]]] | None = None
+    fill: Callable[[Node, tuple[Key, ...], tp.Sequence[Child]], None] | None = None
+    builder: (
+        Callable[
+            [builtins.type, Hashable, tuple[Key, ...]],
+            Callable[[tp.Iterable[tp.Sequence[Child]]], list[Node]],
+        ]
+        | None
+    ) = None
+    links: Callable[[Node], Iterable[tuple[Key, Child]]] | None = None
+    set_link: Callable[[Node, Key, Node], None] | None = None
 
 
 _REGISTRY: dict[type, NodeImpl] = {}
@@ -97,12 +106,12 @@ def lookup(node_type: type) -> NodeImpl | None:
     return IMPLS.put(node_type, found)
 
 
-def is_graph_node(x: Any) -> bool:
+def is_graph_node(x: object) -> bool:
     """Whether `x` is an instance of a registered graph-node type."""
     return lookup(type(x)) is not None
 
 
-def key_order(key: Key) -> tuple[int, Any]:
+def key_order(key: Key) -> tuple[int, int | str]:
     """Canonical, type-aware sort key: ints before strings before others."""
     if isinstance(key, bool):
         return (2, str(key))
@@ -114,7 +123,7 @@ def key_order(key: Key) -> tuple[int, Any]:
 
 
 # -- leaves of foreign pytrees ------------------------------------------------
-LeafClassifier = Callable[[tuple, Any, tuple], "type[VariableLike] | None"]
+LeafClassifier = Callable[[tuple[Key, ...], Child, tuple[type, ...]], "type[VariableLike] | None"]
 
 
 class _Classifier:
@@ -142,7 +151,9 @@ def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | N
     return previous
 
 
-def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> type[VariableLike] | None:
+def foreign_leaf_type(
+    path: tuple[Key, ...], value: object, ancestors: tuple[type, ...]
+) -> type[VariableLike] | None:
     """The Variable type the classifier boxes an array of a foreign pytree as, or None."""
     fn = _CLASSIFIER.fn
     return None if fn is None else fn(path, value, ancestors)
