@@ -341,7 +341,7 @@ class _OpenRecord:
         assert op is not None
         pairs = tuple(zip(op.keys, self.children))
         if type(op) is NodeOp:
-            return NodeDef(op.node_type, self.index, tp.cast(Hashable, op.static), pairs)
+            return NodeDef(op.node_type, self.index, op.static, pairs)
         if type(op) is ContainerOp:
             return ContainerDef(op.container_type, pairs)
         assert type(op) is PytreeOp

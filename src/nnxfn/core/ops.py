@@ -83,7 +83,7 @@ class NodeOp(tp.NamedTuple):
     """A registered graph node; the ops of its children follow, one per key."""
 
     node_type: builtins.type
-    static: object
+    static: Hashable  # the node type's per-node data (hashed by contents if it cannot be)
     keys: tuple[Key, ...]
     impl: NodeImpl
 

@@ -203,56 +203,53 @@ class _Run:
                 parent.left -= 1
                 continue
             op = next_op()
-            t = type(op)
-            if t is LeafNodesOp:
-                made = self.leaf_nodes(tp.cast(LeafNodesOp, op))
+            if type(op) is LeafNodesOp:
+                made = self.leaf_nodes(op)
                 frame.values.extend(made)
                 frame.left -= len(made)
                 continue
-            if t is NodeOp:
-                node_op = tp.cast(NodeOp, op)
-                v, reused = self.open_node(node_op)
-                stack.append(_Open(node_op, v, len(node_op.keys), reused, None))
+            if type(op) is NodeOp:
+                v, reused = self.open_node(op)
+                stack.append(_Open(op, v, len(op.keys), reused, None))
                 continue
-            if t is PytreeOp and id(op) in whole:
+            if type(op) is PytreeOp and id(op) in whole:
                 v = self.next_leaf()
-                _skip(self.plan, len(tp.cast(PytreeOp, op).keys))
-            elif t is ContainerOp or t is PytreeOp:
-                parent_op = tp.cast(tp.Union[ContainerOp, PytreeOp], op)
+                _skip(self.plan, len(op.keys))
+            elif type(op) is ContainerOp or type(op) is PytreeOp:
                 old = self.existing(frame) if keeping else None
                 kept = None if old is None else dict(children_of(old))
-                stack.append(_Open(parent_op, old, len(parent_op.keys), False, kept))
+                stack.append(_Open(op, old, len(op.keys), False, kept))
                 continue
             else:
-                v = single(tp.cast(Op, op))
+                v = single(op)  # type: ignore[arg-type]  # LeafNodesOp was taken above
             frame.values.append(v)
             frame.left -= 1
 
     # -- single ops -----------------------------------------------------------------
     def single(self, op: Op) -> object:
         """The value of one Variable/array/static/back-reference op."""
-        t = type(op)
-        if t is VariableOp:
-            return self.variable(tp.cast(VariableOp, op))
-        if t is ArrayOp:
+        if type(op) is VariableOp:
+            return self.variable(op)
+        if type(op) is ArrayOp:
             v = self.next_leaf()
             if not self.mode.trusted and isinstance(v, VariableLike):
                 v = v.raw_value
             return v
-        if t is BoxedOp:  # boxed only in the State: the graph holds the raw value
+        if type(op) is BoxedOp:  # boxed only in the State: the graph holds the raw value
             v = self.next_leaf()
             return v.raw_value if isinstance(v, VariableLike) else v
-        if t is StaticOp:
-            return tp.cast(StaticOp, op).value
-        if t is MutableRefOp:
+        if type(op) is StaticOp:
+            return op.value
+        if type(op) is MutableRefOp:
             v = self.next_leaf()
             if not self.mode.trusted and isinstance(v, VariableLike):
                 v = v.raw_value
             self.refs.append(v)
             return v
-        if t is SameRefOp:
-            return self.refs[tp.cast(SameRefOp, op).number]
-        return self.objects[tp.cast(SharedOp, op).object_index]
+        if type(op) is SameRefOp:
+            return self.refs[op.number]
+        assert type(op) is SharedOp
+        return self.objects[op.object_index]
 
     def variable(self, op: VariableOp) -> object:
         """The Variable of a VariableOp: the leaf, a copy, or the reused one updated."""
@@ -287,7 +284,7 @@ class _Run:
         """A new (or, to commit into, the reused) node of a NodeOp; whether reused."""
         v = self.reuse.get(len(self.objects)) if self.reuse else None
         if v is None:
-            v = op.impl.create_empty(op.node_type, tp.cast(tp.Hashable, op.static))
+            v = op.impl.create_empty(op.node_type, op.static)
             self.objects.append(v)  # before its children: they may refer back to it
             return v, False
         impl, keep = op.impl, set(op.keys)
