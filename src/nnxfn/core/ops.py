@@ -19,6 +19,11 @@ kind is an immutable named record, matched by type:
 Object indices count graph nodes and Variables in pre-order; a second path
 to the same object is a `SharedOp`. Two ops are compared with `op_equal`
 (never `==`: records of different kinds may hold equal fields).
+
+For speed, `plan_ops` rewrites the ops once per GraphDef into the plan
+`program.py` runs: each graph node whose children are all single ops (most
+layers) becomes a `LeafNodesOp`, counting equal such nodes in a row (the
+layers of a list) in one record, built by one `NodeImpl.builder` call.
 """
 
 from __future__ import annotations
