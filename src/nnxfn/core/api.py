@@ -27,14 +27,14 @@ from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse a
 from nnxfn.core import treegraph as _treegraph
 from nnxfn.core import treemode as _treemode
 from nnxfn.core import writes as _update
-from nnxfn.core.flatstate import FlatState, as_state
+from nnxfn.core.flatstate import FlatState, ensure_state
 from nnxfn.core.program import leaf_ops
 from nnxfn.core.graphdef import GraphDef
-from nnxfn.core.kinds import _CONTAINERS
+from nnxfn.core.kinds import CONTAINERS, pytree_children
 from nnxfn.core.registry import lookup
 from nnxfn.core.state import State, partition
-from nnxfn.core.state import _flatten as _state_flatten
-from nnxfn.core.state import _flatten_with_keys as _state_flatten_with_keys
+from nnxfn.core.state import state_children as _state_flatten
+from nnxfn.core.state import state_children_with_keys as _state_flatten_with_keys
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
@@ -49,11 +49,11 @@ def is_graph_node(x: tp.Any) -> bool:
 def is_leaf_root(x: tp.Any) -> bool:
     """True if `x` has no children at all: a Variable, an array or a static value."""
     t = type(x)
-    if lookup(t) is not None or t in _CONTAINERS:
+    if lookup(t) is not None or t in CONTAINERS:
         return False
     if isinstance(x, VariableLike) or _graph.is_array(x):
         return True
-    return _graph._pytree_children(x) is None
+    return pytree_children(x) is None
 
 
 # -- split / merge / state / graphdef ----------------------------------------------
@@ -74,7 +74,7 @@ def split(
 
 
 def _split_tree(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
-    graphdef, pairs = _treegraph.flatten(node)
+    graphdef, pairs = _treegraph.flatten_tree_mode(node)
     if lookup(type(node)) is None and is_leaf_root(node):  # the leaf itself (Flax's tree mode)
         return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
     paths = [path for path, _ in pairs]
@@ -158,7 +158,7 @@ def _merge_tree(graphdef: tp.Any, states: tuple, copy: bool) -> tp.Any:
         for s in states:
             flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
         leaves = _treegraph.leaves_by_path(graphdef, flat)
-    return _treegraph.unflatten(graphdef, leaves, copy=copy)
+    return _treegraph.unflatten_tree_mode(graphdef, leaves, copy=copy)
 
 
 def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tuple]:
@@ -190,7 +190,7 @@ def _to_state(state: tp.Any) -> State:
     if type(state) is State:
         return state
     if isinstance(state, (FlatState, Mapping)):
-        return as_state(state)
+        return ensure_state(state)
     raise TypeError(f"merge/update: expected a State or a mapping, got {type(state).__name__}")
 
 
@@ -216,7 +216,7 @@ def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool 
     """The GraphDef of `node` (what `split` returns first)."""
     _treemode.check_node(node, "graphdef", graph)
     if _treemode.is_tree_mode(graph):
-        return _treegraph.flatten(node)[0]
+        return _treegraph.flatten_tree_mode(node)[0]
     return _graph.graphdef(node)
 
 

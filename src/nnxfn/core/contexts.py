@@ -27,7 +27,7 @@ import jax
 from nnxfn.core import filters as filterlib, graph as _graph, refoutputs, treemode as _treemode
 from nnxfn.core import treegraph as _treegraph
 from nnxfn.core.api import leaf_paths
-from nnxfn.core.flatstate import FlatState, as_state
+from nnxfn.core.flatstate import FlatState, ensure_state
 from nnxfn.core.graphdef import (
     ContainerDef,
     GraphDef,
@@ -138,7 +138,7 @@ def flatten(
     and the leaves are the node's own Variables, in sorted path order."""
     _treemode.check_node(node, "flatten", graph)
     if _treemode.is_tree_mode(graph) and ref_index is None and ref_outer_index is None:
-        graphdef, pairs = _treegraph.flatten(node)
+        graphdef, pairs = _treegraph.flatten_tree_mode(node)
         if not with_paths:
             return graphdef, [leaf for _, leaf in pairs]
         return graphdef, FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
@@ -246,9 +246,11 @@ def unflatten(
     Variables (a view sharing them)."""
     if isinstance(graphdef, _treegraph.TreeGraphDef):
         if type(state) is list:
-            return _treegraph.unflatten(graphdef, state, copy=copy_variables)
-        flat = dict(state if isinstance(state, FlatState) else as_state(state).flat_state())
-        return _treegraph.unflatten(graphdef, _treegraph.leaves_by_path(graphdef, flat), copy=copy_variables)
+            return _treegraph.unflatten_tree_mode(graphdef, state, copy=copy_variables)
+        flat = dict(state if isinstance(state, FlatState) else ensure_state(state).flat_state())
+        return _treegraph.unflatten_tree_mode(
+            graphdef, _treegraph.leaves_by_path(graphdef, flat), copy=copy_variables
+        )
     leaves = _leaves_by_path(graphdef, state)
     objects = index_ref if index_ref is not None else {}
     reuse = {}
@@ -273,7 +275,7 @@ def _leaves_by_path(graphdef: GraphDef, state: tp.Any) -> dict[Path, tp.Any]:
         leaves = dict(state)  # already {path: leaf}
         count = len(leaves)
     elif isinstance(state, tp.Mapping):
-        leaves = as_state(state).flat_dict()
+        leaves = ensure_state(state).flat_dict()
         count = len(leaves)
     else:
         leaves, count = {(): state}, 1
@@ -455,7 +457,7 @@ def _merge_states(states: tuple) -> tp.Any:
         return [s for s in states if not isinstance(s, (tp.Mapping, FlatState))][0]
     flat: dict = {}
     for s in mappings:
-        flat.update(s if isinstance(s, FlatState) else as_state(s).flat_state())
+        flat.update(s if isinstance(s, FlatState) else ensure_state(s).flat_state())
     return FlatState(flat.items())
 
 

@@ -20,44 +20,50 @@ from nnxfn.core import filters as filterlib
 from nnxfn.core.state import FlatState as FlatState, State
 from nnxfn.core.variable_like import VariableLike
 
-Path = tuple[tp.Any, ...]
+Key = tp.Hashable
+Path = tuple[Key, ...]
+Leaf = tp.Any  # an array, a Variable or any other leaf
+# What the free functions accept as a state: a State, a nested mapping, a
+# FlatState, (path, leaf) pairs or a GraphState.
+StateLike = tp.Any
 
 
-def as_state(state: tp.Any) -> State:
+def ensure_state(state: StateLike) -> State:
     """`state` as a State (a State, a nested mapping, or (path, leaf) pairs)."""
     if isinstance(state, State):
         return state
     if isinstance(state, FlatState):
         return from_flat_state(state)
     if isinstance(state, Mapping):
-        if getattr(state, "_state", None) is not None and isinstance(state._state, State):
-            return state._state  # a GraphState
+        inner = getattr(state, "_state", None)
+        if isinstance(inner, State):
+            return inner  # a GraphState
         return State(state)
     raise TypeError(f"expected a State or a mapping, got {type(state).__name__}")
 
 
-def to_flat_state(state: tp.Any) -> FlatState:
+def to_flat_state(state: StateLike) -> FlatState:
     """The `(path, leaf)` pairs of a State, in canonical path order."""
-    pairs = as_state(state).flat_state()
+    pairs = ensure_state(state).flat_state()
     return FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
 
 
 def from_flat_state(
-    flat_state: tp.Mapping[Path, tp.Any] | tp.Iterable[tuple[Path, tp.Any]], *, cls: type = State
+    flat_state: tp.Mapping[Path, Leaf] | tp.Iterable[tuple[Path, Leaf]], *, cls: type = State
 ) -> State:
     """A State from `(path, leaf)` pairs or a `{path: leaf}` mapping."""
     return State.from_flat_path(flat_state) if cls is State else cls(State.from_flat_path(flat_state))
 
 
-def to_pure_dict(state: tp.Any, extract_fn: tp.Callable[[tp.Any], tp.Any] | None = None) -> dict:
+def to_pure_dict(state: StateLike, extract_fn: tp.Callable[[Leaf], Leaf] | None = None) -> dict:
     """Nested plain dicts of the raw values (Variables unwrapped)."""
-    state = as_state(state)
+    state = ensure_state(state)
     if extract_fn is None:
         return state.to_pure_dict()
     return _nest({p: extract_fn(v) for p, v in state.flat_state()})
 
 
-def _nest(flat: Mapping[Path, tp.Any]) -> dict:
+def _nest(flat: Mapping[Path, Leaf]) -> dict:
     root: dict = {}
     for path, value in flat.items():
         node = root
@@ -68,7 +74,7 @@ def _nest(flat: Mapping[Path, tp.Any]) -> dict:
 
 
 def replace_by_pure_dict(
-    state: tp.Any, pure_dict: Mapping, replace_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] | None = None
+    state: StateLike, pure_dict: Mapping, replace_fn: tp.Callable[[Leaf, Leaf], Leaf] | None = None
 ) -> State:
     """Put the values of `pure_dict` into `state`'s leaves; returns the new State.
 
@@ -77,8 +83,8 @@ def replace_by_pure_dict(
     ignores the return value and then calls `nnx.update(model, state)` works).
     Keys given as strings of digits match integer keys (checkpoint layouts).
     """
-    new = as_state(state).replace_by_pure_dict(pure_dict, replace_fn)
-    old_flat = as_state(state).flat_dict()
+    new = ensure_state(state).replace_by_pure_dict(pure_dict, replace_fn)
+    old_flat = ensure_state(state).flat_dict()
     for path, leaf in new.flat_state():
         old = old_flat.get(path)
         if isinstance(old, VariableLike) and isinstance(leaf, VariableLike) and old is not leaf:
@@ -88,16 +94,16 @@ def replace_by_pure_dict(
     return new
 
 
-def map_state(f: tp.Callable[[Path, tp.Any], tp.Any], state: tp.Any) -> State:
+def map_state(f: tp.Callable[[Path, Leaf], Leaf], state: StateLike) -> State:
     """A new State with every leaf replaced by `f(path, leaf)`."""
-    return as_state(state).map(f)
+    return ensure_state(state).map(f)
 
 
 def restore_int_paths(pure_dict: Mapping) -> dict:
     """A copy of a nested dict whose digit-string keys become ints (as
     checkpoint formats store list indices)."""
 
-    def fix(key: tp.Any) -> tp.Any:
+    def fix(key: Key) -> Key:
         if isinstance(key, str):
             try:
                 return int(key)
@@ -111,7 +117,7 @@ def restore_int_paths(pure_dict: Mapping) -> dict:
     return walk(pure_dict)
 
 
-def create_path_filters(state: tp.Any) -> dict:
+def create_path_filters(state: StateLike) -> dict:
     """`{PathIn(*paths): value}` grouping the paths of `state` by leaf value (a
     Variable's value): the mapping form of a State of per-leaf values, as
     `StateAxes`/`StateSharding` take it.
@@ -120,14 +126,14 @@ def create_path_filters(state: tp.Any) -> dict:
     >>> [(f(("a",), None), f(("b", "c"), None), value) for f, value in filters.items()]
     [(True, True, 0), (False, False, 1)]
     """
-    groups: dict[tp.Any, list[Path]] = {}
+    groups: dict[Leaf, list[Path]] = {}
     for path, value in to_flat_state(state):
         if isinstance(value, VariableLike):
-            value = value.get_value()
+            value = tp.cast(Leaf, value).get_value()  # the facade's Variable
         groups.setdefault(value, []).append(path)
     return {filterlib.PathIn(*paths): value for value, paths in groups.items()}
 
 
-def diff(state: tp.Any, other: tp.Any) -> State:
+def diff(state: StateLike, other: StateLike) -> State:
     """The leaves of `state` whose paths are not in `other`."""
-    return as_state(state) - (as_state(other) if other else {})
+    return ensure_state(state) - (ensure_state(other) if other else {})

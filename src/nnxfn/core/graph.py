@@ -18,33 +18,17 @@ from nnxfn.core.graphdef import (
     ArrayDef,
     BoxedDef,
     ContainerDef,
-    OP_BOXED,
-    OP_PYTREE,
-    OP_VAR,
     GraphDef,
     PytreeDef,
     StaticDef,
 )
-from nnxfn.core.program import _unflatten_ops, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
-from nnxfn.core.walker import _mutable, walk  # noqa: F401 - _mutable: read from here
-from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
-    _ARRAY_TYPES,
-    _CONTAINERS,
-    _K_ARRAY,
-    _K_CONT,
-    _K_NODE,
-    _K_OTHER,
-    _K_STATIC,
-    _K_VAR,
-    _container_children,
-    _kind,
-    _pytree_children,
-    children_of,
-    is_array,
-)
+from nnxfn.core.ops import BoxedOp, PytreeOp, VariableOp
+from nnxfn.core.program import build, build_checked, commit_into, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
+from nnxfn.core.walker import walk_graph
+from nnxfn.core.kinds import children_of, is_array, pytree_children  # noqa: F401 - also read from here
 from nnxfn.core.registry import key_order
 from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
-from nnxfn.core.state import _set_flat
+from nnxfn.core.state import SplitGroup, SplitLeaves, set_split_leaves, split_leaves
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
@@ -64,10 +48,10 @@ def flatten(
 
     Leaves are arrays and Variables; with `copy=True` each Variable is a
     detached copy (same type, value and metadata), else the live object.
-    See `walker.walk` for `objects`, `containers` and `whole_pytrees`.
+    See `walker.walk_graph` for `objects`, `containers` and `whole_pytrees`.
     """
     paths: list = []
-    graphdef, _, leaves = walk(
+    graphdef, _, leaves = walk_graph(
         node, copy=copy, paths=paths, objects=objects, containers=containers, whole_pytrees=whole_pytrees
     )
     return graphdef, list(zip(paths, leaves))
@@ -93,7 +77,7 @@ def unflatten(
     in it, indices 0, 1, ..., can be referred to). A foreign pytree
     may be given whole at its path (see `flatten(whole_pytrees=...)`).
     Raises, naming the paths, before anything is made or written, when the
-    leaves do not fit the GraphDef. `adopt`: see `program._unflatten_ops`.
+    leaves do not fit the GraphDef. `adopt`: see `program.build_checked`.
     """
     entries = leaf_ops(graphdef, whole=leaves)
     missing = [path for path, _ in entries if path not in leaves]
@@ -104,17 +88,22 @@ def unflatten(
         raise ValueError(errors.unexpected_leaves(sorted(extra, key=_path_order)))
     ordered = [leaves[path] for path, _ in entries]
     for (path, op), leaf in zip(entries, ordered):
-        if op[0] == OP_VAR and isinstance(leaf, VariableLike) and not isinstance(leaf, op[1]):
-            raise ValueError(errors.wrong_variable_type(path, op[1], type(leaf)))
-    whole = {id(op) for _, op in entries if op[0] == OP_PYTREE}
+        if (
+            type(op) is VariableOp
+            and isinstance(leaf, VariableLike)
+            and not isinstance(leaf, op.variable_type)
+        ):
+            raise ValueError(errors.wrong_variable_type(path, op.variable_type, type(leaf)))
+    whole = {id(op) for _, op in entries if type(op) is PytreeOp}
     # Objects an earlier `unflatten` made (a merge context): indices go on after them.
-    made: list = [objects[i] for i in range(len(objects))] if objects else []
-    out = _unflatten_ops(
-        graphdef, ordered, copy=copy, trusted=False, objects=made, reuse=reuse, whole=whole, adopt=adopt
-    )
+    known: list = [objects[i] for i in range(len(objects))] if objects else []
+    if reuse:
+        built = commit_into(graphdef, ordered, reuse, copy=copy, known=known, whole=whole, adopt=adopt)
+    else:
+        built = build_checked(graphdef, ordered, copy=copy, known=known, whole=whole, adopt=adopt)
     if objects is not None:
-        objects.update(enumerate(made))
-    return out
+        objects.update(enumerate(built.objects))
+    return built.root
 
 
 def _path_order(path: Path) -> tuple:
@@ -133,7 +122,7 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     """
     if filters:
         paths: list = []
-        graphdef, _, leaves = walk(node, copy=False, paths=paths)
+        graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
         return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
     found = splitcache.lookup(node)
     if found is not None:
@@ -141,10 +130,10 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     clock = splitcache.CLOCK[0]
     containers: list = []
     pure: dict = {}  # foreign pytrees holding only values: may change in place unseen
-    graphdef, state, leaves = walk(node, copy=False, containers=containers, whole_pytrees=pure)
+    graphdef, state, leaves = walk_graph(node, copy=False, containers=containers, whole_pytrees=pure)
     if type(state) is not State:  # a root without children (see `api.split` for leaf roots)
         state = _wrap_state({})
-    _set_flat(state, (graphdef, leaves, None, 0, None))
+    set_split_leaves(state, SplitLeaves(graphdef, leaves, None, 0, None))
     if not pure:
         splitcache.store(node, clock, (graphdef, state), containers)
     return graphdef, state
@@ -168,13 +157,12 @@ def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
         leaves = _positional_leaves(graphdef, states)
         if leaves is not None:
             if copy or len(states) > 1:
-                return _unflatten_ops(graphdef, leaves, copy=copy)
+                return build(graphdef, leaves, copy=copy).root
             # The new graph holds the State's Variables: splitting it gives `graphdef, state` again.
             clock = splitcache.CLOCK[0]
-            built: list = []
-            out = _unflatten_ops(graphdef, leaves, copy=False, built=built)
-            if all(type(c) is list or type(c) is dict for c in built):  # else: see `split`
-                splitcache.store(out, clock, (graphdef, states[0]), built)
+            out, _, made = build(graphdef, leaves, copy=False)
+            if all(type(c) is list or type(c) is dict for c in made):  # else: see `split`
+                splitcache.store(out, clock, (graphdef, states[0]), made)
             return out
     return unflatten(graphdef, _flat_leaves(states), copy=copy, adopt=True)
 
@@ -183,29 +171,27 @@ def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
     """The leaves in GraphDef order if `states` are exactly the States one
     `split` returned with `graphdef` (in any order); else None (go by paths).
 
-    Such a State holds `_nnx_flat = (graphdef, leaves, token, i, positions)`:
-    its leaves and, for the i-th State of a filtered split (all of them share
-    `token`, a one-item list of their number), their positions in the GraphDef."""
-    s = states[0]
-    first = s._nnx_flat if type(s) is State else None
-    if first is None or first[0] is not graphdef:
+    Such a State holds a `SplitLeaves`: its leaves and, for a State of a
+    filtered split (all of them share one `SplitGroup`), their positions."""
+    first = split_leaves(states[0])
+    if first is None or first.graphdef is not graphdef:
         return None
-    token = first[2]
-    if token is None:
-        return first[1] if len(states) == 1 else None
-    if len(states) != token[0]:
+    group = first.group
+    if group is None:
+        return first.leaves if len(states) == 1 else None
+    if len(states) != group.size:
         return None
     flats = []
     for s in states:
-        flat = s._nnx_flat if type(s) is State else None
-        if flat is None or flat[2] is not token:
+        flat = split_leaves(s)
+        if flat is None or flat.group is not group:
             return None
         flats.append(flat)
-    if sorted(f[3] for f in flats) != list(range(token[0])):
+    if sorted(f.number for f in flats) != list(range(group.size)):
         return None
     leaves = [None] * graphdef.num_leaves
     for flat in flats:
-        for pos, leaf in zip(flat[4], flat[1]):
+        for pos, leaf in zip(flat.positions or (), flat.leaves):
             leaves[pos] = leaf
     return leaves
 
@@ -215,12 +201,12 @@ def _partition_fast(
 ) -> tuple[State, ...]:
     """`_partition` of a fast walk; the States remember their leaf positions."""
     buckets = partition(paths, leaves, filters, exhaustive)
-    token = [len(buckets)]
+    group = SplitGroup(len(buckets))
     states = []
     for i, positions in enumerate(buckets):
         part = [leaves[p] for p in positions]
         state = _nest([paths[p] for p in positions], part)
-        _set_flat(state, (graphdef, part, token, i, positions))
+        set_split_leaves(state, SplitLeaves(graphdef, part, group, i, positions))
         states.append(state)
     return tuple(states)
 
@@ -256,10 +242,10 @@ def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     if not filters:
         return split(node)[1]
     paths: list = []
-    graphdef, _, leaves = walk(node, copy=False, paths=paths)
+    graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
     states = _partition_fast(graphdef, paths, leaves, filters, exhaustive=False)
     for s in states:
-        _set_flat(s, None)  # no GraphDef to pair them with
+        set_split_leaves(s, None)  # no GraphDef to pair them with
     return states[0] if len(states) == 1 else states
 
 
@@ -281,4 +267,4 @@ def _pure(d: tp.Any) -> bool:
 
 def boxed_paths(graphdef: GraphDef) -> frozenset:
     """Paths of leaves that are boxed only in the State (no live Variable)."""
-    return frozenset(path for path, op in leaf_ops(graphdef) if op[0] == OP_BOXED)
+    return frozenset(path for path, op in leaf_ops(graphdef) if type(op) is BoxedOp)

@@ -1,63 +1,63 @@
 """GraphDef: the static structure of an object graph.
 
-A GraphDef is a tree of small frozen records. It is hashable and compared by
-structure (types, attribute names, static values, Variable types and
-metadata); shared objects and cycles are encoded as `Ref(index)` to the
-record that first introduced the object, so two structurally equal graphs
-with the same sharing pattern give equal GraphDefs.
+A GraphDef is a flat program of op records (`ops.py`), one per value met in
+a pre-order walk (`walker.py` writes it, `program.py` runs it back). It is
+hashable and compared by structure over those ops (types, attribute names,
+static values, Variable types and metadata); shared objects and cycles are
+`SharedOp(object_index)`, so two structurally equal graphs with the same
+sharing pattern give equal GraphDefs.
+
+`GraphDef.root` reads the same ops as a tree of frozen records (`NodeDef`,
+`VariableDef`, `Ref`, `ContainerDef`, ...), built on first read, for code
+that inspects a GraphDef; a GraphDef made from such a tree (`GraphDef(root,
+num_leaves)`) gets its ops from it when first run.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import typing as tp
 from typing import Any, Hashable
 
 import jax
 
+from nnxfn.core.ops import (
+    ARRAY_OP,
+    MUTABLE_REF_OP,
+    ArrayOp,
+    BoxedOp,
+    ContainerOp,
+    MutableRefOp,
+    NodeOp,
+    Op,
+    PytreeOp,
+    SameRefOp,
+    SharedOp,
+    StaticOp,
+    VariableOp,
+    PlanOp,
+    op_hash,
+    ops_equal,
+    plan_ops,
+    same_value as same_value,
+    static_hash as static_hash,
+)
+from nnxfn.core.errors import unhashable_metadata, unhashable_static
 from nnxfn.core.registry import lookup
+from nnxfn.core.variable_like import VariableLike
 
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equality for static values that also compares types, element-wise in
-    tuples: `1`, `1.0` and `True` are equal in Python but trace differently."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if type(a) is tuple:
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    return bool(a == b)
-
-
-def static_hash(x: Any) -> int:
-    """`hash(x)`, or for unhashable static values (a config dataclass with a
-    list field, a dict) a hash of their contents, consistent with `same_value`:
-    equal values hash equal (values of other types just share a bucket)."""
-    try:
-        return hash(x)
-    except TypeError:
-        pass
-    t = type(x)
-    if t is list or t is tuple:
-        return hash((t, tuple(static_hash(v) for v in x)))
-    if t is dict:
-        return hash((t, len(x), sum(static_hash(k) ^ static_hash(v) for k, v in x.items())))
-    if isinstance(x, (set, bytearray)):
-        return hash((t, frozenset(x) if isinstance(x, set) else bytes(x)))
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return hash((t, tuple(static_hash(getattr(x, f.name)) for f in dataclasses.fields(x))))
-    return hash(t)
+Key = Hashable  # an attribute name, a list index or a dict key
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class NodeDef:
     """A registered graph node (e.g. a Module) with identity."""
 
-    type: type
+    type: builtins.type
     index: int
     static: Hashable
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    children: tuple[tuple[Key, Record], ...]
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
@@ -85,9 +85,9 @@ class NodeDef:
 class VariableDef:
     """A boxed leaf (Variable); its value is in the State."""
 
-    type: type
+    type: builtins.type[VariableLike]
     index: int
-    metadata: tuple[tuple[str, Any], ...]
+    metadata: tuple[tuple[str, object], ...]
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
@@ -138,7 +138,7 @@ class BoxedDef:
     the State boxed as a Variable of `type` (e.g. Param) and unboxed again by
     `unflatten`. There is no live Variable object behind it."""
 
-    type: type
+    type: builtins.type[VariableLike]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -158,8 +158,8 @@ class StaticDef:
 class ContainerDef:
     """A list, tuple or dict walked by value (no identity)."""
 
-    type: type
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    type: builtins.type
+    children: tuple[tuple[Key, Record], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,7 +167,27 @@ class PytreeDef:
     """Any other JAX pytree node (namedtuple, Equinox module, ...)."""
 
     treedef: Any  # jax PyTreeDef, one level
-    children: tuple[tuple[Any, Any], ...]  # (key, def)
+    children: tuple[tuple[Key, Record], ...]
+
+
+# A record of the tree view (`GraphDef.root`):
+Record = tp.Union[
+    NodeDef, VariableDef, Ref, ArrayDef, SameRef, BoxedDef, StaticDef, ContainerDef, "PytreeDef"
+]
+Links = tuple[tuple[int, tp.Hashable, int], ...]
+
+
+class _ApplyHook:
+    """`GraphDef.apply`'s implementation, set by `calls.py` (which builds on
+    merge and split, above this module)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self) -> None:
+        self.fn: tp.Callable[..., tp.Any] | None = None
+
+
+APPLY = _ApplyHook()
 
 
 class GraphDef:
@@ -177,23 +197,25 @@ class GraphDef:
     `jax.jit`.
     """
 
-    # `_plan`: the ops as `program._unflatten_ops` runs them, made on first use.
+    # `_plan`: the ops as `program.py` runs them (see `ops.LeafNodesOp`), made on first use.
     __slots__ = ("_root", "num_leaves", "_hash", "_ops", "links", "_plan")
 
-    def __init__(self, root: Any, num_leaves: int, links: tuple = ()):
-        self._root = root
+    def __init__(self, root: Record, num_leaves: int, links: Links = ()):
+        """A GraphDef given by its tree of records (see `root`); its ops are
+        derived from them when first needed."""
+        self._root: tp.Any = root  # a Record (a `TreeNodeDef` in tree mode), or None until read
         self.num_leaves = num_leaves
         self._hash: int | None = None
-        self._ops: tuple | None = None
-        self._plan: list | None = None
+        self._ops: list[Op] | None = None
+        self._plan: list[PlanOp] | None = None
         # (node index, key, target index): non-owning references between
         # objects of this graph (see `NodeImpl.links`), re-made by `unflatten`.
         self.links = links
 
     @classmethod
-    def _from_ops(cls, ops: list, num_leaves: int, links: tuple = ()) -> GraphDef:
-        """A GraphDef given by its flat program (see `graph.py`); the tree of
-        records (`root`) is built from it only when first read."""
+    def from_ops(cls, ops: list[Op], num_leaves: int, links: Links = ()) -> GraphDef:
+        """A GraphDef given by its ops (as `walker.walk_graph` writes them); the
+        tree of records (`root`) is derived from them only when first read."""
         graphdef = object.__new__(cls)
         graphdef._root = None
         graphdef.num_leaves = num_leaves
@@ -205,18 +227,30 @@ class GraphDef:
 
     @property
     def root(self) -> Any:
+        """The GraphDef as a tree of records (`NodeDef`, `VariableDef`, ...): a
+        view of the ops for reading, built once."""
         root = self._root
         if root is None:
+            assert self._ops is not None
             root = self._root = root_from_ops(self._ops)
         return root
 
     @property
-    def ops(self) -> list:
-        """The flat program of this GraphDef (pre-order ops, built once)."""
+    def ops(self) -> list[Op]:
+        """The flat program of this GraphDef: one op record per value, in pre-order."""
         ops = self._ops
         if ops is None:
             ops = self._ops = ops_from_root(self._root)
         return ops
+
+    @property
+    def plan(self) -> list[PlanOp]:
+        """The ops as `program.py` runs them: runs of leaf-only graph nodes
+        folded into `LeafNodesOp`s (see `ops.plan_ops`), made once."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = plan_ops(self.ops)
+        return plan
 
     def __hash__(self) -> int:
         if self._hash is None:  # over the flat program: no recursion, any depth
@@ -231,23 +265,24 @@ class GraphDef:
             return True
         if not isinstance(other, GraphDef) or hash(self) != hash(other):
             return False
-        a, b = self.ops, other.ops
-        return self.links == other.links and len(a) == len(b) and all(map(op_equal, a, b))
+        return self.links == other.links and ops_equal(self.ops, other.ops)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[tp.Callable[..., GraphDef], tuple[Record, int, Links]]:
         return (GraphDef, (self.root, self.num_leaves, self.links))
 
     @property
-    def type(self) -> type | None:
+    def type(self) -> builtins.type | None:
+        """The type of the root object (Flax's `GraphDef.type`)."""
         root = self.root
-        return getattr(root, "type", None)
+        found: builtins.type | None = getattr(root, "type", None)
+        return found
 
     @property
-    def nodes(self) -> list[Any]:
+    def nodes(self) -> list[tp.Any]:  # Records (a `TreeNodeDef` first in tree mode)
         """The records in pre-order, root first (static values left out)."""
-        out: list[Any] = []
+        out: list[Record] = []
 
-        def walk(d: Any) -> None:
+        def walk(d: Record) -> None:
             if not isinstance(d, StaticDef):
                 out.append(d)
             for _, child in getattr(d, "children", ()):
@@ -257,133 +292,126 @@ class GraphDef:
         return out
 
     def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
-        """`out, (graphdef, state) = graphdef.apply(state).method(*args)`."""
-        from nnxfn.core.calls import apply
-
+        """`out, (graphdef, state) = graphdef.apply(state).method(*args)` (see `calls.apply`)."""
+        apply = APPLY.fn
+        if apply is None:
+            raise RuntimeError("GraphDef.apply needs nnxfn.core.calls (import nnxfn)")
         return apply(self, state, *states)
 
-    def __class_getitem__(cls, item: Any) -> type:  # `GraphDef[Model]` annotations
+    def __class_getitem__(cls, item: Any) -> builtins.type:  # `GraphDef[Model]` annotations
         return cls
 
     def __repr__(self) -> str:
         return f"GraphDef({_describe(self.root, 1)})"
 
 
-# -- the flat program (see walker.py, program.py) --------------------------------------
-OP_VAR, OP_ARRAY, OP_BOXED, OP_STATIC, OP_REF, OP_NODE, OP_CONT, OP_PYTREE, OP_AREF, OP_ALIAS = range(10)
-_ARRAY_OP = (OP_ARRAY,)
-_AREF_OP = (OP_AREF,)
+# -- records <-> ops ---------------------------------------------------------------------
+def _leaf_record(op: Op, count: int) -> Record:
+    """The record of an op without children (`count`: the next object index)."""
+    if type(op) is VariableOp:
+        return VariableDef(op.variable_type, count, op.metadata)
+    if type(op) is ArrayOp:
+        return ARRAY
+    if type(op) is MutableRefOp:
+        return REF_ARRAY
+    if type(op) is SameRefOp:
+        return SameRef(op.number)
+    if type(op) is StaticOp:
+        return StaticDef(tp.cast(Hashable, op.value))
+    if type(op) is SharedOp:
+        return Ref(op.object_index)
+    if type(op) is BoxedOp:
+        return BoxedDef(op.variable_type)
+    raise TypeError(f"not a leaf op: {op!r}")
 
 
-def root_from_ops(ops: list) -> tp.Any:
+class _OpenRecord:
+    """A node/container/pytree record being rebuilt: its op, its object
+    index, and the records of the children read so far."""
+
+    __slots__ = ("op", "index", "children")
+
+    def __init__(self, op: NodeOp | ContainerOp | PytreeOp | None, index: int) -> None:
+        self.op = op
+        self.index = index
+        self.children: list[Record] = []
+
+    def record(self) -> Record:
+        op = self.op
+        assert op is not None
+        pairs = tuple(zip(op.keys, self.children))
+        if type(op) is NodeOp:
+            return NodeDef(op.node_type, self.index, op.static, pairs)
+        if type(op) is ContainerOp:
+            return ContainerDef(op.container_type, pairs)
+        assert type(op) is PytreeOp
+        return PytreeDef(op.treedef, pairs)
+
+
+def root_from_ops(ops: tp.Sequence[Op]) -> Record:
     """The tree of GraphDef records described by a flat program (iteratively)."""
     count = 0
-    top: list = []
-    stack: list = [[None, 0, 1, top]]  # [op, index, children still to read, children]
-    it = iter(ops)
-    while True:
-        frame = stack[-1]
-        if not frame[2]:
-            stack.pop()
-            op, i, _, kids = frame
-            if op is None:
-                return top[0]
-            pairs = tuple(zip(op[3] if op[0] == OP_NODE else op[2], kids))
-            if op[0] == OP_NODE:
-                d = NodeDef(op[1], i, op[2], pairs)
-            elif op[0] == OP_CONT:
-                d = ContainerDef(op[1], pairs)
-            else:
-                d = PytreeDef(op[1], pairs)
-            stack[-1][3].append(d)
-            stack[-1][2] -= 1
-            continue
-        op = next(it)
-        code = op[0]
-        if code == OP_VAR:
-            d = VariableDef(op[1], count, op[2])
-            count += 1
-        elif code == OP_ARRAY:
-            d = ARRAY
-        elif code == OP_AREF:
-            d = REF_ARRAY
-        elif code == OP_ALIAS:
-            d = SameRef(op[1])
-        elif code == OP_STATIC:
-            d = StaticDef(op[1])
-        elif code == OP_REF:
-            d = Ref(op[1])
-        elif code == OP_BOXED:
-            d = BoxedDef(op[1])
-        else:
-            index = count
-            if code == OP_NODE:
+    top = _OpenRecord(None, 0)
+    stack = [top]
+    pending = [1]  # children still to read, per open record
+    for op in ops:
+        if type(op) is NodeOp or type(op) is ContainerOp or type(op) is PytreeOp:
+            stack.append(_OpenRecord(op, count))
+            pending.append(len(op.keys))
+            if type(op) is NodeOp:
                 count += 1
-            n = len(op[3] if code == OP_NODE else op[2])
-            stack.append([op, index, n, []])
-            continue
-        frame[3].append(d)
-        frame[2] -= 1
+        else:
+            stack[-1].children.append(_leaf_record(op, count))
+            if type(op) is VariableOp:
+                count += 1
+            pending[-1] -= 1
+        while not pending[-1] and len(stack) > 1:  # close finished records
+            done = stack.pop()
+            pending.pop()
+            stack[-1].children.append(done.record())
+            pending[-1] -= 1
+    (record,) = top.children
+    return record
 
 
-def ops_from_root(root: tp.Any) -> list:
+def ops_from_root(root: Record) -> list[Op]:
     """The flat program of a tree of GraphDef records (iteratively)."""
-    ops: list = []
+    ops: list[Op] = []
     stack = [root]
     while stack:
         d = stack.pop()
         if isinstance(d, VariableDef):
-            ops.append((OP_VAR, d.type, d.metadata))
+            ops.append(VariableOp(d.type, d.metadata))
         elif isinstance(d, RefArrayDef):
-            ops.append(_AREF_OP)
+            ops.append(MUTABLE_REF_OP)
         elif isinstance(d, ArrayDef):
-            ops.append(_ARRAY_OP)
+            ops.append(ARRAY_OP)
         elif isinstance(d, SameRef):
-            ops.append((OP_ALIAS, d.number))
+            ops.append(SameRefOp(d.number))
         elif isinstance(d, StaticDef):
-            ops.append((OP_STATIC, d.value))
+            ops.append(StaticOp(d.value))
         elif isinstance(d, Ref):
-            ops.append((OP_REF, d.index))
+            ops.append(SharedOp(d.index))
         elif isinstance(d, BoxedDef):
-            ops.append((OP_BOXED, d.type))
-        elif not isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
-            raise TypeError(f"unknown GraphDef entry {d!r}")
-        else:
+            ops.append(BoxedOp(d.type))
+        elif isinstance(d, (NodeDef, ContainerDef, PytreeDef)):
             keys = tuple(k for k, _ in d.children)
             if isinstance(d, NodeDef):
-                ops.append((OP_NODE, d.type, d.static, keys, lookup(d.type)))
+                impl = lookup(d.type)
+                if impl is None:
+                    raise TypeError(f"{d.type.__name__} is not a registered graph node type")
+                ops.append(NodeOp(d.type, d.static, keys, impl))
             elif isinstance(d, ContainerDef):
-                ops.append((OP_CONT, d.type, keys))
+                ops.append(ContainerOp(d.type, keys))
             else:
-                ops.append((OP_PYTREE, d.treedef, keys))
+                ops.append(PytreeOp(d.treedef, keys))
             stack.extend(child for _, child in reversed(d.children))
+        else:
+            raise TypeError(f"unknown GraphDef entry {d!r}")
     return ops
 
 
-def op_hash(op: tuple) -> int:
-    """Hash of one op, consistent with `op_equal` (statics hashed by contents)."""
-    code = op[0]
-    if code == OP_NODE:
-        return hash((code, op[1], static_hash(op[2]), op[3]))
-    if code == OP_STATIC:
-        return hash((code, static_hash(op[1])))
-    return hash(op)
-
-
-def op_equal(a: tuple, b: tuple) -> bool:
-    code = a[0]
-    if code != b[0]:
-        return False
-    if code == OP_NODE:
-        return a[1] is b[1] and a[3] == b[3] and same_value(a[2], b[2])
-    if code == OP_VAR:
-        return a[1] is b[1] and same_value(a[2], b[2])
-    if code == OP_STATIC:
-        return same_value(a[1], b[1])
-    return a == b
-
-
-def _describe(d: Any, indent: int) -> str:
+def _describe(d: Record, indent: int) -> str:
     pad = "  " * indent
     if isinstance(d, NodeDef) or isinstance(d, ContainerDef) or isinstance(d, PytreeDef):
         name = d.type.__name__ if not isinstance(d, PytreeDef) else "pytree"
@@ -404,18 +432,17 @@ def _describe(d: Any, indent: int) -> str:
     return repr(d.value)
 
 
-def _unhashable_message(root: Any) -> str:
+def _unhashable_message(root: Record) -> str:
     """Find the first unhashable static value or metadata and name its path."""
-    from nnxfn.core.errors import unhashable_metadata, unhashable_static
 
-    def is_hashable(x: Any) -> bool:
+    def is_hashable(x: object) -> bool:
         try:
             hash(x)
         except TypeError:
             return False
         return True
 
-    def find(d: Any, path: tuple) -> str | None:
+    def find(d: Record, path: tuple[Key, ...]) -> str | None:
         if isinstance(d, VariableDef):
             for name, value in d.metadata:
                 if not is_hashable(value):
@@ -424,7 +451,7 @@ def _unhashable_message(root: Any) -> str:
         if isinstance(d, StaticDef):
             return None if is_hashable(d.value) else unhashable_static(path, d.value)
         if isinstance(d, NodeDef) and not is_hashable(d.static):
-            for name, value in d.static:
+            for name, value in tp.cast(tp.Iterable[tuple[str, object]], d.static):
                 if not is_hashable(value):
                     return unhashable_static(path + (name,), value)
         for key, child in getattr(d, "children", ()):

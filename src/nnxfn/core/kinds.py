@@ -1,7 +1,8 @@
 """What kind of graph value an object is, and its children one level down.
 
-Shared by the one flatten (`walker.py`), the writers
-(`update.py`) and the iterations (`traverse.py`).
+Shared by the one flatten (`walker.py`), the writers (`writes.py`) and
+the iterations (`traverse.py`). `kind_of_type` sorts a type into one of the
+`K_*` kinds the walk dispatches on (cached per type in `registry.KINDS`).
 """
 
 from __future__ import annotations
@@ -15,49 +16,71 @@ import numpy as np
 from nnxfn.core.registry import KINDS, key_order, lookup
 from nnxfn.core.variable_like import VariableLike
 
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
-_CONTAINERS = (list, tuple, dict)
+ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, jax.Ref)
+CONTAINERS = (list, tuple, dict)
+Key = tp.Hashable
+Child = tp.Any  # a child value: a graph node, Variable, array, container or static
+Children = list[tuple[Key, Child]]
 
 
-def is_array(x: tp.Any) -> bool:
-    return isinstance(x, _ARRAY_TYPES)
+def is_array(x: object) -> bool:
+    return isinstance(x, ARRAY_TYPES)
 
 
-def _container_children(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
-    if type(x) is dict:
+def container_children(x: list[Child] | tuple[Child, ...] | dict[Key, Child]) -> Children:
+    """The (key, child) pairs of a list, tuple or dict (dict keys in canonical order)."""
+    if isinstance(x, dict):
         return [(k, x[k]) for k in sorted(x, key=key_order)]
     return list(enumerate(x))
 
 
-def _key_of(entry: tp.Any) -> tp.Any:
+def key_of(entry: object) -> Key:
+    """The plain key of one JAX key-path entry (`DictKey`, `SequenceKey`, `GetAttrKey`, ...)."""
     for attr in ("key", "idx", "name"):
         if hasattr(entry, attr):
-            return getattr(entry, attr)
+            found: Key = getattr(entry, attr)
+            return found
     return str(entry)
 
 
-def _pytree_children(x: tp.Any) -> tuple[tp.Any, list[tuple[tp.Any, tp.Any]]] | None:
+class PytreeChildren(tp.NamedTuple):
+    """One level of a foreign pytree: its treedef and (key, child) pairs."""
+
+    treedef: jax.tree_util.PyTreeDef
+    children: Children
+
+
+def pytree_children(x: object) -> PytreeChildren | None:
     """One level of a foreign pytree, or None if `x` is a pytree leaf."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]  # jaxlib's stub lacks them
         return None
-    return treedef, [(_key_of(p[0]), v) for p, v in pairs]
+    return PytreeChildren(
+        treedef, [(key_of(entry), v) for (entry,), v in pairs]
+    )  # one level: paths of one key
 
 
-def children_of(x: tp.Any) -> list[tuple[tp.Any, tp.Any]]:
+def children_of(x: Child) -> Children:
     """The (key, child) pairs of any graph value; [] for leaves."""
     impl = lookup(type(x))
     if impl is not None:
         return list(impl.children(x))
     if isinstance(x, VariableLike) or is_array(x):
         return []
-    if type(x) in _CONTAINERS:
-        return _container_children(x)
-    found = _pytree_children(x)
-    return [] if found is None else found[1]
+    if type(x) in CONTAINERS:
+        return container_children(x)
+    found = pytree_children(x)
+    return [] if found is None else found.children
 
 
-_K_VAR, _K_NODE, _K_ARRAY, _K_CONT, _K_STATIC, _K_OTHER, _K_AREF = range(7)
+# How the walk treats a type's instances (`kind_of_type`):
+K_VAR = 0  # a Variable
+K_NODE = 1  # a registered graph node
+K_ARRAY = 2  # an array
+K_CONT = 3  # a list, tuple or dict
+K_STATIC = 4  # a plain static value (never a pytree node, always hashable)
+K_OTHER = 5  # decided per value: a tracer, a foreign pytree or a static
+K_AREF = 6  # a bare `jax.Ref`
 _LEAF_TYPES = (
     type(None),
     int,
@@ -71,23 +94,22 @@ _LEAF_TYPES = (
 )
 
 
-def _kind(t: type) -> int:
-    """How the fast walk treats instances of `t` (same order as `flatten`)."""
+def kind_of_type(t: type) -> int:
+    """How the walk treats instances of `t` (one of the `K_*` kinds), cached in `registry.KINDS`."""
     if issubclass(t, VariableLike):
-        kind = _K_VAR
+        kind = K_VAR
     elif lookup(t) is not None:
-        kind = _K_NODE
+        kind = K_NODE
     elif issubclass(t, jax.core.Tracer):  # `isinstance(x, jax.Array)` depends on x
-        kind = _K_OTHER
+        kind = K_OTHER
     elif issubclass(t, jax.Ref):  # an array leaf with identity
-        kind = _K_AREF
-    elif issubclass(t, _ARRAY_TYPES):
-        kind = _K_ARRAY
-    elif t in _CONTAINERS:
-        kind = _K_CONT
+        kind = K_AREF
+    elif issubclass(t, ARRAY_TYPES):
+        kind = K_ARRAY
+    elif t in CONTAINERS:
+        kind = K_CONT
     elif issubclass(t, _LEAF_TYPES[:6]) or t in _LEAF_TYPES:
-        kind = _K_STATIC  # never a pytree node, always hashable
+        kind = K_STATIC
     else:
-        kind = _K_OTHER
-    KINDS[t] = kind
-    return kind
+        kind = K_OTHER
+    return KINDS.put(t, kind)

@@ -16,11 +16,15 @@ import typing as tp
 import jax
 import numpy as np
 
-from nnxfn.core import kinds as _graph
+from nnxfn.core.kinds import key_of, pytree_children
 from nnxfn.core.graphdef import NodeDef, Ref, VariableDef
 from nnxfn.core.registry import NodeImpl, is_registered, key_order, lookup, register_node_type
 from nnxfn.core.treegraph import TreeNodeDef
 from nnxfn.core.variable_like import VariableLike
+
+Key = tp.Any  # a child's key (callbacks take their own key type)
+Node = tp.Any  # an instance of the registered type (callbacks take their own type)
+Child = tp.Any  # a child value
 
 
 NodeRef = Ref
@@ -29,13 +33,13 @@ NodeRef = Ref
 class PytreeMeta(tp.NamedTuple):
     """How to put sorted `(key, child)` pairs back into the original pytree."""
 
-    key_index: tuple[tuple[tp.Any, int], ...]
-    treedef: tp.Any
+    key_index: tuple[tuple[Key, int], ...]
+    treedef: jax.tree_util.PyTreeDef
 
 
-def flatten_pytree(pytree: tp.Any) -> tuple[list[tuple[tp.Any, tp.Any]], PytreeMeta]:
+def flatten_pytree(pytree: object) -> tuple[list[tuple[Key, Child]], PytreeMeta]:
     """One level of `pytree`: `(key, child)` pairs sorted by key, and its metadata."""
-    found = _graph._pytree_children(pytree)
+    found = pytree_children(pytree)
     if found is None:
         raise ValueError(f"flatten_pytree: {type(pytree).__name__} is a leaf, not a pytree node")
     treedef, pairs = found
@@ -43,29 +47,29 @@ def flatten_pytree(pytree: tp.Any) -> tuple[list[tuple[tp.Any, tp.Any]], PytreeM
     return sorted(pairs, key=lambda kv: key_order(kv[0])), PytreeMeta(index, treedef)
 
 
-def unflatten_pytree(pairs: tp.Iterable[tuple[tp.Any, tp.Any]], meta: PytreeMeta) -> tp.Any:
+def unflatten_pytree(pairs: tp.Iterable[tuple[Key, Child]], meta: PytreeMeta) -> Node:
     """The inverse of `flatten_pytree`."""
     order = dict(meta.key_index)
     ordered = sorted(pairs, key=lambda kv: order[kv[0]])
     return meta.treedef.unflatten([v for _, v in ordered])
 
 
-def is_pytree_node(x: tp.Any, *, check_graph_registry: bool = True) -> bool:
+def is_pytree_node(x: object, *, check_graph_registry: bool = True) -> bool:
     """True for containers and foreign pytrees that have children (graph nodes such as
     Modules too, if `check_graph_registry=False`: they are JAX pytrees as well)."""
     if isinstance(x, VariableLike) or (check_graph_registry and lookup(type(x)) is not None):
         return False
     if type(x) in (list, tuple, dict):
         return True
-    return _graph._pytree_children(x) is not None
+    return pytree_children(x) is not None
 
 
-def is_node(x: tp.Any) -> bool:
+def is_node(x: object) -> bool:
     """True for graph nodes and pytree nodes (not Variables or leaves)."""
     return lookup(type(x)) is not None or is_pytree_node(x)
 
 
-def is_node_leaf(x: tp.Any) -> bool:
+def is_node_leaf(x: object) -> bool:
     """True for what a graph holds as a leaf: Variables, arrays and `jax.Ref`s."""
     return isinstance(x, (VariableLike, jax.Array, np.ndarray, jax.Ref))
 
@@ -78,12 +82,12 @@ def is_node_type(x: type) -> bool:
 
 def register_graph_node_type(
     type: type,
-    flatten: tp.Callable[[tp.Any], tuple[tp.Sequence[tuple[tp.Any, tp.Any]], tp.Hashable]],
-    set_key: tp.Callable[[tp.Any, tp.Any, tp.Any], None],
-    pop_key: tp.Callable[[tp.Any, tp.Any], tp.Any],
-    create_empty: tp.Callable[[tp.Hashable], tp.Any],
-    clear: tp.Callable[[tp.Any], None],
-    init: tp.Callable[[tp.Any, tp.Iterable[tuple[tp.Any, tp.Any]]], None],
+    flatten: tp.Callable[[Node], tuple[tp.Sequence[tuple[Key, Child]], tp.Hashable]],
+    set_key: tp.Callable[[Node, Key, Child], None],
+    pop_key: tp.Callable[[Node, Key], Child],
+    create_empty: tp.Callable[[tp.Hashable], Node],
+    clear: tp.Callable[[Node], None],
+    init: tp.Callable[[Node, tp.Iterable[tuple[Key, Child]]], None],
 ) -> None:
     """Make `type` (and its subclasses) a graph node, with Flax's callbacks:
     `flatten(node) -> ((key, child) pairs, hashable aux data)`, `create_empty(aux)`,
@@ -96,8 +100,8 @@ def register_graph_node_type(
     register_node_type(
         NodeImpl(
             type=type,
-            children=lambda node: flatten(node)[0],
-            static=lambda node: flatten(node)[1],
+            children=lambda node: _children(flatten(node)),
+            static=lambda node: _static(flatten(node)),
             create_empty=lambda cls, aux: create_empty(aux),
             set_child=set_key,
             del_child=pop_key,
@@ -108,7 +112,21 @@ def register_graph_node_type(
 
 def jax_to_nnx_path(jax_path: tuple) -> tuple:
     """A JAX key path as nnx path parts (attribute names, keys, indices)."""
-    return tuple(_graph._key_of(k) for k in jax_path)
+    return tuple(key_of(k) for k in jax_path)
 
 
 __all__ = ["TreeNodeDef", "NodeRef", "NodeDef", "VariableDef"]
+
+
+def _children(
+    flat: tuple[tp.Iterable[tuple[Key, Child]], tp.Hashable],
+) -> tp.Iterable[tuple[Key, Child]]:
+    """The (key, child) pairs of a registered `flatten(node)` result."""
+    children, _ = flat
+    return children
+
+
+def _static(flat: tuple[tp.Iterable[tuple[Key, Child]], tp.Hashable]) -> tp.Hashable:
+    """The static data of a registered `flatten(node)` result."""
+    _, static = flat
+    return static

@@ -18,7 +18,9 @@ import jax
 from nnxfn.core.graphdef import GraphDef, Ref, VariableDef
 from nnxfn.core.variable_like import VariableLike
 
-Path = tuple[tp.Any, ...]
+Key = tp.Hashable
+Path = tuple[Key, ...]
+Leaf = tp.Any  # an array, a Variable or any other leaf
 
 
 @jax.tree_util.register_static
@@ -47,11 +49,11 @@ class ArrayRefOutput:
     value: jax.Array
 
 
-def _holds_ref(leaf: tp.Any) -> bool:
+def _holds_ref(leaf: Leaf) -> bool:
     return getattr(leaf, "ref", False) is True and isinstance(leaf.raw_value, jax.Ref)
 
 
-def outer_refs(outer_objects: tp.Mapping[int, tp.Any] | None) -> set[int]:
+def outer_refs(outer_objects: tp.Mapping[int, object] | None) -> set[int]:
     """ids of the Refs held by the outer Variables of an update context."""
     if not outer_objects:
         return set()
@@ -62,7 +64,7 @@ def outer_refs(outer_objects: tp.Mapping[int, tp.Any] | None) -> set[int]:
     }
 
 
-def to_outputs(pairs: list[tuple[Path, tp.Any]], known: set[int]) -> list[tuple[Path, tp.Any]]:
+def to_outputs(pairs: list[tuple[Path, Leaf]], known: set[int]) -> list[tuple[Path, Leaf]]:
     """The (path, leaf) pairs of an inner split with each Ref Variable's value
     replaced: `NO_UPDATE` if its Ref is in `known`, else `ArrayRefOutput`."""
     out = []
@@ -78,7 +80,7 @@ def to_outputs(pairs: list[tuple[Path, tp.Any]], known: set[int]) -> list[tuple[
 def variable_indices(graphdef: GraphDef) -> dict[Path, int]:
     """path -> GraphDef index of every Variable the GraphDef holds."""
     found: dict[Path, int] = {}
-    stack: list[tuple[tp.Any, Path]] = [(graphdef.root, ())]
+    stack: list[tuple[Leaf, Path]] = [(graphdef.root, ())]
     while stack:
         d, path = stack.pop()
         if isinstance(d, VariableDef):
@@ -88,7 +90,7 @@ def variable_indices(graphdef: GraphDef) -> dict[Path, int]:
     return found
 
 
-def needs_inputs(leaves: tp.Mapping[Path, tp.Any]) -> bool:
+def needs_inputs(leaves: tp.Mapping[Path, Leaf]) -> bool:
     return any(
         isinstance(leaf, VariableLike) and isinstance(leaf.raw_value, (NoUpdate, ArrayRefOutput))
         for leaf in leaves.values()
@@ -96,8 +98,8 @@ def needs_inputs(leaves: tp.Mapping[Path, tp.Any]) -> bool:
 
 
 def from_outputs(
-    graphdef: GraphDef, leaves: dict[Path, tp.Any], reuse: tp.Mapping[int, tp.Any]
-) -> dict[Path, tp.Any]:
+    graphdef: GraphDef, leaves: dict[Path, Leaf], reuse: tp.Mapping[int, Leaf]
+) -> dict[Path, Leaf]:
     """Undo `to_outputs` for a merge: `NO_UPDATE` takes the Ref of the Variable
     `reuse` holds for that GraphDef index, `ArrayRefOutput` becomes a new Ref."""
     indices: dict[Path, int] | None = None

@@ -3,15 +3,25 @@
 A registered *graph node* has identity: the same object reachable by two
 paths is one node in the GraphDef (later paths hold a back-reference), and
 cycles are allowed. Lists, tuples, dicts and other JAX pytrees are not
-registered: they are walked as values (no identity), see `graph.py`.
+registered: they are walked as values (no identity), see `walker.py`.
+
+Lookups are cached per type (`IMPLS`, and `KINDS` for `kinds.kind_of_type`)
+in `caches.Cache`s; registering a type clears every cache.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import typing as tp
 from typing import Any, Callable, Hashable, Iterable
 
-Key = Any  # str attribute name, int index, or any hashable dict key
+from nnxfn.core import caches
+from nnxfn.core.variable_like import VariableLike
+
+Key = Any  # str attribute name, int index or dict key (callbacks take their own key type)
+Node = Any  # an instance of a registered type (the callbacks below take their own type)
+Child = Any  # a child value: a graph node, Variable, array, container or static value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,36 +51,39 @@ class NodeImpl:
     set_link(node, key, target) -> None: re-make one link after unflatten.
     """
 
-    type: type
-    children: Callable[[Any], Iterable[tuple[Key, Any]]]
-    create_empty: Callable[[type, Hashable], Any]
-    set_child: Callable[[Any, Key, Any], None]
-    del_child: Callable[[Any, Key], None]
-    static: Callable[[Any], Hashable] = lambda node: None
-    parts: Callable[[Any], tuple[Hashable, tuple, Any]] | None = None
-    fill: Callable[[Any, tuple, Any], None] | None = None
-    builder: Callable[[type, Hashable, tuple], Callable[[Any], list]] | None = None
-    links: Callable[[Any], Iterable[tuple[Key, Any]]] | None = None
-    set_link: Callable[[Any, Key, Any], None] | None = None
+    type: builtins.type
+    children: Callable[[Node], Iterable[tuple[Key, Child]]]
+    create_empty: Callable[[builtins.type, Hashable], Node]
+    set_child: Callable[[Node, Key, Child], None]
+    del_child: Callable[[Node, Key], None]
+    static: Callable[[Node], Hashable] = lambda node: None
+    parts: Callable[[Node], tuple[Hashable, tuple[Key, ...], tp.Sequence[Child]]] | None = None
+    fill: Callable[[Node, tuple[Key, ...], tp.Sequence[Child]], None] | None = None
+    builder: (
+        Callable[
+            [builtins.type, Hashable, tuple[Key, ...]],
+            Callable[[tp.Iterable[tp.Sequence[Child]]], list[Node]],
+        ]
+        | None
+    ) = None
+    links: Callable[[Node], Iterable[tuple[Key, Child]]] | None = None
+    set_link: Callable[[Node, Key, Node], None] | None = None
 
 
 _REGISTRY: dict[type, NodeImpl] = {}
-_CACHE: dict[type, NodeImpl | None] = {}
-# type -> how `graph.py`'s fast walk treats its instances; derived from the
-# registry, so it is cleared with `_CACHE`.
-KINDS: dict[type, int] = {}
-# Other per-type caches derived from the registry (e.g. the facade's pytree
-# kinds), cleared with it.
-DERIVED: list[dict] = []
+# type -> its NodeImpl (a registered base's, retyped), or None: `lookup`'s answers.
+IMPLS: caches.Cache[type, NodeImpl | None] = caches.Cache("registry.IMPLS")
+# type -> how the walk treats its instances (a `kinds.K_*`), derived from the registry.
+KINDS: caches.Cache[type, int] = caches.Cache("registry.KINDS")
 
 
 def register_node_type(impl: NodeImpl) -> None:
-    """Register `impl.type` (and, unless overridden, its subclasses)."""
+    """Register `impl.type` (and, unless overridden, its subclasses).
+
+    Every cache is cleared: per-type answers derived from the registry
+    (here and in other modules' `caches.Cache`s) may have changed."""
     _REGISTRY[impl.type] = impl
-    _CACHE.clear()
-    KINDS.clear()
-    for cache in DERIVED:
-        cache.clear()
+    caches.clear()
 
 
 def is_registered(node_type: type) -> bool:
@@ -79,8 +92,10 @@ def is_registered(node_type: type) -> bool:
 
 
 def lookup(node_type: type) -> NodeImpl | None:
+    """How the core treats instances of `node_type`: the NodeImpl of its
+    nearest registered base (for `node_type` itself), or None."""
     try:
-        return _CACHE[node_type]
+        return IMPLS[node_type]
     except KeyError:
         pass
     found = None
@@ -88,15 +103,15 @@ def lookup(node_type: type) -> NodeImpl | None:
         if base in _REGISTRY:
             found = dataclasses.replace(_REGISTRY[base], type=node_type)
             break
-    _CACHE[node_type] = found
-    return found
+    return IMPLS.put(node_type, found)
 
 
-def is_graph_node(x: Any) -> bool:
+def is_graph_node(x: object) -> bool:
+    """Whether `x` is an instance of a registered graph-node type."""
     return lookup(type(x)) is not None
 
 
-def key_order(key: Key) -> tuple[int, Any]:
+def key_order(key: Key) -> tuple[int, int | str]:
     """Canonical, type-aware sort key: ints before strings before others."""
     if isinstance(key, bool):
         return (2, str(key))
@@ -108,8 +123,19 @@ def key_order(key: Key) -> tuple[int, Any]:
 
 
 # -- leaves of foreign pytrees ------------------------------------------------
-LeafClassifier = Callable[[tuple, Any, tuple], "type | None"]
-_CLASSIFIER: list[LeafClassifier | None] = [None]
+LeafClassifier = Callable[[tuple[Key, ...], Child, tuple[type, ...]], "type[VariableLike] | None"]
+
+
+class _Classifier:
+    """The process-wide foreign-leaf classifier (None: arrays stay raw)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self) -> None:
+        self.fn: LeafClassifier | None = None
+
+
+_CLASSIFIER = _Classifier()
 
 
 def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | None:
@@ -120,11 +146,14 @@ def set_foreign_leaf_classifier(fn: LeafClassifier | None) -> LeafClassifier | N
     type to box it as in the State, or None to keep it a raw array. Returns
     the previous classifier.
     """
-    previous = _CLASSIFIER[0]
-    _CLASSIFIER[0] = fn
+    previous = _CLASSIFIER.fn
+    _CLASSIFIER.fn = fn
     return previous
 
 
-def foreign_leaf_type(path: tuple, value: Any, ancestors: tuple) -> "type | None":
-    fn = _CLASSIFIER[0]
+def foreign_leaf_type(
+    path: tuple[Key, ...], value: object, ancestors: tuple[type, ...]
+) -> type[VariableLike] | None:
+    """The Variable type the classifier boxes an array of a foreign pytree as, or None."""
+    fn = _CLASSIFIER.fn
     return None if fn is None else fn(path, value, ancestors)

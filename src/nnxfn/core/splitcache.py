@@ -15,7 +15,7 @@ import operator
 import typing as tp
 import weakref
 
-from nnxfn.core.kinds import _pytree_children
+from nnxfn.core.kinds import pytree_children
 
 # Moved by the facade on every structural change anywhere (see above).
 CLOCK = [0]
@@ -69,7 +69,7 @@ def snapshot(container: tp.Any) -> tuple:
         return (tuple(container), tuple(container.values()))
     if type(container) is list:
         return ((), tuple(container))
-    found = _pytree_children(container)
+    found = pytree_children(container)
     if found is None:
         return (None, ())
     return (found[0], tuple(v for _, v in found[1]))

@@ -14,20 +14,23 @@ from types import MappingProxyType
 import jax
 
 from nnxfn.core import errors, filters as filterlib
+from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.registry import key_order
 from nnxfn.core.unmatched import warn_unmatched
 from nnxfn.core.variable_like import VariableLike
 
-Path = tuple[tp.Any, ...]
+Key = tp.Hashable  # an attribute name, a list index or a dict key
+Path = tuple[Key, ...]
+Leaf = tp.Any  # an array, a Variable or any other leaf
 
 
 class State(Mapping):
     """Immutable nested mapping; `state['a']['b']` or `state.a.b`."""
 
-    # `_nnx_flat`, set only on the State that `split` returns: (graphdef, leaves in
-    # GraphDef order), so `merge(graphdef, state)` takes leaves by position.
-    # A State is immutable, so any other State (filtered, merged, mapped,
-    # unpickled) simply has none and `merge` goes by paths.
+    # `_nnx_flat`, set only on the States that `split` returns: a `SplitLeaves`
+    # (see `set_split_leaves`), so `merge(graphdef, state)` takes leaves by
+    # position. A State is immutable, so any other State (filtered, merged,
+    # mapped, unpickled) simply has none and `merge` goes by paths.
     __slots__ = ("_mapping", "_nnx_flat")
 
     def __init__(self, mapping: Mapping | tp.Iterable = (), /):
@@ -47,7 +50,7 @@ class State(Mapping):
         return state
 
     # -- mapping protocol -------------------------------------------------
-    def __getitem__(self, key: tp.Any) -> tp.Any:
+    def __getitem__(self, key: Key) -> Leaf:
         return self._mapping[key]
 
     def __iter__(self) -> tp.Iterator:
@@ -59,7 +62,7 @@ class State(Mapping):
     def __contains__(self, key: object) -> bool:
         return key in self._mapping
 
-    def __getattr__(self, name: str) -> tp.Any:
+    def __getattr__(self, name: str) -> Leaf:
         if name == "_nnx_flat":  # unset slot: not made by `split`
             return None
         if name.startswith("__"):
@@ -69,13 +72,13 @@ class State(Mapping):
         except KeyError:
             raise AttributeError(f"State has no key {name!r}; its keys are {list(self._mapping)}") from None
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         raise TypeError(_immutable(name))
 
-    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+    def __setitem__(self, key: Key, value: object) -> None:
         raise TypeError(_immutable(key))
 
-    def __delitem__(self, key: tp.Any) -> None:
+    def __delitem__(self, key: Key) -> None:
         raise TypeError(_immutable(key))
 
     def __eq__(self, other: object) -> bool:
@@ -93,7 +96,7 @@ class State(Mapping):
     # -- flat views -------------------------------------------------------
     def flat_state(self) -> FlatState:
         """Every (path, leaf) pair, in canonical key order."""
-        out: list[tuple[Path, tp.Any]] = []
+        out: list[tuple[Path, Leaf]] = []
         _flatten_into(self, (), out)
         return FlatState.from_sorted_keys_values(tuple(k for k, _ in out), [v for _, v in out])
 
@@ -102,7 +105,7 @@ class State(Mapping):
         """The nested mapping itself, read-only (a State is immutable)."""
         return MappingProxyType(self._mapping)
 
-    def map(self, f: tp.Callable[[Path, tp.Any], tp.Any]) -> State:
+    def map(self, f: tp.Callable[[Path, Leaf], Leaf]) -> State:
         """A new State with every leaf replaced by `f(path, leaf)` (`nnx.map_state`)."""
         return State.from_flat_path([(p, f(p, v)) for p, v in self.flat_state()])
 
@@ -113,11 +116,11 @@ class State(Mapping):
         known = set((other if isinstance(other, State) else State(other)).flat_dict())
         return State.from_flat_path([(p, v) for p, v in self.flat_state() if p not in known])
 
-    def flat_dict(self) -> dict[Path, tp.Any]:
+    def flat_dict(self) -> dict[Path, Leaf]:
         return dict(self.flat_state())
 
     @classmethod
-    def from_flat_path(cls, pairs: tp.Iterable[tuple[Path, tp.Any]] | Mapping) -> State:
+    def from_flat_path(cls, pairs: tp.Iterable[tuple[Path, Leaf]] | Mapping) -> State:
         """Build a State from (path, leaf) pairs (or a {path: leaf} dict)."""
         if isinstance(pairs, Mapping):
             pairs = pairs.items()
@@ -129,7 +132,7 @@ class State(Mapping):
             node[path[-1]] = leaf
         return cls(root)
 
-    def leaves(self) -> list[tp.Any]:
+    def leaves(self) -> list[Leaf]:
         return [leaf for _, leaf in self.flat_state()]
 
     # -- conversions ------------------------------------------------------
@@ -141,7 +144,7 @@ class State(Mapping):
         return {k: v.to_pure_dict() if isinstance(v, State) else _unbox(v) for k, v in self._mapping.items()}
 
     def replace_by_pure_dict(
-        self, pure_dict: Mapping, replace_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] | None = None
+        self, pure_dict: Mapping, replace_fn: tp.Callable[[Leaf, Leaf], Leaf] | None = None
     ) -> State:
         """A new State with the leaves replaced by the values in `pure_dict`.
 
@@ -187,6 +190,40 @@ _set_mapping = State.__dict__["_mapping"].__set__
 _set_flat = State.__dict__["_nnx_flat"].__set__
 
 
+class SplitGroup:
+    """Shared by the States of one filtered `split`: how many there are
+    (compared by identity: States of another split are of another group)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class SplitLeaves(tp.NamedTuple):
+    """What a State made by `split` remembers so `merge` can take its
+    leaves by position instead of by path."""
+
+    graphdef: GraphDef
+    leaves: list[Leaf]  # this State's leaves, in GraphDef order
+    group: SplitGroup | None  # None: the only State of an unfiltered split
+    number: int  # this State's place in its group
+    positions: list[int] | None  # the GraphDef leaf position of each of `leaves` (in a group)
+
+
+def set_split_leaves(state: State, record: SplitLeaves | None) -> None:
+    """Attach (or, with None, drop) what `split` knows about `state`'s leaves."""
+    _set_flat(state, record)
+
+
+def split_leaves(state: object) -> SplitLeaves | None:
+    """What `split` attached to `state` (see `set_split_leaves`), or None."""
+    if type(state) is not State:
+        return None
+    found: SplitLeaves | None = state._nnx_flat
+    return found
+
+
 def wrap(mapping: dict) -> State:
     """`State._raw(mapping)` without the method call (hot loops)."""
     state = _new(State)
@@ -194,7 +231,7 @@ def wrap(mapping: dict) -> State:
     return state
 
 
-def _immutable(key: tp.Any) -> str:
+def _immutable(key: object) -> str:
     return (
         f"State is immutable, cannot set {key!r}. Build a new one: "
         "`state | nnx.State({...})`, `state.replace_by_pure_dict(d)`, or "
@@ -202,7 +239,7 @@ def _immutable(key: tp.Any) -> str:
     )
 
 
-def _unbox(v: tp.Any) -> tp.Any:
+def _unbox(v: Leaf) -> Leaf:
     return v.raw_value if isinstance(v, VariableLike) else v
 
 
@@ -221,7 +258,7 @@ def _flatten_into(state: State, prefix: Path, out: list) -> None:
             stack.pop()
 
 
-def _flat_pure(d: Mapping, prefix: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+def _flat_pure(d: Mapping, prefix: Path) -> tp.Iterator[tuple[Path, Leaf]]:
     for k, v in d.items():
         if isinstance(v, Mapping):
             yield from _flat_pure(v, prefix + (k,))
@@ -252,7 +289,7 @@ def _repr_mapping(state: State, indent: int) -> str:
     return "{\n" + ",\n".join(lines) + "\n" + "  " * (indent - 1) + "}"
 
 
-def _leaf_repr(v: tp.Any) -> str:
+def _leaf_repr(v: object) -> str:
     if isinstance(v, VariableLike):
         return f"{type(v).__name__}(value={_leaf_repr(v.raw_value)})"
     shape, dtype = getattr(v, "shape", None), getattr(v, "dtype", None)
@@ -285,7 +322,7 @@ def partition(
 
 
 def partition_pairs(
-    pairs: tp.Sequence[tuple[Path, tp.Any]], filters: tuple, exhaustive: bool
+    pairs: tp.Sequence[tuple[Path, Leaf]], filters: tuple, exhaustive: bool
 ) -> tuple[State, ...]:
     """One State per filter from (path, leaf) pairs; see `partition`."""
     paths = [p for p, _ in pairs]
@@ -321,22 +358,27 @@ def merge_state(*states: State, cls: type | None = None) -> State:
     return State.from_flat_path(flat)
 
 
-def _flatten_with_keys(state: State):
+def state_children_with_keys(
+    state: State,
+) -> tuple[list[tuple[jax.tree_util.DictKey, Leaf]], tuple[Key, ...]]:
+    """A State's pytree flatten with keys: (DictKey, child) pairs in key order, and the keys."""
     keys = tuple(sorted(state._mapping, key=key_order))
     children = [(jax.tree_util.DictKey(k), state._mapping[k]) for k in keys]
     return children, keys
 
 
-def _flatten(state: State):
+def state_children(state: State) -> tuple[list[Leaf], tuple[Key, ...]]:
+    """A State's pytree flatten: its children in key order, and the keys."""
     keys = tuple(sorted(state._mapping, key=key_order))
     return [state._mapping[k] for k in keys], keys
 
 
-def _unflatten(keys: tuple, children: tp.Iterable) -> State:
+def state_from_children(keys: tuple[Key, ...], children: tp.Iterable[Leaf]) -> State:
+    """The inverse of `state_children`."""
     return State._raw(dict(zip(keys, children)))
 
 
-jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
+jax.tree_util.register_pytree_with_keys(State, state_children_with_keys, state_from_children, state_children)
 
 
 # -- FlatState ------------------------------------------------------------------------------
@@ -344,17 +386,17 @@ def _path_key(path: Path) -> tuple:
     return tuple(key_order(k) for k in path)
 
 
-class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
+class FlatState(tp.Sequence[tuple[Path, Leaf]]):
     """An ordered sequence of `(path, leaf)` pairs; `flat[i]` is a pair."""
 
     __slots__ = ("_keys", "_values")
 
-    def __init__(self, items: tp.Iterable[tuple[Path, tp.Any]] = (), /, *, sort: bool = True):
+    def __init__(self, items: tp.Iterable[tuple[Path, Leaf]] = (), /, *, sort: bool = True):
         items = list(items.items() if isinstance(items, Mapping) else items)
         if sort:
             items.sort(key=lambda kv: _path_key(kv[0]))
         self._keys: tuple[Path, ...] = tuple(tuple(k) for k, _ in items)
-        self._values: list[tp.Any] = [v for _, v in items]
+        self._values: list[Leaf] = [v for _, v in items]
 
     @staticmethod
     def from_sorted_keys_values(keys: tuple[Path, ...], values: list, /) -> FlatState:
@@ -367,7 +409,7 @@ class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
         return self._keys
 
     @property
-    def leaves(self) -> list[tp.Any]:
+    def leaves(self) -> list[Leaf]:
         return self._values
 
     def __getitem__(self, index):  # type: ignore[override]
@@ -378,7 +420,7 @@ class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __iter__(self) -> tp.Iterator[tuple[Path, tp.Any]]:
+    def __iter__(self) -> tp.Iterator[tuple[Path, Leaf]]:
         return iter(zip(self._keys, self._values))
 
     def __repr__(self) -> str:
@@ -409,7 +451,7 @@ class FlatState(tp.Sequence[tuple[Path, tp.Any]]):
         """One FlatState with the pairs of all (later ones win on equal paths)."""
         if not rest and isinstance(first, FlatState):
             return first
-        merged: dict[Path, tp.Any] = {}
+        merged: dict[Path, Leaf] = {}
         for flat in (first, *rest):
             merged.update((tuple(k), v) for k, v in flat)
         return FlatState(merged.items(), sort=True)

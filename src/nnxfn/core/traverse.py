@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as tp
 
 from nnxfn.core.graph import clone
-from nnxfn.core.kinds import _CONTAINERS, _container_children, children_of
+from nnxfn.core.kinds import CONTAINERS, children_of, container_children
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 
@@ -70,8 +70,8 @@ def recursive_map(f: tp.Callable[[Path, tp.Any], tp.Any], node: tp.Any) -> tp.An
                 new = visit(child, path + (k,))
                 if new is not child:
                     impl.set_child(x, k, new)
-        elif type(x) in _CONTAINERS and not isinstance(x, VariableLike):
-            items = [(k, visit(c, path + (k,))) for k, c in _container_children(x)]
+        elif type(x) in CONTAINERS and not isinstance(x, VariableLike):
+            items = [(k, visit(c, path + (k,))) for k, c in container_children(x)]
             x = dict(items) if type(x) is dict else type(x)(v for _, v in items)
         result = f(path, x)
         if identity:

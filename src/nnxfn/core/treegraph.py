@@ -26,11 +26,13 @@ import typing as tp
 import jax
 
 from nnxfn.core.graphdef import GraphDef, VariableDef
-from nnxfn.core.kinds import _key_of
+from nnxfn.core.kinds import key_of
 from nnxfn.core.registry import key_order
 from nnxfn.core.variable_like import VariableLike
 
-Path = tuple[tp.Any, ...]
+Key = tp.Hashable
+Path = tuple[Key, ...]
+Leaf = tp.Any  # an array, a Variable or any other leaf
 
 
 @jax.tree_util.register_static
@@ -41,7 +43,7 @@ class TreeNodeDef:
     in sorted path order."""
 
     type: type
-    treedef: tp.Any
+    treedef: jax.tree_util.PyTreeDef
     path_index: tuple[tuple[Path, int], ...]
 
     def with_no_outer_index(self) -> TreeNodeDef:
@@ -50,7 +52,7 @@ class TreeNodeDef:
     def with_same_outer_index(self) -> TreeNodeDef:
         return self
 
-    def with_matching_outer_index(self, other: tp.Any) -> TreeNodeDef:
+    def with_matching_outer_index(self, other: object) -> TreeNodeDef:
         return self
 
 
@@ -58,6 +60,8 @@ class TreeGraphDef(GraphDef):
     """A GraphDef made in tree mode: `nodes` is `[TreeNodeDef, VariableDef, ...]`."""
 
     __slots__ = ("tree", "variables")
+    tree: TreeNodeDef
+    variables: tuple[VariableDef, ...]
 
     @classmethod
     def make(cls, tree: TreeNodeDef, variables: tuple[VariableDef, ...]) -> TreeGraphDef:
@@ -108,7 +112,7 @@ class TreeGraphDef(GraphDef):
 jax.tree_util.register_static(TreeGraphDef)
 
 
-def _is_variable(x: tp.Any) -> bool:
+def _is_variable(x: object) -> bool:
     return isinstance(x, VariableLike)
 
 
@@ -116,16 +120,16 @@ def _order(path: Path) -> tuple:
     return tuple(key_order(k) for k in path)
 
 
-def flatten(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
+def flatten_tree_mode(node: object) -> tuple[TreeGraphDef, list[tuple[Path, Leaf]]]:
     """The tree-mode GraphDef of `node` and its `(path, leaf)` pairs in sorted
     path order; Variable leaves are the node's own Variables."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=_is_variable)
-    paths = [tuple(_key_of(k) for k in jax_path) for jax_path, _ in pairs]
+    paths = [tuple(key_of(k) for k in jax_path) for jax_path, _ in pairs]
     order = sorted(range(len(pairs)), key=lambda i: _order(paths[i]))
     variables = []
     out = []
     for position, i in enumerate(order):
-        leaf = pairs[i][1]
+        _, leaf = pairs[i]
         if isinstance(leaf, VariableLike):
             variables.append(VariableDef(type(leaf), position, leaf.metadata_items()))
         out.append((paths[i], leaf))
@@ -133,7 +137,7 @@ def flatten(node: tp.Any) -> tuple[TreeGraphDef, list[tuple[Path, tp.Any]]]:
     return TreeGraphDef.make(tree, tuple(variables)), out
 
 
-def unflatten(graphdef: TreeGraphDef, leaves: tp.Sequence, *, copy: bool = False) -> tp.Any:
+def unflatten_tree_mode(graphdef: TreeGraphDef, leaves: tp.Sequence[Leaf], *, copy: bool = False) -> Leaf:
     """Rebuild the node from its leaves in sorted path order. A Variable leaf
     is used as it is (a copy with `copy=True`); a raw value where the
     GraphDef has a Variable is boxed in that Variable type."""
@@ -157,7 +161,7 @@ def unflatten(graphdef: TreeGraphDef, leaves: tp.Sequence, *, copy: bool = False
     return tree.treedef.unflatten(placed)
 
 
-def leaves_by_path(graphdef: TreeGraphDef, flat: tp.Mapping[Path, tp.Any]) -> list:
+def leaves_by_path(graphdef: TreeGraphDef, flat: tp.Mapping[Path, Leaf]) -> list[Leaf]:
     """The leaves of `flat` ({path: leaf}) in the GraphDef's order; raises
     naming the paths that are missing or not in the GraphDef."""
     paths = [path for path, _ in graphdef.tree.path_index]

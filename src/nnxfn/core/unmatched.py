@@ -21,6 +21,7 @@ import difflib
 import os
 import re
 import sys
+import types
 import typing as tp
 import warnings
 
@@ -85,7 +86,8 @@ def _tags(leaves: tp.Sequence) -> list[str]:
 def _stacklevel() -> int:
     """The first frame outside nnxfn (so the warning points at the user's line)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level

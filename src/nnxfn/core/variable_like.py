@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
+Metadata = tuple[tuple[str, object], ...]  # sorted (name, value) pairs, hashable
+
 
 class VariableLike:
     __slots__ = ()
 
     raw_value: Any
 
-    def metadata_items(self) -> tuple[tuple[str, Any], ...]:
+    def metadata_items(self) -> Metadata:
         raise NotImplementedError
 
     @classmethod
-    def from_parts(cls, value: Any, metadata: tuple[tuple[str, Any], ...]) -> VariableLike:
+    def from_parts(cls, value: Any, metadata: Metadata) -> VariableLike:
         raise NotImplementedError
 
     def set_raw(self, value: Any) -> None:
@@ -35,7 +37,7 @@ class VariableLike:
     def adopt(self) -> None:
         """This object joins a graph `merge` builds (default: nothing to do)."""
 
-    def set_metadata_items(self, metadata: tuple[tuple[str, Any], ...]) -> None:
+    def set_metadata_items(self, metadata: Metadata) -> None:
         raise NotImplementedError
 
 
@@ -46,5 +48,5 @@ class DataLeaf:
 
     __slots__ = ("value",)
 
-    def __init__(self, value: Any):
+    def __init__(self, value: object):
         self.value = value

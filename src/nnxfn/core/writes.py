@@ -9,10 +9,10 @@ from nnxfn.core import errors
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graph import _flat_leaves, _partition, _path_order, flatten
 from nnxfn.core.kinds import children_of
-from nnxfn.core.program import _unflatten_ops
+from nnxfn.core.program import commit_into
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import VariableLike
-from nnxfn.core.walker import walk
+from nnxfn.core.walker import walk_graph
 
 Path = tuple[tp.Any, ...]
 
@@ -25,7 +25,7 @@ def update(node: tp.Any, *states: tp.Any) -> None:
 def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
     """Write `flat` ({path: value or Variable}) into the graph `node` in place:
     the one in-place writer (the transforms commit through the same
-    `_unflatten_ops`, with `reuse`).
+    `program.commit_into`).
 
     `node` is walked once and unflattened onto its own objects with the given
     leaves in place of its own: Variables get their value (and metadata) set;
@@ -37,7 +37,7 @@ def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
     """
     paths: list = []
     objects: list = []
-    graphdef, _, leaves = walk(node, copy=False, paths=paths, objects=objects)
+    graphdef, _, leaves = walk_graph(node, copy=False, paths=paths, objects=objects)
     position = {p: i for i, p in enumerate(paths)}
     where = {id(leaf): i for i, leaf in enumerate(leaves) if isinstance(leaf, VariableLike)}
     new = list(leaves)
@@ -63,9 +63,7 @@ def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
         ):
             value = value.raw_value  # another Variable type: its value only
         new[i] = value
-    out = _unflatten_ops(
-        graphdef, new, copy=True, trusted=False, reuse=dict(enumerate(objects)), current=node
-    )
+    out = commit_into(graphdef, new, dict(enumerate(objects)), current=node).root
     if out is not node and type(node) is list:
         node[:] = out
     elif out is not node and type(node) is dict:

@@ -48,7 +48,7 @@ from jax._src.core import EvalTrace as _EvalTrace
 from nnxfn.core.splitcache import CLOCK as _EPOCH
 from nnxfn.core import caches
 from nnxfn.core.splitcache import same_snapshot, snapshot
-from nnxfn.core.walker import _mutable
+from nnxfn.core.walker import mutable as _mutable
 from nnxfn.facade import context
 from nnxfn.facade.whole import flatten_whole, flatten_whole_with_keys, unflatten_whole
 from nnxfn.facade.pytreeview import (

@@ -24,7 +24,7 @@ import numpy as np
 from nnxfn.core import caches
 from nnxfn.core import registry as core_registry
 from nnxfn.core.graphdef import same_value
-from nnxfn.core.kinds import _ARRAY_TYPES
+from nnxfn.core.kinds import ARRAY_TYPES
 from nnxfn.core.registry import key_order
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import pytreelib
@@ -66,8 +66,7 @@ _STATIC_TYPES = (
     np.dtype,
     type,
 )
-KINDS: caches.Cache[type, int] = caches.Cache("facade.pytreeview.kinds")
-core_registry.DERIVED.append(KINDS)  # cleared when a node type is registered
+KINDS: caches.Cache[type, int] = caches.Cache("facade.pytreeview.kinds")  # cleared when a node type is registered
 
 
 def kind_of(t: type) -> int:
@@ -76,7 +75,7 @@ def kind_of(t: type) -> int:
         k = VAR
     elif core_registry.lookup(t) is not None:  # a pytree=False object is one JAX leaf
         k = NODE if getattr(t, "_nnx_is_pytree", False) else OPAQUE
-    elif issubclass(t, (jax.core.Tracer, *_ARRAY_TYPES)):
+    elif issubclass(t, (jax.core.Tracer, *ARRAY_TYPES)):
         k = ARRAY
     elif t is list or t is dict:
         k = LIST

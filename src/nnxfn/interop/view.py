@@ -70,7 +70,7 @@ jax.tree_util.register_pytree_with_keys(
 def as_pytree(node: object) -> PytreeView:
     """A frozen `(graphdef, state)` pytree of `node` (a copy: later changes to
     `node` do not show in it, and it never changes `node`)."""
-    graphdef, state, _ = core.walker.walk(node, copy=True)  # `split` would share the Variables
+    graphdef, state, _ = core.walker.walk_graph(node, copy=True)  # `split` would share the Variables
     return PytreeView(graphdef, state)
 
 
