@@ -25,7 +25,7 @@ from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.transforms import boundary
-from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.boundary import is_graph_object
 from nnxfn.transforms.common import (
     DiffState as DiffState,
     MethodWrapper,
@@ -33,7 +33,7 @@ from nnxfn.transforms.common import (
     body_fn,
     check_not_bound,
     leaf_args,
-    run_inside,
+    run_inside_with_output,
 )
 from nnxfn.transforms.custom import CustomVjp as CustomVjp, custom_vjp as custom_vjp  # Flax's layout
 from nnxfn.transforms.treemode import Rules, lifted
@@ -49,7 +49,7 @@ def _check_argnums(argnums: tp.Any, name: str) -> None:
     for a in items:
         if isinstance(a, DiffState) or (isinstance(a, int) and not isinstance(a, bool)):
             continue
-        if is_node(a):
+        if is_graph_object(a):
             raise ValueError(
                 f"{name}: Graph nodes are not allowed as prefixes: argnums holds a "
                 f"{type(a).__name__}. Use an int, or `nnx.DiffState(argnum, filter)` to pick "
@@ -59,7 +59,7 @@ def _check_argnums(argnums: tp.Any, name: str) -> None:
 
 
 class _Selection:
-    """Which state/other leaves of an Entry are differentiated, per argument.
+    """Which state/other leaves of an EntryRecord are differentiated, per argument.
 
     tree: Flax's tree mode / `graph_updates=False`, where a differentiated
     argument is a plain pytree: every one of its leaves is differentiated
@@ -67,7 +67,7 @@ class _Selection:
 
     def __init__(
         self,
-        entry: boundary.Entry,
+        entry: boundary.EntryRecord,
         args: tuple,
         kwargs: dict,
         specs: tuple[DiffState, ...],
@@ -112,12 +112,12 @@ class _Selection:
         seen: set[int] = set()
         for spec in self.specs:
             arg = self.args[spec.argnum]
-            leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+            leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_graph_object)
             node_ids: dict[int, int] = {}
             for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
                 node_ids.setdefault(id(n), k)
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
-            new_leaves = []
+            new_leaves: list[tp.Any] = []  # a State, Variable or None per leaf
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
                     k = node_ids[id(leaf)]  # is a Variable of the same type
@@ -127,9 +127,9 @@ class _Selection:
                     else:
                         new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
                     seen.add(id(leaf))
-                elif is_node(leaf) and id(leaf) in seen:  # its gradient is at its first place
+                elif is_graph_object(leaf) and id(leaf) in seen:  # its gradient is at its first place
                     new_leaves.append(core.State({}))
-                elif is_node(leaf):
+                elif is_graph_object(leaf):
                     seen.add(id(leaf))
                     k = node_ids[id(leaf)]
                     pairs = [
@@ -161,11 +161,11 @@ class _Selection:
         by_other = dict(zip(self.other, other_vals))
         out = []
         for spec in self.specs:
-            leaves, treedef = jax.tree_util.tree_flatten(self.args[spec.argnum], is_leaf=is_node)
+            leaves, treedef = jax.tree_util.tree_flatten(self.args[spec.argnum], is_leaf=is_graph_object)
             others = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
             new_leaves = []
             for leaf in leaves:
-                if is_node(leaf):
+                if is_graph_object(leaf):
                     new_leaves.append(made[first[id(leaf)]])
                 elif boundary._plain(leaf) is None:
                     new_leaves.append(by_other.get(next(others)))
@@ -187,7 +187,7 @@ class _Selection:
     def _where(self, i: int) -> str:
         """`args[0].count`: where state leaf `i` sits in the call's arguments."""
         path = self.entry.static.paths[i]
-        pairs, _ = jax.tree_util.tree_flatten_with_path((self.args, self.kwargs), is_leaf=is_node)
+        pairs, _ = jax.tree_util.tree_flatten_with_path((self.args, self.kwargs), is_leaf=is_graph_object)
         keypath = pairs[self.entry.static.node_positions[path[0]]][0]
         root = ("args" if keypath[0].idx == 0 else "kwargs") + jax.tree_util.keystr(keypath[1:])
         return core.errors.path_str(path[1:], root)
@@ -225,8 +225,8 @@ def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell
 
     def inner(state_vals: list, other_vals: list) -> tuple:
         values, others = sel.substitute(state_vals, other_vals)
-        exit_static, out_arrays, emitted, out = run_inside(
-            f, entry.static, values, others, name, with_output=True
+        (exit_static, out_arrays, emitted), out = run_inside_with_output(
+            f, entry.static, values, others, name
         )
         cell["exit"] = exit_static
         return (out[0] if has_aux else out), (out_arrays, emitted)
@@ -235,9 +235,12 @@ def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell
 
 
 class _GradWrapped(MethodWrapper):
+    """`nnx.grad(f)` / `nnx.value_and_grad(f)` (`return_value`): call it like `f`."""
+
     def __init__(
         self,
         fn: tp.Callable,
+        *,
         argnums: tp.Any,
         has_aux: bool,
         holomorphic: bool,
@@ -307,7 +310,16 @@ def value_and_grad(
             graph_updates=graph_updates,
         )
     tree = core_tm.skips_graph_updates(graph, graph_updates)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad", tree)
+    return _GradWrapped(
+        f,
+        argnums=argnums,
+        has_aux=has_aux,
+        holomorphic=holomorphic,
+        allow_int=allow_int,
+        return_value=True,
+        name="nnx.value_and_grad",
+        tree=tree,
+    )
 
 
 @lifted(Rules("grad", prefixes=("argnums",), diff="argnums"))
@@ -335,7 +347,16 @@ def grad(
             graph_updates=graph_updates,
         )
     tree = core_tm.skips_graph_updates(graph, graph_updates)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad", tree)
+    return _GradWrapped(
+        f,
+        argnums=argnums,
+        has_aux=has_aux,
+        holomorphic=holomorphic,
+        allow_int=allow_int,
+        return_value=False,
+        name="nnx.grad",
+        tree=tree,
+    )
 
 
 def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None:
@@ -361,11 +382,9 @@ def vjp(
     for a Module), as in Flax.
     Without primals (or without `f`) returns a partial waiting for them."""
     _check_reduce_axes(reduce_axes, "nnx.vjp")
-    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
-    if f is None:
-        return functools.partial(vjp, **flags)
-    if not primals:
-        return functools.partial(vjp, f, **flags)
+    if f is None or not primals:
+        bound = () if f is None else (f,)
+        return functools.partial(vjp, *bound, has_aux=has_aux, graph=graph, graph_updates=graph_updates)
     check_not_bound(f, "nnx.vjp")
     entry = boundary.enter(primals, {})
     tree = core_tm.skips_graph_updates(graph, graph_updates)
@@ -401,11 +420,9 @@ def jvp(
     primal has a tangent, given shaped like the primal (e.g. `jax.tree.map(
     jnp.zeros_like, model)`), as in Flax.
     Without primals/tangents (or without `f`) returns a partial waiting for them."""
-    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
-    if f is None:
-        return functools.partial(jvp, **flags)
-    if primals is None or tangents is None:
-        return functools.partial(jvp, f, **flags)
+    if f is None or primals is None or tangents is None:
+        bound = () if f is None else (f,)
+        return functools.partial(jvp, *bound, has_aux=has_aux, graph=graph, graph_updates=graph_updates)
     check_not_bound(f, "nnx.jvp")
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
@@ -428,17 +445,19 @@ def jvp(
 
 def _tangent_leaves(primal: tp.Any, tangent: tp.Any) -> list:
     """Tangent leaves paired with the primal's leaves (a State or Module per graph object)."""
-    return jax.tree_util.tree_leaves(tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x))
+    return jax.tree_util.tree_leaves(
+        tangent, is_leaf=lambda x: isinstance(x, core.State) or is_graph_object(x)
+    )
 
 
 def _tangent_others(sel: _Selection, tangents: tp.Sequence) -> list:
     """Tangents of the non-graph (array) leaves of the primals, in `entry.others` order."""
     out = []
     for primal, tangent in zip(sel.args, tangents):
-        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_graph_object)
         t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
-            if not is_node(p) and boundary._plain(p) is None:
+            if not is_graph_object(p) and boundary._plain(p) is None:
                 out.append(t)
     return out
 
@@ -451,12 +470,12 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
         node_ids.setdefault(id(n), k)
     for primal, tangent in zip(sel.args, tangents):
-        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_graph_object)
         t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
             if isinstance(p, VariableLike):
                 flat_by_node[node_ids[id(p)]] = {(): t}
-            elif is_node(p):
+            elif is_graph_object(p):
                 flat = t.flat_dict() if isinstance(t, core.State) else dict(core.state(t).flat_state())
                 flat_by_node[node_ids[id(p)]] = flat
     out = []

@@ -12,7 +12,7 @@ import jax
 
 from nnxfn.facade import context
 from nnxfn.facade.variables import Param
-from nnxfn.transforms.boundary import Entry, EntryStatic, Inside, is_node, leave, rebuild
+from nnxfn.transforms.boundary import EntryRecord, EntryStatic, Inside, Left, is_graph_object, leave, rebuild
 
 
 class Static:
@@ -37,8 +37,21 @@ class Static:
 jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _: Static(v))
 
 
+class CarryMarker:
+    """The type of `Carry`, the marker for the carried argument/output in `nnx.scan` axes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "nnx.Carry"
+
+
+#: Marks the carried argument/output in `nnx.scan`'s `in_axes`/`out_axes` (used as a value).
+Carry = CarryMarker()
+
+
 def check_not_bound(fn: tp.Callable, name: str) -> None:
-    if inspect.ismethod(fn) and is_node(fn.__self__):
+    if inspect.ismethod(fn) and is_graph_object(fn.__self__):
         cls = type(fn.__self__).__name__
         raise ValueError(
             f"{name} does not accept bound methods: got the bound method "
@@ -72,7 +85,8 @@ def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict, name
     return tuple(bound.args), dict(bound.kwargs)
 
 
-def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
+def as_tuple(x: int | tp.Iterable[int] | None) -> tuple[int, ...]:
+    """`x` as a tuple of ints (None: empty)."""
     if x is None:
         return ()
     if isinstance(x, int):
@@ -81,24 +95,33 @@ def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
 
 
 def run_inside(
-    fn: tp.Callable,
+    fn: tp.Callable[..., tp.Any],
     static: EntryStatic,
-    values: tp.Sequence,
-    others: tp.Sequence,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
     name: str,
     emit_all: tp.Container[int] = (),
-    *,
-    with_output: bool = False,
-) -> tuple:
-    """Rebuild fresh args, call `fn`, return (exit static, out arrays, emitted values)
-    (and the raw output, inside the trace, if `with_output`)."""
+) -> Left:
+    """Rebuild fresh args, call `fn`, return what leaves (exit static, out arrays,
+    emitted values)."""
+    return run_inside_with_output(fn, static, values, others, name, emit_all)[0]
+
+
+def run_inside_with_output(
+    fn: tp.Callable[..., tp.Any],
+    static: EntryStatic,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
+    name: str,
+    emit_all: tp.Container[int] = (),
+) -> tuple[Left, tp.Any]:
+    """`run_inside`, also returning `fn`'s raw output (inside the trace)."""
     frame = context.Frame(name)
     context.push_frame(frame)
     try:
         args, kwargs, inside = rebuild(static, values, others, frame)
         out = fn(*args, **kwargs)
-        result = leave(inside, out, emit_all=emit_all)
-        return (*result, out) if with_output else result
+        return leave(inside, out, emit_all=emit_all), out
     finally:
         context.pop_frame(frame)
 
@@ -121,7 +144,7 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
 
     def checked(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         out = fn(*args, **kwargs)
-        nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_node) if is_node(x)]
+        nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_graph_object) if is_graph_object(x)]
         if nodes:
             from nnxfn import core
 
@@ -191,6 +214,10 @@ class FilterMap(PrefixMapping):
                 return value
         return default
 
+    def resolve(self, path: tuple[tp.Any, ...], leaf: tp.Any) -> tp.Any:
+        """The value for the leaf at `path` (None if no filter matches; `StateAxes` raises)."""
+        return self.lookup(path, leaf)
+
     def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any:
         """The value of the first filter matching the leaf at `path` (ValueError if none)."""
         value = self.lookup(path, variable, default=_NO_MATCH)
@@ -252,7 +279,8 @@ _NO_MATCH = object()
 class MethodWrapper:
     """Base for transformed callables: binds like a function when used as a method."""
 
-    fn: tp.Callable
+    fn: tp.Callable[..., tp.Any]
+    __call__: tp.Callable[..., tp.Any]  # each subclass calls its transformed function
 
     def __get__(self, obj: tp.Any, objtype: type | None = None) -> tp.Any:
         if obj is None:
@@ -265,14 +293,14 @@ def arg_of_leaves(args: tuple, kwargs: dict) -> list[int | str]:
     the position for positional arguments, the name for keyword arguments."""
     owners: list[int | str] = []
     for i, arg in enumerate(args):
-        owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_node))
+        owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_graph_object))
     for name in sorted(kwargs):  # JAX flattens dicts in sorted key order
-        owners += [name] * len(jax.tree_util.tree_leaves(kwargs[name], is_leaf=is_node))
+        owners += [name] * len(jax.tree_util.tree_leaves(kwargs[name], is_leaf=is_graph_object))
     return owners
 
 
-def leaf_args(entry: Entry, owners: list) -> tuple[list, list]:
-    """Argument index of each state leaf and of each `others` leaf of an Entry."""
+def leaf_args(entry: EntryRecord, owners: list) -> tuple[list, list]:
+    """Argument index of each state leaf and of each `others` leaf of an EntryRecord."""
     node_owner = [owners[p] for p in entry.static.node_positions]
     state = [node_owner[path[0]] for path in entry.static.paths]
     fixed = set(entry.static.node_positions) | {p for p, _ in entry.static.static_leaves}

@@ -18,17 +18,46 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
-from nnxfn.transforms.axes import check_consistent_aliasing
+from nnxfn.transforms.axes import check_shared_leaf_specs
 from nnxfn.transforms.sharding import (
-    _for_arg,
+    spec_for_arg,
     constrain_outputs,
     constrain_updates,
-    normalize as normalize_shardings,
-    place,
+    normalize_sharding_spec,
+    place_state_leaves,
     resolve_in_shardings,
     resolve_out_shardings,
 )
 from nnxfn.transforms.treemode import Rules, lifted
+
+
+class CallStatic(tp.NamedTuple):
+    """The static (hashed) argument of `jitted_fn`: everything a trace is keyed on."""
+
+    entry: boundary.EntryStatic  # the arguments' graph structure
+    donated: tuple[int, ...]  # indices of the donated state leaves
+    static_args: tuple[tuple[int, tp.Any], ...]  # (position, value) of static arguments
+    static_kwargs: tuple[tuple[str, tp.Any], ...]  # (name, value) of static keyword arguments
+    state_shardings: tuple[tp.Any, ...]  # one per state leaf, or () when none is given
+
+
+class Prepared(tp.NamedTuple):
+    """One call's arguments, ready for `jitted_fn`: `JitWrapped._prepare`'s result."""
+
+    entry: boundary.EntryRecord  # the flattened arguments (committed to after the call)
+    static: CallStatic
+    kept: list[tp.Any]  # state values not donated
+    donated: list[tp.Any]  # donated state values
+    shardings: tuple[tp.Any, tp.Any] | None  # (in, out) shardings of `jitted_fn`, if any
+
+
+class JitArgs(tp.NamedTuple):
+    """The positional arguments of `jitted_fn` (`JitWrapped.pure_args`): `jitted_fn(*args)`."""
+
+    static: CallStatic
+    kept: list[tp.Any]
+    donated: list[tp.Any]
+    others: list[tp.Any]  # the arguments' array leaves outside graph objects
 
 
 class JitWrapped(MethodWrapper):
@@ -70,14 +99,16 @@ class JitWrapped(MethodWrapper):
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
         self.donate_argnums += _positions_of(fn, self.donate_argnames)
         self.in_shardings, self.out_shardings = in_shardings, out_shardings  # as given
-        self._in_spec = normalize_shardings(in_shardings)
-        self._out_spec = normalize_shardings(out_shardings)
-        self._jit_kwargs = dict(keep_unused=keep_unused, inline=inline)
+        self._in_spec = normalize_sharding_spec(in_shardings)
+        self._out_spec = normalize_sharding_spec(out_shardings)
+        self._jit_kwargs: dict[str, tp.Any] = dict(keep_unused=keep_unused, inline=inline)
         if device is not None:
             self._jit_kwargs["device"] = device
         if backend is not None:
             self._jit_kwargs["backend"] = backend
-        self._compiled: dict[tp.Any, tp.Callable] = {}
+        # One `jax.jit` per layout of the shardings (one in all without shardings): part of
+        # this function's identity (`jitted_fn`, its trace count), not a memo.
+        self._compiled: dict[tp.Any, jax.stages.Wrapped] = {}
         self._latest: tp.Any = None  # the shardings of the latest call, lower or trace
         self._entries = boundary.EntryCache()
 
@@ -113,19 +144,19 @@ class JitWrapped(MethodWrapper):
         """The `out_shardings` `jitted_fn` was made with (None: none)."""
         return None if self._latest is None else self._latest[1]
 
-    def pure_args(self, *args: tp.Any, **kwargs: tp.Any) -> tuple:
+    def pure_args(self, *args: tp.Any, **kwargs: tp.Any) -> JitArgs:
         """The positional arguments `jitted_fn` takes for the call `self(*args, **kwargs)`:
         (static structure, kept state arrays, donated state arrays, other leaves)."""
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        return static, kept, donated, entry.others
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        return JitArgs(call.static, call.kept, call.donated, call.entry.others)
 
     # -- the traced body ---------------------------------------------------------
-    def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
-        entry_static, donated_idx, statics, static_kw, state_shardings = static
+    def _body(self, static: CallStatic, kept: list, donated: list, others: list) -> tuple:
+        entry_static, donated_idx, state_shardings = static.entry, static.donated, static.state_shardings
         values = _interleave(kept, donated, donated_idx)
         retrace.observe(self, self.fn, static, values, others)  # runs only while tracing
-        fn = _with_statics(self.fn, statics, static_kw)
+        fn = _with_statics(self.fn, static.static_args, static.static_kwargs)
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)
         )
@@ -141,7 +172,7 @@ class JitWrapped(MethodWrapper):
             return _RefStatic((exit_static, refs)), out_arrays, emitted
         return Static(exit_static), out_arrays, emitted
 
-    def _jitted(self, shardings: tp.Any) -> tp.Callable:
+    def _jitted(self, shardings: tuple[tp.Any, tp.Any] | None) -> jax.stages.Wrapped:
         key = None
         if shardings is not None:
             leaves, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: x is None)
@@ -155,15 +186,15 @@ class JitWrapped(MethodWrapper):
             self._compiled[key] = fn
         return fn
 
-    def _prepare(self, args: tuple, kwargs: dict) -> tuple:
+    def _prepare(self, args: tuple, kwargs: dict) -> Prepared:
         statics = tuple((i, args[i]) for i in self.static_argnums if i < len(args))
         static_kw = tuple(sorted((k, kwargs[k]) for k in self.static_argnames if k in kwargs))
         dyn_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
         entry = self._entries.enter(dyn_args, dyn_kwargs)
         donated_idx: tuple[int, ...] = ()
-        shardings = None
-        state_shardings: tuple = ()
+        shardings: tuple[tp.Any, tp.Any] | None = None
+        state_shardings: tuple[tp.Any, ...] = ()
         if self.donate_argnums or self.donate_argnames or self._in_spec is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
             owners = [positions[o] if isinstance(o, int) else o for o in arg_of_leaves(dyn_args, dyn_kwargs)]
@@ -171,26 +202,35 @@ class JitWrapped(MethodWrapper):
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
             if self._in_spec is not None:
-                per_leaf = [_for_arg(self._in_spec, o) for o in owners]
-                check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
+                per_leaf = [spec_for_arg(self._in_spec, o) for o in owners]
+                check_shared_leaf_specs("nnx.jit", entry, per_leaf, "in_shardings")
             if self._in_spec is not None or self._out_spec is not None:
                 in_spec = resolve_in_shardings(self._in_spec, entry, state_owner, other_owner, donated_idx)
                 shardings = (in_spec, resolve_out_shardings(self._out_spec))
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
-                    place(entry, state_shardings)
+                    place_state_leaves(entry, state_shardings)
         elif self._out_spec is not None:
             out_spec = resolve_out_shardings(self._out_spec)
             shardings = None if out_spec is None else (None, out_spec)
-        static = (entry.static, donated_idx, statics, static_kw, state_shardings)
+        static = CallStatic(
+            entry=entry.static,
+            donated=donated_idx,
+            static_args=statics,
+            static_kwargs=static_kw,
+            state_shardings=state_shardings,
+        )
         kept, donated = _deinterleave(entry.values, donated_idx)
-        return entry, static, kept, donated, shardings
+        return Prepared(entry, static, kept, donated, shardings)
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        entry = call.entry
+        aux, out_arrays, emitted = self._jitted(call.shardings)(
+            call.static, call.kept, call.donated, entry.others
+        )
         if aux.__class__ is not Static:  # Refs returned (only then: no per-call cost otherwise)
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
@@ -202,9 +242,10 @@ class JitWrapped(MethodWrapper):
 
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
         """Trace for these arguments (`jax.jit(...).trace`); `.lower()` gives a `Lowered`."""
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        return Traced(self._jitted(shardings).trace(static, kept, donated, entry.others), self, static)
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        traced = self._jitted(call.shardings).trace(call.static, call.kept, call.donated, call.entry.others)
+        return Traced(traced, self, call.static)
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """The output's shapes and dtypes (`nnx.eval_shape`); the arguments are not updated."""
@@ -243,7 +284,7 @@ def _remade(value: tp.Any, box: bool) -> tp.Any:
     return varmodes.to_box(value) if box else jax.new_ref(value)
 
 
-def _commit_refs(entry: boundary.Entry, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
+def _commit_refs(entry: boundary.EntryRecord, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
     """Commit after a call that returned Refs/Boxes: an argument one comes back as
     the caller's own object; one made inside comes back as a new one holding its value."""
     exit_static, (outs, states) = plan
@@ -401,14 +442,15 @@ class Compiled(Stage):
         return self._inner.runtime_executable()
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry, static, kept, donated, _ = self.jit_wrapped._prepare(self._bound + args, kwargs)
-        if static != self._static:
+        call = self.jit_wrapped._prepare(self._bound + args, kwargs)
+        entry = call.entry
+        if call.static != self._static:
             raise TypeError(
                 "nnx.jit: this compiled function was lowered for arguments of another "
                 "structure (other Modules, attributes or static arguments); lower and compile "
                 "again for these arguments, or call the jitted function itself."
             )
-        aux, out_arrays, emitted = self._inner(kept, donated, entry.others)
+        aux, out_arrays, emitted = self._inner(call.kept, call.donated, entry.others)
         if aux.__class__ is not Static:
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)

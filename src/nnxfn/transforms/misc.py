@@ -8,11 +8,19 @@ import typing as tp
 import jax
 from jax.experimental import checkify as _checkify
 
+from nnxfn.core.trees import TreeState
 from nnxfn.facade.varmodes import is_mutable, read
 from nnxfn.transforms import boundary
-from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.axes import (
+    PathAxes,
+    check_shared_leaf_specs,
+    entry_axes,
+    exit_axes,
+    is_spec_tree,
+    leaf_specs,
+)
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
-from nnxfn.transforms.sharding import place
+from nnxfn.transforms.sharding import place_state_leaves
 from nnxfn.transforms.treemode import Rules, lifted
 
 
@@ -77,7 +85,9 @@ def _shard_abstract(nodes: tp.Any) -> None:
         if not isinstance(value, jax.ShapeDtypeStruct) or value.sharding is not None:
             continue
         mesh = var.get_metadata().get("mesh") or (None if context.empty else context)
-        spec = None if mesh is None else variable_spec(var)
+        if mesh is None:
+            continue
+        spec = variable_spec(var)
         if spec is not None:
             sharding = jax.sharding.NamedSharding(mesh, spec)
             var.set_raw_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
@@ -177,10 +187,10 @@ def shard_map(
             (args, kwargs),
             kwargs_spec=PartitionSpec(),
         )
-        check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
+        check_shared_leaf_specs("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
         if isinstance(mesh, jax.sharding.Mesh):  # as Flax, whose shard_map returns state so laid out
-            place(entry, [_named(mesh, spec) for spec in state_specs])
+            place_state_leaves(entry, [_named(mesh, spec) for spec in state_specs])
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
@@ -242,10 +252,8 @@ class _Spec:
 
 
 def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
-    from nnxfn.transforms.spmd import PathAxes, is_spec_tree  # e.g. nnx.get_partition_spec(model)
-
-    from nnxfn.core.trees import TreeState  # graph-form `nnx.prefix(obj, {filter: spec})`
-
+    # trees of specs: e.g. nnx.get_partition_spec(model), or the graph form of
+    # `nnx.prefix(obj, {filter: spec})` (a TreeState)
     def wrap(s: tp.Any) -> tp.Any:
         if isinstance(s, TreeState):
             s = s.state

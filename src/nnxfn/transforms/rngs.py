@@ -14,6 +14,7 @@ copy of `node` with the new streams, as in Flax.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing as tp
 
@@ -24,7 +25,7 @@ from nnxfn import core
 from nnxfn.core import treemode
 from nnxfn.core.errors import path_str
 from nnxfn.facade.rngs import RngStream
-from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.boundary import is_graph_object
 
 Shape = tp.Union[int, tuple[int, ...]]
 Backup = tp.Union[tuple[RngStream, jax.Array, jax.Array], tuple[RngStream, jax.Array]]
@@ -172,7 +173,7 @@ def split_rngs(
     if squeeze and splits != 1:
         raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits!r}.")
     copy = _copy_mode(graph, graph_updates)
-    if node is _MISSING or (callable(node) and not is_node(node) and not isinstance(node, RngStream)):
+    if node is _MISSING or (callable(node) and not is_graph_object(node) and not isinstance(node, RngStream)):
 
         def decorate(fn: tp.Callable) -> tp.Callable:
             @functools.wraps(fn)
@@ -210,7 +211,7 @@ def _split_copy(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> tp.
     return _map_streams(node, only, make)
 
 
-def _fork_rules(split: tp.Any) -> list[tuple[core.filters.Predicate, tp.Any]]:
+def _fork_rngs_rules(split: tp.Any) -> list[tuple[core.filters.Predicate, tp.Any]]:
     if split is None:
         split = {...: None}
     elif isinstance(split, (int, tuple)):
@@ -240,7 +241,7 @@ def fork_rngs(
     `split_rngs`; a decorator without `node`; a copy with `graph_updates=False`.
     """
     _check_unknown("fork_rngs", unknown)
-    rules = _fork_rules(split)
+    rules = _fork_rngs_rules(split)
     copy = _copy_mode(graph, graph_updates)
     if node is _MISSING:
 
@@ -310,56 +311,89 @@ def with_rngs(
     """
     _check_unknown("with_rngs", unknown)
     if node is _MISSING:
+        return _with_rngs_decorator(split=split, fork=fork, broadcast=broadcast, only=only)
+    rules = _StreamRules(
+        split=_shape_rules(split), broadcast=_shape_rules(broadcast), fork=_fork_filter_rules(fork)
+    )
+    return _map_streams(node, only, rules.remake)
 
-        def decorate(fn: tp.Callable) -> tp.Callable:
-            @functools.wraps(fn)
-            def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-                args, kwargs = with_rngs(
-                    (args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only
-                )
-                return fn(*args, **kwargs)
 
-            return wrapper
+def _with_rngs_decorator(
+    *, split: tp.Any, fork: tp.Any, broadcast: tp.Any, only: tp.Any
+) -> tp.Callable[[tp.Callable[..., tp.Any]], tp.Callable[..., tp.Any]]:
+    """`with_rngs` without a node: apply it to the decorated function's arguments."""
 
-        return decorate
+    def decorate(fn: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            args, kwargs = with_rngs((args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only)
+            return fn(*args, **kwargs)
 
-    def shape_rules(spec: tp.Any) -> list:
-        if spec is None:
-            return []
-        if isinstance(spec, (int, tuple)):
-            spec = {...: spec}
-        return [(f, core.to_predicate(f), v) for f, v in spec.items()]
+        return wrapper
 
-    splits, broadcasts = shape_rules(split), shape_rules(broadcast)
-    forks = [] if fork is None else (list(fork) if isinstance(fork, (list, tuple)) else [fork])
-    forks = [(f, core.to_predicate(f)) for f in forks]
+    return decorate
 
-    def first(rules: list, path: tuple, stream: RngStream) -> tuple | None:
-        for f, pred, *value in rules:
-            if pred((*path, "key"), stream.key):
-                return (f, *value)
-        return None
 
-    def make(path: tuple, stream: RngStream) -> RngStream | None:
-        hits = {
-            "split": first(splits, path, stream),
-            "broadcast": first(broadcasts, path, stream),
-            "fork": first(forks, path, stream),
+class _Rule(tp.NamedTuple):
+    """One `with_rngs` rule: streams matching `filter` get `value` (a shape; None for fork)."""
+
+    filter: tp.Any
+    predicate: tp.Callable[[tuple[tp.Any, ...], tp.Any], bool]
+    value: tp.Any
+
+
+def _shape_rules(spec: tp.Any) -> list[_Rule]:
+    """`split`/`broadcast`: a shape for every stream, or `{filter: shape}`."""
+    if spec is None:
+        return []
+    if isinstance(spec, (int, tuple)):
+        spec = {...: spec}
+    return [_Rule(f, core.to_predicate(f), v) for f, v in spec.items()]
+
+
+def _fork_filter_rules(fork: tp.Any) -> list[_Rule]:
+    """`fork`: a filter or a list of filters."""
+    if fork is None:
+        return []
+    filters = list(fork) if isinstance(fork, (list, tuple)) else [fork]
+    return [_Rule(f, core.to_predicate(f), None) for f in filters]
+
+
+def _first(rules: list[_Rule], path: tuple[tp.Any, ...], stream: RngStream) -> _Rule | None:
+    """The first rule whose filter matches the stream's key at `path`."""
+    for rule in rules:
+        if rule.predicate((*path, "key"), stream.key):
+            return rule
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamRules:
+    """`with_rngs`'s rules; `remake` gives a stream's replacement."""
+
+    split: list[_Rule]
+    broadcast: list[_Rule]
+    fork: list[_Rule]
+
+    def remake(self, path: tuple[tp.Any, ...], stream: RngStream) -> RngStream | None:
+        """The stream split, broadcast or forked as its rule says (None: no rule matches)."""
+        found = {
+            "split": _first(self.split, path, stream),
+            "broadcast": _first(self.broadcast, path, stream),
+            "fork": _first(self.fork, path, stream),
         }
-        hits = {k: v for k, v in hits.items() if v is not None}
-        specific = [k for k, v in hits.items() if v[0] is not Ellipsis and v[0] is not True]
+        hits = {k: v for k, v in found.items() if v is not None}
+        specific = [k for k, v in hits.items() if v.filter is not Ellipsis and v.filter is not True]
         if len(hits) > 1 and len(specific) > 1:
-            rules = "; ".join(f"{k} by filter {v[0]!r}" for k, v in hits.items())
+            rules = "; ".join(f"{k} by filter {v.filter!r}" for k, v in hits.items())
             raise ValueError(
                 f"with_rngs: the stream at {path_str(path)} matches multiple rules ({rules}). "
                 "Make the filters disjoint, e.g. `fork=nnx.Not('params')`."
             )
         if "split" in hits:
-            return stream.split(hits["split"][1])
+            return stream.split(hits["split"].value)
         if "broadcast" in hits:
-            return stream.broadcast(hits["broadcast"][1])
+            return stream.broadcast(hits["broadcast"].value)
         if "fork" in hits:
             return stream.fork()
         return None
-
-    return _map_streams(node, only, make)

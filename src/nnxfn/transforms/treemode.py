@@ -31,8 +31,8 @@ from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.trees import TreeState
-from nnxfn.transforms.boundary import is_node
-from nnxfn.transforms.common import FilterMap, check_not_bound
+from nnxfn.transforms.boundary import is_graph_object
+from nnxfn.transforms.common import Carry, DiffState, FilterMap, check_not_bound
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 
@@ -100,11 +100,10 @@ def tree_state_prefix(name: str, prefix_name: str, where: str) -> str:
 
 # -- wrap-time checks ------------------------------------------------------------------------
 def _is_prefix_leaf(x: tp.Any) -> bool:
-    return x is None or is_node(x) or isinstance(x, (FilterMap, TreeState)) or _is_diff_state(x)
+    return x is None or is_graph_object(x) or isinstance(x, (FilterMap, TreeState)) or _is_diff_state(x)
 
 
 def _is_diff_state(x: tp.Any) -> bool:
-    from nnxfn.transforms.common import DiffState
 
     return isinstance(x, DiffState)
 
@@ -117,7 +116,7 @@ def check_prefix(name: str, prefix_name: str, value: tp.Any, graph: bool | None,
         where = prefix_name + jax.tree_util.keystr(keypath)
         if (isinstance(leaf, FilterMap) or _is_diff_state(leaf)) and skips_updates:
             raise ValueError(mapping_prefix(name, prefix_name, leaf))
-        if is_node(leaf) and graph is True:
+        if is_graph_object(leaf) and graph is True:
             raise ValueError(graph_node_prefix(name, prefix_name, leaf, where))
         if isinstance(leaf, TreeState) and tree:
             raise ValueError(tree_state_prefix(name, prefix_name, where))
@@ -182,6 +181,7 @@ class _Check:
         return found
 
     def _check_diff(self, roots: list) -> None:
+        assert self.diff is not None  # called only for grad-like transforms
         n_pos = sum(1 for name, _ in roots if name.startswith("args["))
         diff = {i if i >= 0 else i + n_pos for i in self.diff}
         in_diff = self._walk([r for i, r in enumerate(roots) if i in diff], unique=False)
@@ -214,7 +214,7 @@ class _Check:
             roots = _arg_roots(args, kwargs)
             carry_ids = None
             if self.carry_in is not None and roots:
-                carry_roots = [roots[0] if self.carry_in == "all" else roots[self.carry_in]]
+                carry_roots = [roots[0] if isinstance(self.carry_in, str) else roots[self.carry_in]]
                 carry_ids = set(self._walk(carry_roots, unique=False))
             inputs = self.inputs(roots)
             before = Structure(args, kwargs)
@@ -241,7 +241,11 @@ class Structure:
     __slots__ = ("nodes", "graphdef", "objects", "leaves")
 
     def __init__(self, args: tuple, kwargs: dict):
-        self.nodes = [x for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node) if is_node(x)]
+        self.nodes = [
+            x
+            for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_graph_object)
+            if is_graph_object(x)
+        ]
         self.objects: list = []
         self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
         self.leaves = dict(pairs)
@@ -269,8 +273,6 @@ def _as_ints(argnums: tp.Any) -> tuple[int, ...]:
 
 
 def _carry_index(axes: tp.Any) -> int | str | None:
-    from nnxfn.transforms.scan import Carry
-
     if axes is Carry:
         return "all"
     if isinstance(axes, tuple):
