@@ -214,13 +214,8 @@ class JitWrapped(MethodWrapper):
         elif self._out_spec is not None:
             out_spec = resolve_out_shardings(self._out_spec)
             shardings = None if out_spec is None else (None, out_spec)
-        static = CallStatic(
-            entry=entry.static,
-            donated=donated_idx,
-            static_args=statics,
-            static_kwargs=static_kw,
-            state_shardings=state_shardings,
-        )
+        # by position: a NamedTuple built from keywords costs ~1 µs more, on every call
+        static = CallStatic(entry.static, donated_idx, statics, static_kw, state_shardings)
         kept, donated = _deinterleave(entry.values, donated_idx)
         return Prepared(entry, static, kept, donated, shardings)
 
