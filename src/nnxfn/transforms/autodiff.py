@@ -25,7 +25,7 @@ from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.transforms import boundary
-from nnxfn.transforms.boundary import is_graph_object
+from nnxfn.transforms.boundary import Leaf, is_graph_object
 from nnxfn.transforms.common import (
     DiffState as DiffState,
     MethodWrapper,
@@ -117,7 +117,7 @@ class _Selection:
             for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
                 node_ids.setdefault(id(n), k)
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
-            new_leaves: list[tp.Any] = []  # a State, Variable or None per leaf
+            new_leaves: list[Leaf] = []  # a State, Variable or None per leaf
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
                     k = node_ids[id(leaf)]  # is a Variable of the same type

@@ -45,6 +45,10 @@ from nnxfn.facade import context
 from nnxfn.facade.variables import Variable
 
 Path = tuple[tp.Any, ...]
+#: A value at a leaf crossing the boundary: an array or tracer, a Python scalar, a
+#: `ShapeDtypeStruct`, a `jax.Ref`, or None. The boundary moves leaves and never looks
+#: into them, so it types them as `object`.
+Leaf: tp.TypeAlias = object
 
 
 _RAW = operator.attrgetter("raw_value")

@@ -35,6 +35,7 @@ import typing as tp
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from nnxfn import core
 from nnxfn.core import errors
@@ -42,6 +43,7 @@ from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
+from nnxfn.transforms.boundary import Leaf
 from nnxfn.transforms.common import (
     DiffState,
     arg_of_leaves,
@@ -53,14 +55,14 @@ from nnxfn.transforms.common import (
 from nnxfn.transforms.treemode import Rules, Structure, lifted
 
 
-def _zero_cotangent(x: tp.Any) -> tp.Any:
+def _zero_cotangent(x: ArrayLike) -> jax.Array | np.ndarray:
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.inexact):
         return jnp.zeros_like(x)
     return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-def _fit(ct: tp.Any, primal: tp.Any) -> tp.Any:
+def _fit(ct: Leaf, primal: Leaf) -> Leaf:
     """A cotangent for `primal`: zeros (float0 for ints) where none or a wrong dtype is given."""
     primal = jnp.asarray(primal)
     if ct is None or not jnp.issubdtype(primal.dtype, jnp.inexact):
@@ -105,7 +107,7 @@ class CustomVjp:
     def defvjp(self, fwd: tp.Callable, bwd: tp.Callable, symbolic_zeros: bool = False) -> None:
         self.fwd, self.bwd, self.symbolic_zeros = fwd, bwd, symbolic_zeros
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         if self.fwd is None or self.bwd is None:
             raise TypeError("nnx.custom_vjp: call `.defvjp(fwd, bwd)` before calling the function.")
         if kwargs:
@@ -119,7 +121,7 @@ class CustomVjp:
         exit_static, emitted = call.to_commit(after, returned)
         return boundary.commit(call.entry, exit_static, out_arrays, emitted)
 
-    def tangents(self, cts: tp.Any, diff_args: tp.Sequence[int]) -> tp.Sequence[tp.Any]:
+    def tangents(self, cts: object, diff_args: tp.Sequence[int]) -> tp.Sequence[object]:
         """What `bwd` returned, as one tangent per differentiable argument."""
         cts = cts if isinstance(cts, (tuple, list)) else (cts,)
         if len(cts) != len(diff_args):
@@ -151,8 +153,8 @@ class _VjpCall:
     vjp: CustomVjp
     fwd_rule: tp.Callable[..., tp.Any]
     bwd_rule: tp.Callable[..., tp.Any]
-    args: tuple[tp.Any, ...]
-    static: dict[int, tp.Any]  # non-differentiable arguments kept as Python values
+    args: tuple[object, ...]
+    static: dict[int, object]  # non-differentiable arguments kept as Python values
     entry: boundary.EntryRecord  # the other arguments, flattened
     state_owner: list[int]  # argument number of each state leaf
     other_owner: list[int]  # argument number of each other leaf
@@ -167,7 +169,7 @@ class _VjpCall:
         vjp: CustomVjp,
         fwd_rule: tp.Callable[..., tp.Any],
         bwd_rule: tp.Callable[..., tp.Any],
-        args: tuple[tp.Any, ...],
+        args: tuple[object, ...],
     ) -> _VjpCall:
         # Non-differentiable arguments holding no arrays or objects stay Python values.
         static = {i: args[i] for i in vjp.jax_nondiff_argnums if i < len(args) and _is_static(args[i])}
@@ -196,7 +198,7 @@ class _VjpCall:
             return fn
         static, n_args = self.static, len(self.args)
 
-        def call(*dyn: tp.Any) -> tp.Any:
+        def call(*dyn: object) -> tp.Any:
             full, it = [], iter(dyn)
             for i in range(n_args):
                 full.append(static[i] if i in static else next(it))
@@ -205,8 +207,8 @@ class _VjpCall:
         return call
 
     def after_state(
-        self, exit_static: boundary.ExitStatic, emitted: list[tp.Any], values: list[tp.Any]
-    ) -> list[tp.Any]:
+        self, exit_static: boundary.ExitStatic, emitted: list[Leaf], values: list[Leaf]
+    ) -> list[Leaf]:
         """Every state leaf's value after the call, in entry order."""
         if exit_static.changed is not None:
             after = list(values)
@@ -215,7 +217,7 @@ class _VjpCall:
             return after
         paths = self.entry.static.paths
         index = {(0,) + p: i for i, p in enumerate(paths)}
-        found: list[tp.Any] = [None] * len(paths)
+        found: list[Leaf] = [None] * len(paths)
         for path, v in zip(exit_static.paths, emitted):
             if path[0] == 1:  # a leaf of an object the function returned
                 continue
@@ -232,8 +234,8 @@ class _VjpCall:
         return found
 
     def _run(
-        self, fn: tp.Callable[..., tp.Any], values: list[tp.Any], others: list[tp.Any]
-    ) -> tuple[tp.Any, ...]:
+        self, fn: tp.Callable[..., tp.Any], values: list[Leaf], others: list[Leaf]
+    ) -> tuple[list[Leaf], list[Leaf], list[Leaf]]:
         """Run `fn` on fresh objects; (out arrays, every state leaf after, returned objects' leaves)."""
         exit_static, out_arrays, emitted = run_inside(
             self.with_static(fn), self.entry.static, values, others, "nnx.custom_vjp"
@@ -243,16 +245,16 @@ class _VjpCall:
         self.updated = _updated(exit_static, after, values)
         return out_arrays, after, _returned_leaves(exit_static, emitted)
 
-    def primal(self, values: list[tp.Any], others: list[tp.Any]) -> tuple[tp.Any, ...]:
+    def primal(self, values: list[Leaf], others: list[Leaf]) -> tuple[list[Leaf], list[Leaf], list[Leaf]]:
         return self._run(self.vjp.fun, values, others)
 
     def fwd(
-        self, values: list[tp.Any], others: list[tp.Any]
-    ) -> tuple[tuple[tp.Any, ...], tuple[tp.Any, ...]]:
-        holder: dict[str, tp.Any] = {}
+        self, values: list[Leaf], others: list[Leaf]
+    ) -> tuple[tuple[list[Leaf], list[Leaf], list[Leaf]], tuple[object, list[Leaf], list[Leaf]]]:
+        holder: dict[str, object] = {}
         fwd_rule, simple = self.fwd_rule, self.vjp.simple
 
-        def call(*a: tp.Any) -> tp.Any:
+        def call(*a: object) -> tp.Any:
             before = Structure(a, {}) if simple else None
             out, res = fwd_rule(*a)
             if before is not None:  # as `fun` (see `lifted`): only Variable values leave
@@ -263,7 +265,9 @@ class _VjpCall:
         primal_out = self._run(call, values, others)
         return primal_out, (holder["res"], values, others)
 
-    def bwd(self, res: tuple[tp.Any, ...], g: tuple[tp.Any, ...]) -> tuple[list[tp.Any], list[tp.Any]]:
+    def bwd(
+        self, res: tuple[object, list[Leaf], list[Leaf]], g: tuple[list[Leaf], list[Leaf], list[Leaf]]
+    ) -> tuple[list[Leaf], list[Leaf]]:
         user_res, values, others = res
         out_g_arrays, state_g, returned_g = g
         exit_static = self.exit
@@ -286,12 +290,12 @@ class _VjpCall:
 
     def simple_bwd(
         self,
-        user_res: tp.Any,
-        out_g: tp.Any,
-        state_g: list[tp.Any],
-        values: list[tp.Any],
-        others: list[tp.Any],
-    ) -> tuple[list[tp.Any], list[tp.Any]]:
+        user_res: object,
+        out_g: object,
+        state_g: list[Leaf],
+        values: list[Leaf],
+        others: list[Leaf],
+    ) -> tuple[list[Leaf], list[Leaf]]:
         """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
         args, updated = self.args, self.updated
         nondiff = [args[i] for i in self.vjp.jax_nondiff_argnums]
@@ -311,12 +315,10 @@ class _VjpCall:
                 and g is not None
                 and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact)
             ):
-                state_cts[i] = state_cts[i] + g
+                state_cts[i] = tp.cast(jax.Array, state_cts[i]) + tp.cast(jax.Array, g)
         return state_cts, other_cts
 
-    def to_commit(
-        self, after: list[tp.Any], returned: list[tp.Any]
-    ) -> tuple[boundary.ExitStatic, list[tp.Any]]:
+    def to_commit(self, after: list[Leaf], returned: list[Leaf]) -> tuple[boundary.ExitStatic, list[Leaf]]:
         """The exit description and emitted values to commit after the call."""
         exit_static, entry = self.exit, self.entry
         assert exit_static is not None  # set while tracing primal
@@ -340,8 +342,8 @@ class _VjpCall:
         return exit_static, [after[i] for i in keep] + returned
 
     def align(
-        self, cts: tp.Sequence[tp.Any], values: list[tp.Any], others: list[tp.Any]
-    ) -> tuple[list[tp.Any], list[tp.Any]]:
+        self, cts: tp.Sequence[object], values: list[Leaf], others: list[Leaf]
+    ) -> tuple[list[Leaf], list[Leaf]]:
         """Cotangents per state leaf / other leaf, zeros where the user gave none."""
         entry, args, diff_args = self.entry, self.args, self.diff_args
         diff_state, other_owner = self.diff_state, self.other_owner
@@ -384,8 +386,8 @@ class _VjpCall:
 
 
 def _state_cotangent(
-    entry: boundary.EntryRecord, arg: tp.Any, state_owner: list, argnum: int, state_g: list
-) -> tp.Any:
+    entry: boundary.EntryRecord, arg: object, state_owner: list[int], argnum: int, state_g: list[Leaf]
+) -> object:
     """`inputs_g` entry: a State of Variables (cotangents) for a graph argument."""
     if not boundary.is_graph_object(arg):
         return None
@@ -414,8 +416,13 @@ def _accepts(fn: tp.Callable, name: str) -> bool:
 
 
 def _updates_cotangent(
-    entry: boundary.EntryRecord, arg: tp.Any, state_owner: list, argnum: int, state_g: list, updated: set[int]
-) -> tp.Any:
+    entry: boundary.EntryRecord,
+    arg: object,
+    state_owner: list[int],
+    argnum: int,
+    state_g: list[Leaf],
+    updated: set[int],
+) -> object:
     """`updates_g` entry: `arg`'s structure holding, for each Variable the function
     wrote, that Variable's cotangent (same type and metadata), and None elsewhere."""
     if not boundary.is_graph_object(arg):
@@ -432,9 +439,9 @@ def _updates_cotangent(
     return fresh
 
 
-def _set_at(root: tp.Any, path: tuple, value: tp.Any) -> None:
+def _set_at(root: object, path: tuple[jax.tree_util.KeyEntry, ...], value: object) -> None:
     """Set the entry at JAX key `path` inside `root` (attributes, items) to `value`."""
-    parent = root
+    parent: tp.Any = root  # reached by reflection: an object or a container
     for key in path[:-1]:
         parent = _get_key(parent, key)
     last = path[-1]
@@ -444,7 +451,7 @@ def _set_at(root: tp.Any, path: tuple, value: tp.Any) -> None:
         parent[last.idx if isinstance(last, jax.tree_util.SequenceKey) else last.key] = value
 
 
-def _get_key(x: tp.Any, key: tp.Any) -> tp.Any:
+def _get_key(x: tp.Any, key: jax.tree_util.KeyEntry) -> tp.Any:
     if isinstance(key, jax.tree_util.GetAttrKey):
         return getattr(x, key.name)
     if isinstance(key, jax.tree_util.SequenceKey):
@@ -452,7 +459,7 @@ def _get_key(x: tp.Any, key: tp.Any) -> tp.Any:
     return x[key.key]
 
 
-def _is_static(x: tp.Any) -> bool:
+def _is_static(x: object) -> bool:
     """No arrays and no graph objects in `x`: it can stay a Python value."""
     from nnxfn.core.graph import is_array
 
@@ -462,7 +469,7 @@ def _is_static(x: tp.Any) -> bool:
     )
 
 
-def _like(template: tp.Any, value: tp.Any) -> tp.Any:
+def _like(template: object, value: Leaf) -> Leaf:
     if isinstance(template, VariableLike):
         return type(template).from_parts(value, template.metadata_items())
     return value

@@ -24,6 +24,7 @@ import jax
 
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
+from nnxfn.transforms.boundary import Leaf
 from nnxfn.transforms.common import arg_of_leaves, leaf_args
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
@@ -46,7 +47,7 @@ class PureArg:
 
     __slots__ = ("static", "state", "others")
 
-    def __init__(self, static: PureArgStatic, state: list[tp.Any], others: list[tp.Any]):
+    def __init__(self, static: PureArgStatic, state: list[Leaf], others: list[Leaf]):
         self.static = static
         self.state = state
         self.others = others

@@ -9,6 +9,7 @@ import jax
 
 from nnxfn.facade import varmodes
 from nnxfn.transforms import boundary, retrace
+from nnxfn.transforms.boundary import Leaf
 from nnxfn.transforms.common import (
     MethodWrapper,
     Static,
@@ -31,14 +32,20 @@ from nnxfn.transforms.sharding import (
 from nnxfn.transforms.treemode import Rules, lifted
 
 
+#: `jitted_fn`'s (in_shardings, out_shardings), resolved per pure-argument leaf
+JitShardings = tuple[object, object]
+#: `JitShardings` as a hashable key: its leaves and tree structure
+ShardingsKey = tuple[tuple[object, ...], jax.tree_util.PyTreeDef]
+
+
 class CallStatic(tp.NamedTuple):
     """The static (hashed) argument of `jitted_fn`: everything a trace is keyed on."""
 
     entry: boundary.EntryStatic  # the arguments' graph structure
     donated: tuple[int, ...]  # indices of the donated state leaves
-    static_args: tuple[tuple[int, tp.Any], ...]  # (position, value) of static arguments
-    static_kwargs: tuple[tuple[str, tp.Any], ...]  # (name, value) of static keyword arguments
-    state_shardings: tuple[tp.Any, ...]  # one per state leaf, or () when none is given
+    static_args: tuple[tuple[int, tp.Hashable], ...]  # (position, value) of static arguments
+    static_kwargs: tuple[tuple[str, tp.Hashable], ...]  # (name, value) of static keyword arguments
+    state_shardings: tuple[object, ...]  # one per state leaf, or () when none is given
 
 
 class Prepared(tp.NamedTuple):
@@ -46,18 +53,18 @@ class Prepared(tp.NamedTuple):
 
     entry: boundary.EntryRecord  # the flattened arguments (committed to after the call)
     static: CallStatic
-    kept: list[tp.Any]  # state values not donated
-    donated: list[tp.Any]  # donated state values
-    shardings: tuple[tp.Any, tp.Any] | None  # (in, out) shardings of `jitted_fn`, if any
+    kept: list[Leaf]  # state values not donated
+    donated: list[Leaf]  # donated state values
+    shardings: JitShardings | None  # (in, out) shardings of `jitted_fn`, if any
 
 
 class JitArgs(tp.NamedTuple):
     """The positional arguments of `jitted_fn` (`JitWrapped.pure_args`): `jitted_fn(*args)`."""
 
     static: CallStatic
-    kept: list[tp.Any]
-    donated: list[tp.Any]
-    others: list[tp.Any]  # the arguments' array leaves outside graph objects
+    kept: list[Leaf]
+    donated: list[Leaf]
+    others: list[Leaf]  # the arguments' array leaves outside graph objects
 
 
 class JitWrapped(MethodWrapper):
@@ -71,10 +78,10 @@ class JitWrapped(MethodWrapper):
         static_argnames: str | tp.Sequence[str] | None = None,
         donate_argnums: int | tp.Sequence[int] | None = None,
         donate_argnames: str | tp.Sequence[str] | None = None,
-        in_shardings: tp.Any = None,
-        out_shardings: tp.Any = None,
+        in_shardings: object = None,
+        out_shardings: object = None,
         keep_unused: bool = False,
-        device: tp.Any = None,
+        device: jax.Device | None = None,
         backend: str | None = None,
         inline: bool = False,
         graph: bool | None = None,
@@ -108,8 +115,8 @@ class JitWrapped(MethodWrapper):
             self._jit_kwargs["backend"] = backend
         # One `jax.jit` per layout of the shardings (one in all without shardings): part of
         # this function's identity (`jitted_fn`, its trace count), not a memo.
-        self._compiled: dict[tp.Any, jax.stages.Wrapped] = {}
-        self._latest: tp.Any = None  # the shardings of the latest call, lower or trace
+        self._compiled: dict[ShardingsKey | None, jax.stages.Wrapped] = {}
+        self._latest: JitShardings | None = None  # the shardings of the latest call, lower or trace
         self._entries = boundary.EntryCache()
 
     #: Keyword arguments take no `in_shardings` (as in Flax).
@@ -121,7 +128,7 @@ class JitWrapped(MethodWrapper):
         return self.fn
 
     @property
-    def jitted_fn(self) -> tp.Any:
+    def jitted_fn(self) -> jax.stages.Wrapped:
         """The `jax.jit` function every call goes through (its `_cache_size()` counts
         the traces, `clear_cache()` empties it, `.lower`/`.trace`/`.eval_shape` stage it).
 
@@ -135,16 +142,16 @@ class JitWrapped(MethodWrapper):
         return self._jitted(self._latest)
 
     @property
-    def jax_in_shardings(self) -> tp.Any:
+    def jax_in_shardings(self) -> object:
         """The `in_shardings` `jitted_fn` was made with, one per pure argument leaf (None: none)."""
         return None if self._latest is None else self._latest[0]
 
     @property
-    def jax_out_shardings(self) -> tp.Any:
+    def jax_out_shardings(self) -> object:
         """The `out_shardings` `jitted_fn` was made with (None: none)."""
         return None if self._latest is None else self._latest[1]
 
-    def pure_args(self, *args: tp.Any, **kwargs: tp.Any) -> JitArgs:
+    def pure_args(self, *args: object, **kwargs: object) -> JitArgs:
         """The positional arguments `jitted_fn` takes for the call `self(*args, **kwargs)`:
         (static structure, kept state arrays, donated state arrays, other leaves)."""
         call = self._prepare(args, kwargs)
@@ -172,8 +179,8 @@ class JitWrapped(MethodWrapper):
             return _RefStatic((exit_static, refs)), out_arrays, emitted
         return Static(exit_static), out_arrays, emitted
 
-    def _jitted(self, shardings: tuple[tp.Any, tp.Any] | None) -> jax.stages.Wrapped:
-        key = None
+    def _jitted(self, shardings: JitShardings | None) -> jax.stages.Wrapped:
+        key: ShardingsKey | None = None
         if shardings is not None:
             leaves, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: x is None)
             key = (tuple(leaves), treedef)
@@ -193,8 +200,8 @@ class JitWrapped(MethodWrapper):
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
         entry = self._entries.enter(dyn_args, dyn_kwargs)
         donated_idx: tuple[int, ...] = ()
-        shardings: tuple[tp.Any, tp.Any] | None = None
-        state_shardings: tuple[tp.Any, ...] = ()
+        shardings: JitShardings | None = None
+        state_shardings: tuple[object, ...] = ()
         if self.donate_argnums or self.donate_argnames or self._in_spec is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
             owners = [positions[o] if isinstance(o, int) else o for o in arg_of_leaves(dyn_args, dyn_kwargs)]
@@ -219,7 +226,7 @@ class JitWrapped(MethodWrapper):
         kept, donated = _deinterleave(entry.values, donated_idx)
         return Prepared(entry, static, kept, donated, shardings)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         call = self._prepare(args, kwargs)
         self._latest = call.shardings
         entry = call.entry
@@ -230,12 +237,12 @@ class JitWrapped(MethodWrapper):
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
+    def lower(self, *args: object, **kwargs: object) -> Lowered:
         """Like `jax.jit(...).lower`; `.compile()` gives a function of the same
         arguments as this one (Modules included) that commits their updates."""
         return self.trace(*args, **kwargs).lower()
 
-    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
+    def trace(self, *args: object, **kwargs: object) -> Traced:
         """Trace for these arguments (`jax.jit(...).trace`); `.lower()` gives a `Lowered`."""
         call = self._prepare(args, kwargs)
         self._latest = call.shardings
@@ -275,7 +282,7 @@ def _frozen(values: list) -> list:
     return [varmodes.read(x) if varmodes.is_mutable(x) else x for x in values]
 
 
-def _remade(value: tp.Any, box: bool) -> tp.Any:
+def _remade(value: Leaf, box: bool) -> Leaf:
     return varmodes.to_box(value) if box else jax.new_ref(value)
 
 
@@ -309,23 +316,28 @@ def _constrain_by_path(
     return out
 
 
-class Stage:
+S = tp.TypeVar("S", jax.stages.Traced, jax.stages.Lowered, jax.stages.Compiled)
+
+
+class Stage(tp.Generic[S]):
     """What `Traced`, `Lowered` and `Compiled` share: the `JitWrapped` they come from
     (`jit_wrapped`) and the JAX stage they wrap (`traced`, `lowered`, `compiled`), whose
     `in_tree`, `in_avals`, `donate_argnums`, ... describe `jitted_fn`'s pure arguments."""
 
     __slots__ = ("_inner", "jit_wrapped", "_static", "_bound")
 
-    def __init__(self, inner: tp.Any, jit_wrapped: JitWrapped, static: tuple, bound: tuple = ()):
+    _inner: S
+
+    def __init__(self, inner: S, jit_wrapped: JitWrapped, static: CallStatic, bound: tuple[object, ...] = ()):
         self._inner, self.jit_wrapped, self._static, self._bound = inner, jit_wrapped, static, bound
 
-    def with_partial_args(self, partial_args: tuple) -> tp.Self:
+    def with_partial_args(self, partial_args: tuple[object, ...]) -> tp.Self:
         """This stage, for a function whose first arguments `partial_args` are bound
         (`nnx.jit_partial`): its compiled form takes the remaining ones."""
         return type(self)(self._inner, self.jit_wrapped, self._static, partial_args)
 
     @property
-    def in_tree(self) -> tp.Any:
+    def in_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.in_tree
 
     @property
@@ -333,17 +345,17 @@ class Stage:
         return self._inner.in_avals
 
     @property
-    def donate_argnums(self) -> tp.Any:
+    def donate_argnums(self) -> tuple[int, ...]:
         return self._inner.donate_argnums
 
 
-class Traced(Stage):
+class Traced(Stage[jax.stages.Traced]):
     """`JitWrapped.trace(...)`: JAX's `Traced` (as `.traced`); `.lower()` gives a `Lowered`."""
 
     __slots__ = ()
 
     @property
-    def traced(self) -> tp.Any:
+    def traced(self) -> jax.stages.Traced:
         return self._inner
 
     @property
@@ -360,14 +372,14 @@ class Traced(Stage):
         return Lowered(lowered, self.jit_wrapped, self._static, self._bound)
 
 
-class Lowered(Stage):
+class Lowered(Stage[jax.stages.Lowered]):
     """`JitWrapped.lower(...)`: JAX's `Lowered` (as `.lowered`), whose `compile()`
     returns a `Compiled` taking the original arguments."""
 
     __slots__ = ()
 
     @property
-    def lowered(self) -> tp.Any:
+    def lowered(self) -> jax.stages.Lowered:
         return self._inner
 
     @property
@@ -375,10 +387,10 @@ class Lowered(Stage):
         return self._inner.args_info
 
     @property
-    def out_tree(self) -> tp.Any:
+    def out_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.out_tree
 
-    def compile(self, compiler_options: tp.Any = None) -> Compiled:
+    def compile(self, compiler_options: jax.stages.CompilerOptions | None = None) -> Compiled:
         compiled = self._inner.compile(compiler_options)
         return Compiled(compiled, self.jit_wrapped, self._static, self._bound)
 
@@ -392,7 +404,7 @@ class Lowered(Stage):
         return self._inner.cost_analysis()
 
 
-class Compiled(Stage):
+class Compiled(Stage[jax.stages.Compiled]):
     """A compiled `nnx.jit` function (JAX's `Compiled` as `.compiled`): call it with the
     arguments it was lowered for (same structure and shapes); Module updates are
     committed as by the jitted call."""
@@ -400,7 +412,7 @@ class Compiled(Stage):
     __slots__ = ()
 
     @property
-    def compiled(self) -> tp.Any:
+    def compiled(self) -> jax.stages.Compiled:
         return self._inner
 
     @property
@@ -408,7 +420,7 @@ class Compiled(Stage):
         return self._inner.args_info
 
     @property
-    def out_tree(self) -> tp.Any:
+    def out_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.out_tree
 
     @property
@@ -436,7 +448,7 @@ class Compiled(Stage):
     def runtime_executable(self) -> tp.Any:
         return self._inner.runtime_executable()
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         call = self.jit_wrapped._prepare(self._bound + args, kwargs)
         entry = call.entry
         if call.static != self._static:
@@ -520,14 +532,14 @@ def _with_statics(fn: tp.Callable, statics: tuple, static_kw: tuple) -> tp.Calla
 def jit(
     fun: tp.Callable,
     *,
-    in_shardings: tp.Any = ...,
-    out_shardings: tp.Any = ...,
+    in_shardings: object = ...,
+    out_shardings: object = ...,
     static_argnums: int | tp.Sequence[int] | None = ...,
     static_argnames: str | tp.Sequence[str] | None = ...,
     donate_argnums: int | tp.Sequence[int] | None = ...,
     donate_argnames: str | tp.Sequence[str] | None = ...,
     keep_unused: bool = ...,
-    device: tp.Any = ...,
+    device: jax.Device | None = ...,
     backend: str | None = ...,
     inline: bool = ...,
     graph: bool | None = ...,
@@ -537,14 +549,14 @@ def jit(
 def jit(
     fun: None = None,
     *,
-    in_shardings: tp.Any = ...,
-    out_shardings: tp.Any = ...,
+    in_shardings: object = ...,
+    out_shardings: object = ...,
     static_argnums: int | tp.Sequence[int] | None = ...,
     static_argnames: str | tp.Sequence[str] | None = ...,
     donate_argnums: int | tp.Sequence[int] | None = ...,
     donate_argnames: str | tp.Sequence[str] | None = ...,
     keep_unused: bool = ...,
-    device: tp.Any = ...,
+    device: jax.Device | None = ...,
     backend: str | None = ...,
     inline: bool = ...,
     graph: bool | None = ...,
@@ -554,14 +566,14 @@ def jit(
 def jit(
     fun: tp.Callable | None = None,
     *,
-    in_shardings: tp.Any = None,
-    out_shardings: tp.Any = None,
+    in_shardings: object = None,
+    out_shardings: object = None,
     static_argnums: int | tp.Sequence[int] | None = None,
     static_argnames: str | tp.Sequence[str] | None = None,
     donate_argnums: int | tp.Sequence[int] | None = None,
     donate_argnames: str | tp.Sequence[str] | None = None,
     keep_unused: bool = False,
-    device: tp.Any = None,
+    device: jax.Device | None = None,
     backend: str | None = None,
     inline: bool = False,
     graph: bool | None = None,
@@ -577,18 +589,20 @@ def jit(
     ... def step(model, x):
     ...     return model(x)
     """
-    options = dict(
-        in_shardings=in_shardings,
-        out_shardings=out_shardings,
-        static_argnums=static_argnums,
-        static_argnames=static_argnames,
-        donate_argnums=donate_argnums,
-        donate_argnames=donate_argnames,
-        keep_unused=keep_unused,
-        device=device,
-        backend=backend,
-        inline=inline,
-    )
-    if fun is None:
-        return lambda f: JitWrapped(f, **options)
-    return JitWrapped(fun, **options)
+
+    def wrap(f: tp.Callable[..., tp.Any]) -> JitWrapped:
+        return JitWrapped(
+            f,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            static_argnums=static_argnums,
+            static_argnames=static_argnames,
+            donate_argnums=donate_argnums,
+            donate_argnames=donate_argnames,
+            keep_unused=keep_unused,
+            device=device,
+            backend=backend,
+            inline=inline,
+        )
+
+    return wrap if fun is None else wrap(fun)

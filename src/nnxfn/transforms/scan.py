@@ -33,6 +33,7 @@ from jax.api_util import flatten_axes
 
 from nnxfn.core import caches, errors
 from nnxfn.transforms import boundary, spmd
+from nnxfn.transforms.boundary import Leaf
 from nnxfn.transforms.axes import (
     StateAxes,
     check_axes_not_objects,
@@ -229,8 +230,8 @@ class _Scanned(MethodWrapper):
                     exit_static, emitted, values, static.paths, state_axes, slot, node_specs, out_axes
                 )
                 cell["plan"] = plan
-                new_carry_s: list[tp.Any] = [None] * len(carry_s)
-                ys_state: list[tp.Any] = []
+                new_carry_s: list[Leaf] = [None] * len(carry_s)
+                ys_state: list[Leaf] = []
                 for (kind, arg), v in zip(plan.emitted, emitted):
                     if kind == "carry":
                         new_carry_s[arg] = v
