@@ -32,6 +32,7 @@ from nnxfn.transforms.common import (
     arg_of_leaves,
     body_fn,
     check_not_bound,
+    variable_like,
     leaf_args,
     run_inside_with_output,
 )
@@ -39,12 +40,16 @@ from nnxfn.transforms.custom import CustomVjp as CustomVjp, custom_vjp as custom
 from nnxfn.transforms.treemode import Rules, lifted
 
 
-def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tuple[DiffState, ...]:
+#: `argnums` of grad-like transforms: argument numbers, or `DiffState(argnum, filter)`s
+DiffSpecs = int | DiffState | tp.Sequence[int | DiffState]
+
+
+def _diff_specs(argnums: DiffSpecs) -> tuple[DiffState, ...]:
     items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
     return tuple(a if isinstance(a, DiffState) else DiffState(a) for a in items)
 
 
-def _check_argnums(argnums: tp.Any, name: str) -> None:
+def _check_argnums(argnums: object, name: str) -> None:
     items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
     for a in items:
         if isinstance(a, DiffState) or (isinstance(a, int) and not isinstance(a, bool)):
@@ -125,7 +130,7 @@ class _Selection:
                     if i is None or id(leaf) in seen:  # seen before: its gradient is there
                         new_leaves.append(core.State({}))
                     else:
-                        new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                        new_leaves.append(variable_like(e.live[i], by_state[i]) if i in by_state else None)
                     seen.add(id(leaf))
                 elif is_graph_object(leaf) and id(leaf) in seen:  # its gradient is at its first place
                     new_leaves.append(core.State({}))
@@ -133,7 +138,7 @@ class _Selection:
                     seen.add(id(leaf))
                     k = node_ids[id(leaf)]
                     pairs = [
-                        (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
+                        (e.static.paths[i][1:], variable_like(e.live[i], by_state[i]))
                         for i in range(len(e.live))
                         if e.static.paths[i][0] == k and i in by_state
                     ]
@@ -193,7 +198,7 @@ class _Selection:
         return core.errors.path_str(path[1:], root)
 
 
-def _int_leaf(name: str, where: str, dtype: tp.Any) -> str:
+def _int_leaf(name: str, where: str, dtype: object) -> str:
     return (
         f"{name} with graph=False or graph_updates=False: cannot differentiate {where} "
         f"(dtype {dtype}). In these modes a Module argument is a plain pytree, so every "
@@ -208,13 +213,7 @@ def _int_leaf(name: str, where: str, dtype: tp.Any) -> str:
     )
 
 
-def _like(template: tp.Any, value: tp.Any) -> tp.Any:
-    if isinstance(template, VariableLike):
-        return type(template).from_parts(value, template.metadata_items())
-    return value
-
-
-def _single(specs_given: tp.Any, results: list) -> tp.Any:
+def _single(specs_given: DiffSpecs, results: list[object]) -> object:
     return results[0] if not isinstance(specs_given, (tuple, list)) else tuple(results)
 
 
@@ -241,7 +240,7 @@ class _GradWrapped(MethodWrapper):
         self,
         fn: tp.Callable,
         *,
-        argnums: tp.Any,
+        argnums: DiffSpecs,
         has_aux: bool,
         holomorphic: bool,
         allow_int: bool,
@@ -256,7 +255,7 @@ class _GradWrapped(MethodWrapper):
         self.holomorphic, self.allow_int = holomorphic, allow_int
         self.return_value, self.name, self.tree = return_value, name, tree
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums), self.tree)
         if self.tree:
@@ -281,7 +280,7 @@ class _GradWrapped(MethodWrapper):
 @lifted(Rules("value_and_grad", prefixes=("argnums",), diff="argnums"))
 def value_and_grad(
     f: tp.Callable | None = None,
-    argnums: tp.Any = 0,
+    argnums: DiffSpecs = 0,
     has_aux: bool = False,
     *,
     holomorphic: bool = False,
@@ -325,7 +324,7 @@ def value_and_grad(
 @lifted(Rules("grad", prefixes=("argnums",), diff="argnums"))
 def grad(
     f: tp.Callable | None = None,
-    argnums: tp.Any = 0,
+    argnums: DiffSpecs = 0,
     has_aux: bool = False,
     *,
     holomorphic: bool = False,
@@ -370,7 +369,7 @@ def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None
 @lifted(Rules("vjp", operands=("primals",)))
 def vjp(
     f: tp.Callable | None = None,
-    *primals: tp.Any,
+    *primals: object,
     has_aux: bool = False,
     reduce_axes: tp.Sequence[tp.Hashable] = (),
     graph: bool | None = None,
@@ -396,7 +395,7 @@ def vjp(
     primal_out, pullback, (out_arrays, emitted) = jax.vjp(inner, *sel.primals(), has_aux=True)
     out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
 
-    def vjp_fn(cotangent: tp.Any) -> tuple:
+    def vjp_fn(cotangent: object) -> tuple[object, ...]:
         g_state, g_other = pullback(cotangent)
         return tuple(sel.structure(g_state, g_other))
 
@@ -443,7 +442,7 @@ def jvp(
     return primal_out, tangent_out
 
 
-def _tangent_leaves(primal: tp.Any, tangent: tp.Any) -> list:
+def _tangent_leaves(primal: object, tangent: object) -> list[object]:
     """Tangent leaves paired with the primal's leaves (a State or Module per graph object)."""
     return jax.tree_util.tree_leaves(
         tangent, is_leaf=lambda x: isinstance(x, core.State) or is_graph_object(x)
@@ -520,7 +519,7 @@ def remat(
     static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         statics = {i: args[i] for i in static_nums}
         dyn = tuple(a for i, a in enumerate(args) if i not in statics)
         entry = boundary.enter(dyn, kwargs)

@@ -13,7 +13,7 @@ from nnxfn import core
 from nnxfn.core.graphdef import GraphDef, Ref, VariableDef
 from nnxfn.core.trees import TreeState
 from nnxfn.core.variable_like import VariableLike
-from nnxfn.transforms.boundary import EntryRecord, ExitStatic, is_graph_object, raw
+from nnxfn.transforms.boundary import EntryRecord, ExitStatic, Path, is_graph_object, raw
 from nnxfn.transforms.common import FilterMap
 
 
@@ -21,7 +21,7 @@ class StateAxes(FilterMap, Mapping):  # type: ignore[misc]  # keys/values/items 
     """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`.
     A read-only Mapping from filters to axes, as in Flax (`get`, `in`)."""
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         axis = self.lookup(path, leaf, default=_UNMATCHED)
         if axis is _UNMATCHED:
             raise ValueError(
@@ -30,7 +30,7 @@ class StateAxes(FilterMap, Mapping):  # type: ignore[misc]  # keys/values/items 
             )
         return axis
 
-    def map_prefix(self, path: tuple, variable: tp.Any) -> tp.Any:
+    def map_prefix(self, path: tuple, variable: object) -> tp.Any:
         """Flax's name for `resolve`: the axis of the leaf at `path`."""
         return self.resolve(path, variable)
 
@@ -45,12 +45,12 @@ _UNMATCHED = object()
 class PathAxes(StateAxes):
     """Per-leaf specs looked up by path in a Module/State of specs (`P()` if absent)."""
 
-    def __init__(self, tree: tp.Any):
+    def __init__(self, tree: object):
         source = tree if isinstance(tree, core.State) else core.state(tree)
         self.mapping = ()
         self._flat = {p: getattr(v, "raw_value", v) for p, v in source.flat_state()}
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         found = self._flat.get(path)
         return PartitionSpec() if found is None else found
 
@@ -68,7 +68,7 @@ class NodePrefix:
     """An axes prefix shaped like a graph object (what `nnx.prefix(model, ...)`
     returns): each leaf's axis is the value at the same path."""
 
-    def __init__(self, node: tp.Any):
+    def __init__(self, node: object):
         self.fn = None
         if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
             state = node.state
@@ -80,7 +80,7 @@ class NodePrefix:
             self.is_ref = False
         self.axes = {path: raw(leaf) for path, leaf in pairs}
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         try:
             return self.axes[path]
         except KeyError:
@@ -98,22 +98,24 @@ class _MissingPrefix(ValueError):
     """A path absent from a reference's (empty) graph-form prefix."""
 
 
-def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
+def wrap_node_prefixes(specs: object) -> tp.Any:
     """`specs` with every graph object in it (a node-shaped prefix) made a `NodePrefix`."""
 
-    def is_prefix(s: tp.Any) -> bool:
+    def is_prefix(s: object) -> bool:
         return is_graph_object(s) or isinstance(s, TreeState)
 
     return jax.tree.map(lambda s: NodePrefix(s) if is_prefix(s) else s, specs, is_leaf=is_prefix)
 
 
-def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
+def resolve(spec: object, path: tuple, leaf: object) -> tp.Any:
     """The spec for one leaf: per-filter maps (`StateAxes`, `StateSharding`) and
     `nnx.prefix` trees are looked up."""
     return spec.resolve(path, leaf) if isinstance(spec, (FilterMap, NodePrefix)) else spec
 
 
-def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
+def leaf_specs(
+    name: str, specs: object, tree: tuple[tuple[object, ...], dict[str, object]], kwargs_spec: object = 0
+) -> list[object]:
     """One spec per leaf of `(args, kwargs)` (graph objects as leaves)."""
     args, kwargs = tree
     _, treedef = jax.tree_util.tree_flatten(args, is_leaf=is_graph_object)
@@ -146,7 +148,7 @@ def exit_axes(
     entry: EntryRecord,
     entry_state_axes: list,
     in_specs: list,
-    out_specs: tp.Any,
+    out_specs: object,
     emitted_leaves: list,
 ) -> tuple[list, list]:
     """Axes for (out arrays, emitted state values) of one exit."""
@@ -174,12 +176,12 @@ def variable_type(d: VariableDef) -> type[VariableLike]:
     return tp.cast("type[VariableLike]", d.type)
 
 
-def variable_templates(graphdef: GraphDef) -> dict[tuple[tp.Any, ...], VariableLike]:
+def variable_templates(graphdef: GraphDef) -> dict[Path, VariableLike]:
     """A value-less Variable of the right type and metadata at the path of every
     Variable leaf of `graphdef`: what filters are resolved against (by type or
     metadata) where only the structure is known."""
-    found: dict[tuple[tp.Any, ...], VariableLike] = {}
-    stack: list[tuple[tp.Any, tuple[tp.Any, ...]]] = [(graphdef.root, ())]
+    found: dict[Path, VariableLike] = {}
+    stack: list[tuple[tp.Any, Path]] = [(graphdef.root, ())]
     while stack:
         d, path = stack.pop()
         if isinstance(d, VariableDef):
@@ -201,7 +203,7 @@ def _has_refs(entry: EntryRecord) -> bool:
     found = entry.static.__dict__.get("_has_refs")
     if found is None:
 
-        def walk(d: tp.Any) -> bool:
+        def walk(d: object) -> bool:
             if isinstance(d, Ref):
                 return True
             return any(walk(c) for _, c in getattr(d, "children", ()))
@@ -241,7 +243,7 @@ def check_shared_leaf_specs(name: str, entry: EntryRecord, specs: list, what: st
                 )
 
 
-def is_tree_prefix(node: tp.Any) -> bool:
+def is_tree_prefix(node: object) -> bool:
     """Whether a graph object is an axes prefix (what `nnx.prefix(obj, ...,
     graph=False)` returns: a copy whose Variables hold axes, not arrays)."""
     import numpy as np
@@ -250,7 +252,7 @@ def is_tree_prefix(node: tp.Any) -> bool:
     return bool(leaves) and not any(isinstance(v, (jax.Array, np.ndarray)) for v in leaves)
 
 
-def check_axes_not_objects(name: str, axes: tp.Any, what: str) -> None:
+def check_axes_not_objects(name: str, axes: object, what: str) -> None:
     """Axes specs are ints, None, `StateAxes` (or `nnx.prefix` results): not
     Modules or Variables."""
     for leaf in jax.tree_util.tree_leaves(axes, is_leaf=is_graph_object):

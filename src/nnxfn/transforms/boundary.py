@@ -25,6 +25,7 @@ import typing as tp
 import weakref
 
 import jax
+from jax.tree_util import PyTreeDef
 
 from nnxfn import core
 from nnxfn.core import caches
@@ -57,12 +58,13 @@ _CACHING = caches.SWITCH  # `EntryCache` is a memo kept on objects: it obeys the
 _SET_RAW = Variable.raw_value.__set__  # type: ignore[misc]  # mypy reads the slot as a class variable
 
 
-def is_graph_object(x: tp.Any) -> bool:
+def is_graph_object(x: object) -> bool:
     """Graph objects (registered node types) and Variables: what the boundary flattens itself."""
     return isinstance(x, VariableLike) or lookup(type(x)) is not None
 
 
-def raw(leaf: tp.Any) -> tp.Any:
+def raw(leaf: object) -> Leaf:
+    """A Variable's raw value; any other leaf itself."""
     return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
 
 
@@ -72,9 +74,9 @@ class EntryStatic:
 
     graphdef: GraphDef  # of the list of graph objects found in args
     paths: tuple[Path, ...]  # one per state leaf, relative to that list
-    treedef: tp.Any  # of (args, kwargs) with graph objects as leaves
+    treedef: PyTreeDef  # of (args, kwargs) with graph objects as leaves
     node_positions: tuple[int, ...]  # where the graph objects sit in the leaves
-    static_leaves: tuple[tuple[int, tp.Any], ...]  # non-array leaves kept static
+    static_leaves: tuple[tuple[int, tp.Hashable], ...]  # non-array leaves kept static
 
     def __hash__(self) -> int:  # cached: jit hashes this on every call
         h: int | None = self.__dict__.get("_hash")
@@ -157,7 +159,7 @@ def enter(args: tuple, kwargs: dict) -> EntryRecord:
     return _enter(leaves, treedef)
 
 
-def _enter(leaves: list, treedef: tp.Any, containers: list | None = None) -> EntryRecord:
+def _enter(leaves: list[object], treedef: PyTreeDef, containers: list | None = None) -> EntryRecord:
     node_positions, nodes, others, static_leaves = [], [], [], []
     for i, leaf in enumerate(leaves):
         if is_graph_object(leaf):
@@ -193,9 +195,9 @@ class Group:
     node: weakref.ref  # the graph node holding it
     key: str  # its attribute name
     start: int  # index of its first state leaf
-    treedef: tp.Any  # JAX treedef of the value
+    treedef: PyTreeDef  # JAX treedef of the value
     arrays: tuple[int, ...]  # positions of the state leaves among its JAX leaves
-    statics: tuple[tuple[int, tp.Any], ...]  # its other JAX leaves (static in the GraphDef)
+    statics: tuple[tuple[int, object], ...]  # its other JAX leaves (static in the GraphDef)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -242,7 +244,7 @@ class EntryCache:
 
     def __init__(self, size: int = 8):
         self.size = size
-        self._entries: dict[tp.Any, CachedView] = {}
+        self._entries: dict[tp.Hashable, CachedView] = {}
         self.lookups_missed = 0
 
     def enter(self, args: tuple, kwargs: dict) -> EntryRecord:
@@ -276,7 +278,9 @@ class EntryCache:
             entry.groups = _read_groups(view)
         return entry
 
-    def _view(self, entry: EntryRecord, found: list, key: tp.Any, epoch: int, hard: int) -> CachedView | None:
+    def _view(
+        self, entry: EntryRecord, found: list, key: tp.Hashable, epoch: int, hard: int
+    ) -> CachedView | None:
         static = entry.static
         if static.static_leaves:
             return None
@@ -292,7 +296,7 @@ class EntryCache:
             return None
         entries = self._entries
 
-        def drop(_: tp.Any) -> None:
+        def drop(_: object) -> None:
             entries.pop(key, None)
 
         try:
@@ -361,7 +365,7 @@ def _find_groups(entry: EntryRecord, static: EntryStatic) -> list[Group] | None:
     return groups
 
 
-def _count_leaves(d: tp.Any) -> int:
+def _count_leaves(d: object) -> int:
     if isinstance(d, (VariableDef, BoxedDef, ArrayDef)):
         return 1
     return sum(_count_leaves(child) for _, child in getattr(d, "children", ()))
@@ -432,7 +436,7 @@ def _revalidate(view: CachedView) -> bool:
 _MISSING = object()
 
 
-def _plain(x: tp.Any) -> bool | None:
+def _plain(x: object) -> bool | None:
     """None for leaves passed to JAX as arrays, False for static leaves."""
     if x is None or is_array(x) or isinstance(x, (int, float, complex, bool)):
         return None
@@ -475,7 +479,7 @@ class ExitStatic:
     graphdef: GraphDef | None  # of (inputs, output objects), when needed for commit
     paths: tuple[Path, ...]  # paths (in `graphdef`) of the emitted leaves
     origins: tuple[tuple[int, int], ...]  # (index in graphdef, index in the entry)
-    out_treedef: tp.Any
+    out_treedef: PyTreeDef
     out_positions: tuple[int, ...]
 
 
@@ -487,7 +491,7 @@ class Left(tp.NamedTuple):
     emitted: list  # the state values that leave: changed inputs, then output objects'
 
 
-def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> Left:
+def leave(inside: Inside, out: object, *, emit_all: tp.Container[int] = ()) -> Left:
     """The exit description, the output's array leaves and the emitted state values.
 
     `emit_all` lists input leaf indices that must be emitted even if
@@ -573,7 +577,9 @@ def commit(entry: EntryRecord, exit: ExitStatic, out_arrays: tp.Sequence, values
     return assemble(exit.out_treedef, exit.out_positions, out_nodes, out_arrays)
 
 
-def assemble(treedef: tp.Any, positions: tp.Sequence[int], nodes: tp.Sequence, others: tp.Sequence) -> tp.Any:
+def assemble(
+    treedef: PyTreeDef, positions: tp.Sequence[int], nodes: tp.Sequence, others: tp.Sequence
+) -> tp.Any:
     """Put graph objects and other leaves back into one pytree."""
     at = dict(zip(positions, nodes))
     it = iter(others)
@@ -617,7 +623,7 @@ def _commit_leaves(entry: EntryRecord, changed: tp.Sequence[int], values: tp.Seq
 
 
 def _rebuild_groups(
-    view: CachedView, entry: EntryRecord, plan: CommitPlan, values: tp.Sequence[tp.Any]
+    view: CachedView, entry: EntryRecord, plan: CommitPlan, values: tp.Sequence[Leaf]
 ) -> None:
     """Write the emitted values into the pure attributes: rebuilt, same structure."""
     assert entry.groups is not None  # an entry of a view with groups has read them

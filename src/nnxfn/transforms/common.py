@@ -10,9 +10,22 @@ import typing as tp
 
 import jax
 
+from nnxfn import core
+from nnxfn.core.filters import Filter
+from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.facade.variables import Param
-from nnxfn.transforms.boundary import EntryRecord, EntryStatic, Inside, Left, is_graph_object, leave, rebuild
+from nnxfn.transforms.boundary import (
+    EntryRecord,
+    EntryStatic,
+    Inside,
+    Leaf,
+    Left,
+    Path,
+    is_graph_object,
+    leave,
+    rebuild,
+)
 
 
 class Static:
@@ -48,6 +61,14 @@ class CarryMarker:
 
 #: Marks the carried argument/output in `nnx.scan`'s `in_axes`/`out_axes` (used as a value).
 Carry = CarryMarker()
+
+
+def variable_like(template: object, value: Leaf) -> Leaf:
+    """`value` in a Variable of `template`'s type and metadata if `template` is a
+    Variable (a gradient shaped like the parameter), else `value` itself."""
+    if isinstance(template, VariableLike):
+        return type(template).from_parts(value, template.metadata_items())
+    return value
 
 
 def check_not_bound(fn: tp.Callable, name: str) -> None:
@@ -142,12 +163,10 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
     """`fn`, checked (while tracing) not to return a Variable it neither received
     nor created: such an object belongs to another trace level."""
 
-    def checked(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def checked(*args: object, **kwargs: object) -> tp.Any:
         out = fn(*args, **kwargs)
         nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_graph_object) if is_graph_object(x)]
         if nodes:
-            from nnxfn import core
-
             frame = context.current_frame()
             _, pairs = core.flatten(nodes, copy=False)
             for path, leaf in pairs:
@@ -171,7 +190,7 @@ class PrefixMapping(abc.ABC):
     the transforms read those three)."""
 
     @abc.abstractmethod
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any: ...
+    def map_prefix(self, path: tuple, variable: object, /) -> tp.Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +198,10 @@ class DiffState(PrefixMapping):
     """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
 
     argnum: int
-    filter: tp.Any = Param
+    filter: Filter = Param
 
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> bool:
+    def map_prefix(self, path: tuple, variable: object, /) -> bool:
         """Whether the leaf at `path` is differentiated."""
-        from nnxfn import core
-
         return core.to_predicate(self.filter)(path, variable)
 
 
@@ -196,9 +213,9 @@ class FilterMap(PrefixMapping):
     from an iterable of `(filter, value)` pairs. Compared by content.
     """
 
-    def __init__(self, mapping: tp.Any, /):
-        from nnxfn import core
-
+    def __init__(
+        self, mapping: core.State | tp.Mapping[Filter, object] | tp.Iterable[tuple[Filter, object]], /
+    ):
         if isinstance(mapping, core.State):
             items = tuple((core.PathIn(p), getattr(v, "raw_value", v)) for p, v in mapping.flat_state())
         elif isinstance(mapping, tp.Mapping):
@@ -208,17 +225,17 @@ class FilterMap(PrefixMapping):
         self.mapping = items
         self._preds = tuple((core.to_predicate(f), v) for f, v in self.mapping)
 
-    def lookup(self, path: tuple, leaf: tp.Any, default: tp.Any = None) -> tp.Any:
+    def lookup(self, path: tuple, leaf: object, default: tp.Any = None) -> tp.Any:
         for pred, value in self._preds:
             if pred(path, leaf):
                 return value
         return default
 
-    def resolve(self, path: tuple[tp.Any, ...], leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: Path, leaf: object) -> tp.Any:
         """The value for the leaf at `path` (None if no filter matches; `StateAxes` raises)."""
         return self.lookup(path, leaf)
 
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any:
+    def map_prefix(self, path: tuple, variable: object, /) -> tp.Any:
         """The value of the first filter matching the leaf at `path` (ValueError if none)."""
         value = self.lookup(path, variable, default=_NO_MATCH)
         if value is _NO_MATCH:
@@ -242,7 +259,7 @@ class FilterMap(PrefixMapping):
     def values(self) -> tuple:
         return tuple(v for _, v in self.mapping)
 
-    def __getitem__(self, flt: tp.Any) -> tp.Any:
+    def __getitem__(self, flt: object) -> tp.Any:
         for f, v in self.mapping:
             if f is flt or f == flt:
                 return v
@@ -282,7 +299,7 @@ class MethodWrapper:
     fn: tp.Callable[..., tp.Any]
     __call__: tp.Callable[..., tp.Any]  # each subclass calls its transformed function
 
-    def __get__(self, obj: tp.Any, objtype: type | None = None) -> tp.Any:
+    def __get__(self, obj: object, objtype: type | None = None) -> tp.Any:
         if obj is None:
             return self
         return functools.partial(self, obj)

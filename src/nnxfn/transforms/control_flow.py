@@ -14,6 +14,7 @@ from __future__ import annotations
 import typing as tp
 
 import jax
+from jax.typing import ArrayLike
 
 from nnxfn.core import treemode as core_tm
 from nnxfn.transforms import boundary
@@ -51,7 +52,7 @@ def _finish(entry: boundary.EntryRecord, cell: dict, out_arrays: list, emitted: 
 
 @lifted(Rules("cond", fns=("true_fun", "false_fun"), operands=("operands",)))
 def cond(
-    pred: tp.Any,
+    pred: ArrayLike,
     true_fun: tp.Callable,
     false_fun: tp.Callable,
     *operands: tp.Any,
@@ -73,7 +74,7 @@ def cond(
 
 @lifted(Rules("switch", fns=("branches",), operands=("operands",)))
 def switch(
-    index: tp.Any,
+    index: ArrayLike,
     branches: tp.Sequence[tp.Callable],
     *operands: tp.Any,
     graph: bool | None = None,
@@ -90,8 +91,8 @@ def switch(
 def _loop_step(entry: boundary.EntryRecord, fn: tp.Callable, name: str) -> tp.Callable:
     """(values, others) -> (values, others) for a body `val -> val`."""
 
-    def step(values: list, others: list, *extra: tp.Any) -> tuple:
-        def call(*args: tp.Any) -> tp.Any:
+    def step(values: list, others: list, *extra: object) -> tuple:
+        def call(*args: object) -> tp.Any:
             return fn(*extra, args[0]) if extra else fn(args[0])
 
         (exit_static, out_arrays, emitted), out = run_inside_with_output(

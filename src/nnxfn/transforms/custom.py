@@ -51,6 +51,7 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
     to_positional,
+    variable_like,
 )
 from nnxfn.transforms.treemode import Rules, Structure, lifted
 
@@ -394,7 +395,7 @@ def _state_cotangent(
     pairs = []
     for i, (owner, path) in enumerate(zip(state_owner, entry.static.paths)):
         if owner == argnum:
-            pairs.append((path[1:], _like(entry.live[i], state_g[i])))
+            pairs.append((path[1:], variable_like(entry.live[i], state_g[i])))
     if isinstance(arg, VariableLike):
         return pairs[0][1] if pairs else None
     return core.State.from_flat_path(pairs)
@@ -427,7 +428,11 @@ def _updates_cotangent(
     wrote, that Variable's cotangent (same type and metadata), and None elsewhere."""
     if not boundary.is_graph_object(arg):
         return None
-    cts = {id(entry.live[i]): _like(entry.live[i], state_g[i]) for i in updated if state_owner[i] == argnum}
+    cts = {
+        id(entry.live[i]): variable_like(entry.live[i], state_g[i])
+        for i in updated
+        if state_owner[i] == argnum
+    }
     if isinstance(arg, VariableLike):
         return cts.get(id(arg))
     is_var = lambda x: isinstance(x, VariableLike)  # noqa: E731
@@ -467,12 +472,6 @@ def _is_static(x: object) -> bool:
         not boundary.is_graph_object(leaf) and not is_array(leaf)
         for leaf in jax.tree_util.tree_leaves(x, is_leaf=boundary.is_graph_object)
     )
-
-
-def _like(template: object, value: Leaf) -> Leaf:
-    if isinstance(template, VariableLike):
-        return type(template).from_parts(value, template.metadata_items())
-    return value
 
 
 def _with_changed(exit_static: boundary.ExitStatic, changed: tuple, paths: tuple) -> boundary.ExitStatic:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import typing as tp
 
 import jax
+from jax.sharding import Sharding
 
-from nnxfn.facade import varmodes
+from nnxfn.facade import spmd as spmd_facade, varmodes
 from nnxfn.transforms import boundary, retrace
 from nnxfn.transforms.boundary import Leaf
+from nnxfn.transforms.misc import eval_shape
 from nnxfn.transforms.common import (
     MethodWrapper,
     Static,
@@ -251,8 +254,6 @@ class JitWrapped(MethodWrapper):
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """The output's shapes and dtypes (`nnx.eval_shape`); the arguments are not updated."""
-        from nnxfn.transforms.misc import eval_shape
-
         return eval_shape(self.fn, *args, **kwargs)
 
 
@@ -303,10 +304,6 @@ def _constrain_by_path(
 ) -> list:
     """After a structural change, leaves still at an input leaf's path keep its
     in_sharding (also when the Variable was replaced, e.g. `m.kernel = array`)."""
-    from jax.sharding import Sharding
-
-    from nnxfn.facade import spmd as spmd_facade
-
     by_path = {(0,) + p: s for p, s in zip(paths, shardings) if isinstance(s, Sharding)}
     out = list(emitted)
     for j, path in enumerate(exit_static.paths):
@@ -467,8 +464,6 @@ def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
     """Names of the positional parameters of `fn` at `positions`."""
     if not positions:
         return ()
-    import inspect
-
     try:
         params = [
             p
@@ -488,8 +483,6 @@ def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:
     """Positions of the named parameters of `fn` (so names also donate positional args)."""
     if not names:
         return ()
-    import inspect
-
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):

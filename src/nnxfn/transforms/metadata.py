@@ -44,7 +44,7 @@ def transform_metadata(
     sig = signature_of(f)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         # keyword arguments take the in_axes entry of their position, as in Flax
         args, kwargs = to_positional(sig, args, kwargs, _NAME)
         entry = boundary.enter(args, kwargs)

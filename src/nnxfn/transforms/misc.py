@@ -69,7 +69,7 @@ def eval_shape(
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
-def _shard_abstract(nodes: tp.Any) -> None:
+def _shard_abstract(nodes: object) -> None:
     """Give each abstract Variable in `nodes` (fresh objects) without a sharding
     the `NamedSharding` its annotation gives on its `mesh` metadata or the
     current mesh (`P()` without an annotation); nothing without a mesh."""
@@ -110,7 +110,7 @@ def make_jaxpr(
     statics = as_tuple(static_argnums)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         fixed = {i: args[i] for i in statics if i < len(args)}
         dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
         entry = boundary.enter(dyn, kwargs)
@@ -140,7 +140,7 @@ def checkify(
     check_not_bound(f, "nnx.checkify")
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         cell: dict = {}
         inner = body_fn(f, entry.static, "nnx.checkify", cell)
@@ -156,8 +156,8 @@ def shard_map(
     f: tp.Callable | None = None,
     *,
     mesh: tp.Any,
-    in_specs: tp.Any,
-    out_specs: tp.Any,
+    in_specs: object,
+    out_specs: object,
     axis_names: tp.AbstractSet[tp.Hashable] = frozenset(),
     check_vma: bool = True,
     graph: bool | None = None,
@@ -175,11 +175,11 @@ def shard_map(
     check_not_bound(f, "nnx.shard_map")
     from jax.sharding import PartitionSpec
 
-    def is_spec(x: tp.Any) -> bool:
+    def is_spec(x: object) -> bool:
         return isinstance(x, PartitionSpec)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(
             "nnx.shard_map",
@@ -225,7 +225,7 @@ def shard_map(
     return wrapper
 
 
-def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.Any:
+def _wrap_arg_specs(in_specs: object, args: tuple, is_spec: tp.Callable) -> tp.Any:
     """`_wrap_specs`, except that a State of specs given for a State argument is
     matched leaf by leaf (both are the same pytree)."""
     from nnxfn import core
@@ -240,34 +240,34 @@ def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.A
     )
 
 
-def _named(mesh: jax.sharding.Mesh, spec: tp.Any) -> tp.Any:
+def _named(mesh: jax.sharding.Mesh, spec: object) -> tp.Any:
     return jax.sharding.NamedSharding(mesh, spec) if isinstance(spec, jax.sharding.PartitionSpec) else None
 
 
 class _Spec:
     """Wraps a PartitionSpec (a tuple subclass) so axis flattening treats it as a leaf."""
 
-    def __init__(self, spec: tp.Any):
+    def __init__(self, spec: object):
         self.spec = spec
 
 
-def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
+def _wrap_specs(specs: object, is_spec: tp.Callable) -> tp.Any:
     # trees of specs: e.g. nnx.get_partition_spec(model), or the graph form of
     # `nnx.prefix(obj, {filter: spec})` (a TreeState)
-    def wrap(s: tp.Any) -> tp.Any:
+    def wrap(s: object) -> tp.Any:
         if isinstance(s, TreeState):
             s = s.state
         if is_spec(s):
             return _Spec(s)
         return _Spec(PathAxes(s)) if is_spec_tree(s) else s
 
-    def is_leaf(s: tp.Any) -> bool:
+    def is_leaf(s: object) -> bool:
         return is_spec(s) or is_spec_tree(s) or isinstance(s, TreeState)
 
     return jax.tree_util.tree_map(wrap, specs, is_leaf=is_leaf)
 
 
-def _unwrap(s: tp.Any) -> tp.Any:
+def _unwrap(s: object) -> tp.Any:
     if isinstance(s, _Spec):
         return s.spec
     if hasattr(s, "mapping") and hasattr(s, "resolve"):  # StateAxes of specs

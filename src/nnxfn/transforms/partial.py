@@ -55,7 +55,7 @@ class JitPartial(MethodWrapper):
     def out_shardings(self) -> tp.Any:
         return self.jitted.out_shardings
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         return self.jitted(*self.partial_args, *args, **kwargs)
 
     def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
@@ -66,7 +66,7 @@ class JitPartial(MethodWrapper):
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
         return self.jitted.trace(*self.partial_args, *args, **kwargs).with_partial_args(self.partial_args)
 
-    def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def eval_shape(self, *args: object, **kwargs: object) -> tp.Any:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
 
 
@@ -133,7 +133,7 @@ def cached_partial(
     return functools.partial(f, *cached_args)
 
 
-def _leaves(tree: tp.Any) -> list:
+def _leaves(tree: object) -> list:
     import jax
 
     return jax.tree_util.tree_leaves(tree, is_leaf=is_graph_object)

@@ -67,7 +67,7 @@ def retrace_warnings_enabled() -> bool:
 
 
 # -- describing one trace's inputs ----------------------------------------------------------------
-def _aval(x: tp.Any) -> str:
+def _aval(x: object) -> str:
     if x is None:
         return "None"
     aval = getattr(x, "aval", None)

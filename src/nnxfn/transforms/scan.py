@@ -33,7 +33,7 @@ from jax.api_util import flatten_axes
 
 from nnxfn.core import caches, errors
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.boundary import Leaf
+from nnxfn.transforms.boundary import Leaf, Path
 from nnxfn.transforms.axes import (
     StateAxes,
     check_axes_not_objects,
@@ -67,13 +67,17 @@ class _BroadcastWritten(Exception):
         self.indices = indices
 
 
+#: what one value leaving the body becomes: ('carry', slot), ('ys', axis) or ('keep', index)
+Role = tuple[str, int]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """What each value leaving the body becomes (decided while tracing)."""
 
     exit: boundary.ExitStatic
-    emitted: tuple[tuple[str, tp.Any], ...]  # per emitted value: ('carry', slot) | ('ys', axis) | ('keep', i)
-    out: tuple[tuple[str, tp.Any], ...]  # per output array: ('carry', slot) | ('ys', axis)
+    emitted: tuple[Role, ...]  # per emitted value: ('carry', slot) | ('ys', axis) | ('keep', i)
+    out: tuple[Role, ...]  # per output array: ('carry', slot) | ('ys', axis)
 
 
 class _Layout(tp.NamedTuple):
@@ -112,10 +116,10 @@ class _Scanned(MethodWrapper):
         self._sig = signature_of(fn)
         # Memos kept on this object across calls (off with `NNXFN_CACHE=0`): the jitted
         # scan per argument structure, and the broadcast leaves learned to be written.
-        self._cache: dict[tp.Any, tp.Callable[..., tp.Any]] = {}
-        self._carried_broadcast: dict[tp.Any, frozenset[int]] = {}
+        self._cache: dict[tp.Hashable, tp.Callable[..., tp.Any]] = {}
+        self._carried_broadcast: dict[tp.Hashable, frozenset[int]] = {}
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         args, kwargs = to_positional(self._sig, args, kwargs, "nnx.scan")
         if kwargs:
             raise TypeError(
@@ -315,7 +319,7 @@ def _plan(
     return _Plan(exit_static, tuple(roles), _output_roles(exit_static, out_flat))
 
 
-def _input_role(state_axes: list, slot: dict[int, int], i: int, written: bool) -> tuple[str, tp.Any]:
+def _input_role(state_axes: list[object], slot: dict[int, int], i: int, written: bool) -> Role:
     """What input state leaf `i` becomes: carried, stacked as ys, or kept (not emitted)."""
     axis = state_axes[i]
     if i in slot:
@@ -324,6 +328,7 @@ def _input_role(state_axes: list, slot: dict[int, int], i: int, written: bool) -
         if written:
             raise _BroadcastWritten({i})
         return ("keep", i)
+    assert _is_int(axis)  # neither carried nor broadcast: scanned (`_check_in_axis`)
     return ("ys", axis) if written else ("keep", i)
 
 
@@ -334,7 +339,7 @@ def _created_paths(
     paths: tuple,
     state_axes: list,
     slot: dict[int, int],
-) -> tuple[tuple[tp.Any, ...], ...]:
+) -> tuple[Path, ...]:
     """Paths of the leaves the body created; raises `_BroadcastWritten` if it wrote
     broadcast state, and a ValueError if it removed carried state."""
     if exit_static.changed is not None:
@@ -371,16 +376,16 @@ def _created_paths(
 
 def _created_roles(
     exit_static: boundary.ExitStatic,
-    new_paths: tp.Sequence[tuple[tp.Any, ...]],
+    new_paths: tp.Sequence[Path],
     node_specs: list,
     node_out_axes: list,
-) -> dict[tuple[tp.Any, ...], tuple[str, tp.Any]]:
+) -> dict[Path, Role]:
     """The leaves the body created leave stacked: their int axis, by path."""
     if not new_paths:
         return {}
     assert exit_static.graphdef is not None  # leaves were created: the structure is described
     templates = variable_templates(exit_static.graphdef)
-    roles: dict[tuple[tp.Any, ...], tuple[str, tp.Any]] = {}
+    roles: dict[Path, Role] = {}
     for path in new_paths:
         spec = node_specs[path[1]] if path[0] == 0 else node_out_axes[path[1]]
         axis = resolve(spec, path[2:], templates.get(path))
@@ -396,10 +401,10 @@ def _created_roles(
     return roles
 
 
-def _output_roles(exit_static: boundary.ExitStatic, out_flat: list) -> tuple[tuple[str, tp.Any], ...]:
+def _output_roles(exit_static: boundary.ExitStatic, out_flat: list[object]) -> tuple[Role, ...]:
     """What each output array becomes: ('carry', slot) or ('ys', axis)."""
     positions = set(exit_static.out_positions)
-    roles: list[tuple[str, tp.Any]] = []
+    roles: list[Role] = []
     carry_count = 0
     for a in (a for i, a in enumerate(out_flat) if i not in positions):
         if a is Carry:
@@ -431,7 +436,7 @@ def _check_carried_outputs(exit_static: boundary.ExitStatic, node_out_axes: list
             )
 
 
-def _is_int(axis: tp.Any) -> bool:
+def _is_int(axis: object) -> tp.TypeGuard[int]:
     return isinstance(axis, int) and not isinstance(axis, bool)
 
 
@@ -439,7 +444,7 @@ def _axis_key(axis: tp.Any) -> tp.Any:
     return "carry" if axis is Carry else axis
 
 
-def _check_in_axis(axis: tp.Any, path: tuple) -> None:
+def _check_in_axis(axis: object, path: Path) -> None:
     if axis is not None and axis is not Carry and not _is_int(axis):
         raise ValueError(
             f"nnx.scan: in_axes gives {errors.path_str(path[1:], 'arg')} the axis {axis!r}; "
@@ -447,12 +452,12 @@ def _check_in_axis(axis: tp.Any, path: tuple) -> None:
         )
 
 
-def _validate_axes(in_axes: tp.Any, out_axes: tp.Any) -> None:
+def _validate_axes(in_axes: object, out_axes: object) -> None:
     """Flax's rules: one top-level Carry in each of in_axes/out_axes, or in neither;
     no None (broadcast) in out_axes."""
     is_leaf = lambda x: x is None or x is Carry or isinstance(x, StateAxes)  # noqa: E731
 
-    def carries(axes: tp.Any, name: str) -> int:
+    def carries(axes: object, name: str) -> int:
         count = 0
         for path, leaf in jax.tree_util.tree_leaves_with_path(axes, is_leaf=is_leaf):
             if leaf is Carry:

@@ -38,23 +38,23 @@ class StateSharding(FilterMap):
 class PathSharding(StateSharding):
     """Shardings looked up by path: made from a Module or State of shardings."""
 
-    def __init__(self, tree: tp.Any):
+    def __init__(self, tree: object):
         source = tree if isinstance(tree, core.State) else core.state(tree)
         self.mapping = ()
         self._flat = {p: _unbox(s) for p, s in source.flat_state()}
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         return self._flat.get(path)
 
     def __repr__(self) -> str:
         return f"PathSharding({len(self._flat)} leaves)"
 
 
-def _unbox(x: tp.Any) -> tp.Any:
+def _unbox(x: object) -> tp.Any:
     return x.raw_value if hasattr(x, "raw_value") else x
 
 
-def normalize_sharding_spec(spec: tp.Any) -> tp.Any:
+def normalize_sharding_spec(spec: object) -> tp.Any:
     """Module/State trees of shardings inside an in/out_shardings spec -> PathSharding
     (also `nnx.prefix(model, {...: sharding})` results, GraphDef + State of shardings)."""
     if isinstance(spec, TreeState):
@@ -67,14 +67,14 @@ def normalize_sharding_spec(spec: tp.Any) -> tp.Any:
     return spec
 
 
-def spec_for_arg(spec: tp.Any, arg: int | str) -> tp.Any:
+def spec_for_arg(spec: object, arg: int | str) -> tp.Any:
     if isinstance(spec, (tuple, list)):  # one entry per positional argument
         return spec[arg] if isinstance(arg, int) and 0 <= arg < len(spec) else None
     return spec
 
 
 def resolve_in_shardings(
-    spec: tp.Any,
+    spec: object,
     entry: EntryRecord,
     state_owner: list[int],
     other_owner: list[int],
@@ -92,11 +92,11 @@ def resolve_in_shardings(
     return (kept, donated, others)
 
 
-def _simple(spec: tp.Any) -> bool:
+def _simple(spec: object) -> bool:
     return spec is None or isinstance(spec, (Sharding, PartitionSpec))
 
 
-def resolve_out_shardings(spec: tp.Any) -> tp.Any:
+def resolve_out_shardings(spec: object) -> tp.Any:
     """Shardings for (exit static, user outputs, emitted state): only user outputs,
     when `spec` is one sharding; structured specs are applied inside the trace."""
     return (None, spec, None) if spec is not None and _simple(spec) else None
@@ -105,11 +105,11 @@ def resolve_out_shardings(spec: tp.Any) -> tp.Any:
 class _Leaf:
     """Hides a spec entry from pytree flattening (PartitionSpec, StateSharding, ...)."""
 
-    def __init__(self, value: tp.Any):
+    def __init__(self, value: object):
         self.value = value
 
 
-def constrain_outputs(spec: tp.Any, exit: ExitStatic, out_arrays: list, emitted: list) -> tuple[list, list]:
+def constrain_outputs(spec: object, exit: ExitStatic, out_arrays: list, emitted: list) -> tuple[list, list]:
     """Inside the jitted body: lay out the user outputs and the leaves of returned
     modules as `spec` says (modules that were arguments keep their own layout)."""
     if spec is None:

@@ -24,10 +24,9 @@ from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import spmd
 from nnxfn.facade.variables import _freeze
 from nnxfn.transforms.axes import variable_type
-from nnxfn.transforms.boundary import EntryRecord, EntryStatic, ExitStatic
+from nnxfn.transforms.boundary import EntryRecord, EntryStatic, ExitStatic, Path
 from nnxfn.transforms.misc import eval_shape
 
-Path = tuple[tp.Any, ...]
 A = tp.TypeVar("A")
 PARTITION_NAME = spmd.PARTITION_NAME
 
@@ -36,7 +35,7 @@ PARTITION_NAME = spmd.PARTITION_NAME
 def map_variable_defs(graphdef: GraphDef, fn: tp.Callable[[Path, VariableDef], VariableDef]) -> GraphDef:
     """A GraphDef with every VariableDef (at the path of its leaf) replaced by `fn`'s."""
 
-    def walk(d: tp.Any, path: Path) -> tp.Any:
+    def walk(d: object, path: Path) -> tp.Any:
         if isinstance(d, VariableDef):
             return fn(path, d)
         if isinstance(d, NodeDef):
@@ -66,7 +65,7 @@ def variable_defs(graphdef: GraphDef) -> dict[Path, VariableDef]:
 
 
 # -- one annotation -------------------------------------------------------------------
-def _rebuild(spec: tp.Any, entries: list) -> tp.Any:
+def _rebuild(spec: object, entries: list) -> tp.Any:
     return PartitionSpec(*entries) if isinstance(spec, PartitionSpec) else tuple(entries)
 
 
@@ -280,7 +279,7 @@ def as_abstract(tree: A, graph: bool | None = None) -> A:
     from nnxfn.core import recursive_map
     from nnxfn.facade.variables import Variable
 
-    def add_sharding(path: Path, x: tp.Any) -> tp.Any:
+    def add_sharding(path: Path, x: object) -> tp.Any:
         if not isinstance(x, Variable):
             return x
         value = x.raw_value
@@ -318,7 +317,7 @@ def _no_mesh_for_abstract(path: Path) -> str:
 
 
 # -- error messages -----------------------------------------------------------------------
-def _missing_axis(name: str, where: str, key: str, spec: tp.Any, index: int, value: tp.Any) -> str:
+def _missing_axis(name: str, where: str, key: str, spec: object, index: int, value: object) -> str:
     return (
         f"{name}: {where} is mapped along axis {index}, so transform_metadata expects its "
         f"annotation {key}={spec!r} to hold {value!r} at position {index}, but it does not. "

@@ -16,7 +16,9 @@ import typing as tp
 
 import jax
 
+from nnxfn.core import errors
 from nnxfn.transforms import boundary, spmd
+from nnxfn.transforms.boundary import Path
 from nnxfn.transforms.axes import (
     check_axes_not_objects,
     check_shared_leaf_specs,
@@ -44,7 +46,7 @@ class _Mapped(MethodWrapper):
     transform_metadata: tp.Mapping | None = None  # e.g. {nnx.PARTITION_NAME: 'layers'}
 
     def __init__(
-        self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str, make: tp.Callable, options: dict
+        self, fn: tp.Callable, in_axes: object, out_axes: object, name: str, make: tp.Callable, options: dict
     ):
         check_not_bound(fn, name)
         check_axes_not_objects(name, in_axes, "in_axes")
@@ -54,7 +56,7 @@ class _Mapped(MethodWrapper):
         self.name, self.make, self.options = name, make, options
         self._sig = signature_of(fn)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         args, kwargs = to_positional(self._sig, args, kwargs, self.name)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
@@ -100,8 +102,6 @@ def _broadcast_write(
     jax_msg: str,
 ) -> str:
     """The message for state of a broadcast (axis None) argument written with a batched value."""
-    from nnxfn.core import errors
-
     owners = arg_of_leaves(args, kwargs)
     node_arg = [owners[p] for p in entry.static.node_positions]
 
@@ -113,7 +113,7 @@ def _broadcast_write(
         i = node_arg[path[0]]
         return (f"args[{i}]" if i >= 0 else "kwargs") + "".join(f"[{k!r}]" for k in path[1:])
 
-    paths: list[tuple[tp.Any, ...] | None]
+    paths: list[Path | None]
     if exit_static.graphdef is None:
         paths = [entry.static.paths[i] for i in exit_static.changed or ()]
     else:
@@ -173,16 +173,10 @@ def _check_returned_inputs(
                 raise ValueError(
                     f"{name}: Inconsistent aliasing detected: output {k} is an input object, "
                     f"so its {type(leaf).__name__} at "
-                    f"{core_errors().path_str(path[1:], 'arg')} would be a Duplicate "
+                    f"{errors.path_str(path[1:], 'arg')} would be a Duplicate "
                     f"{type(leaf).__name__} with two layouts: in_axes {a!r} but out_axes {b!r}. "
                     "Give it the same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
                 )
-
-
-def core_errors() -> tp.Any:
-    from nnxfn.core import errors
-
-    return errors
 
 
 def _vmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: dict) -> tp.Callable:
@@ -267,7 +261,7 @@ def _with_static_args(mapped: _Mapped, statics: tuple[int, ...]) -> tp.Callable:
     fn, in_axes = mapped.fn, mapped.in_axes
 
     @functools.wraps(fn)
-    def call(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def call(*args: object, **kwargs: object) -> tp.Any:
         fixed = {i: args[i] for i in statics if i < len(args)}
         dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
 
