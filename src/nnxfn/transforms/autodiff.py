@@ -25,31 +25,36 @@ from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.transforms import boundary
-from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.boundary import Leaf, is_graph_object
 from nnxfn.transforms.common import (
     DiffState as DiffState,
     MethodWrapper,
     arg_of_leaves,
     body_fn,
     check_not_bound,
+    variable_like,
     leaf_args,
-    run_inside,
+    run_inside_with_output,
 )
 from nnxfn.transforms.custom import CustomVjp as CustomVjp, custom_vjp as custom_vjp  # Flax's layout
 from nnxfn.transforms.treemode import Rules, lifted
 
 
-def _diff_specs(argnums: int | DiffState | tp.Sequence[int | DiffState]) -> tuple[DiffState, ...]:
+#: `argnums` of grad-like transforms: argument numbers, or `DiffState(argnum, filter)`s
+DiffSpecs = int | DiffState | tp.Sequence[int | DiffState]
+
+
+def _diff_specs(argnums: DiffSpecs) -> tuple[DiffState, ...]:
     items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
     return tuple(a if isinstance(a, DiffState) else DiffState(a) for a in items)
 
 
-def _check_argnums(argnums: tp.Any, name: str) -> None:
+def _check_argnums(argnums: object, name: str) -> None:
     items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
     for a in items:
         if isinstance(a, DiffState) or (isinstance(a, int) and not isinstance(a, bool)):
             continue
-        if is_node(a):
+        if is_graph_object(a):
             raise ValueError(
                 f"{name}: Graph nodes are not allowed as prefixes: argnums holds a "
                 f"{type(a).__name__}. Use an int, or `nnx.DiffState(argnum, filter)` to pick "
@@ -59,7 +64,7 @@ def _check_argnums(argnums: tp.Any, name: str) -> None:
 
 
 class _Selection:
-    """Which state/other leaves of an Entry are differentiated, per argument.
+    """Which state/other leaves of an EntryRecord are differentiated, per argument.
 
     tree: Flax's tree mode / `graph_updates=False`, where a differentiated
     argument is a plain pytree: every one of its leaves is differentiated
@@ -67,7 +72,7 @@ class _Selection:
 
     def __init__(
         self,
-        entry: boundary.Entry,
+        entry: boundary.EntryRecord,
         args: tuple,
         kwargs: dict,
         specs: tuple[DiffState, ...],
@@ -112,12 +117,12 @@ class _Selection:
         seen: set[int] = set()
         for spec in self.specs:
             arg = self.args[spec.argnum]
-            leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+            leaves, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_graph_object)
             node_ids: dict[int, int] = {}
             for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
                 node_ids.setdefault(id(n), k)
             other_iter = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
-            new_leaves = []
+            new_leaves: list[Leaf] = []  # a State, Variable or None per leaf
             for leaf in leaves:
                 if isinstance(leaf, VariableLike):  # a bare Variable argument: its gradient
                     k = node_ids[id(leaf)]  # is a Variable of the same type
@@ -125,15 +130,15 @@ class _Selection:
                     if i is None or id(leaf) in seen:  # seen before: its gradient is there
                         new_leaves.append(core.State({}))
                     else:
-                        new_leaves.append(_like(e.live[i], by_state[i]) if i in by_state else None)
+                        new_leaves.append(variable_like(e.live[i], by_state[i]) if i in by_state else None)
                     seen.add(id(leaf))
-                elif is_node(leaf) and id(leaf) in seen:  # its gradient is at its first place
+                elif is_graph_object(leaf) and id(leaf) in seen:  # its gradient is at its first place
                     new_leaves.append(core.State({}))
-                elif is_node(leaf):
+                elif is_graph_object(leaf):
                     seen.add(id(leaf))
                     k = node_ids[id(leaf)]
                     pairs = [
-                        (e.static.paths[i][1:], _like(e.live[i], by_state[i]))
+                        (e.static.paths[i][1:], variable_like(e.live[i], by_state[i]))
                         for i in range(len(e.live))
                         if e.static.paths[i][0] == k and i in by_state
                     ]
@@ -161,11 +166,11 @@ class _Selection:
         by_other = dict(zip(self.other, other_vals))
         out = []
         for spec in self.specs:
-            leaves, treedef = jax.tree_util.tree_flatten(self.args[spec.argnum], is_leaf=is_node)
+            leaves, treedef = jax.tree_util.tree_flatten(self.args[spec.argnum], is_leaf=is_graph_object)
             others = iter(i for i, o in enumerate(self.other_owner) if o == spec.argnum)
             new_leaves = []
             for leaf in leaves:
-                if is_node(leaf):
+                if is_graph_object(leaf):
                     new_leaves.append(made[first[id(leaf)]])
                 elif boundary._plain(leaf) is None:
                     new_leaves.append(by_other.get(next(others)))
@@ -187,13 +192,13 @@ class _Selection:
     def _where(self, i: int) -> str:
         """`args[0].count`: where state leaf `i` sits in the call's arguments."""
         path = self.entry.static.paths[i]
-        pairs, _ = jax.tree_util.tree_flatten_with_path((self.args, self.kwargs), is_leaf=is_node)
+        pairs, _ = jax.tree_util.tree_flatten_with_path((self.args, self.kwargs), is_leaf=is_graph_object)
         keypath = pairs[self.entry.static.node_positions[path[0]]][0]
         root = ("args" if keypath[0].idx == 0 else "kwargs") + jax.tree_util.keystr(keypath[1:])
         return core.errors.path_str(path[1:], root)
 
 
-def _int_leaf(name: str, where: str, dtype: tp.Any) -> str:
+def _int_leaf(name: str, where: str, dtype: object) -> str:
     return (
         f"{name} with graph=False or graph_updates=False: cannot differentiate {where} "
         f"(dtype {dtype}). In these modes a Module argument is a plain pytree, so every "
@@ -208,13 +213,7 @@ def _int_leaf(name: str, where: str, dtype: tp.Any) -> str:
     )
 
 
-def _like(template: tp.Any, value: tp.Any) -> tp.Any:
-    if isinstance(template, VariableLike):
-        return type(template).from_parts(value, template.metadata_items())
-    return value
-
-
-def _single(specs_given: tp.Any, results: list) -> tp.Any:
+def _single(specs_given: DiffSpecs, results: list[object]) -> object:
     return results[0] if not isinstance(specs_given, (tuple, list)) else tuple(results)
 
 
@@ -225,8 +224,8 @@ def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell
 
     def inner(state_vals: list, other_vals: list) -> tuple:
         values, others = sel.substitute(state_vals, other_vals)
-        exit_static, out_arrays, emitted, out = run_inside(
-            f, entry.static, values, others, name, with_output=True
+        (exit_static, out_arrays, emitted), out = run_inside_with_output(
+            f, entry.static, values, others, name
         )
         cell["exit"] = exit_static
         return (out[0] if has_aux else out), (out_arrays, emitted)
@@ -235,10 +234,13 @@ def _primal_fn(f: tp.Callable, sel: "_Selection", has_aux: bool, name: str, cell
 
 
 class _GradWrapped(MethodWrapper):
+    """`nnx.grad(f)` / `nnx.value_and_grad(f)` (`return_value`): call it like `f`."""
+
     def __init__(
         self,
         fn: tp.Callable,
-        argnums: tp.Any,
+        *,
+        argnums: DiffSpecs,
         has_aux: bool,
         holomorphic: bool,
         allow_int: bool,
@@ -253,7 +255,7 @@ class _GradWrapped(MethodWrapper):
         self.holomorphic, self.allow_int = holomorphic, allow_int
         self.return_value, self.name, self.tree = return_value, name, tree
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         sel = _Selection(entry, args, kwargs, _diff_specs(self.argnums), self.tree)
         if self.tree:
@@ -278,7 +280,7 @@ class _GradWrapped(MethodWrapper):
 @lifted(Rules("value_and_grad", prefixes=("argnums",), diff="argnums"))
 def value_and_grad(
     f: tp.Callable | None = None,
-    argnums: tp.Any = 0,
+    argnums: DiffSpecs = 0,
     has_aux: bool = False,
     *,
     holomorphic: bool = False,
@@ -307,13 +309,22 @@ def value_and_grad(
             graph_updates=graph_updates,
         )
     tree = core_tm.skips_graph_updates(graph, graph_updates)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, True, "nnx.value_and_grad", tree)
+    return _GradWrapped(
+        f,
+        argnums=argnums,
+        has_aux=has_aux,
+        holomorphic=holomorphic,
+        allow_int=allow_int,
+        return_value=True,
+        name="nnx.value_and_grad",
+        tree=tree,
+    )
 
 
 @lifted(Rules("grad", prefixes=("argnums",), diff="argnums"))
 def grad(
     f: tp.Callable | None = None,
-    argnums: tp.Any = 0,
+    argnums: DiffSpecs = 0,
     has_aux: bool = False,
     *,
     holomorphic: bool = False,
@@ -335,7 +346,16 @@ def grad(
             graph_updates=graph_updates,
         )
     tree = core_tm.skips_graph_updates(graph, graph_updates)
-    return _GradWrapped(f, argnums, has_aux, holomorphic, allow_int, False, "nnx.grad", tree)
+    return _GradWrapped(
+        f,
+        argnums=argnums,
+        has_aux=has_aux,
+        holomorphic=holomorphic,
+        allow_int=allow_int,
+        return_value=False,
+        name="nnx.grad",
+        tree=tree,
+    )
 
 
 def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None:
@@ -349,7 +369,7 @@ def _check_reduce_axes(reduce_axes: tp.Sequence[tp.Hashable], name: str) -> None
 @lifted(Rules("vjp", operands=("primals",)))
 def vjp(
     f: tp.Callable | None = None,
-    *primals: tp.Any,
+    *primals: object,
     has_aux: bool = False,
     reduce_axes: tp.Sequence[tp.Hashable] = (),
     graph: bool | None = None,
@@ -361,11 +381,9 @@ def vjp(
     for a Module), as in Flax.
     Without primals (or without `f`) returns a partial waiting for them."""
     _check_reduce_axes(reduce_axes, "nnx.vjp")
-    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
-    if f is None:
-        return functools.partial(vjp, **flags)
-    if not primals:
-        return functools.partial(vjp, f, **flags)
+    if f is None or not primals:
+        bound = () if f is None else (f,)
+        return functools.partial(vjp, *bound, has_aux=has_aux, graph=graph, graph_updates=graph_updates)
     check_not_bound(f, "nnx.vjp")
     entry = boundary.enter(primals, {})
     tree = core_tm.skips_graph_updates(graph, graph_updates)
@@ -377,7 +395,7 @@ def vjp(
     primal_out, pullback, (out_arrays, emitted) = jax.vjp(inner, *sel.primals(), has_aux=True)
     out = boundary.commit(entry, cell["exit"], out_arrays, emitted)
 
-    def vjp_fn(cotangent: tp.Any) -> tuple:
+    def vjp_fn(cotangent: object) -> tuple[object, ...]:
         g_state, g_other = pullback(cotangent)
         return tuple(sel.structure(g_state, g_other))
 
@@ -401,11 +419,9 @@ def jvp(
     primal has a tangent, given shaped like the primal (e.g. `jax.tree.map(
     jnp.zeros_like, model)`), as in Flax.
     Without primals/tangents (or without `f`) returns a partial waiting for them."""
-    flags = {"has_aux": has_aux, "graph": graph, "graph_updates": graph_updates}
-    if f is None:
-        return functools.partial(jvp, **flags)
-    if primals is None or tangents is None:
-        return functools.partial(jvp, f, **flags)
+    if f is None or primals is None or tangents is None:
+        bound = () if f is None else (f,)
+        return functools.partial(jvp, *bound, has_aux=has_aux, graph=graph, graph_updates=graph_updates)
     check_not_bound(f, "nnx.jvp")
     primals = tuple(primals)
     entry = boundary.enter(primals, {})
@@ -426,19 +442,21 @@ def jvp(
     return primal_out, tangent_out
 
 
-def _tangent_leaves(primal: tp.Any, tangent: tp.Any) -> list:
+def _tangent_leaves(primal: object, tangent: object) -> list[object]:
     """Tangent leaves paired with the primal's leaves (a State or Module per graph object)."""
-    return jax.tree_util.tree_leaves(tangent, is_leaf=lambda x: isinstance(x, core.State) or is_node(x))
+    return jax.tree_util.tree_leaves(
+        tangent, is_leaf=lambda x: isinstance(x, core.State) or is_graph_object(x)
+    )
 
 
 def _tangent_others(sel: _Selection, tangents: tp.Sequence) -> list:
     """Tangents of the non-graph (array) leaves of the primals, in `entry.others` order."""
     out = []
     for primal, tangent in zip(sel.args, tangents):
-        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_graph_object)
         t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
-            if not is_node(p) and boundary._plain(p) is None:
+            if not is_graph_object(p) and boundary._plain(p) is None:
                 out.append(t)
     return out
 
@@ -451,12 +469,12 @@ def _tangent_values(sel: _Selection, tangents: tp.Sequence) -> list:
     for k, n in enumerate(e.nodes):  # the first occurrence holds the leaves
         node_ids.setdefault(id(n), k)
     for primal, tangent in zip(sel.args, tangents):
-        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_node)
+        p_leaves = jax.tree_util.tree_leaves(primal, is_leaf=is_graph_object)
         t_leaves = _tangent_leaves(primal, tangent)
         for p, t in zip(p_leaves, t_leaves):
             if isinstance(p, VariableLike):
                 flat_by_node[node_ids[id(p)]] = {(): t}
-            elif is_node(p):
+            elif is_graph_object(p):
                 flat = t.flat_dict() if isinstance(t, core.State) else dict(core.state(t).flat_state())
                 flat_by_node[node_ids[id(p)]] = flat
     out = []
@@ -501,7 +519,7 @@ def remat(
     static_nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         statics = {i: args[i] for i in static_nums}
         dyn = tuple(a for i, a in enumerate(args) if i not in statics)
         entry = boundary.enter(dyn, kwargs)

@@ -7,18 +7,21 @@ from collections.abc import Mapping
 
 import jax
 from jax.api_util import flatten_axes
+from jax.sharding import PartitionSpec
 
 from nnxfn import core
+from nnxfn.core.graphdef import GraphDef, Ref, VariableDef
 from nnxfn.core.trees import TreeState
-from nnxfn.transforms.boundary import Entry, ExitStatic, is_node, raw
+from nnxfn.core.variable_like import VariableLike
+from nnxfn.transforms.boundary import EntryRecord, ExitStatic, Path, is_graph_object, raw
 from nnxfn.transforms.common import FilterMap
 
 
-class StateAxes(FilterMap, Mapping):
+class StateAxes(FilterMap, Mapping):  # type: ignore[misc]  # keys/values/items are tuples, as Flax's
     """Per-filter axes for a module argument: `StateAxes({nnx.Param: 0, ...: None})`.
     A read-only Mapping from filters to axes, as in Flax (`get`, `in`)."""
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         axis = self.lookup(path, leaf, default=_UNMATCHED)
         if axis is _UNMATCHED:
             raise ValueError(
@@ -27,7 +30,7 @@ class StateAxes(FilterMap, Mapping):
             )
         return axis
 
-    def map_prefix(self, path: tuple, variable: tp.Any) -> tp.Any:
+    def map_prefix(self, path: tuple, variable: object) -> tp.Any:
         """Flax's name for `resolve`: the axis of the leaf at `path`."""
         return self.resolve(path, variable)
 
@@ -39,11 +42,33 @@ class StateAxes(FilterMap, Mapping):
 _UNMATCHED = object()
 
 
+class PathAxes(StateAxes):
+    """Per-leaf specs looked up by path in a Module/State of specs (`P()` if absent)."""
+
+    def __init__(self, tree: object):
+        source = tree if isinstance(tree, core.State) else core.state(tree)
+        self.mapping = ()
+        self._flat = {p: getattr(v, "raw_value", v) for p, v in source.flat_state()}
+
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
+        found = self._flat.get(path)
+        return PartitionSpec() if found is None else found
+
+    def __repr__(self) -> str:
+        return f"PathAxes({len(self._flat)} leaves)"
+
+
+def is_spec_tree(x: object) -> bool:
+    """A Module or State whose leaves are specs or shardings (e.g.
+    `nnx.get_partition_spec(model)`), not a Variable."""
+    return isinstance(x, core.State) or (is_graph_object(x) and not isinstance(x, VariableLike))
+
+
 class NodePrefix:
     """An axes prefix shaped like a graph object (what `nnx.prefix(model, ...)`
     returns): each leaf's axis is the value at the same path."""
 
-    def __init__(self, node: tp.Any):
+    def __init__(self, node: object):
         self.fn = None
         if isinstance(node, TreeState):  # the graph-mode form: a State-shaped tree
             state = node.state
@@ -55,7 +80,7 @@ class NodePrefix:
             self.is_ref = False
         self.axes = {path: raw(leaf) for path, leaf in pairs}
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         try:
             return self.axes[path]
         except KeyError:
@@ -73,25 +98,27 @@ class _MissingPrefix(ValueError):
     """A path absent from a reference's (empty) graph-form prefix."""
 
 
-def wrap_node_prefixes(specs: tp.Any) -> tp.Any:
+def wrap_node_prefixes(specs: object) -> tp.Any:
     """`specs` with every graph object in it (a node-shaped prefix) made a `NodePrefix`."""
 
-    def is_prefix(s: tp.Any) -> bool:
-        return is_node(s) or isinstance(s, TreeState)
+    def is_prefix(s: object) -> bool:
+        return is_graph_object(s) or isinstance(s, TreeState)
 
     return jax.tree.map(lambda s: NodePrefix(s) if is_prefix(s) else s, specs, is_leaf=is_prefix)
 
 
-def resolve(spec: tp.Any, path: tuple, leaf: tp.Any) -> tp.Any:
+def resolve(spec: object, path: tuple, leaf: object) -> tp.Any:
     """The spec for one leaf: per-filter maps (`StateAxes`, `StateSharding`) and
     `nnx.prefix` trees are looked up."""
     return spec.resolve(path, leaf) if isinstance(spec, (FilterMap, NodePrefix)) else spec
 
 
-def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) -> list:
+def leaf_specs(
+    name: str, specs: object, tree: tuple[tuple[object, ...], dict[str, object]], kwargs_spec: object = 0
+) -> list[object]:
     """One spec per leaf of `(args, kwargs)` (graph objects as leaves)."""
     args, kwargs = tree
-    _, treedef = jax.tree_util.tree_flatten(args, is_leaf=is_node)
+    _, treedef = jax.tree_util.tree_flatten(args, is_leaf=is_graph_object)
     if not isinstance(specs, (tuple, list)):
         specs = (specs,) * len(args)
     if len(specs) != len(args):
@@ -100,12 +127,12 @@ def leaf_specs(name: str, specs: tp.Any, tree: tp.Any, kwargs_spec: tp.Any = 0) 
             f"{len(args)} positional arguments; give one entry per argument."
         )
     flat = flatten_axes(f"{name} in_axes", treedef, wrap_node_prefixes(tuple(specs)))
-    n_kw = len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_node))
+    n_kw = len(jax.tree_util.tree_leaves(kwargs, is_leaf=is_graph_object))
     return list(flat) + [kwargs_spec] * n_kw
 
 
-def entry_axes(entry: Entry, specs: list) -> tuple[list, list]:
-    """Axes of an Entry's state leaves and other leaves."""
+def entry_axes(entry: EntryRecord, specs: list) -> tuple[list, list]:
+    """Axes of an EntryRecord's state leaves and other leaves."""
     node_spec = [specs[p] for p in entry.static.node_positions]
     state = [
         resolve(node_spec[path[0]], path[1:], leaf) for path, leaf in zip(entry.static.paths, entry.live)
@@ -118,10 +145,10 @@ def entry_axes(entry: Entry, specs: list) -> tuple[list, list]:
 def exit_axes(
     name: str,
     exit: ExitStatic,
-    entry: Entry,
+    entry: EntryRecord,
     entry_state_axes: list,
     in_specs: list,
-    out_specs: tp.Any,
+    out_specs: object,
     emitted_leaves: list,
 ) -> tuple[list, list]:
     """Axes for (out arrays, emitted state values) of one exit."""
@@ -129,14 +156,14 @@ def exit_axes(
     out_arrays = [a for i, a in enumerate(out_flat) if i not in exit.out_positions]
     node_spec = [in_specs[p] for p in entry.static.node_positions]
     out_node_spec = [out_flat[p] for p in exit.out_positions]
+    changed = exit.changed or ()  # None: structure changed, every leaf at its path
     if exit.graphdef is None:
-        emitted = [entry_state_axes[i] for i in exit.changed]
+        emitted = [entry_state_axes[i] for i in changed]
     else:
         emitted = []
-        n_changed = len(exit.changed) if exit.changed is not None else None
         for j, (path, leaf) in enumerate(zip(exit.paths, emitted_leaves)):
-            if n_changed is not None and j < n_changed:
-                emitted.append(entry_state_axes[exit.changed[j]])
+            if j < len(changed):
+                emitted.append(entry_state_axes[changed[j]])
             elif path[0] == 0:
                 emitted.append(resolve(node_spec[path[1]], path[2:], leaf))
             else:
@@ -144,13 +171,39 @@ def exit_axes(
     return out_arrays, emitted
 
 
-def _has_refs(entry: Entry) -> bool:
+def variable_type(d: VariableDef) -> type[VariableLike]:
+    """The Variable class a VariableDef describes."""
+    return tp.cast("type[VariableLike]", d.type)
+
+
+def variable_templates(graphdef: GraphDef) -> dict[Path, VariableLike]:
+    """A value-less Variable of the right type and metadata at the path of every
+    Variable leaf of `graphdef`: what filters are resolved against (by type or
+    metadata) where only the structure is known."""
+    found: dict[Path, VariableLike] = {}
+    stack: list[tuple[tp.Any, Path]] = [(graphdef.root, ())]
+    while stack:
+        d, path = stack.pop()
+        if isinstance(d, VariableDef):
+            found[path] = variable_type(d).from_parts(None, d.metadata)
+        stack.extend((child, path + (k,)) for k, child in getattr(d, "children", ()))
+    return found
+
+
+def emitted_templates(exit: ExitStatic) -> list[VariableLike | None]:
+    """`variable_templates` of an exit's GraphDef, one per emitted leaf (None: not a Variable)."""
+    if exit.graphdef is None:
+        return []
+    found = variable_templates(exit.graphdef)
+    return [found.get(p) for p in exit.paths]
+
+
+def _has_refs(entry: EntryRecord) -> bool:
     """Whether some object is reachable twice in the arguments (cached per structure)."""
     found = entry.static.__dict__.get("_has_refs")
     if found is None:
-        from nnxfn.core.graphdef import Ref
 
-        def walk(d: tp.Any) -> bool:
+        def walk(d: object) -> bool:
             if isinstance(d, Ref):
                 return True
             return any(walk(c) for _, c in getattr(d, "children", ()))
@@ -160,7 +213,7 @@ def _has_refs(entry: Entry) -> bool:
     return found
 
 
-def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -> None:
+def check_shared_leaf_specs(name: str, entry: EntryRecord, specs: list, what: str) -> None:
     """Raise if an object reachable from two arguments is given two different
     specs (axes, shardings) by them: it has one value, so only one can apply."""
     node_specs = [specs[p] for p in entry.static.node_positions]
@@ -190,7 +243,7 @@ def check_consistent_aliasing(name: str, entry: Entry, specs: list, what: str) -
                 )
 
 
-def is_tree_prefix(node: tp.Any) -> bool:
+def is_tree_prefix(node: object) -> bool:
     """Whether a graph object is an axes prefix (what `nnx.prefix(obj, ...,
     graph=False)` returns: a copy whose Variables hold axes, not arrays)."""
     import numpy as np
@@ -199,18 +252,16 @@ def is_tree_prefix(node: tp.Any) -> bool:
     return bool(leaves) and not any(isinstance(v, (jax.Array, np.ndarray)) for v in leaves)
 
 
-def check_prefix(name: str, axes: tp.Any, what: str) -> None:
+def check_axes_not_objects(name: str, axes: object, what: str) -> None:
     """Axes specs are ints, None, `StateAxes` (or `nnx.prefix` results): not
     Modules or Variables."""
-    from nnxfn.core.variable_like import VariableLike
-
-    for leaf in jax.tree_util.tree_leaves(axes, is_leaf=is_node):
+    for leaf in jax.tree_util.tree_leaves(axes, is_leaf=is_graph_object):
         if isinstance(leaf, VariableLike):
             raise ValueError(
                 f"{name}: Variables prefixes are not supported: {what} holds a "
                 f"{type(leaf).__name__}. Give its axis (an int or None) instead."
             )
-        if is_node(leaf) and not is_tree_prefix(leaf):
+        if is_graph_object(leaf) and not is_tree_prefix(leaf):
             raise ValueError(
                 f"{name}: Graph nodes are not allowed as prefixes: {what} holds a "
                 f"{type(leaf).__name__}. Give one axis for the whole object, or per-leaf axes "

@@ -2,7 +2,7 @@
 
 1. `enter` (outside): flatten the arguments; all graph objects anywhere in
    args/kwargs are flattened *together*, so sharing across arguments is
-   deduplicated. The result is hashable static data (`Entry.static`) plus
+   deduplicated. The result is hashable static data (`EntryRecord.static`) plus
    flat lists of raw values.
 2. `rebuild` (inside the JAX transform): merge fresh objects from the traced
    values, inside a transform `Frame` (writes to captured objects raise).
@@ -25,8 +25,10 @@ import typing as tp
 import weakref
 
 import jax
+from jax.tree_util import PyTreeDef
 
 from nnxfn import core
+from nnxfn.core import caches
 from nnxfn.core.graph import is_array
 from nnxfn.core.graphdef import (
     ArrayDef,
@@ -44,18 +46,25 @@ from nnxfn.facade import context
 from nnxfn.facade.variables import Variable
 
 Path = tuple[tp.Any, ...]
+#: A value at a leaf crossing the boundary: an array or tracer, a Python scalar, a
+#: `ShapeDtypeStruct`, a `jax.Ref`, or None. The boundary moves leaves and never looks
+#: into them, so it types them as `object`.
+Leaf: tp.TypeAlias = object
 
 
 _RAW = operator.attrgetter("raw_value")
-_SET_RAW = Variable.raw_value.__set__  # the slot itself: no write checks (outside frames)
+_CACHING = caches.SWITCH  # `EntryCache` is a memo kept on objects: it obeys the switch
+# the slot itself: no write checks (outside frames)
+_SET_RAW = Variable.raw_value.__set__  # type: ignore[misc]  # mypy reads the slot as a class variable
 
 
-def is_node(x: tp.Any) -> bool:
-    """Graph objects and Variables: what the boundary flattens itself."""
+def is_graph_object(x: object) -> bool:
+    """Graph objects (registered node types) and Variables: what the boundary flattens itself."""
     return isinstance(x, VariableLike) or lookup(type(x)) is not None
 
 
-def raw(leaf: tp.Any) -> tp.Any:
+def raw(leaf: object) -> Leaf:
+    """A Variable's raw value; any other leaf itself."""
     return leaf.raw_value if isinstance(leaf, VariableLike) else leaf
 
 
@@ -65,27 +74,32 @@ class EntryStatic:
 
     graphdef: GraphDef  # of the list of graph objects found in args
     paths: tuple[Path, ...]  # one per state leaf, relative to that list
-    treedef: tp.Any  # of (args, kwargs) with graph objects as leaves
+    treedef: PyTreeDef  # of (args, kwargs) with graph objects as leaves
     node_positions: tuple[int, ...]  # where the graph objects sit in the leaves
-    static_leaves: tuple[tuple[int, tp.Any], ...]  # non-array leaves kept static
-
-    def _key(self) -> tuple:
-        return (self.graphdef, self.paths, self.treedef, self.node_positions, self.static_leaves)
+    static_leaves: tuple[tuple[int, tp.Hashable], ...]  # non-array leaves kept static
 
     def __hash__(self) -> int:  # cached: jit hashes this on every call
-        h = self.__dict__.get("_hash")
+        h: int | None = self.__dict__.get("_hash")
         if h is None:
-            h = hash(self._key())
+            h = hash((self.graphdef, self.paths, self.treedef, self.node_positions, self.static_leaves))
             object.__setattr__(self, "_hash", h)
         return h
 
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return isinstance(other, EntryStatic) and hash(self) == hash(other) and self._key() == other._key()
+        return (
+            isinstance(other, EntryStatic)
+            and hash(self) == hash(other)
+            and self.graphdef == other.graphdef
+            and self.paths == other.paths
+            and self.treedef == other.treedef
+            and self.node_positions == other.node_positions
+            and self.static_leaves == other.static_leaves
+        )
 
 
-class Entry:
+class EntryRecord:
     """The flattened arguments of one call.
 
     static: what the compiled function is keyed on; values: raw values of the
@@ -123,6 +137,7 @@ class Entry:
     @property
     def objects(self) -> list:
         if self._objects is None:  # a cached view holds them weakly
+            assert self.view is not None  # entries without a view keep their objects
             self._objects = [r() for r in self.view.object_refs]
         return self._objects
 
@@ -139,15 +154,15 @@ class Entry:
         return found
 
 
-def enter(args: tuple, kwargs: dict) -> Entry:
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
+def enter(args: tuple, kwargs: dict) -> EntryRecord:
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_graph_object)
     return _enter(leaves, treedef)
 
 
-def _enter(leaves: list, treedef: tp.Any, containers: list | None = None) -> Entry:
+def _enter(leaves: list[object], treedef: PyTreeDef, containers: list | None = None) -> EntryRecord:
     node_positions, nodes, others, static_leaves = [], [], [], []
     for i, leaf in enumerate(leaves):
-        if is_node(leaf):
+        if is_graph_object(leaf):
             node_positions.append(i)
             nodes.append(leaf)
         elif leaf is None or is_array(leaf) or isinstance(leaf, (int, float, complex, bool)):
@@ -157,14 +172,14 @@ def _enter(leaves: list, treedef: tp.Any, containers: list | None = None) -> Ent
     objects: list = []
     graphdef, pairs = core.flatten(nodes, copy=False, objects=objects, containers=containers)
     static = EntryStatic(
-        graphdef,
-        tuple(p for p, _ in pairs),
-        treedef,
-        tuple(node_positions),
-        tuple(static_leaves),
+        graphdef=graphdef,
+        paths=tuple(p for p, _ in pairs),
+        treedef=treedef,
+        node_positions=tuple(node_positions),
+        static_leaves=tuple(static_leaves),
     )
     live = [leaf for _, leaf in pairs]
-    return Entry(static, [raw(x) for x in live], others, live, objects, nodes)
+    return EntryRecord(static, [raw(x) for x in live], others, live, objects, nodes)
 
 
 _META = operator.attrgetter("_metadata")
@@ -180,9 +195,9 @@ class Group:
     node: weakref.ref  # the graph node holding it
     key: str  # its attribute name
     start: int  # index of its first state leaf
-    treedef: tp.Any  # JAX treedef of the value
+    treedef: PyTreeDef  # JAX treedef of the value
     arrays: tuple[int, ...]  # positions of the state leaves among its JAX leaves
-    statics: tuple[tuple[int, tp.Any], ...]  # its other JAX leaves (static in the GraphDef)
+    statics: tuple[tuple[int, object], ...]  # its other JAX leaves (static in the GraphDef)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -222,17 +237,21 @@ class EntryCache:
     (checked only when the process-wide epoch moved, by comparing their own
     versions), and no list/dict/foreign pytree holding graph objects was
     edited in place. Then a call reads the current raw value of each
-    Variable and re-reads each pure attribute: no graph walk.
+    Variable and re-reads each pure attribute: no graph walk. With caching
+    off (`NNXFN_CACHE=0`, see `nnxfn.core.caches`) every call walks the
+    arguments.
     """
 
     def __init__(self, size: int = 8):
         self.size = size
-        self._entries: dict[tp.Any, CachedView] = {}
+        self._entries: dict[tp.Hashable, CachedView] = {}
         self.lookups_missed = 0
 
-    def enter(self, args: tuple, kwargs: dict) -> Entry:
-        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_node)
-        nodes = [is_node(x) for x in leaves]
+    def enter(self, args: tuple, kwargs: dict) -> EntryRecord:
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_graph_object)
+        if not _CACHING.on:  # NNXFN_CACHE=0: walk the arguments on every call
+            return _enter(leaves, treedef)
+        nodes = [is_graph_object(x) for x in leaves]
         ids = tuple(id(x) if n else _plain(x) for x, n in zip(leaves, nodes))
         if False in ids:  # a static (non-array) leaf: its value is part of the key
             return _enter(leaves, treedef)
@@ -259,7 +278,9 @@ class EntryCache:
             entry.groups = _read_groups(view)
         return entry
 
-    def _view(self, entry: Entry, found: list, key: tp.Any, epoch: int, hard: int) -> CachedView | None:
+    def _view(
+        self, entry: EntryRecord, found: list, key: tp.Hashable, epoch: int, hard: int
+    ) -> CachedView | None:
         static = entry.static
         if static.static_leaves:
             return None
@@ -275,7 +296,7 @@ class EntryCache:
             return None
         entries = self._entries
 
-        def drop(_: tp.Any) -> None:
+        def drop(_: object) -> None:
             entries.pop(key, None)
 
         try:
@@ -286,27 +307,27 @@ class EntryCache:
         node_refs = [r for r, x in zip(object_refs, entry.objects) if not isinstance(x, VariableLike)]
         versions = tuple(context.version_of(x) for x in entry.objects if not isinstance(x, VariableLike))
         return CachedView(
-            static,
-            variables,
-            tuple(groups),
-            arg_refs,
-            object_refs,
-            node_refs,
-            versions,
-            list(map(_META, variables)),
-            [(c, snapshot(c)) for c in found if c is not entry.nodes],
-            epoch,
-            hard,
-            {},
+            static=static,
+            variables=variables,
+            groups=tuple(groups),
+            arg_refs=arg_refs,
+            object_refs=object_refs,
+            node_refs=node_refs,
+            versions=versions,
+            metadata=list(map(_META, variables)),
+            containers=[(c, snapshot(c)) for c in found if c is not entry.nodes],
+            epoch=epoch,
+            hard=hard,
+            plans={},
         )
 
 
-def _find_groups(entry: Entry, static: EntryStatic) -> list[Group] | None:
+def _find_groups(entry: EntryRecord, static: EntryStatic) -> list[Group] | None:
     """The pure value attributes of the graph nodes, with their leaf ranges;
     None if JAX's view of one does not match the GraphDef's."""
     groups = []
     pos = 0
-    stack = [(static.graphdef.root, None, None)]
+    stack: list[tuple[tp.Any, NodeDef | None, tp.Hashable]] = [(static.graphdef.root, None, None)]
     while stack:
         d, parent, key = stack.pop()
         if isinstance(d, (VariableDef, BoxedDef, ArrayDef)) and parent is None:
@@ -316,10 +337,11 @@ def _find_groups(entry: Entry, static: EntryStatic) -> list[Group] | None:
             isinstance(d, ArrayDef) or (isinstance(d, PytreeDef) and core.graph._pure(d))
         )
         if pure:
+            assert parent is not None  # a pure attribute has a parent node
             count = _count_leaves(d)
             node = entry.objects[parent.index]
-            value = node.__dict__.get(key, _MISSING) if type(key) is str else _MISSING
-            if value is _MISSING:
+            value = node.__dict__.get(key, _MISSING) if isinstance(key, str) else _MISSING
+            if value is _MISSING or not isinstance(key, str):
                 return None
             flat, treedef = jax.tree_util.tree_flatten(value)
             arrays = tuple(i for i, x in enumerate(flat) if is_array(x))
@@ -328,7 +350,10 @@ def _find_groups(entry: Entry, static: EntryStatic) -> list[Group] | None:
             ):
                 return None
             statics = tuple((i, x) for i, x in enumerate(flat) if not is_array(x))
-            groups.append(Group(weakref.ref(node), key, pos, treedef, arrays, statics))
+            group = Group(
+                node=weakref.ref(node), key=key, start=pos, treedef=treedef, arrays=arrays, statics=statics
+            )
+            groups.append(group)
             pos += count
             continue
         if isinstance(d, VariableDef) or isinstance(d, (BoxedDef, ArrayDef)):
@@ -340,14 +365,14 @@ def _find_groups(entry: Entry, static: EntryStatic) -> list[Group] | None:
     return groups
 
 
-def _count_leaves(d: tp.Any) -> int:
+def _count_leaves(d: object) -> int:
     if isinstance(d, (VariableDef, BoxedDef, ArrayDef)):
         return 1
     return sum(_count_leaves(child) for _, child in getattr(d, "children", ()))
 
 
-def _use(view: CachedView, leaves: list, nodes: list) -> Entry | None:
-    """An Entry from `view` for the current arguments, or None if stale."""
+def _use(view: CachedView, leaves: list, nodes: list) -> EntryRecord | None:
+    """An EntryRecord from `view` for the current arguments, or None if stale."""
     if view.epoch != context.structure_epoch() and not _revalidate(view):
         return None
     for c, snap in view.containers:
@@ -367,7 +392,7 @@ def _use(view: CachedView, leaves: list, nodes: list) -> Entry | None:
             live[g.start : g.start] = arrays
     others = [x for x, n in zip(leaves, nodes) if not n]
     arg_nodes = [x for x, n in zip(leaves, nodes) if n]
-    return Entry(view.static, values, others, live, None, arg_nodes, view, groups)
+    return EntryRecord(view.static, values, others, live, None, arg_nodes, view, groups)
 
 
 def _read_groups(view: CachedView) -> list | None:
@@ -411,7 +436,7 @@ def _revalidate(view: CachedView) -> bool:
 _MISSING = object()
 
 
-def _plain(x: tp.Any) -> bool | None:
+def _plain(x: object) -> bool | None:
     """None for leaves passed to JAX as arrays, False for static leaves."""
     if x is None or is_array(x) or isinstance(x, (int, float, complex, bool)):
         return None
@@ -454,18 +479,26 @@ class ExitStatic:
     graphdef: GraphDef | None  # of (inputs, output objects), when needed for commit
     paths: tuple[Path, ...]  # paths (in `graphdef`) of the emitted leaves
     origins: tuple[tuple[int, int], ...]  # (index in graphdef, index in the entry)
-    out_treedef: tp.Any
+    out_treedef: PyTreeDef
     out_positions: tuple[int, ...]
 
 
-def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> tuple[ExitStatic, list, list]:
-    """(exit static, output array leaves, emitted state values).
+class Left(tp.NamedTuple):
+    """What `leave` returns (and `commit` takes back, outside the transform)."""
+
+    exit: ExitStatic  # hashable: travels as pytree aux data
+    out_arrays: list  # the output's non-graph-object leaves
+    emitted: list  # the state values that leave: changed inputs, then output objects'
+
+
+def leave(inside: Inside, out: object, *, emit_all: tp.Container[int] = ()) -> Left:
+    """The exit description, the output's array leaves and the emitted state values.
 
     `emit_all` lists input leaf indices that must be emitted even if
     unchanged (e.g. donated buffers).
     """
-    out_leaves, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
-    out_positions = tuple(i for i, x in enumerate(out_leaves) if is_node(x))
+    out_leaves, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_graph_object)
+    out_positions = tuple(i for i, x in enumerate(out_leaves) if is_graph_object(x))
     out_nodes = [out_leaves[i] for i in out_positions]
     out_arrays = [x for i, x in enumerate(out_leaves) if i not in out_positions]
 
@@ -486,6 +519,7 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
         and len(origins) == len(inside.objects)
         and all(n == o for n, o in origins)
     )
+    changed: tuple[int, ...] | None
     if same and not out_nodes:
         changed = tuple(
             i
@@ -493,7 +527,15 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
             if i in emit_all or raw(leaf) is not inside.values[i]
         )
         values = [raw(pairs[i][1]) for i in changed]
-        return ExitStatic(changed, None, (), origins, out_treedef, out_positions), out_arrays, values
+        exit = ExitStatic(
+            changed=changed,
+            graphdef=None,
+            paths=(),
+            origins=origins,
+            out_treedef=out_treedef,
+            out_positions=out_positions,
+        )
+        return Left(exit, out_arrays, values)
     if same:
         changed = tuple(
             i
@@ -502,17 +544,22 @@ def leave(inside: Inside, out: tp.Any, *, emit_all: tp.Container[int] = ()) -> t
         )
         emitted = [pairs[i] for i in changed] + list(pairs[n_in:])
     else:
-        changed, emitted = None, list(pairs)
-    return (
-        ExitStatic(changed, graphdef, tuple(p for p, _ in emitted), origins, out_treedef, out_positions),
-        out_arrays,
-        [raw(leaf) for _, leaf in emitted],
+        changed, emitted = None, list(pairs)  # structure changed: every leaf is emitted
+    exit = ExitStatic(
+        changed=changed,
+        graphdef=graphdef,
+        paths=tuple(p for p, _ in emitted),
+        origins=origins,
+        out_treedef=out_treedef,
+        out_positions=out_positions,
     )
+    return Left(exit, out_arrays, [raw(leaf) for _, leaf in emitted])
 
 
-def commit(entry: Entry, exit: ExitStatic, out_arrays: tp.Sequence, values: tp.Sequence) -> tp.Any:
+def commit(entry: EntryRecord, exit: ExitStatic, out_arrays: tp.Sequence, values: tp.Sequence) -> tp.Any:
     """Write the emitted values onto the caller's objects; return the output."""
     if exit.graphdef is None:
+        assert exit.changed is not None  # no GraphDef: the structure is unchanged
         _commit_leaves(entry, exit.changed, values)
         out_nodes: list = []
     else:
@@ -530,7 +577,9 @@ def commit(entry: Entry, exit: ExitStatic, out_arrays: tp.Sequence, values: tp.S
     return assemble(exit.out_treedef, exit.out_positions, out_nodes, out_arrays)
 
 
-def assemble(treedef: tp.Any, positions: tp.Sequence[int], nodes: tp.Sequence, others: tp.Sequence) -> tp.Any:
+def assemble(
+    treedef: PyTreeDef, positions: tp.Sequence[int], nodes: tp.Sequence, others: tp.Sequence
+) -> tp.Any:
     """Put graph objects and other leaves back into one pytree."""
     at = dict(zip(positions, nodes))
     it = iter(others)
@@ -539,12 +588,12 @@ def assemble(treedef: tp.Any, positions: tp.Sequence[int], nodes: tp.Sequence, o
     )
 
 
-def commit_all(entry: Entry, values: tp.Sequence) -> None:
+def commit_all(entry: EntryRecord, values: tp.Sequence) -> None:
     """Write one new value per state leaf of `entry` onto the caller's objects."""
     _commit_leaves(entry, range(len(values)), values)
 
 
-def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence) -> None:
+def _commit_leaves(entry: EntryRecord, changed: tp.Sequence[int], values: tp.Sequence) -> None:
     view = entry.view
     if view is not None and context.current_frame() is None:
         # Hot path: one C-level loop of slot writes, targets planned once per exit.
@@ -555,13 +604,8 @@ def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence)
                 view.plans[id(changed)] = plan
         picked = values if plan.picks is None else [values[j] for j in plan.picks]
         collections.deque(map(_SET_RAW, plan.targets, picked), maxlen=0)
-        for gi, items in plan.groups:  # pure attributes: rebuilt, same structure
-            group = view.groups[gi]
-            node, flat = entry.groups[gi]
-            flat = list(flat)
-            for j, p in items:
-                flat[p] = values[j]
-            node.__dict__[group.key] = group.treedef.unflatten(flat)
+        if plan.groups:
+            _rebuild_groups(view, entry, plan, values)
         return
     loose = {}
     boxed = entry.boxed()
@@ -578,12 +622,28 @@ def _commit_leaves(entry: Entry, changed: tp.Sequence[int], values: tp.Sequence)
         core.update(entry.nodes[k], core.State.from_flat_path(flat))
 
 
-def _plan(view: CachedView, entry: Entry, changed: tp.Sequence[int]) -> CommitPlan:
+def _rebuild_groups(
+    view: CachedView, entry: EntryRecord, plan: CommitPlan, values: tp.Sequence[Leaf]
+) -> None:
+    """Write the emitted values into the pure attributes: rebuilt, same structure."""
+    assert entry.groups is not None  # an entry of a view with groups has read them
+    for gi, items in plan.groups:
+        group = view.groups[gi]
+        node, flat = entry.groups[gi]
+        flat = list(flat)
+        for j, p in items:
+            flat[p] = values[j]
+        node.__dict__[group.key] = group.treedef.unflatten(flat)
+
+
+def _plan(view: CachedView, entry: EntryRecord, changed: tp.Sequence[int]) -> CommitPlan:
     owner = {}
     for gi, g in enumerate(view.groups):
         for j, p in enumerate(g.arrays):
             owner[g.start + j] = (gi, p)
-    targets, picks, by_group = [], [], {}
+    targets: list[VariableLike] = []
+    picks: list[int] = []
+    by_group: dict[int, list[tuple[int, int]]] = {}
     for j, i in enumerate(changed):
         found = owner.get(i)
         if found is None:
@@ -593,8 +653,8 @@ def _plan(view: CachedView, entry: Entry, changed: tp.Sequence[int]) -> CommitPl
             by_group.setdefault(found[0], []).append((j, found[1]))
     all_vars = len(picks) == len(changed)
     return CommitPlan(
-        changed if type(changed) is tuple else tuple(changed),
-        targets,
-        None if all_vars else picks,
-        list(by_group.items()),
+        changed=changed if type(changed) is tuple else tuple(changed),
+        targets=targets,
+        picks=None if all_vars else picks,
+        groups=list(by_group.items()),
     )

@@ -10,9 +10,22 @@ import typing as tp
 
 import jax
 
+from nnxfn import core
+from nnxfn.core.filters import Filter
+from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.facade.variables import Param
-from nnxfn.transforms.boundary import Entry, EntryStatic, Inside, is_node, leave, rebuild
+from nnxfn.transforms.boundary import (
+    EntryRecord,
+    EntryStatic,
+    Inside,
+    Leaf,
+    Left,
+    Path,
+    is_graph_object,
+    leave,
+    rebuild,
+)
 
 
 class Static:
@@ -37,8 +50,29 @@ class Static:
 jax.tree_util.register_pytree_node(Static, lambda s: ((), s.value), lambda v, _: Static(v))
 
 
+class CarryMarker:
+    """The type of `Carry`, the marker for the carried argument/output in `nnx.scan` axes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "nnx.Carry"
+
+
+#: Marks the carried argument/output in `nnx.scan`'s `in_axes`/`out_axes` (used as a value).
+Carry = CarryMarker()
+
+
+def variable_like(template: object, value: Leaf) -> Leaf:
+    """`value` in a Variable of `template`'s type and metadata if `template` is a
+    Variable (a gradient shaped like the parameter), else `value` itself."""
+    if isinstance(template, VariableLike):
+        return type(template).from_parts(value, template.metadata_items())
+    return value
+
+
 def check_not_bound(fn: tp.Callable, name: str) -> None:
-    if inspect.ismethod(fn) and is_node(fn.__self__):
+    if inspect.ismethod(fn) and is_graph_object(fn.__self__):
         cls = type(fn.__self__).__name__
         raise ValueError(
             f"{name} does not accept bound methods: got the bound method "
@@ -72,7 +106,8 @@ def to_positional(sig: inspect.Signature | None, args: tuple, kwargs: dict, name
     return tuple(bound.args), dict(bound.kwargs)
 
 
-def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
+def as_tuple(x: int | tp.Iterable[int] | None) -> tuple[int, ...]:
+    """`x` as a tuple of ints (None: empty)."""
     if x is None:
         return ()
     if isinstance(x, int):
@@ -81,24 +116,33 @@ def as_tuple(x: int | tp.Sequence[int] | None) -> tuple[int, ...]:
 
 
 def run_inside(
-    fn: tp.Callable,
+    fn: tp.Callable[..., tp.Any],
     static: EntryStatic,
-    values: tp.Sequence,
-    others: tp.Sequence,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
     name: str,
     emit_all: tp.Container[int] = (),
-    *,
-    with_output: bool = False,
-) -> tuple:
-    """Rebuild fresh args, call `fn`, return (exit static, out arrays, emitted values)
-    (and the raw output, inside the trace, if `with_output`)."""
+) -> Left:
+    """Rebuild fresh args, call `fn`, return what leaves (exit static, out arrays,
+    emitted values)."""
+    return run_inside_with_output(fn, static, values, others, name, emit_all)[0]
+
+
+def run_inside_with_output(
+    fn: tp.Callable[..., tp.Any],
+    static: EntryStatic,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
+    name: str,
+    emit_all: tp.Container[int] = (),
+) -> tuple[Left, tp.Any]:
+    """`run_inside`, also returning `fn`'s raw output (inside the trace)."""
     frame = context.Frame(name)
     context.push_frame(frame)
     try:
         args, kwargs, inside = rebuild(static, values, others, frame)
         out = fn(*args, **kwargs)
-        result = leave(inside, out, emit_all=emit_all)
-        return (*result, out) if with_output else result
+        return leave(inside, out, emit_all=emit_all), out
     finally:
         context.pop_frame(frame)
 
@@ -119,12 +163,10 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
     """`fn`, checked (while tracing) not to return a Variable it neither received
     nor created: such an object belongs to another trace level."""
 
-    def checked(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def checked(*args: object, **kwargs: object) -> tp.Any:
         out = fn(*args, **kwargs)
-        nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_node) if is_node(x)]
+        nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_graph_object) if is_graph_object(x)]
         if nodes:
-            from nnxfn import core
-
             frame = context.current_frame()
             _, pairs = core.flatten(nodes, copy=False)
             for path, leaf in pairs:
@@ -148,7 +190,7 @@ class PrefixMapping(abc.ABC):
     the transforms read those three)."""
 
     @abc.abstractmethod
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any: ...
+    def map_prefix(self, path: tuple, variable: object, /) -> tp.Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,12 +198,10 @@ class DiffState(PrefixMapping):
     """Differentiate argument `argnum` with respect to the leaves matching `filter`."""
 
     argnum: int
-    filter: tp.Any = Param
+    filter: Filter = Param
 
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> bool:
+    def map_prefix(self, path: tuple, variable: object, /) -> bool:
         """Whether the leaf at `path` is differentiated."""
-        from nnxfn import core
-
         return core.to_predicate(self.filter)(path, variable)
 
 
@@ -173,9 +213,9 @@ class FilterMap(PrefixMapping):
     from an iterable of `(filter, value)` pairs. Compared by content.
     """
 
-    def __init__(self, mapping: tp.Any, /):
-        from nnxfn import core
-
+    def __init__(
+        self, mapping: core.State | tp.Mapping[Filter, object] | tp.Iterable[tuple[Filter, object]], /
+    ):
         if isinstance(mapping, core.State):
             items = tuple((core.PathIn(p), getattr(v, "raw_value", v)) for p, v in mapping.flat_state())
         elif isinstance(mapping, tp.Mapping):
@@ -185,13 +225,17 @@ class FilterMap(PrefixMapping):
         self.mapping = items
         self._preds = tuple((core.to_predicate(f), v) for f, v in self.mapping)
 
-    def lookup(self, path: tuple, leaf: tp.Any, default: tp.Any = None) -> tp.Any:
+    def lookup(self, path: tuple, leaf: object, default: tp.Any = None) -> tp.Any:
         for pred, value in self._preds:
             if pred(path, leaf):
                 return value
         return default
 
-    def map_prefix(self, path: tuple, variable: tp.Any, /) -> tp.Any:
+    def resolve(self, path: Path, leaf: object) -> tp.Any:
+        """The value for the leaf at `path` (None if no filter matches; `StateAxes` raises)."""
+        return self.lookup(path, leaf)
+
+    def map_prefix(self, path: tuple, variable: object, /) -> tp.Any:
         """The value of the first filter matching the leaf at `path` (ValueError if none)."""
         value = self.lookup(path, variable, default=_NO_MATCH)
         if value is _NO_MATCH:
@@ -215,7 +259,7 @@ class FilterMap(PrefixMapping):
     def values(self) -> tuple:
         return tuple(v for _, v in self.mapping)
 
-    def __getitem__(self, flt: tp.Any) -> tp.Any:
+    def __getitem__(self, flt: object) -> tp.Any:
         for f, v in self.mapping:
             if f is flt or f == flt:
                 return v
@@ -252,9 +296,10 @@ _NO_MATCH = object()
 class MethodWrapper:
     """Base for transformed callables: binds like a function when used as a method."""
 
-    fn: tp.Callable
+    fn: tp.Callable[..., tp.Any]
+    __call__: tp.Callable[..., tp.Any]  # each subclass calls its transformed function
 
-    def __get__(self, obj: tp.Any, objtype: type | None = None) -> tp.Any:
+    def __get__(self, obj: object, objtype: type | None = None) -> tp.Any:
         if obj is None:
             return self
         return functools.partial(self, obj)
@@ -265,14 +310,14 @@ def arg_of_leaves(args: tuple, kwargs: dict) -> list[int | str]:
     the position for positional arguments, the name for keyword arguments."""
     owners: list[int | str] = []
     for i, arg in enumerate(args):
-        owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_node))
+        owners += [i] * len(jax.tree_util.tree_leaves(arg, is_leaf=is_graph_object))
     for name in sorted(kwargs):  # JAX flattens dicts in sorted key order
-        owners += [name] * len(jax.tree_util.tree_leaves(kwargs[name], is_leaf=is_node))
+        owners += [name] * len(jax.tree_util.tree_leaves(kwargs[name], is_leaf=is_graph_object))
     return owners
 
 
-def leaf_args(entry: Entry, owners: list) -> tuple[list, list]:
-    """Argument index of each state leaf and of each `others` leaf of an Entry."""
+def leaf_args(entry: EntryRecord, owners: list) -> tuple[list, list]:
+    """Argument index of each state leaf and of each `others` leaf of an EntryRecord."""
     node_owner = [owners[p] for p in entry.static.node_positions]
     state = [node_owner[path[0]] for path in entry.static.paths]
     fixed = set(entry.static.node_positions) | {p for p, _ in entry.static.static_leaves}

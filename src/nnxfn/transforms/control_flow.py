@@ -14,10 +14,11 @@ from __future__ import annotations
 import typing as tp
 
 import jax
+from jax.typing import ArrayLike
 
 from nnxfn.core import treemode as core_tm
 from nnxfn.transforms import boundary
-from nnxfn.transforms.common import run_inside
+from nnxfn.transforms.common import run_inside, run_inside_with_output
 from nnxfn.transforms.treemode import Rules, lifted, share_variables
 
 _STRUCTURE = (
@@ -27,7 +28,7 @@ _STRUCTURE = (
 )
 
 
-def _branch_fn(entry: boundary.Entry, fn: tp.Callable, name: str, cell: dict) -> tp.Callable:
+def _branch_fn(entry: boundary.EntryRecord, fn: tp.Callable, name: str, cell: dict) -> tp.Callable:
     every = set(range(len(entry.values)))
 
     def run(values: list, others: list) -> tuple:
@@ -45,13 +46,13 @@ def _branch_fn(entry: boundary.Entry, fn: tp.Callable, name: str, cell: dict) ->
     return run
 
 
-def _finish(entry: boundary.Entry, cell: dict, out_arrays: list, emitted: list) -> tp.Any:
+def _finish(entry: boundary.EntryRecord, cell: dict, out_arrays: list, emitted: list) -> tp.Any:
     return boundary.commit(entry, cell["exits"][0], out_arrays, emitted)
 
 
 @lifted(Rules("cond", fns=("true_fun", "false_fun"), operands=("operands",)))
 def cond(
-    pred: tp.Any,
+    pred: ArrayLike,
     true_fun: tp.Callable,
     false_fun: tp.Callable,
     *operands: tp.Any,
@@ -73,7 +74,7 @@ def cond(
 
 @lifted(Rules("switch", fns=("branches",), operands=("operands",)))
 def switch(
-    index: tp.Any,
+    index: ArrayLike,
     branches: tp.Sequence[tp.Callable],
     *operands: tp.Any,
     graph: bool | None = None,
@@ -87,15 +88,15 @@ def switch(
     return _finish(entry, cell, out_arrays, emitted)
 
 
-def _loop_step(entry: boundary.Entry, fn: tp.Callable, name: str) -> tp.Callable:
+def _loop_step(entry: boundary.EntryRecord, fn: tp.Callable, name: str) -> tp.Callable:
     """(values, others) -> (values, others) for a body `val -> val`."""
 
-    def step(values: list, others: list, *extra: tp.Any) -> tuple:
-        def call(*args: tp.Any) -> tp.Any:
+    def step(values: list, others: list, *extra: object) -> tuple:
+        def call(*args: object) -> tp.Any:
             return fn(*extra, args[0]) if extra else fn(args[0])
 
-        exit_static, out_arrays, emitted, out = run_inside(
-            call, entry.static, values, others, name, with_output=True
+        (exit_static, out_arrays, emitted), out = run_inside_with_output(
+            call, entry.static, values, others, name
         )
         again = boundary.enter((out,), {})
         if again.static.graphdef != entry.static.graphdef or len(again.others) != len(others):
@@ -123,9 +124,9 @@ def while_loop(
     step = _loop_step(entry, body_fun, "nnx.while_loop")
 
     def test(carry: tuple) -> tp.Any:
-        out = run_inside(
-            lambda v: cond_fun(v), entry.static, carry[0], carry[1], "nnx.while_loop", with_output=True
-        )[-1]
+        _, out = run_inside_with_output(
+            lambda v: cond_fun(v), entry.static, carry[0], carry[1], "nnx.while_loop"
+        )
         return out
 
     values, others = jax.lax.while_loop(test, lambda c: step(c[0], c[1]), (entry.values, entry.others))
@@ -153,7 +154,7 @@ def fori_loop(
 
 
 def _write_back(
-    entry: boundary.Entry, values: list, others: list, graph: bool | None, graph_updates: bool | None
+    entry: boundary.EntryRecord, values: list, others: list, graph: bool | None, graph_updates: bool | None
 ) -> tp.Any:
     """Commit the loop's final values; the caller's objects come back (in Flax's tree
     mode, new objects holding the caller's Variables, as Flax returns the carry)."""

@@ -27,6 +27,7 @@ written by the function or `fwd` reach the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing as tp
@@ -34,6 +35,7 @@ import typing as tp
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from nnxfn import core
 from nnxfn.core import errors
@@ -41,18 +43,27 @@ from nnxfn.core import treemode as core_tm
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
-from nnxfn.transforms.common import DiffState, arg_of_leaves, check_not_bound, leaf_args, run_inside
+from nnxfn.transforms.boundary import Leaf
+from nnxfn.transforms.common import (
+    DiffState,
+    arg_of_leaves,
+    check_not_bound,
+    leaf_args,
+    run_inside,
+    to_positional,
+    variable_like,
+)
 from nnxfn.transforms.treemode import Rules, Structure, lifted
 
 
-def _zero_cotangent(x: tp.Any) -> tp.Any:
+def _zero_cotangent(x: ArrayLike) -> jax.Array | np.ndarray:
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.inexact):
         return jnp.zeros_like(x)
     return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-def _fit(ct: tp.Any, primal: tp.Any) -> tp.Any:
+def _fit(ct: Leaf, primal: Leaf) -> Leaf:
     """A cotangent for `primal`: zeros (float0 for ints) where none or a wrong dtype is given."""
     primal = jnp.asarray(primal)
     if ct is None or not jnp.issubdtype(primal.dtype, jnp.inexact):
@@ -64,7 +75,11 @@ class CustomVjp:
     """`nnx.custom_vjp(fun)`: call it like `fun` once `.defvjp(fwd, bwd)` is set."""
 
     def __init__(
-        self, fun: tp.Callable, nondiff_argnums: tp.Sequence[int | DiffState] = (), simple: bool = False
+        self,
+        fun: tp.Callable[..., tp.Any],
+        nondiff_argnums: int | DiffState | tp.Sequence[int | DiffState] = (),
+        *,
+        simple: bool = False,
     ):
         check_not_bound(fun, "nnx.custom_vjp")
         self.simple = simple  # Flax's graph_updates=False / graph=False `bwd` convention
@@ -93,196 +108,21 @@ class CustomVjp:
     def defvjp(self, fwd: tp.Callable, bwd: tp.Callable, symbolic_zeros: bool = False) -> None:
         self.fwd, self.bwd, self.symbolic_zeros = fwd, bwd, symbolic_zeros
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         if self.fwd is None or self.bwd is None:
             raise TypeError("nnx.custom_vjp: call `.defvjp(fwd, bwd)` before calling the function.")
         if kwargs:
-            from nnxfn.transforms.common import to_positional
-
             args, kwargs = to_positional(self._sig, args, kwargs, "nnx.custom_vjp")
             if kwargs:
                 raise TypeError(f"nnx.custom_vjp: keyword-only arguments {sorted(kwargs)} are not supported.")
-        # Non-differentiable arguments holding no arrays or objects stay Python values.
-        static = {i: args[i] for i in self.jax_nondiff_argnums if i < len(args) and _is_static(args[i])}
-        dyn_pos = [i for i in range(len(args)) if i not in static]
-        entry = boundary.enter(tuple(args[i] for i in dyn_pos), {})
-        state_owner, other_owner = (
-            [dyn_pos[o] for o in owners]
-            for owners in leaf_args(entry, arg_of_leaves(tuple(args[i] for i in dyn_pos), {}))
-        )
-        diff_args = [i for i in range(len(args)) if i not in self.jax_nondiff_argnums]
+        call = _VjpCall.enter(self, self.fwd, self.bwd, args)
+        run = jax.custom_vjp(call.primal)
+        run.defvjp(call.fwd, call.bwd, symbolic_zeros=False)
+        out_arrays, after, returned = run(call.entry.values, call.entry.others)
+        exit_static, emitted = call.to_commit(after, returned)
+        return boundary.commit(call.entry, exit_static, out_arrays, emitted)
 
-        def with_static(fn: tp.Callable) -> tp.Callable:
-            if not static:
-                return fn
-
-            def call(*dyn: tp.Any) -> tp.Any:
-                full, it = [], iter(dyn)
-                for i in range(len(args)):
-                    full.append(static[i] if i in static else next(it))
-                return fn(*full)
-
-            return call
-
-        diff_state = self._diff_state_leaves(entry, state_owner)
-        cell: dict = {}
-        n_leaves = len(entry.values)
-
-        def after_state(exit_static: boundary.ExitStatic, emitted: list, values: list) -> list:
-            """Every state leaf's value after the call, in entry order."""
-            if exit_static.changed is not None:
-                after = list(values)
-                for i, v in zip(exit_static.changed, emitted):
-                    after[i] = v
-                return after
-            index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
-            after = [None] * n_leaves
-            for path, v in zip(exit_static.paths, emitted):
-                if path[0] == 1:  # a leaf of an object the function returned
-                    continue
-                i = index.get(path)
-                if i is None:
-                    raise ValueError(_new_state(path))
-                after[i] = v
-            if any(v is None for v in after):
-                missing = entry.static.paths[after.index(None)]
-                raise ValueError(
-                    f"nnx.custom_vjp: the function removed {errors.path_str(missing[1:], 'arg')}; "
-                    "it may update its arguments but not remove their state."
-                )
-            return after
-
-        def primal(values: list, others: list) -> tuple:
-            exit_static, out_arrays, emitted = run_inside(
-                with_static(self.fun), entry.static, values, others, "nnx.custom_vjp"
-            )
-            cell["exit"] = exit_static
-            after = after_state(exit_static, emitted, values)
-            cell["updated"] = _updated(exit_static, after, values)
-            return out_arrays, after, _returned_leaves(exit_static, emitted)
-
-        def fwd(values: list, others: list) -> tuple:
-            holder: dict = {}
-
-            def call(*a: tp.Any) -> tp.Any:
-                before = Structure(a, {}) if self.simple else None
-                out, res = self.fwd(*a)
-                if before is not None:  # as `fun` (see `lifted`): only Variable values leave
-                    before.restore()
-                holder["res"] = res
-                return out
-
-            exit_static, out_arrays, emitted = run_inside(
-                with_static(call), entry.static, values, others, "nnx.custom_vjp"
-            )
-            cell["exit"] = exit_static
-            after = after_state(exit_static, emitted, values)
-            cell["updated"] = _updated(exit_static, after, values)
-            return (out_arrays, after, _returned_leaves(exit_static, emitted)), (
-                holder["res"],
-                values,
-                others,
-            )
-
-        def bwd(res: tuple, g: tuple) -> tuple:
-            user_res, values, others = res
-            out_g_arrays, state_g, returned_g = g
-            exit_static = cell["exit"]
-            out_g = boundary.assemble(
-                exit_static.out_treedef,
-                exit_static.out_positions,
-                _returned_cotangents(entry, exit_static, state_g, returned_g),
-                out_g_arrays,
-            )
-            if self.simple:
-                return self._simple_bwd(
-                    entry,
-                    args,
-                    diff_args,
-                    user_res,
-                    out_g,
-                    state_g,
-                    cell["updated"],
-                    values,
-                    others,
-                    diff_state,
-                    other_owner,
-                    state_owner,
-                )
-            inputs_g = tuple(
-                self._state_cotangent(entry, args[i], state_owner, i, state_g) for i in diff_args
-            )
-            nondiff = [args[i] for i in self.jax_nondiff_argnums]
-            cts = self.bwd(*nondiff, user_res, (inputs_g, out_g))
-            cts = self._tangents(cts, diff_args)
-            return self._align(entry, args, diff_args, cts, values, others, diff_state, other_owner)
-
-        run = jax.custom_vjp(primal)
-        run.defvjp(fwd, bwd, symbolic_zeros=False)
-        out_arrays, after, returned = run(entry.values, entry.others)
-        exit_static = cell["exit"]
-        if exit_static.changed is not None and self.simple:
-            # Only the leaves the function wrote leave it: later uses of the others
-            # read the caller's values, so their cotangents never pass through `bwd`.
-            keep = sorted(cell["updated"])
-            exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
-            emitted = [after[i] for i in keep] + returned
-        elif exit_static.changed is not None:
-            # Commit every leaf we may write (its value now depends on the call, so later
-            # uses send their cotangent through `inputs_g`); captured objects only if written.
-            frame = context.current_frame()
-            keep = sorted(
-                set(exit_static.changed)
-                | {i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame}
-            )
-            exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
-            emitted = [after[i] for i in keep] + returned
-        else:
-            index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
-            it = iter(returned)
-            emitted = [after[index[p]] if p[0] == 0 else next(it) for p in exit_static.paths]
-        return boundary.commit(entry, exit_static, out_arrays, emitted)
-
-    def _simple_bwd(
-        self,
-        entry: boundary.Entry,
-        args: tuple,
-        diff_args: list,
-        user_res: tp.Any,
-        out_g: tp.Any,
-        state_g: list,
-        updated: set[int],
-        values: list,
-        others: list,
-        diff_state: set[int],
-        other_owner: list,
-        state_owner: list,
-    ) -> tuple:
-        """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
-        nondiff = [args[i] for i in self.jax_nondiff_argnums]
-        kwargs = {}
-        if _accepts(self.bwd, "updates_g"):
-            kwargs["updates_g"] = tuple(
-                _updates_cotangent(entry, arg, state_owner, argnum, state_g, updated)
-                for argnum, arg in enumerate(args)
-            )
-        cts = self.bwd(*nondiff, user_res, out_g, **kwargs)
-        cts = self._tangents(cts, diff_args)
-        state_cts, other_cts = self._align(
-            entry, args, diff_args, cts, values, others, diff_state, other_owner
-        )
-        # A leaf the function did not write passes through unchanged: any cotangent its
-        # later uses sent back (after a structural change committed it) is the identity's.
-        for i, g in enumerate(state_g):
-            if (
-                i not in updated
-                and g is not None
-                and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact)
-            ):
-                state_cts[i] = state_cts[i] + g
-        return state_cts, other_cts
-
-    def _tangents(self, cts: tp.Any, diff_args: tp.Sequence) -> tp.Sequence:
+    def tangents(self, cts: object, diff_args: tp.Sequence[int]) -> tp.Sequence[object]:
         """What `bwd` returned, as one tangent per differentiable argument."""
         cts = cts if isinstance(cts, (tuple, list)) else (cts,)
         if len(cts) != len(diff_args):
@@ -293,7 +133,7 @@ class CustomVjp:
             )
         return cts
 
-    def _diff_state_leaves(self, entry: boundary.Entry, state_owner: list) -> set[int]:
+    def diff_state_leaves(self, entry: boundary.EntryRecord, state_owner: list[int]) -> set[int]:
         """Indices of the state leaves that are differentiable."""
         preds = {a: core.to_predicate(f) for a, f in self.diff_filters.items()}
         out = set()
@@ -305,44 +145,221 @@ class CustomVjp:
             out.add(i)
         return out
 
-    @staticmethod
-    def _state_cotangent(
-        entry: boundary.Entry, arg: tp.Any, state_owner: list, argnum: int, state_g: list
-    ) -> tp.Any:
-        """`inputs_g` entry: a State of Variables (cotangents) for a graph argument."""
-        if not boundary.is_node(arg):
-            return None
-        pairs = []
-        for i, (owner, path) in enumerate(zip(state_owner, entry.static.paths)):
-            if owner == argnum:
-                pairs.append((path[1:], _like(entry.live[i], state_g[i])))
-        if isinstance(arg, VariableLike):
-            return pairs[0][1] if pairs else None
-        return core.State.from_flat_path(pairs)
 
-    @staticmethod
-    def _align(
-        entry: boundary.Entry,
-        args: tuple,
-        diff_args: list,
-        cts: tp.Sequence,
-        values: list,
-        others: list,
-        diff_state: set[int],
-        other_owner: list,
-    ) -> tuple:
+@dataclasses.dataclass(eq=False)
+class _VjpCall:
+    """One call of a `CustomVjp`: its flattened arguments, and what the traces of
+    `primal`/`fwd` found (`exit`, `updated`) for `bwd` and the commit."""
+
+    vjp: CustomVjp
+    fwd_rule: tp.Callable[..., tp.Any]
+    bwd_rule: tp.Callable[..., tp.Any]
+    args: tuple[object, ...]
+    static: dict[int, object]  # non-differentiable arguments kept as Python values
+    entry: boundary.EntryRecord  # the other arguments, flattened
+    state_owner: list[int]  # argument number of each state leaf
+    other_owner: list[int]  # argument number of each other leaf
+    diff_args: list[int]  # the differentiable argument numbers
+    diff_state: set[int]  # indices of the differentiable state leaves
+    exit: boundary.ExitStatic | None = None
+    updated: set[int] = dataclasses.field(default_factory=set)  # state leaves the function wrote
+
+    @classmethod
+    def enter(
+        cls,
+        vjp: CustomVjp,
+        fwd_rule: tp.Callable[..., tp.Any],
+        bwd_rule: tp.Callable[..., tp.Any],
+        args: tuple[object, ...],
+    ) -> _VjpCall:
+        # Non-differentiable arguments holding no arrays or objects stay Python values.
+        static = {i: args[i] for i in vjp.jax_nondiff_argnums if i < len(args) and _is_static(args[i])}
+        dyn_pos = [i for i in range(len(args)) if i not in static]
+        dyn_args = tuple(args[i] for i in dyn_pos)
+        entry = boundary.enter(dyn_args, {})
+        state_owner, other_owner = (
+            [dyn_pos[o] for o in owners] for owners in leaf_args(entry, arg_of_leaves(dyn_args, {}))
+        )
+        return cls(
+            vjp=vjp,
+            fwd_rule=fwd_rule,
+            bwd_rule=bwd_rule,
+            args=args,
+            static=static,
+            entry=entry,
+            state_owner=state_owner,
+            other_owner=other_owner,
+            diff_args=[i for i in range(len(args)) if i not in vjp.jax_nondiff_argnums],
+            diff_state=vjp.diff_state_leaves(entry, state_owner),
+        )
+
+    def with_static(self, fn: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+        """`fn` taking only the arguments that are not kept static."""
+        if not self.static:
+            return fn
+        static, n_args = self.static, len(self.args)
+
+        def call(*dyn: object) -> tp.Any:
+            full, it = [], iter(dyn)
+            for i in range(n_args):
+                full.append(static[i] if i in static else next(it))
+            return fn(*full)
+
+        return call
+
+    def after_state(
+        self, exit_static: boundary.ExitStatic, emitted: list[Leaf], values: list[Leaf]
+    ) -> list[Leaf]:
+        """Every state leaf's value after the call, in entry order."""
+        if exit_static.changed is not None:
+            after = list(values)
+            for i, v in zip(exit_static.changed, emitted):
+                after[i] = v
+            return after
+        paths = self.entry.static.paths
+        index = {(0,) + p: i for i, p in enumerate(paths)}
+        found: list[Leaf] = [None] * len(paths)
+        for path, v in zip(exit_static.paths, emitted):
+            if path[0] == 1:  # a leaf of an object the function returned
+                continue
+            at = index.get(path)
+            if at is None:
+                raise ValueError(_new_state(path))
+            found[at] = v
+        if any(v is None for v in found):
+            missing = paths[next(i for i, v in enumerate(found) if v is None)]
+            raise ValueError(
+                f"nnx.custom_vjp: the function removed {errors.path_str(missing[1:], 'arg')}; "
+                "it may update its arguments but not remove their state."
+            )
+        return found
+
+    def _run(
+        self, fn: tp.Callable[..., tp.Any], values: list[Leaf], others: list[Leaf]
+    ) -> tuple[list[Leaf], list[Leaf], list[Leaf]]:
+        """Run `fn` on fresh objects; (out arrays, every state leaf after, returned objects' leaves)."""
+        exit_static, out_arrays, emitted = run_inside(
+            self.with_static(fn), self.entry.static, values, others, "nnx.custom_vjp"
+        )
+        self.exit = exit_static
+        after = self.after_state(exit_static, emitted, values)
+        self.updated = _updated(exit_static, after, values)
+        return out_arrays, after, _returned_leaves(exit_static, emitted)
+
+    def primal(self, values: list[Leaf], others: list[Leaf]) -> tuple[list[Leaf], list[Leaf], list[Leaf]]:
+        return self._run(self.vjp.fun, values, others)
+
+    def fwd(
+        self, values: list[Leaf], others: list[Leaf]
+    ) -> tuple[tuple[list[Leaf], list[Leaf], list[Leaf]], tuple[object, list[Leaf], list[Leaf]]]:
+        holder: dict[str, object] = {}
+        fwd_rule, simple = self.fwd_rule, self.vjp.simple
+
+        def call(*a: object) -> tp.Any:
+            before = Structure(a, {}) if simple else None
+            out, res = fwd_rule(*a)
+            if before is not None:  # as `fun` (see `lifted`): only Variable values leave
+                before.restore()
+            holder["res"] = res
+            return out
+
+        primal_out = self._run(call, values, others)
+        return primal_out, (holder["res"], values, others)
+
+    def bwd(
+        self, res: tuple[object, list[Leaf], list[Leaf]], g: tuple[list[Leaf], list[Leaf], list[Leaf]]
+    ) -> tuple[list[Leaf], list[Leaf]]:
+        user_res, values, others = res
+        out_g_arrays, state_g, returned_g = g
+        exit_static = self.exit
+        assert exit_static is not None  # set while tracing primal/fwd
+        entry = self.entry
+        out_g = boundary.assemble(
+            exit_static.out_treedef,
+            exit_static.out_positions,
+            _returned_cotangents(entry, exit_static, state_g, returned_g),
+            out_g_arrays,
+        )
+        if self.vjp.simple:
+            return self.simple_bwd(user_res, out_g, state_g, values, others)
+        inputs_g = tuple(
+            _state_cotangent(entry, self.args[i], self.state_owner, i, state_g) for i in self.diff_args
+        )
+        nondiff = [self.args[i] for i in self.vjp.jax_nondiff_argnums]
+        cts = self.bwd_rule(*nondiff, user_res, (inputs_g, out_g))
+        return self.align(self.vjp.tangents(cts, self.diff_args), values, others)
+
+    def simple_bwd(
+        self,
+        user_res: object,
+        out_g: object,
+        state_g: list[Leaf],
+        values: list[Leaf],
+        others: list[Leaf],
+    ) -> tuple[list[Leaf], list[Leaf]]:
+        """`bwd(*nondiff, res, out_g[, updates_g=...])` (Flax's graph_updates=False form)."""
+        args, updated = self.args, self.updated
+        nondiff = [args[i] for i in self.vjp.jax_nondiff_argnums]
+        kwargs = {}
+        if _accepts(self.bwd_rule, "updates_g"):
+            kwargs["updates_g"] = tuple(
+                _updates_cotangent(self.entry, arg, self.state_owner, argnum, state_g, updated)
+                for argnum, arg in enumerate(args)
+            )
+        cts = self.bwd_rule(*nondiff, user_res, out_g, **kwargs)
+        state_cts, other_cts = self.align(self.vjp.tangents(cts, self.diff_args), values, others)
+        # A leaf the function did not write passes through unchanged: any cotangent its
+        # later uses sent back (after a structural change committed it) is the identity's.
+        for i, g in enumerate(state_g):
+            if (
+                i not in updated
+                and g is not None
+                and jnp.issubdtype(jnp.asarray(values[i]).dtype, jnp.inexact)
+            ):
+                state_cts[i] = tp.cast(jax.Array, state_cts[i]) + tp.cast(jax.Array, g)
+        return state_cts, other_cts
+
+    def to_commit(self, after: list[Leaf], returned: list[Leaf]) -> tuple[boundary.ExitStatic, list[Leaf]]:
+        """The exit description and emitted values to commit after the call."""
+        exit_static, entry = self.exit, self.entry
+        assert exit_static is not None  # set while tracing primal
+        if exit_static.changed is not None and self.vjp.simple:
+            # Only the leaves the function wrote leave it: later uses of the others
+            # read the caller's values, so their cotangents never pass through `bwd`.
+            keep = sorted(self.updated)
+        elif exit_static.changed is not None:
+            # Commit every leaf we may write (its value now depends on the call, so later
+            # uses send their cotangent through `inputs_g`); captured objects only if written.
+            frame = context.current_frame()
+            keep = sorted(
+                set(exit_static.changed)
+                | {i for i, v in enumerate(entry.live) if getattr(v, "_frame", frame) is frame}
+            )
+        else:
+            index = {(0,) + p: i for i, p in enumerate(entry.static.paths)}
+            it = iter(returned)
+            return exit_static, [after[index[p]] if p[0] == 0 else next(it) for p in exit_static.paths]
+        exit_static = _with_changed(exit_static, tuple(keep), entry.static.paths)
+        return exit_static, [after[i] for i in keep] + returned
+
+    def align(
+        self, cts: tp.Sequence[object], values: list[Leaf], others: list[Leaf]
+    ) -> tuple[list[Leaf], list[Leaf]]:
         """Cotangents per state leaf / other leaf, zeros where the user gave none."""
+        entry, args, diff_args = self.entry, self.args, self.diff_args
+        diff_state, other_owner = self.diff_state, self.other_owner
         node_index = {id(n): k for k, n in enumerate(entry.nodes)}
         by_path: dict = {}
         by_arg_other: dict[int, list] = {}
         for argnum, ct in zip(diff_args, cts):
             arg = args[argnum]
-            a_leaves, a_treedef = jax.tree_util.tree_flatten(arg, is_leaf=boundary.is_node)
+            a_leaves, a_treedef = jax.tree_util.tree_flatten(arg, is_leaf=boundary.is_graph_object)
             try:  # same structure as the argument (a State for a State, a tuple for a tuple)
-                c_leaves = a_treedef.flatten_up_to(ct)
+                c_leaves = a_treedef.flatten_up_to(ct)  # type: ignore[attr-defined]  # PyTreeDef method, not in jaxlib's stubs
             except (TypeError, ValueError):  # a State (or a Module) per Module, None for zeros
                 c_leaves = jax.tree_util.tree_leaves(
-                    ct, is_leaf=lambda x: isinstance(x, core.State) or boundary.is_node(x) or x is None
+                    ct,
+                    is_leaf=lambda x: isinstance(x, core.State) or boundary.is_graph_object(x) or x is None,
                 )
             if len(c_leaves) != len(a_leaves):
                 c_leaves = [ct] * len(a_leaves) if len(a_leaves) == 1 else c_leaves
@@ -350,7 +367,7 @@ class CustomVjp:
                 if isinstance(a, VariableLike):  # a bare Variable: its cotangent is one value
                     if c is not None:
                         by_path[(node_index[id(a)],)] = boundary.raw(c)
-                elif boundary.is_node(a):
+                elif boundary.is_graph_object(a):
                     if c is not None:
                         flat = c.flat_state() if isinstance(c, core.State) else core.state(c).flat_state()
                         for path, leaf in flat:
@@ -369,6 +386,21 @@ class CustomVjp:
         return state_cts, other_cts
 
 
+def _state_cotangent(
+    entry: boundary.EntryRecord, arg: object, state_owner: list[int], argnum: int, state_g: list[Leaf]
+) -> object:
+    """`inputs_g` entry: a State of Variables (cotangents) for a graph argument."""
+    if not boundary.is_graph_object(arg):
+        return None
+    pairs = []
+    for i, (owner, path) in enumerate(zip(state_owner, entry.static.paths)):
+        if owner == argnum:
+            pairs.append((path[1:], variable_like(entry.live[i], state_g[i])))
+    if isinstance(arg, VariableLike):
+        return pairs[0][1] if pairs else None
+    return core.State.from_flat_path(pairs)
+
+
 def _updated(exit_static: boundary.ExitStatic, after: list, values: list) -> set[int]:
     """Indices of the state leaves the function wrote."""
     if exit_static.changed is not None:
@@ -385,13 +417,22 @@ def _accepts(fn: tp.Callable, name: str) -> bool:
 
 
 def _updates_cotangent(
-    entry: boundary.Entry, arg: tp.Any, state_owner: list, argnum: int, state_g: list, updated: set[int]
-) -> tp.Any:
+    entry: boundary.EntryRecord,
+    arg: object,
+    state_owner: list[int],
+    argnum: int,
+    state_g: list[Leaf],
+    updated: set[int],
+) -> object:
     """`updates_g` entry: `arg`'s structure holding, for each Variable the function
     wrote, that Variable's cotangent (same type and metadata), and None elsewhere."""
-    if not boundary.is_node(arg):
+    if not boundary.is_graph_object(arg):
         return None
-    cts = {id(entry.live[i]): _like(entry.live[i], state_g[i]) for i in updated if state_owner[i] == argnum}
+    cts = {
+        id(entry.live[i]): variable_like(entry.live[i], state_g[i])
+        for i in updated
+        if state_owner[i] == argnum
+    }
     if isinstance(arg, VariableLike):
         return cts.get(id(arg))
     is_var = lambda x: isinstance(x, VariableLike)  # noqa: E731
@@ -403,9 +444,9 @@ def _updates_cotangent(
     return fresh
 
 
-def _set_at(root: tp.Any, path: tuple, value: tp.Any) -> None:
+def _set_at(root: object, path: tuple[jax.tree_util.KeyEntry, ...], value: object) -> None:
     """Set the entry at JAX key `path` inside `root` (attributes, items) to `value`."""
-    parent = root
+    parent: tp.Any = root  # reached by reflection: an object or a container
     for key in path[:-1]:
         parent = _get_key(parent, key)
     last = path[-1]
@@ -415,7 +456,7 @@ def _set_at(root: tp.Any, path: tuple, value: tp.Any) -> None:
         parent[last.idx if isinstance(last, jax.tree_util.SequenceKey) else last.key] = value
 
 
-def _get_key(x: tp.Any, key: tp.Any) -> tp.Any:
+def _get_key(x: tp.Any, key: jax.tree_util.KeyEntry) -> tp.Any:
     if isinstance(key, jax.tree_util.GetAttrKey):
         return getattr(x, key.name)
     if isinstance(key, jax.tree_util.SequenceKey):
@@ -423,20 +464,14 @@ def _get_key(x: tp.Any, key: tp.Any) -> tp.Any:
     return x[key.key]
 
 
-def _is_static(x: tp.Any) -> bool:
+def _is_static(x: object) -> bool:
     """No arrays and no graph objects in `x`: it can stay a Python value."""
     from nnxfn.core.graph import is_array
 
     return all(
-        not boundary.is_node(leaf) and not is_array(leaf)
-        for leaf in jax.tree_util.tree_leaves(x, is_leaf=boundary.is_node)
+        not boundary.is_graph_object(leaf) and not is_array(leaf)
+        for leaf in jax.tree_util.tree_leaves(x, is_leaf=boundary.is_graph_object)
     )
-
-
-def _like(template: tp.Any, value: tp.Any) -> tp.Any:
-    if isinstance(template, VariableLike):
-        return type(template).from_parts(value, template.metadata_items())
-    return value
 
 
 def _with_changed(exit_static: boundary.ExitStatic, changed: tuple, paths: tuple) -> boundary.ExitStatic:
@@ -459,7 +494,7 @@ def _returned_leaves(exit_static: boundary.ExitStatic, emitted: list) -> list:
 
 
 def _returned_cotangents(
-    entry: boundary.Entry, exit_static: boundary.ExitStatic, state_g: list, returned_g: list
+    entry: boundary.EntryRecord, exit_static: boundary.ExitStatic, state_g: list, returned_g: list
 ) -> list:
     """Cotangents of the objects in the output, shaped like them (a Module for a
     Module): an argument returned gets its state's cotangents, a new object its own."""
@@ -467,6 +502,7 @@ def _returned_cotangents(
         return []
     leaves = {(0,) + p: g for p, g in zip(entry.static.paths, state_g)}
     leaves.update(zip((p for p in exit_static.paths if p[0] == 1), returned_g))
+    assert exit_static.graphdef is not None  # objects were returned: the exit describes them
     _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
     return list(out_nodes)
 
@@ -495,5 +531,5 @@ def custom_vjp(
     written by `fun`/`fwd` are committed."""
     simple = core_tm.skips_graph_updates(graph, graph_updates)  # Flax's tree-mode `bwd`
     if fun is None:
-        return lambda f: CustomVjp(f, nondiff_argnums, simple)
-    return CustomVjp(fun, nondiff_argnums, simple)
+        return lambda f: CustomVjp(f, nondiff_argnums, simple=simple)
+    return CustomVjp(fun, nondiff_argnums, simple=simple)

@@ -24,9 +24,22 @@ import jax
 
 from nnxfn.facade import context
 from nnxfn.transforms import boundary
+from nnxfn.transforms.boundary import Leaf
 from nnxfn.transforms.common import arg_of_leaves, leaf_args
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
+
+
+class PureArgStatic(tp.NamedTuple):
+    """Where one argument's leaves sit among all graph-object arguments' leaves."""
+
+    entry: boundary.EntryStatic  # of all the graph-object arguments together
+    argnum: int  # this argument's index among them
+    state_indices: tuple[int, ...]  # its state leaves among the entry's values
+    other_indices: tuple[int, ...]  # its other leaves among the entry's others
+    n_state: int  # the entry's number of state leaves
+    n_other: int  # the entry's number of other leaves
+    n_args: int  # the number of graph-object arguments
 
 
 class PureArg:
@@ -34,13 +47,13 @@ class PureArg:
 
     __slots__ = ("static", "state", "others")
 
-    def __init__(self, static: tuple, state: list, others: list):
-        self.static = static  # (EntryStatic, argnum, state indices, other indices, sizes)
+    def __init__(self, static: PureArgStatic, state: list[Leaf], others: list[Leaf]):
+        self.static = static
         self.state = state
         self.others = others
 
     def __repr__(self) -> str:
-        return f"PureArg(argument {self.static[1]}, {len(self.state)} state leaves)"
+        return f"PureArg(argument {self.static.argnum}, {len(self.state)} state leaves)"
 
 
 jax.tree_util.register_pytree_node(
@@ -50,25 +63,34 @@ jax.tree_util.register_pytree_node(
 )
 
 
-def _split(args: tuple) -> tuple[boundary.Entry | None, tuple]:
+def _split(args: tuple) -> tuple[boundary.EntryRecord | None, tuple]:
     positions = [
         i
         for i, a in enumerate(args)
-        if any(boundary.is_node(x) for x in jax.tree_util.tree_leaves(a, is_leaf=boundary.is_node))
+        if any(
+            boundary.is_graph_object(x)
+            for x in jax.tree_util.tree_leaves(a, is_leaf=boundary.is_graph_object)
+        )
     ]
     if not positions:
         return None, args
     entry = boundary.enter(tuple(args[i] for i in positions), {})
     state_owner, other_owner = leaf_args(entry, arg_of_leaves(tuple(args[i] for i in positions), {}))
-    sizes = (len(entry.values), len(entry.others))
     pure = list(args)
     for k, i in enumerate(positions):
-        s_idx = tuple(j for j, o in enumerate(state_owner) if o == k)
-        o_idx = tuple(j for j, o in enumerate(other_owner) if o == k)
+        static = PureArgStatic(
+            entry=entry.static,
+            argnum=k,
+            state_indices=tuple(j for j, o in enumerate(state_owner) if o == k),
+            other_indices=tuple(j for j, o in enumerate(other_owner) if o == k),
+            n_state=len(entry.values),
+            n_other=len(entry.others),
+            n_args=len(positions),
+        )
         pure[i] = PureArg(
-            (entry.static, k, s_idx, o_idx, sizes, len(positions)),
-            [entry.values[j] for j in s_idx],
-            [entry.others[j] for j in o_idx],
+            static,
+            [entry.values[j] for j in static.state_indices],
+            [entry.others[j] for j in static.other_indices],
         )
     return entry, tuple(pure)
 
@@ -91,7 +113,7 @@ def split_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F
         values = list(entry.values)
         for arg in args_out:
             if isinstance(arg, PureArg):
-                for j, v in zip(arg.static[2], arg.state):
+                for j, v in zip(arg.static.state_indices, arg.state):
                     values[j] = v
         boundary.commit_all(entry, values)
         return out
@@ -110,7 +132,8 @@ def merge_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F
         parts = [p for p in pure if isinstance(p, PureArg)]
         if not parts:
             return pure, f(*pure)
-        static, _, _, _, (n_state, n_other), n_parts = parts[0].static
+        first = parts[0].static
+        static, n_state, n_other, n_parts = first.entry, first.n_state, first.n_other, first.n_args
         if len(parts) != n_parts:
             raise ValueError(
                 f"nnx merge_inputs: got {len(parts)} of the {n_parts} object arguments "
@@ -119,9 +142,9 @@ def merge_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F
         values: list = [None] * n_state
         others: list = [None] * n_other
         for p in parts:
-            for j, v in zip(p.static[2], p.state):
+            for j, v in zip(p.static.state_indices, p.state):
                 values[j] = v
-            for j, v in zip(p.static[3], p.others):
+            for j, v in zip(p.static.other_indices, p.others):
                 others[j] = v
         frame = context.Frame("nnx merge_inputs")
         context.push_frame(frame)
@@ -142,7 +165,7 @@ def merge_inputs(f: F | None = None, *, ctxtag: str = "split_merge_inputs") -> F
             )
         new_values = list(emitted)
         args_out = tuple(
-            PureArg(p.static, [new_values[j] for j in p.static[2]], list(p.others))
+            PureArg(p.static, [new_values[j] for j in p.static.state_indices], list(p.others))
             if isinstance(p, PureArg)
             else None
             for p in pure

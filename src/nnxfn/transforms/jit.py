@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import typing as tp
 
 import jax
+from jax.sharding import Sharding
 
-from nnxfn.facade import varmodes
+from nnxfn.facade import spmd as spmd_facade, varmodes
 from nnxfn.transforms import boundary, retrace
+from nnxfn.transforms.boundary import Leaf
+from nnxfn.transforms.misc import eval_shape
 from nnxfn.transforms.common import (
     MethodWrapper,
     Static,
@@ -18,17 +22,52 @@ from nnxfn.transforms.common import (
     leaf_args,
     run_inside,
 )
-from nnxfn.transforms.axes import check_consistent_aliasing
+from nnxfn.transforms.axes import check_shared_leaf_specs
 from nnxfn.transforms.sharding import (
-    _for_arg,
+    spec_for_arg,
     constrain_outputs,
     constrain_updates,
-    normalize as normalize_shardings,
-    place,
+    normalize_sharding_spec,
+    place_state_leaves,
     resolve_in_shardings,
     resolve_out_shardings,
 )
 from nnxfn.transforms.treemode import Rules, lifted
+
+
+#: `jitted_fn`'s (in_shardings, out_shardings), resolved per pure-argument leaf
+JitShardings = tuple[object, object]
+#: `JitShardings` as a hashable key: its leaves and tree structure
+ShardingsKey = tuple[tuple[object, ...], jax.tree_util.PyTreeDef]
+
+
+class CallStatic(tp.NamedTuple):
+    """The static (hashed) argument of `jitted_fn`: everything a trace is keyed on."""
+
+    entry: boundary.EntryStatic  # the arguments' graph structure
+    donated: tuple[int, ...]  # indices of the donated state leaves
+    static_args: tuple[tuple[int, tp.Hashable], ...]  # (position, value) of static arguments
+    static_kwargs: tuple[tuple[str, tp.Hashable], ...]  # (name, value) of static keyword arguments
+    state_shardings: tuple[object, ...]  # one per state leaf, or () when none is given
+
+
+class Prepared(tp.NamedTuple):
+    """One call's arguments, ready for `jitted_fn`: `JitWrapped._prepare`'s result."""
+
+    entry: boundary.EntryRecord  # the flattened arguments (committed to after the call)
+    static: CallStatic
+    kept: list[Leaf]  # state values not donated
+    donated: list[Leaf]  # donated state values
+    shardings: JitShardings | None  # (in, out) shardings of `jitted_fn`, if any
+
+
+class JitArgs(tp.NamedTuple):
+    """The positional arguments of `jitted_fn` (`JitWrapped.pure_args`): `jitted_fn(*args)`."""
+
+    static: CallStatic
+    kept: list[Leaf]
+    donated: list[Leaf]
+    others: list[Leaf]  # the arguments' array leaves outside graph objects
 
 
 class JitWrapped(MethodWrapper):
@@ -42,10 +81,10 @@ class JitWrapped(MethodWrapper):
         static_argnames: str | tp.Sequence[str] | None = None,
         donate_argnums: int | tp.Sequence[int] | None = None,
         donate_argnames: str | tp.Sequence[str] | None = None,
-        in_shardings: tp.Any = None,
-        out_shardings: tp.Any = None,
+        in_shardings: object = None,
+        out_shardings: object = None,
         keep_unused: bool = False,
-        device: tp.Any = None,
+        device: jax.Device | None = None,
         backend: str | None = None,
         inline: bool = False,
         graph: bool | None = None,
@@ -70,15 +109,17 @@ class JitWrapped(MethodWrapper):
         self.donate_argnames = (names,) if isinstance(names, str) else tuple(names or ())
         self.donate_argnums += _positions_of(fn, self.donate_argnames)
         self.in_shardings, self.out_shardings = in_shardings, out_shardings  # as given
-        self._in_spec = normalize_shardings(in_shardings)
-        self._out_spec = normalize_shardings(out_shardings)
-        self._jit_kwargs = dict(keep_unused=keep_unused, inline=inline)
+        self._in_spec = normalize_sharding_spec(in_shardings)
+        self._out_spec = normalize_sharding_spec(out_shardings)
+        self._jit_kwargs: dict[str, tp.Any] = dict(keep_unused=keep_unused, inline=inline)
         if device is not None:
             self._jit_kwargs["device"] = device
         if backend is not None:
             self._jit_kwargs["backend"] = backend
-        self._compiled: dict[tp.Any, tp.Callable] = {}
-        self._latest: tp.Any = None  # the shardings of the latest call, lower or trace
+        # One `jax.jit` per layout of the shardings (one in all without shardings): part of
+        # this function's identity (`jitted_fn`, its trace count), not a memo.
+        self._compiled: dict[ShardingsKey | None, jax.stages.Wrapped] = {}
+        self._latest: JitShardings | None = None  # the shardings of the latest call, lower or trace
         self._entries = boundary.EntryCache()
 
     #: Keyword arguments take no `in_shardings` (as in Flax).
@@ -90,7 +131,7 @@ class JitWrapped(MethodWrapper):
         return self.fn
 
     @property
-    def jitted_fn(self) -> tp.Any:
+    def jitted_fn(self) -> jax.stages.Wrapped:
         """The `jax.jit` function every call goes through (its `_cache_size()` counts
         the traces, `clear_cache()` empties it, `.lower`/`.trace`/`.eval_shape` stage it).
 
@@ -104,28 +145,28 @@ class JitWrapped(MethodWrapper):
         return self._jitted(self._latest)
 
     @property
-    def jax_in_shardings(self) -> tp.Any:
+    def jax_in_shardings(self) -> object:
         """The `in_shardings` `jitted_fn` was made with, one per pure argument leaf (None: none)."""
         return None if self._latest is None else self._latest[0]
 
     @property
-    def jax_out_shardings(self) -> tp.Any:
+    def jax_out_shardings(self) -> object:
         """The `out_shardings` `jitted_fn` was made with (None: none)."""
         return None if self._latest is None else self._latest[1]
 
-    def pure_args(self, *args: tp.Any, **kwargs: tp.Any) -> tuple:
+    def pure_args(self, *args: object, **kwargs: object) -> JitArgs:
         """The positional arguments `jitted_fn` takes for the call `self(*args, **kwargs)`:
         (static structure, kept state arrays, donated state arrays, other leaves)."""
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        return static, kept, donated, entry.others
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        return JitArgs(call.static, call.kept, call.donated, call.entry.others)
 
     # -- the traced body ---------------------------------------------------------
-    def _body(self, static: tuple, kept: list, donated: list, others: list) -> tuple:
-        entry_static, donated_idx, statics, static_kw, state_shardings = static
+    def _body(self, static: CallStatic, kept: list, donated: list, others: list) -> tuple:
+        entry_static, donated_idx, state_shardings = static.entry, static.donated, static.state_shardings
         values = _interleave(kept, donated, donated_idx)
         retrace.observe(self, self.fn, static, values, others)  # runs only while tracing
-        fn = _with_statics(self.fn, statics, static_kw)
+        fn = _with_statics(self.fn, static.static_args, static.static_kwargs)
         exit_static, out_arrays, emitted = run_inside(
             fn, entry_static, values, others, "nnx.jit", emit_all=set(donated_idx)
         )
@@ -141,8 +182,8 @@ class JitWrapped(MethodWrapper):
             return _RefStatic((exit_static, refs)), out_arrays, emitted
         return Static(exit_static), out_arrays, emitted
 
-    def _jitted(self, shardings: tp.Any) -> tp.Callable:
-        key = None
+    def _jitted(self, shardings: JitShardings | None) -> jax.stages.Wrapped:
+        key: ShardingsKey | None = None
         if shardings is not None:
             leaves, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: x is None)
             key = (tuple(leaves), treedef)
@@ -155,15 +196,15 @@ class JitWrapped(MethodWrapper):
             self._compiled[key] = fn
         return fn
 
-    def _prepare(self, args: tuple, kwargs: dict) -> tuple:
+    def _prepare(self, args: tuple, kwargs: dict) -> Prepared:
         statics = tuple((i, args[i]) for i in self.static_argnums if i < len(args))
         static_kw = tuple(sorted((k, kwargs[k]) for k in self.static_argnames if k in kwargs))
         dyn_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
         entry = self._entries.enter(dyn_args, dyn_kwargs)
         donated_idx: tuple[int, ...] = ()
-        shardings = None
-        state_shardings: tuple = ()
+        shardings: JitShardings | None = None
+        state_shardings: tuple[object, ...] = ()
         if self.donate_argnums or self.donate_argnames or self._in_spec is not None:
             positions = [i for i in range(len(args)) if i not in self.static_argnums]
             owners = [positions[o] if isinstance(o, int) else o for o in arg_of_leaves(dyn_args, dyn_kwargs)]
@@ -171,45 +212,48 @@ class JitWrapped(MethodWrapper):
             donate = set(self.donate_argnums) | set(self.donate_argnames)
             donated_idx = tuple(i for i, o in enumerate(state_owner) if o in donate)
             if self._in_spec is not None:
-                per_leaf = [_for_arg(self._in_spec, o) for o in owners]
-                check_consistent_aliasing("nnx.jit", entry, per_leaf, "in_shardings")
+                per_leaf = [spec_for_arg(self._in_spec, o) for o in owners]
+                check_shared_leaf_specs("nnx.jit", entry, per_leaf, "in_shardings")
             if self._in_spec is not None or self._out_spec is not None:
                 in_spec = resolve_in_shardings(self._in_spec, entry, state_owner, other_owner, donated_idx)
                 shardings = (in_spec, resolve_out_shardings(self._out_spec))
                 per_state = _interleave(in_spec[0], in_spec[1], donated_idx)
                 if any(s is not None for s in per_state):
                     state_shardings = tuple(per_state)
-                    place(entry, state_shardings)
+                    place_state_leaves(entry, state_shardings)
         elif self._out_spec is not None:
             out_spec = resolve_out_shardings(self._out_spec)
             shardings = None if out_spec is None else (None, out_spec)
-        static = (entry.static, donated_idx, statics, static_kw, state_shardings)
+        # by position: a NamedTuple built from keywords costs ~1 µs more, on every call
+        static = CallStatic(entry.static, donated_idx, statics, static_kw, state_shardings)
         kept, donated = _deinterleave(entry.values, donated_idx)
-        return entry, static, kept, donated, shardings
+        return Prepared(entry, static, kept, donated, shardings)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        aux, out_arrays, emitted = self._jitted(shardings)(static, kept, donated, entry.others)
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        entry = call.entry
+        aux, out_arrays, emitted = self._jitted(call.shardings)(
+            call.static, call.kept, call.donated, entry.others
+        )
         if aux.__class__ is not Static:  # Refs returned (only then: no per-call cost otherwise)
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
 
-    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
+    def lower(self, *args: object, **kwargs: object) -> Lowered:
         """Like `jax.jit(...).lower`; `.compile()` gives a function of the same
         arguments as this one (Modules included) that commits their updates."""
         return self.trace(*args, **kwargs).lower()
 
-    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
+    def trace(self, *args: object, **kwargs: object) -> Traced:
         """Trace for these arguments (`jax.jit(...).trace`); `.lower()` gives a `Lowered`."""
-        entry, static, kept, donated, shardings = self._prepare(args, kwargs)
-        self._latest = shardings
-        return Traced(self._jitted(shardings).trace(static, kept, donated, entry.others), self, static)
+        call = self._prepare(args, kwargs)
+        self._latest = call.shardings
+        traced = self._jitted(call.shardings).trace(call.static, call.kept, call.donated, call.entry.others)
+        return Traced(traced, self, call.static)
 
     def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """The output's shapes and dtypes (`nnx.eval_shape`); the arguments are not updated."""
-        from nnxfn.transforms.misc import eval_shape
-
         return eval_shape(self.fn, *args, **kwargs)
 
 
@@ -239,11 +283,11 @@ def _frozen(values: list) -> list:
     return [varmodes.read(x) if varmodes.is_mutable(x) else x for x in values]
 
 
-def _remade(value: tp.Any, box: bool) -> tp.Any:
+def _remade(value: Leaf, box: bool) -> Leaf:
     return varmodes.to_box(value) if box else jax.new_ref(value)
 
 
-def _commit_refs(entry: boundary.Entry, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
+def _commit_refs(entry: boundary.EntryRecord, plan: tuple, out_arrays: list, emitted: list) -> tp.Any:
     """Commit after a call that returned Refs/Boxes: an argument one comes back as
     the caller's own object; one made inside comes back as a new one holding its value."""
     exit_static, (outs, states) = plan
@@ -260,10 +304,6 @@ def _constrain_by_path(
 ) -> list:
     """After a structural change, leaves still at an input leaf's path keep its
     in_sharding (also when the Variable was replaced, e.g. `m.kernel = array`)."""
-    from jax.sharding import Sharding
-
-    from nnxfn.facade import spmd as spmd_facade
-
     by_path = {(0,) + p: s for p, s in zip(paths, shardings) if isinstance(s, Sharding)}
     out = list(emitted)
     for j, path in enumerate(exit_static.paths):
@@ -273,23 +313,28 @@ def _constrain_by_path(
     return out
 
 
-class Stage:
+S = tp.TypeVar("S", jax.stages.Traced, jax.stages.Lowered, jax.stages.Compiled)
+
+
+class Stage(tp.Generic[S]):
     """What `Traced`, `Lowered` and `Compiled` share: the `JitWrapped` they come from
     (`jit_wrapped`) and the JAX stage they wrap (`traced`, `lowered`, `compiled`), whose
     `in_tree`, `in_avals`, `donate_argnums`, ... describe `jitted_fn`'s pure arguments."""
 
     __slots__ = ("_inner", "jit_wrapped", "_static", "_bound")
 
-    def __init__(self, inner: tp.Any, jit_wrapped: JitWrapped, static: tuple, bound: tuple = ()):
+    _inner: S
+
+    def __init__(self, inner: S, jit_wrapped: JitWrapped, static: CallStatic, bound: tuple[object, ...] = ()):
         self._inner, self.jit_wrapped, self._static, self._bound = inner, jit_wrapped, static, bound
 
-    def with_partial_args(self, partial_args: tuple) -> tp.Self:
+    def with_partial_args(self, partial_args: tuple[object, ...]) -> tp.Self:
         """This stage, for a function whose first arguments `partial_args` are bound
         (`nnx.jit_partial`): its compiled form takes the remaining ones."""
         return type(self)(self._inner, self.jit_wrapped, self._static, partial_args)
 
     @property
-    def in_tree(self) -> tp.Any:
+    def in_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.in_tree
 
     @property
@@ -297,17 +342,17 @@ class Stage:
         return self._inner.in_avals
 
     @property
-    def donate_argnums(self) -> tp.Any:
+    def donate_argnums(self) -> tuple[int, ...]:
         return self._inner.donate_argnums
 
 
-class Traced(Stage):
+class Traced(Stage[jax.stages.Traced]):
     """`JitWrapped.trace(...)`: JAX's `Traced` (as `.traced`); `.lower()` gives a `Lowered`."""
 
     __slots__ = ()
 
     @property
-    def traced(self) -> tp.Any:
+    def traced(self) -> jax.stages.Traced:
         return self._inner
 
     @property
@@ -324,14 +369,14 @@ class Traced(Stage):
         return Lowered(lowered, self.jit_wrapped, self._static, self._bound)
 
 
-class Lowered(Stage):
+class Lowered(Stage[jax.stages.Lowered]):
     """`JitWrapped.lower(...)`: JAX's `Lowered` (as `.lowered`), whose `compile()`
     returns a `Compiled` taking the original arguments."""
 
     __slots__ = ()
 
     @property
-    def lowered(self) -> tp.Any:
+    def lowered(self) -> jax.stages.Lowered:
         return self._inner
 
     @property
@@ -339,10 +384,10 @@ class Lowered(Stage):
         return self._inner.args_info
 
     @property
-    def out_tree(self) -> tp.Any:
+    def out_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.out_tree
 
-    def compile(self, compiler_options: tp.Any = None) -> Compiled:
+    def compile(self, compiler_options: jax.stages.CompilerOptions | None = None) -> Compiled:
         compiled = self._inner.compile(compiler_options)
         return Compiled(compiled, self.jit_wrapped, self._static, self._bound)
 
@@ -356,7 +401,7 @@ class Lowered(Stage):
         return self._inner.cost_analysis()
 
 
-class Compiled(Stage):
+class Compiled(Stage[jax.stages.Compiled]):
     """A compiled `nnx.jit` function (JAX's `Compiled` as `.compiled`): call it with the
     arguments it was lowered for (same structure and shapes); Module updates are
     committed as by the jitted call."""
@@ -364,7 +409,7 @@ class Compiled(Stage):
     __slots__ = ()
 
     @property
-    def compiled(self) -> tp.Any:
+    def compiled(self) -> jax.stages.Compiled:
         return self._inner
 
     @property
@@ -372,7 +417,7 @@ class Compiled(Stage):
         return self._inner.args_info
 
     @property
-    def out_tree(self) -> tp.Any:
+    def out_tree(self) -> jax.tree_util.PyTreeDef:
         return self._inner.out_tree
 
     @property
@@ -400,15 +445,16 @@ class Compiled(Stage):
     def runtime_executable(self) -> tp.Any:
         return self._inner.runtime_executable()
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        entry, static, kept, donated, _ = self.jit_wrapped._prepare(self._bound + args, kwargs)
-        if static != self._static:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
+        call = self.jit_wrapped._prepare(self._bound + args, kwargs)
+        entry = call.entry
+        if call.static != self._static:
             raise TypeError(
                 "nnx.jit: this compiled function was lowered for arguments of another "
                 "structure (other Modules, attributes or static arguments); lower and compile "
                 "again for these arguments, or call the jitted function itself."
             )
-        aux, out_arrays, emitted = self._inner(kept, donated, entry.others)
+        aux, out_arrays, emitted = self._inner(call.kept, call.donated, entry.others)
         if aux.__class__ is not Static:
             return _commit_refs(entry, aux.value, out_arrays, emitted)
         return boundary.commit(entry, aux.value, out_arrays, emitted)
@@ -418,8 +464,6 @@ def _names_of(fn: tp.Callable, positions: tuple[int, ...]) -> tuple[str, ...]:
     """Names of the positional parameters of `fn` at `positions`."""
     if not positions:
         return ()
-    import inspect
-
     try:
         params = [
             p
@@ -439,8 +483,6 @@ def _positions_of(fn: tp.Callable, names: tuple[str, ...]) -> tuple[int, ...]:
     """Positions of the named parameters of `fn` (so names also donate positional args)."""
     if not names:
         return ()
-    import inspect
-
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -483,14 +525,14 @@ def _with_statics(fn: tp.Callable, statics: tuple, static_kw: tuple) -> tp.Calla
 def jit(
     fun: tp.Callable,
     *,
-    in_shardings: tp.Any = ...,
-    out_shardings: tp.Any = ...,
+    in_shardings: object = ...,
+    out_shardings: object = ...,
     static_argnums: int | tp.Sequence[int] | None = ...,
     static_argnames: str | tp.Sequence[str] | None = ...,
     donate_argnums: int | tp.Sequence[int] | None = ...,
     donate_argnames: str | tp.Sequence[str] | None = ...,
     keep_unused: bool = ...,
-    device: tp.Any = ...,
+    device: jax.Device | None = ...,
     backend: str | None = ...,
     inline: bool = ...,
     graph: bool | None = ...,
@@ -500,14 +542,14 @@ def jit(
 def jit(
     fun: None = None,
     *,
-    in_shardings: tp.Any = ...,
-    out_shardings: tp.Any = ...,
+    in_shardings: object = ...,
+    out_shardings: object = ...,
     static_argnums: int | tp.Sequence[int] | None = ...,
     static_argnames: str | tp.Sequence[str] | None = ...,
     donate_argnums: int | tp.Sequence[int] | None = ...,
     donate_argnames: str | tp.Sequence[str] | None = ...,
     keep_unused: bool = ...,
-    device: tp.Any = ...,
+    device: jax.Device | None = ...,
     backend: str | None = ...,
     inline: bool = ...,
     graph: bool | None = ...,
@@ -517,14 +559,14 @@ def jit(
 def jit(
     fun: tp.Callable | None = None,
     *,
-    in_shardings: tp.Any = None,
-    out_shardings: tp.Any = None,
+    in_shardings: object = None,
+    out_shardings: object = None,
     static_argnums: int | tp.Sequence[int] | None = None,
     static_argnames: str | tp.Sequence[str] | None = None,
     donate_argnums: int | tp.Sequence[int] | None = None,
     donate_argnames: str | tp.Sequence[str] | None = None,
     keep_unused: bool = False,
-    device: tp.Any = None,
+    device: jax.Device | None = None,
     backend: str | None = None,
     inline: bool = False,
     graph: bool | None = None,
@@ -540,18 +582,20 @@ def jit(
     ... def step(model, x):
     ...     return model(x)
     """
-    options = dict(
-        in_shardings=in_shardings,
-        out_shardings=out_shardings,
-        static_argnums=static_argnums,
-        static_argnames=static_argnames,
-        donate_argnums=donate_argnums,
-        donate_argnames=donate_argnames,
-        keep_unused=keep_unused,
-        device=device,
-        backend=backend,
-        inline=inline,
-    )
-    if fun is None:
-        return lambda f: JitWrapped(f, **options)
-    return JitWrapped(fun, **options)
+
+    def wrap(f: tp.Callable[..., tp.Any]) -> JitWrapped:
+        return JitWrapped(
+            f,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            static_argnums=static_argnums,
+            static_argnames=static_argnames,
+            donate_argnums=donate_argnums,
+            donate_argnames=donate_argnames,
+            keep_unused=keep_unused,
+            device=device,
+            backend=backend,
+            inline=inline,
+        )
+
+    return wrap if fun is None else wrap(fun)

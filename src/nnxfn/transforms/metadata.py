@@ -19,7 +19,7 @@ import functools
 import typing as tp
 
 from nnxfn.transforms import boundary, spmd
-from nnxfn.transforms.axes import entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.axes import emitted_templates, entry_axes, exit_axes, leaf_specs
 from nnxfn.transforms.common import check_not_bound, run_inside, signature_of, to_positional
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
@@ -44,9 +44,7 @@ def transform_metadata(
     sig = signature_of(f)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        from nnxfn.transforms.vmap import _emitted_templates
-
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         # keyword arguments take the in_axes entry of their position, as in Flax
         args, kwargs = to_positional(sig, args, kwargs, _NAME)
         entry = boundary.enter(args, kwargs)
@@ -56,7 +54,7 @@ def transform_metadata(
         exit_static, out_arrays, emitted = run_inside(f, inner, entry.values, entry.others, _NAME)
         if exit_static.graphdef is not None:
             _, emitted_axes = exit_axes(
-                _NAME, exit_static, entry, state_axes, specs, out_axes, _emitted_templates(exit_static)
+                _NAME, exit_static, entry, state_axes, specs, out_axes, emitted_templates(exit_static)
             )
             exit_static = spmd.outer_exit(
                 _NAME, exit_static, entry, state_axes, emitted_axes, emitted, metadata

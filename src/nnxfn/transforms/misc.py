@@ -8,11 +8,19 @@ import typing as tp
 import jax
 from jax.experimental import checkify as _checkify
 
+from nnxfn.core.trees import TreeState
 from nnxfn.facade.varmodes import is_mutable, read
 from nnxfn.transforms import boundary
-from nnxfn.transforms.axes import check_consistent_aliasing, entry_axes, exit_axes, leaf_specs
+from nnxfn.transforms.axes import (
+    PathAxes,
+    check_shared_leaf_specs,
+    entry_axes,
+    exit_axes,
+    is_spec_tree,
+    leaf_specs,
+)
 from nnxfn.transforms.common import as_tuple, body_fn, check_not_bound, run_inside
-from nnxfn.transforms.sharding import place
+from nnxfn.transforms.sharding import place_state_leaves
 from nnxfn.transforms.treemode import Rules, lifted
 
 
@@ -61,7 +69,7 @@ def eval_shape(
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 
 
-def _shard_abstract(nodes: tp.Any) -> None:
+def _shard_abstract(nodes: object) -> None:
     """Give each abstract Variable in `nodes` (fresh objects) without a sharding
     the `NamedSharding` its annotation gives on its `mesh` metadata or the
     current mesh (`P()` without an annotation); nothing without a mesh."""
@@ -77,7 +85,9 @@ def _shard_abstract(nodes: tp.Any) -> None:
         if not isinstance(value, jax.ShapeDtypeStruct) or value.sharding is not None:
             continue
         mesh = var.get_metadata().get("mesh") or (None if context.empty else context)
-        spec = None if mesh is None else variable_spec(var)
+        if mesh is None:
+            continue
+        spec = variable_spec(var)
         if spec is not None:
             sharding = jax.sharding.NamedSharding(mesh, spec)
             var.set_raw_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
@@ -100,7 +110,7 @@ def make_jaxpr(
     statics = as_tuple(static_argnums)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         fixed = {i: args[i] for i in statics if i < len(args)}
         dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
         entry = boundary.enter(dyn, kwargs)
@@ -130,7 +140,7 @@ def checkify(
     check_not_bound(f, "nnx.checkify")
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         cell: dict = {}
         inner = body_fn(f, entry.static, "nnx.checkify", cell)
@@ -146,8 +156,8 @@ def shard_map(
     f: tp.Callable | None = None,
     *,
     mesh: tp.Any,
-    in_specs: tp.Any,
-    out_specs: tp.Any,
+    in_specs: object,
+    out_specs: object,
     axis_names: tp.AbstractSet[tp.Hashable] = frozenset(),
     check_vma: bool = True,
     graph: bool | None = None,
@@ -165,11 +175,11 @@ def shard_map(
     check_not_bound(f, "nnx.shard_map")
     from jax.sharding import PartitionSpec
 
-    def is_spec(x: tp.Any) -> bool:
+    def is_spec(x: object) -> bool:
         return isinstance(x, PartitionSpec)
 
     @functools.wraps(f)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: object) -> tp.Any:
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(
             "nnx.shard_map",
@@ -177,10 +187,10 @@ def shard_map(
             (args, kwargs),
             kwargs_spec=PartitionSpec(),
         )
-        check_consistent_aliasing("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
+        check_shared_leaf_specs("nnx.shard_map", entry, [_unwrap(s) for s in specs], "in_specs")
         state_specs, other_specs = entry_axes(entry, [_unwrap(s) for s in specs])
         if isinstance(mesh, jax.sharding.Mesh):  # as Flax, whose shard_map returns state so laid out
-            place(entry, [_named(mesh, spec) for spec in state_specs])
+            place_state_leaves(entry, [_named(mesh, spec) for spec in state_specs])
         cell: dict = {}
         body = body_fn(f, entry.static, "nnx.shard_map", cell)
 
@@ -215,7 +225,7 @@ def shard_map(
     return wrapper
 
 
-def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.Any:
+def _wrap_arg_specs(in_specs: object, args: tuple, is_spec: tp.Callable) -> tp.Any:
     """`_wrap_specs`, except that a State of specs given for a State argument is
     matched leaf by leaf (both are the same pytree)."""
     from nnxfn import core
@@ -230,36 +240,34 @@ def _wrap_arg_specs(in_specs: tp.Any, args: tuple, is_spec: tp.Callable) -> tp.A
     )
 
 
-def _named(mesh: jax.sharding.Mesh, spec: tp.Any) -> tp.Any:
+def _named(mesh: jax.sharding.Mesh, spec: object) -> tp.Any:
     return jax.sharding.NamedSharding(mesh, spec) if isinstance(spec, jax.sharding.PartitionSpec) else None
 
 
 class _Spec:
     """Wraps a PartitionSpec (a tuple subclass) so axis flattening treats it as a leaf."""
 
-    def __init__(self, spec: tp.Any):
+    def __init__(self, spec: object):
         self.spec = spec
 
 
-def _wrap_specs(specs: tp.Any, is_spec: tp.Callable) -> tp.Any:
-    from nnxfn.transforms.spmd import PathAxes, is_spec_tree  # e.g. nnx.get_partition_spec(model)
-
-    from nnxfn.core.trees import TreeState  # graph-form `nnx.prefix(obj, {filter: spec})`
-
-    def wrap(s: tp.Any) -> tp.Any:
+def _wrap_specs(specs: object, is_spec: tp.Callable) -> tp.Any:
+    # trees of specs: e.g. nnx.get_partition_spec(model), or the graph form of
+    # `nnx.prefix(obj, {filter: spec})` (a TreeState)
+    def wrap(s: object) -> tp.Any:
         if isinstance(s, TreeState):
             s = s.state
         if is_spec(s):
             return _Spec(s)
         return _Spec(PathAxes(s)) if is_spec_tree(s) else s
 
-    def is_leaf(s: tp.Any) -> bool:
+    def is_leaf(s: object) -> bool:
         return is_spec(s) or is_spec_tree(s) or isinstance(s, TreeState)
 
     return jax.tree_util.tree_map(wrap, specs, is_leaf=is_leaf)
 
 
-def _unwrap(s: tp.Any) -> tp.Any:
+def _unwrap(s: object) -> tp.Any:
     if isinstance(s, _Spec):
         return s.spec
     if hasattr(s, "mapping") and hasattr(s, "resolve"):  # StateAxes of specs

@@ -16,7 +16,7 @@ import typing as tp
 
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.modes import set_graph_mode
-from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.boundary import is_graph_object
 from nnxfn.transforms.common import MethodWrapper
 from nnxfn.transforms.jit import JitWrapped, Lowered, Traced
 from nnxfn.transforms.treemode import Rules, lifted, share_variables
@@ -55,7 +55,7 @@ class JitPartial(MethodWrapper):
     def out_shardings(self) -> tp.Any:
         return self.jitted.out_shardings
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         return self.jitted(*self.partial_args, *args, **kwargs)
 
     def lower(self, *args: tp.Any, **kwargs: tp.Any) -> Lowered:
@@ -66,7 +66,7 @@ class JitPartial(MethodWrapper):
     def trace(self, *args: tp.Any, **kwargs: tp.Any) -> Traced:
         return self.jitted.trace(*self.partial_args, *args, **kwargs).with_partial_args(self.partial_args)
 
-    def eval_shape(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def eval_shape(self, *args: object, **kwargs: object) -> tp.Any:
         return self.jitted.eval_shape(*self.partial_args, *args, **kwargs)
 
 
@@ -128,15 +128,15 @@ def cached_partial(
             "flattening of unchanged arguments), use `nnx.jit_partial(f, *args, graph=False)`, "
             "or `nnx.compat.cached_partial(...)`, which sets both flags."
         )
-    if any(is_node(leaf) for leaf in _leaves(cached_args)):
+    if any(is_graph_object(leaf) for leaf in _leaves(cached_args)):
         cached_args = share_variables(cached_args)
     return functools.partial(f, *cached_args)
 
 
-def _leaves(tree: tp.Any) -> list:
+def _leaves(tree: object) -> list:
     import jax
 
-    return jax.tree_util.tree_leaves(tree, is_leaf=is_node)
+    return jax.tree_util.tree_leaves(tree, is_leaf=is_graph_object)
 
 
 __all__ = ["jit_partial", "cached_partial", "JitPartial"]

@@ -21,14 +21,36 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import types
 import typing as tp
 import warnings
 import weakref
 
 import jax
 
+if tp.TYPE_CHECKING:
+    from nnxfn.transforms.boundary import EntryStatic
+
+#: name -> (value description, kind) of everything that keys one trace
+Signature = dict[str, tuple[str, str]]
+
 _ENABLED = [os.environ.get("NNXFN_RETRACE_WARNINGS", "1") not in ("0", "false", "False", "")]
-_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # jitted -> (count, signature)
+_LAST: weakref.WeakKeyDictionary[object, tuple[int, Signature]] = weakref.WeakKeyDictionary()
+# jitted -> (trace count, signature of its latest trace): what the next warning compares
+# against (a diagnostic record, not a cache: it saves no work, so NNXFN_CACHE leaves it)
+
+
+class TraceInputs(tp.Protocol):
+    """What keys one trace of an `nnx.jit` body (jit's `CallStatic` is one)."""
+
+    @property
+    def entry(self) -> EntryStatic: ...
+
+    @property
+    def static_args(self) -> tuple[tuple[int, tp.Any], ...]: ...
+
+    @property
+    def static_kwargs(self) -> tuple[tuple[str, tp.Any], ...]: ...
 
 
 class RetraceWarning(UserWarning):
@@ -45,7 +67,7 @@ def retrace_warnings_enabled() -> bool:
 
 
 # -- describing one trace's inputs ----------------------------------------------------------------
-def _aval(x: tp.Any) -> str:
+def _aval(x: object) -> str:
     if x is None:
         return "None"
     aval = getattr(x, "aval", None)
@@ -133,10 +155,13 @@ def _structure(defn: tp.Any, prefix: str, out: dict[str, tuple[str, str]]) -> No
 
 
 def signature(
-    fn: tp.Callable, static: tuple, values: tp.Sequence, others: tp.Sequence
-) -> dict[str, tuple[str, str]]:
+    fn: tp.Callable[..., tp.Any],
+    static: TraceInputs,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
+) -> Signature:
     """name -> (value description, kind) for everything that keys a trace."""
-    entry, _, statics, static_kw, _ = static
+    entry, statics, static_kw = static.entry, static.static_args, static.static_kwargs
     names = _arg_names(fn, entry.treedef, statics)
     node_names = [names[i] for i in entry.node_positions]
     out: dict[str, tuple[str, str]] = {}
@@ -176,7 +201,11 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def differences(before: dict, after: dict) -> list[str]:
+def _described(entry: tuple[str, str] | None) -> str:
+    return "(absent)" if entry is None else entry[0] or entry[1]
+
+
+def differences(before: Signature, after: Signature) -> list[str]:
     """`name: old -> new` lines, in the order of the new trace's inputs."""
     lines = []
     for name in [*after, *(n for n in before if n not in after)]:
@@ -185,10 +214,8 @@ def differences(before: dict, after: dict) -> list[str]:
         old, new = before.get(name), after.get(name)
         if old == new:
             continue
-        if old is None:
-            lines.append(f"{name}: (absent) -> {new[0] or new[1]}")
-        elif new is None:
-            lines.append(f"{name}: {old[0] or old[1]} -> (absent)")
+        if old is None or new is None:
+            lines.append(f"{name}: {_described(old)} -> {_described(new)}")
         elif old[0] != new[0]:
             a, b = _short(old[0]), _short(new[0])
             if a == b:
@@ -204,7 +231,8 @@ def differences(before: dict, after: dict) -> list[str]:
 def _stacklevel() -> int:
     """The first frame outside nnxfn and JAX: the user's call."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None:
         name = os.path.abspath(frame.f_code.co_filename)
         if not (
@@ -218,7 +246,13 @@ def _stacklevel() -> int:
     return level
 
 
-def observe(jitted: tp.Any, fn: tp.Callable, static: tuple, values: tp.Sequence, others: tp.Sequence) -> None:
+def observe(
+    jitted: object,
+    fn: tp.Callable[..., tp.Any],
+    static: TraceInputs,
+    values: tp.Sequence[tp.Any],
+    others: tp.Sequence[tp.Any],
+) -> None:
     """Called by `nnx.jit` each time JAX traces its body: warn with the differences."""
     if not _ENABLED[0]:
         return

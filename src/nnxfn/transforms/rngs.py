@@ -14,6 +14,7 @@ copy of `node` with the new streams, as in Flax.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing as tp
 
@@ -23,10 +24,16 @@ import jax.numpy as jnp
 from nnxfn import core
 from nnxfn.core import treemode
 from nnxfn.core.errors import path_str
+from nnxfn.core.filters import Filter, Predicate
 from nnxfn.facade.rngs import RngStream
-from nnxfn.transforms.boundary import is_node
+from nnxfn.transforms.boundary import Path, is_graph_object
 
 Shape = tp.Union[int, tuple[int, ...]]
+#: a shape for every stream, or `{filter: shape}` (first matching filter wins); None: none
+SplitSpec = tp.Union[Shape, tp.Mapping[Filter, Shape], None]
+#: `fork_rngs`'s `split`: as `SplitSpec`, a None shape forking without splitting
+ForkSplitSpec = tp.Union[Shape, tp.Mapping[Filter, Shape | None], None]
+N = tp.TypeVar("N")
 Backup = tp.Union[tuple[RngStream, jax.Array, jax.Array], tuple[RngStream, jax.Array]]
 _MISSING: tp.Any = object()
 
@@ -51,7 +58,7 @@ class SplitBackups:
     def __enter__(self) -> SplitBackups:
         return self
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         restore_rngs(self)
 
 
@@ -64,7 +71,7 @@ def restore_rngs(backups: tp.Iterable[Backup], /) -> None:
             stream.count.value = backup[2]
 
 
-def backup_keys(node: tp.Any, /, *, graph: bool | None = None) -> list[Backup]:
+def backup_keys(node: object, /, *, graph: bool | None = None) -> list[Backup]:
     """`(stream, key)` for every stream in `node`, for `restore_rngs`."""
     return [(s, s.key[...]) for _, s in _streams(node, ...)]
 
@@ -74,7 +81,7 @@ def _check_unknown(name: str, unknown: dict) -> None:
         raise TypeError(f"{name}() got unexpected keyword argument(s) {sorted(unknown)}.")
 
 
-def _streams(tree: tp.Any, only: tp.Any) -> list[tuple[tuple, RngStream]]:
+def _streams(tree: object, only: Filter) -> list[tuple[Path, RngStream]]:
     """(path, stream) for each stream in `tree` whose key and count both match
     `only`, each shared stream once (at its first path)."""
     pred = core.to_predicate(only)
@@ -98,9 +105,7 @@ def _copy_mode(graph: bool | None, graph_updates: bool | None) -> bool:
     return graph is False or graph_updates is False
 
 
-def _map_streams(
-    node: tp.Any, only: tp.Any, make: tp.Callable[[tuple, RngStream], RngStream | None]
-) -> tp.Any:
+def _map_streams(node: N, only: Filter, make: tp.Callable[[Path, RngStream], RngStream | None]) -> N:
     """A copy of `node` in which each stream selected by `only` takes the key and
     count of `make(path, original_stream)` (None keeps it as is). `make` sees the
     original, so drawing from it advances the caller's stream, as in Flax."""
@@ -116,7 +121,7 @@ def _map_streams(
     return copy
 
 
-def _share_unchanged(original: tp.Any, copy: tp.Any, kept_streams: set) -> None:
+def _share_unchanged(original: object, copy: object, kept_streams: set[int]) -> None:
     """Put the original Variables back into `copy` (the streams themselves stay
     new objects, as in Flax), except in the split/forked streams, which have
     their own keys and counts: a write through the copy (e.g. a counter inside
@@ -124,9 +129,9 @@ def _share_unchanged(original: tp.Any, copy: tp.Any, kept_streams: set) -> None:
     from nnxfn.core.registry import lookup
     from nnxfn.core.variable_like import VariableLike
 
-    seen: set = set()
+    seen: set[int] = set()
 
-    def walk(o: tp.Any, c: tp.Any) -> None:
+    def walk(o: object, c: object) -> None:
         impl = lookup(type(c))
         if impl is None or id(c) in seen or lookup(type(o)) is None:
             return
@@ -153,11 +158,11 @@ def split_rngs(
     /,
     *,
     splits: Shape,
-    only: tp.Any = ...,
+    only: Filter = ...,
     squeeze: bool = False,
     graph: bool | None = None,
     graph_updates: bool | None = None,
-    **unknown: tp.Any,
+    **unknown: object,
 ) -> tp.Any:
     """Split the keys of the streams in `node` into arrays of shape `splits`
     (after one draw each), with counts of the same shape, so that
@@ -172,7 +177,7 @@ def split_rngs(
     if squeeze and splits != 1:
         raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits!r}.")
     copy = _copy_mode(graph, graph_updates)
-    if node is _MISSING or (callable(node) and not is_node(node) and not isinstance(node, RngStream)):
+    if node is _MISSING or (callable(node) and not is_graph_object(node) and not isinstance(node, RngStream)):
 
         def decorate(fn: tp.Callable) -> tp.Callable:
             @functools.wraps(fn)
@@ -192,7 +197,7 @@ def split_rngs(
     return _split_in_place(node, splits, only, squeeze)
 
 
-def _split_in_place(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> SplitBackups:
+def _split_in_place(node: object, splits: Shape, only: Filter, squeeze: bool) -> SplitBackups:
     backups: list[Backup] = []
     for _, stream in _streams(node, only):
         key, count_shape = _split_shape(stream, splits, squeeze)
@@ -202,7 +207,7 @@ def _split_in_place(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) ->
     return SplitBackups(backups)
 
 
-def _split_copy(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> tp.Any:
+def _split_copy(node: N, splits: Shape, only: Filter, squeeze: bool) -> N:
     def make(path: tuple, stream: RngStream) -> RngStream:
         key, _ = _split_shape(stream, splits, squeeze)
         return RngStream(key, tag=stream.tag)  # its count has the key's shape
@@ -210,7 +215,7 @@ def _split_copy(node: tp.Any, splits: Shape, only: tp.Any, squeeze: bool) -> tp.
     return _map_streams(node, only, make)
 
 
-def _fork_rules(split: tp.Any) -> list[tuple[core.filters.Predicate, tp.Any]]:
+def _fork_rngs_rules(split: ForkSplitSpec) -> list[tuple[Predicate, Shape | None]]:
     if split is None:
         split = {...: None}
     elif isinstance(split, (int, tuple)):
@@ -218,7 +223,9 @@ def _fork_rules(split: tp.Any) -> list[tuple[core.filters.Predicate, tp.Any]]:
     return [(core.to_predicate(f), v) for f, v in split.items()]
 
 
-def _fork_rule(rules: list, path: tuple, stream: RngStream) -> tp.Any:
+def _fork_rule(
+    rules: list[tuple[Predicate, Shape | None]], path: Path, stream: RngStream
+) -> tuple[bool, Shape | None]:
     for pred, value in rules:
         if pred((*path, "key"), stream.key) and pred((*path, "count"), stream.count):
             return True, value
@@ -229,10 +236,10 @@ def fork_rngs(
     node: tp.Any = _MISSING,
     /,
     *,
-    split: tp.Any = None,
+    split: ForkSplitSpec = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
-    **unknown: tp.Any,
+    **unknown: object,
 ) -> tp.Any:
     """Give the streams in `node` a fresh key each (drawn from the stream),
     split into arrays for the streams `split` selects (`split=4`, or
@@ -240,7 +247,7 @@ def fork_rngs(
     `split_rngs`; a decorator without `node`; a copy with `graph_updates=False`.
     """
     _check_unknown("fork_rngs", unknown)
-    rules = _fork_rules(split)
+    rules = _fork_rngs_rules(split)
     copy = _copy_mode(graph, graph_updates)
     if node is _MISSING:
 
@@ -262,7 +269,7 @@ def fork_rngs(
     return _fork_in_place(node, rules)
 
 
-def _fork_in_place(node: tp.Any, rules: list) -> SplitBackups:
+def _fork_in_place(node: object, rules: list[tuple[Predicate, Shape | None]]) -> SplitBackups:
     backups: list[Backup] = []
     for path, stream in _streams(node, ...):
         hit, shape = _fork_rule(rules, path, stream)
@@ -274,7 +281,7 @@ def _fork_in_place(node: tp.Any, rules: list) -> SplitBackups:
     return SplitBackups(backups)
 
 
-def _fork_copy(node: tp.Any, rules: list) -> tp.Any:
+def _fork_copy(node: N, rules: list[tuple[Predicate, Shape | None]]) -> N:
     def make(path: tuple, stream: RngStream) -> RngStream | None:
         hit, shape = _fork_rule(rules, path, stream)
         return stream.fork(split=shape) if hit else None
@@ -286,13 +293,13 @@ def with_rngs(
     node: tp.Any = _MISSING,
     /,
     *,
-    split: tp.Any = None,
-    fork: tp.Any = None,
-    broadcast: tp.Any = None,
-    only: tp.Any = True,
+    split: SplitSpec = None,
+    fork: Filter | list[Filter] | tuple[Filter, ...] | None = None,
+    broadcast: SplitSpec = None,
+    only: Filter = True,
     graph: bool | None = None,
     graph_updates: bool | None = None,
-    **unknown: tp.Any,
+    **unknown: object,
 ) -> tp.Any:
     """A copy of `node` whose streams are split, broadcast or forked.
 
@@ -310,56 +317,94 @@ def with_rngs(
     """
     _check_unknown("with_rngs", unknown)
     if node is _MISSING:
+        return _with_rngs_decorator(split=split, fork=fork, broadcast=broadcast, only=only)
+    rules = _StreamRules(
+        split=_shape_rules(split), broadcast=_shape_rules(broadcast), fork=_fork_filter_rules(fork)
+    )
+    return _map_streams(node, only, rules.remake)
 
-        def decorate(fn: tp.Callable) -> tp.Callable:
-            @functools.wraps(fn)
-            def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-                args, kwargs = with_rngs(
-                    (args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only
-                )
-                return fn(*args, **kwargs)
 
-            return wrapper
+def _with_rngs_decorator(
+    *,
+    split: SplitSpec,
+    fork: Filter | list[Filter] | tuple[Filter, ...] | None,
+    broadcast: SplitSpec,
+    only: Filter,
+) -> tp.Callable[[tp.Callable[..., tp.Any]], tp.Callable[..., tp.Any]]:
+    """`with_rngs` without a node: apply it to the decorated function's arguments."""
 
-        return decorate
+    def decorate(fn: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            args, kwargs = with_rngs((args, kwargs), split=split, fork=fork, broadcast=broadcast, only=only)
+            return fn(*args, **kwargs)
 
-    def shape_rules(spec: tp.Any) -> list:
-        if spec is None:
-            return []
-        if isinstance(spec, (int, tuple)):
-            spec = {...: spec}
-        return [(f, core.to_predicate(f), v) for f, v in spec.items()]
+        return wrapper
 
-    splits, broadcasts = shape_rules(split), shape_rules(broadcast)
-    forks = [] if fork is None else (list(fork) if isinstance(fork, (list, tuple)) else [fork])
-    forks = [(f, core.to_predicate(f)) for f in forks]
+    return decorate
 
-    def first(rules: list, path: tuple, stream: RngStream) -> tuple | None:
-        for f, pred, *value in rules:
-            if pred((*path, "key"), stream.key):
-                return (f, *value)
-        return None
 
-    def make(path: tuple, stream: RngStream) -> RngStream | None:
-        hits = {
-            "split": first(splits, path, stream),
-            "broadcast": first(broadcasts, path, stream),
-            "fork": first(forks, path, stream),
+class _Rule(tp.NamedTuple):
+    """One `with_rngs` rule: streams matching `filter` get `value` (a shape; None for fork)."""
+
+    filter: Filter
+    predicate: Predicate
+    value: Shape | None
+
+
+def _shape_rules(spec: SplitSpec) -> list[_Rule]:
+    """`split`/`broadcast`: a shape for every stream, or `{filter: shape}`."""
+    if spec is None:
+        return []
+    if isinstance(spec, (int, tuple)):
+        spec = {...: spec}
+    return [_Rule(f, core.to_predicate(f), v) for f, v in spec.items()]
+
+
+def _fork_filter_rules(fork: Filter | list[Filter] | tuple[Filter, ...] | None) -> list[_Rule]:
+    """`fork`: a filter or a list of filters."""
+    if fork is None:
+        return []
+    filters = list(fork) if isinstance(fork, (list, tuple)) else [fork]
+    return [_Rule(f, core.to_predicate(f), None) for f in filters]
+
+
+def _first(rules: list[_Rule], path: Path, stream: RngStream) -> _Rule | None:
+    """The first rule whose filter matches the stream's key at `path`."""
+    for rule in rules:
+        if rule.predicate((*path, "key"), stream.key):
+            return rule
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamRules:
+    """`with_rngs`'s rules; `remake` gives a stream's replacement."""
+
+    split: list[_Rule]
+    broadcast: list[_Rule]
+    fork: list[_Rule]
+
+    def remake(self, path: Path, stream: RngStream) -> RngStream | None:
+        """The stream split, broadcast or forked as its rule says (None: no rule matches)."""
+        found = {
+            "split": _first(self.split, path, stream),
+            "broadcast": _first(self.broadcast, path, stream),
+            "fork": _first(self.fork, path, stream),
         }
-        hits = {k: v for k, v in hits.items() if v is not None}
-        specific = [k for k, v in hits.items() if v[0] is not Ellipsis and v[0] is not True]
+        hits = {k: v for k, v in found.items() if v is not None}
+        specific = [k for k, v in hits.items() if v.filter is not Ellipsis and v.filter is not True]
         if len(hits) > 1 and len(specific) > 1:
-            rules = "; ".join(f"{k} by filter {v[0]!r}" for k, v in hits.items())
+            rules = "; ".join(f"{k} by filter {v.filter!r}" for k, v in hits.items())
             raise ValueError(
                 f"with_rngs: the stream at {path_str(path)} matches multiple rules ({rules}). "
                 "Make the filters disjoint, e.g. `fork=nnx.Not('params')`."
             )
-        if "split" in hits:
-            return stream.split(hits["split"][1])
-        if "broadcast" in hits:
-            return stream.broadcast(hits["broadcast"][1])
+        split, broadcast = hits.get("split"), hits.get("broadcast")
+        if split is not None and split.value is not None:
+            return stream.split(split.value)
+        if broadcast is not None and broadcast.value is not None:
+            return stream.broadcast(broadcast.value)
         if "fork" in hits:
             return stream.fork()
         return None
-
-    return _map_streams(node, only, make)

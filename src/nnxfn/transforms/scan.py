@@ -29,18 +29,22 @@ import typing as tp
 
 import jax
 import jax.numpy as jnp
+from jax.api_util import flatten_axes
 
-from nnxfn.core import errors
+from nnxfn.core import caches, errors
 from nnxfn.transforms import boundary, spmd
+from nnxfn.transforms.boundary import Leaf, Path
 from nnxfn.transforms.axes import (
     StateAxes,
-    check_consistent_aliasing,
-    check_prefix,
+    check_axes_not_objects,
+    check_shared_leaf_specs,
+    variable_templates,
     entry_axes,
     leaf_specs,
     resolve,
 )
 from nnxfn.transforms.common import (
+    Carry as Carry,
     MethodWrapper,
     Static,
     check_not_bound,
@@ -49,16 +53,6 @@ from nnxfn.transforms.common import (
     to_positional,
 )
 from nnxfn.transforms.treemode import Rules, lifted
-
-
-class Carry:
-    """Marker for the carried argument/output in `nnx.scan` axes."""
-
-    def __repr__(self) -> str:
-        return "nnx.Carry"
-
-
-Carry = Carry()  # type: ignore[misc]  # used as a value, like Flax's nnx.Carry
 
 
 def _moveaxis(x: tp.Any, src: int, dst: int) -> tp.Any:
@@ -73,13 +67,29 @@ class _BroadcastWritten(Exception):
         self.indices = indices
 
 
+#: what one value leaving the body becomes: ('carry', slot), ('ys', axis) or ('keep', index)
+Role = tuple[str, int]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """What each value leaving the body becomes (decided while tracing)."""
 
     exit: boundary.ExitStatic
-    emitted: tuple[tuple[str, tp.Any], ...]  # per emitted value: ('carry', slot) | ('ys', axis) | ('keep', i)
-    out: tuple[tuple[str, tp.Any], ...]  # per output array: ('carry', slot) | ('ys', axis)
+    emitted: tuple[Role, ...]  # per emitted value: ('carry', slot) | ('ys', axis) | ('keep', i)
+    out: tuple[Role, ...]  # per output array: ('carry', slot) | ('ys', axis)
+
+
+class _Layout(tp.NamedTuple):
+    """Where each leaf goes in `jax.lax.scan`: state (`_s`) and other (`_o`) leaf
+    indices that are carried, scanned over, or fixed (broadcast to every step)."""
+
+    carry_s: list[int]
+    scan_s: list[int]
+    fixed_s: list[int]
+    carry_o: list[int]
+    scan_o: list[int]
+    fixed_o: list[int]
 
 
 class _Scanned(MethodWrapper):
@@ -95,8 +105,8 @@ class _Scanned(MethodWrapper):
         split_transpose: bool = False,
     ):
         check_not_bound(fn, "nnx.scan")
-        check_prefix("nnx.scan", in_axes, "in_axes")
-        check_prefix("nnx.scan", out_axes, "out_axes")
+        check_axes_not_objects("nnx.scan", in_axes, "in_axes")
+        check_axes_not_objects("nnx.scan", out_axes, "out_axes")
         _validate_axes(in_axes, out_axes)
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
@@ -104,10 +114,12 @@ class _Scanned(MethodWrapper):
         self.transform_metadata = transform_metadata
         self.split_transpose = split_transpose
         self._sig = signature_of(fn)
-        self._cache: dict[tp.Any, tp.Callable] = {}
-        self._carried_broadcast: dict[tp.Any, frozenset] = {}
+        # Memos kept on this object across calls (off with `NNXFN_CACHE=0`): the jitted
+        # scan per argument structure, and the broadcast leaves learned to be written.
+        self._cache: dict[tp.Hashable, tp.Callable[..., tp.Any]] = {}
+        self._carried_broadcast: dict[tp.Hashable, frozenset[int]] = {}
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         args, kwargs = to_positional(self._sig, args, kwargs, "nnx.scan")
         if kwargs:
             raise TypeError(
@@ -122,7 +134,7 @@ class _Scanned(MethodWrapper):
             )
         entry = boundary.enter(args, {})
         specs = leaf_specs("nnx.scan", self.in_axes, (args, {}), kwargs_spec=None)
-        check_consistent_aliasing("nnx.scan", entry, specs, "in_axes")
+        check_shared_leaf_specs("nnx.scan", entry, specs, "in_axes")
         state_axes, other_axes = entry_axes(entry, specs)
         for i, axis in enumerate(state_axes):
             _check_in_axis(axis, entry.static.paths[i])
@@ -132,13 +144,16 @@ class _Scanned(MethodWrapper):
             try:
                 return self._run(entry, specs, state_axes, other_axes, base, extra)
             except _BroadcastWritten as e:
-                extra = self._carried_broadcast[base] = extra | frozenset(e.indices)
+                extra = extra | frozenset(e.indices)
+                if not caches.enabled():
+                    continue
+                self._carried_broadcast[base] = extra
                 if len(self._carried_broadcast) > 64:
                     self._carried_broadcast.pop(next(iter(self._carried_broadcast)))
 
     def _run(
         self,
-        entry: boundary.Entry,
+        entry: boundary.EntryRecord,
         specs: list,
         state_axes: list,
         other_axes: list,
@@ -146,33 +161,26 @@ class _Scanned(MethodWrapper):
         extra: frozenset,
     ) -> tp.Any:
         n = len(state_axes)
-        carry_s = [i for i in range(n) if state_axes[i] is Carry] + sorted(extra)
-        scan_s = [i for i in range(n) if _is_int(state_axes[i])]
-        fixed_s = [i for i in range(n) if state_axes[i] is None and i not in extra]
-        carry_o = [i for i, a in enumerate(other_axes) if a is Carry]
-        scan_o = [i for i, a in enumerate(other_axes) if _is_int(a)]
-        fixed_o = [i for i, a in enumerate(other_axes) if a is None]
+        layout = _Layout(
+            carry_s=[i for i in range(n) if state_axes[i] is Carry] + sorted(extra),
+            scan_s=[i for i in range(n) if _is_int(state_axes[i])],
+            fixed_s=[i for i in range(n) if state_axes[i] is None and i not in extra],
+            carry_o=[i for i, a in enumerate(other_axes) if a is Carry],
+            scan_o=[i for i, a in enumerate(other_axes) if _is_int(a)],
+            fixed_o=[i for i, a in enumerate(other_axes) if a is None],
+        )
+        carry_s, scan_s, fixed_s = layout.carry_s, layout.scan_s, layout.fixed_s
+        carry_o, scan_o, fixed_o = layout.carry_o, layout.scan_o, layout.fixed_o
         key = (base, extra)
         run = self._cache.get(key)
         if run is None:
             scanned = [a if _is_int(a) else None for a in state_axes]
             inner = spmd.inner_static("nnx.scan", entry, scanned, self.transform_metadata)
-            run = self._make(
-                entry.static,
-                len(entry.others),
-                inner,
-                specs,
-                state_axes,
-                carry_s,
-                scan_s,
-                fixed_s,
-                carry_o,
-                scan_o,
-                fixed_o,
-            )
-            if len(self._cache) >= 16:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = run
+            run = self._make(entry.static, len(entry.others), inner, specs, state_axes, layout)
+            if caches.enabled():
+                if len(self._cache) >= 16:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = run
         init = ([entry.values[i] for i in carry_s], [entry.others[i] for i in carry_o])
         xs = (
             [_moveaxis(entry.values[i], state_axes[i], 0) for i in scan_s],
@@ -190,24 +198,21 @@ class _Scanned(MethodWrapper):
         inner: boundary.EntryStatic,
         specs: list,
         state_axes: list,
-        carry_s: list,
-        scan_s: list,
-        fixed_s: list,
-        carry_o: list,
-        scan_o: list,
-        fixed_o: list,
-    ) -> tp.Callable:
+        layout: _Layout,
+    ) -> tp.Callable[..., tp.Any]:
         """The jitted `(consts, init, xs) -> (plan, carry, ys)` for one argument structure
         (it holds no argument values: the caller's objects are not kept alive)."""
+        carry_s, scan_s, fixed_s = layout.carry_s, layout.scan_s, layout.fixed_s
+        carry_o, scan_o, fixed_o = layout.carry_o, layout.scan_o, layout.fixed_o
         n_values = len(state_axes)
         emit_all = set(carry_s)
         slot = {i: k for k, i in enumerate(carry_s)}
         fn, out_axes = self.fn, self.out_axes
-        options = dict(
-            length=self.length,
-            reverse=self.reverse,
-            unroll=self.unroll,
-            _split_transpose=self.split_transpose,
+        length, reverse, unroll, split_transpose = (
+            self.length,
+            self.reverse,
+            self.unroll,
+            self.split_transpose,
         )
         node_specs = [specs[p] for p in static.node_positions]
 
@@ -229,8 +234,8 @@ class _Scanned(MethodWrapper):
                     exit_static, emitted, values, static.paths, state_axes, slot, node_specs, out_axes
                 )
                 cell["plan"] = plan
-                new_carry_s: list = [None] * len(carry_s)
-                ys_state = []
+                new_carry_s: list[Leaf] = [None] * len(carry_s)
+                ys_state: list[Leaf] = []
                 for (kind, arg), v in zip(plan.emitted, emitted):
                     if kind == "carry":
                         new_carry_s[arg] = v
@@ -240,14 +245,22 @@ class _Scanned(MethodWrapper):
                 ys_out = [v for (kind, _), v in zip(plan.out, out_arrays) if kind == "ys"]
                 return (new_carry_s, new_carry_o), (ys_state, ys_out)
 
-            carry, ys = jax.lax.scan(body, init, xs, **options)
+            carry, ys = jax.lax.scan(  # type: ignore[var-annotated]  # jax.lax.scan's result is untyped
+                body,
+                init,
+                xs,
+                length=length,
+                reverse=reverse,
+                unroll=unroll,
+                _split_transpose=split_transpose,
+            )
             return Static(cell["plan"]), carry, ys
 
         return jax.jit(scan_call)
 
     def _finish(
         self,
-        entry: boundary.Entry,
+        entry: boundary.EntryRecord,
         plan: _Plan,
         state_axes: list,
         carry_s_out: list,
@@ -287,61 +300,93 @@ def _plan(
     out_axes: tp.Any,
 ) -> _Plan:
     """Decide, while tracing, what each emitted value and output array becomes."""
-    from jax.api_util import flatten_axes
-
-    from nnxfn.transforms.vmap import _emitted_templates
-
     out_flat = flatten_axes("nnx.scan out_axes", exit_static.out_treedef, out_axes)
     node_out_axes = [out_flat[p] for p in exit_static.out_positions]
     _check_carried_outputs(exit_static, node_out_axes)
+    new_paths = _created_paths(exit_static, emitted, values, paths, state_axes, slot)
+    new_roles = _created_roles(exit_static, new_paths, node_specs, node_out_axes)
+    if exit_static.changed is not None:
+        roles = [_input_role(state_axes, slot, i, True) for i in exit_static.changed]
+        roles += [new_roles[p] for p in new_paths]
+    else:
+        index = {(0,) + p: i for i, p in enumerate(paths)}
+        roles = []
+        for path, value in zip(exit_static.paths, emitted):
+            i = index.get(path)
+            roles.append(
+                new_roles[path] if i is None else _input_role(state_axes, slot, i, value is not values[i])
+            )
+    return _Plan(exit_static, tuple(roles), _output_roles(exit_static, out_flat))
 
-    def input_role(i: int, written: bool) -> tuple[str, tp.Any]:
-        axis = state_axes[i]
-        if i in slot:
-            return ("carry", slot[i])
-        if axis is None:
-            if written:
-                raise _BroadcastWritten({i})
-            return ("keep", i)
-        return ("ys", axis) if written else ("keep", i)
 
-    roles: list[tuple[str, tp.Any]] = []
+def _input_role(state_axes: list[object], slot: dict[int, int], i: int, written: bool) -> Role:
+    """What input state leaf `i` becomes: carried, stacked as ys, or kept (not emitted)."""
+    axis = state_axes[i]
+    if i in slot:
+        return ("carry", slot[i])
+    if axis is None:
+        if written:
+            raise _BroadcastWritten({i})
+        return ("keep", i)
+    assert _is_int(axis)  # neither carried nor broadcast: scanned (`_check_in_axis`)
+    return ("ys", axis) if written else ("keep", i)
+
+
+def _created_paths(
+    exit_static: boundary.ExitStatic,
+    emitted: list,
+    values: list,
+    paths: tuple,
+    state_axes: list,
+    slot: dict[int, int],
+) -> tuple[Path, ...]:
+    """Paths of the leaves the body created; raises `_BroadcastWritten` if it wrote
+    broadcast state, and a ValueError if it removed carried state."""
     if exit_static.changed is not None:
         written_broadcast = {i for i in exit_static.changed if state_axes[i] is None and i not in slot}
         if written_broadcast:
             raise _BroadcastWritten(written_broadcast)
-        roles = [input_role(i, True) for i in exit_static.changed]
-        new_paths = exit_static.paths[len(exit_static.changed) :] if exit_static.graphdef is not None else ()
-    else:  # structure changed: every leaf was emitted
-        # A scanned or broadcast leaf the body removed is simply not emitted (the new
-        # structure drops it); a carried one would change the carry's structure.
-        index = {(0,) + p: i for i, p in enumerate(paths)}
-        found = set()
-        new_paths = []
-        written_broadcast = set()
-        for path, value in zip(exit_static.paths, emitted):
-            i = index.get(path)
-            if i is None:
-                new_paths.append(path)
-                continue
-            found.add(i)
-            written = value is not values[i]
-            if written and state_axes[i] is None and i not in slot:
-                written_broadcast.add(i)
-        if written_broadcast:
-            raise _BroadcastWritten(written_broadcast)
-        dropped = [paths[i] for i in slot if i not in found]
-        if dropped:
-            raise ValueError(
-                f"nnx.scan: the body removed the carried {errors.path_str(dropped[0][1:], 'arg')}; "
-                "a carry must keep its structure across iterations. Remove it before the scan, "
-                "or pass its module scanned (an int in_axes) instead of carried."
-            )
-    templates = None
-    new_roles: dict[tuple, tuple[str, tp.Any]] = {}
+        return exit_static.paths[len(exit_static.changed) :] if exit_static.graphdef is not None else ()
+    # structure changed: every leaf was emitted. A scanned or broadcast leaf the body
+    # removed is simply not emitted (the new structure drops it); a carried one would
+    # change the carry's structure.
+    index = {(0,) + p: i for i, p in enumerate(paths)}
+    found = set()
+    new_paths = []
+    written_broadcast = set()
+    for path, value in zip(exit_static.paths, emitted):
+        i = index.get(path)
+        if i is None:
+            new_paths.append(path)
+            continue
+        found.add(i)
+        if value is not values[i] and state_axes[i] is None and i not in slot:
+            written_broadcast.add(i)
+    if written_broadcast:
+        raise _BroadcastWritten(written_broadcast)
+    dropped = [paths[i] for i in slot if i not in found]
+    if dropped:
+        raise ValueError(
+            f"nnx.scan: the body removed the carried {errors.path_str(dropped[0][1:], 'arg')}; "
+            "a carry must keep its structure across iterations. Remove it before the scan, "
+            "or pass its module scanned (an int in_axes) instead of carried."
+        )
+    return tuple(new_paths)
+
+
+def _created_roles(
+    exit_static: boundary.ExitStatic,
+    new_paths: tp.Sequence[Path],
+    node_specs: list,
+    node_out_axes: list,
+) -> dict[Path, Role]:
+    """The leaves the body created leave stacked: their int axis, by path."""
+    if not new_paths:
+        return {}
+    assert exit_static.graphdef is not None  # leaves were created: the structure is described
+    templates = variable_templates(exit_static.graphdef)
+    roles: dict[Path, Role] = {}
     for path in new_paths:
-        if templates is None:
-            templates = dict(zip(exit_static.paths, _emitted_templates(exit_static)))
         spec = node_specs[path[1]] if path[0] == 0 else node_out_axes[path[1]]
         axis = resolve(spec, path[2:], templates.get(path))
         if not _is_int(axis):
@@ -352,26 +397,24 @@ def _plan(
                 "`nnx.StateAxes({nnx.Intermediate: 0, ...: nnx.Carry})` (or the Variable's type) "
                 "in in_axes / out_axes, or create it before the scan."
             )
-        new_roles[path] = ("ys", axis)
-    if exit_static.changed is not None:
-        roles += [new_roles[p] for p in new_paths]
-    else:
-        index = {(0,) + p: i for i, p in enumerate(paths)}
-        for path, value in zip(exit_static.paths, emitted):
-            i = index.get(path)
-            roles.append(new_roles[path] if i is None else input_role(i, value is not values[i]))
-    out_arrays_axes = [a for i, a in enumerate(out_flat) if i not in set(exit_static.out_positions)]
-    out_roles = []
+        roles[path] = ("ys", axis)
+    return roles
+
+
+def _output_roles(exit_static: boundary.ExitStatic, out_flat: list[object]) -> tuple[Role, ...]:
+    """What each output array becomes: ('carry', slot) or ('ys', axis)."""
+    positions = set(exit_static.out_positions)
+    roles: list[Role] = []
     carry_count = 0
-    for a in out_arrays_axes:
+    for a in (a for i, a in enumerate(out_flat) if i not in positions):
         if a is Carry:
-            out_roles.append(("carry", carry_count))
+            roles.append(("carry", carry_count))
             carry_count += 1
         elif _is_int(a):
-            out_roles.append(("ys", a))
+            roles.append(("ys", a))
         else:
             raise ValueError(f"nnx.scan: out_axes entry {a!r} is not supported; use nnx.Carry or an int.")
-    return _Plan(exit_static, tuple(roles), tuple(out_roles))
+    return tuple(roles)
 
 
 def _check_carried_outputs(exit_static: boundary.ExitStatic, node_out_axes: list) -> None:
@@ -393,7 +436,7 @@ def _check_carried_outputs(exit_static: boundary.ExitStatic, node_out_axes: list
             )
 
 
-def _is_int(axis: tp.Any) -> bool:
+def _is_int(axis: object) -> tp.TypeGuard[int]:
     return isinstance(axis, int) and not isinstance(axis, bool)
 
 
@@ -401,7 +444,7 @@ def _axis_key(axis: tp.Any) -> tp.Any:
     return "carry" if axis is Carry else axis
 
 
-def _check_in_axis(axis: tp.Any, path: tuple) -> None:
+def _check_in_axis(axis: object, path: Path) -> None:
     if axis is not None and axis is not Carry and not _is_int(axis):
         raise ValueError(
             f"nnx.scan: in_axes gives {errors.path_str(path[1:], 'arg')} the axis {axis!r}; "
@@ -409,12 +452,12 @@ def _check_in_axis(axis: tp.Any, path: tuple) -> None:
         )
 
 
-def _validate_axes(in_axes: tp.Any, out_axes: tp.Any) -> None:
+def _validate_axes(in_axes: object, out_axes: object) -> None:
     """Flax's rules: one top-level Carry in each of in_axes/out_axes, or in neither;
     no None (broadcast) in out_axes."""
     is_leaf = lambda x: x is None or x is Carry or isinstance(x, StateAxes)  # noqa: E731
 
-    def carries(axes: tp.Any, name: str) -> int:
+    def carries(axes: object, name: str) -> int:
         count = 0
         for path, leaf in jax.tree_util.tree_leaves_with_path(axes, is_leaf=is_leaf):
             if leaf is Carry:

@@ -20,15 +20,14 @@ from jax.sharding import PartitionSpec, Sharding
 from nnxfn import core
 from nnxfn.core.trees import TreeState
 from nnxfn.facade import spmd
-from nnxfn.transforms.boundary import Entry, ExitStatic, is_node
+from nnxfn.transforms.boundary import EntryRecord, ExitStatic
+from nnxfn.transforms.axes import is_spec_tree, variable_templates
 from nnxfn.transforms.common import FilterMap
 
 
 class StateSharding(FilterMap):
-    """Per-filter shardings for a module argument: `StateSharding({nnx.Param: s, ...: None})`."""
-
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
-        return self.lookup(path, leaf)
+    """Per-filter shardings for a module argument: `StateSharding({nnx.Param: s, ...: None})`
+    (`resolve` gives None for a leaf no filter matches)."""
 
     @property
     def shardings(self) -> tuple:
@@ -39,65 +38,65 @@ class StateSharding(FilterMap):
 class PathSharding(StateSharding):
     """Shardings looked up by path: made from a Module or State of shardings."""
 
-    def __init__(self, tree: tp.Any):
+    def __init__(self, tree: object):
         source = tree if isinstance(tree, core.State) else core.state(tree)
         self.mapping = ()
         self._flat = {p: _unbox(s) for p, s in source.flat_state()}
 
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
+    def resolve(self, path: tuple, leaf: object) -> tp.Any:
         return self._flat.get(path)
 
     def __repr__(self) -> str:
         return f"PathSharding({len(self._flat)} leaves)"
 
 
-def _unbox(x: tp.Any) -> tp.Any:
+def _unbox(x: object) -> tp.Any:
     return x.raw_value if hasattr(x, "raw_value") else x
 
 
-def _is_tree_of_shardings(x: tp.Any) -> bool:
-    return isinstance(x, core.State) or (is_node(x) and not hasattr(x, "raw_value"))
-
-
-def normalize(spec: tp.Any) -> tp.Any:
+def normalize_sharding_spec(spec: object) -> tp.Any:
     """Module/State trees of shardings inside an in/out_shardings spec -> PathSharding
     (also `nnx.prefix(model, {...: sharding})` results, GraphDef + State of shardings)."""
     if isinstance(spec, TreeState):
         inner = spec.state
         return PathSharding(inner) if isinstance(inner, core.State) else inner
-    if _is_tree_of_shardings(spec):
+    if is_spec_tree(spec):
         return PathSharding(spec)
     if isinstance(spec, (tuple, list)) and not isinstance(spec, PartitionSpec):
-        return type(spec)(normalize(s) for s in spec)
+        return type(spec)(normalize_sharding_spec(s) for s in spec)
     return spec
 
 
-def _for_arg(spec: tp.Any, arg: int | str) -> tp.Any:
+def spec_for_arg(spec: object, arg: int | str) -> tp.Any:
     if isinstance(spec, (tuple, list)):  # one entry per positional argument
         return spec[arg] if isinstance(arg, int) and 0 <= arg < len(spec) else None
     return spec
 
 
 def resolve_in_shardings(
-    spec: tp.Any, entry: Entry, state_owner: list[int], other_owner: list[int], donated_idx: tuple[int, ...]
+    spec: object,
+    entry: EntryRecord,
+    state_owner: list[int],
+    other_owner: list[int],
+    donated_idx: tuple[int, ...],
 ) -> tuple:
     """Shardings shaped like the jitted body's (kept, donated, others) arguments."""
     per_state = []
     for path, leaf, owner in zip(entry.static.paths, entry.live, state_owner):
-        s = _for_arg(spec, owner) if spec is not None else None
+        s = spec_for_arg(spec, owner) if spec is not None else None
         per_state.append(s.resolve(path[1:], leaf) if isinstance(s, StateSharding) else s)
     chosen = set(donated_idx)
     kept = [s for i, s in enumerate(per_state) if i not in chosen]
     donated = [per_state[i] for i in donated_idx]
-    others = [_for_arg(spec, o) if spec is not None else None for o in other_owner]
+    others = [spec_for_arg(spec, o) if spec is not None else None for o in other_owner]
     return (kept, donated, others)
 
 
-def _simple(spec: tp.Any) -> bool:
+def _simple(spec: object) -> bool:
     return spec is None or isinstance(spec, (Sharding, PartitionSpec))
 
 
-def resolve_out_shardings(spec: tp.Any) -> tp.Any:
+def resolve_out_shardings(spec: object) -> tp.Any:
     """Shardings for (exit static, user outputs, emitted state): only user outputs,
     when `spec` is one sharding; structured specs are applied inside the trace."""
     return (None, spec, None) if spec is not None and _simple(spec) else None
@@ -106,11 +105,11 @@ def resolve_out_shardings(spec: tp.Any) -> tp.Any:
 class _Leaf:
     """Hides a spec entry from pytree flattening (PartitionSpec, StateSharding, ...)."""
 
-    def __init__(self, value: tp.Any):
+    def __init__(self, value: object):
         self.value = value
 
 
-def constrain_outputs(spec: tp.Any, exit: ExitStatic, out_arrays: list, emitted: list) -> tuple[list, list]:
+def constrain_outputs(spec: object, exit: ExitStatic, out_arrays: list, emitted: list) -> tuple[list, list]:
     """Inside the jitted body: lay out the user outputs and the leaves of returned
     modules as `spec` says (modules that were arguments keep their own layout)."""
     if spec is None:
@@ -140,12 +139,8 @@ def constrain_outputs(spec: tp.Any, exit: ExitStatic, out_arrays: list, emitted:
         s = node_specs[path[1]]
         if isinstance(s, StateSharding):
             if templates is None:
-                from nnxfn.transforms.spmd import variable_defs
-
-                templates = variable_defs(exit.graphdef)
-            d = templates.get(path)
-            leaf = d.type.from_parts(None, d.metadata) if d is not None else None
-            s = s.resolve(path[2:], leaf)
+                templates = variable_templates(exit.graphdef)
+            s = s.resolve(path[2:], templates.get(path))
         if s is not None:
             emitted[j] = spmd.constrain(emitted[j], s)
     return out_arrays, emitted
@@ -164,7 +159,7 @@ def constrain_updates(exit: ExitStatic, emitted: list, state_shardings: tuple) -
     return emitted
 
 
-def place(entry: Entry, shardings: tp.Sequence) -> None:
+def place_state_leaves(entry: EntryRecord, shardings: tp.Sequence) -> None:
     """Put each concrete array state leaf of `entry` on its sharding in
     `shardings` (None: leave it), on the caller's Variables too (as Flax does),
     so the call sees them laid out as asked and they stay so after it."""

@@ -20,12 +20,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from nnxfn.core import errors
 from nnxfn.core.graphdef import ContainerDef, GraphDef, NodeDef, PytreeDef, VariableDef
+from nnxfn.core.variable_like import VariableLike
 from nnxfn.facade import spmd
 from nnxfn.facade.variables import hashable_metadata
-from nnxfn.transforms.axes import StateAxes
-from nnxfn.transforms.boundary import Entry, EntryStatic, ExitStatic
+from nnxfn.transforms.axes import variable_type
+from nnxfn.transforms.boundary import EntryRecord, EntryStatic, ExitStatic, Path
+from nnxfn.transforms.misc import eval_shape
 
-Path = tuple[tp.Any, ...]
 A = tp.TypeVar("A")
 PARTITION_NAME = spmd.PARTITION_NAME
 
@@ -34,7 +35,7 @@ PARTITION_NAME = spmd.PARTITION_NAME
 def map_variable_defs(graphdef: GraphDef, fn: tp.Callable[[Path, VariableDef], VariableDef]) -> GraphDef:
     """A GraphDef with every VariableDef (at the path of its leaf) replaced by `fn`'s."""
 
-    def walk(d: tp.Any, path: Path) -> tp.Any:
+    def walk(d: object, path: Path) -> tp.Any:
         if isinstance(d, VariableDef):
             return fn(path, d)
         if isinstance(d, NodeDef):
@@ -64,7 +65,7 @@ def variable_defs(graphdef: GraphDef) -> dict[Path, VariableDef]:
 
 
 # -- one annotation -------------------------------------------------------------------
-def _rebuild(spec: tp.Any, entries: list) -> tp.Any:
+def _rebuild(spec: object, entries: list) -> tp.Any:
     return PartitionSpec(*entries) if isinstance(spec, PartitionSpec) else tuple(entries)
 
 
@@ -115,7 +116,7 @@ def _with_axes(
             axis += ndims[path]
         meta = _edit(d.metadata, axis, transform_metadata, errors.path_str(path[1:], root), add, name)
         if PARTITION_NAME in transform_metadata:
-            meta = _call_axis_hook(d.type, meta, add, axis, transform_metadata[PARTITION_NAME])
+            meta = _call_axis_hook(variable_type(d), meta, add, axis, transform_metadata[PARTITION_NAME])
         return d if meta is d.metadata else VariableDef(d.type, d.index, meta)
 
     return map_variable_defs(graphdef, fn)
@@ -136,7 +137,9 @@ def _has_axis_hooks(static: EntryStatic) -> bool:
     return found
 
 
-def _call_axis_hook(var_type: type, meta: tuple, add: bool, axis: int, axis_name: tp.Any) -> tuple:
+def _call_axis_hook(
+    var_type: type[VariableLike], meta: tuple, add: bool, axis: int, axis_name: tp.Any
+) -> tuple:
     """Run the Variable type's `add_axis`/`remove_axis` (an override, or `on_add_axis`/
     `on_remove_axis` hooks in its metadata) on a stand-in holding `meta`; the
     metadata it leaves is the Variable's from now on. Nothing runs without hooks."""
@@ -187,9 +190,9 @@ def _edit_live(tree: A, index: int, transform_metadata: tp.Mapping, add: bool) -
 
 # -- what vmap/scan call --------------------------------------------------------------
 def inner_static(
-    name: str, entry: Entry, state_axes: tp.Sequence[tp.Any], transform_metadata: tp.Mapping | None
+    name: str, entry: EntryRecord, state_axes: tp.Sequence[tp.Any], transform_metadata: tp.Mapping | None
 ) -> EntryStatic:
-    """The Entry's static with mapped axes removed from the annotations (what the
+    """The entry record's static with mapped axes removed from the annotations (what the
     function sees inside the transform)."""
     if not transform_metadata:
         return entry.static
@@ -205,7 +208,7 @@ def inner_static(
 def outer_exit(
     name: str,
     exit: ExitStatic,
-    entry: Entry,
+    entry: EntryRecord,
     state_axes: tp.Sequence[tp.Any],
     emitted_axes: tp.Sequence[tp.Any],
     emitted: tp.Sequence[tp.Any],
@@ -229,33 +232,6 @@ def outer_exit(
     return dataclasses.replace(exit, graphdef=graphdef)
 
 
-# -- a tree of specs as per-leaf axes (nnx.shard_map) ------------------------------------
-def is_spec_tree(x: tp.Any) -> bool:
-    """A Module or State whose leaves are specs (e.g. `nnx.get_partition_spec(model)`)."""
-    from nnxfn.core import State
-    from nnxfn.transforms.boundary import is_node
-
-    return isinstance(x, State) or (is_node(x) and not hasattr(x, "raw_value"))
-
-
-class PathAxes(StateAxes):
-    """Per-leaf specs looked up by path in a Module/State of specs (`P()` if absent)."""
-
-    def __init__(self, tree: tp.Any):
-        from nnxfn.core import State, state
-
-        source = tree if isinstance(tree, State) else state(tree)
-        self.mapping = ()
-        self._flat = {p: getattr(v, "raw_value", v) for p, v in source.flat_state()}
-
-    def resolve(self, path: tuple, leaf: tp.Any) -> tp.Any:
-        found = self._flat.get(path)
-        return PartitionSpec() if found is None else found
-
-    def __repr__(self) -> str:
-        return f"PathAxes({len(self._flat)} leaves)"
-
-
 # -- abstract sharded models ------------------------------------------------------------
 def get_abstract_model(
     init_fn: tp.Callable[[], tp.Any], mesh: jax.sharding.Mesh, *, graph: bool | None = None
@@ -272,7 +248,6 @@ def get_abstract_model(
         model = nnx.merge(graphdef, state)
     """
     from nnxfn.core import split
-    from nnxfn.transforms.misc import eval_shape
 
     with jax.set_mesh(mesh):
         abstract = eval_shape(init_fn)
@@ -304,7 +279,7 @@ def as_abstract(tree: A, graph: bool | None = None) -> A:
     from nnxfn.core import recursive_map
     from nnxfn.facade.variables import Variable
 
-    def add_sharding(path: Path, x: tp.Any) -> tp.Any:
+    def add_sharding(path: Path, x: object) -> tp.Any:
         if not isinstance(x, Variable):
             return x
         value = x.raw_value
@@ -316,6 +291,7 @@ def as_abstract(tree: A, graph: bool | None = None) -> A:
         if mesh is None or mesh.empty:
             raise ValueError(_no_mesh_for_abstract(path))
         spec = spmd.variable_spec(x, mesh=mesh, where=errors.path_str(path, "tree"))
+        assert spec is not None  # the value is an array: it has a spec
         return x.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=NamedSharding(mesh, spec)))
 
     return recursive_map(add_sharding, tree)
@@ -341,7 +317,7 @@ def _no_mesh_for_abstract(path: Path) -> str:
 
 
 # -- error messages -----------------------------------------------------------------------
-def _missing_axis(name: str, where: str, key: str, spec: tp.Any, index: int, value: tp.Any) -> str:
+def _missing_axis(name: str, where: str, key: str, spec: object, index: int, value: object) -> str:
     return (
         f"{name}: {where} is mapped along axis {index}, so transform_metadata expects its "
         f"annotation {key}={spec!r} to hold {value!r} at position {index}, but it does not. "

@@ -31,8 +31,8 @@ from nnxfn import core
 from nnxfn.core import treemode as core_tm
 from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.trees import TreeState
-from nnxfn.transforms.boundary import is_node
-from nnxfn.transforms.common import FilterMap, check_not_bound
+from nnxfn.transforms.boundary import is_graph_object
+from nnxfn.transforms.common import Carry, DiffState, FilterMap, check_not_bound
 
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 
@@ -48,7 +48,7 @@ def _fix(name: str) -> str:
     )
 
 
-def aliasing(name: str, mode: str, obj: tp.Any, first: str, second: str) -> str:
+def aliasing(name: str, mode: str, obj: object, first: str, second: str) -> str:
     return (
         f"nnx.{name} with {mode}: Duplicate {type(obj).__name__} found at paths:\n"
         f"  - {first}\n  - {second}\n"
@@ -59,7 +59,7 @@ def aliasing(name: str, mode: str, obj: tp.Any, first: str, second: str) -> str:
     )
 
 
-def inconsistent_diff(name: str, obj: tp.Any, diff_path: str, other_path: str) -> str:
+def inconsistent_diff(name: str, obj: object, diff_path: str, other_path: str) -> str:
     return (
         f"nnx.{name}: Inconsistent aliasing detected. The following nodes have different "
         f"prefixes:\nNode: {type(obj).__name__}\n  {diff_path}: differentiated (in argnums)\n"
@@ -69,7 +69,7 @@ def inconsistent_diff(name: str, obj: tp.Any, diff_path: str, other_path: str) -
     )
 
 
-def mapping_prefix(name: str, prefix_name: str, obj: tp.Any) -> str:
+def mapping_prefix(name: str, prefix_name: str, obj: object) -> str:
     kind = type(obj).__name__
     return (
         f"nnx.{name}: `{prefix_name}` cannot contain `{kind}` objects when `graph=False` or "
@@ -80,7 +80,7 @@ def mapping_prefix(name: str, prefix_name: str, obj: tp.Any) -> str:
     )
 
 
-def graph_node_prefix(name: str, prefix_name: str, obj: tp.Any, where: str) -> str:
+def graph_node_prefix(name: str, prefix_name: str, obj: object, where: str) -> str:
     at = f" at {where}" if where != prefix_name else ""
     return (
         f"nnx.{name}: Found graph node of type {type(obj).__name__} in `{prefix_name}`{at}. "
@@ -99,17 +99,16 @@ def tree_state_prefix(name: str, prefix_name: str, where: str) -> str:
 
 
 # -- wrap-time checks ------------------------------------------------------------------------
-def _is_prefix_leaf(x: tp.Any) -> bool:
-    return x is None or is_node(x) or isinstance(x, (FilterMap, TreeState)) or _is_diff_state(x)
+def _is_prefix_leaf(x: object) -> bool:
+    return x is None or is_graph_object(x) or isinstance(x, (FilterMap, TreeState)) or _is_diff_state(x)
 
 
-def _is_diff_state(x: tp.Any) -> bool:
-    from nnxfn.transforms.common import DiffState
+def _is_diff_state(x: object) -> bool:
 
     return isinstance(x, DiffState)
 
 
-def check_prefix(name: str, prefix_name: str, value: tp.Any, graph: bool | None, skips_updates: bool) -> None:
+def check_prefix(name: str, prefix_name: str, value: object, graph: bool | None, skips_updates: bool) -> None:
     """Flax's checks of a prefix argument (`in_axes`, `in_shardings`, `argnums`, ...)."""
     tree = core_tm.is_tree_mode(graph)
     pairs, _ = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_prefix_leaf)
@@ -117,7 +116,7 @@ def check_prefix(name: str, prefix_name: str, value: tp.Any, graph: bool | None,
         where = prefix_name + jax.tree_util.keystr(keypath)
         if (isinstance(leaf, FilterMap) or _is_diff_state(leaf)) and skips_updates:
             raise ValueError(mapping_prefix(name, prefix_name, leaf))
-        if is_node(leaf) and graph is True:
+        if is_graph_object(leaf) and graph is True:
             raise ValueError(graph_node_prefix(name, prefix_name, leaf, where))
         if isinstance(leaf, TreeState) and tree:
             raise ValueError(tree_state_prefix(name, prefix_name, where))
@@ -155,7 +154,9 @@ def _arg_roots(args: tuple, kwargs: dict, label: str = "args") -> list[tuple[str
 class _Check:
     """The per-call checks of one transformed function, for the mode asked for."""
 
-    def __init__(self, rules: Rules, graph: bool | None, graph_updates: bool | None, bound: tp.Any):
+    def __init__(
+        self, rules: Rules, graph: bool | None, graph_updates: bool | None, bound: inspect.BoundArguments
+    ):
         self.rules = rules
         self.tree = core_tm.is_tree_mode(graph)
         self.unique = self.tree or rules.unique == "always"
@@ -166,7 +167,7 @@ class _Check:
             self.carry_in = _carry_index(_argument(bound, "in_axes"))
             self.carry_out = _carry_index(_argument(bound, "out_axes"))
 
-    def _dup(self, obj: tp.Any, a: str, b: str) -> str:
+    def _dup(self, obj: object, a: str, b: str) -> str:
         return aliasing(self.rules.name, self.mode, obj, a, b)
 
     def _walk(self, roots: list, unique: bool) -> dict:
@@ -182,6 +183,7 @@ class _Check:
         return found
 
     def _check_diff(self, roots: list) -> None:
+        assert self.diff is not None  # called only for grad-like transforms
         n_pos = sum(1 for name, _ in roots if name.startswith("args["))
         diff = {i if i >= 0 else i + n_pos for i in self.diff}
         in_diff = self._walk([r for i, r in enumerate(roots) if i in diff], unique=False)
@@ -190,7 +192,7 @@ class _Check:
             if key in in_diff:
                 raise ValueError(inconsistent_diff(self.rules.name, found.obj, in_diff[key].path, found.path))
 
-    def outputs(self, out: tp.Any, inputs: dict, carry_ids: set[int] | None = None) -> None:
+    def outputs(self, out: object, inputs: dict, carry_ids: set[int] | None = None) -> None:
         """Raise if the output holds an input Variable (or, in tree mode, one twice);
         with a carry, only the carry output may hold the carry input's Variables."""
         if self.carry_out is None or carry_ids is None:
@@ -210,11 +212,11 @@ class _Check:
 
     def wrap(self, fn: tp.Callable) -> tp.Callable:
         @functools.wraps(fn)
-        def checked(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def checked(*args: object, **kwargs: object) -> tp.Any:
             roots = _arg_roots(args, kwargs)
             carry_ids = None
             if self.carry_in is not None and roots:
-                carry_roots = [roots[0] if self.carry_in == "all" else roots[self.carry_in]]
+                carry_roots = [roots[0] if isinstance(self.carry_in, str) else roots[self.carry_in]]
                 carry_ids = set(self._walk(carry_roots, unique=False))
             inputs = self.inputs(roots)
             before = Structure(args, kwargs)
@@ -241,7 +243,11 @@ class Structure:
     __slots__ = ("nodes", "graphdef", "objects", "leaves")
 
     def __init__(self, args: tuple, kwargs: dict):
-        self.nodes = [x for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node) if is_node(x)]
+        self.nodes = [
+            x
+            for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_graph_object)
+            if is_graph_object(x)
+        ]
         self.objects: list = []
         self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
         self.leaves = dict(pairs)
@@ -263,14 +269,12 @@ def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
     return bound.signature.parameters[name].default
 
 
-def _as_ints(argnums: tp.Any) -> tuple[int, ...]:
+def _as_ints(argnums: object) -> tuple[int, ...]:
     items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
     return tuple(a for a in items if isinstance(a, int))
 
 
-def _carry_index(axes: tp.Any) -> int | str | None:
-    from nnxfn.transforms.scan import Carry
-
+def _carry_index(axes: object) -> int | str | None:
     if axes is Carry:
         return "all"
     if isinstance(axes, tuple):
@@ -280,7 +284,7 @@ def _carry_index(axes: tp.Any) -> int | str | None:
     return None
 
 
-def _split_carry(out: tp.Any, index: int | str) -> tuple[list, list]:
+def _split_carry(out: object, index: int | str) -> tuple[list, list]:
     """(carry roots, other output roots) of a scan body's output, labelled as the user sees them."""
     if index == "all":
         return [("out", out)], []
@@ -307,7 +311,7 @@ def lifted(rules: Rules) -> tp.Callable[[F], F]:
         )
 
         @functools.wraps(transform)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: object) -> tp.Any:
             if (
                 "graph" not in kwargs
                 and "graph_updates" not in kwargs
@@ -328,7 +332,7 @@ def lifted(rules: Rules) -> tp.Callable[[F], F]:
 def _apply(
     rules: Rules,
     transform: tp.Callable,
-    bound: tp.Any,
+    bound: inspect.BoundArguments,
     graph: bool | None,
     graph_updates: bool | None,
     again: tp.Callable,
@@ -372,7 +376,7 @@ def _apply(
     return _carry_as_pytree(result) if rules.carry else result
 
 
-def share_variables(tree: tp.Any) -> tp.Any:
+def share_variables(tree: object) -> tp.Any:
     """A copy of `tree` whose graph objects are new but hold the same Variables
     (sharing between and within the objects kept)."""
     graphdef, pairs = core.flatten(tree, copy=False)
@@ -383,7 +387,7 @@ def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
     """Flax's tree mode gives a loop's carry back as a pytree: new objects holding
     the caller's Variables (`out is model` is False, `out.w is model.w` True)."""
 
-    def run(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def run(*args: object, **kwargs: object) -> tp.Any:
         return share_variables(scanned(*args, **kwargs))
 
     return functools.update_wrapper(run, scanned, updated=())

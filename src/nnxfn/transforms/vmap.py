@@ -16,16 +16,22 @@ import typing as tp
 
 import jax
 
+from nnxfn.core import errors
 from nnxfn.transforms import boundary, spmd
+from nnxfn.transforms.boundary import Path
 from nnxfn.transforms.axes import (
-    check_consistent_aliasing,
-    check_prefix,
+    check_axes_not_objects,
+    check_shared_leaf_specs,
+    emitted_templates,
     entry_axes,
     exit_axes,
     leaf_specs,
+    resolve,
+    wrap_node_prefixes,
 )
 from nnxfn.transforms.common import (
     MethodWrapper,
+    arg_of_leaves,
     as_tuple,
     check_not_bound,
     no_captured_outputs,
@@ -40,21 +46,21 @@ class _Mapped(MethodWrapper):
     transform_metadata: tp.Mapping | None = None  # e.g. {nnx.PARTITION_NAME: 'layers'}
 
     def __init__(
-        self, fn: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, name: str, make: tp.Callable, options: dict
+        self, fn: tp.Callable, in_axes: object, out_axes: object, name: str, make: tp.Callable, options: dict
     ):
         check_not_bound(fn, name)
-        check_prefix(name, in_axes, "in_axes")
-        check_prefix(name, out_axes, "out_axes")
+        check_axes_not_objects(name, in_axes, "in_axes")
+        check_axes_not_objects(name, out_axes, "out_axes")
         functools.update_wrapper(self, fn)
         self.fn, self.in_axes, self.out_axes = fn, in_axes, out_axes
         self.name, self.make, self.options = name, make, options
         self._sig = signature_of(fn)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: object) -> tp.Any:
         args, kwargs = to_positional(self._sig, args, kwargs, self.name)
         entry = boundary.enter(args, kwargs)
         specs = leaf_specs(self.name, self.in_axes, (args, kwargs))
-        check_consistent_aliasing(self.name, entry, specs, "in_axes")
+        check_shared_leaf_specs(self.name, entry, specs, "in_axes")
         state_axes, other_axes = entry_axes(entry, specs)
         inner = spmd.inner_static(self.name, entry, state_axes, self.transform_metadata)
         cell: dict = {}
@@ -70,7 +76,7 @@ class _Mapped(MethodWrapper):
         jax.eval_shape(self.make(body, in_axes, 0, self.options), entry.values, entry.others)
         exit_static = cell["exit"]
         _check_returned_inputs(self.name, exit_static, entry, specs, self.out_axes)
-        leaves_for_axes = _emitted_templates(exit_static)
+        leaves_for_axes = emitted_templates(exit_static)
         out_axes = exit_axes(self.name, exit_static, entry, state_axes, specs, self.out_axes, leaves_for_axes)
         try:
             out_arrays, emitted = self.make(body, in_axes, out_axes, self.options)(entry.values, entry.others)
@@ -89,16 +95,13 @@ class _Mapped(MethodWrapper):
 def _broadcast_write(
     name: str,
     exit_static: boundary.ExitStatic,
-    entry: boundary.Entry,
+    entry: boundary.EntryRecord,
     args: tuple,
     kwargs: dict,
     out_axes: tuple,
     jax_msg: str,
 ) -> str:
     """The message for state of a broadcast (axis None) argument written with a batched value."""
-    from nnxfn.core import errors
-    from nnxfn.transforms.common import arg_of_leaves
-
     owners = arg_of_leaves(args, kwargs)
     node_arg = [owners[p] for p in entry.static.node_positions]
 
@@ -110,15 +113,17 @@ def _broadcast_write(
         i = node_arg[path[0]]
         return (f"args[{i}]" if i >= 0 else "kwargs") + "".join(f"[{k!r}]" for k in path[1:])
 
+    paths: list[Path | None]
     if exit_static.graphdef is None:
-        paths = [entry.static.paths[i] for i in exit_static.changed]
+        paths = [entry.static.paths[i] for i in exit_static.changed or ()]
     else:
         paths = [p[1:] if p[0] == 0 else None for p in exit_static.paths]
     import re
 
     found = re.search(r"out_axes\[1\]\[(\d+)\]", jax_msg)
-    if found and int(found.group(1)) < len(paths) and paths[int(found.group(1))] is not None:
-        written = [paths[int(found.group(1))]]
+    named = paths[int(found.group(1))] if found and int(found.group(1)) < len(paths) else None
+    if named is not None:
+        written = [named]
     else:  # name every broadcast leaf written
         written = [p for p, a in zip(paths, out_axes[1]) if a is None and p is not None]
     shown = [where(p) for p in written]
@@ -135,7 +140,7 @@ def _broadcast_write(
 
 
 def _check_returned_inputs(
-    name: str, exit_static: boundary.ExitStatic, entry: boundary.Entry, specs: list, out_axes: tp.Any
+    name: str, exit_static: boundary.ExitStatic, entry: boundary.EntryRecord, specs: list, out_axes: tp.Any
 ) -> None:
     """An argument returned as an output must leave on the axes it came in on."""
     if exit_static.graphdef is None or not exit_static.out_positions:
@@ -143,13 +148,12 @@ def _check_returned_inputs(
     from jax.api_util import flatten_axes
 
     from nnxfn.core.graphdef import Ref
-    from nnxfn.transforms.axes import resolve, wrap_node_prefixes
 
     outs = exit_static.graphdef.root.children[1][1].children
     origin = dict(exit_static.origins)
     node_index: dict[int, int] = {}
-    for j, n in enumerate(entry.nodes):  # an aliased node's leaves are at its first position
-        node_index.setdefault(id(n), j)
+    for pos, n in enumerate(entry.nodes):  # an aliased node's leaves are at its first position
+        node_index.setdefault(id(n), pos)
     out_flat = None
     for k, d in outs:
         if not isinstance(d, Ref) or d.index not in origin:
@@ -169,34 +173,10 @@ def _check_returned_inputs(
                 raise ValueError(
                     f"{name}: Inconsistent aliasing detected: output {k} is an input object, "
                     f"so its {type(leaf).__name__} at "
-                    f"{core_errors().path_str(path[1:], 'arg')} would be a Duplicate "
+                    f"{errors.path_str(path[1:], 'arg')} would be a Duplicate "
                     f"{type(leaf).__name__} with two layouts: in_axes {a!r} but out_axes {b!r}. "
                     "Give it the same axes in in_axes and out_axes, or return a copy (`nnx.clone`)."
                 )
-
-
-def core_errors() -> tp.Any:
-    from nnxfn.core import errors
-
-    return errors
-
-
-def _emitted_templates(exit_static: boundary.ExitStatic) -> list:
-    """Variable-typed stand-ins for the emitted leaves, for filter resolution."""
-    if exit_static.graphdef is None:
-        return []
-    from nnxfn.core.graphdef import VariableDef
-
-    kinds: dict = {}
-
-    def walk(d: tp.Any, path: tuple) -> None:
-        if isinstance(d, VariableDef):
-            kinds[path] = d.type.from_parts(None, d.metadata)
-        for k, child in getattr(d, "children", ()):
-            walk(child, path + (k,))
-
-    walk(exit_static.graphdef.root, ())
-    return [kinds.get(p) for p in exit_static.paths]
 
 
 def _vmap_maker(body: tp.Callable, in_axes: tp.Any, out_axes: tp.Any, options: dict) -> tp.Callable:
@@ -281,7 +261,7 @@ def _with_static_args(mapped: _Mapped, statics: tuple[int, ...]) -> tp.Callable:
     fn, in_axes = mapped.fn, mapped.in_axes
 
     @functools.wraps(fn)
-    def call(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def call(*args: object, **kwargs: object) -> tp.Any:
         fixed = {i: args[i] for i in statics if i < len(args)}
         dyn = tuple(a for i, a in enumerate(args) if i not in fixed)
 
