@@ -16,6 +16,7 @@ import pytest
 import nnxfn as nnx
 from nnxfn import core
 from nnxfn.core import program as fastpath
+from nnxfn.core.state import partition_pairs
 
 
 class Pair(nnx.Module):
@@ -40,12 +41,12 @@ class Big(nnx.Module):
 
 
 def _slow_split(node):
-    graphdef, pairs = core.flatten(node)
+    graphdef, pairs = core.flatten_graph(node)
     return graphdef, core.State.from_flat_path(pairs)
 
 
 def _slow_merge(graphdef, state):
-    return core.unflatten(graphdef, core.graph._flat_leaves([state]))
+    return core.unflatten_graph(graphdef, core.graph.flat_leaves([state]))
 
 
 def _same_state(a, b):
@@ -263,8 +264,8 @@ def test_new_attribute_sets_are_seen():
 
 
 def _slow_partition(node, *filters, exhaustive=True):
-    graphdef, pairs = core.flatten(node)
-    return graphdef, core.graph._partition(pairs, filters, exhaustive)
+    graphdef, pairs = core.flatten_graph(node)
+    return graphdef, partition_pairs(pairs, filters, exhaustive)
 
 
 def test_filtered_split_matches_general_route():
@@ -319,10 +320,10 @@ def test_filtered_split_errors_are_unchanged():
 
 def test_unflatten_leaves_equals_path_unflatten():
     model = Big()
-    graphdef, pairs = core.flatten(model, copy=False)
+    graphdef, pairs = core.flatten_graph(model, copy=False)
     leaves = [leaf for _, leaf in pairs]
     by_position = fastpath.unflatten_leaves(graphdef, leaves, copy=False)
-    by_path = core.unflatten(graphdef, dict(pairs), copy=False)
+    by_path = core.unflatten_graph(graphdef, dict(pairs), copy=False)
     _same_graph(by_position, by_path)
     assert by_position.count is model.count  # copy=False keeps the Variables
     copied = fastpath.unflatten_leaves(graphdef, leaves)

@@ -12,7 +12,7 @@ split/merge/update contexts that let several splits share object identity.
   This is how a function that ran under `jax.jit` on fresh copies commits its
   changes (even swapped attributes and new cycles) back to the caller's objects.
 
-Everything here is built on `graph.flatten`/`graph.unflatten`.
+Everything here is built on `graph.flatten_graph`/`graph.unflatten_graph`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph, refoutputs, treemode as _treemode
+from nnxfn.core import filters as filterlib, refoutputs, treemode as _treemode
 from nnxfn.core import treegraph as _treegraph
+from nnxfn.core.graph import flatten_graph, unflatten_graph
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, as_state
 from nnxfn.core.graphdef import (
@@ -156,7 +157,7 @@ def _flatten(
     """`flatten`; with `known_refs` (an inner split of an update context) the
     values of Ref Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
     objects: list[tp.Any] = []
-    graphdef, pairs = _graph.flatten(node, copy=copy, objects=objects)
+    graphdef, pairs = flatten_graph(node, copy=copy, objects=objects)
     if ref_index is None:
         ref_index = RefMap()
     if not len(ref_index) and ref_outer_index is None:
@@ -258,7 +259,7 @@ def unflatten(
                 reuse[index] = outer_index_outer_ref[outer]
     if refoutputs.needs_inputs(leaves):
         leaves = refoutputs.from_outputs(graphdef, leaves, reuse)
-    return _graph.unflatten(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
+    return unflatten_graph(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
 
 
 def _leaves_by_path(graphdef: GraphDef, state: tp.Any) -> dict[Path, tp.Any]:

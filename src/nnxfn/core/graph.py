@@ -1,10 +1,17 @@
-"""The one flattening implementation and everything built on it.
+"""Graph mode's split and merge: what the public functions of `api.py` are built on.
 
-`flatten` walks an object graph once and returns a GraphDef plus the leaves
-in canonical path order; `unflatten` builds fresh objects from a GraphDef and
-leaves without calling any `__init__`. `split`/`merge`/`state`/`graphdef`/
-`clone` are thin wrappers. The facade's writes (`update`, `pop`) are in
-`update.py`, iterations over a graph in `traverse.py`.
+- `flatten_graph` walks an object graph once (`walker.walk`) and returns a
+  GraphDef plus its (path, leaf) pairs in canonical path order;
+  `unflatten_graph` builds fresh objects from a GraphDef and {path: leaf}
+  without calling any `__init__` (checking the leaves fit first).
+- `split_graph` / `merge_graph` / `state_of_graph`: `split`/`merge`/`state` of
+  a node with children, handing out (and taking) the model's own Variables,
+  as Flax's graph mode. `split_graph` returns its previous result while nothing
+  structural changed (`splitcache.py`); a State it made remembers its leaves
+  in GraphDef order, so `merge_graph` of exactly those States skips the paths.
+
+Leaf roots, tree mode, Flax's keywords and the other state forms are handled
+by `api.py`; the in-place writes (`update`, `pop`) are in `writes.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import typing as tp
 
 
-from nnxfn.core import errors, splitcache
+from nnxfn.core import caches, errors, splitcache
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graphdef import (
     ArrayDef,
@@ -25,25 +32,12 @@ from nnxfn.core.graphdef import (
     PytreeDef,
     StaticDef,
 )
-from nnxfn.core.program import _unflatten_ops, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
-from nnxfn.core.walker import _mutable, walk  # noqa: F401 - _mutable: read from here
-from nnxfn.core.kinds import (  # noqa: F401 - children_of, is_array: also read from here
-    _ARRAY_TYPES,
-    _CONTAINERS,
-    _K_ARRAY,
-    _K_CONT,
-    _K_NODE,
-    _K_OTHER,
-    _K_STATIC,
-    _K_VAR,
-    _container_children,
-    _kind,
-    _pytree_children,
-    children_of,
-    is_array,
-)
+from nnxfn.core.kinds import children_of as children_of, is_array as is_array  # also read from here
+from nnxfn.core.program import _unflatten_ops, leaf_ops
+from nnxfn.core.program import flatten_like as flatten_like  # also read from here
+from nnxfn.core.walker import walk
 from nnxfn.core.registry import key_order
-from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
+from nnxfn.core.state import State, partition, wrap as _wrap_state
 from nnxfn.core.state import _set_flat
 from nnxfn.core.variable_like import VariableLike
 
@@ -52,7 +46,7 @@ Leaf = tp.Any
 
 
 # -- flatten ----------------------------------------------------------------
-def flatten(
+def flatten_graph(
     node: tp.Any,
     *,
     copy: bool = True,
@@ -74,7 +68,7 @@ def flatten(
 
 
 # -- unflatten ----------------------------------------------------------------
-def unflatten(
+def unflatten_graph(
     graphdef: GraphDef,
     leaves: tp.Mapping[Path, Leaf],
     *,
@@ -91,7 +85,7 @@ def unflatten(
     place instead of created (how transforms commit onto the caller's
     objects); `objects`, if given, receives index -> object (objects already
     in it, indices 0, 1, ..., can be referred to). A foreign pytree
-    may be given whole at its path (see `flatten(whole_pytrees=...)`).
+    may be given whole at its path (see `flatten_graph(whole_pytrees=...)`).
     Raises, naming the paths, before anything is made or written, when the
     leaves do not fit the GraphDef. `adopt`: see `program._unflatten_ops`.
     """
@@ -101,7 +95,7 @@ def unflatten(
         raise ValueError(errors.missing_leaves(missing))
     if len(entries) != len(leaves):
         extra = set(leaves) - {path for path, _ in entries}
-        raise ValueError(errors.unexpected_leaves(sorted(extra, key=_path_order)))
+        raise ValueError(errors.unexpected_leaves(sorted(extra, key=path_order)))
     ordered = [leaves[path] for path, _ in entries]
     for (path, op), leaf in zip(entries, ordered):
         if op[0] == OP_VAR and isinstance(leaf, VariableLike) and not isinstance(leaf, op[1]):
@@ -117,16 +111,14 @@ def unflatten(
     return out
 
 
-def _path_order(path: Path) -> tuple:
+def path_order(path: Path) -> tuple:
+    """Sort key of a path: its keys in canonical order (`registry.key_order`)."""
     return tuple(key_order(k) for k in path)
 
 
 # -- split / merge / state ------------------------------------------------------
-_partition = partition_pairs  # (pairs, filters, exhaustive) -> one State per filter
-
-
-def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
-    """`graphdef, state = split(node)` or `graphdef, s1, s2 = split(node, f1, f2)`.
+def split_graph(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
+    """`graphdef, state = split_graph(node)` or `graphdef, s1, s2 = split_graph(node, f1, f2)`.
 
     Every leaf must match one filter (use `...` last to collect the rest).
     The States hold the model's own Variables (as Flax's graph mode).
@@ -135,10 +127,10 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
         paths: list = []
         graphdef, _, leaves = walk(node, copy=False, paths=paths)
         return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
-    found = splitcache.lookup(node)
+    found = splitcache.cached_split(node)
     if found is not None:
         return found
-    clock = splitcache.CLOCK[0]
+    clock = caches.STRUCTURE.now
     containers: list = []
     pure: dict = {}  # foreign pytrees holding only values: may change in place unseen
     graphdef, state, leaves = walk(node, copy=False, containers=containers, whole_pytrees=pure)
@@ -146,11 +138,12 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
         state = _wrap_state({})
     _set_flat(state, (graphdef, leaves, None, 0, None))
     if not pure:
-        splitcache.store(node, clock, (graphdef, state), containers)
+        splitcache.remember_split(node, clock, (graphdef, state), containers)
     return graphdef, state
 
 
-def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
+def flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
+    """{path: leaf} of several States (or nested mappings), later ones winning."""
     flat: dict[Path, Leaf] = {}
     for s in states:
         if not isinstance(s, State):
@@ -159,8 +152,8 @@ def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
     return flat
 
 
-def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
-    """Build a new object graph from `graphdef` and the states of `split`.
+def merge_graph(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
+    """Build a new object graph from `graphdef` and the States of `split_graph`.
 
     The new graph holds the states' own Variables (as Flax's `merge`), or
     copies of them with `copy=True`."""
@@ -170,13 +163,13 @@ def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
             if copy or len(states) > 1:
                 return _unflatten_ops(graphdef, leaves, copy=copy)
             # The new graph holds the State's Variables: splitting it gives `graphdef, state` again.
-            clock = splitcache.CLOCK[0]
+            clock = caches.STRUCTURE.now
             built: list = []
             out = _unflatten_ops(graphdef, leaves, copy=False, built=built)
             if all(type(c) is list or type(c) is dict for c in built):  # else: see `split`
-                splitcache.store(out, clock, (graphdef, states[0]), built)
+                splitcache.remember_split(out, clock, (graphdef, states[0]), built)
             return out
-    return unflatten(graphdef, _flat_leaves(states), copy=copy, adopt=True)
+    return unflatten_graph(graphdef, flat_leaves(states), copy=copy, adopt=True)
 
 
 def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
@@ -213,19 +206,19 @@ def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
 def _partition_fast(
     graphdef: GraphDef, paths: list, leaves: list, filters: tuple, exhaustive: bool
 ) -> tuple[State, ...]:
-    """`_partition` of a fast walk; the States remember their leaf positions."""
+    """`state.partition_pairs` of a fast walk; the States remember their leaf positions."""
     buckets = partition(paths, leaves, filters, exhaustive)
     token = [len(buckets)]
     states = []
     for i, positions in enumerate(buckets):
         part = [leaves[p] for p in positions]
-        state = _nest([paths[p] for p in positions], part)
+        state = nest_state([paths[p] for p in positions], part)
         _set_flat(state, (graphdef, part, token, i, positions))
         states.append(state)
     return tuple(states)
 
 
-def _nest(paths: list, leaves: list) -> State:
+def nest_state(paths: list, leaves: list) -> State:
     """`State.from_flat_path(zip(paths, leaves))` for a fast walk's leaves
     (distinct paths, in canonical order; no leaf is a plain dict)."""
     root: dict = {}
@@ -251,25 +244,16 @@ def _nest(paths: list, leaves: list) -> State:
     raise AssertionError("unreachable")
 
 
-def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
+def state_of_graph(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     """The node's State, or one State per filter (leaves matching none are left out)."""
     if not filters:
-        return split(node)[1]
+        return split_graph(node)[1]
     paths: list = []
     graphdef, _, leaves = walk(node, copy=False, paths=paths)
     states = _partition_fast(graphdef, paths, leaves, filters, exhaustive=False)
     for s in states:
         _set_flat(s, None)  # no GraphDef to pair them with
     return states[0] if len(states) == 1 else states
-
-
-def graphdef(node: tp.Any) -> GraphDef:
-    return flatten(node)[0]
-
-
-def clone(node: tp.Any) -> tp.Any:
-    """A deep copy through split/merge: same values and sharing, new objects."""
-    return merge(*split(node), copy=True)
 
 
 def _pure(d: tp.Any) -> bool:

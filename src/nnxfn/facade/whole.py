@@ -136,7 +136,7 @@ def _leaves(obj: Object):
         if pairs is not None:
             return [leaf for _, leaf in pairs], memo[:3]
     whole: dict = {}
-    graphdef, pairs = core.flatten(obj, copy=False, whole_pytrees=whole)
+    graphdef, pairs = core.flatten_graph(obj, copy=False, whole_pytrees=whole)
     if whole:
         pairs = tp.cast(list, core.graph.flatten_like(graphdef, obj, whole))
     return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
@@ -176,7 +176,7 @@ def unflatten(aux: tuple, children: tp.Iterable) -> Object:
             raise core.program.LeafMismatch
         obj = core.program.unflatten_leaves(graphdef, leaves, copy=False)
     except core.program.LeafMismatch:
-        obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+        obj = core.unflatten_graph(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):
             if isinstance(node, Object) and node.__dict__.get("_nnx_frame") is None:

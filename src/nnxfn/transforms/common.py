@@ -126,7 +126,7 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
             from nnxfn import core
 
             frame = context.current_frame()
-            _, pairs = core.flatten(nodes, copy=False)
+            _, pairs = core.flatten_graph(nodes, copy=False)
             for path, leaf in pairs:
                 owner = getattr(leaf, "_frame", frame)
                 if owner is not frame:

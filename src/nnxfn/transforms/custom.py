@@ -467,7 +467,7 @@ def _returned_cotangents(
         return []
     leaves = {(0,) + p: g for p, g in zip(entry.static.paths, state_g)}
     leaves.update(zip((p for p in exit_static.paths if p[0] == 1), returned_g))
-    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    _, out_nodes = core.unflatten_graph(exit_static.graphdef, leaves)
     return list(out_nodes)
 
 

@@ -243,17 +243,17 @@ class Structure:
     def __init__(self, args: tuple, kwargs: dict):
         self.nodes = [x for x in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node) if is_node(x)]
         self.objects: list = []
-        self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
+        self.graphdef, pairs = core.flatten_graph(self.nodes, copy=False, objects=self.objects)
         self.leaves = dict(pairs)
 
     def restore(self) -> None:
         objects: list = []
-        graphdef, _ = core.flatten(self.nodes, copy=False, objects=objects)
+        graphdef, _ = core.flatten_graph(self.nodes, copy=False, objects=objects)
         if graphdef == self.graphdef and len(objects) == len(self.objects):
             if all(map(operator.is_, objects, self.objects)):
                 return
         # Variables are given as themselves: a reused Variable keeps its value.
-        core.unflatten(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
+        core.unflatten_graph(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
 
 
 def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
@@ -375,8 +375,8 @@ def _apply(
 def share_variables(tree: tp.Any) -> tp.Any:
     """A copy of `tree` whose graph objects are new but hold the same Variables
     (sharing between and within the objects kept)."""
-    graphdef, pairs = core.flatten(tree, copy=False)
-    return core.unflatten(graphdef, dict(pairs), copy=False)
+    graphdef, pairs = core.flatten_graph(tree, copy=False)
+    return core.unflatten_graph(graphdef, dict(pairs), copy=False)
 
 
 def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
