@@ -25,7 +25,14 @@ import jax.numpy as jnp
 
 from nnxfn.core import errors, filters as filterlib, treegraph, treemode
 from nnxfn.core.flatstate import FlatState
-from nnxfn.core.graph import flatten_graph, merge_graph, nest_state, split_graph, state_of_graph, unflatten_graph
+from nnxfn.core.graph import (
+    flatten_graph,
+    merge_graph,
+    nest_state,
+    split_graph,
+    state_of_graph,
+    unflatten_graph,
+)
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.program import leaf_ops
 from nnxfn.core.pytrees import is_pytree_node

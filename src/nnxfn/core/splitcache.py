@@ -96,4 +96,8 @@ def snapshot(container: object) -> Snapshot:
 
 def same_snapshot(a: Snapshot, b: Snapshot) -> bool:
     """Same keys (or treedef) and the very same child objects."""
-    return a.keys == b.keys and len(a.children) == len(b.children) and all(map(operator.is_, a.children, b.children))
+    return (
+        a.keys == b.keys
+        and len(a.children) == len(b.children)
+        and all(map(operator.is_, a.children, b.children))
+    )
