@@ -232,6 +232,8 @@ from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402
 from nnxfn.facade.context import TraceContextError as TraceContextError  # noqa: E402
 
 # -- Flax's module paths: nnxfn/namespaces/, installed as nnxfn.<path> --
+import sys as _sys  # noqa: E402
+
 from nnxfn import namespaces as _namespaces  # noqa: E402
 from nnxfn.namespaces import (  # noqa: E402
     compat as compat,
@@ -258,7 +260,7 @@ from nnxfn.namespaces import (  # noqa: E402
 from nnxfn.namespaces import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.namespaces.visualization import display as display  # noqa: E402
 
-_namespaces.install()
+_namespaces.install(_sys.modules[__name__])
 
 
 def __getattr__(name: str):
