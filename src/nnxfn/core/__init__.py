@@ -24,6 +24,7 @@ from nnxfn.core.api import (
     state as state,
     update as update,
 )
+from nnxfn.core import calls as calls  # sets `GraphDef.apply`
 from nnxfn.core.caches import caching as caching, set_caching as set_caching
 from nnxfn.core.filters import (
     All as All,

@@ -10,7 +10,7 @@ import dataclasses
 import typing as tp
 
 from nnxfn.core import api
-from nnxfn.core.graphdef import GraphDef
+from nnxfn.core.graphdef import APPLY, GraphDef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,3 +91,6 @@ def call(graphdef_state: tuple[GraphDef, tp.Any], /) -> tp.Any:
 def apply(graphdef: GraphDef, state: tp.Any, *states: tp.Any, graph: bool | None = None) -> tp.Any:
     """`out, (graphdef, state) = graphdef.apply(state).method(*args)`; see `call`."""
     return call((graphdef, state, *states))
+
+
+APPLY.run = apply

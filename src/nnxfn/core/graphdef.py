@@ -170,6 +170,16 @@ class PytreeDef:
     children: tuple[tuple[Any, Any], ...]  # (key, def)
 
 
+class ApplyHook:
+    """How `GraphDef.apply` runs: `calls.py` sets `run` when imported (it is built on
+    split/merge, which build on this module)."""
+
+    run: tp.ClassVar[tp.Callable[..., Any] | None] = None
+
+
+APPLY = ApplyHook
+
+
 class GraphDef:
     """The static half of `split`; pass it back to `merge`.
 
@@ -257,10 +267,10 @@ class GraphDef:
         return out
 
     def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
-        """`out, (graphdef, state) = graphdef.apply(state).method(*args)`."""
-        from nnxfn.core.calls import apply
-
-        return apply(self, state, *states)
+        """`out, (graphdef, state) = graphdef.apply(state).method(*args)` (see `calls.py`)."""
+        if APPLY.run is None:
+            raise RuntimeError("GraphDef.apply needs nnxfn.core.calls (import nnxfn.core)")
+        return APPLY.run(self, state, *states)
 
     def __class_getitem__(cls, item: Any) -> type:  # `GraphDef[Model]` annotations
         return cls
