@@ -260,7 +260,7 @@ from nnxfn.namespaces import (  # noqa: E402
 from nnxfn.namespaces import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.namespaces.visualization import display as display  # noqa: E402
 
-_namespaces.install(_sys.modules[__name__])
+_namespaces.install_flax_paths(_sys.modules[__name__])
 
 
 def __getattr__(name: str):

@@ -45,7 +45,7 @@ class SplitEntry:
     containers: list[tuple[object, Snapshot]]  # (list/dict walked, its snapshot then)
 
 
-SPLITS: caches.Cache[int, SplitEntry] = caches.Cache("split")
+SPLITS: caches.CacheTable[int, SplitEntry] = caches.CacheTable("split")
 
 
 def cached_split(node: object) -> tuple[GraphDef, State] | None:

@@ -96,7 +96,7 @@ def not_a_pytree(fn_name: str, obj: tp.Any, where: str | None) -> str:
 
 # -- the walk ------------------------------------------------------------------------------
 class Found(tp.NamedTuple):
-    """A Variable or `jax.Ref` met by `walk`: its first path and the object."""
+    """A Variable or `jax.Ref` met by `find_ref_leaves`: its first path and the object."""
 
     path: str
     obj: tp.Any
@@ -111,7 +111,7 @@ def _not_pytree(x: tp.Any) -> bool:
     return getattr(type(x), "_nnx_is_pytree", True) is False
 
 
-def walk(
+def find_ref_leaves(
     roots: tp.Iterable[tuple[str, tp.Any]],
     fn_name: str,
     *,
@@ -173,21 +173,21 @@ def walk(
 
 
 def check_tree(roots: tp.Iterable[tuple[str, tp.Any]], fn_name: str) -> None:
-    """Raise ValueError (see `walk`) if Flax's tree mode would reject the roots."""
-    walk(roots, fn_name, tree=True)
+    """Raise ValueError (see `find_ref_leaves`) if Flax's tree mode would reject the roots."""
+    find_ref_leaves(roots, fn_name, tree=True)
 
 
 def check_node(node: tp.Any, fn_name: str, graph: bool | None) -> None:
     """`check_tree` for one node, only if tree mode was asked for (`graph`)."""
     if is_tree_mode(graph):
-        walk([("node", node)], fn_name, tree=True)
+        find_ref_leaves([("node", node)], fn_name, tree=True)
 
 
 __all__ = [
     "is_tree_mode",
     "skips_graph_updates",
     "mode_words",
-    "walk",
+    "find_ref_leaves",
     "check_tree",
     "check_node",
     "Found",

@@ -3,7 +3,7 @@
 
 `write` is the one in-place writer: it walks the node and runs its program
 back onto the node's own objects with the new leaves (as the transforms
-commit); `follow`/`target_at`/`place`/`set_child_at` find and set what a path
+commit); `follow`/`target_at`/`slot_for`/`set_child_at` find and set what a path
 leads to.
 """
 
@@ -99,7 +99,7 @@ def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
             if isinstance(target, VariableLike) and id(target) in where:  # a shared Variable
                 i = where[id(target)]
             else:
-                later.append(place(node, path, value))
+                later.append(slot_for(node, path, value))
                 continue
         old = leaves[i]
         if (
@@ -144,7 +144,7 @@ def target_at(node: tp.Any, path: Path) -> tp.Any:
     return follow(node, path)[0]
 
 
-def place(node: tp.Any, path: Path, value: tp.Any) -> tuple[tp.Any, tp.Any, tp.Any]:
+def slot_for(node: tp.Any, path: Path, value: tp.Any) -> tuple[tp.Any, tp.Any, tp.Any]:
     """(parent, key, value) to set `value` at `path`, whose parent must be a graph
     node, list or dict; raises (naming the path) otherwise."""
     if not path:

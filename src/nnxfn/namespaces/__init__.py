@@ -3,13 +3,13 @@
 Code written for Flax imports submodules by path (`from flax.nnx import
 statelib`, `from flax.nnx.graphlib import GraphDef`). Each module in this
 folder is such a namespace: it re-exports nnxfn objects under the names Flax
-uses there. `install()` (run by `nnxfn/__init__.py`) makes each one importable
+uses there. `install_flax_paths()` (run by `nnxfn/__init__.py`) makes each one importable
 at its Flax path without the `namespaces` part: `namespaces/statelib.py` is
 `nnxfn.statelib`, `namespaces/transforms/iteration.py` is
 `nnxfn.transforms.iteration` (the same module object, also an attribute of
 its parent package), so the real packages are what sits at the top of
-`src/nnxfn/`. This folder never imports the `nnxfn` package itself: `install`
-is given it, and `top_level()` returns it to the namespaces that look names
+`src/nnxfn/`. This folder never imports the `nnxfn` package itself: it
+is given it by `install_flax_paths`, and `top_level()` returns it to the namespaces that look names
 up there (`graphlib`'s fallback, `compat`).
 """
 
@@ -20,18 +20,18 @@ import pkgutil
 import sys
 import types
 
-_TOP: list[types.ModuleType] = []  # the `nnxfn` package, given by `install`
+_TOP: list[types.ModuleType] = []  # the `nnxfn` package, given by `install_flax_paths`
 
 
 def top_level(name: str) -> object:
-    """`nnxfn.<name>` (the package given to `install`, which `nnxfn/__init__.py` runs);
+    """`nnxfn.<name>` (the package given to `install_flax_paths`, which `nnxfn/__init__.py` runs);
     AttributeError if it has no such name or is not installed yet."""
     if not _TOP:
         raise AttributeError(f"nnxfn is still being imported: nnxfn.{name} is not available yet")
     return getattr(_TOP[0], name)
 
 
-def install(top: types.ModuleType) -> None:
+def install_flax_paths(top: types.ModuleType) -> None:
     """Register every namespace module at its Flax path (`<top>.<path>`)."""
     _TOP[:] = [top]
     prefix = __name__ + "."
