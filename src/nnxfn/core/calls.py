@@ -57,6 +57,8 @@ class CallableProxy:
     with the `DelayedAccessor` of those accesses."""
 
     __slots__ = ("_callable", "_accessor")
+    _callable: tp.Callable[..., tp.Any]
+    _accessor: DelayedAccessor
 
     def __init__(self, fn: tp.Callable[..., tp.Any], accessor: DelayedAccessor | None = None):
         object.__setattr__(self, "_callable", fn)

@@ -95,6 +95,7 @@ class OuterIndexedGraphDef(GraphDef):
     same object had outside a transform (`outer_index`: ((index, outer), ...))."""
 
     __slots__ = ("outer_index",)
+    outer_index: tuple[tuple[int, int], ...]
 
     def __hash__(self) -> int:
         return hash((GraphDef.__hash__(self), self.outer_index))
@@ -139,23 +140,27 @@ def flatten(
     and the leaves are the node's own Variables, in sorted path order."""
     _treemode.check_node(node, "flatten", graph)
     if _treemode.is_tree_mode(graph) and ref_index is None and ref_outer_index is None:
-        graphdef, pairs = _treegraph.flatten(node)
+        tree_def, tree_pairs = _treegraph.flatten(node)
+        paths, leaves = [p for p, _ in tree_pairs], [v for _, v in tree_pairs]
         if not with_paths:
-            return graphdef, [leaf for _, leaf in pairs]
-        return graphdef, FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
-    return _flatten(node, ref_index, ref_outer_index, with_paths, copy, None)
+            return tree_def, leaves
+        return tree_def, FlatState.from_sorted_keys_values(tuple(paths), leaves)
+    graphdef, pairs = _flatten_pairs(node, ref_index, ref_outer_index, copy, None)
+    if not with_paths:  # the leaves in GraphDef order
+        return graphdef, [leaf for _, leaf in pairs]
+    return graphdef, FlatState(pairs, sort=True)
 
 
-def _flatten(
+def _flatten_pairs(
     node: tp.Any,
     ref_index: RefMap | None,
     ref_outer_index: RefMap | None,
-    with_paths: bool,
     copy: bool,
     known_refs: set[int] | None,
-) -> tuple[GraphDef, FlatState | list]:
-    """`flatten`; with `known_refs` (an inner split of an update context) the
-    values of Ref Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
+) -> tuple[GraphDef, list[tuple[Path, tp.Any]]]:
+    """`flatten`'s GraphDef and (path, leaf) pairs in GraphDef order; with
+    `known_refs` (an inner split of an update context) the values of Ref
+    Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
     objects: list[tp.Any] = []
     graphdef, pairs = flatten_graph(node, copy=copy, objects=objects)
     if ref_index is None:
@@ -168,9 +173,7 @@ def _flatten(
     _index_refs(pairs, ref_index)
     if known_refs is not None:
         pairs = refoutputs.to_outputs(pairs, known_refs)
-    if not with_paths:  # the leaves in GraphDef order
-        return graphdef, [leaf for _, leaf in pairs]
-    return graphdef, FlatState(pairs, sort=True)
+    return graphdef, pairs
 
 
 def _index_refs(pairs: list, ref_index: RefMap) -> None:
@@ -392,14 +395,18 @@ class SplitContext:
     def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
-        graphdef, flat = _flatten(node, self.ref_index, self._outer(), with_paths, True, self._known_refs())
+        graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
+        if not with_paths:
+            return graphdef, [leaf for _, leaf in pairs]
+        flat = FlatState(pairs, sort=True)
         if not filters:
             return graphdef, flat
         parts = flat.split(*filters)
         return (graphdef, *(parts if isinstance(parts, tuple) else (parts,)))
 
     def split(self, node: tp.Any, *filters: filterlib.Filter) -> tuple:
-        graphdef, flat = _flatten(node, self.ref_index, self._outer(), True, True, self._known_refs())
+        graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
+        flat = FlatState(pairs, sort=True)
         parts = flat.split(*filters) if filters else flat
         parts = parts if isinstance(parts, tuple) else (parts,)
         return (graphdef, *(_nested(p) for p in parts))

@@ -89,7 +89,7 @@ def snapshot(container: object) -> Snapshot:
     if type(container) is list:
         return Snapshot((), tuple(container))
     children, treedef = jax.tree_util.tree_flatten(container, is_leaf=lambda y: y is not container)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a leaf, not a pytree node
+    if len(children) == 1 and children[0] is container:  # a leaf, not a pytree node
         return Snapshot(None, ())
     return Snapshot(treedef, tuple(children))
 

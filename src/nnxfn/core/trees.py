@@ -22,6 +22,7 @@ from nnxfn.core.contexts import (
     merge_context,
     split_context,
 )
+from nnxfn.core.flatstate import FlatState
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.pytrees import jax_to_nnx_path
 from nnxfn.core.state import State
@@ -103,7 +104,7 @@ def broadcast_prefix(
     out: list[tp.Any] = []
 
     def count(subtree: tp.Any) -> int:
-        return jax.tree_util.tree_structure(subtree, is_leaf=tree_is_leaf).num_leaves
+        return len(jax.tree_util.tree_leaves(subtree, is_leaf=tree_is_leaf))
 
     jax.tree.map(
         lambda p, sub: out.extend([p] * count(sub)),
@@ -288,6 +289,7 @@ def prefix(
         if not _is_node(x):
             return fn(base, x)
         graphdef, flat = flatten(x, ref_index=ref_index, copy=False)
+        assert isinstance(flat, FlatState)  # with_paths (the default)
         if len(flat) == 1 and flat.paths[0] == ():
             out = TreeState(graphdef, fn(base, flat.leaves[0]))
         else:

@@ -184,7 +184,7 @@ def pop(
     for s in states:
         for path, _ in s.flat_state():
             parent = target_at(node, path[:-1])
-            impl = lookup(type(parent))
+            impl: _Deletes | None = lookup(type(parent))
             if impl is None and type(parent) in (dict, list):
                 impl = _IN_PLACE  # plain dicts and lists lose the entry in place
             if impl is None:
@@ -193,6 +193,10 @@ def pop(
     for path, parent, impl in sorted(targets, key=lambda t: path_order(t[0]), reverse=True):
         impl.del_child(parent, path[-1])
     return states[0] if len(states) == 1 else states
+
+
+class _Deletes(tp.Protocol):
+    def del_child(self, node: tp.Any, key: tp.Any, /) -> None: ...
 
 
 class _InPlace:

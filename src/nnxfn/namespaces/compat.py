@@ -82,6 +82,7 @@ def __getattr__(name: str) -> tp.Any:
     if made is None:
         # `backup_keys` is not in `nnx.*` (as in Flax)
         target = getattr(rnglib, name) if name == "backup_keys" else top_level(name)
+        assert callable(target), name
         made = _MADE[name] = functools.partial(target, **flags) if flags else target
     return made
 

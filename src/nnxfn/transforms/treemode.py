@@ -172,7 +172,9 @@ class _Check:
     def _walk(self, roots: list, unique: bool) -> dict:
         """The Variables under `roots`; in tree mode Flax's tree-mode input errors raise,
         and with `unique` a Variable reached twice does."""
-        return core_tm.find_ref_leaves(roots, self.rules.name, tree=self.tree, unique=unique, on_duplicate=self._dup)
+        return core_tm.find_ref_leaves(
+            roots, self.rules.name, tree=self.tree, unique=unique, on_duplicate=self._dup
+        )
 
     def inputs(self, roots: list) -> dict:
         """The Variables of the arguments (raising on Flax's input errors)."""
