@@ -53,7 +53,7 @@ from nnxfn.core.writes import (
     update as update,
 )
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
 
 
 def is_graph_node(x: object) -> bool:
@@ -68,7 +68,7 @@ def is_leaf_root(x: object) -> bool:
 
 # -- split / merge / state / graphdef ----------------------------------------------
 def split(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tuple[tp.Any, ...]:
     """`graphdef, state = nnx.split(node)` or one state per filter.
 
@@ -83,7 +83,7 @@ def split(
     return split_graph(node, *filters)
 
 
-def _split_tree(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
+def _split_tree(node: object, filters: tuple) -> tuple[tp.Any, ...]:
     graphdef, pairs = treegraph.flatten(node)
     if is_leaf_root(node):  # the leaf itself (Flax's tree mode)
         return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
@@ -95,12 +95,12 @@ def _split_tree(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
     return (graphdef, *(nest_state([paths[i] for i in b], [leaves[i] for i in b]) for b in buckets))
 
 
-def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
+def _split_leaf(node: object, filters: tuple) -> tuple[tp.Any, ...]:
     graphdef, pairs = flatten_graph(node)
     return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
 
 
-def _leaf_states(graphdef: GraphDef, leaf: tp.Any, is_leaf: bool, filters: tuple) -> tuple[tp.Any, ...]:
+def _leaf_states(graphdef: GraphDef, leaf: object, is_leaf: bool, filters: tuple) -> tuple[tp.Any, ...]:
     """(graphdef, the leaf) or, with filters, the leaf in the State of the
     first filter it matches and empty States for the others."""
     if not filters:
@@ -117,9 +117,9 @@ def _leaf_states(graphdef: GraphDef, leaf: tp.Any, is_leaf: bool, filters: tuple
 
 
 def merge(
-    graphdef: tp.Any,
+    graphdef: object,
     /,
-    *states: tp.Any,
+    *states: object,
     copy: bool = False,
     recreate_variables: bool = True,
     graph: bool | None = None,
@@ -202,7 +202,7 @@ def leaf_paths(graphdef: GraphDef) -> list[Path]:
 
 
 def state(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """The node's State, or one State per filter."""
     treemode.check_node(node, "state", graph)
@@ -214,7 +214,7 @@ def state(
     return state_of_graph(node, *filters)
 
 
-def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
+def graphdef(node: object, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
     treemode.check_node(node, "graphdef", graph)
     if treemode.is_tree_mode(graph):
@@ -223,7 +223,7 @@ def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool 
 
 
 def clone(
-    node: tp.Any,
+    node: object,
     variables: bool = True,
     *,
     arrays: bool = False,
@@ -251,7 +251,7 @@ def clone(
 # -- map / as_pure -------------------------------------------------------------------
 def map(
     f: tp.Callable[[Path, tp.Any], tp.Any],
-    node: tp.Any,
+    node: object,
     /,
     *,  # noqa: A001
     graph: bool | None = None,
@@ -292,7 +292,7 @@ def map(
     return out
 
 
-def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
+def _set_at(root: object, path: Path, value: object) -> None:
     parent = target_at(root, path[:-1])
     if lookup(type(parent)) is None and type(parent) not in (list, dict):
         raise ValueError(
@@ -303,7 +303,7 @@ def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
     set_child_at(parent, path[-1], value)
 
 
-def as_pure(tree: tp.Any) -> tp.Any:
+def as_pure(tree: object) -> tp.Any:
     """`tree` with every Variable replaced by its raw value."""
     return jax.tree.map(
         lambda x: as_pure(x.raw_value) if isinstance(x, VariableLike) else x,
@@ -335,21 +335,21 @@ class GraphState(tp.MutableMapping):
             raise AttributeError(name)
         return getattr(self._state, name)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in ("_graphdef", "_state"):
             object.__setattr__(self, name, value)
         else:
             self[name] = value
 
-    def __getitem__(self, key: tp.Any) -> tp.Any:
+    def __getitem__(self, key: object) -> tp.Any:
         return self._state[key]
 
-    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+    def __setitem__(self, key: object, value: object) -> None:
         mapping = dict(self._state._mapping)
         mapping[key] = value
         object.__setattr__(self, "_state", State(mapping))
 
-    def __delitem__(self, key: tp.Any) -> None:
+    def __delitem__(self, key: object) -> None:
         mapping = dict(self._state._mapping)
         del mapping[key]
         object.__setattr__(self, "_state", State(mapping))
@@ -396,7 +396,7 @@ jax.tree_util.register_pytree_with_keys(GraphState, _gs_flatten_with_keys, _gs_u
 
 
 def unpack(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
     treemode.check_node(node, "unpack", graph)

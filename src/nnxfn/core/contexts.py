@@ -56,13 +56,13 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
     def from_indexmap(indexmap: tp.Mapping[int, tp.Any]) -> RefMap:
         return RefMap((obj, index) for index, obj in indexmap.items())
 
-    def __getitem__(self, obj: tp.Any) -> int:
+    def __getitem__(self, obj: object) -> int:
         return self._mapping[id(obj)][1]
 
-    def __setitem__(self, obj: tp.Any, index: int) -> None:
+    def __setitem__(self, obj: object, index: int) -> None:
         self._mapping[id(obj)] = (obj, index)
 
-    def __delitem__(self, obj: tp.Any) -> None:
+    def __delitem__(self, obj: object) -> None:
         del self._mapping[id(obj)]
 
     def __contains__(self, obj: object) -> bool:
@@ -74,7 +74,7 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
     def __len__(self) -> int:
         return len(self._mapping)
 
-    def get(self, obj: tp.Any, default: int | None = None) -> int | None:  # type: ignore[override]
+    def get(self, obj: object, default: int | None = None) -> int | None:  # type: ignore[override]
         entry = self._mapping.get(id(obj))
         return default if entry is None else entry[1]
 
@@ -111,7 +111,7 @@ class OuterIndexedGraphDef(GraphDef):
         return (_rebuild_outer, (self.root, self.num_leaves, self.outer_index))
 
 
-def _rebuild_outer(root: tp.Any, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
+def _rebuild_outer(root: object, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
     graphdef = OuterIndexedGraphDef(root, num_leaves)
     graphdef.outer_index = outer
     return graphdef
@@ -122,7 +122,7 @@ jax.tree_util.register_static(OuterIndexedGraphDef)
 
 # -- flatten / unflatten ---------------------------------------------------------------
 def flatten(
-    node: tp.Any,
+    node: object,
     /,
     *,
     ref_index: RefMap | None = None,
@@ -152,7 +152,7 @@ def flatten(
 
 
 def _flatten_pairs(
-    node: tp.Any,
+    node: object,
     ref_index: RefMap | None,
     ref_outer_index: RefMap | None,
     copy: bool,
@@ -201,7 +201,7 @@ def _reindex(
     outer: dict[int, int] = {}
     cut: list[Path] = []
 
-    def walk(d: tp.Any, path: Path) -> tp.Any:
+    def walk(d: object, path: Path) -> tp.Any:
         if isinstance(d, (NodeDef, VariableDef)):
             g = to_global[d.index]
             if d.index in seen:
@@ -233,7 +233,7 @@ def _reindex(
 
 def unflatten(
     graphdef: GraphDef,
-    state: tp.Any,
+    state: object,
     /,
     *,
     index_ref: dict | None = None,
@@ -265,7 +265,7 @@ def unflatten(
     return unflatten_graph(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
 
 
-def _leaves_by_path(graphdef: GraphDef, state: tp.Any) -> dict[Path, tp.Any]:
+def _leaves_by_path(graphdef: GraphDef, state: object) -> dict[Path, tp.Any]:
     if type(state) is list:
         paths = leaf_paths(graphdef)
         leaves = dict(zip(paths, state))
@@ -342,7 +342,7 @@ class UpdateContextManager:
         _STACKS.update.setdefault(self.tag, []).append(ctx)
         return ctx
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         stack = _STACKS.update[self.tag]
         stack.pop()
         if not stack:
@@ -352,7 +352,7 @@ class UpdateContextManager:
         import functools
 
         @functools.wraps(f)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: tp.Any) -> tp.Any:
             with UpdateContextManager(self.tag):
                 return f(*args, **kwargs)
 
@@ -392,7 +392,7 @@ class SplitContext:
             return None
         return refoutputs.outer_refs(current_update_context(self.ctxtag).outer_index_outer_ref)
 
-    def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
+    def flatten(self, node: object, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
         graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
@@ -404,7 +404,7 @@ class SplitContext:
         parts = flat.split(*filters)
         return (graphdef, *(parts if isinstance(parts, tuple) else (parts,)))
 
-    def split(self, node: tp.Any, *filters: filterlib.Filter) -> tuple:
+    def split(self, node: object, *filters: filterlib.Filter) -> tuple:
         graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
         flat = FlatState(pairs, sort=True)
         parts = flat.split(*filters) if filters else flat
@@ -448,7 +448,7 @@ class MergeContext:
             return None
         return current_update_context(self.ctxtag).outer_index_outer_ref or None
 
-    def merge(self, graphdef: GraphDef, state: tp.Any, /, *states: tp.Any) -> tp.Any:
+    def merge(self, graphdef: GraphDef, state: object, /, *states: object) -> tp.Any:
         merged = _merge_states((state, *states))
         return unflatten(graphdef, merged, index_ref=self.index_ref, outer_index_outer_ref=self._outer())
 

@@ -47,7 +47,7 @@ Leaf = tp.Any
 
 # -- flatten ----------------------------------------------------------------
 def flatten_graph(
-    node: tp.Any,
+    node: object,
     *,
     copy: bool = True,
     objects: list | None = None,
@@ -117,7 +117,7 @@ def path_order(path: Path) -> tuple:
 
 
 # -- split / merge / state ------------------------------------------------------
-def split_graph(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
+def split_graph(node: object, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
     """`graphdef, state = split_graph(node)` or `graphdef, s1, s2 = split_graph(node, f1, f2)`.
 
     Every leaf must match one filter (use `...` last to collect the rest).
@@ -244,7 +244,7 @@ def nest_state(paths: list, leaves: list) -> State:
     raise AssertionError("unreachable")
 
 
-def state_of_graph(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
+def state_of_graph(node: object, *filters: filterlib.Filter) -> tp.Any:
     """The node's State, or one State per filter (leaves matching none are left out)."""
     if not filters:
         return split_graph(node)[1]
@@ -256,7 +256,7 @@ def state_of_graph(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     return states[0] if len(states) == 1 else states
 
 
-def _pure(d: tp.Any) -> bool:
+def _pure(d: object) -> bool:
     """True if a GraphDef subtree holds no Variable, graph node or back-reference."""
     if isinstance(d, (ContainerDef, PytreeDef)):
         return all(_pure(child) for _, child in d.children)

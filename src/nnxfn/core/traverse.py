@@ -16,11 +16,11 @@ from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 from nnxfn.core.writes import target_at
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
 
 
 def iter_graph(
-    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Iterator[tuple[Path, tp.Any]]:
     """Yield (path, value) for every node and leaf, children before parents.
 
@@ -32,10 +32,10 @@ def iter_graph(
     return _iter_graph(node)
 
 
-def _iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
+def _iter_graph(node: object) -> tp.Iterator[tuple[Path, tp.Any]]:
     seen: set[int] = set()
 
-    def visit(x: tp.Any, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+    def visit(x: object, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
         if type(x) is DataLeaf:
             x = x.value
         if isinstance(x, VariableLike) or lookup(type(x)) is not None:
@@ -50,7 +50,7 @@ def _iter_graph(node: tp.Any) -> tp.Iterator[tuple[Path, tp.Any]]:
 
 
 def find_duplicates(
-    node: tp.Any,
+    node: object,
     /,
     *,
     only: filterlib.Filter = ...,
@@ -72,10 +72,10 @@ def find_duplicates(
     return out
 
 
-def _duplicates(node: tp.Any) -> list[list[Path]]:
+def _duplicates(node: object) -> list[list[Path]]:
     found: dict[int, list[Path]] = {}
 
-    def visit(x: tp.Any, path: Path) -> None:
+    def visit(x: object, path: Path) -> None:
         if isinstance(x, VariableLike) or lookup(type(x)) is not None:
             paths = found.setdefault(id(x), [])
             paths.append(path)
@@ -90,7 +90,7 @@ def _duplicates(node: tp.Any) -> list[list[Path]]:
 
 def recursive_map(
     f: tp.Callable[[Path, tp.Any], tp.Any],
-    node: tp.Any,
+    node: object,
     /,
     *,
     graph: bool | None = None,

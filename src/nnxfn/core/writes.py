@@ -24,7 +24,7 @@ from nnxfn.core.state import State, partition_pairs
 from nnxfn.core.variable_like import VariableLike
 from nnxfn.core.walker import walk
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
 
 # Other types `update` accepts as a state, and how to read their State (filled by
 # the layers above: `interop` registers its `PytreeView`).
@@ -36,7 +36,7 @@ def register_state_reader(cls: type, read: tp.Callable[[tp.Any], State]) -> None
     _STATE_READERS[cls] = read
 
 
-def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
+def update(node: object, state: object, /, *states: object) -> None:
     """Write the states' values into `node` in place (see `write`).
 
     The states may be States, nested dicts, FlatStates or a type registered
@@ -59,7 +59,7 @@ def _read_state(state: object) -> object:
     return state if read is None else read(state)
 
 
-def to_state(state: tp.Any) -> State:
+def to_state(state: object) -> State:
     """`state` as a State (from a State, FlatState or nested mapping); TypeError otherwise."""
     if type(state) is State:
         return state
@@ -68,7 +68,7 @@ def to_state(state: tp.Any) -> State:
     raise TypeError(f"merge/update: expected a State or a mapping, got {type(state).__name__}")
 
 
-def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
+def write(node: object, flat: tp.Mapping[Path, tp.Any]) -> None:
     """Write `flat` ({path: value or Variable}) into the graph `node` in place:
     the one in-place writer (the transforms commit through the same
     `_unflatten_ops`, with `reuse`).
@@ -124,12 +124,12 @@ def write(node: tp.Any, flat: tp.Mapping[Path, tp.Any]) -> None:
 MISSING = object()
 
 
-def _in_place(x: tp.Any) -> bool:
+def _in_place(x: object) -> bool:
     """Whether `update` changes `x` without replacing it."""
     return isinstance(x, (VariableLike, list, dict)) or lookup(type(x)) is not None
 
 
-def follow(node: tp.Any, path: Path) -> tuple[tp.Any, int]:
+def follow(node: object, path: Path) -> tuple[tp.Any, int]:
     """(what `path` leads to in `node` now, how many of its keys were followed):
     `MISSING` at the first key that is absent or that goes on below a Variable."""
     for depth, key in enumerate(path):
@@ -139,12 +139,12 @@ def follow(node: tp.Any, path: Path) -> tuple[tp.Any, int]:
     return node, len(path)
 
 
-def target_at(node: tp.Any, path: Path) -> tp.Any:
+def target_at(node: object, path: Path) -> tp.Any:
     """What `path` leads to in `node` now, or `MISSING`."""
     return follow(node, path)[0]
 
 
-def slot_for(node: tp.Any, path: Path, value: tp.Any) -> tuple[tp.Any, tp.Any, tp.Any]:
+def slot_for(node: object, path: Path, value: object) -> tuple[tp.Any, tp.Any, tp.Any]:
     """(parent, key, value) to set `value` at `path`, whose parent must be a graph
     node, list or dict; raises (naming the path) otherwise."""
     if not path:
@@ -173,7 +173,7 @@ def set_child_at(parent: tp.Any, key: tp.Any, value: tp.Any) -> None:
 
 
 def pop(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """Remove the Variables matching `filters` from `node`; return them as State(s)."""
     _, pairs = flatten_graph(node, copy=False)
@@ -196,7 +196,7 @@ def pop(
 
 
 class _Deletes(tp.Protocol):
-    def del_child(self, node: tp.Any, key: tp.Any, /) -> None: ...
+    def del_child(self, node: object, key: object, /) -> None: ...
 
 
 class _InPlace:
@@ -208,7 +208,7 @@ class _InPlace:
 _IN_PLACE = _InPlace()
 
 
-def graph_pop(node: tp.Any, filters: tuple[filterlib.Filter, ...]) -> tuple[State, ...]:
+def graph_pop(node: object, filters: tuple[filterlib.Filter, ...]) -> tuple[State, ...]:
     """`pop` with the filters as a tuple, always returning a tuple of States."""
     if not filters:
         return ()
