@@ -95,4 +95,4 @@ def apply(graphdef: GraphDef, state: tp.Any, *states: tp.Any, graph: bool | None
     return call((graphdef, state, *states))
 
 
-APPLY.run = apply
+APPLY.fn = apply  # `GraphDef.apply` (graphdef.py sits below this module)

@@ -170,14 +170,17 @@ class PytreeDef:
     children: tuple[tuple[Any, Any], ...]  # (key, def)
 
 
-class ApplyHook:
-    """How `GraphDef.apply` runs: `calls.py` sets `run` when imported (it is built on
-    split/merge, which build on this module)."""
+class _ApplyHook:
+    """`GraphDef.apply`'s implementation, set by `calls.py` (which builds on
+    merge and split, above this module)."""
 
-    run: tp.ClassVar[tp.Callable[..., Any] | None] = None
+    __slots__ = ("fn",)
+
+    def __init__(self) -> None:
+        self.fn: tp.Callable[..., Any] | None = None
 
 
-APPLY = ApplyHook
+APPLY = _ApplyHook()
 
 
 class GraphDef:
@@ -267,10 +270,11 @@ class GraphDef:
         return out
 
     def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
-        """`out, (graphdef, state) = graphdef.apply(state).method(*args)` (see `calls.py`)."""
-        if APPLY.run is None:
-            raise RuntimeError("GraphDef.apply needs nnxfn.core.calls (import nnxfn.core)")
-        return APPLY.run(self, state, *states)
+        """`out, (graphdef, state) = graphdef.apply(state).method(*args)` (see `calls.apply`)."""
+        apply = APPLY.fn
+        if apply is None:
+            raise RuntimeError("GraphDef.apply needs nnxfn.core.calls (import nnxfn)")
+        return apply(self, state, *states)
 
     def __class_getitem__(cls, item: Any) -> type:  # `GraphDef[Model]` annotations
         return cls
