@@ -1,13 +1,16 @@
-"""The public graph functions, with Flax NNX's signatures.
+"""The public graph functions, with Flax NNX's signatures: the only `split`,
+`merge`, `state`, `graphdef`, `clone` (`nnx.split is nnxfn.core.split`).
 
-Thin layers over `graph.py`: they accept Flax's keywords (`graph=`,
+Built on `graph.py` (graph mode's split/merge of a node with children) and
+`treegraph.py` (tree mode's GraphDef). They accept Flax's keywords (`graph=`,
 `graph_updates=`, which select no result: nnxfn has one behaviour; with
 `graph=False` what Flax's tree mode rejects raises, see `treemode.py`), handle
 roots that are leaves (`nnx.split(variable)` gives the Variable as its
 state, `nnx.split(array)` the array), accept every state form Flax's
 functions accept (State, nested dicts, FlatState, GraphState, a list of
-leaves), and add `unpack`/`GraphState`, `map`, `call`, `as_pure`,
-`iter_children`.
+leaves), and add `unpack`/`GraphState`, `map`, `as_pure`. `update`/`pop`
+(`writes.py`) and `iter_graph`/`find_duplicates`/`recursive_map`
+(`traverse.py`) are re-exported from here.
 
 >>> import jax.numpy as jnp
 >>> graphdef, state = split(jnp.ones(2))
