@@ -86,7 +86,7 @@ def split(
     return split_graph(node, *filters)
 
 
-def _split_tree(node: object, filters: tuple) -> tuple[tp.Any, ...]:
+def _split_tree(node: object, filters: tuple) -> tuple[object, ...]:
     graphdef, pairs = treegraph.flatten(node)
     if is_leaf_root(node):  # the leaf itself (Flax's tree mode)
         return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
@@ -98,17 +98,17 @@ def _split_tree(node: object, filters: tuple) -> tuple[tp.Any, ...]:
     return (graphdef, *(nest_state([paths[i] for i in b], [leaves[i] for i in b]) for b in buckets))
 
 
-def _split_leaf(node: object, filters: tuple) -> tuple[tp.Any, ...]:
+def _split_leaf(node: object, filters: tuple) -> tuple[object, ...]:
     graphdef, pairs = flatten_graph(node)
     return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
 
 
-def _leaf_states(graphdef: GraphDef, leaf: object, is_leaf: bool, filters: tuple) -> tuple[tp.Any, ...]:
+def _leaf_states(graphdef: GraphDef, leaf: object, is_leaf: bool, filters: tuple) -> tuple[object, ...]:
     """(graphdef, the leaf) or, with filters, the leaf in the State of the
     first filter it matches and empty States for the others."""
     if not filters:
         return graphdef, leaf
-    out: list[tp.Any] = [State({}) for _ in filters]
+    out: list[object] = [State({}) for _ in filters]
     for i, pred in enumerate(filterlib.check_filters(filters)):
         if pred((), leaf):
             out[i] = leaf
@@ -153,7 +153,7 @@ def merge(
                 f"and the list holds {len(states[0])}."
             )
         return unflatten_graph(graphdef, dict(zip(paths, states[0])), copy=copy, adopt=True)
-    flat: dict[Path, tp.Any] = {}
+    flat: dict[Path, object] = {}
     for s in states:
         flat.update(s if isinstance(s, FlatState) else to_state(s).flat_state())
     return unflatten_graph(graphdef, flat, copy=copy, adopt=True)
@@ -167,7 +167,7 @@ def _merge_tree(graphdef: tp.Any, states: tuple, copy: bool) -> tp.Any:
     elif len(states) == 1 and type(states[0]) is list:
         leaves = states[0]
     else:
-        flat: dict[Path, tp.Any] = {}
+        flat: dict[Path, object] = {}
         for s in states:
             flat.update(s if isinstance(s, FlatState) else to_state(s).flat_state())
         leaves = treegraph.leaves_by_path(graphdef, flat)
@@ -186,7 +186,7 @@ def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tupl
     return first._graphdef, (first._state, *(s._state for s in rest))
 
 
-def _root_leaf(states: tuple) -> tuple[tp.Any] | None:
+def _root_leaf(states: tuple) -> tuple[object] | None:
     """(leaf,) if the states are those of a leaf root (see `split`), else None."""
     leaves = [s for s in states if not isinstance(s, (Mapping, FlatState, list))]
     if not leaves:
@@ -273,8 +273,8 @@ def map(
     gd, pairs = flatten_graph(node, copy=False)
     if pairs and pairs[0][0] == ():
         return f((), pairs[0][1])  # a leaf root: the result is the new node
-    leaves: dict[Path, tp.Any] = {}
-    patches: list[tuple[Path, tp.Any]] = []
+    leaves: dict[Path, object] = {}
+    patches: list[tuple[Path, object]] = []
     for path, old in pairs:
         new = f(path, old)
         if not isinstance(old, VariableLike):

@@ -32,10 +32,10 @@ def iter_graph(
     return _iter_graph(node)
 
 
-def _iter_graph(node: object) -> tp.Iterator[tuple[Path, tp.Any]]:
+def _iter_graph(node: object) -> tp.Iterator[tuple[Path, object]]:
     seen: set[int] = set()
 
-    def visit(x: object, path: Path) -> tp.Iterator[tuple[Path, tp.Any]]:
+    def visit(x: object, path: Path) -> tp.Iterator[tuple[Path, object]]:
         if type(x) is DataLeaf:
             x = x.value
         if isinstance(x, VariableLike) or lookup(type(x)) is not None:
@@ -101,7 +101,7 @@ def recursive_map(
     The original graph is not modified; sharing is preserved."""
     treemode.check_node(node, "recursive_map", graph)
     node = merge_graph(*split_graph(node), copy=True)
-    done: dict[int, tp.Any] = {}
+    done: dict[int, object] = {}
 
     def visit(x: tp.Any, path: Path) -> tp.Any:
         identity = isinstance(x, VariableLike) or lookup(type(x)) is not None

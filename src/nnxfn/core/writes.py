@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 from nnxfn.core import errors
 from nnxfn.core import filters as filterlib
@@ -129,7 +129,7 @@ def _in_place(x: object) -> bool:
     return isinstance(x, (VariableLike, list, dict)) or lookup(type(x)) is not None
 
 
-def follow(node: object, path: Path) -> tuple[tp.Any, int]:
+def follow(node: object, path: Path) -> tuple[object, int]:
     """(what `path` leads to in `node` now, how many of its keys were followed):
     `MISSING` at the first key that is absent or that goes on below a Variable."""
     for depth, key in enumerate(path):
@@ -144,7 +144,7 @@ def target_at(node: object, path: Path) -> tp.Any:
     return follow(node, path)[0]
 
 
-def slot_for(node: object, path: Path, value: object) -> tuple[tp.Any, tp.Any, tp.Any]:
+def slot_for(node: object, path: Path, value: object) -> tuple[object, Hashable, object]:
     """(parent, key, value) to set `value` at `path`, whose parent must be a graph
     node, list or dict; raises (naming the path) otherwise."""
     if not path:
