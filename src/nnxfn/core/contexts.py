@@ -161,7 +161,7 @@ def _flatten_pairs(
     """`flatten`'s GraphDef and (path, leaf) pairs in GraphDef order; with
     `known_refs` (an inner split of an update context) the values of Ref
     Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
-    objects: list[tp.Any] = []
+    objects: list[object] = []
     graphdef, pairs = flatten_graph(node, copy=copy, objects=objects)
     if ref_index is None:
         ref_index = RefMap()

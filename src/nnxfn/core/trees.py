@@ -101,7 +101,7 @@ def broadcast_prefix(
     tree_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
 ) -> list[tp.Any]:
     """The prefix value of every leaf of `full_tree` (graph nodes are leaves)."""
-    out: list[tp.Any] = []
+    out: list[object] = []
 
     def count(subtree: object) -> int:
         return len(jax.tree_util.tree_leaves(subtree, is_leaf=tree_is_leaf))
@@ -116,7 +116,7 @@ def broadcast_prefix(
 
 
 def check_consistent_aliasing(
-    node: object, prefix: object, /, *, node_prefixes: dict[int, list[tuple[Path, tp.Any]]] | None = None
+    node: object, prefix: object, /, *, node_prefixes: dict[int, list[tuple[Path, object]]] | None = None
 ) -> None:
     """Raise if a Variable reachable from several places gets different prefixes."""
     if node_prefixes is None:
@@ -140,7 +140,7 @@ def check_consistent_aliasing(
         )
 
 
-def _hashable(x: object) -> tp.Any:
+def _hashable(x: object) -> object:
     try:
         hash(x)
     except TypeError:
