@@ -32,7 +32,7 @@ def _define(nnx: tp.Any) -> type:
 
 def functions(n_variables: int, include_flax: bool = True) -> dict[str, tp.Callable[[], tp.Any]]:
     import nnxfn as nnx
-    from nnxfn.core import splitcache
+    from nnxfn.core import caches
 
     n_pairs = max(1, n_variables // 2)
     model = _define(nnx)(n_pairs)
@@ -56,7 +56,7 @@ def functions(n_variables: int, include_flax: bool = True) -> dict[str, tp.Calla
 
     def nnxfn_split_merge_walked():
         # What split costs after any structural change: a fresh walk, not the cache.
-        splitcache.CLOCK[0] += 1
+        caches.STRUCTURE.tick()
         graphdef, state = nnx.split(model)
         return nnx.merge(graphdef, state)
 

@@ -22,6 +22,29 @@ def test_namespaces_reexport_the_same_objects():
     assert nnx.variables is nnx.state
 
 
+def test_nnxfn_and_core_export_one_object_per_name():
+    import nnxfn.core as core
+
+    shared = [name for name in core.__all__ if hasattr(nnx, name)]
+    assert {"split", "merge", "state", "graphdef", "clone", "update", "pop", "iter_graph"} <= set(shared)
+    assert {"find_duplicates", "recursive_map", "set_caching", "caching"} <= set(shared)
+    assert [name for name in shared if getattr(nnx, name) is not getattr(core, name)] == []
+    assert graph.update is nnx.update is nnx.interop.update
+
+
+def test_split_of_a_leaf_root_agrees_everywhere():
+    import nnxfn.core as core
+
+    x = jnp.arange(2.0)
+    for split in (nnx.split, core.split, graph.split):
+        graphdef, state = split(x)
+        assert state is x and nnx.merge(graphdef, state) is x
+    v = nnx.Param(jnp.ones(2))
+    (_, a), (_, b) = nnx.split(v), core.split(v)
+    assert type(a) is type(b) is nnx.Param and a is not v and b is not v
+    np.testing.assert_array_equal(a[...], b[...])
+
+
 def test_filterlib_to_predicate_and_path_contains_exact():
     pred = nnx.filterlib.to_predicate((nnx.Param, "tag"))
     assert pred(("a",), nnx.Param(1)) and not pred(("a",), nnx.BatchStat(1))

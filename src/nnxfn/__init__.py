@@ -5,6 +5,8 @@ Use it as `import nnxfn as nnx` or `from nnxfn import nnx`.
 
 from nnxfn.core import (
     All as All,
+    caching as caching,
+    set_caching as set_caching,
     Any as Any,
     Everything as Everything,
     GraphDef as GraphDef,
@@ -88,7 +90,6 @@ from nnxfn.interop import (
     as_pytree as as_pytree,
     from_predicate as from_predicate,
     from_pytree as from_pytree,
-    update as update,  # accepts `nnx.as_pytree` views; else `nnxfn.core.update`
 )
 from nnxfn.facade.spmd import (  # sharding metadata (SPMD)
     PARTITION_NAME as PARTITION_NAME,
@@ -152,23 +153,25 @@ from nnxfn.training import checkpoint_steps as checkpoint_steps
 
 # -- graphapi --
 # The graph/state API with Flax's signatures (they accept `graph=`/`graph_updates=`,
-# leaf roots, GraphState, FlatState, pure dicts); these names replace the plain
-# core functions imported above.
-from nnxfn.core.api import (  # noqa: E402
-    GraphState as GraphState,
-    PureState as PureState,
-    as_pure as as_pure,
+# leaf roots, GraphState, FlatState, pure dicts): the same objects as `nnxfn.core`'s.
+from nnxfn.core import (  # noqa: E402
     clone as clone,
     find_duplicates as find_duplicates,
     graphdef as graphdef,
     iter_graph as iter_graph,
-    map as map,
     merge as merge,
     pop as pop,
-    pure as pure,
     recursive_map as recursive_map,
     split as split,
     state as state,
+    update as update,  # also takes `nnx.as_pytree` views (registered by `interop`)
+)
+from nnxfn.core.api import (  # noqa: E402
+    GraphState as GraphState,
+    PureState as PureState,
+    as_pure as as_pure,
+    map as map,
+    pure as pure,
     unpack as unpack,
 )
 from nnxfn.core.api import state as variables  # noqa: E402
@@ -229,6 +232,8 @@ from nnxfn.training.train_state import TrainState as TrainState  # noqa: E402
 from nnxfn.facade.context import TraceContextError as TraceContextError  # noqa: E402
 
 # -- Flax's module paths: nnxfn/namespaces/, installed as nnxfn.<path> --
+import sys as _sys  # noqa: E402
+
 from nnxfn import namespaces as _namespaces  # noqa: E402
 from nnxfn.namespaces import (  # noqa: E402
     compat as compat,
@@ -255,7 +260,7 @@ from nnxfn.namespaces import (  # noqa: E402
 from nnxfn.namespaces import pytreelib as object  # noqa: E402,A001  (Flax: `nnx.object` is pytreelib)
 from nnxfn.namespaces.visualization import display as display  # noqa: E402
 
-_namespaces.install()
+_namespaces.install_flax_paths(_sys.modules[__name__])
 
 
 def __getattr__(name: str):

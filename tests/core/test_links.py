@@ -61,8 +61,8 @@ def test_link_kept_when_target_is_in_the_same_flatten():
         assert graphdef.links, name
         new_t, new_h = pick(core.merge(graphdef, state))
         assert new_h._nnx_model is new_t and new_t is not t, name
-        graphdef, pairs = core.flatten(root)  # the general (path-based) implementation
-        new_t, new_h = pick(core.unflatten(graphdef, dict(pairs)))
+        graphdef, pairs = core.flatten_graph(root)  # the general (path-based) implementation
+        new_t, new_h = pick(core.unflatten_graph(graphdef, dict(pairs)))
         assert new_h._nnx_model is new_t, name
     assert set(core.state(h).to_pure_dict()) == {"count"}  # no leaves of the target
     t2, h2 = core.clone((t, h))

@@ -1,13 +1,16 @@
-"""The public graph functions, with Flax NNX's signatures.
+"""The public graph functions, with Flax NNX's signatures: the only `split`,
+`merge`, `state`, `graphdef`, `clone` (`nnx.split is nnxfn.core.split`).
 
-Thin layers over `graph.py`: they accept Flax's keywords (`graph=`,
+Built on `graph.py` (graph mode's split/merge of a node with children) and
+`treegraph.py` (tree mode's GraphDef). They accept Flax's keywords (`graph=`,
 `graph_updates=`, which select no result: nnxfn has one behaviour; with
 `graph=False` what Flax's tree mode rejects raises, see `treemode.py`), handle
 roots that are leaves (`nnx.split(variable)` gives the Variable as its
 state, `nnx.split(array)` the array), accept every state form Flax's
 functions accept (State, nested dicts, FlatState, GraphState, a list of
-leaves), and add `unpack`/`GraphState`, `map`, `call`, `as_pure`,
-`iter_children`.
+leaves), and add `unpack`/`GraphState`, `map`, `as_pure`. `update`/`pop`
+(`writes.py`) and `iter_graph`/`find_duplicates`/`recursive_map`
+(`traverse.py`) are re-exported from here.
 
 >>> import jax.numpy as jnp
 >>> graphdef, state = split(jnp.ones(2))
@@ -23,79 +26,89 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from nnxfn.core import errors, filters as filterlib, graph as _graph, traverse as _traverse
-from nnxfn.core import treegraph as _treegraph
-from nnxfn.core import treemode as _treemode
-from nnxfn.core import writes as _update
-from nnxfn.core.flatstate import FlatState, ensure_state
-from nnxfn.core.program import leaf_ops
+from nnxfn.core import errors, filters as filterlib, treegraph, treemode
+from nnxfn.core.flatstate import FlatState
+from nnxfn.core.graph import (
+    flatten_graph,
+    merge_graph,
+    nest_state,
+    split_graph,
+    state_of_graph,
+    unflatten_graph,
+)
 from nnxfn.core.graphdef import GraphDef
-from nnxfn.core.kinds import CONTAINERS, pytree_children
+from nnxfn.core.program import leaf_ops
+from nnxfn.core.pytrees import is_pytree_node
 from nnxfn.core.registry import lookup
 from nnxfn.core.state import State, partition
-from nnxfn.core.state import state_children as _state_flatten
-from nnxfn.core.state import state_children_with_keys as _state_flatten_with_keys
+from nnxfn.core.traverse import (
+    find_duplicates as find_duplicates,
+    iter_graph as iter_graph,
+    recursive_map as recursive_map,
+)
 from nnxfn.core.variable_like import VariableLike
+from nnxfn.core.writes import (
+    graph_pop as graph_pop,
+    pop as pop,
+    set_child_at,
+    target_at,
+    to_state,
+    update as update,
+)
 
-Path = tuple[tp.Any, ...]
-_GRAPH_KW = ("graph", "graph_updates")
+Path = tuple[tp.Hashable, ...]
 
 
-def is_graph_node(x: tp.Any) -> bool:
+def is_graph_node(x: object) -> bool:
     """True for registered graph nodes (Modules, nnx.List/Dict, ...) and Variables."""
     return lookup(type(x)) is not None or isinstance(x, VariableLike)
 
 
-def is_leaf_root(x: tp.Any) -> bool:
+def is_leaf_root(x: object) -> bool:
     """True if `x` has no children at all: a Variable, an array or a static value."""
-    t = type(x)
-    if lookup(t) is not None or t in CONTAINERS:
-        return False
-    if isinstance(x, VariableLike) or _graph.is_array(x):
-        return True
-    return pytree_children(x) is None
+    return lookup(type(x)) is None and not is_pytree_node(x)
 
 
 # -- split / merge / state / graphdef ----------------------------------------------
 def split(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tuple[tp.Any, ...]:
     """`graphdef, state = nnx.split(node)` or one state per filter.
 
     A root that is itself a leaf (a Variable, an array) gives that leaf as
     its state, as in Flax. In tree mode (`graph=False`) the GraphDef is
     Flax's tree-mode record (`TreeNodeDef` + `VariableDef`s, see `treegraph.py`)."""
-    _treemode.check_node(node, "split", graph)
-    if _treemode.is_tree_mode(graph):
+    treemode.check_node(node, "split", graph)
+    if treemode.is_tree_mode(graph):
         return _split_tree(node, filters)
-    if lookup(type(node)) is None and is_leaf_root(node):
+    if is_leaf_root(node):
         return _split_leaf(node, filters)
-    return _graph.split(node, *filters)
+    return split_graph(node, *filters)
 
 
-def _split_tree(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
-    graphdef, pairs = _treegraph.flatten_tree_mode(node)
-    if lookup(type(node)) is None and is_leaf_root(node):  # the leaf itself (Flax's tree mode)
+def _split_tree(node: object, filters: tuple) -> tuple[object, ...]:
+    graphdef, pairs = treegraph.flatten_tree_mode(node)
+    if is_leaf_root(node):  # the leaf itself (Flax's tree mode)
         return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
     paths = [path for path, _ in pairs]
     leaves = [leaf for _, leaf in pairs]
     if not filters:
-        return graphdef, _graph._nest(paths, leaves)
+        return graphdef, nest_state(paths, leaves)
     buckets = partition(paths, leaves, filters, exhaustive=True)
-    return (graphdef, *(_graph._nest([paths[i] for i in b], [leaves[i] for i in b]) for b in buckets))
+    return (graphdef, *(nest_state([paths[i] for i in b], [leaves[i] for i in b]) for b in buckets))
 
 
-def _split_leaf(node: tp.Any, filters: tuple) -> tuple[tp.Any, ...]:
-    graphdef, pairs = _graph.flatten(node)
+def _split_leaf(node: object, filters: tuple) -> tuple[object, ...]:
+    graphdef, pairs = flatten_graph(node)
     return _leaf_states(graphdef, pairs[0][1] if pairs else node, bool(pairs), filters)
 
 
-def _leaf_states(graphdef: GraphDef, leaf: tp.Any, is_leaf: bool, filters: tuple) -> tuple[tp.Any, ...]:
+def _leaf_states(graphdef: GraphDef, leaf: object, is_leaf: bool, filters: tuple) -> tuple[object, ...]:
     """(graphdef, the leaf) or, with filters, the leaf in the State of the
     first filter it matches and empty States for the others."""
     if not filters:
         return graphdef, leaf
-    out: list[tp.Any] = [State({}) for _ in filters]
+    out: list[object] = [State({}) for _ in filters]
     for i, pred in enumerate(filterlib.check_filters(filters)):
         if pred((), leaf):
             out[i] = leaf
@@ -107,9 +120,9 @@ def _leaf_states(graphdef: GraphDef, leaf: tp.Any, is_leaf: bool, filters: tuple
 
 
 def merge(
-    graphdef: tp.Any,
+    graphdef: object,
     /,
-    *states: tp.Any,
+    *states: object,
     copy: bool = False,
     recreate_variables: bool = True,
     graph: bool | None = None,
@@ -122,10 +135,10 @@ def merge(
         raise TypeError(f"merge: expected a GraphDef or GraphState, got {graphdef!r}")
     if not states:
         raise TypeError("merge() missing 1 required positional argument: 'state'")
-    if isinstance(graphdef, _treegraph.TreeGraphDef):
+    if isinstance(graphdef, treegraph.TreeGraphDef):
         return _merge_tree(graphdef, states, copy)
     if type(states[0]) is State and all(type(s) is State for s in states):
-        return _graph.merge(graphdef, *states, copy=copy)
+        return merge_graph(graphdef, *states, copy=copy)
     leaf = _root_leaf(states)
     if leaf is not None:
         value = leaf[0]
@@ -139,11 +152,11 @@ def merge(
                 f"merge: Incorrect number of leaves, the GraphDef has {len(paths)} "
                 f"and the list holds {len(states[0])}."
             )
-        return _graph.unflatten(graphdef, dict(zip(paths, states[0])), copy=copy, adopt=True)
-    flat: dict[Path, tp.Any] = {}
+        return unflatten_graph(graphdef, dict(zip(paths, states[0])), copy=copy, adopt=True)
+    flat: dict[Path, object] = {}
     for s in states:
-        flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
-    return _graph.unflatten(graphdef, flat, copy=copy, adopt=True)
+        flat.update(s if isinstance(s, FlatState) else to_state(s).flat_state())
+    return unflatten_graph(graphdef, flat, copy=copy, adopt=True)
 
 
 def _merge_tree(graphdef: tp.Any, states: tuple, copy: bool) -> tp.Any:
@@ -154,11 +167,11 @@ def _merge_tree(graphdef: tp.Any, states: tuple, copy: bool) -> tp.Any:
     elif len(states) == 1 and type(states[0]) is list:
         leaves = states[0]
     else:
-        flat: dict[Path, tp.Any] = {}
+        flat: dict[Path, object] = {}
         for s in states:
-            flat.update(s if isinstance(s, FlatState) else _to_state(s).flat_state())
-        leaves = _treegraph.leaves_by_path(graphdef, flat)
-    return _treegraph.unflatten_tree_mode(graphdef, leaves, copy=copy)
+            flat.update(s if isinstance(s, FlatState) else to_state(s).flat_state())
+        leaves = treegraph.leaves_by_path(graphdef, flat)
+    return treegraph.unflatten_tree_mode(graphdef, leaves, copy=copy)
 
 
 def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tuple]:
@@ -173,7 +186,7 @@ def _unwrap_graph_states(first: GraphState, rest: tuple) -> tuple[GraphDef, tupl
     return first._graphdef, (first._state, *(s._state for s in rest))
 
 
-def _root_leaf(states: tuple) -> tuple[tp.Any] | None:
+def _root_leaf(states: tuple) -> tuple[object] | None:
     """(leaf,) if the states are those of a leaf root (see `split`), else None."""
     leaves = [s for s in states if not isinstance(s, (Mapping, FlatState, list))]
     if not leaves:
@@ -186,42 +199,34 @@ def _root_leaf(states: tuple) -> tuple[tp.Any] | None:
     return (leaves[0],)
 
 
-def _to_state(state: tp.Any) -> State:
-    if type(state) is State:
-        return state
-    if isinstance(state, (FlatState, Mapping)):
-        return ensure_state(state)
-    raise TypeError(f"merge/update: expected a State or a mapping, got {type(state).__name__}")
-
-
 def leaf_paths(graphdef: GraphDef) -> list[Path]:
     """The paths of the GraphDef's leaves, in its leaf order."""
     return [path for path, _ in leaf_ops(graphdef)]
 
 
 def state(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """The node's State, or one State per filter."""
-    _treemode.check_node(node, "state", graph)
-    if lookup(type(node)) is None and is_leaf_root(node):
+    treemode.check_node(node, "state", graph)
+    if is_leaf_root(node):
         _, *states = _split_leaf(node, filters)
         if not filters:
             return states[0]
         return states[0] if len(states) == 1 else tuple(states)
-    return _graph.state(node, *filters)
+    return state_of_graph(node, *filters)
 
 
-def graphdef(node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
+def graphdef(node: object, /, *, graph: bool | None = None, graph_updates: bool | None = None) -> GraphDef:
     """The GraphDef of `node` (what `split` returns first)."""
-    _treemode.check_node(node, "graphdef", graph)
-    if _treemode.is_tree_mode(graph):
-        return _treegraph.flatten_tree_mode(node)[0]
-    return _graph.graphdef(node)
+    treemode.check_node(node, "graphdef", graph)
+    if treemode.is_tree_mode(graph):
+        return treegraph.flatten_tree_mode(node)[0]
+    return flatten_graph(node)[0]
 
 
 def clone(
-    node: tp.Any,
+    node: object,
     variables: bool = True,
     *,
     arrays: bool = False,
@@ -234,11 +239,11 @@ def clone(
     also copies the array buffers (so the clone can be donated)."""
     if arrays and not variables:
         raise ValueError("clone: If arrays is True, variables should be also True.")
-    _treemode.check_node(node, "clone", graph)
+    treemode.check_node(node, "clone", graph)
     if not variables:
-        gd, pairs = _graph.flatten(node, copy=False)
+        gd, pairs = flatten_graph(node, copy=False)
         if not pairs or pairs[0][0] != ():
-            return _graph.unflatten(gd, dict(pairs), copy=False)
+            return unflatten_graph(gd, dict(pairs), copy=False)
         return pairs[0][1]
     gd, st = split(node, graph=graph)
     if arrays:
@@ -246,83 +251,10 @@ def clone(
     return merge(gd, st, copy=True)
 
 
-# -- update / pop ------------------------------------------------------------------
-def update(node: tp.Any, state: tp.Any, /, *states: tp.Any) -> None:
-    """Write the states' values into `node` in place."""
-    all_states = (state, *states)
-    if isinstance(node, VariableLike):
-        given = [s for s in all_states if not isinstance(s, Mapping) or len(s)]
-        if len(given) != 1 or isinstance(given[0], Mapping):
-            raise ValueError(
-                f"update: a Variable root takes exactly one Variable or value, got {all_states!r}"
-            )
-        _update.write(node, {(): given[0]})
-        return
-    _update.update(node, *(_to_state(s) for s in all_states))
-
-
-def pop(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
-) -> tp.Any:
-    """Remove the leaves matching `filters` from `node`; return them as State(s)."""
-    return _update.pop(node, *filters)
-
-
-def graph_pop(node: tp.Any, filters: tuple[filterlib.Filter, ...]) -> tuple[State, ...]:
-    """`pop` with the filters as a tuple, always returning a tuple of States."""
-    if not filters:
-        return ()
-    popped = _update.pop(node, *filters)
-    return popped if len(filters) > 1 else (popped,)
-
-
-# -- traversal -----------------------------------------------------------------------
-def iter_graph(
-    node: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
-) -> tp.Iterator[tuple[Path, tp.Any]]:
-    """(path, value) for every node and leaf, children first; shared objects once."""
-    _treemode.check_node(node, "iter_graph", graph)
-    return _traverse.iter_graph(node)
-
-
-def recursive_map(
-    f: tp.Callable[[Path, tp.Any], tp.Any],
-    node: tp.Any,
-    /,
-    *,
-    graph: bool | None = None,
-    graph_updates: bool | None = None,
-) -> tp.Any:
-    """A copy of `node` with every value replaced by `f(path, value)`, children first."""
-    _treemode.check_node(node, "recursive_map", graph)
-    return _traverse.recursive_map(f, node)
-
-
-def find_duplicates(
-    node: tp.Any,
-    /,
-    *,
-    only: filterlib.Filter = ...,
-    graph: bool | None = None,
-    graph_updates: bool | None = None,
-) -> list[list[Path]]:
-    """Groups of paths reaching the same graph node or Variable (matching `only`)."""
-    groups = _traverse.find_duplicates(node)
-    if only is Ellipsis:
-        return groups
-    pred = filterlib.to_predicate(only)
-    out = []
-    for paths in groups:
-        obj = _update._target(node, paths[0])
-        kept = [paths[0]] + [p for p in paths[1:] if pred(p, obj)]
-        if len(kept) > 1:
-            out.append(kept)
-    return out
-
-
+# -- map / as_pure -------------------------------------------------------------------
 def map(
     f: tp.Callable[[Path, tp.Any], tp.Any],
-    node: tp.Any,
+    node: object,
     /,
     *,  # noqa: A001
     graph: bool | None = None,
@@ -337,12 +269,12 @@ def map(
     boxed in a new Variable of the original type, or placed raw with
     `recreate_variables=False`.
     """
-    _treemode.check_node(node, "map", graph)
-    gd, pairs = _graph.flatten(node, copy=False)
+    treemode.check_node(node, "map", graph)
+    gd, pairs = flatten_graph(node, copy=False)
     if pairs and pairs[0][0] == ():
         return f((), pairs[0][1])  # a leaf root: the result is the new node
-    leaves: dict[Path, tp.Any] = {}
-    patches: list[tuple[Path, tp.Any]] = []
+    leaves: dict[Path, object] = {}
+    patches: list[tuple[Path, object]] = []
     for path, old in pairs:
         new = f(path, old)
         if not isinstance(old, VariableLike):
@@ -357,24 +289,24 @@ def map(
         else:
             leaves[path] = type(old).from_parts(new, old.metadata_items())
             patches.append((path, new))
-    out = _graph.unflatten(gd, leaves, copy=False)
+    out = unflatten_graph(gd, leaves, copy=False)
     for path, value in patches:
         _set_at(out, path, value)
     return out
 
 
-def _set_at(root: tp.Any, path: Path, value: tp.Any) -> None:
-    parent = _update._target(root, path[:-1])
+def _set_at(root: object, path: Path, value: object) -> None:
+    parent = target_at(root, path[:-1])
     if lookup(type(parent)) is None and type(parent) not in (list, dict):
         raise ValueError(
             f"map: cannot place the new value at {errors.path_str(path)}: its parent is a "
             f"{type(parent).__name__}, which cannot change in place. Return a Variable of "
             "the same type there, or keep recreate_variables=True."
         )
-    _update._set(parent, path[-1], value)
+    set_child_at(parent, path[-1], value)
 
 
-def as_pure(tree: tp.Any) -> tp.Any:
+def as_pure(tree: object) -> tp.Any:
     """`tree` with every Variable replaced by its raw value."""
     return jax.tree.map(
         lambda x: as_pure(x.raw_value) if isinstance(x, VariableLike) else x,
@@ -406,21 +338,21 @@ class GraphState(tp.MutableMapping):
             raise AttributeError(name)
         return getattr(self._state, name)
 
-    def __setattr__(self, name: str, value: tp.Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in ("_graphdef", "_state"):
             object.__setattr__(self, name, value)
         else:
             self[name] = value
 
-    def __getitem__(self, key: tp.Any) -> tp.Any:
+    def __getitem__(self, key: object) -> tp.Any:
         return self._state[key]
 
-    def __setitem__(self, key: tp.Any, value: tp.Any) -> None:
+    def __setitem__(self, key: object, value: object) -> None:
         mapping = dict(self._state._mapping)
         mapping[key] = value
         object.__setattr__(self, "_state", State(mapping))
 
-    def __delitem__(self, key: tp.Any) -> None:
+    def __delitem__(self, key: object) -> None:
         mapping = dict(self._state._mapping)
         del mapping[key]
         object.__setattr__(self, "_state", State(mapping))
@@ -438,29 +370,39 @@ class GraphState(tp.MutableMapping):
         return f"GraphState({self._graphdef!r}, {self._state!r})"
 
 
-def _gs_flatten_with_keys(x: GraphState):
-    children, keys = _state_flatten_with_keys(x._state)
-    return children, (x._graphdef, keys)
+class _GraphStateAux(tp.NamedTuple):
+    graphdef: GraphDef
+    treedef: jax.tree_util.PyTreeDef  # one level of the State
 
 
-def _gs_flatten(x: GraphState):
-    children, keys = _state_flatten(x._state)
-    return children, (x._graphdef, keys)
+def _one_level(state: State) -> tuple[list[tuple[jax.tree_util.KeyPath, object]], jax.tree_util.PyTreeDef]:
+    return jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda y: y is not state)
 
 
-def _gs_unflatten(aux: tuple, children: tp.Iterable) -> GraphState:
-    graphdef, keys = aux
-    return GraphState(graphdef, State._raw(dict(zip(keys, children))))
+def _gs_flatten_with_keys(
+    x: GraphState,
+) -> tuple[list[tuple[jax.tree_util.KeyEntry, object]], _GraphStateAux]:
+    pairs, treedef = _one_level(x._state)
+    return [(path[0], child) for path, child in pairs], _GraphStateAux(x._graphdef, treedef)
+
+
+def _gs_flatten(x: GraphState) -> tuple[list[object], _GraphStateAux]:
+    children, treedef = jax.tree_util.tree_flatten(x._state, is_leaf=lambda y: y is not x._state)
+    return children, _GraphStateAux(x._graphdef, treedef)
+
+
+def _gs_unflatten(aux: _GraphStateAux, children: tp.Iterable[object]) -> GraphState:
+    return GraphState(aux.graphdef, aux.treedef.unflatten(children))
 
 
 jax.tree_util.register_pytree_with_keys(GraphState, _gs_flatten_with_keys, _gs_unflatten, _gs_flatten)
 
 
 def unpack(
-    node: tp.Any, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, *filters: filterlib.Filter, graph: bool | None = None, graph_updates: bool | None = None
 ) -> GraphState | tuple[GraphState, ...]:
     """Like `split`, but each State carries the GraphDef (`nnx.merge(*graph_states)`)."""
-    _treemode.check_node(node, "unpack", graph)
+    treemode.check_node(node, "unpack", graph)
     gd, *states = split(node, *filters)
     states = [s if isinstance(s, State) else State({(): s}) for s in states]
     if len(states) == 1:

@@ -6,14 +6,14 @@ unless the environment sets `NNXFN_CACHE=0` (or `false`/`off`) before nnxfn
 is imported; `set_caching(False)` / `with caching(False):` switch it at run
 time and clear every cache.
 
-- `Cache` — a named dict, registered here. Lookups are plain `dict.get`;
+- `CacheTable` — a named dict, registered here. Lookups are plain `dict.get`;
   `put` stores only while caching is on, so with caching off every lookup
   misses.
 - `STRUCTURE` — the structure clock: moved by every structural change to
   any graph (an attribute set or deleted, a list edited, Variable metadata
   changed). A cached answer records the tick it was computed at and is
   stale once the clock has moved.
-- `enabled()` — for memos kept on objects rather than in a `Cache`.
+- `enabled()` — for memos kept on objects rather than in a `CacheTable`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ class _Switch:
 
 
 SWITCH = _Switch()
-_ALL: list[Cache[tp.Any, tp.Any]] = []
+_ALL: list[CacheTable[tp.Any, tp.Any]] = []
 
 
-class Cache(dict[K, V]):
+class CacheTable(dict[K, V]):
     """A registered cross-call cache: read with `get`, write with `put`, cleared by the switch."""
 
     __slots__ = ("name",)
@@ -56,7 +56,7 @@ class Cache(dict[K, V]):
         return value
 
     def __repr__(self) -> str:
-        return f"Cache({self.name!r}, {len(self)} entries)"
+        return f"CacheTable({self.name!r}, {len(self)} entries)"
 
 
 class Clock:
@@ -79,7 +79,7 @@ def enabled() -> bool:
     return SWITCH.on
 
 
-def all_caches() -> tuple[Cache[tp.Any, tp.Any], ...]:
+def all_caches() -> tuple[CacheTable[tp.Any, tp.Any], ...]:
     """Every registered cache (for inspection and tests)."""
     return tuple(_ALL)
 

@@ -17,7 +17,7 @@ from nnxfn.core.graphdef import APPLY, GraphDef
 class GetItem:
     """One step of a `DelayedAccessor`: `x[key]`."""
 
-    key: tp.Any
+    key: object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class DelayedAccessor:
             raise AttributeError(name)
         return DelayedAccessor(self.actions + (GetAttr(name),))
 
-    def __getitem__(self, key: tp.Any) -> DelayedAccessor:
+    def __getitem__(self, key: object) -> DelayedAccessor:
         return DelayedAccessor(self.actions + (GetItem(key),))
 
 
@@ -57,6 +57,8 @@ class CallableProxy:
     with the `DelayedAccessor` of those accesses."""
 
     __slots__ = ("_callable", "_accessor")
+    _callable: tp.Callable[..., tp.Any]
+    _accessor: DelayedAccessor
 
     def __init__(self, fn: tp.Callable[..., tp.Any], accessor: DelayedAccessor | None = None):
         object.__setattr__(self, "_callable", fn)
@@ -67,10 +69,10 @@ class CallableProxy:
             raise AttributeError(name)
         return CallableProxy(self._callable, getattr(self._accessor, name))
 
-    def __getitem__(self, key: tp.Any) -> CallableProxy:
+    def __getitem__(self, key: object) -> CallableProxy:
         return CallableProxy(self._callable, self._accessor[key])
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: object, **kwargs: tp.Any) -> tp.Any:
         return self._callable(self._accessor, *args, **kwargs)
 
 
@@ -80,7 +82,7 @@ def call(graphdef_state: tuple[GraphDef, tp.Any], /) -> tp.Any:
     Merges the pair, calls the method reached by the attribute/item accesses,
     and returns its output with the split of the (possibly updated) node."""
 
-    def run(accessor: DelayedAccessor, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def run(accessor: DelayedAccessor, *args: object, **kwargs: tp.Any) -> tp.Any:
         node = api.merge(*graphdef_state)
         out = accessor(node)(*args, **kwargs)
         return out, api.split(node)

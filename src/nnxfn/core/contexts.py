@@ -12,7 +12,7 @@ split/merge/update contexts that let several splits share object identity.
   This is how a function that ran under `jax.jit` on fresh copies commits its
   changes (even swapped attributes and new cycles) back to the caller's objects.
 
-Everything here is built on `graph.flatten`/`graph.unflatten`.
+Everything here is built on `graph.flatten_graph`/`graph.unflatten_graph`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import typing as tp
 
 import jax
 
-from nnxfn.core import filters as filterlib, graph as _graph, refoutputs, treemode as _treemode
+from nnxfn.core import filters as filterlib, refoutputs, treemode as _treemode
 from nnxfn.core import treegraph as _treegraph
+from nnxfn.core.graph import flatten_graph, unflatten_graph
 from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, ensure_state
 from nnxfn.core.graphdef import (
@@ -55,13 +56,13 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
     def from_indexmap(indexmap: tp.Mapping[int, tp.Any]) -> RefMap:
         return RefMap((obj, index) for index, obj in indexmap.items())
 
-    def __getitem__(self, obj: tp.Any) -> int:
+    def __getitem__(self, obj: object) -> int:
         return self._mapping[id(obj)][1]
 
-    def __setitem__(self, obj: tp.Any, index: int) -> None:
+    def __setitem__(self, obj: object, index: int) -> None:
         self._mapping[id(obj)] = (obj, index)
 
-    def __delitem__(self, obj: tp.Any) -> None:
+    def __delitem__(self, obj: object) -> None:
         del self._mapping[id(obj)]
 
     def __contains__(self, obj: object) -> bool:
@@ -73,7 +74,7 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
     def __len__(self) -> int:
         return len(self._mapping)
 
-    def get(self, obj: tp.Any, default: int | None = None) -> int | None:  # type: ignore[override]
+    def get(self, obj: object, default: int | None = None) -> int | None:  # type: ignore[override]
         entry = self._mapping.get(id(obj))
         return default if entry is None else entry[1]
 
@@ -94,6 +95,7 @@ class OuterIndexedGraphDef(GraphDef):
     same object had outside a transform (`outer_index`: ((index, outer), ...))."""
 
     __slots__ = ("outer_index",)
+    outer_index: tuple[tuple[int, int], ...]
 
     def __hash__(self) -> int:
         return hash((GraphDef.__hash__(self), self.outer_index))
@@ -109,7 +111,7 @@ class OuterIndexedGraphDef(GraphDef):
         return (_rebuild_outer, (self.root, self.num_leaves, self.outer_index))
 
 
-def _rebuild_outer(root: tp.Any, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
+def _rebuild_outer(root: object, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
     graphdef = OuterIndexedGraphDef(root, num_leaves)
     graphdef.outer_index = outer
     return graphdef
@@ -120,7 +122,7 @@ jax.tree_util.register_static(OuterIndexedGraphDef)
 
 # -- flatten / unflatten ---------------------------------------------------------------
 def flatten(
-    node: tp.Any,
+    node: object,
     /,
     *,
     ref_index: RefMap | None = None,
@@ -138,25 +140,29 @@ def flatten(
     and the leaves are the node's own Variables, in sorted path order."""
     _treemode.check_node(node, "flatten", graph)
     if _treemode.is_tree_mode(graph) and ref_index is None and ref_outer_index is None:
-        graphdef, pairs = _treegraph.flatten_tree_mode(node)
+        tree_def, tree_pairs = _treegraph.flatten_tree_mode(node)
+        paths, leaves = [p for p, _ in tree_pairs], [v for _, v in tree_pairs]
         if not with_paths:
-            return graphdef, [leaf for _, leaf in pairs]
-        return graphdef, FlatState.from_sorted_keys_values(tuple(p for p, _ in pairs), [v for _, v in pairs])
-    return _flatten(node, ref_index, ref_outer_index, with_paths, copy, None)
+            return tree_def, leaves
+        return tree_def, FlatState.from_sorted_keys_values(tuple(paths), leaves)
+    graphdef, pairs = _flatten_pairs(node, ref_index, ref_outer_index, copy, None)
+    if not with_paths:  # the leaves in GraphDef order
+        return graphdef, [leaf for _, leaf in pairs]
+    return graphdef, FlatState(pairs, sort=True)
 
 
-def _flatten(
-    node: tp.Any,
+def _flatten_pairs(
+    node: object,
     ref_index: RefMap | None,
     ref_outer_index: RefMap | None,
-    with_paths: bool,
     copy: bool,
     known_refs: set[int] | None,
-) -> tuple[GraphDef, FlatState | list]:
-    """`flatten`; with `known_refs` (an inner split of an update context) the
-    values of Ref Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
-    objects: list[tp.Any] = []
-    graphdef, pairs = _graph.flatten(node, copy=copy, objects=objects)
+) -> tuple[GraphDef, list[tuple[Path, tp.Any]]]:
+    """`flatten`'s GraphDef and (path, leaf) pairs in GraphDef order; with
+    `known_refs` (an inner split of an update context) the values of Ref
+    Variables become `NoUpdate`/`ArrayRefOutput` (see refoutputs)."""
+    objects: list[object] = []
+    graphdef, pairs = flatten_graph(node, copy=copy, objects=objects)
     if ref_index is None:
         ref_index = RefMap()
     if not len(ref_index) and ref_outer_index is None:
@@ -167,9 +173,7 @@ def _flatten(
     _index_refs(pairs, ref_index)
     if known_refs is not None:
         pairs = refoutputs.to_outputs(pairs, known_refs)
-    if not with_paths:  # the leaves in GraphDef order
-        return graphdef, [leaf for _, leaf in pairs]
-    return graphdef, FlatState(pairs, sort=True)
+    return graphdef, pairs
 
 
 def _index_refs(pairs: list, ref_index: RefMap) -> None:
@@ -197,7 +201,7 @@ def _reindex(
     outer: dict[int, int] = {}
     cut: list[Path] = []
 
-    def walk(d: tp.Any, path: Path) -> tp.Any:
+    def walk(d: object, path: Path) -> tp.Any:
         if isinstance(d, (NodeDef, VariableDef)):
             g = to_global[d.index]
             if d.index in seen:
@@ -229,7 +233,7 @@ def _reindex(
 
 def unflatten(
     graphdef: GraphDef,
-    state: tp.Any,
+    state: object,
     /,
     *,
     index_ref: dict | None = None,
@@ -260,10 +264,10 @@ def unflatten(
                 reuse[index] = outer_index_outer_ref[outer]
     if refoutputs.needs_inputs(leaves):
         leaves = refoutputs.from_outputs(graphdef, leaves, reuse)
-    return _graph.unflatten(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
+    return unflatten_graph(graphdef, leaves, copy=copy, reuse=reuse, objects=objects)
 
 
-def _leaves_by_path(graphdef: GraphDef, state: tp.Any) -> dict[Path, tp.Any]:
+def _leaves_by_path(graphdef: GraphDef, state: object) -> dict[Path, tp.Any]:
     if type(state) is list:
         paths = leaf_paths(graphdef)
         leaves = dict(zip(paths, state))
@@ -340,7 +344,7 @@ class UpdateContextManager:
         _STACKS.update.setdefault(self.tag, []).append(ctx)
         return ctx
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         stack = _STACKS.update[self.tag]
         stack.pop()
         if not stack:
@@ -350,7 +354,7 @@ class UpdateContextManager:
         import functools
 
         @functools.wraps(f)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: tp.Any) -> tp.Any:
             with UpdateContextManager(self.tag):
                 return f(*args, **kwargs)
 
@@ -390,17 +394,21 @@ class SplitContext:
             return None
         return refoutputs.outer_refs(current_update_context(self.ctxtag).outer_index_outer_ref)
 
-    def flatten(self, node: tp.Any, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
+    def flatten(self, node: object, *filters: filterlib.Filter, with_paths: bool = True) -> tuple:
         if filters and not with_paths:
             raise ValueError("Cannot use filters with with_paths=False")
-        graphdef, flat = _flatten(node, self.ref_index, self._outer(), with_paths, True, self._known_refs())
+        graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
+        if not with_paths:
+            return graphdef, [leaf for _, leaf in pairs]
+        flat = FlatState(pairs, sort=True)
         if not filters:
             return graphdef, flat
         parts = flat.split(*filters)
         return (graphdef, *(parts if isinstance(parts, tuple) else (parts,)))
 
-    def split(self, node: tp.Any, *filters: filterlib.Filter) -> tuple:
-        graphdef, flat = _flatten(node, self.ref_index, self._outer(), True, True, self._known_refs())
+    def split(self, node: object, *filters: filterlib.Filter) -> tuple:
+        graphdef, pairs = _flatten_pairs(node, self.ref_index, self._outer(), True, self._known_refs())
+        flat = FlatState(pairs, sort=True)
         parts = flat.split(*filters) if filters else flat
         parts = parts if isinstance(parts, tuple) else (parts,)
         return (graphdef, *(_nested(p) for p in parts))
@@ -442,7 +450,7 @@ class MergeContext:
             return None
         return current_update_context(self.ctxtag).outer_index_outer_ref or None
 
-    def merge(self, graphdef: GraphDef, state: tp.Any, /, *states: tp.Any) -> tp.Any:
+    def merge(self, graphdef: GraphDef, state: object, /, *states: object) -> tp.Any:
         merged = _merge_states((state, *states))
         return unflatten(graphdef, merged, index_ref=self.index_ref, outer_index_outer_ref=self._outer())
 

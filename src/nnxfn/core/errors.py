@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 
-def path_str(path: tuple[Any, ...], root: str = "node") -> str:
+def path_str(path: tuple[object, ...], root: str = "node") -> str:
     out = root
     for key in path:
         if isinstance(key, int):
@@ -17,7 +17,7 @@ def path_str(path: tuple[Any, ...], root: str = "node") -> str:
     return out
 
 
-def _paths(paths: Iterable[tuple[Any, ...]], limit: int = 8) -> str:
+def _paths(paths: Iterable[tuple[object, ...]], limit: int = 8) -> str:
     paths = list(paths)
     shown = ", ".join(path_str(p) for p in paths[:limit])
     if len(paths) > limit:
@@ -25,7 +25,7 @@ def _paths(paths: Iterable[tuple[Any, ...]], limit: int = 8) -> str:
     return shown
 
 
-def missing_leaves(paths: Iterable[tuple[Any, ...]]) -> str:
+def missing_leaves(paths: Iterable[tuple[object, ...]]) -> str:
     return (
         f"merge: the states have no value for {_paths(paths)}, which the GraphDef "
         "expects. Pass every state that `split` returned, e.g. "
@@ -33,7 +33,7 @@ def missing_leaves(paths: Iterable[tuple[Any, ...]]) -> str:
     )
 
 
-def unexpected_leaves(paths: Iterable[tuple[Any, ...]]) -> str:
+def unexpected_leaves(paths: Iterable[tuple[object, ...]]) -> str:
     return (
         f"merge: the states hold {_paths(paths)}, which the GraphDef does not "
         "have. The state was made for a different model; use the GraphDef that "
@@ -41,7 +41,7 @@ def unexpected_leaves(paths: Iterable[tuple[Any, ...]]) -> str:
     )
 
 
-def wrong_variable_type(path: tuple[Any, ...], expected: type, got: type) -> str:
+def wrong_variable_type(path: tuple[object, ...], expected: type, got: type) -> str:
     return (
         f"merge: {path_str(path)} is a {expected.__name__} in the GraphDef but the "
         f"state holds a {got.__name__}. Use the state that `split` returned for "
@@ -49,7 +49,7 @@ def wrong_variable_type(path: tuple[Any, ...], expected: type, got: type) -> str
     )
 
 
-def non_exhaustive_split(paths: Iterable[tuple[Any, ...]]) -> str:
+def non_exhaustive_split(paths: Iterable[tuple[object, ...]]) -> str:
     return (
         "Non-exhaustive filters, got a non-empty remainder: "
         f"split: {_paths(paths)} matched none of the filters. Add `...` as the "
@@ -66,7 +66,7 @@ def ellipsis_not_last(position: int, count: int, shown: str = "...") -> str:
     )
 
 
-def unhashable_static(path: tuple[Any, ...], value: Any) -> str:
+def unhashable_static(path: tuple[object, ...], value: object) -> str:
     return (
         f"{path_str(path)} holds a {type(value).__name__}, which is neither an "
         "array, a Variable, a Module nor a pytree of them, so it is kept as a "
@@ -76,7 +76,7 @@ def unhashable_static(path: tuple[Any, ...], value: Any) -> str:
     )
 
 
-def unhashable_metadata(path: tuple[Any, ...], name: str, value: Any) -> str:
+def unhashable_metadata(path: tuple[object, ...], name: str, value: object) -> str:
     return (
         f"{path_str(path)} has metadata {name}={type(value).__name__}, which is not "
         "hashable. Variable metadata lives in the GraphDef (a static, hashable "
@@ -85,7 +85,7 @@ def unhashable_metadata(path: tuple[Any, ...], name: str, value: Any) -> str:
     )
 
 
-def bad_filter(f: Any) -> str:
+def bad_filter(f: object) -> str:
     return (
         f"{f!r} is not a filter. A filter is a Variable type, a tag string, `...`, "
         "True/False, a tuple of filters, one of nnx.PathContains/OfType/WithTag/"
@@ -93,7 +93,7 @@ def bad_filter(f: Any) -> str:
     )
 
 
-def update_missing_node(path: tuple[Any, ...]) -> str:
+def update_missing_node(path: tuple[object, ...]) -> str:
     return (
         f"update: {path_str(path)} does not exist on the object and holds a nested "
         "state, so there is nothing to update it into. Create the sub-object "
@@ -101,7 +101,7 @@ def update_missing_node(path: tuple[Any, ...]) -> str:
     )
 
 
-def update_in_tuple(path: tuple[Any, ...]) -> str:
+def update_in_tuple(path: tuple[object, ...]) -> str:
     return (
         f"update: {path_str(path)} sits directly in a tuple and holds a plain value, "
         "so it cannot be replaced in place. Pass a list instead of a tuple, or keep "
@@ -109,14 +109,14 @@ def update_in_tuple(path: tuple[Any, ...]) -> str:
     )
 
 
-def cannot_pop(path: tuple[Any, ...]) -> str:
+def cannot_pop(path: tuple[object, ...]) -> str:
     return (
         f"pop: {path_str(path)} lives inside a container that cannot lose an entry "
         "in place. Pop from a Module attribute, or rebuild the container yourself."
     )
 
 
-def unknown_pure_path(path: tuple[Any, ...]) -> str:
+def unknown_pure_path(path: tuple[object, ...]) -> str:
     return (
         f"replace_by_pure_dict: {path_str(path, 'state')} is not in the state. "
         "The dict was saved from a different model; compare "

@@ -37,7 +37,7 @@ class WithTag:
 
     tag: str
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return _tag_of(value) == self.tag
 
 
@@ -46,10 +46,10 @@ class PathContains:
     """Matches values whose path contains `key`; with `exact=False`, whose path
     has a part containing `str(key)` (`PathContains('backbone', exact=False)`)."""
 
-    key: tp.Any
+    key: object
     exact: bool = True
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         if self.exact:
             return self.key in path
         key = str(self.key)
@@ -65,7 +65,7 @@ class PathIn:
     def __init__(self, *paths: tuple):
         object.__setattr__(self, "paths", frozenset(tuple(p) for p in paths))
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return tuple(path) in self.paths
 
 
@@ -78,7 +78,7 @@ class PathRegex:
     def __init__(self, pattern: str | re.Pattern):
         object.__setattr__(self, "pattern", re.compile(pattern))
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return self.pattern.search("/".join(str(k) for k in path)) is not None
 
 
@@ -89,7 +89,7 @@ class All:
         self.filters = filters
         self._preds = tuple(to_predicate(f) for f in filters)
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return all(p(path, value) for p in self._preds)
 
     def __repr__(self) -> str:
@@ -99,7 +99,7 @@ class All:
 class Any(All):
     """Matches when at least one given filter matches."""
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return any(p(path, value) for p in self._preds)
 
     def __repr__(self) -> str:
@@ -113,7 +113,7 @@ class Not:
         self.filter = filter
         self._pred = to_predicate(filter)
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return not self._pred(path, value)
 
     def __repr__(self) -> str:
@@ -124,7 +124,7 @@ class _Constant:
     def __init__(self, result: bool):
         self.result = result
 
-    def __call__(self, path: tuple, value: tp.Any) -> bool:
+    def __call__(self, path: tuple, value: object) -> bool:
         return self.result
 
     def __repr__(self) -> str:
@@ -141,7 +141,7 @@ def Nothing() -> _Constant:  # noqa: N802
     return _Constant(False)
 
 
-def _tag_of(value: tp.Any) -> tp.Any:
+def _tag_of(value: object) -> tp.Any:
     items = getattr(value, "metadata_items", None)
     if items is None:
         return None

@@ -1,10 +1,17 @@
-"""The one flattening implementation and everything built on it.
+"""Graph mode's split and merge: what the public functions of `api.py` are built on.
 
-`flatten` walks an object graph once and returns a GraphDef plus the leaves
-in canonical path order; `unflatten` builds fresh objects from a GraphDef and
-leaves without calling any `__init__`. `split`/`merge`/`state`/`graphdef`/
-`clone` are thin wrappers. The facade's writes (`update`, `pop`) are in
-`update.py`, iterations over a graph in `traverse.py`.
+- `flatten_graph` walks an object graph once (`walker.walk`) and returns a
+  GraphDef plus its (path, leaf) pairs in canonical path order;
+  `unflatten_graph` builds fresh objects from a GraphDef and {path: leaf}
+  without calling any `__init__` (checking the leaves fit first).
+- `split_graph` / `merge_graph` / `state_of_graph`: `split`/`merge`/`state` of
+  a node with children, handing out (and taking) the model's own Variables,
+  as Flax's graph mode. `split_graph` returns its previous result while nothing
+  structural changed (`splitcache.py`); a State it made remembers its leaves
+  in GraphDef order, so `merge_graph` of exactly those States skips the paths.
+
+Leaf roots, tree mode, Flax's keywords and the other state forms are handled
+by `api.py`; the in-place writes (`update`, `pop`) are in `writes.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import typing as tp
 
 
-from nnxfn.core import errors, splitcache
+from nnxfn.core import caches, errors, splitcache
 from nnxfn.core import filters as filterlib
 from nnxfn.core.graphdef import (
     ArrayDef,
@@ -22,12 +29,14 @@ from nnxfn.core.graphdef import (
     PytreeDef,
     StaticDef,
 )
+from nnxfn.core.kinds import children_of as children_of, is_array as is_array  # also read from here
+from nnxfn.core.kinds import pytree_children as pytree_children  # also read from here
 from nnxfn.core.ops import BoxedOp, PytreeOp, VariableOp
-from nnxfn.core.program import build, build_checked, commit_into, flatten_like, leaf_ops  # noqa: F401 - flatten_like: read here
+from nnxfn.core.program import build, build_checked, commit_into, leaf_ops
+from nnxfn.core.program import flatten_like as flatten_like  # also read from here
 from nnxfn.core.walker import walk_graph
-from nnxfn.core.kinds import children_of, is_array, pytree_children  # noqa: F401 - also read from here
 from nnxfn.core.registry import key_order
-from nnxfn.core.state import State, partition, partition_pairs, wrap as _wrap_state
+from nnxfn.core.state import State, partition, wrap as _wrap_state
 from nnxfn.core.state import SplitGroup, SplitLeaves, set_split_leaves, split_leaves
 from nnxfn.core.variable_like import VariableLike
 
@@ -36,8 +45,8 @@ Leaf = tp.Any
 
 
 # -- flatten ----------------------------------------------------------------
-def flatten(
-    node: tp.Any,
+def flatten_graph(
+    node: object,
     *,
     copy: bool = True,
     objects: list | None = None,
@@ -58,7 +67,7 @@ def flatten(
 
 
 # -- unflatten ----------------------------------------------------------------
-def unflatten(
+def unflatten_graph(
     graphdef: GraphDef,
     leaves: tp.Mapping[Path, Leaf],
     *,
@@ -75,7 +84,7 @@ def unflatten(
     place instead of created (how transforms commit onto the caller's
     objects); `objects`, if given, receives index -> object (objects already
     in it, indices 0, 1, ..., can be referred to). A foreign pytree
-    may be given whole at its path (see `flatten(whole_pytrees=...)`).
+    may be given whole at its path (see `flatten_graph(whole_pytrees=...)`).
     Raises, naming the paths, before anything is made or written, when the
     leaves do not fit the GraphDef. `adopt`: see `program.build_checked`.
     """
@@ -85,7 +94,7 @@ def unflatten(
         raise ValueError(errors.missing_leaves(missing))
     if len(entries) != len(leaves):
         extra = set(leaves) - {path for path, _ in entries}
-        raise ValueError(errors.unexpected_leaves(sorted(extra, key=_path_order)))
+        raise ValueError(errors.unexpected_leaves(sorted(extra, key=path_order)))
     ordered = [leaves[path] for path, _ in entries]
     for (path, op), leaf in zip(entries, ordered):
         if (
@@ -106,16 +115,14 @@ def unflatten(
     return built.root
 
 
-def _path_order(path: Path) -> tuple:
+def path_order(path: Path) -> tuple:
+    """Sort key of a path: its keys in canonical order (`registry.key_order`)."""
     return tuple(key_order(k) for k in path)
 
 
 # -- split / merge / state ------------------------------------------------------
-_partition = partition_pairs  # (pairs, filters, exhaustive) -> one State per filter
-
-
-def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
-    """`graphdef, state = split(node)` or `graphdef, s1, s2 = split(node, f1, f2)`.
+def split_graph(node: object, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
+    """`graphdef, state = split_graph(node)` or `graphdef, s1, s2 = split_graph(node, f1, f2)`.
 
     Every leaf must match one filter (use `...` last to collect the rest).
     The States hold the model's own Variables (as Flax's graph mode).
@@ -124,10 +131,10 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
         paths: list = []
         graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
         return (graphdef, *_partition_fast(graphdef, paths, leaves, filters, exhaustive=True))
-    found = splitcache.lookup(node)
+    found = splitcache.cached_split(node)
     if found is not None:
         return found
-    clock = splitcache.CLOCK[0]
+    clock = caches.STRUCTURE.now
     containers: list = []
     pure: dict = {}  # foreign pytrees holding only values: may change in place unseen
     graphdef, state, leaves = walk_graph(node, copy=False, containers=containers, whole_pytrees=pure)
@@ -135,11 +142,12 @@ def split(node: tp.Any, *filters: filterlib.Filter) -> tuple[tp.Any, ...]:
         state = _wrap_state({})
     set_split_leaves(state, SplitLeaves(graphdef, leaves, None, 0, None))
     if not pure:
-        splitcache.store(node, clock, (graphdef, state), containers)
+        splitcache.remember_split(node, clock, (graphdef, state), containers)
     return graphdef, state
 
 
-def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
+def flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
+    """{path: leaf} of several States (or nested mappings), later ones winning."""
     flat: dict[Path, Leaf] = {}
     for s in states:
         if not isinstance(s, State):
@@ -148,8 +156,8 @@ def _flat_leaves(states: tp.Iterable[tp.Any]) -> dict[Path, Leaf]:
     return flat
 
 
-def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
-    """Build a new object graph from `graphdef` and the states of `split`.
+def merge_graph(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
+    """Build a new object graph from `graphdef` and the States of `split_graph`.
 
     The new graph holds the states' own Variables (as Flax's `merge`), or
     copies of them with `copy=True`."""
@@ -159,12 +167,12 @@ def merge(graphdef: GraphDef, *states: tp.Any, copy: bool = False) -> tp.Any:
             if copy or len(states) > 1:
                 return build(graphdef, leaves, copy=copy).root
             # The new graph holds the State's Variables: splitting it gives `graphdef, state` again.
-            clock = splitcache.CLOCK[0]
+            clock = caches.STRUCTURE.now
             out, _, made = build(graphdef, leaves, copy=False)
             if all(type(c) is list or type(c) is dict for c in made):  # else: see `split`
-                splitcache.store(out, clock, (graphdef, states[0]), made)
+                splitcache.remember_split(out, clock, (graphdef, states[0]), made)
             return out
-    return unflatten(graphdef, _flat_leaves(states), copy=copy, adopt=True)
+    return unflatten_graph(graphdef, flat_leaves(states), copy=copy, adopt=True)
 
 
 def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
@@ -199,19 +207,19 @@ def _positional_leaves(graphdef: GraphDef, states: tuple) -> list | None:
 def _partition_fast(
     graphdef: GraphDef, paths: list, leaves: list, filters: tuple, exhaustive: bool
 ) -> tuple[State, ...]:
-    """`_partition` of a fast walk; the States remember their leaf positions."""
+    """`state.partition_pairs` of a fast walk; the States remember their leaf positions."""
     buckets = partition(paths, leaves, filters, exhaustive)
     group = SplitGroup(len(buckets))
     states = []
     for i, positions in enumerate(buckets):
         part = [leaves[p] for p in positions]
-        state = _nest([paths[p] for p in positions], part)
+        state = nest_state([paths[p] for p in positions], part)
         set_split_leaves(state, SplitLeaves(graphdef, part, group, i, positions))
         states.append(state)
     return tuple(states)
 
 
-def _nest(paths: list, leaves: list) -> State:
+def nest_state(paths: list, leaves: list) -> State:
     """`State.from_flat_path(zip(paths, leaves))` for a fast walk's leaves
     (distinct paths, in canonical order; no leaf is a plain dict)."""
     root: dict = {}
@@ -237,10 +245,10 @@ def _nest(paths: list, leaves: list) -> State:
     raise AssertionError("unreachable")
 
 
-def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
+def state_of_graph(node: object, *filters: filterlib.Filter) -> tp.Any:
     """The node's State, or one State per filter (leaves matching none are left out)."""
     if not filters:
-        return split(node)[1]
+        return split_graph(node)[1]
     paths: list = []
     graphdef, _, leaves = walk_graph(node, copy=False, paths=paths)
     states = _partition_fast(graphdef, paths, leaves, filters, exhaustive=False)
@@ -249,16 +257,7 @@ def state(node: tp.Any, *filters: filterlib.Filter) -> tp.Any:
     return states[0] if len(states) == 1 else states
 
 
-def graphdef(node: tp.Any) -> GraphDef:
-    return flatten(node)[0]
-
-
-def clone(node: tp.Any) -> tp.Any:
-    """A deep copy through split/merge: same values and sharing, new objects."""
-    return merge(*split(node), copy=True)
-
-
-def _pure(d: tp.Any) -> bool:
+def _pure(d: object) -> bool:
     """True if a GraphDef subtree holds no Variable, graph node or back-reference."""
     if isinstance(d, (ContainerDef, PytreeDef)):
         return all(_pure(child) for _, child in d.children)

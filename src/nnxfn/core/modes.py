@@ -103,7 +103,7 @@ class ModeSwitch:
             stack = self.get_stack()
             stack.insert(len(stack) - 1, self._previous)
 
-    def __exit__(self, *exc: tp.Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.get_stack().pop()
 
     def __call__(self, fn: F) -> F:
@@ -114,7 +114,7 @@ class ModeSwitch:
         value = self.value
 
         @functools.wraps(fn)
-        def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        def wrapper(*args: object, **kwargs: tp.Any) -> tp.Any:
             stack = self.get_stack()  # this thread's stack, at call time
             stack.append(value)
             try:

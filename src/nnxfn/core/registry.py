@@ -6,7 +6,7 @@ cycles are allowed. Lists, tuples, dicts and other JAX pytrees are not
 registered: they are walked as values (no identity), see `walker.py`.
 
 Lookups are cached per type (`IMPLS`, and `KINDS` for `kinds.kind_of_type`)
-in `caches.Cache`s; registering a type clears every cache.
+in `caches.CacheTable`s; registering a type clears every cache.
 """
 
 from __future__ import annotations
@@ -72,16 +72,16 @@ class NodeImpl:
 
 _REGISTRY: dict[type, NodeImpl] = {}
 # type -> its NodeImpl (a registered base's, retyped), or None: `lookup`'s answers.
-IMPLS: caches.Cache[type, NodeImpl | None] = caches.Cache("registry.IMPLS")
+IMPLS: caches.CacheTable[type, NodeImpl | None] = caches.CacheTable("registry.IMPLS")
 # type -> how the walk treats its instances (a `kinds.K_*`), derived from the registry.
-KINDS: caches.Cache[type, int] = caches.Cache("registry.KINDS")
+KINDS: caches.CacheTable[type, int] = caches.CacheTable("registry.KINDS")
 
 
 def register_node_type(impl: NodeImpl) -> None:
     """Register `impl.type` (and, unless overridden, its subclasses).
 
     Every cache is cleared: per-type answers derived from the registry
-    (here and in other modules' `caches.Cache`s) may have changed."""
+    (here and in other modules' `caches.CacheTable`s) may have changed."""
     _REGISTRY[impl.type] = impl
     caches.clear()
 

@@ -1,11 +1,13 @@
 """Reusing `split(node)` while nothing structural has changed.
 
 `split` hands out the model's own Variables (as Flax does), so while no
-graph anywhere changed structure (the facade bumps `CLOCK` on every
-attribute set or delete, list edit and Variable metadata change) and no plain
-list/dict in the graph was edited in place, a second `split(node)` would
-build exactly the same GraphDef and State: the cached pair is returned
-instead. Entries hold their root weakly and go away with it.
+graph anywhere changed structure (the facade ticks `caches.STRUCTURE` on
+every attribute set or delete, list edit and Variable metadata change) and
+no plain list/dict in the graph was edited in place, a second `split(node)`
+would build exactly the same GraphDef and State: the remembered pair is
+returned instead. Entries live in the registered cache `SPLITS` (see
+`caches.py`: off with `NNXFN_CACHE=0`), hold their root weakly and go away
+with it.
 """
 
 from __future__ import annotations
@@ -15,28 +17,41 @@ import operator
 import typing as tp
 import weakref
 
-from nnxfn.core.kinds import pytree_children
+import jax
 
-# Moved by the facade on every structural change anywhere (see above).
-CLOCK = [0]
+from nnxfn.core import caches
+
+if tp.TYPE_CHECKING:
+    from nnxfn.core.graphdef import GraphDef
+    from nnxfn.core.state import State
+
 _SIZE = 256  # entries kept at most (oldest dropped first)
 
 
+class Snapshot(tp.NamedTuple):
+    """What a list/dict/foreign pytree held: its keys (or treedef) and its child objects."""
+
+    keys: object
+    children: tuple[object, ...]
+
+
 @dataclasses.dataclass(slots=True, eq=False)
-class Entry:
-    clock: int  # CLOCK when the graph was walked
-    ref: weakref.ref  # the root
-    result: tuple  # (graphdef, state)
-    containers: list  # (list/dict walked, its snapshot then)
+class SplitEntry:
+    """One remembered split: valid while the clock reads `clock` and no container changed."""
+
+    clock: int  # `caches.STRUCTURE.now` when the graph was walked
+    ref: weakref.ref[tp.Any]  # the root
+    result: tuple[GraphDef, State]
+    containers: list[tuple[object, Snapshot]]  # (list/dict walked, its snapshot then)
 
 
-_ENTRIES: dict[int, Entry] = {}
+SPLITS: caches.CacheTable[int, SplitEntry] = caches.CacheTable("split")
 
 
-def lookup(node: tp.Any) -> tuple | None:
-    """The cached `(graphdef, state)` of `split(node)`, or None if stale or absent."""
-    entry = _ENTRIES.get(id(node))
-    if entry is None or entry.clock != CLOCK[0] or entry.ref() is not node:
+def cached_split(node: object) -> tuple[GraphDef, State] | None:
+    """The remembered `(graphdef, state)` of `split(node)`, or None if stale or absent."""
+    entry = SPLITS.get(id(node))
+    if entry is None or entry.clock != caches.STRUCTURE.now or entry.ref() is not node:
         return None
     for container, snap in entry.containers:
         if not same_snapshot(snapshot(container), snap):
@@ -44,37 +59,45 @@ def lookup(node: tp.Any) -> tuple | None:
     return entry.result
 
 
-def store(node: tp.Any, clock: int, result: tuple, containers: list) -> None:
-    """Remember `result` for `node`, walked when the clock read `clock`."""
+def remember_split(
+    node: object, clock: int, result: tuple[GraphDef, State], containers: tp.Iterable[object]
+) -> None:
+    """Remember `result` for `node`, walked when the structure clock read `clock`."""
+    if not caches.enabled():
+        return
     key = id(node)
 
-    def drop(_: tp.Any) -> None:
-        _ENTRIES.pop(key, None)
+    def drop(_: object) -> None:
+        SPLITS.pop(key, None)
 
     try:
         ref = weakref.ref(node, drop)
     except TypeError:  # cannot be weakly referenced: not cached
         return
-    while len(_ENTRIES) >= _SIZE:
+    while len(SPLITS) >= _SIZE:
         try:
-            del _ENTRIES[next(iter(_ENTRIES))]
+            del SPLITS[next(iter(SPLITS))]
         except (StopIteration, KeyError, RuntimeError):  # another thread got there
             break
-    _ENTRIES[key] = Entry(clock, ref, result, [(c, snapshot(c)) for c in containers])
+    SPLITS.put(key, SplitEntry(clock, ref, result, [(c, snapshot(c)) for c in containers]))
 
 
-def snapshot(container: tp.Any) -> tuple:
+def snapshot(container: object) -> Snapshot:
     """The items of a list/dict (keys and values) or the children of a foreign pytree."""
     if type(container) is dict:
-        return (tuple(container), tuple(container.values()))
+        return Snapshot(tuple(container), tuple(container.values()))
     if type(container) is list:
-        return ((), tuple(container))
-    found = pytree_children(container)
-    if found is None:
-        return (None, ())
-    return (found[0], tuple(v for _, v in found[1]))
+        return Snapshot((), tuple(container))
+    children, treedef = jax.tree_util.tree_flatten(container, is_leaf=lambda y: y is not container)
+    if len(children) == 1 and children[0] is container:  # a leaf, not a pytree node
+        return Snapshot(None, ())
+    return Snapshot(treedef, tuple(children))
 
 
-def same_snapshot(a: tuple, b: tuple) -> bool:
+def same_snapshot(a: Snapshot, b: Snapshot) -> bool:
     """Same keys (or treedef) and the very same child objects."""
-    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(map(operator.is_, a[1], b[1]))
+    return (
+        a.keys == b.keys
+        and len(a.children) == len(b.children)
+        and all(map(operator.is_, a.children, b.children))
+    )

@@ -25,7 +25,7 @@ empty_node = _EmptyNode()
 
 
 def _walk(
-    xs: tp.Any, prefix: tuple, is_leaf: IsLeaf | None, keep_empty: bool, out: list[tuple[tuple, tp.Any]]
+    xs: object, prefix: tuple, is_leaf: IsLeaf | None, keep_empty: bool, out: list[tuple[tuple, tp.Any]]
 ) -> None:
     if not isinstance(xs, Mapping) or (is_leaf is not None and is_leaf(prefix, xs)):
         out.append((prefix, xs))

@@ -29,7 +29,7 @@ from nnxfn.core.modes import set_graph_mode, set_graph_updates
 from nnxfn.core.registry import lookup
 from nnxfn.core.variable_like import DataLeaf, VariableLike
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
 
 
 # -- which mode was asked for ------------------------------------------------------------
@@ -66,7 +66,7 @@ def _fix_api(fn_name: str) -> str:
     )
 
 
-def duplicate(fn_name: str, obj: tp.Any, first: str, second: str) -> str:
+def duplicate(fn_name: str, obj: object, first: str, second: str) -> str:
     return (
         f"{fn_name} with graph=False: Duplicate {type(obj).__name__} found at paths:\n"
         f"  - {first}\n  - {second}\n"
@@ -75,7 +75,7 @@ def duplicate(fn_name: str, obj: tp.Any, first: str, second: str) -> str:
     )
 
 
-def cycle(fn_name: str, obj: tp.Any, first: str, second: str) -> str:
+def cycle(fn_name: str, obj: object, first: str, second: str) -> str:
     return (
         f"{fn_name} with graph=False: Cycle detected for {type(obj).__name__} found at paths:\n"
         f"  - {first}\n  - {second}\n"
@@ -84,7 +84,7 @@ def cycle(fn_name: str, obj: tp.Any, first: str, second: str) -> str:
     )
 
 
-def not_a_pytree(fn_name: str, obj: tp.Any, where: str | None) -> str:
+def not_a_pytree(fn_name: str, obj: object, where: str | None) -> str:
     at = f" Found at path: {where}." if where else ""
     return (
         f"Cannot use '{fn_name}' with graph=False on a '{type(obj).__name__}' instance that "
@@ -96,22 +96,22 @@ def not_a_pytree(fn_name: str, obj: tp.Any, where: str | None) -> str:
 
 # -- the walk ------------------------------------------------------------------------------
 class Found(tp.NamedTuple):
-    """A Variable or `jax.Ref` met by `walk`: its first path and the object."""
+    """A Variable or `jax.Ref` met by `find_ref_leaves`: its first path and the object."""
 
     path: str
-    obj: tp.Any
+    obj: object
 
 
-def is_ref_leaf(x: tp.Any) -> bool:
+def is_ref_leaf(x: object) -> bool:
     """Objects with identity that a pytree holds as leaves: Variables and `jax.Ref`s."""
     return isinstance(x, VariableLike) or isinstance(x, jax.Ref)
 
 
-def _not_pytree(x: tp.Any) -> bool:
+def _not_pytree(x: object) -> bool:
     return getattr(type(x), "_nnx_is_pytree", True) is False
 
 
-def walk(
+def find_ref_leaves(
     roots: tp.Iterable[tuple[str, tp.Any]],
     fn_name: str,
     *,
@@ -173,21 +173,21 @@ def walk(
 
 
 def check_tree(roots: tp.Iterable[tuple[str, tp.Any]], fn_name: str) -> None:
-    """Raise ValueError (see `walk`) if Flax's tree mode would reject the roots."""
-    walk(roots, fn_name, tree=True)
+    """Raise ValueError (see `find_ref_leaves`) if Flax's tree mode would reject the roots."""
+    find_ref_leaves(roots, fn_name, tree=True)
 
 
-def check_node(node: tp.Any, fn_name: str, graph: bool | None) -> None:
+def check_node(node: object, fn_name: str, graph: bool | None) -> None:
     """`check_tree` for one node, only if tree mode was asked for (`graph`)."""
     if is_tree_mode(graph):
-        walk([("node", node)], fn_name, tree=True)
+        find_ref_leaves([("node", node)], fn_name, tree=True)
 
 
 __all__ = [
     "is_tree_mode",
     "skips_graph_updates",
     "mode_words",
-    "walk",
+    "find_ref_leaves",
     "check_tree",
     "check_node",
     "Found",

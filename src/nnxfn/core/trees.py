@@ -22,12 +22,13 @@ from nnxfn.core.contexts import (
     merge_context,
     split_context,
 )
+from nnxfn.core.flatstate import FlatState
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.pytrees import jax_to_nnx_path
 from nnxfn.core.state import State
 from nnxfn.core.variable_like import VariableLike
 
-Path = tuple[tp.Any, ...]
+Path = tuple[tp.Hashable, ...]
 
 
 class _Missing:
@@ -47,7 +48,7 @@ class NodeStates:
 
     _graphdef: GraphDef | None
     states: tuple[tp.Any, ...]
-    metadata: tp.Any = None
+    metadata: object = None
 
     @property
     def graphdef(self) -> GraphDef:
@@ -69,41 +70,41 @@ class NodeStates:
 
     @classmethod
     def from_split(
-        cls, graphdef: GraphDef | None, state: tp.Any, /, *states: tp.Any, metadata: tp.Any = None
+        cls, graphdef: GraphDef | None, state: object, /, *states: object, metadata: object = None
     ) -> NodeStates:
         return cls(graphdef, (state, *states), metadata)
 
     @classmethod
-    def from_states(cls, state: tp.Any, *states: tp.Any) -> NodeStates:
+    def from_states(cls, state: object, *states: object) -> NodeStates:
         return cls(None, (state, *states), None)
 
     @classmethod
-    def from_prefixes(cls, prefixes: tp.Iterable[tp.Any], /, *, metadata: tp.Any = None) -> NodeStates:
+    def from_prefixes(cls, prefixes: tp.Iterable[tp.Any], /, *, metadata: object = None) -> NodeStates:
         return cls(None, tuple(prefixes), metadata)
 
 
 jax.tree_util.register_dataclass(NodeStates, data_fields=["_graphdef", "states"], meta_fields=["metadata"])
 
 
-def _is_node(x: tp.Any) -> bool:
+def _is_node(x: object) -> bool:
     return is_graph_node(x)
 
 
-def default_split_fn(ctx: SplitContext, path: Path, prefix: tp.Any, leaf: tp.Any) -> NodeStates:
+def default_split_fn(ctx: SplitContext, path: Path, prefix: object, leaf: object) -> NodeStates:
     return NodeStates.from_split(*ctx.split(leaf))
 
 
 def broadcast_prefix(
-    prefix_tree: tp.Any,
-    full_tree: tp.Any,
+    prefix_tree: object,
+    full_tree: object,
     prefix_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
     tree_is_leaf: tp.Callable[[tp.Any], bool] | None = None,
 ) -> list[tp.Any]:
     """The prefix value of every leaf of `full_tree` (graph nodes are leaves)."""
-    out: list[tp.Any] = []
+    out: list[object] = []
 
-    def count(subtree: tp.Any) -> int:
-        return jax.tree_util.tree_structure(subtree, is_leaf=tree_is_leaf).num_leaves
+    def count(subtree: object) -> int:
+        return len(jax.tree_util.tree_leaves(subtree, is_leaf=tree_is_leaf))
 
     jax.tree.map(
         lambda p, sub: out.extend([p] * count(sub)),
@@ -115,7 +116,7 @@ def broadcast_prefix(
 
 
 def check_consistent_aliasing(
-    node: tp.Any, prefix: tp.Any, /, *, node_prefixes: dict[int, list[tuple[Path, tp.Any]]] | None = None
+    node: object, prefix: object, /, *, node_prefixes: dict[int, list[tuple[Path, object]]] | None = None
 ) -> None:
     """Raise if a Variable reachable from several places gets different prefixes."""
     if node_prefixes is None:
@@ -139,7 +140,7 @@ def check_consistent_aliasing(
         )
 
 
-def _hashable(x: tp.Any) -> tp.Any:
+def _hashable(x: object) -> object:
     try:
         hash(x)
     except TypeError:
@@ -148,10 +149,10 @@ def _hashable(x: tp.Any) -> tp.Any:
 
 
 def to_tree(
-    tree: tp.Any,
+    tree: object,
     /,
     *,
-    prefix: tp.Any = MISSING,
+    prefix: object = MISSING,
     split_fn: tp.Callable[[SplitContext, Path, tp.Any, tp.Any], tp.Any] = default_split_fn,
     map_non_graph_nodes: bool = False,
     ctxtag: tp.Hashable | None = None,
@@ -180,21 +181,21 @@ def to_tree(
     return jax.tree.unflatten(treedef, out)
 
 
-def merge_tree_node(ctx: MergeContext, path: Path, prefix: tp.Any, leaf: tp.Any) -> tp.Any:
+def merge_tree_node(ctx: MergeContext, path: Path, prefix: object, leaf: object) -> tp.Any:
     if not isinstance(leaf, NodeStates):
         raise ValueError(f"from_tree: expected NodeStates, got {type(leaf).__name__} at {path}")
     return ctx.merge(leaf.graphdef, *leaf.states)
 
 
-def is_tree_node(x: tp.Any) -> bool:
+def is_tree_node(x: object) -> bool:
     return isinstance(x, NodeStates)
 
 
 def from_tree(
-    tree: tp.Any,
+    tree: object,
     /,
     *,
-    prefix: tp.Any = MISSING,
+    prefix: object = MISSING,
     merge_fn: tp.Callable[[MergeContext, Path, tp.Any, tp.Any], tp.Any] = merge_tree_node,
     is_node_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
     is_leaf: tp.Callable[[tp.Any], bool] = is_tree_node,
@@ -220,7 +221,7 @@ def from_tree(
     return jax.tree.unflatten(treedef, out)
 
 
-def clear_non_graph_nodes(tree: tp.Any) -> tp.Any:
+def clear_non_graph_nodes(tree: object) -> tp.Any:
     """`tree` with every leaf that is not a graph node or Variable set to None."""
     return jax.tree.map(lambda x: x if _is_node(x) else None, tree, is_leaf=_is_node)
 
@@ -231,7 +232,7 @@ class TreeState:
     """A graph node's GraphDef with a State-shaped tree (e.g. of prefixes)."""
 
     graphdef: GraphDef | None
-    state: tp.Any
+    state: object
     # `(path, leaf) -> prefix` of the `nnx.prefix` call that made it (paths from the
     # root `nnx.prefix` was given): the prefix at paths the state leaves out, such as
     # a Variable already met in an earlier object. Not compared; lost by `jax.tree.map`.
@@ -252,7 +253,7 @@ def _prefix_fn(filter_map: tp.Any) -> tp.Callable[[Path, tp.Any], tp.Any]:
     preds = [(filterlib.to_predicate(f), v) for f, v in filter_map.items()]
     filters = list(filter_map)
 
-    def fn(path: Path, leaf: tp.Any) -> tp.Any:
+    def fn(path: Path, leaf: object) -> tp.Any:
         for pred, value in preds:
             if pred(path, leaf):
                 return value
@@ -265,7 +266,7 @@ def _prefix_fn(filter_map: tp.Any) -> tp.Callable[[Path, tp.Any], tp.Any]:
 
 
 def prefix(
-    node: tp.Any, filter_map: tp.Any, /, *, graph: bool | None = None, graph_updates: bool | None = None
+    node: object, filter_map: object, /, *, graph: bool | None = None, graph_updates: bool | None = None
 ) -> tp.Any:
     """Axes prefixes for `node`: every leaf (Variable, array) replaced by
     `filter_map(path, leaf)`, or by the value of the first matching filter of a
@@ -283,11 +284,12 @@ def prefix(
         return api.map(fn, node)
     ref_index = RefMap()
 
-    def one(keypath: tuple, x: tp.Any) -> tp.Any:
+    def one(keypath: tuple, x: object) -> tp.Any:
         base = jax_to_nnx_path(keypath)
         if not _is_node(x):
             return fn(base, x)
         graphdef, flat = flatten(x, ref_index=ref_index, copy=False)
+        assert isinstance(flat, FlatState)  # with_paths (the default)
         if len(flat) == 1 and flat.paths[0] == ():
             out = TreeState(graphdef, fn(base, flat.leaves[0]))
         else:

@@ -20,7 +20,7 @@ import threading
 import warnings
 import weakref
 
-from nnxfn.core import splitcache as core_splitcache
+from nnxfn.core import caches as core_caches
 from nnxfn.facade.captured import captured_where
 
 
@@ -88,7 +88,7 @@ def _foreign_path(obj: object) -> tuple | None:
     return path
 
 
-_EPOCH = core_splitcache.CLOCK  # moved by every structural change anywhere (cached splits read it)
+_EPOCH = core_caches.STRUCTURE  # moved by every structural change anywhere (cached splits read it)
 _HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
 
 
@@ -108,7 +108,7 @@ def pop_frame(frame: Frame) -> None:
 
 
 def structure_epoch() -> int:
-    return _EPOCH[0]
+    return _EPOCH.now
 
 
 def hard_epoch() -> int:
@@ -117,18 +117,18 @@ def hard_epoch() -> int:
 
 def bump_structure(obj: object = None) -> None:
     """Record a structural change of `obj` (of everything if `obj` is None)."""
-    _EPOCH[0] += 1
+    _EPOCH.tick()
     if obj is None:
         _HARD[0] += 1
         return
     d = obj.__dict__
-    d["_nnx_version"] = _EPOCH[0]
+    d["_nnx_version"] = _EPOCH.now
     d.pop("_nnx_tree", None)  # its pytree memo (see jaxtree.py) no longer holds: drop what it refers to
 
 
 def metadata_changed() -> None:
     """A Variable's metadata was replaced (caches compare metadata by identity)."""
-    _EPOCH[0] += 1
+    _EPOCH.tick()
 
 
 def version_of(obj: object) -> int:

@@ -45,8 +45,8 @@ import jax
 from jax._src import core as _jax_core
 from jax._src.core import EvalTrace as _EvalTrace
 
-from nnxfn.core.splitcache import CLOCK as _EPOCH
 from nnxfn.core import caches
+from nnxfn.core.caches import STRUCTURE as _EPOCH
 from nnxfn.core.splitcache import same_snapshot, snapshot
 from nnxfn.core.walker import mutable as _mutable
 from nnxfn.facade import context
@@ -117,7 +117,7 @@ def memo_of(obj: object) -> list:
             return m
     elif (
         m is not None
-        and m[EPOCH] == _EPOCH[0]
+        and m[EPOCH] == _EPOCH.now
         and m[SHARED] is not None
         and (not m[SNAPS] or _same(m[SNAPS]))
     ):
@@ -157,7 +157,7 @@ class _Frame:
 def _walk(root: object) -> list:
     """Find whether `root`'s subtree reaches a Module or Variable twice; stamp
     every object whose whole subtree was seen without that (see the docstring)."""
-    epoch = _EPOCH[0]
+    epoch = _EPOCH.now
     seen = {id(root)}
     alive: list = []  # values met inside foreign pytrees: their ids must stay unique
     snaps: list = []
@@ -307,7 +307,7 @@ def _verify(root: object) -> None:
         stack.extend(
             x for x in _graph_children(view.values(obj.__dict__)) if _is_pending(x.__dict__.get(MEMO))
         )
-    epoch = _EPOCH[0]
+    epoch = _EPOCH.now
     for obj in reversed(order):
         d = obj.__dict__
         m = d[MEMO]
@@ -393,7 +393,7 @@ def flatten_object(obj: object) -> tuple[tp.Sequence, tp.Any]:
         type(m) is not list
         or not _CACHING.on
         or m[SHARED] is not False
-        or m[EPOCH] != _EPOCH[0]
+        or m[EPOCH] != _EPOCH.now
         or (m[SNAPS] and not _same(m[SNAPS]))
     ):
         m = memo_of(obj)

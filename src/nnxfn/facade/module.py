@@ -242,7 +242,9 @@ def _boxed(keys: tuple, values: tp.Sequence, datas: frozenset) -> tuple:
 # -- graph-node registration -------------------------------------------------
 # (attribute names in __dict__ order, static names) -> (sorted child names, getter):
 # the key set rarely changes, so `split` does not sort it on every visit.
-_CHILD_KEYS: caches.Cache[tuple, tuple[tuple, tp.Callable]] = caches.Cache("facade.module.child_keys")
+_CHILD_KEYS: caches.CacheTable[tuple, tuple[tuple, tp.Callable]] = caches.CacheTable(
+    "facade.module.child_keys"
+)
 
 
 def _child_keys(d: dict) -> tuple[tuple, tp.Callable]:
@@ -324,7 +326,7 @@ def _set_child(obj: Object, key: str, value: object) -> None:
 
 
 # (type, keys) -> may `_fill` write __dict__ directly
-_PLAIN_FILL: caches.Cache[tuple, bool] = caches.Cache("facade.module.plain_fill")
+_PLAIN_FILL: caches.CacheTable[tuple, bool] = caches.CacheTable("facade.module.plain_fill")
 
 
 def _plain_fill(cls: type, keys: tuple) -> bool:
@@ -351,7 +353,7 @@ def _fill(obj: Object, keys: tuple, values: tp.Sequence) -> None:
 
 
 # (type, keys) -> `make` of `_plain_maker` (see `_builder`)
-_MAKERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.module.makers")
+_MAKERS: caches.CacheTable[tuple, tp.Callable] = caches.CacheTable("facade.module.makers")
 
 
 def _builder(cls: type, statics: tp.Hashable, keys: tuple) -> tp.Callable[[tp.Iterable], list]:

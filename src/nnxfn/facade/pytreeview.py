@@ -66,7 +66,9 @@ _STATIC_TYPES = (
     np.dtype,
     type,
 )
-KINDS: caches.Cache[type, int] = caches.Cache("facade.pytreeview.kinds")  # cleared when a node type is registered
+KINDS: caches.CacheTable[type, int] = caches.CacheTable(
+    "facade.pytreeview.kinds"
+)  # cleared when a node type is registered
 
 
 def kind_of(t: type) -> int:
@@ -235,7 +237,7 @@ jax.tree_util.register_pytree_with_keys(
 
 
 # -- the aux data -------------------------------------------------------------------------
-_GETTERS: caches.Cache[tuple, tp.Callable] = caches.Cache("facade.pytreeview.getters")
+_GETTERS: caches.CacheTable[tuple, tp.Callable] = caches.CacheTable("facade.pytreeview.getters")
 
 
 def values_getter(keys: tuple) -> tp.Callable[[tp.Any], tuple]:
@@ -254,7 +256,7 @@ def values_getter(keys: tuple) -> tp.Callable[[tp.Any], tuple]:
     return found
 
 
-_SETTERS: caches.Cache[tuple, tp.Callable[[dict, tp.Iterable], None]] = caches.Cache(
+_SETTERS: caches.CacheTable[tuple, tp.Callable[[dict, tp.Iterable], None]] = caches.CacheTable(
     "facade.pytreeview.setters"
 )
 

@@ -26,8 +26,8 @@ _NO_GRAPH = object()
 
 def _shared_copy(node: A) -> A:
     """A new graph of nodes and containers holding `node`'s own Variables."""
-    graphdef, pairs = core.flatten(node, copy=False)
-    return core.unflatten(graphdef, dict(pairs), copy=False)
+    graphdef, pairs = core.flatten_graph(node, copy=False)
+    return core.unflatten_graph(graphdef, dict(pairs), copy=False)
 
 
 def view(
@@ -194,7 +194,7 @@ def with_vars(
                 f"Found duplicate at paths:\n{listed}\nA Variable reachable by several paths "
                 "would be converted into several copies; pass allow_duplicates=True to accept that."
             )
-    _, pairs = core.flatten(node, copy=False)
+    _, pairs = core.flatten_graph(node, copy=False)
     swap = {id(v): v.copy(**changes) for path, v in pairs if differs(path, v)}
     return _replace(_shared_copy(node), swap, set())
 

@@ -44,7 +44,7 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 # aux -> nesting template: a list of ints (leaf positions) and (keys, template) pairs
-_TEMPLATES: caches.Cache[tuple, tuple[tuple, list]] = caches.Cache("facade.whole.templates")
+_TEMPLATES: caches.CacheTable[tuple, tuple[tuple, list]] = caches.CacheTable("facade.whole.templates")
 
 
 def _key_of(node: object, k: object) -> tp.Any:
@@ -137,7 +137,7 @@ def _leaves(obj: object):
         if pairs is not None:
             return [leaf for _, leaf in pairs], memo[:3]
     whole: dict = {}
-    graphdef, pairs = core.flatten(obj, copy=False, whole_pytrees=whole)
+    graphdef, pairs = core.flatten_graph(obj, copy=False, whole_pytrees=whole)
     if whole:
         pairs = tp.cast(list, core.graph.flatten_like(graphdef, obj, whole))
     return [leaf for _, leaf in pairs], (graphdef, tuple(p for p, _ in pairs), frozenset(whole))
@@ -177,7 +177,7 @@ def unflatten_whole(aux: tuple, children: tp.Iterable) -> object:
             raise core.program.LeafMismatch
         obj = core.program.unflatten_leaves(graphdef, leaves, copy=False)
     except core.program.LeafMismatch:
-        obj = core.unflatten(graphdef, dict(zip(paths, leaves)), copy=False)
+        obj = core.unflatten_graph(graphdef, dict(zip(paths, leaves)), copy=False)
     if traced:  # rebuilt inside a non-nnxfn transform: attribute writes would be lost
         for path, node in core.iter_graph(obj):
             if is_object(node) and node.__dict__.get("_nnx_frame") is None:

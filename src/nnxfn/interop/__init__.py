@@ -20,7 +20,7 @@ from nnxfn.interop.view import (
     PytreeView as PytreeView,
     as_pytree as as_pytree,
     from_pytree as from_pytree,
-    update as update,
 )
+from nnxfn.core import update as update  # also takes a `PytreeView` (registered by `view.py`)
 
 install_classifier()

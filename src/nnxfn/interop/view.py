@@ -24,7 +24,7 @@ import typing as tp
 import jax
 
 from nnxfn import core
-from nnxfn.core.api import update as update_node
+from nnxfn.core.writes import register_state_reader
 from nnxfn.core.graphdef import GraphDef
 from nnxfn.core.state import State
 
@@ -84,8 +84,5 @@ def from_pytree(view: PytreeView) -> tp.Any:
     return core.merge(view.graphdef, view.state)
 
 
-def update(node: object, *states: object) -> None:
-    """`nnx.update(model, state, ...)`, where each state may also be a view
-    from `nnx.as_pytree` (its State is written into `node` in place)."""
-    states = tuple(s.state if isinstance(s, PytreeView) else s for s in states)
-    update_node(node, *states)
+# `nnx.update(model, view)` writes the view's State into `model` in place.
+register_state_reader(PytreeView, lambda view: view.state)

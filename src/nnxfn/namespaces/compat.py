@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import typing as tp
 
+from nnxfn.namespaces import rnglib, top_level
+
 _GRAPH = {"graph": True}
 _BOTH = {"graph": True, "graph_updates": True}
 
@@ -78,11 +80,9 @@ def __getattr__(name: str) -> tp.Any:
         raise AttributeError(f"module 'nnxfn.compat' has no attribute {name!r}")
     made = _MADE.get(name)
     if made is None:
-        import nnxfn
-        from nnxfn import rnglib
-
         # `backup_keys` is not in `nnx.*` (as in Flax)
-        target = getattr(rnglib if name == "backup_keys" else nnxfn, name)
+        target = getattr(rnglib, name) if name == "backup_keys" else top_level(name)
+        assert callable(target), name
         made = _MADE[name] = functools.partial(target, **flags) if flags else target
     return made
 

@@ -21,7 +21,7 @@ def deprecated(new_fn: F) -> F:
     """
 
     @functools.wraps(new_fn)
-    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def wrapper(*args: object, **kwargs: tp.Any) -> tp.Any:
         warnings.warn(
             f"This function is deprecated. Use {new_fn.__qualname__} instead.",
             DeprecationWarning,

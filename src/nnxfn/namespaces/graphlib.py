@@ -70,15 +70,14 @@ from nnxfn.core.pytrees import (
     unflatten_pytree as _unflatten_pytree,
 )
 from nnxfn.core.state import State as State
+from nnxfn.namespaces import top_level
 from nnxfn.transforms.common import Static as Static
 
 variables = state
 
 
 def __getattr__(name: str) -> _tp.Any:
-    import nnxfn
-
     try:
-        return getattr(nnxfn, name)
+        return top_level(name)
     except AttributeError:
         raise AttributeError(f"module 'nnxfn.graphlib' has no attribute {name!r}") from None

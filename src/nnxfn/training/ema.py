@@ -81,12 +81,12 @@ class EMA(Object):
     def apply_to(self, model: A) -> A:
         """A new model like `model` whose tracked Variables are the EMA's (shared
         with `self.params`) and whose other Variables are `model`'s own."""
-        graphdef, pairs = core.flatten(model, copy=False)
+        graphdef, pairs = core.flatten_graph(model, copy=False)
         averages = dict(self.params.flat_state())
         tracked = {p for p, _ in _tracked(model, self.filter).flat_state()}
         _check_paths(averages, dict.fromkeys(tracked), "apply_to")
         leaves = {p: averages[p] if p in averages else leaf for p, leaf in pairs}
-        return core.unflatten(graphdef, leaves, copy=False)
+        return core.unflatten_graph(graphdef, leaves, copy=False)
 
 
 def _tracked(node: object, only: Filter) -> State:

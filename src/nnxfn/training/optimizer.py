@@ -212,7 +212,7 @@ core.register_node_type(
 def _trained(model: object, wrt: Filter) -> list[tuple[Path, Leaf]]:
     """The (path, leaf) pairs of the model's leaves selected by `wrt`: the live
     Variables (so `update` writes them directly), or raw arrays."""
-    graphdef, pairs = core.flatten(model, copy=False)
+    graphdef, pairs = core.flatten_graph(model, copy=False)
     pred = to_predicate(wrt)
     boxed = core.graph.boxed_paths(graphdef)
     # leaves boxed only in the State (arrays of foreign pytrees) are written by path

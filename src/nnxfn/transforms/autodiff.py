@@ -159,7 +159,7 @@ class _Selection:
         values = list(e.values)
         for i, v in zip(self.state, state_vals):
             values[i] = v
-        made = core.unflatten(e.static.graphdef, dict(zip(e.static.paths, values)))
+        made = core.unflatten_graph(e.static.graphdef, dict(zip(e.static.paths, values)))
         first: dict[int, int] = {}
         for k, n in enumerate(e.nodes):
             first.setdefault(id(n), k)

@@ -76,7 +76,7 @@ class NodePrefix:
             self.is_ref = not pairs or (isinstance(state, core.State) and not len(state))
             self.fn = node.prefix_fn  # its prefix at paths the state leaves out
         else:
-            pairs = core.flatten(node)[1]
+            pairs = core.flatten_graph(node)[1]
             self.is_ref = False
         self.axes = {path: raw(leaf) for path, leaf in pairs}
 
@@ -224,7 +224,7 @@ def check_shared_leaf_specs(name: str, entry: EntryRecord, specs: list, what: st
         return
     seen: dict[int, tuple[tp.Any, int, tuple]] = {}
     for k, (node, spec) in enumerate(zip(entry.nodes, node_specs)):
-        _, pairs = core.flatten(node, copy=False)
+        _, pairs = core.flatten_graph(node, copy=False)
         for path, leaf in pairs:
             try:
                 value = resolve(spec, path, leaf)
@@ -248,7 +248,7 @@ def is_tree_prefix(node: object) -> bool:
     graph=False)` returns: a copy whose Variables hold axes, not arrays)."""
     import numpy as np
 
-    leaves = [raw(leaf) for _, leaf in core.flatten(node, copy=False)[1]]
+    leaves = [raw(leaf) for _, leaf in core.flatten_graph(node, copy=False)[1]]
     return bool(leaves) and not any(isinstance(v, (jax.Array, np.ndarray)) for v in leaves)
 
 

@@ -170,7 +170,7 @@ def _enter(leaves: list[object], treedef: PyTreeDef, containers: list | None = N
         else:
             static_leaves.append((i, leaf))
     objects: list = []
-    graphdef, pairs = core.flatten(nodes, copy=False, objects=objects, containers=containers)
+    graphdef, pairs = core.flatten_graph(nodes, copy=False, objects=objects, containers=containers)
     static = EntryStatic(
         graphdef=graphdef,
         paths=tuple(p for p, _ in pairs),
@@ -464,7 +464,7 @@ def rebuild(
         objects: dict[int, tp.Any] = dict(enumerate(made))
     except core.program.LeafMismatch:
         objects = {}
-        nodes = core.unflatten(static.graphdef, dict(zip(static.paths, values)), objects=objects)
+        nodes = core.unflatten_graph(static.graphdef, dict(zip(static.paths, values)), objects=objects)
     positions = static.node_positions + tuple(p for p, _ in static.static_leaves)
     fixed = list(nodes) + [v for _, v in static.static_leaves]
     args, kwargs = assemble(static.treedef, positions, fixed, others)
@@ -503,7 +503,7 @@ def leave(inside: Inside, out: object, *, emit_all: tp.Container[int] = ()) -> L
     out_arrays = [x for i, x in enumerate(out_leaves) if i not in out_positions]
 
     new_objects: list = []
-    graphdef, pairs = core.flatten((inside.nodes, out_nodes), copy=False, objects=new_objects)
+    graphdef, pairs = core.flatten_graph((inside.nodes, out_nodes), copy=False, objects=new_objects)
     entry_index = {id(obj): i for i, obj in inside.objects.items()}
     origins = tuple(
         (new_i, entry_index[id(obj)]) for new_i, obj in enumerate(new_objects) if id(obj) in entry_index
@@ -570,7 +570,7 @@ def commit(entry: EntryRecord, exit: ExitStatic, out_arrays: tp.Sequence, values
                 if i not in emitted:
                     leaves[(0,) + path] = raw(leaf)
         reuse = {new_i: entry.objects[old_i] for new_i, old_i in exit.origins}
-        _, out_nodes = core.unflatten(exit.graphdef, leaves, reuse=reuse)
+        _, out_nodes = core.unflatten_graph(exit.graphdef, leaves, reuse=reuse)
         for obj in reuse.values():  # attributes may have been added: cached views re-walk
             if not isinstance(obj, VariableLike):
                 context.bump_structure(obj)

@@ -168,7 +168,7 @@ def no_captured_outputs(fn: tp.Callable, name: str) -> tp.Callable:
         nodes = [x for x in jax.tree_util.tree_leaves(out, is_leaf=is_graph_object) if is_graph_object(x)]
         if nodes:
             frame = context.current_frame()
-            _, pairs = core.flatten(nodes, copy=False)
+            _, pairs = core.flatten_graph(nodes, copy=False)
             for path, leaf in pairs:
                 owner = getattr(leaf, "_frame", frame)
                 if owner is not frame:

@@ -503,7 +503,7 @@ def _returned_cotangents(
     leaves = {(0,) + p: g for p, g in zip(entry.static.paths, state_g)}
     leaves.update(zip((p for p in exit_static.paths if p[0] == 1), returned_g))
     assert exit_static.graphdef is not None  # objects were returned: the exit describes them
-    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    _, out_nodes = core.unflatten_graph(exit_static.graphdef, leaves)
     return list(out_nodes)
 
 

@@ -64,7 +64,7 @@ def eval_shape(
         for i, path in enumerate(entry.static.paths):
             if i not in emitted_idx:
                 leaves[(0,) + path] = inputs[i]
-    _, out_nodes = core.unflatten(exit_static.graphdef, leaves)
+    _, out_nodes = core.unflatten_graph(exit_static.graphdef, leaves)
     _shard_abstract(out_nodes)
     return boundary.assemble(exit_static.out_treedef, exit_static.out_positions, out_nodes, out_arrays)
 

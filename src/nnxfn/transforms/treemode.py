@@ -173,7 +173,9 @@ class _Check:
     def _walk(self, roots: list, unique: bool) -> dict:
         """The Variables under `roots`; in tree mode Flax's tree-mode input errors raise,
         and with `unique` a Variable reached twice does."""
-        return core_tm.walk(roots, self.rules.name, tree=self.tree, unique=unique, on_duplicate=self._dup)
+        return core_tm.find_ref_leaves(
+            roots, self.rules.name, tree=self.tree, unique=unique, on_duplicate=self._dup
+        )
 
     def inputs(self, roots: list) -> dict:
         """The Variables of the arguments (raising on Flax's input errors)."""
@@ -249,17 +251,17 @@ class Structure:
             if is_graph_object(x)
         ]
         self.objects: list = []
-        self.graphdef, pairs = core.flatten(self.nodes, copy=False, objects=self.objects)
+        self.graphdef, pairs = core.flatten_graph(self.nodes, copy=False, objects=self.objects)
         self.leaves = dict(pairs)
 
     def restore(self) -> None:
         objects: list = []
-        graphdef, _ = core.flatten(self.nodes, copy=False, objects=objects)
+        graphdef, _ = core.flatten_graph(self.nodes, copy=False, objects=objects)
         if graphdef == self.graphdef and len(objects) == len(self.objects):
             if all(map(operator.is_, objects, self.objects)):
                 return
         # Variables are given as themselves: a reused Variable keeps its value.
-        core.unflatten(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
+        core.unflatten_graph(self.graphdef, self.leaves, reuse=dict(enumerate(self.objects)))
 
 
 def _argument(bound: inspect.BoundArguments, name: str) -> tp.Any:
@@ -379,8 +381,8 @@ def _apply(
 def share_variables(tree: object) -> tp.Any:
     """A copy of `tree` whose graph objects are new but hold the same Variables
     (sharing between and within the objects kept)."""
-    graphdef, pairs = core.flatten(tree, copy=False)
-    return core.unflatten(graphdef, dict(pairs), copy=False)
+    graphdef, pairs = core.flatten_graph(tree, copy=False)
+    return core.unflatten_graph(graphdef, dict(pairs), copy=False)
 
 
 def _carry_as_pytree(scanned: tp.Callable) -> tp.Callable:
