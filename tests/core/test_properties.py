@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nnxfn as nnx
@@ -217,9 +217,21 @@ def test_state_survives_tree_map_jit_and_pure_dict(recipe):
     assert_same_graph(model, nnx.merge(graphdef, replaced))
 
 
+def mixes_key_types(x) -> bool:
+    """Whether a recipe holds a dict whose keys are of more than one type."""
+    if isinstance(x, dict):
+        return len({type(k) for k in x}) > 1 or any(mixes_key_types(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(mixes_key_types(v) for v in x)
+    return False
+
+
 @SETTINGS
 @given(graph_recipes())
 def test_module_pytree_roundtrip_keeps_sharing(recipe):
+    # JAX sorts a dict's keys to flatten it: a dict mixing str and int keys is
+    # no JAX pytree (for Flax and Equinox alike); the graph API takes it.
+    assume(not mixes_key_types(recipe))
     model = build(recipe)
     same = jax.tree.map(lambda x: x, model)
     assert_same_graph(model, same)
