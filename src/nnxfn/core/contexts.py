@@ -31,6 +31,7 @@ from nnxfn.core.api import leaf_paths
 from nnxfn.core.flatstate import FlatState, ensure_state
 from nnxfn.core.graphdef import (
     ContainerDef,
+    Record,
     GraphDef,
     NodeDef,
     PytreeDef,
@@ -111,7 +112,7 @@ class OuterIndexedGraphDef(GraphDef):
         return (_rebuild_outer, (self.root, self.num_leaves, self.outer_index))
 
 
-def _rebuild_outer(root: object, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
+def _rebuild_outer(root: Record, num_leaves: int, outer: tuple) -> OuterIndexedGraphDef:
     graphdef = OuterIndexedGraphDef(root, num_leaves)
     graphdef.outer_index = outer
     return graphdef

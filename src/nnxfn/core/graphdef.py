@@ -190,19 +190,6 @@ class _ApplyHook:
 APPLY = _ApplyHook()
 
 
-class _ApplyHook:
-    """`GraphDef.apply`'s implementation, set by `calls.py` (which builds on
-    merge and split, above this module)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self) -> None:
-        self.fn: tp.Callable[..., Any] | None = None
-
-
-APPLY = _ApplyHook()
-
-
 class GraphDef:
     """The static half of `split`; pass it back to `merge`.
 

@@ -106,8 +106,8 @@ def lookup(node_type: type) -> NodeImpl | None:
     return IMPLS.put(node_type, found)
 
 
-def is_graph_node(x: object) -> bool:
-    """Whether `x` is an instance of a registered graph-node type."""
+def is_registered_node(x: object) -> bool:
+    """Whether `x` is an instance of a registered graph-node type (Variables are not)."""
     return lookup(type(x)) is not None
 
 

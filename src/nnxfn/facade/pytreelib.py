@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from nnxfn.core import VariableLike
-from nnxfn.core.registry import is_graph_node
+from nnxfn.core.registry import is_registered_node
 
 A = tp.TypeVar("A")
 T = tp.TypeVar("T", bound=type)
@@ -107,7 +107,7 @@ def is_data(value: object, /) -> bool:
     Variables, graph nodes (Modules, Rngs, ...) and registered data types."""
     return (
         isinstance(value, (jax.Array, np.ndarray, VariableLike, jax.Ref))
-        or is_graph_node(value)
+        or is_registered_node(value)
         or type(value) in DATA_TYPES
     )
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from nnxfn.core import State, graphdef as graphdef_of, merge, state as state_of, update
 from nnxfn.core.errors import path_str
-from nnxfn.core.registry import is_graph_node
+from nnxfn.core.registry import is_registered_node
 from nnxfn.facade.module import Module
 from nnxfn.facade.variables import Variable
 
@@ -64,7 +64,7 @@ def root_name(item: object) -> str:
         return "model"
     if isinstance(item, State):
         return "state"
-    return type(item).__name__.lower() if is_graph_node(item) else "target"
+    return type(item).__name__.lower() if is_registered_node(item) else "target"
 
 
 def check_savable(flat: list[Leaf], root: str) -> None:
@@ -90,7 +90,7 @@ def write_back(target: object, state: State, values: dict[KeyPath, ArrayLeaf]) -
     new = State.from_flat_path([(p, _replace(v, values[p])) for p, v in state.flat_state()])
     if isinstance(target, State):
         return new
-    if is_graph_node(target):
+    if is_registered_node(target):
         update(target, new)
         return target
     return merge(graphdef_of(target), new)
