@@ -47,6 +47,18 @@ from nnxfn.nn.types import (
 default_kernel_init = initializers.lecun_normal()
 
 
+def _check_head_counts(num_heads: int, qkv_features: int, num_kv_heads: int) -> None:
+    if qkv_features % num_heads != 0:
+        raise ValueError(
+            f"MultiHeadAttention: qkv_features ({qkv_features}) must be divisible by num_heads ({num_heads})."
+        )
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"MultiHeadAttention: num_heads ({num_heads}) must be a multiple of "
+            f"num_kv_heads ({num_kv_heads})."
+        )
+
+
 class MultiHeadAttention(Module):
     """Multi-head attention (grouped-query when `num_kv_heads < num_heads`).
 
@@ -97,16 +109,7 @@ class MultiHeadAttention(Module):
     ):
         qkv_features = in_features if qkv_features is None else qkv_features
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if qkv_features % num_heads != 0:
-            raise ValueError(
-                f"MultiHeadAttention: qkv_features ({qkv_features}) must be divisible by "
-                f"num_heads ({num_heads})."
-            )
-        if num_heads % num_kv_heads != 0:
-            raise ValueError(
-                f"MultiHeadAttention: num_heads ({num_heads}) must be a multiple of "
-                f"num_kv_heads ({num_kv_heads})."
-            )
+        _check_head_counts(num_heads, qkv_features, num_kv_heads)
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = qkv_features
@@ -130,54 +133,113 @@ class MultiHeadAttention(Module):
         self.qkv_dot_general, self.out_dot_general = qkv_dot_general, out_dot_general
         self.qkv_dot_general_cls, self.out_dot_general_cls = qkv_dot_general_cls, out_dot_general_cls
 
-        def proj(in_f: int, heads: int) -> LinearGeneral:
-            return LinearGeneral(
-                in_f,
-                (heads, self.head_dim),
-                axis=-1,
-                use_bias=use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                precision=precision,
-                promote_dtype=qkv_promote_dtype,
-                dot_general=qkv_dot_general,
-                dot_general_cls=qkv_dot_general_cls,
-                rngs=rngs,
-                kernel_metadata=kernel_metadata,
-                bias_metadata=bias_metadata,
-            )
-
-        self.query = proj(in_features, num_heads)
-        self.key = proj(self.in_kv_features, num_kv_heads)
-        self.value = proj(self.in_kv_features, num_kv_heads)
-        self.query_ln: LayerNorm | None = None
-        self.key_ln: LayerNorm | None = None
-        if normalize_qk:
-            self.query_ln = self._layer_norm(rngs, query_ln_scale_metadata)
-            self.key_ln = self._layer_norm(rngs, key_ln_scale_metadata)
-        self.out = LinearGeneral(
-            (num_heads, self.head_dim),
-            self.out_features,
-            axis=(-2, -1),
-            use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_init=out_kernel_init or kernel_init,
-            bias_init=out_bias_init or bias_init,
-            precision=precision,
-            promote_dtype=out_promote_dtype,
-            dot_general=out_dot_general,
-            dot_general_cls=out_dot_general_cls,
-            rngs=rngs,
-            kernel_metadata=out_kernel_metadata,
-            bias_metadata=out_bias_metadata,
+        self.query, self.key, self.value = self._qkv_projections(
+            kernel_init, bias_init, rngs, kernel_metadata, bias_metadata
+        )
+        self.query_ln, self.key_ln = self._qk_norms(rngs, query_ln_scale_metadata, key_ln_scale_metadata)
+        self.out = self._out_projection(
+            out_kernel_init or kernel_init,
+            out_bias_init or bias_init,
+            rngs,
+            out_kernel_metadata,
+            out_bias_metadata,
         )
         self.rngs = rngs.dropout.fork() if keep_rngs and dropout_rate > 0 else None
         self.cached_key: Cache | None = None
         self.cached_value: Cache | None = None
         self.cache_index: Cache | None = None
+
+    def _projection(
+        self,
+        in_features: int | tuple[int, ...],
+        out_features: int | tuple[int, ...],
+        axis: int | tuple[int, ...],
+        kernel_init: Initializer,
+        bias_init: Initializer,
+        promote_dtype: PromoteDtypeFn,
+        dot_general: DotGeneral | None,
+        dot_general_cls: tp.Callable[[], DotGeneral] | None,
+        rngs: Rngs,
+        kernel_metadata: Metadata,
+        bias_metadata: Metadata,
+    ) -> LinearGeneral:
+        return LinearGeneral(
+            in_features,
+            out_features,
+            axis=axis,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=self.precision,
+            promote_dtype=promote_dtype,
+            dot_general=dot_general,
+            dot_general_cls=dot_general_cls,
+            rngs=rngs,
+            kernel_metadata=kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
+
+    def _qkv_projections(
+        self,
+        kernel_init: Initializer,
+        bias_init: Initializer,
+        rngs: Rngs,
+        kernel_metadata: Metadata,
+        bias_metadata: Metadata,
+    ) -> tuple[LinearGeneral, LinearGeneral, LinearGeneral]:
+        """The query, key and value projections `(in, heads, head_dim)`, made in that order."""
+
+        def proj(in_f: int, heads: int) -> LinearGeneral:
+            return self._projection(
+                in_f,
+                (heads, self.head_dim),
+                -1,
+                kernel_init,
+                bias_init,
+                self.qkv_promote_dtype,
+                self.qkv_dot_general,
+                self.qkv_dot_general_cls,
+                rngs,
+                kernel_metadata,
+                bias_metadata,
+            )
+
+        query = proj(self.in_features, self.num_heads)
+        key = proj(self.in_kv_features, self.num_kv_heads)
+        return query, key, proj(self.in_kv_features, self.num_kv_heads)
+
+    def _out_projection(
+        self,
+        kernel_init: Initializer,
+        bias_init: Initializer,
+        rngs: Rngs,
+        kernel_metadata: Metadata,
+        bias_metadata: Metadata,
+    ) -> LinearGeneral:
+        """The output projection `(heads, head_dim) -> out_features`."""
+        return self._projection(
+            (self.num_heads, self.head_dim),
+            self.out_features,
+            (-2, -1),
+            kernel_init,
+            bias_init,
+            self.out_promote_dtype,
+            self.out_dot_general,
+            self.out_dot_general_cls,
+            rngs,
+            kernel_metadata,
+            bias_metadata,
+        )
+
+    def _qk_norms(
+        self, rngs: Rngs, query_metadata: Metadata, key_metadata: Metadata
+    ) -> tuple[LayerNorm | None, LayerNorm | None]:
+        """`query_ln` and `key_ln` when `normalize_qk`, else `(None, None)`."""
+        if not self.normalize_qk:
+            return None, None
+        return self._layer_norm(rngs, query_metadata), self._layer_norm(rngs, key_metadata)
 
     def _layer_norm(self, rngs: Rngs, scale_metadata: Metadata) -> LayerNorm:
         return LayerNorm(

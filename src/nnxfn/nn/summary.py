@@ -296,6 +296,48 @@ def _variable_cell(info: _Stats, col: type) -> cells.Cell:
     return lines
 
 
+def _record_calls(
+    clone: Object,
+    recorder: _Recorder,
+    method: str,
+    input_args: tuple[object, ...],
+    input_kwargs: dict[str, object],
+) -> None:
+    """Run `clone.method(*input_args, **input_kwargs)` with every graph class patched to record its calls."""
+    classes = {type(node) for _, node in core.iter_graph(clone) if isinstance(node, Object)}
+    undo = _patch(classes, recorder)
+    try:
+        fn = inspect.getattr_static(clone, method, None)
+        if getattr(fn, "_nnxfn_tabulate", False):
+            fn(clone, *input_args, **input_kwargs)
+        else:  # a private method, or a callable attribute: record the root call itself
+            recorder.call(
+                clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k), input_args, input_kwargs
+            )
+    finally:
+        _unpatch(undo)
+
+
+def _table_row(
+    r: CallInfo,
+    info: _Stats,
+    columns: list[type],
+    node_types: tuple[type, ...],
+    compute_flops: bool,
+    compute_vjp_flops: bool,
+) -> list[cells.Cell]:
+    """The cells of one call's row: path, type, inputs, outputs, flops, then one per Variable type."""
+    row: list[cells.Cell] = [
+        [[("/".join(str(p) for p in r.path), None)]],
+        [[(r.type.__name__, None)]],
+        r.inputs_cell,
+        cells.top_lines(r.outputs, node_types),
+    ]
+    row += [_flops_cell(r.flops)] * compute_flops + [_flops_cell(r.vjp_flops)] * compute_vjp_flops
+    row += [_variable_cell(info, col) for col in columns]
+    return row
+
+
 def tabulate(
     obj: Object,
     *input_args: object,
@@ -332,37 +374,16 @@ def tabulate(
     clone = core.clone(obj)
     stats, totals = _collect(clone)
     node_types = (Object,)
-    classes = {type(node) for _, node in core.iter_graph(clone) if isinstance(node, Object)}
     recorder = _Recorder(stats, node_types, compute_flops, compute_vjp_flops)
-    undo = _patch(classes, recorder)
-    try:
-        fn = inspect.getattr_static(clone, method, None)
-        if getattr(fn, "_nnxfn_tabulate", False):
-            fn(clone, *input_args, **input_kwargs)
-        else:  # a private method, or a callable attribute: record the root call itself
-            recorder.call(
-                clone, method, lambda obj, *a, **k: getattr(obj, method)(*a, **k), input_args, input_kwargs
-            )
-    finally:
-        _unpatch(undo)
-
+    _record_calls(clone, recorder, method, input_args, input_kwargs)
     rows = [r for r in recorder.rows if (depth is None or len(r.path) <= depth) and row_filter(r)]
     columns = sorted(totals, key=lambda t: t.__name__)
     header = ["path", "type", "inputs", "outputs"]
     header += ["flops"] * compute_flops + ["vjp_flops"] * compute_vjp_flops
     header += [c.__name__ for c in columns]
-    table_rows = []
-    for r in rows:
-        info = stats[r.object_id]
-        row: list[cells.Cell] = [
-            [[("/".join(str(p) for p in r.path), None)]],
-            [[(r.type.__name__, None)]],
-            r.inputs_cell,
-            cells.top_lines(r.outputs, node_types),
-        ]
-        row += [_flops_cell(r.flops)] * compute_flops + [_flops_cell(r.vjp_flops)] * compute_vjp_flops
-        row += [_variable_cell(info, col) for col in columns]
-        table_rows.append(row)
+    table_rows = [
+        _table_row(r, stats[r.object_id], columns, node_types, compute_flops, compute_vjp_flops) for r in rows
+    ]
     n_before = 4 + compute_flops + compute_vjp_flops
     footer = [""] * n_before + [
         cells.text([cells.count_segments(totals[c][0], totals[c][1])]) for c in columns
