@@ -42,6 +42,7 @@ from nnxfn.core.graphdef import (
 from nnxfn.core.variable_like import VariableLike
 
 Path = tuple[tp.Any, ...]
+_T = tp.TypeVar("_T")
 
 
 class RefMap(tp.MutableMapping[tp.Any, int]):
@@ -75,11 +76,17 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
     def __len__(self) -> int:
         return len(self._mapping)
 
-    def get(self, obj: object, default: int | None = None) -> int | None:  # type: ignore[override]
+    @tp.overload
+    def get(self, obj: object, /) -> int | None: ...
+    @tp.overload
+    def get(self, obj: object, /, default: int) -> int: ...
+    @tp.overload
+    def get(self, obj: object, /, default: _T) -> int | _T: ...
+    def get(self, obj: object, /, default: object = None) -> object:
         entry = self._mapping.get(id(obj))
         return default if entry is None else entry[1]
 
-    def items(self):  # type: ignore[override]
+    def items(self):  # type: ignore[override]  # a list of (obj, index): no per-key lookup, unlike an ItemsView
         return list(self._mapping.values())
 
 

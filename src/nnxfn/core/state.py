@@ -412,7 +412,11 @@ class FlatState(tp.Sequence[tuple[Path, Leaf]]):
     def leaves(self) -> list[Leaf]:
         return self._values
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @tp.overload
+    def __getitem__(self, index: int) -> tuple[Path, Leaf]: ...
+    @tp.overload
+    def __getitem__(self, index: slice) -> FlatState: ...
+    def __getitem__(self, index: int | slice) -> tuple[Path, Leaf] | FlatState:
         if isinstance(index, slice):
             return FlatState.from_sorted_keys_values(self._keys[index], self._values[index])
         return self._keys[index], self._values[index]

@@ -391,9 +391,10 @@ class View:
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
-            type(other) is type(self)
-            and self.cls is other.cls  # type: ignore[attr-defined]
-            and same_value(self._key(), other._key())  # type: ignore[attr-defined]
+            isinstance(other, View)
+            and type(other) is type(self)
+            and self.cls is other.cls
+            and same_value(self._key(), other._key())
         )
 
     def __hash__(self) -> int:

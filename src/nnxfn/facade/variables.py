@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import types
 import typing as tp
 import warnings
 
@@ -606,8 +607,10 @@ _Tracer = jax.core.Tracer
 _TRACE_REF = _jax_core.trace_state_strong_ref
 
 
-def _register_pytree(cls: type) -> None:
-    own_parts = cls.from_parts.__func__ is not Variable.__dict__["from_parts"].__func__  # type: ignore[attr-defined]
+def _register_pytree(cls: type[Variable]) -> None:
+    own_parts = (
+        tp.cast(types.MethodType, cls.from_parts).__func__ is not Variable.__dict__["from_parts"].__func__
+    )
     unflatten = _unflatten_by_parts if own_parts else _unflatten
     jax.tree_util.register_pytree_with_keys(
         cls, _flatten_with_keys, functools.partial(unflatten, cls), _flatten

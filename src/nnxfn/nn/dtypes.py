@@ -11,7 +11,7 @@ dtype('float32')
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
@@ -45,4 +45,4 @@ def promote_dtype(args: T, /, *, dtype: DTypeLike | None = None, inexact: bool =
     """Cast every non-``None`` value in the tuple ``args`` to one dtype
     (``canonicalize_dtype``'s); ``None`` entries stay ``None``."""
     dtype = canonicalize_dtype(*args, dtype=dtype, inexact=inexact)
-    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)  # type: ignore[return-value]
+    return cast(T, tuple(None if a is None else jnp.asarray(a, dtype) for a in args))

@@ -55,7 +55,7 @@ Leaf: tp.TypeAlias = object
 _RAW = operator.attrgetter("raw_value")
 _CACHING = caches.SWITCH  # `EntryCache` is a memo kept on objects: it obeys the switch
 # the slot itself: no write checks (outside frames)
-_SET_RAW = Variable.raw_value.__set__  # type: ignore[misc]  # mypy reads the slot as a class variable
+_SET_RAW = Variable.__dict__["raw_value"].__set__
 
 
 def is_graph_object(x: object) -> bool:

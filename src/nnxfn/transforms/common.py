@@ -38,7 +38,7 @@ class Static:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.value == other.value  # type: ignore[attr-defined]
+        return isinstance(other, Static) and type(other) is type(self) and self.value == other.value
 
     def __hash__(self) -> int:
         return hash((type(self), self.value))
@@ -276,7 +276,7 @@ class FilterMap(PrefixMapping):
             return True
         if not self.mapping:  # a subclass keeping its data elsewhere: by identity
             return False
-        return type(self) is type(other) and self.mapping == other.mapping  # type: ignore[attr-defined]
+        return isinstance(other, FilterMap) and type(self) is type(other) and self.mapping == other.mapping
 
     def __hash__(self) -> int:
         if not self.mapping:

@@ -245,7 +245,9 @@ class _Scanned(MethodWrapper):
                 ys_out = [v for (kind, _), v in zip(plan.out, out_arrays) if kind == "ys"]
                 return (new_carry_s, new_carry_o), (ys_state, ys_out)
 
-            carry, ys = jax.lax.scan(  # type: ignore[var-annotated]  # jax.lax.scan's result is untyped
+            carry: tp.Any
+            ys: tp.Any
+            carry, ys = jax.lax.scan(
                 body,
                 init,
                 xs,
