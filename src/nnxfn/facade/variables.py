@@ -712,7 +712,7 @@ class HijaxVariable(RefVariable[A]):
     _trace_checked = False
 
     @classmethod
-    def _store(cls, value: object) -> tp.Any:  # type: ignore[override]
+    def _store(cls, value: object) -> tp.Any:
         if cls._mode_ref or varmodes.tracing():
             return varmodes.to_refs(value)
         return varmodes.to_box(value)

@@ -49,6 +49,8 @@ def _make_pytree_dataclass(cls: type) -> type:
     return cls
 
 
+@tp.dataclass_transform(frozen_default=True, field_specifiers=(field,))
+@dataclasses.dataclass(frozen=True)
 class TrainState(tp.Generic[M]):
     """The state of one training run in functional form (see the module docstring)."""
 
@@ -73,7 +75,7 @@ class TrainState(tp.Generic[M]):
         **kwargs: object,
     ) -> TS:
         """A new state with `tx.init(params)` and `step`; `kwargs` fill the extra fields."""
-        return cls(  # type: ignore[call-arg]
+        return cls(
             graphdef=graphdef,
             params=params,
             opt_state=tx.init(params),
@@ -82,9 +84,9 @@ class TrainState(tp.Generic[M]):
             **kwargs,
         )
 
-    def replace(self: TS, **changes: object) -> TS:
+    def replace(self: TS, **changes: tp.Any) -> TS:
         """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
     def apply(self, state: State | str, *states: State | str) -> ApplyCaller:
         """Call the model rebuilt from `graphdef` and the given States (or the names
