@@ -101,15 +101,6 @@ class Optimizer(Object, tp.Generic[M]):
             return tp.cast(tp.Callable, found.fget)(self)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # pickle/deepcopy keep the link: the state is (the attributes, the linked model)
-    def __getstate__(self) -> tuple[dict, object]:  # type: ignore[override]
-        return (super().__getstate__(), _linked_model(self))
-
-    def __setstate__(self, state: tuple[dict, object]) -> None:  # type: ignore[override]
-        attributes, model = state
-        super().__setstate__(attributes)
-        object.__setattr__(self, "_nnx_model", model)
-
     # -- the update ---------------------------------------------------------------
     def update(self, *args: object, **kwargs: object) -> optax.Updates:
         """`update(grads, **kw)` or `update(model, grads, **kw)`; returns the applied
