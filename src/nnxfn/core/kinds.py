@@ -53,7 +53,7 @@ class PytreeChildren(tp.NamedTuple):
 def pytree_children(x: object) -> PytreeChildren | None:
     """One level of a foreign pytree, or None if `x` is a pytree leaf."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]  # jaxlib's stub lacks them
+    if len(pairs) == 1 and jax.tree_util.treedef_is_leaf(treedef):  # x itself is the one leaf
         return None
     return PytreeChildren(
         treedef, [(key_of(entry), v) for (entry,), v in pairs]
