@@ -86,7 +86,7 @@ class RefMap(tp.MutableMapping[tp.Any, int]):
         entry = self._mapping.get(id(obj))
         return default if entry is None else entry[1]
 
-    def items(self) -> list[tuple[tp.Any, int]]:  # type: ignore[override]  # a list: no per-key lookup, unlike an ItemsView
+    def items(self) -> list[tuple[tp.Any, int]]:  # type: ignore[override]  # a list: no per-key lookups
         return list(self._mapping.values())
 
 

@@ -88,7 +88,7 @@ class State(Mapping):
             return NotImplemented
         return self is other or self._mapping == dict(other.items())
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as dict: mypy wants a method here
 
     def __reduce__(self):
         return (State, (self._mapping,))

@@ -143,7 +143,7 @@ class _Walk:
                     if kind == K_VAR:  # the leaf: the Variable (or a copy)
                         meta = v.metadata_items()  # type: ignore[attr-defined]  # a VariableLike
                         ops.append(_new(VariableOp, (t, meta)))
-                        leaves.append(t.from_parts(v.raw_value, meta) if copy else v)  # type: ignore[attr-defined]
+                        leaves.append(t.from_parts(v.raw_value, meta) if copy else v)  # type: ignore[attr-defined]  # as above
                         d[k] = leaves[-1]
                         if paths is not None:
                             paths.append(frame.prefix + (k,))  # type: ignore[operator]  # set with paths

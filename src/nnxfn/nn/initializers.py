@@ -134,7 +134,7 @@ def _builder(name: str, doc: str, cls: type[_Built] = _Built) -> Callable[..., I
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"{doc}\n\nArguments as `jax.nn.initializers.{name}`."
-    build.__signature__ = inspect.signature(jax_builder)  # type: ignore[attr-defined]
+    build.__signature__ = inspect.signature(jax_builder)  # type: ignore[attr-defined]  # inspect reads it
     return build
 
 

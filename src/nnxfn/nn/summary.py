@@ -226,7 +226,7 @@ def _patch(classes: set[type], recorder: _Recorder) -> list[tuple[type, str, obj
                 return recorder.call(self, _name, _fn, args, kwargs)
 
             wrapper.__name__ = name
-            wrapper._nnxfn_tabulate = True  # type: ignore[attr-defined]
+            wrapper._nnxfn_tabulate = True  # type: ignore[attr-defined]  # a marker read by getattr
             undo.append((cls, name, cls.__dict__.get(name, None)))
             type.__setattr__(cls, name, wrapper)
     return undo

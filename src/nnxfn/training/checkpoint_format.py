@@ -208,8 +208,8 @@ def write_npz(tmp: Path, flats: list[list[Leaf]]) -> None:
         for k, (_, x) in enumerate(flat)
     }
     with open(tmp / "arrays.npz", "wb") as f:
-        # numpy's stub lets `**` fill its `allow_pickle: bool` keyword too; every key here is "i/k"
-        np.savez(f, **{name: _storable(a) for name, a in arrays.items()})  # type: ignore[arg-type]
+        arrays_by_name = {name: _storable(a) for name, a in arrays.items()}  # every key is "i/k"
+        np.savez(f, **arrays_by_name)  # type: ignore[arg-type]  # stub: `**` could fill allow_pickle
         f.flush()
         os.fsync(f.fileno())
 

@@ -102,7 +102,7 @@ class Accuracy(Average):
         self.threshold = threshold
         super().__init__(*args, **kwargs)
 
-    def update(  # type: ignore[override]
+    def update(  # type: ignore[override]  # needs logits/labels, where Metric.update takes any keywords
         self, *, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, **_: object
     ) -> None:
         logits, labels = jnp.asarray(logits), jnp.asarray(labels)

@@ -35,7 +35,7 @@ class JitPartial(MethodWrapper):
         self.graph = set_graph_mode.current_value() if graph is None else graph
 
     @property
-    def fn(self) -> tp.Callable:  # type: ignore[override]
+    def fn(self) -> tp.Callable:  # type: ignore[override]  # read-only: jitted.fn
         return self.jitted.fn
 
     @property
