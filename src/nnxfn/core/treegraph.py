@@ -11,10 +11,10 @@ Variables, cycles, `pytree=False` objects; see `treemode.py`).
 
 >>> import jax.numpy as jnp
 >>> from nnxfn.core.variable_like import VariableLike
->>> graphdef, pairs = flatten({"b": jnp.ones(1), "a": (1, 2)})
+>>> graphdef, pairs = flatten_tree_mode({"b": jnp.ones(1), "a": (1, 2)})
 >>> [path for path, _ in pairs]
 [('a', 0), ('a', 1), ('b',)]
->>> unflatten(graphdef, [leaf for _, leaf in pairs])["a"]
+>>> unflatten_tree_mode(graphdef, [leaf for _, leaf in pairs])["a"]
 (1, 2)
 """
 
