@@ -89,7 +89,7 @@ def _foreign_path(obj: object) -> tuple | None:
 
 
 _EPOCH = core_caches.STRUCTURE  # moved by every structural change anywhere (cached splits read it)
-_HARD = [0]  # moved by changes that concern every object (e.g. leaf boxing rules)
+_HARD = core_caches.Clock()  # moved by changes that concern every object (e.g. leaf boxing rules)
 
 
 def current_frame() -> Frame | None:
@@ -112,14 +112,14 @@ def structure_epoch() -> int:
 
 
 def hard_epoch() -> int:
-    return _HARD[0]
+    return _HARD.now
 
 
 def bump_structure(obj: object = None) -> None:
     """Record a structural change of `obj` (of everything if `obj` is None)."""
     _EPOCH.tick()
     if obj is None:
-        _HARD[0] += 1
+        _HARD.tick()
         return
     d = obj.__dict__
     d["_nnx_version"] = _EPOCH.now
