@@ -98,6 +98,58 @@ def test_matches_jax_nn_dot_product_attention(kv_heads: int, opts: str) -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("batch", "kv_heads", "mask_shape"),
+    [
+        ((), 4, (1, 5, 7)),
+        ((2,), 2, (2, 1, 5, 7)),
+        ((2, 3), 4, (1, 1, 1, 5, 7)),
+        ((2, 3), 1, (3, 4, 5, 7)),
+        ((2, 3), 2, (2, 3, 1, 5, 7)),
+    ],
+)
+def test_jax_fused_path_equals_einsum_path(
+    batch: tuple[int, ...], kv_heads: int, mask_shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dropout, sown weights or a precision, `dot_product_attention` computes through
+    `jax.nn.dot_product_attention` (batch dims flattened, masks broadcast); the result equals
+    the einsum path's (taken with an explicit precision) and the reference."""
+    q, k, v = _qkv(batch, kv_heads=kv_heads)
+    mask = jax.random.bernoulli(KEYS[4], 0.7, mask_shape).at[..., 0].set(True)
+    bias = jax.random.normal(KEYS[3], (4, 5, 7))
+    calls: list[tuple[int, ...]] = []
+    fused = jax.nn.dot_product_attention
+
+    def spy(query: jax.Array, *args: Any, **kw: Any) -> jax.Array:
+        calls.append(query.shape)
+        return fused(query, *args, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    out = att.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True)
+    assert calls == [(int(np.prod(batch)), 5, 4, 8) if len(batch) > 1 else q.shape]
+    slow = att.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True, precision="highest")
+    assert len(calls) == 1  # an explicit precision takes the einsum path
+    causal = np.tril(np.ones((5, 7), bool))
+    ref = ref_attention(q, k, v, bias=bias, mask=np.logical_and(mask, causal))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, slow, rtol=1e-5, atol=1e-5)
+    assert out.shape == q.shape
+
+
+def test_fused_path_gradients_equal_einsum_path() -> None:
+    """Gradients through the fused path equal those through the einsum path."""
+    q, k, v = _qkv((2,), q_len=7)
+    mask = att.make_causal_mask(jnp.ones((2, 7)))
+
+    def loss(precision: Any) -> Any:
+        return lambda q, k, v: (att.dot_product_attention(q, k, v, mask=mask, precision=precision) ** 2).sum()
+
+    fast = jax.grad(loss(None), argnums=(0, 1, 2))(q, k, v)
+    slow = jax.grad(loss("highest"), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_is_causal_equals_causal_mask() -> None:
     """is_causal=True equals passing make_causal_mask, and combines with a mask."""
     q, k, v = _qkv(q_len=7)

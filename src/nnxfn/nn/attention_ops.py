@@ -205,11 +205,17 @@ def dot_product_attention(
     """Dot-product attention output ``[batch..., q_length, num_heads, v_depth]``.
 
     See :func:`dot_product_attention_weights` for the weights; the output is
-    ``einsum('...hqk,...khd->...qhd', weights, value)``.
+    ``einsum('...hqk,...khd->...qhd', weights, value)``. When no dropout is applied, no
+    weights are sown (``module`` is None), ``precision`` is None and value and key depths
+    agree, the same result comes from `jax.nn.dot_product_attention` (what Flax NNX calls
+    then too), whose pattern XLA compiles to faster code.
     """
     fn = "dot_product_attention"
     query, key, value = promote_dtype((jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)), dtype=dtype)
     _check_qkv(fn, query, key, value)
+    no_dropout = deterministic or dropout_rate == 0.0
+    if no_dropout and module is None and precision is None and value.shape[-1] == key.shape[-1]:
+        return _fused(fn, query, key, value, bias, mask, is_causal)
     weights = _weights(
         fn,
         query,
@@ -226,6 +232,46 @@ def dot_product_attention(
     )
     value = _repeat_heads(value, query.shape[-2])
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
+
+
+def _fused(
+    fn: str, query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, is_causal: bool
+) -> Array:
+    """The same attention by `jax.nn.dot_product_attention` (XLA's fused pattern: the scale
+    applied to the logits, softmax in float32), as Flax NNX does when nothing needs the
+    weights. Batch dims beyond one are flattened into one, as it takes ``[batch, length,
+    heads, depth]``."""
+    batch = query.shape[:-3]
+    logits_shape = (*batch, query.shape[-2], query.shape[-3], key.shape[-3])
+    extras = {"bias": bias, "mask": mask}
+    for name, x in extras.items():
+        if x is not None:
+            x = jnp.asarray(x)
+            _check_broadcast(fn, name, x, logits_shape)
+            extras[name] = _as_4d(x, batch)
+    if extras["mask"] is not None:
+        extras["mask"] = extras["mask"].astype(jnp.bool_)
+    flat = (-1, *query.shape[-3:]) if len(batch) > 1 else query.shape
+    out = jax.nn.dot_product_attention(
+        query.reshape(flat),
+        key.reshape((-1, *key.shape[-3:]) if len(batch) > 1 else key.shape),
+        value.reshape((-1, *value.shape[-3:]) if len(batch) > 1 else value.shape),
+        extras["bias"],
+        extras["mask"],
+        is_causal=is_causal,
+    )
+    return out.reshape(query.shape)
+
+
+def _as_4d(x: Array, batch: tuple[int, ...]) -> Array:
+    """A bias or mask ``[batch..., heads, q, kv]`` (dims of 1 broadcasting) as
+    ``[batch, heads, q, kv]`` for a query whose batch dims ``batch`` are flattened to one."""
+    if len(batch) <= 1 or x.ndim <= 3:
+        return x
+    lead = x.shape[:-3]
+    if all(d == 1 for d in lead):
+        return x.reshape((1, *x.shape[-3:]))
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape((-1, *x.shape[-3:]))
 
 
 def make_attention_mask(
