@@ -57,7 +57,7 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="train batch (default 32; quick 8)")
     p.add_argument("--decode-batch", type=int, default=8, help="rows decoded together")
     p.add_argument(
-        "--train-steps", type=int, default=None, help="timed train steps per variant (default 30; quick 2)"
+        "--train-steps", type=int, default=None, help="timed train steps per variant (default 60; quick 2)"
     )
     p.add_argument("--reps", type=int, default=None, help="decode rounds per variant (default 7; quick 2)")
     p.add_argument(
@@ -67,17 +67,17 @@ def parse_args(argv: tp.Sequence[str] | None) -> argparse.Namespace:
         "--first-call-reps",
         type=int,
         default=None,
-        help="fresh builds per variant (default 3; quick 1; 0: not measured)",
+        help="fresh builds per variant (default 5; quick 1; 0: not measured)",
     )
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     q = args.quick
     args.batch_size = args.batch_size or (8 if q else 32)
-    args.train_steps = args.train_steps or (2 if q else 30)
+    args.train_steps = args.train_steps or (2 if q else 60)
     args.reps = args.reps or (2 if q else 7)
     args.decode_steps = args.decode_steps or (8 if q else 64)
     if args.first_call_reps is None:
-        args.first_call_reps = 1 if q else 3
+        args.first_call_reps = 1 if q else 5
     if args.model_parallel is None:
         args.model_parallel = 2 if args.devices > 1 and args.devices % 2 == 0 else 1
     return args
