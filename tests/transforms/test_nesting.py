@@ -95,6 +95,58 @@ def test_remat_inside_scan_grad_equals_without():
     np.testing.assert_allclose(plain["bias"][...], remat["bias"][...], rtol=1e-6)
 
 
+def _checkpoint_cse(jaxpr: object) -> list[bool]:
+    """`prevent_cse` of every checkpoint (remat) equation in `jaxpr` and its sub-jaxprs."""
+    found: list[bool] = []
+
+    def walk(j: object) -> None:
+        for eqn in getattr(j, "jaxpr", j).eqns:  # type: ignore[attr-defined]
+            if eqn.primitive.name.startswith(("checkpoint", "remat")):  # "remat2" in JAX 0.10
+                found.append(eqn.params["prevent_cse"])
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, (list, tuple)) else [v]:
+                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        walk(sub)
+
+    walk(jaxpr)
+    return found
+
+
+def test_remat_directly_in_scan_body_lets_xla_cse():
+    """`prevent_cse` defaults to False only where a remat is called directly in an nnx.scan
+    body (the loop already keeps the recomputation apart); elsewhere, or when given, as asked.
+    Gradients are the same either way."""
+    stack = nnx.vmap(lambda r: Linear(3, 3, rngs=r), in_axes=None, axis_size=4)(nnx.Rngs(0))
+    x = jnp.linspace(-1.0, 1.0, 3)
+
+    def scanned(body):
+        return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+
+    def layer(x, lin):
+        return jnp.tanh(lin(x))
+
+    def with_grad_inside(x, lin):  # a transform between the scan body and the remat
+        g = jax.grad(lambda x: nnx.remat(layer)(x, lin).sum())(x)
+        return x + g
+
+    cases = {
+        "auto in scan": (scanned(nnx.remat(layer)), [False]),
+        "given in scan": (scanned(nnx.remat(layer, prevent_cse=True)), [True]),
+        "grad in between": (scanned(with_grad_inside), [True]),
+        "no scan": (lambda x, s: nnx.remat(layer)(x, s), [True]),
+    }
+    for name, (f, expected) in cases.items():
+        jaxpr = nnx.make_jaxpr(f)(x, stack)
+        assert _checkpoint_cse(jaxpr) == expected, name
+
+    def grads(body):
+        return nnx.grad(lambda s: scanned(body)(x, s).sum())(stack)
+
+    auto, given = grads(nnx.remat(layer)), grads(nnx.remat(layer, prevent_cse=True))
+    np.testing.assert_array_equal(auto["kernel"][...], given["kernel"][...])
+    np.testing.assert_array_equal(auto["bias"][...], given["bias"][...])
+
+
 def test_while_loop_inside_jit_returns_caller_object():
     m = Counter()
     f = nnx.jit(lambda m: nnx.while_loop(lambda m: m.count[...] < 3, lambda m: (m(jnp.ones(3)), m)[1], m))

@@ -32,6 +32,7 @@ from nnxfn.transforms.common import (
     arg_of_leaves,
     body_fn,
     check_not_bound,
+    in_scan_body,
     variable_like,
     leaf_args,
     run_inside_with_output,
@@ -499,13 +500,20 @@ _NO_TANGENT = object()
 def remat(
     f: tp.Callable | None = None,
     *,
-    prevent_cse: bool = True,
+    prevent_cse: bool | None = None,
     static_argnums: int | tuple[int, ...] = (),
     policy: tp.Callable | None = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> tp.Any:
-    """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass."""
+    """Like `jax.checkpoint`: recompute `f`'s activations in the backward pass.
+
+    `prevent_cse=None` (the default) is `True`, except when `f` is called directly in an
+    `nnx.scan` body (no grad, vmap or jit in between): there the scan already keeps the
+    forward pass and the recomputation in different loops, the case where `jax.checkpoint`'s
+    documentation says CSE prevention is unneeded, so it is `False` and XLA may optimise
+    across the recomputed block. The numbers are the same either way; pass a bool to choose.
+    """
     if f is None:
         return lambda fn: remat(
             fn,
@@ -533,7 +541,8 @@ def remat(
 
         inner = body_fn(call, entry.static, "nnx.remat", cell)
 
-        out_arrays, emitted = jax.checkpoint(inner, prevent_cse=prevent_cse, policy=policy)(
+        cse = not in_scan_body() if prevent_cse is None else prevent_cse
+        out_arrays, emitted = jax.checkpoint(inner, prevent_cse=cse, policy=policy)(
             entry.values, entry.others
         )
         return boundary.commit(entry, cell["exit"], out_arrays, emitted)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import inspect
+import threading
 import typing as tp
 
 import jax
+from jax._src import core as _jax_core  # the current trace (no public accessor)
 
 from nnxfn import core
 from nnxfn.core.filters import Filter
@@ -69,6 +72,28 @@ def variable_like(template: object, value: Leaf) -> Leaf:
     if isinstance(template, VariableLike):
         return type(template).from_parts(value, template.metadata_items())
     return value
+
+
+_SCAN_BODIES = threading.local()  # `.traces`: the JAX traces of the nnx.scan bodies being traced
+
+
+@contextlib.contextmanager
+def tracing_scan_body() -> tp.Iterator[None]:
+    """Run while an `nnx.scan` body is traced: remembers the body's JAX trace for
+    `in_scan_body`."""
+    traces = _SCAN_BODIES.__dict__.setdefault("traces", [])
+    traces.append(_jax_core.trace_ctx.trace)
+    try:
+        yield
+    finally:
+        traces.pop()
+
+
+def in_scan_body() -> bool:
+    """Whether the current JAX trace is an `nnx.scan` body's, with no transform (grad, vmap,
+    jit, ...) between it and the caller."""
+    traces: list = getattr(_SCAN_BODIES, "traces", [])
+    return bool(traces) and traces[-1] is _jax_core.trace_ctx.trace
 
 
 def check_not_bound(fn: tp.Callable, name: str) -> None:

@@ -51,6 +51,7 @@ from nnxfn.transforms.common import (
     run_inside,
     signature_of,
     to_positional,
+    tracing_scan_body,
 )
 from nnxfn.transforms.treemode import Rules, lifted
 
@@ -227,9 +228,10 @@ class _Scanned(MethodWrapper):
                 for group, vals in ((carry_o, carry[1]), (scan_o, x[1]), (fixed_o, consts[1])):
                     for i, v in zip(group, vals):
                         others[i] = v
-                exit_static, out_arrays, emitted = run_inside(
-                    fn, inner, values, others, "nnx.scan", emit_all=emit_all
-                )
+                with tracing_scan_body():
+                    exit_static, out_arrays, emitted = run_inside(
+                        fn, inner, values, others, "nnx.scan", emit_all=emit_all
+                    )
                 plan = _plan(
                     exit_static, emitted, values, static.paths, state_axes, slot, node_specs, out_axes
                 )
