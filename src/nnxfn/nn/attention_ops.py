@@ -251,15 +251,8 @@ def _fused(
             extras[name] = _as_4d(x, batch)
     if extras["mask"] is not None:
         extras["mask"] = extras["mask"].astype(jnp.bool_)
-    flat = (-1, *query.shape[-3:]) if len(batch) > 1 else query.shape
-    out = jax.nn.dot_product_attention(
-        query.reshape(flat),
-        key.reshape((-1, *key.shape[-3:]) if len(batch) > 1 else key.shape),
-        value.reshape((-1, *value.shape[-3:]) if len(batch) > 1 else value.shape),
-        extras["bias"],
-        extras["mask"],
-        is_causal=is_causal,
-    )
+    q, k, v = (x.reshape((-1, *x.shape[-3:])) if len(batch) > 1 else x for x in (query, key, value))
+    out = jax.nn.dot_product_attention(q, k, v, extras["bias"], extras["mask"], is_causal=is_causal)
     return out.reshape(query.shape)
 
 
